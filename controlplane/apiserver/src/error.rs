@@ -1,0 +1,181 @@
+//! API errors and their one mapping to Kubernetes `Status` objects and HTTP codes.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+/// One field-level validation failure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// JSON path of the field, e.g. `spec.containers[0].image`.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+    /// Kubernetes cause type (`FieldValueRequired`, `FieldValueInvalid`, ...).
+    pub reason: &'static str,
+}
+
+impl FieldError {
+    pub fn required(field: impl Into<String>) -> Self {
+        Self { field: field.into(), message: "Required value".into(), reason: "FieldValueRequired" }
+    }
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into(), reason: "FieldValueInvalid" }
+    }
+    pub fn forbidden(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into(), reason: "FieldValueForbidden" }
+    }
+    pub fn duplicate(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into(), reason: "FieldValueDuplicate" }
+    }
+}
+
+/// Every way an API request can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{resource} \"{name}\" not found")]
+    NotFound { resource: String, name: String },
+    #[error("{resource} \"{name}\" already exists")]
+    AlreadyExists { resource: String, name: String },
+    #[error("Operation cannot be fulfilled on {resource} \"{name}\": {message}")]
+    Conflict { resource: String, name: String, message: String },
+    #[error("{kind} \"{name}\" is invalid: {}", summarize(.causes))]
+    Invalid { kind: String, resource: String, name: String, causes: Vec<FieldError> },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("Unauthorized")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("the server does not allow this method on the requested resource")]
+    MethodNotAllowed,
+    #[error("the body of the request was in an unknown format - accepted media types include: {accepted}; got {got:?}")]
+    UnsupportedMediaType { got: String, accepted: &'static str },
+    #[error("the request body is too large: limit is {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("{0}")]
+    Expired(String),
+    #[error("the server could not find the requested resource")]
+    NoRoute,
+    #[error("{0}")]
+    ServiceUnavailable(String),
+    #[error("Internal error occurred: {0}")]
+    Internal(String),
+}
+
+fn summarize(causes: &[FieldError]) -> String {
+    let parts: Vec<String> = causes.iter().map(|c| format!("{}: {}", c.field, c.message)).collect();
+    if parts.len() == 1 { parts[0].clone() } else { format!("[{}]", parts.join(", ")) }
+}
+
+impl From<strake_store::StoreError> for ApiError {
+    fn from(e: strake_store::StoreError) -> Self {
+        ApiError::Internal(format!("storage: {e}"))
+    }
+}
+
+impl ApiError {
+    pub fn code(&self) -> StatusCode {
+        use ApiError::*;
+        match self {
+            NotFound { .. } | NoRoute => StatusCode::NOT_FOUND,
+            AlreadyExists { .. } | Conflict { .. } => StatusCode::CONFLICT,
+            Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            BadRequest(_) => StatusCode::BAD_REQUEST,
+            Unauthorized => StatusCode::UNAUTHORIZED,
+            Forbidden(_) => StatusCode::FORBIDDEN,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Expired(_) => StatusCode::GONE,
+            ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        use ApiError::*;
+        match self {
+            NotFound { .. } | NoRoute => "NotFound",
+            AlreadyExists { .. } => "AlreadyExists",
+            Conflict { .. } => "Conflict",
+            Invalid { .. } => "Invalid",
+            BadRequest(_) => "BadRequest",
+            Unauthorized => "Unauthorized",
+            Forbidden(_) => "Forbidden",
+            MethodNotAllowed => "MethodNotAllowed",
+            UnsupportedMediaType { .. } => "UnsupportedMediaType",
+            TooLarge { .. } => "RequestEntityTooLarge",
+            Expired(_) => "Expired",
+            ServiceUnavailable(_) => "ServiceUnavailable",
+            Internal(_) => "InternalError",
+        }
+    }
+
+    /// The `Status` object for this error.
+    pub fn status(&self) -> Value {
+        use ApiError::*;
+        let details = match self {
+            NotFound { resource, name } | AlreadyExists { resource, name } | Conflict { resource, name, .. } => {
+                Some(json!({"name": name, "kind": resource}))
+            }
+            Invalid { kind, name, causes, .. } => Some(json!({
+                "name": name,
+                "kind": kind,
+                "causes": causes.iter().map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field})).collect::<Vec<_>>(),
+            })),
+            _ => None,
+        };
+        let mut status = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.to_string(),
+            "reason": self.reason(),
+            "code": self.code().as_u16(),
+        });
+        if let Some(d) = details {
+            status["details"] = d;
+        }
+        status
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if matches!(self, ApiError::Internal(_)) {
+            tracing::warn!(error = %self, "internal error");
+        }
+        let body = serde_json::to_vec(&self.status()).unwrap_or_default();
+        (self.code(), [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_names_every_field() {
+        let e = ApiError::Invalid {
+            kind: "Pod".into(),
+            resource: "pods".into(),
+            name: "p".into(),
+            causes: vec![FieldError::required("spec.containers"), FieldError::invalid("metadata.name", "bad")],
+        };
+        let s = e.status();
+        assert_eq!(s["code"], 422);
+        assert_eq!(s["reason"], "Invalid");
+        assert!(s["message"].as_str().unwrap().contains("spec.containers: Required value"));
+        assert_eq!(s["details"]["causes"][1]["field"], "metadata.name");
+    }
+
+    #[test]
+    fn not_found_shape() {
+        let s = ApiError::NotFound { resource: "pods".into(), name: "x".into() }.status();
+        assert_eq!(s["message"], "pods \"x\" not found");
+        assert_eq!(s["details"]["kind"], "pods");
+        assert_eq!(s["status"], "Failure");
+    }
+}

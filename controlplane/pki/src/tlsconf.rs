@@ -1,0 +1,62 @@
+//! rustls configurations built from PEM material.
+
+use std::sync::Arc;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+use crate::{CertifiedKey, PkiError};
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut pem.as_bytes()).collect();
+    let certs = certs.map_err(|e| PkiError::Parse { what: "certificate PEM", reason: e.to_string() })?;
+    if certs.is_empty() {
+        return Err(PkiError::Parse { what: "certificate PEM", reason: "no certificate found".into() });
+    }
+    Ok(certs)
+}
+
+fn key(pem: &str) -> Result<PrivateKeyDer<'static>, PkiError> {
+    rustls_pemfile::private_key(&mut pem.as_bytes())
+        .map_err(|e| PkiError::Parse { what: "private key PEM", reason: e.to_string() })?
+        .ok_or(PkiError::Parse { what: "private key PEM", reason: "no private key found".into() })
+}
+
+fn roots(ca_pem: &str) -> Result<RootCertStore, PkiError> {
+    let mut roots = RootCertStore::empty();
+    for c in certs(ca_pem)? {
+        roots.add(c)?;
+    }
+    Ok(roots)
+}
+
+/// A server config presenting `serving`, which asks for (but does not require) a client
+/// certificate signed by `ca_pem`; unauthenticated clients may still use bearer tokens.
+pub fn server_config(serving: &CertifiedKey, ca_pem: &str, alpn: &[&[u8]]) -> Result<ServerConfig, PkiError> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| PkiError::Verifier(e.to_string()))?;
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs(&serving.cert_pem)?, key(&serving.key_pem)?)?;
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(cfg)
+}
+
+/// A client config trusting only `ca_pem`, optionally presenting a client certificate.
+pub fn client_config(ca_pem: &str, client: Option<&CertifiedKey>) -> Result<ClientConfig, PkiError> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots(ca_pem)?);
+    Ok(match client {
+        Some(c) => builder.with_client_auth_cert(certs(&c.cert_pem)?, key(&c.key_pem)?)?,
+        None => builder.with_no_client_auth(),
+    })
+}
