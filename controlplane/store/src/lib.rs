@@ -1,1 +1,50 @@
-//! strake-store
+//! strake-store owns the cluster store ("our etcd"): an openraft node whose log, vote and MVCC
+//! keyspace (revisions, history, watches, compaction, snapshots) live in redb files in one data dir.
+//! It must not touch anything outside its data dir, and knows nothing of Kubernetes objects.
+
+mod db;
+mod error;
+mod keyspace;
+mod log_store;
+mod mvcc;
+mod network;
+mod raft_types;
+mod state_machine;
+mod store;
+mod types;
+mod watch;
+
+pub use error::StoreError;
+pub use store::{Store, StoreConfig};
+pub use types::{
+    CmpOp, Compare, EventKind, KeyValue, MAX_KEY_SIZE, MAX_TXN_BYTES, MAX_TXN_OPS, MAX_VALUE_SIZE,
+    Op, OpResult, RangeRequest, RangeResponse, Txn, TxnResponse, WatchEvent, WatchRequest,
+};
+pub use watch::WatchStream;
+
+/// The raft plumbing: type configuration, storage and network seams. The API server does not
+/// need these; they are public for the storage conformance suite and the future peer transport.
+pub mod raft {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    pub use crate::log_store::LogStore;
+    pub use crate::network::{NetworkFactory, PeerConnection, PeerTransportMissing};
+    pub use crate::raft_types::{Command, CommandResponse, NodeId, TypeConfig};
+    pub use crate::state_machine::{SnapshotBuilder, StateMachine};
+
+    use crate::error::StoreError;
+
+    /// Opens (or creates) the raft log store and state machine of a data directory without
+    /// starting raft.
+    pub fn open_storage(
+        data_dir: &Path,
+        node_id: NodeId,
+    ) -> Result<(LogStore, StateMachine), StoreError> {
+        let data = crate::db::open_data_dir(data_dir, node_id)?;
+        let state = Arc::new(data.state);
+        let meta = crate::keyspace::read_meta(&state)?;
+        let shared = crate::state_machine::Shared::new(state, meta.revision);
+        Ok((LogStore::new(Arc::new(data.log)), StateMachine::new(shared)))
+    }
+}

@@ -1,0 +1,428 @@
+//! The raft state machine: applies committed commands to the MVCC keyspace in `state.redb`,
+//! records history, publishes events to watchers, and builds and installs snapshots.
+
+use std::io::Cursor;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
+use openraft::{
+    BasicNode, Entry, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageError,
+    StorageIOError, StoredMembership,
+};
+use redb::{ReadableDatabase, ReadableTable};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::db::{DbCell, DbResultExt, HISTORY, KV, SM_META, SNAPSHOT, decode, encode};
+use crate::error::StoreError;
+use crate::keyspace::{SmMeta, StoredKv};
+use crate::mvcc::{KvState, apply_txn};
+use crate::raft_types::{Command, CommandResponse, NodeId, TypeConfig};
+use crate::types::{KeyValue, WatchEvent};
+
+const CURRENT_SNAPSHOT: &str = "current";
+const SNAPSHOT_FORMAT: u32 = 1;
+/// Revisions a watcher may fall behind the live channel before it is told it lagged.
+pub(crate) const WATCH_CHANNEL_CAPACITY: usize = 4096;
+
+/// The events of one revision, as published to live watchers.
+#[derive(Debug)]
+pub(crate) struct RevisionEvents {
+    pub revision: u64,
+    pub events: Vec<WatchEvent>,
+}
+
+/// What live watchers receive.
+#[derive(Debug, Clone)]
+pub(crate) enum WatchMessage {
+    Revision(Arc<RevisionEvents>),
+    /// A snapshot replaced the keyspace: history before `compacted` is gone.
+    Reset {
+        compacted: u64,
+    },
+    /// The store shut down.
+    Closed,
+}
+
+/// State shared by the state machine, its snapshot builders, the store and watches.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub db: Arc<DbCell>,
+    /// Latest applied revision.
+    pub revision: AtomicU64,
+    pub events: broadcast::Sender<WatchMessage>,
+    snapshot_seq: AtomicUsize,
+}
+
+impl Shared {
+    pub(crate) fn new(db: Arc<DbCell>, revision: u64) -> Arc<Self> {
+        let (events, _) = broadcast::channel(WATCH_CHANNEL_CAPACITY);
+        Arc::new(Self {
+            db,
+            revision: AtomicU64::new(revision),
+            events,
+            snapshot_seq: AtomicUsize::new(0),
+        })
+    }
+
+    fn publish(&self, message: WatchMessage) {
+        // No receiver is not an error: nobody is watching.
+        let _ = self.events.send(message);
+    }
+}
+
+/// The keyspace as a snapshot carries it.
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotPayload {
+    format: u32,
+    revision: u64,
+    kvs: Vec<KeyValue>,
+}
+
+/// The current snapshot as kept in the `snapshot` table.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, BasicNode>,
+    data: Vec<u8>,
+}
+
+/// Raft state machine backed by `state.redb`.
+#[derive(Debug)]
+pub struct StateMachine {
+    shared: Arc<Shared>,
+}
+
+/// Builds snapshots from a consistent read of the state file.
+#[derive(Debug)]
+pub struct SnapshotBuilder {
+    shared: Arc<Shared>,
+}
+
+fn sm_read_err(err: StoreError) -> StorageError<NodeId> {
+    StorageIOError::read_state_machine(&err).into()
+}
+
+fn sm_write_err(err: StoreError) -> StorageError<NodeId> {
+    StorageIOError::write_state_machine(&err).into()
+}
+
+/// [`KvState`] over the `kv` table of an open write transaction.
+struct TableKv<'a, 't> {
+    db: &'a DbCell,
+    table: &'a mut redb::Table<'t, &'static [u8], &'static [u8]>,
+}
+
+impl KvState for TableKv<'_, '_> {
+    type Error = StoreError;
+
+    fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, StoreError> {
+        let value = self.table.get(key).db(self.db, "read kv")?;
+        value
+            .map(|v| decode::<StoredKv>("stored key", v.value()).map(|s| s.into_kv(key.to_vec())))
+            .transpose()
+    }
+
+    fn put(&mut self, kv: &KeyValue) -> Result<(), StoreError> {
+        let bytes = encode("stored key", &StoredKv::from_kv(kv))?;
+        self.table
+            .insert(kv.key.as_slice(), bytes.as_slice())
+            .db(self.db, "write kv")?;
+        Ok(())
+    }
+
+    fn remove(&mut self, key: &[u8]) -> Result<(), StoreError> {
+        self.table.remove(key).db(self.db, "delete kv")?;
+        Ok(())
+    }
+}
+
+impl StateMachine {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    fn apply_entries(
+        &self,
+        entries: impl IntoIterator<Item = Entry<TypeConfig>>,
+    ) -> Result<Vec<CommandResponse>, StoreError> {
+        let db = &*self.shared.db;
+        let (responses, published, revision) = db.with(|d| {
+            let txn = d.begin_write().db(db, "begin write")?;
+            let mut responses = Vec::new();
+            let mut published = Vec::new();
+            let meta = {
+                let mut meta_table = txn.open_table(SM_META).db(db, "open sm_meta")?;
+                let mut meta = SmMeta::read(db, &meta_table)?;
+                let mut kv_table = txn.open_table(KV).db(db, "open kv")?;
+                let mut history = txn.open_table(HISTORY).db(db, "open history")?;
+                for entry in entries {
+                    meta.last_applied = Some(entry.log_id);
+                    let response = match entry.payload {
+                        EntryPayload::Blank => CommandResponse::Empty,
+                        EntryPayload::Membership(membership) => {
+                            meta.membership = StoredMembership::new(Some(entry.log_id), membership);
+                            CommandResponse::Empty
+                        }
+                        EntryPayload::Normal(Command::Txn(request)) => {
+                            let mut state = TableKv {
+                                db,
+                                table: &mut kv_table,
+                            };
+                            let outcome = apply_txn(&mut state, meta.revision, &request)?;
+                            if !outcome.events.is_empty() {
+                                meta.revision = outcome.response.revision;
+                                let bytes = encode("history entry", &outcome.events)?;
+                                history
+                                    .insert(meta.revision, bytes.as_slice())
+                                    .db(db, "write history")?;
+                                published.push(RevisionEvents {
+                                    revision: meta.revision,
+                                    events: outcome.events,
+                                });
+                            }
+                            CommandResponse::Txn(outcome.response)
+                        }
+                        EntryPayload::Normal(Command::Compact { revision }) => {
+                            if revision > meta.revision {
+                                CommandResponse::CompactRejected {
+                                    requested: revision,
+                                    current: meta.revision,
+                                }
+                            } else {
+                                if revision > meta.compacted {
+                                    history
+                                        .retain_in(..revision, |_, _| false)
+                                        .db(db, "compact history")?;
+                                    meta.compacted = revision;
+                                }
+                                CommandResponse::Compacted {
+                                    compacted: meta.compacted,
+                                }
+                            }
+                        }
+                    };
+                    responses.push(response);
+                }
+                meta.write(db, &mut meta_table)?;
+                meta
+            };
+            txn.commit().db(db, "commit apply")?;
+            Ok((responses, published, meta.revision))
+        })?;
+        // Publish only after the commit, in order, so a watcher that reads history after
+        // subscribing finds every revision either on disk or in the channel.
+        self.shared.revision.store(revision, Ordering::Release);
+        for batch in published {
+            self.shared.publish(WatchMessage::Revision(Arc::new(batch)));
+        }
+        Ok(responses)
+    }
+
+    fn read_applied_state(&self) -> Result<SmMeta, StoreError> {
+        crate::keyspace::read_meta(&self.shared.db)
+    }
+
+    fn current_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, StoreError> {
+        let db = &*self.shared.db;
+        let stored: Option<StoredSnapshot> = db.with(|d| {
+            let txn = d.begin_read().db(db, "begin read")?;
+            let table = txn.open_table(SNAPSHOT).db(db, "open snapshot")?;
+            let value = table.get(CURRENT_SNAPSHOT).db(db, "read snapshot")?;
+            value
+                .map(|v| decode("stored snapshot", v.value()))
+                .transpose()
+        })?;
+        Ok(stored.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
+    }
+
+    fn install(
+        &self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        data: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let payload: SnapshotPayload = decode("snapshot", &data)?;
+        if payload.format != SNAPSHOT_FORMAT {
+            return Err(StoreError::Internal(format!(
+                "snapshot {} has format {}, this node reads format {SNAPSHOT_FORMAT}",
+                meta.snapshot_id, payload.format
+            )));
+        }
+        let sm_meta = SmMeta {
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+            revision: payload.revision,
+            // The history before the snapshot is not carried: nothing before it can be replayed.
+            compacted: payload.revision + 1,
+        };
+        let stored = encode(
+            "stored snapshot",
+            &StoredSnapshot {
+                meta: meta.clone(),
+                data,
+            },
+        )?;
+        let db = &*self.shared.db;
+        db.with(|d| {
+            let txn = d.begin_write().db(db, "begin write")?;
+            {
+                let mut kv = txn.open_table(KV).db(db, "open kv")?;
+                kv.retain(|_, _| false).db(db, "clear kv")?;
+                for item in &payload.kvs {
+                    let bytes = encode("stored key", &StoredKv::from_kv(item))?;
+                    kv.insert(item.key.as_slice(), bytes.as_slice())
+                        .db(db, "write kv")?;
+                }
+                let mut history = txn.open_table(HISTORY).db(db, "open history")?;
+                history.retain(|_, _| false).db(db, "clear history")?;
+                let mut meta_table = txn.open_table(SM_META).db(db, "open sm_meta")?;
+                sm_meta.write(db, &mut meta_table)?;
+                let mut snapshots = txn.open_table(SNAPSHOT).db(db, "open snapshot")?;
+                snapshots
+                    .insert(CURRENT_SNAPSHOT, stored.as_slice())
+                    .db(db, "write snapshot")?;
+            }
+            txn.commit().db(db, "commit snapshot install")
+        })?;
+        self.shared
+            .revision
+            .store(payload.revision, Ordering::Release);
+        self.shared.publish(WatchMessage::Reset {
+            compacted: sm_meta.compacted,
+        });
+        Ok(())
+    }
+}
+
+impl SnapshotBuilder {
+    fn build(&self) -> Result<Snapshot<TypeConfig>, StoreError> {
+        let db = &*self.shared.db;
+        let (meta, payload) = db.with(|d| {
+            let txn = d.begin_read().db(db, "begin read")?;
+            let meta = SmMeta::read(db, &txn.open_table(SM_META).db(db, "open sm_meta")?)?;
+            let table = txn.open_table(KV).db(db, "open kv")?;
+            let mut kvs = Vec::new();
+            for item in table.iter().db(db, "iterate kv")? {
+                let (key, value) = item.db(db, "read kv")?;
+                let stored: StoredKv = decode("stored key", value.value())?;
+                kvs.push(stored.into_kv(key.value().to_vec()));
+            }
+            let revision = meta.revision;
+            Ok((
+                meta,
+                SnapshotPayload {
+                    format: SNAPSHOT_FORMAT,
+                    revision,
+                    kvs,
+                },
+            ))
+        })?;
+        let data = encode("snapshot", &payload)?;
+        let seq = self.shared.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+        let last = meta.last_applied.map_or_else(
+            || "none".to_string(),
+            |id| format!("{}-{}", id.leader_id, id.index),
+        );
+        let snapshot_meta = SnapshotMeta {
+            last_log_id: meta.last_applied,
+            last_membership: meta.membership.clone(),
+            snapshot_id: format!("{last}-rev{}-{seq}", meta.revision),
+        };
+        let stored = encode(
+            "stored snapshot",
+            &StoredSnapshot {
+                meta: snapshot_meta.clone(),
+                data: data.clone(),
+            },
+        )?;
+        db.with(|d| {
+            let txn = d.begin_write().db(db, "begin write")?;
+            {
+                let mut snapshots = txn.open_table(SNAPSHOT).db(db, "open snapshot")?;
+                // An installed snapshot may be newer than this build: never replace it with an older one.
+                let newer_exists = match snapshots.get(CURRENT_SNAPSHOT).db(db, "read snapshot")? {
+                    Some(current) => {
+                        decode::<StoredSnapshot>("stored snapshot", current.value())?
+                            .meta
+                            .last_log_id
+                            > snapshot_meta.last_log_id
+                    }
+                    None => false,
+                };
+                if !newer_exists {
+                    snapshots
+                        .insert(CURRENT_SNAPSHOT, stored.as_slice())
+                        .db(db, "write snapshot")?;
+                }
+            }
+            txn.commit().db(db, "commit snapshot")
+        })?;
+        Ok(Snapshot {
+            meta: snapshot_meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
+        self.build()
+            .map_err(|e| StorageIOError::write_snapshot(None, &e).into())
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<
+        (
+            Option<openraft::LogId<NodeId>>,
+            StoredMembership<NodeId, BasicNode>,
+        ),
+        StorageError<NodeId>,
+    > {
+        let meta = self.read_applied_state().map_err(sm_read_err)?;
+        Ok((meta.last_applied, meta.membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResponse>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        self.apply_entries(entries).map_err(sm_write_err)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            shared: self.shared.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        self.install(meta, snapshot.into_inner())
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e).into())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        self.current_snapshot()
+            .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
+    }
+}
