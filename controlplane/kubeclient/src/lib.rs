@@ -1,1 +1,323 @@
-//! strake-kubeclient
+//! A small typed Kubernetes client for Strake's own components (agent, strakectl, tests), plus
+//! the bootstrap-token discovery flow that turns a token into pinned, verified credentials.
+//! Speaks JSON over HTTPS with reqwest + rustls; knows nothing about how the server stores data.
+
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::{ListableResource, Resource};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use strake_pki::{BootstrapToken, CertifiedKey, ClusterInfo};
+
+/// Errors from API calls.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with a `Status` failure.
+    #[error("{code} {reason}: {message}")]
+    Api { code: u16, reason: String, message: String },
+    #[error("request to {url} failed: {source}")]
+    Transport { url: String, source: reqwest::Error },
+    #[error("cannot decode the response from {url}: {detail}")]
+    Decode { url: String, detail: String },
+    #[error("TLS setup: {0}")]
+    Pki(#[from] strake_pki::PkiError),
+    #[error("building HTTP client: {0}")]
+    Build(reqwest::Error),
+}
+
+impl ClientError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ClientError::Api { code: 404, .. })
+    }
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, ClientError::Api { code: 409, .. })
+    }
+}
+
+/// Credentials as `/strake/v1/kubeconfig` and `/strake/v1/node-credentials` return them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Credentials {
+    pub server: String,
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving_cert_pem: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving_key_pem: Option<String>,
+}
+
+impl Credentials {
+    /// An admin kubeconfig (YAML) for these credentials.
+    pub fn kubeconfig(&self, cluster: &str, server_url: &str) -> String {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: {cluster}\n  cluster:\n    server: {server_url}\n    certificate-authority-data: {ca}\nusers:\n- name: {cluster}-admin\n  user:\n    client-certificate-data: {cert}\n    client-key-data: {key}\ncontexts:\n- name: {cluster}\n  context:\n    cluster: {cluster}\n    user: {cluster}-admin\n    namespace: default\ncurrent-context: {cluster}\npreferences: {{}}\n",
+            ca = b64(&self.ca_pem),
+            cert = b64(&self.cert_pem),
+            key = b64(&self.key_pem),
+        )
+    }
+}
+
+/// Fetches and verifies cluster-info with the token, then requests credentials at `path`
+/// (`/strake/v1/kubeconfig` or `/strake/v1/node-credentials`) over a connection pinned to the CA.
+pub async fn bootstrap(server_url: &str, token: &BootstrapToken, path: &str, body: &Value) -> Result<Credentials, ClientError> {
+    let discovery = reqwest::Client::builder()
+        .use_preconfigured_tls(strake_pki::discovery_client_config()?)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(ClientError::Build)?;
+    let url = format!("{server_url}/strake/v1/cluster-info");
+    let resp = discovery.get(&url).send().await.map_err(|source| ClientError::Transport { url: url.clone(), source })?;
+    let info: ClusterInfo = decode(&url, resp).await?;
+    let ca = token.verify(&info)?.to_string();
+    let pinned = reqwest::Client::builder()
+        .use_preconfigured_tls(strake_pki::client_config(&ca, None)?)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(ClientError::Build)?;
+    let url = format!("{server_url}{path}");
+    let resp = pinned
+        .post(&url)
+        .bearer_auth(token.to_string())
+        .json(body)
+        .send()
+        .await
+        .map_err(|source| ClientError::Transport { url: url.clone(), source })?;
+    let mut creds: Credentials = decode(&url, resp).await?;
+    creds.ca_pem = ca; // trust only what the token vouched for
+    Ok(creds)
+}
+
+async fn decode<T: DeserializeOwned>(url: &str, resp: reqwest::Response) -> Result<T, ClientError> {
+    let status = resp.status();
+    let bytes = resp.bytes().await.map_err(|source| ClientError::Transport { url: url.into(), source })?;
+    if !status.is_success() {
+        return Err(status_error(status.as_u16(), &bytes));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode { url: url.into(), detail: e.to_string() })
+}
+
+fn status_error(code: u16, body: &[u8]) -> ClientError {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v) if v.get("kind").and_then(Value::as_str) == Some("Status") => ClientError::Api {
+            code,
+            reason: v["reason"].as_str().unwrap_or("").to_string(),
+            message: v["message"].as_str().unwrap_or("").to_string(),
+        },
+        _ => ClientError::Api { code, reason: String::new(), message: String::from_utf8_lossy(body).trim().to_string() },
+    }
+}
+
+/// A watch event.
+#[derive(Debug, Clone)]
+pub enum WatchEvent<K> {
+    Added(K),
+    Modified(K),
+    Deleted(K),
+    Bookmark(String),
+}
+
+/// A typed API client.
+#[derive(Clone, Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+fn collection_path<K: Resource>(ns: Option<&str>) -> String {
+    let prefix = if K::GROUP.is_empty() { format!("/api/{}", K::VERSION) } else { format!("/apis/{}/{}", K::GROUP, K::VERSION) };
+    match ns {
+        Some(ns) => format!("{prefix}/namespaces/{ns}/{}", K::URL_PATH_SEGMENT),
+        None => format!("{prefix}/{}", K::URL_PATH_SEGMENT),
+    }
+}
+
+impl Client {
+    /// A client that trusts `ca_pem` and authenticates with `cert`.
+    pub fn new(server_url: &str, ca_pem: &str, cert: Option<&CertifiedKey>) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(strake_pki::client_config(ca_pem, cert)?)
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(ClientError::Build)?;
+        Ok(Self { http, base: server_url.trim_end_matches('/').to_string() })
+    }
+
+    pub fn from_credentials(c: &Credentials) -> Result<Self, ClientError> {
+        let key = CertifiedKey { cert_pem: c.cert_pem.clone(), key_pem: c.key_pem.clone() };
+        Self::new(&format!("https://{}", c.server), &c.ca_pem, Some(&key))
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder, url: &str) -> Result<T, ClientError> {
+        let resp = req.timeout(Duration::from_secs(30)).send().await.map_err(|source| ClientError::Transport { url: url.into(), source })?;
+        decode(url, resp).await
+    }
+
+    /// GET of any path, as JSON.
+    pub async fn get_json(&self, path: &str) -> Result<Value, ClientError> {
+        let url = format!("{}{path}", self.base);
+        self.send(self.http.get(&url), &url).await
+    }
+
+    /// GET of any path, as raw bytes.
+    pub async fn get_raw(&self, path: &str) -> Result<bytes::Bytes, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let resp = self.http.get(&url).send().await.map_err(|source| ClientError::Transport { url: url.clone(), source })?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|source| ClientError::Transport { url: url.clone(), source })?;
+        if !status.is_success() {
+            return Err(status_error(status.as_u16(), &body));
+        }
+        Ok(body)
+    }
+
+    pub async fn get<K: Resource + DeserializeOwned>(&self, ns: Option<&str>, name: &str) -> Result<K, ClientError> {
+        let url = format!("{}{}/{name}", self.base, collection_path::<K>(ns));
+        self.send(self.http.get(&url), &url).await
+    }
+
+    /// Lists objects; returns them and the list's resourceVersion.
+    pub async fn list<K: Resource + ListableResource + DeserializeOwned>(&self, ns: Option<&str>, field_selector: Option<&str>) -> Result<(Vec<K>, String), ClientError> {
+        let mut url = format!("{}{}", self.base, collection_path::<K>(ns));
+        if let Some(fs) = field_selector {
+            url.push_str(&format!("?fieldSelector={}", enc(fs)));
+        }
+        let v: Value = self.send(self.http.get(&url), &url).await?;
+        let rv = v["metadata"]["resourceVersion"].as_str().unwrap_or("").to_string();
+        let items = serde_json::from_value(v["items"].clone()).map_err(|e| ClientError::Decode { url, detail: e.to_string() })?;
+        Ok((items, rv))
+    }
+
+    pub async fn create<K: Resource + Serialize + DeserializeOwned>(&self, ns: Option<&str>, obj: &K) -> Result<K, ClientError> {
+        let url = format!("{}{}", self.base, collection_path::<K>(ns));
+        self.send(self.http.post(&url).json(obj), &url).await
+    }
+
+    pub async fn replace<K: Resource + Serialize + DeserializeOwned>(&self, ns: Option<&str>, name: &str, obj: &K) -> Result<K, ClientError> {
+        let url = format!("{}{}/{name}", self.base, collection_path::<K>(ns));
+        self.send(self.http.put(&url).json(obj), &url).await
+    }
+
+    pub async fn replace_status<K: Resource + Serialize + DeserializeOwned>(&self, ns: Option<&str>, name: &str, obj: &K) -> Result<K, ClientError> {
+        let url = format!("{}{}/{name}/status", self.base, collection_path::<K>(ns));
+        self.send(self.http.put(&url).json(obj), &url).await
+    }
+
+    /// JSON merge patch of the status subresource.
+    pub async fn patch_status<K: Resource + DeserializeOwned>(&self, ns: Option<&str>, name: &str, patch: &Value) -> Result<K, ClientError> {
+        let url = format!("{}{}/{name}/status", self.base, collection_path::<K>(ns));
+        let req = self.http.patch(&url).header("Content-Type", "application/merge-patch+json").body(serde_json::to_vec(patch).unwrap_or_default());
+        self.send(req, &url).await
+    }
+
+    /// Deletes; `grace` None uses the object's default, `uid` guards against deleting a successor.
+    pub async fn delete<K: Resource>(&self, ns: Option<&str>, name: &str, grace: Option<i64>, uid: Option<&str>) -> Result<(), ClientError> {
+        let url = format!("{}{}/{name}", self.base, collection_path::<K>(ns));
+        let mut opts = serde_json::json!({"kind": "DeleteOptions", "apiVersion": "v1"});
+        if let Some(g) = grace {
+            opts["gracePeriodSeconds"] = g.into();
+        }
+        if let Some(u) = uid {
+            opts["preconditions"] = serde_json::json!({"uid": u});
+        }
+        let _: Value = self.send(self.http.delete(&url).json(&opts), &url).await?;
+        Ok(())
+    }
+
+    /// Watches from `resource_version` ("" = current state as ADDED first).
+    pub async fn watch<K: Resource + DeserializeOwned + Send + 'static>(
+        &self,
+        ns: Option<&str>,
+        field_selector: Option<&str>,
+        resource_version: &str,
+        timeout: Duration,
+    ) -> Result<impl Stream<Item = Result<WatchEvent<K>, ClientError>> + Send + use<K>, ClientError> {
+        let mut url = format!("{}{}?watch=true&allowWatchBookmarks=true&timeoutSeconds={}", self.base, collection_path::<K>(ns), timeout.as_secs());
+        if !resource_version.is_empty() {
+            url.push_str(&format!("&resourceVersion={resource_version}"));
+        }
+        if let Some(fs) = field_selector {
+            url.push_str(&format!("&fieldSelector={}", enc(fs)));
+        }
+        let resp = self.http.get(&url).send().await.map_err(|source| ClientError::Transport { url: url.clone(), source })?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.bytes().await.unwrap_or_default();
+            return Err(status_error(status.as_u16(), &body));
+        }
+        let bytes = resp.bytes_stream();
+        let lines = futures::stream::unfold((bytes, Vec::<u8>::new(), url), |(mut bytes, mut buf, url)| async move {
+            loop {
+                if let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=pos).collect();
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    return Some((parse_event::<K>(&line, &url), (bytes, buf, url)));
+                }
+                match bytes.next().await {
+                    Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                    Some(Err(source)) => return Some((Err(ClientError::Transport { url: url.clone(), source }), (bytes, Vec::new(), url))),
+                    None => return None,
+                }
+            }
+        });
+        Ok(lines)
+    }
+}
+
+fn parse_event<K: DeserializeOwned>(line: &[u8], url: &str) -> Result<WatchEvent<K>, ClientError> {
+    let v: Value = serde_json::from_slice(line).map_err(|e| ClientError::Decode { url: url.into(), detail: e.to_string() })?;
+    let ty = v["type"].as_str().unwrap_or("");
+    let obj = v["object"].clone();
+    let typed = || serde_json::from_value::<K>(obj.clone()).map_err(|e| ClientError::Decode { url: url.into(), detail: e.to_string() });
+    match ty {
+        "ADDED" => Ok(WatchEvent::Added(typed()?)),
+        "MODIFIED" => Ok(WatchEvent::Modified(typed()?)),
+        "DELETED" => Ok(WatchEvent::Deleted(typed()?)),
+        "BOOKMARK" => Ok(WatchEvent::Bookmark(obj["metadata"]["resourceVersion"].as_str().unwrap_or("").to_string())),
+        "ERROR" => Err(ClientError::Api {
+            code: obj["code"].as_u64().unwrap_or(500) as u16,
+            reason: obj["reason"].as_str().unwrap_or("").into(),
+            message: obj["message"].as_str().unwrap_or("").into(),
+        }),
+        other => Err(ClientError::Decode { url: url.into(), detail: format!("unknown watch event type {other:?}") }),
+    }
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{Node, Pod};
+
+    #[test]
+    fn paths() {
+        assert_eq!(collection_path::<Pod>(Some("default")), "/api/v1/namespaces/default/pods");
+        assert_eq!(collection_path::<Node>(None), "/api/v1/nodes");
+    }
+
+    #[test]
+    fn events_and_errors() {
+        let e = parse_event::<Pod>(br#"{"type":"ADDED","object":{"metadata":{"name":"a"}}}"#, "u").unwrap();
+        assert!(matches!(e, WatchEvent::Added(p) if p.metadata.name.as_deref() == Some("a")));
+        let e = parse_event::<Pod>(br#"{"type":"ERROR","object":{"kind":"Status","code":410,"reason":"Expired","message":"too old"}}"#, "u");
+        assert!(matches!(e, Err(ClientError::Api { code: 410, .. })));
+        assert!(matches!(status_error(404, br#"{"kind":"Status","reason":"NotFound","message":"x"}"#), ClientError::Api { code: 404, .. }));
+    }
+}

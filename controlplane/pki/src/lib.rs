@@ -7,7 +7,7 @@ mod token;
 mod tlsconf;
 
 pub use ca::{CertifiedKey, ClusterCa, Identity, peer_identity};
-pub use tlsconf::{client_config, server_config};
+pub use tlsconf::{client_config, discovery_client_config, server_config};
 pub use token::{BootstrapToken, ClusterInfo};
 
 use std::path::PathBuf;
