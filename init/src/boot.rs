@@ -1,0 +1,404 @@
+//! The boot sequence as data: seven named phases, each a list of tasks over a [`BootCtx`] that
+//! holds the kernel seams and what earlier tasks learned.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nix::errno::Errno;
+
+use crate::config::{BootConfig, ConfigError, IpConfig};
+use crate::console::{self, ConsoleError, RingFile};
+use crate::dhcp::RetryPolicy;
+use crate::modules::{self, DEFAULT_MODULES, ModuleIndex};
+use crate::mounts::{self, MountError, host_path};
+use crate::network::{self, NetError, NetState};
+use crate::sequence::{Phase, task};
+use crate::supervisor::ServiceSpec;
+use crate::switch_root::SwitchRootError;
+use crate::sys::{HostSetter, Link, ModuleLoader, Mounter, NetConfigurator, RootSwitcher};
+
+/// Why a boot phase failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error(transparent)]
+    SwitchRoot(#[from] SwitchRootError),
+    #[error(transparent)]
+    Mount(#[from] MountError),
+    #[error(transparent)]
+    Console(#[from] ConsoleError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("setting hostname {name}: {errno}")]
+    Hostname { name: String, errno: Errno },
+    #[error("writing {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error("service list: {0}")]
+    Services(String),
+}
+
+/// Opens the network configurator (rtnetlink in production) when the hostname or network phase
+/// first needs it.
+pub type NetFactory = Box<dyn FnMut() -> Result<Box<dyn NetConfigurator>, NetError>>;
+
+/// Turns the boot configuration into the services to supervise.
+pub type MakeServices = Box<dyn Fn(&BootConfig) -> Vec<ServiceSpec>>;
+
+/// The kernel seams used by the boot phases.
+pub struct Seams {
+    pub root_switcher: Box<dyn RootSwitcher>,
+    pub mounter: Box<dyn Mounter>,
+    pub modules: Box<dyn ModuleLoader>,
+    pub host: Box<dyn HostSetter>,
+    pub net_factory: NetFactory,
+}
+
+/// Everything the boot tasks share.
+pub struct BootCtx {
+    /// `/` in production; a temporary directory in tests. Files are read and written under it.
+    pub root: PathBuf,
+    pub seams: Seams,
+    /// Open `/dev/console` in the console-log phase (off in tests).
+    pub use_dev_console: bool,
+    pub config: BootConfig,
+    pub default_modules: Vec<String>,
+    pub nic_timeout: Duration,
+    pub dhcp_policy: RetryPolicy,
+    pub make_services: MakeServices,
+    // Learned along the way:
+    pub net: Option<Box<dyn NetConfigurator>>,
+    pub nic: Option<Link>,
+    pub hostname: Option<String>,
+    pub net_state: Option<NetState>,
+    pub services: Vec<ServiceSpec>,
+}
+
+impl BootCtx {
+    pub fn new(root: PathBuf, seams: Seams, make_services: MakeServices) -> BootCtx {
+        BootCtx {
+            root,
+            seams,
+            use_dev_console: true,
+            config: BootConfig::default(),
+            default_modules: DEFAULT_MODULES.iter().map(|s| (*s).to_owned()).collect(),
+            nic_timeout: Duration::from_secs(10),
+            dhcp_policy: RetryPolicy::default(),
+            make_services,
+            net: None,
+            nic: None,
+            hostname: None,
+            net_state: None,
+            services: Vec::new(),
+        }
+    }
+
+    fn net(&mut self) -> Result<&mut dyn NetConfigurator, BootError> {
+        if self.net.is_none() {
+            self.net = Some((self.seams.net_factory)()?);
+        }
+        match self.net.as_deref_mut() {
+            Some(n) => Ok(n),
+            None => Err(BootError::Net(NetError::Netlink {
+                op: "open",
+                message: "no configurator".into(),
+            })),
+        }
+    }
+
+    fn write(&self, abs: &str, data: &[u8]) -> Result<(), BootError> {
+        let path = host_path(&self.root, abs);
+        let err = |source| BootError::Write {
+            path: abs.into(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        std::fs::write(path, data).map_err(err)
+    }
+}
+
+type BootPhase = Phase<BootCtx, BootError>;
+
+/// The boot sequence.
+pub fn phases() -> Vec<BootPhase> {
+    vec![
+        Phase::new(
+            "switch-root",
+            vec![task("leave-initramfs", leave_initramfs)],
+        ),
+        Phase::new(
+            "mounts",
+            vec![
+                task("base-mounts", base_mounts),
+                task("cgroup-controllers", cgroup_controllers),
+            ],
+        ),
+        Phase::new(
+            "console-log",
+            vec![
+                task("dev-console", dev_console),
+                task("log-ring", log_ring),
+                task("boot-config", boot_config),
+            ],
+        ),
+        Phase::new(
+            "modules",
+            vec![task("load", load_modules), task("efivarfs", efivarfs)],
+        ),
+        Phase::new(
+            "hostname",
+            vec![task("choose", choose_hostname), task("set", set_hostname)],
+        ),
+        Phase::new(
+            "network",
+            vec![
+                task("loopback", loopback),
+                task("interface", interface),
+                task("publish", publish_network),
+            ],
+        ),
+        Phase::new("services", vec![task("plan", plan_services)]),
+    ]
+}
+
+fn leave_initramfs(ctx: &mut BootCtx) -> Result<(), BootError> {
+    if ctx.seams.root_switcher.root_is_initramfs()? {
+        ctx.seams.root_switcher.switch_root()?;
+    } else {
+        tracing::info!(target: "strake_init::boot", "root is not the initramfs rootfs; not switching");
+    }
+    Ok(())
+}
+
+fn base_mounts(ctx: &mut BootCtx) -> Result<(), BootError> {
+    Ok(mounts::mount_all(
+        ctx.seams.mounter.as_mut(),
+        &ctx.root,
+        &mounts::base_mounts(),
+    )?)
+}
+
+fn cgroup_controllers(ctx: &mut BootCtx) -> Result<(), BootError> {
+    match mounts::enable_cgroup_controllers(&ctx.root) {
+        Ok(list) => {
+            tracing::info!(target: "strake_init::mounts", "cgroup2 controllers enabled: {}", list.join(" "));
+            Ok(())
+        }
+        // Some controllers refused (e.g. a realtime cpu quirk): the others work; say so.
+        Err(e @ MountError::Controllers { .. }) => {
+            tracing::warn!(target: "strake_init::mounts", "{e}");
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn dev_console(ctx: &mut BootCtx) -> Result<(), BootError> {
+    if ctx.use_dev_console
+        && let Err(e) = console::use_dev_console("/dev/console")
+    {
+        // Keep logging to the console the kernel gave us.
+        tracing::warn!(target: "strake_init::console", "{e}");
+    }
+    Ok(())
+}
+
+fn log_ring(ctx: &mut BootCtx) -> Result<(), BootError> {
+    let ring = RingFile::open(
+        &host_path(&ctx.root, console::LOG_PATH),
+        console::RING_FILE_LIMIT,
+    )?;
+    console::global().attach_ring(ring);
+    Ok(())
+}
+
+fn boot_config(ctx: &mut BootCtx) -> Result<(), BootError> {
+    let cmdline = match std::fs::read_to_string(host_path(&ctx.root, "/proc/cmdline")) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(target: "strake_init::config", "reading /proc/cmdline: {e}; using defaults");
+            String::new()
+        }
+    };
+    let (config, warnings) = BootConfig::parse_cmdline(&cmdline);
+    for w in &warnings {
+        tracing::warn!(target: "strake_init::config", "{w}");
+    }
+    console::global().set_debug(config.debug);
+    tracing::info!(target: "strake_init::config", "role {:?}, ip {}", config.role, describe_ip(&config.ip));
+    config.save(host_path(&ctx.root, BootConfig::RUNTIME_PATH))?;
+    ctx.config = config;
+    Ok(())
+}
+
+fn describe_ip(ip: &IpConfig) -> String {
+    match ip {
+        IpConfig::Dhcp => "dhcp".into(),
+        IpConfig::Static(s) => format!("{}/{} static", s.address, s.prefix),
+    }
+}
+
+fn load_modules(ctx: &mut BootCtx) -> Result<(), BootError> {
+    let release = ctx.seams.modules.kernel_release();
+    let index = match ModuleIndex::read(&ctx.root, &release) {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::warn!(target: "strake_init::modules", "{e}; loading no modules");
+            return Ok(());
+        }
+    };
+    let mut names = ctx.default_modules.clone();
+    names.extend(ctx.config.extra_modules.iter().cloned());
+    if mounts::is_uefi(&ctx.root) {
+        names.push("efivarfs".into());
+    }
+    let report = modules::load_modules(
+        ctx.seams.modules.as_mut(),
+        &index,
+        &ctx.root,
+        &release,
+        &names,
+    );
+    for w in &report.warnings {
+        tracing::warn!(target: "strake_init::modules", "{w}");
+    }
+    tracing::info!(
+        target: "strake_init::modules",
+        "loaded {} modules ({} already present, {} failed): {}",
+        report.loaded.len(),
+        report.already_loaded.len(),
+        report.failed.len(),
+        report.loaded.join(" ")
+    );
+    Ok(())
+}
+
+fn efivarfs(ctx: &mut BootCtx) -> Result<(), BootError> {
+    if !mounts::is_uefi(&ctx.root) {
+        return Ok(());
+    }
+    if !mounts::mount_efivarfs(ctx.seams.mounter.as_mut())? {
+        tracing::warn!(target: "strake_init::mounts", "efivarfs is not available in this kernel; EFI variables are inaccessible");
+    }
+    Ok(())
+}
+
+fn wanted_interface(config: &BootConfig) -> Option<String> {
+    match &config.ip {
+        IpConfig::Static(s) => s.interface.clone(),
+        IpConfig::Dhcp => None,
+    }
+}
+
+fn find_nic(ctx: &mut BootCtx) -> Result<Link, BootError> {
+    if let Some(nic) = &ctx.nic {
+        return Ok(nic.clone());
+    }
+    let wanted = wanted_interface(&ctx.config);
+    let timeout = ctx.nic_timeout;
+    let nic = network::wait_for_interface(
+        ctx.net()?,
+        wanted.as_deref(),
+        timeout,
+        Duration::from_millis(50),
+    )?;
+    tracing::info!(target: "strake_init::network", "using interface {} (index {})", nic.name, nic.index);
+    ctx.nic = Some(nic.clone());
+    Ok(nic)
+}
+
+fn choose_hostname(ctx: &mut BootCtx) -> Result<(), BootError> {
+    let name = match ctx.config.hostname.clone() {
+        Some(h) => h,
+        None => network::default_hostname(find_nic(ctx)?.mac),
+    };
+    ctx.hostname = Some(name);
+    Ok(())
+}
+
+fn set_hostname(ctx: &mut BootCtx) -> Result<(), BootError> {
+    let name = ctx
+        .hostname
+        .clone()
+        .unwrap_or_else(|| network::default_hostname(None));
+    ctx.seams
+        .host
+        .set_hostname(&name)
+        .map_err(|errno| BootError::Hostname {
+            name: name.clone(),
+            errno,
+        })?;
+    ctx.write("/etc/hostname", format!("{name}\n").as_bytes())?;
+    tracing::info!(target: "strake_init::hostname", "hostname is {name}");
+    Ok(())
+}
+
+fn loopback(ctx: &mut BootCtx) -> Result<(), BootError> {
+    Ok(network::configure_loopback(ctx.net()?)?)
+}
+
+fn interface(ctx: &mut BootCtx) -> Result<(), BootError> {
+    let nic = find_nic(ctx)?;
+    let ip = ctx.config.ip.clone();
+    let hostname = ctx
+        .hostname
+        .clone()
+        .unwrap_or_else(|| network::default_hostname(nic.mac));
+    let policy = ctx.dhcp_policy;
+    let mac = nic.mac.unwrap_or_default();
+    let mut xid = move || network::random_u32(mac);
+    let state = network::configure_interface(ctx.net()?, &nic, &ip, &hostname, policy, &mut xid)?;
+    tracing::info!(
+        target: "strake_init::network",
+        "{} is {}/{} via {} ({})",
+        state.interface,
+        state.address,
+        state.prefix,
+        state.gateway.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        state.source
+    );
+    ctx.net_state = Some(state);
+    Ok(())
+}
+
+fn publish_network(ctx: &mut BootCtx) -> Result<(), BootError> {
+    if let Some(state) = &ctx.net_state {
+        let hostname = ctx.hostname.clone().unwrap_or_default();
+        network::write_files(&ctx.root, &hostname, state)?;
+    }
+    // The netlink runtime is only for this phase.
+    ctx.net = None;
+    Ok(())
+}
+
+fn plan_services(ctx: &mut BootCtx) -> Result<(), BootError> {
+    let services = (ctx.make_services)(&ctx.config);
+    let mut seen = std::collections::HashSet::new();
+    for s in &services {
+        if s.argv.is_empty() {
+            return Err(BootError::Services(format!(
+                "service {} has an empty argv",
+                s.name
+            )));
+        }
+        if !seen.insert(s.name.as_str()) {
+            return Err(BootError::Services(format!(
+                "service name {} is used twice",
+                s.name
+            )));
+        }
+        tracing::info!(target: "strake_init::boot", "service {}: {}", s.name, s.argv.join(" "));
+    }
+    ctx.services = services;
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "boot_tests.rs"]
+mod tests;

@@ -1,0 +1,231 @@
+use std::os::unix::fs::PermissionsExt as _;
+
+use super::*;
+use crate::config::Role;
+use crate::fake::FakeKernel;
+use crate::sequence::run_sequence;
+use crate::supervisor::RestartPolicy;
+
+const MODULES_DEP: &str = "\
+kernel/drivers/net/virtio_net.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
+kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko
+kernel/drivers/virtio/virtio_ring.ko:
+kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
+kernel/fs/overlayfs/overlay.ko:
+kernel/drivers/net/vxlan.ko:
+";
+
+fn root_with(cmdline: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path();
+    std::fs::create_dir_all(p.join("proc")).expect("proc");
+    std::fs::write(p.join("proc/cmdline"), cmdline).expect("cmdline");
+    std::fs::create_dir_all(p.join("sys/fs/cgroup")).expect("cgroup");
+    std::fs::write(
+        p.join("sys/fs/cgroup/cgroup.controllers"),
+        "cpu memory pids\n",
+    )
+    .expect("controllers");
+    let mods = p.join("lib/modules/6.1.0-test");
+    std::fs::create_dir_all(&mods).expect("modules");
+    std::fs::write(mods.join("modules.dep"), MODULES_DEP).expect("dep");
+    dir
+}
+
+fn ctx_for(root: &std::path::Path, fake: &FakeKernel) -> BootCtx {
+    let net = fake.clone();
+    let seams = Seams {
+        root_switcher: Box::new(fake.clone()),
+        mounter: Box::new(fake.clone()),
+        modules: Box::new(fake.clone()),
+        host: Box::new(fake.clone()),
+        net_factory: Box::new(move || Ok(Box::new(net.clone()) as Box<dyn NetConfigurator>)),
+    };
+    let make = |cfg: &BootConfig| {
+        let mut v = vec![ServiceSpec::new(
+            "machined",
+            &["/bin/strake", "machined"],
+            RestartPolicy::Always,
+        )];
+        if cfg.role == Role::Controlplane {
+            v.push(ServiceSpec::new(
+                "controlplane",
+                &["/bin/strake", "controlplane"],
+                RestartPolicy::Always,
+            ));
+        }
+        v
+    };
+    let mut ctx = BootCtx::new(root.to_owned(), seams, Box::new(make));
+    ctx.use_dev_console = false;
+    ctx.dhcp_policy = RetryPolicy {
+        deadline: Duration::from_secs(5),
+        ..RetryPolicy::default()
+    };
+    ctx
+}
+
+#[test]
+fn full_boot_against_the_fake_kernel() {
+    let root = root_with(
+        "console=ttyS0 strake.role=worker strake.modules=vxlan strake.token=t0k strake.bogus=1\n",
+    );
+    let fake = FakeKernel::with_nic();
+    fake.state().root_is_initramfs = true;
+    fake.state().links_hidden_for = 2; // virtio_net still probing
+    let mut ctx = ctx_for(root.path(), &fake);
+
+    let reports = run_sequence(&phases(), &mut ctx).expect("boot");
+    let names: Vec<&str> = reports.iter().map(|r| r.name).collect();
+    assert_eq!(
+        names,
+        [
+            "switch-root",
+            "mounts",
+            "console-log",
+            "modules",
+            "hostname",
+            "network",
+            "services"
+        ]
+    );
+
+    let calls = fake.state().calls.clone();
+    let pos = |c: &str| {
+        calls
+            .iter()
+            .position(|x| x == c)
+            .unwrap_or_else(|| panic!("no call {c}: {calls:#?}"))
+    };
+    assert_eq!(calls[0], "switch-root");
+    assert!(pos("mount /proc") < pos("mount /sys/fs/cgroup"));
+    assert!(
+        pos("load virtio_ring") < pos("load virtio") && pos("load virtio") < pos("load virtio_net")
+    );
+    assert!(
+        pos("load vxlan") > pos("load virtio_net"),
+        "extra modules after the defaults"
+    );
+    assert!(pos("load virtio_pci") < pos("hostname strake-123456"));
+    assert!(pos("hostname strake-123456") < pos("up 1"));
+    assert_eq!(
+        calls[pos("up 1")..],
+        [
+            "up 1",
+            "addr 1 127.0.0.1/8",
+            "up 2",
+            "dhcp eth0",
+            "addr 2 10.0.2.15/24",
+            "route 2 via 10.0.2.2"
+        ]
+    );
+
+    let p = root.path();
+    let boot_json = p.join("run/strake/boot.json");
+    assert_eq!(
+        std::fs::metadata(&boot_json)
+            .expect("boot.json")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let cfg = BootConfig::load(&boot_json).expect("load");
+    assert_eq!(
+        (cfg.role, cfg.token.as_deref()),
+        (Role::Worker, Some("t0k"))
+    );
+    assert_eq!(
+        std::fs::read_to_string(p.join("etc/hostname")).expect("hostname"),
+        "strake-123456\n"
+    );
+    assert!(
+        std::fs::read_to_string(p.join("etc/resolv.conf"))
+            .expect("resolv")
+            .contains("nameserver 10.0.2.3")
+    );
+    assert_eq!(
+        std::fs::read_to_string(p.join("sys/fs/cgroup/cgroup.subtree_control")).expect("ctl"),
+        "+cpu +memory +pids"
+    );
+    assert!(p.join("run/strake/log/init.log").exists());
+    assert_eq!(
+        ctx.services
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>(),
+        ["machined"]
+    );
+    assert!(
+        ctx.net.is_none(),
+        "the netlink connection is closed after the network phase"
+    );
+}
+
+#[test]
+fn static_ip_and_configured_hostname_skip_dhcp() {
+    let root = root_with("strake.hostname=cp1 strake.ip=192.168.9.4/24:192.168.9.1:eth0:9.9.9.9");
+    let fake = FakeKernel::with_nic();
+    let mut ctx = ctx_for(root.path(), &fake);
+    run_sequence(&phases(), &mut ctx).expect("boot");
+    let calls = fake.state().calls.clone();
+    assert!(
+        !calls.iter().any(|c| c == "switch-root"),
+        "not an initramfs: {calls:?}"
+    );
+    assert!(!calls.iter().any(|c| c.starts_with("dhcp")), "{calls:?}");
+    assert!(calls.contains(&"hostname cp1".to_string()));
+    assert!(calls.contains(&"addr 2 192.168.9.4/24".to_string()));
+    assert!(calls.contains(&"route 2 via 192.168.9.1".to_string()));
+    assert_eq!(ctx.services.len(), 2);
+}
+
+#[test]
+fn first_failure_stops_the_sequence_with_its_name() {
+    let root = root_with("");
+    let fake = FakeKernel::with_nic();
+    fake.state()
+        .fail_mounts
+        .insert("/sys/fs/cgroup".into(), Errno::ENODEV);
+    let mut ctx = ctx_for(root.path(), &fake);
+    let err = run_sequence(&phases(), &mut ctx).expect_err("must fail");
+    assert_eq!((err.phase, err.task), ("mounts", "base-mounts"));
+    assert_eq!(
+        err.to_string(),
+        "phase `mounts` failed in task `base-mounts`: mounting cgroup2 on /sys/fs/cgroup: ENODEV: No such device"
+    );
+    assert!(
+        !fake.state().calls.iter().any(|c| c.starts_with("load")),
+        "later phases must not run"
+    );
+}
+
+#[test]
+fn a_missing_nic_is_a_clear_network_error() {
+    let root = root_with("strake.hostname=x");
+    let fake = FakeKernel::with_nic();
+    fake.state().links.retain(|l| l.loopback);
+    let mut ctx = ctx_for(root.path(), &fake);
+    ctx.nic_timeout = Duration::from_millis(50);
+    let err = run_sequence(&phases(), &mut ctx).expect_err("must fail");
+    assert_eq!((err.phase, err.task), ("network", "interface"));
+    assert!(
+        err.to_string().contains("no ethernet interface appeared"),
+        "{err}"
+    );
+}
+
+#[test]
+fn duplicate_service_names_are_refused() {
+    let root = root_with("");
+    let fake = FakeKernel::with_nic();
+    let mut ctx = ctx_for(root.path(), &fake);
+    ctx.make_services = Box::new(|_| {
+        vec![
+            ServiceSpec::new("a", &["/bin/strake"], RestartPolicy::Always),
+            ServiceSpec::new("a", &["/bin/strake"], RestartPolicy::Always),
+        ]
+    });
+    let err = run_sequence(&phases(), &mut ctx).expect_err("dup");
+    assert_eq!(err.phase, "services");
+}

@@ -1,0 +1,179 @@
+//! The kernel seams init goes through, as traits, with their real (Linux) implementations. The boot
+//! phases and the shutdown sequence only talk to these traits, so they run against the recording
+//! fake in `fake.rs` in unit tests.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags};
+
+use crate::dhcp::DhcpTransport;
+use crate::network::NetError;
+
+/// One mount, as data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountSpec {
+    pub source: String,
+    pub target: String,
+    pub fstype: String,
+    pub flags: MsFlags,
+    pub data: Option<String>,
+}
+
+impl MountSpec {
+    pub fn new(
+        source: &str,
+        target: &str,
+        fstype: &str,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Self {
+        MountSpec {
+            source: source.into(),
+            target: target.into(),
+            fstype: fstype.into(),
+            flags,
+            data: data.map(Into::into),
+        }
+    }
+}
+
+/// mount(2) and umount2(2). Targets are absolute paths in init's root.
+pub trait Mounter {
+    fn mount(&mut self, spec: &MountSpec) -> Result<(), Errno>;
+    /// Lazily detaches `target` (MNT_DETACH).
+    fn umount_lazy(&mut self, target: &str) -> Result<(), Errno>;
+}
+
+/// Replaces the initramfs rootfs by a tmpfs (see `switch_root.rs`).
+pub trait RootSwitcher {
+    /// Whether `/` is the kernel's initramfs `rootfs`.
+    fn root_is_initramfs(&mut self) -> Result<bool, crate::switch_root::SwitchRootError>;
+    /// Copies `/` into a fresh tmpfs, deletes the originals and makes the tmpfs the root.
+    fn switch_root(&mut self) -> Result<(), crate::switch_root::SwitchRootError>;
+}
+
+/// What happened when a module was handed to the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadOutcome {
+    Loaded,
+    AlreadyLoaded,
+}
+
+/// finit_module(2)/init_module(2).
+pub trait ModuleLoader {
+    /// `uname -r`.
+    fn kernel_release(&mut self) -> String;
+    /// Loads the module file at `path` (absolute, in init's root).
+    fn load(&mut self, path: &Path) -> Result<LoadOutcome, crate::modules::LoadError>;
+}
+
+/// The power action at the end of a shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerAction {
+    PowerOff,
+    Reboot,
+}
+
+/// reboot(2), sync(2) and friends.
+pub trait Rebooter {
+    /// Make ctrl-alt-del send SIGINT to init instead of rebooting at once.
+    fn disable_cad(&mut self) -> Result<(), Errno>;
+    fn sync(&mut self);
+    /// Returns only on failure (the fake returns Ok).
+    fn reboot(&mut self, action: PowerAction) -> Result<(), Errno>;
+    /// kill(-1, SIGKILL): every process but init.
+    fn kill_all(&mut self) -> Result<(), Errno>;
+}
+
+/// sethostname(2).
+pub trait HostSetter {
+    fn set_hostname(&mut self, name: &str) -> Result<(), Errno>;
+}
+
+/// A network interface as netlink reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mac: Option<[u8; 6]>,
+    pub loopback: bool,
+    /// ARPHRD_ETHER and not a virtual device kind (veth, bridge, ...).
+    pub ethernet: bool,
+}
+
+/// rtnetlink operations plus the DHCP socket.
+pub trait NetConfigurator {
+    fn links(&mut self) -> Result<Vec<Link>, NetError>;
+    fn set_up(&mut self, index: u32) -> Result<(), NetError>;
+    /// Adds an address; an address that is already there is fine.
+    fn add_address(&mut self, index: u32, address: Ipv4Addr, prefix: u8) -> Result<(), NetError>;
+    /// Adds the default route via `gateway` out of `index`; an existing identical route is fine.
+    fn add_default_route(&mut self, index: u32, gateway: Ipv4Addr) -> Result<(), NetError>;
+    /// A DHCP client socket on `link` (UDP 0.0.0.0:68, bound to the device, broadcast allowed).
+    fn dhcp_transport(&mut self, link: &Link) -> Result<Box<dyn DhcpTransport>, NetError>;
+}
+
+/// The real Linux implementation of the small seams.
+#[derive(Debug, Default)]
+pub struct LinuxSys;
+
+impl Mounter for LinuxSys {
+    fn mount(&mut self, spec: &MountSpec) -> Result<(), Errno> {
+        nix::mount::mount(
+            Some(spec.source.as_str()),
+            spec.target.as_str(),
+            Some(spec.fstype.as_str()),
+            spec.flags,
+            spec.data.as_deref(),
+        )
+    }
+
+    fn umount_lazy(&mut self, target: &str) -> Result<(), Errno> {
+        nix::mount::umount2(target, MntFlags::MNT_DETACH)
+    }
+}
+
+impl ModuleLoader for LinuxSys {
+    fn kernel_release(&mut self) -> String {
+        nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    fn load(&mut self, path: &Path) -> Result<LoadOutcome, crate::modules::LoadError> {
+        crate::modules::load_module_file(path)
+    }
+}
+
+impl Rebooter for LinuxSys {
+    fn disable_cad(&mut self) -> Result<(), Errno> {
+        nix::sys::reboot::set_cad_enabled(false)
+    }
+
+    fn sync(&mut self) {
+        nix::unistd::sync();
+    }
+
+    fn reboot(&mut self, action: PowerAction) -> Result<(), Errno> {
+        let mode = match action {
+            PowerAction::PowerOff => nix::sys::reboot::RebootMode::RB_POWER_OFF,
+            PowerAction::Reboot => nix::sys::reboot::RebootMode::RB_AUTOBOOT,
+        };
+        nix::sys::reboot::reboot(mode).map(|never| match never {})
+    }
+
+    fn kill_all(&mut self) -> Result<(), Errno> {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(-1),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+    }
+}
+
+impl HostSetter for LinuxSys {
+    fn set_hostname(&mut self, name: &str) -> Result<(), Errno> {
+        nix::unistd::sethostname(name)
+    }
+}
