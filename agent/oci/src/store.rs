@@ -210,12 +210,18 @@ impl ImageStore {
                 ),
             });
         }
-        let layers: Vec<PathBuf> =
-            futures::stream::iter(manifest.layers.iter().zip(&config.rootfs.diff_ids))
-                .map(|(desc, diff_id)| self.ensure_layer(endpoint, image, desc, diff_id))
-                .buffered(LAYER_CONCURRENCY)
-                .try_collect()
-                .await?;
+        // The futures are built eagerly into a Vec: a lazy `map` closure over borrowed
+        // iterators makes the pull future's `Send` bound unprovable for `tokio::spawn` callers.
+        let pending: Vec<_> = manifest
+            .layers
+            .iter()
+            .zip(&config.rootfs.diff_ids)
+            .map(|(desc, diff_id)| self.ensure_layer(endpoint, image, desc, diff_id))
+            .collect();
+        let layers: Vec<PathBuf> = futures::stream::iter(pending)
+            .buffered(LAYER_CONCURRENCY)
+            .try_collect()
+            .await?;
         let record = RefRecord {
             reference: image.to_string(),
             manifest_digest: top_digest.clone(),

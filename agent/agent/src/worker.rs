@@ -1,0 +1,516 @@
+//! One task per pod: runs its containers (pull, rootfs, start, wait, restart with back-off),
+//! writes its status, and on deletion stops the containers within the grace period, removes
+//! their cgroups and rootfs, and finally deletes the pod object.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use serde_json::json;
+use strake_oci::{ImageRef, PulledImage};
+use strake_runtime::{BindMount, ContainerSpec, NetworkMode};
+use tokio::sync::{Notify, watch};
+
+use crate::Shared;
+use crate::status::{ContainerRecord, State, Terminated, pod_status};
+
+const BACKOFF_START: Duration = Duration::from_secs(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+type Records = Arc<Mutex<Vec<ContainerRecord>>>;
+
+pub struct PodWorker {
+    shared: Arc<Shared>,
+    pod: Pod,
+    updates: watch::Receiver<Option<Pod>>,
+}
+
+/// Where a pod's files live.
+pub fn pod_dir(shared: &Shared, uid: &str) -> PathBuf {
+    shared.cfg.data_dir.join("pods").join(uid)
+}
+
+pub fn log_dir(shared: &Shared, ns: &str, name: &str, uid: &str) -> PathBuf {
+    shared.cfg.log_dir.join(format!("{ns}_{name}_{uid}"))
+}
+
+pub fn container_id(uid: &str, container: &str, attempt: i32) -> String {
+    format!("{uid}_{container}_{attempt}")
+}
+
+/// Stops and removes containers and rootfs left by a previous agent run (their pods are
+/// re-created from the API by the watch that follows).
+pub async fn sweep_leftovers(shared: &Shared) {
+    for id in shared.runtime.list().unwrap_or_default() {
+        tracing::info!(container = %id, "removing container left by a previous agent");
+        let _ = shared.runtime.stop(&id, Duration::from_secs(1)).await;
+        if let Err(e) = shared.runtime.remove(&id).await {
+            tracing::warn!(container = %id, error = %e, "could not remove leftover container");
+        }
+    }
+    let pods = shared.cfg.data_dir.join("pods");
+    for rootfs in glob3(&pods) {
+        let _ = strake_runtime::unmount(&rootfs);
+    }
+    let _ = std::fs::remove_dir_all(&pods);
+}
+
+/// `<pods>/<uid>/<container>/<attempt>/rootfs` paths that exist.
+fn glob3(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let dirs = |p: &Path| std::fs::read_dir(p).into_iter().flatten().flatten().map(|e| e.path()).collect::<Vec<_>>();
+    for a in dirs(root) {
+        for b in dirs(&a) {
+            for c in dirs(&b) {
+                out.push(c.join("rootfs"));
+            }
+        }
+    }
+    out
+}
+
+impl PodWorker {
+    pub fn new(shared: Arc<Shared>, pod: Pod, updates: watch::Receiver<Option<Pod>>) -> Self {
+        Self { shared, pod, updates }
+    }
+
+    pub async fn run(mut self) {
+        let uid = self.pod.metadata.uid.clone().unwrap_or_default();
+        let ns = self.pod.metadata.namespace.clone().unwrap_or_default();
+        let name = self.pod.metadata.name.clone().unwrap_or_default();
+        let start_time = jiff::Timestamp::now();
+        let spec = self.pod.spec.clone().unwrap_or_default();
+        let records: Records = Arc::new(Mutex::new(spec.containers.iter().map(|c| ContainerRecord::new(&c.name, c.image.as_deref().unwrap_or(""))).collect()));
+        let dirty = Arc::new(Notify::new());
+        let (stop_tx, stop_rx) = watch::channel::<Option<Duration>>(None);
+        let pod_cell = Arc::new(Mutex::new(self.pod.clone()));
+
+        let status_task = tokio::spawn(write_status(self.shared.clone(), pod_cell.clone(), records.clone(), dirty.clone(), start_time));
+        dirty.notify_one();
+
+        let mut tasks = Vec::new();
+        if spec.init_containers.as_ref().is_some_and(|v| !v.is_empty()) {
+            let mut r = records.lock().unwrap_or_else(|e| e.into_inner());
+            for rec in r.iter_mut() {
+                rec.state = State::Waiting { reason: "CreateContainerConfigError".into(), message: Some("initContainers are not supported by this Strake version yet".into()) };
+            }
+            dirty.notify_one();
+        } else {
+            for (i, c) in spec.containers.iter().enumerate() {
+                let ctx = ContainerCtx {
+                    shared: self.shared.clone(),
+                    pod: self.pod.clone(),
+                    container: c.clone(),
+                    index: i,
+                    records: records.clone(),
+                    dirty: dirty.clone(),
+                    stop: stop_rx.clone(),
+                };
+                tasks.push(tokio::spawn(ctx.run()));
+            }
+        }
+        tracing::info!(pod = %format!("{ns}/{name}"), %uid, "pod worker started");
+
+        // Follow updates until the pod is being deleted (or is gone).
+        let grace = loop {
+            if self.updates.changed().await.is_err() {
+                break Duration::from_secs(2);
+            }
+            let next = self.updates.borrow_and_update().clone();
+            match next {
+                None => break Duration::from_secs(0),
+                Some(p) => {
+                    *pod_cell.lock().unwrap_or_else(|e| e.into_inner()) = p.clone();
+                    if p.metadata.deletion_timestamp.is_some() {
+                        break Duration::from_secs(p.metadata.deletion_grace_period_seconds.unwrap_or(30).max(0) as u64);
+                    }
+                }
+            }
+        };
+        tracing::info!(pod = %format!("{ns}/{name}"), ?grace, "stopping pod");
+        let _ = stop_tx.send(Some(grace));
+        for t in tasks {
+            let _ = t.await;
+        }
+        dirty.notify_one();
+        // Give the status writer a moment to publish the final state, then stop it.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        status_task.abort();
+        let _ = tokio::fs::remove_dir_all(pod_dir(&self.shared, &uid)).await;
+        let _ = tokio::fs::remove_dir_all(log_dir(&self.shared, &ns, &name, &uid)).await;
+        match self.shared.client.delete::<Pod>(Some(&ns), &name, Some(0), Some(&uid)).await {
+            Ok(()) => tracing::info!(pod = %format!("{ns}/{name}"), "pod removed"),
+            Err(e) if e.is_not_found() || e.is_conflict() => {}
+            Err(e) => tracing::warn!(pod = %format!("{ns}/{name}"), error = %e, "final delete failed"),
+        }
+    }
+}
+
+async fn write_status(shared: Arc<Shared>, pod: Arc<Mutex<Pod>>, records: Records, dirty: Arc<Notify>, start: jiff::Timestamp) {
+    let mut last = None;
+    loop {
+        dirty.notified().await;
+        let (p, recs) = {
+            let p = pod.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let r = records.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            (p, r)
+        };
+        let ip = shared.cfg.node_ip.to_string();
+        let status = pod_status(&p, &recs, &ip, &ip, start);
+        let mut value = serde_json::to_value(&status).unwrap_or_default();
+        // Conditions carry transition times; compare without them to avoid needless writes.
+        let mut key = value.clone();
+        if let Some(c) = key.get_mut("conditions") {
+            *c = json!(c.as_array().map(|a| a.iter().map(|c| (c["type"].clone(), c["status"].clone())).collect::<Vec<_>>()));
+        }
+        if last.as_ref() == Some(&key) {
+            continue;
+        }
+        if let Some(obj) = value.as_object_mut() {
+            obj.retain(|_, v| !v.is_null());
+        }
+        let ns = p.metadata.namespace.clone().unwrap_or_default();
+        let name = p.metadata.name.clone().unwrap_or_default();
+        match shared.client.patch_status::<Pod>(Some(&ns), &name, &json!({"status": value})).await {
+            Ok(_) => last = Some(key),
+            Err(e) if e.is_not_found() => return,
+            Err(e) => {
+                tracing::warn!(pod = %format!("{ns}/{name}"), error = %e, "status update failed, will retry");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                dirty.notify_one();
+            }
+        }
+    }
+}
+
+struct ContainerCtx {
+    shared: Arc<Shared>,
+    pod: Pod,
+    container: Container,
+    index: usize,
+    records: Records,
+    dirty: Arc<Notify>,
+    stop: watch::Receiver<Option<Duration>>,
+}
+
+enum Outcome {
+    Exited(strake_runtime::ExitStatus),
+    Stopped,
+}
+
+impl ContainerCtx {
+    fn update(&self, f: impl FnOnce(&mut ContainerRecord)) {
+        {
+            let mut r = self.records.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(rec) = r.get_mut(self.index) {
+                f(rec);
+            }
+        }
+        self.dirty.notify_one();
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.borrow().is_some()
+    }
+
+    /// Sleeps for `d` unless the pod is stopped first; returns false if stopped.
+    async fn pause(&mut self, d: Duration) -> bool {
+        if self.stopping() {
+            return false;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(d) => true,
+            _ = self.stop.changed() => false,
+        }
+    }
+
+    fn waiting(&self, reason: &str, message: Option<String>) {
+        let reason = reason.to_string();
+        self.update(|r| r.state = State::Waiting { reason, message });
+    }
+
+    async fn run(mut self) {
+        let uid = self.pod.metadata.uid.clone().unwrap_or_default();
+        let ns = self.pod.metadata.namespace.clone().unwrap_or_default();
+        let pod_name = self.pod.metadata.name.clone().unwrap_or_default();
+        let restart_policy = self.pod.spec.as_ref().and_then(|s| s.restart_policy.clone()).unwrap_or_else(|| "Always".into());
+        let image_name = self.container.image.clone().unwrap_or_default();
+        let mut backoff = BACKOFF_START;
+        let mut attempt: i32 = 0;
+        loop {
+            if self.stopping() {
+                break;
+            }
+            let image = match ImageRef::parse(&image_name) {
+                Ok(i) => i,
+                Err(e) => {
+                    self.waiting("InvalidImageName", Some(format!("Failed to apply default image tag {image_name:?}: {e}")));
+                    let _ = self.stop.changed().await;
+                    break;
+                }
+            };
+            let pulled = match self.pull(&image).await {
+                Ok(p) => p,
+                Err((reason, msg)) => {
+                    tracing::info!(pod = %format!("{ns}/{pod_name}"), image = %image_name, error = %msg, "image pull failed");
+                    self.waiting(reason, Some(msg.clone()));
+                    if !self.pause(Duration::from_secs(2).min(backoff)).await {
+                        break;
+                    }
+                    self.waiting("ImagePullBackOff", Some(format!("Back-off pulling image {image_name:?}: {msg}")));
+                    if !self.pause(backoff).await {
+                        break;
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            };
+            let id = container_id(&uid, &self.container.name, attempt);
+            let digest = pulled.manifest_digest.to_string();
+            self.update(|r| {
+                r.image_id = format!("{}@{digest}", image.repository);
+                r.container_id = format!("strake://{id}");
+            });
+            let started = jiff::Timestamp::now();
+            let outcome = self.run_once(&pulled, &id, attempt).await;
+            let outcome = match outcome {
+                Ok(o) => o,
+                Err((reason, msg)) => {
+                    tracing::warn!(pod = %format!("{ns}/{pod_name}"), container = %self.container.name, error = %msg, "container failed to start");
+                    self.waiting(reason, Some(msg));
+                    if !self.pause(backoff).await {
+                        break;
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    attempt += 1;
+                    continue;
+                }
+            };
+            let status = match outcome {
+                Outcome::Exited(s) => s,
+                Outcome::Stopped => break,
+            };
+            let finished = jiff::Timestamp::from_second(status.finished_at.timestamp()).unwrap_or_else(|_| jiff::Timestamp::now());
+            let term = Terminated {
+                exit_code: status.exit_code,
+                signal: status.signal,
+                reason: if status.exit_code == 0 { "Completed".into() } else { "Error".into() },
+                message: None,
+                started_at: Some(started),
+                finished_at: finished,
+            };
+            let restart = match restart_policy.as_str() {
+                "Never" => false,
+                "OnFailure" => status.exit_code != 0,
+                _ => true,
+            };
+            let stopping = self.stopping();
+            self.update(|r| {
+                r.state = State::Terminated(term.clone());
+                r.done = !restart || stopping;
+            });
+            if !restart || stopping {
+                let _ = self.stop.changed().await;
+                break;
+            }
+            // Ran long enough: forget earlier crashes.
+            if jiff::Timestamp::now().duration_since(started).as_secs() > 600 {
+                backoff = BACKOFF_START;
+            }
+            self.update(|r| {
+                r.last_terminated = Some(term.clone());
+                r.restart_count += 1;
+                r.state = State::Waiting { reason: "CrashLoopBackOff".into(), message: Some(format!("back-off {}s restarting failed container={}", backoff.as_secs(), r.name)) };
+            });
+            if !self.pause(backoff).await {
+                break;
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            attempt += 1;
+        }
+        // Terminating: record what the container ended as, if it was still waiting.
+        self.update(|r| {
+            r.done = true;
+            if !matches!(r.state, State::Terminated(_)) {
+                r.state = State::Terminated(Terminated {
+                    exit_code: 0,
+                    signal: None,
+                    reason: "Completed".into(),
+                    message: Some("pod is being deleted".into()),
+                    started_at: None,
+                    finished_at: jiff::Timestamp::now(),
+                });
+            }
+        });
+    }
+
+    async fn pull(&self, image: &ImageRef) -> Result<PulledImage, (&'static str, String)> {
+        let policy = self.container.image_pull_policy.as_deref().unwrap_or("IfNotPresent");
+        if policy != "Always" {
+            match self.shared.images.lookup(image) {
+                Ok(Some(p)) => return Ok(p),
+                Ok(None) if policy == "Never" => {
+                    return Err(("ErrImageNeverPull", format!("Container image {image} is not present with pull policy of Never")));
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "image lookup failed, pulling"),
+            }
+        }
+        self.shared.images.pull(image).await.map_err(|e| ("ErrImagePull", e.to_string()))
+    }
+
+    /// Prepares the rootfs, starts the container and waits for it (or for the pod to stop).
+    async fn run_once(&mut self, image: &PulledImage, id: &str, attempt: i32) -> Result<Outcome, (&'static str, String)> {
+        let uid = self.pod.metadata.uid.clone().unwrap_or_default();
+        let ns = self.pod.metadata.namespace.clone().unwrap_or_default();
+        let pod_name = self.pod.metadata.name.clone().unwrap_or_default();
+        let dir = pod_dir(&self.shared, &uid).join(&self.container.name).join(attempt.to_string());
+        let (upper, work, rootfs) = (dir.join("upper"), dir.join("work"), dir.join("rootfs"));
+        for d in [&upper, &work, &rootfs] {
+            std::fs::create_dir_all(d).map_err(|e| ("CreateContainerError", format!("creating {}: {e}", d.display())))?;
+        }
+        strake_runtime::mount_overlay(&image.layers, &upper, &work, &rootfs).map_err(|e| ("CreateContainerError", e.to_string()))?;
+        let logs = log_dir(&self.shared, &ns, &pod_name, &uid).join(&self.container.name);
+        std::fs::create_dir_all(&logs).map_err(|e| ("CreateContainerError", format!("creating {}: {e}", logs.display())))?;
+        let spec = match container_spec(&self.pod, &self.container, image, id, &rootfs, logs.join(format!("{attempt}.log")), &self.shared.cfg.node_ip.to_string()) {
+            Ok(s) => s,
+            Err(msg) => {
+                let _ = strake_runtime::unmount(&rootfs);
+                return Err(("CreateContainerConfigError", msg));
+            }
+        };
+        let handle = match self.shared.runtime.start(&spec).await {
+            Ok(h) => h,
+            Err(e) => {
+                let _ = self.shared.runtime.remove(id).await;
+                let _ = strake_runtime::unmount(&rootfs);
+                return Err(("RunContainerError", e.to_string()));
+            }
+        };
+        let started_at = jiff::Timestamp::from_second(handle.started_at.timestamp()).unwrap_or_else(|_| jiff::Timestamp::now());
+        self.update(|r| {
+            r.state = State::Running { started_at };
+            r.ever_started = true;
+        });
+        let outcome = tokio::select! {
+            s = self.shared.runtime.wait(id) => s.map(Outcome::Exited),
+            _ = wait_stop(&mut self.stop) => {
+                let grace = self.stop.borrow().unwrap_or_default();
+                self.shared.runtime.stop(id, grace).await.map(|s| {
+                    let term = Terminated {
+                        exit_code: s.exit_code,
+                        signal: s.signal,
+                        reason: if s.exit_code == 0 { "Completed".into() } else { "Error".into() },
+                        message: None,
+                        started_at: Some(started_at),
+                        finished_at: jiff::Timestamp::now(),
+                    };
+                    self.update(|r| { r.state = State::Terminated(term); r.done = true; });
+                    Outcome::Stopped
+                })
+            }
+        };
+        if let Err(e) = self.shared.runtime.remove(id).await {
+            tracing::warn!(container = %id, error = %e, "removing container failed");
+        }
+        let _ = strake_runtime::unmount(&rootfs);
+        let _ = std::fs::remove_dir_all(&dir);
+        outcome.map_err(|e| ("Error", e.to_string()))
+    }
+}
+
+async fn wait_stop(stop: &mut watch::Receiver<Option<Duration>>) {
+    while stop.borrow().is_none() {
+        if stop.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Looks a user or group name up in the image's /etc/passwd or /etc/group.
+fn lookup_id(rootfs: &Path, file: &str, name: &str) -> Option<u32> {
+    let text = std::fs::read_to_string(rootfs.join("etc").join(file)).ok()?;
+    text.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == name).then_some(())?;
+        f.nth(1)?.parse().ok()
+    })
+}
+
+/// Builds the runtime spec from the pod, the container and the image config.
+pub fn container_spec(pod: &Pod, c: &Container, image: &PulledImage, id: &str, rootfs: &Path, log: PathBuf, node_ip: &str) -> Result<ContainerSpec, String> {
+    let cfg = &image.config;
+    let args: Vec<String> = match (&c.command, &c.args) {
+        (Some(cmd), args) if !cmd.is_empty() => cmd.iter().chain(args.iter().flatten()).cloned().collect(),
+        (_, Some(args)) if !args.is_empty() => cfg.entrypoint.iter().chain(args).cloned().collect(),
+        _ => cfg.entrypoint.iter().chain(&cfg.cmd).cloned().collect(),
+    };
+    if args.is_empty() {
+        return Err("no command specified: the image has no entrypoint or cmd and the container sets none".into());
+    }
+    let meta = &pod.metadata;
+    let mut env: Vec<String> = cfg.env.clone();
+    let mut set = |k: &str, v: String| {
+        env.retain(|e| e.split_once('=').map(|(ek, _)| ek) != Some(k));
+        env.push(format!("{k}={v}"));
+    };
+    for e in c.env.iter().flatten() {
+        let value = match (&e.value, &e.value_from) {
+            (Some(v), _) => v.clone(),
+            (None, Some(from)) => match from.field_ref.as_ref().map(|f| f.field_path.as_str()) {
+                Some("metadata.name") => meta.name.clone().unwrap_or_default(),
+                Some("metadata.namespace") => meta.namespace.clone().unwrap_or_default(),
+                Some("metadata.uid") => meta.uid.clone().unwrap_or_default(),
+                Some("spec.nodeName") => pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default(),
+                Some("status.podIP") | Some("status.hostIP") => node_ip.to_string(),
+                other => return Err(format!("env {}: valueFrom {other:?} is not supported yet", e.name)),
+            },
+            (None, None) => String::new(),
+        };
+        set(&e.name, value);
+    }
+    set("HOSTNAME", meta.name.clone().unwrap_or_default());
+    let sc = c.security_context.as_ref();
+    let psc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let (mut uid, mut gid) = (0u32, 0u32);
+    if let Some(user) = cfg.user.as_deref() {
+        let (u, g) = user.split_once(':').map_or((user, None), |(u, g)| (u, Some(g)));
+        uid = u.parse().ok().or_else(|| lookup_id(rootfs, "passwd", u)).ok_or(format!("image user {u:?} not found in the image's /etc/passwd"))?;
+        if let Some(g) = g {
+            gid = g.parse().ok().or_else(|| lookup_id(rootfs, "group", g)).ok_or(format!("image group {g:?} not found in the image's /etc/group"))?;
+        }
+    }
+    if let Some(u) = sc.and_then(|s| s.run_as_user).or(psc.and_then(|s| s.run_as_user)) {
+        uid = u32::try_from(u).map_err(|_| format!("runAsUser {u} is out of range"))?;
+    }
+    if let Some(g) = sc.and_then(|s| s.run_as_group).or(psc.and_then(|s| s.run_as_group)) {
+        gid = u32::try_from(g).map_err(|_| format!("runAsGroup {g} is out of range"))?;
+    }
+    let limits = c.resources.as_ref().and_then(|r| r.limits.clone()).unwrap_or_default();
+    let memory_limit = limits.get("memory").map(|q| strake_scheduler::parse_bytes(&q.0)).transpose().map_err(|e| format!("limits.memory: {e}"))?;
+    let cpu_quota = limits
+        .get("cpu")
+        .map(|q| strake_scheduler::parse_cpu_millis(&q.0))
+        .transpose()
+        .map_err(|e| format!("limits.cpu: {e}"))?
+        .map(|m| ((m * 100).max(1000), 100_000u64));
+    let cwd = c.working_dir.clone().or(cfg.working_dir.clone()).unwrap_or_else(|| "/".into());
+    Ok(ContainerSpec {
+        id: id.to_string(),
+        rootfs: rootfs.to_path_buf(),
+        args,
+        env,
+        cwd,
+        hostname: meta.name.clone().unwrap_or_default(),
+        uid,
+        gid,
+        cgroup_path: format!("/strake/pod-{}/{}", meta.uid.clone().unwrap_or_default(), c.name),
+        memory_limit,
+        cpu_quota,
+        log_path: log,
+        network: NetworkMode::Host,
+        readonly_rootfs: sc.and_then(|s| s.read_only_root_filesystem).unwrap_or(false),
+        mounts: Vec::<BindMount>::new(),
+    })
+}
