@@ -331,16 +331,29 @@ impl Store {
     }
 
     /// Builds a snapshot of everything applied so far and purges the raft log up to it (raft
-    /// also does this by itself every 10,000 entries). Returns once the snapshot is stored.
-    pub async fn snapshot(&self) -> Result<(), StoreError> {
+    /// also snapshots by itself every 10,000 entries, keeping the last 1,000 entries). Returns
+    /// once the snapshot is stored and the log purged; returns the snapshot's last log index.
+    pub async fn snapshot(&self) -> Result<Option<u64>, StoreError> {
         let raft = &self.inner.raft;
         let applied = raft.metrics().borrow().last_applied;
         raft.trigger().snapshot().await?;
-        raft.wait(Some(STARTUP_TIMEOUT))
+        let metrics = raft
+            .wait(Some(STARTUP_TIMEOUT))
             .metrics(|m| m.snapshot >= applied, "snapshot built")
             .await
             .map_err(|e| StoreError::Internal(format!("snapshot did not complete: {e}")))?;
-        Ok(())
+        let Some(upto) = metrics.snapshot.map(|id| id.index) else {
+            return Ok(None);
+        };
+        raft.trigger().purge_log(upto).await?;
+        raft.wait(Some(STARTUP_TIMEOUT))
+            .metrics(
+                |m| m.purged.map(|id| id.index) >= Some(upto),
+                "log purged up to the snapshot",
+            )
+            .await
+            .map_err(|e| StoreError::Internal(format!("log purge did not complete: {e}")))?;
+        Ok(Some(upto))
     }
 
     /// Stops raft, ends every watch with [`StoreError::Stopped`], and closes the data files so

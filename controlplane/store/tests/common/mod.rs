@@ -1,0 +1,34 @@
+//! Helpers shared by the store's integration tests.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use strake_store::{Store, StoreConfig, StoreError, WatchEvent, WatchStream};
+
+/// Deadline for any single awaited step in a test.
+pub const STEP: Duration = Duration::from_secs(20);
+
+pub async fn open(dir: &Path) -> Store {
+    tokio::time::timeout(STEP, Store::open(StoreConfig::single(1, dir)))
+        .await
+        .expect("store opens within the deadline")
+        .expect("store opens")
+}
+
+pub async fn next_item(watch: &mut WatchStream) -> Option<Result<WatchEvent, StoreError>> {
+    tokio::time::timeout(STEP, watch.next())
+        .await
+        .expect("watch yields within the deadline")
+}
+
+pub async fn next_event(watch: &mut WatchStream) -> WatchEvent {
+    match next_item(watch).await {
+        Some(Ok(event)) => event,
+        other => panic!("expected an event, got {other:?}"),
+    }
+}
+
+pub fn key(s: &str) -> Vec<u8> {
+    s.as_bytes().to_vec()
+}

@@ -1,0 +1,317 @@
+//! Durability: reopening recovers committed data, snapshots purge the log, and damaged data
+//! directories are refused with an error naming the file.
+
+mod common;
+
+use std::fs::OpenOptions;
+use std::io::{Seek, SeekFrom, Write};
+use std::path::Path;
+
+use common::{key, next_event, open};
+use openraft::RaftSnapshotBuilder;
+use openraft::storage::RaftStateMachine;
+use strake_store::raft::open_storage;
+use strake_store::{RangeRequest, Store, StoreConfig, StoreError, WatchRequest};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reopen_recovers_data_revision_and_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    store.put(key("/p/a"), key("1")).await.unwrap(); // 2
+    store.put(key("/p/b"), key("1")).await.unwrap(); // 3
+    store.put(key("/p/a"), key("2")).await.unwrap(); // 4
+    store.delete(key("/p/b")).await.unwrap(); // 5
+    store.compact(3).await.unwrap();
+    store.shutdown().await.unwrap();
+
+    let store = open(dir.path()).await;
+    assert_eq!(store.revision(), 5);
+    let kv = store
+        .get(b"/p/a")
+        .await
+        .unwrap()
+        .0
+        .expect("committed key survives a restart");
+    assert_eq!(
+        (
+            kv.value.as_slice(),
+            kv.create_revision,
+            kv.mod_revision,
+            kv.version
+        ),
+        (b"2".as_slice(), 2, 4, 2)
+    );
+    assert_eq!(store.get(b"/p/b").await.unwrap().0, None);
+    assert!(matches!(
+        store.watch(WatchRequest {
+            prefix: key("/p/"),
+            start_revision: 2
+        }),
+        Err(StoreError::Compacted { .. })
+    ));
+    let mut watch = store
+        .watch(WatchRequest {
+            prefix: key("/p/"),
+            start_revision: 3,
+        })
+        .unwrap();
+    for expected in 3..=5 {
+        assert_eq!(
+            next_event(&mut watch).await.revision,
+            expected,
+            "history survives a restart"
+        );
+    }
+    assert_eq!(
+        store.put(key("/p/c"), key("1")).await.unwrap(),
+        6,
+        "revisions continue after a restart"
+    );
+    assert_eq!(next_event(&mut watch).await.revision, 6);
+    store.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_then_restart_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    for i in 0..50 {
+        store
+            .put(key(&format!("/s/{i:02}")), key(&i.to_string()))
+            .await
+            .unwrap();
+    }
+    let upto = store
+        .snapshot()
+        .await
+        .unwrap()
+        .expect("a snapshot was built");
+    assert!(
+        upto >= 51,
+        "the snapshot covers every applied entry (got index {upto})"
+    );
+    for i in 50..60 {
+        store
+            .put(key(&format!("/s/{i:02}")), key(&i.to_string()))
+            .await
+            .unwrap();
+    }
+    store.shutdown().await.unwrap();
+
+    let store = open(dir.path()).await;
+    let all = store
+        .range(RangeRequest {
+            prefix: key("/s/"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.kvs.len(), 60);
+    assert_eq!(all.revision, 61);
+    let kv = store.get(b"/s/07").await.unwrap().0.unwrap();
+    assert_eq!((kv.value.as_slice(), kv.mod_revision), (b"7".as_slice(), 9));
+    let mut watch = store
+        .watch(WatchRequest {
+            prefix: key("/s/"),
+            start_revision: 2,
+        })
+        .unwrap();
+    assert_eq!(
+        next_event(&mut watch).await.revision,
+        2,
+        "a local snapshot keeps the history"
+    );
+    store.shutdown().await.unwrap();
+}
+
+/// A snapshot built on one node and installed on another replaces its keyspace; the new node
+/// then opens as a store serving that data (the follower catch-up path and a restore).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn installed_snapshot_replaces_keyspace() {
+    let source = tempfile::tempdir().unwrap();
+    let store = open(source.path()).await;
+    store.put(key("/i/a"), key("1")).await.unwrap();
+    store.put(key("/i/b"), key("2")).await.unwrap();
+    store.delete(key("/i/a")).await.unwrap(); // revision 4
+    store.shutdown().await.unwrap();
+
+    let snapshot = {
+        let (_log, mut sm) = open_storage(source.path(), 1).unwrap();
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap()
+    };
+    let target = tempfile::tempdir().unwrap();
+    {
+        let (_log, mut sm) = open_storage(target.path(), 1).unwrap();
+        let mut receiving = sm.begin_receiving_snapshot().await.unwrap();
+        *receiving = *snapshot.snapshot;
+        sm.install_snapshot(&snapshot.meta, receiving)
+            .await
+            .unwrap();
+        let current = sm
+            .get_current_snapshot()
+            .await
+            .unwrap()
+            .expect("installed snapshot is current");
+        assert_eq!(current.meta, snapshot.meta);
+    }
+
+    let restored = open(target.path()).await;
+    assert_eq!(restored.revision(), 4);
+    assert_eq!(restored.get(b"/i/a").await.unwrap().0, None);
+    assert_eq!(
+        restored.get(b"/i/b").await.unwrap().0.unwrap().mod_revision,
+        3
+    );
+    assert!(matches!(
+        restored.watch(WatchRequest {
+            prefix: key("/i/"),
+            start_revision: 4
+        }),
+        Err(StoreError::Compacted {
+            requested: 4,
+            compacted: 5
+        })
+    ));
+    assert_eq!(restored.put(key("/i/c"), key("3")).await.unwrap(), 5);
+    restored.shutdown().await.unwrap();
+}
+
+async fn populated_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    for i in 0..20 {
+        store
+            .put(key(&format!("/k/{i}")), vec![i as u8; 2000])
+            .await
+            .unwrap();
+    }
+    store.shutdown().await.unwrap();
+    dir
+}
+
+async fn open_err(dir: &Path) -> StoreError {
+    match Store::open(StoreConfig::single(1, dir)).await {
+        Ok(_) => panic!("open must fail on a damaged data directory"),
+        Err(err) => {
+            eprintln!("open refused: {err}");
+            err
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_state_file_is_refused() {
+    let dir = populated_dir().await;
+    let path = dir.path().join("state.redb");
+    let len = std::fs::metadata(&path).unwrap().len();
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let err = open_err(dir.path()).await;
+    assert!(matches!(err, StoreError::CorruptFile { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        len / 2,
+        "the damaged file is left alone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_log_file_is_refused() {
+    let dir = populated_dir().await;
+    let path = dir.path().join("raft-log.redb");
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let err = open_err(dir.path()).await;
+    assert!(
+        err.to_string().contains("raft-log.redb") && err.to_string().contains("empty"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overwritten_header_is_refused() {
+    let dir = populated_dir().await;
+    let path = dir.path().join("raft-log.redb");
+    let mut file = OpenOptions::new().write(true).open(&path).unwrap();
+    file.seek(SeekFrom::Start(0)).unwrap();
+    file.write_all(&[0xAB; 512]).unwrap();
+    drop(file);
+    let err = open_err(dir.path()).await;
+    assert!(matches!(err, StoreError::CorruptFile { .. }), "{err:?}");
+    assert!(err.to_string().contains("raft-log.redb"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupted_pages_are_refused() {
+    let dir = populated_dir().await;
+    let path = dir.path().join("state.redb");
+    let len = std::fs::metadata(&path).unwrap().len();
+    let mut file = OpenOptions::new().write(true).open(&path).unwrap();
+    // Scribble over everything past the header region: every data page is damaged.
+    file.seek(SeekFrom::Start(4096)).unwrap();
+    file.write_all(&vec![0x5A; (len - 4096) as usize]).unwrap();
+    drop(file);
+    let err = open_err(dir.path()).await;
+    assert!(err.to_string().contains("state.redb"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_file_and_wrong_node_are_refused() {
+    let dir = populated_dir().await;
+    let err = match Store::open(StoreConfig::single(2, dir.path())).await {
+        Ok(_) => panic!("another node id must be refused"),
+        Err(err) => err,
+    };
+    assert!(
+        matches!(
+            err,
+            StoreError::NodeIdMismatch {
+                stored: 1,
+                configured: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+
+    std::fs::remove_file(dir.path().join("state.redb")).unwrap();
+    let err = open_err(dir.path()).await;
+    assert!(
+        matches!(err, StoreError::IncompleteDataDir { .. }),
+        "{err:?}"
+    );
+    assert!(
+        !dir.path().join("state.redb").exists(),
+        "nothing is reinitialized"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_are_refused_until_the_transport_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        node_id: 1,
+        data_dir: dir.path().to_path_buf(),
+        peers: vec![(2, "10.0.0.2:2380".into())],
+    };
+    assert!(matches!(
+        Store::open(cfg).await,
+        Err(StoreError::PeersUnsupported { peers: 1 })
+    ));
+}
