@@ -225,16 +225,14 @@ pub fn write_files(root: &Path, hostname: &str, state: &NetState) -> Result<(), 
     write(NETWORK_STATE_PATH, &json)
 }
 
-/// A random transaction id from /dev/urandom (never blocks), falling back to the clock mixed with
-/// the MAC address.
+/// A random transaction id. Read from `/proc/sys/kernel/random/uuid`, which never waits: early
+/// in boot `/dev/urandom` first spends about a second generating jitter entropy under TCG. Falls
+/// back to the clock mixed with the MAC address.
 pub fn random_u32(mac: [u8; 6]) -> u32 {
-    use std::io::Read as _;
-    let mut b = [0u8; 4];
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .is_ok()
+    if let Ok(uuid) = std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+        && let Some(x) = uuid.get(..8).and_then(|h| u32::from_str_radix(h, 16).ok())
     {
-        return u32::from_ne_bytes(b);
+        return x;
     }
     let (s, ns) = crate::console::monotonic_now();
     let m = u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]]);
@@ -422,6 +420,16 @@ mod tests {
         )
         .expect_err("missing");
         assert!(err.to_string().contains("eth9"), "{err}");
+    }
+
+    #[test]
+    fn transaction_ids_vary() {
+        let a = random_u32([0; 6]);
+        let distinct = (0..8)
+            .map(|_| random_u32([0; 6]))
+            .filter(|b| *b != a)
+            .count();
+        assert!(distinct > 0);
     }
 
     #[test]
