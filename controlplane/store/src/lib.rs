@@ -48,3 +48,17 @@ pub mod raft {
         Ok((LogStore::new(Arc::new(data.log)), StateMachine::new(shared)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    fn shareable<T: Clone + Send + Sync + 'static>() {}
+    fn sendable<T: Send + 'static>() {}
+    fn error_for_anyhow<T: std::error::Error + Send + Sync + 'static>() {}
+
+    #[test]
+    fn handles_can_cross_tasks() {
+        shareable::<crate::Store>();
+        sendable::<crate::WatchStream>();
+        error_for_anyhow::<crate::StoreError>();
+    }
+}

@@ -61,6 +61,30 @@ struct Inner {
     log_db: Arc<DbCell>,
 }
 
+impl Drop for Inner {
+    /// The last handle dropped without [`Store::shutdown`]: stop raft and release the files in
+    /// the background, so the data directory can be reopened shortly after.
+    fn drop(&mut self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let raft = self.raft.clone();
+        let shared = self.shared.clone();
+        let log_db = self.log_db.clone();
+        runtime.spawn(async move {
+            if let Err(err) = raft.shutdown().await {
+                tracing::warn!(error = %err, "raft task failed while shutting down a dropped store");
+            }
+            let _ = shared.events.send(WatchMessage::Closed);
+            for result in [log_db.close(), shared.db.close()] {
+                if let Err(err) = result {
+                    tracing::warn!(error = %err, "closing a dropped store's files");
+                }
+            }
+        });
+    }
+}
+
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")

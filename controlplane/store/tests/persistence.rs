@@ -72,6 +72,26 @@ async fn reopen_recovers_data_revision_and_history() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_last_handle_releases_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    store.put(key("/d"), key("kept")).await.unwrap();
+    drop(store);
+    let deadline = std::time::Instant::now() + common::STEP;
+    let store = loop {
+        match Store::open(StoreConfig::single(1, dir.path())).await {
+            Ok(store) => break store,
+            Err(StoreError::OpenDatabase { .. }) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(err) => panic!("reopen after drop failed: {err}"),
+        }
+    };
+    assert_eq!(store.get(b"/d").await.unwrap().0.unwrap().value, b"kept");
+    store.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_then_restart_keeps_everything() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path()).await;
