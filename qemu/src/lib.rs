@@ -1,1 +1,365 @@
-//! strake-qemu
+//! The VM harness used by `strakectl cluster up` and the end-to-end tests: boots a Strake image
+//! in QEMU (TCG unless KVM is asked for), forwards guest ports to host loopback only, captures the
+//! serial console to a file, and powers the guest off through QMP.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Errors of the harness.
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    #[error("cannot start {binary}: {source} (install the qemu-system-x86 package)")]
+    Spawn { binary: String, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("QEMU exited early with {status}; last console lines:\n{tail}")]
+    Exited { status: String, tail: String },
+    #[error("timed out after {waited:?} waiting for {what}; last console lines:\n{tail}")]
+    Timeout { what: String, waited: Duration, tail: String },
+    #[error("QMP: {0}")]
+    Qmp(String),
+    #[error("invalid VM configuration: {0}")]
+    Config(String),
+}
+
+/// CPU acceleration. KVM hangs guests on the machines this project is developed on, so TCG is
+/// the default; `STRAKE_QEMU_ACCEL=kvm` opts in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accel {
+    Tcg,
+    Kvm,
+}
+
+impl Accel {
+    pub fn from_env() -> Self {
+        match std::env::var("STRAKE_QEMU_ACCEL").as_deref() {
+            Ok("kvm") => Accel::Kvm,
+            _ => Accel::Tcg,
+        }
+    }
+}
+
+/// One guest port forwarded to 127.0.0.1 on the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortForward {
+    pub host: u16,
+    pub guest: u16,
+}
+
+/// A VM to boot.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    pub name: String,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// Extra kernel command line (console and panic settings are added).
+    pub cmdline: String,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    pub accel: Accel,
+    pub forwards: Vec<PortForward>,
+    /// Directory for the serial log, QMP socket and pid file.
+    pub state_dir: PathBuf,
+}
+
+impl VmConfig {
+    pub fn serial_log(&self) -> PathBuf {
+        self.state_dir.join(format!("{}.console.log", self.name))
+    }
+    pub fn qmp_socket(&self) -> PathBuf {
+        self.state_dir.join(format!("{}.qmp", self.name))
+    }
+    pub fn pid_file(&self) -> PathBuf {
+        self.state_dir.join(format!("{}.pid", self.name))
+    }
+
+    /// The full QEMU argument list (without the binary).
+    pub fn args(&self) -> Result<Vec<String>, QemuError> {
+        if self.memory_mib < 256 {
+            return Err(QemuError::Config(format!("{} MiB of memory is too little; use at least 256", self.memory_mib)));
+        }
+        if !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(QemuError::Config(format!("VM name {:?} must be alphanumeric or '-'", self.name)));
+        }
+        let mut netdev = "user,id=net0".to_string();
+        for f in &self.forwards {
+            // Bound to loopback only: nothing outside this machine can reach the guest.
+            netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", f.host, f.guest));
+        }
+        let accel = match self.accel {
+            Accel::Tcg => "tcg,thread=multi",
+            Accel::Kvm => "kvm",
+        };
+        let cmdline = format!("console=ttyS0 panic=-1 {}", self.cmdline).trim().to_string();
+        let s = |x: &str| x.to_string();
+        Ok(vec![
+            s("-name"), self.name.clone(),
+            s("-machine"), s("q35"),
+            s("-accel"), s(accel),
+            s("-cpu"), s(if self.accel == Accel::Kvm { "host" } else { "max" }),
+            s("-smp"), self.cpus.to_string(),
+            s("-m"), self.memory_mib.to_string(),
+            s("-kernel"), self.kernel.display().to_string(),
+            s("-initrd"), self.initrd.display().to_string(),
+            s("-append"), cmdline,
+            s("-netdev"), netdev,
+            s("-device"), s("virtio-net-pci,netdev=net0"),
+            s("-device"), s("virtio-rng-pci"),
+            s("-display"), s("none"),
+            s("-vga"), s("none"),
+            s("-serial"), format!("file:{}", self.serial_log().display()),
+            s("-monitor"), s("none"),
+            s("-qmp"), format!("unix:{},server=on,wait=off", self.qmp_socket().display()),
+            s("-no-reboot"),
+            s("-nodefaults"),
+        ])
+    }
+}
+
+/// A running VM.
+pub struct Vm {
+    cfg: VmConfig,
+    child: Option<Child>,
+    started: Instant,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> QemuError + '_ {
+    move |source| QemuError::Io { path: path.to_path_buf(), source }
+}
+
+/// The last `n` lines of a file (for error messages).
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+impl Vm {
+    /// Starts QEMU as a child of this process.
+    pub fn start(cfg: VmConfig) -> Result<Vm, QemuError> {
+        std::fs::create_dir_all(&cfg.state_dir).map_err(io(&cfg.state_dir))?;
+        let _ = std::fs::remove_file(cfg.serial_log());
+        let _ = std::fs::remove_file(cfg.qmp_socket());
+        let args = cfg.args()?;
+        let binary = "qemu-system-x86_64".to_string();
+        let child = Command::new(&binary)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(cfg.state_dir.join(format!("{}.qemu.log", cfg.name))).map_err(io(&cfg.state_dir))?))
+            .spawn()
+            .map_err(|source| QemuError::Spawn { binary, source })?;
+        std::fs::write(cfg.pid_file(), child.id().to_string()).map_err(io(&cfg.pid_file()))?;
+        Ok(Vm { cfg, child: Some(child), started: Instant::now() })
+    }
+
+    /// Starts QEMU detached (its own session, not our child), for a cluster that outlives us.
+    pub fn start_detached(cfg: VmConfig) -> Result<u32, QemuError> {
+        std::fs::create_dir_all(&cfg.state_dir).map_err(io(&cfg.state_dir))?;
+        let _ = std::fs::remove_file(cfg.serial_log());
+        let _ = std::fs::remove_file(cfg.qmp_socket());
+        let mut args = cfg.args()?;
+        args.push("-daemonize".into());
+        args.push("-pidfile".into());
+        args.push(cfg.pid_file().display().to_string());
+        let binary = "qemu-system-x86_64".to_string();
+        let out = Command::new(&binary)
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| QemuError::Spawn { binary, source })?;
+        if !out.status.success() {
+            return Err(QemuError::Exited { status: out.status.to_string(), tail: String::from_utf8_lossy(&out.stderr).into_owned() });
+        }
+        let pid = std::fs::read_to_string(cfg.pid_file()).map_err(io(&cfg.pid_file()))?;
+        pid.trim().parse().map_err(|_| QemuError::Config(format!("bad pid file {}", cfg.pid_file().display())))
+    }
+
+    pub fn config(&self) -> &VmConfig {
+        &self.cfg
+    }
+
+    /// Time since QEMU was started.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub fn console(&self) -> String {
+        std::fs::read_to_string(self.cfg.serial_log()).unwrap_or_default()
+    }
+
+    fn check_alive(&mut self) -> Result<(), QemuError> {
+        if let Some(child) = self.child.as_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut tail = tail(&self.cfg.serial_log(), 40);
+                let qemu_err = std::fs::read_to_string(self.cfg.state_dir.join(format!("{}.qemu.log", self.cfg.name))).unwrap_or_default();
+                if !qemu_err.trim().is_empty() {
+                    tail.push_str("\nqemu: ");
+                    tail.push_str(qemu_err.trim());
+                }
+                self.child = None;
+                return Err(QemuError::Exited { status: status.to_string(), tail });
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until the console shows `needle`; returns the console text.
+    pub fn wait_for_console(&mut self, needle: &str, timeout: Duration) -> Result<String, QemuError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.console();
+            if text.contains(needle) {
+                return Ok(text);
+            }
+            self.check_alive()?;
+            if Instant::now() > deadline {
+                return Err(QemuError::Timeout { what: format!("{needle:?} on the console"), waited: timeout, tail: tail(&self.cfg.serial_log(), 40) });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Polls `check` until it returns true, failing early if QEMU dies.
+    pub fn wait_until(&mut self, what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Result<(), QemuError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if check() {
+                return Ok(());
+            }
+            self.check_alive()?;
+            if Instant::now() > deadline {
+                return Err(QemuError::Timeout { what: what.into(), waited: timeout, tail: tail(&self.cfg.serial_log(), 40) });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Presses the ACPI power button and waits for QEMU to exit; kills it after `timeout`.
+    /// Returns true if the guest powered off by itself.
+    pub fn power_off(&mut self, timeout: Duration) -> bool {
+        let _ = qmp(&self.cfg.qmp_socket(), "system_powerdown");
+        let deadline = Instant::now() + timeout;
+        while let Some(child) = self.child.as_mut() {
+            if let Ok(Some(_)) = child.try_wait() {
+                self.child = None;
+                return true;
+            }
+            if Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.kill();
+        false
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Sends one QMP command (after the capabilities handshake) and returns the reply line.
+pub fn qmp(socket: &Path, command: &str) -> Result<String, QemuError> {
+    let err = |e: std::io::Error| QemuError::Qmp(format!("{}: {e}", socket.display()));
+    let mut stream = UnixStream::connect(socket).map_err(err)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(err)?;
+    let mut reader = BufReader::new(stream.try_clone().map_err(err)?);
+    let mut line = String::new();
+    reader.read_line(&mut line).map_err(err)?; // greeting
+    stream.write_all(b"{\"execute\":\"qmp_capabilities\"}\n").map_err(err)?;
+    line.clear();
+    reader.read_line(&mut line).map_err(err)?;
+    let cmd = serde_json::json!({"execute": command});
+    stream.write_all(format!("{cmd}\n").as_bytes()).map_err(err)?;
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).map_err(err)? == 0 {
+            return Err(QemuError::Qmp("connection closed".into()));
+        }
+        // Skip asynchronous events.
+        if line.contains("\"return\"") || line.contains("\"error\"") {
+            return Ok(line.trim().to_string());
+        }
+    }
+}
+
+/// Stops a detached VM: power button via QMP, then SIGKILL after `timeout`.
+pub fn stop_detached(state_dir: &Path, name: &str, timeout: Duration) -> Result<bool, QemuError> {
+    let pid_file = state_dir.join(format!("{name}.pid"));
+    let pid: i32 = match std::fs::read_to_string(&pid_file) {
+        Ok(p) => p.trim().parse().map_err(|_| QemuError::Config(format!("bad pid file {}", pid_file.display())))?,
+        Err(_) => return Ok(false),
+    };
+    let pid = nix::unistd::Pid::from_raw(pid);
+    let _ = qmp(&state_dir.join(format!("{name}.qmp")), "system_powerdown");
+    let deadline = Instant::now() + timeout;
+    let mut clean = false;
+    while Instant::now() < deadline {
+        if nix::sys::signal::kill(pid, None).is_err() {
+            clean = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if !clean {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+    let _ = std::fs::remove_file(&pid_file);
+    Ok(clean)
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; a small race is possible).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> VmConfig {
+        VmConfig {
+            name: "t1".into(),
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            cmdline: "strake.token=x".into(),
+            memory_mib: 512,
+            cpus: 2,
+            accel: Accel::Tcg,
+            forwards: vec![PortForward { host: 16443, guest: 6443 }],
+            state_dir: "/tmp/s".into(),
+        }
+    }
+
+    #[test]
+    fn args_use_tcg_and_loopback_forwards() {
+        let a = cfg().args().unwrap().join(" ");
+        assert!(a.contains("-accel tcg"), "{a}");
+        assert!(a.contains("hostfwd=tcp:127.0.0.1:16443-:6443"), "{a}");
+        assert!(a.contains("console=ttyS0 panic=-1 strake.token=x"), "{a}");
+        assert!(a.contains("-no-reboot"));
+    }
+
+    #[test]
+    fn bad_configs_are_refused() {
+        let mut c = cfg();
+        c.memory_mib = 64;
+        assert!(c.args().is_err());
+        let mut c = cfg();
+        c.name = "a b".into();
+        assert!(c.args().is_err());
+    }
+}

@@ -1,1 +1,171 @@
-fn main() {}
+//! `strakectl`: the operator's CLI. Builds images, boots local clusters in QEMU, and turns a
+//! bootstrap token into an admin kubeconfig.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use strake_pki::BootstrapToken;
+use strake_qemu::{Accel, PortForward, Vm, VmConfig};
+
+#[derive(Parser)]
+#[command(name = "strakectl", version, about = "Operate Strake nodes and clusters")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build boot artifacts.
+    Image {
+        #[command(subcommand)]
+        cmd: ImageCmd,
+    },
+    /// Local clusters in QEMU.
+    Cluster {
+        #[command(subcommand)]
+        cmd: ClusterCmd,
+    },
+    /// Fetch admin credentials with the bootstrap token and write a kubeconfig.
+    Kubeconfig {
+        /// API server URL, e.g. https://127.0.0.1:6443
+        #[arg(long)]
+        server: String,
+        #[arg(long, env = "STRAKE_TOKEN", hide_env_values = true)]
+        token: String,
+        #[arg(long, short, default_value = "kubeconfig")]
+        output: PathBuf,
+        #[arg(long, default_value = "strake")]
+        cluster_name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Build vmlinuz + initramfs from the pinned kernel and a static strake binary.
+    Build {
+        #[arg(long)]
+        strake: PathBuf,
+        #[arg(long, default_value = "build/image")]
+        out: PathBuf,
+        #[arg(long, default_value = ".cache")]
+        cache: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Boot a one-node cluster in QEMU (TCG; STRAKE_QEMU_ACCEL=kvm to opt into KVM) and write a kubeconfig.
+    Up {
+        #[arg(long, default_value = "build/image")]
+        image: PathBuf,
+        #[arg(long, default_value = ".cache/cluster")]
+        state_dir: PathBuf,
+        /// Host port (on 127.0.0.1) forwarded to the API server.
+        #[arg(long, default_value_t = 6443)]
+        api_port: u16,
+        #[arg(long, default_value_t = 2048)]
+        memory: u32,
+        #[arg(long, default_value_t = 2)]
+        cpus: u32,
+        /// Registries the node may reach over plain HTTP (host:port as the guest sees it, e.g. 10.0.2.2:5000).
+        #[arg(long = "insecure-registry")]
+        insecure_registries: Vec<String>,
+        #[arg(long, default_value_t = 180)]
+        timeout_secs: u64,
+    },
+    /// Power the cluster's VM off.
+    Down {
+        #[arg(long, default_value = ".cache/cluster")]
+        state_dir: PathBuf,
+    },
+}
+
+const VM_NAME: &str = "strake-0";
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Image { cmd: ImageCmd::Build { strake, out, cache } } => {
+            let a = strake_image::build(&strake_image::BuildOptions { strake_binary: strake, cache_dir: cache, out_dir: out, extra_modules: vec![] })?;
+            println!("kernel {}\n  {}\n  {}", a.kernel_version, a.vmlinuz.display(), a.initramfs.display());
+            Ok(())
+        }
+        Cmd::Kubeconfig { server, token, output, cluster_name } => {
+            let token: BootstrapToken = token.parse()?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(write_kubeconfig(&server, &token, &output, &cluster_name, Duration::from_secs(30)))?;
+            println!("wrote {}", output.display());
+            Ok(())
+        }
+        Cmd::Cluster { cmd: ClusterCmd::Up { image, state_dir, api_port, memory, cpus, insecure_registries, timeout_secs } } => {
+            cluster_up(&image, &state_dir, api_port, memory, cpus, &insecure_registries, Duration::from_secs(timeout_secs))
+        }
+        Cmd::Cluster { cmd: ClusterCmd::Down { state_dir } } => {
+            let clean = strake_qemu::stop_detached(&state_dir, VM_NAME, Duration::from_secs(30))?;
+            println!("{}", if clean { "powered off" } else { "no running cluster (or it had to be killed)" });
+            Ok(())
+        }
+    }
+}
+
+/// Retries the token bootstrap until the API answers or `timeout` passes.
+async fn write_kubeconfig(server: &str, token: &BootstrapToken, output: &Path, cluster: &str, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let creds = loop {
+        match strake_kubeclient::bootstrap(server, token, "/strake/v1/kubeconfig", &serde_json::json!({})).await {
+            Ok(c) => break c,
+            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(300)).await,
+            Err(e) => return Err(e).context(format!("fetching credentials from {server}")),
+        }
+    };
+    if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(output, creds.kubeconfig(cluster, server)).with_context(|| format!("writing {}", output.display()))?;
+    Ok(())
+}
+
+fn cluster_up(image: &Path, state_dir: &Path, api_port: u16, memory: u32, cpus: u32, insecure: &[String], timeout: Duration) -> anyhow::Result<()> {
+    let kernel = image.join("vmlinuz");
+    let initrd = image.join("initramfs.zst");
+    for p in [&kernel, &initrd] {
+        if !p.exists() {
+            bail!("{} is missing: build the image first (strakectl image build)", p.display());
+        }
+    }
+    if std::net::TcpListener::bind(("127.0.0.1", api_port)).is_err() {
+        bail!("port 127.0.0.1:{api_port} is in use (is a cluster already up? try `strakectl cluster down`)");
+    }
+    let token = BootstrapToken::generate();
+    let mut cmdline = format!("strake.token={token} strake.hostname={VM_NAME}");
+    if !insecure.is_empty() {
+        cmdline.push_str(&format!(" strake.registry.insecure={}", insecure.join(",")));
+    }
+    let cfg = VmConfig {
+        name: VM_NAME.into(),
+        kernel,
+        initrd,
+        cmdline,
+        memory_mib: memory,
+        cpus,
+        accel: Accel::from_env(),
+        forwards: vec![PortForward { host: api_port, guest: 6443 }],
+        state_dir: state_dir.to_path_buf(),
+    };
+    let console = cfg.serial_log();
+    let t0 = Instant::now();
+    let pid = Vm::start_detached(cfg).context("starting QEMU")?;
+    println!("QEMU started (pid {pid}); console: {}", console.display());
+    std::fs::write(state_dir.join("token"), token.to_string())?;
+    let server = format!("https://127.0.0.1:{api_port}");
+    let kubeconfig = std::path::absolute(state_dir.join("kubeconfig"))?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(write_kubeconfig(&server, &token, &kubeconfig, "strake", timeout))
+        .with_context(|| format!("the API did not come up; console tail:\n{}", strake_qemu::tail(&console, 30)))?;
+    println!("API ready after {:.1}s", t0.elapsed().as_secs_f64());
+    println!("\nThe cluster is up. Use it with:\n\n  export KUBECONFIG={}\n  kubectl get nodes\n\n(stop it with: strakectl cluster down --state-dir {})", kubeconfig.display(), state_dir.display());
+    Ok(())
+}

@@ -17,10 +17,11 @@ use crate::AppState;
 use crate::error::ApiError;
 use crate::handlers::{json_response, read_body, target};
 use crate::kinds::Part;
+use crate::registry::Registry;
 
 /// Binds a pod to a node, once.
-pub async fn bind(app: &AppState, namespace: &str, name: &str, node: &str) -> Result<Pod, ApiError> {
-    app.registry
+pub async fn bind(reg: &Registry, namespace: &str, name: &str, node: &str) -> Result<Pod, ApiError> {
+    reg
         .modify::<Pod>(Some(namespace), name, Part::Main, |pod| {
             if pod.metadata.deletion_timestamp.is_some() {
                 return Err(ApiError::Conflict { resource: "pods".into(), name: name.into(), message: "the pod is being deleted".into() });
@@ -40,7 +41,7 @@ pub async fn bind(app: &AppState, namespace: &str, name: &str, node: &str) -> Re
         })
         .await?;
     // The PodScheduled condition lives in status: a second write through the status part.
-    app.registry
+    reg
         .modify::<Pod>(Some(namespace), name, Part::Status, |pod| {
             let status = pod.status.get_or_insert_default();
             let conds = status.conditions.get_or_insert_default();
@@ -64,7 +65,7 @@ pub async fn binding(State(app): State<Arc<AppState>>, Path(path): Path<HashMap<
         }
         let node = b.target.name.clone().filter(|n| !n.is_empty()).ok_or_else(|| ApiError::BadRequest("binding target.name is required".into()))?;
         let t = target::<Pod>(&path);
-        bind(&app, &t.namespace.unwrap_or_default(), &t.name.unwrap_or_default(), &node).await
+        bind(&app.registry, &t.namespace.unwrap_or_default(), &t.name.unwrap_or_default(), &node).await
     }
     .await;
     match res {

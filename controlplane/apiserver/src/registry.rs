@@ -87,7 +87,7 @@ pub fn parse_rv(rv: &str) -> Result<u64, ApiError> {
     rv.parse::<u64>().map_err(|_| ApiError::BadRequest(format!("invalid resource version {rv:?}: must be a decimal number")))
 }
 
-fn map_store_err(e: StoreError) -> ApiError {
+pub(crate) fn map_store_err(e: StoreError) -> ApiError {
     match e {
         StoreError::Compacted { requested, compacted } => {
             ApiError::Expired(format!("too old resource version: {requested} ({compacted})"))

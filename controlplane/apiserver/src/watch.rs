@@ -54,7 +54,7 @@ pub async fn watch<K: ApiKind>(reg: &Registry, p: WatchParams) -> Result<impl St
     let mut inner = reg
         .store()
         .watch(WatchRequest { prefix: key_prefix.into_bytes(), start_revision: start })
-        .map_err(|e| ApiError::Internal(format!("storage watch: {e}")))?;
+        .map_err(crate::registry::map_store_err)?;
     let filter = p.filter;
     let deadline = tokio::time::Instant::now() + p.timeout;
     let bookmarks = p.bookmarks;

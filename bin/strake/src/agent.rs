@@ -1,0 +1,79 @@
+//! `strake agent`: the node agent, configured from flags or the boot configuration.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use strake_pki::BootstrapToken;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// API server (host:port). Default: this node, for control-plane nodes.
+    #[arg(long)]
+    api: Option<String>,
+    #[arg(long, env = "STRAKE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Node name (default: the hostname).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Node address (default: the first non-loopback IPv4 address).
+    #[arg(long)]
+    node_ip: Option<IpAddr>,
+    #[arg(long, default_value = "/var/lib/strake/agent")]
+    data_dir: PathBuf,
+    #[arg(long, default_value = "/run/strake/agent")]
+    run_dir: PathBuf,
+    #[arg(long, default_value = "/var/log/pods")]
+    log_dir: PathBuf,
+    #[arg(long, default_value_t = 10250)]
+    port: u16,
+    /// Registries that may be reached over plain HTTP (host:port).
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+}
+
+/// The first non-loopback IPv4 address of this machine (or 127.0.0.1).
+pub fn primary_ip() -> IpAddr {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return IpAddr::V4(Ipv4Addr::LOCALHOST) };
+    addrs
+        .filter(|a| !a.interface_name.starts_with("lo"))
+        .filter_map(|a| a.address?.as_sockaddr_in().map(|s| IpAddr::V4(s.ip())))
+        .next()
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let boot = crate::boot_config();
+    let token = args.token.clone().or_else(|| boot.as_ref().and_then(|b| b.token.clone()));
+    let token = token.map(|t| t.parse::<BootstrapToken>()).transpose().context("bootstrap token")?;
+    let node_ip = args.node_ip.unwrap_or_else(primary_ip);
+    let api = args
+        .api
+        .clone()
+        .or_else(|| boot.as_ref().and_then(|b| b.api_endpoint.clone()))
+        .unwrap_or_else(|| format!("{node_ip}:6443"));
+    let node_name = match args.node_name.clone() {
+        Some(n) => n,
+        None => nix::unistd::gethostname().context("reading the hostname")?.to_string_lossy().into_owned(),
+    };
+    let mut insecure = args.insecure_registries.clone();
+    if let Some(b) = &boot {
+        insecure.extend(b.insecure_registries.iter().cloned());
+    }
+    let role_label = boot.as_ref().is_none_or(|b| b.role == strake_init::Role::Controlplane);
+    let cfg = strake_agent::AgentConfig {
+        node_name,
+        api_server: api,
+        token,
+        node_ip,
+        data_dir: args.data_dir,
+        run_dir: args.run_dir,
+        log_dir: args.log_dir,
+        port: args.port,
+        registry: strake_oci::RegistryConfig { insecure, ..Default::default() },
+        shim_exe: std::env::current_exe().context("locating the strake binary for the shim")?,
+        labels: if role_label { vec![("node-role.kubernetes.io/control-plane".into(), String::new())] } else { vec![] },
+    };
+    strake_agent::run(cfg).await?;
+    Ok(())
+}

@@ -1,0 +1,66 @@
+//! `strake controlplane`: the raft store, the API server and the scheduler in one process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use strake_pki::BootstrapToken;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Where the store and the PKI live.
+    #[arg(long, default_value = "/var/lib/strake")]
+    data_dir: PathBuf,
+    /// API listen address.
+    #[arg(long, default_value = "0.0.0.0:6443")]
+    listen: SocketAddr,
+    /// Address clients reach the API at (host:port); default: this node's address and port.
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Bootstrap token (default: from the boot configuration).
+    #[arg(long, env = "STRAKE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Extra subject alternative names for the serving certificate.
+    #[arg(long = "san")]
+    sans: Vec<String>,
+    #[arg(long, default_value = "strake")]
+    cluster_name: String,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let boot = crate::boot_config();
+    let token = args.token.clone().or_else(|| boot.as_ref().and_then(|b| b.token.clone()));
+    let token = token.map(|t| t.parse::<BootstrapToken>()).transpose().context("bootstrap token")?;
+    if token.is_none() {
+        tracing::warn!("no bootstrap token: nobody can fetch credentials; pass strake.token= on the kernel command line");
+    }
+    let node_ip = crate::agent::primary_ip();
+    let advertise = args.advertise.clone().unwrap_or_else(|| format!("{}:{}", node_ip, args.listen.port()));
+    let mut sans = args.sans.clone();
+    sans.push(node_ip.to_string());
+    if let Ok(h) = nix::unistd::gethostname() {
+        sans.push(h.to_string_lossy().into_owned());
+    }
+    let store_dir = args.data_dir.join("store");
+    let t0 = std::time::Instant::now();
+    let store = strake_store::Store::open(strake_store::StoreConfig::single(1, &store_dir))
+        .await
+        .with_context(|| format!("opening the store in {}", store_dir.display()))?;
+    tracing::info!(elapsed_ms = t0.elapsed().as_millis() as u64, "store ready");
+    let server = strake_apiserver::ApiServer::new(
+        strake_apiserver::Config {
+            listen: args.listen,
+            advertise,
+            pki_dir: args.data_dir.join("pki"),
+            cluster_name: args.cluster_name.clone(),
+            token,
+            sans,
+        },
+        store,
+    )
+    .context("setting up the API server")?;
+    server.ensure_defaults().await.context("creating default namespaces")?;
+    tokio::spawn(crate::scheduler::run(server.registry()));
+    server.serve().await.context("API server")?;
+    Ok(())
+}

@@ -1,0 +1,105 @@
+//! The scheduling loop: wakes on pod and node changes, binds pending pods with the pure
+//! `strake_scheduler::schedule`, and records why a pod cannot be placed.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Pod, PodCondition};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use strake_apiserver::kinds::Part;
+use strake_apiserver::{Filter, Registry};
+use strake_scheduler::{Decision, schedule};
+use strake_store::WatchRequest;
+
+const SCHEDULER_NAME: &str = "default-scheduler";
+
+pub async fn run(reg: Registry) {
+    loop {
+        let mut watch = match reg.store().watch(WatchRequest { prefix: b"/registry/".to_vec(), start_revision: 0 }) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "scheduler cannot watch the store");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        loop {
+            if let Err(e) = pass(&reg).await {
+                tracing::warn!(error = %e, "scheduling pass failed");
+            }
+            // Wake on the next change, or retry unschedulable pods every few seconds.
+            let next = tokio::time::timeout(Duration::from_secs(5), watch.next()).await;
+            match next {
+                Ok(Some(Ok(_))) | Err(_) => {}
+                Ok(Some(Err(_))) | Ok(None) => break,
+            }
+        }
+    }
+}
+
+async fn pass(reg: &Registry) -> Result<(), strake_apiserver::error::ApiError> {
+    let (pods, _, _) = reg.list::<Pod>(None, &Filter::default(), 0, None).await?;
+    let pending: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| {
+            let spec = p.spec.as_ref();
+            p.metadata.deletion_timestamp.is_none()
+                && spec.and_then(|s| s.node_name.as_deref()).is_none_or(str::is_empty)
+                && spec.and_then(|s| s.scheduler_name.as_deref()).unwrap_or(SCHEDULER_NAME) == SCHEDULER_NAME
+        })
+        .collect();
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let (nodes, _, _) = reg.list::<Node>(None, &Filter::default(), 0, None).await?;
+    let mut placed: Vec<Pod> = pods
+        .iter()
+        .filter(|p| {
+            p.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| !n.is_empty())
+                && !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+        })
+        .cloned()
+        .collect();
+    for pod in pending {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        match schedule(pod, &nodes, &placed) {
+            Decision::Bind(node) => match strake_apiserver::bind(reg, &ns, &name, &node).await {
+                Ok(bound) => {
+                    tracing::info!(pod = %format!("{ns}/{name}"), %node, "scheduled");
+                    placed.push(bound);
+                }
+                Err(e) => tracing::info!(pod = %format!("{ns}/{name}"), error = %e, "binding failed"),
+            },
+            Decision::Unschedulable(message) => {
+                let already = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "PodScheduled" && c.status == "False" && c.message.as_deref() == Some(message.as_str())));
+                if already {
+                    continue;
+                }
+                tracing::info!(pod = %format!("{ns}/{name}"), %message, "unschedulable");
+                let res = reg
+                    .modify::<Pod>(Some(&ns), &name, Part::Status, |p| {
+                        let conds = p.status.get_or_insert_default().conditions.get_or_insert_default();
+                        conds.retain(|c| c.type_ != "PodScheduled");
+                        conds.push(PodCondition {
+                            type_: "PodScheduled".into(),
+                            status: "False".into(),
+                            reason: Some("Unschedulable".into()),
+                            message: Some(message.clone()),
+                            last_transition_time: Some(Time(jiff::Timestamp::now())),
+                            ..Default::default()
+                        });
+                        Ok(())
+                    })
+                    .await;
+                if let Err(e) = res {
+                    tracing::info!(pod = %format!("{ns}/{name}"), error = %e, "recording unschedulable failed");
+                }
+            }
+        }
+    }
+    Ok(())
+}
