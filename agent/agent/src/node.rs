@@ -131,10 +131,40 @@ pub async fn register(shared: &Shared) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// RSS in KiB of every Strake process on the node, by role (init, controlplane, agent, shim).
+pub fn strake_rss() -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = entry.file_name();
+        if !pid.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let mut args = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned());
+        let argv0 = args.next().unwrap_or_default();
+        if !(argv0 == "/init" || argv0.ends_with("/strake")) {
+            continue;
+        }
+        let role = if argv0 == "/init" { "init".to_string() } else { args.next().unwrap_or_else(|| "init".into()) };
+        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+        let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0);
+        *out.entry(role).or_default() += kib;
+    }
+    out
+}
+
 pub async fn heartbeat(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(HEARTBEAT);
+    let mut beats: u64 = 0;
     loop {
         tick.tick().await;
+        beats += 1;
+        if beats % 6 == 3 {
+            let rss = strake_rss();
+            let total: u64 = rss.values().sum();
+            let parts: Vec<String> = rss.iter().map(|(k, v)| format!("{k}={:.1}MiB", *v as f64 / 1024.0)).collect();
+            tracing::info!("strake processes RSS {:.1}MiB ({})", total as f64 / 1024.0, parts.join(" "));
+        }
         let patch = json!({"status": {"conditions": conditions(true), "capacity": capacity(), "allocatable": allocatable()}});
         match shared.client.patch_status::<Node>(None, &shared.cfg.node_name, &patch).await {
             Ok(_) => {}

@@ -1,0 +1,43 @@
+# Shared steps of the two README commands. Sourced, not run.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TARGET=x86_64-unknown-linux-gnu
+STRAKE_BIN="$REPO/target/$TARGET/release/strake"
+IMAGE_DIR="$REPO/build/image"
+KUBECTL="${STRAKE_KUBECTL:-/usr/lib/google-cloud-sdk/bin/kubectl.1.32}"
+
+log() { printf '\n==> %s\n' "$*" >&2; }
+
+# Debian packages the build, the VM and the tests need.
+install_prereqs() {
+    if [ "$(id -u)" != 0 ]; then
+        echo "run this as root: it installs packages, mounts overlays and runs containers" >&2
+        exit 1
+    fi
+    local pkgs=(qemu-system-x86 docker-registry busybox-static kmod zstd ca-certificates dpkg-dev)
+    local missing=()
+    for p in "${pkgs[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        log "installing Debian packages: ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    fi
+    # The registry must not run as a system service on a port we did not pick.
+    systemctl disable --now docker-registry >/dev/null 2>&1 || true
+    command -v cargo >/dev/null || { echo "cargo not found: install the Rust toolchain (1.95) first" >&2; exit 1; }
+    [ -x "$KUBECTL" ] || { echo "$KUBECTL not found: kubectl 1.32 is needed (set STRAKE_KUBECTL)" >&2; exit 1; }
+}
+
+# The static strake binary, strakectl, and the boot image (kernel package fetched and verified).
+build_image() {
+    log "building the static strake binary (release, $TARGET)"
+    (cd "$REPO" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --locked --release --target "$TARGET" -p strake)
+    log "building strakectl"
+    (cd "$REPO" && cargo build --locked -p strakectl)
+    log "building the boot image into $IMAGE_DIR"
+    (cd "$REPO" && ./target/debug/strakectl image build --strake "$STRAKE_BIN" --out "$IMAGE_DIR" --cache "$REPO/.cache")
+    ls -l "$IMAGE_DIR" >&2
+}

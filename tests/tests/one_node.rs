@@ -1,0 +1,199 @@
+//! Boots the Strake image in QEMU (TCG) as a one-node cluster and drives it with kubectl 1.32:
+//! node Ready, a pod that prints a marker (Running, logs, logs -f, get -w), deletion, a missing
+//! image, malformed manifests, and a clean power-off. Prints the two measured figures.
+//!
+//! Needs the image built by `scripts/test.sh` (or `STRAKE_IMAGE_DIR`), qemu-system-x86_64,
+//! docker-registry, busybox-static and kubectl 1.32. Any missing prerequisite fails the test.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use k8s_openapi::api::core::v1::Pod;
+use strake_e2e::{Registry, kubectl, kubectl_ok, kubectl_path, poll, push_busybox, workspace_root};
+use strake_pki::BootstrapToken;
+use strake_qemu::{Accel, PortForward, Vm, VmConfig};
+
+fn image_dir() -> PathBuf {
+    std::env::var_os("STRAKE_IMAGE_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("build/image"))
+}
+
+#[test]
+fn one_node_cluster_runs_pods_through_kubectl() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let images = image_dir();
+    for f in ["vmlinuz", "initramfs.zst"] {
+        ensure!(images.join(f).exists(), "{} is missing: run scripts/test.sh (it builds the image) or set STRAKE_IMAGE_DIR", images.join(f).display());
+    }
+    kubectl_path()?;
+
+    // A registry on the host's loopback, which the guest reaches as 10.0.2.2.
+    let registry = Registry::start()?;
+    rt.block_on(push_busybox(registry.port, "e2e/busybox", "1"))?;
+    let guest_registry = format!("10.0.2.2:{}", registry.port);
+
+    let token = BootstrapToken::generate();
+    let api_port = strake_qemu::free_port();
+    let state = strake_e2e::TempDir::new("strake-e2e")?;
+    let cfg = VmConfig {
+        name: "e2e-node".into(),
+        kernel: images.join("vmlinuz"),
+        initrd: images.join("initramfs.zst"),
+        cmdline: format!("strake.token={token} strake.hostname=e2e-node strake.registry.insecure={guest_registry}"),
+        memory_mib: 2048,
+        cpus: 2,
+        accel: Accel::from_env(),
+        forwards: vec![PortForward { host: api_port, guest: 6443 }],
+        state_dir: state.path().to_path_buf(),
+    };
+    let console_path = cfg.serial_log();
+    let mut vm = Vm::start(cfg)?;
+    let result = drive(&rt, &mut vm, &token, api_port, &guest_registry, state.path());
+    if result.is_err() {
+        eprintln!("---- guest console ----\n{}\n-----------------------", strake_qemu::tail(&console_path, 150));
+    }
+    result?;
+
+    // Clean power-off through the ACPI power button.
+    let clean = vm.power_off(Duration::from_secs(60));
+    let console = vm.console();
+    ensure!(clean, "the guest did not power off within 60 s of the power button");
+    ensure!(console.contains("power"), "no shutdown messages on the console");
+    Ok(())
+}
+
+fn drive(rt: &tokio::runtime::Runtime, vm: &mut Vm, token: &BootstrapToken, api_port: u16, registry: &str, dir: &std::path::Path) -> anyhow::Result<()> {
+    let server = format!("https://127.0.0.1:{api_port}");
+    // API ready = the token bootstrap succeeds (TLS up, store up, credentials issued).
+    let mut creds = None;
+    vm.wait_until("the API server to answer", Duration::from_secs(180), || {
+        creds = rt.block_on(strake_kubeclient::bootstrap(&server, token, "/strake/v1/kubeconfig", &serde_json::json!({}))).ok();
+        creds.is_some()
+    })?;
+    let api_ready = vm.uptime();
+    let creds = creds.context("credentials")?;
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, creds.kubeconfig("strake-e2e", &server))?;
+    let client = strake_kubeclient::Client::new(&server, &creds.ca_pem, Some(&strake_pki::CertifiedKey { cert_pem: creds.cert_pem.clone(), key_pem: creds.key_pem.clone() }))?;
+
+    // The node registers and turns Ready.
+    poll("node e2e-node Ready in `kubectl get nodes`", Duration::from_secs(120), || {
+        let out = kubectl_ok(&kubeconfig, &["get", "nodes"]).ok()?;
+        out.lines().any(|l| l.starts_with("e2e-node ") && l.split_whitespace().nth(1) == Some("Ready")).then_some(())
+    })?;
+    println!("{}", kubectl_ok(&kubeconfig, &["get", "nodes", "-o", "wide"])?);
+
+    // `kubectl get pods -w` in the background: it must show the pod reaching Running.
+    let mut watcher = Command::new(kubectl_path()?)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["get", "pods", "-w"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let watch_out = watcher.stdout.take().context("watch stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(watch_out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+
+    // A pod that prints a marker and sleeps.
+    let marker = "STRAKE-E2E-MARKER-7f3a";
+    let pod_yaml = dir.join("marker.yaml");
+    std::fs::write(
+        &pod_yaml,
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: marker\nspec:\n  terminationGracePeriodSeconds: 3\n  containers:\n  - name: main\n    image: {registry}/e2e/busybox:1\n    command: [\"sh\", \"-c\", \"echo {marker}; echo second-line; sleep 3600\"]\n"
+        ),
+    )?;
+    let applied = Instant::now();
+    kubectl_ok(&kubeconfig, &["apply", "-f", pod_yaml.to_str().unwrap_or_default(), "--validate=false"])?;
+    poll("pod marker Running", Duration::from_secs(120), || {
+        let pod: Pod = rt.block_on(client.get(Some("default"), "marker")).ok()?;
+        (pod.status?.phase.as_deref() == Some("Running")).then_some(())
+    })?;
+    let apply_to_running = applied.elapsed();
+
+    let logs = poll("the marker in `kubectl logs`", Duration::from_secs(30), || {
+        let out = kubectl_ok(&kubeconfig, &["logs", "marker"]).ok()?;
+        out.contains(marker).then_some(out)
+    })?;
+    ensure!(logs.contains("second-line"), "kubectl logs is missing the second line: {logs:?}");
+
+    // logs -f streams and keeps the connection open.
+    let mut follow = Command::new(kubectl_path()?)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["logs", "-f", "marker"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut first = String::new();
+    BufReader::new(follow.stdout.take().context("logs -f stdout")?).read_line(&mut first)?;
+    ensure!(first.contains(marker), "kubectl logs -f printed {first:?}");
+    ensure!(follow.try_wait()?.is_none(), "kubectl logs -f ended although the container runs");
+    let _ = follow.kill();
+    let _ = follow.wait();
+
+    let saw_running = poll("`kubectl get pods -w` to show marker Running", Duration::from_secs(30), || {
+        rx.try_iter().find(|l| l.starts_with("marker ") && l.contains("Running"))
+    })?;
+    println!("get -w: {saw_running}");
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+
+    // Deleting stops the container (SIGTERM, then SIGKILL after the 3 s grace) and removes the pod.
+    kubectl_ok(&kubeconfig, &["delete", "pod", "marker", "--timeout=90s"])?;
+    let gone = kubectl(&kubeconfig, &["get", "pod", "marker"])?;
+    ensure!(!gone.status.success() && String::from_utf8_lossy(&gone.stderr).contains("NotFound"), "pod still there after delete");
+    vm.wait_for_console("pod removed pod=default/marker", Duration::from_secs(10))?;
+
+    // A missing image ends in ErrImagePull / ImagePullBackOff with the registry's reason.
+    let missing_yaml = dir.join("missing.yaml");
+    std::fs::write(
+        &missing_yaml,
+        format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: missing\nspec:\n  containers:\n  - name: main\n    image: {registry}/e2e/does-not-exist:1\n"),
+    )?;
+    kubectl_ok(&kubeconfig, &["apply", "-f", missing_yaml.to_str().unwrap_or_default(), "--validate=false"])?;
+    let waiting = poll("pull error in the missing pod's status", Duration::from_secs(60), || {
+        let pod: Pod = rt.block_on(client.get(Some("default"), "missing")).ok()?;
+        let w = pod.status?.container_statuses?.first()?.state.clone()?.waiting?;
+        matches!(w.reason.as_deref(), Some("ErrImagePull" | "ImagePullBackOff")).then_some(w)
+    })?;
+    let message = waiting.message.unwrap_or_default();
+    ensure!(message.contains("MANIFEST_UNKNOWN") || message.contains("NAME_UNKNOWN"), "pull error does not carry the registry's reason: {message:?}");
+    println!("missing image: {} — {message}", waiting.reason.unwrap_or_default());
+    let status = kubectl_ok(&kubeconfig, &["get", "pod", "missing"])?;
+    ensure!(status.contains("ErrImagePull") || status.contains("ImagePullBackOff"), "kubectl get pod missing shows: {status}");
+    kubectl_ok(&kubeconfig, &["delete", "pod", "missing", "--timeout=60s"])?;
+
+    // Malformed manifests get errors that name the problem.
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, "apiVersion: v1\nkind: Pod\nmetadata:\n  name: bad\nspec:\n  containers: \"not-a-list\"\n")?;
+    let out = kubectl(&kubeconfig, &["apply", "-f", bad.to_str().unwrap_or_default(), "--validate=false"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success() && err.contains("spec.containers"), "malformed manifest was not refused clearly: {err}");
+    let invalid = dir.join("invalid.yaml");
+    std::fs::write(&invalid, "apiVersion: v1\nkind: Pod\nmetadata:\n  name: Not_Valid\nspec:\n  containers:\n  - name: c\n")?;
+    let out = kubectl(&kubeconfig, &["apply", "-f", invalid.to_str().unwrap_or_default(), "--validate=false"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success() && err.contains("metadata.name") && err.contains("spec.containers[0].image"), "invalid pod was not refused with field errors: {err}");
+
+    // The node is still healthy after all that.
+    let nodes = kubectl_ok(&kubeconfig, &["get", "nodes"])?;
+    if !nodes.contains(" Ready") {
+        bail!("node not Ready at the end: {nodes}");
+    }
+    if let Some(line) = vm.console().lines().rev().find(|l| l.contains("strake processes RSS")) {
+        println!("node memory: {}", line.trim());
+    }
+    println!("MEASURED: QEMU start -> API ready: {:.2} s", api_ready.as_secs_f64());
+    println!("MEASURED: kubectl apply -> pod Running: {:.2} s", apply_to_running.as_secs_f64());
+    Ok(())
+}
