@@ -47,6 +47,6 @@ pub use overlay::{mount_overlay, unmount};
 pub use runtime::{ContainerHandle, ContainerState, Runtime};
 pub use spec::{
     BindMount, ContainerId, ContainerSpec, DEFAULT_CAPABILITIES, DEFAULT_PATH_ENV, MASKED_PATHS,
-    MAX_ID_LEN, NOFILE_LIMIT, NetworkMode, READONLY_PATHS, build_oci_spec,
+    MAX_ID_LEN, NOFILE_LIMIT, NetworkMode, READONLY_PATHS, build_oci_spec, clamp_nofile,
 };
 pub use state::{ExitRecord, ExitStatus, Layout, StartedRecord};

@@ -10,13 +10,14 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use nix::errno::Errno;
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::io::unix::AsyncFd;
 use tokio::process::{Child, Command};
 
 use crate::shim::STARTED_LINE;
-use crate::spec::{ContainerId, ContainerSpec, build_oci_spec};
+use crate::spec::{ContainerId, ContainerSpec, build_oci_spec, clamp_nofile};
 use crate::state::{ExitRecord, ExitStatus, Layout, StartedRecord, log_tail, read_json, write_json};
 use crate::sys::{self, PidFd};
 use crate::RuntimeError;
@@ -140,7 +141,8 @@ impl Runtime {
 
     /// Writes the bundle, spawns the shim and waits until the container runs or fails.
     pub async fn start(&self, spec: &ContainerSpec) -> Result<ContainerHandle, RuntimeError> {
-        let oci = build_oci_spec(spec)?;
+        let mut oci = build_oci_spec(spec)?;
+        clamp_nofile(&mut oci, sys::max_nofile());
         if !spec.log_path.is_absolute() {
             return Err(RuntimeError::InvalidSpec {
                 field: "log_path".into(),
@@ -286,35 +288,22 @@ impl Runtime {
             self.check_shim_alive(id, &layout)?;
             backoff.pause().await;
         };
-        match PidFd::open(started.pid) {
-            Ok(Some(pidfd)) => {
-                if let Some(record) = read_json::<ExitRecord>(&layout.exit())? {
-                    return exit_result(id, record);
-                }
-                // A pidfd polls readable once its process has exited.
-                // SAFETY: PidFd owns its OwnedFd and never closes or replaces it while the
-                // AsyncFd owns the PidFd, so the registered descriptor stays valid and the same.
-                let registered = unsafe {
-                    AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
-                };
-                let fd = registered.map_err(|e| {
-                    RuntimeError::io("polling the pidfd of", layout.dir(), e.into_parts().1)
-                })?;
-                let _ready = fd
-                    .readable()
-                    .await
-                    .map_err(|e| RuntimeError::io("polling the pidfd of", layout.dir(), e))?;
-            }
-            Ok(None) => {}
-            Err(errno) => {
-                return Err(RuntimeError::PidFd {
-                    id: id.to_owned(),
-                    pid: started.pid,
-                    errno,
-                });
-            }
+        // Watch the init (whose exit we want) and the shim (whose death means no record will
+        // ever come). Each pidfd is opened before the check that proves it is the right
+        // process: the init's pid can't be reused while exit.json is absent, and the shim's
+        // while the lock is held.
+        let init = watch_pid(id, started.pid)?;
+        let shim = watch_pid(id, started.shim_pid)?;
+        if let Some(record) = read_json::<ExitRecord>(&layout.exit())? {
+            return exit_result(id, record);
         }
-        // The init is gone; the shim records it right away.
+        self.check_shim_alive(id, &layout)?;
+        let polled = tokio::select! {
+            r = exited(init.as_ref()) => r,
+            r = exited(shim.as_ref()) => r,
+        };
+        polled.map_err(|e| RuntimeError::io("polling pidfds of", layout.dir(), e))?;
+        // The init or the shim is gone; a live shim records the exit right away.
         let deadline = tokio::time::Instant::now() + SHIM_FINISH_TIMEOUT;
         loop {
             if let Some(record) = read_json::<ExitRecord>(&layout.exit())? {
@@ -467,6 +456,37 @@ impl Runtime {
     /// The state root this runtime uses.
     pub fn state_root(&self) -> &Path {
         &self.state_root
+    }
+}
+
+/// A pollable pidfd for `pid`, or `None` when the process is already gone.
+fn watch_pid(id: &str, pid: i32) -> Result<Option<AsyncFd<PidFd>>, RuntimeError> {
+    let pidfd = match PidFd::open(pid) {
+        Ok(Some(fd)) => fd,
+        Ok(None) => return Ok(None),
+        Err(errno) => {
+            return Err(RuntimeError::PidFd {
+                id: id.to_owned(),
+                pid,
+                errno,
+            });
+        }
+    };
+    // SAFETY: PidFd owns its OwnedFd and never closes or replaces it while the AsyncFd owns
+    // the PidFd, so the registered descriptor stays valid and the same.
+    let registered = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) };
+    registered.map(Some).map_err(|e| RuntimeError::PidFd {
+        id: id.to_owned(),
+        pid,
+        errno: Errno::from_raw(e.into_parts().1.raw_os_error().unwrap_or(libc::EINVAL)),
+    })
+}
+
+/// Resolves once the process behind `fd` has exited (a pidfd polls readable then).
+async fn exited(fd: Option<&AsyncFd<PidFd>>) -> std::io::Result<()> {
+    match fd {
+        Some(fd) => fd.readable().await.map(|_guard| ()),
+        None => Ok(()),
     }
 }
 

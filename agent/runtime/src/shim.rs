@@ -279,6 +279,7 @@ fn create_and_start(layout: &Layout, id: &ContainerId, log: &Path) -> Result<i32
 fn supervise(layout: &Layout, id: &ContainerId, pid: i32) -> Result<(), ShimError> {
     let started = StartedRecord {
         pid,
+        shim_pid: std::process::id() as i32,
         started_at: Utc::now(),
     };
     let recorded = write_json(&layout.started(), &started);

@@ -388,6 +388,33 @@ pub fn build_oci_spec(spec: &ContainerSpec) -> Result<Spec, RuntimeError> {
     Ok(built)
 }
 
+/// Lowers the `RLIMIT_NOFILE` of `spec` to at most `max`: a runtime without
+/// `CAP_SYS_RESOURCE` can't raise the hard limit, and libcontainer would fail the create.
+pub fn clamp_nofile(spec: &mut Spec, max: u64) {
+    let Some(process) = spec.process_mut().as_mut() else {
+        return;
+    };
+    let Some(rlimits) = process.rlimits().as_ref() else {
+        return;
+    };
+    let clamped = rlimits
+        .iter()
+        .map(|r| {
+            if r.typ() != PosixRlimitType::RlimitNofile {
+                return *r;
+            }
+            // Every builder field has a default, so building can't fail.
+            PosixRlimitBuilder::default()
+                .typ(r.typ())
+                .hard(r.hard().min(max))
+                .soft(r.soft().min(max))
+                .build()
+                .unwrap_or(*r)
+        })
+        .collect();
+    process.set_rlimits(Some(clamped));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -512,6 +539,17 @@ mod tests {
         assert_eq!(env, &["PATH=/opt/bin"]);
         let res = s.linux().as_ref().unwrap().resources().as_ref().unwrap();
         assert!(res.memory().is_none() && res.cpu().is_none());
+    }
+
+    #[test]
+    fn nofile_is_clamped_to_what_the_runtime_can_grant() {
+        let mut s = build_oci_spec(&sample()).unwrap();
+        clamp_nofile(&mut s, 20_000);
+        let rl = &s.process().as_ref().unwrap().rlimits().as_ref().unwrap()[0];
+        assert_eq!((rl.soft(), rl.hard()), (20_000, 20_000));
+        clamp_nofile(&mut s, u64::MAX);
+        let rl = &s.process().as_ref().unwrap().rlimits().as_ref().unwrap()[0];
+        assert_eq!((rl.soft(), rl.hard()), (20_000, 20_000));
     }
 
     #[test]

@@ -81,6 +81,8 @@ impl Layout {
 pub struct StartedRecord {
     /// Host pid of the container's init.
     pub pid: i32,
+    /// Pid of the shim supervising it.
+    pub shim_pid: i32,
     /// When `start` returned.
     pub started_at: DateTime<Utc>,
 }
@@ -227,10 +229,11 @@ mod tests {
     fn started_record_round_trips() {
         let rec = StartedRecord {
             pid: 4242,
+            shim_pid: 4200,
             started_at: at(1),
         };
         let json = serde_json::to_string(&rec).unwrap();
-        assert_eq!(json, r#"{"pid":4242,"started_at":"1970-01-01T00:00:01Z"}"#);
+        assert_eq!(json, r#"{"pid":4242,"shim_pid":4200,"started_at":"1970-01-01T00:00:01Z"}"#);
         assert_eq!(serde_json::from_str::<StartedRecord>(&json).unwrap(), rec);
     }
 

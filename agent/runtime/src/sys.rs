@@ -133,6 +133,30 @@ pub(crate) fn reap_exited_children() {
     }
 }
 
+/// `CAP_SYS_RESOURCE`, needed to raise a hard rlimit.
+const CAP_SYS_RESOURCE: u32 = 24;
+
+/// Whether the effective capability set in a `/proc/<pid>/status` text contains `cap`.
+fn status_has_cap(status: &str, cap: u32) -> bool {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|set| set & (1 << cap) != 0)
+}
+
+/// The highest `RLIMIT_NOFILE` this process (and so a container it starts) can set:
+/// unlimited with `CAP_SYS_RESOURCE`, else the current hard limit.
+pub(crate) fn max_nofile() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if status_has_cap(&status, CAP_SYS_RESOURCE) {
+        return u64::MAX;
+    }
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(_soft, hard)| hard)
+        .unwrap_or(u64::MAX)
+}
+
 /// `flock(LOCK_EX | LOCK_NB)`: `Ok(true)` when we now hold the lock, `Ok(false)` when another
 /// open file description holds it. The lock lives until every fd sharing this open file
 /// description is closed, including copies inherited by children.
@@ -195,6 +219,15 @@ mod tests {
         assert_eq!(status.signal(), Some(libc::SIGKILL));
         // Reaped: the pidfd still refers to that process and reports it gone.
         assert!(!fd.send_signal(Signal::SIGKILL).unwrap());
+    }
+
+    #[test]
+    fn reads_the_effective_capability_set() {
+        let status = "Name:\tx\nCapPrm:\t000001ffffffffff\nCapEff:\t000001fffeffffff\n";
+        assert!(!status_has_cap(status, CAP_SYS_RESOURCE));
+        assert!(status_has_cap(status, 21));
+        assert!(status_has_cap("CapEff:\t0000000001000000\n", CAP_SYS_RESOURCE));
+        assert!(!status_has_cap("garbage", CAP_SYS_RESOURCE));
     }
 
     #[test]

@@ -1,0 +1,312 @@
+//! Real containers through the real shim (`strake-shim-test shim ...`) on this host.
+//!
+//! Needs root, busybox-static at /bin/busybox and cgroups (v1, hybrid or v2). Not skipped when
+//! those are missing: a host that can't run containers is a failure here.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use strake_runtime::{
+    ContainerSpec, ContainerState, NetworkMode, Runtime, RuntimeError, Signal, cgroup_dirs, mount_overlay,
+    remove_cgroup, unmount,
+};
+
+/// Tests run one at a time: they share the host's cgroups and the latency numbers need quiet.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "these tests create real containers and must run as root"
+    );
+}
+
+/// A busybox root filesystem in `dir`.
+fn busybox_rootfs(dir: &Path) {
+    for d in ["bin", "dev", "proc", "sys", "tmp", "etc", "root"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", dir.join("bin/busybox")).expect("busybox-static at /bin/busybox");
+    for applet in ["sh", "echo", "sleep", "true", "touch", "cat", "ls", "hostname", "id"] {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+}
+
+struct Fixture {
+    tmp: tempfile::TempDir,
+    runtime: Runtime,
+    /// Parent cgroup of every container in this fixture, removed on drop.
+    cgroup_parent: String,
+}
+
+impl Fixture {
+    fn new(name: &str) -> Self {
+        require_root();
+        let tmp = tempfile::tempdir().unwrap();
+        busybox_rootfs(&tmp.path().join("rootfs"));
+        let runtime = Runtime::new(tmp.path().join("state"), env!("CARGO_BIN_EXE_strake-shim-test"))
+            .with_start_timeout(Duration::from_secs(20));
+        Self {
+            tmp,
+            runtime,
+            cgroup_parent: format!("/strake-test-{}-{name}", std::process::id()),
+        }
+    }
+
+    fn spec(&self, id: &str, args: &[&str]) -> ContainerSpec {
+        ContainerSpec {
+            id: id.into(),
+            rootfs: self.tmp.path().join("rootfs"),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            env: vec!["GREETING=hello".into()],
+            cwd: "/".into(),
+            hostname: id.into(),
+            uid: 0,
+            gid: 0,
+            cgroup_path: format!("{}/{id}", self.cgroup_parent),
+            memory_limit: Some(64 << 20),
+            cpu_quota: Some((50_000, 100_000)),
+            log_path: self.tmp.path().join("logs").join(format!("{id}.log")),
+            network: NetworkMode::Host,
+            readonly_rootfs: false,
+            mounts: Vec::new(),
+        }
+    }
+
+    fn state_dir(&self, id: &str) -> PathBuf {
+        self.runtime.state_root().join(id)
+    }
+}
+
+impl Drop for Fixture {
+    /// After a failed assertion: kill what still runs, force-delete it, drop the cgroups.
+    fn drop(&mut self) {
+        for id in self.runtime.list().unwrap_or_default() {
+            if let Ok(ContainerState::Running { pid, .. }) = self.runtime.status(&id) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while shim_pid(&self.state_dir(&id)).is_some() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = std::process::Command::new(env!("CARGO_BIN_EXE_strake-shim-test"))
+                .args(["shim", "delete", "--state-dir"])
+                .arg(self.state_dir(&id))
+                .args(["--id", &id])
+                .status();
+        }
+        let _ = remove_cgroup(&self.cgroup_parent);
+    }
+}
+
+/// Unmounts on drop, so a failed assertion doesn't leave a mount behind.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = unmount(&self.0);
+    }
+}
+
+async fn poll_until<F: FnMut() -> bool>(what: &str, timeout: Duration, mut done: F) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The memory limit the kernel enforces for a container cgroup (v1 or v2 file).
+fn memory_limit(cgroup_path: &str) -> Option<u64> {
+    cgroup_dirs(cgroup_path).unwrap().iter().find_map(|dir| {
+        ["memory.limit_in_bytes", "memory.max"]
+            .iter()
+            .find_map(|f| std::fs::read_to_string(dir.join(f)).ok())
+            .and_then(|s| s.trim().parse().ok())
+    })
+}
+
+#[tokio::test]
+async fn runs_on_overlay_logs_and_exits_with_code_3() {
+    let _serial = SERIAL.lock().await;
+    let fx = Fixture::new("exit3");
+    let base = fx.tmp.path();
+    let (upper, work, merged) = (base.join("upper"), base.join("work"), base.join("merged"));
+    for d in [&upper, &work, &merged] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    mount_overlay(&[base.join("rootfs")], &upper, &work, &merged).unwrap();
+    let mounted = Mounted(merged.clone());
+
+    let mut spec = fx.spec(
+        "exit3",
+        &["/bin/sh", "-c", "echo marker-$GREETING-$(hostname); echo to-stderr >&2; touch /made-here; exit 3"],
+    );
+    spec.rootfs = merged.clone();
+    let handle = fx.runtime.start(&spec).await.unwrap();
+    assert!(handle.pid > 0);
+
+    let status = fx.runtime.wait("exit3").await.unwrap();
+    assert_eq!((status.exit_code, status.signal), (3, None));
+    assert!(status.finished_at >= handle.started_at);
+    assert_eq!(fx.runtime.status("exit3").unwrap(), ContainerState::Exited(status));
+    // Signalling an exited container is not an error.
+    fx.runtime.signal("exit3", Signal::SIGTERM).unwrap();
+
+    let log = std::fs::read_to_string(&spec.log_path).unwrap();
+    assert!(log.contains("marker-hello-exit3"), "log was {log:?}");
+    assert!(log.contains("to-stderr"), "log was {log:?}");
+    assert!(upper.join("made-here").exists(), "writes must land in the overlay's upper dir");
+
+    fx.runtime.remove("exit3").await.unwrap();
+    assert!(!fx.state_dir("exit3").exists());
+    assert_eq!(cgroup_dirs(&spec.cgroup_path).unwrap(), Vec::<PathBuf>::new());
+    assert!(matches!(fx.runtime.status("exit3"), Err(RuntimeError::NotFound(_))));
+    fx.runtime.remove("exit3").await.unwrap(); // idempotent
+    unmount(&merged).unwrap();
+    unmount(&merged).unwrap(); // idempotent
+    drop(mounted);
+}
+
+#[tokio::test]
+async fn stop_escalates_to_sigkill_when_sigterm_is_ignored() {
+    let _serial = SERIAL.lock().await;
+    let fx = Fixture::new("stop");
+    let spec = fx.spec("sleeper", &["sleep", "1000"]);
+    let handle = fx.runtime.start(&spec).await.unwrap();
+
+    match fx.runtime.status("sleeper").unwrap() {
+        ContainerState::Running { pid, .. } => assert_eq!(pid, handle.pid),
+        other => panic!("expected Running, got {other:?}"),
+    }
+    assert!(Path::new(&format!("/proc/{}", handle.pid)).exists());
+    assert!(!cgroup_dirs(&spec.cgroup_path).unwrap().is_empty(), "container cgroup must exist while running");
+    assert_eq!(memory_limit(&spec.cgroup_path), Some(64 << 20));
+    assert!(matches!(fx.runtime.remove("sleeper").await, Err(RuntimeError::StillRunning(_))));
+
+    let t = Instant::now();
+    let status = fx.runtime.stop("sleeper", Duration::from_secs(1)).await.unwrap();
+    let took = t.elapsed();
+    // busybox sleep as pid 1 has no SIGTERM handler, so only SIGKILL ends it.
+    assert_eq!((status.exit_code, status.signal), (137, Some(9)));
+    assert!(took >= Duration::from_secs(1), "stopped after {took:?}, before the grace period");
+
+    fx.runtime.remove("sleeper").await.unwrap();
+    assert!(!fx.state_dir("sleeper").exists());
+    assert_eq!(cgroup_dirs(&spec.cgroup_path).unwrap(), Vec::<PathBuf>::new());
+}
+
+#[tokio::test]
+async fn sigterm_stops_a_container_that_handles_it() {
+    let _serial = SERIAL.lock().await;
+    let fx = Fixture::new("term");
+    let spec = fx.spec("trapper", &["/bin/sh", "-c", "trap 'exit 7' TERM; echo ready; while true; do sleep 0.05; done"]);
+    fx.runtime.start(&spec).await.unwrap();
+    // The trap is installed once "ready" is logged.
+    poll_until("the trap", Duration::from_secs(10), || {
+        std::fs::read_to_string(&spec.log_path).unwrap_or_default().contains("ready")
+    })
+    .await;
+    let status = fx.runtime.stop("trapper", Duration::from_secs(20)).await.unwrap();
+    assert_eq!((status.exit_code, status.signal), (7, None));
+    fx.runtime.remove("trapper").await.unwrap();
+}
+
+#[tokio::test]
+async fn failed_create_is_reported_and_swept() {
+    let _serial = SERIAL.lock().await;
+    let fx = Fixture::new("fail");
+    let mut spec = fx.spec("broken", &["true"]);
+    spec.network = NetworkMode::Path("/nonexistent/netns".into());
+    let err = fx.runtime.start(&spec).await.unwrap_err();
+    assert!(matches!(err, RuntimeError::StartFailed { .. }), "got {err}");
+    println!("start failure as reported: {err}");
+    assert!(matches!(fx.runtime.status("broken").unwrap(), ContainerState::Failed { .. }));
+    assert!(fx.runtime.wait("broken").await.is_err());
+
+    fx.runtime.remove("broken").await.unwrap();
+    assert!(!fx.state_dir("broken").exists());
+    assert_eq!(cgroup_dirs(&spec.cgroup_path).unwrap(), Vec::<PathBuf>::new());
+    // The id is free again.
+    assert!(matches!(
+        fx.runtime.start(&spec).await,
+        Err(RuntimeError::StartFailed { .. })
+    ));
+    fx.runtime.remove("broken").await.unwrap();
+}
+
+/// pid of the shim serving `state_dir`, found by its command line.
+fn shim_pid(state_dir: &Path) -> Option<i32> {
+    let needle = state_dir.to_str().unwrap();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_shim = args.contains(&b"run".as_slice()) && args.contains(&needle.as_bytes());
+        is_shim.then_some(pid)
+    })
+}
+
+#[tokio::test]
+async fn remove_after_a_shim_crash_kills_and_sweeps() {
+    let _serial = SERIAL.lock().await;
+    let fx = Fixture::new("crash");
+    let spec = fx.spec("orphan", &["sleep", "1000"]);
+    let handle = fx.runtime.start(&spec).await.unwrap();
+    let shim = shim_pid(&fx.state_dir("orphan")).expect("shim process");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shim), Signal::SIGKILL).unwrap();
+    poll_until("the shim to die", Duration::from_secs(10), || {
+        matches!(fx.runtime.status("orphan"), Ok(ContainerState::Unknown { .. }))
+    })
+    .await;
+    assert!(matches!(fx.runtime.wait("orphan").await, Err(RuntimeError::ShimDied { .. })));
+
+    fx.runtime.remove("orphan").await.unwrap();
+    assert!(!fx.state_dir("orphan").exists());
+    assert_eq!(cgroup_dirs(&spec.cgroup_path).unwrap(), Vec::<PathBuf>::new());
+    // The init (now orphaned to the host's init, which reaps it) is gone.
+    poll_until("the orphaned init to vanish", Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{}/stat", handle.pid))
+            .map(|s| s.contains(") Z ") || !s.contains("(sleep)"))
+            .unwrap_or(true)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn lifecycle_latency_of_busybox_true() {
+    let _serial = SERIAL.lock().await;
+    let fx = Fixture::new("latency");
+    let mut samples = Vec::new();
+    for i in 0..21 {
+        let id = format!("true-{i}");
+        let spec = fx.spec(&id, &["true"]);
+        let t = Instant::now();
+        fx.runtime.start(&spec).await.unwrap();
+        let started = t.elapsed();
+        let status = fx.runtime.wait(&id).await.unwrap();
+        let exited = t.elapsed();
+        fx.runtime.remove(&id).await.unwrap();
+        let total = t.elapsed();
+        assert_eq!(status.exit_code, 0);
+        assert_eq!(cgroup_dirs(&spec.cgroup_path).unwrap(), Vec::<PathBuf>::new());
+        if i > 0 {
+            // The first run warms the page cache and is left out.
+            samples.push((started, exited, total));
+        }
+    }
+    samples.sort_by_key(|s| s.2);
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let (s, e, t) = samples[samples.len() / 2];
+    println!(
+        "busybox true through the shim, create→start→exit→delete over {} runs: \
+         median {:.1} ms (started {:.1} ms, exited {:.1} ms), min {:.1} ms, max {:.1} ms",
+        samples.len(),
+        ms(t),
+        ms(s),
+        ms(e),
+        ms(samples[0].2),
+        ms(samples[samples.len() - 1].2)
+    );
+}
