@@ -36,7 +36,11 @@ fn unescape_octal(s: &str) -> String {
         if bytes[i] == b'\\' && i + 4 <= bytes.len() {
             let digits = &bytes[i + 1..i + 4];
             if digits.iter().all(|d| (b'0'..=b'7').contains(d)) {
-                out.push(digits.iter().fold(0u8, |acc, d| acc.wrapping_mul(8).wrapping_add(d - b'0')));
+                out.push(
+                    digits
+                        .iter()
+                        .fold(0u8, |acc, d| acc.wrapping_mul(8).wrapping_add(d - b'0')),
+                );
                 i += 4;
                 continue;
             }
@@ -139,6 +143,9 @@ mod tests {
         for bad in ["/", "", "/a/../b", "/a/./b"] {
             assert!(relative(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(relative("/strake/pod/c").unwrap(), Path::new("strake/pod/c"));
+        assert_eq!(
+            relative("/strake/pod/c").unwrap(),
+            Path::new("strake/pod/c")
+        );
     }
 }

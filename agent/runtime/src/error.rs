@@ -49,7 +49,9 @@ pub enum RuntimeError {
     #[error("container {id} did not start within {timeout:?}")]
     StartTimeout { id: String, timeout: Duration },
     /// The shim is gone but recorded neither a start nor an exit.
-    #[error("the shim of container {id} died without recording the container's state; shim log: {log_tail}")]
+    #[error(
+        "the shim of container {id} died without recording the container's state; shim log: {log_tail}"
+    )]
     ShimDied { id: String, log_tail: String },
     /// The container has no start record yet (the shim is still creating it).
     #[error("container {0} has not started yet")]

@@ -12,7 +12,7 @@
 //! 1. `setsid`, `PR_SET_CHILD_SUBREAPER`, then it creates and starts the container from
 //!    `<dir>/bundle/config.json` (written by [`Runtime::start`] from [`build_oci_spec`]) with the log file
 //!    (append) as stdout/stderr and an already-closed pipe as stdin.
-//! 2. It writes `<dir>/started.json` (`{"pid":…,"started_at":…}`) and prints `started` on its stdout,
+//! 2. It writes `<dir>/started.json` (`{"pid":…,"shim_pid":…,"started_at":…}`) and prints `started` on its stdout,
 //!    which is a pipe to [`Runtime::start`]; then it points its stdout at its own log.
 //! 3. It waits for the init (which libcontainer clones as the shim's direct child with no exit
 //!    signal, hence `__WALL`), observes the exit with `WNOWAIT`, writes `<dir>/exit.json` atomically,
@@ -27,6 +27,12 @@
 //! the locked open file to the shim as its stdin, so the lock is held from before the shim exists until
 //! it exits (or dies). `<dir>/shim.log` is the shim's stderr; `<dir>/lc/` is libcontainer's state root.
 //! `strake shim delete --state-dir <dir> --id <id>` force-deletes and sweeps when a shim could not.
+//!
+//! [`Runtime::wait`] is event-driven: it polls pidfds of the init and of the shim (the shim's
+//! death without an `exit.json` means nobody will write one), then reads `exit.json`.
+//!
+//! Shims are children of the agent only until it restarts; they outlive it (own session) and get
+//! reparented to PID 1, so killing the agent's whole cgroup would kill them too.
 //!
 //! State files are written with write-to-temp + rename but without fsync: the state root is meant to
 //! live on tmpfs (`/run/strake/containers`), where containers don't survive a reboot anyway.

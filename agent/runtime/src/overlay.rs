@@ -28,7 +28,9 @@ fn overlay_options(
     for path in all {
         let s = path.to_string_lossy();
         if s.contains([':', ',']) {
-            return Err(RuntimeError::OverlayPath { path: path.to_owned() });
+            return Err(RuntimeError::OverlayPath {
+                path: path.to_owned(),
+            });
         }
         if !path.is_absolute() {
             return Err(RuntimeError::InvalidSpec {
@@ -109,7 +111,10 @@ mod tests {
             Path::new("/t"),
         )
         .unwrap();
-        assert_eq!(opts, "lowerdir=/l/top:/l/mid:/l/base,upperdir=/u,workdir=/w");
+        assert_eq!(
+            opts,
+            "lowerdir=/l/top:/l/mid:/l/base,upperdir=/u,workdir=/w"
+        );
     }
 
     #[test]
@@ -127,7 +132,9 @@ mod tests {
             overlay_options(&[], u, w, t),
             Err(RuntimeError::InvalidSpec { .. })
         ));
-        let many: Vec<PathBuf> = (0..200).map(|i| PathBuf::from(format!("/var/lib/strake/layers/{i:064}"))).collect();
+        let many: Vec<PathBuf> = (0..200)
+            .map(|i| PathBuf::from(format!("/var/lib/strake/layers/{i:064}")))
+            .collect();
         assert!(matches!(
             overlay_options(&many, u, w, t),
             Err(RuntimeError::OverlayOptionsTooLong { .. })

@@ -12,15 +12,17 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use crate::RuntimeError;
 use crate::shim::STARTED_LINE;
 use crate::spec::{ContainerId, ContainerSpec, build_oci_spec, clamp_nofile};
-use crate::state::{ExitRecord, ExitStatus, Layout, StartedRecord, log_tail, read_json, write_json};
+use crate::state::{
+    ExitRecord, ExitStatus, Layout, StartedRecord, log_tail, read_json, write_json,
+};
 use crate::sys::{self, PidFd};
-use crate::RuntimeError;
 
 /// How long [`Runtime::start`] waits for the shim by default.
 pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -159,37 +161,36 @@ impl Runtime {
             }
             Err(e) => return Err(RuntimeError::io("creating", layout.dir(), e)),
         }
-        std::fs::create_dir(layout.bundle()).map_err(|e| RuntimeError::io("creating", layout.bundle(), e))?;
-        write_json(&layout.config(), &oci)?;
-        if let Some(parent) = spec.log_path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| RuntimeError::io("creating", parent, e))?;
-        }
-        // Locked here and inherited by the shim as its stdin: the lock is held without a gap
-        // from now until the shim exits.
-        let lock = sys::take_lock(&layout.lock())
-            .map_err(|e| RuntimeError::io("locking", layout.lock(), e))?
-            .ok_or_else(|| RuntimeError::AlreadyExists(spec.id.clone()))?;
-        let shim_log = File::create(layout.shim_log())
-            .map_err(|e| RuntimeError::io("creating", layout.shim_log(), e))?;
-
-        let mut child = Command::new(&self.shim_exe)
-            .arg("shim")
-            .arg("run")
-            .arg("--state-dir")
-            .arg(layout.dir())
-            .arg("--id")
-            .arg(&spec.id)
-            .arg("--log")
-            .arg(&spec.log_path)
-            .stdin(Stdio::from(lock))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(shim_log))
-            .kill_on_drop(false)
-            .spawn()
-            .map_err(|source| RuntimeError::ShimSpawn {
-                exe: self.shim_exe.clone(),
-                source,
-            })?;
+        // Until a shim runs nothing but files exist: on failure, take them away again.
+        let spawned = self
+            .write_bundle(&layout, spec, &oci)
+            .and_then(|(lock, shim_log)| {
+                Command::new(&self.shim_exe)
+                    .arg("shim")
+                    .arg("run")
+                    .arg("--state-dir")
+                    .arg(layout.dir())
+                    .arg("--id")
+                    .arg(&spec.id)
+                    .arg("--log")
+                    .arg(&spec.log_path)
+                    .stdin(Stdio::from(lock))
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::from(shim_log))
+                    .kill_on_drop(false)
+                    .spawn()
+                    .map_err(|source| RuntimeError::ShimSpawn {
+                        exe: self.shim_exe.clone(),
+                        source,
+                    })
+            });
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(layout.dir());
+                return Err(e);
+            }
+        };
 
         let mut line = String::new();
         let report = match child.stdout.take() {
@@ -210,12 +211,11 @@ impl Runtime {
             }
             Ok(_) if line.trim_end() == STARTED_LINE => {
                 reap_in_background(child);
-                let started: StartedRecord = read_json(&layout.started())?.ok_or_else(|| {
-                    RuntimeError::CorruptState {
+                let started: StartedRecord =
+                    read_json(&layout.started())?.ok_or_else(|| RuntimeError::CorruptState {
                         path: layout.started(),
                         reason: "the shim reported a start but the record is missing".into(),
-                    }
-                })?;
+                    })?;
                 Ok(ContainerHandle {
                     id: spec.id.clone(),
                     pid: started.pid,
@@ -236,6 +236,30 @@ impl Runtime {
                 }
             }
         }
+    }
+
+    /// Writes `config.json`, creates the log directory, and returns the locked shim lock file
+    /// and the shim's log file.
+    fn write_bundle(
+        &self,
+        layout: &Layout,
+        spec: &ContainerSpec,
+        oci: &oci_spec::runtime::Spec,
+    ) -> Result<(File, File), RuntimeError> {
+        std::fs::create_dir(layout.bundle())
+            .map_err(|e| RuntimeError::io("creating", layout.bundle(), e))?;
+        write_json(&layout.config(), oci)?;
+        if let Some(parent) = spec.log_path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| RuntimeError::io("creating", parent, e))?;
+        }
+        // Locked here and inherited by the shim as its stdin: the lock is held without a gap
+        // from now until the shim exits.
+        let lock = sys::take_lock(&layout.lock())
+            .map_err(|e| RuntimeError::io("locking", layout.lock(), e))?
+            .ok_or_else(|| RuntimeError::AlreadyExists(spec.id.clone()))?;
+        let shim_log = File::create(layout.shim_log())
+            .map_err(|e| RuntimeError::io("creating", layout.shim_log(), e))?;
+        Ok((lock, shim_log))
     }
 
     /// Sends `signal` to the container's init. A container that already exited is not an error.
@@ -322,7 +346,9 @@ impl Runtime {
 
     /// Errors with [`RuntimeError::ShimDied`] when the shim is gone and no exit was recorded.
     fn check_shim_alive(&self, id: &str, layout: &Layout) -> Result<(), RuntimeError> {
-        if sys::lock_is_held(&layout.lock()).map_err(|e| RuntimeError::io("probing", layout.lock(), e))? {
+        if sys::lock_is_held(&layout.lock())
+            .map_err(|e| RuntimeError::io("probing", layout.lock(), e))?
+        {
             return Ok(());
         }
         // The shim may have finished between our last look and the probe.
@@ -342,8 +368,8 @@ impl Runtime {
             return Ok(record_state(record));
         }
         let started = read_json::<StartedRecord>(&layout.started())?;
-        let shim_alive =
-            sys::lock_is_held(&layout.lock()).map_err(|e| RuntimeError::io("probing", layout.lock(), e))?;
+        let shim_alive = sys::lock_is_held(&layout.lock())
+            .map_err(|e| RuntimeError::io("probing", layout.lock(), e))?;
         if !shim_alive {
             // Re-read: the shim may have recorded the exit and quit just now.
             if let Some(record) = read_json::<ExitRecord>(&layout.exit())? {
@@ -391,7 +417,8 @@ impl Runtime {
             return Ok(());
         }
         let probe = |layout: &Layout| {
-            sys::lock_is_held(&layout.lock()).map_err(|e| RuntimeError::io("probing", layout.lock(), e))
+            sys::lock_is_held(&layout.lock())
+                .map_err(|e| RuntimeError::io("probing", layout.lock(), e))
         };
         if probe(&layout)? {
             if !layout.exit().exists() {
@@ -399,18 +426,33 @@ impl Runtime {
             }
             // The shim is deleting the container; it exits when done.
             let deadline = tokio::time::Instant::now() + SHIM_FINISH_TIMEOUT;
+            let timed_out = || RuntimeError::ShimTimeout {
+                id: id.to_owned(),
+                timeout: SHIM_FINISH_TIMEOUT,
+            };
+            if let Some(started) = read_json::<StartedRecord>(&layout.started())?
+                && let Some(shim) = watch_pid(id, started.shim_pid)?
+                && probe(&layout)?
+            {
+                // Lock still held after the pidfd was opened: the pidfd is the shim's.
+                tokio::time::timeout_at(deadline, exited(Some(&shim)))
+                    .await
+                    .map_err(|_| timed_out())?
+                    .map_err(|e| RuntimeError::io("polling the shim pidfd of", layout.dir(), e))?;
+            }
+            // A dead process has closed its files, so the lock is free by now unless the shim
+            // never got a start record (failed creates): poll for those.
             let mut backoff = Backoff::new();
             while probe(&layout)? {
                 if tokio::time::Instant::now() > deadline {
-                    return Err(RuntimeError::ShimTimeout {
-                        id: id.to_owned(),
-                        timeout: SHIM_FINISH_TIMEOUT,
-                    });
+                    return Err(timed_out());
                 }
                 backoff.pause().await;
             }
         }
-        if !layout.cleaned().exists() {
+        // libcontainer state (and so maybe a cgroup or processes) exists only once a shim got to
+        // creating; a shim that finished cleanly says so with `cleaned`.
+        if layout.libcontainer_root().exists() && !layout.cleaned().exists() {
             self.run_shim_delete(id, &layout).await?;
         }
         match tokio::fs::remove_dir_all(layout.dir()).await {
@@ -474,7 +516,8 @@ fn watch_pid(id: &str, pid: i32) -> Result<Option<AsyncFd<PidFd>>, RuntimeError>
     };
     // SAFETY: PidFd owns its OwnedFd and never closes or replaces it while the AsyncFd owns
     // the PidFd, so the registered descriptor stays valid and the same.
-    let registered = unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) };
+    let registered =
+        unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) };
     registered.map(Some).map_err(|e| RuntimeError::PidFd {
         id: id.to_owned(),
         pid,

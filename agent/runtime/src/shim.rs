@@ -20,7 +20,9 @@ use oci_spec::runtime::Spec;
 
 use crate::RuntimeError;
 use crate::spec::ContainerId;
-use crate::state::{ExitRecord, ExitStatus, Layout, StartedRecord, read_json, write_atomic, write_json};
+use crate::state::{
+    ExitRecord, ExitStatus, Layout, StartedRecord, read_json, write_atomic, write_json,
+};
 use crate::sys::{self, ChildExit};
 
 /// The line the shim prints on stdout once the container runs.
@@ -81,8 +83,15 @@ fn lc(step: &'static str) -> impl FnOnce(libcontainer::error::LibcontainerError)
 
 #[derive(Debug, PartialEq, Eq)]
 enum Command {
-    Run { state_dir: PathBuf, id: ContainerId, log: PathBuf },
-    Delete { state_dir: PathBuf, id: ContainerId },
+    Run {
+        state_dir: PathBuf,
+        id: ContainerId,
+        log: PathBuf,
+    },
+    Delete {
+        state_dir: PathBuf,
+        id: ContainerId,
+    },
 }
 
 fn parse(args: &[String]) -> Result<Command, ShimError> {
@@ -121,8 +130,18 @@ fn parse(args: &[String]) -> Result<Command, ShimError> {
 
 /// Entry point of `strake shim <args>` (`args` excludes the `shim` word itself).
 pub fn main(args: &[String]) -> ExitCode {
+    // libcontainer logs from the container's init too, after pointing its fd 2 at the
+    // container's log; a private copy of our stderr keeps those lines in the shim log.
+    let shim_log = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(|fd| std::sync::Arc::new(File::from(fd)));
+    let Ok(shim_log) = shim_log else {
+        eprintln!("strake shim: can't duplicate stderr");
+        return ExitCode::FAILURE;
+    };
     let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(shim_log)
         .with_ansi(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -213,7 +232,11 @@ fn hold_lock(layout: &Layout) -> Result<File, ShimError> {
         (Ok(want), Ok(have)) => want.dev() == have.dev() && want.ino() == have.ino(),
         _ => false,
     };
-    let stdin = std::io::stdin().as_fd().try_clone_to_owned().ok().map(File::from);
+    let stdin = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .ok()
+        .map(File::from);
     let file = match stdin {
         // Shares the runtime's open file description, so locking it again succeeds at once.
         Some(stdin) if stdin_is_lock(&stdin) => Some(stdin),
@@ -319,7 +342,8 @@ fn supervise(layout: &Layout, id: &ContainerId, pid: i32) -> Result<(), ShimErro
 /// Waits until the init `pid` has exited, reaping any other child on the way.
 fn wait_for(pid: i32) -> Result<ExitStatus, ShimError> {
     loop {
-        let exit = sys::wait_exited_child_nowait().map_err(|errno| ShimError::Wait { pid, errno })?;
+        let exit =
+            sys::wait_exited_child_nowait().map_err(|errno| ShimError::Wait { pid, errno })?;
         match exit {
             ChildExit::Exited { pid: p, code } if p == pid => {
                 return Ok(ExitStatus::exited(code, Utc::now()));
@@ -347,31 +371,34 @@ fn sweep_and_mark(layout: &Layout, id: &ContainerId) {
     sys::reap_exited_children();
 }
 
-/// Force-deletes libcontainer's state for `id` (killing what still runs) and removes its cgroup.
+/// Force-deletes libcontainer's state for `id` (killing what still runs) and makes sure its
+/// cgroup is gone: directly from `config.json` when libcontainer could not delete it.
 fn sweep(layout: &Layout, id: &ContainerId) -> Result<(), ShimError> {
     let mut problems = Vec::new();
     let container_dir = layout.libcontainer_root().join(id.as_str());
+    let mut deleted = false;
     if container_dir.exists() {
         match Container::load(container_dir.clone()) {
-            Ok(mut container) => {
-                if let Err(e) = container.delete(true) {
-                    problems.push(format!("libcontainer delete: {}", chain(&e)));
-                }
-            }
+            Ok(mut container) => match container.delete(true) {
+                Ok(()) => deleted = true,
+                Err(e) => problems.push(format!("libcontainer delete: {}", chain(&e))),
+            },
             Err(e) => problems.push(format!("loading libcontainer state: {}", chain(&e))),
         }
     }
-    // Whatever libcontainer managed, make sure the cgroup is gone (create failures leak it).
-    match read_json::<Spec>(&layout.config()) {
-        Ok(Some(spec)) => {
-            if let Some(path) = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone())
-                && let Err(e) = remove_container_cgroup(path, id)
-            {
-                problems.push(e);
+    // A failed create may leak the cgroup without any libcontainer state to delete it by.
+    if !deleted {
+        match read_json::<Spec>(&layout.config()) {
+            Ok(Some(spec)) => {
+                if let Some(path) = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone())
+                    && let Err(e) = remove_container_cgroup(path, id)
+                {
+                    problems.push(e);
+                }
             }
+            Ok(None) => {}
+            Err(e) => problems.push(e.to_string()),
         }
-        Ok(None) => {}
-        Err(e) => problems.push(e.to_string()),
     }
     if container_dir.exists()
         && let Err(e) = std::fs::remove_dir_all(&container_dir)

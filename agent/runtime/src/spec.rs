@@ -6,10 +6,10 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
-    LinuxDeviceCgroupBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder,
-    PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
+    LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 use crate::RuntimeError;
@@ -88,10 +88,9 @@ impl ContainerId {
         if !id.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit()) {
             return Err(invalid("must start with [a-z0-9]"));
         }
-        if let Some(c) = id
-            .chars()
-            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-')))
-        {
+        if let Some(c) = id.chars().find(|c| {
+            !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'))
+        }) {
             return Err(invalid(&format!("character {c:?} is not in [a-z0-9_.-]")));
         }
         Ok(Self(id.to_owned()))
@@ -182,7 +181,9 @@ pub(crate) fn is_clean_absolute(path: &Path) -> bool {
     };
     s == "/"
         || (s.starts_with('/')
-            && s[1..].split('/').all(|seg| !seg.is_empty() && seg != "." && seg != ".."))
+            && s[1..]
+                .split('/')
+                .all(|seg| !seg.is_empty() && seg != "." && seg != ".."))
 }
 
 fn validate(spec: &ContainerSpec) -> Result<(), RuntimeError> {
@@ -196,18 +197,28 @@ fn validate(spec: &ContainerSpec) -> Result<(), RuntimeError> {
     if spec.args.iter().chain(&spec.env).any(|s| s.contains('\0')) {
         return Err(invalid("args/env", "must not contain NUL bytes"));
     }
-    if let Some(bad) = spec.env.iter().find(|e| !e.contains('=') || e.starts_with('=')) {
+    if let Some(bad) = spec
+        .env
+        .iter()
+        .find(|e| !e.contains('=') || e.starts_with('='))
+    {
         return Err(invalid("env", format!("{bad:?} is not KEY=value")));
     }
     if !is_clean_absolute(Path::new(&spec.cwd)) {
         return Err(invalid("cwd", "must be a clean absolute path"));
     }
     if spec.hostname.len() > 64 || spec.hostname.contains(['/', '\0']) {
-        return Err(invalid("hostname", "must be at most 64 bytes without '/' or NUL"));
+        return Err(invalid(
+            "hostname",
+            "must be at most 64 bytes without '/' or NUL",
+        ));
     }
     let cgroup = Path::new(&spec.cgroup_path);
     if !is_clean_absolute(cgroup) || cgroup == Path::new("/") {
-        return Err(invalid("cgroup_path", "must be a clean absolute path below the root"));
+        return Err(invalid(
+            "cgroup_path",
+            "must be a clean absolute path below the root",
+        ));
     }
     if spec.memory_limit.is_some_and(|m| m <= 0) {
         return Err(invalid("memory_limit", "must be positive"));
@@ -217,20 +228,35 @@ fn validate(spec: &ContainerSpec) -> Result<(), RuntimeError> {
             return Err(invalid("cpu_quota", "quota must be positive"));
         }
         if !(1_000..=1_000_000).contains(&period) {
-            return Err(invalid("cpu_quota", "period must be within 1000..=1000000 µs"));
+            return Err(invalid(
+                "cpu_quota",
+                "period must be within 1000..=1000000 µs",
+            ));
         }
     }
     if let NetworkMode::Path(path) = &spec.network
         && !is_clean_absolute(path)
     {
-        return Err(invalid("network", "namespace path must be a clean absolute path"));
+        return Err(invalid(
+            "network",
+            "namespace path must be a clean absolute path",
+        ));
     }
     for m in &spec.mounts {
         if !is_clean_absolute(&m.source) {
-            return Err(invalid("mounts", format!("source {:?} is not a clean absolute path", m.source)));
+            return Err(invalid(
+                "mounts",
+                format!("source {:?} is not a clean absolute path", m.source),
+            ));
         }
         if !is_clean_absolute(Path::new(&m.destination)) || m.destination == "/" {
-            return Err(invalid("mounts", format!("destination {:?} is not a clean absolute path", m.destination)));
+            return Err(invalid(
+                "mounts",
+                format!(
+                    "destination {:?} is not a clean absolute path",
+                    m.destination
+                ),
+            ));
         }
     }
     Ok(())
@@ -249,17 +275,49 @@ fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount,
 fn default_mounts() -> Result<Vec<Mount>, RuntimeError> {
     Ok(vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
-        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        )?,
         mount(
             "/dev/pts",
             "devpts",
             "devpts",
-            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
         )?,
-        mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"])?,
-        mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
-        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?,
-        mount("/sys/fs/cgroup", "cgroup", "cgroup", &["nosuid", "noexec", "nodev", "relatime", "ro"])?,
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        )?,
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        )?,
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", "ro"],
+        )?,
+        mount(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["nosuid", "noexec", "nodev", "relatime", "ro"],
+        )?,
     ])
 }
 
@@ -275,7 +333,7 @@ fn namespace(typ: LinuxNamespaceType, path: Option<&Path>) -> Result<LinuxNamesp
 
 /// Translates a [`ContainerSpec`] into the OCI runtime spec libcontainer reads from `config.json`.
 ///
-/// Namespaces pid/ipc/uts/mount (+ network unless [`NetworkMode::Host`]); mounts /proc, /dev
+/// Namespaces pid/ipc/uts/mount/cgroup (+ network unless [`NetworkMode::Host`]); mounts /proc, /dev
 /// (tmpfs), /dev/pts, /dev/shm, /dev/mqueue, /sys (ro), /sys/fs/cgroup (ro), then the volumes;
 /// Docker's default capabilities, `noNewPrivileges`, masked and read-only paths, `RLIMIT_NOFILE`,
 /// a deny-all device cgroup (the runtime adds its standard allow list) and the limits.
@@ -299,7 +357,13 @@ pub fn build_oci_spec(spec: &ContainerSpec) -> Result<Spec, RuntimeError> {
 
     let process = ProcessBuilder::default()
         .terminal(false)
-        .user(UserBuilder::default().uid(spec.uid).gid(spec.gid).build().map_err(oci)?)
+        .user(
+            UserBuilder::default()
+                .uid(spec.uid)
+                .gid(spec.gid)
+                .build()
+                .map_err(oci)?,
+        )
         .args(spec.args.clone())
         .env(env)
         .cwd(&spec.cwd)
@@ -335,6 +399,7 @@ pub fn build_oci_spec(spec: &ContainerSpec) -> Result<Spec, RuntimeError> {
         namespace(LinuxNamespaceType::Ipc, None)?,
         namespace(LinuxNamespaceType::Uts, None)?,
         namespace(LinuxNamespaceType::Mount, None)?,
+        namespace(LinuxNamespaceType::Cgroup, None)?,
     ];
     if let NetworkMode::Path(path) = &spec.network {
         namespaces.push(namespace(LinuxNamespaceType::Network, Some(path))?);
@@ -348,7 +413,12 @@ pub fn build_oci_spec(spec: &ContainerSpec) -> Result<Spec, RuntimeError> {
             .map_err(oci)?,
     ]);
     if let Some(limit) = spec.memory_limit {
-        resources = resources.memory(LinuxMemoryBuilder::default().limit(limit).build().map_err(oci)?);
+        resources = resources.memory(
+            LinuxMemoryBuilder::default()
+                .limit(limit)
+                .build()
+                .map_err(oci)?,
+        );
     }
     if let Some((quota, period)) = spec.cpu_quota {
         resources = resources.cpu(
@@ -364,8 +434,18 @@ pub fn build_oci_spec(spec: &ContainerSpec) -> Result<Spec, RuntimeError> {
         .namespaces(namespaces)
         .cgroups_path(&spec.cgroup_path)
         .resources(resources.build().map_err(oci)?)
-        .masked_paths(MASKED_PATHS.iter().map(|p| (*p).to_owned()).collect::<Vec<_>>())
-        .readonly_paths(READONLY_PATHS.iter().map(|p| (*p).to_owned()).collect::<Vec<_>>())
+        .masked_paths(
+            MASKED_PATHS
+                .iter()
+                .map(|p| (*p).to_owned())
+                .collect::<Vec<_>>(),
+        )
+        .readonly_paths(
+            READONLY_PATHS
+                .iter()
+                .map(|p| (*p).to_owned())
+                .collect::<Vec<_>>(),
+        )
         .build()
         .map_err(oci)?;
 
@@ -444,7 +524,15 @@ mod tests {
     }
 
     fn ns_types(spec: &Spec) -> Vec<LinuxNamespaceType> {
-        spec.linux().as_ref().unwrap().namespaces().as_ref().unwrap().iter().map(|n| n.typ()).collect()
+        spec.linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| n.typ())
+            .collect()
     }
 
     #[test]
@@ -452,9 +540,23 @@ mod tests {
         for ok in ["a", "0", "pod-1.web_0", &"a".repeat(128)] {
             assert_eq!(ContainerId::parse(ok).unwrap().as_str(), ok);
         }
-        for bad in ["", ".", "..", "-a", "_a", "A", "a/b", "a b", "é", &"a".repeat(129)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "-a",
+            "_a",
+            "A",
+            "a/b",
+            "a b",
+            "é",
+            &"a".repeat(129),
+        ] {
             let err = ContainerId::parse(bad).unwrap_err();
-            assert!(matches!(err, RuntimeError::InvalidId { .. }), "{bad:?} gave {err}");
+            assert!(
+                matches!(err, RuntimeError::InvalidId { .. }),
+                "{bad:?} gave {err}"
+            );
         }
     }
 
@@ -484,7 +586,10 @@ mod tests {
         assert!(!bounding.contains(&Capability::SysAdmin));
         assert!(caps.ambient().as_ref().unwrap().is_empty());
         let rl = &p.rlimits().as_ref().unwrap()[0];
-        assert_eq!((rl.typ(), rl.soft(), rl.hard()), (PosixRlimitType::RlimitNofile, NOFILE_LIMIT, NOFILE_LIMIT));
+        assert_eq!(
+            (rl.typ(), rl.soft(), rl.hard()),
+            (PosixRlimitType::RlimitNofile, NOFILE_LIMIT, NOFILE_LIMIT)
+        );
 
         let linux = s.linux().as_ref().unwrap();
         assert_eq!(
@@ -494,12 +599,16 @@ mod tests {
                 LinuxNamespaceType::Ipc,
                 LinuxNamespaceType::Uts,
                 LinuxNamespaceType::Mount,
+                LinuxNamespaceType::Cgroup,
                 LinuxNamespaceType::Network
             ]
         );
         let netns = linux.namespaces().as_ref().unwrap().last().unwrap();
         assert_eq!(netns.path().as_deref(), Some(Path::new("/run/netns/pod-1")));
-        assert_eq!(linux.cgroups_path().as_deref(), Some(Path::new("/strake/pod-1/web")));
+        assert_eq!(
+            linux.cgroups_path().as_deref(),
+            Some(Path::new("/strake/pod-1/web"))
+        );
         let res = linux.resources().as_ref().unwrap();
         assert_eq!(res.memory().as_ref().unwrap().limit(), Some(64 << 20));
         let cpu = res.cpu().as_ref().unwrap();
@@ -507,21 +616,51 @@ mod tests {
         let dev = &res.devices().as_ref().unwrap()[0];
         assert!(!dev.allow());
         assert_eq!(dev.access().as_deref(), Some("rwm"));
-        assert!(linux.masked_paths().as_ref().unwrap().contains(&"/proc/kcore".to_owned()));
-        assert!(linux.readonly_paths().as_ref().unwrap().contains(&"/proc/sys".to_owned()));
+        assert!(
+            linux
+                .masked_paths()
+                .as_ref()
+                .unwrap()
+                .contains(&"/proc/kcore".to_owned())
+        );
+        assert!(
+            linux
+                .readonly_paths()
+                .as_ref()
+                .unwrap()
+                .contains(&"/proc/sys".to_owned())
+        );
 
         let mounts = s.mounts().as_ref().unwrap();
-        let dests: Vec<_> = mounts.iter().map(|m| m.destination().to_str().unwrap()).collect();
+        let dests: Vec<_> = mounts
+            .iter()
+            .map(|m| m.destination().to_str().unwrap())
+            .collect();
         assert_eq!(
             dests,
-            ["/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys", "/sys/fs/cgroup", "/data"]
+            [
+                "/proc",
+                "/dev",
+                "/dev/pts",
+                "/dev/shm",
+                "/dev/mqueue",
+                "/sys",
+                "/sys/fs/cgroup",
+                "/data"
+            ]
         );
         let sys = &mounts[5];
         assert!(sys.options().as_ref().unwrap().contains(&"ro".to_owned()));
         let vol = mounts.last().unwrap();
         assert_eq!(vol.typ().as_deref(), Some("bind"));
-        assert_eq!(vol.source().as_deref(), Some(Path::new("/var/lib/strake/vol/data")));
-        assert_eq!(vol.options().as_ref().unwrap(), &["rbind", "rprivate", "ro"]);
+        assert_eq!(
+            vol.source().as_deref(),
+            Some(Path::new("/var/lib/strake/vol/data"))
+        );
+        assert_eq!(
+            vol.options().as_ref().unwrap(),
+            &["rbind", "rprivate", "ro"]
+        );
     }
 
     #[test]
@@ -557,7 +696,13 @@ mod tests {
         let json = serde_json::to_value(build_oci_spec(&sample()).unwrap()).unwrap();
         assert_eq!(json["linux"]["cgroupsPath"], "/strake/pod-1/web");
         assert_eq!(json["process"]["noNewPrivileges"], true);
-        assert_eq!(json["process"]["capabilities"]["bounding"].as_array().unwrap().len(), 14);
+        assert_eq!(
+            json["process"]["capabilities"]["bounding"]
+                .as_array()
+                .unwrap()
+                .len(),
+            14
+        );
         assert_eq!(json["linux"]["resources"]["memory"]["limit"], 64 << 20);
     }
 
@@ -589,6 +734,9 @@ mod tests {
         }
         let mut c = sample();
         c.id = "Bad".into();
-        assert!(matches!(build_oci_spec(&c), Err(RuntimeError::InvalidId { .. })));
+        assert!(matches!(
+            build_oci_spec(&c),
+            Err(RuntimeError::InvalidId { .. })
+        ));
     }
 }

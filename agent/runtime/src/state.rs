@@ -137,7 +137,8 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     let mut file = fs::File::create(&tmp).map_err(|e| RuntimeError::io("creating", &tmp, e))?;
-    file.write_all(bytes).map_err(|e| RuntimeError::io("writing", &tmp, e))?;
+    file.write_all(bytes)
+        .map_err(|e| RuntimeError::io("writing", &tmp, e))?;
     drop(file);
     fs::rename(&tmp, path).map_err(|e| RuntimeError::io("renaming into place", path, e))
 }
@@ -154,12 +155,14 @@ pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), Run
 /// Reads a JSON record; `None` when the file does not exist.
 pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, RuntimeError> {
     match fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| RuntimeError::CorruptState {
-                path: path.to_owned(),
-                reason: e.to_string(),
-            }),
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| RuntimeError::CorruptState {
+                    path: path.to_owned(),
+                    reason: e.to_string(),
+                })
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(RuntimeError::io("reading", path, e)),
     }
@@ -195,7 +198,10 @@ mod tests {
         let failed = ExitRecord::Failed {
             error: "no such file".into(),
         };
-        assert_eq!(serde_json::to_string(&failed).unwrap(), r#"{"error":"no such file"}"#);
+        assert_eq!(
+            serde_json::to_string(&failed).unwrap(),
+            r#"{"error":"no such file"}"#
+        );
     }
 
     #[test]
@@ -206,7 +212,9 @@ mod tests {
         for record in [
             ExitRecord::Exited(ExitStatus::exited(0, at(5))),
             ExitRecord::Exited(ExitStatus::signaled(15, at(6))),
-            ExitRecord::Failed { error: "boom".into() },
+            ExitRecord::Failed {
+                error: "boom".into(),
+            },
         ] {
             write_json(&path, &record).unwrap();
             assert_eq!(read_json::<ExitRecord>(&path).unwrap(), Some(record));
@@ -233,7 +241,10 @@ mod tests {
             started_at: at(1),
         };
         let json = serde_json::to_string(&rec).unwrap();
-        assert_eq!(json, r#"{"pid":4242,"shim_pid":4200,"started_at":"1970-01-01T00:00:01Z"}"#);
+        assert_eq!(
+            json,
+            r#"{"pid":4242,"shim_pid":4200,"started_at":"1970-01-01T00:00:01Z"}"#
+        );
         assert_eq!(serde_json::from_str::<StartedRecord>(&json).unwrap(), rec);
     }
 
@@ -242,8 +253,14 @@ mod tests {
         let id = ContainerId::parse("c1").unwrap();
         let l = Layout::new(Path::new("/run/strake/containers"), &id);
         assert_eq!(l.dir(), Path::new("/run/strake/containers/c1"));
-        assert_eq!(l.config(), Path::new("/run/strake/containers/c1/bundle/config.json"));
+        assert_eq!(
+            l.config(),
+            Path::new("/run/strake/containers/c1/bundle/config.json")
+        );
         assert_eq!(l.exit(), Path::new("/run/strake/containers/c1/exit.json"));
-        assert_eq!(l.libcontainer_root(), Path::new("/run/strake/containers/c1/lc"));
+        assert_eq!(
+            l.libcontainer_root(),
+            Path::new("/run/strake/containers/c1/lc")
+        );
     }
 }

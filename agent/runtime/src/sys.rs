@@ -211,7 +211,10 @@ mod tests {
 
     #[test]
     fn pidfd_signals_only_its_process() {
-        let mut child = std::process::Command::new("sleep").arg("100").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("100")
+            .spawn()
+            .unwrap();
         let fd = PidFd::open(child.id() as i32).unwrap().unwrap();
         assert!(fd.send_signal(Signal::SIGKILL).unwrap());
         let status = child.wait().unwrap();
@@ -226,7 +229,10 @@ mod tests {
         let status = "Name:\tx\nCapPrm:\t000001ffffffffff\nCapEff:\t000001fffeffffff\n";
         assert!(!status_has_cap(status, CAP_SYS_RESOURCE));
         assert!(status_has_cap(status, 21));
-        assert!(status_has_cap("CapEff:\t0000000001000000\n", CAP_SYS_RESOURCE));
+        assert!(status_has_cap(
+            "CapEff:\t0000000001000000\n",
+            CAP_SYS_RESOURCE
+        ));
         assert!(!status_has_cap("garbage", CAP_SYS_RESOURCE));
     }
 

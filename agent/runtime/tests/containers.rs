@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use strake_runtime::{
-    ContainerSpec, ContainerState, NetworkMode, Runtime, RuntimeError, Signal, cgroup_dirs, mount_overlay,
-    remove_cgroup, unmount,
+    ContainerSpec, ContainerState, NetworkMode, Runtime, RuntimeError, Signal, cgroup_dirs,
+    mount_overlay, remove_cgroup, unmount,
 };
 
 /// Tests run one at a time: they share the host's cgroups and the latency numbers need quiet.
@@ -27,7 +27,9 @@ fn busybox_rootfs(dir: &Path) {
         std::fs::create_dir_all(dir.join(d)).unwrap();
     }
     std::fs::copy("/bin/busybox", dir.join("bin/busybox")).expect("busybox-static at /bin/busybox");
-    for applet in ["sh", "echo", "sleep", "true", "touch", "cat", "ls", "hostname", "id"] {
+    for applet in [
+        "sh", "echo", "sleep", "true", "touch", "cat", "ls", "hostname", "id",
+    ] {
         std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).unwrap();
     }
     std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
@@ -45,8 +47,11 @@ impl Fixture {
         require_root();
         let tmp = tempfile::tempdir().unwrap();
         busybox_rootfs(&tmp.path().join("rootfs"));
-        let runtime = Runtime::new(tmp.path().join("state"), env!("CARGO_BIN_EXE_strake-shim-test"))
-            .with_start_timeout(Duration::from_secs(20));
+        let runtime = Runtime::new(
+            tmp.path().join("state"),
+            env!("CARGO_BIN_EXE_strake-shim-test"),
+        )
+        .with_start_timeout(Duration::from_secs(20));
         Self {
             tmp,
             runtime,
@@ -141,7 +146,7 @@ async fn runs_on_overlay_logs_and_exits_with_code_3() {
 
     let mut spec = fx.spec(
         "exit3",
-        &["/bin/sh", "-c", "echo marker-$GREETING-$(hostname); echo to-stderr >&2; touch /made-here; exit 3"],
+        &["/bin/sh", "-c", "echo marker-$GREETING-$(hostname); echo to-stderr >&2; touch /made-here; cat /proc/self/cgroup; ls /sys/fs/cgroup; exit 3"],
     );
     spec.rootfs = merged.clone();
     let handle = fx.runtime.start(&spec).await.unwrap();
@@ -150,19 +155,42 @@ async fn runs_on_overlay_logs_and_exits_with_code_3() {
     let status = fx.runtime.wait("exit3").await.unwrap();
     assert_eq!((status.exit_code, status.signal), (3, None));
     assert!(status.finished_at >= handle.started_at);
-    assert_eq!(fx.runtime.status("exit3").unwrap(), ContainerState::Exited(status));
+    assert_eq!(
+        fx.runtime.status("exit3").unwrap(),
+        ContainerState::Exited(status)
+    );
     // Signalling an exited container is not an error.
     fx.runtime.signal("exit3", Signal::SIGTERM).unwrap();
 
     let log = std::fs::read_to_string(&spec.log_path).unwrap();
     assert!(log.contains("marker-hello-exit3"), "log was {log:?}");
     assert!(log.contains("to-stderr"), "log was {log:?}");
-    assert!(upper.join("made-here").exists(), "writes must land in the overlay's upper dir");
+    // A private cgroup namespace: the container sees its own cgroup as the root.
+    assert!(log.lines().any(|l| l.ends_with(":/")), "log was {log:?}");
+    assert!(
+        !log.contains("strake-test-"),
+        "host cgroup paths leaked: {log:?}"
+    );
+    assert!(
+        !log.contains("libcontainer"),
+        "runtime logging leaked into the container log: {log:?}"
+    );
+    println!("container log:\n{log}");
+    assert!(
+        upper.join("made-here").exists(),
+        "writes must land in the overlay's upper dir"
+    );
 
     fx.runtime.remove("exit3").await.unwrap();
     assert!(!fx.state_dir("exit3").exists());
-    assert_eq!(cgroup_dirs(&spec.cgroup_path).unwrap(), Vec::<PathBuf>::new());
-    assert!(matches!(fx.runtime.status("exit3"), Err(RuntimeError::NotFound(_))));
+    assert_eq!(
+        cgroup_dirs(&spec.cgroup_path).unwrap(),
+        Vec::<PathBuf>::new()
+    );
+    assert!(matches!(
+        fx.runtime.status("exit3"),
+        Err(RuntimeError::NotFound(_))
+    ));
     fx.runtime.remove("exit3").await.unwrap(); // idempotent
     unmount(&merged).unwrap();
     unmount(&merged).unwrap(); // idempotent
@@ -181,34 +209,63 @@ async fn stop_escalates_to_sigkill_when_sigterm_is_ignored() {
         other => panic!("expected Running, got {other:?}"),
     }
     assert!(Path::new(&format!("/proc/{}", handle.pid)).exists());
-    assert!(!cgroup_dirs(&spec.cgroup_path).unwrap().is_empty(), "container cgroup must exist while running");
+    assert!(
+        !cgroup_dirs(&spec.cgroup_path).unwrap().is_empty(),
+        "container cgroup must exist while running"
+    );
     assert_eq!(memory_limit(&spec.cgroup_path), Some(64 << 20));
-    assert!(matches!(fx.runtime.remove("sleeper").await, Err(RuntimeError::StillRunning(_))));
+    assert!(matches!(
+        fx.runtime.remove("sleeper").await,
+        Err(RuntimeError::StillRunning(_))
+    ));
 
     let t = Instant::now();
-    let status = fx.runtime.stop("sleeper", Duration::from_secs(1)).await.unwrap();
+    let status = fx
+        .runtime
+        .stop("sleeper", Duration::from_secs(1))
+        .await
+        .unwrap();
     let took = t.elapsed();
     // busybox sleep as pid 1 has no SIGTERM handler, so only SIGKILL ends it.
     assert_eq!((status.exit_code, status.signal), (137, Some(9)));
-    assert!(took >= Duration::from_secs(1), "stopped after {took:?}, before the grace period");
+    assert!(
+        took >= Duration::from_secs(1),
+        "stopped after {took:?}, before the grace period"
+    );
 
     fx.runtime.remove("sleeper").await.unwrap();
     assert!(!fx.state_dir("sleeper").exists());
-    assert_eq!(cgroup_dirs(&spec.cgroup_path).unwrap(), Vec::<PathBuf>::new());
+    assert_eq!(
+        cgroup_dirs(&spec.cgroup_path).unwrap(),
+        Vec::<PathBuf>::new()
+    );
 }
 
 #[tokio::test]
 async fn sigterm_stops_a_container_that_handles_it() {
     let _serial = SERIAL.lock().await;
     let fx = Fixture::new("term");
-    let spec = fx.spec("trapper", &["/bin/sh", "-c", "trap 'exit 7' TERM; echo ready; while true; do sleep 0.05; done"]);
+    let spec = fx.spec(
+        "trapper",
+        &[
+            "/bin/sh",
+            "-c",
+            "trap 'exit 7' TERM; echo ready; while true; do sleep 0.05; done",
+        ],
+    );
     fx.runtime.start(&spec).await.unwrap();
     // The trap is installed once "ready" is logged.
     poll_until("the trap", Duration::from_secs(10), || {
-        std::fs::read_to_string(&spec.log_path).unwrap_or_default().contains("ready")
+        std::fs::read_to_string(&spec.log_path)
+            .unwrap_or_default()
+            .contains("ready")
     })
     .await;
-    let status = fx.runtime.stop("trapper", Duration::from_secs(20)).await.unwrap();
+    let status = fx
+        .runtime
+        .stop("trapper", Duration::from_secs(20))
+        .await
+        .unwrap();
     assert_eq!((status.exit_code, status.signal), (7, None));
     fx.runtime.remove("trapper").await.unwrap();
 }
@@ -222,18 +279,64 @@ async fn failed_create_is_reported_and_swept() {
     let err = fx.runtime.start(&spec).await.unwrap_err();
     assert!(matches!(err, RuntimeError::StartFailed { .. }), "got {err}");
     println!("start failure as reported: {err}");
-    assert!(matches!(fx.runtime.status("broken").unwrap(), ContainerState::Failed { .. }));
+    assert!(matches!(
+        fx.runtime.status("broken").unwrap(),
+        ContainerState::Failed { .. }
+    ));
     assert!(fx.runtime.wait("broken").await.is_err());
 
     fx.runtime.remove("broken").await.unwrap();
     assert!(!fx.state_dir("broken").exists());
-    assert_eq!(cgroup_dirs(&spec.cgroup_path).unwrap(), Vec::<PathBuf>::new());
+    assert_eq!(
+        cgroup_dirs(&spec.cgroup_path).unwrap(),
+        Vec::<PathBuf>::new()
+    );
     // The id is free again.
     assert!(matches!(
         fx.runtime.start(&spec).await,
         Err(RuntimeError::StartFailed { .. })
     ));
     fx.runtime.remove("broken").await.unwrap();
+}
+
+#[tokio::test]
+async fn start_errors_leave_nothing_behind() {
+    let _serial = SERIAL.lock().await;
+    let fx = Fixture::new("errors");
+    // A program that does not exist in the rootfs.
+    let spec = fx.spec("nobin", &["/no/such/program"]);
+    match fx.runtime.start(&spec).await {
+        Err(RuntimeError::StartFailed { error, .. }) => {
+            assert!(error.contains("/no/such/program"), "{error}")
+        }
+        other => panic!("expected StartFailed, got {other:?}"),
+    }
+    fx.runtime.remove("nobin").await.unwrap();
+    assert_eq!(
+        cgroup_dirs(&spec.cgroup_path).unwrap(),
+        Vec::<PathBuf>::new()
+    );
+
+    // A shim binary that does not exist: the error names it and no state is left.
+    let broken = Runtime::new(fx.runtime.state_root(), "/nonexistent/strake");
+    let spec = fx.spec("noshim", &["true"]);
+    assert!(matches!(
+        broken.start(&spec).await,
+        Err(RuntimeError::ShimSpawn { .. })
+    ));
+    assert!(!fx.state_dir("noshim").exists());
+
+    // Duplicate ids are refused while the first container exists.
+    let spec = fx.spec("dup", &["sleep", "1000"]);
+    fx.runtime.start(&spec).await.unwrap();
+    assert!(matches!(
+        fx.runtime.start(&spec).await,
+        Err(RuntimeError::AlreadyExists(_))
+    ));
+    assert_eq!(fx.runtime.list().unwrap(), ["dup"]);
+    fx.runtime.stop("dup", Duration::ZERO).await.unwrap();
+    fx.runtime.remove("dup").await.unwrap();
+    assert!(fx.runtime.list().unwrap().is_empty());
 }
 
 /// pid of the shim serving `state_dir`, found by its command line.
@@ -257,20 +360,33 @@ async fn remove_after_a_shim_crash_kills_and_sweeps() {
     let shim = shim_pid(&fx.state_dir("orphan")).expect("shim process");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(shim), Signal::SIGKILL).unwrap();
     poll_until("the shim to die", Duration::from_secs(10), || {
-        matches!(fx.runtime.status("orphan"), Ok(ContainerState::Unknown { .. }))
+        matches!(
+            fx.runtime.status("orphan"),
+            Ok(ContainerState::Unknown { .. })
+        )
     })
     .await;
-    assert!(matches!(fx.runtime.wait("orphan").await, Err(RuntimeError::ShimDied { .. })));
+    assert!(matches!(
+        fx.runtime.wait("orphan").await,
+        Err(RuntimeError::ShimDied { .. })
+    ));
 
     fx.runtime.remove("orphan").await.unwrap();
     assert!(!fx.state_dir("orphan").exists());
-    assert_eq!(cgroup_dirs(&spec.cgroup_path).unwrap(), Vec::<PathBuf>::new());
+    assert_eq!(
+        cgroup_dirs(&spec.cgroup_path).unwrap(),
+        Vec::<PathBuf>::new()
+    );
     // The init (now orphaned to the host's init, which reaps it) is gone.
-    poll_until("the orphaned init to vanish", Duration::from_secs(10), || {
-        std::fs::read_to_string(format!("/proc/{}/stat", handle.pid))
-            .map(|s| s.contains(") Z ") || !s.contains("(sleep)"))
-            .unwrap_or(true)
-    })
+    poll_until(
+        "the orphaned init to vanish",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(format!("/proc/{}/stat", handle.pid))
+                .map(|s| s.contains(") Z ") || !s.contains("(sleep)"))
+                .unwrap_or(true)
+        },
+    )
     .await;
 }
 
@@ -290,7 +406,10 @@ async fn lifecycle_latency_of_busybox_true() {
         fx.runtime.remove(&id).await.unwrap();
         let total = t.elapsed();
         assert_eq!(status.exit_code, 0);
-        assert_eq!(cgroup_dirs(&spec.cgroup_path).unwrap(), Vec::<PathBuf>::new());
+        assert_eq!(
+            cgroup_dirs(&spec.cgroup_path).unwrap(),
+            Vec::<PathBuf>::new()
+        );
         if i > 0 {
             // The first run warms the page cache and is left out.
             samples.push((started, exited, total));
