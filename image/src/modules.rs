@@ -337,6 +337,8 @@ pub const STRAKE_MODULES: &[(&str, bool)] = &[
     ("virtio_blk", false),
     ("virtio_console", false),
     ("virtio_rng", false),
+    ("button", false),
+    ("evdev", false),
     ("overlay", false),
     ("bridge", false),
     ("br_netfilter", false),

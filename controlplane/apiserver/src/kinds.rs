@@ -16,6 +16,8 @@ use crate::validation::{is_dns1123_label, validate_meta};
 pub enum Part {
     Main,
     Status,
+    /// The `binding` subresource: sets `spec.nodeName` once, exempt from spec immutability.
+    Binding,
 }
 
 /// A column of Table output.
@@ -109,7 +111,7 @@ impl ApiKind for Namespace {
     }
     fn carry_over(&mut self, old: &Self, part: Part) {
         match part {
-            Part::Main => self.status = old.status.clone(),
+            Part::Main | Part::Binding => self.status = old.status.clone(),
             Part::Status => self.spec = old.spec.clone(),
         }
     }
@@ -146,7 +148,7 @@ impl ApiKind for Node {
     }
     fn carry_over(&mut self, old: &Self, part: Part) {
         match part {
-            Part::Main => self.status = old.status.clone(),
+            Part::Main | Part::Binding => self.status = old.status.clone(),
             Part::Status => self.spec = old.spec.clone(),
         }
     }
@@ -305,7 +307,7 @@ impl ApiKind for Pod {
 
     fn carry_over(&mut self, old: &Self, part: Part) {
         match part {
-            Part::Main => self.status = old.status.clone(),
+            Part::Main | Part::Binding => self.status = old.status.clone(),
             Part::Status => self.spec = old.spec.clone(),
         }
     }

@@ -22,7 +22,7 @@ use crate::registry::Registry;
 /// Binds a pod to a node, once.
 pub async fn bind(reg: &Registry, namespace: &str, name: &str, node: &str) -> Result<Pod, ApiError> {
     reg
-        .modify::<Pod>(Some(namespace), name, Part::Main, |pod| {
+        .modify::<Pod>(Some(namespace), name, Part::Binding, |pod| {
             if pod.metadata.deletion_timestamp.is_some() {
                 return Err(ApiError::Conflict { resource: "pods".into(), name: name.into(), message: "the pod is being deleted".into() });
             }

@@ -268,11 +268,11 @@ impl Registry {
                 m.owner_references = om.owner_references.clone();
             }
         }
-        obj.carry_over(&old, part);
+        obj.carry_over(&old, if part == Part::Binding { Part::Main } else { part });
         if part == Part::Main && serde_json::to_value(spec_of(&obj)).ok() != serde_json::to_value(spec_of(&old)).ok() {
             obj.metadata_mut().generation = Some(old.metadata().generation.unwrap_or(1) + 1);
         }
-        let causes = obj.validate_update(&old);
+        let causes = if part == Part::Binding { obj.validate() } else { obj.validate_update(&old) };
         if !causes.is_empty() {
             return Err(invalid::<K>(name, causes));
         }
