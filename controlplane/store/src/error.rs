@@ -11,10 +11,28 @@ pub enum StoreError {
     #[error("invalid store config: {problem}")]
     Config { problem: String },
 
+    #[error("invalid store config: {field}: {problem}")]
+    InvalidConfig { field: String, problem: String },
+
+    #[error("cannot listen for raft peers on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+
+    #[error("peer TLS: {problem}")]
+    PeerTls { problem: String },
+
+    #[error("invalid peer address {addr:?}: {problem}")]
+    InvalidPeerAddr { addr: String, problem: String },
+
+    #[error("membership change refused: {problem}")]
+    Membership { problem: String },
+
     #[error(
-        "store config lists {peers} peer(s), but the raft peer transport is not built yet: only a single voter (empty peer list) can run"
+        "learner {node_id} was added but did not catch up with the leader within {waited:?}; it stays a learner"
     )]
-    PeersUnsupported { peers: usize },
+    LearnerLagging { node_id: u64, waited: Duration },
 
     #[error("{op} {path}: {source}")]
     Io {

@@ -2,20 +2,27 @@
 //! keyspace (revisions, history, watches, compaction, snapshots) live in redb files in one data dir.
 //! It must not touch anything outside its data dir, and knows nothing of Kubernetes objects.
 
+mod config;
 mod db;
 mod error;
 mod keyspace;
 mod log_store;
+mod membership;
 mod mvcc;
-mod network;
+mod peer_tls;
 mod raft_types;
 mod state_machine;
 mod store;
+mod transport;
 mod types;
 mod watch;
 
+pub use config::{DEFAULT_SNAPSHOT_EVERY, StoreConfig};
 pub use error::StoreError;
-pub use store::{Store, StoreConfig};
+pub use membership::Members;
+pub use peer_tls::{PEER_GROUP, PeerTls, peer_name};
+pub use store::Store;
+pub use transport::{MAX_BODY, TransportError};
 pub use types::{
     CmpOp, Compare, EventKind, KeyValue, MAX_KEY_SIZE, MAX_TXN_BYTES, MAX_TXN_OPS, MAX_VALUE_SIZE,
     Op, OpResult, RangeRequest, RangeResponse, Txn, TxnResponse, WatchEvent, WatchRequest,
@@ -23,15 +30,15 @@ pub use types::{
 pub use watch::WatchStream;
 
 /// The raft plumbing: type configuration, storage and network seams. The API server does not
-/// need these; they are public for the storage conformance suite and the future peer transport.
+/// need these; they are public for the storage conformance suite and transport tests.
 pub mod raft {
     use std::path::Path;
     use std::sync::Arc;
 
     pub use crate::log_store::LogStore;
-    pub use crate::network::{NetworkFactory, PeerConnection, PeerTransportMissing};
     pub use crate::raft_types::{Command, CommandResponse, NodeId, TypeConfig};
     pub use crate::state_machine::{SnapshotBuilder, StateMachine};
+    pub use crate::transport::client::{NetworkFactory, NoPeerTransport, PeerConnection};
 
     use crate::error::StoreError;
 

@@ -1,7 +1,6 @@
 //! [`Store`]: the handle the control plane uses — open, read, write, watch, compact, shut down.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -9,13 +8,15 @@ use std::time::Duration;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
 
+use crate::config::{Networked, StoreConfig};
 use crate::db::{DbCell, open_data_dir};
 use crate::error::StoreError;
 use crate::keyspace;
 use crate::log_store::LogStore;
-use crate::network::NetworkFactory;
 use crate::raft_types::{Command, CommandResponse, NodeId, TypeConfig};
 use crate::state_machine::{Shared, StateMachine, WatchMessage};
+use crate::transport::client::NetworkFactory;
+use crate::transport::server::{self, PeerServer};
 use crate::types::{
     KeyValue, Op, OpResult, RangeRequest, RangeResponse, Txn, TxnResponse, WatchRequest,
 };
@@ -23,48 +24,33 @@ use crate::watch::WatchStream;
 
 /// How long [`Store::open`] waits for the node to become leader and catch up.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
-/// Raft log entries between snapshots; the log is purged up to the snapshot afterwards.
-const SNAPSHOT_EVERY: u64 = 10_000;
-
-/// Where and as whom the store runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoreConfig {
-    /// This node's raft id; must stay the same for the life of `data_dir`.
-    pub node_id: NodeId,
-    /// Directory holding `raft-log.redb` and `state.redb`; created if missing.
-    pub data_dir: PathBuf,
-    /// The other voters as (node id, peer address). Empty = a single-voter cluster.
-    pub peers: Vec<(NodeId, String)>,
-}
-
-impl StoreConfig {
-    /// A single-voter store.
-    pub fn single(node_id: NodeId, data_dir: impl Into<PathBuf>) -> Self {
-        Self {
-            node_id,
-            data_dir: data_dir.into(),
-            peers: Vec::new(),
-        }
-    }
-}
 
 /// The cluster store: a raft-replicated MVCC keyspace. Clones share one raft node.
+///
+/// Replication: a clustered node ([`StoreConfig::cluster`]) talks raft to its peers over HTTP/2
+/// with mutual TLS ([`crate::PeerTls`]); reads are linearizable through read-index on the leader, and
+/// reads or writes on a follower fail with [`StoreError::NotLeader`] naming the leader (the
+/// caller forwards; there is no proxying yet). Membership: [`Store::add_learner`],
+/// [`Store::promote`], [`Store::remove`], [`Store::members`].
 #[derive(Clone)]
 pub struct Store {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    node_id: NodeId,
-    raft: Raft<TypeConfig>,
+pub(crate) struct Inner {
+    pub(crate) node_id: NodeId,
+    pub(crate) raft: Raft<TypeConfig>,
     shared: Arc<Shared>,
     log_db: Arc<DbCell>,
+    /// The peer listener of a clustered node; dropping it closes every peer connection.
+    server: std::sync::Mutex<Option<PeerServer>>,
 }
 
 impl Drop for Inner {
     /// The last handle dropped without [`Store::shutdown`]: stop raft and release the files in
     /// the background, so the data directory can be reopened shortly after.
     fn drop(&mut self) {
+        self.stop_serving();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -85,6 +71,16 @@ impl Drop for Inner {
     }
 }
 
+impl Inner {
+    fn stop_serving(&self) {
+        let server = match self.server.lock() {
+            Ok(mut guard) => guard.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        drop(server);
+    }
+}
+
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
@@ -94,14 +90,22 @@ impl std::fmt::Debug for Store {
     }
 }
 
-fn raft_config() -> Result<Config, StoreError> {
+fn raft_config(snapshot_every: u64, clustered: bool) -> Result<Config, StoreError> {
+    // Over the network, append-entries must fit in one heartbeat interval (openraft's RPC
+    // timeout) even on a loaded machine; a lone voter only talks to itself.
+    let (heartbeat_interval, election_timeout_min, election_timeout_max) = if clustered {
+        (250, 1000, 2000)
+    } else {
+        (100, 300, 600)
+    };
     Config {
         cluster_name: "strake".into(),
-        heartbeat_interval: 100,
-        election_timeout_min: 300,
-        election_timeout_max: 600,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
-        max_in_snapshot_log_to_keep: 1000,
+        heartbeat_interval,
+        election_timeout_min,
+        election_timeout_max,
+        install_snapshot_timeout: 10_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_every),
+        max_in_snapshot_log_to_keep: (snapshot_every / 10).min(1000),
         ..Config::default()
     }
     .validate()
@@ -123,37 +127,37 @@ fn read_error(err: RaftError<NodeId, CheckIsLeaderError<NodeId, BasicNode>>) -> 
     }
 }
 
-fn write_error(err: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> StoreError {
+pub(crate) fn write_error(
+    err: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
+) -> StoreError {
     match err {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => StoreError::NotLeader {
             leader_id: f.leader_id,
             leader_addr: f.leader_node.map(|n| n.addr),
         },
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => StoreError::Internal(
-            format!("a client write failed with a membership error: {e}"),
-        ),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => StoreError::Membership {
+            problem: e.to_string(),
+        },
         RaftError::Fatal(f) => f.into(),
     }
 }
 
 impl Store {
-    /// Opens the store in `cfg.data_dir`, creating and initializing a fresh single-voter cluster
-    /// if the directory is new, and waits until this node leads and has applied its log.
+    /// Opens the store in `cfg.data_dir`.
     ///
-    /// Fails, naming the file, if a data file is missing, empty, truncated or corrupt, or belongs
-    /// to another node id; never reinitializes over existing data.
+    /// A single voter ([`StoreConfig::single`]) initializes a fresh directory as a one-voter
+    /// cluster and returns once it leads and has applied its log. A clustered node listens on
+    /// `listen_addr`; if the cluster is fresh the lowest id of it and its peers initializes it
+    /// with all of them as voters, and every member returns once a leader is known (so open all
+    /// members of a fresh or fully stopped cluster concurrently). A `join`ing node returns as
+    /// soon as it listens.
+    ///
+    /// Fails, naming the field, on an invalid config; fails, naming the file, if a data file is
+    /// missing, empty, truncated or corrupt, or belongs to another node id; never reinitializes
+    /// over existing data.
     pub async fn open(cfg: StoreConfig) -> Result<Store, StoreError> {
-        let foreign_peers = cfg
-            .peers
-            .iter()
-            .filter(|(id, _)| *id != cfg.node_id)
-            .count();
-        if foreign_peers > 0 {
-            return Err(StoreError::PeersUnsupported {
-                peers: foreign_peers,
-            });
-        }
-        let config = Arc::new(raft_config()?);
+        let networked = cfg.validate()?;
+        let config = Arc::new(raft_config(cfg.snapshot_every, networked.is_some())?);
         let dir = cfg.data_dir.clone();
         let node_id = cfg.node_id;
         let data = tokio::task::spawn_blocking(move || open_data_dir(&dir, node_id))
@@ -169,25 +173,41 @@ impl Store {
             err
         };
         let meta = keyspace::read_meta(&state_db).map_err(close_files)?;
+        let (network, listener) = match &networked {
+            Some(net) => {
+                let network = NetworkFactory::new(node_id, &net.tls).map_err(close_files)?;
+                let listener = server::bind(net.listen, &net.tls)
+                    .await
+                    .map_err(close_files)?;
+                (network, Some(listener))
+            }
+            None => (NetworkFactory::disabled(node_id), None),
+        };
         let shared = Shared::new(state_db.clone(), meta.revision);
         let raft = Raft::new(
             node_id,
             config,
-            NetworkFactory,
+            network,
             LogStore::new(log_db.clone()),
             StateMachine::new(shared.clone()),
         )
         .await
         .map_err(|e| close_files(e.into()))?;
+        let server = listener.map(|l| l.serve(raft.clone()));
         let store = Store {
             inner: Arc::new(Inner {
                 node_id,
                 raft,
                 shared,
                 log_db: log_db.clone(),
+                server: std::sync::Mutex::new(server),
             }),
         };
-        match store.become_ready().await {
+        let ready = match &networked {
+            None => store.become_ready().await,
+            Some(net) => store.join_cluster(&cfg, net).await,
+        };
+        match ready {
             Ok(()) => Ok(store),
             Err(err) => {
                 if let Err(close_err) = store.close().await {
@@ -196,6 +216,57 @@ impl Store {
                 Err(err)
             }
         }
+    }
+
+    /// Clustered start: initialize a fresh cluster if this node has the lowest id, then wait
+    /// for a leader (unless joining).
+    async fn join_cluster(&self, cfg: &StoreConfig, net: &Networked) -> Result<(), StoreError> {
+        let raft = &self.inner.raft;
+        let me = self.inner.node_id;
+        if !raft.is_initialized().await? {
+            if cfg.join {
+                return Ok(());
+            }
+            let lowest = cfg.peers.iter().all(|(id, _)| *id > me);
+            if lowest {
+                let mut members: BTreeMap<NodeId, BasicNode> = cfg
+                    .peers
+                    .iter()
+                    .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+                    .collect();
+                members.insert(
+                    me,
+                    BasicNode {
+                        addr: net.advertise.clone(),
+                    },
+                );
+                match raft.initialize(members).await {
+                    Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                    Err(RaftError::APIError(err)) => {
+                        return Err(StoreError::Initialize(Box::new(err)));
+                    }
+                    Err(RaftError::Fatal(f)) => return Err(f.into()),
+                }
+            }
+        }
+        let voters: Vec<NodeId> = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        if voters == [me] {
+            raft.trigger().elect().await?;
+        }
+        raft.wait(Some(STARTUP_TIMEOUT))
+            .metrics(|m| m.current_leader.is_some(), "a known leader")
+            .await
+            .map_err(|e| StoreError::StartupTimeout {
+                waited: STARTUP_TIMEOUT,
+                detail: e.to_string(),
+            })?;
+        Ok(())
     }
 
     async fn become_ready(&self) -> Result<(), StoreError> {
@@ -262,6 +333,17 @@ impl Store {
             .ensure_linearizable()
             .await
             .map_err(read_error)?;
+        keyspace::range(&self.inner.shared.db, &req)
+    }
+
+    /// Serializable read of one key from this node's applied state, leader or not: no quorum
+    /// round trip, but it may lag the leader (the header revision says how far it got).
+    pub fn get_serializable(&self, key: &[u8]) -> Result<(Option<KeyValue>, u64), StoreError> {
+        keyspace::get(&self.inner.shared.db, key)
+    }
+
+    /// Serializable range read from this node's applied state; see [`Store::get_serializable`].
+    pub fn range_serializable(&self, req: RangeRequest) -> Result<RangeResponse, StoreError> {
         keyspace::range(&self.inner.shared.db, &req)
     }
 
@@ -355,7 +437,7 @@ impl Store {
     }
 
     /// Builds a snapshot of everything applied so far and purges the raft log up to it (raft
-    /// also snapshots by itself every 10,000 entries, keeping the last 1,000 entries). Returns
+    /// also snapshots by itself every `snapshot_every` entries; see [`StoreConfig`]). Returns
     /// once the snapshot is stored and the log purged; returns the snapshot's last log index.
     pub async fn snapshot(&self) -> Result<Option<u64>, StoreError> {
         let raft = &self.inner.raft;
@@ -387,6 +469,7 @@ impl Store {
     }
 
     async fn close(&self) -> Result<(), StoreError> {
+        self.inner.stop_serving();
         self.inner.raft.shutdown().await.map_err(|e| {
             StoreError::Internal(format!("raft task failed while shutting down: {e}"))
         })?;

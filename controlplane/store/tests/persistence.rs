@@ -323,15 +323,20 @@ async fn missing_file_and_wrong_node_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn peers_are_refused_until_the_transport_exists() {
+async fn peers_without_a_transport_are_refused_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = StoreConfig {
-        node_id: 1,
-        data_dir: dir.path().to_path_buf(),
         peers: vec![(2, "10.0.0.2:2380".into())],
+        ..StoreConfig::single(1, dir.path())
     };
-    assert!(matches!(
-        Store::open(cfg).await,
-        Err(StoreError::PeersUnsupported { peers: 1 })
-    ));
+    match Store::open(cfg).await {
+        Err(StoreError::InvalidConfig { field, problem }) => {
+            assert_eq!(field, "listen_addr", "{problem}");
+        }
+        other => panic!("expected an invalid config, got {other:?}"),
+    }
+    assert!(
+        !dir.path().join("state.redb").exists(),
+        "nothing is created for an invalid config"
+    );
 }

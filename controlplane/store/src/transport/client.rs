@@ -1,0 +1,342 @@
+//! The client side of the peer transport: openraft's [`RaftNetworkFactory`] and one
+//! [`PeerConnection`] (an HTTP/2 connection over mutual TLS) per peer.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use openraft::BasicNode;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
+    Unreachable,
+};
+use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use rustls::pki_types::ServerName;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::{
+    APPEND_BUDGET, CONNECTION_WINDOW, CONTENT_TYPE, MAX_BODY, PATH_APPEND, PATH_SNAPSHOT,
+    PATH_VOTE, STREAM_WINDOW, TransportError,
+};
+use crate::error::StoreError;
+use crate::peer_tls::{PeerTls, peer_name};
+use crate::raft_types::{NodeId, TypeConfig};
+
+/// Creates connections to raft peers. Without peer TLS (a single voter that does not listen),
+/// every peer is unreachable.
+#[derive(Clone)]
+pub struct NetworkFactory {
+    me: NodeId,
+    tls: Option<TlsConnector>,
+}
+
+impl std::fmt::Debug for NetworkFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetworkFactory")
+            .field("me", &self.me)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl NetworkFactory {
+    /// Connections from node `me`, authenticated with `tls`.
+    pub fn new(me: NodeId, tls: &PeerTls) -> Result<Self, StoreError> {
+        Ok(Self {
+            me,
+            tls: Some(TlsConnector::from(tls.client_config()?)),
+        })
+    }
+
+    /// A factory whose peers are all unreachable: for a single voter without a transport.
+    pub(crate) fn disabled(me: NodeId) -> Self {
+        Self { me, tls: None }
+    }
+}
+
+/// Why a voter without peer TLS cannot reach anyone.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "raft peer {target} at {addr:?} is unreachable: this node has no peer TLS configured (a single voter without a listen address)"
+)]
+pub struct NoPeerTransport {
+    pub target: NodeId,
+    pub addr: String,
+}
+
+/// A connection to one raft peer; reconnects on the next RPC after any failure.
+pub struct PeerConnection {
+    me: NodeId,
+    target: NodeId,
+    node: BasicNode,
+    tls: Option<TlsConnector>,
+    sender: Option<SendRequest<Full<Bytes>>>,
+}
+
+impl std::fmt::Debug for PeerConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerConnection")
+            .field("me", &self.me)
+            .field("target", &self.target)
+            .field("addr", &self.node.addr)
+            .field("connected", &self.sender.is_some())
+            .finish()
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
+        PeerConnection {
+            me: self.me,
+            target,
+            node: node.clone(),
+            tls: self.tls.clone(),
+            sender: None,
+        }
+    }
+}
+
+fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, TransportError> {
+    postcard::to_allocvec(value).map_err(|source| TransportError::Codec { what, source })
+}
+
+impl PeerConnection {
+    async fn connect(
+        &self,
+        tls: &TlsConnector,
+    ) -> Result<SendRequest<Full<Bytes>>, TransportError> {
+        let addr = &self.node.addr;
+        let socket: SocketAddr =
+            addr.parse()
+                .map_err(|e: std::net::AddrParseError| TransportError::BadAddr {
+                    addr: addr.clone(),
+                    problem: e.to_string(),
+                })?;
+        let tcp = TcpStream::connect(socket)
+            .await
+            .map_err(|source| TransportError::Connect {
+                target: self.target,
+                addr: addr.clone(),
+                source,
+            })?;
+        // Small RPCs (votes, heartbeats) must not wait for Nagle.
+        let _ = tcp.set_nodelay(true);
+        // The server must hold the certificate of the node we mean to reach, whatever answers
+        // at its address.
+        let name =
+            ServerName::try_from(peer_name(self.target)).map_err(|e| TransportError::BadAddr {
+                addr: addr.clone(),
+                problem: format!("peer name: {e}"),
+            })?;
+        let stream = tls
+            .connect(name, tcp)
+            .await
+            .map_err(|source| TransportError::Handshake {
+                target: self.target,
+                addr: addr.clone(),
+                source,
+            })?;
+        let http = |source| TransportError::Http {
+            target: self.target,
+            addr: addr.clone(),
+            source,
+        };
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(http)?;
+        let (me, target) = (self.me, self.target);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(me, target, error = %err, "raft peer connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Posts an encoded body to `path` and decodes the answer.
+    async fn send<Resp: DeserializeOwned>(
+        &mut self,
+        path: &'static str,
+        body: Vec<u8>,
+    ) -> Result<Resp, TransportError> {
+        let Some(tls) = self.tls.clone() else {
+            return Err(TransportError::Connect {
+                target: self.target,
+                addr: self.node.addr.clone(),
+                source: std::io::Error::other(NoPeerTransport {
+                    target: self.target,
+                    addr: self.node.addr.clone(),
+                }),
+            });
+        };
+        if body.len() > MAX_BODY {
+            return Err(TransportError::TooLarge {
+                what: "an RPC body",
+                size: body.len(),
+                max: MAX_BODY,
+            });
+        }
+        let http = |target: NodeId, addr: &str| {
+            let addr = addr.to_string();
+            move |source| TransportError::Http {
+                target,
+                addr,
+                source,
+            }
+        };
+        let mut sender = match self.sender.take() {
+            Some(sender) if !sender.is_closed() => sender,
+            _ => self.connect(&tls).await?,
+        };
+        sender
+            .ready()
+            .await
+            .map_err(http(self.target, &self.node.addr))?;
+        let request = http::Request::post(format!("https://{}{path}", peer_name(self.target)))
+            .header(http::header::CONTENT_TYPE, CONTENT_TYPE)
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| TransportError::Body {
+                target: self.target,
+                problem: format!("building the request: {e}"),
+            })?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(http(self.target, &self.node.addr))?;
+        self.sender = Some(sender);
+        let status = response.status();
+        let bytes = Limited::new(response.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| TransportError::Body {
+                target: self.target,
+                problem: e.to_string(),
+            })?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(TransportError::Refused {
+                target: self.target,
+                status,
+                message: String::from_utf8_lossy(&bytes).into_owned(),
+            });
+        }
+        postcard::from_bytes(&bytes).map_err(|source| TransportError::Codec {
+            what: "a raft answer",
+            source,
+        })
+    }
+
+    /// [`Self::send`] with a deadline; failures map to openraft's RPC errors.
+    async fn call<Resp, E>(
+        &mut self,
+        action: RPCTypes,
+        path: &'static str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let answer: Result<Result<Resp, RaftError<NodeId, E>>, TransportError> =
+            match tokio::time::timeout(timeout, self.send(path, body)).await {
+                Ok(answer) => answer,
+                Err(_) => {
+                    self.sender = None;
+                    return Err(RPCError::Timeout(Timeout {
+                        action,
+                        id: self.me,
+                        target: self.target,
+                        timeout,
+                    }));
+                }
+            };
+        match answer {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.node.clone(),
+                remote,
+            ))),
+            Err(err) => {
+                self.sender = None;
+                if err.is_unreachable() {
+                    Err(RPCError::Unreachable(Unreachable::new(&err)))
+                } else {
+                    Err(RPCError::Network(NetworkError::new(&err)))
+                }
+            }
+        }
+    }
+}
+
+fn codec_error<E: std::error::Error>(err: TransportError) -> RPCError<NodeId, BasicNode, E> {
+    RPCError::Network(NetworkError::new(&err))
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        let entries = rpc.entries.len();
+        let body = encode("append-entries", &rpc).map_err(codec_error)?;
+        if body.len() > APPEND_BUDGET && entries > 1 {
+            let fitting = (entries as u64 * APPEND_BUDGET as u64 / body.len() as u64).max(1);
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(fitting),
+            ));
+        }
+        self.call(
+            RPCTypes::AppendEntries,
+            PATH_APPEND,
+            body,
+            option.soft_ttl(),
+        )
+        .await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        let body = encode("install-snapshot", &rpc).map_err(codec_error)?;
+        self.call(
+            RPCTypes::InstallSnapshot,
+            PATH_SNAPSHOT,
+            body,
+            option.soft_ttl(),
+        )
+        .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        let body = encode("vote", &rpc).map_err(codec_error)?;
+        self.call(RPCTypes::Vote, PATH_VOTE, body, option.soft_ttl())
+            .await
+    }
+}

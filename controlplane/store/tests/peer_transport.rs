@@ -1,0 +1,126 @@
+//! The peer transport's identity and bounds checks, against a lone clustered voter on loopback.
+
+mod support;
+
+use openraft::error::RPCError;
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{InstallSnapshotRequest, VoteRequest};
+use openraft::{BasicNode, SnapshotMeta, Vote};
+use strake_pki::ClusterCa;
+use strake_store::raft::{NetworkFactory, PeerConnection};
+use strake_store::{MAX_BODY, PeerTls};
+use support::{Cluster, DEADLINE};
+
+async fn client(tls: &PeerTls, me: u64, target: u64, addr: &str) -> PeerConnection {
+    NetworkFactory::new(me, tls)
+        .expect("client TLS config")
+        .new_client(
+            target,
+            &BasicNode {
+                addr: addr.to_string(),
+            },
+        )
+        .await
+}
+
+fn vote_from(node: u64) -> VoteRequest<u64> {
+    VoteRequest {
+        // Term 0 is older than any live term: an honest request is answered, never granted.
+        vote: Vote::new(0, node),
+        last_log_id: None,
+    }
+}
+
+fn option() -> RPCOption {
+    RPCOption::new(DEADLINE)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_is_who_its_certificate_says() {
+    let mut cluster = Cluster::new(&[1], strake_store::DEFAULT_SNAPSHOT_EVERY);
+    cluster.start(&[1]).await;
+    assert_eq!(cluster.leader().await, 1, "a lone clustered voter leads");
+    let addr = cluster.members[&1].addr.clone();
+    let term = cluster.store(1).raft_metrics().current_term;
+
+    // Node 9's certificate claiming to be node 2: refused, naming both.
+    let nine = PeerTls::issue(&cluster.ca, 9).unwrap();
+    let mut conn = client(&nine, 9, 1, &addr).await;
+    let err = conn.vote(vote_from(2), option()).await.unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, RPCError::Network(_)), "{message}");
+    assert!(
+        message.contains("peer certificate is for node 9") && message.contains("Some(2)"),
+        "{message}"
+    );
+
+    // The same certificate, claiming what it is: answered (and not granted).
+    let answer = conn.vote(vote_from(9), option()).await.unwrap();
+    assert!(!answer.vote_granted);
+
+    // A certificate from another cluster's CA never gets past the handshake.
+    let stranger = PeerTls::issue(&ClusterCa::generate("other").unwrap(), 2).unwrap();
+    let err = client(&stranger, 2, 1, &addr)
+        .await
+        .vote(vote_from(2), option())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RPCError::Unreachable(_)), "{err}");
+
+    // A cluster client certificate that is not a store peer certificate is dropped.
+    let admin = cluster
+        .ca
+        .issue_client(
+            "strake-store-2",
+            &["system:masters"],
+            time::Duration::days(1),
+        )
+        .unwrap();
+    let impostor = PeerTls {
+        ca_pem: cluster.ca.ca.cert_pem.clone(),
+        cert_pem: admin.cert_pem,
+        key_pem: admin.key_pem,
+    };
+    let err = client(&impostor, 2, 1, &addr)
+        .await
+        .vote(vote_from(2), option())
+        .await;
+    assert!(err.is_err(), "a non-peer certificate was served: {err:?}");
+
+    // The client checks the server too: node 1's certificate does not name node 3.
+    let err = client(&nine, 9, 3, &addr)
+        .await
+        .vote(vote_from(9), option())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RPCError::Unreachable(_)), "{err}");
+    assert!(err.to_string().contains("certificate"), "{err}");
+
+    // None of it disturbed the node.
+    assert_eq!(cluster.store(1).raft_metrics().current_term, term);
+    cluster.put("still", "serving").await;
+    cluster.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_are_refused_with_a_clear_error() {
+    let mut cluster = Cluster::new(&[1], strake_store::DEFAULT_SNAPSHOT_EVERY);
+    cluster.start(&[1]).await;
+    let addr = cluster.members[&1].addr.clone();
+    let two = PeerTls::issue(&cluster.ca, 2).unwrap();
+    let mut conn = client(&two, 2, 1, &addr).await;
+    let chunk = InstallSnapshotRequest {
+        vote: Vote::new(0, 2),
+        meta: SnapshotMeta::default(),
+        offset: 0,
+        data: vec![0; MAX_BODY + 1],
+        done: false,
+    };
+    let err = conn.install_snapshot(chunk, option()).await.unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("more than the limit") && message.contains(&MAX_BODY.to_string()),
+        "{message}"
+    );
+    cluster.stop_all().await;
+}

@@ -1,0 +1,237 @@
+//! Multi-voter replication over the mTLS peer transport, on loopback: election, replication,
+//! leader loss, restart catch-up, snapshot install to a late learner, membership changes.
+
+mod support;
+
+use strake_store::{StoreError, TxnResponse};
+use support::{Cluster, DEADLINE, eventually};
+
+const NO_SNAPSHOTS: u64 = strake_store::DEFAULT_SNAPSHOT_EVERY;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_voters_elect_a_leader_and_replicate() {
+    let mut cluster = Cluster::new(&[1, 2, 3], NO_SNAPSHOTS);
+    cluster.start(&[1, 2, 3]).await;
+    let leader = cluster.leader().await;
+    let members = cluster.store(leader).members();
+    assert_eq!(
+        members.voters.keys().copied().collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert_eq!(members.voters[&2], cluster.members[&2].addr);
+    assert!(members.learners.is_empty());
+
+    let mut last = 0;
+    for i in 0..10 {
+        last = cluster.put(&format!("k{i}"), &format!("v{i}")).await;
+    }
+    for id in [1, 2, 3] {
+        cluster.caught_up(id, last).await;
+        for i in 0..10 {
+            cluster.assert_holds(id, &format!("k{i}"), &format!("v{i}"));
+        }
+    }
+
+    // Linearizable reads on the leader go through read-index.
+    let (kv, revision) = cluster.store(leader).get(b"k9").await.unwrap();
+    assert_eq!(kv.unwrap().value, b"v9");
+    assert!(revision >= last);
+
+    // A follower names the leader instead of writing or reading.
+    let follower = *[1, 2, 3].iter().find(|id| **id != leader).unwrap();
+    let store = cluster.store(follower);
+    match store.put(b"k".to_vec(), b"v".to_vec()).await {
+        Err(StoreError::NotLeader {
+            leader_id,
+            leader_addr,
+        }) => {
+            assert_eq!(leader_id, Some(leader));
+            assert_eq!(
+                leader_addr.as_deref(),
+                Some(cluster.members[&leader].addr.as_str())
+            );
+        }
+        other => panic!("expected NotLeader from follower {follower}, got {other:?}"),
+    }
+    assert!(matches!(
+        store.get(b"k1").await,
+        Err(StoreError::NotLeader { leader_id: Some(l), .. }) if l == leader
+    ));
+
+    // Watches on a follower see replicated changes.
+    let mut watch = store
+        .watch(strake_store::WatchRequest {
+            prefix: b"w".to_vec(),
+            ..Default::default()
+        })
+        .unwrap();
+    let revision = cluster.put("w1", "x").await;
+    let event = tokio::time::timeout(DEADLINE, watch.next())
+        .await
+        .expect("follower watch yields within the deadline")
+        .expect("watch open")
+        .expect("event");
+    assert_eq!(event.kv.key, b"w1");
+    assert_eq!(event.kv.mod_revision, revision);
+    cluster.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_loss_elects_a_new_leader_and_keeps_acknowledged_writes() {
+    let mut cluster = Cluster::new(&[1, 2, 3], NO_SNAPSHOTS);
+    cluster.start(&[1, 2, 3]).await;
+    let old = cluster.leader().await;
+    let mut acknowledged = Vec::new();
+    for i in 0..10 {
+        cluster.put(&format!("a{i}"), &format!("{i}")).await;
+        acknowledged.push(format!("a{i}"));
+    }
+    cluster.stop(old).await;
+
+    let new = cluster.leader().await;
+    assert_ne!(new, old);
+    for i in 10..20 {
+        cluster.put(&format!("a{i}"), &format!("{i}")).await;
+        acknowledged.push(format!("a{i}"));
+    }
+    let leader = cluster.store(new);
+    for (i, key) in acknowledged.iter().enumerate() {
+        let (kv, _) = leader.get(key.as_bytes()).await.unwrap();
+        assert_eq!(
+            kv.unwrap_or_else(|| panic!("acknowledged {key} lost"))
+                .value,
+            i.to_string().as_bytes()
+        );
+    }
+    // A compare-and-set against the new leader sees the latest version.
+    let (kv, _) = leader.get(b"a0").await.unwrap();
+    let TxnResponse { succeeded, .. } = leader
+        .txn(strake_store::Txn {
+            compare: vec![strake_store::Compare::ModRevision {
+                key: b"a0".to_vec(),
+                op: strake_store::CmpOp::Equal,
+                value: kv.unwrap().mod_revision,
+            }],
+            success: vec![strake_store::Op::Put {
+                key: b"a0".to_vec(),
+                value: b"cas".to_vec(),
+            }],
+            failure: Vec::new(),
+        })
+        .await
+        .unwrap();
+    assert!(succeeded);
+    cluster.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_member_catches_up_from_its_data_dir() {
+    let mut cluster = Cluster::new(&[1, 2, 3], NO_SNAPSHOTS);
+    cluster.start(&[1, 2, 3]).await;
+    let leader = cluster.leader().await;
+    let before = cluster.put("before", "1").await;
+    let follower = *[1, 2, 3].iter().find(|id| **id != leader).unwrap();
+    cluster.caught_up(follower, before).await;
+    cluster.stop(follower).await;
+
+    let mut last = 0;
+    for i in 0..10 {
+        last = cluster.put(&format!("while-down-{i}"), "x").await;
+    }
+    cluster.start(&[follower]).await;
+    cluster.caught_up(follower, last).await;
+    cluster.assert_holds(follower, "before", "1");
+    for i in 0..10 {
+        cluster.assert_holds(follower, &format!("while-down-{i}"), "x");
+    }
+    assert_eq!(cluster.store(follower).members().voters.len(), 3);
+
+    // Everyone down, everyone back (opened concurrently): nothing acknowledged is lost.
+    cluster.stop_all().await;
+    cluster.start(&[1, 2, 3]).await;
+    let leader = cluster.leader().await;
+    let (kv, _) = cluster.store(leader).get(b"while-down-9").await.unwrap();
+    assert_eq!(
+        kv.expect("acknowledged key survives a full restart").value,
+        b"x"
+    );
+    cluster.stop_all().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_learner_catches_up_by_snapshot_and_is_promoted() {
+    let mut cluster = Cluster::new(&[1, 2, 3], 20);
+    cluster.start(&[1, 2, 3]).await;
+    let mut last = 0;
+    for i in 0..60 {
+        last = cluster.put(&format!("s{i:02}"), &format!("{i}")).await;
+    }
+    let leader = cluster.leader().await;
+    // The leader has snapshotted and purged the log's start: a new member can only get the
+    // early entries from a snapshot.
+    eventually("the leader to purge its log", || async {
+        let metrics = cluster.store(leader).raft_metrics();
+        metrics
+            .purged
+            .map(|p| p.index > 5)
+            .unwrap_or(false)
+            .then_some(())
+    })
+    .await;
+
+    cluster.define(4);
+    // The learner never snapshots by itself, so a snapshot it holds came from the leader.
+    let learner = strake_store::StoreConfig {
+        snapshot_every: NO_SNAPSHOTS,
+        ..cluster.config(4, true)
+    };
+    cluster.start_with(4, learner).await;
+    assert!(cluster.store(4).members().voters.is_empty());
+    let addr = cluster.members[&4].addr.clone();
+    cluster
+        .store(leader)
+        .add_learner(4, addr.clone())
+        .await
+        .unwrap();
+    cluster.caught_up(4, last).await;
+    assert!(
+        cluster.store(4).raft_metrics().snapshot.is_some(),
+        "the learner installed the leader's snapshot"
+    );
+    for i in 0..60 {
+        cluster.assert_holds(4, &format!("s{i:02}"), &i.to_string());
+    }
+    let members = cluster.store(leader).members();
+    assert_eq!(members.learners.get(&4), Some(&addr));
+
+    // A learner on a follower cannot be promoted there: the follower names the leader.
+    let follower = *[1, 2, 3].iter().find(|id| **id != leader).unwrap();
+    assert!(matches!(
+        cluster.store(follower).promote(4).await,
+        Err(StoreError::NotLeader { .. }) | Err(StoreError::Membership { .. })
+    ));
+    assert!(matches!(
+        cluster.store(leader).promote(9).await,
+        Err(StoreError::Membership { .. })
+    ));
+
+    cluster.store(leader).promote(4).await.unwrap();
+    let members = cluster.store(leader).members();
+    assert_eq!(
+        members.voters.keys().copied().collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    assert!(members.learners.is_empty());
+
+    // Remove a voter that is not the leader; the rest keep serving.
+    let gone = *[1, 2, 3].iter().find(|id| **id != leader).unwrap();
+    cluster.store(leader).remove(gone).await.unwrap();
+    let members = cluster.store(leader).members();
+    assert!(!members.voters.contains_key(&gone));
+    assert_eq!(members.voters.len(), 3);
+    cluster.stop(gone).await;
+    let revision = cluster.put("after-remove", "ok").await;
+    cluster.caught_up(4, revision).await;
+    cluster.assert_holds(4, "after-remove", "ok");
+    cluster.stop_all().await;
+}
