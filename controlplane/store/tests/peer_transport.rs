@@ -124,3 +124,70 @@ async fn oversized_bodies_are_refused_with_a_clear_error() {
     );
     cluster.stop_all().await;
 }
+
+/// Posts `body` to node 1's peer port as a correctly authenticated peer, bypassing the raft
+/// client, and returns the status and the answer's text.
+async fn raw_post(cluster: &Cluster, as_node: u64, path: &str, body: Vec<u8>) -> (u16, String) {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let tls = PeerTls::issue(&cluster.ca, as_node).unwrap();
+    let mut config = strake_pki::client_config(
+        &tls.ca_pem,
+        Some(&strake_pki::CertifiedKey {
+            cert_pem: tls.cert_pem.clone(),
+            key_pem: tls.key_pem.clone(),
+        }),
+    )
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(&cluster.members[&1].addr)
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from(strake_store::peer_name(1)).unwrap();
+    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::post(format!("https://{}{path}", strake_store::peer_name(1)))
+        .body(Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let response = tokio::time::timeout(DEADLINE, sender.send_request(request))
+        .await
+        .expect("answer within the deadline")
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&text).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_bounds_and_checks_what_peers_send() {
+    let mut cluster = Cluster::new(&[1], strake_store::DEFAULT_SNAPSHOT_EVERY);
+    cluster.start(&[1]).await;
+
+    let (status, text) = raw_post(
+        &cluster,
+        2,
+        "/raft/v1/install-snapshot",
+        vec![0; MAX_BODY + 1],
+    )
+    .await;
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("more than the limit of 67108864"), "{text}");
+
+    let (status, text) = raw_post(&cluster, 2, "/raft/v1/vote", b"not postcard".to_vec()).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("cannot decode the vote body"), "{text}");
+
+    let (status, text) = raw_post(&cluster, 2, "/raft/v1/elsewhere", Vec::new()).await;
+    assert_eq!(status, 404, "{text}");
+
+    cluster.put("still", "serving").await;
+    cluster.stop_all().await;
+}
