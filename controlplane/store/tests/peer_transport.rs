@@ -191,3 +191,21 @@ async fn the_server_bounds_and_checks_what_peers_send() {
     cluster.put("still", "serving").await;
     cluster.stop_all().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_peer_port_fails_the_open_and_names_the_address() {
+    let cluster = Cluster::new(&[1], strake_store::DEFAULT_SNAPSHOT_EVERY);
+    let addr = cluster.members[&1].addr.clone();
+    let squatter = std::net::TcpListener::bind(&addr).unwrap();
+    match strake_store::Store::open(cluster.config(1, false)).await {
+        Err(err @ strake_store::StoreError::Listen { .. }) => {
+            assert!(err.to_string().contains(&addr), "{err}");
+        }
+        other => panic!("expected a listen error, got {other:?}"),
+    }
+    // The files were released: once the port is free, the same directory opens.
+    drop(squatter);
+    let mut cluster = cluster;
+    cluster.start(&[1]).await;
+    cluster.stop_all().await;
+}

@@ -235,3 +235,24 @@ async fn late_learner_catches_up_by_snapshot_and_is_promoted() {
     cluster.assert_holds(4, "after-remove", "ok");
     cluster.stop_all().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_voters_survive_losing_two() {
+    let mut cluster = Cluster::new(&[1, 2, 3, 4, 5], NO_SNAPSHOTS);
+    cluster.start(&[1, 2, 3, 4, 5]).await;
+    let first = cluster.put("five", "1").await;
+    let leader = cluster.leader().await;
+    let other = *[1, 2, 3, 4, 5].iter().find(|id| **id != leader).unwrap();
+    cluster.stop(leader).await;
+    cluster.stop(other).await;
+    let revision = cluster.put("three-left", "1").await;
+    assert!(revision > first);
+    let new = cluster.leader().await;
+    let (kv, _) = cluster.store(new).get(b"five").await.unwrap();
+    assert_eq!(kv.expect("acknowledged write survives").value, b"1");
+    for id in cluster.running.keys().copied().collect::<Vec<_>>() {
+        cluster.caught_up(id, revision).await;
+        cluster.assert_holds(id, "three-left", "1");
+    }
+    cluster.stop_all().await;
+}

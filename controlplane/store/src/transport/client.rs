@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use openraft::BasicNode;
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
@@ -25,8 +25,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::{
-    APPEND_BUDGET, CONNECTION_WINDOW, CONTENT_TYPE, MAX_BODY, PATH_APPEND, PATH_SNAPSHOT,
-    PATH_VOTE, STREAM_WINDOW, TransportError,
+    APPEND_BUDGET, CONNECTION_WINDOW, CONTENT_TYPE, KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT,
+    MAX_BODY, PATH_APPEND, PATH_SNAPSHOT, PATH_VOTE, STREAM_WINDOW, TransportError,
 };
 use crate::error::StoreError;
 use crate::peer_tls::{PeerTls, peer_name};
@@ -156,6 +156,9 @@ impl PeerConnection {
         let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
+            .timer(TokioTimer::new())
+            .keep_alive_interval(KEEP_ALIVE_INTERVAL)
+            .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(http)?;

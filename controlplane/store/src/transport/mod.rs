@@ -16,6 +16,10 @@ pub(crate) const APPEND_BUDGET: usize = 8 * 1024 * 1024;
 /// HTTP/2 flow-control windows: large enough that a snapshot chunk is not throttled.
 pub(crate) const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
 pub(crate) const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
+/// HTTP/2 pings on idle peer connections, so a half-open connection (a peer that vanished
+/// behind a partition) is closed instead of lingering.
+pub(crate) const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A TLS handshake (server side) that takes longer than this is dropped.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 

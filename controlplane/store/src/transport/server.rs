@@ -10,7 +10,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use openraft::Raft;
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::Serialize;
@@ -20,8 +20,8 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 
 use super::{
-    CONNECTION_WINDOW, CONTENT_TYPE, HANDSHAKE_TIMEOUT, MAX_BODY, PATH_APPEND, PATH_SNAPSHOT,
-    PATH_VOTE, STREAM_WINDOW,
+    CONNECTION_WINDOW, CONTENT_TYPE, HANDSHAKE_TIMEOUT, KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT,
+    MAX_BODY, PATH_APPEND, PATH_SNAPSHOT, PATH_VOTE, STREAM_WINDOW,
 };
 use crate::error::StoreError;
 use crate::peer_tls::{PeerTls, node_id_of};
@@ -126,6 +126,9 @@ async fn serve_connection(
     let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        .timer(TokioTimer::new())
+        .keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
         .serve_connection(TokioIo::new(stream), service)
         .await;
     if let Err(err) = served {
