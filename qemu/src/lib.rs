@@ -192,8 +192,8 @@ impl Vm {
     }
 
     fn check_alive(&mut self) -> Result<(), QemuError> {
-        if let Some(child) = self.child.as_mut() {
-            if let Ok(Some(status)) = child.try_wait() {
+        if let Some(child) = self.child.as_mut()
+            && let Ok(Some(status)) = child.try_wait() {
                 let mut tail = tail(&self.cfg.serial_log(), 40);
                 let qemu_err = std::fs::read_to_string(self.cfg.state_dir.join(format!("{}.qemu.log", self.cfg.name))).unwrap_or_default();
                 if !qemu_err.trim().is_empty() {
@@ -203,7 +203,6 @@ impl Vm {
                 self.child = None;
                 return Err(QemuError::Exited { status: status.to_string(), tail });
             }
-        }
         Ok(())
     }
 

@@ -83,11 +83,10 @@ async fn container_logs(
         }
         loop {
             let mut buf = Vec::new();
-            if let Ok(mut f) = tokio::fs::File::open(&path).await {
-                if f.seek(std::io::SeekFrom::Start(offset)).await.is_ok() {
+            if let Ok(mut f) = tokio::fs::File::open(&path).await
+                && f.seek(std::io::SeekFrom::Start(offset)).await.is_ok() {
                     let _ = f.read_to_end(&mut buf).await;
                 }
-            }
             if !buf.is_empty() {
                 offset += buf.len() as u64;
                 return Some((Ok(Bytes::from(buf)), (None, offset, path, shared, id, ending)));

@@ -35,6 +35,11 @@ pub fn log_dir(shared: &Shared, ns: &str, name: &str, uid: &str) -> PathBuf {
     shared.cfg.log_dir.join(format!("{ns}_{name}_{uid}"))
 }
 
+/// The pod-level cgroup; each container gets a child of it.
+pub fn pod_cgroup(uid: &str) -> String {
+    format!("/strake/pod-{uid}")
+}
+
 pub fn container_id(uid: &str, container: &str, attempt: i32) -> String {
     format!("{uid}_{container}_{attempt}")
 }
@@ -137,6 +142,9 @@ impl PodWorker {
         // Give the status writer a moment to publish the final state, then stop it.
         tokio::time::sleep(Duration::from_millis(50)).await;
         status_task.abort();
+        if let Err(e) = strake_runtime::remove_cgroup(&pod_cgroup(&uid)) {
+            tracing::warn!(pod = %format!("{ns}/{name}"), error = %e, "removing the pod cgroup failed");
+        }
         let _ = tokio::fs::remove_dir_all(pod_dir(&self.shared, &uid)).await;
         let _ = tokio::fs::remove_dir_all(log_dir(&self.shared, &ns, &name, &uid)).await;
         match self.shared.client.delete::<Pod>(Some(&ns), &name, Some(0), Some(&uid)).await {
@@ -505,7 +513,7 @@ pub fn container_spec(pod: &Pod, c: &Container, image: &PulledImage, id: &str, r
         hostname: meta.name.clone().unwrap_or_default(),
         uid,
         gid,
-        cgroup_path: format!("/strake/pod-{}/{}", meta.uid.clone().unwrap_or_default(), c.name),
+        cgroup_path: format!("{}/{}", pod_cgroup(meta.uid.as_deref().unwrap_or_default()), c.name),
         memory_limit,
         cpu_quota,
         log_path: log,

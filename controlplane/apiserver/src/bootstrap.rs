@@ -8,7 +8,8 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+use strake_pki::Credentials;
 use serde_json::json;
 
 use crate::AppState;
@@ -16,21 +17,6 @@ use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::handlers::{json_response, read_body};
 use crate::validation::is_dns1123_subdomain;
-
-/// Credentials handed to a client: the CA to trust and a client certificate.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Credentials {
-    pub server: String,
-    pub ca_pem: String,
-    pub cert_pem: String,
-    pub key_pem: String,
-    /// For nodes: a serving certificate for the node's own API (logs, exec).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub serving_cert_pem: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub serving_key_pem: Option<String>,
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

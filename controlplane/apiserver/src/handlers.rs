@@ -138,16 +138,14 @@ pub fn decode_body<K: ApiKind>(headers: &HeaderMap, body: &[u8]) -> Result<K, Ap
 }
 
 pub fn decode_value<K: ApiKind>(value: Value) -> Result<K, ApiError> {
-    if let Some(kind) = value.get("kind").and_then(Value::as_str) {
-        if kind != K::KIND {
+    if let Some(kind) = value.get("kind").and_then(Value::as_str)
+        && kind != K::KIND {
             return Err(ApiError::BadRequest(format!("the body has kind {kind:?}, but this endpoint serves {:?}", K::KIND)));
         }
-    }
-    if let Some(av) = value.get("apiVersion").and_then(Value::as_str) {
-        if av != K::API_VERSION {
+    if let Some(av) = value.get("apiVersion").and_then(Value::as_str)
+        && av != K::API_VERSION {
             return Err(ApiError::BadRequest(format!("the body has apiVersion {av:?}, but this endpoint serves {:?}", K::API_VERSION)));
         }
-    }
     serde_path_to_error::deserialize::<_, K>(value).map_err(|e| {
         let path = e.path().to_string();
         ApiError::BadRequest(format!("error decoding {} at {}: {}", K::KIND, if path == "." { "(root)".into() } else { path }, e.inner()))
@@ -222,12 +220,12 @@ async fn list_inner<K: ApiKind>(app: Arc<AppState>, path: HashMap<String, String
             line.push(b'\n');
             Ok::<_, std::convert::Infallible>(Bytes::from(line))
         });
-        return Ok(Response::builder()
+        return Response::builder()
             .status(StatusCode::OK)
             .header(header::CONTENT_TYPE, "application/json")
             .header("Transfer-Encoding", "chunked")
             .body(Body::from_stream(body))
-            .map_err(|e| ApiError::Internal(e.to_string()))?);
+            .map_err(|e| ApiError::Internal(e.to_string()));
     }
     let limit = match q.get("limit") {
         Some(l) => l.parse::<usize>().map_err(|_| ApiError::BadRequest(format!("invalid limit {l:?}")))?,

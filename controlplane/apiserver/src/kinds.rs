@@ -248,17 +248,15 @@ impl ApiKind for Pod {
                 }
                 _ => {}
             }
-            if let Some(p) = c.image_pull_policy.as_deref() {
-                if !matches!(p, "Always" | "IfNotPresent" | "Never") {
+            if let Some(p) = c.image_pull_policy.as_deref()
+                && !matches!(p, "Always" | "IfNotPresent" | "Never") {
                     errs.push(FieldError::invalid(format!("{path}.imagePullPolicy"), format!("Unsupported value: {p:?}: supported values: \"Always\", \"IfNotPresent\", \"Never\"")));
                 }
-            }
         }
-        if let Some(p) = spec.restart_policy.as_deref() {
-            if !matches!(p, "Always" | "OnFailure" | "Never") {
+        if let Some(p) = spec.restart_policy.as_deref()
+            && !matches!(p, "Always" | "OnFailure" | "Never") {
                 errs.push(FieldError::invalid("spec.restartPolicy", format!("Unsupported value: {p:?}: supported values: \"Always\", \"OnFailure\", \"Never\"")));
             }
-        }
         if spec.termination_grace_period_seconds.is_some_and(|g| g < 0) {
             errs.push(FieldError::invalid("spec.terminationGracePeriodSeconds", "must be greater than or equal to 0"));
         }

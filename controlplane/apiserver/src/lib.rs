@@ -27,7 +27,7 @@ use strake_pki::{BootstrapToken, CertifiedKey, ClusterCa};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-pub use bootstrap::Credentials;
+pub use strake_pki::Credentials;
 pub use discovery::MINOR;
 pub use pods::bind;
 pub use registry::{Deleted, Filter, Registry};

@@ -131,11 +131,11 @@ pub async fn log(State(app): State<Arc<AppState>>, Path(path): Path<HashMap<Stri
                 "message": text.trim(), "reason": if code == StatusCode::NOT_FOUND { "NotFound" } else { "BadRequest" }, "code": code.as_u16(),
             })));
         }
-        Ok(Response::builder()
+        Response::builder()
             .status(StatusCode::OK)
             .header(header::CONTENT_TYPE, "text/plain")
             .body(Body::from_stream(resp.bytes_stream()))
-            .map_err(|e| ApiError::Internal(e.to_string()))?)
+            .map_err(|e| ApiError::Internal(e.to_string()))
     }
     .await;
     res.unwrap_or_else(IntoResponse::into_response)

@@ -169,11 +169,10 @@ impl Registry {
     pub async fn create<K: ApiKind>(&self, namespace: Option<&str>, mut obj: K) -> Result<K, ApiError> {
         {
             let m = obj.metadata_mut();
-            if m.name.as_deref().is_none_or(str::is_empty) {
-                if let Some(base) = m.generate_name.clone().filter(|g| !g.is_empty()) {
+            if m.name.as_deref().is_none_or(str::is_empty)
+                && let Some(base) = m.generate_name.clone().filter(|g| !g.is_empty()) {
                     m.name = Some(format!("{base}{}", random_suffix()));
                 }
-            }
             if K::NAMESPACED {
                 match (m.namespace.as_deref(), namespace) {
                     (Some(body), Some(url)) if body != url => {
@@ -334,20 +333,18 @@ impl Registry {
                 return Err(ApiError::NotFound { resource: resource::<K>(), name: name.into() });
             };
             let mut obj: K = decode(&current)?;
-            if let Some(uid) = precondition_uid {
-                if obj.metadata().uid.as_deref() != Some(uid) {
+            if let Some(uid) = precondition_uid
+                && obj.metadata().uid.as_deref() != Some(uid) {
                     return Err(ApiError::Conflict {
                         resource: resource::<K>(),
                         name: name.into(),
                         message: format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", obj.metadata().uid.as_deref().unwrap_or("")),
                     });
                 }
-            }
-            if let Some(rv) = precondition_rv {
-                if parse_rv(rv)? != current.mod_revision {
+            if let Some(rv) = precondition_rv
+                && parse_rv(rv)? != current.mod_revision {
                     return Err(conflict::<K>(name));
                 }
-            }
             let has_finalizers = obj.metadata().finalizers.as_ref().is_some_and(|f| !f.is_empty());
             let grace = obj.grace_period(grace);
             let op = match grace {

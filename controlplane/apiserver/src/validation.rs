@@ -33,13 +33,11 @@ pub fn validate_meta(meta: &ObjectMeta, namespaced: bool, label_names: bool, err
             }
         }
     }
-    if namespaced {
-        if let Some(ns) = meta.namespace.as_deref() {
-            if !is_dns1123_label(ns) {
+    if namespaced
+        && let Some(ns) = meta.namespace.as_deref()
+            && !is_dns1123_label(ns) {
                 errs.push(FieldError::invalid("metadata.namespace", format!("Invalid value: {ns:?}")));
             }
-        }
-    }
     for (k, v) in meta.labels.iter().flatten() {
         if !valid_qualified_name(k) {
             errs.push(FieldError::invalid(format!("metadata.labels[{k}]"), "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));

@@ -92,11 +92,10 @@ pub async fn watch<K: ApiKind>(reg: &Registry, p: WatchParams) -> Result<impl St
                 Some(Ok(ev)) => ev,
             };
             last_rev = ev.revision;
-            if let Some(exact) = &exact {
-                if ev.kv.key != exact.as_bytes() {
+            if let Some(exact) = &exact
+                && ev.kv.key != exact.as_bytes() {
                     continue;
                 }
-            }
             let decode = |bytes: &[u8], rev: u64| -> Option<K> {
                 let mut o: K = serde_json::from_slice(bytes).ok()?;
                 o.metadata_mut().resource_version = Some(rev.to_string());

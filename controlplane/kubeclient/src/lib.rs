@@ -7,9 +7,10 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use k8s_openapi::{ListableResource, Resource};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 use strake_pki::{BootstrapToken, CertifiedKey, ClusterInfo};
+pub use strake_pki::Credentials;
 
 /// Errors from API calls.
 #[derive(Debug, thiserror::Error)]
@@ -33,34 +34,6 @@ impl ClientError {
     }
     pub fn is_conflict(&self) -> bool {
         matches!(self, ClientError::Api { code: 409, .. })
-    }
-}
-
-/// Credentials as `/strake/v1/kubeconfig` and `/strake/v1/node-credentials` return them.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Credentials {
-    pub server: String,
-    pub ca_pem: String,
-    pub cert_pem: String,
-    pub key_pem: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub serving_cert_pem: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub serving_key_pem: Option<String>,
-}
-
-impl Credentials {
-    /// An admin kubeconfig (YAML) for these credentials.
-    pub fn kubeconfig(&self, cluster: &str, server_url: &str) -> String {
-        use base64::Engine;
-        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: {cluster}\n  cluster:\n    server: {server_url}\n    certificate-authority-data: {ca}\nusers:\n- name: {cluster}-admin\n  user:\n    client-certificate-data: {cert}\n    client-key-data: {key}\ncontexts:\n- name: {cluster}\n  context:\n    cluster: {cluster}\n    user: {cluster}-admin\n    namespace: default\ncurrent-context: {cluster}\npreferences: {{}}\n",
-            ca = b64(&self.ca_pem),
-            cert = b64(&self.cert_pem),
-            key = b64(&self.key_pem),
-        )
     }
 }
 

@@ -3,9 +3,11 @@
 //! Must not do network I/O; callers plug the returned rustls configs into their own sockets.
 
 mod ca;
+mod credentials;
 mod token;
 mod tlsconf;
 
+pub use credentials::Credentials;
 pub use ca::{CertifiedKey, ClusterCa, Identity, peer_identity};
 pub use tlsconf::{client_config, discovery_client_config, server_config};
 pub use token::{BootstrapToken, ClusterInfo};
