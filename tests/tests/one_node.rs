@@ -113,7 +113,8 @@ fn drive(rt: &tokio::runtime::Runtime, vm: &mut Vm, token: &BootstrapToken, api_
         ),
     )?;
     let applied = Instant::now();
-    kubectl_ok(&kubeconfig, &["apply", "-f", pod_yaml.to_str().unwrap_or_default(), "--validate=false"])?;
+    // Default client-side apply: kubectl checks /openapi/v3 and uses server-side field validation.
+    kubectl_ok(&kubeconfig, &["apply", "-f", pod_yaml.to_str().unwrap_or_default()])?;
     poll("pod marker Running", Duration::from_secs(120), || {
         let pod: Pod = rt.block_on(client.get(Some("default"), "marker")).ok()?;
         (pod.status?.phase.as_deref() == Some("Running")).then_some(())
@@ -184,6 +185,24 @@ fn drive(rt: &tokio::runtime::Runtime, vm: &mut Vm, token: &BootstrapToken, api_
     let out = kubectl(&kubeconfig, &["apply", "-f", invalid.to_str().unwrap_or_default(), "--validate=false"])?;
     let err = String::from_utf8_lossy(&out.stderr);
     ensure!(!out.status.success() && err.contains("metadata.name") && err.contains("spec.containers[0].image"), "invalid pod was not refused with field errors: {err}");
+
+    let unknown = dir.join("unknown.yaml");
+    std::fs::write(&unknown, format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: typo\nspec:\n  containers:\n  - name: c\n    image: {registry}/e2e/busybox:1\n    imagePullPolcy: Always\n"))?;
+    let out = kubectl(&kubeconfig, &["apply", "-f", unknown.to_str().unwrap_or_default()])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success() && err.contains("unknown field") && err.contains("imagePullPolcy"), "a misspelt field was not refused: {err}");
+
+    // kubectl run: a pod that runs to completion, and its exit code in the status.
+    kubectl_ok(&kubeconfig, &["run", "once", &format!("--image={registry}/e2e/busybox:1"), "--restart=Never", "--", "sh", "-c", "echo ran-once; exit 3"])?;
+    let code = poll("pod once to finish", Duration::from_secs(60), || {
+        let pod: Pod = rt.block_on(client.get(Some("default"), "once")).ok()?;
+        let status = pod.status?;
+        (status.phase.as_deref() == Some("Failed")).then_some(())?;
+        Some(status.container_statuses?.first()?.state.clone()?.terminated?.exit_code)
+    })?;
+    ensure!(code == 3, "exit code {code}, expected 3");
+    ensure!(kubectl_ok(&kubeconfig, &["logs", "once"])?.contains("ran-once"), "logs of a finished pod");
+    kubectl_ok(&kubeconfig, &["delete", "pod", "once", "--timeout=60s"])?;
 
     // The node is still healthy after all that.
     let nodes = kubectl_ok(&kubeconfig, &["get", "nodes"])?;

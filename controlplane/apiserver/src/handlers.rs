@@ -128,13 +128,90 @@ fn content_type(headers: &HeaderMap) -> String {
 }
 
 /// Parses a JSON body (a missing Content-Type means JSON) into `K`, naming the bad field on error.
+#[cfg(test)]
 pub fn decode_body<K: ApiKind>(headers: &HeaderMap, body: &[u8]) -> Result<K, ApiError> {
+    decode_value(body_value(headers, body)?)
+}
+
+/// How the client wants unknown fields handled (`fieldValidation`; the default is Warn).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldValidation {
+    Ignore,
+    Warn,
+    Strict,
+}
+
+impl FieldValidation {
+    pub fn from_query(q: &HashMap<String, String>) -> Result<Self, ApiError> {
+        match q.get("fieldValidation").map(String::as_str) {
+            None | Some("") | Some("Warn") => Ok(Self::Warn),
+            Some("Ignore") => Ok(Self::Ignore),
+            Some("Strict") => Ok(Self::Strict),
+            Some(other) => Err(ApiError::BadRequest(format!("fieldValidation must be one of Ignore, Warn or Strict, not {other:?}"))),
+        }
+    }
+}
+
+/// Paths of fields present in `input` but dropped by decoding into the typed object (`typed`).
+/// Nulls are not fields (kubectl sends `creationTimestamp: null`).
+pub fn unknown_fields(input: &Value, typed: &Value, path: &str, out: &mut Vec<String>) {
+    match (input, typed) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in a {
+                if v.is_null() {
+                    continue;
+                }
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                match b.get(k) {
+                    Some(t) => unknown_fields(v, t, &p, out),
+                    None => out.push(p),
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                unknown_fields(x, y, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Decodes `value` into `K` and applies the field validation mode; returns warnings to send.
+pub fn decode_checked<K: ApiKind>(value: Value, mode: FieldValidation) -> Result<(K, Vec<String>), ApiError> {
+    let obj: K = decode_value(value.clone())?;
+    let mut unknown = Vec::new();
+    if mode != FieldValidation::Ignore {
+        let mut typed = serde_json::to_value(&obj).unwrap_or_default();
+        // Status is dropped on purpose by some writes; resourceVersion is ours to set.
+        typed["apiVersion"] = K::API_VERSION.into();
+        typed["kind"] = K::KIND.into();
+        unknown_fields(&value, &typed, "", &mut unknown);
+    }
+    let warnings: Vec<String> = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+    if mode == FieldValidation::Strict && !warnings.is_empty() {
+        return Err(ApiError::BadRequest(format!("strict decoding error: {}", warnings.join(", "))));
+    }
+    Ok((obj, warnings))
+}
+
+/// Adds `Warning` headers (RFC 7234 style, as Kubernetes sends them) to a response.
+pub fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        let v = format!("299 - {:?}", w);
+        if let Ok(h) = axum::http::HeaderValue::from_str(&v) {
+            resp.headers_mut().append(header::WARNING, h);
+        }
+    }
+    resp
+}
+
+fn body_value(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
     let ct = content_type(headers);
     if !(ct.is_empty() || ct == "application/json" || ct == "*/*") {
         return Err(ApiError::UnsupportedMediaType { got: ct, accepted: "application/json" });
     }
-    let value: Value = serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))?;
-    decode_value(value)
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))
 }
 
 pub fn decode_value<K: ApiKind>(value: Value) -> Result<K, ApiError> {
@@ -262,40 +339,40 @@ pub async fn get<K: ApiKind>(State(app): State<Arc<AppState>>, Path(path): Path<
 pub async fn create<K: ApiKind>(State(app): State<Arc<AppState>>, Path(path): Path<HashMap<String, String>>, Query(q): Params, headers: HeaderMap, body: Body) -> Response {
     let res = async {
         let bytes = read_body(body).await?;
-        let obj: K = decode_body(&headers, &bytes)?;
+        let (obj, warnings) = decode_checked::<K>(body_value(&headers, &bytes)?, FieldValidation::from_query(&q)?)?;
         let t = target::<K>(&path);
         if q.get("dryRun").is_some_and(|d| d == "All") {
             return Err(ApiError::BadRequest("dryRun is not supported yet".into()));
         }
-        app.registry.create(t.namespace.as_deref(), obj).await
+        Ok::<_, ApiError>((app.registry.create(t.namespace.as_deref(), obj).await?, warnings))
     }
     .await;
     match res {
-        Ok(obj) => json_response(StatusCode::CREATED, &render_one(&obj, render_mode(&headers, &q))),
+        Ok((obj, warnings)) => with_warnings(json_response(StatusCode::CREATED, &render_one(&obj, render_mode(&headers, &q))), &warnings),
         Err(e) => e.into_response(),
     }
 }
 
-pub async fn replace<K: ApiKind>(app: Arc<AppState>, path: HashMap<String, String>, headers: HeaderMap, body: Body, part: Part) -> Response {
+pub async fn replace<K: ApiKind>(app: Arc<AppState>, path: HashMap<String, String>, q: HashMap<String, String>, headers: HeaderMap, body: Body, part: Part) -> Response {
     let res = async {
         let bytes = read_body(body).await?;
-        let obj: K = decode_body(&headers, &bytes)?;
+        let (obj, warnings) = decode_checked::<K>(body_value(&headers, &bytes)?, FieldValidation::from_query(&q)?)?;
         let t = target::<K>(&path);
-        app.registry.update(t.namespace.as_deref(), &t.name.unwrap_or_default(), obj, part).await
+        Ok::<_, ApiError>((app.registry.update(t.namespace.as_deref(), &t.name.unwrap_or_default(), obj, part).await?, warnings))
     }
     .await;
     match res {
-        Ok(obj) => json_response(StatusCode::OK, &to_json(&obj)),
+        Ok((obj, warnings)) => with_warnings(json_response(StatusCode::OK, &to_json(&obj)), &warnings),
         Err(e) => e.into_response(),
     }
 }
 
-pub async fn replace_main<K: ApiKind>(State(app): State<Arc<AppState>>, Path(path): Path<HashMap<String, String>>, headers: HeaderMap, body: Body) -> Response {
-    replace::<K>(app, path, headers, body, Part::Main).await
+pub async fn replace_main<K: ApiKind>(State(app): State<Arc<AppState>>, Path(path): Path<HashMap<String, String>>, Query(q): Params, headers: HeaderMap, body: Body) -> Response {
+    replace::<K>(app, path, q, headers, body, Part::Main).await
 }
 
-pub async fn replace_status<K: ApiKind>(State(app): State<Arc<AppState>>, Path(path): Path<HashMap<String, String>>, headers: HeaderMap, body: Body) -> Response {
-    replace::<K>(app, path, headers, body, Part::Status).await
+pub async fn replace_status<K: ApiKind>(State(app): State<Arc<AppState>>, Path(path): Path<HashMap<String, String>>, Query(q): Params, headers: HeaderMap, body: Body) -> Response {
+    replace::<K>(app, path, q, headers, body, Part::Status).await
 }
 
 /// Applies a JSON merge patch (RFC 7386). Strategic merge patches use the same rules for now,
@@ -332,8 +409,9 @@ fn contains_directive(v: &Value) -> bool {
     }
 }
 
-pub async fn patch<K: ApiKind>(app: Arc<AppState>, path: HashMap<String, String>, headers: HeaderMap, body: Body, part: Part) -> Response {
+pub async fn patch<K: ApiKind>(app: Arc<AppState>, path: HashMap<String, String>, q: HashMap<String, String>, headers: HeaderMap, body: Body, part: Part) -> Response {
     let res = async {
+        let mode = FieldValidation::from_query(&q)?;
         let bytes = read_body(body).await?;
         let ct = content_type(&headers);
         let t = target::<K>(&path);
@@ -343,7 +421,7 @@ pub async fn patch<K: ApiKind>(app: Arc<AppState>, path: HashMap<String, String>
             let current_rv = current.metadata().resource_version.clone();
             let mut v = to_json(&current);
             apply_patch(&mut v, &ct, &bytes)?;
-            let mut obj: K = decode_value(v)?;
+            let (mut obj, warnings) = decode_checked::<K>(v, mode)?;
             // A patch that does not set resourceVersion applies to whatever is current.
             let pinned = obj.metadata().resource_version != current_rv;
             if !pinned {
@@ -351,24 +429,24 @@ pub async fn patch<K: ApiKind>(app: Arc<AppState>, path: HashMap<String, String>
             }
             match app.registry.update(t.namespace.as_deref(), &name, obj, part).await {
                 Err(ApiError::Conflict { .. }) if !pinned => continue,
-                other => return other,
+                other => return other.map(|o| (o, warnings)),
             }
         }
         Err(ApiError::Conflict { resource: K::PLURAL.into(), name, message: "too many concurrent writers".into() })
     }
     .await;
     match res {
-        Ok(obj) => json_response(StatusCode::OK, &to_json(&obj)),
+        Ok((obj, warnings)) => with_warnings(json_response(StatusCode::OK, &to_json(&obj)), &warnings),
         Err(e) => e.into_response(),
     }
 }
 
-pub async fn patch_main<K: ApiKind>(State(app): State<Arc<AppState>>, Path(path): Path<HashMap<String, String>>, headers: HeaderMap, body: Body) -> Response {
-    patch::<K>(app, path, headers, body, Part::Main).await
+pub async fn patch_main<K: ApiKind>(State(app): State<Arc<AppState>>, Path(path): Path<HashMap<String, String>>, Query(q): Params, headers: HeaderMap, body: Body) -> Response {
+    patch::<K>(app, path, q, headers, body, Part::Main).await
 }
 
-pub async fn patch_status<K: ApiKind>(State(app): State<Arc<AppState>>, Path(path): Path<HashMap<String, String>>, headers: HeaderMap, body: Body) -> Response {
-    patch::<K>(app, path, headers, body, Part::Status).await
+pub async fn patch_status<K: ApiKind>(State(app): State<Arc<AppState>>, Path(path): Path<HashMap<String, String>>, Query(q): Params, headers: HeaderMap, body: Body) -> Response {
+    patch::<K>(app, path, q, headers, body, Part::Status).await
 }
 
 pub async fn delete<K: ApiKind>(State(app): State<Arc<AppState>>, Path(path): Path<HashMap<String, String>>, Query(q): Params, headers: HeaderMap, body: Body) -> Response {
@@ -419,6 +497,16 @@ mod tests {
         let mut pb = HeaderMap::new();
         pb.insert(header::CONTENT_TYPE, "application/vnd.kubernetes.protobuf".parse().unwrap());
         assert!(matches!(decode_body::<Pod>(&pb, b"x"), Err(ApiError::UnsupportedMediaType { .. })));
+    }
+
+    #[test]
+    fn strict_field_validation_names_unknown_fields() {
+        let v = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "creationTimestamp": null}, "spec": {"containers": [{"name": "c", "image": "i", "imagePullPolcy": "Always"}], "bogus": 1}});
+        let (_, warnings) = decode_checked::<Pod>(v.clone(), FieldValidation::Warn).unwrap();
+        assert_eq!(warnings, vec!["unknown field \"spec.bogus\"".to_string(), "unknown field \"spec.containers[0].imagePullPolcy\"".to_string()]);
+        let err = decode_checked::<Pod>(v.clone(), FieldValidation::Strict).unwrap_err().to_string();
+        assert!(err.contains("strict decoding error") && err.contains("spec.bogus"), "{err}");
+        assert!(decode_checked::<Pod>(v, FieldValidation::Ignore).unwrap().1.is_empty());
     }
 
     #[test]

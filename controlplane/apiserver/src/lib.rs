@@ -9,6 +9,7 @@ mod discovery;
 pub mod error;
 mod handlers;
 pub mod kinds;
+mod openapi;
 mod pods;
 pub mod registry;
 mod routes;

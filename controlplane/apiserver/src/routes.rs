@@ -14,7 +14,7 @@ use crate::discovery;
 use crate::error::ApiError;
 use crate::handlers::{self as h, json_response};
 use crate::kinds::ApiKind;
-use crate::{auth, bootstrap, pods};
+use crate::{auth, bootstrap, openapi, pods};
 
 fn collection<K: ApiKind>(r: Router<Arc<AppState>>, path: &str) -> Router<Arc<AppState>> {
     r.route(path, get(h::list::<K>).post(h::create::<K>))
@@ -51,6 +51,14 @@ async fn core_v1() -> Response {
     json_response(StatusCode::OK, &discovery::core_v1_resource_list())
 }
 
+async fn openapi_v3_root() -> Response {
+    json_response(StatusCode::OK, &openapi::root())
+}
+
+async fn openapi_v3_core() -> Response {
+    json_response(StatusCode::OK, &openapi::core_v1())
+}
+
 async fn not_found() -> Response {
     ApiError::NoRoute.into_response()
 }
@@ -68,6 +76,9 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/apis/", get(apis))
         .route("/api/v1", get(core_v1))
         .route("/api/v1/", get(core_v1))
+        .route("/openapi/v3", get(openapi_v3_root))
+        .route("/openapi/v3/", get(openapi_v3_root))
+        .route("/openapi/v3/api/v1", get(openapi_v3_core))
         .route("/strake/v1/cluster-info", get(bootstrap::cluster_info))
         .route("/strake/v1/kubeconfig", post(bootstrap::admin_kubeconfig))
         .route("/strake/v1/node-credentials", post(bootstrap::node_credentials));
