@@ -6,6 +6,7 @@ mod config;
 mod db;
 mod error;
 mod keyspace;
+pub mod linearizability;
 mod log_store;
 mod membership;
 mod mvcc;
