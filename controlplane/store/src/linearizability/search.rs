@@ -7,6 +7,12 @@
 //! configuration when one with the same linearized known operations and register state, but a
 //! subset of its unknown operations, was already explored: everything the larger one can still
 //! do, the smaller one can too (its extra unknown operations can always go last).
+//!
+//! For the same reason an unknown write (or delete) is only linearized right after a known
+//! operation: in a run of unknown operations between two known ones, whatever precedes a write
+//! is overwritten by it, so a linearization that leaves those earlier ones out exists whenever
+//! one with them does. Without this rule, each pending unknown write would double the
+//! configurations to explore when the search is stuck.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -352,7 +358,10 @@ pub(super) fn check_register<K, V: Eq + Hash + Clone>(
             continue;
         }
         let op = search.entry_op[entry];
-        let wanted = search.ops[op].known == (pass == 0);
+        let wanted = search.ops[op].known == (pass == 0)
+            && (search.ops[op].known
+                || !matches!(search.ops[op].effect, Effect::Write(_))
+                || stack.last().is_none_or(|top| search.ops[top.op].known));
         if wanted && let Some(after) = search.ops[op].effect.step(state) {
             search.mark(op, true);
             if search.first_visit(after) {

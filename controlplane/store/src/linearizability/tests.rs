@@ -219,6 +219,31 @@ fn many_unobserved_unknown_writes_do_not_blow_up_the_search() {
 }
 
 #[test]
+fn unknown_writes_observed_out_of_order_are_found_without_blowing_up() {
+    // Forty writes nobody heard back from, all pending from the start; later reads observe
+    // them one by one, newest first. Each read needs exactly one of them linearized right
+    // before it.
+    let values: Vec<&'static str> = (0..40)
+        .map(|i| &*Box::leak(format!("u{i}").into_boxed_str()))
+        .collect();
+    let mut history: Vec<Op> = values
+        .iter()
+        .map(|v| op(0, "k", Call::Write(v), Outcome::Unknown, 0, 0))
+        .collect();
+    for (i, v) in values.iter().rev().enumerate() {
+        let t = 10 + i as Tick * 2;
+        history.push(read(1, "k", Some(v), t, t + 1));
+    }
+    let summary = check(&history).unwrap();
+    assert!(summary.explored < 10_000, "{summary:?}");
+
+    // The same with a final read of a value nobody wrote: refused, just as quickly.
+    history.push(read(1, "k", Some("never"), 1000, 1001));
+    let v = violation(&history);
+    assert_eq!(v.index, history.len() - 1);
+}
+
+#[test]
 fn malformed_operations_are_refused() {
     let bad = [op(0, "k", Call::Write("1"), Outcome::Read(None), 0, 1)];
     assert!(matches!(
