@@ -34,6 +34,14 @@ pub enum StoreError {
     )]
     LearnerLagging { node_id: u64, waited: Duration },
 
+    #[error("backup file {path} is unusable: {problem}")]
+    CorruptBackup { path: PathBuf, problem: String },
+
+    #[error(
+        "cannot restore into {path}: the directory is not empty (a restore only creates a new data directory)"
+    )]
+    RestoreTargetNotEmpty { path: PathBuf },
+
     #[error("{op} {path}: {source}")]
     Io {
         op: &'static str,

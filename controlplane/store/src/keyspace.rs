@@ -131,6 +131,22 @@ pub(crate) fn read_meta(db: &DbCell) -> Result<SmMeta, StoreError> {
     })
 }
 
+/// The metadata and every live key, from one consistent read: what snapshots and backups carry.
+pub(crate) fn read_all(db: &DbCell) -> Result<(SmMeta, Vec<KeyValue>), StoreError> {
+    db.with(|d| {
+        let txn = d.begin_read().db(db, "begin read")?;
+        let meta = SmMeta::read(db, &txn.open_table(SM_META).db(db, "open sm_meta")?)?;
+        let table = txn.open_table(KV).db(db, "open kv")?;
+        let mut kvs = Vec::new();
+        for item in table.iter().db(db, "iterate kv")? {
+            let (key, value) = item.db(db, "read kv")?;
+            let stored: StoredKv = decode("stored key", value.value())?;
+            kvs.push(stored.into_kv(key.value().to_vec()));
+        }
+        Ok((meta, kvs))
+    })
+}
+
 /// One key and the revision it was read at.
 pub(crate) fn get(db: &DbCell, key: &[u8]) -> Result<(Option<KeyValue>, u64), StoreError> {
     db.with(|d| {

@@ -2,6 +2,7 @@
 //! keyspace (revisions, history, watches, compaction, snapshots) live in redb files in one data dir.
 //! It must not touch anything outside its data dir, and knows nothing of Kubernetes objects.
 
+mod backup;
 mod config;
 mod db;
 mod error;
@@ -18,6 +19,7 @@ mod transport;
 mod types;
 mod watch;
 
+pub use backup::BackupInfo;
 pub use config::{DEFAULT_SNAPSHOT_EVERY, StoreConfig};
 pub use error::StoreError;
 pub use membership::Members;

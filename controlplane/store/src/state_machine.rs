@@ -300,26 +300,12 @@ impl StateMachine {
 impl SnapshotBuilder {
     fn build(&self) -> Result<Snapshot<TypeConfig>, StoreError> {
         let db = &*self.shared.db;
-        let (meta, payload) = db.with(|d| {
-            let txn = d.begin_read().db(db, "begin read")?;
-            let meta = SmMeta::read(db, &txn.open_table(SM_META).db(db, "open sm_meta")?)?;
-            let table = txn.open_table(KV).db(db, "open kv")?;
-            let mut kvs = Vec::new();
-            for item in table.iter().db(db, "iterate kv")? {
-                let (key, value) = item.db(db, "read kv")?;
-                let stored: StoredKv = decode("stored key", value.value())?;
-                kvs.push(stored.into_kv(key.value().to_vec()));
-            }
-            let revision = meta.revision;
-            Ok((
-                meta,
-                SnapshotPayload {
-                    format: SNAPSHOT_FORMAT,
-                    revision,
-                    kvs,
-                },
-            ))
-        })?;
+        let (meta, kvs) = crate::keyspace::read_all(db)?;
+        let payload = SnapshotPayload {
+            format: SNAPSHOT_FORMAT,
+            revision: meta.revision,
+            kvs,
+        };
         let data = encode("snapshot", &payload)?;
         let seq = self.shared.snapshot_seq.fetch_add(1, Ordering::Relaxed);
         let last = meta.last_applied.map_or_else(

@@ -114,7 +114,9 @@ fn raft_config(snapshot_every: u64, clustered: bool) -> Result<Config, StoreErro
     })
 }
 
-fn read_error(err: RaftError<NodeId, CheckIsLeaderError<NodeId, BasicNode>>) -> StoreError {
+pub(crate) fn read_error(
+    err: RaftError<NodeId, CheckIsLeaderError<NodeId, BasicNode>>,
+) -> StoreError {
     match err {
         RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => StoreError::NotLeader {
             leader_id: f.leader_id,
@@ -304,6 +306,11 @@ impl Store {
             })?;
         raft.ensure_linearizable().await.map_err(read_error)?;
         Ok(())
+    }
+
+    /// The state file (keyspace, history, applied state).
+    pub(crate) fn state_db(&self) -> &DbCell {
+        &self.inner.shared.db
     }
 
     /// This node's raft id.

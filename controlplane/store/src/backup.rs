@@ -1,0 +1,328 @@
+//! Backup and restore, the disaster-recovery path: [`Store::backup`] writes the keyspace from
+//! one consistent read to a file while the store serves; [`Store::restore`] starts a new
+//! one-member cluster from such a file.
+//!
+//! File layout: the magic `STRAKEBK`, the format (u32 LE), the body length (u64 LE), the body
+//! (postcard [`BackupBody`]), then the SHA-256 of everything before it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::StoreConfig;
+use crate::db::{DbResultExt, KV, SM_META, encode, open_data_dir};
+use crate::error::StoreError;
+use crate::keyspace::{SmMeta, StoredKv};
+use crate::raft_types::NodeId;
+use crate::store::Store;
+use crate::types::KeyValue;
+
+const MAGIC: &[u8; 8] = b"STRAKEBK";
+const FORMAT: u32 = 1;
+const HEADER_LEN: usize = MAGIC.len() + 4 + 8;
+const CHECKSUM_LEN: usize = 32;
+
+/// What a backup file carries.
+#[derive(Debug, Serialize, Deserialize)]
+struct BackupBody {
+    /// The node that wrote it.
+    node_id: NodeId,
+    /// The keyspace revision the backup is a picture of.
+    revision: u64,
+    kvs: Vec<KeyValue>,
+}
+
+/// What [`Store::backup`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackupInfo {
+    /// Keyspace revision of the backup: it holds every change up to and including this one.
+    pub revision: u64,
+    /// Live keys in it.
+    pub keys: usize,
+    /// Size of the file.
+    pub bytes: u64,
+}
+
+fn io_error(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
+    let path = path.to_path_buf();
+    move |source| StoreError::Io { op, path, source }
+}
+
+fn encode_file(body: &BackupBody) -> Result<Vec<u8>, StoreError> {
+    let body = encode("backup", body)?;
+    let mut file = Vec::with_capacity(HEADER_LEN + body.len() + CHECKSUM_LEN);
+    file.extend_from_slice(MAGIC);
+    file.extend_from_slice(&FORMAT.to_le_bytes());
+    file.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    file.extend_from_slice(&body);
+    let checksum = Sha256::digest(&file);
+    file.extend_from_slice(&checksum);
+    Ok(file)
+}
+
+fn decode_file(path: &Path, file: &[u8]) -> Result<BackupBody, StoreError> {
+    let corrupt = |problem: String| StoreError::CorruptBackup {
+        path: path.to_path_buf(),
+        problem,
+    };
+    if !file.starts_with(MAGIC) {
+        return Err(corrupt(
+            "it does not start with STRAKEBK (not a strake store backup)".into(),
+        ));
+    }
+    if file.len() < HEADER_LEN + CHECKSUM_LEN {
+        return Err(corrupt(format!(
+            "it is {} bytes, shorter than a header and a checksum",
+            file.len()
+        )));
+    }
+    let mut format = [0u8; 4];
+    format.copy_from_slice(&file[MAGIC.len()..MAGIC.len() + 4]);
+    let format = u32::from_le_bytes(format);
+    if format != FORMAT {
+        return Err(corrupt(format!(
+            "it has format {format}; this version reads format {FORMAT}"
+        )));
+    }
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&file[MAGIC.len() + 4..HEADER_LEN]);
+    let len = u64::from_le_bytes(len);
+    let expected = (HEADER_LEN + CHECKSUM_LEN) as u64 + len;
+    if file.len() as u64 != expected {
+        return Err(corrupt(format!(
+            "it is {} bytes but its header promises {expected} (truncated or appended to)",
+            file.len()
+        )));
+    }
+    let (content, checksum) = file.split_at(file.len() - CHECKSUM_LEN);
+    if Sha256::digest(content).as_slice() != checksum {
+        return Err(corrupt(
+            "its SHA-256 checksum does not match its content".into(),
+        ));
+    }
+    postcard::from_bytes(&content[HEADER_LEN..])
+        .map_err(|e| corrupt(format!("its body does not decode: {e}")))
+}
+
+/// Writes `bytes` to `path` by way of a temporary file in the same directory, so `path` only
+/// ever holds a complete file.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| StoreError::InvalidConfig {
+            field: "backup path".into(),
+            problem: format!("{} does not name a file", path.display()),
+        })?
+        .to_string_lossy();
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let partial = dir.join(format!(".{name}.partial"));
+    let result = (|| {
+        let mut file =
+            std::fs::File::create(&partial).map_err(io_error("cannot create", &partial))?;
+        file.write_all(bytes)
+            .map_err(io_error("cannot write", &partial))?;
+        file.sync_all().map_err(io_error("cannot sync", &partial))?;
+        std::fs::rename(&partial, path).map_err(io_error("cannot rename into place", path))?;
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_error("cannot sync directory", &dir))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    result
+}
+
+/// Builds a fresh data directory at `dir` holding `body`'s keyspace and no raft state.
+fn build_data_dir(dir: &Path, node_id: NodeId, body: &BackupBody) -> Result<(), StoreError> {
+    let data = open_data_dir(dir, node_id)?;
+    let state = &data.state;
+    let written = state.with(|db| {
+        let txn = db.begin_write().db(state, "begin write")?;
+        {
+            let mut kv = txn.open_table(KV).db(state, "open kv")?;
+            for item in &body.kvs {
+                let bytes = encode("stored key", &StoredKv::from_kv(item))?;
+                kv.insert(item.key.as_slice(), bytes.as_slice())
+                    .db(state, "write kv")?;
+            }
+            let mut meta = txn.open_table(SM_META).db(state, "open sm_meta")?;
+            SmMeta {
+                revision: body.revision,
+                // No history travels in a backup: watches start after the restored revision.
+                compacted: body.revision + 1,
+                ..SmMeta::default()
+            }
+            .write(state, &mut meta)?;
+        }
+        txn.commit().db(state, "commit restored keyspace")
+    });
+    let closed = data.log.close().and(data.state.close());
+    written.and(closed)
+}
+
+fn is_empty_dir(dir: &Path) -> Result<bool, StoreError> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => Ok(entries.next().is_none()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(source) => Err(StoreError::Io {
+            op: "cannot list",
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Restores `backup` into `cfg.data_dir`, which must not exist or be empty. The keyspace is
+/// built in a sibling directory and renamed into place, so a crash leaves no half-restored
+/// data directory behind.
+fn restore_data_dir(backup: &Path, cfg: &StoreConfig) -> Result<BackupInfo, StoreError> {
+    let dir = &cfg.data_dir;
+    if !is_empty_dir(dir)? {
+        return Err(StoreError::RestoreTargetNotEmpty { path: dir.clone() });
+    }
+    let file = std::fs::read(backup).map_err(io_error("cannot read backup", backup))?;
+    let body = decode_file(backup, &file)?;
+    let name = dir
+        .file_name()
+        .ok_or_else(|| StoreError::InvalidConfig {
+            field: "data_dir".into(),
+            problem: format!("{} does not name a directory", dir.display()),
+        })?
+        .to_string_lossy();
+    let staging = dir.with_file_name(format!(".{name}.restoring"));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)
+            .map_err(io_error("cannot remove a stale restore", &staging))?;
+    }
+    let built = build_data_dir(&staging, cfg.node_id, &body).and_then(|()| {
+        if dir.exists() {
+            // Empty, as checked: make room for the rename.
+            std::fs::remove_dir(dir).map_err(io_error("cannot replace empty directory", dir))?;
+        }
+        std::fs::rename(&staging, dir).map_err(io_error("cannot move restored data into", dir))
+    });
+    if let Err(err) = built {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(err);
+    }
+    Ok(BackupInfo {
+        revision: body.revision,
+        keys: body.kvs.len(),
+        bytes: file.len() as u64,
+    })
+}
+
+impl Store {
+    /// Writes a backup of the keyspace to `path` (replacing any file there, atomically) while
+    /// the store keeps serving. The backup is one consistent picture at one revision. On the
+    /// leader it holds every write acknowledged before the call (a read-index round first);
+    /// on a follower, what that follower has applied.
+    pub async fn backup(&self, path: impl AsRef<Path>) -> Result<BackupInfo, StoreError> {
+        if self.leader() == Some(self.node_id()) {
+            self.inner
+                .raft
+                .ensure_linearizable()
+                .await
+                .map_err(crate::store::read_error)?;
+        }
+        let store = self.clone();
+        let path = path.as_ref().to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let (meta, kvs) = crate::keyspace::read_all(store.state_db())?;
+            let body = BackupBody {
+                node_id: store.node_id(),
+                revision: meta.revision,
+                kvs,
+            };
+            let file = encode_file(&body)?;
+            write_atomically(&path, &file)?;
+            Ok(BackupInfo {
+                revision: body.revision,
+                keys: body.kvs.len(),
+                bytes: file.len() as u64,
+            })
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("writing the backup panicked: {e}")))?
+    }
+
+    /// Starts a NEW one-member cluster from a backup: `cfg` names this node (a single voter,
+    /// or a clustered lone voter that members join later; `peers` must be empty), and
+    /// `cfg.data_dir` must not exist or be empty. The keyspace comes back at the backup's
+    /// revision, with its create/mod revisions and versions; history before it is gone
+    /// (watches start after it).
+    ///
+    /// Refuses a damaged backup ([`StoreError::CorruptBackup`], saying what is wrong) and a
+    /// data directory with anything in it ([`StoreError::RestoreTargetNotEmpty`]); neither
+    /// touches the data directory.
+    pub async fn restore(backup: impl AsRef<Path>, cfg: StoreConfig) -> Result<Store, StoreError> {
+        if !cfg.peers.is_empty() || cfg.join {
+            return Err(StoreError::InvalidConfig {
+                field: if cfg.join { "join" } else { "peers" }.into(),
+                problem: "a restore starts a new one-member cluster; add members afterwards".into(),
+            });
+        }
+        cfg.validate()?;
+        let backup = backup.as_ref().to_path_buf();
+        let target = cfg.clone();
+        tokio::task::spawn_blocking(move || restore_data_dir(&backup, &target))
+            .await
+            .map_err(|e| StoreError::Internal(format!("restoring the backup panicked: {e}")))??;
+        Store::open(cfg).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body() -> BackupBody {
+        BackupBody {
+            node_id: 3,
+            revision: 9,
+            kvs: vec![KeyValue {
+                key: b"/a".to_vec(),
+                value: b"1".to_vec(),
+                create_revision: 2,
+                mod_revision: 9,
+                version: 4,
+            }],
+        }
+    }
+
+    fn problem(file: &[u8]) -> String {
+        match decode_file(Path::new("b"), file) {
+            Err(StoreError::CorruptBackup { problem, .. }) => problem,
+            other => panic!("expected CorruptBackup, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn round_trips_and_names_each_kind_of_damage() {
+        let file = encode_file(&body()).unwrap();
+        let back = decode_file(Path::new("b"), &file).unwrap();
+        assert_eq!((back.node_id, back.revision), (3, 9));
+        assert_eq!(back.kvs, body().kvs);
+
+        let mut flipped = file.clone();
+        flipped[HEADER_LEN + 2] ^= 0x40;
+        assert!(problem(&flipped).contains("checksum"));
+
+        assert!(problem(&file[..file.len() - 1]).contains("truncated"));
+        assert!(problem(&file[..10]).contains("shorter"));
+
+        let mut other = file.clone();
+        other[0] = b'X';
+        assert!(problem(&other).contains("STRAKEBK"));
+
+        let mut future = file.clone();
+        future[MAGIC.len()] = 2;
+        assert!(problem(&future).contains("format 2"));
+    }
+}
