@@ -1,0 +1,149 @@
+//! The load generator: N concurrent clients draining a shared op counter against one system,
+//! recording every op's latency.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use strake_store::Store;
+
+use crate::{BenchError, etcd};
+
+/// The system under load, reached the way its clients reach it: the Strake store through its
+/// Rust API on the leader, etcd through its JSON gateway on the leader.
+#[derive(Clone)]
+pub enum Target {
+    Strake(Store),
+    Etcd(etcd::Client),
+}
+
+impl Target {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Target::Strake(_) => "strake",
+            Target::Etcd(_) => "etcd",
+        }
+    }
+
+    async fn put(&self, key: Vec<u8>, value: Vec<u8>) -> Result<(), BenchError> {
+        match self {
+            Target::Strake(store) => store.put(key, value).await.map(drop).map_err(Into::into),
+            Target::Etcd(client) => client.put(&key, &value).await,
+        }
+    }
+
+    /// A linearizable get (read-index on Strake, `serializable: false` on etcd).
+    async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BenchError> {
+        match self {
+            Target::Strake(store) => Ok(store.get(key).await?.0.map(|kv| kv.value)),
+            Target::Etcd(client) => client.get(key).await,
+        }
+    }
+}
+
+/// What one client op does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Put `value` under `{prefix}{i}` for op i.
+    Put,
+    /// Get `{prefix}{i % keys}` (which must hold `value`), for keys written by an earlier `Put`.
+    Get { keys: usize },
+}
+
+/// One workload: `ops` ops of `kind` spread over `clients` concurrent clients.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    pub label: String,
+    pub kind: Kind,
+    pub prefix: String,
+    pub clients: usize,
+    pub ops: usize,
+}
+
+/// Throughput and latency of one run.
+#[derive(Debug, Clone, Copy)]
+pub struct Stats {
+    pub ops_per_sec: f64,
+    pub p50: Duration,
+    pub p99: Duration,
+}
+
+fn key(prefix: &str, i: usize) -> Vec<u8> {
+    format!("{prefix}{i:08}").into_bytes()
+}
+
+/// Runs `workload` against `target`; every get is checked against the value that was put.
+pub async fn run(target: &Target, workload: &Workload, value: &[u8]) -> Result<Stats, BenchError> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let value: Arc<[u8]> = value.into();
+    let started = Instant::now();
+    let clients = (0..workload.clients).map(|_| {
+        let (target, next, value, w) = (
+            target.clone(),
+            next.clone(),
+            value.clone(),
+            workload.clone(),
+        );
+        tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(w.ops / w.clients + 1);
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= w.ops {
+                    return Ok::<_, BenchError>(latencies);
+                }
+                let op_started = Instant::now();
+                match w.kind {
+                    Kind::Put => target.put(key(&w.prefix, i), value.to_vec()).await?,
+                    Kind::Get { keys } => {
+                        let k = key(&w.prefix, i % keys);
+                        let got = target.get(&k).await?;
+                        if got.as_deref() != Some(&value[..]) {
+                            return Err(BenchError::Mismatch(format!(
+                                "{} returned {:?} bytes for {}",
+                                target.name(),
+                                got.map(|v| v.len()),
+                                String::from_utf8_lossy(&k)
+                            )));
+                        }
+                    }
+                }
+                latencies.push(op_started.elapsed());
+            }
+        })
+    });
+    let mut latencies = Vec::with_capacity(workload.ops);
+    for joined in futures::future::join_all(clients.collect::<Vec<_>>()).await {
+        let mine = joined.map_err(|e| BenchError::Internal(format!("client task: {e}")))??;
+        latencies.extend(mine);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    Ok(Stats {
+        ops_per_sec: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50: percentile(&latencies, 0.50),
+        p99: percentile(&latencies, 0.99),
+    })
+}
+
+/// The nearest-rank percentile of sorted samples.
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let samples: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(percentile(&samples, 0.50), Duration::from_millis(50));
+        assert_eq!(percentile(&samples, 0.99), Duration::from_millis(99));
+        assert_eq!(percentile(&samples[..1], 0.99), Duration::from_millis(1));
+        assert_eq!(percentile(&[], 0.5), Duration::ZERO);
+    }
+}
