@@ -60,19 +60,50 @@ pub struct Workload {
     pub ops: usize,
 }
 
-/// Throughput and latency of one run.
-#[derive(Debug, Clone, Copy)]
+/// Throughput and latency of one run's successful ops, and what failed.
+#[derive(Debug, Clone)]
 pub struct Stats {
     pub ops_per_sec: f64,
     pub p50: Duration,
     pub p99: Duration,
+    /// Ops that returned an error (not retried, not in the latencies).
+    pub errors: usize,
+    pub first_error: Option<String>,
+}
+
+/// What one client recorded.
+#[derive(Default)]
+struct Record {
+    latencies: Vec<Duration>,
+    errors: usize,
+    first_error: Option<String>,
+}
+
+async fn one_op(target: &Target, w: &Workload, i: usize, value: &[u8]) -> Result<(), BenchError> {
+    match w.kind {
+        Kind::Put => target.put(key(&w.prefix, i), value.to_vec()).await,
+        Kind::Get { keys } => {
+            let k = key(&w.prefix, i % keys);
+            let got = target.get(&k).await?;
+            if got.as_deref() == Some(value) {
+                return Ok(());
+            }
+            Err(BenchError::Mismatch(format!(
+                "{} returned {:?} bytes for {}",
+                target.name(),
+                got.map(|v| v.len()),
+                String::from_utf8_lossy(&k)
+            )))
+        }
+    }
 }
 
 fn key(prefix: &str, i: usize) -> Vec<u8> {
     format!("{prefix}{i:08}").into_bytes()
 }
 
-/// Runs `workload` against `target`; every get is checked against the value that was put.
+/// Runs `workload` against `target`. Failed ops are counted and skipped; a get that returns
+/// anything but the value that was put aborts the run.
 pub async fn run(target: &Target, workload: &Workload, value: &[u8]) -> Result<Stats, BenchError> {
     let next = Arc::new(AtomicUsize::new(0));
     let value: Arc<[u8]> = value.into();
@@ -85,36 +116,32 @@ pub async fn run(target: &Target, workload: &Workload, value: &[u8]) -> Result<S
             workload.clone(),
         );
         tokio::spawn(async move {
-            let mut latencies = Vec::with_capacity(w.ops / w.clients + 1);
+            let mut record = Record::default();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= w.ops {
-                    return Ok::<_, BenchError>(latencies);
+                    return Ok::<_, BenchError>(record);
                 }
                 let op_started = Instant::now();
-                match w.kind {
-                    Kind::Put => target.put(key(&w.prefix, i), value.to_vec()).await?,
-                    Kind::Get { keys } => {
-                        let k = key(&w.prefix, i % keys);
-                        let got = target.get(&k).await?;
-                        if got.as_deref() != Some(&value[..]) {
-                            return Err(BenchError::Mismatch(format!(
-                                "{} returned {:?} bytes for {}",
-                                target.name(),
-                                got.map(|v| v.len()),
-                                String::from_utf8_lossy(&k)
-                            )));
-                        }
+                match one_op(&target, &w, i, &value).await {
+                    Ok(()) => record.latencies.push(op_started.elapsed()),
+                    // A wrong value is a correctness failure, not a slow op: stop everything.
+                    Err(e @ BenchError::Mismatch(_)) => return Err(e),
+                    Err(e) => {
+                        record.errors += 1;
+                        record.first_error.get_or_insert_with(|| e.to_string());
                     }
                 }
-                latencies.push(op_started.elapsed());
             }
         })
     });
     let mut latencies = Vec::with_capacity(workload.ops);
+    let (mut errors, mut first_error) = (0, None);
     for joined in futures::future::join_all(clients.collect::<Vec<_>>()).await {
-        let mine = joined.map_err(|e| BenchError::Internal(format!("client task: {e}")))??;
-        latencies.extend(mine);
+        let record = joined.map_err(|e| BenchError::Internal(format!("client task: {e}")))??;
+        latencies.extend(record.latencies);
+        errors += record.errors;
+        first_error = first_error.or(record.first_error);
     }
     let elapsed = started.elapsed();
     latencies.sort_unstable();
@@ -122,6 +149,8 @@ pub async fn run(target: &Target, workload: &Workload, value: &[u8]) -> Result<S
         ops_per_sec: latencies.len() as f64 / elapsed.as_secs_f64(),
         p50: percentile(&latencies, 0.50),
         p99: percentile(&latencies, 0.99),
+        errors,
+        first_error,
     })
 }
 

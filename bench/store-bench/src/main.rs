@@ -301,17 +301,23 @@ async fn etcd_rss(dir: &Path, keys: usize) -> Result<u64, BenchError> {
 fn print_table(rows: &[(String, &'static str, Stats)]) {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
-        "\n{:<16} | {:<6} | {:>9} | {:>7} | {:>7}",
-        "workload", "system", "ops/s", "p50 ms", "p99 ms"
+        "\n{:<16} | {:<6} | {:>9} | {:>7} | {:>7} | {:>6}",
+        "workload", "system", "ops/s", "p50 ms", "p99 ms", "errors"
     );
-    println!("{}", "-".repeat(58));
+    println!("{}", "-".repeat(67));
     for (label, system, s) in rows {
         println!(
-            "{label:<16} | {system:<6} | {:>9.0} | {:>7.2} | {:>7.2}",
+            "{label:<16} | {system:<6} | {:>9.0} | {:>7.2} | {:>7.2} | {:>6}",
             s.ops_per_sec,
             ms(s.p50),
-            ms(s.p99)
+            ms(s.p99),
+            s.errors
         );
+    }
+    for (label, system, s) in rows {
+        if let Some(e) = &s.first_error {
+            println!("first error of {label} on {system}: {e}");
+        }
     }
     println!(
         "\n{:<16} | {:>22} | {:>22}",
