@@ -28,6 +28,9 @@ pub struct StoreConfig {
     /// "ip:port" this node listens on for peers, which is also the address it gives them.
     /// Required with `peers`, `tls` or `join`.
     pub listen_addr: Option<String>,
+    /// "ip:port" peers are given for this node when it initializes a cluster, if not
+    /// `listen_addr` (when peers reach it through a proxy or a forwarded port).
+    pub advertise_addr: Option<String>,
     /// Mutual-TLS material of the peer transport. Required with `listen_addr`.
     pub tls: Option<PeerTls>,
     /// This node joins an existing cluster: it never initializes one, and [`crate::Store::open`]
@@ -46,6 +49,7 @@ impl StoreConfig {
             data_dir: data_dir.into(),
             peers: Vec::new(),
             listen_addr: None,
+            advertise_addr: None,
             tls: None,
             join: false,
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
@@ -122,6 +126,12 @@ impl StoreConfig {
         }
         let needs_transport = !self.peers.is_empty() || self.join;
         let (listen, tls) = match (&self.listen_addr, &self.tls) {
+            (None, _) if self.advertise_addr.is_some() => {
+                return Err(invalid(
+                    "advertise_addr",
+                    "given without listen_addr: a node that does not listen cannot be reached",
+                ));
+            }
             (None, None) if needs_transport => {
                 return Err(invalid(
                     "listen_addr",
@@ -144,10 +154,17 @@ impl StoreConfig {
             (Some(addr), Some(tls)) => (addr, tls.clone()),
         };
         let socket = parse_peer_addr(listen).map_err(|problem| invalid("listen_addr", problem))?;
+        let advertise = match &self.advertise_addr {
+            Some(addr) => {
+                parse_peer_addr(addr).map_err(|problem| invalid("advertise_addr", problem))?;
+                addr.clone()
+            }
+            None => listen.clone(),
+        };
         tls.validate(self.node_id)?;
         Ok(Some(Networked {
             listen: socket,
-            advertise: listen.clone(),
+            advertise,
             tls,
         }))
     }
@@ -208,6 +225,18 @@ mod tests {
         let mut other_cert = good.clone();
         other_cert.tls = Some(PeerTls::issue(&ca, 3).unwrap());
         assert_eq!(field_of(other_cert.validate().unwrap_err()), "tls.cert_pem");
+
+        let mut advertised = good.clone();
+        advertised.advertise_addr = Some("127.0.0.1:3380".into());
+        assert_eq!(
+            advertised.validate().unwrap().unwrap().advertise,
+            "127.0.0.1:3380"
+        );
+        advertised.advertise_addr = Some("0.0.0.0:3380".into());
+        assert_eq!(
+            field_of(advertised.validate().unwrap_err()),
+            "advertise_addr"
+        );
 
         let mut no_snapshots = good;
         no_snapshots.snapshot_every = 0;

@@ -1,7 +1,7 @@
 //! One store member as its own process, for fault tests that kill it with SIGKILL.
 //!
 //! Usage: `strake_store_node --id N --data DIR --listen IP:PORT --client IP:PORT
-//! --tls-dir DIR [--peer ID=IP:PORT]... [--snapshot-every N]`
+//! --tls-dir DIR [--advertise IP:PORT] [--peer ID=IP:PORT]... [--snapshot-every N]`
 //!
 //! `--tls-dir` holds `ca.pem`, `cert.pem` and `key.pem`. Once the member is open it serves a
 //! line protocol on the loopback `--client` address, one request per line, one answer per line
@@ -46,6 +46,7 @@ struct Args {
     id: NodeId,
     data: PathBuf,
     listen: String,
+    advertise: Option<String>,
     client: SocketAddr,
     tls_dir: PathBuf,
     peers: Vec<(NodeId, String)>,
@@ -57,6 +58,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, NodeError>
     let (mut id, mut data, mut listen, mut client, mut tls_dir) = (None, None, None, None, None);
     let mut peers = Vec::new();
     let mut snapshot_every = None;
+    let mut advertise = None;
     while let Some(flag) = args.next() {
         let value = args
             .next()
@@ -65,6 +67,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, NodeError>
             "--id" => id = Some(value.parse().map_err(|e| usage(format!("--id: {e}")))?),
             "--data" => data = Some(PathBuf::from(value)),
             "--listen" => listen = Some(value),
+            "--advertise" => advertise = Some(value),
             "--client" => {
                 client = Some(value.parse().map_err(|e| usage(format!("--client: {e}")))?);
             }
@@ -93,6 +96,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, NodeError>
         id: id.ok_or_else(|| missing("--id"))?,
         data: data.ok_or_else(|| missing("--data"))?,
         listen: listen.ok_or_else(|| missing("--listen"))?,
+        advertise,
         client: client.ok_or_else(|| missing("--client"))?,
         tls_dir: tls_dir.ok_or_else(|| missing("--tls-dir"))?,
         peers,
@@ -112,6 +116,7 @@ async fn run(args: Args) -> Result<(), NodeError> {
         key_pem: read_pem(&args.tls_dir, "key.pem")?,
     };
     let mut cfg = StoreConfig::cluster(args.id, &args.data, args.listen, args.peers, tls);
+    cfg.advertise_addr = args.advertise;
     if let Some(every) = args.snapshot_every {
         cfg.snapshot_every = every;
     }

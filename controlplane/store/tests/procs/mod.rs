@@ -2,6 +2,9 @@
 //! SIGKILL them, and a line-protocol client for their client port.
 #![allow(dead_code)]
 
+pub mod proxy;
+pub mod workload;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -134,10 +137,9 @@ pub struct Member {
 pub struct ProcCluster {
     pub root: TempDir,
     pub members: BTreeMap<NodeId, Member>,
-    /// The peer address member `to` is given for member `from`, per (to, from): its peer
-    /// address unless a test routes it elsewhere. (Only the lowest id's list shapes a fresh
-    /// cluster's membership.)
-    pub routes: BTreeMap<(NodeId, NodeId), String>,
+    /// The address peers reach each member at: its peer address unless a test routes it
+    /// elsewhere (through a proxy) before the first start.
+    pub advertise: BTreeMap<NodeId, String>,
     pub snapshot_every: u64,
     children: BTreeMap<NodeId, Child>,
 }
@@ -169,18 +171,14 @@ impl ProcCluster {
                 },
             );
         }
-        let mut routes = BTreeMap::new();
-        for from in voters {
-            for to in voters {
-                if from != to {
-                    routes.insert((*from, *to), members[to].peer_addr.clone());
-                }
-            }
-        }
+        let advertise = members
+            .iter()
+            .map(|(id, m)| (*id, m.peer_addr.clone()))
+            .collect();
         ProcCluster {
             root,
             members,
-            routes,
+            advertise,
             snapshot_every,
             children: BTreeMap::new(),
         }
@@ -196,9 +194,19 @@ impl ProcCluster {
 
     /// Spawns the processes of `ids` and waits until each serves clients and knows a leader.
     pub async fn start(&mut self, ids: &[NodeId]) {
+        self.spawn_members(ids);
+        self.wait_ready(ids).await;
+    }
+
+    /// Spawns the processes of `ids` without waiting for them.
+    pub fn spawn_members(&mut self, ids: &[NodeId]) {
         for &id in ids {
             self.spawn(id);
         }
+    }
+
+    /// Waits until each of `ids` serves clients and knows a leader.
+    pub async fn wait_ready(&mut self, ids: &[NodeId]) {
         for &id in ids {
             let addr = self.members[&id].client_addr.clone();
             let deadline = Instant::now() + DEADLINE;
@@ -227,6 +235,34 @@ impl ProcCluster {
         }
     }
 
+    /// The last lines every member wrote to its log, for failure messages.
+    pub fn log_tails(&self) -> String {
+        let mut out = String::new();
+        for id in self.ids() {
+            let text = std::fs::read_to_string(self.log(id)).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+            out.push_str(&format!("--- node {id} log:\n{tail}\n"));
+            if let Some(child) = self.children.get(&id) {
+                let tasks = std::fs::read_dir(format!("/proc/{}/task", child.id()));
+                for task in tasks.into_iter().flatten().flatten() {
+                    let read = |name: &str| {
+                        std::fs::read_to_string(task.path().join(name)).unwrap_or_default()
+                    };
+                    let state = read("stat");
+                    let state = state.rsplit(") ").next().unwrap_or("").split(' ').next();
+                    out.push_str(&format!(
+                        "thread {} {:?} state {state:?} wchan {}\n",
+                        task.file_name().to_string_lossy(),
+                        read("comm").trim(),
+                        read("wchan")
+                    ));
+                }
+            }
+        }
+        out
+    }
+
     pub fn log(&self, id: NodeId) -> PathBuf {
         self.root.path().join(format!("node-{id}.log"))
     }
@@ -246,6 +282,8 @@ impl ProcCluster {
             .arg(&me.dir)
             .arg("--listen")
             .arg(&me.peer_addr)
+            .arg("--advertise")
+            .arg(&self.advertise[&id])
             .arg("--client")
             .arg(&me.client_addr)
             .arg("--tls-dir")
@@ -255,7 +293,7 @@ impl ProcCluster {
         for peer in self.members.keys().filter(|p| **p != id) {
             command
                 .arg("--peer")
-                .arg(format!("{peer}={}", self.routes[&(id, *peer)]));
+                .arg(format!("{peer}={}", self.advertise[peer]));
         }
         let child = command
             .stdin(Stdio::null())
@@ -277,6 +315,11 @@ impl ProcCluster {
         for id in self.running() {
             self.kill(id);
         }
+    }
+
+    /// The process ids of the running members.
+    pub fn pids(&self) -> BTreeMap<u32, NodeId> {
+        self.children.iter().map(|(id, c)| (c.id(), *id)).collect()
     }
 
     pub fn client_addr(&self, id: NodeId) -> &str {
