@@ -242,9 +242,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
+    // Serve from a worker task, not from the main thread's block_on.
+    match runtime.block_on(runtime.spawn(run(args))) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
         Err(err) => {
+            eprintln!("strake_store_node: the node task failed: {err}");
+            ExitCode::FAILURE
+        }
+        Ok(Err(err)) => {
             eprintln!("strake_store_node: {err}");
             ExitCode::FAILURE
         }
