@@ -40,9 +40,11 @@ impl ClientError {
 /// Fetches and verifies cluster-info with the token, then requests credentials at `path`
 /// (`/strake/v1/kubeconfig` or `/strake/v1/node-credentials`) over a connection pinned to the CA.
 pub async fn bootstrap(server_url: &str, token: &BootstrapToken, path: &str, body: &Value) -> Result<Credentials, ClientError> {
+    // Short: callers retry, and a node that is still booting behind a forwarded port (QEMU's
+    // user networking accepts before the guest listens) would otherwise stall each attempt.
     let discovery = reqwest::Client::builder()
         .use_preconfigured_tls(strake_pki::discovery_client_config()?)
-        .timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(3))
         .build()
         .map_err(ClientError::Build)?;
     let url = format!("{server_url}/strake/v1/cluster-info");
