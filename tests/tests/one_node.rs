@@ -66,13 +66,17 @@ fn one_node_cluster_runs_pods_through_kubectl() -> anyhow::Result<()> {
 
 fn drive(rt: &tokio::runtime::Runtime, vm: &mut Vm, token: &BootstrapToken, api_port: u16, registry: &str, dir: &std::path::Path) -> anyhow::Result<()> {
     let server = format!("https://127.0.0.1:{api_port}");
-    // API ready = the token bootstrap succeeds (TLS up, store up, credentials issued).
+    // API ready = /version answers (the server listens only once the store is up). Short tries:
+    // QEMU's port forward accepts connections before the guest listens, and those stall.
+    vm.wait_until("the API server to answer /version", Duration::from_secs(180), || {
+        rt.block_on(strake_kubeclient::answers_version(&server, Duration::from_millis(500)))
+    })?;
+    let api_ready = vm.uptime();
     let mut creds = None;
-    vm.wait_until("the API server to answer", Duration::from_secs(180), || {
+    vm.wait_until("the token bootstrap to succeed", Duration::from_secs(60), || {
         creds = rt.block_on(strake_kubeclient::bootstrap(&server, token, "/strake/v1/kubeconfig", &serde_json::json!({}))).ok();
         creds.is_some()
     })?;
-    let api_ready = vm.uptime();
     let creds = creds.context("credentials")?;
     let kubeconfig = dir.join("kubeconfig");
     std::fs::write(&kubeconfig, creds.kubeconfig("strake-e2e", &server))?;

@@ -163,6 +163,13 @@ fn cluster_up(image: &Path, state_dir: &Path, api_port: u16, memory: u32, cpus: 
     let server = format!("https://127.0.0.1:{api_port}");
     let kubeconfig = std::path::absolute(state_dir.join("kubeconfig"))?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let deadline = Instant::now() + timeout;
+    while !rt.block_on(strake_kubeclient::answers_version(&server, Duration::from_millis(500))) {
+        if Instant::now() > deadline {
+            bail!("the API did not answer within {timeout:?}; console tail:\n{}", strake_qemu::tail(&console, 30));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     rt.block_on(write_kubeconfig(&server, &token, &kubeconfig, "strake", timeout))
         .with_context(|| format!("the API did not come up; console tail:\n{}", strake_qemu::tail(&console, 30)))?;
     println!("API ready after {:.1}s", t0.elapsed().as_secs_f64());

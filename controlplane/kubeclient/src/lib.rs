@@ -37,6 +37,14 @@ impl ClientError {
     }
 }
 
+/// Whether the API server at `server_url` answers `/version` within `timeout`. It does not
+/// authenticate the server: use it only to learn that the API is up (e.g. while a VM boots).
+pub async fn answers_version(server_url: &str, timeout: Duration) -> bool {
+    let Ok(tls) = strake_pki::discovery_client_config() else { return false };
+    let Ok(client) = reqwest::Client::builder().use_preconfigured_tls(tls).timeout(timeout).build() else { return false };
+    matches!(client.get(format!("{server_url}/version")).send().await, Ok(r) if r.status().is_success())
+}
+
 /// Fetches and verifies cluster-info with the token, then requests credentials at `path`
 /// (`/strake/v1/kubeconfig` or `/strake/v1/node-credentials`) over a connection pinned to the CA.
 pub async fn bootstrap(server_url: &str, token: &BootstrapToken, path: &str, body: &Value) -> Result<Credentials, ClientError> {
