@@ -173,6 +173,23 @@ fn cluster_up(image: &Path, state_dir: &Path, api_port: u16, memory: u32, cpus: 
     rt.block_on(write_kubeconfig(&server, &token, &kubeconfig, "strake", timeout))
         .with_context(|| format!("the API did not come up; console tail:\n{}", strake_qemu::tail(&console, 30)))?;
     println!("API ready after {:.1}s", t0.elapsed().as_secs_f64());
+    // Ready means a node that can run pods, not just an API.
+    let creds = rt.block_on(strake_kubeclient::bootstrap(&server, &token, "/strake/v1/kubeconfig", &serde_json::json!({})))?;
+    let client = strake_kubeclient::Client::new(&server, &creds.ca_pem, Some(&strake_pki::CertifiedKey { cert_pem: creds.cert_pem, key_pem: creds.key_pem }))?;
+    loop {
+        let nodes = rt.block_on(client.list::<k8s_openapi::api::core::v1::Node>(None, None)).map(|(n, _)| n).unwrap_or_default();
+        let ready = nodes.iter().any(|n| {
+            n.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        });
+        if ready {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("no node became Ready within {timeout:?}; console tail:\n{}", strake_qemu::tail(&console, 30));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("node Ready after {:.1}s", t0.elapsed().as_secs_f64());
     println!("\nThe cluster is up. Use it with:\n\n  export KUBECONFIG={}\n  kubectl get nodes\n\n(stop it with: strakectl cluster down --state-dir {})", kubeconfig.display(), state_dir.display());
     Ok(())
 }
