@@ -242,25 +242,10 @@ impl Store {
                         addr: net.advertise.clone(),
                     },
                 );
-                match raft.initialize(members).await {
-                    Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
-                    Err(RaftError::APIError(err)) => {
-                        return Err(StoreError::Initialize(Box::new(err)));
-                    }
-                    Err(RaftError::Fatal(f)) => return Err(f.into()),
-                }
+                initialize(raft, members).await?;
             }
         }
-        let voters: Vec<NodeId> = raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
-        if voters == [me] {
-            raft.trigger().elect().await?;
-        }
+        elect_if_lone_voter(raft, me).await?;
         raft.wait(Some(STARTUP_TIMEOUT))
             .metrics(|m| m.current_leader.is_some(), "a known leader")
             .await
@@ -275,24 +260,10 @@ impl Store {
         let raft = &self.inner.raft;
         let me = self.inner.node_id;
         if raft.is_initialized().await? {
-            let voters: Vec<NodeId> = raft
-                .metrics()
-                .borrow()
-                .membership_config
-                .membership()
-                .voter_ids()
-                .collect();
-            if voters == [me] {
-                // A lone voter need not sit out an election timeout.
-                raft.trigger().elect().await?;
-            }
+            elect_if_lone_voter(raft, me).await?;
         } else {
             let members = BTreeMap::from([(me, BasicNode::default())]);
-            match raft.initialize(members).await {
-                Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
-                Err(RaftError::APIError(err)) => return Err(StoreError::Initialize(Box::new(err))),
-                Err(RaftError::Fatal(f)) => return Err(f.into()),
-            }
+            initialize(raft, members).await?;
         }
         raft.wait(Some(STARTUP_TIMEOUT))
             .metrics(
@@ -484,4 +455,22 @@ impl Store {
         self.inner.log_db.close()?;
         self.inner.shared.db.close()
     }
+}
+
+/// Initializes a fresh cluster with `members`; a cluster that already is initialized is fine.
+async fn initialize(raft: &Raft<TypeConfig>, members: BTreeMap<NodeId, BasicNode>) -> Result<(), StoreError> {
+    match raft.initialize(members).await {
+        Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+        Err(RaftError::APIError(err)) => Err(StoreError::Initialize(Box::new(err))),
+        Err(RaftError::Fatal(f)) => Err(f.into()),
+    }
+}
+
+/// A lone voter need not sit out an election timeout: it starts the election at once.
+async fn elect_if_lone_voter(raft: &Raft<TypeConfig>, me: NodeId) -> Result<(), StoreError> {
+    let voters: Vec<NodeId> = raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+    if voters == [me] {
+        raft.trigger().elect().await?;
+    }
+    Ok(())
 }
