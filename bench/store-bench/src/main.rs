@@ -22,7 +22,8 @@ const RSS_BATCH: usize = 100;
 const USAGE: &str = "usage: store-bench [--ops N] [--rss-keys N]\n  \
     --ops N       puts with 1 client and gets with 1 client (default 2000); \
     the 64-client runs do 10*N\n  \
-    --rss-keys N  keys held by the member whose RSS is measured (default 100000)";
+    --rss-keys N  keys held by the member whose RSS is measured (default 100000)\n  \
+    --only SYSTEM run only strake or only etcd, skipping the RSS figures (for profiling one side)";
 
 /// Everything that can stop the benchmark.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +97,8 @@ struct Options {
     ops: usize,
     rss_keys: usize,
     rss_child: Option<PathBuf>,
+    /// Only this system ("strake" or "etcd"), for profiling one side; no ratios then.
+    only: Option<&'static str>,
 }
 
 fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, BenchError> {
@@ -103,6 +106,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, BenchError>
         ops: 2_000,
         rss_keys: 100_000,
         rss_child: None,
+        only: None,
     };
     let mut args = args;
     while let Some(arg) = args.next() {
@@ -122,6 +126,17 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, BenchError>
             "--ops" => opts.ops = count("--ops", value("--ops")?)?,
             "--rss-keys" => opts.rss_keys = count("--rss-keys", value("--rss-keys")?)?,
             "--rss-child" => opts.rss_child = Some(value("--rss-child")?.into()),
+            "--only" => {
+                opts.only = Some(match value("--only")?.as_str() {
+                    "strake" => "strake",
+                    "etcd" => "etcd",
+                    other => {
+                        return Err(BenchError::Usage(format!(
+                            "--only wants strake or etcd, not {other:?}"
+                        )));
+                    }
+                });
+            }
             other => return Err(BenchError::Usage(format!("unknown argument {other:?}"))),
         }
     }
@@ -210,7 +225,10 @@ async fn bench(opts: &Options) -> Result<(), BenchError> {
     let mut rows: Vec<(String, &'static str, Stats)> = Vec::new();
     // Interleaved per workload so background load on the machine hits both alike.
     for workload in workloads(opts.ops) {
-        for target in &targets {
+        for target in targets
+            .iter()
+            .filter(|t| opts.only.is_none_or(|o| o == t.name()))
+        {
             let warmup = Workload {
                 kind: Kind::Put,
                 prefix: "warmup/".into(),
@@ -228,6 +246,10 @@ async fn bench(opts: &Options) -> Result<(), BenchError> {
         store.shutdown().await?;
     }
     drop(etcd_cluster);
+    if opts.only.is_some() {
+        print_table(&rows);
+        return Ok(());
+    }
 
     eprintln!("measuring RSS with {} keys", opts.rss_keys);
     let strake_rss = strake_rss(&root.path().join("rss-strake"), opts.rss_keys).await?;
@@ -324,8 +346,11 @@ fn print_table(rows: &[(String, &'static str, Stats)]) {
         "workload", "strake/etcd ops/s", "strake p99 / etcd p99"
     );
     println!("{}", "-".repeat(66));
-    for pair in rows.chunks(2) {
-        if let [(label, _, strake), (_, _, etcd)] = pair {
+    for (label, _, strake) in rows.iter().filter(|(_, system, _)| *system == "strake") {
+        let etcd = rows
+            .iter()
+            .find(|(l, system, _)| l == label && *system == "etcd");
+        if let Some((_, _, etcd)) = etcd {
             println!(
                 "{label:<16} | {:>21.2}x | {:>21.2}x",
                 strake.ops_per_sec / etcd.ops_per_sec,
@@ -350,6 +375,14 @@ mod tests {
     fn arguments_are_parsed_and_checked() {
         let opts = parse_args(args(&["--ops", "50", "--rss-keys", "10"])).unwrap();
         assert_eq!((opts.ops, opts.rss_keys, opts.rss_child), (50, 10, None));
+        assert_eq!(
+            parse_args(args(&["--only", "etcd"])).unwrap().only,
+            Some("etcd")
+        );
+        assert!(matches!(
+            parse_args(args(&["--only", "zookeeper"])),
+            Err(BenchError::Usage(_))
+        ));
         assert!(matches!(
             parse_args(args(&["--ops", "0"])),
             Err(BenchError::Usage(_))

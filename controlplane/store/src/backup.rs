@@ -225,11 +225,7 @@ impl Store {
     /// on a follower, what that follower has applied.
     pub async fn backup(&self, path: impl AsRef<Path>) -> Result<BackupInfo, StoreError> {
         if self.leader() == Some(self.node_id()) {
-            self.inner
-                .raft
-                .ensure_linearizable()
-                .await
-                .map_err(crate::store::read_error)?;
+            self.ensure_linearizable().await?;
         }
         let store = self.clone();
         let path = path.as_ref().to_path_buf();

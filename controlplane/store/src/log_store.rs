@@ -1,7 +1,10 @@
 //! The raft log store on redb: entries, vote, committed and last-purged log ids.
 //!
-//! Every write commits with immediate durability (fsync) before it is acknowledged, so an
-//! appended entry or a saved vote survives a crash.
+//! Appends, truncations, purges and votes commit with immediate durability (fsync) before they
+//! are acknowledged, so an appended entry or a saved vote survives a crash. The committed log
+//! id is only a hint (after a restart raft re-applies up to it at once instead of waiting for
+//! the leader), so it is written without an fsync of its own; the next durable commit carries
+//! it to disk.
 
 use std::fmt::Debug;
 use std::ops::RangeBounds;
@@ -9,7 +12,7 @@ use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
-use redb::{ReadableDatabase, ReadableTable};
+use redb::{Durability, ReadableDatabase, ReadableTable};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -51,11 +54,17 @@ impl LogStore {
         })
     }
 
-    fn write_meta<T: Serialize>(&self, name: &'static str, value: &T) -> Result<(), StoreError> {
+    fn write_meta<T: Serialize>(
+        &self,
+        name: &'static str,
+        value: &T,
+        durability: Durability,
+    ) -> Result<(), StoreError> {
         let bytes = encode(name, value)?;
         let db = &self.db;
         db.with(|d| {
-            let txn = d.begin_write().db(db, "begin write")?;
+            let mut txn = d.begin_write().db(db, "begin write")?;
+            txn.set_durability(durability).db(db, "set durability")?;
             {
                 let mut table = txn.open_table(LOG_META).db(db, "open raft_meta")?;
                 table
@@ -176,7 +185,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.write_meta(VOTE, vote)
+        self.write_meta(VOTE, vote, Durability::Immediate)
             .map_err(|e| StorageIOError::write_vote(&e).into())
     }
 
@@ -189,7 +198,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError<NodeId>> {
-        self.write_meta(COMMITTED, &committed).map_err(write_err)
+        self.write_meta(COMMITTED, &committed, Durability::None)
+            .map_err(write_err)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {

@@ -27,6 +27,9 @@ pub enum Command {
     Compact {
         revision: u64,
     },
+    /// Transactions proposed together (group commit), applied in order, each with a revision
+    /// of its own as if proposed one by one.
+    Batch(Vec<Txn>),
 }
 
 /// What applying one log entry answered.
@@ -44,4 +47,6 @@ pub enum CommandResponse {
         requested: u64,
         current: u64,
     },
+    /// The responses of a [`Command::Batch`], in its order.
+    Batch(Vec<TxnResponse>),
 }

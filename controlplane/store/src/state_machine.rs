@@ -1,16 +1,23 @@
 //! The raft state machine: applies committed commands to the MVCC keyspace in `state.redb`,
 //! records history, publishes events to watchers, and builds and installs snapshots.
+//!
+//! Applies commit without an fsync of their own: every applied entry is already durable in the
+//! raft log, and after a crash raft applies again from the last durable `last_applied`, which
+//! reproduces the same revisions. An apply is made durable (carrying all earlier ones) at
+//! least every [`SYNC_EVERY_ENTRIES`] entries or [`SYNC_EVERY`], and always before a snapshot is
+//! stored, because the log is purged only up to a snapshot.
 
 use std::io::Cursor;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{
     BasicNode, Entry, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageError,
     StorageIOError, StoredMembership,
 };
-use redb::{ReadableDatabase, ReadableTable};
+use redb::{Durability, ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
@@ -19,10 +26,14 @@ use crate::error::StoreError;
 use crate::keyspace::{SmMeta, StoredKv};
 use crate::mvcc::{KvState, apply_txn};
 use crate::raft_types::{Command, CommandResponse, NodeId, TypeConfig};
-use crate::types::{KeyValue, WatchEvent};
+use crate::types::{KeyValue, Txn, TxnResponse, WatchEvent};
 
 const CURRENT_SNAPSHOT: &str = "current";
 const SNAPSHOT_FORMAT: u32 = 1;
+/// Applied entries after which an apply is made durable.
+const SYNC_EVERY_ENTRIES: u64 = 2048;
+/// Time after which an apply is made durable.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
 /// Revisions a watcher may fall behind the live channel before it is told it lagged.
 pub(crate) const WATCH_CHANNEL_CAPACITY: usize = 4096;
 
@@ -91,6 +102,9 @@ struct StoredSnapshot {
 #[derive(Debug)]
 pub struct StateMachine {
     shared: Arc<Shared>,
+    /// Entries applied since the last durable apply.
+    unsynced: u64,
+    last_sync: Instant,
 }
 
 /// Builds snapshots from a consistent read of the state file.
@@ -137,18 +151,62 @@ impl KvState for TableKv<'_, '_> {
     }
 }
 
+/// Applies transactions inside one write transaction of the state file.
+struct ApplyTxn<'a, 't> {
+    db: &'a DbCell,
+    kv: &'a mut redb::Table<'t, &'static [u8], &'static [u8]>,
+    history: &'a mut redb::Table<'t, u64, &'static [u8]>,
+    /// The current revision; a transaction that changes anything takes the next one.
+    revision: &'a mut u64,
+    /// The events of every revision applied, to publish once the write commits.
+    published: &'a mut Vec<RevisionEvents>,
+}
+
+impl ApplyTxn<'_, '_> {
+    fn apply(&mut self, request: &Txn) -> Result<TxnResponse, StoreError> {
+        let mut state = TableKv {
+            db: self.db,
+            table: self.kv,
+        };
+        let outcome = apply_txn(&mut state, *self.revision, request)?;
+        if !outcome.events.is_empty() {
+            *self.revision = outcome.response.revision;
+            let bytes = encode("history entry", &outcome.events)?;
+            self.history
+                .insert(*self.revision, bytes.as_slice())
+                .db(self.db, "write history")?;
+            self.published.push(RevisionEvents {
+                revision: *self.revision,
+                events: outcome.events,
+            });
+        }
+        Ok(outcome.response)
+    }
+}
+
 impl StateMachine {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+        Self {
+            shared,
+            unsynced: 0,
+            last_sync: Instant::now(),
+        }
     }
 
     fn apply_entries(
-        &self,
+        &mut self,
         entries: impl IntoIterator<Item = Entry<TypeConfig>>,
     ) -> Result<Vec<CommandResponse>, StoreError> {
+        let entries: Vec<_> = entries.into_iter().collect();
+        self.unsynced += entries.len() as u64;
+        let durable = self.unsynced >= SYNC_EVERY_ENTRIES || self.last_sync.elapsed() >= SYNC_EVERY;
         let db = &*self.shared.db;
         let (responses, published, revision) = db.with(|d| {
-            let txn = d.begin_write().db(db, "begin write")?;
+            let mut txn = d.begin_write().db(db, "begin write")?;
+            if !durable {
+                txn.set_durability(Durability::None)
+                    .db(db, "set durability")?;
+            }
             let mut responses = Vec::new();
             let mut published = Vec::new();
             let meta = {
@@ -165,23 +223,28 @@ impl StateMachine {
                             CommandResponse::Empty
                         }
                         EntryPayload::Normal(Command::Txn(request)) => {
-                            let mut state = TableKv {
+                            let mut apply = ApplyTxn {
                                 db,
-                                table: &mut kv_table,
+                                kv: &mut kv_table,
+                                history: &mut history,
+                                revision: &mut meta.revision,
+                                published: &mut published,
                             };
-                            let outcome = apply_txn(&mut state, meta.revision, &request)?;
-                            if !outcome.events.is_empty() {
-                                meta.revision = outcome.response.revision;
-                                let bytes = encode("history entry", &outcome.events)?;
-                                history
-                                    .insert(meta.revision, bytes.as_slice())
-                                    .db(db, "write history")?;
-                                published.push(RevisionEvents {
-                                    revision: meta.revision,
-                                    events: outcome.events,
-                                });
-                            }
-                            CommandResponse::Txn(outcome.response)
+                            CommandResponse::Txn(apply.apply(&request)?)
+                        }
+                        EntryPayload::Normal(Command::Batch(requests)) => {
+                            let mut apply = ApplyTxn {
+                                db,
+                                kv: &mut kv_table,
+                                history: &mut history,
+                                revision: &mut meta.revision,
+                                published: &mut published,
+                            };
+                            let responses = requests
+                                .iter()
+                                .map(|request| apply.apply(request))
+                                .collect::<Result<_, _>>()?;
+                            CommandResponse::Batch(responses)
                         }
                         EntryPayload::Normal(Command::Compact { revision }) => {
                             if revision > meta.revision {
@@ -210,6 +273,10 @@ impl StateMachine {
             txn.commit().db(db, "commit apply")?;
             Ok((responses, published, meta.revision))
         })?;
+        if durable {
+            self.unsynced = 0;
+            self.last_sync = Instant::now();
+        }
         // Publish only after the commit, in order, so a watcher that reads history after
         // subscribing finds every revision either on disk or in the channel.
         self.shared.revision.store(revision, Ordering::Release);

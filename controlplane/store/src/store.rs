@@ -13,7 +13,9 @@ use crate::db::{DbCell, open_data_dir};
 use crate::error::StoreError;
 use crate::keyspace;
 use crate::log_store::LogStore;
+use crate::propose::Proposer;
 use crate::raft_types::{Command, CommandResponse, NodeId, TypeConfig};
+use crate::read_index::ReadIndex;
 use crate::state_machine::{Shared, StateMachine, WatchMessage};
 use crate::transport::client::NetworkFactory;
 use crate::transport::server::{self, PeerServer};
@@ -42,6 +44,10 @@ pub(crate) struct Inner {
     pub(crate) raft: Raft<TypeConfig>,
     shared: Arc<Shared>,
     log_db: Arc<DbCell>,
+    /// Linearizable reads waiting for a shared read-index round.
+    reads: Arc<ReadIndex>,
+    /// Transactions waiting to share a raft entry.
+    writes: Arc<Proposer>,
     /// The peer listener of a clustered node; dropping it closes every peer connection.
     server: std::sync::Mutex<Option<PeerServer>>,
 }
@@ -202,6 +208,8 @@ impl Store {
                 raft,
                 shared,
                 log_db: log_db.clone(),
+                reads: Arc::default(),
+                writes: Arc::default(),
                 server: std::sync::Mutex::new(server),
             }),
         };
@@ -294,23 +302,21 @@ impl Store {
         self.inner.shared.revision.load(Ordering::Acquire)
     }
 
+    /// Returns once reads of this node's applied state are linearizable (a read-index round
+    /// shared with concurrent readers; see [`ReadIndex`]).
+    pub(crate) async fn ensure_linearizable(&self) -> Result<(), StoreError> {
+        self.inner.reads.ensure(&self.inner.raft).await
+    }
+
     /// Linearizable read of one key; returns it (if present) and the header revision.
     pub async fn get(&self, key: &[u8]) -> Result<(Option<KeyValue>, u64), StoreError> {
-        self.inner
-            .raft
-            .ensure_linearizable()
-            .await
-            .map_err(read_error)?;
+        self.ensure_linearizable().await?;
         keyspace::get(&self.inner.shared.db, key)
     }
 
     /// Linearizable range read; see [`RangeRequest`].
     pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse, StoreError> {
-        self.inner
-            .raft
-            .ensure_linearizable()
-            .await
-            .map_err(read_error)?;
+        self.ensure_linearizable().await?;
         keyspace::range(&self.inner.shared.db, &req)
     }
 
@@ -328,18 +334,7 @@ impl Store {
     /// Runs a transaction through raft. A failed compare is not an error: `succeeded` is false.
     pub async fn txn(&self, txn: Txn) -> Result<TxnResponse, StoreError> {
         txn.validate()?;
-        let response = self
-            .inner
-            .raft
-            .client_write(Command::Txn(txn))
-            .await
-            .map_err(write_error)?;
-        match response.data {
-            CommandResponse::Txn(r) => Ok(r),
-            other => Err(StoreError::Internal(format!(
-                "a txn command was answered with {other:?}"
-            ))),
-        }
+        self.inner.writes.propose(&self.inner.raft, txn).await
     }
 
     /// Puts one key; returns the new revision.
@@ -458,7 +453,10 @@ impl Store {
 }
 
 /// Initializes a fresh cluster with `members`; a cluster that already is initialized is fine.
-async fn initialize(raft: &Raft<TypeConfig>, members: BTreeMap<NodeId, BasicNode>) -> Result<(), StoreError> {
+async fn initialize(
+    raft: &Raft<TypeConfig>,
+    members: BTreeMap<NodeId, BasicNode>,
+) -> Result<(), StoreError> {
     match raft.initialize(members).await {
         Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
         Err(RaftError::APIError(err)) => Err(StoreError::Initialize(Box::new(err))),
@@ -468,7 +466,13 @@ async fn initialize(raft: &Raft<TypeConfig>, members: BTreeMap<NodeId, BasicNode
 
 /// A lone voter need not sit out an election timeout: it starts the election at once.
 async fn elect_if_lone_voter(raft: &Raft<TypeConfig>, me: NodeId) -> Result<(), StoreError> {
-    let voters: Vec<NodeId> = raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+    let voters: Vec<NodeId> = raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .collect();
     if voters == [me] {
         raft.trigger().elect().await?;
     }

@@ -196,6 +196,18 @@ fn check_key(key: &[u8]) -> Result<(), StoreError> {
 }
 
 impl Txn {
+    /// Bytes of keys and values this transaction carries.
+    pub(crate) fn payload_bytes(&self) -> usize {
+        let ops = self.success.iter().chain(&self.failure);
+        let written: usize = ops
+            .map(|op| match op {
+                Op::Put { key, value } => key.len() + value.len(),
+                other => other.key().len(),
+            })
+            .sum();
+        written + self.compare.iter().map(|c| c.key().len()).sum::<usize>()
+    }
+
     /// Checks the bounds every transaction must meet before it is proposed to raft.
     pub fn validate(&self) -> Result<(), StoreError> {
         let ops = self.compare.len() + self.success.len() + self.failure.len();

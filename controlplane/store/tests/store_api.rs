@@ -410,3 +410,91 @@ async fn shutdown_stops_other_clones_and_watches() {
         Err(StoreError::Stopped)
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_share_log_entries_but_get_a_revision_each() {
+    const WRITERS: u64 = 64;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let start = store.revision();
+    let mut watch = store
+        .watch(WatchRequest {
+            prefix: key("/c/"),
+            start_revision: start + 1,
+        })
+        .unwrap();
+    let log_before = store.raft_metrics().last_log_index.unwrap();
+
+    // Every writer puts a key of its own, then increments a shared counter by compare-and-set
+    // on its mod_revision, retrying when another writer got there first.
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            let mut revisions = vec![
+                store
+                    .put(key(&format!("/c/own/{w}")), key("x"))
+                    .await
+                    .unwrap(),
+            ];
+            loop {
+                let (current, _) = store.get(b"/c/counter").await.unwrap();
+                let (seen, count) = match current {
+                    Some(kv) => (
+                        kv.mod_revision,
+                        String::from_utf8(kv.value).unwrap().parse::<u64>().unwrap(),
+                    ),
+                    None => (0, 0),
+                };
+                let response = store
+                    .txn(Txn {
+                        compare: vec![Compare::ModRevision {
+                            key: key("/c/counter"),
+                            op: CmpOp::Equal,
+                            value: seen,
+                        }],
+                        success: vec![Op::Put {
+                            key: key("/c/counter"),
+                            value: key(&(count + 1).to_string()),
+                        }],
+                        failure: vec![],
+                    })
+                    .await
+                    .unwrap();
+                if response.succeeded {
+                    revisions.push(response.revision);
+                    return revisions;
+                }
+            }
+        }));
+    }
+    let mut revisions = Vec::new();
+    for writer in writers {
+        revisions.extend(writer.await.unwrap());
+    }
+    revisions.sort_unstable();
+    let expected: Vec<u64> = (start + 1..=start + 2 * WRITERS).collect();
+    assert_eq!(
+        revisions, expected,
+        "every write has a revision of its own, with no gaps"
+    );
+    let (counter, _) = store.get(b"/c/counter").await.unwrap();
+    assert_eq!(
+        counter.unwrap().value,
+        WRITERS.to_string().into_bytes(),
+        "no increment was lost"
+    );
+
+    // The watch sees every revision once, in order, even those applied from one entry.
+    for revision in expected {
+        let event = common::next_event(&mut watch).await;
+        assert_eq!(event.revision, revision);
+    }
+    let entries = store.raft_metrics().last_log_index.unwrap() - log_before;
+    assert!(
+        entries < 2 * WRITERS,
+        "{} writes took {entries} log entries: concurrent writes were not batched",
+        2 * WRITERS
+    );
+    store.shutdown().await.unwrap();
+}

@@ -1,7 +1,9 @@
 //! The client side of the peer transport: openraft's [`RaftNetworkFactory`] and one
 //! [`PeerConnection`] (an HTTP/2 connection over mutual TLS) per peer.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -32,12 +34,18 @@ use crate::error::StoreError;
 use crate::peer_tls::{PeerTls, peer_name};
 use crate::raft_types::{NodeId, TypeConfig};
 
+/// Open HTTP/2 connections by peer id, with the address each was made to. openraft asks for a
+/// new client for every read-index heartbeat and every vote; they all share one multiplexed
+/// connection per peer instead of each paying for a TCP and TLS handshake.
+type Pool = Arc<Mutex<HashMap<NodeId, (String, SendRequest<Full<Bytes>>)>>>;
+
 /// Creates connections to raft peers. Without peer TLS (a single voter that does not listen),
 /// every peer is unreachable.
 #[derive(Clone)]
 pub struct NetworkFactory {
     me: NodeId,
     tls: Option<TlsConnector>,
+    pool: Pool,
 }
 
 impl std::fmt::Debug for NetworkFactory {
@@ -55,12 +63,17 @@ impl NetworkFactory {
         Ok(Self {
             me,
             tls: Some(TlsConnector::from(tls.client_config()?)),
+            pool: Pool::default(),
         })
     }
 
     /// A factory whose peers are all unreachable: for a single voter without a transport.
     pub(crate) fn disabled(me: NodeId) -> Self {
-        Self { me, tls: None }
+        Self {
+            me,
+            tls: None,
+            pool: Pool::default(),
+        }
     }
 }
 
@@ -74,13 +87,14 @@ pub struct NoPeerTransport {
     pub addr: String,
 }
 
-/// A connection to one raft peer; reconnects on the next RPC after any failure.
+/// A client of one raft peer over the factory's shared connection to it; after any failure
+/// the connection is dropped and the next RPC makes a new one.
 pub struct PeerConnection {
     me: NodeId,
     target: NodeId,
     node: BasicNode,
     tls: Option<TlsConnector>,
-    sender: Option<SendRequest<Full<Bytes>>>,
+    pool: Pool,
 }
 
 impl std::fmt::Debug for PeerConnection {
@@ -89,7 +103,6 @@ impl std::fmt::Debug for PeerConnection {
             .field("me", &self.me)
             .field("target", &self.target)
             .field("addr", &self.node.addr)
-            .field("connected", &self.sender.is_some())
             .finish()
     }
 }
@@ -103,7 +116,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             node: node.clone(),
             tls: self.tls.clone(),
-            sender: None,
+            pool: self.pool.clone(),
         }
     }
 }
@@ -113,6 +126,28 @@ fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, Transp
 }
 
 impl PeerConnection {
+    /// The pooled connection to this peer, if it is open and was made to the same address.
+    fn pooled(&self) -> Option<SendRequest<Full<Bytes>>> {
+        let pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        match pool.get(&self.target) {
+            Some((addr, sender)) if *addr == self.node.addr && !sender.is_closed() => {
+                Some(sender.clone())
+            }
+            _ => None,
+        }
+    }
+
+    fn pool_insert(&self, sender: &SendRequest<Full<Bytes>>) {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        pool.insert(self.target, (self.node.addr.clone(), sender.clone()));
+    }
+
+    /// Forgets the pooled connection after a failure on it.
+    fn drop_connection(&self) {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        pool.remove(&self.target);
+    }
+
     async fn connect(
         &self,
         tls: &TlsConnector,
@@ -202,9 +237,13 @@ impl PeerConnection {
                 source,
             }
         };
-        let mut sender = match self.sender.take() {
-            Some(sender) if !sender.is_closed() => sender,
-            _ => self.connect(&tls).await?,
+        let mut sender = match self.pooled() {
+            Some(sender) => sender,
+            None => {
+                let sender = self.connect(&tls).await?;
+                self.pool_insert(&sender);
+                sender
+            }
         };
         sender
             .ready()
@@ -221,7 +260,6 @@ impl PeerConnection {
             .send_request(request)
             .await
             .map_err(http(self.target, &self.node.addr))?;
-        self.sender = Some(sender);
         let status = response.status();
         let bytes = Limited::new(response.into_body(), MAX_BODY)
             .collect()
@@ -260,7 +298,7 @@ impl PeerConnection {
             match tokio::time::timeout(timeout, self.send(path, body)).await {
                 Ok(answer) => answer,
                 Err(_) => {
-                    self.sender = None;
+                    self.drop_connection();
                     return Err(RPCError::Timeout(Timeout {
                         action,
                         id: self.me,
@@ -277,7 +315,7 @@ impl PeerConnection {
                 remote,
             ))),
             Err(err) => {
-                self.sender = None;
+                self.drop_connection();
                 if err.is_unreachable() {
                     Err(RPCError::Unreachable(Unreachable::new(&err)))
                 } else {
