@@ -39,7 +39,14 @@ pub struct StoreConfig {
     /// Raft log entries between automatic snapshots; the log is purged up to a tenth of this
     /// (at most 1,000 entries) behind each snapshot.
     pub snapshot_every: u64,
+    /// Free space on the data directory's file system that log appends leave alone, so the
+    /// state file can always apply what the log accepted. Below it, writes fail with
+    /// [`crate::StoreError::DiskFull`] until space is freed; the store keeps running.
+    pub disk_reserve_bytes: u64,
 }
+
+/// Default of [`StoreConfig::disk_reserve_bytes`].
+pub const DEFAULT_DISK_RESERVE: u64 = 64 * 1024 * 1024;
 
 impl StoreConfig {
     /// A single-voter store that does not listen for peers.
@@ -53,6 +60,7 @@ impl StoreConfig {
             tls: None,
             join: false,
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
+            disk_reserve_bytes: DEFAULT_DISK_RESERVE,
         }
     }
 

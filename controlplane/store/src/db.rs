@@ -1,8 +1,8 @@
 //! The two redb files of a data directory, their tables, and the checks made when opening them.
 //!
-//! `raft-log.redb` holds the raft log, vote, committed and last-purged log ids; `state.redb`
-//! holds the keyspace, its history, the applied state and the current snapshot. Two files let a
-//! log append and a state-machine apply commit (and fsync) in parallel.
+//! `raft-wal/` holds the raft log's entries (see [`crate::wal`]); `raft-log.redb` the vote and
+//! the last-purged log id; `state.redb` the keyspace, its history, the applied state and the
+//! current snapshot.
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -13,19 +13,18 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::StoreError;
+use crate::wal::WAL_DIR;
 
 pub(crate) const LOG_FILE: &str = "raft-log.redb";
 pub(crate) const STATE_FILE: &str = "state.redb";
 
 /// Version of the on-disk layout; bumped on any incompatible change.
-const FORMAT_VERSION: u64 = 1;
+const FORMAT_VERSION: u64 = 2;
 
 /// Who a file belongs to: "node_id", "format".
 pub(crate) const IDENTITY: TableDefinition<'_, &str, u64> = TableDefinition::new("identity");
 
-/// Raft log: index -> postcard(Entry).
-pub(crate) const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("raft_log");
-/// Raft log metadata: "vote", "committed", "last_purged" -> postcard.
+/// Raft log metadata: "vote", "last_purged" -> postcard.
 pub(crate) const LOG_META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("raft_meta");
 
 /// Latest state of every key: key -> postcard(StoredKv).
@@ -67,9 +66,10 @@ impl DbCell {
             StoreError::Internal(format!("lock of {} poisoned", self.path.display()))
         })?;
         match guard.take() {
-            Some(db) => db.close().map_err(|source| StoreError::OpenDatabase {
+            Some(db) => db.close().map_err(|source| StoreError::Database {
                 path: self.path.clone(),
-                source: Box::new(source),
+                op: "close",
+                source: Box::new(source.into()),
             }),
             None => Ok(()),
         }
@@ -102,10 +102,11 @@ impl<T, E: Into<redb::Error>> DbResultExt<T> for Result<T, E> {
     }
 }
 
-/// The two databases of one data directory.
+/// The databases of one data directory, and its log directory.
 pub(crate) struct DataDir {
     pub log: DbCell,
     pub state: DbCell,
+    pub wal: PathBuf,
 }
 
 /// Opens the data directory, creating it and both files if none of them exists yet.
@@ -121,18 +122,32 @@ pub(crate) fn open_data_dir(dir: &Path, node_id: u64) -> Result<DataDir, StoreEr
     })?;
     let log_path = dir.join(LOG_FILE);
     let state_path = dir.join(STATE_FILE);
+    let wal = dir.join(WAL_DIR);
     let log_exists = exists(&log_path)?;
     let state_exists = exists(&state_path)?;
     match (log_exists, state_exists) {
-        (true, true) => Ok(DataDir {
-            log: open_existing(&log_path, node_id)?,
-            state: open_existing(&state_path, node_id)?,
-        }),
+        (true, true) => {
+            if !exists(&wal)? {
+                return Err(StoreError::IncompleteDataDir {
+                    present: log_path,
+                    missing: wal,
+                });
+            }
+            Ok(DataDir {
+                log: open_existing(&log_path, node_id)?,
+                state: open_existing(&state_path, node_id)?,
+                wal,
+            })
+        }
         (false, false) => {
             // The state file is created last: a crash in between leaves only the log file, which
             // the next open reports instead of silently starting over.
+            std::fs::create_dir_all(&wal).map_err(|source| StoreError::Io {
+                op: "cannot create log directory",
+                path: wal.clone(),
+                source,
+            })?;
             let log = create_new(&log_path, node_id, |txn| {
-                txn.open_table(LOG)?;
                 txn.open_table(LOG_META)?;
                 Ok(())
             })?;
@@ -143,7 +158,7 @@ pub(crate) fn open_data_dir(dir: &Path, node_id: u64) -> Result<DataDir, StoreEr
                 txn.open_table(SNAPSHOT)?;
                 Ok(())
             })?;
-            Ok(DataDir { log, state })
+            Ok(DataDir { log, state, wal })
         }
         (true, false) => Err(StoreError::IncompleteDataDir {
             present: log_path,

@@ -136,6 +136,11 @@ pub enum StoreError {
     #[error("the store is shut down")]
     Stopped,
 
+    #[error(
+        "disk full: {problem}; writes fail until space is freed (a write that was under way may still be applied then)"
+    )]
+    DiskFull { problem: String },
+
     #[error("internal error: {0}")]
     Internal(String),
 }

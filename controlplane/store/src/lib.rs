@@ -19,10 +19,11 @@ mod state_machine;
 mod store;
 mod transport;
 mod types;
+mod wal;
 mod watch;
 
 pub use backup::BackupInfo;
-pub use config::{DEFAULT_SNAPSHOT_EVERY, StoreConfig};
+pub use config::{DEFAULT_DISK_RESERVE, DEFAULT_SNAPSHOT_EVERY, StoreConfig};
 pub use error::StoreError;
 pub use membership::Members;
 pub use peer_tls::{PEER_GROUP, PeerTls, peer_name};
@@ -57,7 +58,12 @@ pub mod raft {
         let state = Arc::new(data.state);
         let meta = crate::keyspace::read_meta(&state)?;
         let shared = crate::state_machine::Shared::new(state, meta.revision);
-        Ok((LogStore::new(Arc::new(data.log)), StateMachine::new(shared)))
+        let log = LogStore::open(
+            Arc::new(data.log),
+            &data.wal,
+            crate::config::DEFAULT_DISK_RESERVE,
+        )?;
+        Ok((log, StateMachine::new(shared)))
     }
 }
 

@@ -1,23 +1,21 @@
 //! The raft state machine: applies committed commands to the MVCC keyspace in `state.redb`,
 //! records history, publishes events to watchers, and builds and installs snapshots.
 //!
-//! Applies commit without an fsync of their own: every applied entry is already durable in the
-//! raft log, and after a crash raft applies again from the last durable `last_applied`, which
-//! reproduces the same revisions. An apply is made durable (carrying all earlier ones) at
-//! least every [`SYNC_EVERY_ENTRIES`] entries or [`SYNC_EVERY`], and always before a snapshot is
-//! stored, because the log is purged only up to a snapshot.
+//! Every apply commits durably. (Non-durable redb commits were tried, to take an fsync off the
+//! write path: after SIGKILL, redb reopened such a file with `last_applied` from the newest
+//! commit but keys from an older one, so raft never re-applied what was missing; kill9.rs
+//! caught it.)
 
 use std::io::Cursor;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
 
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{
     BasicNode, Entry, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageError,
     StorageIOError, StoredMembership,
 };
-use redb::{Durability, ReadableDatabase, ReadableTable};
+use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
@@ -30,10 +28,6 @@ use crate::types::{KeyValue, Txn, TxnResponse, WatchEvent};
 
 const CURRENT_SNAPSHOT: &str = "current";
 const SNAPSHOT_FORMAT: u32 = 1;
-/// Applied entries after which an apply is made durable.
-const SYNC_EVERY_ENTRIES: u64 = 2048;
-/// Time after which an apply is made durable.
-const SYNC_EVERY: Duration = Duration::from_secs(1);
 /// Revisions a watcher may fall behind the live channel before it is told it lagged.
 pub(crate) const WATCH_CHANNEL_CAPACITY: usize = 4096;
 
@@ -102,9 +96,6 @@ struct StoredSnapshot {
 #[derive(Debug)]
 pub struct StateMachine {
     shared: Arc<Shared>,
-    /// Entries applied since the last durable apply.
-    unsynced: u64,
-    last_sync: Instant,
 }
 
 /// Builds snapshots from a consistent read of the state file.
@@ -186,27 +177,16 @@ impl ApplyTxn<'_, '_> {
 
 impl StateMachine {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Self {
-            shared,
-            unsynced: 0,
-            last_sync: Instant::now(),
-        }
+        Self { shared }
     }
 
     fn apply_entries(
         &mut self,
         entries: impl IntoIterator<Item = Entry<TypeConfig>>,
     ) -> Result<Vec<CommandResponse>, StoreError> {
-        let entries: Vec<_> = entries.into_iter().collect();
-        self.unsynced += entries.len() as u64;
-        let durable = self.unsynced >= SYNC_EVERY_ENTRIES || self.last_sync.elapsed() >= SYNC_EVERY;
         let db = &*self.shared.db;
         let (responses, published, revision) = db.with(|d| {
-            let mut txn = d.begin_write().db(db, "begin write")?;
-            if !durable {
-                txn.set_durability(Durability::None)
-                    .db(db, "set durability")?;
-            }
+            let txn = d.begin_write().db(db, "begin write")?;
             let mut responses = Vec::new();
             let mut published = Vec::new();
             let meta = {
@@ -273,10 +253,6 @@ impl StateMachine {
             txn.commit().db(db, "commit apply")?;
             Ok((responses, published, meta.revision))
         })?;
-        if durable {
-            self.unsynced = 0;
-            self.last_sync = Instant::now();
-        }
         // Publish only after the commit, in order, so a watcher that reads history after
         // subscribing finds every revision either on disk or in the channel.
         self.shared.revision.store(revision, Ordering::Release);

@@ -43,7 +43,7 @@ pub(crate) struct Inner {
     pub(crate) node_id: NodeId,
     pub(crate) raft: Raft<TypeConfig>,
     shared: Arc<Shared>,
-    log_db: Arc<DbCell>,
+    log: LogStore,
     /// Linearizable reads waiting for a shared read-index round.
     reads: Arc<ReadIndex>,
     /// Transactions waiting to share a raft entry.
@@ -57,18 +57,19 @@ impl Drop for Inner {
     /// the background, so the data directory can be reopened shortly after.
     fn drop(&mut self) {
         self.stop_serving();
+        self.log.stop_waiting();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         let raft = self.raft.clone();
         let shared = self.shared.clone();
-        let log_db = self.log_db.clone();
+        let log = self.log.clone();
         runtime.spawn(async move {
             if let Err(err) = raft.shutdown().await {
                 tracing::warn!(error = %err, "raft task failed while shutting down a dropped store");
             }
             let _ = shared.events.send(WatchMessage::Closed);
-            for result in [log_db.close(), shared.db.close()] {
+            for result in [log.close(), shared.db.close()] {
                 if let Err(err) = result {
                     tracing::warn!(error = %err, "closing a dropped store's files");
                 }
@@ -168,15 +169,18 @@ impl Store {
         let config = Arc::new(raft_config(cfg.snapshot_every, networked.is_some())?);
         let dir = cfg.data_dir.clone();
         let node_id = cfg.node_id;
-        let data = tokio::task::spawn_blocking(move || open_data_dir(&dir, node_id))
-            .await
-            .map_err(|e| {
-                StoreError::Internal(format!("opening the data directory panicked: {e}"))
-            })??;
-        let log_db = Arc::new(data.log);
-        let state_db = Arc::new(data.state);
+        let reserve = cfg.disk_reserve_bytes;
+        let (log, state_db) = tokio::task::spawn_blocking(move || {
+            let data = open_data_dir(&dir, node_id)?;
+            // Dropped (and so closed) with the error if the log does not open.
+            let state_db = Arc::new(data.state);
+            let log = LogStore::open(Arc::new(data.log), &data.wal, reserve)?;
+            Ok::<_, StoreError>((log, state_db))
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("opening the data directory panicked: {e}")))??;
         let close_files = |err: StoreError| {
-            let _ = log_db.close();
+            let _ = log.close();
             let _ = state_db.close();
             err
         };
@@ -196,7 +200,7 @@ impl Store {
             node_id,
             config,
             network,
-            LogStore::new(log_db.clone()),
+            log.clone(),
             StateMachine::new(shared.clone()),
         )
         .await
@@ -207,7 +211,7 @@ impl Store {
                 node_id,
                 raft,
                 shared,
-                log_db: log_db.clone(),
+                log: log.clone(),
                 reads: Arc::default(),
                 writes: Arc::default(),
                 server: std::sync::Mutex::new(server),
@@ -334,7 +338,12 @@ impl Store {
     /// Runs a transaction through raft. A failed compare is not an error: `succeeded` is false.
     pub async fn txn(&self, txn: Txn) -> Result<TxnResponse, StoreError> {
         txn.validate()?;
-        self.inner.writes.propose(&self.inner.raft, txn).await
+        let log = &self.inner.log;
+        log.check_disk()?;
+        tokio::select! {
+            response = self.inner.writes.propose(&self.inner.raft, txn) => response,
+            full = log.disk_full() => Err(full),
+        }
     }
 
     /// Puts one key; returns the new revision.
@@ -443,12 +452,15 @@ impl Store {
 
     async fn close(&self) -> Result<(), StoreError> {
         self.inner.stop_serving();
+        self.inner.log.stop_waiting();
         self.inner.raft.shutdown().await.map_err(|e| {
             StoreError::Internal(format!("raft task failed while shutting down: {e}"))
         })?;
         let _ = self.inner.shared.events.send(WatchMessage::Closed);
-        self.inner.log_db.close()?;
-        self.inner.shared.db.close()
+        // Both files are released even if closing the first fails.
+        let log = self.inner.log.close();
+        let state = self.inner.shared.db.close();
+        log.and(state)
     }
 }
 

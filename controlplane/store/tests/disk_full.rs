@@ -1,7 +1,8 @@
 //! Disk full: a single voter whose data dir sits on a small tmpfs. Once a filler file takes
-//! the rest of the space, writes fail with an error that says the disk is full; after the
-//! filler is deleted the store (reopened: a failed log write stops raft) holds every write that
-//! was acknowledged before and accepts new ones. Needs root (it mounts a tmpfs).
+//! the rest of the space, writes fail with an error that says the disk is full and names the
+//! log; after the filler is deleted the same store takes writes again, a shutdown on a full disk
+//! completes, and a reopened store holds every acknowledged write. Needs root (it mounts a
+//! tmpfs).
 
 mod common;
 
@@ -70,70 +71,118 @@ fn fill(path: &Path) -> u64 {
     written
 }
 
+/// Room the store keeps free for its state file; small, to fit the tmpfs.
+const RESERVE: u64 = 1024 * 1024;
+
 async fn open(dir: &PathBuf) -> Store {
-    tokio::time::timeout(common::STEP, Store::open(StoreConfig::single(1, dir)))
+    let cfg = StoreConfig {
+        disk_reserve_bytes: RESERVE,
+        ..StoreConfig::single(1, dir)
+    };
+    tokio::time::timeout(common::STEP, Store::open(cfg))
         .await
         .expect("store opens within the deadline")
         .expect("store opens")
 }
 
+/// Puts 256 KiB values until one fails; returns the error, recording acknowledged puts.
+async fn put_until_full(
+    store: &Store,
+    round: &str,
+    acknowledged: &mut Vec<(String, Vec<u8>)>,
+) -> String {
+    let value = vec![b'x'; 256 * 1024];
+    for i in 0..200 {
+        let key = format!("/full/{round}-{i}");
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            store.put(key.clone().into_bytes(), value.clone()),
+        )
+        .await
+        {
+            Ok(Ok(_)) => acknowledged.push((key, value.clone())),
+            Ok(Err(err)) => return err.to_string(),
+            Err(_) => panic!("a put on a full disk hung instead of failing"),
+        }
+    }
+    panic!("200 puts of 256 KiB all succeeded on a full 16 MiB tmpfs");
+}
+
+fn assert_says_disk_full(failure: &str) {
+    eprintln!("write on a full disk failed with: {failure}");
+    assert!(
+        failure.contains("disk full"),
+        "the error does not say the disk is full: {failure}"
+    );
+    assert!(
+        failure.contains("raft-wal"),
+        "the error does not name the log: {failure}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_fails_writes_clearly_and_loses_nothing() {
+async fn a_full_disk_fails_writes_clearly_and_the_store_goes_on_once_space_is_freed() {
     let fs = Tmpfs::mount("16m");
     let data = fs.path().join("data");
     let store = open(&data).await;
     let mut acknowledged = Vec::new();
     for i in 0..20 {
         let key = format!("/full/before-{i}");
-        let value = format!("v{i}").repeat(100);
+        let value = format!("v{i}").repeat(100).into_bytes();
         store
-            .put(key.clone().into_bytes(), value.clone().into_bytes())
+            .put(key.clone().into_bytes(), value.clone())
             .await
             .expect("put with space left");
         acknowledged.push((key, value));
     }
 
+    // Full: writes fail, clearly, and the same store takes writes again once space is freed.
     let filler = fs.path().join("filler");
     fill(&filler);
-    let value = vec![b'x'; 256 * 1024];
-    let mut failure = None;
-    for i in 0..200 {
-        let key = format!("/full/after-{i}").into_bytes();
-        match tokio::time::timeout(Duration::from_secs(10), store.put(key, value.clone())).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(err)) => {
-                failure = Some(err.to_string());
-                break;
-            }
-            Err(_) => panic!("a put on a full disk hung instead of failing"),
-        }
-    }
-    let failure = failure.expect("200 puts of 256 KiB all succeeded on a full 16 MiB tmpfs");
-    eprintln!("write on a full disk failed with: {failure}");
-    assert!(
-        failure.contains("No space left on device"),
-        "the error does not say the disk is full: {failure}"
+    assert_says_disk_full(&put_until_full(&store, "first", &mut acknowledged).await);
+    assert_says_disk_full(
+        &store
+            .put(b"/full/refused".to_vec(), b"r".to_vec())
+            .await
+            .expect_err("a put while the disk is still full")
+            .to_string(),
     );
-    assert!(
-        failure.contains(".redb"),
-        "the error does not name the file: {failure}"
-    );
-
     std::fs::remove_file(&filler).expect("remove the filler file");
-    // A write failure may have stopped raft; if a put still works the store kept going.
-    let still_up = tokio::time::timeout(
-        Duration::from_secs(10),
-        store.put(b"/full/probe".to_vec(), b"p".to_vec()),
-    )
-    .await;
-    eprintln!("after freeing space, the same store answers a put with {still_up:?}");
-    let _ = tokio::time::timeout(common::STEP, store.shutdown()).await;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match store.put(b"/full/probe".to_vec(), b"p".to_vec()).await {
+                Ok(_) => break,
+                Err(err) => {
+                    eprintln!("put right after freeing space: {err}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the same store takes writes again within 10 s of space being freed");
+    acknowledged.push(("/full/probe".into(), b"p".to_vec()));
+
+    // Full again, and shut down while full: the shutdown must not wait for space.
+    fill(&filler);
+    assert_says_disk_full(&put_until_full(&store, "second", &mut acknowledged).await);
+    let closed = tokio::time::timeout(common::STEP, store.shutdown())
+        .await
+        .expect("shutdown on a full disk completes");
+    // Closing may fail to write the files' last bookkeeping; it must say so, and lose nothing.
+    if let Err(err) = closed {
+        assert!(
+            err.to_string().contains("No space left on device"),
+            "shutdown on a full disk failed for another reason: {err}"
+        );
+    }
+    std::fs::remove_file(&filler).expect("remove the filler file");
 
     let store = open(&data).await;
     for (key, value) in &acknowledged {
         let (kv, _) = store.get(key.as_bytes()).await.expect("read back");
         let kv = kv.unwrap_or_else(|| panic!("{key} was acknowledged but is gone"));
-        assert_eq!(kv.value, value.as_bytes(), "{key} changed");
+        assert_eq!(&kv.value, value, "{key} changed");
     }
     store
         .put(b"/full/later".to_vec(), b"fine".to_vec())

@@ -291,6 +291,75 @@ async fn corrupted_pages_are_refused() {
     assert!(err.to_string().contains("state.redb"), "{err}");
 }
 
+/// The one segment of the raft write-ahead log of a populated data directory.
+fn log_segment(dir: &Path) -> std::path::PathBuf {
+    let mut segments: Vec<_> = std::fs::read_dir(dir.join("raft-wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(segments.len(), 1, "{segments:?}");
+    segments.pop().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_log_record_is_refused_and_left_alone() {
+    let dir = populated_dir().await;
+    let path = log_segment(dir.path());
+    let mut bytes = std::fs::read(&path).unwrap();
+    // A flipped byte in the middle of the log, not in its last record.
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = open_err(dir.path()).await;
+    assert!(matches!(err, StoreError::CorruptFile { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        bytes,
+        "the damaged log is left alone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_cut_short_by_a_crash_loses_only_its_unsynced_tail() {
+    let dir = populated_dir().await;
+    let path = log_segment(dir.path());
+    let len = std::fs::metadata(&path).unwrap().len();
+    // As if the process died while writing an append of a new entry: half a record at the end.
+    let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+    file.write_all(&[0x10, 0, 0, 0, 1, 2, 3, 4, 9, 9]).unwrap();
+    drop(file);
+    let store = open(dir.path()).await;
+    for i in 0..20 {
+        let (kv, _) = store.get(format!("/k/{i}").as_bytes()).await.unwrap();
+        assert_eq!(
+            kv.expect("acknowledged write kept").value,
+            vec![i as u8; 2000]
+        );
+    }
+    store.put(key("/k/after"), key("v")).await.unwrap();
+    store.shutdown().await.unwrap();
+    assert!(
+        std::fs::metadata(&path).unwrap().len() > len,
+        "the log goes on after the cut"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_log_directory_is_refused() {
+    let dir = populated_dir().await;
+    std::fs::rename(dir.path().join("raft-wal"), dir.path().join("moved")).unwrap();
+    let err = open_err(dir.path()).await;
+    assert!(
+        matches!(err, StoreError::IncompleteDataDir { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("raft-wal"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_file_and_wrong_node_are_refused() {
     let dir = populated_dir().await;
