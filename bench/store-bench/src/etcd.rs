@@ -1,15 +1,29 @@
-//! etcd 3.4 members as child processes, and a small client for its JSON gRPC gateway.
+//! etcd 3.4 members as child processes, and a small client of their native gRPC API: the
+//! `etcdserverpb.KV` and `etcdserverpb.Maintenance` services over one cleartext HTTP/2
+//! connection per client, multiplexing every concurrent call, as clientv3 (and so
+//! kube-apiserver) talks to etcd. The gRPC framing ([`grpc`]) and the protobuf messages
+//! ([`proto`]) are written by hand for the few calls the benchmark makes.
+
+mod grpc;
+mod proto;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
-use serde_json::{Value, json};
+pub use grpc::GrpcCode;
+use proto::{
+    PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, StatusRequest, StatusResponse,
+    TxnRequest, TxnResponse,
+};
 
 use crate::{BenchError, READY_DEADLINE, free_port};
+
+const PUT: &str = "/etcdserverpb.KV/Put";
+const RANGE: &str = "/etcdserverpb.KV/Range";
+const TXN: &str = "/etcdserverpb.KV/Txn";
+const STATUS: &str = "/etcdserverpb.Maintenance/Status";
 
 /// Where Debian's `etcd-server` package puts the binary.
 pub const ETCD_BIN: &str = "/usr/bin/etcd";
@@ -167,94 +181,98 @@ impl Cluster {
         let mut leaders = Vec::new();
         let mut leader_client = None;
         for member in &self.members {
-            let client = Client::new(&member.client_url).ok()?;
-            let status = client
-                .call("/v3/maintenance/status", json!({}))
-                .await
-                .ok()?;
-            let leader = status.get("leader")?.as_str()?.to_owned();
-            if leader == "0" {
+            let client = Client::new(&member.client_url).await.ok()?;
+            let status = client.status().await.ok()?;
+            if status.leader == 0 {
                 return None;
             }
-            if status["header"]["member_id"].as_str() == Some(leader.as_str()) {
+            if status.member_id == status.leader {
                 leader_client = Some(client);
             }
-            leaders.push(leader);
+            leaders.push(status.leader);
         }
         let agreed = leaders.windows(2).all(|w| w[0] == w[1]);
         if agreed { leader_client } else { None }
     }
 }
 
-/// A client of one member's JSON gateway (HTTP/1.1, one pooled connection per concurrent call).
+/// What a member says of itself and the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberStatus {
+    pub member_id: u64,
+    /// The member it believes leads; 0 while there is no leader.
+    pub leader: u64,
+}
+
+/// A gRPC client of one member: one HTTP/2 connection, shared by all clones, each call a stream.
 #[derive(Clone)]
 pub struct Client {
-    http: reqwest::Client,
-    base: String,
+    channel: grpc::Channel,
 }
 
 impl Client {
-    pub fn new(base: &str) -> Result<Client, BenchError> {
-        let http = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .pool_max_idle_per_host(256)
-            .timeout(Duration::from_secs(30))
-            .build()?;
+    /// Connects to a member's client URL (`http://host:port`).
+    pub async fn new(url: &str) -> Result<Client, BenchError> {
         Ok(Client {
-            http,
-            base: base.to_owned(),
+            channel: grpc::Channel::connect(url).await?,
         })
     }
 
-    async fn call(&self, path: &str, body: Value) -> Result<Value, BenchError> {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .json(&body)
-            .send()
-            .await?;
-        let status = response.status();
-        let text = response.text().await?;
-        if !status.is_success() {
-            return Err(BenchError::EtcdRequest {
-                path: path.to_owned(),
-                status: status.as_u16(),
-                body: text,
-            });
-        }
-        serde_json::from_str(&text).map_err(|e| BenchError::Parse(format!("{path}: {e}: {text}")))
-    }
-
     pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<(), BenchError> {
-        let body = json!({"key": B64.encode(key), "value": B64.encode(value)});
-        self.call("/v3/kv/put", body).await.map(drop)
+        let request = PutRequest {
+            key: key.to_vec(),
+            value: value.to_vec(),
+        };
+        let _: PutResponse = self.channel.unary(PUT, &request).await?;
+        Ok(())
     }
 
     /// Puts all pairs in one transaction.
     pub async fn put_all(&self, pairs: &[(Vec<u8>, Vec<u8>)]) -> Result<(), BenchError> {
-        let success: Vec<Value> = pairs
-            .iter()
-            .map(|(k, v)| json!({"request_put": {"key": B64.encode(k), "value": B64.encode(v)}}))
-            .collect();
-        let response = self.call("/v3/kv/txn", json!({"success": success})).await?;
-        if response.get("succeeded").and_then(Value::as_bool) != Some(true) {
-            return Err(BenchError::Parse(format!(
-                "etcd txn did not succeed: {response}"
-            )));
+        let request = TxnRequest {
+            success: pairs
+                .iter()
+                .map(|(key, value)| RequestOp {
+                    request_put: Some(PutRequest {
+                        key: key.clone(),
+                        value: value.clone(),
+                    }),
+                })
+                .collect(),
+        };
+        let response: TxnResponse = self.channel.unary(TXN, &request).await?;
+        if !response.succeeded {
+            return Err(BenchError::EtcdRpc {
+                rpc: TXN,
+                detail: format!(
+                    "a transaction of {} puts without compares answered succeeded: false",
+                    pairs.len()
+                ),
+            });
         }
         Ok(())
     }
 
     /// A linearizable (`serializable: false`) get.
     pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BenchError> {
-        let body = json!({"key": B64.encode(key), "serializable": false});
-        let response = self.call("/v3/kv/range", body).await?;
-        let Some(kv) = response.get("kvs").and_then(|kvs| kvs.get(0)) else {
-            return Ok(None);
+        let request = RangeRequest {
+            key: key.to_vec(),
+            serializable: false,
         };
-        let value = kv.get("value").and_then(Value::as_str).unwrap_or("");
-        B64.decode(value)
-            .map(Some)
-            .map_err(|e| BenchError::Parse(format!("etcd value is not base64: {e}")))
+        let response: RangeResponse = self.channel.unary(RANGE, &request).await?;
+        Ok(response.kvs.into_iter().next().map(|kv| kv.value))
+    }
+
+    /// The member's own ID and the leader it knows of.
+    pub async fn status(&self) -> Result<MemberStatus, BenchError> {
+        let response: StatusResponse = self.channel.unary(STATUS, &StatusRequest {}).await?;
+        let header = response.header.ok_or_else(|| BenchError::EtcdRpc {
+            rpc: STATUS,
+            detail: "the response has no header, so no member ID".into(),
+        })?;
+        Ok(MemberStatus {
+            member_id: header.member_id,
+            leader: response.leader,
+        })
     }
 }

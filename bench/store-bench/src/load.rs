@@ -10,7 +10,8 @@ use strake_store::Store;
 use crate::{BenchError, etcd};
 
 /// The system under load, reached the way its clients reach it: the Strake store through its
-/// Rust API on the leader, etcd through its JSON gateway on the leader.
+/// Rust API on the leader, etcd through its native gRPC API on the leader (one HTTP/2
+/// connection shared by all concurrent clients, each call a stream, as clientv3 does).
 #[derive(Clone)]
 pub enum Target {
     Strake(Store),

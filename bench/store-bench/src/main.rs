@@ -1,9 +1,12 @@
 //! store-bench: the side-by-side benchmark of the Strake store against etcd 3.4 (issue 3).
 //! It starts three Strake voters (in-process, mTLS on loopback) and three etcd members (child
 //! processes), both with fsync on, runs the same puts and linearizable gets against each
-//! leader, prints throughput and p50/p99 latency with the ratios, and measures the RSS of one
-//! member holding 100,000 keys. Run on demand: `cargo run --release -p store-bench [-- --ops N]`.
-//! It touches only its own temp dir (under /var/tmp, on disk) and its own child processes.
+//! leader, each reached the way its own clients reach it (the Strake store through its Rust
+//! API; etcd through its native gRPC API, all calls multiplexed on one HTTP/2 connection as
+//! with clientv3), prints throughput and p50/p99 latency with the ratios, and measures the RSS
+//! of one member holding 100,000 keys.
+//! Run on demand: `cargo run --release -p store-bench [-- --ops N]`. It touches only its own
+//! temp dir (under /var/tmp, on disk) and its own child processes.
 
 mod etcd;
 mod load;
@@ -43,14 +46,18 @@ pub enum BenchError {
         status: String,
         log_tail: String,
     },
-    #[error("etcd {path} answered HTTP {status}: {body}")]
-    EtcdRequest {
-        path: String,
-        status: u16,
-        body: String,
+    #[error("connecting to etcd at {url}: {detail}")]
+    EtcdConnect { url: String, detail: String },
+    /// A gRPC call to etcd that failed in transport, framing or decoding.
+    #[error("etcd {rpc}: {detail}")]
+    EtcdRpc { rpc: &'static str, detail: String },
+    /// A gRPC call that etcd answered with a status other than OK.
+    #[error("etcd {rpc} failed with gRPC status {code}: {message}")]
+    EtcdStatus {
+        rpc: &'static str,
+        code: etcd::GrpcCode,
+        message: String,
     },
-    #[error("HTTP request to etcd failed: {0}")]
-    Http(#[from] reqwest::Error),
     #[error("Strake store: {0}")]
     Store(#[from] strake_store::StoreError),
     #[error("cluster CA: {0}")]
