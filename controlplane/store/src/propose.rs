@@ -7,15 +7,24 @@
 //! state machine applies a batch's transactions one after another, each with a revision of its
 //! own, exactly as if they had been proposed one by one in that order. A lone writer never
 //! waits: with nothing in flight its transaction is proposed at once.
+//!
+//! The proposer is answered by the state machine as soon as it has computed a committed
+//! entry's responses, before the apply's fsync: the entry is durable in a quorum's logs, so
+//! the responses stand whatever happens next. Reads still see every acknowledged write: a
+//! read-index round waits until raft counts the entry applied, and serializable reads, watches
+//! and [`crate::Store::revision`] on this node wait for the writes it answered early.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Raft};
 use tokio::sync::oneshot;
 
 use crate::error::StoreError;
-use crate::raft_types::{Command, CommandResponse, NodeId, TypeConfig};
+use crate::raft_types::{Command, CommandResponse, NodeId, ProposalId, TypeConfig};
+use crate::state_machine::Shared;
 use crate::store::write_error;
 use crate::types::{Txn, TxnResponse};
 
@@ -48,16 +57,32 @@ struct Queue {
 }
 
 /// The queue of transactions waiting to be proposed.
-#[derive(Default)]
 pub(crate) struct Proposer {
+    node: NodeId,
     queue: Mutex<Queue>,
+    /// The sequence number of the next proposal.
+    seq: AtomicU64,
 }
 
 impl Proposer {
+    pub(crate) fn new(node: NodeId) -> Self {
+        // A different starting point in every process: a proposal from before a restart that
+        // commits only now must not meet a new proposal's id.
+        let start = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Self {
+            node,
+            queue: Mutex::default(),
+            seq: AtomicU64::new(start),
+        }
+    }
+
     /// Proposes `txn` (already validated) and returns its response once applied.
     pub(crate) async fn propose(
         self: &Arc<Self>,
         raft: &Raft<TypeConfig>,
+        shared: &Arc<Shared>,
         txn: Txn,
     ) -> Result<TxnResponse, StoreError> {
         let (reply, answer) = oneshot::channel();
@@ -74,7 +99,7 @@ impl Proposer {
         };
         if let Some(batch) = batch {
             // A task of its own: a caller that gives up must not strand the batch it carries.
-            tokio::spawn(self.clone().run(raft.clone(), batch));
+            tokio::spawn(self.clone().run(raft.clone(), shared.clone(), batch));
         }
         match answer.await {
             Ok(Ok(response)) => Ok(response),
@@ -89,9 +114,18 @@ impl Proposer {
     }
 
     /// Proposes `batch`, then whatever queued meanwhile, until the queue is empty.
-    async fn run(self: Arc<Self>, raft: Raft<TypeConfig>, mut batch: Vec<Waiting>) {
+    async fn run(
+        self: Arc<Self>,
+        raft: Raft<TypeConfig>,
+        shared: Arc<Shared>,
+        mut batch: Vec<Waiting>,
+    ) {
         loop {
-            propose_batch(&raft, batch).await;
+            let id = ProposalId {
+                node: self.node,
+                seq: self.seq.fetch_add(1, Ordering::Relaxed),
+            };
+            propose_batch(&raft, &shared, id, batch).await;
             let mut queue = self.lock();
             if queue.waiting.is_empty() {
                 queue.in_flight -= 1;
@@ -117,29 +151,45 @@ fn take_batch(waiting: &mut Vec<Waiting>) -> Vec<Waiting> {
     std::mem::replace(waiting, rest)
 }
 
-async fn propose_batch(raft: &Raft<TypeConfig>, batch: Vec<Waiting>) {
+async fn propose_batch(
+    raft: &Raft<TypeConfig>,
+    shared: &Shared,
+    id: ProposalId,
+    batch: Vec<Waiting>,
+) {
     let (txns, replies): (Vec<Txn>, Vec<_>) = batch.into_iter().map(|w| (w.txn, w.reply)).unzip();
     let count = txns.len();
-    let command = match <[Txn; 1]>::try_from(txns) {
-        Ok([txn]) => Command::Txn(txn),
-        Err(txns) => Command::Batch(txns),
-    };
-    let outcomes: Vec<Outcome> = match raft.client_write(command).await {
-        Ok(written) => match written.data {
-            CommandResponse::Txn(response) if count == 1 => vec![Ok(response)],
-            CommandResponse::Batch(responses) if responses.len() == count => {
-                responses.into_iter().map(Ok).collect()
-            }
-            other => {
-                let problem =
-                    format!("a batch of {count} transactions was answered with {other:?}");
-                vec![Err(Failure::Answer(problem)); count]
-            }
+    let (early_tx, early_rx) = oneshot::channel();
+    shared.lock_early().insert(id, early_tx);
+    let outcomes: Vec<Outcome> = tokio::select! {
+        // Answered by the apply as soon as it computed the responses, before its fsync.
+        Ok(responses) = early_rx => match_count(responses, count),
+        written = raft.client_write(Command::Txns { id, txns }) => match written {
+            Ok(written) => match written.data {
+                CommandResponse::Txns(responses) => match_count(responses, count),
+                other => {
+                    let problem = format!("a batch of {count} transactions was answered with {other:?}");
+                    vec![Err(Failure::Answer(problem)); count]
+                }
+            },
+            Err(err) => vec![Err(Failure::Raft(err)); count],
         },
-        Err(err) => vec![Err(Failure::Raft(err)); count],
     };
+    shared.lock_early().remove(&id);
     for (reply, outcome) in replies.into_iter().zip(outcomes) {
         // A writer that stopped waiting is no error; its transaction is applied all the same.
         let _ = reply.send(outcome);
+    }
+}
+
+fn match_count(responses: Vec<TxnResponse>, count: usize) -> Vec<Outcome> {
+    if responses.len() == count {
+        responses.into_iter().map(Ok).collect()
+    } else {
+        let problem = format!(
+            "a batch of {count} transactions was answered with {} responses",
+            responses.len()
+        );
+        vec![Err(Failure::Answer(problem)); count]
     }
 }

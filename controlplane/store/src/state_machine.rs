@@ -6,9 +6,10 @@
 //! commit but keys from an older one, so raft never re-applied what was missing; kill9.rs
 //! caught it.)
 
+use std::collections::HashMap;
 use std::io::Cursor;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{
@@ -17,17 +18,19 @@ use openraft::{
 };
 use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, oneshot};
 
 use crate::db::{DbCell, DbResultExt, HISTORY, KV, SM_META, SNAPSHOT, decode, encode};
 use crate::error::StoreError;
 use crate::keyspace::{SmMeta, StoredKv};
 use crate::mvcc::{KvState, apply_txn};
-use crate::raft_types::{Command, CommandResponse, NodeId, TypeConfig};
+use crate::raft_types::{Command, CommandResponse, NodeId, ProposalId, TypeConfig};
 use crate::types::{KeyValue, Txn, TxnResponse, WatchEvent};
 
 const CURRENT_SNAPSHOT: &str = "current";
 const SNAPSHOT_FORMAT: u32 = 1;
+/// How long a read waits for writes answered early to be applied.
+const ACKED_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Revisions a watcher may fall behind the live channel before it is told it lagged.
 pub(crate) const WATCH_CHANNEL_CAPACITY: usize = 4096;
 
@@ -58,9 +61,50 @@ pub(crate) struct Shared {
     pub revision: AtomicU64,
     pub events: broadcast::Sender<WatchMessage>,
     snapshot_seq: AtomicUsize,
+    /// Proposers waiting for their transactions' responses, answered as soon as an apply has
+    /// computed them (see [`crate::propose`]).
+    pub early: Mutex<HashMap<ProposalId, oneshot::Sender<Vec<TxnResponse>>>>,
+    /// The highest revision answered early; reads on this node wait until it is applied.
+    acked: AtomicU64,
+    /// Signalled whenever `revision` moves.
+    applied: (Mutex<()>, Condvar),
 }
 
 impl Shared {
+    pub(crate) fn lock_early(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<ProposalId, oneshot::Sender<Vec<TxnResponse>>>> {
+        self.early.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_revision(&self, revision: u64) {
+        self.revision.store(revision, Ordering::Release);
+        let _guard = self.applied.0.lock().unwrap_or_else(|p| p.into_inner());
+        self.applied.1.notify_all();
+    }
+
+    /// Waits until every write answered early on this node is applied, so reads here see the
+    /// writes acknowledged here. The wait is one apply's commit; it gives up after
+    /// [`ACKED_WAIT`] (only a failing state file takes that long, and raft stops then).
+    pub(crate) fn wait_for_acked(&self) {
+        let target = self.acked.load(Ordering::Acquire);
+        if self.revision.load(Ordering::Acquire) >= target {
+            return;
+        }
+        let deadline = std::time::Instant::now() + ACKED_WAIT;
+        let mut guard = self.applied.0.lock().unwrap_or_else(|p| p.into_inner());
+        while self.revision.load(Ordering::Acquire) < target {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            guard = match self.applied.1.wait_timeout(guard, left) {
+                Ok((guard, _)) => guard,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+
     pub(crate) fn new(db: Arc<DbCell>, revision: u64) -> Arc<Self> {
         let (events, _) = broadcast::channel(WATCH_CHANNEL_CAPACITY);
         Arc::new(Self {
@@ -68,6 +112,9 @@ impl Shared {
             revision: AtomicU64::new(revision),
             events,
             snapshot_seq: AtomicUsize::new(0),
+            early: Mutex::default(),
+            acked: AtomicU64::new(revision),
+            applied: (Mutex::new(()), Condvar::new()),
         })
     }
 
@@ -202,7 +249,7 @@ impl StateMachine {
                             meta.membership = StoredMembership::new(Some(entry.log_id), membership);
                             CommandResponse::Empty
                         }
-                        EntryPayload::Normal(Command::Txn(request)) => {
+                        EntryPayload::Normal(Command::Txns { id, txns }) => {
                             let mut apply = ApplyTxn {
                                 db,
                                 kv: &mut kv_table,
@@ -210,21 +257,22 @@ impl StateMachine {
                                 revision: &mut meta.revision,
                                 published: &mut published,
                             };
-                            CommandResponse::Txn(apply.apply(&request)?)
-                        }
-                        EntryPayload::Normal(Command::Batch(requests)) => {
-                            let mut apply = ApplyTxn {
-                                db,
-                                kv: &mut kv_table,
-                                history: &mut history,
-                                revision: &mut meta.revision,
-                                published: &mut published,
-                            };
-                            let responses = requests
+                            let responses: Vec<TxnResponse> = txns
                                 .iter()
                                 .map(|request| apply.apply(request))
                                 .collect::<Result<_, _>>()?;
-                            CommandResponse::Batch(responses)
+                            // The entry is committed, so these are its responses whatever
+                            // happens to this node from here; its proposer need not wait for
+                            // the fsync below.
+                            let early = self.shared.lock_early().remove(&id);
+                            if let Some(proposer) = early {
+                                let highest = responses.iter().map(|r| r.revision).max();
+                                self.shared
+                                    .acked
+                                    .fetch_max(highest.unwrap_or(0), Ordering::AcqRel);
+                                let _ = proposer.send(responses.clone());
+                            }
+                            CommandResponse::Txns(responses)
                         }
                         EntryPayload::Normal(Command::Compact { revision }) => {
                             if revision > meta.revision {
@@ -255,7 +303,7 @@ impl StateMachine {
         })?;
         // Publish only after the commit, in order, so a watcher that reads history after
         // subscribing finds every revision either on disk or in the channel.
-        self.shared.revision.store(revision, Ordering::Release);
+        self.shared.set_revision(revision);
         for batch in published {
             self.shared.publish(WatchMessage::Revision(Arc::new(batch)));
         }
@@ -330,9 +378,7 @@ impl StateMachine {
             }
             txn.commit().db(db, "commit snapshot install")
         })?;
-        self.shared
-            .revision
-            .store(payload.revision, Ordering::Release);
+        self.shared.set_revision(payload.revision);
         self.shared.publish(WatchMessage::Reset {
             compacted: sm_meta.compacted,
         });

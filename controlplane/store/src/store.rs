@@ -213,7 +213,7 @@ impl Store {
                 shared,
                 log: log.clone(),
                 reads: Arc::default(),
-                writes: Arc::default(),
+                writes: Arc::new(Proposer::new(node_id)),
                 server: std::sync::Mutex::new(server),
             }),
         };
@@ -303,6 +303,7 @@ impl Store {
 
     /// Latest applied revision on this node.
     pub fn revision(&self) -> u64 {
+        self.inner.shared.wait_for_acked();
         self.inner.shared.revision.load(Ordering::Acquire)
     }
 
@@ -327,11 +328,13 @@ impl Store {
     /// Serializable read of one key from this node's applied state, leader or not: no quorum
     /// round trip, but it may lag the leader (the header revision says how far it got).
     pub fn get_serializable(&self, key: &[u8]) -> Result<(Option<KeyValue>, u64), StoreError> {
+        self.inner.shared.wait_for_acked();
         keyspace::get(&self.inner.shared.db, key)
     }
 
     /// Serializable range read from this node's applied state; see [`Store::get_serializable`].
     pub fn range_serializable(&self, req: RangeRequest) -> Result<RangeResponse, StoreError> {
+        self.inner.shared.wait_for_acked();
         keyspace::range(&self.inner.shared.db, &req)
     }
 
@@ -341,7 +344,7 @@ impl Store {
         let log = &self.inner.log;
         log.check_disk()?;
         tokio::select! {
-            response = self.inner.writes.propose(&self.inner.raft, txn) => response,
+            response = self.inner.writes.propose(&self.inner.raft, &self.inner.shared, txn) => response,
             full = log.disk_full() => Err(full),
         }
     }
@@ -376,6 +379,7 @@ impl Store {
     /// Watches changes under `req.prefix` from `req.start_revision` (0 = from now on).
     /// Fails right away with [`StoreError::Compacted`] if the start revision's history is gone.
     pub fn watch(&self, req: WatchRequest) -> Result<WatchStream, StoreError> {
+        self.inner.shared.wait_for_acked();
         if req.start_revision != 0 {
             let meta = keyspace::read_meta(&self.inner.shared.db)?;
             if req.start_revision < meta.compacted {
@@ -394,6 +398,9 @@ impl Store {
     /// watches starting below `revision` then fail with [`StoreError::Compacted`]. Compacting
     /// to an already compacted revision does nothing.
     pub async fn compact(&self, revision: u64) -> Result<(), StoreError> {
+        // Writes are acknowledged before their apply is visible here; a read-index round
+        // waits for everything acknowledged so far.
+        self.ensure_linearizable().await?;
         let current = self.revision();
         if revision > current {
             return Err(StoreError::FutureRevision {

@@ -472,7 +472,16 @@ impl Wal {
                 .read_exact_at(&mut record, pos.offset)
                 .map_err(io_err("cannot read", &segment.path))?;
             match scan_record(&record, 0) {
-                Scanned::Entry(entry, _) => entries.push(*entry),
+                Scanned::Entry(entry, _) if entry.log_id.index == index => entries.push(*entry),
+                Scanned::Entry(entry, _) => {
+                    return Err(corrupt(
+                        &segment.path,
+                        format!(
+                            "the record at offset {} holds entry {}, not {index}",
+                            pos.offset, entry.log_id.index
+                        ),
+                    ));
+                }
                 Scanned::Bad { problem, .. } => {
                     return Err(corrupt(
                         &segment.path,
