@@ -126,7 +126,10 @@ impl LogStore {
         entries: Vec<Entry<TypeConfig>>,
     ) -> Result<(), StoreError> {
         loop {
-            match self.with_wal(|wal| wal.append(&entries)) {
+            // Inline although it blocks on an fsync: raft waits for the append before it does
+            // anything else, and a hop to a blocking thread costs more than it frees.
+            let appended = self.with_wal(|wal| wal.append(&entries));
+            match appended {
                 Err(StoreError::DiskFull { problem }) => {
                     if self.disk.stopping.load(Ordering::Acquire) {
                         return Err(StoreError::Stopped);

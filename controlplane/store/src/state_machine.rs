@@ -228,8 +228,8 @@ impl StateMachine {
     }
 
     fn apply_entries(
-        &mut self,
-        entries: impl IntoIterator<Item = Entry<TypeConfig>>,
+        &self,
+        entries: Vec<Entry<TypeConfig>>,
     ) -> Result<Vec<CommandResponse>, StoreError> {
         let db = &*self.shared.db;
         let (responses, published, revision) = db.with(|d| {
@@ -470,7 +470,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        self.apply_entries(entries).map_err(sm_write_err)
+        // The commit blocks on an fsync: off the async workers, which the log append, the peer
+        // transport and the next writers need meanwhile.
+        let entries: Vec<_> = entries.into_iter().collect();
+        let machine = StateMachine {
+            shared: self.shared.clone(),
+        };
+        tokio::task::spawn_blocking(move || machine.apply_entries(entries))
+            .await
+            .map_err(|e| StoreError::Internal(format!("applying entries panicked: {e}")))
+            .and_then(|applied| applied)
+            .map_err(sm_write_err)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
