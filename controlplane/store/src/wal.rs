@@ -599,6 +599,16 @@ mod tests {
         files.pop().unwrap()
     }
 
+    /// A closed log holding entries 1 to 3 in one segment.
+    fn log_of_three_entries() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = Wal::open(dir.path(), None, 0).unwrap();
+        wal.append(&entries(1..4)).unwrap();
+        drop(wal);
+        let segment = only_segment(dir.path());
+        (dir, segment)
+    }
+
     #[test]
     fn appended_entries_survive_reopen_and_are_read_back() {
         let dir = tempfile::tempdir().unwrap();
@@ -651,11 +661,7 @@ mod tests {
 
     #[test]
     fn a_torn_tail_is_cut_off() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut wal = Wal::open(dir.path(), None, 0).unwrap();
-        wal.append(&entries(1..4)).unwrap();
-        drop(wal);
-        let segment = only_segment(dir.path());
+        let (dir, segment) = log_of_three_entries();
         let len = std::fs::metadata(&segment).unwrap().len();
         // A crash in the middle of writing entry 3.
         let file = OpenOptions::new().write(true).open(&segment).unwrap();
@@ -672,11 +678,7 @@ mod tests {
 
     #[test]
     fn corruption_before_the_end_is_refused_naming_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut wal = Wal::open(dir.path(), None, 0).unwrap();
-        wal.append(&entries(1..4)).unwrap();
-        drop(wal);
-        let segment = only_segment(dir.path());
+        let (dir, segment) = log_of_three_entries();
         let mut bytes = std::fs::read(&segment).unwrap();
         bytes[HEADER + 2] ^= 0xff; // inside the first record's payload
         std::fs::write(&segment, &bytes).unwrap();
@@ -696,11 +698,7 @@ mod tests {
 
     #[test]
     fn a_damaged_length_is_refused_not_taken_for_a_torn_tail() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut wal = Wal::open(dir.path(), None, 0).unwrap();
-        wal.append(&entries(1..4)).unwrap();
-        drop(wal);
-        let segment = only_segment(dir.path());
+        let (dir, segment) = log_of_three_entries();
         let mut bytes = std::fs::read(&segment).unwrap();
         bytes[2] = 0x7f; // the first record now claims to run past the end of the file
         std::fs::write(&segment, &bytes).unwrap();
