@@ -75,6 +75,8 @@ pub(crate) struct Wal {
     cache: VecDeque<Entry<TypeConfig>>,
     /// Free bytes an append must leave on the file system.
     reserve: u64,
+    /// Size at which a segment is closed ([`SEGMENT_BYTES`]; smaller in tests).
+    segment_bytes: u64,
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -209,6 +211,7 @@ impl Wal {
             purged: last_purged,
             cache: VecDeque::new(),
             reserve,
+            segment_bytes: SEGMENT_BYTES,
         };
         let count = firsts.len();
         for (n, first) in firsts.into_iter().enumerate() {
@@ -355,7 +358,7 @@ impl Wal {
             self.first = first_new;
         }
         if self.segments.is_empty()
-            || self.active_len >= SEGMENT_BYTES
+            || self.active_len >= self.segment_bytes
             || self.active_next != first_new
         {
             self.start_segment(first_new)?;
@@ -725,6 +728,89 @@ mod tests {
             [1, 2],
             "the refused append left nothing behind"
         );
+    }
+
+    /// Random appends, truncations, purges and reopens against a plain list of what the log
+    /// must hold, with small segments so that rolling and removing segments happen often.
+    #[test]
+    fn random_operations_match_a_model() {
+        use rand::{Rng, SeedableRng};
+        let seed: u64 = rand::random();
+        eprintln!("wal model seed {seed}");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let dir = tempfile::tempdir().unwrap();
+        let open = |purged: Option<LogId<NodeId>>| {
+            let mut wal = Wal::open(dir.path(), purged, 0).unwrap();
+            wal.segment_bytes = 2048;
+            wal
+        };
+        let mut wal = open(None);
+        // The model: the entries the log holds, and the last purged id.
+        let (mut model, mut purged): (Vec<u64>, Option<LogId<NodeId>>) = (Vec::new(), None);
+        let mut term = 1;
+        for step in 0..600 {
+            let next = model
+                .last()
+                .map_or(purged.map_or(1, |p| p.index + 1), |l| l + 1);
+            match rng.gen_range(0..10) {
+                0..=4 => {
+                    let count = rng.gen_range(1..40);
+                    let batch: Vec<_> = (next..next + count)
+                        .map(|i| Entry {
+                            log_id: LogId::new(CommittedLeaderId::new(term, 1), i),
+                            payload: EntryPayload::Normal(Command::Compact { revision: i * 7 }),
+                        })
+                        .collect();
+                    wal.append(&batch).unwrap();
+                    model.extend(next..next + count);
+                }
+                5 if !model.is_empty() => {
+                    let from = model[rng.gen_range(0..model.len())];
+                    wal.truncate(from).unwrap();
+                    model.retain(|i| *i < from);
+                    term += 1;
+                }
+                6 if !model.is_empty() => {
+                    let upto = model[rng.gen_range(0..model.len())];
+                    let id = wal.read(upto, upto + 1).unwrap()[0].log_id;
+                    wal.purge(id).unwrap();
+                    model.retain(|i| *i > upto);
+                    purged = Some(id);
+                }
+                7 => {
+                    // A snapshot installed past the end of the log.
+                    let id =
+                        LogId::new(CommittedLeaderId::new(term, 1), next + rng.gen_range(0..30));
+                    wal.purge(id).unwrap();
+                    model.clear();
+                    purged = Some(id);
+                }
+                _ => {
+                    drop(wal);
+                    wal = open(purged);
+                }
+            }
+            let got: Vec<u64> = wal
+                .read(0, u64::MAX)
+                .unwrap()
+                .iter()
+                .map(|e| e.log_id.index)
+                .collect();
+            assert_eq!(got, model, "step {step}, seed {seed}");
+            for e in wal.read(0, u64::MAX).unwrap() {
+                assert_eq!(
+                    e.payload,
+                    EntryPayload::Normal(Command::Compact {
+                        revision: e.log_id.index * 7
+                    })
+                );
+            }
+            let last = model
+                .last()
+                .map(|i| wal.read(*i, i + 1).unwrap()[0].log_id)
+                .or(purged);
+            assert_eq!(wal.last_log_id(), last, "step {step}, seed {seed}");
+        }
     }
 
     #[test]
