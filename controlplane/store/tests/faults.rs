@@ -5,6 +5,7 @@
 //!
 //! Set `STRAKE_FAULT_SEED` to replay a seed's choices (timing still varies).
 
+mod common;
 mod support;
 
 use std::collections::BTreeMap;
@@ -314,15 +315,7 @@ async fn read_all(cluster: &Cluster, history: &History) -> BTreeMap<String, Opti
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_restarts_under_concurrent_clients_stay_linearizable() {
     let started = Instant::now();
-    let seed = std::env::var("STRAKE_FAULT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        });
-    eprintln!("fault test seed: {seed} (STRAKE_FAULT_SEED={seed} to replay)");
+    let seed = common::seed();
 
     let mut cluster = Cluster::new(&[1, 2, 3], SNAPSHOT_EVERY);
     cluster.start(&[1, 2, 3]).await;

@@ -5,14 +5,15 @@
 //!
 //! Set `STRAKE_FAULT_SEED` to replay a seed's choices (timing still varies).
 
+mod common;
 mod procs;
 
 use std::time::Duration;
 
 use procs::ProcCluster;
 use procs::workload::{
-    History, SNAPSHOT_EVERY, Up, acknowledged_keys, check_history, join_clients, read_all, seed,
-    set_up, spawn_clients, up_of,
+    History, SNAPSHOT_EVERY, Up, acknowledged_keys, check_history, join_clients, read_all, set_up,
+    spawn_clients, up_of,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -48,7 +49,7 @@ async fn nemesis(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_leader_processes_keep_the_history_linearizable() {
     let started = Instant::now();
-    let seed = seed();
+    let seed = common::seed();
     let mut cluster = ProcCluster::new(&[1, 2, 3], SNAPSHOT_EVERY);
     cluster.start(&[1, 2, 3]).await;
     cluster.leader().await;

@@ -6,13 +6,14 @@
 //!
 //! Set `STRAKE_FAULT_SEED` to replay a seed's choices (timing still varies).
 
+mod common;
 mod procs;
 
 use std::time::Duration;
 
 use procs::proxy::Proxies;
 use procs::workload::{
-    History, SNAPSHOT_EVERY, acknowledged_keys, check_history, join_clients, read_all, seed,
+    History, SNAPSHOT_EVERY, acknowledged_keys, check_history, join_clients, read_all,
     spawn_clients, up_of,
 };
 use procs::{DEADLINE, ProcCluster};
@@ -69,7 +70,7 @@ async fn nemesis(cluster: &ProcCluster, proxies: &Proxies, seed: u64, until: Ins
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isolated_leaders_keep_the_history_linearizable() {
     let started = Instant::now();
-    let seed = seed();
+    let seed = common::seed();
     let mut cluster = ProcCluster::new(&[1, 2, 3], SNAPSHOT_EVERY);
     let targets = cluster
         .members

@@ -213,6 +213,15 @@ async fn populated_dir() -> tempfile::TempDir {
     dir
 }
 
+/// The open was refused because `path` is damaged, and the error names it.
+fn assert_corrupt_naming(err: &StoreError, path: &Path) {
+    assert!(matches!(err, StoreError::CorruptFile { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+}
+
 async fn open_err(dir: &Path) -> StoreError {
     match Store::open(StoreConfig::single(1, dir)).await {
         Ok(_) => panic!("open must fail on a damaged data directory"),
@@ -234,12 +243,7 @@ async fn truncated_state_file_is_refused() {
         .unwrap()
         .set_len(len / 2)
         .unwrap();
-    let err = open_err(dir.path()).await;
-    assert!(matches!(err, StoreError::CorruptFile { .. }), "{err:?}");
-    assert!(
-        err.to_string().contains(&path.display().to_string()),
-        "{err}"
-    );
+    assert_corrupt_naming(&open_err(dir.path()).await, &path);
     assert_eq!(
         std::fs::metadata(&path).unwrap().len(),
         len / 2,
@@ -310,12 +314,7 @@ async fn a_damaged_log_record_is_refused_and_left_alone() {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x40;
     std::fs::write(&path, &bytes).unwrap();
-    let err = open_err(dir.path()).await;
-    assert!(matches!(err, StoreError::CorruptFile { .. }), "{err:?}");
-    assert!(
-        err.to_string().contains(&path.display().to_string()),
-        "{err}"
-    );
+    assert_corrupt_naming(&open_err(dir.path()).await, &path);
     assert_eq!(
         std::fs::read(&path).unwrap(),
         bytes,

@@ -32,3 +32,18 @@ pub async fn next_event(watch: &mut WatchStream) -> WatchEvent {
 pub fn key(s: &str) -> Vec<u8> {
     s.as_bytes().to_vec()
 }
+
+/// The fault tests' random seed: `STRAKE_FAULT_SEED` if set (to replay a run's choices),
+/// else the clock; printed either way.
+pub fn seed() -> u64 {
+    let seed = std::env::var("STRAKE_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    eprintln!("fault test seed: {seed} (STRAKE_FAULT_SEED={seed} to replay)");
+    seed
+}

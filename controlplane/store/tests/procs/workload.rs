@@ -259,19 +259,6 @@ pub async fn read_all(
     values
 }
 
-pub fn seed() -> u64 {
-    let seed = std::env::var("STRAKE_FAULT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        });
-    eprintln!("fault test seed: {seed} (STRAKE_FAULT_SEED={seed} to replay)");
-    seed
-}
-
 /// The members of `cluster` that are up, for the clients.
 pub fn up_of(cluster: &ProcCluster) -> Up {
     Arc::new(RwLock::new(
