@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use openraft::{Entry, LogId};
 
-use crate::db::{decode, encode};
+use crate::db::decode;
 use crate::error::StoreError;
 use crate::raft_types::{NodeId, TypeConfig};
 
@@ -363,23 +363,28 @@ impl Wal {
         {
             self.start_segment(first_new)?;
         }
+        // Each entry is encoded straight into the buffer behind room for its header.
         let mut buf = Vec::new();
         let mut lens = Vec::with_capacity(entries.len());
         for entry in entries {
-            let payload = encode("raft log entry", entry)?;
-            let len = u32::try_from(payload.len())
+            let start = buf.len();
+            buf.extend_from_slice(&[0u8; HEADER]);
+            buf = postcard::to_extend(entry, buf).map_err(|source| {
+                StoreError::Internal(format!("cannot encode a raft log entry: {source}"))
+            })?;
+            let payload_len = buf.len() - start - HEADER;
+            let len = u32::try_from(payload_len)
                 .ok()
                 .filter(|l| *l <= MAX_RECORD)
                 .ok_or_else(|| {
-                    StoreError::Internal(format!("raft log entry of {} bytes", payload.len()))
+                    StoreError::Internal(format!("raft log entry of {payload_len} bytes"))
                 })?;
-            let mut header = [0u8; HEADER];
+            let payload_crc = crc32fast::hash(&buf[start + HEADER..]);
+            let header = &mut buf[start..start + HEADER];
             header[..4].copy_from_slice(&len.to_le_bytes());
-            header[4..8].copy_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+            header[4..8].copy_from_slice(&payload_crc.to_le_bytes());
             let header_crc = crc32fast::hash(&header[..8]);
             header[8..].copy_from_slice(&header_crc.to_le_bytes());
-            buf.extend_from_slice(&header);
-            buf.extend_from_slice(&payload);
             lens.push(len);
         }
         let free = self.free_bytes()?;
