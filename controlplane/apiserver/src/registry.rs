@@ -98,7 +98,10 @@ pub(crate) fn map_store_err(e: StoreError) -> ApiError {
         StoreError::FutureRevision { requested, current } => ApiError::Expired(format!(
             "resource version {requested} is newer than the store's current revision {current}"
         )),
-        StoreError::NotLeader { .. } | StoreError::NoQuorum(_) | StoreError::Stopped => {
+        StoreError::NotLeader { .. }
+        | StoreError::NoQuorum(_)
+        | StoreError::CatchingUp { .. }
+        | StoreError::Stopped => {
             ApiError::ServiceUnavailable(format!("storage unavailable: {e}"))
         }
         other => ApiError::Internal(format!("storage: {other}")),

@@ -121,6 +121,11 @@ pub enum StoreError {
         leader_addr: Option<String>,
     },
 
+    #[error(
+        "this node restarted as leader and has applied its log only up to {applied:?} of {needed}; linearizable reads wait until it has caught up"
+    )]
+    CatchingUp { needed: u64, applied: Option<u64> },
+
     #[error("raft quorum unavailable: {0}")]
     NoQuorum(#[source] Box<QuorumNotEnough<u64>>),
 

@@ -6,8 +6,18 @@
 //! heartbeats at once. Instead, readers queue, and one task runs rounds back to back: each round
 //! answers every reader that queued before it started. A round that starts after a read arrived
 //! is exactly what that read needs to be linearizable, so sharing it loses nothing.
+//!
+//! A node that restarts as leader needs more than openraft's read index. openraft 0.9 restores
+//! a leader's role at startup in the same term, without committing a new entry, and starts
+//! its commit index at what its state machine had applied. Entries that a quorum held before
+//! the restart (and that clients were told are written) may lie beyond that, so its read index
+//! would let a read miss them. Until this node has applied every entry its log held when it
+//! opened, reads wait for that too. (Found by `kill9.rs`: after SIGKILLing every voter, the
+//! old leader answered reads from before its last writes.)
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{BasicNode, Raft};
@@ -17,7 +27,16 @@ use crate::error::StoreError;
 use crate::raft_types::{NodeId, TypeConfig};
 use crate::store::read_error;
 
-type RoundResult = Result<(), RaftError<NodeId, CheckIsLeaderError<NodeId, BasicNode>>>;
+/// How long a read waits for a restarted leader to apply the log it held before.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+enum RoundError {
+    Raft(RaftError<NodeId, CheckIsLeaderError<NodeId, BasicNode>>),
+    CatchingUp { needed: u64, applied: Option<u64> },
+}
+
+type RoundResult = Result<(), RoundError>;
 
 #[derive(Default)]
 struct Queue {
@@ -27,12 +46,24 @@ struct Queue {
 }
 
 /// The queue of reads waiting for the next read-index round.
-#[derive(Default)]
 pub(crate) struct ReadIndex {
     queue: Mutex<Queue>,
+    /// The last log index when this node opened: reads wait until it is applied.
+    opened_with: Option<u64>,
+    /// Whether `opened_with` has been applied.
+    caught_up: AtomicBool,
 }
 
 impl ReadIndex {
+    /// Reads of a node whose log ended at `opened_with` when it opened.
+    pub(crate) fn new(opened_with: Option<u64>) -> Self {
+        Self {
+            queue: Mutex::default(),
+            opened_with,
+            caught_up: AtomicBool::new(opened_with.is_none()),
+        }
+    }
+
     /// Returns once a read-index round that started after this call has confirmed leadership
     /// and the state machine has caught up with it; reads of the applied state are then
     /// linearizable.
@@ -52,8 +83,38 @@ impl ReadIndex {
             tokio::spawn(self.clone().run(raft.clone()));
         }
         match rx.await {
-            Ok(result) => result.map_err(read_error),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(RoundError::Raft(err))) => Err(read_error(err)),
+            Ok(Err(RoundError::CatchingUp { needed, applied })) => {
+                Err(StoreError::CatchingUp { needed, applied })
+            }
             Err(_) => Err(StoreError::Stopped),
+        }
+    }
+
+    /// One round: leadership confirmed by a quorum, then everything committed before it (and
+    /// the log this node opened with) applied.
+    async fn round(&self, raft: &Raft<TypeConfig>) -> RoundResult {
+        raft.ensure_linearizable().await.map_err(RoundError::Raft)?;
+        if self.caught_up.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let Some(needed) = self.opened_with else {
+            return Ok(());
+        };
+        let waited = raft
+            .wait(Some(CATCH_UP_WAIT))
+            .applied_index_at_least(Some(needed), "applying the log held at startup")
+            .await;
+        match waited {
+            Ok(_) => {
+                self.caught_up.store(true, Ordering::Release);
+                Ok(())
+            }
+            Err(_) => Err(RoundError::CatchingUp {
+                needed,
+                applied: raft.metrics().borrow().last_applied.map(|l| l.index),
+            }),
         }
     }
 
@@ -67,7 +128,7 @@ impl ReadIndex {
                 }
                 std::mem::take(&mut queue.waiting)
             };
-            let result = raft.ensure_linearizable().await.map(|_| ());
+            let result = self.round(&raft).await;
             for reader in waiting {
                 // A reader that stopped waiting is no error.
                 let _ = reader.send(result.clone());

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
 
 use crate::config::{Networked, StoreConfig};
@@ -195,6 +196,14 @@ impl Store {
             }
             None => (NetworkFactory::disabled(node_id), None),
         };
+        // Reads wait until everything this log held at startup is applied; see [`ReadIndex`].
+        let opened_with = log
+            .clone()
+            .get_log_state()
+            .await
+            .map_err(|e| close_files(StoreError::Internal(format!("reading the log state: {e}"))))?
+            .last_log_id
+            .map(|id| id.index);
         let shared = Shared::new(state_db.clone(), meta.revision);
         let raft = Raft::new(
             node_id,
@@ -212,7 +221,7 @@ impl Store {
                 raft,
                 shared,
                 log: log.clone(),
-                reads: Arc::default(),
+                reads: Arc::new(ReadIndex::new(opened_with)),
                 writes: Arc::new(Proposer::new(node_id)),
                 server: std::sync::Mutex::new(server),
             }),

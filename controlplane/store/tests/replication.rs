@@ -158,6 +158,48 @@ async fn restarted_member_catches_up_from_its_data_dir() {
     cluster.stop_all().await;
 }
 
+/// A crash leaves a member's state file behind its log (applies between durable commits are
+/// replayed from the log). openraft 0.9 restarts the old leader as leader in the same term, with
+/// its commit index at what its state file had applied; its reads must still see every write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_restarted_with_its_state_behind_its_log_reads_every_write() {
+    let mut cluster = Cluster::new(&[1, 2, 3], NO_SNAPSHOTS);
+    cluster.start(&[1, 2, 3]).await;
+    cluster.put("key", "old").await;
+    cluster.stop_all().await;
+    let dirs: Vec<_> = [1, 2, 3].map(|id| cluster.members[&id].dir.clone()).into();
+    let state_file = |id: u64| dirs[id as usize - 1].join("state.redb");
+    let saved = cluster.root.path().join("saved");
+    std::fs::create_dir_all(&saved).unwrap();
+    for id in [1, 2, 3] {
+        std::fs::copy(state_file(id), saved.join(format!("{id}.redb"))).unwrap();
+    }
+
+    cluster.start(&[1, 2, 3]).await;
+    let leader = cluster.leader().await;
+    let last = cluster.put("key", "new").await;
+    for id in [1, 2, 3] {
+        cluster.caught_up(id, last).await;
+    }
+    cluster.stop_all().await;
+    // What a SIGKILL between durable commits leaves: the leader's state file from before.
+    std::fs::copy(saved.join(format!("{leader}.redb")), state_file(leader)).unwrap();
+
+    cluster.start(&[1, 2, 3]).await;
+    assert_eq!(
+        cluster.leader().await,
+        leader,
+        "the old leader did not resume leading, so this test checks nothing"
+    );
+    let (kv, revision) = cluster.store(leader).get(b"key").await.unwrap();
+    assert_eq!(kv.expect("key is present").value, b"new", "a stale read");
+    assert!(
+        revision >= last,
+        "read at revision {revision}, before {last}"
+    );
+    cluster.stop_all().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_learner_catches_up_by_snapshot_and_is_promoted() {
     let mut cluster = Cluster::new(&[1, 2, 3], 20);
