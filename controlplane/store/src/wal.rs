@@ -7,13 +7,20 @@
 //! Each segment is named after the index of its first entry (`00000000000000000001.wal`) and
 //! holds records back to back: `len: u32 LE`, `crc32: u32 LE` of the payload, `crc32: u32 LE`
 //! of those eight bytes, then the payload, a postcard-encoded entry. The header's own checksum
-//! tells a damaged length from a record cut short. Entries are consecutive within and across segments. A
-//! segment grows to [`SEGMENT_BYTES`] before the next one starts.
+//! tells a damaged length from a record cut short. Entries are consecutive within and across
+//! segments. A segment grows to [`SEGMENT_BYTES`] before the next one starts.
 //!
-//! Opening checks every record. A bad record at the very end of the last segment is a write
-//! cut short by a crash (it was never synced, so never acknowledged) and is cut off with a
-//! warning; a bad record anywhere else, a gap, or an entry that is not where its index says
-//! makes the open fail, naming the file and the offset. Nothing is ever skipped silently.
+//! Appends keep [`ZERO_AHEAD`] bytes of zeros written past the end of the records, so most
+//! appends overwrite blocks the file already has: their `fdatasync` then has no new file size
+//! or block allocation to commit to the file system's journal, which makes it cheaper and, with
+//! several voters syncing at once, much steadier. A segment's records end where nothing but
+//! zeros follows.
+//!
+//! Opening checks every record. A bad record at the very end of the last segment (nothing but
+//! zeros after it) is a write cut short by a crash (it was never synced, so never acknowledged)
+//! and is cut off with a warning; a bad record anywhere else, a gap, or an entry that is not
+//! where its index says makes the open fail, naming the file and the offset. Nothing is ever
+//! skipped silently.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -31,6 +38,9 @@ pub(crate) const WAL_DIR: &str = "raft-wal";
 /// A segment this large is closed and the next append starts a new one.
 const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 const HEADER: usize = 12;
+/// Zeros kept written past the last record (see the module docs). Extending them costs one
+/// slower append in every few hundred.
+const ZERO_AHEAD: usize = 256 * 1024;
 /// The largest record accepted when reading; far above any entry raft can produce.
 const MAX_RECORD: u32 = 256 * 1024 * 1024;
 /// Recent entries kept decoded, so replication reads them without touching the file.
@@ -61,8 +71,10 @@ pub(crate) struct Wal {
     dir: PathBuf,
     /// Sorted by first index; the last one is appended to.
     segments: Vec<Segment>,
-    /// Length of the last segment.
+    /// Length of the records of the last segment.
     active_len: u64,
+    /// Length of the last segment's file: zeros from `active_len` up to here.
+    file_len: u64,
     /// The index the next record of the last segment must have.
     active_next: u64,
     /// Positions of entries `first..first + index.len()`.
@@ -131,15 +143,15 @@ fn scan_record(bytes: &[u8], offset: usize) -> Scanned {
     let word = |at: usize| u32::from_le_bytes([rest[at], rest[at + 1], rest[at + 2], rest[at + 3]]);
     let (len, crc) = (word(0), word(4));
     if rest.iter().all(|b| *b == 0) {
-        return Scanned::Bad {
-            problem: "the file ends in zeros".into(),
-            to_eof: true,
-        };
+        // The zeros written ahead of the records (or a file system's zeroed blocks after a crash).
+        return Scanned::End;
     }
     if crc32fast::hash(&rest[..8]) != word(8) {
         return Scanned::Bad {
             problem: "a record header's checksum does not match".into(),
-            to_eof: false,
+            // A header only partly written over the zeros ahead; with anything after it, a
+            // damaged length (which must not be taken for the end).
+            to_eof: rest[HEADER..].iter().all(|b| *b == 0),
         };
     }
     if len > MAX_RECORD {
@@ -162,7 +174,7 @@ fn scan_record(bytes: &[u8], offset: usize) -> Scanned {
     if crc32fast::hash(payload) != crc {
         return Scanned::Bad {
             problem: "a record's checksum does not match".into(),
-            to_eof: rest.len() == end,
+            to_eof: rest[end..].iter().all(|b| *b == 0),
         };
     }
     match decode::<Entry<TypeConfig>>("raft log entry", payload) {
@@ -204,6 +216,7 @@ impl Wal {
             dir: dir.to_path_buf(),
             segments: Vec::new(),
             active_len: 0,
+            file_len: 0,
             active_next: 0,
             index: VecDeque::new(),
             first: purged_upto.map_or(0, |i| i + 1),
@@ -228,9 +241,11 @@ impl Wal {
                 ));
             }
             let last_segment = n + 1 == count;
-            let (file, len, next) = wal.load_segment(&path, first, purged_upto, last_segment)?;
+            let (file, len, file_len, next) =
+                wal.load_segment(&path, first, purged_upto, last_segment)?;
             wal.segments.push(Segment { first, path, file });
             wal.active_len = len;
+            wal.file_len = file_len;
             wal.active_next = next;
         }
         wal.drop_purged_segments()?;
@@ -238,17 +253,18 @@ impl Wal {
     }
 
     /// Reads one segment into the index. Returns the file, opened for appending, the length of
-    /// its good records and the index after its last one.
+    /// its good records, the length of the file and the index after its last record.
     fn load_segment(
         &mut self,
         path: &Path,
         first: u64,
         purged_upto: Option<u64>,
         last_segment: bool,
-    ) -> Result<(File, u64, u64), StoreError> {
+    ) -> Result<(File, u64, u64, u64), StoreError> {
         let bytes = std::fs::read(path).map_err(io_err("cannot read", path))?;
         let mut offset = 0usize;
         let mut next = first;
+        let mut torn = false;
         loop {
             match scan_record(&bytes, offset) {
                 Scanned::End => break,
@@ -288,6 +304,7 @@ impl Wal {
                         cut = bytes.len() - offset,
                         "cutting off the end of the raft log: {problem} (a write cut short by a crash; it was never acknowledged)"
                     );
+                    torn = true;
                     break;
                 }
                 Scanned::Bad { problem, .. } => {
@@ -300,12 +317,14 @@ impl Wal {
             .write(true)
             .open(path)
             .map_err(io_err("cannot open", path))?;
-        if (offset as u64) < bytes.len() as u64 {
+        let mut file_len = bytes.len() as u64;
+        if torn {
             file.set_len(offset as u64)
                 .and_then(|()| file.sync_all())
                 .map_err(io_err("cannot cut the torn end of", path))?;
+            file_len = offset as u64;
         }
-        Ok((file, offset as u64, next))
+        Ok((file, offset as u64, file_len, next))
     }
 
     /// Removes segments all of whose entries are purged, oldest first (never the last one).
@@ -387,16 +406,22 @@ impl Wal {
             header[8..].copy_from_slice(&header_crc.to_le_bytes());
             lens.push(len);
         }
+        let records_len = buf.len();
         let free = self.free_bytes()?;
-        if free < self.reserve.saturating_add(buf.len() as u64) {
+        if free < self.reserve.saturating_add(records_len as u64) {
             return Err(StoreError::DiskFull {
                 problem: format!(
                     "{} has {free} bytes free; appending {} bytes to the raft log would leave less than the {} bytes kept in reserve",
                     self.dir.display(),
-                    buf.len(),
+                    records_len,
                     self.reserve
                 ),
             });
+        }
+        let end = self.active_len + records_len as u64;
+        let room = free - self.reserve - records_len as u64;
+        if end > self.file_len && room >= ZERO_AHEAD as u64 {
+            buf.resize(records_len + ZERO_AHEAD, 0);
         }
         let segment = self.segments.last().expect("a segment was just ensured");
         let written = segment
@@ -406,6 +431,7 @@ impl Wal {
         if let Err(source) = written {
             // Leave no partial record behind; a later append writes over the same offset.
             let _ = segment.file.set_len(self.active_len);
+            self.file_len = self.active_len;
             if matches!(source.raw_os_error(), Some(ENOSPC | EDQUOT)) {
                 return Err(StoreError::DiskFull {
                     problem: format!("cannot append to {}: {source}", segment.path.display()),
@@ -428,6 +454,9 @@ impl Wal {
             offset += (HEADER + len as usize) as u64;
         }
         self.active_len = offset;
+        self.file_len = self
+            .file_len
+            .max(self.active_len + (buf.len() - records_len) as u64);
         self.active_next = first_new + entries.len() as u64;
         self.last_log_id = entries.last().map(|e| e.log_id);
         self.cache.extend(entries.iter().cloned());
@@ -448,6 +477,7 @@ impl Wal {
         sync_dir(&self.dir)?;
         self.segments.push(Segment { first, path, file });
         self.active_len = 0;
+        self.file_len = 0;
         self.active_next = first;
         Ok(())
     }
@@ -538,6 +568,7 @@ impl Wal {
         self.cache
             .truncate(from.saturating_sub(cached_from) as usize);
         self.active_len = pos.offset;
+        self.file_len = pos.offset;
         self.active_next = from;
         self.index.truncate((from - self.first) as usize);
         self.last_log_id = match self.index.back() {
@@ -667,21 +698,67 @@ mod tests {
         );
     }
 
+    /// Where the records of a segment's bytes end (the zeros written ahead start).
+    fn records_end(bytes: &[u8]) -> usize {
+        let mut offset = 0;
+        while let Scanned::Entry(_, len) = scan_record(bytes, offset) {
+            offset += HEADER + len as usize;
+        }
+        offset
+    }
+
     #[test]
-    fn a_torn_tail_is_cut_off() {
+    fn appends_keep_zeros_written_ahead_and_reopen_after_them() {
         let (dir, segment) = log_of_three_entries();
-        let len = std::fs::metadata(&segment).unwrap().len();
-        // A crash in the middle of writing entry 3.
-        let file = OpenOptions::new().write(true).open(&segment).unwrap();
-        file.set_len(len - 3).unwrap();
-        drop(file);
+        let bytes = std::fs::read(&segment).unwrap();
+        let end = records_end(&bytes);
+        assert!(bytes.len() >= end + ZERO_AHEAD, "{} bytes", bytes.len());
+        assert!(bytes[end..].iter().all(|b| *b == 0));
 
         let mut wal = Wal::open(dir.path(), None, 0).unwrap();
-        assert_eq!(indexes(&wal, 0, 100), [1, 2]);
-        wal.append(&entries(3..5)).unwrap();
+        wal.append(&entries(4..6)).unwrap();
         drop(wal);
+        let grown = std::fs::read(&segment).unwrap();
+        assert_eq!(grown.len(), bytes.len(), "the append went into the zeros");
         let wal = Wal::open(dir.path(), None, 0).unwrap();
-        assert_eq!(indexes(&wal, 0, 100), [1, 2, 3, 4]);
+        assert_eq!(indexes(&wal, 0, 100), [1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_off() {
+        // A crash in the middle of writing entry 3: the file cut short (it was growing), or
+        // the record's end never written over the zeros ahead.
+        for zeros_ahead in [false, true] {
+            let (dir, segment) = log_of_three_entries();
+            let mut bytes = std::fs::read(&segment).unwrap();
+            let end = records_end(&bytes);
+            if zeros_ahead {
+                bytes[end - 3..end].fill(0);
+            } else {
+                bytes.truncate(end - 3);
+            }
+            std::fs::write(&segment, &bytes).unwrap();
+
+            let mut wal = Wal::open(dir.path(), None, 0).unwrap();
+            assert_eq!(indexes(&wal, 0, 100), [1, 2], "zeros ahead: {zeros_ahead}");
+            wal.append(&entries(3..5)).unwrap();
+            drop(wal);
+            let wal = Wal::open(dir.path(), None, 0).unwrap();
+            assert_eq!(indexes(&wal, 0, 100), [1, 2, 3, 4]);
+        }
+    }
+
+    #[test]
+    fn stray_bytes_after_the_records_are_refused() {
+        let (dir, segment) = log_of_three_entries();
+        let mut bytes = std::fs::read(&segment).unwrap();
+        let stray = records_end(&bytes) + 100;
+        bytes[stray] = 0x5a;
+        std::fs::write(&segment, &bytes).unwrap();
+
+        let err = Wal::open(dir.path(), None, 0).unwrap_err().to_string();
+        assert!(err.contains(&segment.display().to_string()), "{err}");
+        assert_eq!(std::fs::read(&segment).unwrap(), bytes, "nothing is cut");
     }
 
     #[test]
