@@ -101,6 +101,7 @@ pub(crate) fn map_store_err(e: StoreError) -> ApiError {
         StoreError::NotLeader { .. }
         | StoreError::NoQuorum(_)
         | StoreError::CatchingUp { .. }
+        | StoreError::LeaderUnreachable { .. }
         | StoreError::Stopped => {
             ApiError::ServiceUnavailable(format!("storage unavailable: {e}"))
         }

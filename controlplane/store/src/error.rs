@@ -122,9 +122,21 @@ pub enum StoreError {
     },
 
     #[error(
-        "this node restarted as leader and has applied its log only up to {applied:?} of {needed}; linearizable reads wait until it has caught up"
+        "this node has applied its raft log only up to {applied:?}, and a linearizable read needs {needed}; it is catching up"
     )]
     CatchingUp { needed: u64, applied: Option<u64> },
+
+    #[error(
+        "cannot reach the leader (node {leader_id} at {leader_addr}) to forward to it: {problem} (a forwarded write may or may not have been applied)"
+    )]
+    LeaderUnreachable {
+        leader_id: u64,
+        leader_addr: String,
+        problem: String,
+    },
+
+    #[error("the leader (node {leader_id}) failed a forwarded request: {problem}")]
+    Forwarded { leader_id: u64, problem: String },
 
     #[error("raft quorum unavailable: {0}")]
     NoQuorum(#[source] Box<QuorumNotEnough<u64>>),

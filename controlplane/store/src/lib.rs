@@ -6,6 +6,7 @@ mod backup;
 mod config;
 mod db;
 mod error;
+mod forward;
 mod keyspace;
 pub mod linearizability;
 mod log_store;

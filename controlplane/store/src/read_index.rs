@@ -36,7 +36,8 @@ enum RoundError {
     CatchingUp { needed: u64, applied: Option<u64> },
 }
 
-type RoundResult = Result<(), RoundError>;
+/// The log index a read must see applied (`None` for an empty log), or why not.
+type RoundResult = Result<Option<u64>, RoundError>;
 
 #[derive(Default)]
 struct Queue {
@@ -66,11 +67,12 @@ impl ReadIndex {
 
     /// Returns once a read-index round that started after this call has confirmed leadership
     /// and the state machine has caught up with it; reads of the applied state are then
-    /// linearizable.
+    /// linearizable. Returns the read index: a follower whose read this was forwarded for
+    /// waits until it has applied that far.
     pub(crate) async fn ensure(
         self: &Arc<Self>,
         raft: &Raft<TypeConfig>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<u64>, StoreError> {
         let (tx, rx) = oneshot::channel();
         let start = {
             let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
@@ -83,7 +85,7 @@ impl ReadIndex {
             tokio::spawn(self.clone().run(raft.clone()));
         }
         match rx.await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(index)) => Ok(index),
             Ok(Err(RoundError::Raft(err))) => Err(read_error(err)),
             Ok(Err(RoundError::CatchingUp { needed, applied })) => {
                 Err(StoreError::CatchingUp { needed, applied })
@@ -95,12 +97,16 @@ impl ReadIndex {
     /// One round: leadership confirmed by a quorum, then everything committed before it (and
     /// the log this node opened with) applied.
     async fn round(&self, raft: &Raft<TypeConfig>) -> RoundResult {
-        raft.ensure_linearizable().await.map_err(RoundError::Raft)?;
+        let read_index = raft
+            .ensure_linearizable()
+            .await
+            .map_err(RoundError::Raft)?
+            .map(|id| id.index);
         if self.caught_up.load(Ordering::Acquire) {
-            return Ok(());
+            return Ok(read_index);
         }
         let Some(needed) = self.opened_with else {
-            return Ok(());
+            return Ok(read_index);
         };
         let waited = raft
             .wait(Some(CATCH_UP_WAIT))
@@ -109,7 +115,7 @@ impl ReadIndex {
         match waited {
             Ok(_) => {
                 self.caught_up.store(true, Ordering::Release);
-                Ok(())
+                Ok(read_index.max(Some(needed)))
             }
             Err(_) => Err(RoundError::CatchingUp {
                 needed,

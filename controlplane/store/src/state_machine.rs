@@ -89,6 +89,12 @@ impl Shared {
         self.applied.1.notify_all();
     }
 
+    /// Makes reads on this node wait until `revision` is applied here: a write this node had
+    /// the leader make for it.
+    pub(crate) fn note_acked(&self, revision: u64) {
+        self.acked.fetch_max(revision, Ordering::AcqRel);
+    }
+
     /// Waits until every write answered early on this node is applied, so reads here see the
     /// writes acknowledged here. The wait is one apply's commit; it gives up after
     /// [`ACKED_WAIT`] (only a failing state file takes that long, and raft stops then).

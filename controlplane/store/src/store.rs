@@ -12,10 +12,11 @@ use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
 use crate::config::{Networked, StoreConfig};
 use crate::db::{DbCell, open_data_dir};
 use crate::error::StoreError;
+use crate::forward::{self, Answer, Forwarded, Local};
 use crate::keyspace;
 use crate::log_store::LogStore;
 use crate::propose::Proposer;
-use crate::raft_types::{Command, CommandResponse, NodeId, TypeConfig};
+use crate::raft_types::{NodeId, TypeConfig};
 use crate::read_index::ReadIndex;
 use crate::state_machine::{Shared, StateMachine, WatchMessage};
 use crate::transport::client::NetworkFactory;
@@ -31,9 +32,10 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// The cluster store: a raft-replicated MVCC keyspace. Clones share one raft node.
 ///
 /// Replication: a clustered node ([`StoreConfig::cluster`]) talks raft to its peers over HTTP/2
-/// with mutual TLS ([`crate::PeerTls`]); reads are linearizable through read-index on the leader, and
-/// reads or writes on a follower fail with [`StoreError::NotLeader`] naming the leader (the
-/// caller forwards; there is no proxying yet). Membership: [`Store::add_learner`],
+/// with mutual TLS ([`crate::PeerTls`]); reads are linearizable through read-index. Every member
+/// serves writes and reads: a follower forwards writes to the leader and asks it for the read
+/// index of a linearizable read (see [`crate::forward`]). Membership changes run on the leader
+/// and fail elsewhere with [`StoreError::NotLeader`] naming it: [`Store::add_learner`],
 /// [`Store::promote`], [`Store::remove`], [`Store::members`].
 #[derive(Clone)]
 pub struct Store {
@@ -45,10 +47,10 @@ pub(crate) struct Inner {
     pub(crate) raft: Raft<TypeConfig>,
     shared: Arc<Shared>,
     log: LogStore,
-    /// Linearizable reads waiting for a shared read-index round.
-    reads: Arc<ReadIndex>,
-    /// Transactions waiting to share a raft entry.
-    writes: Arc<Proposer>,
+    /// What this node does by itself (also for followers that forward to it).
+    local: Arc<Local>,
+    /// Connections to peers, for forwarding to the leader.
+    network: NetworkFactory,
     /// The peer listener of a clustered node; dropping it closes every peer connection.
     server: std::sync::Mutex<Option<PeerServer>>,
 }
@@ -208,21 +210,28 @@ impl Store {
         let raft = Raft::new(
             node_id,
             config,
-            network,
+            network.clone(),
             log.clone(),
             StateMachine::new(shared.clone()),
         )
         .await
         .map_err(|e| close_files(e.into()))?;
-        let server = listener.map(|l| l.serve(raft.clone()));
+        let local = Arc::new(Local {
+            raft: raft.clone(),
+            shared: shared.clone(),
+            log: log.clone(),
+            reads: Arc::new(ReadIndex::new(opened_with)),
+            writes: Arc::new(Proposer::new(node_id)),
+        });
+        let server = listener.map(|l| l.serve(raft.clone(), local.clone()));
         let store = Store {
             inner: Arc::new(Inner {
                 node_id,
                 raft,
                 shared,
                 log: log.clone(),
-                reads: Arc::new(ReadIndex::new(opened_with)),
-                writes: Arc::new(Proposer::new(node_id)),
+                local,
+                network,
                 server: std::sync::Mutex::new(server),
             }),
         };
@@ -316,10 +325,76 @@ impl Store {
         self.inner.shared.revision.load(Ordering::Acquire)
     }
 
-    /// Returns once reads of this node's applied state are linearizable (a read-index round
-    /// shared with concurrent readers; see [`ReadIndex`]).
+    /// Returns once reads of this node's applied state are linearizable: a read-index round
+    /// shared with concurrent readers ([`ReadIndex`]), run here on the leader or asked of the
+    /// leader by a follower, which then applies up to it.
     pub(crate) async fn ensure_linearizable(&self) -> Result<(), StoreError> {
-        self.inner.reads.ensure(&self.inner.raft).await
+        let Some(leader) = self.leader_elsewhere() else {
+            return self.inner.local.read_index().await.map(|_| ());
+        };
+        let index = match self.forward(leader, &Forwarded::ReadIndex).await? {
+            Answer::ReadIndex(index) => index,
+            other => return Err(unexpected("a read-index request", other)),
+        };
+        if let Some(index) = index {
+            let raft = &self.inner.raft;
+            raft.wait(Some(forward::CATCH_UP_TIMEOUT))
+                .applied_index_at_least(Some(index), "applying up to the leader's read index")
+                .await
+                .map_err(|_| StoreError::CatchingUp {
+                    needed: index,
+                    applied: raft.metrics().borrow().last_applied.map(|id| id.index),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The leader and its address when it is another member; `None` when this node leads or
+    /// no leader is known (raft then answers locally with why not).
+    fn leader_elsewhere(&self) -> Option<(NodeId, String)> {
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        let leader = metrics.current_leader?;
+        if leader == self.inner.node_id {
+            return None;
+        }
+        let node = metrics.membership_config.membership().get_node(&leader)?;
+        Some((leader, node.addr.clone()))
+    }
+
+    /// Sends `request` to the leader, following a moved leader's name a few times.
+    async fn forward(
+        &self,
+        leader: (NodeId, String),
+        request: &Forwarded,
+    ) -> Result<Answer, StoreError> {
+        let body = postcard::to_allocvec(request)
+            .map_err(|e| StoreError::Internal(format!("cannot encode a forwarded request: {e}")))?;
+        let (mut id, mut addr) = leader;
+        for _ in 0..forward::MAX_HOPS {
+            let answer = self
+                .inner
+                .network
+                .forward(id, &addr, body.clone(), forward::FORWARD_TIMEOUT)
+                .await
+                .map_err(|e| StoreError::LeaderUnreachable {
+                    leader_id: id,
+                    leader_addr: addr.clone(),
+                    problem: e.to_string(),
+                })?;
+            match answer {
+                Answer::Failed(forward::Failure::NotLeader {
+                    leader_id: Some(next),
+                    leader_addr: Some(next_addr),
+                }) if next != id && next != self.inner.node_id => (id, addr) = (next, next_addr),
+                Answer::Failed(failure) => return Err(failure.into_error(id)),
+                answer => return Ok(answer),
+            }
+        }
+        Err(StoreError::NotLeader {
+            leader_id: Some(id),
+            leader_addr: Some(addr),
+        })
     }
 
     /// Linearizable read of one key; returns it (if present) and the header revision.
@@ -350,11 +425,17 @@ impl Store {
     /// Runs a transaction through raft. A failed compare is not an error: `succeeded` is false.
     pub async fn txn(&self, txn: Txn) -> Result<TxnResponse, StoreError> {
         txn.validate()?;
-        let log = &self.inner.log;
-        log.check_disk()?;
-        tokio::select! {
-            response = self.inner.writes.propose(&self.inner.raft, &self.inner.shared, txn) => response,
-            full = log.disk_full() => Err(full),
+        let Some(leader) = self.leader_elsewhere() else {
+            return self.inner.local.txn(txn).await;
+        };
+        match self.forward(leader, &Forwarded::Txn(txn)).await? {
+            Answer::Txn(response) => {
+                // Reads and watches here see the write once this node has applied it, as they
+                // do for writes it proposed itself.
+                self.inner.shared.note_acked(response.revision);
+                Ok(response)
+            }
+            other => Err(unexpected("a forwarded transaction", other)),
         }
     }
 
@@ -407,30 +488,15 @@ impl Store {
     /// watches starting below `revision` then fail with [`StoreError::Compacted`]. Compacting
     /// to an already compacted revision does nothing.
     pub async fn compact(&self, revision: u64) -> Result<(), StoreError> {
-        // Writes are acknowledged before their apply is visible here; a read-index round
-        // waits for everything acknowledged so far.
-        self.ensure_linearizable().await?;
-        let current = self.revision();
-        if revision > current {
-            return Err(StoreError::FutureRevision {
-                requested: revision,
-                current,
-            });
-        }
-        let response = self
-            .inner
-            .raft
-            .client_write(Command::Compact { revision })
-            .await
-            .map_err(write_error)?;
-        match response.data {
-            CommandResponse::Compacted { .. } => Ok(()),
-            CommandResponse::CompactRejected { requested, current } => {
-                Err(StoreError::FutureRevision { requested, current })
-            }
-            other => Err(StoreError::Internal(format!(
-                "a compact command was answered with {other:?}"
-            ))),
+        let Some(leader) = self.leader_elsewhere() else {
+            return self.inner.local.compact(revision).await;
+        };
+        match self
+            .forward(leader, &Forwarded::Compact { revision })
+            .await?
+        {
+            Answer::Compacted => Ok(()),
+            other => Err(unexpected("a forwarded compaction", other)),
         }
     }
 
@@ -478,6 +544,11 @@ impl Store {
         let state = self.inner.shared.db.close();
         log.and(state)
     }
+}
+
+/// The error for a leader's answer of the wrong kind.
+fn unexpected(what: &str, answer: Answer) -> StoreError {
+    StoreError::Internal(format!("{what} was answered with {answer:?}"))
 }
 
 /// Initializes a fresh cluster with `members`; a cluster that already is initialized is fine.

@@ -1,7 +1,9 @@
 //! Fault test: three voters on loopback serve concurrent clients (linearizable reads, writes,
 //! compare-and-set on a few keys) while a nemesis keeps shutting the leader down and restarting
-//! it from its data dir. The recorded history must be linearizable, every acknowledged write's
-//! key readable afterwards, and everything still there after all three restart.
+//! it from its data dir. Some clients talk to the leader, the others to whichever member they
+//! picked, which forwards to the leader. The recorded history must be linearizable, every
+//! acknowledged write's key readable afterwards, and everything still there after all three
+//! restart.
 //!
 //! Set `STRAKE_FAULT_SEED` to replay a seed's choices (timing still varies).
 
@@ -84,10 +86,12 @@ impl Tally {
     }
 }
 
-/// One client: picks the member it believes leads, follows `NotLeader` hints, and tries
-/// another member when its target is down or answers nothing.
+/// One client: picks the member it believes leads (or, `via_followers`, any member that knows
+/// a leader, to go through forwarding), follows `NotLeader` hints, and tries another member
+/// when its target is down or answers nothing.
 struct Client {
     id: usize,
+    via_followers: bool,
     rng: StdRng,
     target: NodeId,
     running: Running,
@@ -106,7 +110,7 @@ impl Client {
         }
         let store = stores.get(&self.target)?;
         match store.leader() {
-            Some(leader) if leader == self.target => Some(store.clone()),
+            Some(leader) if leader == self.target || self.via_followers => Some(store.clone()),
             // Follow its view of the leader, and ask that one whether it agrees.
             Some(leader) if stores.contains_key(&leader) => {
                 self.target = leader;
@@ -328,6 +332,7 @@ async fn leader_restarts_under_concurrent_clients_stay_linearizable() {
         .map(|id| {
             let client = Client {
                 id,
+                via_followers: id % 2 == 1,
                 rng: StdRng::seed_from_u64(seed.wrapping_add(id as u64 + 1)),
                 target: 1 + (id as u64 % 3),
                 running: running.clone(),

@@ -37,25 +37,51 @@ async fn three_voters_elect_a_leader_and_replicate() {
     assert_eq!(kv.unwrap().value, b"v9");
     assert!(revision >= last);
 
-    // A follower names the leader instead of writing or reading.
+    // A follower serves writes and linearizable reads too, through the leader.
     let follower = *[1, 2, 3].iter().find(|id| **id != leader).unwrap();
     let store = cluster.store(follower);
-    match store.put(b"k".to_vec(), b"v".to_vec()).await {
-        Err(StoreError::NotLeader {
-            leader_id,
-            leader_addr,
-        }) => {
-            assert_eq!(leader_id, Some(leader));
-            assert_eq!(
-                leader_addr.as_deref(),
-                Some(cluster.members[&leader].addr.as_str())
-            );
-        }
-        other => panic!("expected NotLeader from follower {follower}, got {other:?}"),
-    }
+    let written = store.put(b"k".to_vec(), b"v".to_vec()).await.unwrap();
+    assert!(written > last, "revision {written} after {last}");
+    // Its own write, at once, in every kind of read on the follower...
+    assert_eq!(store.get(b"k").await.unwrap().0.unwrap().value, b"v");
+    assert_eq!(store.get_serializable(b"k").unwrap().0.unwrap().value, b"v");
+    assert!(store.revision() >= written);
+    // ...and on the leader.
+    let (kv, _) = cluster.store(leader).get(b"k").await.unwrap();
+    assert_eq!(kv.unwrap().mod_revision, written);
+    // A write on the leader is seen by the follower's next linearizable read, without waiting.
+    cluster
+        .store(leader)
+        .put(b"k1".to_vec(), b"newer".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(store.get(b"k1").await.unwrap().0.unwrap().value, b"newer");
+    // A compare that fails on the leader fails for the follower too (no 409 is lost).
+    let stale = store
+        .txn(strake_store::Txn {
+            compare: vec![strake_store::Compare::ModRevision {
+                key: b"k".to_vec(),
+                op: strake_store::CmpOp::Equal,
+                value: written - 1,
+            }],
+            success: vec![strake_store::Op::Put {
+                key: b"k".to_vec(),
+                value: b"lost".to_vec(),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(!stale.succeeded);
+    // Deletes and compaction go through the leader as well.
+    assert_eq!(
+        store.delete(b"k".to_vec()).await.unwrap().unwrap().value,
+        b"v"
+    );
+    store.compact(written).await.unwrap();
     assert!(matches!(
-        store.get(b"k1").await,
-        Err(StoreError::NotLeader { leader_id: Some(l), .. }) if l == leader
+        store.compact(u64::MAX).await,
+        Err(StoreError::FutureRevision { .. })
     ));
 
     // Watches on a follower see replicated changes.

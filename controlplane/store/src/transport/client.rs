@@ -28,9 +28,10 @@ use tokio_rustls::TlsConnector;
 
 use super::{
     APPEND_BUDGET, CONNECTION_WINDOW, CONTENT_TYPE, KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT,
-    MAX_BODY, PATH_APPEND, PATH_SNAPSHOT, PATH_VOTE, STREAM_WINDOW, TransportError,
+    MAX_BODY, PATH_APPEND, PATH_FORWARD, PATH_SNAPSHOT, PATH_VOTE, STREAM_WINDOW, TransportError,
 };
 use crate::error::StoreError;
+use crate::forward::Answer;
 use crate::peer_tls::{PeerTls, peer_name};
 use crate::raft_types::{NodeId, TypeConfig};
 
@@ -65,6 +66,34 @@ impl NetworkFactory {
             tls: Some(TlsConnector::from(tls.client_config()?)),
             pool: Pool::default(),
         })
+    }
+
+    /// Sends an encoded [`crate::forward::Forwarded`] request to the leader `target` at `addr`
+    /// over the pooled connection to it.
+    pub(crate) async fn forward(
+        &self,
+        target: NodeId,
+        addr: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Answer, TransportError> {
+        let mut peer = PeerConnection {
+            me: self.me,
+            target,
+            node: BasicNode {
+                addr: addr.to_owned(),
+            },
+            tls: self.tls.clone(),
+            pool: self.pool.clone(),
+        };
+        let answer = match tokio::time::timeout(timeout, peer.send(PATH_FORWARD, body)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(TransportError::Timeout { target, timeout }),
+        };
+        if answer.is_err() {
+            peer.drop_connection();
+        }
+        answer
     }
 
     /// A factory whose peers are all unreachable: for a single voter without a transport.

@@ -26,6 +26,8 @@ pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const PATH_APPEND: &str = "/raft/v1/append-entries";
 pub(crate) const PATH_VOTE: &str = "/raft/v1/vote";
 pub(crate) const PATH_SNAPSHOT: &str = "/raft/v1/install-snapshot";
+/// A follower's write or read-index request for the leader (see [`crate::forward`]).
+pub(crate) const PATH_FORWARD: &str = "/store/v1/forward";
 pub(crate) const CONTENT_TYPE: &str = "application/postcard";
 
 /// Why a peer RPC failed below raft.

@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -21,9 +22,10 @@ use tokio_rustls::TlsAcceptor;
 
 use super::{
     CONNECTION_WINDOW, CONTENT_TYPE, HANDSHAKE_TIMEOUT, KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT,
-    MAX_BODY, PATH_APPEND, PATH_SNAPSHOT, PATH_VOTE, STREAM_WINDOW,
+    MAX_BODY, PATH_APPEND, PATH_FORWARD, PATH_SNAPSHOT, PATH_VOTE, STREAM_WINDOW,
 };
 use crate::error::StoreError;
+use crate::forward::{Forwarded, Local};
 use crate::peer_tls::{PeerTls, node_id_of};
 use crate::raft_types::{NodeId, TypeConfig};
 
@@ -55,8 +57,9 @@ impl Drop for PeerServer {
 }
 
 impl BoundListener {
-    /// Serves raft RPCs from peers until the returned server is dropped.
-    pub(crate) fn serve(self, raft: Raft<TypeConfig>) -> PeerServer {
+    /// Serves raft RPCs, and requests forwarded by followers (answered by `local`), from peers
+    /// until the returned server is dropped.
+    pub(crate) fn serve(self, raft: Raft<TypeConfig>, local: Arc<Local>) -> PeerServer {
         let BoundListener { listener, acceptor } = self;
         let task = tokio::spawn(async move {
             // Owning the connection tasks here means aborting the accept loop ends them all.
@@ -70,6 +73,7 @@ impl BoundListener {
                                 remote,
                                 acceptor.clone(),
                                 raft.clone(),
+                                local.clone(),
                             ));
                         }
                         Err(err) => {
@@ -90,6 +94,7 @@ async fn serve_connection(
     remote: SocketAddr,
     acceptor: TlsAcceptor,
     raft: Raft<TypeConfig>,
+    local: Arc<Local>,
 ) {
     let _ = tcp.set_nodelay(true);
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -121,7 +126,8 @@ async fn serve_connection(
     };
     let service = service_fn(move |req| {
         let raft = raft.clone();
-        async move { Ok::<_, Infallible>(handle(&raft, peer, req).await) }
+        let local = local.clone();
+        async move { Ok::<_, Infallible>(handle(&raft, &local, peer, req).await) }
     });
     let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .initial_stream_window_size(STREAM_WINDOW)
@@ -228,10 +234,11 @@ fn check_claim(peer: NodeId, claimed: Option<NodeId>, what: &str) -> Result<(), 
 
 async fn handle(
     raft: &Raft<TypeConfig>,
+    local: &Local,
     peer: NodeId,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    match dispatch(raft, peer, req).await {
+    match dispatch(raft, local, peer, req).await {
         Ok(response) => response,
         Err(refusal) => plain(refusal.status, refusal.message),
     }
@@ -239,6 +246,7 @@ async fn handle(
 
 async fn dispatch(
     raft: &Raft<TypeConfig>,
+    local: &Local,
     peer: NodeId,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Refusal> {
@@ -264,6 +272,10 @@ async fn dispatch(
                 read_body(req, "install-snapshot").await?;
             check_claim(peer, rpc.vote.leader_id().voted_for(), "install-snapshot")?;
             Ok(encoded(&raft.install_snapshot(rpc).await))
+        }
+        PATH_FORWARD => {
+            let request: Forwarded = read_body(req, "forwarded request").await?;
+            Ok(encoded(&local.answer(request).await))
         }
         other => Err(refuse(
             StatusCode::NOT_FOUND,
