@@ -39,6 +39,15 @@ pub(crate) enum Forwarded {
     Txn(Txn),
     ReadIndex,
     Compact { revision: u64 },
+    Members(MemberChange),
+}
+
+/// A membership change (see [`crate::Store::add_learner`] and the rest).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum MemberChange {
+    AddLearner { id: NodeId, addr: String },
+    Promote { id: NodeId },
+    Remove { id: NodeId },
 }
 
 /// The leader's answer.
@@ -48,6 +57,7 @@ pub(crate) enum Answer {
     /// The log index a linearizable read must see applied.
     ReadIndex(Option<u64>),
     Compacted,
+    MembersChanged,
     Failed(Failure),
 }
 
@@ -71,6 +81,17 @@ pub(crate) enum Failure {
         current: u64,
     },
     Stopped,
+    InvalidPeerAddr {
+        addr: String,
+        problem: String,
+    },
+    Membership {
+        problem: String,
+    },
+    LearnerLagging {
+        node_id: NodeId,
+        waited: Duration,
+    },
     Other(String),
 }
 
@@ -91,14 +112,21 @@ impl From<StoreError> for Failure {
                 Failure::FutureRevision { requested, current }
             }
             StoreError::Stopped => Failure::Stopped,
+            StoreError::InvalidPeerAddr { addr, problem } => {
+                Failure::InvalidPeerAddr { addr, problem }
+            }
+            StoreError::Membership { problem } => Failure::Membership { problem },
+            StoreError::LearnerLagging { node_id, waited } => {
+                Failure::LearnerLagging { node_id, waited }
+            }
             other => Failure::Other(other.to_string()),
         }
     }
 }
 
 impl Failure {
-    /// The error the follower returns; `leader` is the member that answered.
-    pub(crate) fn into_error(self, leader: NodeId) -> StoreError {
+    /// The error the follower returns; `leader` at `addr` is the member that answered.
+    pub(crate) fn into_error(self, leader: NodeId, addr: &str) -> StoreError {
         match self {
             Failure::NotLeader {
                 leader_id,
@@ -115,10 +143,18 @@ impl Failure {
             Failure::FutureRevision { requested, current } => {
                 StoreError::FutureRevision { requested, current }
             }
-            Failure::Stopped => StoreError::Forwarded {
+            Failure::Stopped => StoreError::LeaderUnreachable {
                 leader_id: leader,
-                problem: "the leader is shutting down".into(),
+                leader_addr: addr.to_owned(),
+                problem: "it is shutting down".into(),
             },
+            Failure::InvalidPeerAddr { addr, problem } => {
+                StoreError::InvalidPeerAddr { addr, problem }
+            }
+            Failure::Membership { problem } => StoreError::Membership { problem },
+            Failure::LearnerLagging { node_id, waited } => {
+                StoreError::LearnerLagging { node_id, waited }
+            }
             Failure::Other(problem) => StoreError::Forwarded {
                 leader_id: leader,
                 problem,
@@ -196,6 +232,10 @@ impl Local {
             Forwarded::Compact { revision } => {
                 self.compact(revision).await.map(|()| Answer::Compacted)
             }
+            Forwarded::Members(change) => self
+                .change_members(change)
+                .await
+                .map(|()| Answer::MembersChanged),
         };
         answered.unwrap_or_else(|err| Answer::Failed(err.into()))
     }

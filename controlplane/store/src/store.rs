@@ -12,7 +12,7 @@ use openraft::{BasicNode, Config, Raft, ServerState, SnapshotPolicy};
 use crate::config::{Networked, StoreConfig};
 use crate::db::{DbCell, open_data_dir};
 use crate::error::StoreError;
-use crate::forward::{self, Answer, Forwarded, Local};
+use crate::forward::{self, Answer, Forwarded, Local, MemberChange};
 use crate::keyspace;
 use crate::log_store::LogStore;
 use crate::propose::Proposer;
@@ -34,9 +34,8 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Replication: a clustered node ([`StoreConfig::cluster`]) talks raft to its peers over HTTP/2
 /// with mutual TLS ([`crate::PeerTls`]); reads are linearizable through read-index. Every member
 /// serves writes and reads: a follower forwards writes to the leader and asks it for the read
-/// index of a linearizable read (see [`crate::forward`]). Membership changes run on the leader
-/// and fail elsewhere with [`StoreError::NotLeader`] naming it: [`Store::add_learner`],
-/// [`Store::promote`], [`Store::remove`], [`Store::members`].
+/// index of a linearizable read (see [`crate::forward`]); membership changes too:
+/// [`Store::add_learner`], [`Store::promote`], [`Store::remove`], [`Store::members`].
 #[derive(Clone)]
 pub struct Store {
     pub(crate) inner: Arc<Inner>,
@@ -332,7 +331,10 @@ impl Store {
         let Some(leader) = self.leader_elsewhere() else {
             return self.inner.local.read_index().await.map(|_| ());
         };
-        let index = match self.forward(leader, &Forwarded::ReadIndex).await? {
+        let index = match self
+            .forward(leader, &Forwarded::ReadIndex, forward::FORWARD_TIMEOUT)
+            .await?
+        {
             Answer::ReadIndex(index) => index,
             other => return Err(unexpected("a read-index request", other)),
         };
@@ -367,6 +369,7 @@ impl Store {
         &self,
         leader: (NodeId, String),
         request: &Forwarded,
+        timeout: Duration,
     ) -> Result<Answer, StoreError> {
         let body = postcard::to_allocvec(request)
             .map_err(|e| StoreError::Internal(format!("cannot encode a forwarded request: {e}")))?;
@@ -375,7 +378,7 @@ impl Store {
             let answer = self
                 .inner
                 .network
-                .forward(id, &addr, body.clone(), forward::FORWARD_TIMEOUT)
+                .forward(id, &addr, body.clone(), timeout)
                 .await
                 .map_err(|e| StoreError::LeaderUnreachable {
                     leader_id: id,
@@ -387,7 +390,7 @@ impl Store {
                     leader_id: Some(next),
                     leader_addr: Some(next_addr),
                 }) if next != id && next != self.inner.node_id => (id, addr) = (next, next_addr),
-                Answer::Failed(failure) => return Err(failure.into_error(id)),
+                Answer::Failed(failure) => return Err(failure.into_error(id, &addr)),
                 answer => return Ok(answer),
             }
         }
@@ -428,7 +431,10 @@ impl Store {
         let Some(leader) = self.leader_elsewhere() else {
             return self.inner.local.txn(txn).await;
         };
-        match self.forward(leader, &Forwarded::Txn(txn)).await? {
+        match self
+            .forward(leader, &Forwarded::Txn(txn), forward::FORWARD_TIMEOUT)
+            .await?
+        {
             Answer::Txn(response) => {
                 // Reads and watches here see the write once this node has applied it, as they
                 // do for writes it proposed itself.
@@ -484,6 +490,25 @@ impl Store {
         Ok(WatchStream::start(self.inner.shared.clone(), req))
     }
 
+    /// Makes a membership change on the leader (see [`crate::membership`]); `timeout` bounds
+    /// a follower's wait for the leader's answer.
+    pub(crate) async fn change_members(
+        &self,
+        change: MemberChange,
+        timeout: Duration,
+    ) -> Result<(), StoreError> {
+        let Some(leader) = self.leader_elsewhere() else {
+            return self.inner.local.change_members(change).await;
+        };
+        match self
+            .forward(leader, &Forwarded::Members(change), timeout)
+            .await?
+        {
+            Answer::MembersChanged => Ok(()),
+            other => Err(unexpected("a forwarded membership change", other)),
+        }
+    }
+
     /// Drops history older than `revision`: reads as of revisions below `revision - 1` and
     /// watches starting below `revision` then fail with [`StoreError::Compacted`]. Compacting
     /// to an already compacted revision does nothing.
@@ -492,7 +517,11 @@ impl Store {
             return self.inner.local.compact(revision).await;
         };
         match self
-            .forward(leader, &Forwarded::Compact { revision })
+            .forward(
+                leader,
+                &Forwarded::Compact { revision },
+                forward::FORWARD_TIMEOUT,
+            )
             .await?
         {
             Answer::Compacted => Ok(()),
