@@ -23,11 +23,9 @@ use tokio::time::Instant;
 pub const DEADLINE: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(50);
 
-/// A free loopback port, as "127.0.0.1:port".
-pub fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").to_string()
-}
+#[path = "../common/ports.rs"]
+mod ports;
+pub use ports::free_addr;
 
 /// What a node answered.
 #[derive(Debug, Clone, PartialEq, Eq)]

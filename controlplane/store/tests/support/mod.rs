@@ -1,5 +1,5 @@
 //! A loopback cluster of store nodes for the replication tests: certificates from one test CA,
-//! ports picked by binding 127.0.0.1:0, and polling helpers with deadlines.
+//! ports below the ephemeral range (see `common/ports.rs`), and polling helpers with deadlines.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -36,11 +36,9 @@ where
     }
 }
 
-/// A free loopback port, as "127.0.0.1:port".
-pub fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").to_string()
-}
+#[path = "../common/ports.rs"]
+mod ports;
+pub use ports::free_addr;
 
 /// One member's fixed identity: id, data dir, address and certificate.
 #[derive(Debug, Clone)]
