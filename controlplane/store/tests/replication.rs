@@ -113,6 +113,22 @@ async fn leader_loss_elects_a_new_leader_and_keeps_acknowledged_writes() {
         acknowledged.push(format!("a{i}"));
     }
     cluster.stop(old).await;
+    // Until they elect another (a lease of 2 s and an election timeout away), the followers
+    // still name the stopped leader: a write through one fails naming it, and says the
+    // write's fate is unknown.
+    let follower = *cluster.running.keys().next().unwrap();
+    assert_eq!(cluster.store(follower).leader(), Some(old));
+    match cluster
+        .store(follower)
+        .put(b"x".to_vec(), b"y".to_vec())
+        .await
+    {
+        Err(err @ StoreError::LeaderUnreachable { leader_id, .. }) => {
+            assert_eq!(leader_id, old, "{err}");
+            assert!(err.to_string().contains("may or may not"), "{err}");
+        }
+        other => panic!("expected LeaderUnreachable, got {other:?}"),
+    }
 
     let new = cluster.leader().await;
     assert_ne!(new, old);
