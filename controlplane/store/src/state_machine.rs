@@ -72,6 +72,8 @@ pub(crate) struct Shared {
     acked: AtomicU64,
     /// Signalled whenever `revision` moves.
     applied: (Mutex<()>, Condvar),
+    /// `revision`, for async waiters.
+    applied_revision: tokio::sync::watch::Sender<u64>,
     /// When an apply last committed durably.
     last_durable: Mutex<std::time::Instant>,
 }
@@ -85,14 +87,18 @@ impl Shared {
 
     fn set_revision(&self, revision: u64) {
         self.revision.store(revision, Ordering::Release);
+        self.applied_revision.send_replace(revision);
         let _guard = self.applied.0.lock().unwrap_or_else(|p| p.into_inner());
         self.applied.1.notify_all();
     }
 
-    /// Makes reads on this node wait until `revision` is applied here: a write this node had
-    /// the leader make for it.
-    pub(crate) fn note_acked(&self, revision: u64) {
-        self.acked.fetch_max(revision, Ordering::AcqRel);
+    /// Waits, without holding a thread, until `revision` is applied here (a write this node
+    /// had the leader make for it); false if that took longer than `timeout`.
+    pub(crate) async fn applied(&self, revision: u64, timeout: std::time::Duration) -> bool {
+        let mut applied = self.applied_revision.subscribe();
+        tokio::time::timeout(timeout, applied.wait_for(|r| *r >= revision))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Waits until every write answered early on this node is applied, so reads here see the
@@ -127,6 +133,7 @@ impl Shared {
             early: Mutex::default(),
             acked: AtomicU64::new(revision),
             applied: (Mutex::new(()), Condvar::new()),
+            applied_revision: tokio::sync::watch::Sender::new(revision),
             last_durable: Mutex::new(std::time::Instant::now()),
         })
     }

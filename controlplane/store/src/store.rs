@@ -436,9 +436,18 @@ impl Store {
             .await?
         {
             Answer::Txn(response) => {
-                // Reads and watches here see the write once this node has applied it, as they
-                // do for writes it proposed itself.
-                self.inner.shared.note_acked(response.revision);
+                // Answered once applied here too, so reads and watches on this node see it, as
+                // they see writes it proposed itself. A node too far behind answers anyway.
+                let shared = &self.inner.shared;
+                if !shared
+                    .applied(response.revision, forward::CATCH_UP_TIMEOUT)
+                    .await
+                {
+                    tracing::warn!(
+                        revision = response.revision,
+                        "a forwarded write is not applied here yet; answering without it"
+                    );
+                }
                 Ok(response)
             }
             other => Err(unexpected("a forwarded transaction", other)),
