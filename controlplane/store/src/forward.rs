@@ -194,11 +194,7 @@ impl Local {
         // Writes are acknowledged before their apply is visible here; a read-index round
         // waits for everything acknowledged so far.
         self.read_index().await?;
-        self.shared.wait_for_acked();
-        let current = self
-            .shared
-            .revision
-            .load(std::sync::atomic::Ordering::Acquire);
+        let current = self.shared.acked_revision();
         if revision > current {
             return Err(StoreError::FutureRevision {
                 requested: revision,

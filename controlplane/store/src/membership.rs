@@ -100,10 +100,8 @@ impl Local {
         }
     }
 
-    /// Adds node `id`, reachable at `addr` ("ip:port"), as a learner, and waits until it has
-    /// caught up with the leader's log (by log replication or a snapshot install). Adding an
-    /// existing learner again updates its address. Voters are refused.
-    pub async fn add_learner(&self, id: NodeId, addr: String) -> Result<(), StoreError> {
+    /// See [`Store::add_learner`].
+    async fn add_learner(&self, id: NodeId, addr: String) -> Result<(), StoreError> {
         parse_peer_addr(&addr).map_err(|problem| StoreError::InvalidPeerAddr {
             addr: addr.clone(),
             problem,
@@ -123,9 +121,8 @@ impl Local {
         }
     }
 
-    /// Makes learner `id` a voter (a joint-consensus membership change). Promoting a voter
-    /// does nothing; promoting a node that is not a learner is refused.
-    pub async fn promote(&self, id: NodeId) -> Result<(), StoreError> {
+    /// See [`Store::promote`].
+    async fn promote(&self, id: NodeId) -> Result<(), StoreError> {
         let members = members_of(&self.raft);
         if members.voters.contains_key(&id) {
             return Ok(());
@@ -142,9 +139,8 @@ impl Local {
             .map_err(write_error)
     }
 
-    /// Removes node `id` from the cluster, voter or learner; removing an unknown node does
-    /// nothing. The removed node stops receiving replication; shut it down afterwards.
-    pub async fn remove(&self, id: NodeId) -> Result<(), StoreError> {
+    /// See [`Store::remove`].
+    async fn remove(&self, id: NodeId) -> Result<(), StoreError> {
         let members = members_of(&self.raft);
         let change = if members.voters.contains_key(&id) {
             ChangeMembers::RemoveVoters(BTreeSet::from([id]))

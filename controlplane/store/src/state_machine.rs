@@ -101,6 +101,12 @@ impl Shared {
             .is_ok_and(|r| r.is_ok())
     }
 
+    /// The applied revision once every write answered early on this node is applied.
+    pub(crate) fn acked_revision(&self) -> u64 {
+        self.wait_for_acked();
+        self.revision.load(Ordering::Acquire)
+    }
+
     /// Waits until every write answered early on this node is applied, so reads here see the
     /// writes acknowledged here. The wait is one apply's commit; it gives up after
     /// [`ACKED_WAIT`] (only a failing state file takes that long, and raft stops then).

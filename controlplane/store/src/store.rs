@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
@@ -320,8 +319,7 @@ impl Store {
 
     /// Latest applied revision on this node.
     pub fn revision(&self) -> u64 {
-        self.inner.shared.wait_for_acked();
-        self.inner.shared.revision.load(Ordering::Acquire)
+        self.inner.shared.acked_revision()
     }
 
     /// Returns once reads of this node's applied state are linearizable: a read-index round
