@@ -158,6 +158,11 @@ pub enum StoreError {
     )]
     DiskFull { problem: String },
 
+    #[error(
+        "the raft log could not be synced to disk, so this node takes no more writes: {problem}"
+    )]
+    LogSync { problem: String },
+
     #[error("internal error: {0}")]
     Internal(String),
 }

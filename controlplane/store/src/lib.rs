@@ -60,11 +60,13 @@ pub mod raft {
         let meta = crate::keyspace::read_meta(&state)?;
         let shared = crate::state_machine::Shared::new(state, meta.revision);
         let log = LogStore::open(
+            node_id,
             Arc::new(data.log),
             &data.wal,
             crate::config::DEFAULT_DISK_RESERVE,
         )?;
-        Ok((log, StateMachine::new(shared)))
+        let durable = log.durable();
+        Ok((log, StateMachine::new(shared, durable)))
     }
 }
 

@@ -1,15 +1,39 @@
 //! The raft log store: entries in the write-ahead log ([`crate::wal`]); vote and last-purged
 //! log id in `raft-log.redb`.
 //!
-//! Appends, truncations, purges and votes are synced (fsync) before they are acknowledged, so
-//! an appended entry or a saved vote survives a crash. The committed log id is not stored: it
-//! is only a hint, and after a restart the state machine catches up once the leader commits.
+//! Truncations, purges and votes are synced (fsync) before they are acknowledged, and so are
+//! a follower's appends: a follower tells the leader it holds an entry only once the entry
+//! survives a crash. The committed log id is not stored: it is only a hint, and after a
+//! restart the state machine catches up once the leader commits.
+//!
+//! # The leader syncs while it replicates
+//!
+//! openraft 0.9 sends an entry to followers only once the leader's own append returns, which
+//! would put two fsyncs (the leader's, then a follower's) one after the other on every write.
+//! As etcd does (Raft thesis §10.2.1), the leader's appends return once written, and a syncer
+//! thread makes them durable while they are replicated. raft then counts the leader's copy
+//! towards a quorum before it is on disk. That is safe as long as nothing outside this process
+//! learns an entry is committed before the leader's copy is durable, and three gates see to it
+//! ([`Durable`]):
+//! - the state machine applies an entry (and so answers its writer and serves reads of it)
+//!   only once it is durable here;
+//! - append-entries carrying a commit index wait until the log is durable that far, so no
+//!   follower applies what this leader could still lose;
+//! - a vote request waits until the log it claims is durable.
+//!
+//! And a leader never writes in the same term after it lost unsynced entries: openraft 0.9
+//! resumes leading in the old term after a restart, and it could then write other entries at
+//! the indexes of lost ones, with the same term, while a follower holds the lost ones. Only a
+//! crash of the machine loses written entries; a killed process leaves them in the page cache,
+//! and [`Wal::open`] syncs them. So [`LogStore::open`] compares the kernel's boot id with the
+//! one it recorded: after a reboot it turns a vote that made this node leader back into a
+//! plain vote for itself, and the node must win a new term.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -22,19 +46,62 @@ use tokio::sync::watch;
 use crate::db::{DbCell, DbResultExt, LOG_META, decode, encode};
 use crate::error::StoreError;
 use crate::raft_types::{NodeId, TypeConfig};
-use crate::wal::Wal;
+use crate::wal::{PendingSync, Wal};
 
 const VOTE: &str = "vote";
 const LAST_PURGED: &str = "last_purged";
+/// The kernel boot id when the log was last opened.
+const BOOT_ID: &str = "boot_id";
+/// Where the kernel tells its boot id, which changes with every boot.
+const BOOT_ID_FILE: &str = "/proc/sys/kernel/random/boot_id";
 
 /// Raft log storage: entries in the write-ahead log ([`Wal`], `raft-wal/`), vote and
 /// last-purged log id in `raft-log.redb`. Clones share both; openraft serializes all writes
 /// through the one `&mut` handle it owns.
 #[derive(Debug, Clone)]
 pub struct LogStore {
+    me: NodeId,
     db: Arc<DbCell>,
     wal: Arc<Mutex<Option<Wal>>>,
     disk: Arc<DiskState>,
+    /// The term in which this node leads, by its last saved vote; 0 while it does not.
+    leading: Arc<AtomicU64>,
+    /// How far the log is on disk.
+    durable: Arc<watch::Sender<DurableState>>,
+    /// Syncs for the syncer thread, which ends when the last clone of the log store is gone.
+    syncs: mpsc::Sender<PendingSync>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct DurableState {
+    /// Entries before this index are on disk...
+    end: u64,
+    /// ...and those from there up to this one are written but not yet synced.
+    written: u64,
+    /// Why the log could not be synced; the log takes no more appends.
+    failed: Option<String>,
+}
+
+/// Waits until the log is on disk up to an index (see the module docs).
+#[derive(Debug, Clone)]
+pub(crate) struct Durable(watch::Receiver<DurableState>);
+
+impl Durable {
+    /// Returns once the entry at `index` is on disk, or at once if the log never wrote it.
+    /// Fails if the log cannot be synced or is closed.
+    pub(crate) async fn holds(&self, index: u64) -> Result<(), StoreError> {
+        let mut durable = self.0.clone();
+        let state = durable
+            .wait_for(|d| index < d.end || index >= d.written || d.failed.is_some())
+            .await
+            .map_err(|_| StoreError::Stopped)?;
+        match &state.failed {
+            Some(problem) => Err(StoreError::LogSync {
+                problem: problem.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Whether appends are held up by a full disk.
@@ -58,20 +125,84 @@ fn write_err(err: StoreError) -> StorageError<NodeId> {
 }
 
 impl LogStore {
-    /// Opens the log of a data directory whose files [`crate::db::open_data_dir`] opened.
-    pub(crate) fn open(db: Arc<DbCell>, wal_dir: &Path, reserve: u64) -> Result<Self, StoreError> {
+    /// Opens the log of node `me` in a data directory whose files
+    /// [`crate::db::open_data_dir`] opened.
+    pub(crate) fn open(
+        me: NodeId,
+        db: Arc<DbCell>,
+        wal_dir: &Path,
+        reserve: u64,
+    ) -> Result<Self, StoreError> {
+        let (syncs, requests) = mpsc::channel();
         let store = Self {
+            me,
             db,
             wal: Arc::new(Mutex::new(None)),
             disk: Arc::new(DiskState {
                 full: watch::Sender::new(None),
                 stopping: AtomicBool::new(false),
             }),
+            leading: Arc::new(AtomicU64::new(0)),
+            durable: Arc::new(watch::Sender::new(DurableState::default())),
+            syncs,
         };
         let last_purged = store.read_meta(LAST_PURGED)?;
         let wal = Wal::open(wal_dir, last_purged, reserve)?;
+        store.publish(&wal);
         *store.lock() = Some(wal);
+        store.forget_leading_after_reboot(boot_id())?;
+        let (wal, durable) = (store.wal.clone(), store.durable.clone());
+        std::thread::Builder::new()
+            .name(format!("raft-log-sync-{me}"))
+            .spawn(move || run_syncer(&wal, &durable, &requests))
+            .map_err(|source| StoreError::Io {
+                op: "cannot start the raft log syncer thread for",
+                path: wal_dir.to_path_buf(),
+                source,
+            })?;
         Ok(store)
+    }
+
+    /// After a reboot (or when the boot id is unknown), makes a vote that made this node
+    /// leader a plain vote for itself (see the module docs); then records `boot`.
+    fn forget_leading_after_reboot(&self, boot: Option<String>) -> Result<(), StoreError> {
+        let recorded: Option<String> = self.read_meta(BOOT_ID)?;
+        let same_boot = boot.is_some() && recorded == boot;
+        if !same_boot
+            && let Some(vote) = self.read_meta::<Vote<NodeId>>(VOTE)?
+            && vote.is_committed()
+            && vote.leader_id().voted_for() == Some(self.me)
+        {
+            tracing::info!(
+                term = vote.leader_id().term,
+                "the machine rebooted since this node led: it must win a new term to lead again"
+            );
+            self.write_meta(VOTE, &Vote::new(vote.leader_id().term, self.me))?;
+        }
+        match boot {
+            Some(boot) if !same_boot => self.write_meta(BOOT_ID, &boot),
+            _ => Ok(()),
+        }
+    }
+
+    /// Waits for the log to be on disk.
+    pub(crate) fn durable(&self) -> Durable {
+        Durable(self.durable.subscribe())
+    }
+
+    /// Publishes how far `wal` is on disk.
+    fn publish(&self, wal: &Wal) {
+        publish(&self.durable, wal);
+    }
+
+    /// Whether `entries` are this node's own, as the leader of the term it leads in: those
+    /// are written without waiting for the sync.
+    fn leads(&self, entries: &[Entry<TypeConfig>]) -> bool {
+        let term = self.leading.load(Ordering::Acquire);
+        term != 0
+            && entries.iter().all(|e| {
+                e.log_id.leader_id.term == term && e.log_id.leader_id.voted_for() == Some(self.me)
+            })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Wal>> {
@@ -121,14 +252,35 @@ impl LogStore {
     /// Appends, waiting while the disk is full: raft must not see a failed append (it would
     /// stop for good), and nothing is acknowledged until it is on disk. Meanwhile new writes
     /// fail at once ([`Self::check_disk`]) and a follower whose leader stalls elects another.
+    ///
+    /// With `sync`, the entries are on disk when this returns; without, the syncer thread
+    /// makes them durable.
     async fn append_waiting_for_space(
         &self,
         entries: Vec<Entry<TypeConfig>>,
+        sync: bool,
     ) -> Result<(), StoreError> {
         loop {
-            // Inline although it blocks on an fsync: raft waits for the append before it does
-            // anything else, and a hop to a blocking thread costs more than it frees.
-            let appended = self.with_wal(|wal| wal.append(&entries));
+            if let Some(problem) = &self.durable.borrow().failed {
+                return Err(StoreError::LogSync {
+                    problem: problem.clone(),
+                });
+            }
+            // Inline although it may block on an fsync: raft waits for the append before it
+            // does anything else, and a hop to a blocking thread costs more than it frees.
+            let appended = self.with_wal(|wal| {
+                let pending = if sync {
+                    wal.append(&entries).map(|()| None)
+                } else {
+                    wal.write(&entries)
+                }?;
+                self.publish(wal);
+                if let Some(pending) = pending {
+                    // The syncer ends only once every log store handle is gone.
+                    let _ = self.syncs.send(pending);
+                }
+                Ok(())
+            });
             match appended {
                 Err(StoreError::DiskFull { problem }) => {
                     if self.disk.stopping.load(Ordering::Acquire) {
@@ -212,7 +364,11 @@ impl LogStore {
     /// entries that the next open skips.
     fn purge_upto(&self, log_id: LogId<NodeId>) -> Result<(), StoreError> {
         self.write_meta(LAST_PURGED, &log_id)?;
-        self.with_wal(|wal| wal.purge(log_id))
+        self.with_wal(|wal| {
+            wal.purge(log_id)?;
+            self.publish(wal);
+            Ok(())
+        })
     }
 }
 
@@ -238,7 +394,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
         self.write_meta(VOTE, vote)
-            .map_err(|e| StorageIOError::write_vote(&e).into())
+            .map_err(|e| StorageIOError::write_vote(&e))?;
+        let leads = vote.is_committed() && vote.leader_id().voted_for() == Some(self.me);
+        let term = if leads { vote.leader_id().term } else { 0 };
+        self.leading.store(term, Ordering::Release);
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
@@ -255,11 +415,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        // The append is synced when it returns, so the flush is reported right away.
-        match self
-            .append_waiting_for_space(entries.into_iter().collect())
-            .await
-        {
+        // The flush is reported when the append returns: synced, or left to the syncer behind
+        // the gates in the module docs.
+        let entries: Vec<_> = entries.into_iter().collect();
+        let sync = !self.leads(&entries);
+        match self.append_waiting_for_space(entries, sync).await {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
                 Ok(())
@@ -272,11 +432,188 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        self.with_wal(|wal| wal.truncate(log_id.index))
-            .map_err(write_err)
+        self.with_wal(|wal| {
+            wal.truncate(log_id.index)?;
+            self.publish(wal);
+            Ok(())
+        })
+        .map_err(write_err)
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         self.purge_upto(log_id).map_err(write_err)
+    }
+}
+
+/// This boot's id, if the kernel tells it.
+fn boot_id() -> Option<String> {
+    match std::fs::read_to_string(BOOT_ID_FILE) {
+        Ok(id) => Some(id.trim().to_owned()).filter(|id| !id.is_empty()),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot read {BOOT_ID_FILE}; treating every start as a reboot");
+            None
+        }
+    }
+}
+
+fn publish(durable: &watch::Sender<DurableState>, wal: &Wal) {
+    let (end, written) = (wal.durable_end(), wal.written_end());
+    durable.send_if_modified(|d| {
+        let changed = (d.end, d.written) != (end, written);
+        (d.end, d.written) = (end, written);
+        changed
+    });
+}
+
+/// Runs the syncs the leader's appends left behind, newest first: a sync of the last segment
+/// covers every earlier write (a segment is synced before the next one starts).
+fn run_syncer(
+    wal: &Mutex<Option<Wal>>,
+    durable: &watch::Sender<DurableState>,
+    requests: &mpsc::Receiver<PendingSync>,
+) {
+    while let Ok(mut sync) = requests.recv() {
+        while let Ok(newer) = requests.try_recv() {
+            sync = newer;
+        }
+        if let Err(err) = sync.run() {
+            // After a failed fsync the kernel may have dropped the pages: the log can never
+            // again vouch for what it holds, so it takes no more appends.
+            tracing::error!(error = %err, "the raft log could not be synced; this node stops taking writes");
+            durable.send_modify(|d| d.failed = Some(err.to_string()));
+            continue;
+        }
+        let mut guard = wal.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(wal) = guard.as_mut() {
+            wal.synced(&sync);
+            publish(durable, wal);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+    use crate::db::open_data_dir;
+
+    fn open(dir: &Path, me: NodeId) -> LogStore {
+        let data = open_data_dir(dir, me).unwrap();
+        LogStore::open(me, Arc::new(data.log), &data.wal, 0).unwrap()
+    }
+
+    fn blank(term: u64, leader: NodeId, index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, leader), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    #[tokio::test]
+    async fn only_the_leaders_own_entries_skip_the_inline_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path(), 1);
+        let own = [blank(2, 1, 1)];
+        assert!(!log.leads(&own), "no vote saved yet");
+        log.save_vote(&Vote::new(2, 1)).await.unwrap();
+        assert!(!log.leads(&own), "a candidate's vote does not make it lead");
+        log.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
+        assert!(log.leads(&own));
+        assert!(
+            !log.leads(&[blank(1, 1, 1)]),
+            "its entries from an older term"
+        );
+        assert!(!log.leads(&[blank(2, 1, 1), blank(1, 3, 2)]));
+        log.save_vote(&Vote::new_committed(3, 2)).await.unwrap();
+        assert!(
+            !log.leads(&own),
+            "node 2 leads now: appends are a follower's"
+        );
+    }
+
+    async fn reopen(log: LogStore, dir: &Path) -> LogStore {
+        log.close().unwrap();
+        drop(log);
+        open(dir, 1)
+    }
+
+    #[tokio::test]
+    async fn after_a_reboot_a_vote_that_made_this_node_leader_is_a_plain_vote() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path(), 1);
+        let boot = boot_id().expect("this kernel tells its boot id");
+        assert_eq!(log.read_meta::<String>(BOOT_ID).unwrap(), Some(boot));
+        log.save_vote(&Vote::new_committed(4, 1)).await.unwrap();
+
+        // The same boot (a restarted process): nothing written was lost, it may go on leading.
+        log = reopen(log, dir.path()).await;
+        assert_eq!(
+            log.read_vote().await.unwrap(),
+            Some(Vote::new_committed(4, 1))
+        );
+
+        // Another boot: it must win a new term.
+        log.write_meta(BOOT_ID, &"an earlier boot").unwrap();
+        log = reopen(log, dir.path()).await;
+        assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(4, 1)));
+
+        // An unknown boot id counts as a reboot; a vote for another leader is kept as it is.
+        log.save_vote(&Vote::new_committed(4, 1)).await.unwrap();
+        log.forget_leading_after_reboot(None).unwrap();
+        assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(4, 1)));
+        log.save_vote(&Vote::new_committed(5, 2)).await.unwrap();
+        log.write_meta(BOOT_ID, &"an earlier boot").unwrap();
+        let mut log = reopen(log, dir.path()).await;
+        assert_eq!(
+            log.read_vote().await.unwrap(),
+            Some(Vote::new_committed(5, 2))
+        );
+    }
+
+    #[tokio::test]
+    async fn the_gate_opens_once_what_was_written_is_synced() {
+        let durable = watch::Sender::new(DurableState {
+            end: 3,
+            written: 5,
+            failed: None,
+        });
+        let gate = Durable(durable.subscribe());
+        gate.holds(2).await.expect("synced already");
+        gate.holds(5)
+            .await
+            .expect("never written here: nothing to wait for");
+        let waiting = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.holds(4).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "entry 4 is written, not synced");
+        durable.send_modify(|d| d.end = 5);
+        waiting.await.unwrap().expect("synced now");
+
+        durable.send_modify(|d| {
+            d.written = 8;
+            d.failed = Some("EIO".into());
+        });
+        let err = gate.holds(6).await.unwrap_err();
+        assert!(matches!(err, StoreError::LogSync { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_leaders_writes_are_synced_by_the_syncer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path(), 1);
+        log.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
+        let entries: Vec<_> = (0..3).map(|i| blank(2, 1, i)).collect();
+        assert!(log.leads(&entries));
+        log.append_waiting_for_space(entries, false).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), log.durable().holds(2))
+            .await
+            .expect("the syncer syncs the write")
+            .unwrap();
+        assert_eq!(log.with_wal(|wal| Ok(wal.durable_end())).unwrap(), 3);
     }
 }

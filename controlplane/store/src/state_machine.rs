@@ -24,6 +24,7 @@ use tokio::sync::{broadcast, oneshot};
 use crate::db::{DbCell, DbResultExt, HISTORY, KV, SM_META, SNAPSHOT, decode, encode};
 use crate::error::StoreError;
 use crate::keyspace::{SmMeta, StoredKv};
+use crate::log_store::Durable;
 use crate::mvcc::{KvState, apply_txn};
 use crate::raft_types::{Command, CommandResponse, NodeId, ProposalId, TypeConfig};
 use crate::types::{KeyValue, Txn, TxnResponse, WatchEvent};
@@ -169,6 +170,8 @@ struct StoredSnapshot {
 #[derive(Debug)]
 pub struct StateMachine {
     shared: Arc<Shared>,
+    /// The raft log's sync: an entry is applied only once it is on disk in the log.
+    log: Durable,
 }
 
 /// Builds snapshots from a consistent read of the state file.
@@ -249,8 +252,8 @@ impl ApplyTxn<'_, '_> {
 }
 
 impl StateMachine {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+    pub(crate) fn new(shared: Arc<Shared>, log: Durable) -> Self {
+        Self { shared, log }
     }
 
     fn apply_entries(
@@ -518,8 +521,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // The commit blocks on an fsync: off the async workers, which the log append, the peer
         // transport and the next writers need meanwhile.
         let entries: Vec<_> = entries.into_iter().collect();
+        // The leader counts its own copy before it is synced (see `crate::log_store`): once
+        // applied, an entry is answered and read, so it must not be lost with this node.
+        if let Some(last) = entries.last() {
+            self.log
+                .holds(last.log_id.index)
+                .await
+                .map_err(sm_write_err)?;
+        }
         let machine = StateMachine {
             shared: self.shared.clone(),
+            log: self.log.clone(),
         };
         tokio::task::spawn_blocking(move || machine.apply_entries(entries))
             .await

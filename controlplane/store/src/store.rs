@@ -175,7 +175,7 @@ impl Store {
             let data = open_data_dir(&dir, node_id)?;
             // Dropped (and so closed) with the error if the log does not open.
             let state_db = Arc::new(data.state);
-            let log = LogStore::open(Arc::new(data.log), &data.wal, reserve)?;
+            let log = LogStore::open(node_id, Arc::new(data.log), &data.wal, reserve)?;
             Ok::<_, StoreError>((log, state_db))
         })
         .await
@@ -188,7 +188,9 @@ impl Store {
         let meta = keyspace::read_meta(&state_db).map_err(close_files)?;
         let (network, listener) = match &networked {
             Some(net) => {
-                let network = NetworkFactory::new(node_id, &net.tls).map_err(close_files)?;
+                let network = NetworkFactory::new(node_id, &net.tls)
+                    .map_err(close_files)?
+                    .waiting_for(log.durable());
                 let listener = server::bind(net.listen, &net.tls)
                     .await
                     .map_err(close_files)?;
@@ -210,7 +212,7 @@ impl Store {
             config,
             network.clone(),
             log.clone(),
-            StateMachine::new(shared.clone()),
+            StateMachine::new(shared.clone(), log.durable()),
         )
         .await
         .map_err(|e| close_files(e.into()))?;

@@ -26,6 +26,7 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use openraft::{Entry, LogId};
 
@@ -62,7 +63,29 @@ struct Pos {
 struct Segment {
     first: u64,
     path: PathBuf,
-    file: File,
+    /// Shared with a [`PendingSync`] that syncs it off the lock.
+    file: Arc<File>,
+}
+
+/// A sync of the last segment that [`Wal::write`] left to the caller: run
+/// [`PendingSync::run`] without holding the log, then report it with [`Wal::synced`].
+#[derive(Debug)]
+pub(crate) struct PendingSync {
+    file: Arc<File>,
+    path: PathBuf,
+    /// Entries before this index are durable once the sync succeeds.
+    end: u64,
+    /// [`Wal::epoch`] when the sync was taken; a truncation since makes its report stale.
+    epoch: u64,
+}
+
+impl PendingSync {
+    /// Syncs the segment's data to disk (blocking).
+    pub(crate) fn run(&self) -> Result<(), StoreError> {
+        self.file
+            .sync_data()
+            .map_err(io_err("cannot sync", &self.path))
+    }
 }
 
 /// The open log. Not shared by itself: [`crate::log_store::LogStore`] wraps it in a lock.
@@ -89,6 +112,12 @@ pub(crate) struct Wal {
     reserve: u64,
     /// Size at which a segment is closed ([`SEGMENT_BYTES`]; smaller in tests).
     segment_bytes: u64,
+    /// Entries before this index are on disk; those after it were [`Wal::write`]n but not
+    /// yet synced.
+    durable_end: u64,
+    /// Bumped by every truncation, so a sync taken before it cannot vouch for entries
+    /// written after it at the same indexes.
+    epoch: u64,
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -225,6 +254,8 @@ impl Wal {
             cache: VecDeque::new(),
             reserve,
             segment_bytes: SEGMENT_BYTES,
+            durable_end: 0,
+            epoch: 0,
         };
         let count = firsts.len();
         for (n, first) in firsts.into_iter().enumerate() {
@@ -243,12 +274,25 @@ impl Wal {
             let last_segment = n + 1 == count;
             let (file, len, file_len, next) =
                 wal.load_segment(&path, first, purged_upto, last_segment)?;
-            wal.segments.push(Segment { first, path, file });
+            wal.segments.push(Segment {
+                first,
+                path,
+                file: Arc::new(file),
+            });
             wal.active_len = len;
             wal.file_len = file_len;
             wal.active_next = next;
         }
         wal.drop_purged_segments()?;
+        // What a killed process wrote may still sit unsynced in the page cache; it is read
+        // back as part of the log, so it must be on disk before raft counts on it.
+        if let Some(segment) = wal.segments.last() {
+            segment
+                .file
+                .sync_data()
+                .map_err(io_err("cannot sync", &segment.path))?;
+        }
+        wal.durable_end = wal.next_index();
         Ok(wal)
     }
 
@@ -359,10 +403,58 @@ impl Wal {
         Ok((stat.blocks_available() as u64).saturating_mul(stat.fragment_size() as u64))
     }
 
-    /// Appends `entries` and syncs them to disk. On failure nothing of them stays in the file.
-    /// Fails with [`StoreError::DiskFull`] if the file system is full, or would keep less than
-    /// the reserve free after the append.
+    /// Appends `entries` and syncs them (and everything written before them) to disk. On
+    /// failure nothing of them stays in the file. Fails with [`StoreError::DiskFull`] if the
+    /// file system is full, or would keep less than the reserve free after the append.
     pub(crate) fn append(&mut self, entries: &[Entry<TypeConfig>]) -> Result<(), StoreError> {
+        self.write_records(entries, true)?;
+        self.durable_end = self.next_index();
+        Ok(())
+    }
+
+    /// Appends `entries` like [`Wal::append`] but leaves the sync to the caller: they are
+    /// read back at once, and durable once the returned sync has run and been reported.
+    pub(crate) fn write(
+        &mut self,
+        entries: &[Entry<TypeConfig>],
+    ) -> Result<Option<PendingSync>, StoreError> {
+        self.write_records(entries, false)?;
+        Ok(self.pending_sync())
+    }
+
+    /// The sync that would make every entry durable, if some are not.
+    pub(crate) fn pending_sync(&self) -> Option<PendingSync> {
+        let segment = self.segments.last()?;
+        (self.durable_end < self.next_index()).then(|| PendingSync {
+            file: segment.file.clone(),
+            path: segment.path.clone(),
+            end: self.next_index(),
+            epoch: self.epoch,
+        })
+    }
+
+    /// Records that `sync` ran successfully.
+    pub(crate) fn synced(&mut self, sync: &PendingSync) {
+        if sync.epoch == self.epoch {
+            self.durable_end = self.durable_end.max(sync.end.min(self.next_index()));
+        }
+    }
+
+    /// Entries before this index are on disk.
+    pub(crate) fn durable_end(&self) -> u64 {
+        self.durable_end
+    }
+
+    /// The index after the last entry written.
+    pub(crate) fn written_end(&self) -> u64 {
+        self.next_index()
+    }
+
+    fn write_records(
+        &mut self,
+        entries: &[Entry<TypeConfig>],
+        sync: bool,
+    ) -> Result<(), StoreError> {
         let Some(first_new) = entries.first().map(|e| e.log_id.index) else {
             return Ok(());
         };
@@ -427,7 +519,13 @@ impl Wal {
         let written = segment
             .file
             .write_all_at(&buf, self.active_len)
-            .and_then(|()| segment.file.sync_data());
+            .and_then(|()| {
+                if sync {
+                    segment.file.sync_data()
+                } else {
+                    Ok(())
+                }
+            });
         if let Err(source) = written {
             // Leave no partial record behind; a later append writes over the same offset.
             let _ = segment.file.set_len(self.active_len);
@@ -467,6 +565,11 @@ impl Wal {
     }
 
     fn start_segment(&mut self, first: u64) -> Result<(), StoreError> {
+        // Only the last segment is ever left unsynced.
+        if let Some(sync) = self.pending_sync() {
+            sync.run()?;
+            self.synced(&sync);
+        }
         let path = segment_path(&self.dir, first);
         let file = OpenOptions::new()
             .read(true)
@@ -475,7 +578,11 @@ impl Wal {
             .open(&path)
             .map_err(io_err("cannot create log segment", &path))?;
         sync_dir(&self.dir)?;
-        self.segments.push(Segment { first, path, file });
+        self.segments.push(Segment {
+            first,
+            path,
+            file: Arc::new(file),
+        });
         self.active_len = 0;
         self.file_len = 0;
         self.active_next = first;
@@ -571,6 +678,9 @@ impl Wal {
         self.file_len = pos.offset;
         self.active_next = from;
         self.index.truncate((from - self.first) as usize);
+        // The segment was synced whole, and earlier ones when the next one started.
+        self.epoch += 1;
+        self.durable_end = from;
         self.last_log_id = match self.index.back() {
             Some(_) => Some(self.read(from - 1, from)?.remove(0).log_id),
             None => self.purged,
@@ -593,6 +703,8 @@ impl Wal {
             self.cache.drain(..drop_cached);
         }
         self.first = upto + 1;
+        // Purged entries live on in a durable snapshot.
+        self.durable_end = self.durable_end.max(self.first);
         self.purged = Some(log_id);
         if self.index.is_empty() {
             self.last_log_id = Some(log_id);
@@ -665,6 +777,69 @@ mod tests {
             entries(2..4),
             "read from the file, not the cache"
         );
+    }
+
+    #[test]
+    fn written_entries_are_durable_only_once_their_sync_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = Wal::open(dir.path(), None, 0).unwrap();
+        wal.append(&entries(1..3)).unwrap();
+        assert_eq!(wal.durable_end(), 3);
+        assert!(wal.pending_sync().is_none());
+
+        let first = wal
+            .write(&entries(3..5))
+            .unwrap()
+            .expect("a sync is left to run");
+        assert_eq!(
+            indexes(&wal, 0, 100),
+            [1, 2, 3, 4],
+            "read back before the sync"
+        );
+        assert_eq!(wal.durable_end(), 3, "not durable before the sync");
+        let second = wal
+            .write(&entries(5..6))
+            .unwrap()
+            .expect("a sync is left to run");
+        second.run().unwrap();
+        wal.synced(&second);
+        assert_eq!(
+            wal.durable_end(),
+            6,
+            "the newest sync covers every earlier write"
+        );
+        first.run().unwrap();
+        wal.synced(&first);
+        assert_eq!(wal.durable_end(), 6, "an older sync never moves it back");
+
+        // A sync taken before a truncation does not vouch for what is written after it.
+        let stale = wal
+            .write(&entries(6..9))
+            .unwrap()
+            .expect("a sync is left to run");
+        wal.truncate(7).unwrap();
+        assert_eq!(wal.durable_end(), 7, "a truncation syncs what stays");
+        assert!(wal.write(&entries(7..9)).unwrap().is_some());
+        stale.run().unwrap();
+        wal.synced(&stale);
+        assert_eq!(wal.durable_end(), 7, "the stale sync is ignored");
+
+        // A follower's append syncs everything, and a new segment starts only after a sync.
+        wal.append(&entries(9..10)).unwrap();
+        assert_eq!(wal.durable_end(), 10);
+        wal.segment_bytes = 1;
+        assert!(wal.write(&entries(10..11)).unwrap().is_some());
+        assert!(wal.write(&entries(11..12)).unwrap().is_some());
+        assert_eq!(
+            wal.durable_end(),
+            11,
+            "the full segment was synced before the next one"
+        );
+        drop(wal);
+
+        let wal = Wal::open(dir.path(), None, 0).unwrap();
+        assert_eq!(wal.durable_end(), 12, "an opened log is synced whole");
+        assert_eq!(indexes(&wal, 0, 100), (1..12).collect::<Vec<_>>());
     }
 
     #[test]

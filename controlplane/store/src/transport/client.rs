@@ -32,6 +32,7 @@ use super::{
 };
 use crate::error::StoreError;
 use crate::forward::Answer;
+use crate::log_store::Durable;
 use crate::peer_tls::{PeerTls, peer_name};
 use crate::raft_types::{NodeId, TypeConfig};
 
@@ -47,6 +48,8 @@ pub struct NetworkFactory {
     me: NodeId,
     tls: Option<TlsConnector>,
     pool: Pool,
+    /// This node's raft log, if RPCs wait for it to be on disk (see [`crate::log_store`]).
+    log: Option<Durable>,
 }
 
 impl std::fmt::Debug for NetworkFactory {
@@ -65,7 +68,15 @@ impl NetworkFactory {
             me,
             tls: Some(TlsConnector::from(tls.client_config()?)),
             pool: Pool::default(),
+            log: None,
         })
+    }
+
+    /// Makes append-entries wait until `log` is on disk up to the commit index they carry,
+    /// and votes until it is on disk as far as they claim: a raft node's factory must.
+    pub(crate) fn waiting_for(mut self, log: Durable) -> Self {
+        self.log = Some(log);
+        self
     }
 
     /// Sends an encoded [`crate::forward::Forwarded`] request to the leader `target` at `addr`
@@ -85,6 +96,7 @@ impl NetworkFactory {
             },
             tls: self.tls.clone(),
             pool: self.pool.clone(),
+            log: None,
         };
         let answer = match tokio::time::timeout(timeout, peer.send(PATH_FORWARD, body)).await {
             Ok(answer) => answer,
@@ -102,6 +114,7 @@ impl NetworkFactory {
             me,
             tls: None,
             pool: Pool::default(),
+            log: None,
         }
     }
 }
@@ -124,6 +137,7 @@ pub struct PeerConnection {
     node: BasicNode,
     tls: Option<TlsConnector>,
     pool: Pool,
+    log: Option<Durable>,
 }
 
 impl std::fmt::Debug for PeerConnection {
@@ -146,6 +160,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             node: node.clone(),
             tls: self.tls.clone(),
             pool: self.pool.clone(),
+            log: self.log.clone(),
         }
     }
 }
@@ -155,6 +170,20 @@ fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, Transp
 }
 
 impl PeerConnection {
+    /// Waits until this node's log is on disk up to `index` (if the factory was told to).
+    async fn log_holds<E: std::error::Error>(
+        &self,
+        index: u64,
+    ) -> Result<(), RPCError<NodeId, BasicNode, E>> {
+        match &self.log {
+            Some(log) => log
+                .holds(index)
+                .await
+                .map_err(|err| RPCError::Network(NetworkError::new(&err))),
+            None => Ok(()),
+        }
+    }
+
     /// The pooled connection to this peer, if it is open and was made to the same address.
     fn pooled(&self) -> Option<SendRequest<Full<Bytes>>> {
         let pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
@@ -365,6 +394,9 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        if let Some(commit) = rpc.leader_commit {
+            self.log_holds(commit.index).await?;
+        }
         let entries = rpc.entries.len();
         let body = encode("append-entries", &rpc).map_err(codec_error)?;
         if body.len() > APPEND_BUDGET && entries > 1 {
@@ -405,6 +437,9 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        if let Some(last) = rpc.last_log_id {
+            self.log_holds(last.index).await?;
+        }
         let body = encode("vote", &rpc).map_err(codec_error)?;
         self.call(RPCTypes::Vote, PATH_VOTE, body, option.soft_ttl())
             .await
