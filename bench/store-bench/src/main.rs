@@ -26,7 +26,9 @@ const USAGE: &str = "usage: store-bench [--ops N] [--rss-keys N]\n  \
     --ops N       puts with 1 client and gets with 1 client (default 2000); \
     the 64-client runs do 10*N\n  \
     --rss-keys N  keys held by the member whose RSS is measured (default 100000)\n  \
-    --only SYSTEM run only strake or only etcd, skipping the RSS figures (for profiling one side)";
+    --only SYSTEM run only strake or only etcd, skipping the RSS figures (for profiling one side)\n  \
+    --workload W  run only workload W (put1, put64, get1 or get64; a get also runs put64, which \
+    writes the keys it reads), skipping the RSS figures";
 
 /// Everything that can stop the benchmark.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +108,8 @@ struct Options {
     rss_child: Option<PathBuf>,
     /// Only this system ("strake" or "etcd"), for profiling one side; no ratios then.
     only: Option<&'static str>,
+    /// Only this workload (a name in [`WORKLOADS`]), for profiling it.
+    workload: Option<&'static str>,
 }
 
 fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, BenchError> {
@@ -114,6 +118,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, BenchError>
         rss_keys: 100_000,
         rss_child: None,
         only: None,
+        workload: None,
     };
     let mut args = args;
     while let Some(arg) = args.next() {
@@ -133,6 +138,15 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, BenchError>
             "--ops" => opts.ops = count("--ops", value("--ops")?)?,
             "--rss-keys" => opts.rss_keys = count("--rss-keys", value("--rss-keys")?)?,
             "--rss-child" => opts.rss_child = Some(value("--rss-child")?.into()),
+            "--workload" => {
+                let name = value("--workload")?;
+                opts.workload =
+                    Some(WORKLOADS.into_iter().find(|w| *w == name).ok_or_else(|| {
+                        BenchError::Usage(format!(
+                            "--workload wants one of {WORKLOADS:?}, not {name:?}"
+                        ))
+                    })?);
+            }
             "--only" => {
                 opts.only = Some(match value("--only")?.as_str() {
                     "strake" => "strake",
@@ -175,7 +189,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn workloads(ops: usize) -> Vec<Workload> {
+/// Short names of the workloads, in the order they run.
+const WORKLOADS: [&str; 4] = ["put1", "put64", "get1", "get64"];
+
+/// The workloads to run: all, or `only` and what it needs (the gets read put64's keys).
+fn workloads(ops: usize, only: Option<&str>) -> Vec<Workload> {
     let put64 = "bench/put64/".to_owned();
     let w = |label: &str, kind, prefix: &str, clients, ops| Workload {
         label: label.into(),
@@ -202,6 +220,13 @@ fn workloads(ops: usize) -> Vec<Workload> {
             10 * ops,
         ),
     ]
+    .into_iter()
+    .zip(WORKLOADS)
+    .filter(|(_, name)| {
+        only.is_none_or(|o| o == *name || (o.starts_with("get") && *name == "put64"))
+    })
+    .map(|(workload, _)| workload)
+    .collect()
 }
 
 async fn bench(opts: &Options) -> Result<(), BenchError> {
@@ -231,7 +256,7 @@ async fn bench(opts: &Options) -> Result<(), BenchError> {
     let value = vec![b'x'; VALUE_SIZE];
     let mut rows: Vec<(String, &'static str, Stats)> = Vec::new();
     // Interleaved per workload so background load on the machine hits both alike.
-    for workload in workloads(opts.ops) {
+    for workload in workloads(opts.ops, opts.workload) {
         for target in targets
             .iter()
             .filter(|t| opts.only.is_none_or(|o| o == t.name()))
@@ -253,7 +278,7 @@ async fn bench(opts: &Options) -> Result<(), BenchError> {
         store.shutdown().await?;
     }
     drop(etcd_cluster);
-    if opts.only.is_some() {
+    if opts.only.is_some() || opts.workload.is_some() {
         print_table(&rows);
         return Ok(());
     }
@@ -391,6 +416,10 @@ mod tests {
             Err(BenchError::Usage(_))
         ));
         assert!(matches!(
+            parse_args(args(&["--workload", "put2"])),
+            Err(BenchError::Usage(_))
+        ));
+        assert!(matches!(
             parse_args(args(&["--ops", "0"])),
             Err(BenchError::Usage(_))
         ));
@@ -402,6 +431,17 @@ mod tests {
             parse_args(args(&["--bogus"])),
             Err(BenchError::Usage(_))
         ));
+    }
+
+    #[test]
+    fn one_workload_runs_with_what_it_reads() {
+        let opts = parse_args(args(&["--workload", "get1"])).unwrap();
+        assert_eq!(opts.workload, Some("get1"));
+        let labels =
+            |only| -> Vec<String> { workloads(10, only).into_iter().map(|w| w.label).collect() };
+        assert_eq!(labels(Some("get1")), ["put, 64 clients", "get, 1 client"]);
+        assert_eq!(labels(Some("put1")), ["put, 1 client"]);
+        assert_eq!(labels(None).len(), WORKLOADS.len());
     }
 
     #[test]
