@@ -230,7 +230,7 @@ impl Store {
         let store = self.clone();
         let path = path.as_ref().to_path_buf();
         tokio::task::spawn_blocking(move || {
-            let (meta, kvs) = crate::keyspace::read_all(store.state_db())?;
+            let (meta, kvs) = crate::keyspace::read_all(store.state_db()?)?;
             let body = BackupBody {
                 node_id: store.node_id(),
                 revision: meta.revision,

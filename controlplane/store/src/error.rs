@@ -163,6 +163,11 @@ pub enum StoreError {
     )]
     LogSync { problem: String },
 
+    #[error(
+        "a write to the state file failed, so this node serves no reads and applies no writes until it is restarted: {problem}"
+    )]
+    StateFailed { problem: String },
+
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -70,7 +70,7 @@ impl Drop for Inner {
                 tracing::warn!(error = %err, "raft task failed while shutting down a dropped store");
             }
             let _ = shared.events.send(WatchMessage::Closed);
-            for result in [log.close(), shared.db.close()] {
+            for result in [log.close(), shared.close()] {
                 if let Err(err) = result {
                     tracing::warn!(error = %err, "closing a dropped store's files");
                 }
@@ -309,9 +309,9 @@ impl Store {
         Ok(())
     }
 
-    /// The state file (keyspace, history, applied state).
-    pub(crate) fn state_db(&self) -> &DbCell {
-        &self.inner.shared.db
+    /// The state file (keyspace, history, applied state), holding everything applied so far.
+    pub(crate) fn state_db(&self) -> Result<&DbCell, StoreError> {
+        self.inner.shared.visible()
     }
 
     /// This node's raft id.
@@ -403,26 +403,26 @@ impl Store {
     /// Linearizable read of one key; returns it (if present) and the header revision.
     pub async fn get(&self, key: &[u8]) -> Result<(Option<KeyValue>, u64), StoreError> {
         self.ensure_linearizable().await?;
-        keyspace::get(&self.inner.shared.db, key)
+        keyspace::get(self.inner.shared.visible()?, key)
     }
 
     /// Linearizable range read; see [`RangeRequest`].
     pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse, StoreError> {
         self.ensure_linearizable().await?;
-        keyspace::range(&self.inner.shared.db, &req)
+        keyspace::range(self.inner.shared.visible()?, &req)
     }
 
     /// Serializable read of one key from this node's applied state, leader or not: no quorum
     /// round trip, but it may lag the leader (the header revision says how far it got).
     pub fn get_serializable(&self, key: &[u8]) -> Result<(Option<KeyValue>, u64), StoreError> {
         self.inner.shared.wait_for_acked();
-        keyspace::get(&self.inner.shared.db, key)
+        keyspace::get(self.inner.shared.visible()?, key)
     }
 
     /// Serializable range read from this node's applied state; see [`Store::get_serializable`].
     pub fn range_serializable(&self, req: RangeRequest) -> Result<RangeResponse, StoreError> {
         self.inner.shared.wait_for_acked();
-        keyspace::range(&self.inner.shared.db, &req)
+        keyspace::range(self.inner.shared.visible()?, &req)
     }
 
     /// Runs a transaction through raft. A failed compare is not an error: `succeeded` is false.
@@ -486,7 +486,7 @@ impl Store {
     pub fn watch(&self, req: WatchRequest) -> Result<WatchStream, StoreError> {
         self.inner.shared.wait_for_acked();
         if req.start_revision != 0 {
-            let meta = keyspace::read_meta(&self.inner.shared.db)?;
+            let meta = keyspace::read_meta(self.inner.shared.visible()?)?;
             if req.start_revision < meta.compacted {
                 return Err(StoreError::Compacted {
                     requested: req.start_revision,
@@ -494,7 +494,7 @@ impl Store {
                 });
             }
         } else {
-            self.inner.shared.db.with(|_| Ok(()))?;
+            self.inner.shared.visible()?.with(|_| Ok(()))?;
         }
         Ok(WatchStream::start(self.inner.shared.clone(), req))
     }
@@ -579,7 +579,7 @@ impl Store {
         let _ = self.inner.shared.events.send(WatchMessage::Closed);
         // Both files are released even if closing the first fails.
         let log = self.inner.log.close();
-        let state = self.inner.shared.db.close();
+        let state = self.inner.shared.close();
         log.and(state)
     }
 }

@@ -130,7 +130,11 @@ impl WatchState {
                     // Subscribe before reading: if this page reaches the current revision, the
                     // subscription holds every later revision.
                     let rx = self.shared.events.subscribe();
-                    let page = match read_history(&self.shared.db, next, REPLAY_PAGE) {
+                    let page = match self
+                        .shared
+                        .visible()
+                        .and_then(|db| read_history(db, next, REPLAY_PAGE))
+                    {
                         Ok(page) => page,
                         Err(err) => return self.fail(err),
                     };
