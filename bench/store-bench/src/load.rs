@@ -1,6 +1,7 @@
 //! The load generator: N concurrent clients draining a shared op counter against one system,
 //! recording every op's latency.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -61,15 +62,64 @@ pub struct Workload {
     pub ops: usize,
 }
 
-/// Throughput and latency of one run's successful ops, and what failed.
+/// Throughput and latency of a workload's successful ops over all its rounds, and what failed.
 #[derive(Debug, Clone)]
 pub struct Stats {
     pub ops_per_sec: f64,
     pub p50: Duration,
     pub p99: Duration,
+    /// The throughput of each round on its own.
+    pub rounds: Vec<f64>,
     /// Ops that returned an error (not retried, not in the latencies).
     pub errors: usize,
     pub first_error: Option<String>,
+}
+
+impl Stats {
+    /// Combines the rounds of one system: ops over the time they all took, percentiles over
+    /// every op.
+    pub fn of(samples: Vec<Sample>) -> Stats {
+        let elapsed: Duration = samples.iter().map(|s| s.elapsed).sum();
+        let rounds = samples.iter().map(Sample::ops_per_sec).collect();
+        let mut latencies = Vec::new();
+        let (mut errors, mut first_error) = (0, None);
+        for sample in samples {
+            latencies.extend(sample.latencies);
+            errors += sample.errors;
+            first_error = first_error.or(sample.first_error);
+        }
+        latencies.sort_unstable();
+        Stats {
+            ops_per_sec: rate(latencies.len(), elapsed),
+            p50: percentile(&latencies, 0.50),
+            p99: percentile(&latencies, 0.99),
+            rounds,
+            errors,
+            first_error,
+        }
+    }
+}
+
+/// One round of a workload on one system.
+#[derive(Debug, Default)]
+pub struct Sample {
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+    errors: usize,
+    first_error: Option<String>,
+}
+
+impl Sample {
+    fn ops_per_sec(&self) -> f64 {
+        rate(self.latencies.len(), self.elapsed)
+    }
+}
+
+fn rate(ops: usize, elapsed: Duration) -> f64 {
+    if elapsed.is_zero() {
+        return 0.0;
+    }
+    ops as f64 / elapsed.as_secs_f64()
 }
 
 /// What one client recorded.
@@ -103,10 +153,16 @@ fn key(prefix: &str, i: usize) -> Vec<u8> {
     format!("{prefix}{i:08}").into_bytes()
 }
 
-/// Runs `workload` against `target`. Failed ops are counted and skipped; a get that returns
-/// anything but the value that was put aborts the run.
-pub async fn run(target: &Target, workload: &Workload, value: &[u8]) -> Result<Stats, BenchError> {
-    let next = Arc::new(AtomicUsize::new(0));
+/// Runs ops `ops` of `workload` against `target`. Failed ops are counted and skipped; a get
+/// that returns anything but the value that was put aborts the run.
+pub async fn run(
+    target: &Target,
+    workload: &Workload,
+    ops: Range<usize>,
+    value: &[u8],
+) -> Result<Sample, BenchError> {
+    let next = Arc::new(AtomicUsize::new(ops.start));
+    let end = ops.end;
     let value: Arc<[u8]> = value.into();
     let started = Instant::now();
     let clients = (0..workload.clients).map(|_| {
@@ -120,7 +176,7 @@ pub async fn run(target: &Target, workload: &Workload, value: &[u8]) -> Result<S
             let mut record = Record::default();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= w.ops {
+                if i >= end {
                     return Ok::<_, BenchError>(record);
                 }
                 let op_started = Instant::now();
@@ -136,23 +192,18 @@ pub async fn run(target: &Target, workload: &Workload, value: &[u8]) -> Result<S
             }
         })
     });
-    let mut latencies = Vec::with_capacity(workload.ops);
-    let (mut errors, mut first_error) = (0, None);
+    let mut sample = Sample {
+        latencies: Vec::with_capacity(ops.len()),
+        ..Sample::default()
+    };
     for joined in futures::future::join_all(clients.collect::<Vec<_>>()).await {
         let record = joined.map_err(|e| BenchError::Internal(format!("client task: {e}")))??;
-        latencies.extend(record.latencies);
-        errors += record.errors;
-        first_error = first_error.or(record.first_error);
+        sample.latencies.extend(record.latencies);
+        sample.errors += record.errors;
+        sample.first_error = sample.first_error.or(record.first_error);
     }
-    let elapsed = started.elapsed();
-    latencies.sort_unstable();
-    Ok(Stats {
-        ops_per_sec: latencies.len() as f64 / elapsed.as_secs_f64(),
-        p50: percentile(&latencies, 0.50),
-        p99: percentile(&latencies, 0.99),
-        errors,
-        first_error,
-    })
+    sample.elapsed = started.elapsed();
+    Ok(sample)
 }
 
 /// The nearest-rank percentile of sorted samples.
@@ -175,5 +226,20 @@ mod tests {
         assert_eq!(percentile(&samples, 0.99), Duration::from_millis(99));
         assert_eq!(percentile(&samples[..1], 0.99), Duration::from_millis(1));
         assert_eq!(percentile(&[], 0.5), Duration::ZERO);
+    }
+
+    #[test]
+    fn rounds_combine_over_their_total_time() {
+        let sample = |ms: &[u64], elapsed_ms: u64| Sample {
+            latencies: ms.iter().copied().map(Duration::from_millis).collect(),
+            elapsed: Duration::from_millis(elapsed_ms),
+            ..Sample::default()
+        };
+        let stats = Stats::of(vec![sample(&[1, 2, 3, 4], 1000), sample(&[10; 4], 3000)]);
+        assert_eq!(stats.ops_per_sec, 2.0);
+        assert_eq!(stats.rounds, vec![4.0, 4.0 / 3.0]);
+        assert_eq!(stats.p50, Duration::from_millis(4));
+        assert_eq!(stats.p99, Duration::from_millis(10));
+        assert_eq!(Stats::of(vec![Sample::default()]).ops_per_sec, 0.0);
     }
 }

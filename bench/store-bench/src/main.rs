@@ -25,6 +25,8 @@ const RSS_BATCH: usize = 100;
 const USAGE: &str = "usage: store-bench [--ops N] [--rss-keys N]\n  \
     --ops N       puts with 1 client and gets with 1 client (default 2000); \
     the 64-client runs do 10*N\n  \
+    --rounds R    split each workload into R rounds, alternating the systems, so background \
+    load on the machine hits both alike (default 5)\n  \
     --rss-keys N  keys held by the member whose RSS is measured (default 100000)\n  \
     --only SYSTEM run only strake or only etcd, skipping the RSS figures (for profiling one side)\n  \
     --workload W  run only workload W (put1, put64, get1 or get64; a get also runs put64, which \
@@ -104,6 +106,8 @@ pub fn rss_key(i: usize) -> Vec<u8> {
 
 struct Options {
     ops: usize,
+    /// Each workload runs in this many slices, alternating between the systems.
+    rounds: usize,
     rss_keys: usize,
     rss_child: Option<PathBuf>,
     /// Only this system ("strake" or "etcd"), for profiling one side; no ratios then.
@@ -115,6 +119,7 @@ struct Options {
 fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, BenchError> {
     let mut opts = Options {
         ops: 2_000,
+        rounds: 5,
         rss_keys: 100_000,
         rss_child: None,
         only: None,
@@ -136,6 +141,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, BenchError>
         };
         match arg.as_str() {
             "--ops" => opts.ops = count("--ops", value("--ops")?)?,
+            "--rounds" => opts.rounds = count("--rounds", value("--rounds")?)?,
             "--rss-keys" => opts.rss_keys = count("--rss-keys", value("--rss-keys")?)?,
             "--rss-child" => opts.rss_child = Some(value("--rss-child")?.into()),
             "--workload" => {
@@ -160,6 +166,12 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, BenchError>
             }
             other => return Err(BenchError::Usage(format!("unknown argument {other:?}"))),
         }
+    }
+    if opts.rounds > opts.ops {
+        return Err(BenchError::Usage(format!(
+            "--rounds {} is more than --ops {}: every round needs an op",
+            opts.rounds, opts.ops
+        )));
     }
     Ok(opts)
 }
@@ -187,6 +199,11 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The ops of round `round` out of `rounds` of a workload of `ops` ops.
+fn round_ops(ops: usize, rounds: usize, round: usize) -> std::ops::Range<usize> {
+    ops * round / rounds..ops * (round + 1) / rounds
 }
 
 /// Short names of the workloads, in the order they run.
@@ -255,22 +272,35 @@ async fn bench(opts: &Options) -> Result<(), BenchError> {
     ];
     let value = vec![b'x'; VALUE_SIZE];
     let mut rows: Vec<(String, &'static str, Stats)> = Vec::new();
-    // Interleaved per workload so background load on the machine hits both alike.
+    let active: Vec<&Target> = targets
+        .iter()
+        .filter(|t| opts.only.is_none_or(|o| o == t.name()))
+        .collect();
     for workload in workloads(opts.ops, opts.workload) {
-        for target in targets
-            .iter()
-            .filter(|t| opts.only.is_none_or(|o| o == t.name()))
-        {
+        for target in &active {
             let warmup = Workload {
                 kind: Kind::Put,
                 prefix: "warmup/".into(),
-                ops: 2 * workload.clients,
                 ..workload.clone()
             };
-            load::run(target, &warmup, &value).await?;
-            let stats = load::run(target, &workload, &value).await?;
+            load::run(target, &warmup, 0..2 * workload.clients, &value).await?;
+        }
+        // Round by round, the systems taking turns to go first, so background load on the
+        // machine hits both alike.
+        let mut samples: Vec<Vec<load::Sample>> = active.iter().map(|_| Vec::new()).collect();
+        for round in 0..opts.rounds {
+            let ops = round_ops(workload.ops, opts.rounds, round);
+            let mut order: Vec<usize> = (0..active.len()).collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for i in order {
+                samples[i].push(load::run(active[i], &workload, ops.clone(), &value).await?);
+            }
+        }
+        for (target, samples) in active.iter().zip(samples) {
             eprintln!("{:<16} {:<6} done", workload.label, target.name());
-            rows.push((workload.label.clone(), target.name(), stats));
+            rows.push((workload.label.clone(), target.name(), Stats::of(samples)));
         }
     }
     drop(targets);
@@ -374,18 +404,28 @@ fn print_table(rows: &[(String, &'static str, Stats)]) {
         }
     }
     println!(
-        "\n{:<16} | {:>22} | {:>22}",
-        "workload", "strake/etcd ops/s", "strake p99 / etcd p99"
+        "\n{:<16} | {:>17} | {:>22} | {:>21}",
+        "workload", "strake/etcd ops/s", "per round (min-max)", "strake p99 / etcd p99"
     );
-    println!("{}", "-".repeat(66));
+    println!("{}", "-".repeat(86));
     for (label, _, strake) in rows.iter().filter(|(_, system, _)| *system == "strake") {
         let etcd = rows
             .iter()
             .find(|(l, system, _)| l == label && *system == "etcd");
         if let Some((_, _, etcd)) = etcd {
+            let per_round: Vec<f64> = strake
+                .rounds
+                .iter()
+                .zip(&etcd.rounds)
+                .map(|(s, e)| s / e)
+                .collect();
+            let min = per_round.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = per_round.iter().copied().fold(0.0, f64::max);
             println!(
-                "{label:<16} | {:>21.2}x | {:>21.2}x",
+                "{label:<16} | {:>16.2}x | {:>10.2}x - {:>8.2}x | {:>20.2}x",
                 strake.ops_per_sec / etcd.ops_per_sec,
+                min,
+                max,
                 strake.p99.as_secs_f64() / etcd.p99.as_secs_f64()
             );
         }
@@ -431,6 +471,19 @@ mod tests {
             parse_args(args(&["--bogus"])),
             Err(BenchError::Usage(_))
         ));
+        assert_eq!(parse_args(args(&[])).unwrap().rounds, 5);
+        assert_eq!(parse_args(args(&["--rounds", "3"])).unwrap().rounds, 3);
+        assert!(matches!(
+            parse_args(args(&["--ops", "2", "--rounds", "3"])),
+            Err(BenchError::Usage(_))
+        ));
+    }
+
+    #[test]
+    fn rounds_split_the_ops_without_gaps() {
+        let rounds: Vec<_> = (0..3).map(|r| round_ops(10, 3, r)).collect();
+        assert_eq!(rounds, vec![0..3, 3..6, 6..10]);
+        assert_eq!(round_ops(7, 1, 0), 0..7);
     }
 
     #[test]
