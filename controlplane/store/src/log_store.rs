@@ -3,7 +3,9 @@
 //!
 //! Truncations, purges and votes are synced (fsync) before they are acknowledged, and so are
 //! a follower's appends: a follower tells the leader it holds an entry only once the entry
-//! survives a crash. The committed log id is not stored: it is only a hint, and after a
+//! survives a crash. The syncer thread runs a follower's fsync too, while the append awaits it,
+//! so a slow disk holds up raft but not the async worker and whatever else it runs. The
+//! committed log id is not stored: it is only a hint, and after a
 //! restart the state machine catches up once the leader commits.
 //!
 //! # The leader syncs while it replicates
@@ -253,27 +255,22 @@ impl LogStore {
     /// stop for good), and nothing is acknowledged until it is on disk. Meanwhile new writes
     /// fail at once ([`Self::check_disk`]) and a follower whose leader stalls elects another.
     ///
-    /// With `sync`, the entries are on disk when this returns; without, the syncer thread
-    /// makes them durable.
+    /// The syncer thread makes the entries durable. With `sync`, this returns once it has;
+    /// meanwhile the async worker runs other tasks (raft waits for the append anyway).
     async fn append_waiting_for_space(
         &self,
         entries: Vec<Entry<TypeConfig>>,
         sync: bool,
     ) -> Result<(), StoreError> {
+        let last = entries.last().map(|e| e.log_id.index);
         loop {
             if let Some(problem) = &self.durable.borrow().failed {
                 return Err(StoreError::LogSync {
                     problem: problem.clone(),
                 });
             }
-            // Inline although it may block on an fsync: raft waits for the append before it
-            // does anything else, and a hop to a blocking thread costs more than it frees.
             let appended = self.with_wal(|wal| {
-                let pending = if sync {
-                    wal.append(&entries).map(|()| None)
-                } else {
-                    wal.write(&entries)
-                }?;
+                let pending = wal.write(&entries)?;
                 self.publish(wal);
                 if let Some(pending) = pending {
                     // The syncer ends only once every log store handle is gone.
@@ -292,12 +289,16 @@ impl LogStore {
                     }
                     tokio::time::sleep(DISK_FULL_RETRY).await;
                 }
-                result => {
-                    if result.is_ok() && self.disk.full.borrow().is_some() {
+                Err(err) => return Err(err),
+                Ok(()) => {
+                    if self.disk.full.borrow().is_some() {
                         tracing::info!("disk space is back; raft log appends go on");
                         self.disk.full.send_replace(None);
                     }
-                    return result;
+                    if let (true, Some(last)) = (sync, last) {
+                        self.durable().holds(last).await?;
+                    }
+                    return Ok(());
                 }
             }
         }
@@ -513,7 +514,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn only_the_leaders_own_entries_skip_the_inline_sync() {
+    async fn only_the_leaders_own_entries_skip_waiting_for_the_sync() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = open(dir.path(), 1);
         let own = [blank(2, 1, 1)];
@@ -615,5 +616,21 @@ mod tests {
             .expect("the syncer syncs the write")
             .unwrap();
         assert_eq!(log.with_wal(|wal| Ok(wal.durable_end())).unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_followers_append_returns_once_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path(), 1);
+        for round in 0..20 {
+            let entries: Vec<_> = (0..3).map(|i| blank(1, 2, 3 * round + i)).collect();
+            assert!(!log.leads(&entries));
+            log.append_waiting_for_space(entries, true).await.unwrap();
+            assert_eq!(
+                log.with_wal(|wal| Ok(wal.durable_end())).unwrap(),
+                3 * round + 3,
+                "round {round}"
+            );
+        }
     }
 }

@@ -403,17 +403,19 @@ impl Wal {
         Ok((stat.blocks_available() as u64).saturating_mul(stat.fragment_size() as u64))
     }
 
-    /// Appends `entries` and syncs them (and everything written before them) to disk. On
-    /// failure nothing of them stays in the file. Fails with [`StoreError::DiskFull`] if the
-    /// file system is full, or would keep less than the reserve free after the append.
+    /// Appends `entries` and syncs them (and everything written before them) to disk: what
+    /// the log store does through its syncer thread.
+    #[cfg(test)]
     pub(crate) fn append(&mut self, entries: &[Entry<TypeConfig>]) -> Result<(), StoreError> {
         self.write_records(entries, true)?;
         self.durable_end = self.next_index();
         Ok(())
     }
 
-    /// Appends `entries` like [`Wal::append`] but leaves the sync to the caller: they are
-    /// read back at once, and durable once the returned sync has run and been reported.
+    /// Appends `entries`, leaving the sync to the caller: they are read back at once, and
+    /// durable once the returned sync has run and been reported. On failure nothing of them
+    /// stays in the file. Fails with [`StoreError::DiskFull`] if the file system is full, or
+    /// would keep less than the reserve free after the append.
     pub(crate) fn write(
         &mut self,
         entries: &[Entry<TypeConfig>],
