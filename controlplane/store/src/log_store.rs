@@ -20,8 +20,12 @@
 //! - the state machine applies an entry (and so answers its writer and serves reads of it)
 //!   only once it is durable here;
 //! - append-entries carrying a commit index wait until the log is durable that far, so no
-//!   follower applies what this leader could still lose;
+//!   follower applies what this leader could still lose (after 50 ms they carry a lower
+//!   commit index instead, so a slow disk does not run out openraft's RPC timeout);
 //! - a vote request waits until the log it claims is durable.
+//!
+//! A node that stops leading syncs what it wrote before it saves the new vote: as a follower,
+//! openraft acknowledges entries it already holds without appending them.
 //!
 //! And a leader never writes in the same term after it lost unsynced entries: openraft 0.9
 //! resumes leading in the old term after a restart, and it could then write other entries at
@@ -30,12 +34,18 @@
 //! and [`Wal::open`] syncs them. So [`LogStore::open`] compares the kernel's boot id with the
 //! one it recorded: after a reboot it turns a vote that made this node leader back into a
 //! plain vote for itself, and the node must win a new term.
+//!
+//! A failed fsync is the other way to lose written entries: the kernel may drop the pages it
+//! could not write, yet a later fsync through a new file handle reports success. So a failed
+//! sync stops the log (no more appends) and records where the unsynced entries began
+//! (`sync_failed_from`); the next open drops the entries from there on and makes the node win
+//! a new term before it leads, as after a reboot.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, Weak, mpsc};
 use std::time::Duration;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -56,6 +66,8 @@ const LAST_PURGED: &str = "last_purged";
 const BOOT_ID: &str = "boot_id";
 /// Where the kernel tells its boot id, which changes with every boot.
 const BOOT_ID_FILE: &str = "/proc/sys/kernel/random/boot_id";
+/// Set when a sync of the log failed: entries from this index on may not be on disk.
+const SYNC_FAILED_FROM: &str = "sync_failed_from";
 
 /// Raft log storage: entries in the write-ahead log ([`Wal`], `raft-wal/`), vote and
 /// last-purged log id in `raft-log.redb`. Clones share both; openraft serializes all writes
@@ -104,6 +116,17 @@ impl Durable {
             None => Ok(()),
         }
     }
+
+    /// Entries before this index are on disk. Fails if the log cannot be synced.
+    pub(crate) fn end(&self) -> Result<u64, StoreError> {
+        let state = self.0.borrow();
+        match &state.failed {
+            Some(problem) => Err(StoreError::LogSync {
+                problem: problem.clone(),
+            }),
+            None => Ok(state.end),
+        }
+    }
 }
 
 /// Whether appends are held up by a full disk.
@@ -149,14 +172,31 @@ impl LogStore {
             syncs,
         };
         let last_purged = store.read_meta(LAST_PURGED)?;
-        let wal = Wal::open(wal_dir, last_purged, reserve)?;
+        let mut wal = Wal::open(wal_dir, last_purged, reserve)?;
+        let sync_failed_from: Option<u64> = store.read_meta(SYNC_FAILED_FROM)?;
+        if let Some(from) = sync_failed_from {
+            // A new file handle's fsync succeeds even though pages an earlier one failed to
+            // write are gone from the disk (they are still readable from the page cache).
+            tracing::warn!(
+                from,
+                "a sync of the raft log failed before this start: the entries from {from} on may \
+                 not be on disk, so they are dropped and this node must win a new term to lead"
+            );
+            wal.truncate(from)?;
+        }
         store.publish(&wal);
         *store.lock() = Some(wal);
-        store.forget_leading_after_reboot(boot_id())?;
+        let leading = store.forget_leading_after_reboot(boot_id(), sync_failed_from.is_some())?;
+        store.leading.store(leading.unwrap_or(0), Ordering::Release);
+        if sync_failed_from.is_some() {
+            store.remove_meta(SYNC_FAILED_FROM)?;
+        }
+        // Weak: a dropped log store releases its files at once, whatever the thread is doing.
         let (wal, durable) = (store.wal.clone(), store.durable.clone());
+        let db = Arc::downgrade(&store.db);
         std::thread::Builder::new()
             .name(format!("raft-log-sync-{me}"))
-            .spawn(move || run_syncer(&wal, &durable, &requests))
+            .spawn(move || run_syncer(&wal, &durable, &db, &requests))
             .map_err(|source| StoreError::Io {
                 op: "cannot start the raft log syncer thread for",
                 path: wal_dir.to_path_buf(),
@@ -165,25 +205,63 @@ impl LogStore {
         Ok(store)
     }
 
-    /// After a reboot (or when the boot id is unknown), makes a vote that made this node
-    /// leader a plain vote for itself (see the module docs); then records `boot`.
-    fn forget_leading_after_reboot(&self, boot: Option<String>) -> Result<(), StoreError> {
+    /// After a reboot (or when the boot id is unknown), or with `lost_writes` (a sync of the
+    /// log failed), makes a vote that made this node leader a plain vote for itself (see the
+    /// module docs); then records `boot`. Returns the term this node still leads in, if any:
+    /// openraft resumes leading it without saving the vote again.
+    fn forget_leading_after_reboot(
+        &self,
+        boot: Option<String>,
+        lost_writes: bool,
+    ) -> Result<Option<u64>, StoreError> {
         let recorded: Option<String> = self.read_meta(BOOT_ID)?;
         let same_boot = boot.is_some() && recorded == boot;
-        if !same_boot
-            && let Some(vote) = self.read_meta::<Vote<NodeId>>(VOTE)?
+        let mut leading = None;
+        if let Some(vote) = self.read_meta::<Vote<NodeId>>(VOTE)?
             && vote.is_committed()
             && vote.leader_id().voted_for() == Some(self.me)
         {
-            tracing::info!(
-                term = vote.leader_id().term,
-                "the machine rebooted since this node led: it must win a new term to lead again"
-            );
-            self.write_meta(VOTE, &Vote::new(vote.leader_id().term, self.me))?;
+            let term = vote.leader_id().term;
+            if same_boot && !lost_writes {
+                leading = Some(term);
+            } else {
+                tracing::info!(
+                    term,
+                    "this node led before it lost unsynced writes (a reboot, or a failed sync): \
+                     it must win a new term to lead again"
+                );
+                self.write_meta(VOTE, &Vote::new(term, self.me))?;
+            }
         }
-        match boot {
-            Some(boot) if !same_boot => self.write_meta(BOOT_ID, &boot),
-            _ => Ok(()),
+        if let Some(boot) = boot
+            && !same_boot
+        {
+            self.write_meta(BOOT_ID, &boot)?;
+        }
+        Ok(leading)
+    }
+
+    /// Asks the syncer thread to run `sync`; if the thread is gone, the log is failed.
+    fn request_sync(&self, sync: PendingSync) {
+        if self.syncs.send(sync).is_err() {
+            fail(&self.durable, "the raft log syncer thread is gone".into());
+        }
+    }
+
+    /// Returns once everything written to the log is on disk. A node that stops leading must
+    /// not let the next leader count its own unsynced entries: openraft answers an append of
+    /// entries it already holds without writing (or syncing) anything.
+    async fn sync_written(&self) -> Result<(), StoreError> {
+        let last = self.with_wal(|wal| {
+            self.publish(wal);
+            if let Some(sync) = wal.pending_sync() {
+                self.request_sync(sync);
+            }
+            Ok(wal.written_end().checked_sub(1))
+        })?;
+        match last {
+            Some(last) => self.durable().holds(last).await,
+            None => Ok(()),
         }
     }
 
@@ -216,7 +294,13 @@ impl LogStore {
         f: impl FnOnce(&mut Wal) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         match self.lock().as_mut() {
-            Some(wal) => f(wal),
+            Some(wal) => {
+                let result = f(wal);
+                if let Err(err @ StoreError::LogSync { .. }) = &result {
+                    lost_writes(&self.durable, &self.db, wal.durable_end(), err);
+                }
+                result
+            }
             None => Err(StoreError::Stopped),
         }
     }
@@ -273,8 +357,7 @@ impl LogStore {
                 let pending = wal.write(&entries)?;
                 self.publish(wal);
                 if let Some(pending) = pending {
-                    // The syncer ends only once every log store handle is gone.
-                    let _ = self.syncs.send(pending);
+                    self.request_sync(pending);
                 }
                 Ok(())
             });
@@ -321,15 +404,16 @@ impl LogStore {
     }
 
     fn write_meta<T: Serialize>(&self, name: &'static str, value: &T) -> Result<(), StoreError> {
-        let bytes = encode(name, value)?;
+        write_meta(&self.db, name, value)
+    }
+
+    fn remove_meta(&self, name: &'static str) -> Result<(), StoreError> {
         let db = &self.db;
         db.with(|d| {
             let txn = d.begin_write().db(db, "begin write")?;
             {
                 let mut table = txn.open_table(LOG_META).db(db, "open raft_meta")?;
-                table
-                    .insert(name, bytes.as_slice())
-                    .db(db, "write raft_meta")?;
+                table.remove(name).db(db, "write raft_meta")?;
             }
             txn.commit().db(db, "commit raft_meta")
         })
@@ -399,6 +483,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let leads = vote.is_committed() && vote.leader_id().voted_for() == Some(self.me);
         let term = if leads { vote.leader_id().term } else { 0 };
         self.leading.store(term, Ordering::Release);
+        if !leads {
+            self.sync_written()
+                .await
+                .map_err(|e| StorageIOError::write_vote(&e))?;
+        }
         Ok(())
     }
 
@@ -471,23 +560,75 @@ fn publish(durable: &watch::Sender<DurableState>, wal: &Wal) {
 fn run_syncer(
     wal: &Mutex<Option<Wal>>,
     durable: &watch::Sender<DurableState>,
+    db: &Weak<DbCell>,
     requests: &mpsc::Receiver<PendingSync>,
 ) {
+    let _failed_if_it_panics = FailOnPanic(durable);
     while let Ok(mut sync) = requests.recv() {
         while let Ok(newer) = requests.try_recv() {
             sync = newer;
         }
-        if let Err(err) = sync.run() {
-            // After a failed fsync the kernel may have dropped the pages: the log can never
-            // again vouch for what it holds, so it takes no more appends.
-            tracing::error!(error = %err, "the raft log could not be synced; this node stops taking writes");
-            durable.send_modify(|d| d.failed = Some(err.to_string()));
-            continue;
-        }
+        let synced = sync.run();
         let mut guard = wal.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(wal) = guard.as_mut() {
-            wal.synced(&sync);
-            publish(durable, wal);
+        let Some(wal) = guard.as_mut() else {
+            continue;
+        };
+        match synced {
+            Ok(()) => {
+                wal.synced(&sync);
+                publish(durable, wal);
+            }
+            Err(err) => match db.upgrade() {
+                Some(db) => lost_writes(durable, &db, wal.durable_end(), &err),
+                None => fail(durable, err.to_string()),
+            },
+        }
+    }
+}
+
+fn write_meta<T: Serialize>(db: &DbCell, name: &'static str, value: &T) -> Result<(), StoreError> {
+    let bytes = encode(name, value)?;
+    db.with(|d| {
+        let txn = d.begin_write().db(db, "begin write")?;
+        {
+            let mut table = txn.open_table(LOG_META).db(db, "open raft_meta")?;
+            table
+                .insert(name, bytes.as_slice())
+                .db(db, "write raft_meta")?;
+        }
+        txn.commit().db(db, "commit raft_meta")
+    })
+}
+
+/// After a failed fsync the kernel may have dropped the pages: the log can never again vouch
+/// for what it holds, so it takes no more appends, and the next open drops what was not
+/// synced (`SYNC_FAILED_FROM`).
+fn lost_writes(
+    durable: &watch::Sender<DurableState>,
+    db: &DbCell,
+    durable_end: u64,
+    err: &StoreError,
+) {
+    tracing::error!(error = %err, "the raft log could not be synced; this node stops taking writes");
+    if let Err(marking) = write_meta(db, SYNC_FAILED_FROM, &durable_end) {
+        tracing::error!(error = %marking, "cannot record the failed sync of the raft log");
+    }
+    fail(durable, err.to_string());
+}
+
+fn fail(durable: &watch::Sender<DurableState>, problem: String) {
+    durable.send_modify(|d| {
+        d.failed.get_or_insert(problem);
+    });
+}
+
+/// Fails the log if the syncer thread panics, so nothing waits for it forever.
+struct FailOnPanic<'a>(&'a watch::Sender<DurableState>);
+
+impl Drop for FailOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            fail(self.0, "the raft log syncer thread panicked".into());
         }
     }
 }
@@ -549,12 +690,14 @@ mod tests {
         assert_eq!(log.read_meta::<String>(BOOT_ID).unwrap(), Some(boot));
         log.save_vote(&Vote::new_committed(4, 1)).await.unwrap();
 
-        // The same boot (a restarted process): nothing written was lost, it may go on leading.
+        // The same boot (a restarted process): nothing written was lost, it may go on leading,
+        // and its own appends skip waiting for the sync again.
         log = reopen(log, dir.path()).await;
         assert_eq!(
             log.read_vote().await.unwrap(),
             Some(Vote::new_committed(4, 1))
         );
+        assert!(log.leads(&[blank(4, 1, 0)]));
 
         // Another boot: it must win a new term.
         log.write_meta(BOOT_ID, &"an earlier boot").unwrap();
@@ -563,7 +706,7 @@ mod tests {
 
         // An unknown boot id counts as a reboot; a vote for another leader is kept as it is.
         log.save_vote(&Vote::new_committed(4, 1)).await.unwrap();
-        log.forget_leading_after_reboot(None).unwrap();
+        assert_eq!(log.forget_leading_after_reboot(None, false).unwrap(), None);
         assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(4, 1)));
         log.save_vote(&Vote::new_committed(5, 2)).await.unwrap();
         log.write_meta(BOOT_ID, &"an earlier boot").unwrap();
@@ -572,6 +715,56 @@ mod tests {
             log.read_vote().await.unwrap(),
             Some(Vote::new_committed(5, 2))
         );
+    }
+
+    #[tokio::test]
+    async fn a_node_that_stops_leading_syncs_what_it_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path(), 1);
+        log.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
+        // Written as the leader writes, with no sync asked of the syncer yet.
+        let entries: Vec<_> = (0..3).map(|i| blank(2, 1, i)).collect();
+        log.with_wal(|wal| wal.write(&entries).map(drop)).unwrap();
+        assert_eq!(log.with_wal(|wal| Ok(wal.durable_end())).unwrap(), 0);
+
+        log.save_vote(&Vote::new(3, 2)).await.unwrap();
+        assert_eq!(log.with_wal(|wal| Ok(wal.durable_end())).unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_sync_the_next_open_drops_what_was_not_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path(), 1);
+        log.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
+        let synced: Vec<_> = (0..3).map(|i| blank(2, 1, i)).collect();
+        log.append_waiting_for_space(synced, true).await.unwrap();
+        let unsynced: Vec<_> = (3..5).map(|i| blank(2, 1, i)).collect();
+        log.with_wal(|wal| wal.write(&unsynced).map(drop)).unwrap();
+        let err = StoreError::LogSync {
+            problem: "injected".into(),
+        };
+        let durable_end = log.with_wal(|wal| Ok(wal.durable_end())).unwrap();
+        lost_writes(&log.durable, &log.db, durable_end, &err);
+        let refused = log
+            .append_waiting_for_space(vec![blank(2, 1, 5)], false)
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::LogSync { .. })),
+            "{refused:?}"
+        );
+
+        // The same boot: the unsynced entries are dropped and leading needs a new term.
+        let mut log = reopen(log, dir.path()).await;
+        assert_eq!(
+            log.log_state().unwrap().last_log_id.map(|id| id.index),
+            Some(2)
+        );
+        assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(2, 1)));
+        assert!(!log.leads(&[blank(2, 1, 3)]));
+        assert_eq!(log.read_meta::<u64>(SYNC_FAILED_FROM).unwrap(), None);
+        log.append_waiting_for_space(vec![blank(3, 1, 3)], true)
+            .await
+            .expect("the reopened log takes appends");
     }
 
     #[tokio::test]

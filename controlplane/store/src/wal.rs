@@ -80,11 +80,12 @@ pub(crate) struct PendingSync {
 }
 
 impl PendingSync {
-    /// Syncs the segment's data to disk (blocking).
+    /// Syncs the segment's data to disk (blocking). Fails with [`StoreError::LogSync`]: after
+    /// a failed fsync the kernel may have dropped the pages, so what was written may be lost.
     pub(crate) fn run(&self) -> Result<(), StoreError> {
-        self.file
-            .sync_data()
-            .map_err(io_err("cannot sync", &self.path))
+        self.file.sync_data().map_err(|source| StoreError::LogSync {
+            problem: format!("cannot sync {}: {source}", self.path.display()),
+        })
     }
 }
 

@@ -10,7 +10,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use openraft::BasicNode;
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
     Unreachable,
@@ -20,6 +19,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use openraft::{BasicNode, LogId};
 use rustls::pki_types::ServerName;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -169,7 +169,38 @@ fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, Transp
     postcard::to_allocvec(value).map_err(|source| TransportError::Codec { what, source })
 }
 
+/// How long an append-entries waits for this node's log to be on disk up to the commit index
+/// it carries, before it carries a lower one: well inside openraft's RPC timeout (the
+/// heartbeat interval), so a slow disk delays followers' applies, not heartbeats.
+const COMMIT_GATE_WAIT: Duration = Duration::from_millis(50);
+
 impl PeerConnection {
+    /// The commit index an append-entries may carry: `commit` once this node's log is on disk
+    /// that far (see [`crate::log_store`]). If that takes longer than [`COMMIT_GATE_WAIT`],
+    /// the highest log id of the request that is on disk and committed, or none: a follower
+    /// never moves its commit index back, and learns the rest from a later request.
+    async fn commit_to_send<E: std::error::Error>(
+        &self,
+        commit: LogId<NodeId>,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+    ) -> Result<Option<LogId<NodeId>>, RPCError<NodeId, BasicNode, E>> {
+        let Some(log) = &self.log else {
+            return Ok(Some(commit));
+        };
+        let network = |err: StoreError| RPCError::Network(NetworkError::new(&err));
+        if let Ok(held) = tokio::time::timeout(COMMIT_GATE_WAIT, log.holds(commit.index)).await {
+            return held.map(|()| Some(commit)).map_err(network);
+        }
+        let end = log.end().map_err(network)?;
+        Ok(rpc
+            .prev_log_id
+            .iter()
+            .chain(rpc.entries.iter().map(|e| &e.log_id))
+            .filter(|id| id.index < end && id.index <= commit.index)
+            .max_by_key(|id| id.index)
+            .copied())
+    }
+
     /// Waits until this node's log is on disk up to `index` (if the factory was told to).
     async fn log_holds<E: std::error::Error>(
         &self,
@@ -394,8 +425,9 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        let mut rpc = rpc;
         if let Some(commit) = rpc.leader_commit {
-            self.log_holds(commit.index).await?;
+            rpc.leader_commit = self.commit_to_send(commit, &rpc).await?;
         }
         let entries = rpc.entries.len();
         let body = encode("append-entries", &rpc).map_err(codec_error)?;
