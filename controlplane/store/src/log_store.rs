@@ -186,7 +186,7 @@ impl LogStore {
         }
         store.publish(&wal);
         *store.lock() = Some(wal);
-        let leading = store.forget_leading_after_reboot(boot_id(), sync_failed_from.is_some())?;
+        let leading = store.resume_or_forget_leading(boot_id(), sync_failed_from.is_some())?;
         store.leading.store(leading.unwrap_or(0), Ordering::Release);
         if sync_failed_from.is_some() {
             store.remove_meta(SYNC_FAILED_FROM)?;
@@ -209,7 +209,7 @@ impl LogStore {
     /// log failed), makes a vote that made this node leader a plain vote for itself (see the
     /// module docs); then records `boot`. Returns the term this node still leads in, if any:
     /// openraft resumes leading it without saving the vote again.
-    fn forget_leading_after_reboot(
+    fn resume_or_forget_leading(
         &self,
         boot: Option<String>,
         lost_writes: bool,
@@ -408,15 +408,7 @@ impl LogStore {
     }
 
     fn remove_meta(&self, name: &'static str) -> Result<(), StoreError> {
-        let db = &self.db;
-        db.with(|d| {
-            let txn = d.begin_write().db(db, "begin write")?;
-            {
-                let mut table = txn.open_table(LOG_META).db(db, "open raft_meta")?;
-                table.remove(name).db(db, "write raft_meta")?;
-            }
-            txn.commit().db(db, "commit raft_meta")
-        })
+        update_meta(&self.db, |table| table.remove(name).map(drop))
     }
 
     fn read_entries<RB: RangeBounds<u64>>(
@@ -588,13 +580,21 @@ fn run_syncer(
 
 fn write_meta<T: Serialize>(db: &DbCell, name: &'static str, value: &T) -> Result<(), StoreError> {
     let bytes = encode(name, value)?;
+    update_meta(db, |table| table.insert(name, bytes.as_slice()).map(drop))
+}
+
+/// Changes the `raft_meta` table in one durable transaction.
+fn update_meta(
+    db: &DbCell,
+    change: impl FnOnce(
+        &mut redb::Table<'_, &'static str, &'static [u8]>,
+    ) -> Result<(), redb::StorageError>,
+) -> Result<(), StoreError> {
     db.with(|d| {
         let txn = d.begin_write().db(db, "begin write")?;
         {
             let mut table = txn.open_table(LOG_META).db(db, "open raft_meta")?;
-            table
-                .insert(name, bytes.as_slice())
-                .db(db, "write raft_meta")?;
+            change(&mut table).db(db, "write raft_meta")?;
         }
         txn.commit().db(db, "commit raft_meta")
     })
@@ -676,6 +676,15 @@ mod tests {
         );
     }
 
+    fn durable_end(log: &LogStore) -> u64 {
+        log.with_wal(|wal| Ok(wal.durable_end())).unwrap()
+    }
+
+    /// Writes `entries` as the leader does, without asking the syncer for a sync.
+    fn write_unsynced(log: &LogStore, entries: &[Entry<TypeConfig>]) {
+        log.with_wal(|wal| wal.write(entries).map(drop)).unwrap();
+    }
+
     async fn reopen(log: LogStore, dir: &Path) -> LogStore {
         log.close().unwrap();
         drop(log);
@@ -706,7 +715,7 @@ mod tests {
 
         // An unknown boot id counts as a reboot; a vote for another leader is kept as it is.
         log.save_vote(&Vote::new_committed(4, 1)).await.unwrap();
-        assert_eq!(log.forget_leading_after_reboot(None, false).unwrap(), None);
+        assert_eq!(log.resume_or_forget_leading(None, false).unwrap(), None);
         assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(4, 1)));
         log.save_vote(&Vote::new_committed(5, 2)).await.unwrap();
         log.write_meta(BOOT_ID, &"an earlier boot").unwrap();
@@ -724,11 +733,11 @@ mod tests {
         log.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
         // Written as the leader writes, with no sync asked of the syncer yet.
         let entries: Vec<_> = (0..3).map(|i| blank(2, 1, i)).collect();
-        log.with_wal(|wal| wal.write(&entries).map(drop)).unwrap();
-        assert_eq!(log.with_wal(|wal| Ok(wal.durable_end())).unwrap(), 0);
+        write_unsynced(&log, &entries);
+        assert_eq!(durable_end(&log), 0);
 
         log.save_vote(&Vote::new(3, 2)).await.unwrap();
-        assert_eq!(log.with_wal(|wal| Ok(wal.durable_end())).unwrap(), 3);
+        assert_eq!(durable_end(&log), 3);
     }
 
     #[tokio::test]
@@ -739,12 +748,12 @@ mod tests {
         let synced: Vec<_> = (0..3).map(|i| blank(2, 1, i)).collect();
         log.append_waiting_for_space(synced, true).await.unwrap();
         let unsynced: Vec<_> = (3..5).map(|i| blank(2, 1, i)).collect();
-        log.with_wal(|wal| wal.write(&unsynced).map(drop)).unwrap();
+        write_unsynced(&log, &unsynced);
         let err = StoreError::LogSync {
             problem: "injected".into(),
         };
-        let durable_end = log.with_wal(|wal| Ok(wal.durable_end())).unwrap();
-        lost_writes(&log.durable, &log.db, durable_end, &err);
+        let end = durable_end(&log);
+        lost_writes(&log.durable, &log.db, end, &err);
         let refused = log
             .append_waiting_for_space(vec![blank(2, 1, 5)], false)
             .await;
@@ -808,7 +817,7 @@ mod tests {
             .await
             .expect("the syncer syncs the write")
             .unwrap();
-        assert_eq!(log.with_wal(|wal| Ok(wal.durable_end())).unwrap(), 3);
+        assert_eq!(durable_end(&log), 3);
     }
 
     #[tokio::test]
@@ -819,11 +828,7 @@ mod tests {
             let entries: Vec<_> = (0..3).map(|i| blank(1, 2, 3 * round + i)).collect();
             assert!(!log.leads(&entries));
             log.append_waiting_for_space(entries, true).await.unwrap();
-            assert_eq!(
-                log.with_wal(|wal| Ok(wal.durable_end())).unwrap(),
-                3 * round + 3,
-                "round {round}"
-            );
+            assert_eq!(durable_end(&log), 3 * round + 3, "round {round}");
         }
     }
 }

@@ -125,7 +125,7 @@ impl std::fmt::Debug for Pending {
 
 /// Whether a commit of the state file syncs it to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sync {
+enum Fsync {
     /// Never: a reader waits for this commit.
     Never,
     /// When the last durable commit is [`DURABLE_EVERY`] old.
@@ -231,20 +231,25 @@ impl Shared {
     /// The state file with every entry applied so far committed to it: what reads open.
     pub(crate) fn visible(&self) -> Result<&DbCell, StoreError> {
         if self.has_pending.load(Ordering::Acquire) {
-            let mut pending = self.lock_pending();
-            self.commit(&mut pending, Sync::Never)?;
+            self.flush(Fsync::Never)?;
         }
         self.check_failed()?;
         Ok(&self.db)
     }
 
+    /// Commits what is pending, if anything.
+    fn flush(&self, fsync: Fsync) -> Result<(), StoreError> {
+        let mut slot = self.lock_pending();
+        self.commit(&mut slot, fsync)
+    }
+
     /// Commits the applies in `slot`, if any. The caller holds the lock, so `has_pending`
     /// turns false only once they are visible to readers.
-    fn commit(&self, slot: &mut Option<Pending>, sync: Sync) -> Result<(), StoreError> {
+    fn commit(&self, slot: &mut Option<Pending>, fsync: Fsync) -> Result<(), StoreError> {
         let Some(pending) = slot.take() else {
             return Ok(());
         };
-        let committed = self.commit_pending(pending, sync);
+        let committed = self.commit_pending(pending, fsync);
         self.has_pending.store(false, Ordering::Release);
         if let Err(err) = &committed {
             self.fail(err);
@@ -252,13 +257,13 @@ impl Shared {
         committed
     }
 
-    fn commit_pending(&self, mut pending: Pending, sync: Sync) -> Result<(), StoreError> {
+    fn commit_pending(&self, mut pending: Pending, fsync: Fsync) -> Result<(), StoreError> {
         let db = &*self.db;
         {
             let mut table = pending.txn.open_table(SM_META).db(db, "open sm_meta")?;
             pending.meta.write(db, &mut table)?;
         }
-        if !self.durable_now(sync) {
+        if !self.durable_now(fsync) {
             pending
                 .txn
                 .set_durability(redb::Durability::None)
@@ -267,12 +272,12 @@ impl Shared {
         pending.txn.commit().db(db, "commit apply")
     }
 
-    fn durable_now(&self, sync: Sync) -> bool {
+    fn durable_now(&self, fsync: Fsync) -> bool {
         let mut last = self.last_durable.lock().unwrap_or_else(|p| p.into_inner());
-        let durable = match sync {
-            Sync::Never => false,
-            Sync::IfDue => last.elapsed() >= DURABLE_EVERY,
-            Sync::Always => true,
+        let durable = match fsync {
+            Fsync::Never => false,
+            Fsync::IfDue => last.elapsed() >= DURABLE_EVERY,
+            Fsync::Always => true,
         };
         if durable {
             *last = Instant::now();
@@ -295,22 +300,23 @@ impl Shared {
         })
     }
 
-    /// Runs `write` in the write transaction with whatever is pending, and commits it durably.
-    /// A failure loses the pending applies, so it fails the state file.
-    fn write_durably<R>(
+    /// Runs `write` on the pending transaction in `slot` (begun if there is none), which then
+    /// holds applies. A failure loses the transaction with every apply in it, so it fails the
+    /// state file.
+    fn extend<R>(
         &self,
-        write: impl FnOnce(&redb::WriteTransaction, &mut SmMeta) -> Result<R, StoreError>,
+        slot: &mut Option<Pending>,
+        write: impl FnOnce(&mut Pending) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
-        let mut slot = self.lock_pending();
         self.check_failed()?;
         let mut pending = match slot.take() {
             Some(pending) => pending,
             None => self.begin()?,
         };
-        match write(&pending.txn, &mut pending.meta) {
+        match write(&mut pending) {
             Ok(value) => {
                 *slot = Some(pending);
-                self.commit(&mut slot, Sync::Always)?;
+                self.has_pending.store(true, Ordering::Release);
                 Ok(value)
             }
             Err(err) => {
@@ -322,12 +328,20 @@ impl Shared {
         }
     }
 
+    /// Runs `write` in the write transaction with whatever is pending, and commits it durably.
+    fn write_durably<R>(
+        &self,
+        write: impl FnOnce(&redb::WriteTransaction, &mut SmMeta) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let mut slot = self.lock_pending();
+        let value = self.extend(&mut slot, |pending| write(&pending.txn, &mut pending.meta))?;
+        self.commit(&mut slot, Fsync::Always)?;
+        Ok(value)
+    }
+
     /// Commits what is pending, durably, and closes the state file. Idempotent.
     pub(crate) fn close(&self) -> Result<(), StoreError> {
-        let committed = {
-            let mut slot = self.lock_pending();
-            self.commit(&mut slot, Sync::Always)
-        };
+        let committed = self.flush(Fsync::Always);
         let closed = self.db.close();
         committed.and(closed)
     }
@@ -344,11 +358,7 @@ impl Shared {
             tokio::time::sleep(shared.flush_after).await;
             shared.flush_scheduled.store(false, Ordering::Release);
             let flushing = shared.clone();
-            let flushed = tokio::task::spawn_blocking(move || {
-                let mut slot = flushing.lock_pending();
-                flushing.commit(&mut slot, Sync::IfDue)
-            })
-            .await;
+            let flushed = tokio::task::spawn_blocking(move || flushing.flush(Fsync::IfDue)).await;
             // A failed commit has failed the state file, which says why on every later use.
             if let Ok(Err(err)) = flushed {
                 tracing::debug!(error = %err, "committing pending applies");
@@ -477,33 +487,19 @@ impl StateMachine {
             .iter()
             .any(|e| matches!(e.payload, EntryPayload::Membership(_)));
         let mut slot = shared.lock_pending();
-        shared.check_failed()?;
-        let mut pending = match slot.take() {
-            Some(pending) => pending,
-            None => shared.begin()?,
-        };
-        let (responses, published) = match self.apply_to(&mut pending, entries) {
-            Ok(applied) => applied,
-            Err(err) => {
-                // The transaction is gone with the entries applied to it before.
-                drop(pending);
-                shared.has_pending.store(false, Ordering::Release);
-                shared.fail(&err);
-                return Err(err);
-            }
-        };
-        pending.entries += count;
-        let revision = pending.meta.revision;
-        let due = membership
-            || pending.entries >= MAX_PENDING
-            || pending.since.elapsed() >= shared.flush_after;
-        *slot = Some(pending);
-        shared.has_pending.store(true, Ordering::Release);
+        let (responses, published, revision, due) = shared.extend(&mut slot, |pending| {
+            let (responses, published) = self.apply_to(pending, entries)?;
+            pending.entries += count;
+            let due = membership
+                || pending.entries >= MAX_PENDING
+                || pending.since.elapsed() >= shared.flush_after;
+            Ok((responses, published, pending.meta.revision, due))
+        })?;
         if due {
             let sync = if membership {
-                Sync::Always
+                Fsync::Always
             } else {
-                Sync::IfDue
+                Fsync::IfDue
             };
             shared.commit(&mut slot, sync)?;
         }
