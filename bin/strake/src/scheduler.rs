@@ -3,18 +3,19 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use k8s_openapi::api::core::v1::{Node, Pod, PodCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use strake_apiserver::kinds::Part;
-use strake_apiserver::{Filter, Registry};
+use strake_apimachinery::Part;
+use strake_apiserver::{Filter, Registry, typed};
 use strake_scheduler::{Decision, schedule};
-use strake_store::WatchRequest;
 
 const SCHEDULER_NAME: &str = "default-scheduler";
 
 pub async fn run(reg: Registry) {
     loop {
-        let mut watch = match reg.store().watch(WatchRequest { prefix: b"/registry/".to_vec(), start_revision: 0 }) {
+        let mut watch = match reg.store().watch(b"/registry/".to_vec(), 0) {
             Ok(w) => w,
             Err(e) => {
                 tracing::warn!(error = %e, "scheduler cannot watch the store");
@@ -36,8 +37,8 @@ pub async fn run(reg: Registry) {
     }
 }
 
-async fn pass(reg: &Registry) -> Result<(), strake_apiserver::error::ApiError> {
-    let (pods, _, _) = reg.list::<Pod>(None, &Filter::default(), 0, None).await?;
+async fn pass(reg: &Registry) -> Result<(), strake_apiserver::ApiError> {
+    let pods: Vec<Pod> = typed::list(reg, None, &Filter::default()).await?;
     let pending: Vec<&Pod> = pods
         .iter()
         .filter(|p| {
@@ -50,7 +51,7 @@ async fn pass(reg: &Registry) -> Result<(), strake_apiserver::error::ApiError> {
     if pending.is_empty() {
         return Ok(());
     }
-    let (nodes, _, _) = reg.list::<Node>(None, &Filter::default(), 0, None).await?;
+    let nodes: Vec<Node> = typed::list(reg, None, &Filter::default()).await?;
     let mut placed: Vec<Pod> = pods
         .iter()
         .filter(|p| {
@@ -80,8 +81,7 @@ async fn pass(reg: &Registry) -> Result<(), strake_apiserver::error::ApiError> {
                     continue;
                 }
                 tracing::info!(pod = %format!("{ns}/{name}"), %message, "unschedulable");
-                let res = reg
-                    .modify::<Pod>(Some(&ns), &name, Part::Status, |p| {
+                let res = typed::modify::<Pod>(reg, Some(&ns), &name, Part::Status, |p| {
                         let conds = p.status.get_or_insert_default().conditions.get_or_insert_default();
                         conds.retain(|c| c.type_ != "PodScheduled");
                         conds.push(PodCondition {

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use strake_pki::Identity;
 
 use crate::AppState;
-use crate::error::ApiError;
+use strake_apimachinery::ApiError;
 
 /// Facts about the TLS connection a request arrived on.
 #[derive(Clone, Debug)]
@@ -37,6 +37,20 @@ impl Principal {
     }
     pub fn is_node(&self) -> bool {
         matches!(self, Principal::User(id) if id.groups.iter().any(|g| g == "system:nodes"))
+    }
+    pub fn groups(&self) -> Vec<String> {
+        match self {
+            Principal::Anonymous => vec!["system:unauthenticated".into()],
+            Principal::Bootstrap { .. } => vec!["system:bootstrappers".into(), "system:authenticated".into()],
+            Principal::User(id) => id.groups.iter().cloned().chain(["system:authenticated".to_string()]).collect(),
+        }
+    }
+    /// The principal a bearer token stands for, if it is valid.
+    pub fn from_token(app: &AppState, token: &str) -> Option<Principal> {
+        match &app.token {
+            Some(t) if t.matches(token) => Some(Principal::Bootstrap { token_id: t.id().to_string() }),
+            _ => None,
+        }
     }
     pub fn name(&self) -> String {
         match self {

@@ -14,9 +14,10 @@ use serde_json::json;
 
 use crate::AppState;
 use crate::auth::Principal;
-use crate::error::ApiError;
-use crate::handlers::{json_response, read_body};
-use crate::validation::is_dns1123_subdomain;
+use strake_apimachinery::ApiError;
+use crate::dispatch::read_body;
+use crate::render::json_response;
+use strake_apimachinery::validation::is_dns1123_subdomain;
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -29,7 +30,7 @@ pub struct NodeCredentialRequest {
 pub async fn cluster_info(State(app): State<Arc<AppState>>) -> Response {
     match &app.token {
         Some(t) => json_response(StatusCode::OK, &serde_json::to_value(t.sign(&app.ca.ca.cert_pem)).unwrap_or_default()),
-        None => ApiError::NotFound { resource: "cluster-info".into(), name: "strake".into() }.into_response(),
+        None => ApiError::NotFound { resource: strake_apimachinery::GroupResource::new("", "cluster-info"), name: "strake".into() }.into_response(),
     }
 }
 

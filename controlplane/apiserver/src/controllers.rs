@@ -1,55 +1,180 @@
-//! Controllers that live with the API server until the controller manager has its own crate.
-//! Namespace lifecycle: a namespace with a deletionTimestamp turns Terminating, its pods are
-//! deleted, and once it is empty the namespace itself is removed.
+//! Controllers that live with the API server until the controller runtime has its own crate:
+//! namespace teardown (every namespaced kind in the table is emptied before the namespace
+//! goes) and CRD serving (a CRD's versions join the resource table, with the Established and
+//! NamesAccepted conditions; deleting a CRD deletes its objects first). Both act through the
+//! registry, never raw store keys.
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use futures::StreamExt;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::jiff::Timestamp;
+use serde_json::{Value, json};
+use strake_apimachinery::{ApiError, DeleteOptions, ListOptions, Part, Registry, WriteOptions};
 
-use crate::kinds::Part;
-use crate::registry::{Filter, Registry};
+/// The finalizer that holds a CRD until its objects are gone.
+const CRD_CLEANUP: &str = "customresourcecleanup.apiextensions.k8s.io";
 
-pub async fn namespaces(reg: Registry) {
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
+/// Runs `pass` at start, on every change under `prefix`, and at least every `every`.
+async fn run_on_changes<F, Fut>(reg: Registry, prefix: &'static str, every: Duration, mut pass: F)
+where
+    F: FnMut(Registry) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ApiError>>,
+{
     loop {
-        tick.tick().await;
-        if let Err(e) = reconcile(&reg).await {
-            tracing::warn!(error = %e, "namespace controller");
+        let mut changes = match reg.store().watch(prefix.as_bytes().to_vec(), 0) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, prefix, "controller cannot watch the store");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        loop {
+            if let Err(e) = pass(reg.clone()).await {
+                tracing::warn!(error = %e, prefix, "controller pass failed");
+            }
+            match tokio::time::timeout(every, changes.next()).await {
+                Ok(Some(Ok(_))) | Err(_) => {}
+                Ok(Some(Err(_))) | Ok(None) => break,
+            }
         }
     }
 }
 
-async fn reconcile(reg: &Registry) -> Result<(), crate::error::ApiError> {
-    let (all, _, _) = reg.list::<Namespace>(None, &Filter::default(), 0, None).await?;
-    for ns in all.into_iter().filter(|n| n.metadata.deletion_timestamp.is_some()) {
-        let name = ns.metadata.name.clone().unwrap_or_default();
-        if ns.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Terminating") {
-            reg.modify::<Namespace>(None, &name, Part::Status, |n| {
-                n.status.get_or_insert_default().phase = Some("Terminating".into());
-                Ok(())
+pub async fn namespaces(reg: Registry) {
+    run_on_changes(reg, "/registry/namespaces/", Duration::from_secs(2), |reg| async move { namespace_pass(&reg).await }).await
+}
+
+async fn namespace_pass(reg: &Registry) -> Result<(), ApiError> {
+    let table = reg.table().snapshot();
+    let Some(nsdef) = table.lookup("", "v1", "namespaces").cloned() else { return Ok(()) };
+    let all = reg.list(&nsdef, None, &ListOptions::default()).await?;
+    for ns in all.items.into_iter().filter(|n| !n["metadata"]["deletionTimestamp"].is_null()) {
+        let name = ns["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        if ns["status"]["phase"] != "Terminating" {
+            reg.update_with(&nsdef, None, &name, Part::Status, &WriteOptions::default(), |mut n| {
+                n["status"]["phase"] = "Terminating".into();
+                Ok(n)
             })
             .await?;
         }
-        let (pods, _, _) = reg.list::<Pod>(Some(&name), &Filter::default(), 0, None).await?;
-        if pods.is_empty() {
-            // Empty: drop the finalizer and finish the deletion.
-            reg.modify::<Namespace>(None, &name, Part::Main, |n| {
-                n.spec.get_or_insert_default().finalizers = None;
-                n.metadata.finalizers = None;
-                Ok(())
-            })
-            .await?;
-            reg.remove::<Namespace>(None, &name).await?;
-            tracing::info!(namespace = %name, "namespace deleted");
-            continue;
+        let mut remaining = 0;
+        for def in table.namespaced_resources() {
+            if !def.serves("delete") {
+                continue;
+            }
+            let items = reg.list(&def, Some(&name), &ListOptions::default()).await?.items;
+            remaining += items.len();
+            for obj in items.iter().filter(|o| o["metadata"]["deletionTimestamp"].is_null()) {
+                let obj_name = obj["metadata"]["name"].as_str().unwrap_or_default();
+                match reg.delete(&def, Some(&name), obj_name, &DeleteOptions::default()).await {
+                    Ok(_) | Err(ApiError::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
         }
-        for pod in pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
-            let pod_name = pod.metadata.name.clone().unwrap_or_default();
-            match reg.delete::<Pod>(Some(&name), &pod_name, None, None, None).await {
-                Ok(_) | Err(crate::error::ApiError::NotFound { .. }) => {}
-                Err(e) => return Err(e),
+        if remaining == 0 {
+            // Emptied: dropping the `kubernetes` finalizer finishes the deletion, unless
+            // metadata finalizers still hold it.
+            if ns["spec"]["finalizers"].as_array().is_some_and(|f| !f.is_empty()) {
+                reg.update_with(&nsdef, None, &name, Part::Main, &WriteOptions::default(), |mut n| {
+                    n["spec"]["finalizers"] = json!([]);
+                    Ok(n)
+                })
+                .await?;
+                tracing::info!(namespace = %name, "namespace emptied");
             }
         }
     }
+    Ok(())
+}
+
+pub async fn crds(reg: Registry) {
+    run_on_changes(reg, "/registry/apiextensions.k8s.io/customresourcedefinitions/", Duration::from_secs(10), |reg| async move { crd_pass(&reg).await }).await
+}
+
+fn condition(t: &str, reason: &str, message: &str) -> Value {
+    json!({"type": t, "status": "True", "reason": reason, "message": message, "lastTransitionTime": Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()})
+}
+
+/// Brings the table in line with the stored CRDs, once.
+pub async fn crd_pass(reg: &Registry) -> Result<(), ApiError> {
+    let table = reg.table().snapshot();
+    let Some(crddef) = table.lookup("apiextensions.k8s.io", "v1", "customresourcedefinitions").cloned() else { return Ok(()) };
+    let all = reg.list(&crddef, None, &ListOptions::default()).await?.items;
+    let mut live = std::collections::HashSet::new();
+    for v in all {
+        let crd: CustomResourceDefinition = match serde_json::from_value(v.clone()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable CRD");
+                continue;
+            }
+        };
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        let defs = strake_kinds::crd::crd_defs(&crd);
+        if crd.metadata.deletion_timestamp.is_some() {
+            // Delete every object, then let the CRD go.
+            let mut remaining = 0;
+            for def in &defs {
+                let items = reg.list(def, None, &ListOptions::default()).await?.items;
+                remaining += items.len();
+                for o in items.iter().filter(|o| o["metadata"]["deletionTimestamp"].is_null()) {
+                    let ns = o["metadata"]["namespace"].as_str();
+                    let _ = reg.delete(def, ns, o["metadata"]["name"].as_str().unwrap_or_default(), &DeleteOptions::default()).await;
+                }
+                break; // all versions share one key prefix
+            }
+            if remaining == 0 {
+                reg.table().remove_where(|d| d.crd.as_deref() == Some(name.as_str()));
+                reg.update_with(&crddef, None, &name, Part::Main, &WriteOptions::default(), |mut c| {
+                    let fins: Vec<Value> = c["metadata"]["finalizers"].as_array().cloned().unwrap_or_default().into_iter().filter(|f| f != CRD_CLEANUP).collect();
+                    c["metadata"]["finalizers"] = Value::Array(fins);
+                    Ok(c)
+                })
+                .await?;
+            }
+            continue;
+        }
+        live.insert(name.clone());
+        // Names another resource already serves are not accepted.
+        let clash = defs.first().is_some_and(|d| {
+            table.all().iter().any(|o| o.group == d.group && o.plural == d.plural && o.crd.as_deref() != Some(name.as_str()))
+        });
+        if !clash {
+            reg.table().remove_where(|d| d.crd.as_deref() == Some(name.as_str()) && !defs.iter().any(|n| n.version == d.version));
+            for def in defs {
+                reg.table().register(def);
+            }
+        }
+        let has_fin = crd.metadata.finalizers.iter().flatten().any(|f| f == CRD_CLEANUP);
+        if !has_fin {
+            reg.update_with(&crddef, None, &name, Part::Main, &WriteOptions::default(), |mut c| {
+                let mut fins = c["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
+                fins.push(CRD_CLEANUP.into());
+                c["metadata"]["finalizers"] = Value::Array(fins);
+                Ok(c)
+            })
+            .await?;
+        }
+        let established = crd.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Established" && c.status == "True"));
+        if !established || clash {
+            let names = serde_json::to_value(&crd.spec.names).unwrap_or_default();
+            let stored: Vec<String> = crd.spec.versions.iter().filter(|v| v.storage).map(|v| v.name.clone()).collect();
+            reg.update_with(&crddef, None, &name, Part::Status, &WriteOptions::default(), |mut c| {
+                let conds = if clash {
+                    json!([{"type": "NamesAccepted", "status": "False", "reason": "NameConflict", "message": "the plural name is already served by another resource", "lastTransitionTime": Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()},
+                           {"type": "Established", "status": "False", "reason": "NotAccepted", "message": "not all names are accepted"}])
+                } else {
+                    json!([condition("NamesAccepted", "NoConflicts", "no conflicts found"), condition("Established", "InitialNamesAccepted", "the initial names have been accepted")])
+                };
+                c["status"] = json!({"conditions": conds, "acceptedNames": names, "storedVersions": stored});
+                Ok(c)
+            })
+            .await?;
+        }
+    }
+    reg.table().remove_where(|d| d.crd.as_ref().is_some_and(|c| !live.contains(c)));
     Ok(())
 }

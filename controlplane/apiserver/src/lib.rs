@@ -1,21 +1,22 @@
-//! The Kubernetes-compatible API server: REST over HTTPS (h2 + http/1.1), discovery, watch,
-//! Table output, authentication with cluster-CA client certificates and bootstrap tokens.
-//! Owns the HTTP surface and the object rules; persists only through `strake-store`'s public API.
+//! The Kubernetes-compatible API server: the HTTP surface (HTTPS, h2 + http/1.1) over the
+//! machinery in `strake-apimachinery` and the kinds in `strake-kinds` — routing by request-info,
+//! discovery and OpenAPI from the resource table, patches, server-side apply, subresources,
+//! reviews, authentication. Persists only through the registry's store trait.
 
+mod apply;
 mod auth;
 mod bootstrap;
 mod controllers;
 mod discovery;
-pub mod error;
-mod handlers;
-pub mod kinds;
+mod dispatch;
 mod openapi;
 mod pods;
-pub mod registry;
+mod protobuf;
+mod render;
+mod reviews;
 mod routes;
-mod selectors;
-mod validation;
-mod watch;
+mod subresources;
+pub mod typed;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,15 +24,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use k8s_openapi::api::core::v1::Namespace;
 use strake_pki::{BootstrapToken, CertifiedKey, ClusterCa};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-pub use strake_pki::Credentials;
 pub use discovery::MINOR;
 pub use pods::bind;
-pub use registry::{Deleted, Filter, Registry};
+pub use strake_apimachinery::{ApiError, Filter, Registry};
+pub use strake_pki::Credentials;
 
 /// Errors that stop the server from starting or serving.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +43,7 @@ pub enum ServerError {
     #[error("building the node client: {0}")]
     Client(String),
     #[error("creating default object {what}: {source}")]
-    Defaults { what: String, source: error::ApiError },
+    Defaults { what: String, source: ApiError },
 }
 
 /// How the API server is set up.
@@ -96,7 +96,10 @@ impl ApiServer {
             .connect_timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| ServerError::Client(e.to_string()))?;
-        let app = Arc::new(AppState { registry: Registry::new(store), ca, token: cfg.token, advertise: cfg.advertise, node_client });
+        let store: Arc<dyn strake_apimachinery::storage::ObjectStore> = Arc::new(strake_apimachinery::storage::RaftStore::new(store));
+        let admission = strake_apimachinery::admission::Chain::new(vec![Box::new(strake_apimachinery::admission::NamespaceLifecycle)]);
+        let registry = Registry::new(store, strake_kinds::builtin_table(), admission);
+        let app = Arc::new(AppState { registry, ca, token: cfg.token, advertise: cfg.advertise, node_client });
         Ok(Self { app, tls: Arc::new(tls), listen: cfg.listen })
     }
 
@@ -108,15 +111,30 @@ impl ApiServer {
         &self.app.ca.ca.cert_pem
     }
 
-    /// Creates the namespaces every cluster has.
+    /// Creates the objects every cluster has: the system namespaces and priority classes, and
+    /// serves the CRDs already stored.
     pub async fn ensure_defaults(&self) -> Result<(), ServerError> {
+        let table = self.app.registry.table().snapshot();
+        let mut objects: Vec<(&str, &str, &str, serde_json::Value)> = Vec::new();
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-            let obj: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).expect("static namespace");
-            match self.app.registry.create(None, obj).await {
-                Ok(_) | Err(error::ApiError::AlreadyExists { .. }) => {}
-                Err(source) => return Err(ServerError::Defaults { what: format!("namespace {ns}"), source }),
+            objects.push(("", "v1", "namespaces", serde_json::json!({"metadata": {"name": ns}})));
+        }
+        for (name, value, desc) in [
+            ("system-node-critical", 2_000_001_000i64, "Used for system critical pods that must not be moved from their current node."),
+            ("system-cluster-critical", 2_000_000_000, "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary."),
+        ] {
+            objects.push(("scheduling.k8s.io", "v1", "priorityclasses", serde_json::json!({"metadata": {"name": name}, "value": value, "description": desc})));
+        }
+        for (group, version, plural, obj) in objects {
+            let def = table.lookup(group, version, plural).ok_or_else(|| ServerError::Defaults { what: plural.into(), source: ApiError::NoRoute })?;
+            let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let (obj, _) = def.strategy.decode(def, obj, Default::default()).map_err(|source| ServerError::Defaults { what: name.clone(), source })?;
+            match self.app.registry.create(def, None, obj, &Default::default()).await {
+                Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
+                Err(source) => return Err(ServerError::Defaults { what: format!("{plural} {name}"), source }),
             }
         }
+        controllers::crd_pass(&self.app.registry).await.map_err(|source| ServerError::Defaults { what: "custom resource definitions".into(), source })?;
         Ok(())
     }
 
@@ -129,6 +147,7 @@ impl ApiServer {
     pub async fn serve_on(self, listener: TcpListener) -> Result<(), ServerError> {
         let addr = listener.local_addr().map_err(|source| ServerError::Listen { addr: self.listen, source })?;
         tokio::spawn(controllers::namespaces(self.app.registry.clone()));
+        tokio::spawn(controllers::crds(self.app.registry.clone()));
         let router = routes::router(self.app.clone());
         let acceptor = TlsAcceptor::from(self.tls.clone());
         tracing::info!(%addr, "API server listening");

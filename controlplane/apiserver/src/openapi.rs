@@ -1,39 +1,46 @@
-//! OpenAPI v3 discovery, generated from the kinds we serve (never copied from upstream). Today it
-//! describes paths and operations — enough for kubectl to see that PATCH, POST and PUT take the
-//! `fieldValidation` parameter and so to use server-side validation; component schemas come later.
+//! OpenAPI v3, one document per group-version, generated from the resource table (never
+//! copied from upstream): paths and operations of every served resource — PATCH, POST and PUT
+//! carry `fieldValidation`, so kubectl validates server-side — and component schemas: a CRD's
+//! own structural schema, and for built-in kinds an object schema naming its group-version-kind
+//! (their full property schemas are not generated yet).
 
 use serde_json::{Map, Value, json};
-
-use crate::discovery::{ResourceInfo, core_resources};
-
-/// `/openapi/v3`: the group-versions there are documents for.
-pub fn root() -> Value {
-    json!({"paths": {"api/v1": {"serverRelativeURL": format!("/openapi/v3/api/v1?hash={}", hash())}}})
-}
-
-/// A stable hash of the core/v1 document, so clients may cache it.
-fn hash() -> String {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    core_v1().to_string().hash(&mut h);
-    format!("{:016X}", h.finish())
-}
+use strake_apimachinery::ResourceDef;
+use strake_apimachinery::resource::Entries;
 
 fn param(name: &str, location: &str, required: bool, description: &str) -> Value {
     json!({"name": name, "in": location, "required": required, "description": description, "schema": {"type": "string", "uniqueItems": true}})
 }
 
-fn operation(id: &str, kind: &str, action: &str, params: Vec<Value>, body: bool) -> Value {
+/// The component schema name of a kind, as upstream builds it (`io.k8s.api.apps.v1.Deployment`).
+pub fn schema_name(d: &ResourceDef) -> String {
+    if d.crd.is_some() {
+        let reversed: Vec<&str> = d.group.split('.').rev().collect();
+        return format!("{}.{}.{}", reversed.join("."), d.version, d.kind);
+    }
+    let group = match d.group.as_str() {
+        "" => "core".to_string(),
+        "apiextensions.k8s.io" => return format!("io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.{}.{}", d.version, d.kind),
+        g => g.trim_end_matches(".k8s.io").replace('.', "_").replace("rbac_authorization", "rbac"),
+    };
+    format!("io.k8s.api.{group}.{}.{}", d.version, d.kind)
+}
+
+fn gvk(d: &ResourceDef) -> Value {
+    json!({"group": d.group, "version": d.version, "kind": d.kind})
+}
+
+fn operation(d: &ResourceDef, id: &str, action: &str, params: Vec<Value>, body: bool) -> Value {
+    let schema = json!({"$ref": format!("#/components/schemas/{}", schema_name(d))});
     let mut op = json!({
         "operationId": id,
-        "tags": ["core_v1"],
         "parameters": params,
-        "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/io.k8s.api.core.v1.{kind}")}}}}, "401": {"description": "Unauthorized"}},
+        "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": schema}}}, "401": {"description": "Unauthorized"}},
         "x-kubernetes-action": action,
-        "x-kubernetes-group-version-kind": {"group": "", "version": "v1", "kind": kind},
+        "x-kubernetes-group-version-kind": gvk(d),
     });
     if body {
-        op["requestBody"] = json!({"content": {"*/*": {"schema": {"$ref": format!("#/components/schemas/io.k8s.api.core.v1.{kind}")}}}, "required": true});
+        op["requestBody"] = json!({"content": {"*/*": {"schema": schema}}, "required": true});
     }
     op
 }
@@ -46,77 +53,107 @@ fn write_params() -> Vec<Value> {
     ]
 }
 
-fn paths_for(r: &ResourceInfo, paths: &mut Map<String, Value>) {
-    let (collection, item) = if r.namespaced {
-        (format!("/api/v1/namespaces/{{namespace}}/{}", r.plural), format!("/api/v1/namespaces/{{namespace}}/{}/{{name}}", r.plural))
+fn paths_for(d: &ResourceDef, paths: &mut Map<String, Value>) {
+    let base = if d.group.is_empty() { format!("/api/{}", d.version) } else { format!("/apis/{}/{}", d.group, d.version) };
+    let (collection, item) = if d.namespaced {
+        (format!("{base}/namespaces/{{namespace}}/{}", d.plural), format!("{base}/namespaces/{{namespace}}/{}/{{name}}", d.plural))
     } else {
-        (format!("/api/v1/{}", r.plural), format!("/api/v1/{}/{{name}}", r.plural))
+        (format!("{base}/{}", d.plural), format!("{base}/{}/{{name}}", d.plural))
     };
-    let scope = if r.namespaced { "Namespaced" } else { "" };
-    let kind = r.kind;
+    let scope = if d.namespaced { "Namespaced" } else { "" };
+    let kind = d.kind.as_str();
     let scoped = |mut params: Vec<Value>, with_name: bool| {
         if with_name {
             params.insert(0, param("name", "path", true, &format!("name of the {kind}")));
         }
-        if r.namespaced {
+        if d.namespaced {
             params.insert(0, param("namespace", "path", true, "object name and auth scope"));
         }
         params
     };
-    let list_params = scoped(vec![param("labelSelector", "query", false, ""), param("fieldSelector", "query", false, ""), param("watch", "query", false, "")], false);
-    let create_params = scoped(write_params(), false);
+    if d.verbs == ["create"] {
+        paths.insert(collection, json!({"post": operation(d, &format!("create{scope}{kind}"), "post", scoped(write_params(), false), true)}));
+        return;
+    }
+    let list_params = scoped(vec![param("labelSelector", "query", false, ""), param("fieldSelector", "query", false, ""), param("watch", "query", false, ""), param("limit", "query", false, ""), param("continue", "query", false, "")], false);
     let read_params = scoped(vec![], true);
     let mut patch_params = scoped(write_params(), true);
     patch_params.push(param("force", "query", false, "Force is going to \"force\" Apply requests."));
     let replace_params = scoped(write_params(), true);
-    let delete_params = scoped(vec![param("gracePeriodSeconds", "query", false, ""), param("propagationPolicy", "query", false, "")], true);
+    let delete_params = scoped(vec![param("gracePeriodSeconds", "query", false, ""), param("propagationPolicy", "query", false, ""), param("dryRun", "query", false, "")], true);
     paths.insert(
         collection,
         json!({
-            "get": operation(&format!("list{scope}{kind}"), kind, "list", list_params, false),
-            "post": operation(&format!("create{scope}{kind}"), kind, "post", create_params, true),
+            "get": operation(d, &format!("list{scope}{kind}"), "list", list_params, false),
+            "post": operation(d, &format!("create{scope}{kind}"), "post", scoped(write_params(), false), true),
+            "delete": operation(d, &format!("deletecollection{scope}{kind}"), "deletecollection", scoped(vec![], false), false),
         }),
     );
     paths.insert(
         item.clone(),
         json!({
-            "get": operation(&format!("read{scope}{kind}"), kind, "get", read_params.clone(), false),
-            "put": operation(&format!("replace{scope}{kind}"), kind, "put", replace_params.clone(), true),
-            "patch": operation(&format!("patch{scope}{kind}"), kind, "patch", patch_params.clone(), true),
-            "delete": operation(&format!("delete{scope}{kind}"), kind, "delete", delete_params, false),
+            "get": operation(d, &format!("read{scope}{kind}"), "get", read_params.clone(), false),
+            "put": operation(d, &format!("replace{scope}{kind}"), "put", replace_params.clone(), true),
+            "patch": operation(d, &format!("patch{scope}{kind}"), "patch", patch_params.clone(), true),
+            "delete": operation(d, &format!("delete{scope}{kind}"), "delete", delete_params, false),
         }),
     );
-    paths.insert(
-        format!("{item}/status"),
-        json!({
-            "get": operation(&format!("read{scope}{kind}Status"), kind, "get", read_params, false),
-            "put": operation(&format!("replace{scope}{kind}Status"), kind, "put", replace_params, true),
-            "patch": operation(&format!("patch{scope}{kind}Status"), kind, "patch", patch_params, true),
-        }),
-    );
-}
-
-/// `/openapi/v3/api/v1`.
-pub fn core_v1() -> Value {
-    let mut paths = Map::new();
-    let mut schemas = Map::new();
-    for r in core_resources() {
-        paths_for(&r, &mut paths);
-        schemas.insert(
-            format!("io.k8s.api.core.v1.{}", r.kind),
+    for s in &d.subresources {
+        if !matches!(s.name.as_str(), "status" | "scale") {
+            continue;
+        }
+        let suffix = if s.name == "status" { "Status" } else { "Scale" };
+        paths.insert(
+            format!("{item}/{}", s.name),
             json!({
-                "type": "object",
-                "description": format!("{} (schema details are not published by this server yet)", r.kind),
-                "x-kubernetes-group-version-kind": [{"group": "", "version": "v1", "kind": r.kind}],
+                "get": operation(d, &format!("read{scope}{kind}{suffix}"), "get", read_params.clone(), false),
+                "put": operation(d, &format!("replace{scope}{kind}{suffix}"), "put", replace_params.clone(), true),
+                "patch": operation(d, &format!("patch{scope}{kind}{suffix}"), "patch", patch_params.clone(), true),
             }),
         );
     }
-    json!({
+}
+
+/// The document of one group-version, or `None` if nothing is served there.
+pub fn document(entries: &Entries, group: &str, version: &str, crd_schemas: &dyn Fn(&ResourceDef) -> Option<Value>) -> Option<Value> {
+    let mut paths = Map::new();
+    let mut schemas = Map::new();
+    for d in entries.in_group_version(group, version) {
+        paths_for(d, &mut paths);
+        let mut schema = crd_schemas(d).unwrap_or_else(|| json!({"type": "object", "description": format!("{} (its property schema is not published by this server yet)", d.kind)}));
+        schema["x-kubernetes-group-version-kind"] = json!([gvk(d)]);
+        schemas.insert(schema_name(d), schema);
+    }
+    if paths.is_empty() {
+        return None;
+    }
+    Some(json!({
         "openapi": "3.0.0",
         "info": {"title": "Strake", "version": format!("v1.{}.0", crate::discovery::MINOR)},
         "paths": paths,
         "components": {"schemas": schemas},
-    })
+    }))
+}
+
+fn hash(v: &Value) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    v.to_string().hash(&mut h);
+    format!("{:016X}", h.finish())
+}
+
+/// `/openapi/v3`: the group-versions there are documents for, with a hash clients cache by.
+pub fn root(entries: &Entries, crd_schemas: &dyn Fn(&ResourceDef) -> Option<Value>) -> Value {
+    let mut paths = Map::new();
+    for (g, versions) in entries.groups() {
+        for v in versions {
+            let key = if g.is_empty() { format!("api/{v}") } else { format!("apis/{g}/{v}") };
+            if let Some(doc) = document(entries, &g, &v, crd_schemas) {
+                paths.insert(key.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash={}", hash(&doc))}));
+            }
+        }
+    }
+    json!({"paths": paths})
 }
 
 #[cfg(test)]
@@ -124,12 +161,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn patch_operations_advertise_field_validation() {
-        let doc = core_v1();
+    fn every_group_version_has_a_document_with_field_validation() {
+        let entries = strake_kinds::builtin_table().snapshot();
+        let none = |_: &ResourceDef| None;
+        let doc = document(&entries, "", "v1", &none).unwrap();
         let patch = &doc["paths"]["/api/v1/namespaces/{namespace}/pods/{name}"]["patch"];
         assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "Pod");
         assert!(patch["parameters"].as_array().unwrap().iter().any(|p| p["name"] == "fieldValidation"));
-        assert!(doc["paths"]["/api/v1/nodes/{name}"]["patch"].is_object());
-        assert!(root()["paths"]["api/v1"]["serverRelativeURL"].as_str().unwrap().starts_with("/openapi/v3/api/v1?hash="));
+        let apps = document(&entries, "apps", "v1", &none).unwrap();
+        assert!(apps["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}/scale"]["patch"].is_object());
+        assert!(apps["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"].is_object());
+        let r = root(&entries, &none);
+        assert!(r["paths"]["apis/apps/v1"]["serverRelativeURL"].as_str().unwrap().starts_with("/openapi/v3/apis/apps/v1?hash="));
+        assert!(document(&entries, "nope", "v1", &none).is_none());
     }
 }

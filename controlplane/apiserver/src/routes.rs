@@ -1,99 +1,72 @@
-//! The URL space. Every path maps to a generic handler instantiated for its kind.
+//! The URL space: a few fixed non-resource paths, and everything under `/api` and `/apis`
+//! handed to the dispatcher, which parses it once into a request-info value.
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{any, get, post};
+use strake_apimachinery::ApiError;
 
-use crate::AppState;
-use crate::discovery;
-use crate::error::ApiError;
-use crate::handlers::{self as h, json_response};
-use crate::kinds::ApiKind;
-use crate::{auth, bootstrap, openapi, pods};
-
-fn collection<K: ApiKind>(r: Router<Arc<AppState>>, path: &str) -> Router<Arc<AppState>> {
-    r.route(path, get(h::list::<K>).post(h::create::<K>))
-}
-
-fn item<K: ApiKind>(r: Router<Arc<AppState>>, path: &str) -> Router<Arc<AppState>> {
-    r.route(path, get(h::get::<K>).put(h::replace_main::<K>).patch(h::patch_main::<K>).delete(h::delete::<K>))
-        .route(&format!("{path}/status"), get(h::get::<K>).put(h::replace_status::<K>).patch(h::patch_status::<K>))
-}
+use crate::render::{error_response, json_response};
+use crate::{AppState, auth, bootstrap, discovery, dispatch, openapi};
 
 async fn version() -> Response {
     json_response(StatusCode::OK, &discovery::version())
 }
 
-async fn api(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if discovery::wants_aggregated(accept) {
-        let body = serde_json::to_vec(&discovery::aggregated(true)).unwrap_or_default();
-        return (StatusCode::OK, [(header::CONTENT_TYPE, discovery::AGGREGATED_CT)], body).into_response();
+/// A custom resource's schema, as its CRD gives it.
+fn crd_schema(d: &strake_apimachinery::ResourceDef, app: &AppState) -> Option<serde_json::Value> {
+    let _ = app;
+    d.crd.as_ref()?;
+    d.strategy.schema()
+}
+
+async fn openapi_root(State(app): State<Arc<AppState>>) -> Response {
+    let entries = app.registry.table().snapshot();
+    json_response(StatusCode::OK, &openapi::root(&entries, &|d| crd_schema(d, &app)))
+}
+
+async fn openapi_doc(State(app): State<Arc<AppState>>, Path(rest): Path<String>) -> Response {
+    let entries = app.registry.table().snapshot();
+    let parts: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+    let (group, version) = match parts.as_slice() {
+        ["api", v] => ("", *v),
+        ["apis", g, v] => (*g, *v),
+        _ => return error_response(ApiError::NoRoute),
+    };
+    match openapi::document(&entries, group, version, &|d| crd_schema(d, &app)) {
+        Some(doc) => json_response(StatusCode::OK, &doc),
+        None => error_response(ApiError::NoRoute),
     }
-    json_response(StatusCode::OK, &discovery::api_versions(&app.advertise))
-}
-
-async fn apis(headers: HeaderMap) -> Response {
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if discovery::wants_aggregated(accept) {
-        let body = serde_json::to_vec(&discovery::aggregated(false)).unwrap_or_default();
-        return (StatusCode::OK, [(header::CONTENT_TYPE, discovery::AGGREGATED_CT)], body).into_response();
-    }
-    json_response(StatusCode::OK, &discovery::api_group_list())
-}
-
-async fn core_v1() -> Response {
-    json_response(StatusCode::OK, &discovery::core_v1_resource_list())
-}
-
-async fn openapi_v3_root() -> Response {
-    json_response(StatusCode::OK, &openapi::root())
-}
-
-async fn openapi_v3_core() -> Response {
-    json_response(StatusCode::OK, &openapi::core_v1())
 }
 
 async fn not_found() -> Response {
-    ApiError::NoRoute.into_response()
+    error_response(ApiError::NoRoute)
 }
 
 pub fn router(app: Arc<AppState>) -> Router {
-    let mut r: Router<Arc<AppState>> = Router::new()
+    Router::new()
         .route("/version", get(version))
         .route("/version/", get(version))
         .route("/healthz", get(bootstrap::healthz))
         .route("/livez", get(bootstrap::healthz))
         .route("/readyz", get(bootstrap::readyz))
-        .route("/api", get(api))
-        .route("/api/", get(api))
-        .route("/apis", get(apis))
-        .route("/apis/", get(apis))
-        .route("/api/v1", get(core_v1))
-        .route("/api/v1/", get(core_v1))
-        .route("/openapi/v3", get(openapi_v3_root))
-        .route("/openapi/v3/", get(openapi_v3_root))
-        .route("/openapi/v3/api/v1", get(openapi_v3_core))
+        .route("/openapi/v3", get(openapi_root))
+        .route("/openapi/v3/", get(openapi_root))
+        .route("/openapi/v3/{*rest}", get(openapi_doc))
         .route("/strake/v1/cluster-info", get(bootstrap::cluster_info))
         .route("/strake/v1/kubeconfig", post(bootstrap::admin_kubeconfig))
-        .route("/strake/v1/node-credentials", post(bootstrap::node_credentials));
-    r = collection::<Namespace>(r, "/api/v1/namespaces");
-    r = item::<Namespace>(r, "/api/v1/namespaces/{ns}");
-    r = collection::<Node>(r, "/api/v1/nodes");
-    r = item::<Node>(r, "/api/v1/nodes/{name}");
-    r = r.route("/api/v1/pods", get(h::list::<Pod>));
-    r = collection::<Pod>(r, "/api/v1/namespaces/{ns}/pods");
-    r = item::<Pod>(r, "/api/v1/namespaces/{ns}/pods/{name}");
-    r = r
-        .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(pods::log))
-        .route("/api/v1/namespaces/{ns}/pods/{name}/binding", post(pods::binding));
-    r.fallback(not_found)
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed.into_response() })
+        .route("/strake/v1/node-credentials", post(bootstrap::node_credentials))
+        .route("/api", any(dispatch::handle))
+        .route("/api/", any(dispatch::handle))
+        .route("/api/{*rest}", any(dispatch::handle))
+        .route("/apis", any(dispatch::handle))
+        .route("/apis/", any(dispatch::handle))
+        .route("/apis/{*rest}", any(dispatch::handle))
+        .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(app.clone(), auth::middleware))
         .with_state(app)
 }

@@ -156,7 +156,7 @@ async fn bad_requests_get_status_objects() {
 
     let (http, base) = reqwest_client(&c).await;
     // Protobuf bodies are refused with 415 and a message saying what is accepted.
-    let r = http.post(format!("{base}/api/v1/namespaces/default/pods")).header("Content-Type", "application/vnd.kubernetes.protobuf").body("x").send().await.unwrap();
+    let r = http.post(format!("{base}/api/v1/namespaces/default/pods")).header("Content-Type", "application/vnd.kubernetes.protobuf").body(&b"k8s\0\x0a\x00"[..]).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 415);
     let s: serde_json::Value = r.json().await.unwrap();
     assert_eq!(s["kind"], "Status");
@@ -178,7 +178,7 @@ async fn bad_requests_get_status_objects() {
     assert_eq!(t["rows"][0]["cells"][0], "t1");
     assert_eq!(t["rows"][0]["cells"][2], "Pending");
     // Unknown paths are 404 Status.
-    let r = http.get(format!("{base}/apis/apps/v1/deployments")).send().await.unwrap();
+    let r = http.get(format!("{base}/apis/nope.example.com/v1/things")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 404);
     // Status is a subresource: a main-resource update cannot change it.
     let node: Node = serde_json::from_value(json!({"metadata": {"name": "n1"}})).unwrap();

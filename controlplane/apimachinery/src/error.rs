@@ -1,4 +1,5 @@
-//! API errors and their one mapping to Kubernetes `Status` objects and HTTP codes.
+//! API errors and their one mapping to Kubernetes `Status` objects and HTTP codes. No other
+//! place builds a `Status`.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -25,8 +26,36 @@ impl FieldError {
     pub fn forbidden(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self { field: field.into(), message: message.into(), reason: "FieldValueForbidden" }
     }
+    /// The same cause with a more specific message.
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.message = message.into();
+        self
+    }
+    pub fn not_supported(field: impl Into<String>, value: &str, supported: &[&str]) -> Self {
+        let list: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
+        Self { field: field.into(), message: format!("Unsupported value: {value:?}: supported values: {}", list.join(", ")), reason: "FieldValueNotSupported" }
+    }
     pub fn duplicate(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self { field: field.into(), message: message.into(), reason: "FieldValueDuplicate" }
+    }
+}
+
+/// A resource and its group, printed as upstream prints it (`deployments.apps`, `pods`).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct GroupResource {
+    pub group: String,
+    pub resource: String,
+}
+
+impl GroupResource {
+    pub fn new(group: impl Into<String>, resource: impl Into<String>) -> Self {
+        Self { group: group.into(), resource: resource.into() }
+    }
+}
+
+impl std::fmt::Display for GroupResource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.group.is_empty() { f.write_str(&self.resource) } else { write!(f, "{}.{}", self.resource, self.group) }
     }
 }
 
@@ -34,13 +63,16 @@ impl FieldError {
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{resource} \"{name}\" not found")]
-    NotFound { resource: String, name: String },
+    NotFound { resource: GroupResource, name: String },
     #[error("{resource} \"{name}\" already exists")]
-    AlreadyExists { resource: String, name: String },
+    AlreadyExists { resource: GroupResource, name: String },
     #[error("Operation cannot be fulfilled on {resource} \"{name}\": {message}")]
-    Conflict { resource: String, name: String, message: String },
+    Conflict { resource: GroupResource, name: String, message: String },
+    /// `kind` is qualified by its group as upstream prints it (`Deployment.apps`).
     #[error("{kind} \"{name}\" is invalid: {}", summarize(.causes))]
-    Invalid { kind: String, resource: String, name: String, causes: Vec<FieldError> },
+    Invalid { kind: String, group: String, name: String, causes: Vec<FieldError> },
+    #[error("{0}")]
+    NotAcceptable(String),
     #[error("{0}")]
     BadRequest(String),
     #[error("Unauthorized")]
@@ -59,6 +91,9 @@ pub enum ApiError {
     NoRoute,
     #[error("{0}")]
     ServiceUnavailable(String),
+    /// The request could not be served in time (upstream's 504 for a too-new resourceVersion).
+    #[error("{0}")]
+    Timeout(String),
     #[error("Internal error occurred: {0}")]
     Internal(String),
 }
@@ -68,9 +103,20 @@ fn summarize(causes: &[FieldError]) -> String {
     if parts.len() == 1 { parts[0].clone() } else { format!("[{}]", parts.join(", ")) }
 }
 
-impl From<strake_store::StoreError> for ApiError {
-    fn from(e: strake_store::StoreError) -> Self {
-        ApiError::Internal(format!("storage: {e}"))
+impl From<crate::storage::StorageError> for ApiError {
+    /// Storage errors that reach a client without a more specific meaning (the registry turns
+    /// `NotFound`, `AlreadyExists` and `Conflict` into errors naming the object first).
+    fn from(e: crate::storage::StorageError) -> Self {
+        use crate::storage::StorageError as S;
+        match e {
+            S::Compacted { requested, compacted } => ApiError::Expired(format!("too old resource version: {requested} ({compacted})")),
+            S::FutureRevision { requested, current } => {
+                ApiError::Timeout(format!("Too large resource version: {requested}, current: {current}"))
+            }
+            S::TooLarge { size, max } => ApiError::TooLarge { limit: max.min(size) },
+            S::Unavailable(m) => ApiError::ServiceUnavailable(m),
+            other => ApiError::Internal(other.to_string()),
+        }
     }
 }
 
@@ -89,6 +135,8 @@ impl ApiError {
             TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Expired(_) => StatusCode::GONE,
             ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -108,6 +156,8 @@ impl ApiError {
             TooLarge { .. } => "RequestEntityTooLarge",
             Expired(_) => "Expired",
             ServiceUnavailable(_) => "ServiceUnavailable",
+            Timeout(_) => "Timeout",
+            NotAcceptable(_) => "NotAcceptable",
             Internal(_) => "InternalError",
         }
     }
@@ -117,11 +167,16 @@ impl ApiError {
         use ApiError::*;
         let details = match self {
             NotFound { resource, name } | AlreadyExists { resource, name } | Conflict { resource, name, .. } => {
-                Some(json!({"name": name, "kind": resource}))
+                let mut d = json!({"name": name, "kind": resource.resource});
+                if !resource.group.is_empty() {
+                    d["group"] = resource.group.clone().into();
+                }
+                Some(d)
             }
-            Invalid { kind, name, causes, .. } => Some(json!({
+            Invalid { kind, group, name, causes } => Some(json!({
                 "name": name,
-                "kind": kind,
+                "group": group,
+                "kind": kind.split('.').next().unwrap_or(kind),
                 "causes": causes.iter().map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field})).collect::<Vec<_>>(),
             })),
             _ => None,
@@ -160,7 +215,7 @@ mod tests {
     fn invalid_names_every_field() {
         let e = ApiError::Invalid {
             kind: "Pod".into(),
-            resource: "pods".into(),
+            group: String::new(),
             name: "p".into(),
             causes: vec![FieldError::required("spec.containers"), FieldError::invalid("metadata.name", "bad")],
         };
@@ -173,9 +228,12 @@ mod tests {
 
     #[test]
     fn not_found_shape() {
-        let s = ApiError::NotFound { resource: "pods".into(), name: "x".into() }.status();
+        let s = ApiError::NotFound { resource: GroupResource::new("", "pods"), name: "x".into() }.status();
         assert_eq!(s["message"], "pods \"x\" not found");
         assert_eq!(s["details"]["kind"], "pods");
+        let s = ApiError::NotFound { resource: GroupResource::new("apps", "deployments"), name: "x".into() }.status();
+        assert_eq!(s["message"], "deployments.apps \"x\" not found");
+        assert_eq!(s["details"]["group"], "apps");
         assert_eq!(s["status"], "Failure");
     }
 }

@@ -1,6 +1,8 @@
 //! Name and field validation shared by all kinds (Kubernetes naming rules).
 
 use crate::error::FieldError;
+use crate::request::path_segment_problem;
+use crate::resource::NameRule;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 /// RFC 1123 label: lowercase alphanumerics and '-', starts and ends alphanumeric, at most 63.
@@ -18,19 +20,31 @@ pub fn is_dns1123_subdomain(s: &str) -> bool {
 }
 
 /// Validates metadata common to every object.
-pub fn validate_meta(meta: &ObjectMeta, namespaced: bool, label_names: bool, errs: &mut Vec<FieldError>) {
+pub fn validate_meta(meta: &ObjectMeta, namespaced: bool, rule: NameRule, errs: &mut Vec<FieldError>) {
     match meta.name.as_deref() {
-        None | Some("") => errs.push(FieldError::required("metadata.name")),
+        None | Some("") if meta.generate_name.as_deref().is_some_and(|g| !g.is_empty()) => {
+            errs.push(FieldError::required("metadata.name"))
+        }
+        None | Some("") => errs.push(FieldError::required("metadata.name").with_message("name or generateName is required")),
         Some(n) => {
-            let ok = if label_names { is_dns1123_label(n) } else { is_dns1123_subdomain(n) };
+            let ok = match rule {
+                NameRule::Label => is_dns1123_label(n),
+                NameRule::Subdomain => is_dns1123_subdomain(n),
+                NameRule::PathSegment => path_segment_problem(n).is_none(),
+            };
             if !ok {
-                let rule = if label_names {
-                    "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character"
-                } else {
-                    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
-                };
-                errs.push(FieldError::invalid("metadata.name", format!("Invalid value: {n:?}: {rule}")));
+                let text = crate::registry::name_rule_text(rule);
+                errs.push(FieldError::invalid("metadata.name", format!("Invalid value: {n:?}: {text}")));
             }
+        }
+    }
+    let annotation_bytes: usize = meta.annotations.iter().flatten().map(|(k, v)| k.len() + v.len()).sum();
+    if annotation_bytes > 256 * 1024 {
+        errs.push(FieldError::invalid("metadata.annotations", format!("Too long: must have at most 262144 bytes, not {annotation_bytes}")));
+    }
+    for (k, _) in meta.annotations.iter().flatten() {
+        if !valid_qualified_name(k) {
+            errs.push(FieldError::invalid(format!("metadata.annotations[{k}]"), format!("Invalid value: {k:?}: name part must consist of alphanumeric characters, '-', '_' or '.'")));
         }
     }
     if namespaced

@@ -1,0 +1,103 @@
+//! Admission: an ordered list of plugins every write passes after validation and before it is
+//! persisted (dry-run writes too). Plugins see the parsed request and may mutate the object or
+//! refuse it with an error that names why.
+
+use futures::future::BoxFuture;
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::registry::Registry;
+use crate::resource::ResourceDef;
+
+/// The operation being admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    Create,
+    Update,
+    Delete,
+}
+
+/// What a plugin is told about a write.
+pub struct Attributes<'a> {
+    pub operation: Operation,
+    pub def: &'a ResourceDef,
+    pub namespace: Option<&'a str>,
+    pub name: &'a str,
+    pub subresource: Option<&'a str>,
+    /// The stored object, for updates and deletes.
+    pub old: Option<&'a Value>,
+    pub dry_run: bool,
+}
+
+/// One admission plugin.
+pub trait AdmissionPlugin: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    /// Admits (and may mutate) `obj`, or refuses the write.
+    fn admit<'a>(&'a self, reg: &'a Registry, attrs: &'a Attributes<'a>, obj: &'a mut Value) -> BoxFuture<'a, Result<(), ApiError>>;
+}
+
+/// The plugins, in order.
+#[derive(Default)]
+pub struct Chain {
+    plugins: Vec<Box<dyn AdmissionPlugin>>,
+}
+
+impl Chain {
+    pub fn new(plugins: Vec<Box<dyn AdmissionPlugin>>) -> Self {
+        Self { plugins }
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        self.plugins.iter().map(|p| p.name()).collect()
+    }
+
+    pub async fn admit(&self, reg: &Registry, attrs: &Attributes<'_>, obj: &mut Value) -> Result<(), ApiError> {
+        for p in &self.plugins {
+            p.admit(reg, attrs, obj).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Namespaces every cluster keeps: they may not be deleted.
+pub const IMMORTAL_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
+
+/// Upstream's NamespaceLifecycle: nothing is created in a namespace that does not exist or is
+/// terminating, and the system namespaces cannot be deleted.
+pub struct NamespaceLifecycle;
+
+impl AdmissionPlugin for NamespaceLifecycle {
+    fn name(&self) -> &'static str {
+        "NamespaceLifecycle"
+    }
+
+    fn admit<'a>(&'a self, reg: &'a Registry, attrs: &'a Attributes<'a>, _obj: &'a mut Value) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(async move {
+            if attrs.def.group.is_empty() && attrs.def.plural == "namespaces" && attrs.operation == Operation::Delete && attrs.subresource.is_none() {
+                if IMMORTAL_NAMESPACES.contains(&attrs.name) {
+                    return Err(ApiError::Forbidden(format!("namespaces \"{}\" is forbidden: this namespace may not be deleted", attrs.name)));
+                }
+                return Ok(());
+            }
+            let (Some(ns), Operation::Create) = (attrs.namespace, attrs.operation) else { return Ok(()) };
+            if !attrs.def.namespaced {
+                return Ok(());
+            }
+            let table = reg.table().snapshot();
+            let Some(nsdef) = table.lookup("", "v1", "namespaces") else { return Ok(()) };
+            let nsobj = match reg.get(nsdef, None, ns).await {
+                Ok(o) => o,
+                Err(ApiError::NotFound { .. }) => return Err(ApiError::NotFound { resource: nsdef.group_resource(), name: ns.into() }),
+                Err(e) => return Err(e),
+            };
+            if !nsobj["metadata"]["deletionTimestamp"].is_null() {
+                return Err(ApiError::Forbidden(format!(
+                    "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                    attrs.def.group_resource(),
+                    attrs.name
+                )));
+            }
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,276 @@
+//! One generic suite run against every kind the table serves, over real HTTPS on a real
+//! single-voter store: create, get, list (selectors, chunking), watch, update (409 on a stale
+//! resourceVersion), every patch type, status, dry-run, delete with finalizers, and Table
+//! output. Then the machinery that is not per kind: server-side apply, CRDs, scale, bad input.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use strake_apiserver::{ApiServer, Config};
+use strake_pki::{BootstrapToken, CertifiedKey};
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn start() -> Api {
+    let dir = tempfile::tempdir().unwrap();
+    let store = strake_store::Store::open(strake_store::StoreConfig::single(1, dir.path().join("store"))).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let token = BootstrapToken::generate();
+    let server = ApiServer::new(
+        Config { listen: addr, advertise: addr.to_string(), pki_dir: dir.path().join("pki"), cluster_name: "t".into(), token: Some(token.clone()), sans: vec![] },
+        store,
+    )
+    .unwrap();
+    server.ensure_defaults().await.unwrap();
+    tokio::spawn(server.serve_on(listener));
+    let base = format!("https://{addr}");
+    let creds = strake_kubeclient::bootstrap(&base, &token, "/strake/v1/kubeconfig", &json!({})).await.unwrap();
+    let tls = strake_pki::client_config(&creds.ca_pem, Some(&CertifiedKey { cert_pem: creds.cert_pem, key_pem: creds.key_pem })).unwrap();
+    Api { http: reqwest::Client::builder().use_preconfigured_tls(tls).build().unwrap(), base, _dir: dir }
+}
+
+impl Api {
+    async fn call(&self, method: reqwest::Method, path: &str, ct: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            r = r.header("Content-Type", ct.unwrap_or("application/json")).body(serde_json::to_vec(&b).unwrap());
+        }
+        let resp = r.send().await.unwrap();
+        let code = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (code, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None, None).await
+    }
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, None, Some(body)).await
+    }
+    async fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::PUT, path, None, Some(body)).await
+    }
+    async fn patch(&self, path: &str, ct: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::PATCH, path, Some(ct), Some(body)).await
+    }
+    async fn delete(&self, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.call(reqwest::Method::DELETE, path, None, body).await
+    }
+}
+
+fn pod_spec() -> Value {
+    json!({"containers": [{"name": "c", "image": "busybox:1"}]})
+}
+
+fn template() -> Value {
+    json!({"metadata": {"labels": {"app": "x"}}, "spec": pod_spec()})
+}
+
+/// The fields a kind needs beyond metadata to be valid.
+fn sample(group: &str, kind: &str) -> Value {
+    match (group, kind) {
+        ("", "Pod") => json!({"spec": pod_spec()}),
+        ("", "Service") => json!({"spec": {"ports": [{"port": 80}], "selector": {"app": "x"}}}),
+        ("", "Event") => json!({"involvedObject": {"kind": "Pod", "name": "x", "namespace": "suite"}, "reason": "R", "message": "m", "type": "Normal"}),
+        ("", "PersistentVolume") => json!({"spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "hostPath": {"path": "/tmp"}}}),
+        ("", "PersistentVolumeClaim") => json!({"spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}),
+        ("", "PodTemplate") => json!({"template": template()}),
+        ("", "ReplicationController") => json!({"spec": {"selector": {"app": "x"}, "template": template()}}),
+        ("", "LimitRange") => json!({"spec": {"limits": [{"type": "Container"}]}}),
+        ("apps", "Deployment" | "ReplicaSet" | "DaemonSet") => json!({"spec": {"selector": {"matchLabels": {"app": "x"}}, "template": template()}}),
+        ("apps", "StatefulSet") => json!({"spec": {"selector": {"matchLabels": {"app": "x"}}, "serviceName": "x", "template": template()}}),
+        ("apps", "ControllerRevision") => json!({"revision": 1}),
+        ("batch", "Job") => json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "busybox:1"}], "restartPolicy": "Never"}}}}),
+        ("batch", "CronJob") => json!({"spec": {"schedule": "*/5 * * * *", "jobTemplate": {"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "busybox:1"}], "restartPolicy": "OnFailure"}}}}}}),
+        ("discovery.k8s.io", "EndpointSlice") => json!({"addressType": "IPv4", "endpoints": []}),
+        ("events.k8s.io", "Event") => json!({"eventTime": "2026-01-01T00:00:00.000000Z", "reportingController": "suite", "reportingInstance": "suite", "action": "A", "reason": "R", "type": "Normal"}),
+        ("storage.k8s.io", "StorageClass") => json!({"provisioner": "strake.dev/local-path"}),
+        ("storage.k8s.io", "VolumeAttachment") => json!({"spec": {"attacher": "a", "nodeName": "n", "source": {"persistentVolumeName": "pv"}}}),
+        ("scheduling.k8s.io", "PriorityClass") => json!({"value": 100}),
+        ("node.k8s.io", "RuntimeClass") => json!({"handler": "runc"}),
+        ("autoscaling", "HorizontalPodAutoscaler") => json!({"spec": {"maxReplicas": 3, "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "x"}}}),
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => crd_body("gadgets", "Gadget"),
+        ("rbac.authorization.k8s.io", "Role" | "ClusterRole") => json!({"rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]}),
+        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => json!({"roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"}, "subjects": [{"kind": "User", "name": "u"}]}),
+        ("admissionregistration.k8s.io", "ValidatingAdmissionPolicyBinding") => json!({"spec": {"policyName": "p", "validationActions": ["Deny"]}}),
+        _ => json!({}),
+    }
+}
+
+fn crd_body(plural: &str, kind: &str) -> Value {
+    json!({"spec": {
+        "group": "suite.strake.dev", "scope": "Namespaced",
+        "names": {"plural": plural, "kind": kind, "singular": kind.to_ascii_lowercase(), "shortNames": [format!("{}x", &plural[..2])]},
+        "versions": [{"name": "v1", "served": true, "storage": true,
+            "subresources": {"status": {}, "scale": {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas"}},
+            "additionalPrinterColumns": [{"name": "Size", "type": "integer", "jsonPath": ".spec.size"}],
+            "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                "spec": {"type": "object", "required": ["size"], "properties": {
+                    "size": {"type": "integer", "minimum": 1}, "replicas": {"type": "integer"}, "mode": {"type": "string", "enum": ["a", "b"], "default": "a"}}},
+                "status": {"type": "object", "properties": {"phase": {"type": "string"}, "replicas": {"type": "integer"}}}}}}}]}})
+}
+
+fn collection(group: &str, version: &str, plural: &str, ns: Option<&str>) -> String {
+    let base = if group.is_empty() { format!("/api/{version}") } else { format!("/apis/{group}/{version}") };
+    match ns {
+        Some(ns) => format!("{base}/namespaces/{ns}/{plural}"),
+        None => format!("{base}/{plural}"),
+    }
+}
+
+#[tokio::test]
+async fn every_served_kind_passes_the_generic_suite() {
+    let api = start().await;
+    assert_eq!(api.post("/api/v1/namespaces", json!({"metadata": {"name": "suite"}})).await.0, 201);
+    let (_, disc) = api.call(reqwest::Method::GET, "/apis", None, None).await;
+    let mut kinds: Vec<(String, String, String, String, bool)> = Vec::new();
+    let (_, core) = api.get("/api/v1").await;
+    let mut lists = vec![core];
+    for g in disc["groups"].as_array().unwrap() {
+        let gv = g["preferredVersion"]["groupVersion"].as_str().unwrap();
+        lists.push(api.get(&format!("/apis/{gv}")).await.1);
+    }
+    for list in lists {
+        let gv = list["groupVersion"].as_str().unwrap().to_string();
+        let (group, version) = gv.split_once('/').map(|(g, v)| (g.to_string(), v.to_string())).unwrap_or((String::new(), gv.clone()));
+        for r in list["resources"].as_array().unwrap() {
+            let name = r["name"].as_str().unwrap();
+            let verbs: Vec<&str> = r["verbs"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+            if name.contains('/') || !verbs.contains(&"list") {
+                continue;
+            }
+            kinds.push((group.clone(), version.clone(), name.to_string(), r["kind"].as_str().unwrap().to_string(), r["namespaced"].as_bool().unwrap()));
+        }
+    }
+    assert!(kinds.len() >= 30, "only {} kinds are served", kinds.len());
+    for (group, version, plural, kind, namespaced) in &kinds {
+        let ns = namespaced.then_some("suite");
+        let coll = collection(group, version, plural, ns);
+        let api_version = if group.is_empty() { version.clone() } else { format!("{group}/{version}") };
+        let what = format!("{api_version} {kind}");
+        let mut body = sample(group, kind);
+        let name = if kind == "CustomResourceDefinition" { "gadgets.suite.strake.dev".to_string() } else { format!("s-{}", plural.trim_end_matches('s')) };
+        body["apiVersion"] = api_version.clone().into();
+        body["kind"] = kind.clone().into();
+        body["metadata"] = json!({"name": name, "labels": {"suite": "yes", "n": "1"}});
+
+        // dry-run create persists nothing
+        let (code, out) = api.post(&format!("{coll}?dryRun=All"), body.clone()).await;
+        assert_eq!(code, 201, "{what}: dry-run create: {out}");
+        assert_eq!(api.get(&format!("{coll}/{name}")).await.0, 404, "{what}: a dry-run create wrote");
+        // create, and a second create conflicts
+        let (code, created) = api.post(&coll, body.clone()).await;
+        assert_eq!(code, 201, "{what}: create: {created}");
+        assert_eq!(created["kind"], kind.as_str());
+        assert!(created["metadata"]["uid"].is_string() && created["metadata"]["resourceVersion"].is_string(), "{what}: {created}");
+        let (code, dup) = api.post(&coll, body.clone()).await;
+        assert_eq!((code, dup["reason"].as_str()), (409, Some("AlreadyExists")), "{what}: {dup}");
+        // a second object for list tests
+        let mut other = body.clone();
+        let other_name = format!("{name}-b");
+        if kind != "CustomResourceDefinition" {
+            other["metadata"] = json!({"name": other_name, "labels": {"suite": "yes", "n": "2"}});
+            assert_eq!(api.post(&coll, other).await.0, 201, "{what}: second create");
+        }
+        // get
+        let (code, got) = api.get(&format!("{coll}/{name}")).await;
+        assert_eq!(code, 200, "{what}: get {got}");
+        // list: label selector, field selector, chunking
+        let (code, l) = api.get(&format!("{coll}?labelSelector=suite%3Dyes,n%3D1")).await;
+        assert_eq!(code, 200, "{what}: list {l}");
+        assert_eq!(l["items"].as_array().unwrap().len(), 1, "{what}: label selector");
+        assert_eq!(l["kind"], format!("{kind}List"));
+        let (_, l) = api.get(&format!("{coll}?fieldSelector=metadata.name%3D{name}")).await;
+        assert_eq!(l["items"].as_array().unwrap().len(), 1, "{what}: field selector {l}");
+        if kind != "CustomResourceDefinition" {
+            let (_, page) = api.get(&format!("{coll}?labelSelector=suite&limit=1")).await;
+            assert_eq!(page["items"].as_array().unwrap().len(), 1, "{what}: a page holds at most the limit");
+            let mut token = page["metadata"]["continue"].as_str().unwrap_or_else(|| panic!("{what}: no continue token {page}")).to_string();
+            let mut seen = 1;
+            for _ in 0..10 {
+                let (_, next) = api.get(&format!("{coll}?labelSelector=suite&limit=1&continue={token}")).await;
+                seen += next["items"].as_array().unwrap().len();
+                match next["metadata"]["continue"].as_str() {
+                    Some(t) => token = t.to_string(),
+                    None => break,
+                }
+            }
+            assert_eq!(seen, 2, "{what}: the pages hold every match once");
+        }
+        // Table output
+        let r = api.http.get(format!("{}{coll}", api.base)).header("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io,application/json").send().await.unwrap();
+        let t: Value = r.json().await.unwrap();
+        assert_eq!(t["kind"], "Table", "{what}");
+        let cols = t["columnDefinitions"].as_array().unwrap().len();
+        for row in t["rows"].as_array().unwrap() {
+            assert_eq!(row["cells"].as_array().unwrap().len(), cols, "{what}: every row has a cell per column");
+        }
+        // watch from the current version sees a patch
+        let rv = got["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+        let watch = api.http.get(format!("{}{coll}?watch=true&resourceVersion={rv}&fieldSelector=metadata.name%3D{name}&timeoutSeconds=20", api.base)).send().await.unwrap();
+        let mut events = watch.bytes_stream();
+        // update with a stale resourceVersion: 409; with the current one: 200
+        let mut stale = got.clone();
+        stale["metadata"]["labels"]["n"] = "9".into();
+        stale["metadata"]["resourceVersion"] = "1".into();
+        let (code, c409) = api.put(&format!("{coll}/{name}"), stale).await;
+        assert_eq!(code, 409, "{what}: stale update {c409}");
+        let mut fresh = got.clone();
+        fresh["metadata"]["annotations"] = json!({"suite/updated": "yes"});
+        let (code, upd) = api.put(&format!("{coll}/{name}"), fresh).await;
+        assert_eq!(code, 200, "{what}: update {upd}");
+        // every patch type
+        let item = format!("{coll}/{name}");
+        let (code, p) = api.patch(&item, "application/merge-patch+json", json!({"metadata": {"labels": {"merge": "1"}}})).await;
+        assert_eq!((code, p["metadata"]["labels"]["merge"].as_str()), (200, Some("1")), "{what}: merge patch {p}");
+        let (code, p) = api.patch(&item, "application/strategic-merge-patch+json", json!({"metadata": {"labels": {"smp": "1"}}})).await;
+        assert_eq!((code, p["metadata"]["labels"]["smp"].as_str()), (200, Some("1")), "{what}: strategic patch {p}");
+        let (code, p) = api.patch(&item, "application/json-patch+json", json!([{"op": "add", "path": "/metadata/labels/jp", "value": "1"}])).await;
+        assert_eq!((code, p["metadata"]["labels"]["jp"].as_str()), (200, Some("1")), "{what}: json patch {p}");
+        let apply = json!({"apiVersion": api_version, "kind": kind, "metadata": {"name": name, "annotations": {"suite/applied": "yes"}}});
+        let (code, p) = api.patch(&format!("{item}?fieldManager=suite"), "application/apply-patch+yaml", apply).await;
+        assert_eq!((code, p["metadata"]["annotations"]["suite/applied"].as_str()), (200, Some("yes")), "{what}: apply {p}");
+        let (code, p) = api.patch(&format!("{item}?dryRun=All"), "application/merge-patch+json", json!({"metadata": {"labels": {"dry": "1"}}})).await;
+        assert_eq!((code, p["metadata"]["labels"]["dry"].as_str()), (200, Some("1")), "{what}: dry-run patch");
+        assert!(api.get(&item).await.1["metadata"]["labels"]["dry"].is_null(), "{what}: a dry-run patch wrote");
+        let got_event = tokio::time::timeout(Duration::from_secs(10), events.next()).await.unwrap_or_else(|_| panic!("{what}: watch saw nothing")).unwrap().unwrap();
+        let ev: Value = serde_json::from_slice(got_event.split(|b| *b == b'\n').next().unwrap()).unwrap();
+        assert_eq!(ev["type"], "MODIFIED", "{what}: {ev}");
+        // delete: a finalizer holds the object; removing it lets it go; dry-run deletes nothing
+        let (code, _) = api.patch(&item, "application/merge-patch+json", json!({"metadata": {"finalizers": ["suite.strake.dev/hold"]}})).await;
+        assert_eq!(code, 200, "{what}: add finalizer");
+        let (code, d) = api.delete(&format!("{item}?dryRun=All"), None).await;
+        assert_eq!(code, 200, "{what}: dry-run delete {d}");
+        assert!(api.get(&item).await.1["metadata"]["deletionTimestamp"].is_null(), "{what}: a dry-run delete wrote");
+        let (code, d) = api.delete(&item, None).await;
+        assert_eq!(code, 200, "{what}: delete {d}");
+        let (code, held) = api.get(&item).await;
+        assert!(code == 200 && held["metadata"]["deletionTimestamp"].is_string(), "{what}: the finalizer holds the object: {held}");
+        let (code, _) = api.patch(&item, "application/json-patch+json", json!([{"op": "remove", "path": "/metadata/finalizers"}])).await;
+        assert_eq!(code, 200, "{what}: remove finalizer");
+        let gone = async {
+            loop {
+                if api.get(&item).await.0 == 404 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), gone).await.unwrap_or_else(|_| panic!("{what}: not deleted after its finalizer went"));
+        // deletecollection removes the rest
+        let (code, _) = api.delete(&format!("{coll}?labelSelector=suite"), None).await;
+        assert_eq!(code, 200, "{what}: deletecollection");
+        // Terminating objects (namespaces) finish once their controller empties them.
+        let emptied = async {
+            while api.get(&format!("{coll}?labelSelector=suite")).await.1["items"].as_array().map(Vec::len) != Some(0) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), emptied).await.unwrap_or_else(|_| panic!("{what}: deletecollection left objects"));
+    }
+}
