@@ -135,11 +135,9 @@ pub fn parse(method: &Method, path: &str, watch: bool) -> Result<Target, ApiErro
         watch = true;
     }
     let mut namespace = None;
-    if parts.len() >= 2 && parts[0] == "namespaces" {
-        if parts.len() > 2 && !NAMESPACE_SUBRESOURCES.contains(&parts[2].as_str()) {
-            namespace = Some(parts[1].clone());
-            parts.drain(..2);
-        }
+    if parts.len() > 2 && parts[0] == "namespaces" && !NAMESPACE_SUBRESOURCES.contains(&parts[2].as_str()) {
+        namespace = Some(parts[1].clone());
+        parts.drain(..2);
     }
     let (resource, name, subresource) = match parts.as_slice() {
         [r] => (r.clone(), None, None),

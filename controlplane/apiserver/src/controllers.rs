@@ -117,14 +117,14 @@ pub async fn crd_pass(reg: &Registry) -> Result<(), ApiError> {
         if crd.metadata.deletion_timestamp.is_some() {
             // Delete every object, then let the CRD go.
             let mut remaining = 0;
-            for def in &defs {
+            // All versions share one key prefix: the first lists every object.
+            if let Some(def) = defs.first() {
                 let items = reg.list(def, None, &ListOptions::default()).await?.items;
                 remaining += items.len();
                 for o in items.iter().filter(|o| o["metadata"]["deletionTimestamp"].is_null()) {
                     let ns = o["metadata"]["namespace"].as_str();
                     let _ = reg.delete(def, ns, o["metadata"]["name"].as_str().unwrap_or_default(), &DeleteOptions::default()).await;
                 }
-                break; // all versions share one key prefix
             }
             if remaining == 0 {
                 reg.table().remove_where(|d| d.crd.as_deref() == Some(name.as_str()));

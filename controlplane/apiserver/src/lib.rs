@@ -43,7 +43,7 @@ pub enum ServerError {
     #[error("building the node client: {0}")]
     Client(String),
     #[error("creating default object {what}: {source}")]
-    Defaults { what: String, source: ApiError },
+    Defaults { what: String, source: Box<ApiError> },
 }
 
 /// How the API server is set up.
@@ -126,15 +126,15 @@ impl ApiServer {
             objects.push(("scheduling.k8s.io", "v1", "priorityclasses", serde_json::json!({"metadata": {"name": name}, "value": value, "description": desc})));
         }
         for (group, version, plural, obj) in objects {
-            let def = table.lookup(group, version, plural).ok_or_else(|| ServerError::Defaults { what: plural.into(), source: ApiError::NoRoute })?;
+            let def = table.lookup(group, version, plural).ok_or_else(|| ServerError::Defaults { what: plural.into(), source: Box::new(ApiError::NoRoute) })?;
             let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
-            let (obj, _) = def.strategy.decode(def, obj, Default::default()).map_err(|source| ServerError::Defaults { what: name.clone(), source })?;
+            let (obj, _) = def.strategy.decode(def, obj, Default::default()).map_err(|source| ServerError::Defaults { what: name.clone(), source: Box::new(source) })?;
             match self.app.registry.create(def, None, obj, &Default::default()).await {
                 Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
-                Err(source) => return Err(ServerError::Defaults { what: format!("{plural} {name}"), source }),
+                Err(source) => return Err(ServerError::Defaults { what: format!("{plural} {name}"), source: Box::new(source) }),
             }
         }
-        controllers::crd_pass(&self.app.registry).await.map_err(|source| ServerError::Defaults { what: "custom resource definitions".into(), source })?;
+        controllers::crd_pass(&self.app.registry).await.map_err(|source| ServerError::Defaults { what: "custom resource definitions".into(), source: Box::new(source) })?;
         Ok(())
     }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, DeploymentStrategy, ReplicaSet, StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PodSpec, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
 use strake_apimachinery::{Column, FieldError, ResourceDef};
@@ -81,21 +81,14 @@ pub(crate) fn go_map(m: Option<&BTreeMap<String, String>>) -> String {
 /// A label selector as upstream's messages print it (`v1.LabelSelector{MatchLabels:...}`).
 pub(crate) fn go_selector(sel: Option<&LabelSelector>) -> String {
     let Some(sel) = sel else { return "null".into() };
+    let strings = |v: &[String]| v.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ");
+    let requirement = |e: &LabelSelectorRequirement| {
+        let values = e.values.as_deref().map_or_else(|| "[]string(nil)".to_string(), |v| format!("[]string{{{}}}", strings(v)));
+        format!("v1.LabelSelectorRequirement{{Key:{:?}, Operator:{:?}, Values:{values}}}", e.key, e.operator)
+    };
     let exprs = match &sel.match_expressions {
         None => "[]v1.LabelSelectorRequirement(nil)".to_string(),
-        Some(es) => {
-            let items: Vec<String> = es
-                .iter()
-                .map(|e| {
-                    let values = match &e.values {
-                        None => "[]string(nil)".to_string(),
-                        Some(v) => format!("[]string{{{}}}", v.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ")),
-                    };
-                    format!("v1.LabelSelectorRequirement{{Key:{:?}, Operator:{:?}, Values:{values}}}", e.key, e.operator)
-                })
-                .collect();
-            format!("[]v1.LabelSelectorRequirement{{{}}}", items.join(", "))
-        }
+        Some(es) => format!("[]v1.LabelSelectorRequirement{{{}}}", es.iter().map(requirement).collect::<Vec<_>>().join(", ")),
     };
     format!("v1.LabelSelector{{MatchLabels:{}, MatchExpressions:{exprs}}}", go_map(sel.match_labels.as_ref()))
 }
@@ -132,6 +125,16 @@ pub(crate) fn containers_images(spec: Option<&PodSpec>) -> (Value, Value) {
     let names: Vec<&str> = containers.iter().map(|c| c.name.as_str()).collect();
     let images: Vec<&str> = containers.iter().map(|c| c.image.as_deref().unwrap_or_default()).collect();
     (json!(names.join(",")), json!(images.join(",")))
+}
+
+/// `columns` and then the wide Containers, Images and (with `selector`) Selector columns.
+pub(crate) fn with_template_columns(mut columns: Vec<Column>, selector: bool) -> Vec<Column> {
+    columns.push(wide("Containers", "Names of the containers in the template."));
+    columns.push(wide("Images", "Images of the containers in the template."));
+    if selector {
+        columns.push(wide("Selector", "The label selector of the pods."));
+    }
+    columns
 }
 
 /// The Selector cell: the selector as kubectl prints it, `<none>` when there is none.
@@ -285,16 +288,13 @@ impl Kind for Deployment {
     }
 
     fn columns() -> Vec<Column> {
-        vec![
+        with_template_columns(vec![
             name_column(),
             col("Ready", "Ready pods out of the desired replicas."),
             Column::new("Up-to-date", "integer", "Pods of this deployment that run the current template.", 0),
             Column::new("Available", "integer", "Pods of this deployment that have been ready for at least minReadySeconds.", 0),
             age_column(),
-            wide("Containers", "Names of the containers in the template."),
-            wide("Images", "Images of the containers in the template."),
-            wide("Selector", "The label selector of the pods."),
-        ]
+        ], true)
     }
 
     fn cells(&self) -> Vec<Value> {
@@ -339,16 +339,13 @@ impl Kind for ReplicaSet {
     }
 
     fn columns() -> Vec<Column> {
-        vec![
+        with_template_columns(vec![
             name_column(),
             Column::new("Desired", "integer", "The number of pods wanted.", 0),
             Column::new("Current", "integer", "The number of pods observed.", 0),
             Column::new("Ready", "integer", "The number of pods that are ready.", 0),
             age_column(),
-            wide("Containers", "Names of the containers in the template."),
-            wide("Images", "Images of the containers in the template."),
-            wide("Selector", "The label selector of the pods."),
-        ]
+        ], true)
     }
 
     fn cells(&self) -> Vec<Value> {
@@ -452,13 +449,11 @@ impl Kind for StatefulSet {
     }
 
     fn columns() -> Vec<Column> {
-        vec![
+        with_template_columns(vec![
             name_column(),
             col("Ready", "Ready pods out of the desired replicas."),
             age_column(),
-            wide("Containers", "Names of the containers in the template."),
-            wide("Images", "Images of the containers in the template."),
-        ]
+        ], false)
     }
 
     fn cells(&self) -> Vec<Value> {
@@ -522,7 +517,7 @@ impl Kind for DaemonSet {
     }
 
     fn columns() -> Vec<Column> {
-        vec![
+        with_template_columns(vec![
             name_column(),
             Column::new("Desired", "integer", "The number of nodes that should run the daemon pod.", 0),
             Column::new("Current", "integer", "The number of nodes running at least one daemon pod that should.", 0),
@@ -531,10 +526,7 @@ impl Kind for DaemonSet {
             Column::new("Available", "integer", "The number of nodes whose daemon pod has been ready for at least minReadySeconds.", 0),
             col("Node Selector", "The node selector of the daemon pods."),
             age_column(),
-            wide("Containers", "Names of the containers in the template."),
-            wide("Images", "Images of the containers in the template."),
-            wide("Selector", "The label selector of the pods."),
-        ]
+        ], true)
     }
 
     fn cells(&self) -> Vec<Value> {

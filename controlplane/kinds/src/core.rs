@@ -483,11 +483,11 @@ impl Kind for Service {
 
     fn prepare_update(&mut self, old: &Self) {
         // A client that drops the allocated IPs keeps them (as kubectl apply does).
-        if let (Some(new), Some(old)) = (self.spec.as_mut(), old.spec.as_ref()) {
-            if new.cluster_ip.as_deref().is_none_or(str::is_empty) {
-                new.cluster_ip = old.cluster_ip.clone();
-                new.cluster_ips = old.cluster_ips.clone();
-            }
+        if let (Some(new), Some(old)) = (self.spec.as_mut(), old.spec.as_ref())
+            && new.cluster_ip.as_deref().is_none_or(str::is_empty)
+        {
+            new.cluster_ip = old.cluster_ip.clone();
+            new.cluster_ips = old.cluster_ips.clone();
         }
     }
 

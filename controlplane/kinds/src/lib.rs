@@ -3,11 +3,11 @@
 //! CRD machinery that turns a CustomResourceDefinition into entries of the same table.
 //! Owns no HTTP and no storage: the table and the registry live in `strake-apimachinery`.
 
-//TMP pub mod apps;
-//TMP pub mod batch;
+pub mod apps;
+pub mod batch;
 pub mod core;
 pub mod crd;
-//TMP mod cron;
+mod cron;
 pub mod others;
 pub mod typed;
 
@@ -17,8 +17,8 @@ use strake_apimachinery::{ResourceDef, ResourceTable};
 /// Every built-in entry, groups in upstream's discovery order.
 pub fn builtin() -> Vec<ResourceDef> {
     let mut all = core::entries();
-//TMP    all.extend(apps::entries());
-//TMP    all.extend(batch::entries());
+    all.extend(apps::entries());
+    all.extend(batch::entries());
     all.extend(others::entries());
     all
 }

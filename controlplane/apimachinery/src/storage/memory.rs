@@ -14,13 +14,15 @@ use super::{Change, ChangeKind, ObjectStore, Page, Stored, StorageError, Storage
 /// Largest value accepted, as the raft store bounds it.
 const MAX_VALUE: usize = strake_store::MAX_VALUE_SIZE;
 
+/// One key's versions, oldest first: (revision, value or None for a delete).
+type Versions = Vec<(u64, Option<Vec<u8>>)>;
+
 #[derive(Default)]
 struct State {
     revision: u64,
     /// The oldest revision whose changes are still kept (0: nothing compacted).
     compacted: u64,
-    /// Every key's versions, oldest first: (revision, value or None for a delete).
-    keys: BTreeMap<Vec<u8>, Vec<(u64, Option<Vec<u8>>)>>,
+    keys: BTreeMap<Vec<u8>, Versions>,
     /// Every change at or after `compacted`, in order.
     history: Vec<Change>,
 }
@@ -31,7 +33,7 @@ impl State {
         value.as_ref().map(|v| Stored { key: key.to_vec(), value: v.clone(), revision: *rev })
     }
 
-    fn at(&self, key: &[u8], versions: &[(u64, Option<Vec<u8>>)], revision: u64) -> Option<Stored> {
+    fn at(&self, key: &[u8], versions: &Versions, revision: u64) -> Option<Stored> {
         let (rev, value) = versions.iter().rev().find(|(r, _)| *r <= revision)?;
         value.as_ref().map(|v| Stored { key: key.to_vec(), value: v.clone(), revision: *rev })
     }
