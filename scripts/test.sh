@@ -4,6 +4,10 @@
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 install_prereqs
 build_image
-log "running the test suite"
 cd "$REPO"
+log "checking formatting (cargo fmt --check)"
+cargo fmt --all --check
+log "linting (cargo clippy -D warnings)"
+cargo clippy --locked --workspace --all-targets -- -D warnings
+log "running the test suite"
 cargo test --locked --workspace --no-fail-fast -- --nocapture 2>&1

@@ -12,13 +12,23 @@ use std::time::{Duration, Instant};
 #[derive(Debug, thiserror::Error)]
 pub enum QemuError {
     #[error("cannot start {binary}: {source} (install the qemu-system-x86 package)")]
-    Spawn { binary: String, source: std::io::Error },
+    Spawn {
+        binary: String,
+        source: std::io::Error,
+    },
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("QEMU exited early with {status}; last console lines:\n{tail}")]
     Exited { status: String, tail: String },
     #[error("timed out after {waited:?} waiting for {what}; last console lines:\n{tail}")]
-    Timeout { what: String, waited: Duration, tail: String },
+    Timeout {
+        what: String,
+        waited: Duration,
+        tail: String,
+    },
     #[error("QMP: {0}")]
     Qmp(String),
     #[error("invalid VM configuration: {0}")]
@@ -79,10 +89,20 @@ impl VmConfig {
     /// The full QEMU argument list (without the binary).
     pub fn args(&self) -> Result<Vec<String>, QemuError> {
         if self.memory_mib < 256 {
-            return Err(QemuError::Config(format!("{} MiB of memory is too little; use at least 256", self.memory_mib)));
+            return Err(QemuError::Config(format!(
+                "{} MiB of memory is too little; use at least 256",
+                self.memory_mib
+            )));
         }
-        if !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-            return Err(QemuError::Config(format!("VM name {:?} must be alphanumeric or '-'", self.name)));
+        if !self
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Err(QemuError::Config(format!(
+                "VM name {:?} must be alphanumeric or '-'",
+                self.name
+            )));
         }
         let mut netdev = "user,id=net0".to_string();
         for f in &self.forwards {
@@ -93,26 +113,49 @@ impl VmConfig {
             Accel::Tcg => "tcg,thread=multi",
             Accel::Kvm => "kvm",
         };
-        let cmdline = format!("console=ttyS0 panic=-1 {}", self.cmdline).trim().to_string();
+        let cmdline = format!("console=ttyS0 panic=-1 {}", self.cmdline)
+            .trim()
+            .to_string();
         let s = |x: &str| x.to_string();
         Ok(vec![
-            s("-name"), self.name.clone(),
-            s("-machine"), s("q35"),
-            s("-accel"), s(accel),
-            s("-cpu"), s(if self.accel == Accel::Kvm { "host" } else { "max" }),
-            s("-smp"), self.cpus.to_string(),
-            s("-m"), self.memory_mib.to_string(),
-            s("-kernel"), self.kernel.display().to_string(),
-            s("-initrd"), self.initrd.display().to_string(),
-            s("-append"), cmdline,
-            s("-netdev"), netdev,
-            s("-device"), s("virtio-net-pci,netdev=net0"),
-            s("-device"), s("virtio-rng-pci"),
-            s("-display"), s("none"),
-            s("-vga"), s("none"),
-            s("-serial"), format!("file:{}", self.serial_log().display()),
-            s("-monitor"), s("none"),
-            s("-qmp"), format!("unix:{},server=on,wait=off", self.qmp_socket().display()),
+            s("-name"),
+            self.name.clone(),
+            s("-machine"),
+            s("q35"),
+            s("-accel"),
+            s(accel),
+            s("-cpu"),
+            s(if self.accel == Accel::Kvm {
+                "host"
+            } else {
+                "max"
+            }),
+            s("-smp"),
+            self.cpus.to_string(),
+            s("-m"),
+            self.memory_mib.to_string(),
+            s("-kernel"),
+            self.kernel.display().to_string(),
+            s("-initrd"),
+            self.initrd.display().to_string(),
+            s("-append"),
+            cmdline,
+            s("-netdev"),
+            netdev,
+            s("-device"),
+            s("virtio-net-pci,netdev=net0"),
+            s("-device"),
+            s("virtio-rng-pci"),
+            s("-display"),
+            s("none"),
+            s("-vga"),
+            s("none"),
+            s("-serial"),
+            format!("file:{}", self.serial_log().display()),
+            s("-monitor"),
+            s("none"),
+            s("-qmp"),
+            format!("unix:{},server=on,wait=off", self.qmp_socket().display()),
             s("-no-reboot"),
             s("-nodefaults"),
         ])
@@ -127,7 +170,10 @@ pub struct Vm {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> QemuError + '_ {
-    move |source| QemuError::Io { path: path.to_path_buf(), source }
+    move |source| QemuError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The last `n` lines of a file (for error messages).
@@ -149,11 +195,18 @@ impl Vm {
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(cfg.state_dir.join(format!("{}.qemu.log", cfg.name))).map_err(io(&cfg.state_dir))?))
+            .stderr(Stdio::from(
+                std::fs::File::create(cfg.state_dir.join(format!("{}.qemu.log", cfg.name)))
+                    .map_err(io(&cfg.state_dir))?,
+            ))
             .spawn()
             .map_err(|source| QemuError::Spawn { binary, source })?;
         std::fs::write(cfg.pid_file(), child.id().to_string()).map_err(io(&cfg.pid_file()))?;
-        Ok(Vm { cfg, child: Some(child), started: Instant::now() })
+        Ok(Vm {
+            cfg,
+            child: Some(child),
+            started: Instant::now(),
+        })
     }
 
     /// Starts QEMU detached (its own session, not our child), for a cluster that outlives us.
@@ -172,10 +225,15 @@ impl Vm {
             .output()
             .map_err(|source| QemuError::Spawn { binary, source })?;
         if !out.status.success() {
-            return Err(QemuError::Exited { status: out.status.to_string(), tail: String::from_utf8_lossy(&out.stderr).into_owned() });
+            return Err(QemuError::Exited {
+                status: out.status.to_string(),
+                tail: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
         }
         let pid = std::fs::read_to_string(cfg.pid_file()).map_err(io(&cfg.pid_file()))?;
-        pid.trim().parse().map_err(|_| QemuError::Config(format!("bad pid file {}", cfg.pid_file().display())))
+        pid.trim()
+            .parse()
+            .map_err(|_| QemuError::Config(format!("bad pid file {}", cfg.pid_file().display())))
     }
 
     pub fn config(&self) -> &VmConfig {
@@ -193,21 +251,34 @@ impl Vm {
 
     fn check_alive(&mut self) -> Result<(), QemuError> {
         if let Some(child) = self.child.as_mut()
-            && let Ok(Some(status)) = child.try_wait() {
-                let mut tail = tail(&self.cfg.serial_log(), 40);
-                let qemu_err = std::fs::read_to_string(self.cfg.state_dir.join(format!("{}.qemu.log", self.cfg.name))).unwrap_or_default();
-                if !qemu_err.trim().is_empty() {
-                    tail.push_str("\nqemu: ");
-                    tail.push_str(qemu_err.trim());
-                }
-                self.child = None;
-                return Err(QemuError::Exited { status: status.to_string(), tail });
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            let mut tail = tail(&self.cfg.serial_log(), 40);
+            let qemu_err = std::fs::read_to_string(
+                self.cfg
+                    .state_dir
+                    .join(format!("{}.qemu.log", self.cfg.name)),
+            )
+            .unwrap_or_default();
+            if !qemu_err.trim().is_empty() {
+                tail.push_str("\nqemu: ");
+                tail.push_str(qemu_err.trim());
             }
+            self.child = None;
+            return Err(QemuError::Exited {
+                status: status.to_string(),
+                tail,
+            });
+        }
         Ok(())
     }
 
     /// Waits until the console shows `needle`; returns the console text.
-    pub fn wait_for_console(&mut self, needle: &str, timeout: Duration) -> Result<String, QemuError> {
+    pub fn wait_for_console(
+        &mut self,
+        needle: &str,
+        timeout: Duration,
+    ) -> Result<String, QemuError> {
         let deadline = Instant::now() + timeout;
         loop {
             let text = self.console();
@@ -216,14 +287,23 @@ impl Vm {
             }
             self.check_alive()?;
             if Instant::now() > deadline {
-                return Err(QemuError::Timeout { what: format!("{needle:?} on the console"), waited: timeout, tail: tail(&self.cfg.serial_log(), 40) });
+                return Err(QemuError::Timeout {
+                    what: format!("{needle:?} on the console"),
+                    waited: timeout,
+                    tail: tail(&self.cfg.serial_log(), 40),
+                });
             }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
     /// Polls `check` until it returns true, failing early if QEMU dies.
-    pub fn wait_until(&mut self, what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Result<(), QemuError> {
+    pub fn wait_until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut() -> bool,
+    ) -> Result<(), QemuError> {
         let deadline = Instant::now() + timeout;
         loop {
             if check() {
@@ -231,7 +311,11 @@ impl Vm {
             }
             self.check_alive()?;
             if Instant::now() > deadline {
-                return Err(QemuError::Timeout { what: what.into(), waited: timeout, tail: tail(&self.cfg.serial_log(), 40) });
+                return Err(QemuError::Timeout {
+                    what: what.into(),
+                    waited: timeout,
+                    tail: tail(&self.cfg.serial_log(), 40),
+                });
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -274,15 +358,21 @@ impl Drop for Vm {
 pub fn qmp(socket: &Path, command: &str) -> Result<String, QemuError> {
     let err = |e: std::io::Error| QemuError::Qmp(format!("{}: {e}", socket.display()));
     let mut stream = UnixStream::connect(socket).map_err(err)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(err)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(err)?;
     let mut reader = BufReader::new(stream.try_clone().map_err(err)?);
     let mut line = String::new();
     reader.read_line(&mut line).map_err(err)?; // greeting
-    stream.write_all(b"{\"execute\":\"qmp_capabilities\"}\n").map_err(err)?;
+    stream
+        .write_all(b"{\"execute\":\"qmp_capabilities\"}\n")
+        .map_err(err)?;
     line.clear();
     reader.read_line(&mut line).map_err(err)?;
     let cmd = serde_json::json!({"execute": command});
-    stream.write_all(format!("{cmd}\n").as_bytes()).map_err(err)?;
+    stream
+        .write_all(format!("{cmd}\n").as_bytes())
+        .map_err(err)?;
     loop {
         line.clear();
         if reader.read_line(&mut line).map_err(err)? == 0 {
@@ -299,7 +389,10 @@ pub fn qmp(socket: &Path, command: &str) -> Result<String, QemuError> {
 pub fn stop_detached(state_dir: &Path, name: &str, timeout: Duration) -> Result<bool, QemuError> {
     let pid_file = state_dir.join(format!("{name}.pid"));
     let pid: i32 = match std::fs::read_to_string(&pid_file) {
-        Ok(p) => p.trim().parse().map_err(|_| QemuError::Config(format!("bad pid file {}", pid_file.display())))?,
+        Ok(p) => p
+            .trim()
+            .parse()
+            .map_err(|_| QemuError::Config(format!("bad pid file {}", pid_file.display())))?,
         Err(_) => return Ok(false),
     };
     let pid = nix::unistd::Pid::from_raw(pid);
@@ -322,7 +415,10 @@ pub fn stop_detached(state_dir: &Path, name: &str, timeout: Duration) -> Result<
 
 /// A free TCP port on 127.0.0.1 (bound and released; a small race is possible).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -338,7 +434,10 @@ mod tests {
             memory_mib: 512,
             cpus: 2,
             accel: Accel::Tcg,
-            forwards: vec![PortForward { host: 16443, guest: 6443 }],
+            forwards: vec![PortForward {
+                host: 16443,
+                guest: 6443,
+            }],
             state_dir: "/tmp/s".into(),
         }
     }

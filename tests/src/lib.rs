@@ -10,14 +10,22 @@ use strake_oci::{ImageConfig, LayerBuilder, LayerCompression};
 
 /// The workspace root (tests run with the crate dir as cwd).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// The kubectl binary matching the server's reported minor version.
 pub fn kubectl_path() -> anyhow::Result<PathBuf> {
-    let p = std::env::var_os("STRAKE_KUBECTL").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/lib/google-cloud-sdk/bin/kubectl.1.32"));
+    let p = std::env::var_os("STRAKE_KUBECTL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/google-cloud-sdk/bin/kubectl.1.32"));
     if !p.exists() {
-        bail!("{} not found: the end-to-end test needs kubectl 1.32 (set STRAKE_KUBECTL to its path)", p.display());
+        bail!(
+            "{} not found: the end-to-end test needs kubectl 1.32 (set STRAKE_KUBECTL to its path)",
+            p.display()
+        );
     }
     Ok(p)
 }
@@ -39,13 +47,23 @@ pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<Output> {
 pub fn kubectl_ok(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<String> {
     let out = kubectl(kubeconfig, args)?;
     if !out.status.success() {
-        bail!("kubectl {} failed ({}):\n{}{}", args.join(" "), out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "kubectl {} failed ({}):\n{}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Polls `f` until it yields a value or `timeout` passes; the error names `what`.
-pub fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
+pub fn poll<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = f() {
@@ -102,19 +120,36 @@ impl Registry {
     pub fn start() -> anyhow::Result<Registry> {
         let bin = Path::new("/usr/bin/docker-registry");
         if !bin.exists() {
-            bail!("/usr/bin/docker-registry not found: install Debian's docker-registry package (scripts/test.sh does)");
+            bail!(
+                "/usr/bin/docker-registry not found: install Debian's docker-registry package (scripts/test.sh does)"
+            );
         }
         let dir = TempDir::new("strake-registry")?;
         let port = strake_qemu::free_port();
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
-            format!("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n", dir.path().join("data").display()),
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
         )?;
         let log = std::fs::File::create(dir.path().join("registry.log"))?;
-        let child = Command::new(bin).arg("serve").arg(&config).stdout(Stdio::null()).stderr(log).spawn().context("starting docker-registry")?;
-        let reg = Registry { child, port, _dir: dir };
-        poll("docker-registry to listen", Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", port)).ok())?;
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting docker-registry")?;
+        let reg = Registry {
+            child,
+            port,
+            _dir: dir,
+        };
+        poll("docker-registry to listen", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        })?;
         Ok(reg)
     }
 }
@@ -128,19 +163,32 @@ impl Drop for Registry {
 
 /// Builds a busybox image from the host's static busybox and pushes it as `repo:tag`.
 pub async fn push_busybox(port: u16, repo: &str, tag: &str) -> anyhow::Result<()> {
-    let busybox = std::fs::read("/bin/busybox").context("reading /bin/busybox (install busybox-static)")?;
+    let busybox =
+        std::fs::read("/bin/busybox").context("reading /bin/busybox (install busybox-static)")?;
     let mut layer = LayerBuilder::new(LayerCompression::Gzip);
     layer.add_dir("bin", 0o755)?;
     layer.add_dir("tmp", 0o1777)?;
     layer.add_dir("etc", 0o755)?;
     layer.add_file("bin/busybox", &busybox, 0o755)?;
-    for applet in ["sh", "echo", "sleep", "cat", "ls", "true", "false", "date", "id", "ps"] {
+    for applet in [
+        "sh", "echo", "sleep", "cat", "ls", "true", "false", "date", "id", "ps",
+    ] {
         layer.add_symlink(&format!("bin/{applet}"), "/bin/busybox")?;
     }
-    layer.add_file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n", 0o644)?;
+    layer.add_file(
+        "etc/passwd",
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+        0o644,
+    )?;
     layer.add_file("etc/group", b"root:x:0:\nnogroup:x:65534:\n", 0o644)?;
     let layer = layer.finish()?;
-    let config = ImageConfig { entrypoint: vec![], cmd: vec!["sh".into()], env: vec!["PATH=/bin".into()], working_dir: None, user: None };
+    let config = ImageConfig {
+        entrypoint: vec![],
+        cmd: vec!["sh".into()],
+        env: vec!["PATH=/bin".into()],
+        working_dir: None,
+        user: None,
+    };
     strake_oci::push_image(&format!("127.0.0.1:{port}"), repo, tag, vec![layer], config).await?;
     Ok(())
 }

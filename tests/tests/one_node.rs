@@ -17,15 +17,23 @@ use strake_pki::BootstrapToken;
 use strake_qemu::{Accel, PortForward, Vm, VmConfig};
 
 fn image_dir() -> PathBuf {
-    std::env::var_os("STRAKE_IMAGE_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("build/image"))
+    std::env::var_os("STRAKE_IMAGE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("build/image"))
 }
 
 #[test]
 fn one_node_cluster_runs_pods_through_kubectl() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let images = image_dir();
     for f in ["vmlinuz", "initramfs.zst"] {
-        ensure!(images.join(f).exists(), "{} is missing: run scripts/test.sh (it builds the image) or set STRAKE_IMAGE_DIR", images.join(f).display());
+        ensure!(
+            images.join(f).exists(),
+            "{} is missing: run scripts/test.sh (it builds the image) or set STRAKE_IMAGE_DIR",
+            images.join(f).display()
+        );
     }
     kubectl_path()?;
 
@@ -41,53 +49,115 @@ fn one_node_cluster_runs_pods_through_kubectl() -> anyhow::Result<()> {
         name: "e2e-node".into(),
         kernel: images.join("vmlinuz"),
         initrd: images.join("initramfs.zst"),
-        cmdline: format!("strake.token={token} strake.hostname=e2e-node strake.registry.insecure={guest_registry}"),
+        cmdline: format!(
+            "strake.token={token} strake.hostname=e2e-node strake.registry.insecure={guest_registry}"
+        ),
         memory_mib: 2048,
         cpus: 2,
         accel: Accel::from_env(),
-        forwards: vec![PortForward { host: api_port, guest: 6443 }],
+        forwards: vec![PortForward {
+            host: api_port,
+            guest: 6443,
+        }],
         state_dir: state.path().to_path_buf(),
     };
     let console_path = cfg.serial_log();
     let mut vm = Vm::start(cfg)?;
-    let result = drive(&rt, &mut vm, &token, api_port, &guest_registry, state.path());
+    let result = drive(
+        &rt,
+        &mut vm,
+        &token,
+        api_port,
+        &guest_registry,
+        state.path(),
+    );
     if result.is_err() {
-        eprintln!("---- guest console ----\n{}\n-----------------------", strake_qemu::tail(&console_path, 150));
+        eprintln!(
+            "---- guest console ----\n{}\n-----------------------",
+            strake_qemu::tail(&console_path, 150)
+        );
     }
     result?;
 
     // Clean power-off through the ACPI power button.
     let clean = vm.power_off(Duration::from_secs(60));
     let console = vm.console();
-    ensure!(clean, "the guest did not power off within 60 s of the power button");
-    ensure!(console.contains("power"), "no shutdown messages on the console");
+    ensure!(
+        clean,
+        "the guest did not power off within 60 s of the power button"
+    );
+    ensure!(
+        console.contains("power"),
+        "no shutdown messages on the console"
+    );
     Ok(())
 }
 
-fn drive(rt: &tokio::runtime::Runtime, vm: &mut Vm, token: &BootstrapToken, api_port: u16, registry: &str, dir: &std::path::Path) -> anyhow::Result<()> {
+fn drive(
+    rt: &tokio::runtime::Runtime,
+    vm: &mut Vm,
+    token: &BootstrapToken,
+    api_port: u16,
+    registry: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
     let server = format!("https://127.0.0.1:{api_port}");
     // API ready = /version answers (the server listens only once the store is up). Short tries:
     // QEMU's port forward accepts connections before the guest listens, and those stall.
-    vm.wait_until("the API server to answer /version", Duration::from_secs(180), || {
-        rt.block_on(strake_kubeclient::answers_version(&server, Duration::from_millis(500)))
-    })?;
+    vm.wait_until(
+        "the API server to answer /version",
+        Duration::from_secs(180),
+        || {
+            rt.block_on(strake_kubeclient::answers_version(
+                &server,
+                Duration::from_millis(500),
+            ))
+        },
+    )?;
     let api_ready = vm.uptime();
     let mut creds = None;
-    vm.wait_until("the token bootstrap to succeed", Duration::from_secs(60), || {
-        creds = rt.block_on(strake_kubeclient::bootstrap(&server, token, "/strake/v1/kubeconfig", &serde_json::json!({}))).ok();
-        creds.is_some()
-    })?;
+    vm.wait_until(
+        "the token bootstrap to succeed",
+        Duration::from_secs(60),
+        || {
+            creds = rt
+                .block_on(strake_kubeclient::bootstrap(
+                    &server,
+                    token,
+                    "/strake/v1/kubeconfig",
+                    &serde_json::json!({}),
+                ))
+                .ok();
+            creds.is_some()
+        },
+    )?;
     let creds = creds.context("credentials")?;
     let kubeconfig = dir.join("kubeconfig");
     std::fs::write(&kubeconfig, creds.kubeconfig("strake-e2e", &server))?;
-    let client = strake_kubeclient::Client::new(&server, &creds.ca_pem, Some(&strake_pki::CertifiedKey { cert_pem: creds.cert_pem.clone(), key_pem: creds.key_pem.clone() }))?;
+    let client = strake_kubeclient::Client::new(
+        &server,
+        &creds.ca_pem,
+        Some(&strake_pki::CertifiedKey {
+            cert_pem: creds.cert_pem.clone(),
+            key_pem: creds.key_pem.clone(),
+        }),
+    )?;
 
     // The node registers and turns Ready.
-    poll("node e2e-node Ready in `kubectl get nodes`", Duration::from_secs(120), || {
-        let out = kubectl_ok(&kubeconfig, &["get", "nodes"]).ok()?;
-        out.lines().any(|l| l.starts_with("e2e-node ") && l.split_whitespace().nth(1) == Some("Ready")).then_some(())
-    })?;
-    println!("{}", kubectl_ok(&kubeconfig, &["get", "nodes", "-o", "wide"])?);
+    poll(
+        "node e2e-node Ready in `kubectl get nodes`",
+        Duration::from_secs(120),
+        || {
+            let out = kubectl_ok(&kubeconfig, &["get", "nodes"]).ok()?;
+            out.lines()
+                .any(|l| l.starts_with("e2e-node ") && l.split_whitespace().nth(1) == Some("Ready"))
+                .then_some(())
+        },
+    )?;
+    println!(
+        "{}",
+        kubectl_ok(&kubeconfig, &["get", "nodes", "-o", "wide"])?
+    );
 
     // `kubectl get pods -w` in the background: it must show the pod reaching Running.
     let mut watcher = Command::new(kubectl_path()?)
@@ -118,18 +188,28 @@ fn drive(rt: &tokio::runtime::Runtime, vm: &mut Vm, token: &BootstrapToken, api_
     )?;
     let applied = Instant::now();
     // Default client-side apply: kubectl checks /openapi/v3 and uses server-side field validation.
-    kubectl_ok(&kubeconfig, &["apply", "-f", pod_yaml.to_str().unwrap_or_default()])?;
+    kubectl_ok(
+        &kubeconfig,
+        &["apply", "-f", pod_yaml.to_str().unwrap_or_default()],
+    )?;
     poll("pod marker Running", Duration::from_secs(120), || {
         let pod: Pod = rt.block_on(client.get(Some("default"), "marker")).ok()?;
         (pod.status?.phase.as_deref() == Some("Running")).then_some(())
     })?;
     let apply_to_running = applied.elapsed();
 
-    let logs = poll("the marker in `kubectl logs`", Duration::from_secs(30), || {
-        let out = kubectl_ok(&kubeconfig, &["logs", "marker"]).ok()?;
-        out.contains(marker).then_some(out)
-    })?;
-    ensure!(logs.contains("second-line"), "kubectl logs is missing the second line: {logs:?}");
+    let logs = poll(
+        "the marker in `kubectl logs`",
+        Duration::from_secs(30),
+        || {
+            let out = kubectl_ok(&kubeconfig, &["logs", "marker"]).ok()?;
+            out.contains(marker).then_some(out)
+        },
+    )?;
+    ensure!(
+        logs.contains("second-line"),
+        "kubectl logs is missing the second line: {logs:?}"
+    );
 
     // logs -f streams and keeps the connection open.
     let mut follow = Command::new(kubectl_path()?)
@@ -142,13 +222,21 @@ fn drive(rt: &tokio::runtime::Runtime, vm: &mut Vm, token: &BootstrapToken, api_
     let mut first = String::new();
     BufReader::new(follow.stdout.take().context("logs -f stdout")?).read_line(&mut first)?;
     ensure!(first.contains(marker), "kubectl logs -f printed {first:?}");
-    ensure!(follow.try_wait()?.is_none(), "kubectl logs -f ended although the container runs");
+    ensure!(
+        follow.try_wait()?.is_none(),
+        "kubectl logs -f ended although the container runs"
+    );
     let _ = follow.kill();
     let _ = follow.wait();
 
-    let saw_running = poll("`kubectl get pods -w` to show marker Running", Duration::from_secs(30), || {
-        rx.try_iter().find(|l| l.starts_with("marker ") && l.contains("Running"))
-    })?;
+    let saw_running = poll(
+        "`kubectl get pods -w` to show marker Running",
+        Duration::from_secs(30),
+        || {
+            rx.try_iter()
+                .find(|l| l.starts_with("marker ") && l.contains("Running"))
+        },
+    )?;
     println!("get -w: {saw_running}");
     let _ = watcher.kill();
     let _ = watcher.wait();
@@ -157,10 +245,15 @@ fn drive(rt: &tokio::runtime::Runtime, vm: &mut Vm, token: &BootstrapToken, api_
     let warm_yaml = dir.join("warm.yaml");
     std::fs::write(
         &warm_yaml,
-        format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: warm\nspec:\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: main\n    image: {registry}/e2e/busybox:1\n    command: [\"sleep\", \"3600\"]\n"),
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: warm\nspec:\n  terminationGracePeriodSeconds: 0\n  containers:\n  - name: main\n    image: {registry}/e2e/busybox:1\n    command: [\"sleep\", \"3600\"]\n"
+        ),
     )?;
     let applied = Instant::now();
-    kubectl_ok(&kubeconfig, &["apply", "-f", warm_yaml.to_str().unwrap_or_default()])?;
+    kubectl_ok(
+        &kubeconfig,
+        &["apply", "-f", warm_yaml.to_str().unwrap_or_default()],
+    )?;
     poll("pod warm Running", Duration::from_secs(60), || {
         let pod: Pod = rt.block_on(client.get(Some("default"), "warm")).ok()?;
         (pod.status?.phase.as_deref() == Some("Running")).then_some(())
@@ -171,68 +264,425 @@ fn drive(rt: &tokio::runtime::Runtime, vm: &mut Vm, token: &BootstrapToken, api_
     // Deleting stops the container (SIGTERM, then SIGKILL after the 3 s grace) and removes the pod.
     kubectl_ok(&kubeconfig, &["delete", "pod", "marker", "--timeout=90s"])?;
     let gone = kubectl(&kubeconfig, &["get", "pod", "marker"])?;
-    ensure!(!gone.status.success() && String::from_utf8_lossy(&gone.stderr).contains("NotFound"), "pod still there after delete");
+    ensure!(
+        !gone.status.success() && String::from_utf8_lossy(&gone.stderr).contains("NotFound"),
+        "pod still there after delete"
+    );
     vm.wait_for_console("pod removed pod=default/marker", Duration::from_secs(10))?;
 
     // A missing image ends in ErrImagePull / ImagePullBackOff with the registry's reason.
     let missing_yaml = dir.join("missing.yaml");
     std::fs::write(
         &missing_yaml,
-        format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: missing\nspec:\n  containers:\n  - name: main\n    image: {registry}/e2e/does-not-exist:1\n"),
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: missing\nspec:\n  containers:\n  - name: main\n    image: {registry}/e2e/does-not-exist:1\n"
+        ),
     )?;
-    kubectl_ok(&kubeconfig, &["apply", "-f", missing_yaml.to_str().unwrap_or_default(), "--validate=false"])?;
-    let waiting = poll("pull error in the missing pod's status", Duration::from_secs(60), || {
-        let pod: Pod = rt.block_on(client.get(Some("default"), "missing")).ok()?;
-        let w = pod.status?.container_statuses?.first()?.state.clone()?.waiting?;
-        matches!(w.reason.as_deref(), Some("ErrImagePull" | "ImagePullBackOff")).then_some(w)
-    })?;
+    kubectl_ok(
+        &kubeconfig,
+        &[
+            "apply",
+            "-f",
+            missing_yaml.to_str().unwrap_or_default(),
+            "--validate=false",
+        ],
+    )?;
+    let waiting = poll(
+        "pull error in the missing pod's status",
+        Duration::from_secs(60),
+        || {
+            let pod: Pod = rt.block_on(client.get(Some("default"), "missing")).ok()?;
+            let w = pod
+                .status?
+                .container_statuses?
+                .first()?
+                .state
+                .clone()?
+                .waiting?;
+            matches!(
+                w.reason.as_deref(),
+                Some("ErrImagePull" | "ImagePullBackOff")
+            )
+            .then_some(w)
+        },
+    )?;
     let message = waiting.message.unwrap_or_default();
-    ensure!(message.contains("MANIFEST_UNKNOWN") || message.contains("NAME_UNKNOWN"), "pull error does not carry the registry's reason: {message:?}");
-    println!("missing image: {} — {message}", waiting.reason.unwrap_or_default());
+    ensure!(
+        message.contains("MANIFEST_UNKNOWN") || message.contains("NAME_UNKNOWN"),
+        "pull error does not carry the registry's reason: {message:?}"
+    );
+    println!(
+        "missing image: {} — {message}",
+        waiting.reason.unwrap_or_default()
+    );
     let status = kubectl_ok(&kubeconfig, &["get", "pod", "missing"])?;
-    ensure!(status.contains("ErrImagePull") || status.contains("ImagePullBackOff"), "kubectl get pod missing shows: {status}");
+    ensure!(
+        status.contains("ErrImagePull") || status.contains("ImagePullBackOff"),
+        "kubectl get pod missing shows: {status}"
+    );
     kubectl_ok(&kubeconfig, &["delete", "pod", "missing", "--timeout=60s"])?;
 
     // Malformed manifests get errors that name the problem.
     let bad = dir.join("bad.yaml");
-    std::fs::write(&bad, "apiVersion: v1\nkind: Pod\nmetadata:\n  name: bad\nspec:\n  containers: \"not-a-list\"\n")?;
-    let out = kubectl(&kubeconfig, &["apply", "-f", bad.to_str().unwrap_or_default(), "--validate=false"])?;
+    std::fs::write(
+        &bad,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: bad\nspec:\n  containers: \"not-a-list\"\n",
+    )?;
+    let out = kubectl(
+        &kubeconfig,
+        &[
+            "apply",
+            "-f",
+            bad.to_str().unwrap_or_default(),
+            "--validate=false",
+        ],
+    )?;
     let err = String::from_utf8_lossy(&out.stderr);
-    ensure!(!out.status.success() && err.contains("spec.containers"), "malformed manifest was not refused clearly: {err}");
+    ensure!(
+        !out.status.success() && err.contains("spec.containers"),
+        "malformed manifest was not refused clearly: {err}"
+    );
     let invalid = dir.join("invalid.yaml");
-    std::fs::write(&invalid, "apiVersion: v1\nkind: Pod\nmetadata:\n  name: Not_Valid\nspec:\n  containers:\n  - name: c\n")?;
-    let out = kubectl(&kubeconfig, &["apply", "-f", invalid.to_str().unwrap_or_default(), "--validate=false"])?;
+    std::fs::write(
+        &invalid,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: Not_Valid\nspec:\n  containers:\n  - name: c\n",
+    )?;
+    let out = kubectl(
+        &kubeconfig,
+        &[
+            "apply",
+            "-f",
+            invalid.to_str().unwrap_or_default(),
+            "--validate=false",
+        ],
+    )?;
     let err = String::from_utf8_lossy(&out.stderr);
-    ensure!(!out.status.success() && err.contains("metadata.name") && err.contains("spec.containers[0].image"), "invalid pod was not refused with field errors: {err}");
+    ensure!(
+        !out.status.success()
+            && err.contains("metadata.name")
+            && err.contains("spec.containers[0].image"),
+        "invalid pod was not refused with field errors: {err}"
+    );
 
     let unknown = dir.join("unknown.yaml");
-    std::fs::write(&unknown, format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: typo\nspec:\n  containers:\n  - name: c\n    image: {registry}/e2e/busybox:1\n    imagePullPolcy: Always\n"))?;
-    let out = kubectl(&kubeconfig, &["apply", "-f", unknown.to_str().unwrap_or_default()])?;
+    std::fs::write(
+        &unknown,
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: typo\nspec:\n  containers:\n  - name: c\n    image: {registry}/e2e/busybox:1\n    imagePullPolcy: Always\n"
+        ),
+    )?;
+    let out = kubectl(
+        &kubeconfig,
+        &["apply", "-f", unknown.to_str().unwrap_or_default()],
+    )?;
     let err = String::from_utf8_lossy(&out.stderr);
-    ensure!(!out.status.success() && err.contains("unknown field") && err.contains("imagePullPolcy"), "a misspelt field was not refused: {err}");
+    ensure!(
+        !out.status.success() && err.contains("unknown field") && err.contains("imagePullPolcy"),
+        "a misspelt field was not refused: {err}"
+    );
 
     // kubectl run: a pod that runs to completion, and its exit code in the status.
-    kubectl_ok(&kubeconfig, &["run", "once", &format!("--image={registry}/e2e/busybox:1"), "--restart=Never", "--", "sh", "-c", "echo ran-once; exit 3"])?;
+    kubectl_ok(
+        &kubeconfig,
+        &[
+            "run",
+            "once",
+            &format!("--image={registry}/e2e/busybox:1"),
+            "--restart=Never",
+            "--",
+            "sh",
+            "-c",
+            "echo ran-once; exit 3",
+        ],
+    )?;
     let code = poll("pod once to finish", Duration::from_secs(60), || {
         let pod: Pod = rt.block_on(client.get(Some("default"), "once")).ok()?;
         let status = pod.status?;
         (status.phase.as_deref() == Some("Failed")).then_some(())?;
-        Some(status.container_statuses?.first()?.state.clone()?.terminated?.exit_code)
+        Some(
+            status
+                .container_statuses?
+                .first()?
+                .state
+                .clone()?
+                .terminated?
+                .exit_code,
+        )
     })?;
     ensure!(code == 3, "exit code {code}, expected 3");
-    ensure!(kubectl_ok(&kubeconfig, &["logs", "once"])?.contains("ran-once"), "logs of a finished pod");
+    ensure!(
+        kubectl_ok(&kubeconfig, &["logs", "once"])?.contains("ran-once"),
+        "logs of a finished pod"
+    );
     kubectl_ok(&kubeconfig, &["delete", "pod", "once", "--timeout=60s"])?;
+
+    api_machinery_scenarios(&kubeconfig, dir)?;
 
     // The node is still healthy after all that.
     let nodes = kubectl_ok(&kubeconfig, &["get", "nodes"])?;
     if !nodes.contains(" Ready") {
         bail!("node not Ready at the end: {nodes}");
     }
-    if let Some(line) = vm.console().lines().rev().find(|l| l.contains("strake processes RSS")) {
+    if let Some(line) = vm
+        .console()
+        .lines()
+        .rev()
+        .find(|l| l.contains("strake processes RSS"))
+    {
         println!("node memory: {}", line.trim());
     }
-    println!("MEASURED: QEMU start -> API ready: {:.2} s", api_ready.as_secs_f64());
-    println!("MEASURED: kubectl apply -> pod Running (first pull): {:.2} s", apply_to_running.as_secs_f64());
-    println!("MEASURED: kubectl apply -> pod Running (image present): {:.2} s", warm_apply_to_running.as_secs_f64());
+    println!(
+        "MEASURED: QEMU start -> API ready: {:.2} s",
+        api_ready.as_secs_f64()
+    );
+    println!(
+        "MEASURED: kubectl apply -> pod Running (first pull): {:.2} s",
+        apply_to_running.as_secs_f64()
+    );
+    println!(
+        "MEASURED: kubectl apply -> pod Running (image present): {:.2} s",
+        warm_apply_to_running.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// kubectl against the served kinds: apply (client-side, changed, server-side), diff,
+/// server-side dry runs that write nothing, every patch type, label, annotate, scale, get in
+/// every output, api-resources, and deletion with each cascade mode.
+fn api_machinery_scenarios(
+    kubeconfig: &std::path::Path,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let app = |image: &str, replicas: u32| {
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: scen\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  namespace: scen\ndata:\n  mode: fast\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: creds\n  namespace: scen\nstringData:\n  password: hunter2\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: scen\n  labels:\n    app: web\nspec:\n  replicas: {replicas}\n  selector:\n    matchLabels:\n      app: web\n  template:\n    metadata:\n      labels:\n        app: web\n    spec:\n      containers:\n      - name: web\n        image: {image}\n        ports:\n        - containerPort: 80\n        env:\n        - name: MODE\n          value: fast\n      - name: sidecar\n        image: busybox:1\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: scen\nspec:\n  selector:\n    app: web\n  ports:\n  - port: 80\n    targetPort: 80\n---\napiVersion: batch/v1\nkind: CronJob\nmetadata:\n  name: nightly\n  namespace: scen\nspec:\n  schedule: \"0 3 * * *\"\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          restartPolicy: OnFailure\n          containers:\n          - name: job\n            image: busybox:1\n"
+        )
+    };
+    let manifest = dir.join("app.yaml");
+    let path = manifest.to_str().unwrap_or_default();
+    let ns = ["-n", "scen"];
+    let get = |args: &[&str]| -> anyhow::Result<String> {
+        let mut a = args.to_vec();
+        a.extend(ns);
+        kubectl_ok(kubeconfig, &a)
+    };
+
+    // Client-side apply creates, then re-applied with changes (a strategic merge patch with
+    // $setElementOrder) updates.
+    std::fs::write(&manifest, app("web:1", 2))?;
+    kubectl_ok(kubeconfig, &["apply", "-f", path])?;
+    // A server-side dry run of a create writes nothing.
+    let dry = dir.join("dry.yaml");
+    std::fs::write(
+        &dry,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: dry\n  namespace: scen\ndata:\n  a: b\n",
+    )?;
+    kubectl_ok(
+        kubeconfig,
+        &[
+            "apply",
+            "-f",
+            dry.to_str().unwrap_or_default(),
+            "--dry-run=server",
+        ],
+    )?;
+    ensure!(
+        !kubectl(kubeconfig, &["get", "cm", "dry", "-n", "scen"])?
+            .status
+            .success(),
+        "apply --dry-run=server created the configmap"
+    );
+    std::fs::write(&manifest, app("web:2", 3))?;
+    let diff = kubectl(kubeconfig, &["diff", "-f", path])?;
+    let diff_out = String::from_utf8_lossy(&diff.stdout);
+    ensure!(
+        diff.status.code() == Some(1) && diff_out.contains("web:2"),
+        "kubectl diff did not show the change: {diff_out}{}",
+        String::from_utf8_lossy(&diff.stderr)
+    );
+    ensure!(
+        get(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}"
+        ])? == "web:1",
+        "kubectl diff wrote"
+    );
+    kubectl_ok(kubeconfig, &["apply", "-f", path])?;
+    let image = get(&[
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].image} {.spec.replicas} {.metadata.generation}",
+    ])?;
+    ensure!(image == "web:2 3 2", "re-apply: {image}");
+    ensure!(
+        get(&["get", "secret", "creds", "-o", "jsonpath={.data.password}"])? == "aHVudGVyMg==",
+        "stringData is stored as data"
+    );
+
+    // Server-side apply takes over, and a second manager's change conflicts.
+    std::fs::write(&manifest, app("web:3", 3))?;
+    kubectl_ok(
+        kubeconfig,
+        &["apply", "--server-side", "--force-conflicts", "-f", path],
+    )?;
+    let managers = get(&[
+        "get",
+        "deploy",
+        "web",
+        "--show-managed-fields",
+        "-o",
+        "jsonpath={.metadata.managedFields[*].manager}",
+    ])?;
+    ensure!(managers.contains("kubectl"), "managers: {managers}");
+    std::fs::write(&manifest, app("web:4", 3))?;
+    let out = kubectl(
+        kubeconfig,
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=other",
+            "-f",
+            path,
+        ],
+    )?;
+    ensure!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("conflict"),
+        "a second manager did not conflict: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Patches of each type, label, annotate, scale; dry runs write nothing.
+    get(&[
+        "patch",
+        "deploy",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"labels":{"merged":"yes"}}}"#,
+    ])?;
+    get(&[
+        "patch",
+        "deploy",
+        "web",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/replicas","value":4}]"#,
+    ])?;
+    get(&[
+        "patch",
+        "deploy",
+        "web",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"sidecar","image":"busybox:2"}]}}}}"#,
+    ])?;
+    get(&["label", "deploy", "web", "tier=front"])?;
+    get(&["annotate", "deploy", "web", "note=hello"])?;
+    get(&["scale", "deploy", "web", "--replicas=5"])?;
+    get(&["scale", "deploy", "web", "--replicas=9", "--dry-run=server"])?;
+    get(&["label", "deploy", "web", "dry=run", "--dry-run=server"])?;
+    let state = get(&[
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        "jsonpath={.spec.replicas} {.metadata.labels.merged} {.metadata.labels.tier} {.metadata.annotations.note} {.spec.template.spec.containers[1].image} {.metadata.labels.dry}",
+    ])?;
+    ensure!(
+        state.trim() == "5 yes front hello busybox:2",
+        "after the patches: {state:?}"
+    );
+
+    // get in every output kubectl users reach for, and discovery.
+    let table = get(&["get", "deploy", "-o", "wide"])?;
+    ensure!(
+        table.contains("READY")
+            && table.contains("UP-TO-DATE")
+            && table.contains("AVAILABLE")
+            && table.contains("CONTAINERS"),
+        "{table}"
+    );
+    ensure!(
+        get(&["get", "deploy", "web", "-o", "yaml"])?.contains("kind: Deployment"),
+        "-o yaml"
+    );
+    ensure!(
+        get(&["get", "cm", "settings", "-o", "json"])?.contains("\"mode\": \"fast\""),
+        "-o json"
+    );
+    let svc = get(&["get", "svc", "web"])?;
+    ensure!(svc.contains("80/TCP"), "{svc}");
+    let cj = get(&["get", "cronjob", "nightly"])?;
+    ensure!(cj.contains("0 3 * * *"), "{cj}");
+    let resources = kubectl_ok(kubeconfig, &["api-resources"])?;
+    for r in [
+        "deployments",
+        "cronjobs",
+        "customresourcedefinitions",
+        "clusterrolebindings",
+        "leases",
+        "networkpolicies",
+    ] {
+        ensure!(
+            resources.contains(r),
+            "api-resources lacks {r}:\n{resources}"
+        );
+    }
+    let all = get(&["get", "all"])?;
+    ensure!(
+        all.contains("deployment.apps/web") && all.contains("service/web"),
+        "get all: {all}"
+    );
+
+    // Deletion: foreground and orphan hold the object with their finalizer until the garbage
+    // collector (the controllers issue) handles dependents; background deletes at once.
+    get(&["delete", "cm", "settings", "--cascade=background"])?;
+    ensure!(
+        !kubectl(kubeconfig, &["get", "cm", "settings", "-n", "scen"])?
+            .status
+            .success(),
+        "configmap still there"
+    );
+    get(&[
+        "delete",
+        "deploy",
+        "web",
+        "--cascade=orphan",
+        "--wait=false",
+    ])?;
+    let fins = get(&[
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        "jsonpath={.metadata.finalizers}",
+    ])?;
+    ensure!(fins.contains("orphan"), "orphan finalizer: {fins}");
+    // The namespace goes with everything in it.
+    get(&[
+        "patch",
+        "deploy",
+        "web",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+    ])?;
+    kubectl_ok(
+        kubeconfig,
+        &["delete", "namespace", "scen", "--timeout=60s"],
+    )?;
+    ensure!(
+        !kubectl(kubeconfig, &["get", "namespace", "scen"])?
+            .status
+            .success(),
+        "namespace still there"
+    );
+    println!(
+        "api machinery scenarios: apply, diff, server-side apply, dry runs, patches, scale, get, delete: ok"
+    );
     Ok(())
 }

@@ -27,7 +27,10 @@ pub enum AgentError {
     #[error("image store: {0}")]
     Image(#[from] strake_oci::OciError),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("credentials file {path} is corrupt: {detail}")]
     Credentials { path: PathBuf, detail: String },
     #[error("agent API server: {0}")]
@@ -70,16 +73,24 @@ pub(crate) struct Shared {
 async fn credentials(cfg: &AgentConfig) -> Result<Credentials, AgentError> {
     let path = cfg.data_dir.join("credentials.json");
     if let Ok(bytes) = std::fs::read(&path) {
-        return serde_json::from_slice(&bytes).map_err(|e| AgentError::Credentials { path: path.clone(), detail: e.to_string() });
+        return serde_json::from_slice(&bytes).map_err(|e| AgentError::Credentials {
+            path: path.clone(),
+            detail: e.to_string(),
+        });
     }
-    let token = cfg.token.clone().ok_or_else(|| AgentError::NoToken(cfg.data_dir.clone()))?;
+    let token = cfg
+        .token
+        .clone()
+        .ok_or_else(|| AgentError::NoToken(cfg.data_dir.clone()))?;
     let body = serde_json::json!({"nodeName": cfg.node_name, "addresses": [cfg.node_ip]});
     let url = format!("https://{}", cfg.api_server);
     let mut delay = Duration::from_millis(200);
     let creds = loop {
-        match strake_kubeclient::bootstrap(&url, &token, "/strake/v1/node-credentials", &body).await {
+        match strake_kubeclient::bootstrap(&url, &token, "/strake/v1/node-credentials", &body).await
+        {
             Ok(c) => break c,
-            Err(e @ ClientError::Transport { .. }) | Err(e @ ClientError::Api { code: 503, .. }) => {
+            Err(e @ ClientError::Transport { .. })
+            | Err(e @ ClientError::Api { code: 503, .. }) => {
                 tracing::info!(error = %e, "API server not reachable yet, retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
@@ -87,21 +98,44 @@ async fn credentials(cfg: &AgentConfig) -> Result<Credentials, AgentError> {
             Err(e) => return Err(e.into()),
         }
     };
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| AgentError::Io { path: cfg.data_dir.clone(), source })?;
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| AgentError::Io {
+        path: cfg.data_dir.clone(),
+        source,
+    })?;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec(&creds).unwrap_or_default()).map_err(|source| AgentError::Io { path: tmp.clone(), source })?;
-    std::fs::rename(&tmp, &path).map_err(|source| AgentError::Io { path: path.clone(), source })?;
+    std::fs::write(&tmp, serde_json::to_vec(&creds).unwrap_or_default()).map_err(|source| {
+        AgentError::Io {
+            path: tmp.clone(),
+            source,
+        }
+    })?;
+    std::fs::rename(&tmp, &path).map_err(|source| AgentError::Io {
+        path: path.clone(),
+        source,
+    })?;
     Ok(creds)
 }
 
 /// Runs the agent until a fatal error.
 pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let creds = credentials(&cfg).await?;
-    let key = strake_pki::CertifiedKey { cert_pem: creds.cert_pem.clone(), key_pem: creds.key_pem.clone() };
-    let client = Client::new(&format!("https://{}", cfg.api_server), &creds.ca_pem, Some(&key))?;
+    let key = strake_pki::CertifiedKey {
+        cert_pem: creds.cert_pem.clone(),
+        key_pem: creds.key_pem.clone(),
+    };
+    let client = Client::new(
+        &format!("https://{}", cfg.api_server),
+        &creds.ca_pem,
+        Some(&key),
+    )?;
     let images = ImageStore::open(&cfg.data_dir.join("images"), cfg.registry.clone())?;
     let runtime = Runtime::new(cfg.run_dir.join("containers"), cfg.shim_exe.clone());
-    let shared = Arc::new(Shared { cfg: cfg.clone(), client, runtime, images });
+    let shared = Arc::new(Shared {
+        cfg: cfg.clone(),
+        client,
+        runtime,
+        images,
+    });
     worker::sweep_leftovers(&shared).await;
     node::register(&shared).await?;
     tokio::spawn(node::heartbeat(shared.clone()));

@@ -26,18 +26,37 @@ use crate::{AgentError, Shared};
 struct Caller(Option<strake_pki::Identity>);
 
 /// The newest (or, with `previous`, the one before) log of a container, and its attempt number.
-fn find_log(log_root: &Path, ns: &str, pod: &str, container: &str, previous: bool) -> Option<(PathBuf, String, i32)> {
+fn find_log(
+    log_root: &Path,
+    ns: &str,
+    pod: &str,
+    container: &str,
+    previous: bool,
+) -> Option<(PathBuf, String, i32)> {
     let prefix = format!("{ns}_{pod}_");
-    let pod_dir = std::fs::read_dir(log_root).ok()?.flatten().find(|e| e.file_name().to_string_lossy().starts_with(&prefix))?;
+    let pod_dir = std::fs::read_dir(log_root)
+        .ok()?
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))?;
     let uid = pod_dir.file_name().to_string_lossy()[prefix.len()..].to_string();
     let dir = pod_dir.path().join(container);
     let mut attempts: Vec<i32> = std::fs::read_dir(&dir)
         .ok()?
         .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".log")?.parse().ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .strip_suffix(".log")?
+                .parse()
+                .ok()
+        })
         .collect();
     attempts.sort_unstable();
-    let n = if previous { *attempts.iter().rev().nth(1)? } else { *attempts.last()? };
+    let n = if previous {
+        *attempts.iter().rev().nth(1)?
+    } else {
+        *attempts.last()?
+    };
     Some((dir.join(format!("{n}.log")), uid, n))
 }
 
@@ -51,17 +70,34 @@ async fn container_logs(
     UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let allowed = caller.0.as_ref().is_some_and(|id| id.groups.iter().any(|g| g == "system:masters"));
+    let allowed = caller
+        .0
+        .as_ref()
+        .is_some_and(|id| id.groups.iter().any(|g| g == "system:masters"));
     if !allowed {
-        return text(StatusCode::FORBIDDEN, "a client certificate of the API server is required".into());
+        return text(
+            StatusCode::FORBIDDEN,
+            "a client certificate of the API server is required".into(),
+        );
     }
     let previous = q.get("previous").is_some_and(|v| v == "true");
-    let Some((path, uid, attempt)) = find_log(&shared.cfg.log_dir, &ns, &pod, &container, previous) else {
-        return text(StatusCode::NOT_FOUND, format!("container \"{container}\" in pod \"{pod}\" has no logs yet (it has not started)"));
+    let Some((path, uid, attempt)) = find_log(&shared.cfg.log_dir, &ns, &pod, &container, previous)
+    else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!(
+                "container \"{container}\" in pod \"{pod}\" has no logs yet (it has not started)"
+            ),
+        );
     };
     let data = match tokio::fs::read(&path).await {
         Ok(d) => d,
-        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("reading {}: {e}", path.display())),
+        Err(e) => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("reading {}: {e}", path.display()),
+            );
+        }
     };
     let mut start = 0usize;
     if let Some(n) = q.get("tailLines").and_then(|n| n.parse::<usize>().ok()) {
@@ -77,33 +113,50 @@ async fn container_logs(
     }
     let id = container_id(&uid, &container, attempt);
     let offset = data.len() as u64;
-    let stream = futures::stream::unfold((Some(initial), offset, path, shared, id, false), |(first, mut offset, path, shared, id, mut ending)| async move {
-        if let Some(first) = first {
-            return Some((Ok::<_, std::io::Error>(Bytes::from(first)), (None, offset, path, shared, id, ending)));
-        }
-        loop {
-            let mut buf = Vec::new();
-            if let Ok(mut f) = tokio::fs::File::open(&path).await
-                && f.seek(std::io::SeekFrom::Start(offset)).await.is_ok() {
+    let stream = futures::stream::unfold(
+        (Some(initial), offset, path, shared, id, false),
+        |(first, mut offset, path, shared, id, mut ending)| async move {
+            if let Some(first) = first {
+                return Some((
+                    Ok::<_, std::io::Error>(Bytes::from(first)),
+                    (None, offset, path, shared, id, ending),
+                ));
+            }
+            loop {
+                let mut buf = Vec::new();
+                if let Ok(mut f) = tokio::fs::File::open(&path).await
+                    && f.seek(std::io::SeekFrom::Start(offset)).await.is_ok()
+                {
                     let _ = f.read_to_end(&mut buf).await;
                 }
-            if !buf.is_empty() {
-                offset += buf.len() as u64;
-                return Some((Ok(Bytes::from(buf)), (None, offset, path, shared, id, ending)));
+                if !buf.is_empty() {
+                    offset += buf.len() as u64;
+                    return Some((
+                        Ok(Bytes::from(buf)),
+                        (None, offset, path, shared, id, ending),
+                    ));
+                }
+                if ending {
+                    return None;
+                }
+                let running = matches!(
+                    shared.runtime.status(&id),
+                    Ok(ContainerState::Running { .. } | ContainerState::Starting)
+                );
+                if !running {
+                    // One more read after the container ended, to catch its last words.
+                    ending = true;
+                    continue;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            if ending {
-                return None;
-            }
-            let running = matches!(shared.runtime.status(&id), Ok(ContainerState::Running { .. } | ContainerState::Starting));
-            if !running {
-                // One more read after the container ended, to catch its last words.
-                ending = true;
-                continue;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
-    Response::builder().status(StatusCode::OK).header("Content-Type", "text/plain").body(Body::from_stream(stream)).unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+        },
+    );
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("Content-Type", "text/plain")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
 /// Byte offset where the last `n` lines of `data` begin.
@@ -111,7 +164,11 @@ fn tail_offset(data: &[u8], n: usize) -> usize {
     if n == 0 {
         return data.len();
     }
-    let end = if data.ends_with(b"\n") { data.len() - 1 } else { data.len() };
+    let end = if data.ends_with(b"\n") {
+        data.len() - 1
+    } else {
+        data.len()
+    };
     let mut seen = 0;
     for i in (0..end).rev() {
         if data[i] == b'\n' {
@@ -126,16 +183,29 @@ fn tail_offset(data: &[u8], n: usize) -> usize {
 
 /// Serves the agent API until the listener fails.
 pub async fn serve(shared: Arc<Shared>, creds: &Credentials) -> Result<(), AgentError> {
-    let (Some(cert), Some(key)) = (creds.serving_cert_pem.clone(), creds.serving_key_pem.clone()) else {
-        return Err(AgentError::Serve("the node credentials carry no serving certificate".into()));
+    let (Some(cert), Some(key)) = (
+        creds.serving_cert_pem.clone(),
+        creds.serving_key_pem.clone(),
+    ) else {
+        return Err(AgentError::Serve(
+            "the node credentials carry no serving certificate".into(),
+        ));
     };
-    let serving = strake_pki::CertifiedKey { cert_pem: cert, key_pem: key };
-    let tls = strake_pki::server_config(&serving, &creds.ca_pem, &[b"h2", b"http/1.1"]).map_err(|e| AgentError::Serve(e.to_string()))?;
+    let serving = strake_pki::CertifiedKey {
+        cert_pem: cert,
+        key_pem: key,
+    };
+    let tls = strake_pki::server_config(&serving, &creds.ca_pem, &[b"h2", b"http/1.1"])
+        .map_err(|e| AgentError::Serve(e.to_string()))?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let addr = SocketAddr::new(shared.cfg.node_ip, shared.cfg.port);
-    let listener = TcpListener::bind(addr).await.map_err(|e| AgentError::Serve(format!("listening on {addr}: {e}")))?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| AgentError::Serve(format!("listening on {addr}: {e}")))?;
     tracing::info!(%addr, "agent API listening");
-    let router = Router::new().route("/containerLogs/{ns}/{pod}/{container}", get(container_logs)).with_state(shared);
+    let router = Router::new()
+        .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
+        .with_state(shared);
     loop {
         let (tcp, _) = match listener.accept().await {
             Ok(x) => x,
@@ -148,10 +218,23 @@ pub async fn serve(shared: Arc<Shared>, creds: &Credentials) -> Result<(), Agent
         let acceptor = acceptor.clone();
         let router = router.clone();
         tokio::spawn(async move {
-            let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await else { return };
-            let id = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| strake_pki::peer_identity(c).ok());
-            let svc = hyper_util::service::TowerToHyperService::new(router.layer(axum::Extension(Caller(id))));
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tls), svc).await;
+            let Ok(Ok(tls)) =
+                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+            else {
+                return;
+            };
+            let id = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| strake_pki::peer_identity(c).ok());
+            let svc = hyper_util::service::TowerToHyperService::new(
+                router.layer(axum::Extension(Caller(id))),
+            );
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), svc)
+                .await;
         });
     }
 }
@@ -179,8 +262,16 @@ mod tests {
             std::fs::write(c.join(format!("{n}.log")), "x").unwrap();
         }
         let (p, uid, n) = find_log(dir.path(), "default", "web", "app", false).unwrap();
-        assert_eq!((p.file_name().unwrap().to_str().unwrap(), uid.as_str(), n), ("2.log", "u1", 2));
-        assert_eq!(find_log(dir.path(), "default", "web", "app", true).unwrap().2, 1);
+        assert_eq!(
+            (p.file_name().unwrap().to_str().unwrap(), uid.as_str(), n),
+            ("2.log", "u1", 2)
+        );
+        assert_eq!(
+            find_log(dir.path(), "default", "web", "app", true)
+                .unwrap()
+                .2,
+            1
+        );
         assert!(find_log(dir.path(), "default", "other", "app", false).is_none());
     }
 }

@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeStatus, NodeSystemInfo};
+use k8s_openapi::api::core::v1::{
+    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeStatus,
+    NodeSystemInfo,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde_json::json;
@@ -19,7 +22,9 @@ fn now() -> Time {
 }
 
 fn read_trimmed(path: &str) -> String {
-    std::fs::read_to_string(path).map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// Total memory in KiB from /proc/meminfo.
@@ -32,10 +37,15 @@ fn mem_total_kib() -> u64 {
 }
 
 fn capacity() -> BTreeMap<String, Quantity> {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let mut m = BTreeMap::new();
     m.insert("cpu".to_string(), Quantity(cpus.to_string()));
-    m.insert("memory".to_string(), Quantity(format!("{}Ki", mem_total_kib())));
+    m.insert(
+        "memory".to_string(),
+        Quantity(format!("{}Ki", mem_total_kib())),
+    );
     m.insert("pods".to_string(), Quantity("110".into()));
     m
 }
@@ -44,7 +54,10 @@ fn capacity() -> BTreeMap<String, Quantity> {
 fn allocatable() -> BTreeMap<String, Quantity> {
     let mut m = capacity();
     let reserve_kib = 64 * 1024;
-    m.insert("memory".to_string(), Quantity(format!("{}Ki", mem_total_kib().saturating_sub(reserve_kib))));
+    m.insert(
+        "memory".to_string(),
+        Quantity(format!("{}Ki", mem_total_kib().saturating_sub(reserve_kib))),
+    );
     m
 }
 
@@ -59,13 +72,38 @@ fn conditions(ready: bool) -> Vec<NodeCondition> {
         last_transition_time: Some(t.clone()),
     };
     vec![
-        cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "agent has sufficient memory available"),
-        cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "agent has no disk pressure"),
-        cond("PIDPressure", "False", "KubeletHasSufficientPID", "agent has sufficient PID available"),
+        cond(
+            "MemoryPressure",
+            "False",
+            "KubeletHasSufficientMemory",
+            "agent has sufficient memory available",
+        ),
+        cond(
+            "DiskPressure",
+            "False",
+            "KubeletHasNoDiskPressure",
+            "agent has no disk pressure",
+        ),
+        cond(
+            "PIDPressure",
+            "False",
+            "KubeletHasSufficientPID",
+            "agent has sufficient PID available",
+        ),
         if ready {
-            cond("Ready", "True", "KubeletReady", "strake agent is posting ready status")
+            cond(
+                "Ready",
+                "True",
+                "KubeletReady",
+                "strake agent is posting ready status",
+            )
         } else {
-            cond("Ready", "False", "KubeletNotReady", "strake agent is starting")
+            cond(
+                "Ready",
+                "False",
+                "KubeletNotReady",
+                "strake agent is starting",
+            )
         },
     ]
 }
@@ -84,20 +122,37 @@ fn node_object(shared: &Shared) -> Node {
     .collect();
     labels.extend(cfg.labels.iter().cloned());
     let uname = nix::sys::utsname::uname().ok();
-    let kernel = uname.as_ref().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+    let kernel = uname
+        .as_ref()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
     let version = env!("CARGO_PKG_VERSION");
     Node {
-        metadata: ObjectMeta { name: Some(cfg.node_name.clone()), labels: Some(labels), ..Default::default() },
+        metadata: ObjectMeta {
+            name: Some(cfg.node_name.clone()),
+            labels: Some(labels),
+            ..Default::default()
+        },
         spec: None,
         status: Some(NodeStatus {
             capacity: Some(capacity()),
             allocatable: Some(allocatable()),
             conditions: Some(conditions(true)),
             addresses: Some(vec![
-                NodeAddress { type_: "InternalIP".into(), address: cfg.node_ip.to_string() },
-                NodeAddress { type_: "Hostname".into(), address: cfg.node_name.clone() },
+                NodeAddress {
+                    type_: "InternalIP".into(),
+                    address: cfg.node_ip.to_string(),
+                },
+                NodeAddress {
+                    type_: "Hostname".into(),
+                    address: cfg.node_name.clone(),
+                },
             ]),
-            daemon_endpoints: Some(NodeDaemonEndpoints { kubelet_endpoint: Some(DaemonEndpoint { port: i32::from(cfg.port) }) }),
+            daemon_endpoints: Some(NodeDaemonEndpoints {
+                kubelet_endpoint: Some(DaemonEndpoint {
+                    port: i32::from(cfg.port),
+                }),
+            }),
             node_info: Some(NodeSystemInfo {
                 architecture: "amd64".into(),
                 boot_id: read_trimmed("/proc/sys/kernel/random/boot_id"),
@@ -122,12 +177,17 @@ pub async fn register(shared: &Shared) -> Result<(), AgentError> {
     let name = shared.cfg.node_name.clone();
     match shared.client.create::<Node>(None, &node).await {
         Ok(_) => tracing::info!(node = %name, "node registered"),
-        Err(e) if e.is_conflict() => tracing::info!(node = %name, "node already registered, updating it"),
+        Err(e) if e.is_conflict() => {
+            tracing::info!(node = %name, "node already registered, updating it")
+        }
         Err(e) => return Err(e.into()),
     }
     // Status is a subresource: creating a Node does not store it, so write it explicitly.
     let status = serde_json::to_value(&node.status).unwrap_or_default();
-    shared.client.patch_status::<Node>(None, &name, &json!({"status": status})).await?;
+    shared
+        .client
+        .patch_status::<Node>(None, &name, &json!({"status": status}))
+        .await?;
     Ok(())
 }
 
@@ -139,15 +199,27 @@ pub fn strake_rss() -> BTreeMap<String, u64> {
         if !pid.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
             continue;
         }
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-        let mut args = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned());
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let mut args = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned());
         let argv0 = args.next().unwrap_or_default();
         if !(argv0 == "/init" || argv0.ends_with("/strake")) {
             continue;
         }
-        let role = if argv0 == "/init" { "init".to_string() } else { args.next().unwrap_or_else(|| "init".into()) };
+        let role = if argv0 == "/init" {
+            "init".to_string()
+        } else {
+            args.next().unwrap_or_else(|| "init".into())
+        };
         let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
-        let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0);
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
         *out.entry(role).or_default() += kib;
     }
     out
@@ -162,11 +234,22 @@ pub async fn heartbeat(shared: Arc<Shared>) {
         if beats % 6 == 3 {
             let rss = strake_rss();
             let total: u64 = rss.values().sum();
-            let parts: Vec<String> = rss.iter().map(|(k, v)| format!("{k}={:.1}MiB", *v as f64 / 1024.0)).collect();
-            tracing::info!("strake processes RSS {:.1}MiB ({})", total as f64 / 1024.0, parts.join(" "));
+            let parts: Vec<String> = rss
+                .iter()
+                .map(|(k, v)| format!("{k}={:.1}MiB", *v as f64 / 1024.0))
+                .collect();
+            tracing::info!(
+                "strake processes RSS {:.1}MiB ({})",
+                total as f64 / 1024.0,
+                parts.join(" ")
+            );
         }
         let patch = json!({"status": {"conditions": conditions(true), "capacity": capacity(), "allocatable": allocatable()}});
-        match shared.client.patch_status::<Node>(None, &shared.cfg.node_name, &patch).await {
+        match shared
+            .client
+            .patch_status::<Node>(None, &shared.cfg.node_name, &patch)
+            .await
+        {
             Ok(_) => {}
             Err(e) if e.is_not_found() => {
                 tracing::warn!("node object was deleted, registering again");

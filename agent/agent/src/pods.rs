@@ -22,7 +22,10 @@ pub async fn run(shared: Arc<Shared>) -> Result<(), AgentError> {
     let mut workers: HashMap<String, Handle> = HashMap::new();
     let mut rv = String::new();
     loop {
-        let stream = shared.client.watch::<Pod>(None, Some(&selector), &rv, Duration::from_secs(300)).await;
+        let stream = shared
+            .client
+            .watch::<Pod>(None, Some(&selector), &rv, Duration::from_secs(300))
+            .await;
         let mut stream = match stream {
             Ok(s) => Box::pin(s),
             Err(e) => {
@@ -55,9 +58,14 @@ pub async fn run(shared: Arc<Shared>) -> Result<(), AgentError> {
 }
 
 fn dispatch(shared: &Arc<Shared>, workers: &mut HashMap<String, Handle>, pod: Pod, deleted: bool) {
-    let Some(uid) = pod.metadata.uid.clone() else { return };
+    let Some(uid) = pod.metadata.uid.clone() else {
+        return;
+    };
     if let Some(h) = workers.get(&uid) {
-        if h.updates.send(if deleted { None } else { Some(pod) }).is_err() {
+        if h.updates
+            .send(if deleted { None } else { Some(pod) })
+            .is_err()
+        {
             workers.remove(&uid);
         }
         return;

@@ -64,7 +64,14 @@ pub async fn sweep_leftovers(shared: &Shared) {
 /// `<pods>/<uid>/<container>/<attempt>/rootfs` paths that exist.
 fn glob3(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let dirs = |p: &Path| std::fs::read_dir(p).into_iter().flatten().flatten().map(|e| e.path()).collect::<Vec<_>>();
+    let dirs = |p: &Path| {
+        std::fs::read_dir(p)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect::<Vec<_>>()
+    };
     for a in dirs(root) {
         for b in dirs(&a) {
             for c in dirs(&b) {
@@ -77,7 +84,11 @@ fn glob3(root: &Path) -> Vec<PathBuf> {
 
 impl PodWorker {
     pub fn new(shared: Arc<Shared>, pod: Pod, updates: watch::Receiver<Option<Pod>>) -> Self {
-        Self { shared, pod, updates }
+        Self {
+            shared,
+            pod,
+            updates,
+        }
     }
 
     pub async fn run(mut self) {
@@ -86,19 +97,35 @@ impl PodWorker {
         let name = self.pod.metadata.name.clone().unwrap_or_default();
         let start_time = jiff::Timestamp::now();
         let spec = self.pod.spec.clone().unwrap_or_default();
-        let records: Records = Arc::new(Mutex::new(spec.containers.iter().map(|c| ContainerRecord::new(&c.name, c.image.as_deref().unwrap_or(""))).collect()));
+        let records: Records = Arc::new(Mutex::new(
+            spec.containers
+                .iter()
+                .map(|c| ContainerRecord::new(&c.name, c.image.as_deref().unwrap_or("")))
+                .collect(),
+        ));
         let dirty = Arc::new(Notify::new());
         let (stop_tx, stop_rx) = watch::channel::<Option<Duration>>(None);
         let pod_cell = Arc::new(Mutex::new(self.pod.clone()));
 
-        let status_task = tokio::spawn(write_status(self.shared.clone(), pod_cell.clone(), records.clone(), dirty.clone(), start_time));
+        let status_task = tokio::spawn(write_status(
+            self.shared.clone(),
+            pod_cell.clone(),
+            records.clone(),
+            dirty.clone(),
+            start_time,
+        ));
         dirty.notify_one();
 
         let mut tasks = Vec::new();
         if spec.init_containers.as_ref().is_some_and(|v| !v.is_empty()) {
             let mut r = records.lock().unwrap_or_else(|e| e.into_inner());
             for rec in r.iter_mut() {
-                rec.state = State::Waiting { reason: "CreateContainerConfigError".into(), message: Some("initContainers are not supported by this Strake version yet".into()) };
+                rec.state = State::Waiting {
+                    reason: "CreateContainerConfigError".into(),
+                    message: Some(
+                        "initContainers are not supported by this Strake version yet".into(),
+                    ),
+                };
             }
             dirty.notify_one();
         } else {
@@ -128,7 +155,12 @@ impl PodWorker {
                 Some(p) => {
                     *pod_cell.lock().unwrap_or_else(|e| e.into_inner()) = p.clone();
                     if p.metadata.deletion_timestamp.is_some() {
-                        break Duration::from_secs(p.metadata.deletion_grace_period_seconds.unwrap_or(30).max(0) as u64);
+                        break Duration::from_secs(
+                            p.metadata
+                                .deletion_grace_period_seconds
+                                .unwrap_or(30)
+                                .max(0) as u64,
+                        );
                     }
                 }
             }
@@ -147,15 +179,28 @@ impl PodWorker {
         }
         let _ = tokio::fs::remove_dir_all(pod_dir(&self.shared, &uid)).await;
         let _ = tokio::fs::remove_dir_all(log_dir(&self.shared, &ns, &name, &uid)).await;
-        match self.shared.client.delete::<Pod>(Some(&ns), &name, Some(0), Some(&uid)).await {
+        match self
+            .shared
+            .client
+            .delete::<Pod>(Some(&ns), &name, Some(0), Some(&uid))
+            .await
+        {
             Ok(()) => tracing::info!(pod = %format!("{ns}/{name}"), "pod removed"),
             Err(e) if e.is_not_found() || e.is_conflict() => {}
-            Err(e) => tracing::warn!(pod = %format!("{ns}/{name}"), error = %e, "final delete failed"),
+            Err(e) => {
+                tracing::warn!(pod = %format!("{ns}/{name}"), error = %e, "final delete failed")
+            }
         }
     }
 }
 
-async fn write_status(shared: Arc<Shared>, pod: Arc<Mutex<Pod>>, records: Records, dirty: Arc<Notify>, start: jiff::Timestamp) {
+async fn write_status(
+    shared: Arc<Shared>,
+    pod: Arc<Mutex<Pod>>,
+    records: Records,
+    dirty: Arc<Notify>,
+    start: jiff::Timestamp,
+) {
     let mut last = None;
     loop {
         dirty.notified().await;
@@ -170,7 +215,11 @@ async fn write_status(shared: Arc<Shared>, pod: Arc<Mutex<Pod>>, records: Record
         // Conditions carry transition times; compare without them to avoid needless writes.
         let mut key = value.clone();
         if let Some(c) = key.get_mut("conditions") {
-            *c = json!(c.as_array().map(|a| a.iter().map(|c| (c["type"].clone(), c["status"].clone())).collect::<Vec<_>>()));
+            *c = json!(c.as_array().map(|a| {
+                a.iter()
+                    .map(|c| (c["type"].clone(), c["status"].clone()))
+                    .collect::<Vec<_>>()
+            }));
         }
         if last.as_ref() == Some(&key) {
             continue;
@@ -180,7 +229,11 @@ async fn write_status(shared: Arc<Shared>, pod: Arc<Mutex<Pod>>, records: Record
         }
         let ns = p.metadata.namespace.clone().unwrap_or_default();
         let name = p.metadata.name.clone().unwrap_or_default();
-        match shared.client.patch_status::<Pod>(Some(&ns), &name, &json!({"status": value})).await {
+        match shared
+            .client
+            .patch_status::<Pod>(Some(&ns), &name, &json!({"status": value}))
+            .await
+        {
             Ok(_) => last = Some(key),
             Err(e) if e.is_not_found() => return,
             Err(e) => {
@@ -242,7 +295,12 @@ impl ContainerCtx {
         let uid = self.pod.metadata.uid.clone().unwrap_or_default();
         let ns = self.pod.metadata.namespace.clone().unwrap_or_default();
         let pod_name = self.pod.metadata.name.clone().unwrap_or_default();
-        let restart_policy = self.pod.spec.as_ref().and_then(|s| s.restart_policy.clone()).unwrap_or_else(|| "Always".into());
+        let restart_policy = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.clone())
+            .unwrap_or_else(|| "Always".into());
         let image_name = self.container.image.clone().unwrap_or_default();
         let mut backoff = BACKOFF_START;
         let mut attempt: i32 = 0;
@@ -253,7 +311,12 @@ impl ContainerCtx {
             let image = match ImageRef::parse(&image_name) {
                 Ok(i) => i,
                 Err(e) => {
-                    self.waiting("InvalidImageName", Some(format!("Failed to apply default image tag {image_name:?}: {e}")));
+                    self.waiting(
+                        "InvalidImageName",
+                        Some(format!(
+                            "Failed to apply default image tag {image_name:?}: {e}"
+                        )),
+                    );
                     let _ = self.stop.changed().await;
                     break;
                 }
@@ -266,7 +329,10 @@ impl ContainerCtx {
                     if !self.pause(Duration::from_secs(2).min(backoff)).await {
                         break;
                     }
-                    self.waiting("ImagePullBackOff", Some(format!("Back-off pulling image {image_name:?}: {msg}")));
+                    self.waiting(
+                        "ImagePullBackOff",
+                        Some(format!("Back-off pulling image {image_name:?}: {msg}")),
+                    );
                     if !self.pause(backoff).await {
                         break;
                     }
@@ -299,11 +365,16 @@ impl ContainerCtx {
                 Outcome::Exited(s) => s,
                 Outcome::Stopped => break,
             };
-            let finished = jiff::Timestamp::from_second(status.finished_at.timestamp()).unwrap_or_else(|_| jiff::Timestamp::now());
+            let finished = jiff::Timestamp::from_second(status.finished_at.timestamp())
+                .unwrap_or_else(|_| jiff::Timestamp::now());
             let term = Terminated {
                 exit_code: status.exit_code,
                 signal: status.signal,
-                reason: if status.exit_code == 0 { "Completed".into() } else { "Error".into() },
+                reason: if status.exit_code == 0 {
+                    "Completed".into()
+                } else {
+                    "Error".into()
+                },
                 message: None,
                 started_at: Some(started),
                 finished_at: finished,
@@ -329,7 +400,14 @@ impl ContainerCtx {
             self.update(|r| {
                 r.last_terminated = Some(term.clone());
                 r.restart_count += 1;
-                r.state = State::Waiting { reason: "CrashLoopBackOff".into(), message: Some(format!("back-off {}s restarting failed container={}", backoff.as_secs(), r.name)) };
+                r.state = State::Waiting {
+                    reason: "CrashLoopBackOff".into(),
+                    message: Some(format!(
+                        "back-off {}s restarting failed container={}",
+                        backoff.as_secs(),
+                        r.name
+                    )),
+                };
             });
             if !self.pause(backoff).await {
                 break;
@@ -354,34 +432,71 @@ impl ContainerCtx {
     }
 
     async fn pull(&self, image: &ImageRef) -> Result<PulledImage, (&'static str, String)> {
-        let policy = self.container.image_pull_policy.as_deref().unwrap_or("IfNotPresent");
+        let policy = self
+            .container
+            .image_pull_policy
+            .as_deref()
+            .unwrap_or("IfNotPresent");
         if policy != "Always" {
             match self.shared.images.lookup(image) {
                 Ok(Some(p)) => return Ok(p),
                 Ok(None) if policy == "Never" => {
-                    return Err(("ErrImageNeverPull", format!("Container image {image} is not present with pull policy of Never")));
+                    return Err((
+                        "ErrImageNeverPull",
+                        format!("Container image {image} is not present with pull policy of Never"),
+                    ));
                 }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "image lookup failed, pulling"),
             }
         }
-        self.shared.images.pull(image).await.map_err(|e| ("ErrImagePull", e.to_string()))
+        self.shared
+            .images
+            .pull(image)
+            .await
+            .map_err(|e| ("ErrImagePull", e.to_string()))
     }
 
     /// Prepares the rootfs, starts the container and waits for it (or for the pod to stop).
-    async fn run_once(&mut self, image: &PulledImage, id: &str, attempt: i32) -> Result<Outcome, (&'static str, String)> {
+    async fn run_once(
+        &mut self,
+        image: &PulledImage,
+        id: &str,
+        attempt: i32,
+    ) -> Result<Outcome, (&'static str, String)> {
         let uid = self.pod.metadata.uid.clone().unwrap_or_default();
         let ns = self.pod.metadata.namespace.clone().unwrap_or_default();
         let pod_name = self.pod.metadata.name.clone().unwrap_or_default();
-        let dir = pod_dir(&self.shared, &uid).join(&self.container.name).join(attempt.to_string());
+        let dir = pod_dir(&self.shared, &uid)
+            .join(&self.container.name)
+            .join(attempt.to_string());
         let (upper, work, rootfs) = (dir.join("upper"), dir.join("work"), dir.join("rootfs"));
         for d in [&upper, &work, &rootfs] {
-            std::fs::create_dir_all(d).map_err(|e| ("CreateContainerError", format!("creating {}: {e}", d.display())))?;
+            std::fs::create_dir_all(d).map_err(|e| {
+                (
+                    "CreateContainerError",
+                    format!("creating {}: {e}", d.display()),
+                )
+            })?;
         }
-        strake_runtime::mount_overlay(&image.layers, &upper, &work, &rootfs).map_err(|e| ("CreateContainerError", e.to_string()))?;
+        strake_runtime::mount_overlay(&image.layers, &upper, &work, &rootfs)
+            .map_err(|e| ("CreateContainerError", e.to_string()))?;
         let logs = log_dir(&self.shared, &ns, &pod_name, &uid).join(&self.container.name);
-        std::fs::create_dir_all(&logs).map_err(|e| ("CreateContainerError", format!("creating {}: {e}", logs.display())))?;
-        let spec = match container_spec(&self.pod, &self.container, image, id, &rootfs, logs.join(format!("{attempt}.log")), &self.shared.cfg.node_ip.to_string()) {
+        std::fs::create_dir_all(&logs).map_err(|e| {
+            (
+                "CreateContainerError",
+                format!("creating {}: {e}", logs.display()),
+            )
+        })?;
+        let spec = match container_spec(
+            &self.pod,
+            &self.container,
+            image,
+            id,
+            &rootfs,
+            logs.join(format!("{attempt}.log")),
+            &self.shared.cfg.node_ip.to_string(),
+        ) {
             Ok(s) => s,
             Err(msg) => {
                 let _ = strake_runtime::unmount(&rootfs);
@@ -396,7 +511,8 @@ impl ContainerCtx {
                 return Err(("RunContainerError", e.to_string()));
             }
         };
-        let started_at = jiff::Timestamp::from_second(handle.started_at.timestamp()).unwrap_or_else(|_| jiff::Timestamp::now());
+        let started_at = jiff::Timestamp::from_second(handle.started_at.timestamp())
+            .unwrap_or_else(|_| jiff::Timestamp::now());
         self.update(|r| {
             r.state = State::Running { started_at };
             r.ever_started = true;
@@ -447,15 +563,28 @@ fn lookup_id(rootfs: &Path, file: &str, name: &str) -> Option<u32> {
 }
 
 /// Builds the runtime spec from the pod, the container and the image config.
-pub fn container_spec(pod: &Pod, c: &Container, image: &PulledImage, id: &str, rootfs: &Path, log: PathBuf, node_ip: &str) -> Result<ContainerSpec, String> {
+pub fn container_spec(
+    pod: &Pod,
+    c: &Container,
+    image: &PulledImage,
+    id: &str,
+    rootfs: &Path,
+    log: PathBuf,
+    node_ip: &str,
+) -> Result<ContainerSpec, String> {
     let cfg = &image.config;
     let args: Vec<String> = match (&c.command, &c.args) {
-        (Some(cmd), args) if !cmd.is_empty() => cmd.iter().chain(args.iter().flatten()).cloned().collect(),
+        (Some(cmd), args) if !cmd.is_empty() => {
+            cmd.iter().chain(args.iter().flatten()).cloned().collect()
+        }
         (_, Some(args)) if !args.is_empty() => cfg.entrypoint.iter().chain(args).cloned().collect(),
         _ => cfg.entrypoint.iter().chain(&cfg.cmd).cloned().collect(),
     };
     if args.is_empty() {
-        return Err("no command specified: the image has no entrypoint or cmd and the container sets none".into());
+        return Err(
+            "no command specified: the image has no entrypoint or cmd and the container sets none"
+                .into(),
+        );
     }
     let meta = &pod.metadata;
     let mut env: Vec<String> = cfg.env.clone();
@@ -470,9 +599,18 @@ pub fn container_spec(pod: &Pod, c: &Container, image: &PulledImage, id: &str, r
                 Some("metadata.name") => meta.name.clone().unwrap_or_default(),
                 Some("metadata.namespace") => meta.namespace.clone().unwrap_or_default(),
                 Some("metadata.uid") => meta.uid.clone().unwrap_or_default(),
-                Some("spec.nodeName") => pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default(),
+                Some("spec.nodeName") => pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .unwrap_or_default(),
                 Some("status.podIP") | Some("status.hostIP") => node_ip.to_string(),
-                other => return Err(format!("env {}: valueFrom {other:?} is not supported yet", e.name)),
+                other => {
+                    return Err(format!(
+                        "env {}: valueFrom {other:?} is not supported yet",
+                        e.name
+                    ));
+                }
             },
             (None, None) => String::new(),
         };
@@ -483,27 +621,59 @@ pub fn container_spec(pod: &Pod, c: &Container, image: &PulledImage, id: &str, r
     let psc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
     let (mut uid, mut gid) = (0u32, 0u32);
     if let Some(user) = cfg.user.as_deref() {
-        let (u, g) = user.split_once(':').map_or((user, None), |(u, g)| (u, Some(g)));
-        uid = u.parse().ok().or_else(|| lookup_id(rootfs, "passwd", u)).ok_or(format!("image user {u:?} not found in the image's /etc/passwd"))?;
+        let (u, g) = user
+            .split_once(':')
+            .map_or((user, None), |(u, g)| (u, Some(g)));
+        uid = u
+            .parse()
+            .ok()
+            .or_else(|| lookup_id(rootfs, "passwd", u))
+            .ok_or(format!(
+                "image user {u:?} not found in the image's /etc/passwd"
+            ))?;
         if let Some(g) = g {
-            gid = g.parse().ok().or_else(|| lookup_id(rootfs, "group", g)).ok_or(format!("image group {g:?} not found in the image's /etc/group"))?;
+            gid = g
+                .parse()
+                .ok()
+                .or_else(|| lookup_id(rootfs, "group", g))
+                .ok_or(format!(
+                    "image group {g:?} not found in the image's /etc/group"
+                ))?;
         }
     }
-    if let Some(u) = sc.and_then(|s| s.run_as_user).or(psc.and_then(|s| s.run_as_user)) {
+    if let Some(u) = sc
+        .and_then(|s| s.run_as_user)
+        .or(psc.and_then(|s| s.run_as_user))
+    {
         uid = u32::try_from(u).map_err(|_| format!("runAsUser {u} is out of range"))?;
     }
-    if let Some(g) = sc.and_then(|s| s.run_as_group).or(psc.and_then(|s| s.run_as_group)) {
+    if let Some(g) = sc
+        .and_then(|s| s.run_as_group)
+        .or(psc.and_then(|s| s.run_as_group))
+    {
         gid = u32::try_from(g).map_err(|_| format!("runAsGroup {g} is out of range"))?;
     }
-    let limits = c.resources.as_ref().and_then(|r| r.limits.clone()).unwrap_or_default();
-    let memory_limit = limits.get("memory").map(|q| strake_scheduler::parse_bytes(&q.0)).transpose().map_err(|e| format!("limits.memory: {e}"))?;
+    let limits = c
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.clone())
+        .unwrap_or_default();
+    let memory_limit = limits
+        .get("memory")
+        .map(|q| strake_scheduler::parse_bytes(&q.0))
+        .transpose()
+        .map_err(|e| format!("limits.memory: {e}"))?;
     let cpu_quota = limits
         .get("cpu")
         .map(|q| strake_scheduler::parse_cpu_millis(&q.0))
         .transpose()
         .map_err(|e| format!("limits.cpu: {e}"))?
         .map(|m| ((m * 100).max(1000), 100_000u64));
-    let cwd = c.working_dir.clone().or(cfg.working_dir.clone()).unwrap_or_else(|| "/".into());
+    let cwd = c
+        .working_dir
+        .clone()
+        .or(cfg.working_dir.clone())
+        .unwrap_or_else(|| "/".into());
     Ok(ContainerSpec {
         id: id.to_string(),
         rootfs: rootfs.to_path_buf(),
@@ -513,12 +683,18 @@ pub fn container_spec(pod: &Pod, c: &Container, image: &PulledImage, id: &str, r
         hostname: meta.name.clone().unwrap_or_default(),
         uid,
         gid,
-        cgroup_path: format!("{}/{}", pod_cgroup(meta.uid.as_deref().unwrap_or_default()), c.name),
+        cgroup_path: format!(
+            "{}/{}",
+            pod_cgroup(meta.uid.as_deref().unwrap_or_default()),
+            c.name
+        ),
         memory_limit,
         cpu_quota,
         log_path: log,
         network: NetworkMode::Host,
-        readonly_rootfs: sc.and_then(|s| s.read_only_root_filesystem).unwrap_or(false),
+        readonly_rootfs: sc
+            .and_then(|s| s.read_only_root_filesystem)
+            .unwrap_or(false),
         mounts: Vec::<BindMount>::new(),
     })
 }

@@ -34,7 +34,9 @@ pub struct Args {
 
 /// The first non-loopback IPv4 address of this machine (or 127.0.0.1).
 pub fn primary_ip() -> IpAddr {
-    let Ok(addrs) = nix::ifaddrs::getifaddrs() else { return IpAddr::V4(Ipv4Addr::LOCALHOST) };
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return IpAddr::V4(Ipv4Addr::LOCALHOST);
+    };
     addrs
         .filter(|a| !a.interface_name.starts_with("lo"))
         .filter_map(|a| a.address?.as_sockaddr_in().map(|s| IpAddr::V4(s.ip())))
@@ -44,8 +46,14 @@ pub fn primary_ip() -> IpAddr {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let boot = crate::boot_config();
-    let token = args.token.clone().or_else(|| boot.as_ref().and_then(|b| b.token.clone()));
-    let token = token.map(|t| t.parse::<BootstrapToken>()).transpose().context("bootstrap token")?;
+    let token = args
+        .token
+        .clone()
+        .or_else(|| boot.as_ref().and_then(|b| b.token.clone()));
+    let token = token
+        .map(|t| t.parse::<BootstrapToken>())
+        .transpose()
+        .context("bootstrap token")?;
     let node_ip = args.node_ip.unwrap_or_else(primary_ip);
     let api = args
         .api
@@ -54,13 +62,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .unwrap_or_else(|| format!("{node_ip}:6443"));
     let node_name = match args.node_name.clone() {
         Some(n) => n,
-        None => nix::unistd::gethostname().context("reading the hostname")?.to_string_lossy().into_owned(),
+        None => nix::unistd::gethostname()
+            .context("reading the hostname")?
+            .to_string_lossy()
+            .into_owned(),
     };
     let mut insecure = args.insecure_registries.clone();
     if let Some(b) = &boot {
         insecure.extend(b.insecure_registries.iter().cloned());
     }
-    let role_label = boot.as_ref().is_none_or(|b| b.role == strake_init::Role::Controlplane);
+    let role_label = boot
+        .as_ref()
+        .is_none_or(|b| b.role == strake_init::Role::Controlplane);
     let cfg = strake_agent::AgentConfig {
         node_name,
         api_server: api,
@@ -70,9 +83,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         run_dir: args.run_dir,
         log_dir: args.log_dir,
         port: args.port,
-        registry: strake_oci::RegistryConfig { insecure, ..Default::default() },
+        registry: strake_oci::RegistryConfig {
+            insecure,
+            ..Default::default()
+        },
         shim_exe: std::env::current_exe().context("locating the strake binary for the shim")?,
-        labels: if role_label { vec![("node-role.kubernetes.io/control-plane".into(), String::new())] } else { vec![] },
+        labels: if role_label {
+            vec![(
+                "node-role.kubernetes.io/control-plane".into(),
+                String::new(),
+            )]
+        } else {
+            vec![]
+        },
     };
     strake_agent::run(cfg).await?;
     Ok(())

@@ -29,13 +29,24 @@ pub struct Args {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let boot = crate::boot_config();
-    let token = args.token.clone().or_else(|| boot.as_ref().and_then(|b| b.token.clone()));
-    let token = token.map(|t| t.parse::<BootstrapToken>()).transpose().context("bootstrap token")?;
+    let token = args
+        .token
+        .clone()
+        .or_else(|| boot.as_ref().and_then(|b| b.token.clone()));
+    let token = token
+        .map(|t| t.parse::<BootstrapToken>())
+        .transpose()
+        .context("bootstrap token")?;
     if token.is_none() {
-        tracing::warn!("no bootstrap token: nobody can fetch credentials; pass strake.token= on the kernel command line");
+        tracing::warn!(
+            "no bootstrap token: nobody can fetch credentials; pass strake.token= on the kernel command line"
+        );
     }
     let node_ip = crate::agent::primary_ip();
-    let advertise = args.advertise.clone().unwrap_or_else(|| format!("{}:{}", node_ip, args.listen.port()));
+    let advertise = args
+        .advertise
+        .clone()
+        .unwrap_or_else(|| format!("{}:{}", node_ip, args.listen.port()));
     let mut sans = args.sans.clone();
     sans.push(node_ip.to_string());
     if let Ok(h) = nix::unistd::gethostname() {
@@ -59,7 +70,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         store,
     )
     .context("setting up the API server")?;
-    server.ensure_defaults().await.context("creating default namespaces")?;
+    server
+        .ensure_defaults()
+        .await
+        .context("creating default namespaces")?;
     tokio::spawn(crate::scheduler::run(server.registry()));
     server.serve().await.context("API server")?;
     Ok(())

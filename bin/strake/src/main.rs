@@ -39,11 +39,26 @@ enum Cmd {
 fn services(cfg: &BootConfig) -> Vec<ServiceSpec> {
     let mut out = Vec::new();
     if cfg.role == Role::Controlplane {
-        out.push(ServiceSpec::new("controlplane", &["/bin/strake", "controlplane"], RestartPolicy::Always));
+        out.push(ServiceSpec::new(
+            "controlplane",
+            &["/bin/strake", "controlplane"],
+            RestartPolicy::Always,
+        ));
     }
-    out.push(ServiceSpec::new("agent", &["/bin/strake", "agent"], RestartPolicy::Always));
+    out.push(ServiceSpec::new(
+        "agent",
+        &["/bin/strake", "agent"],
+        RestartPolicy::Always,
+    ));
     for s in &mut out {
-        s.env.push(("RUST_LOG".into(), if cfg.debug { "debug,openraft=info".into() } else { "info,openraft=warn".into() }));
+        s.env.push((
+            "RUST_LOG".into(),
+            if cfg.debug {
+                "debug,openraft=info".into()
+            } else {
+                "info,openraft=warn".into()
+            },
+        ));
         s.env.push(("STRAKE_UNDER_INIT".into(), "1".into()));
     }
     out
@@ -63,9 +78,14 @@ pub fn boot_config() -> Option<BootConfig> {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
     let under_init = std::env::var_os("STRAKE_UNDER_INIT").is_some();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false);
     // Under init, lines get init's boot-relative timestamps; don't add a second clock.
     if under_init {
         builder.without_time().init();
@@ -100,7 +120,11 @@ fn main() -> ExitCode {
 }
 
 fn run_async(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");

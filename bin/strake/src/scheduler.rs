@@ -44,8 +44,13 @@ async fn pass(reg: &Registry) -> Result<(), strake_apiserver::ApiError> {
         .filter(|p| {
             let spec = p.spec.as_ref();
             p.metadata.deletion_timestamp.is_none()
-                && spec.and_then(|s| s.node_name.as_deref()).is_none_or(str::is_empty)
-                && spec.and_then(|s| s.scheduler_name.as_deref()).unwrap_or(SCHEDULER_NAME) == SCHEDULER_NAME
+                && spec
+                    .and_then(|s| s.node_name.as_deref())
+                    .is_none_or(str::is_empty)
+                && spec
+                    .and_then(|s| s.scheduler_name.as_deref())
+                    .unwrap_or(SCHEDULER_NAME)
+                    == SCHEDULER_NAME
         })
         .collect();
     if pending.is_empty() {
@@ -55,8 +60,14 @@ async fn pass(reg: &Registry) -> Result<(), strake_apiserver::ApiError> {
     let mut placed: Vec<Pod> = pods
         .iter()
         .filter(|p| {
-            p.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| !n.is_empty())
-                && !matches!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+            p.spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_deref())
+                .is_some_and(|n| !n.is_empty())
+                && !matches!(
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded" | "Failed")
+                )
         })
         .cloned()
         .collect();
@@ -69,32 +80,44 @@ async fn pass(reg: &Registry) -> Result<(), strake_apiserver::ApiError> {
                     tracing::info!(pod = %format!("{ns}/{name}"), %node, "scheduled");
                     placed.push(bound);
                 }
-                Err(e) => tracing::info!(pod = %format!("{ns}/{name}"), error = %e, "binding failed"),
+                Err(e) => {
+                    tracing::info!(pod = %format!("{ns}/{name}"), error = %e, "binding failed")
+                }
             },
             Decision::Unschedulable(message) => {
                 let already = pod
                     .status
                     .as_ref()
                     .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|c| c.iter().any(|c| c.type_ == "PodScheduled" && c.status == "False" && c.message.as_deref() == Some(message.as_str())));
+                    .is_some_and(|c| {
+                        c.iter().any(|c| {
+                            c.type_ == "PodScheduled"
+                                && c.status == "False"
+                                && c.message.as_deref() == Some(message.as_str())
+                        })
+                    });
                 if already {
                     continue;
                 }
                 tracing::info!(pod = %format!("{ns}/{name}"), %message, "unschedulable");
                 let res = typed::modify::<Pod>(reg, Some(&ns), &name, Part::Status, |p| {
-                        let conds = p.status.get_or_insert_default().conditions.get_or_insert_default();
-                        conds.retain(|c| c.type_ != "PodScheduled");
-                        conds.push(PodCondition {
-                            type_: "PodScheduled".into(),
-                            status: "False".into(),
-                            reason: Some("Unschedulable".into()),
-                            message: Some(message.clone()),
-                            last_transition_time: Some(Time(jiff::Timestamp::now())),
-                            ..Default::default()
-                        });
-                        Ok(())
-                    })
-                    .await;
+                    let conds = p
+                        .status
+                        .get_or_insert_default()
+                        .conditions
+                        .get_or_insert_default();
+                    conds.retain(|c| c.type_ != "PodScheduled");
+                    conds.push(PodCondition {
+                        type_: "PodScheduled".into(),
+                        status: "False".into(),
+                        reason: Some("Unschedulable".into()),
+                        message: Some(message.clone()),
+                        last_transition_time: Some(Time(jiff::Timestamp::now())),
+                        ..Default::default()
+                    });
+                    Ok(())
+                })
+                .await;
                 if let Err(e) = res {
                     tracing::info!(pod = %format!("{ns}/{name}"), error = %e, "recording unschedulable failed");
                 }

@@ -10,7 +10,11 @@ use strake_pki::BootstrapToken;
 use strake_qemu::{Accel, PortForward, Vm, VmConfig};
 
 #[derive(Parser)]
-#[command(name = "strakectl", version, about = "Operate Strake nodes and clusters")]
+#[command(
+    name = "strakectl",
+    version,
+    about = "Operate Strake nodes and clusters"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -88,56 +92,136 @@ const VM_NAME: &str = "strake-0";
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Image { cmd: ImageCmd::Build { strake, out, cache } } => {
-            let a = strake_image::build(&strake_image::BuildOptions { strake_binary: strake, cache_dir: cache, out_dir: out, extra_modules: vec![] })?;
-            println!("kernel {}\n  {}\n  {}", a.kernel_version, a.vmlinuz.display(), a.initramfs.display());
+        Cmd::Image {
+            cmd: ImageCmd::Build { strake, out, cache },
+        } => {
+            let a = strake_image::build(&strake_image::BuildOptions {
+                strake_binary: strake,
+                cache_dir: cache,
+                out_dir: out,
+                extra_modules: vec![],
+            })?;
+            println!(
+                "kernel {}\n  {}\n  {}",
+                a.kernel_version,
+                a.vmlinuz.display(),
+                a.initramfs.display()
+            );
             Ok(())
         }
-        Cmd::Kubeconfig { server, token, output, cluster_name } => {
+        Cmd::Kubeconfig {
+            server,
+            token,
+            output,
+            cluster_name,
+        } => {
             let token: BootstrapToken = token.parse()?;
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            rt.block_on(write_kubeconfig(&server, &token, &output, &cluster_name, Duration::from_secs(30)))?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(write_kubeconfig(
+                &server,
+                &token,
+                &output,
+                &cluster_name,
+                Duration::from_secs(30),
+            ))?;
             println!("wrote {}", output.display());
             Ok(())
         }
-        Cmd::Cluster { cmd: ClusterCmd::Up { image, state_dir, api_port, memory, cpus, insecure_registries, timeout_secs } } => {
-            cluster_up(&image, &state_dir, api_port, memory, cpus, &insecure_registries, Duration::from_secs(timeout_secs))
-        }
-        Cmd::Cluster { cmd: ClusterCmd::Down { state_dir } } => {
+        Cmd::Cluster {
+            cmd:
+                ClusterCmd::Up {
+                    image,
+                    state_dir,
+                    api_port,
+                    memory,
+                    cpus,
+                    insecure_registries,
+                    timeout_secs,
+                },
+        } => cluster_up(
+            &image,
+            &state_dir,
+            api_port,
+            memory,
+            cpus,
+            &insecure_registries,
+            Duration::from_secs(timeout_secs),
+        ),
+        Cmd::Cluster {
+            cmd: ClusterCmd::Down { state_dir },
+        } => {
             let clean = strake_qemu::stop_detached(&state_dir, VM_NAME, Duration::from_secs(30))?;
-            println!("{}", if clean { "powered off" } else { "no running cluster (or it had to be killed)" });
+            println!(
+                "{}",
+                if clean {
+                    "powered off"
+                } else {
+                    "no running cluster (or it had to be killed)"
+                }
+            );
             Ok(())
         }
     }
 }
 
 /// Retries the token bootstrap until the API answers or `timeout` passes.
-async fn write_kubeconfig(server: &str, token: &BootstrapToken, output: &Path, cluster: &str, timeout: Duration) -> anyhow::Result<()> {
+async fn write_kubeconfig(
+    server: &str,
+    token: &BootstrapToken,
+    output: &Path,
+    cluster: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     let creds = loop {
-        match strake_kubeclient::bootstrap(server, token, "/strake/v1/kubeconfig", &serde_json::json!({})).await {
+        match strake_kubeclient::bootstrap(
+            server,
+            token,
+            "/strake/v1/kubeconfig",
+            &serde_json::json!({}),
+        )
+        .await
+        {
             Ok(c) => break c,
-            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(300)).await,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(300)).await
+            }
             Err(e) => return Err(e).context(format!("fetching credentials from {server}")),
         }
     };
     if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(output, creds.kubeconfig(cluster, server)).with_context(|| format!("writing {}", output.display()))?;
+    std::fs::write(output, creds.kubeconfig(cluster, server))
+        .with_context(|| format!("writing {}", output.display()))?;
     Ok(())
 }
 
-fn cluster_up(image: &Path, state_dir: &Path, api_port: u16, memory: u32, cpus: u32, insecure: &[String], timeout: Duration) -> anyhow::Result<()> {
+fn cluster_up(
+    image: &Path,
+    state_dir: &Path,
+    api_port: u16,
+    memory: u32,
+    cpus: u32,
+    insecure: &[String],
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let kernel = image.join("vmlinuz");
     let initrd = image.join("initramfs.zst");
     for p in [&kernel, &initrd] {
         if !p.exists() {
-            bail!("{} is missing: build the image first (strakectl image build)", p.display());
+            bail!(
+                "{} is missing: build the image first (strakectl image build)",
+                p.display()
+            );
         }
     }
     if std::net::TcpListener::bind(("127.0.0.1", api_port)).is_err() {
-        bail!("port 127.0.0.1:{api_port} is in use (is a cluster already up? try `strakectl cluster down`)");
+        bail!(
+            "port 127.0.0.1:{api_port} is in use (is a cluster already up? try `strakectl cluster down`)"
+        );
     }
     let token = BootstrapToken::generate();
     let mut cmdline = format!("strake.token={token} strake.hostname={VM_NAME}");
@@ -152,7 +236,10 @@ fn cluster_up(image: &Path, state_dir: &Path, api_port: u16, memory: u32, cpus: 
         memory_mib: memory,
         cpus,
         accel: Accel::from_env(),
-        forwards: vec![PortForward { host: api_port, guest: 6443 }],
+        forwards: vec![PortForward {
+            host: api_port,
+            guest: 6443,
+        }],
         state_dir: state_dir.to_path_buf(),
     };
     let console = cfg.serial_log();
@@ -162,34 +249,78 @@ fn cluster_up(image: &Path, state_dir: &Path, api_port: u16, memory: u32, cpus: 
     std::fs::write(state_dir.join("token"), token.to_string())?;
     let server = format!("https://127.0.0.1:{api_port}");
     let kubeconfig = std::path::absolute(state_dir.join("kubeconfig"))?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let deadline = Instant::now() + timeout;
-    while !rt.block_on(strake_kubeclient::answers_version(&server, Duration::from_millis(500))) {
+    while !rt.block_on(strake_kubeclient::answers_version(
+        &server,
+        Duration::from_millis(500),
+    )) {
         if Instant::now() > deadline {
-            bail!("the API did not answer within {timeout:?}; console tail:\n{}", strake_qemu::tail(&console, 30));
+            bail!(
+                "the API did not answer within {timeout:?}; console tail:\n{}",
+                strake_qemu::tail(&console, 30)
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    rt.block_on(write_kubeconfig(&server, &token, &kubeconfig, "strake", timeout))
-        .with_context(|| format!("the API did not come up; console tail:\n{}", strake_qemu::tail(&console, 30)))?;
+    rt.block_on(write_kubeconfig(
+        &server,
+        &token,
+        &kubeconfig,
+        "strake",
+        timeout,
+    ))
+    .with_context(|| {
+        format!(
+            "the API did not come up; console tail:\n{}",
+            strake_qemu::tail(&console, 30)
+        )
+    })?;
     println!("API ready after {:.1}s", t0.elapsed().as_secs_f64());
     // Ready means a node that can run pods, not just an API.
-    let creds = rt.block_on(strake_kubeclient::bootstrap(&server, &token, "/strake/v1/kubeconfig", &serde_json::json!({})))?;
-    let client = strake_kubeclient::Client::new(&server, &creds.ca_pem, Some(&strake_pki::CertifiedKey { cert_pem: creds.cert_pem, key_pem: creds.key_pem }))?;
+    let creds = rt.block_on(strake_kubeclient::bootstrap(
+        &server,
+        &token,
+        "/strake/v1/kubeconfig",
+        &serde_json::json!({}),
+    ))?;
+    let client = strake_kubeclient::Client::new(
+        &server,
+        &creds.ca_pem,
+        Some(&strake_pki::CertifiedKey {
+            cert_pem: creds.cert_pem,
+            key_pem: creds.key_pem,
+        }),
+    )?;
     loop {
-        let nodes = rt.block_on(client.list::<k8s_openapi::api::core::v1::Node>(None, None)).map(|(n, _)| n).unwrap_or_default();
+        let nodes = rt
+            .block_on(client.list::<k8s_openapi::api::core::v1::Node>(None, None))
+            .map(|(n, _)| n)
+            .unwrap_or_default();
         let ready = nodes.iter().any(|n| {
-            n.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            n.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
         });
         if ready {
             break;
         }
         if Instant::now() > deadline {
-            bail!("no node became Ready within {timeout:?}; console tail:\n{}", strake_qemu::tail(&console, 30));
+            bail!(
+                "no node became Ready within {timeout:?}; console tail:\n{}",
+                strake_qemu::tail(&console, 30)
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }
     println!("node Ready after {:.1}s", t0.elapsed().as_secs_f64());
-    println!("\nThe cluster is up. Use it with:\n\n  export KUBECONFIG={}\n  kubectl get nodes\n\n(stop it with: strakectl cluster down --state-dir {})", kubeconfig.display(), state_dir.display());
+    println!(
+        "\nThe cluster is up. Use it with:\n\n  export KUBECONFIG={}\n  kubectl get nodes\n\n(stop it with: strakectl cluster down --state-dir {})",
+        kubeconfig.display(),
+        state_dir.display()
+    );
     Ok(())
 }

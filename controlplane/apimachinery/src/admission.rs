@@ -33,7 +33,12 @@ pub struct Attributes<'a> {
 pub trait AdmissionPlugin: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Admits (and may mutate) `obj`, or refuses the write.
-    fn admit<'a>(&'a self, reg: &'a Registry, attrs: &'a Attributes<'a>, obj: &'a mut Value) -> BoxFuture<'a, Result<(), ApiError>>;
+    fn admit<'a>(
+        &'a self,
+        reg: &'a Registry,
+        attrs: &'a Attributes<'a>,
+        obj: &'a mut Value,
+    ) -> BoxFuture<'a, Result<(), ApiError>>;
 }
 
 /// The plugins, in order.
@@ -51,7 +56,12 @@ impl Chain {
         self.plugins.iter().map(|p| p.name()).collect()
     }
 
-    pub async fn admit(&self, reg: &Registry, attrs: &Attributes<'_>, obj: &mut Value) -> Result<(), ApiError> {
+    pub async fn admit(
+        &self,
+        reg: &Registry,
+        attrs: &Attributes<'_>,
+        obj: &mut Value,
+    ) -> Result<(), ApiError> {
         for p in &self.plugins {
             p.admit(reg, attrs, obj).await?;
         }
@@ -71,23 +81,44 @@ impl AdmissionPlugin for NamespaceLifecycle {
         "NamespaceLifecycle"
     }
 
-    fn admit<'a>(&'a self, reg: &'a Registry, attrs: &'a Attributes<'a>, _obj: &'a mut Value) -> BoxFuture<'a, Result<(), ApiError>> {
+    fn admit<'a>(
+        &'a self,
+        reg: &'a Registry,
+        attrs: &'a Attributes<'a>,
+        _obj: &'a mut Value,
+    ) -> BoxFuture<'a, Result<(), ApiError>> {
         Box::pin(async move {
-            if attrs.def.group.is_empty() && attrs.def.plural == "namespaces" && attrs.operation == Operation::Delete && attrs.subresource.is_none() {
+            if attrs.def.group.is_empty()
+                && attrs.def.plural == "namespaces"
+                && attrs.operation == Operation::Delete
+                && attrs.subresource.is_none()
+            {
                 if IMMORTAL_NAMESPACES.contains(&attrs.name) {
-                    return Err(ApiError::Forbidden(format!("namespaces \"{}\" is forbidden: this namespace may not be deleted", attrs.name)));
+                    return Err(ApiError::Forbidden(format!(
+                        "namespaces \"{}\" is forbidden: this namespace may not be deleted",
+                        attrs.name
+                    )));
                 }
                 return Ok(());
             }
-            let (Some(ns), Operation::Create) = (attrs.namespace, attrs.operation) else { return Ok(()) };
+            let (Some(ns), Operation::Create) = (attrs.namespace, attrs.operation) else {
+                return Ok(());
+            };
             if !attrs.def.namespaced {
                 return Ok(());
             }
             let table = reg.table().snapshot();
-            let Some(nsdef) = table.lookup("", "v1", "namespaces") else { return Ok(()) };
+            let Some(nsdef) = table.lookup("", "v1", "namespaces") else {
+                return Ok(());
+            };
             let nsobj = match reg.get(nsdef, None, ns).await {
                 Ok(o) => o,
-                Err(ApiError::NotFound { .. }) => return Err(ApiError::NotFound { resource: nsdef.group_resource(), name: ns.into() }),
+                Err(ApiError::NotFound { .. }) => {
+                    return Err(ApiError::NotFound {
+                        resource: nsdef.group_resource(),
+                        name: ns.into(),
+                    });
+                }
                 Err(e) => return Err(e),
             };
             if !nsobj["metadata"]["deletionTimestamp"].is_null() {

@@ -26,7 +26,9 @@ impl FieldValidation {
             None | Some("") | Some("Warn") => Ok(Self::Warn),
             Some("Ignore") => Ok(Self::Ignore),
             Some("Strict") => Ok(Self::Strict),
-            Some(other) => Err(ApiError::BadRequest(format!("fieldValidation must be one of Ignore, Warn or Strict, not {other:?}"))),
+            Some(other) => Err(ApiError::BadRequest(format!(
+                "fieldValidation must be one of Ignore, Warn or Strict, not {other:?}"
+            ))),
         }
     }
 
@@ -36,7 +38,10 @@ impl FieldValidation {
             Self::Ignore => Ok(Vec::new()),
             Self::Warn => Ok(findings),
             Self::Strict if findings.is_empty() => Ok(findings),
-            Self::Strict => Err(ApiError::BadRequest(format!("strict decoding error: {}", findings.join(", ")))),
+            Self::Strict => Err(ApiError::BadRequest(format!(
+                "strict decoding error: {}",
+                findings.join(", ")
+            ))),
         }
     }
 }
@@ -65,16 +70,30 @@ impl BodyFormat {
 pub fn parse_json(body: &[u8]) -> Result<(Value, Vec<String>), ApiError> {
     let mut dups = Vec::new();
     let mut de = serde_json::Deserializer::from_slice(body);
-    let v = serde::de::DeserializeSeed::deserialize(DupSeed { path: String::new(), dups: &mut dups }, &mut de)
+    let v = serde::de::DeserializeSeed::deserialize(
+        DupSeed {
+            path: String::new(),
+            dups: &mut dups,
+        },
+        &mut de,
+    )
+    .map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))?;
+    de.end()
         .map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))?;
-    de.end().map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))?;
-    Ok((v, dups.into_iter().map(|d| format!("duplicate field \"{d}\"")).collect()))
+    Ok((
+        v,
+        dups.into_iter()
+            .map(|d| format!("duplicate field \"{d}\""))
+            .collect(),
+    ))
 }
 
 /// Parses a YAML body (one document) into JSON.
 pub fn parse_yaml(body: &[u8]) -> Result<Value, ApiError> {
-    let text = std::str::from_utf8(body).map_err(|e| ApiError::BadRequest(format!("the YAML body is not UTF-8: {e}")))?;
-    serde_saphyr::from_str::<Value>(text).map_err(|e| ApiError::BadRequest(format!("the request body is not valid YAML: {e}")))
+    let text = std::str::from_utf8(body)
+        .map_err(|e| ApiError::BadRequest(format!("the YAML body is not UTF-8: {e}")))?;
+    serde_saphyr::from_str::<Value>(text)
+        .map_err(|e| ApiError::BadRequest(format!("the request body is not valid YAML: {e}")))
 }
 
 /// A JSON value deserializer that records duplicate object keys by path.
@@ -123,7 +142,10 @@ impl<'de> serde::de::Visitor<'de> for DupSeed<'_> {
         let mut out = Vec::new();
         loop {
             let path = format!("{}[{}]", self.path, out.len());
-            match seq.next_element_seed(DupSeed { path, dups: &mut *self.dups })? {
+            match seq.next_element_seed(DupSeed {
+                path,
+                dups: &mut *self.dups,
+            })? {
                 Some(v) => out.push(v),
                 None => return Ok(Value::Array(out)),
             }
@@ -132,8 +154,15 @@ impl<'de> serde::de::Visitor<'de> for DupSeed<'_> {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = serde_json::Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            let path = if self.path.is_empty() { key.clone() } else { format!("{}.{key}", self.path) };
-            let v = map.next_value_seed(DupSeed { path: path.clone(), dups: &mut *self.dups })?;
+            let path = if self.path.is_empty() {
+                key.clone()
+            } else {
+                format!("{}.{key}", self.path)
+            };
+            let v = map.next_value_seed(DupSeed {
+                path: path.clone(),
+                dups: &mut *self.dups,
+            })?;
             if out.insert(key, v).is_some() {
                 self.dups.push(path);
             }
@@ -151,11 +180,16 @@ pub fn unknown_fields(input: &Value, typed: &Value, path: &str, out: &mut Vec<St
                 if v.is_null() {
                     continue;
                 }
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 match b.get(k) {
                     Some(t) => unknown_fields(v, t, &p, out),
                     // An empty object or list decodes to an absent optional field: not unknown.
-                    None if v.as_object().is_some_and(|m| m.is_empty()) || v.as_array().is_some_and(|a| a.is_empty()) => {}
+                    None if v.as_object().is_some_and(|m| m.is_empty())
+                        || v.as_array().is_some_and(|a| a.is_empty()) => {}
                     None => out.push(p),
                 }
             }
@@ -173,23 +207,41 @@ pub fn unknown_fields(input: &Value, typed: &Value, path: &str, out: &mut Vec<St
 pub fn typed<K: DeserializeOwned>(kind: &str, v: Value) -> Result<K, ApiError> {
     serde_path_to_error::deserialize::<_, K>(v).map_err(|e| {
         let path = e.path().to_string();
-        let path = if path == "." { "(root)".to_string() } else { path };
-        ApiError::BadRequest(format!("{kind} in the request body is invalid: {path}: {}", e.inner()))
+        let path = if path == "." {
+            "(root)".to_string()
+        } else {
+            path
+        };
+        ApiError::BadRequest(format!(
+            "{kind} in the request body is invalid: {path}: {}",
+            e.inner()
+        ))
     })
 }
 
 /// The round trip of a built-in kind: decode into `K`, report fields `K` does not know, and
 /// return the canonical JSON with `apiVersion` and `kind` set.
-pub fn round_trip<K: DeserializeOwned + Serialize>(kind: &str, api_version: &str, input: Value) -> Result<(Value, Vec<String>), ApiError> {
+pub fn round_trip<K: DeserializeOwned + Serialize>(
+    kind: &str,
+    api_version: &str,
+    input: Value,
+) -> Result<(Value, Vec<String>), ApiError> {
     let obj: K = typed(kind, input.clone())?;
-    let mut out = serde_json::to_value(&obj).map_err(|e| ApiError::Internal(format!("encoding {kind}: {e}")))?;
+    let mut out = serde_json::to_value(&obj)
+        .map_err(|e| ApiError::Internal(format!("encoding {kind}: {e}")))?;
     if let Value::Object(m) = &mut out {
         m.insert("apiVersion".into(), api_version.into());
         m.insert("kind".into(), kind.into());
     }
     let mut unknown = Vec::new();
     unknown_fields(&input, &out, "", &mut unknown);
-    Ok((out, unknown.into_iter().map(|f| format!("unknown field \"{f}\"")).collect()))
+    Ok((
+        out,
+        unknown
+            .into_iter()
+            .map(|f| format!("unknown field \"{f}\""))
+            .collect(),
+    ))
 }
 
 #[cfg(test)]
@@ -202,9 +254,17 @@ mod tests {
     fn syntax_errors_carry_a_position_and_duplicates_are_found() {
         let err = parse_json(b"{\"a\":\n  tru}").unwrap_err().to_string();
         assert!(err.contains("line 2"), "{err}");
-        let (v, dups) = parse_json(br#"{"metadata":{"name":"a","name":"b"},"spec":{"x":[{"k":1,"k":2}]}}"#).unwrap();
+        let (v, dups) =
+            parse_json(br#"{"metadata":{"name":"a","name":"b"},"spec":{"x":[{"k":1,"k":2}]}}"#)
+                .unwrap();
         assert_eq!(v["metadata"]["name"], "b");
-        assert_eq!(dups, ["duplicate field \"metadata.name\"", "duplicate field \"spec.x[0].k\""]);
+        assert_eq!(
+            dups,
+            [
+                "duplicate field \"metadata.name\"",
+                "duplicate field \"spec.x[0].k\""
+            ]
+        );
     }
 
     #[test]
@@ -214,15 +274,32 @@ mod tests {
         assert!(err.contains("spec.containers"), "{err}");
         let v = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "creationTimestamp": null}, "spec": {"containers": [{"name": "c", "image": "i", "imagePullPolcy": "Always"}], "bogus": 1}});
         let (out, unknown) = round_trip::<Pod>("Pod", "v1", v).unwrap();
-        assert_eq!(unknown, ["unknown field \"spec.bogus\"", "unknown field \"spec.containers[0].imagePullPolcy\""]);
+        assert_eq!(
+            unknown,
+            [
+                "unknown field \"spec.bogus\"",
+                "unknown field \"spec.containers[0].imagePullPolcy\""
+            ]
+        );
         assert_eq!(out["kind"], "Pod");
-        assert!(FieldValidation::Strict.judge(unknown.clone()).unwrap_err().to_string().contains("strict decoding error"));
-        assert_eq!(FieldValidation::Ignore.judge(unknown).unwrap(), Vec::<String>::new());
+        assert!(
+            FieldValidation::Strict
+                .judge(unknown.clone())
+                .unwrap_err()
+                .to_string()
+                .contains("strict decoding error")
+        );
+        assert_eq!(
+            FieldValidation::Ignore.judge(unknown).unwrap(),
+            Vec::<String>::new()
+        );
     }
 
     #[test]
     fn yaml_bodies() {
-        let v = parse_yaml(b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\ndata:\n  a: '1'\n").unwrap();
+        let v =
+            parse_yaml(b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\ndata:\n  a: '1'\n")
+                .unwrap();
         assert_eq!(v["data"]["a"], "1");
         assert!(parse_yaml(b"a: [1, 2").is_err());
     }

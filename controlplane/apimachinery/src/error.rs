@@ -18,13 +18,25 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn required(field: impl Into<String>) -> Self {
-        Self { field: field.into(), message: "Required value".into(), reason: "FieldValueRequired" }
+        Self {
+            field: field.into(),
+            message: "Required value".into(),
+            reason: "FieldValueRequired",
+        }
     }
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into(), reason: "FieldValueInvalid" }
+        Self {
+            field: field.into(),
+            message: message.into(),
+            reason: "FieldValueInvalid",
+        }
     }
     pub fn forbidden(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into(), reason: "FieldValueForbidden" }
+        Self {
+            field: field.into(),
+            message: message.into(),
+            reason: "FieldValueForbidden",
+        }
     }
     /// The same cause with a more specific message.
     pub fn with_message(mut self, message: impl Into<String>) -> Self {
@@ -33,10 +45,21 @@ impl FieldError {
     }
     pub fn not_supported(field: impl Into<String>, value: &str, supported: &[&str]) -> Self {
         let list: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
-        Self { field: field.into(), message: format!("Unsupported value: {value:?}: supported values: {}", list.join(", ")), reason: "FieldValueNotSupported" }
+        Self {
+            field: field.into(),
+            message: format!(
+                "Unsupported value: {value:?}: supported values: {}",
+                list.join(", ")
+            ),
+            reason: "FieldValueNotSupported",
+        }
     }
     pub fn duplicate(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into(), reason: "FieldValueDuplicate" }
+        Self {
+            field: field.into(),
+            message: message.into(),
+            reason: "FieldValueDuplicate",
+        }
     }
 }
 
@@ -49,13 +72,20 @@ pub struct GroupResource {
 
 impl GroupResource {
     pub fn new(group: impl Into<String>, resource: impl Into<String>) -> Self {
-        Self { group: group.into(), resource: resource.into() }
+        Self {
+            group: group.into(),
+            resource: resource.into(),
+        }
     }
 }
 
 impl std::fmt::Display for GroupResource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.group.is_empty() { f.write_str(&self.resource) } else { write!(f, "{}.{}", self.resource, self.group) }
+        if self.group.is_empty() {
+            f.write_str(&self.resource)
+        } else {
+            write!(f, "{}.{}", self.resource, self.group)
+        }
     }
 }
 
@@ -63,14 +93,29 @@ impl std::fmt::Display for GroupResource {
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{resource} \"{name}\" not found")]
-    NotFound { resource: GroupResource, name: String },
+    NotFound {
+        resource: GroupResource,
+        name: String,
+    },
     #[error("{resource} \"{name}\" already exists")]
-    AlreadyExists { resource: GroupResource, name: String },
+    AlreadyExists {
+        resource: GroupResource,
+        name: String,
+    },
     #[error("Operation cannot be fulfilled on {resource} \"{name}\": {message}")]
-    Conflict { resource: GroupResource, name: String, message: String },
+    Conflict {
+        resource: GroupResource,
+        name: String,
+        message: String,
+    },
     /// `kind` is qualified by its group as upstream prints it (`Deployment.apps`).
     #[error("{kind} \"{name}\" is invalid: {}", summarize(.causes))]
-    Invalid { kind: String, group: String, name: String, causes: Vec<FieldError> },
+    Invalid {
+        kind: String,
+        group: String,
+        name: String,
+        causes: Vec<FieldError>,
+    },
     #[error("{0}")]
     NotAcceptable(String),
     #[error("{0}")]
@@ -81,7 +126,9 @@ pub enum ApiError {
     Forbidden(String),
     #[error("the server does not allow this method on the requested resource")]
     MethodNotAllowed,
-    #[error("the body of the request was in an unknown format - accepted media types include: {accepted}; got {got:?}")]
+    #[error(
+        "the body of the request was in an unknown format - accepted media types include: {accepted}; got {got:?}"
+    )]
     UnsupportedMediaType { got: String, accepted: &'static str },
     #[error("the request body is too large: limit is {limit} bytes")]
     TooLarge { limit: usize },
@@ -99,8 +146,15 @@ pub enum ApiError {
 }
 
 fn summarize(causes: &[FieldError]) -> String {
-    let parts: Vec<String> = causes.iter().map(|c| format!("{}: {}", c.field, c.message)).collect();
-    if parts.len() == 1 { parts[0].clone() } else { format!("[{}]", parts.join(", ")) }
+    let parts: Vec<String> = causes
+        .iter()
+        .map(|c| format!("{}: {}", c.field, c.message))
+        .collect();
+    if parts.len() == 1 {
+        parts[0].clone()
+    } else {
+        format!("[{}]", parts.join(", "))
+    }
 }
 
 impl From<crate::storage::StorageError> for ApiError {
@@ -109,11 +163,18 @@ impl From<crate::storage::StorageError> for ApiError {
     fn from(e: crate::storage::StorageError) -> Self {
         use crate::storage::StorageError as S;
         match e {
-            S::Compacted { requested, compacted } => ApiError::Expired(format!("too old resource version: {requested} ({compacted})")),
-            S::FutureRevision { requested, current } => {
-                ApiError::Timeout(format!("Too large resource version: {requested}, current: {current}"))
-            }
-            S::TooLarge { size, max } => ApiError::TooLarge { limit: max.min(size) },
+            S::Compacted {
+                requested,
+                compacted,
+            } => ApiError::Expired(format!(
+                "too old resource version: {requested} ({compacted})"
+            )),
+            S::FutureRevision { requested, current } => ApiError::Timeout(format!(
+                "Too large resource version: {requested}, current: {current}"
+            )),
+            S::TooLarge { size, max } => ApiError::TooLarge {
+                limit: max.min(size),
+            },
             S::Unavailable(m) => ApiError::ServiceUnavailable(m),
             other => ApiError::Internal(other.to_string()),
         }
@@ -166,14 +227,21 @@ impl ApiError {
     pub fn status(&self) -> Value {
         use ApiError::*;
         let details = match self {
-            NotFound { resource, name } | AlreadyExists { resource, name } | Conflict { resource, name, .. } => {
+            NotFound { resource, name }
+            | AlreadyExists { resource, name }
+            | Conflict { resource, name, .. } => {
                 let mut d = json!({"name": name, "kind": resource.resource});
                 if !resource.group.is_empty() {
                     d["group"] = resource.group.clone().into();
                 }
                 Some(d)
             }
-            Invalid { kind, group, name, causes } => Some(json!({
+            Invalid {
+                kind,
+                group,
+                name,
+                causes,
+            } => Some(json!({
                 "name": name,
                 "group": group,
                 "kind": kind.split('.').next().unwrap_or(kind),
@@ -203,7 +271,12 @@ impl IntoResponse for ApiError {
             tracing::warn!(error = %self, "internal error");
         }
         let body = serde_json::to_vec(&self.status()).unwrap_or_default();
-        (self.code(), [(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response()
+        (
+            self.code(),
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()
     }
 }
 
@@ -217,21 +290,37 @@ mod tests {
             kind: "Pod".into(),
             group: String::new(),
             name: "p".into(),
-            causes: vec![FieldError::required("spec.containers"), FieldError::invalid("metadata.name", "bad")],
+            causes: vec![
+                FieldError::required("spec.containers"),
+                FieldError::invalid("metadata.name", "bad"),
+            ],
         };
         let s = e.status();
         assert_eq!(s["code"], 422);
         assert_eq!(s["reason"], "Invalid");
-        assert!(s["message"].as_str().unwrap().contains("spec.containers: Required value"));
+        assert!(
+            s["message"]
+                .as_str()
+                .unwrap()
+                .contains("spec.containers: Required value")
+        );
         assert_eq!(s["details"]["causes"][1]["field"], "metadata.name");
     }
 
     #[test]
     fn not_found_shape() {
-        let s = ApiError::NotFound { resource: GroupResource::new("", "pods"), name: "x".into() }.status();
+        let s = ApiError::NotFound {
+            resource: GroupResource::new("", "pods"),
+            name: "x".into(),
+        }
+        .status();
         assert_eq!(s["message"], "pods \"x\" not found");
         assert_eq!(s["details"]["kind"], "pods");
-        let s = ApiError::NotFound { resource: GroupResource::new("apps", "deployments"), name: "x".into() }.status();
+        let s = ApiError::NotFound {
+            resource: GroupResource::new("apps", "deployments"),
+            name: "x".into(),
+        }
+        .status();
         assert_eq!(s["message"], "deployments.apps \"x\" not found");
         assert_eq!(s["details"]["group"], "apps");
         assert_eq!(s["status"], "Failure");

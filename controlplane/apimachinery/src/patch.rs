@@ -22,7 +22,9 @@ impl PatchType {
             "application/json-patch+json" => Ok(Self::Json),
             "application/merge-patch+json" => Ok(Self::Merge),
             "application/strategic-merge-patch+json" => Ok(Self::Strategic),
-            "application/apply-patch+yaml" | "application/apply-patch+json" | "application/apply-patch+cbor" => Ok(Self::Apply),
+            "application/apply-patch+yaml"
+            | "application/apply-patch+json"
+            | "application/apply-patch+cbor" => Ok(Self::Apply),
             other => Err(ApiError::UnsupportedMediaType {
                 got: other.to_string(),
                 accepted: "application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml",
@@ -44,16 +46,23 @@ pub enum ListStrategy {
 pub fn list_strategy(kind: &str, path: &str) -> ListStrategy {
     let last = path.rsplit('.').next().unwrap_or(path);
     let parent = path.rsplit('.').nth(1).unwrap_or("");
-    let in_container = matches!(parent, "containers" | "initContainers" | "ephemeralContainers");
+    let in_container = matches!(
+        parent,
+        "containers" | "initContainers" | "ephemeralContainers"
+    );
     match (parent, last) {
-        (_, "containers" | "initContainers" | "ephemeralContainers") => ListStrategy::MergeKey("name"),
+        (_, "containers" | "initContainers" | "ephemeralContainers") => {
+            ListStrategy::MergeKey("name")
+        }
         _ if in_container && last == "ports" => ListStrategy::MergeKey("containerPort"),
         _ if in_container && last == "env" => ListStrategy::MergeKey("name"),
         _ if in_container && last == "volumeMounts" => ListStrategy::MergeKey("mountPath"),
         _ if in_container && last == "volumeDevices" => ListStrategy::MergeKey("devicePath"),
         _ if in_container && last == "resizePolicy" => ListStrategy::MergeKey("resourceName"),
         ("spec", "ports") if kind == "Service" => ListStrategy::MergeKey("port"),
-        ("spec", "volumes" | "imagePullSecrets" | "schedulingGates" | "resourceClaims") => ListStrategy::MergeKey("name"),
+        ("spec", "volumes" | "imagePullSecrets" | "schedulingGates" | "resourceClaims") => {
+            ListStrategy::MergeKey("name")
+        }
         ("spec", "hostAliases") => ListStrategy::MergeKey("ip"),
         ("spec", "topologySpreadConstraints") => ListStrategy::MergeKey("topologyKey"),
         ("spec", "taints") if kind == "Node" => ListStrategy::MergeKey("key"),
@@ -70,37 +79,65 @@ pub fn list_strategy(kind: &str, path: &str) -> ListStrategy {
 pub fn apply(target: &mut Value, kind: &str, ty: PatchType, patch: &[u8]) -> Result<(), ApiError> {
     match ty {
         PatchType::Json => {
-            let p: json_patch::Patch = serde_json::from_slice(patch).map_err(|e| ApiError::BadRequest(format!("the JSON patch is invalid: {e}")))?;
+            let p: json_patch::Patch = serde_json::from_slice(patch)
+                .map_err(|e| ApiError::BadRequest(format!("the JSON patch is invalid: {e}")))?;
             json_patch::patch(target, &p).map_err(|e| ApiError::Invalid {
                 kind: kind.into(),
                 group: String::new(),
-                name: target["metadata"]["name"].as_str().unwrap_or_default().into(),
-                causes: vec![crate::FieldError::invalid("(patch)", format!("the JSON patch does not apply: {e}"))],
+                name: target["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .into(),
+                causes: vec![crate::FieldError::invalid(
+                    "(patch)",
+                    format!("the JSON patch does not apply: {e}"),
+                )],
             })
         }
         PatchType::Merge => {
-            let p: Value = serde_json::from_slice(patch).map_err(|e| ApiError::BadRequest(format!("the merge patch is not valid JSON: {e}")))?;
+            let p: Value = serde_json::from_slice(patch).map_err(|e| {
+                ApiError::BadRequest(format!("the merge patch is not valid JSON: {e}"))
+            })?;
             if !p.is_object() {
-                return Err(ApiError::BadRequest("a merge patch must be a JSON object".into()));
+                return Err(ApiError::BadRequest(
+                    "a merge patch must be a JSON object".into(),
+                ));
             }
             json_patch::merge(target, &p);
             Ok(())
         }
         PatchType::Strategic => {
-            let p: Value = serde_json::from_slice(patch).map_err(|e| ApiError::BadRequest(format!("the strategic merge patch is not valid JSON: {e}")))?;
-            let Value::Object(p) = p else { return Err(ApiError::BadRequest("a strategic merge patch must be a JSON object".into())) };
+            let p: Value = serde_json::from_slice(patch).map_err(|e| {
+                ApiError::BadRequest(format!("the strategic merge patch is not valid JSON: {e}"))
+            })?;
+            let Value::Object(p) = p else {
+                return Err(ApiError::BadRequest(
+                    "a strategic merge patch must be a JSON object".into(),
+                ));
+            };
             strategic_merge(target, &p, kind, "")
         }
-        PatchType::Apply => Err(ApiError::Internal("apply patches go through server-side apply".into())),
+        PatchType::Apply => Err(ApiError::Internal(
+            "apply patches go through server-side apply".into(),
+        )),
     }
 }
 
 fn child(path: &str, k: &str) -> String {
-    if path.is_empty() { k.to_string() } else { format!("{path}.{k}") }
+    if path.is_empty() {
+        k.to_string()
+    } else {
+        format!("{path}.{k}")
+    }
 }
 
 /// Merges a strategic merge patch map into `target` (which becomes a map if it is not one).
-pub fn strategic_merge(target: &mut Value, patch: &Map<String, Value>, kind: &str, path: &str) -> Result<(), ApiError> {
+pub fn strategic_merge(
+    target: &mut Value,
+    patch: &Map<String, Value>,
+    kind: &str,
+    path: &str,
+) -> Result<(), ApiError> {
     match patch.get("$patch").and_then(Value::as_str) {
         Some("replace") => {
             let mut m = patch.clone();
@@ -113,14 +150,27 @@ pub fn strategic_merge(target: &mut Value, patch: &Map<String, Value>, kind: &st
             return Ok(());
         }
         Some("merge") | None => {}
-        Some(other) => return Err(ApiError::BadRequest(format!("unknown $patch directive {other:?} at {}", if path.is_empty() { "(root)" } else { path }))),
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "unknown $patch directive {other:?} at {}",
+                if path.is_empty() { "(root)" } else { path }
+            )));
+        }
     }
     if !target.is_object() {
         *target = Value::Object(Map::new());
     }
     let retain: Option<Vec<String>> = match patch.get("$retainKeys") {
-        Some(Value::Array(keys)) => Some(keys.iter().filter_map(|k| k.as_str().map(String::from)).collect()),
-        Some(_) => return Err(ApiError::BadRequest(format!("$retainKeys at {path} must be a list of strings"))),
+        Some(Value::Array(keys)) => Some(
+            keys.iter()
+                .filter_map(|k| k.as_str().map(String::from))
+                .collect(),
+        ),
+        Some(_) => {
+            return Err(ApiError::BadRequest(format!(
+                "$retainKeys at {path} must be a list of strings"
+            )));
+        }
         None => None,
     };
     for (k, pv) in patch {
@@ -128,7 +178,9 @@ pub fn strategic_merge(target: &mut Value, patch: &Map<String, Value>, kind: &st
             continue;
         }
         if let Some(field) = k.strip_prefix("$deleteFromPrimitiveList/") {
-            let Value::Array(drop) = pv else { return Err(ApiError::BadRequest(format!("{k} must be a list"))) };
+            let Value::Array(drop) = pv else {
+                return Err(ApiError::BadRequest(format!("{k} must be a list")));
+            };
             if let Some(Value::Array(list)) = target.get_mut(field) {
                 list.retain(|v| !drop.contains(v));
             }
@@ -138,7 +190,9 @@ pub fn strategic_merge(target: &mut Value, patch: &Map<String, Value>, kind: &st
             continue;
         }
         if k.starts_with('$') {
-            return Err(ApiError::BadRequest(format!("unknown strategic merge patch directive {k:?}")));
+            return Err(ApiError::BadRequest(format!(
+                "unknown strategic merge patch directive {k:?}"
+            )));
         }
         let m = target.as_object_mut().expect("target is a map");
         let p = child(path, k);
@@ -165,8 +219,12 @@ pub fn strategic_merge(target: &mut Value, patch: &Map<String, Value>, kind: &st
     }
     // Order directives run after the merge, over the merged lists.
     for (k, order) in patch {
-        let Some(field) = k.strip_prefix("$setElementOrder/") else { continue };
-        let Value::Array(order) = order else { return Err(ApiError::BadRequest(format!("{k} must be a list"))) };
+        let Some(field) = k.strip_prefix("$setElementOrder/") else {
+            continue;
+        };
+        let Value::Array(order) = order else {
+            return Err(ApiError::BadRequest(format!("{k} must be a list")));
+        };
         let strategy = list_strategy(kind, &child(path, field));
         if let Some(Value::Array(list)) = target.as_object_mut().and_then(|m| m.get_mut(field)) {
             reorder(list, order, strategy);
@@ -184,10 +242,25 @@ fn key_of<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
     v.as_object().and_then(|m| m.get(key))
 }
 
-fn merge_list(cur: Value, patch: &[Value], strategy: ListStrategy, kind: &str, path: &str) -> Result<Value, ApiError> {
+fn merge_list(
+    cur: Value,
+    patch: &[Value],
+    strategy: ListStrategy,
+    kind: &str,
+    path: &str,
+) -> Result<Value, ApiError> {
     // A `{"$patch": "replace"}` element replaces the whole list with the other elements.
-    if patch.iter().any(|v| key_of(v, "$patch").and_then(Value::as_str) == Some("replace")) {
-        return Ok(Value::Array(patch.iter().filter(|v| key_of(v, "$patch").is_none()).cloned().collect()));
+    if patch
+        .iter()
+        .any(|v| key_of(v, "$patch").and_then(Value::as_str) == Some("replace"))
+    {
+        return Ok(Value::Array(
+            patch
+                .iter()
+                .filter(|v| key_of(v, "$patch").is_none())
+                .cloned()
+                .collect(),
+        ));
     }
     let mut list = match cur {
         Value::Array(l) => l,
@@ -206,10 +279,14 @@ fn merge_list(cur: Value, patch: &[Value], strategy: ListStrategy, kind: &str, p
         ListStrategy::MergeKey(key) => {
             for item in patch {
                 let Value::Object(pm) = item else {
-                    return Err(ApiError::BadRequest(format!("the elements of {path} must be objects with a {key:?} field")));
+                    return Err(ApiError::BadRequest(format!(
+                        "the elements of {path} must be objects with a {key:?} field"
+                    )));
                 };
                 let Some(kv) = pm.get(key) else {
-                    return Err(ApiError::BadRequest(format!("an element of {path} has no merge key {key:?}")));
+                    return Err(ApiError::BadRequest(format!(
+                        "an element of {path} has no merge key {key:?}"
+                    )));
                 };
                 let pos = list.iter().position(|e| key_of(e, key) == Some(kv));
                 if pm.get("$patch").and_then(Value::as_str) == Some("delete") {
@@ -246,7 +323,11 @@ fn reorder(list: &mut Vec<Value>, order: &[Value], strategy: ListStrategy) {
             _ => key.as_ref() == Some(o),
         })
     };
-    let mut ranked: Vec<(usize, Value)> = list.drain(..).enumerate().map(|(i, v)| (rank(&v).unwrap_or(order.len() + i), v)).collect();
+    let mut ranked: Vec<(usize, Value)> = list
+        .drain(..)
+        .enumerate()
+        .map(|(i, v)| (rank(&v).unwrap_or(order.len() + i), v))
+        .collect();
     ranked.sort_by_key(|(r, _)| *r);
     list.extend(ranked.into_iter().map(|(_, v)| v));
 }
@@ -258,7 +339,13 @@ mod tests {
 
     fn smp(target: Value, patch: Value, kind: &str) -> Value {
         let mut t = target;
-        apply(&mut t, kind, PatchType::Strategic, &serde_json::to_vec(&patch).unwrap()).unwrap();
+        apply(
+            &mut t,
+            kind,
+            PatchType::Strategic,
+            &serde_json::to_vec(&patch).unwrap(),
+        )
+        .unwrap();
         t
     }
 
@@ -268,36 +355,74 @@ mod tests {
             {"name": "a", "image": "a:1", "env": [{"name": "X", "value": "1"}, {"name": "Y", "value": "2"}]},
             {"name": "b", "image": "b:1"}
         ]}}}});
-        let out = smp(live, json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "image": "a:2", "env": [{"name": "Y", "value": "3"}]}]}}}}), "Deployment");
+        let out = smp(
+            live,
+            json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "image": "a:2", "env": [{"name": "Y", "value": "3"}]}]}}}}),
+            "Deployment",
+        );
         let c = &out["spec"]["template"]["spec"]["containers"];
         assert_eq!(c.as_array().unwrap().len(), 2, "b is kept");
         assert_eq!(c[0]["image"], "a:2");
-        assert_eq!(c[0]["env"], json!([{"name": "X", "value": "1"}, {"name": "Y", "value": "3"}]));
+        assert_eq!(
+            c[0]["env"],
+            json!([{"name": "X", "value": "1"}, {"name": "Y", "value": "3"}])
+        );
     }
 
     #[test]
     fn directives() {
         let live = json!({"metadata": {"finalizers": ["a", "b"], "labels": {"x": "1", "y": "2"}}, "spec": {"containers": [{"name": "a", "image": "i"}, {"name": "b", "image": "j"}], "tolerations": [{"key": "t"}]}});
-        let out = smp(live.clone(), json!({"spec": {"containers": [{"name": "a", "$patch": "delete"}]}}), "Pod");
-        assert_eq!(out["spec"]["containers"], json!([{"name": "b", "image": "j"}]));
+        let out = smp(
+            live.clone(),
+            json!({"spec": {"containers": [{"name": "a", "$patch": "delete"}]}}),
+            "Pod",
+        );
+        assert_eq!(
+            out["spec"]["containers"],
+            json!([{"name": "b", "image": "j"}])
+        );
         let out = smp(live.clone(), json!({"$setElementOrder/containers": [{"name": "b"}, {"name": "a"}], "containers": [{"name": "a", "image": "k"}]}).as_object().map(|m| json!({"spec": m})).unwrap(), "Pod");
         assert_eq!(out["spec"]["containers"][0]["name"], "b");
         assert_eq!(out["spec"]["containers"][1]["image"], "k");
-        let out = smp(live.clone(), json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["a"], "finalizers": ["c"]}}), "Pod");
+        let out = smp(
+            live.clone(),
+            json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["a"], "finalizers": ["c"]}}),
+            "Pod",
+        );
         assert_eq!(out["metadata"]["finalizers"], json!(["b", "c"]));
-        let out = smp(live.clone(), json!({"metadata": {"labels": {"$patch": "replace", "z": "3"}}}), "Pod");
+        let out = smp(
+            live.clone(),
+            json!({"metadata": {"labels": {"$patch": "replace", "z": "3"}}}),
+            "Pod",
+        );
         assert_eq!(out["metadata"]["labels"], json!({"z": "3"}));
-        let out = smp(live.clone(), json!({"spec": {"$retainKeys": ["containers"], "containers": [{"name": "a"}]}}), "Pod");
+        let out = smp(
+            live.clone(),
+            json!({"spec": {"$retainKeys": ["containers"], "containers": [{"name": "a"}]}}),
+            "Pod",
+        );
         assert!(out["spec"].get("tolerations").is_none());
-        let out = smp(live.clone(), json!({"spec": {"tolerations": [{"key": "u"}]}}), "Pod");
-        assert_eq!(out["spec"]["tolerations"], json!([{"key": "u"}]), "lists without a merge key are replaced");
+        let out = smp(
+            live.clone(),
+            json!({"spec": {"tolerations": [{"key": "u"}]}}),
+            "Pod",
+        );
+        assert_eq!(
+            out["spec"]["tolerations"],
+            json!([{"key": "u"}]),
+            "lists without a merge key are replaced"
+        );
         let out = smp(live, json!({"metadata": {"labels": {"x": null}}}), "Pod");
         assert_eq!(out["metadata"]["labels"], json!({"y": "2"}));
     }
 
     #[test]
     fn service_ports_merge_by_port() {
-        let out = smp(json!({"spec": {"ports": [{"port": 80, "name": "http"}, {"port": 443, "name": "https"}]}}), json!({"spec": {"ports": [{"port": 80, "targetPort": 8080}]}}), "Service");
+        let out = smp(
+            json!({"spec": {"ports": [{"port": 80, "name": "http"}, {"port": 443, "name": "https"}]}}),
+            json!({"spec": {"ports": [{"port": 80, "targetPort": 8080}]}}),
+            "Service",
+        );
         assert_eq!(out["spec"]["ports"][0]["targetPort"], 8080);
         assert_eq!(out["spec"]["ports"].as_array().unwrap().len(), 2);
     }

@@ -26,7 +26,8 @@ pub struct Filter {
 impl Filter {
     pub fn matches(&self, obj: &Value) -> bool {
         let meta = &obj["metadata"];
-        let labels: Option<std::collections::BTreeMap<String, String>> = serde_json::from_value(meta["labels"].clone()).ok();
+        let labels: Option<std::collections::BTreeMap<String, String>> =
+            serde_json::from_value(meta["labels"].clone()).ok();
         self.labels.matches(labels.as_ref()) && self.fields.matches(|f| field_value(obj, f))
     }
 }
@@ -65,7 +66,9 @@ impl Propagation {
             "Orphan" => Ok(Self::Orphan),
             "Background" => Ok(Self::Background),
             "Foreground" => Ok(Self::Foreground),
-            other => Err(ApiError::BadRequest(format!("propagationPolicy must be one of Orphan, Background or Foreground, not {other:?}"))),
+            other => Err(ApiError::BadRequest(format!(
+                "propagationPolicy must be one of Orphan, Background or Foreground, not {other:?}"
+            ))),
         }
     }
 }
@@ -122,12 +125,20 @@ pub struct Registry {
 }
 
 pub fn parse_rv(rv: &str) -> Result<u64, ApiError> {
-    rv.parse::<u64>().map_err(|_| ApiError::BadRequest(format!("invalid resource version {rv:?}: must be a decimal number")))
+    rv.parse::<u64>().map_err(|_| {
+        ApiError::BadRequest(format!(
+            "invalid resource version {rv:?}: must be a decimal number"
+        ))
+    })
 }
 
 fn decode(def: &ResourceDef, s: &Stored) -> Result<Value, ApiError> {
-    let mut v: Value = serde_json::from_slice(&s.value)
-        .map_err(|e| ApiError::Internal(format!("stored object {} is unreadable: {e}", String::from_utf8_lossy(&s.key))))?;
+    let mut v: Value = serde_json::from_slice(&s.value).map_err(|e| {
+        ApiError::Internal(format!(
+            "stored object {} is unreadable: {e}",
+            String::from_utf8_lossy(&s.key)
+        ))
+    })?;
     set_rv(&mut v, s.revision);
     // Objects of a multi-version resource are served in the requested version.
     if def.storage_version.is_some() {
@@ -147,7 +158,11 @@ fn encode(def: &ResourceDef, obj: &Value) -> Result<Vec<u8>, ApiError> {
     if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
         m.remove("resourceVersion");
     }
-    obj["apiVersion"] = def.storage_version.as_ref().map_or_else(|| def.api_version(), |v| format!("{}/{v}", def.group)).into();
+    obj["apiVersion"] = def
+        .storage_version
+        .as_ref()
+        .map_or_else(|| def.api_version(), |v| format!("{}/{v}", def.group))
+        .into();
     obj["kind"] = def.kind.clone().into();
     serde_json::to_vec(&obj).map_err(|e| ApiError::Internal(e.to_string()))
 }
@@ -157,7 +172,14 @@ fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
 }
 
 fn finalizers(obj: &Value) -> Vec<String> {
-    obj["metadata"]["finalizers"].as_array().map(|a| a.iter().filter_map(|f| f.as_str().map(String::from)).collect()).unwrap_or_default()
+    obj["metadata"]["finalizers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn now() -> String {
@@ -168,15 +190,22 @@ fn random_suffix() -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::thread_rng();
-    (0..5).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()
+    (0..5)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 /// Checks what every object's metadata must satisfy, and the kind's own rules.
 fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>, part: Part) -> Vec<FieldError> {
     let mut errs = Vec::new();
-    match serde_json::from_value::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>(obj["metadata"].clone()) {
+    match serde_json::from_value::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>(
+        obj["metadata"].clone(),
+    ) {
         Ok(meta) => validate_meta(&meta, def.namespaced, def.name_rule, &mut errs),
-        Err(e) => errs.push(FieldError::invalid("metadata", format!("Invalid value: {e}"))),
+        Err(e) => errs.push(FieldError::invalid(
+            "metadata",
+            format!("Invalid value: {e}"),
+        )),
     }
     errs.extend(match old {
         Some(old) if part != Part::Binding => def.strategy.validate_update(obj, old),
@@ -188,14 +217,25 @@ fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>, part: Part) -> 
 fn spec_like(obj: &Value) -> Value {
     // Everything but metadata and status: what generation tracks.
     match obj {
-        Value::Object(m) => Value::Object(m.iter().filter(|(k, _)| !matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind")).map(|(k, v)| (k.clone(), v.clone())).collect()),
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(k, _)| {
+                    !matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind")
+                })
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
         other => other.clone(),
     }
 }
 
 impl Registry {
     pub fn new(store: Arc<dyn ObjectStore>, table: ResourceTable, admission: Chain) -> Self {
-        Self { store, table, admission: Arc::new(admission) }
+        Self {
+            store,
+            table,
+            admission: Arc::new(admission),
+        }
     }
 
     pub fn table(&self) -> &ResourceTable {
@@ -213,28 +253,52 @@ impl Registry {
     fn storage_err(def: &ResourceDef, name: &str, e: StorageError) -> ApiError {
         match e {
             StorageError::NotFound => def.not_found(name),
-            StorageError::AlreadyExists => ApiError::AlreadyExists { resource: def.group_resource(), name: name.into() },
+            StorageError::AlreadyExists => ApiError::AlreadyExists {
+                resource: def.group_resource(),
+                name: name.into(),
+            },
             StorageError::Conflict { .. } => def.conflict(name),
             other => other.into(),
         }
     }
 
-    async fn current(&self, def: &ResourceDef, ns: Option<&str>, name: &str) -> Result<Stored, ApiError> {
-        self.store.get(&def.key(ns, name)).await.map_err(|e| Self::storage_err(def, name, e))?.ok_or_else(|| def.not_found(name))
+    async fn current(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<Stored, ApiError> {
+        self.store
+            .get(&def.key(ns, name))
+            .await
+            .map_err(|e| Self::storage_err(def, name, e))?
+            .ok_or_else(|| def.not_found(name))
     }
 
-    pub async fn get(&self, def: &ResourceDef, ns: Option<&str>, name: &str) -> Result<Value, ApiError> {
+    pub async fn get(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<Value, ApiError> {
         decode(def, &self.current(def, ns, name).await?)
     }
 
     /// Lists objects: a page after the continue token (which pins the revision of the first page).
-    pub async fn list(&self, def: &ResourceDef, ns: Option<&str>, opts: &ListOptions) -> Result<ListResult, ApiError> {
+    pub async fn list(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        opts: &ListOptions,
+    ) -> Result<ListResult, ApiError> {
         let prefix = def.key_prefix(ns).into_bytes();
         let (mut start_after, mut revision) = match &opts.continue_token {
             Some(t) => {
                 let (key, rev) = decode_continue(t)?;
                 if !key.starts_with(&prefix) {
-                    return Err(ApiError::BadRequest("the continue token is not for this list".into()));
+                    return Err(ApiError::BadRequest(
+                        "the continue token is not for this list".into(),
+                    ));
                 }
                 (Some(key), rev)
             }
@@ -242,7 +306,11 @@ impl Registry {
         };
         let mut items = Vec::new();
         loop {
-            let want = if opts.limit == 0 { 0 } else { (opts.limit - items.len()).max(1) * 2 };
+            let want = if opts.limit == 0 {
+                0
+            } else {
+                (opts.limit - items.len()).max(1) * 2
+            };
             let page = self.store.list(&prefix, start_after.as_deref(), want, revision).await.map_err(|e| match e {
                 StorageError::Compacted { .. } if opts.continue_token.is_some() => ApiError::Expired(
                     "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.".into(),
@@ -259,29 +327,56 @@ impl Registry {
                     if opts.limit != 0 && items.len() == opts.limit {
                         let more = page.more || last.as_ref() != Some(&s.key);
                         let token = more.then(|| encode_continue(revision, &s.key));
-                        return Ok(ListResult { items, revision, continue_token: token });
+                        return Ok(ListResult {
+                            items,
+                            revision,
+                            continue_token: token,
+                        });
                     }
                 }
             }
             if !page.more {
-                return Ok(ListResult { items, revision, continue_token: None });
+                return Ok(ListResult {
+                    items,
+                    revision,
+                    continue_token: None,
+                });
             }
         }
     }
 
     /// Creates an object: metadata bookkeeping, defaults, validation, admission, then (unless
     /// dry-run) an exclusive write.
-    pub async fn create(&self, def: &ResourceDef, ns: Option<&str>, mut obj: Value, opts: &WriteOptions) -> Result<Value, ApiError> {
+    pub async fn create(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        mut obj: Value,
+        opts: &WriteOptions,
+    ) -> Result<Value, ApiError> {
         if !obj.is_object() {
-            return Err(ApiError::BadRequest(format!("the body of a {} create must be an object", def.kind)));
+            return Err(ApiError::BadRequest(format!(
+                "the body of a {} create must be an object",
+                def.kind
+            )));
         }
         if !obj["metadata"].is_object() {
             obj["metadata"] = json!({});
         }
         {
-            let m = obj["metadata"].as_object_mut().expect("metadata is an object");
-            let name_empty = m.get("name").and_then(Value::as_str).is_none_or(str::is_empty);
-            if name_empty && let Some(base) = m.get("generateName").and_then(Value::as_str).filter(|g| !g.is_empty()) {
+            let m = obj["metadata"]
+                .as_object_mut()
+                .expect("metadata is an object");
+            let name_empty = m
+                .get("name")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty);
+            if name_empty
+                && let Some(base) = m
+                    .get("generateName")
+                    .and_then(Value::as_str)
+                    .filter(|g| !g.is_empty())
+            {
                 let name = format!("{base}{}", random_suffix());
                 m.insert("name".into(), name.into());
             }
@@ -296,14 +391,24 @@ impl Registry {
                 }
                 match ns {
                     Some(url) => m.insert("namespace".into(), url.into()),
-                    None => return Err(ApiError::BadRequest(format!("{} is namespaced: create it under /namespaces/{{namespace}}/", def.plural))),
+                    None => {
+                        return Err(ApiError::BadRequest(format!(
+                            "{} is namespaced: create it under /namespaces/{{namespace}}/",
+                            def.plural
+                        )));
+                    }
                 };
             } else {
                 m.remove("namespace");
             }
             m.insert("uid".into(), uuid::Uuid::new_v4().to_string().into());
             m.insert("creationTimestamp".into(), now().into());
-            for f in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
+            for f in [
+                "resourceVersion",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "selfLink",
+            ] {
                 m.remove(f);
             }
             if def.generation {
@@ -318,15 +423,30 @@ impl Registry {
         if !causes.is_empty() {
             return Err(def.invalid(&name, causes));
         }
-        let attrs = Attributes { operation: Operation::Create, def, namespace: ns, name: &name, subresource: None, old: None, dry_run: opts.dry_run };
+        let attrs = Attributes {
+            operation: Operation::Create,
+            def,
+            namespace: ns,
+            name: &name,
+            subresource: None,
+            old: None,
+            dry_run: opts.dry_run,
+        };
         self.admission.admit(self, &attrs, &mut obj).await?;
         if opts.dry_run {
             if self.store.get(&def.key(ns, &name)).await?.is_some() {
-                return Err(ApiError::AlreadyExists { resource: def.group_resource(), name });
+                return Err(ApiError::AlreadyExists {
+                    resource: def.group_resource(),
+                    name,
+                });
             }
             return Ok(obj);
         }
-        let stored = self.store.create(def.key(ns, &name), encode(def, &obj)?).await.map_err(|e| Self::storage_err(def, &name, e))?;
+        let stored = self
+            .store
+            .create(def.key(ns, &name), encode(def, &obj)?)
+            .await
+            .map_err(|e| Self::storage_err(def, &name, e))?;
         set_rv(&mut obj, stored.revision);
         obj["apiVersion"] = def.api_version().into();
         obj["kind"] = def.kind.clone().into();
@@ -334,13 +454,25 @@ impl Registry {
     }
 
     /// Replaces an object (or its status). A body resourceVersion must match the stored one.
-    pub async fn update(&self, def: &ResourceDef, ns: Option<&str>, name: &str, obj: Value, part: Part, opts: &WriteOptions) -> Result<Value, ApiError> {
-        let body_rv = meta_str(&obj, "resourceVersion").filter(|rv| !rv.is_empty()).map(parse_rv).transpose()?;
+    pub async fn update(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+        obj: Value,
+        part: Part,
+        opts: &WriteOptions,
+    ) -> Result<Value, ApiError> {
+        let body_rv = meta_str(&obj, "resourceVersion")
+            .filter(|rv| !rv.is_empty())
+            .map(parse_rv)
+            .transpose()?;
         let current = self.current(def, ns, name).await?;
         if body_rv.is_some_and(|rv| rv != current.revision) {
             return Err(def.conflict(name));
         }
-        self.write_update(def, ns, name, &current, obj, part, opts).await
+        self.write_update(def, ns, name, &current, obj, part, opts)
+            .await
     }
 
     /// Read-modify-write: `f` turns the current object into the new one; retried on conflict
@@ -358,22 +490,44 @@ impl Registry {
             let current = self.current(def, ns, name).await?;
             let cur_obj = decode(def, &current)?;
             let new = f(cur_obj)?;
-            let pinned = meta_str(&new, "resourceVersion").filter(|rv| !rv.is_empty()).map(parse_rv).transpose()?;
+            let pinned = meta_str(&new, "resourceVersion")
+                .filter(|rv| !rv.is_empty())
+                .map(parse_rv)
+                .transpose()?;
             if pinned.is_some_and(|rv| rv != current.revision) {
                 return Err(def.conflict(name));
             }
-            match self.write_update(def, ns, name, &current, new, part, opts).await {
+            match self
+                .write_update(def, ns, name, &current, new, part, opts)
+                .await
+            {
                 Err(ApiError::Conflict { .. }) if pinned.is_none() => continue,
                 other => return other,
             }
         }
-        Err(ApiError::Conflict { resource: def.group_resource(), name: name.into(), message: "too many concurrent writers, try again".into() })
+        Err(ApiError::Conflict {
+            resource: def.group_resource(),
+            name: name.into(),
+            message: "too many concurrent writers, try again".into(),
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn write_update(&self, def: &ResourceDef, ns: Option<&str>, name: &str, current: &Stored, mut obj: Value, part: Part, opts: &WriteOptions) -> Result<Value, ApiError> {
+    async fn write_update(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+        current: &Stored,
+        mut obj: Value,
+        part: Part,
+        opts: &WriteOptions,
+    ) -> Result<Value, ApiError> {
         if !obj.is_object() {
-            return Err(ApiError::BadRequest(format!("the body of a {} update must be an object", def.kind)));
+            return Err(ApiError::BadRequest(format!(
+                "the body of a {} update must be an object",
+                def.kind
+            )));
         }
         if meta_str(&obj, "name") != Some(name) {
             return Err(ApiError::BadRequest(format!(
@@ -397,8 +551,17 @@ impl Registry {
             if !obj["metadata"].is_object() {
                 obj["metadata"] = json!({});
             }
-            let m = obj["metadata"].as_object_mut().expect("metadata is an object");
-            let mut keep: Vec<&str> = vec!["uid", "creationTimestamp", "namespace", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"];
+            let m = obj["metadata"]
+                .as_object_mut()
+                .expect("metadata is an object");
+            let mut keep: Vec<&str> = vec![
+                "uid",
+                "creationTimestamp",
+                "namespace",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+            ];
             if part == Part::Status {
                 keep.extend(["labels", "annotations", "finalizers", "ownerReferences"]);
             }
@@ -433,19 +596,31 @@ impl Registry {
         }
         def.strategy.prepare_update(&mut obj, &old);
         if part != Part::Status && def.generation && spec_like(&obj) != spec_like(&old) {
-            obj["metadata"]["generation"] = (old["metadata"]["generation"].as_i64().unwrap_or(1) + 1).into();
+            obj["metadata"]["generation"] =
+                (old["metadata"]["generation"].as_i64().unwrap_or(1) + 1).into();
         }
         let causes = validate(def, &obj, Some(&old), part);
         if !causes.is_empty() {
             return Err(def.invalid(name, causes));
         }
-        let attrs = Attributes { operation: Operation::Update, def, namespace: ns, name, subresource: (part == Part::Status).then_some("status"), old: Some(&old), dry_run: opts.dry_run };
+        let attrs = Attributes {
+            operation: Operation::Update,
+            def,
+            namespace: ns,
+            name,
+            subresource: (part == Part::Status).then_some("status"),
+            old: Some(&old),
+            dry_run: opts.dry_run,
+        };
         self.admission.admit(self, &attrs, &mut obj).await?;
         // A terminating object whose last finalizer is gone and whose grace is over is removed.
         let finished = !obj["metadata"]["deletionTimestamp"].is_null()
             && finalizers(&obj).is_empty()
             && !def.strategy.holds_deletion(&obj)
-            && obj["metadata"]["deletionGracePeriodSeconds"].as_i64().unwrap_or(0) == 0;
+            && obj["metadata"]["deletionGracePeriodSeconds"]
+                .as_i64()
+                .unwrap_or(0)
+                == 0;
         let bytes = encode(def, &obj)?;
         set_rv(&mut obj, current.revision);
         obj["apiVersion"] = def.api_version().into();
@@ -459,17 +634,31 @@ impl Registry {
         }
         let key = def.key(ns, name);
         if finished {
-            let rev = self.store.delete(key, Some(current.revision)).await.map_err(|e| Self::storage_err(def, name, e))?;
+            let rev = self
+                .store
+                .delete(key, Some(current.revision))
+                .await
+                .map_err(|e| Self::storage_err(def, name, e))?;
             set_rv(&mut obj, rev);
             return Ok(obj);
         }
-        let stored = self.store.update(key, bytes, current.revision).await.map_err(|e| Self::storage_err(def, name, e))?;
+        let stored = self
+            .store
+            .update(key, bytes, current.revision)
+            .await
+            .map_err(|e| Self::storage_err(def, name, e))?;
         set_rv(&mut obj, stored.revision);
         Ok(obj)
     }
 
     /// Deletes an object: at once, or by marking it terminating (grace period, finalizers).
-    pub async fn delete(&self, def: &ResourceDef, ns: Option<&str>, name: &str, opts: &DeleteOptions) -> Result<Deleted, ApiError> {
+    pub async fn delete(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> Result<Deleted, ApiError> {
         for _ in 0..16 {
             let current = self.current(def, ns, name).await?;
             let mut obj = decode(def, &current)?;
@@ -479,7 +668,10 @@ impl Registry {
                 return Err(ApiError::Conflict {
                     resource: def.group_resource(),
                     name: name.into(),
-                    message: format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", meta_str(&obj, "uid").unwrap_or("")),
+                    message: format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        meta_str(&obj, "uid").unwrap_or("")
+                    ),
                 });
             }
             if let Some(rv) = &opts.precondition_rv
@@ -488,10 +680,21 @@ impl Registry {
                 return Err(ApiError::Conflict {
                     resource: def.group_resource(),
                     name: name.into(),
-                    message: format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}", current.revision),
+                    message: format!(
+                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                        current.revision
+                    ),
                 });
             }
-            let attrs = Attributes { operation: Operation::Delete, def, namespace: ns, name, subresource: None, old: Some(&obj.clone()), dry_run: opts.dry_run };
+            let attrs = Attributes {
+                operation: Operation::Delete,
+                def,
+                namespace: ns,
+                name,
+                subresource: None,
+                old: Some(&obj.clone()),
+                dry_run: opts.dry_run,
+            };
             let mut scratch = obj.clone();
             self.admission.admit(self, &attrs, &mut scratch).await?;
             let mut fins = finalizers(&obj);
@@ -509,7 +712,9 @@ impl Registry {
                         fins.push(FOREGROUND_FINALIZER.into());
                     }
                 }
-                Some(Propagation::Background) => fins.retain(|f| f != ORPHAN_FINALIZER && f != FOREGROUND_FINALIZER),
+                Some(Propagation::Background) => {
+                    fins.retain(|f| f != ORPHAN_FINALIZER && f != FOREGROUND_FINALIZER)
+                }
                 None => {}
             }
             let grace = def.strategy.grace_period(&obj, opts.grace_period);
@@ -528,7 +733,9 @@ impl Registry {
                 }
             }
             let g = grace.unwrap_or(0);
-            let m = obj["metadata"].as_object_mut().ok_or_else(|| ApiError::Internal("stored object has no metadata".into()))?;
+            let m = obj["metadata"]
+                .as_object_mut()
+                .ok_or_else(|| ApiError::Internal("stored object has no metadata".into()))?;
             let already = m.get("deletionTimestamp").is_some_and(|t| !t.is_null());
             let old_grace = m.get("deletionGracePeriodSeconds").and_then(Value::as_i64);
             if already && old_grace.is_some_and(|o| o <= g) && fins == before {
@@ -537,7 +744,10 @@ impl Registry {
             }
             if !already || old_grace.is_none_or(|o| g < o) {
                 let deadline = Timestamp::now() + SignedDuration::from_secs(g);
-                m.insert("deletionTimestamp".into(), deadline.strftime("%Y-%m-%dT%H:%M:%SZ").to_string().into());
+                m.insert(
+                    "deletionTimestamp".into(),
+                    deadline.strftime("%Y-%m-%dT%H:%M:%SZ").to_string().into(),
+                );
                 m.insert("deletionGracePeriodSeconds".into(), g.into());
             }
             if fins.is_empty() {
@@ -548,7 +758,11 @@ impl Registry {
             if opts.dry_run {
                 return Ok(Deleted::Terminating(obj));
             }
-            match self.store.update(key, encode(def, &obj)?, current.revision).await {
+            match self
+                .store
+                .update(key, encode(def, &obj)?, current.revision)
+                .await
+            {
                 Ok(stored) => {
                     set_rv(&mut obj, stored.revision);
                     return Ok(Deleted::Terminating(obj));
@@ -561,8 +775,23 @@ impl Registry {
     }
 
     /// Deletes every object a list with `filter` returns; returns what was deleted or marked.
-    pub async fn delete_collection(&self, def: &ResourceDef, ns: Option<&str>, filter: &Filter, opts: &DeleteOptions) -> Result<Vec<Value>, ApiError> {
-        let list = self.list(def, ns, &ListOptions { filter: filter.clone(), ..Default::default() }).await?;
+    pub async fn delete_collection(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        filter: &Filter,
+        opts: &DeleteOptions,
+    ) -> Result<Vec<Value>, ApiError> {
+        let list = self
+            .list(
+                def,
+                ns,
+                &ListOptions {
+                    filter: filter.clone(),
+                    ..Default::default()
+                },
+            )
+            .await?;
         let mut out = Vec::new();
         for obj in list.items {
             let name = meta_str(&obj, "name").unwrap_or_default().to_string();
@@ -577,7 +806,12 @@ impl Registry {
     }
 
     /// Removes an object unconditionally (controllers finishing a deletion).
-    pub async fn remove(&self, def: &ResourceDef, ns: Option<&str>, name: &str) -> Result<(), ApiError> {
+    pub async fn remove(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<(), ApiError> {
         match self.store.delete(def.key(ns, name), None).await {
             Ok(_) | Err(StorageError::NotFound) => Ok(()),
             Err(e) => Err(Self::storage_err(def, name, e)),
@@ -588,21 +822,28 @@ impl Registry {
 /// Name rules per kind, checked by [`validate_meta`].
 pub fn name_rule_text(rule: NameRule) -> &'static str {
     match rule {
-        NameRule::Label => "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character",
-        NameRule::Subdomain => "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
+        NameRule::Label => {
+            "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character"
+        }
+        NameRule::Subdomain => {
+            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
+        }
         NameRule::PathSegment => "may not be '.' or '..' and may not contain '/' or '%'",
     }
 }
 
 fn encode_continue(revision: u64, key: &[u8]) -> String {
     use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{revision}\n{}", String::from_utf8_lossy(key)))
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!("{revision}\n{}", String::from_utf8_lossy(key)))
 }
 
 fn decode_continue(token: &str) -> Result<(Vec<u8>, u64), ApiError> {
     use base64::Engine;
     let bad = || ApiError::BadRequest("invalid continue token".into());
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| bad())?;
     let raw = String::from_utf8(raw).map_err(|_| bad())?;
     let (rev, key) = raw.split_once('\n').ok_or_else(bad)?;
     Ok((key.as_bytes().to_vec(), rev.parse().map_err(|_| bad())?))
@@ -615,7 +856,10 @@ mod tests {
     #[test]
     fn continue_tokens_round_trip() {
         let t = encode_continue(42, b"/registry/pods/default/a");
-        assert_eq!(decode_continue(&t).unwrap(), (b"/registry/pods/default/a".to_vec(), 42));
+        assert_eq!(
+            decode_continue(&t).unwrap(),
+            (b"/registry/pods/default/a".to_vec(), 42)
+        );
         assert!(decode_continue("!!").is_err());
     }
 
@@ -623,7 +867,10 @@ mod tests {
     fn field_values() {
         let o = json!({"spec": {"nodeName": "n1", "unschedulable": true}, "status": {}});
         assert_eq!(field_value(&o, "spec.nodeName").as_deref(), Some("n1"));
-        assert_eq!(field_value(&o, "spec.unschedulable").as_deref(), Some("true"));
+        assert_eq!(
+            field_value(&o, "spec.unschedulable").as_deref(),
+            Some("true")
+        );
         assert_eq!(field_value(&o, "status.phase"), None);
     }
 }

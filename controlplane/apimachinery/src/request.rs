@@ -36,7 +36,10 @@ impl Verb {
 
     /// Whether the verb changes stored state (and so honours `dryRun`).
     pub fn is_write(self) -> bool {
-        matches!(self, Verb::Create | Verb::Update | Verb::Patch | Verb::Delete | Verb::DeleteCollection)
+        matches!(
+            self,
+            Verb::Create | Verb::Update | Verb::Patch | Verb::Delete | Verb::DeleteCollection
+        )
     }
 }
 
@@ -60,7 +63,11 @@ pub enum Target {
     /// A resource request.
     Resource(RequestInfo),
     /// `/api`, `/apis`, `/apis/{group}`, `/api/v1`, `/apis/{group}/{version}`: discovery.
-    Discovery { group: Option<String>, version: Option<String>, legacy_core: bool },
+    Discovery {
+        group: Option<String>,
+        version: Option<String>,
+        legacy_core: bool,
+    },
     /// Anything else (`/version`, `/healthz`, `/openapi/...`, `/strake/...`).
     NonResource(String),
 }
@@ -75,10 +82,16 @@ fn segment(raw: &str) -> Result<String, ApiError> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = raw.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok());
+            let hex = raw
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
             match hex {
                 Some(b) => out.push(b),
-                None => return Err(ApiError::BadRequest(format!("invalid percent-encoding in path segment {raw:?}"))),
+                None => {
+                    return Err(ApiError::BadRequest(format!(
+                        "invalid percent-encoding in path segment {raw:?}"
+                    )));
+                }
             }
             i += 3;
         } else {
@@ -86,9 +99,12 @@ fn segment(raw: &str) -> Result<String, ApiError> {
             i += 1;
         }
     }
-    let s = String::from_utf8(out).map_err(|_| ApiError::BadRequest(format!("path segment {raw:?} is not UTF-8")))?;
+    let s = String::from_utf8(out)
+        .map_err(|_| ApiError::BadRequest(format!("path segment {raw:?} is not UTF-8")))?;
     if let Some(problem) = path_segment_problem(&s) {
-        return Err(ApiError::BadRequest(format!("invalid name {s:?} in the request path: {problem}")));
+        return Err(ApiError::BadRequest(format!(
+            "invalid name {s:?} in the request path: {problem}"
+        )));
     }
     Ok(s)
 }
@@ -118,11 +134,41 @@ pub fn parse(method: &Method, path: &str, watch: bool) -> Result<Target, ApiErro
     let trimmed = path.trim_end_matches('/');
     let raw: Vec<&str> = trimmed.split('/').skip(1).collect();
     let (group, version, rest) = match raw.as_slice() {
-        ["api"] => return Ok(Target::Discovery { group: None, version: None, legacy_core: true }),
-        ["apis"] => return Ok(Target::Discovery { group: None, version: None, legacy_core: false }),
-        ["api", v] => return Ok(Target::Discovery { group: Some(String::new()), version: Some(segment(v)?), legacy_core: true }),
-        ["apis", g] => return Ok(Target::Discovery { group: Some(segment(g)?), version: None, legacy_core: false }),
-        ["apis", g, v] => return Ok(Target::Discovery { group: Some(segment(g)?), version: Some(segment(v)?), legacy_core: false }),
+        ["api"] => {
+            return Ok(Target::Discovery {
+                group: None,
+                version: None,
+                legacy_core: true,
+            });
+        }
+        ["apis"] => {
+            return Ok(Target::Discovery {
+                group: None,
+                version: None,
+                legacy_core: false,
+            });
+        }
+        ["api", v] => {
+            return Ok(Target::Discovery {
+                group: Some(String::new()),
+                version: Some(segment(v)?),
+                legacy_core: true,
+            });
+        }
+        ["apis", g] => {
+            return Ok(Target::Discovery {
+                group: Some(segment(g)?),
+                version: None,
+                legacy_core: false,
+            });
+        }
+        ["apis", g, v] => {
+            return Ok(Target::Discovery {
+                group: Some(segment(g)?),
+                version: Some(segment(v)?),
+                legacy_core: false,
+            });
+        }
         ["api", v, rest @ ..] => (String::new(), segment(v)?, rest),
         ["apis", g, v, rest @ ..] => (segment(g)?, segment(v)?, rest),
         _ => return Ok(Target::NonResource(path.to_string())),
@@ -135,7 +181,10 @@ pub fn parse(method: &Method, path: &str, watch: bool) -> Result<Target, ApiErro
         watch = true;
     }
     let mut namespace = None;
-    if parts.len() > 2 && parts[0] == "namespaces" && !NAMESPACE_SUBRESOURCES.contains(&parts[2].as_str()) {
+    if parts.len() > 2
+        && parts[0] == "namespaces"
+        && !NAMESPACE_SUBRESOURCES.contains(&parts[2].as_str())
+    {
         namespace = Some(parts[1].clone());
         parts.drain(..2);
     }
@@ -156,7 +205,15 @@ pub fn parse(method: &Method, path: &str, watch: bool) -> Result<Target, ApiErro
         (Method::DELETE, false) => Verb::DeleteCollection,
         _ => return Err(ApiError::MethodNotAllowed),
     };
-    Ok(Target::Resource(RequestInfo { verb, group, version, namespace, resource, name, subresource }))
+    Ok(Target::Resource(RequestInfo {
+        verb,
+        group,
+        version,
+        namespace,
+        resource,
+        name,
+        subresource,
+    }))
 }
 
 #[cfg(test)]
@@ -172,12 +229,28 @@ mod tests {
 
     #[test]
     fn resource_paths() {
-        let r = info(Method::GET, "/apis/apps/v1/namespaces/web/deployments/api/scale");
-        assert_eq!((r.group.as_str(), r.version.as_str(), r.resource.as_str()), ("apps", "v1", "deployments"));
-        assert_eq!((r.namespace.as_deref(), r.name.as_deref(), r.subresource.as_deref()), (Some("web"), Some("api"), Some("scale")));
+        let r = info(
+            Method::GET,
+            "/apis/apps/v1/namespaces/web/deployments/api/scale",
+        );
+        assert_eq!(
+            (r.group.as_str(), r.version.as_str(), r.resource.as_str()),
+            ("apps", "v1", "deployments")
+        );
+        assert_eq!(
+            (
+                r.namespace.as_deref(),
+                r.name.as_deref(),
+                r.subresource.as_deref()
+            ),
+            (Some("web"), Some("api"), Some("scale"))
+        );
         assert_eq!(r.verb, Verb::Get);
         let r = info(Method::GET, "/api/v1/pods");
-        assert_eq!((r.verb, r.namespace, r.resource.as_str()), (Verb::List, None, "pods"));
+        assert_eq!(
+            (r.verb, r.namespace, r.resource.as_str()),
+            (Verb::List, None, "pods")
+        );
         let r = info(Method::DELETE, "/api/v1/namespaces/x/configmaps");
         assert_eq!(r.verb, Verb::DeleteCollection);
         let r = info(Method::GET, "/api/v1/watch/namespaces/x/pods");
@@ -187,25 +260,67 @@ mod tests {
     #[test]
     fn the_namespace_itself_and_its_subresources() {
         let r = info(Method::GET, "/api/v1/namespaces/x");
-        assert_eq!((r.resource.as_str(), r.name.as_deref(), r.namespace), ("namespaces", Some("x"), None));
+        assert_eq!(
+            (r.resource.as_str(), r.name.as_deref(), r.namespace),
+            ("namespaces", Some("x"), None)
+        );
         let r = info(Method::PUT, "/api/v1/namespaces/x/finalize");
-        assert_eq!((r.resource.as_str(), r.name.as_deref(), r.subresource.as_deref()), ("namespaces", Some("x"), Some("finalize")));
+        assert_eq!(
+            (
+                r.resource.as_str(),
+                r.name.as_deref(),
+                r.subresource.as_deref()
+            ),
+            ("namespaces", Some("x"), Some("finalize"))
+        );
         let r = info(Method::GET, "/api/v1/namespaces/x/status");
         assert_eq!(r.subresource.as_deref(), Some("status"));
     }
 
     #[test]
     fn encoded_slashes_and_dot_segments_never_reach_a_key() {
-        for bad in ["/api/v1/namespaces/default/pods/a%2Fb", "/api/v1/namespaces/%2E%2E/pods/x", "/api/v1/namespaces/default/pods/..", "/api/v1/namespaces/a%25b/pods", "/api/v1/namespaces/default/pods/%zz"] {
-            assert!(matches!(parse(&Method::GET, bad, false), Err(ApiError::BadRequest(_))), "{bad}");
+        for bad in [
+            "/api/v1/namespaces/default/pods/a%2Fb",
+            "/api/v1/namespaces/%2E%2E/pods/x",
+            "/api/v1/namespaces/default/pods/..",
+            "/api/v1/namespaces/a%25b/pods",
+            "/api/v1/namespaces/default/pods/%zz",
+        ] {
+            assert!(
+                matches!(
+                    parse(&Method::GET, bad, false),
+                    Err(ApiError::BadRequest(_))
+                ),
+                "{bad}"
+            );
         }
-        assert!(matches!(parse(&Method::GET, "/api/v1/namespaces/a/pods/b/c/d", false), Err(ApiError::NoRoute)));
+        assert!(matches!(
+            parse(&Method::GET, "/api/v1/namespaces/a/pods/b/c/d", false),
+            Err(ApiError::NoRoute)
+        ));
     }
 
     #[test]
     fn discovery_and_other_paths() {
-        assert_eq!(parse(&Method::GET, "/apis/apps", false).unwrap(), Target::Discovery { group: Some("apps".into()), version: None, legacy_core: false });
-        assert_eq!(parse(&Method::GET, "/api/", false).unwrap(), Target::Discovery { group: None, version: None, legacy_core: true });
-        assert_eq!(parse(&Method::GET, "/version", false).unwrap(), Target::NonResource("/version".into()));
+        assert_eq!(
+            parse(&Method::GET, "/apis/apps", false).unwrap(),
+            Target::Discovery {
+                group: Some("apps".into()),
+                version: None,
+                legacy_core: false
+            }
+        );
+        assert_eq!(
+            parse(&Method::GET, "/api/", false).unwrap(),
+            Target::Discovery {
+                group: None,
+                version: None,
+                legacy_core: true
+            }
+        );
+        assert_eq!(
+            parse(&Method::GET, "/version", false).unwrap(),
+            Target::NonResource("/version".into())
+        );
     }
 }

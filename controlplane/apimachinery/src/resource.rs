@@ -25,7 +25,13 @@ pub struct Column {
 impl Column {
     pub fn new(name: &str, ty: &str, description: &str, priority: i32) -> Self {
         let format = if name == "Name" { "name" } else { "" };
-        Self { name: name.into(), ty: ty.into(), format: format.into(), description: description.into(), priority }
+        Self {
+            name: name.into(),
+            ty: ty.into(),
+            format: format.into(),
+            description: description.into(),
+            priority,
+        }
     }
 }
 
@@ -43,13 +49,21 @@ pub struct Subresource {
 
 impl Subresource {
     pub fn new(name: &str, kind: &str, verbs: &[&str]) -> Self {
-        Self { name: name.into(), kind: kind.into(), group_version: None, verbs: verbs.iter().map(|v| v.to_string()).collect() }
+        Self {
+            name: name.into(),
+            kind: kind.into(),
+            group_version: None,
+            verbs: verbs.iter().map(|v| v.to_string()).collect(),
+        }
     }
     pub fn status(kind: &str) -> Self {
         Self::new("status", kind, &["get", "patch", "update"])
     }
     pub fn scale() -> Self {
-        Self { group_version: Some(("autoscaling".into(), "v1".into())), ..Self::new("scale", "Scale", &["get", "patch", "update"]) }
+        Self {
+            group_version: Some(("autoscaling".into(), "v1".into())),
+            ..Self::new("scale", "Scale", &["get", "patch", "update"])
+        }
     }
 }
 
@@ -64,7 +78,11 @@ pub struct ScalePaths {
 
 impl Default for ScalePaths {
     fn default() -> Self {
-        Self { spec_replicas: "/spec/replicas".into(), status_replicas: "/status/replicas".into(), selector: Some("/spec/selector".into()) }
+        Self {
+            spec_replicas: "/spec/replicas".into(),
+            status_replicas: "/status/replicas".into(),
+            selector: Some("/spec/selector".into()),
+        }
     }
 }
 
@@ -94,7 +112,12 @@ pub enum NameRule {
 pub trait Strategy: Send + Sync + 'static {
     /// Checks the object's structure (types, unknown fields under `mode`) and returns it in
     /// canonical form, with the warnings to send. A wrong type is a 400 naming the field.
-    fn decode(&self, def: &ResourceDef, obj: Value, mode: FieldValidation) -> Result<(Value, Vec<String>), ApiError>;
+    fn decode(
+        &self,
+        def: &ResourceDef,
+        obj: Value,
+        mode: FieldValidation,
+    ) -> Result<(Value, Vec<String>), ApiError>;
 
     /// Fills defaults and resets what a create may not set (status, for most kinds).
     fn prepare_create(&self, _obj: &mut Value) {}
@@ -164,16 +187,33 @@ pub struct ResourceDef {
 
 impl std::fmt::Debug for ResourceDef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ResourceDef({}/{} {})", self.group, self.version, self.plural)
+        write!(
+            f,
+            "ResourceDef({}/{} {})",
+            self.group, self.version, self.plural
+        )
     }
 }
 
 /// The verbs every regular resource serves.
-pub const ALL_VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+pub const ALL_VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 
 impl ResourceDef {
     pub fn api_version(&self) -> String {
-        if self.group.is_empty() { self.version.clone() } else { format!("{}/{}", self.group, self.version) }
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
     }
 
     pub fn group_resource(&self) -> GroupResource {
@@ -182,7 +222,11 @@ impl ResourceDef {
 
     /// The kind as upstream names it in errors: `Deployment.apps`, `Pod`.
     pub fn qualified_kind(&self) -> String {
-        if self.group.is_empty() { self.kind.clone() } else { format!("{}.{}", self.kind, self.group) }
+        if self.group.is_empty() {
+            self.kind.clone()
+        } else {
+            format!("{}.{}", self.kind, self.group)
+        }
     }
 
     pub fn has_subresource(&self, name: &str) -> bool {
@@ -196,7 +240,11 @@ impl ResourceDef {
     /// The store key prefix of this resource (all versions of a group/resource share it),
     /// narrowed to a namespace when given. Non-core groups are part of the key.
     pub fn key_prefix(&self, namespace: Option<&str>) -> String {
-        let base = if self.group.is_empty() { format!("/registry/{}/", self.plural) } else { format!("/registry/{}/{}/", self.group, self.plural) };
+        let base = if self.group.is_empty() {
+            format!("/registry/{}/", self.plural)
+        } else {
+            format!("/registry/{}/{}/", self.group, self.plural)
+        };
         match namespace {
             Some(ns) if self.namespaced => format!("{base}{ns}/"),
             _ => base,
@@ -208,7 +256,10 @@ impl ResourceDef {
     }
 
     pub fn not_found(&self, name: &str) -> ApiError {
-        ApiError::NotFound { resource: self.group_resource(), name: name.into() }
+        ApiError::NotFound {
+            resource: self.group_resource(),
+            name: name.into(),
+        }
     }
 
     pub fn conflict(&self, name: &str) -> ApiError {
@@ -220,7 +271,12 @@ impl ResourceDef {
     }
 
     pub fn invalid(&self, name: &str, causes: Vec<FieldError>) -> ApiError {
-        ApiError::Invalid { kind: self.qualified_kind(), group: self.group.clone(), name: name.into(), causes }
+        ApiError::Invalid {
+            kind: self.qualified_kind(),
+            group: self.group.clone(),
+            name: name.into(),
+            causes,
+        }
     }
 }
 
@@ -244,18 +300,24 @@ impl Entries {
     }
 
     pub fn lookup(&self, group: &str, version: &str, plural: &str) -> Option<&Arc<ResourceDef>> {
-        self.by_path.get(&(group.to_string(), version.to_string(), plural.to_string())).map(|&i| &self.defs[i])
+        self.by_path
+            .get(&(group.to_string(), version.to_string(), plural.to_string()))
+            .map(|&i| &self.defs[i])
     }
 
     /// The preferred (first registered) version of a group's kind.
     pub fn by_kind(&self, group: &str, kind: &str) -> Option<&Arc<ResourceDef>> {
-        self.defs.iter().find(|d| d.group == group && d.kind == kind)
+        self.defs
+            .iter()
+            .find(|d| d.group == group && d.kind == kind)
     }
 
     /// The entry for an apiVersion (`apps/v1`, `v1`) and kind.
     pub fn by_gvk(&self, api_version: &str, kind: &str) -> Option<&Arc<ResourceDef>> {
         let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-        self.defs.iter().find(|d| d.group == group && d.version == version && d.kind == kind)
+        self.defs
+            .iter()
+            .find(|d| d.group == group && d.version == version && d.kind == kind)
     }
 
     /// Groups in preference order, each with its versions in preference order.
@@ -263,7 +325,9 @@ impl Entries {
         let mut out: Vec<(String, Vec<String>)> = Vec::new();
         for d in &self.defs {
             match out.iter_mut().find(|(g, _)| *g == d.group) {
-                Some((_, versions)) if !versions.contains(&d.version) => versions.push(d.version.clone()),
+                Some((_, versions)) if !versions.contains(&d.version) => {
+                    versions.push(d.version.clone())
+                }
                 Some(_) => {}
                 None => out.push((d.group.clone(), vec![d.version.clone()])),
             }
@@ -272,14 +336,24 @@ impl Entries {
     }
 
     /// The resources of one group/version.
-    pub fn in_group_version<'a>(&'a self, group: &'a str, version: &'a str) -> impl Iterator<Item = &'a Arc<ResourceDef>> + 'a {
-        self.defs.iter().filter(move |d| d.group == group && d.version == version)
+    pub fn in_group_version<'a>(
+        &'a self,
+        group: &'a str,
+        version: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<ResourceDef>> + 'a {
+        self.defs
+            .iter()
+            .filter(move |d| d.group == group && d.version == version)
     }
 
     /// One entry per namespaced group/resource (for namespace teardown): the preferred version.
     pub fn namespaced_resources(&self) -> Vec<Arc<ResourceDef>> {
         let mut seen = std::collections::HashSet::new();
-        self.defs.iter().filter(|d| d.namespaced && seen.insert((d.group.clone(), d.plural.clone()))).cloned().collect()
+        self.defs
+            .iter()
+            .filter(|d| d.namespaced && seen.insert((d.group.clone(), d.plural.clone())))
+            .cloned()
+            .collect()
     }
 }
 
@@ -296,7 +370,9 @@ impl ResourceTable {
     pub fn register(&self, def: ResourceDef) {
         self.update(|defs| {
             let def = Arc::new(def);
-            match defs.iter().position(|d| d.group == def.group && d.version == def.version && d.plural == def.plural) {
+            match defs.iter().position(|d| {
+                d.group == def.group && d.version == def.version && d.plural == def.plural
+            }) {
                 Some(i) => defs[i] = def,
                 None => defs.push(def),
             }
@@ -312,7 +388,11 @@ impl ResourceTable {
         let mut guard = self.inner.write().unwrap_or_else(|p| p.into_inner());
         let mut defs = guard.defs.clone();
         f(&mut defs);
-        let by_path = defs.iter().enumerate().map(|(i, d)| ((d.group.clone(), d.version.clone(), d.plural.clone()), i)).collect();
+        let by_path = defs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| ((d.group.clone(), d.version.clone(), d.plural.clone()), i))
+            .collect();
         *guard = Arc::new(Entries { defs, by_path });
     }
 }

@@ -34,7 +34,10 @@ fn split_top(s: &str) -> Vec<&str> {
         }
     }
     out.push(&s[start..]);
-    out.into_iter().map(str::trim).filter(|p| !p.is_empty()).collect()
+    out.into_iter()
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect()
 }
 
 fn set(s: &str, raw: &str) -> Result<Vec<String>, ApiError> {
@@ -42,8 +45,16 @@ fn set(s: &str, raw: &str) -> Result<Vec<String>, ApiError> {
         .trim()
         .strip_prefix('(')
         .and_then(|r| r.strip_suffix(')'))
-        .ok_or_else(|| ApiError::BadRequest(format!("unable to parse requirement: {raw:?}: set must be in parentheses")))?;
-    Ok(inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect())
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "unable to parse requirement: {raw:?}: set must be in parentheses"
+            ))
+        })?;
+    Ok(inner
+        .split(',')
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect())
 }
 
 impl LabelSelector {
@@ -63,7 +74,9 @@ impl LabelSelector {
             } else if let Some((k, v)) = part.split_once(" in ") {
                 Req::In(k.trim().into(), set(v, part)?)
             } else if part.contains(char::is_whitespace) || part.contains(['(', ')']) {
-                return Err(ApiError::BadRequest(format!("unable to parse requirement: {part:?}")));
+                return Err(ApiError::BadRequest(format!(
+                    "unable to parse requirement: {part:?}"
+                )));
             } else {
                 Req::Exists(part.to_string())
             };
@@ -101,11 +114,15 @@ impl FieldSelector {
             } else if let Some((k, v)) = part.split_once('=') {
                 (k, true, v)
             } else {
-                return Err(ApiError::BadRequest(format!("invalid selector: {part:?}; can't understand it")));
+                return Err(ApiError::BadRequest(format!(
+                    "invalid selector: {part:?}; can't understand it"
+                )));
             };
             let k = k.trim();
             if !supported(k) {
-                return Err(ApiError::BadRequest(format!("field label not supported: {k}")));
+                return Err(ApiError::BadRequest(format!(
+                    "field label not supported: {k}"
+                )));
             }
             reqs.push((k.to_string(), eq, v.trim().to_string()));
         }
@@ -114,7 +131,10 @@ impl FieldSelector {
 
     /// The exact name this selector pins, if any (lets a watch or get narrow its key range).
     pub fn pinned(&self, field: &str) -> Option<&str> {
-        self.0.iter().find(|(k, eq, _)| k == field && *eq).map(|(_, _, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, eq, _)| k == field && *eq)
+            .map(|(_, _, v)| v.as_str())
     }
 
     pub fn matches(&self, value_of: impl Fn(&str) -> Option<String>) -> bool {
@@ -131,7 +151,11 @@ mod tests {
 
     #[test]
     fn label_selectors() {
-        let labels: BTreeMap<String, String> = [("app".to_string(), "web".to_string()), ("tier".into(), "fe".into())].into();
+        let labels: BTreeMap<String, String> = [
+            ("app".to_string(), "web".to_string()),
+            ("tier".into(), "fe".into()),
+        ]
+        .into();
         let m = |s: &str| LabelSelector::parse(s).unwrap().matches(Some(&labels));
         assert!(m("app=web"));
         assert!(m("app==web,tier"));
@@ -148,9 +172,18 @@ mod tests {
     fn field_selectors() {
         let ok = |f: &str| matches!(f, "metadata.name" | "spec.nodeName");
         let s = FieldSelector::parse("spec.nodeName=n1,metadata.name!=x", ok).unwrap();
-        assert!(s.matches(|f| Some(if f == "spec.nodeName" { "n1".into() } else { "y".into() })));
+        assert!(s.matches(|f| Some(if f == "spec.nodeName" {
+            "n1".into()
+        } else {
+            "y".into()
+        })));
         assert!(!s.matches(|_| Some("x".into())));
         assert_eq!(s.pinned("spec.nodeName"), Some("n1"));
-        assert!(FieldSelector::parse("status.bogus=1", ok).unwrap_err().to_string().contains("not supported"));
+        assert!(
+            FieldSelector::parse("status.bogus=1", ok)
+                .unwrap_err()
+                .to_string()
+                .contains("not supported")
+        );
     }
 }

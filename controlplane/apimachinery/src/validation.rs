@@ -9,7 +9,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 pub fn is_dns1123_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -20,12 +21,19 @@ pub fn is_dns1123_subdomain(s: &str) -> bool {
 }
 
 /// Validates metadata common to every object.
-pub fn validate_meta(meta: &ObjectMeta, namespaced: bool, rule: NameRule, errs: &mut Vec<FieldError>) {
+pub fn validate_meta(
+    meta: &ObjectMeta,
+    namespaced: bool,
+    rule: NameRule,
+    errs: &mut Vec<FieldError>,
+) {
     match meta.name.as_deref() {
         None | Some("") if meta.generate_name.as_deref().is_some_and(|g| !g.is_empty()) => {
             errs.push(FieldError::required("metadata.name"))
         }
-        None | Some("") => errs.push(FieldError::required("metadata.name").with_message("name or generateName is required")),
+        None | Some("") => errs.push(
+            FieldError::required("metadata.name").with_message("name or generateName is required"),
+        ),
         Some(n) => {
             let ok = match rule {
                 NameRule::Label => is_dns1123_label(n),
@@ -34,13 +42,24 @@ pub fn validate_meta(meta: &ObjectMeta, namespaced: bool, rule: NameRule, errs: 
             };
             if !ok {
                 let text = crate::registry::name_rule_text(rule);
-                errs.push(FieldError::invalid("metadata.name", format!("Invalid value: {n:?}: {text}")));
+                errs.push(FieldError::invalid(
+                    "metadata.name",
+                    format!("Invalid value: {n:?}: {text}"),
+                ));
             }
         }
     }
-    let annotation_bytes: usize = meta.annotations.iter().flatten().map(|(k, v)| k.len() + v.len()).sum();
+    let annotation_bytes: usize = meta
+        .annotations
+        .iter()
+        .flatten()
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
     if annotation_bytes > 256 * 1024 {
-        errs.push(FieldError::invalid("metadata.annotations", format!("Too long: must have at most 262144 bytes, not {annotation_bytes}")));
+        errs.push(FieldError::invalid(
+            "metadata.annotations",
+            format!("Too long: must have at most 262144 bytes, not {annotation_bytes}"),
+        ));
     }
     for (k, _) in meta.annotations.iter().flatten() {
         if !valid_qualified_name(k) {
@@ -49,9 +68,13 @@ pub fn validate_meta(meta: &ObjectMeta, namespaced: bool, rule: NameRule, errs: 
     }
     if namespaced
         && let Some(ns) = meta.namespace.as_deref()
-            && !is_dns1123_label(ns) {
-                errs.push(FieldError::invalid("metadata.namespace", format!("Invalid value: {ns:?}")));
-            }
+        && !is_dns1123_label(ns)
+    {
+        errs.push(FieldError::invalid(
+            "metadata.namespace",
+            format!("Invalid value: {ns:?}"),
+        ));
+    }
     for (k, v) in meta.labels.iter().flatten() {
         if !valid_qualified_name(k) {
             errs.push(FieldError::invalid(format!("metadata.labels[{k}]"), "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
@@ -64,7 +87,8 @@ pub fn validate_meta(meta: &ObjectMeta, namespaced: bool, rule: NameRule, errs: 
 
 fn valid_label_value(v: &str) -> bool {
     let b = v.as_bytes();
-    b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+    b.iter()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
         && b.first().is_some_and(u8::is_ascii_alphanumeric)
         && b.last().is_some_and(u8::is_ascii_alphanumeric)
 }

@@ -16,9 +16,15 @@ use crate::storage::{ChangeKind, StorageError};
 /// One item of a watch stream.
 #[derive(Debug)]
 pub enum WatchItem {
-    Event { kind: &'static str, object: Value },
+    Event {
+        kind: &'static str,
+        object: Value,
+    },
     /// A progress marker; `initial_events_end` marks the end of `sendInitialEvents`.
-    Bookmark { revision: u64, initial_events_end: bool },
+    Bookmark {
+        revision: u64,
+        initial_events_end: bool,
+    },
     Error(ApiError),
 }
 
@@ -63,15 +69,32 @@ fn decode(def: &ResourceDef, bytes: &[u8], rev: u64) -> Option<Value> {
 }
 
 /// Starts a watch; the stream ends at the timeout, when the client goes, or after an error.
-pub async fn watch(reg: &Registry, def: Arc<ResourceDef>, opts: WatchOptions) -> Result<impl Stream<Item = WatchItem> + Send + use<>, ApiError> {
+pub async fn watch(
+    reg: &Registry,
+    def: Arc<ResourceDef>,
+    opts: WatchOptions,
+) -> Result<impl Stream<Item = WatchItem> + Send + use<>, ApiError> {
     let mut initial = Vec::new();
-    let from_now = matches!(opts.resource_version.as_deref(), None | Some("") | Some("0"));
+    let from_now = matches!(
+        opts.resource_version.as_deref(),
+        None | Some("") | Some("0")
+    );
     let start = if from_now || opts.send_initial_events {
         let at = match opts.resource_version.as_deref() {
             None | Some("") | Some("0") => 0,
             Some(rv) => parse_rv(rv)?,
         };
-        let list = reg.list(&def, opts.namespace.as_deref(), &ListOptions { filter: opts.filter.clone(), revision: at, ..Default::default() }).await?;
+        let list = reg
+            .list(
+                &def,
+                opts.namespace.as_deref(),
+                &ListOptions {
+                    filter: opts.filter.clone(),
+                    revision: at,
+                    ..Default::default()
+                },
+            )
+            .await?;
         initial = list.items;
         list.revision + 1
     } else {
@@ -82,20 +105,44 @@ pub async fn watch(reg: &Registry, def: Arc<ResourceDef>, opts: WatchOptions) ->
         prefix.push_str(name);
     }
     let exact = opts.name.as_ref().map(|_| prefix.clone().into_bytes());
-    let mut inner = reg.store().watch(prefix.into_bytes(), start).map_err(|e| match e {
-        StorageError::Compacted { requested, compacted } => ApiError::Expired(format!("too old resource version: {requested} ({compacted})")),
-        other => other.into(),
-    })?;
+    let mut inner = reg
+        .store()
+        .watch(prefix.into_bytes(), start)
+        .map_err(|e| match e {
+            StorageError::Compacted {
+                requested,
+                compacted,
+            } => ApiError::Expired(format!(
+                "too old resource version: {requested} ({compacted})"
+            )),
+            other => other.into(),
+        })?;
     let (tx, rx) = tokio::sync::mpsc::channel::<WatchItem>(256);
     tokio::spawn(async move {
         let deadline = tokio::time::Instant::now() + opts.timeout;
         for obj in initial {
-            if tx.send(WatchItem::Event { kind: "ADDED", object: obj }).await.is_err() {
+            if tx
+                .send(WatchItem::Event {
+                    kind: "ADDED",
+                    object: obj,
+                })
+                .await
+                .is_err()
+            {
                 return;
             }
         }
         let mut last_rev = start - 1;
-        if opts.send_initial_events && opts.bookmarks && tx.send(WatchItem::Bookmark { revision: last_rev, initial_events_end: true }).await.is_err() {
+        if opts.send_initial_events
+            && opts.bookmarks
+            && tx
+                .send(WatchItem::Bookmark {
+                    revision: last_rev,
+                    initial_events_end: true,
+                })
+                .await
+                .is_err()
+        {
             return;
         }
         let mut tick = tokio::time::interval(opts.bookmark_interval);
@@ -114,7 +161,12 @@ pub async fn watch(reg: &Registry, def: Arc<ResourceDef>, opts: WatchOptions) ->
                 None => return,
                 Some(Err(e)) => {
                     let err = match e {
-                        StorageError::Compacted { requested, compacted } => ApiError::Expired(format!("too old resource version: {requested} ({compacted})")),
+                        StorageError::Compacted {
+                            requested,
+                            compacted,
+                        } => ApiError::Expired(format!(
+                            "too old resource version: {requested} ({compacted})"
+                        )),
                         other => ApiError::Expired(format!("watch ended, please re-list: {other}")),
                     };
                     let _ = tx.send(WatchItem::Error(err)).await;
@@ -126,22 +178,43 @@ pub async fn watch(reg: &Registry, def: Arc<ResourceDef>, opts: WatchOptions) ->
             if exact.as_ref().is_some_and(|k| *k != change.key) {
                 continue;
             }
-            let old = change.prev.as_ref().and_then(|p| decode(&def, &p.value, p.revision));
+            let old = change
+                .prev
+                .as_ref()
+                .and_then(|p| decode(&def, &p.value, p.revision));
             let old_match = old.as_ref().is_some_and(|o| opts.filter.matches(o));
             let item = match change.kind {
                 ChangeKind::Put => {
-                    let Some(new) = change.value.as_ref().and_then(|v| decode(&def, v, change.revision)) else { continue };
+                    let Some(new) = change
+                        .value
+                        .as_ref()
+                        .and_then(|v| decode(&def, v, change.revision))
+                    else {
+                        continue;
+                    };
                     match (old_match, opts.filter.matches(&new)) {
-                        (false, true) => WatchItem::Event { kind: "ADDED", object: new },
-                        (true, true) => WatchItem::Event { kind: "MODIFIED", object: new },
-                        (true, false) => WatchItem::Event { kind: "DELETED", object: new },
+                        (false, true) => WatchItem::Event {
+                            kind: "ADDED",
+                            object: new,
+                        },
+                        (true, true) => WatchItem::Event {
+                            kind: "MODIFIED",
+                            object: new,
+                        },
+                        (true, false) => WatchItem::Event {
+                            kind: "DELETED",
+                            object: new,
+                        },
                         (false, false) => continue,
                     }
                 }
                 ChangeKind::Delete => match old {
                     Some(mut o) if old_match => {
                         o["metadata"]["resourceVersion"] = change.revision.to_string().into();
-                        WatchItem::Event { kind: "DELETED", object: o }
+                        WatchItem::Event {
+                            kind: "DELETED",
+                            object: o,
+                        }
                     }
                     _ => continue,
                 },

@@ -18,21 +18,43 @@ use crate::AppState;
 type FieldPath = Vec<String>;
 
 /// The leaf paths an applied configuration sets.
-fn paths(v: &Value, kind: &str, dotted: &str, prefix: &mut FieldPath, out: &mut BTreeSet<FieldPath>) {
+fn paths(
+    v: &Value,
+    kind: &str,
+    dotted: &str,
+    prefix: &mut FieldPath,
+    out: &mut BTreeSet<FieldPath>,
+) {
     match v {
         Value::Object(m) if !m.is_empty() => {
             for (k, child) in m {
                 if dotted.is_empty() && matches!(k.as_str(), "apiVersion" | "kind") {
                     continue;
                 }
-                if dotted == "metadata" && matches!(k.as_str(), "name" | "namespace" | "resourceVersion" | "managedFields" | "uid" | "creationTimestamp") {
+                if dotted == "metadata"
+                    && matches!(
+                        k.as_str(),
+                        "name"
+                            | "namespace"
+                            | "resourceVersion"
+                            | "managedFields"
+                            | "uid"
+                            | "creationTimestamp"
+                    )
+                {
                     continue;
                 }
-                let d = if dotted.is_empty() { k.clone() } else { format!("{dotted}.{k}") };
+                let d = if dotted.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{dotted}.{k}")
+                };
                 prefix.push(format!("f:{k}"));
                 match child {
                     Value::Array(items) => match list_strategy(kind, &d) {
-                        ListStrategy::MergeKey(key) if items.iter().all(|i| i.get(key).is_some()) => {
+                        ListStrategy::MergeKey(key)
+                            if items.iter().all(|i| i.get(key).is_some()) =>
+                        {
                             for item in items {
                                 prefix.push(format!("k:{}", json!({key: item[key]})));
                                 let mut sub = prefix.clone();
@@ -69,7 +91,11 @@ fn to_fields_v1(set: &BTreeSet<FieldPath>) -> Value {
     for p in set {
         let mut cur = &mut root;
         for seg in p {
-            cur = cur.entry(seg.clone()).or_insert_with(|| json!({})).as_object_mut().expect("fieldsV1 nodes are objects");
+            cur = cur
+                .entry(seg.clone())
+                .or_insert_with(|| json!({}))
+                .as_object_mut()
+                .expect("fieldsV1 nodes are objects");
         }
     }
     Value::Object(root)
@@ -99,7 +125,10 @@ fn lookup<'a>(obj: &'a Value, path: &[String]) -> Option<&'a Value> {
             cur = cur.get(f)?;
         } else if let Some(k) = seg.strip_prefix("k:") {
             let key: Map<String, Value> = serde_json::from_str(k).ok()?;
-            cur = cur.as_array()?.iter().find(|e| key.iter().all(|(kk, kv)| e.get(kk) == Some(kv)))?;
+            cur = cur
+                .as_array()?
+                .iter()
+                .find(|e| key.iter().all(|(kk, kv)| e.get(kk) == Some(kv)))?;
         } else if let Some(v) = seg.strip_prefix("v:") {
             let want: Value = serde_json::from_str(v).ok()?;
             return cur.as_array()?.iter().find(|e| **e == want);
@@ -112,7 +141,9 @@ fn lookup<'a>(obj: &'a Value, path: &[String]) -> Option<&'a Value> {
 
 /// Removes the field at `path` from `obj`.
 fn remove(obj: &mut Value, path: &[String]) {
-    let Some((last, parents)) = path.split_last() else { return };
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
     if last == "." {
         // A list element the manager applied and dropped.
         if let (Some((elem, parents)), true) = (parents.split_last(), true)
@@ -148,7 +179,10 @@ fn lookup_mut<'a>(obj: &'a mut Value, path: &[String]) -> Option<&'a mut Value> 
             cur = cur.get_mut(f)?;
         } else if let Some(k) = seg.strip_prefix("k:") {
             let key: Map<String, Value> = serde_json::from_str(k).ok()?;
-            cur = cur.as_array_mut()?.iter_mut().find(|e| key.iter().all(|(kk, kv)| e.get(kk) == Some(kv)))?;
+            cur = cur
+                .as_array_mut()?
+                .iter_mut()
+                .find(|e| key.iter().all(|(kk, kv)| e.get(kk) == Some(kv)))?;
         } else {
             return None;
         }
@@ -157,7 +191,10 @@ fn lookup_mut<'a>(obj: &'a mut Value, path: &[String]) -> Option<&'a mut Value> 
 }
 
 fn managers(obj: &Value) -> Vec<Value> {
-    obj["metadata"]["managedFields"].as_array().cloned().unwrap_or_default()
+    obj["metadata"]["managedFields"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn owned(entry: &Value) -> BTreeSet<FieldPath> {
@@ -199,14 +236,29 @@ pub async fn apply(
     })?;
     let force = q.get("force").is_some_and(|f| f == "true");
     let applied = parse_yaml(bytes)?;
-    let Value::Object(applied_map) = &applied else { return Err(ApiError::BadRequest("an apply patch must be an object".into())) };
-    for (field, want) in [("apiVersion", def.api_version()), ("kind", def.kind.clone())] {
+    let Value::Object(applied_map) = &applied else {
+        return Err(ApiError::BadRequest(
+            "an apply patch must be an object".into(),
+        ));
+    };
+    for (field, want) in [
+        ("apiVersion", def.api_version()),
+        ("kind", def.kind.clone()),
+    ] {
         if applied_map.get(field).and_then(Value::as_str) != Some(want.as_str()) {
-            return Err(ApiError::BadRequest(format!("an apply patch must set {field} to {want:?}")));
+            return Err(ApiError::BadRequest(format!(
+                "an apply patch must set {field} to {want:?}"
+            )));
         }
     }
-    if applied["metadata"]["name"].as_str().is_some_and(|n| n != name) {
-        return Err(ApiError::BadRequest(format!("the name in the apply patch ({}) does not match the name on the URL ({name})", applied["metadata"]["name"].as_str().unwrap_or(""))));
+    if applied["metadata"]["name"]
+        .as_str()
+        .is_some_and(|n| n != name)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "the name in the apply patch ({}) does not match the name on the URL ({name})",
+            applied["metadata"]["name"].as_str().unwrap_or("")
+        )));
     }
     let mut fields = BTreeSet::new();
     paths(&applied, &def.kind, "", &mut Vec::new(), &mut fields);
@@ -216,7 +268,8 @@ pub async fn apply(
         Err(ApiError::NotFound { .. }) if part == Part::Main => {
             let mut obj = applied.clone();
             obj["metadata"]["name"] = name.into();
-            obj["metadata"]["managedFields"] = json!([entry(&manager, &api_version, part, &fields)]);
+            obj["metadata"]["managedFields"] =
+                json!([entry(&manager, &api_version, part, &fields)]);
             let (obj, w) = def.strategy.decode(def, obj, mode)?;
             let created = app.registry.create(def, ns, obj, opts).await?;
             Ok((created, w, true))
@@ -229,7 +282,10 @@ pub async fn apply(
                     let mut others: Vec<Value> = Vec::new();
                     let mut mine_before = BTreeSet::new();
                     for m in managers(&live) {
-                        let same = m["manager"] == manager.as_str() && m["operation"] == "Apply" && (m["subresource"].as_str() == Some("status")) == (part == Part::Status);
+                        let same = m["manager"] == manager.as_str()
+                            && m["operation"] == "Apply"
+                            && (m["subresource"].as_str() == Some("status"))
+                                == (part == Part::Status);
                         if same {
                             mine_before = owned(&m);
                         } else {
@@ -240,19 +296,38 @@ pub async fn apply(
                     let mut conflicts: BTreeMap<String, Vec<String>> = BTreeMap::new();
                     for m in &others {
                         let theirs = owned(m);
-                        for p in fields.intersection(&theirs) {
+                        // A list element's own marker is presence, not a value to compare.
+                        for p in fields
+                            .intersection(&theirs)
+                            .filter(|p| p.last().map(String::as_str) != Some("."))
+                        {
                             if lookup(&live, p) != lookup(&applied, p) {
                                 let who = m["manager"].as_str().unwrap_or("unknown").to_string();
-                                conflicts.entry(who).or_default().push(p.iter().map(|s| s.trim_start_matches("f:").to_string()).collect::<Vec<_>>().join("."));
+                                conflicts.entry(who).or_default().push(
+                                    p.iter()
+                                        .map(|s| s.trim_start_matches("f:").to_string())
+                                        .collect::<Vec<_>>()
+                                        .join("."),
+                                );
                             }
                         }
                     }
                     if !conflicts.is_empty() && !force {
-                        let list: Vec<String> = conflicts.iter().flat_map(|(m, ps)| ps.iter().map(move |p| format!("conflict with {m:?}: .{p}"))).collect();
+                        let list: Vec<String> = conflicts
+                            .iter()
+                            .flat_map(|(m, ps)| {
+                                ps.iter().map(move |p| format!("conflict with {m:?}: .{p}"))
+                            })
+                            .collect();
                         return Err(ApiError::Conflict {
                             resource: def.group_resource(),
                             name: name.into(),
-                            message: format!("Apply failed with {} conflict{}: {}", list.len(), if list.len() == 1 { "" } else { "s" }, list.join(", ")),
+                            message: format!(
+                                "Apply failed with {} conflict{}: {}",
+                                list.len(),
+                                if list.len() == 1 { "" } else { "s" },
+                                list.join(", ")
+                            ),
                         });
                     }
                     let mut obj = live.clone();
@@ -269,13 +344,16 @@ pub async fn apply(
                     strategic_merge(&mut obj, &patch, &def.kind, "")?;
                     // Forced fields change owner.
                     for m in others.iter_mut() {
-                        let theirs: BTreeSet<FieldPath> = owned(m).difference(&fields).cloned().collect();
+                        let theirs: BTreeSet<FieldPath> =
+                            owned(m).difference(&fields).cloned().collect();
                         m["fieldsV1"] = to_fields_v1(&theirs);
                     }
                     others.retain(|m| m["fieldsV1"].as_object().is_some_and(|f| !f.is_empty()));
                     others.push(entry(&manager, &api_version, part, &fields));
                     obj["metadata"]["managedFields"] = Value::Array(others);
-                    obj["metadata"].as_object_mut().map(|m| m.remove("resourceVersion"));
+                    obj["metadata"]
+                        .as_object_mut()
+                        .map(|m| m.remove("resourceVersion"));
                     let (obj, w) = def.strategy.decode(def, obj, mode)?;
                     warnings = w;
                     Ok(obj)
@@ -299,15 +377,26 @@ mod tests {
         let mut set = BTreeSet::new();
         paths(&applied, "Deployment", "", &mut Vec::new(), &mut set);
         let v1 = to_fields_v1(&set);
-        assert!(v1["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"c\"}"]["f:image"].is_object(), "{v1}");
+        assert!(
+            v1["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"c\"}"]["f:image"]
+                .is_object(),
+            "{v1}"
+        );
         assert!(v1["f:metadata"]["f:labels"]["f:app"].is_object());
         let mut back = BTreeSet::new();
         from_fields_v1(&v1, &mut Vec::new(), &mut back);
         assert_eq!(back, set);
-        let image = set.iter().find(|p| p.last().map(String::as_str) == Some("f:image")).unwrap();
+        let image = set
+            .iter()
+            .find(|p| p.last().map(String::as_str) == Some("f:image"))
+            .unwrap();
         assert_eq!(lookup(&applied, image), Some(&json!("i")));
         let mut obj = applied.clone();
         remove(&mut obj, image);
-        assert!(obj["spec"]["template"]["spec"]["containers"][0].get("image").is_none());
+        assert!(
+            obj["spec"]["template"]["spec"]["containers"][0]
+                .get("image")
+                .is_none()
+        );
     }
 }

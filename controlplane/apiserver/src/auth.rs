@@ -27,7 +27,9 @@ pub struct ConnInfo {
 pub enum Principal {
     Anonymous,
     /// A holder of the cluster's bootstrap token.
-    Bootstrap { token_id: String },
+    Bootstrap {
+        token_id: String,
+    },
     User(Identity),
 }
 
@@ -41,14 +43,23 @@ impl Principal {
     pub fn groups(&self) -> Vec<String> {
         match self {
             Principal::Anonymous => vec!["system:unauthenticated".into()],
-            Principal::Bootstrap { .. } => vec!["system:bootstrappers".into(), "system:authenticated".into()],
-            Principal::User(id) => id.groups.iter().cloned().chain(["system:authenticated".to_string()]).collect(),
+            Principal::Bootstrap { .. } => {
+                vec!["system:bootstrappers".into(), "system:authenticated".into()]
+            }
+            Principal::User(id) => id
+                .groups
+                .iter()
+                .cloned()
+                .chain(["system:authenticated".to_string()])
+                .collect(),
         }
     }
     /// The principal a bearer token stands for, if it is valid.
     pub fn from_token(app: &AppState, token: &str) -> Option<Principal> {
         match &app.token {
-            Some(t) if t.matches(token) => Some(Principal::Bootstrap { token_id: t.id().to_string() }),
+            Some(t) if t.matches(token) => Some(Principal::Bootstrap {
+                token_id: t.id().to_string(),
+            }),
             _ => None,
         }
     }
@@ -61,7 +72,14 @@ impl Principal {
     }
 }
 
-const PUBLIC: &[&str] = &["/version", "/version/", "/healthz", "/livez", "/readyz", "/strake/v1/cluster-info"];
+const PUBLIC: &[&str] = &[
+    "/version",
+    "/version/",
+    "/healthz",
+    "/livez",
+    "/readyz",
+    "/strake/v1/cluster-info",
+];
 
 /// Decides whether `who` may call `path`.
 pub fn authorize(who: &Principal, path: &str) -> Result<(), ApiError> {
@@ -72,14 +90,24 @@ pub fn authorize(who: &Principal, path: &str) -> Result<(), ApiError> {
     match who {
         Principal::Anonymous => Err(ApiError::Unauthorized),
         Principal::Bootstrap { .. } if credential_path => Ok(()),
-        Principal::Bootstrap { .. } => Err(ApiError::Forbidden(format!("{} is only allowed to request credentials, not {path}", who.name()))),
+        Principal::Bootstrap { .. } => Err(ApiError::Forbidden(format!(
+            "{} is only allowed to request credentials, not {path}",
+            who.name()
+        ))),
         p if p.is_admin() || p.is_node() => Ok(()),
-        p => Err(ApiError::Forbidden(format!("User \"{}\" cannot access {path}: no role grants it", p.name()))),
+        p => Err(ApiError::Forbidden(format!(
+            "User \"{}\" cannot access {path}: no role grants it",
+            p.name()
+        ))),
     }
 }
 
 /// Middleware: works out the principal, authorizes, and stores the principal in the request.
-pub async fn middleware(State(app): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+pub async fn middleware(
+    State(app): State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let conn = req.extensions().get::<ConnInfo>().cloned();
     let peer = conn.as_ref().map(|c| c.peer);
     let bearer = req
@@ -92,7 +120,9 @@ pub async fn middleware(State(app): State<Arc<AppState>>, mut req: Request, next
     let who = match (conn.and_then(|c| c.cert_identity), bearer) {
         (Some(id), _) => Principal::User(id),
         (None, Some(token)) => match &app.token {
-            Some(t) if t.matches(&token) => Principal::Bootstrap { token_id: t.id().to_string() },
+            Some(t) if t.matches(&token) => Principal::Bootstrap {
+                token_id: t.id().to_string(),
+            },
             _ => return ApiError::Unauthorized.into_response(),
         },
         (None, None) => Principal::Anonymous,
@@ -110,18 +140,32 @@ mod tests {
     use super::*;
 
     fn user(groups: &[&str]) -> Principal {
-        Principal::User(Identity { user: "u".into(), groups: groups.iter().map(|g| g.to_string()).collect() })
+        Principal::User(Identity {
+            user: "u".into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        })
     }
 
     #[test]
     fn rules() {
         assert!(authorize(&Principal::Anonymous, "/version").is_ok());
-        assert!(matches!(authorize(&Principal::Anonymous, "/api/v1/pods"), Err(ApiError::Unauthorized)));
-        let boot = Principal::Bootstrap { token_id: "abcdef".into() };
+        assert!(matches!(
+            authorize(&Principal::Anonymous, "/api/v1/pods"),
+            Err(ApiError::Unauthorized)
+        ));
+        let boot = Principal::Bootstrap {
+            token_id: "abcdef".into(),
+        };
         assert!(authorize(&boot, "/strake/v1/kubeconfig").is_ok());
-        assert!(matches!(authorize(&boot, "/api/v1/pods"), Err(ApiError::Forbidden(_))));
+        assert!(matches!(
+            authorize(&boot, "/api/v1/pods"),
+            Err(ApiError::Forbidden(_))
+        ));
         assert!(authorize(&user(&["system:masters"]), "/api/v1/pods").is_ok());
         assert!(authorize(&user(&["system:nodes"]), "/api/v1/nodes").is_ok());
-        assert!(matches!(authorize(&user(&["devs"]), "/api/v1/pods"), Err(ApiError::Forbidden(_))));
+        assert!(matches!(
+            authorize(&user(&["devs"]), "/api/v1/pods"),
+            Err(ApiError::Forbidden(_))
+        ));
     }
 }

@@ -43,20 +43,42 @@ where
 }
 
 pub async fn namespaces(reg: Registry) {
-    run_on_changes(reg, "/registry/namespaces/", Duration::from_secs(2), |reg| async move { namespace_pass(&reg).await }).await
+    run_on_changes(
+        reg,
+        "/registry/namespaces/",
+        Duration::from_secs(2),
+        |reg| async move { namespace_pass(&reg).await },
+    )
+    .await
 }
 
 async fn namespace_pass(reg: &Registry) -> Result<(), ApiError> {
     let table = reg.table().snapshot();
-    let Some(nsdef) = table.lookup("", "v1", "namespaces").cloned() else { return Ok(()) };
+    let Some(nsdef) = table.lookup("", "v1", "namespaces").cloned() else {
+        return Ok(());
+    };
     let all = reg.list(&nsdef, None, &ListOptions::default()).await?;
-    for ns in all.items.into_iter().filter(|n| !n["metadata"]["deletionTimestamp"].is_null()) {
-        let name = ns["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    for ns in all
+        .items
+        .into_iter()
+        .filter(|n| !n["metadata"]["deletionTimestamp"].is_null())
+    {
+        let name = ns["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         if ns["status"]["phase"] != "Terminating" {
-            reg.update_with(&nsdef, None, &name, Part::Status, &WriteOptions::default(), |mut n| {
-                n["status"]["phase"] = "Terminating".into();
-                Ok(n)
-            })
+            reg.update_with(
+                &nsdef,
+                None,
+                &name,
+                Part::Status,
+                &WriteOptions::default(),
+                |mut n| {
+                    n["status"]["phase"] = "Terminating".into();
+                    Ok(n)
+                },
+            )
             .await?;
         }
         let mut remaining = 0;
@@ -64,11 +86,20 @@ async fn namespace_pass(reg: &Registry) -> Result<(), ApiError> {
             if !def.serves("delete") {
                 continue;
             }
-            let items = reg.list(&def, Some(&name), &ListOptions::default()).await?.items;
+            let items = reg
+                .list(&def, Some(&name), &ListOptions::default())
+                .await?
+                .items;
             remaining += items.len();
-            for obj in items.iter().filter(|o| o["metadata"]["deletionTimestamp"].is_null()) {
+            for obj in items
+                .iter()
+                .filter(|o| o["metadata"]["deletionTimestamp"].is_null())
+            {
                 let obj_name = obj["metadata"]["name"].as_str().unwrap_or_default();
-                match reg.delete(&def, Some(&name), obj_name, &DeleteOptions::default()).await {
+                match reg
+                    .delete(&def, Some(&name), obj_name, &DeleteOptions::default())
+                    .await
+                {
                     Ok(_) | Err(ApiError::NotFound { .. }) => {}
                     Err(e) => return Err(e),
                 }
@@ -77,11 +108,21 @@ async fn namespace_pass(reg: &Registry) -> Result<(), ApiError> {
         if remaining == 0 {
             // Emptied: dropping the `kubernetes` finalizer finishes the deletion, unless
             // metadata finalizers still hold it.
-            if ns["spec"]["finalizers"].as_array().is_some_and(|f| !f.is_empty()) {
-                reg.update_with(&nsdef, None, &name, Part::Main, &WriteOptions::default(), |mut n| {
-                    n["spec"]["finalizers"] = json!([]);
-                    Ok(n)
-                })
+            if ns["spec"]["finalizers"]
+                .as_array()
+                .is_some_and(|f| !f.is_empty())
+            {
+                reg.update_with(
+                    &nsdef,
+                    None,
+                    &name,
+                    Part::Main,
+                    &WriteOptions::default(),
+                    |mut n| {
+                        n["spec"]["finalizers"] = json!([]);
+                        Ok(n)
+                    },
+                )
                 .await?;
                 tracing::info!(namespace = %name, "namespace emptied");
             }
@@ -91,7 +132,13 @@ async fn namespace_pass(reg: &Registry) -> Result<(), ApiError> {
 }
 
 pub async fn crds(reg: Registry) {
-    run_on_changes(reg, "/registry/apiextensions.k8s.io/customresourcedefinitions/", Duration::from_secs(10), |reg| async move { crd_pass(&reg).await }).await
+    run_on_changes(
+        reg,
+        "/registry/apiextensions.k8s.io/customresourcedefinitions/",
+        Duration::from_secs(10),
+        |reg| async move { crd_pass(&reg).await },
+    )
+    .await
 }
 
 fn condition(t: &str, reason: &str, message: &str) -> Value {
@@ -101,8 +148,16 @@ fn condition(t: &str, reason: &str, message: &str) -> Value {
 /// Brings the table in line with the stored CRDs, once.
 pub async fn crd_pass(reg: &Registry) -> Result<(), ApiError> {
     let table = reg.table().snapshot();
-    let Some(crddef) = table.lookup("apiextensions.k8s.io", "v1", "customresourcedefinitions").cloned() else { return Ok(()) };
-    let all = reg.list(&crddef, None, &ListOptions::default()).await?.items;
+    let Some(crddef) = table
+        .lookup("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+        .cloned()
+    else {
+        return Ok(());
+    };
+    let all = reg
+        .list(&crddef, None, &ListOptions::default())
+        .await?
+        .items;
     let mut live = std::collections::HashSet::new();
     for v in all {
         let crd: CustomResourceDefinition = match serde_json::from_value(v.clone()) {
@@ -121,18 +176,42 @@ pub async fn crd_pass(reg: &Registry) -> Result<(), ApiError> {
             if let Some(def) = defs.first() {
                 let items = reg.list(def, None, &ListOptions::default()).await?.items;
                 remaining += items.len();
-                for o in items.iter().filter(|o| o["metadata"]["deletionTimestamp"].is_null()) {
+                for o in items
+                    .iter()
+                    .filter(|o| o["metadata"]["deletionTimestamp"].is_null())
+                {
                     let ns = o["metadata"]["namespace"].as_str();
-                    let _ = reg.delete(def, ns, o["metadata"]["name"].as_str().unwrap_or_default(), &DeleteOptions::default()).await;
+                    let _ = reg
+                        .delete(
+                            def,
+                            ns,
+                            o["metadata"]["name"].as_str().unwrap_or_default(),
+                            &DeleteOptions::default(),
+                        )
+                        .await;
                 }
             }
             if remaining == 0 {
-                reg.table().remove_where(|d| d.crd.as_deref() == Some(name.as_str()));
-                reg.update_with(&crddef, None, &name, Part::Main, &WriteOptions::default(), |mut c| {
-                    let fins: Vec<Value> = c["metadata"]["finalizers"].as_array().cloned().unwrap_or_default().into_iter().filter(|f| f != CRD_CLEANUP).collect();
-                    c["metadata"]["finalizers"] = Value::Array(fins);
-                    Ok(c)
-                })
+                reg.table()
+                    .remove_where(|d| d.crd.as_deref() == Some(name.as_str()));
+                reg.update_with(
+                    &crddef,
+                    None,
+                    &name,
+                    Part::Main,
+                    &WriteOptions::default(),
+                    |mut c| {
+                        let fins: Vec<Value> = c["metadata"]["finalizers"]
+                            .as_array()
+                            .cloned()
+                            .unwrap_or_default()
+                            .into_iter()
+                            .filter(|f| f != CRD_CLEANUP)
+                            .collect();
+                        c["metadata"]["finalizers"] = Value::Array(fins);
+                        Ok(c)
+                    },
+                )
                 .await?;
             }
             continue;
@@ -140,28 +219,63 @@ pub async fn crd_pass(reg: &Registry) -> Result<(), ApiError> {
         live.insert(name.clone());
         // Names another resource already serves are not accepted.
         let clash = defs.first().is_some_and(|d| {
-            table.all().iter().any(|o| o.group == d.group && o.plural == d.plural && o.crd.as_deref() != Some(name.as_str()))
+            table.all().iter().any(|o| {
+                o.group == d.group
+                    && o.plural == d.plural
+                    && o.crd.as_deref() != Some(name.as_str())
+            })
         });
         if !clash {
-            reg.table().remove_where(|d| d.crd.as_deref() == Some(name.as_str()) && !defs.iter().any(|n| n.version == d.version));
+            reg.table().remove_where(|d| {
+                d.crd.as_deref() == Some(name.as_str())
+                    && !defs.iter().any(|n| n.version == d.version)
+            });
             for def in defs {
                 reg.table().register(def);
             }
         }
-        let has_fin = crd.metadata.finalizers.iter().flatten().any(|f| f == CRD_CLEANUP);
+        let has_fin = crd
+            .metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .any(|f| f == CRD_CLEANUP);
         if !has_fin {
-            reg.update_with(&crddef, None, &name, Part::Main, &WriteOptions::default(), |mut c| {
-                let mut fins = c["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
-                fins.push(CRD_CLEANUP.into());
-                c["metadata"]["finalizers"] = Value::Array(fins);
-                Ok(c)
-            })
+            reg.update_with(
+                &crddef,
+                None,
+                &name,
+                Part::Main,
+                &WriteOptions::default(),
+                |mut c| {
+                    let mut fins = c["metadata"]["finalizers"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default();
+                    fins.push(CRD_CLEANUP.into());
+                    c["metadata"]["finalizers"] = Value::Array(fins);
+                    Ok(c)
+                },
+            )
             .await?;
         }
-        let established = crd.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Established" && c.status == "True"));
+        let established = crd
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            });
         if !established || clash {
             let names = serde_json::to_value(&crd.spec.names).unwrap_or_default();
-            let stored: Vec<String> = crd.spec.versions.iter().filter(|v| v.storage).map(|v| v.name.clone()).collect();
+            let stored: Vec<String> = crd
+                .spec
+                .versions
+                .iter()
+                .filter(|v| v.storage)
+                .map(|v| v.name.clone())
+                .collect();
             reg.update_with(&crddef, None, &name, Part::Status, &WriteOptions::default(), |mut c| {
                 let conds = if clash {
                     json!([{"type": "NamesAccepted", "status": "False", "reason": "NameConflict", "message": "the plural name is already served by another resource", "lastTransitionTime": Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()},
@@ -175,6 +289,7 @@ pub async fn crd_pass(reg: &Registry) -> Result<(), ApiError> {
             .await?;
         }
     }
-    reg.table().remove_where(|d| d.crd.as_ref().is_some_and(|c| !live.contains(c)));
+    reg.table()
+        .remove_where(|d| d.crd.as_ref().is_some_and(|c| !live.contains(c)));
     Ok(())
 }

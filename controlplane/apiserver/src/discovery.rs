@@ -28,18 +28,26 @@ pub fn version() -> Value {
 }
 
 /// The Content-Type of aggregated discovery documents.
-pub const AGGREGATED_CT: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+pub const AGGREGATED_CT: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 
 /// Whether the client asked for aggregated discovery first.
 pub fn wants_aggregated(accept: &str) -> bool {
     accept.split(',').next().is_some_and(|a| {
         let a = a.replace(' ', "");
-        a.contains("g=apidiscovery.k8s.io") && a.contains("v=v2") && !a.contains("v=v2beta1") && a.contains("as=APIGroupDiscoveryList")
+        a.contains("g=apidiscovery.k8s.io")
+            && a.contains("v=v2")
+            && !a.contains("v=v2beta1")
+            && a.contains("as=APIGroupDiscoveryList")
     })
 }
 
 fn scope(d: &ResourceDef) -> &'static str {
-    if d.namespaced { "Namespaced" } else { "Cluster" }
+    if d.namespaced {
+        "Namespaced"
+    } else {
+        "Cluster"
+    }
 }
 
 fn resource_list(entries: &Entries, group: &str, version: &str) -> Value {
@@ -64,12 +72,19 @@ fn resource_list(entries: &Entries, group: &str, version: &str) -> Value {
             resources.push(sr);
         }
     }
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources})
 }
 
 fn group_json(group: &str, versions: &[String]) -> Value {
-    let vs: Vec<Value> = versions.iter().map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v})).collect();
+    let vs: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
+        .collect();
     json!({"name": group, "versions": vs, "preferredVersion": vs.first().cloned().unwrap_or(Value::Null)})
 }
 
@@ -119,23 +134,49 @@ fn aggregated(entries: &Entries, core: bool) -> Value {
 }
 
 /// Serves a discovery path.
-pub fn serve(app: &AppState, headers: &HeaderMap, group: Option<String>, version: Option<String>, legacy_core: bool) -> Response {
+pub fn serve(
+    app: &AppState,
+    headers: &HeaderMap,
+    group: Option<String>,
+    version: Option<String>,
+    legacy_core: bool,
+) -> Response {
     let entries = app.registry.table().snapshot();
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     match (group, version) {
         (None, _) if wants_aggregated(accept) => {
             let body = serde_json::to_vec(&aggregated(&entries, legacy_core)).unwrap_or_default();
-            (StatusCode::OK, [(header::CONTENT_TYPE, AGGREGATED_CT)], body).into_response()
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, AGGREGATED_CT)],
+                body,
+            )
+                .into_response()
         }
         (None, _) if legacy_core => json_response(
             StatusCode::OK,
             &json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": app.advertise}]}),
         ),
         (None, _) => {
-            let groups: Vec<Value> = entries.groups().iter().filter(|(g, _)| !g.is_empty()).map(|(g, vs)| group_json(g, vs)).collect();
-            json_response(StatusCode::OK, &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
+            let groups: Vec<Value> = entries
+                .groups()
+                .iter()
+                .filter(|(g, _)| !g.is_empty())
+                .map(|(g, vs)| group_json(g, vs))
+                .collect();
+            json_response(
+                StatusCode::OK,
+                &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}),
+            )
         }
-        (Some(g), None) => match entries.groups().into_iter().find(|(name, _)| *name == g && !g.is_empty()) {
+        (Some(g), None) => match entries
+            .groups()
+            .into_iter()
+            .find(|(name, _)| *name == g && !g.is_empty())
+        {
             Some((g, vs)) => {
                 let mut v = group_json(&g, &vs);
                 v["kind"] = "APIGroup".into();
@@ -168,13 +209,38 @@ mod tests {
     fn discovery_lists_every_table_entry() {
         let entries = strake_kinds::builtin_table().snapshot();
         let core = resource_list(&entries, "", "v1");
-        let names: Vec<String> = core["resources"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap().to_string()).collect();
-        for n in ["pods", "pods/log", "pods/status", "configmaps", "secrets", "services", "namespaces/finalize", "replicationcontrollers/scale"] {
+        let names: Vec<String> = core["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap().to_string())
+            .collect();
+        for n in [
+            "pods",
+            "pods/log",
+            "pods/status",
+            "configmaps",
+            "secrets",
+            "services",
+            "namespaces/finalize",
+            "replicationcontrollers/scale",
+        ] {
             assert!(names.contains(&n.to_string()), "{n} in {names:?}");
         }
         let agg = aggregated(&entries, false);
-        let groups: Vec<&str> = agg["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].as_str().unwrap()).collect();
-        for g in ["apps", "batch", "rbac.authorization.k8s.io", "apiextensions.k8s.io", "networking.k8s.io"] {
+        let groups: Vec<&str> = agg["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["metadata"]["name"].as_str().unwrap())
+            .collect();
+        for g in [
+            "apps",
+            "batch",
+            "rbac.authorization.k8s.io",
+            "apiextensions.k8s.io",
+            "networking.k8s.io",
+        ] {
             assert!(groups.contains(&g), "{g}");
         }
     }

@@ -20,7 +20,9 @@ use strake_apimachinery::registry::{Propagation, parse_rv};
 use strake_apimachinery::request::{RequestInfo, Target, Verb};
 use strake_apimachinery::selectors::{FieldSelector, LabelSelector};
 use strake_apimachinery::watch::{WatchItem, WatchOptions};
-use strake_apimachinery::{ApiError, DeleteOptions, Deleted, Filter, ListOptions, Part, ResourceDef, WriteOptions};
+use strake_apimachinery::{
+    ApiError, DeleteOptions, Deleted, Filter, ListOptions, Part, ResourceDef, WriteOptions,
+};
 
 use crate::AppState;
 use crate::auth::Principal;
@@ -33,7 +35,9 @@ pub async fn read_body(body: Body) -> Result<Bytes, ApiError> {
     let limited = http_body_util::Limited::new(body, MAX_BODY);
     match limited.collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::TooLarge { limit: MAX_BODY }),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::TooLarge { limit: MAX_BODY })
+        }
         Err(e) => Err(ApiError::BadRequest(format!("reading request body: {e}"))),
     }
 }
@@ -42,7 +46,13 @@ pub fn media_type(headers: &HeaderMap) -> String {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|s| s.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .map(|s| {
+            s.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
         .unwrap_or_default()
 }
 
@@ -53,7 +63,10 @@ pub fn body_value(headers: &HeaderMap, body: &[u8]) -> Result<(Value, Vec<String
         Some(BodyFormat::Json) => parse_json(body),
         Some(BodyFormat::Yaml) => Ok((parse_yaml(body)?, Vec::new())),
         Some(BodyFormat::Protobuf) => Ok((crate::protobuf::decode(body)?, Vec::new())),
-        None => Err(ApiError::UnsupportedMediaType { got: ct, accepted: "application/json, application/yaml, application/vnd.kubernetes.protobuf" }),
+        None => Err(ApiError::UnsupportedMediaType {
+            got: ct,
+            accepted: "application/json, application/yaml, application/vnd.kubernetes.protobuf",
+        }),
     }
 }
 
@@ -79,7 +92,10 @@ fn unescape(s: &str) -> String {
     while i < b.len() {
         match b[i] {
             b'+' => out.push(b' '),
-            b'%' => match s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            b'%' => match s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
                 Some(x) => {
                     out.push(x);
                     i += 2;
@@ -97,15 +113,21 @@ fn dry_run(q: &Query) -> Result<bool, ApiError> {
     match q.get("dryRun").map(String::as_str) {
         None | Some("") => Ok(false),
         Some("All") => Ok(true),
-        Some(other) => Err(ApiError::BadRequest(format!("dryRun must be \"All\", not {other:?}"))),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "dryRun must be \"All\", not {other:?}"
+        ))),
     }
 }
 
 fn filter(def: &ResourceDef, q: &Query) -> Result<Filter, ApiError> {
     let labels = LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or(""))?;
-    let fields = FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or(""), |f| {
-        matches!(f, "metadata.name" | "metadata.namespace") || def.selectable_fields.iter().any(|s| s == f)
-    })?;
+    let fields = FieldSelector::parse(
+        q.get("fieldSelector").map(String::as_str).unwrap_or(""),
+        |f| {
+            matches!(f, "metadata.name" | "metadata.namespace")
+                || def.selectable_fields.iter().any(|s| s == f)
+        },
+    )?;
     Ok(Filter { labels, fields })
 }
 
@@ -118,10 +140,18 @@ pub async fn handle(State(app): State<Arc<AppState>>, req: Request) -> Response 
         Err(e) => return error_response(e),
     };
     match target {
-        Target::Discovery { group, version, legacy_core } => crate::discovery::serve(&app, req.headers(), group, version, legacy_core),
+        Target::Discovery {
+            group,
+            version,
+            legacy_core,
+        } => crate::discovery::serve(&app, req.headers(), group, version, legacy_core),
         Target::NonResource(_) => error_response(ApiError::NoRoute),
         Target::Resource(info) => {
-            let who = req.extensions().get::<Principal>().cloned().unwrap_or(Principal::Anonymous);
+            let who = req
+                .extensions()
+                .get::<Principal>()
+                .cloned()
+                .unwrap_or(Principal::Anonymous);
             let (parts, body) = req.into_parts();
             match resource(app, &who, info, q, parts.headers, body).await {
                 Ok(r) => r,
@@ -131,9 +161,19 @@ pub async fn handle(State(app): State<Arc<AppState>>, req: Request) -> Response 
     }
 }
 
-async fn resource(app: Arc<AppState>, who: &Principal, info: RequestInfo, q: Query, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn resource(
+    app: Arc<AppState>,
+    who: &Principal,
+    info: RequestInfo,
+    q: Query,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let table = app.registry.table().snapshot();
-    let def = table.lookup(&info.group, &info.version, &info.resource).cloned().ok_or(ApiError::NoRoute)?;
+    let def = table
+        .lookup(&info.group, &info.version, &info.resource)
+        .cloned()
+        .ok_or(ApiError::NoRoute)?;
     if info.namespace.is_some() && !def.namespaced {
         return Err(ApiError::NoRoute);
     }
@@ -151,7 +191,14 @@ async fn resource(app: Arc<AppState>, who: &Principal, info: RequestInfo, q: Que
     match info.verb {
         Verb::Get => {
             let obj = app.registry.get(&def, ns, name).await?;
-            Ok(json_response(StatusCode::OK, &render::one(&def, &obj, render::render_mode(&headers, q.get("includeObject").map(String::as_str))?)))
+            Ok(json_response(
+                StatusCode::OK,
+                &render::one(
+                    &def,
+                    &obj,
+                    render::render_mode(&headers, q.get("includeObject").map(String::as_str))?,
+                ),
+            ))
         }
         Verb::List => list(&app, &def, ns, &q, &headers).await,
         Verb::Watch => watch(&app, def, &info, &q, &headers).await,
@@ -161,20 +208,53 @@ async fn resource(app: Arc<AppState>, who: &Principal, info: RequestInfo, q: Que
                 return crate::reviews::create(&app, who, &def, ns, &headers, &bytes).await;
             }
             let (obj, warnings) = decode_write(&def, &headers, &bytes, &q)?;
-            let created = app.registry.create(&def, ns, obj, &WriteOptions { dry_run: dry_run(&q)? }).await?;
+            let created = app
+                .registry
+                .create(
+                    &def,
+                    ns,
+                    obj,
+                    &WriteOptions {
+                        dry_run: dry_run(&q)?,
+                    },
+                )
+                .await?;
             let mode = render::render_mode(&headers, None)?;
-            Ok(with_warnings(json_response(StatusCode::CREATED, &render::one(&def, &created, mode)), &warnings))
+            Ok(with_warnings(
+                json_response(StatusCode::CREATED, &render::one(&def, &created, mode)),
+                &warnings,
+            ))
         }
         Verb::Update => {
             let bytes = read_body(body).await?;
             let (obj, warnings) = decode_write(&def, &headers, &bytes, &q)?;
-            let updated = app.registry.update(&def, ns, name, obj, Part::Main, &WriteOptions { dry_run: dry_run(&q)? }).await?;
-            Ok(with_warnings(json_response(StatusCode::OK, &updated), &warnings))
+            let updated = app
+                .registry
+                .update(
+                    &def,
+                    ns,
+                    name,
+                    obj,
+                    Part::Main,
+                    &WriteOptions {
+                        dry_run: dry_run(&q)?,
+                    },
+                )
+                .await?;
+            Ok(with_warnings(
+                json_response(StatusCode::OK, &updated),
+                &warnings,
+            ))
         }
         Verb::Patch => {
             let bytes = read_body(body).await?;
-            let (obj, warnings, created) = patch_object(&app, &def, ns, name, &headers, &bytes, &q, Part::Main).await?;
-            let code = if created { StatusCode::CREATED } else { StatusCode::OK };
+            let (obj, warnings, created) =
+                patch_object(&app, &def, ns, name, &headers, &bytes, &q, Part::Main).await?;
+            let code = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
             Ok(with_warnings(json_response(code, &obj), &warnings))
         }
         Verb::Delete => {
@@ -182,24 +262,40 @@ async fn resource(app: Arc<AppState>, who: &Principal, info: RequestInfo, q: Que
             let opts = delete_options(&headers, &bytes, &q)?;
             match app.registry.delete(&def, ns, name, &opts).await? {
                 Deleted::Terminating(obj) => Ok(json_response(StatusCode::OK, &obj)),
-                Deleted::Gone(obj) if def.delete_returns_object => Ok(json_response(StatusCode::OK, &obj)),
-                Deleted::Gone(obj) => Ok(json_response(StatusCode::OK, &json!({
-                    "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                    "details": {"name": name, "group": def.group, "kind": def.plural, "uid": obj["metadata"]["uid"]},
-                }))),
+                Deleted::Gone(obj) if def.delete_returns_object => {
+                    Ok(json_response(StatusCode::OK, &obj))
+                }
+                Deleted::Gone(obj) => Ok(json_response(
+                    StatusCode::OK,
+                    &json!({
+                        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                        "details": {"name": name, "group": def.group, "kind": def.plural, "uid": obj["metadata"]["uid"]},
+                    }),
+                )),
             }
         }
         Verb::DeleteCollection => {
             let bytes = read_body(body).await?;
             let opts = delete_options(&headers, &bytes, &q)?;
-            let items = app.registry.delete_collection(&def, ns, &filter(&def, &q)?, &opts).await?;
-            Ok(json_response(StatusCode::OK, &json!({"kind": def.list_kind, "apiVersion": def.api_version(), "metadata": {}, "items": items})))
+            let items = app
+                .registry
+                .delete_collection(&def, ns, &filter(&def, &q)?, &opts)
+                .await?;
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({"kind": def.list_kind, "apiVersion": def.api_version(), "metadata": {}, "items": items}),
+            ))
         }
     }
 }
 
 /// Decodes a create/update body: media type, syntax, kind and version, types and unknown fields.
-pub fn decode_write(def: &ResourceDef, headers: &HeaderMap, bytes: &[u8], q: &Query) -> Result<(Value, Vec<String>), ApiError> {
+pub fn decode_write(
+    def: &ResourceDef,
+    headers: &HeaderMap,
+    bytes: &[u8],
+    q: &Query,
+) -> Result<(Value, Vec<String>), ApiError> {
     let mode = FieldValidation::parse(q.get("fieldValidation").map(String::as_str))?;
     let (v, dups) = body_value(headers, bytes)?;
     let mut warnings = mode.judge(dups)?;
@@ -211,47 +307,88 @@ pub fn decode_write(def: &ResourceDef, headers: &HeaderMap, bytes: &[u8], q: &Qu
 
 fn check_kind(def: &ResourceDef, v: &Value) -> Result<(), ApiError> {
     if !v.is_object() {
-        return Err(ApiError::BadRequest(format!("the request body must be a {} object", def.kind)));
+        return Err(ApiError::BadRequest(format!(
+            "the request body must be a {} object",
+            def.kind
+        )));
     }
     if let Some(k) = v.get("kind").and_then(Value::as_str)
         && !k.is_empty()
         && k != def.kind
     {
-        return Err(ApiError::BadRequest(format!("the body is a {k:?}, but this URL serves kind {:?}", def.kind)));
+        return Err(ApiError::BadRequest(format!(
+            "the body is a {k:?}, but this URL serves kind {:?}",
+            def.kind
+        )));
     }
     if let Some(av) = v.get("apiVersion").and_then(Value::as_str)
         && !av.is_empty()
         && av != def.api_version()
     {
-        return Err(ApiError::BadRequest(format!("the body has apiVersion {av:?}, but this URL serves {:?}", def.api_version())));
+        return Err(ApiError::BadRequest(format!(
+            "the body has apiVersion {av:?}, but this URL serves {:?}",
+            def.api_version()
+        )));
     }
     Ok(())
 }
 
-async fn list(app: &AppState, def: &ResourceDef, ns: Option<&str>, q: &Query, headers: &HeaderMap) -> Result<Response, ApiError> {
+async fn list(
+    app: &AppState,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    q: &Query,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let mode = render::render_mode(headers, q.get("includeObject").map(String::as_str))?;
     let limit = match q.get("limit") {
-        Some(l) => l.parse::<usize>().map_err(|_| ApiError::BadRequest(format!("invalid limit {l:?}")))?,
+        Some(l) => l
+            .parse::<usize>()
+            .map_err(|_| ApiError::BadRequest(format!("invalid limit {l:?}")))?,
         None => 0,
     };
-    let revision = match (q.get("resourceVersion").map(String::as_str), q.get("resourceVersionMatch").map(String::as_str)) {
+    let revision = match (
+        q.get("resourceVersion").map(String::as_str),
+        q.get("resourceVersionMatch").map(String::as_str),
+    ) {
         (None | Some("") | Some("0"), None | Some("") | Some("NotOlderThan")) => 0,
-        (None | Some(""), Some("Exact")) => return Err(ApiError::BadRequest("resourceVersionMatch=Exact needs a resourceVersion".into())),
+        (None | Some(""), Some("Exact")) => {
+            return Err(ApiError::BadRequest(
+                "resourceVersionMatch=Exact needs a resourceVersion".into(),
+            ));
+        }
         (Some(rv), Some("Exact")) => parse_rv(rv)?,
         (Some(rv), None | Some("") | Some("NotOlderThan")) => {
             let want = parse_rv(rv)?;
             let current = app.registry.store().revision().await?;
             if want > current {
-                return Err(ApiError::Timeout(format!("Too large resource version: {want}, current: {current}")));
+                return Err(ApiError::Timeout(format!(
+                    "Too large resource version: {want}, current: {current}"
+                )));
             }
             0
         }
-        (_, Some(other)) => return Err(ApiError::BadRequest(format!("resourceVersionMatch must be Exact or NotOlderThan, not {other:?}"))),
+        (_, Some(other)) => {
+            return Err(ApiError::BadRequest(format!(
+                "resourceVersionMatch must be Exact or NotOlderThan, not {other:?}"
+            )));
+        }
     };
-    let opts = ListOptions { filter: filter(def, q)?, limit, continue_token: q.get("continue").filter(|c| !c.is_empty()).cloned(), revision };
+    let opts = ListOptions {
+        filter: filter(def, q)?,
+        limit,
+        continue_token: q.get("continue").filter(|c| !c.is_empty()).cloned(),
+        revision,
+    };
     let page = app.registry.list(def, ns, &opts).await?;
     let v = match mode {
-        Render::Table { include } => render::table(def, &page.items, Some(page.revision.to_string()), page.continue_token, include),
+        Render::Table { include } => render::table(
+            def,
+            &page.items,
+            Some(page.revision.to_string()),
+            page.continue_token,
+            include,
+        ),
         Render::Json => {
             let mut meta = json!({"resourceVersion": page.revision.to_string()});
             if let Some(c) = page.continue_token {
@@ -263,10 +400,19 @@ async fn list(app: &AppState, def: &ResourceDef, ns: Option<&str>, q: &Query, he
     Ok(json_response(StatusCode::OK, &v))
 }
 
-async fn watch(app: &AppState, def: Arc<ResourceDef>, info: &RequestInfo, q: &Query, headers: &HeaderMap) -> Result<Response, ApiError> {
+async fn watch(
+    app: &AppState,
+    def: Arc<ResourceDef>,
+    info: &RequestInfo,
+    q: &Query,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let mode = render::render_mode(headers, q.get("includeObject").map(String::as_str))?;
     let timeout = match q.get("timeoutSeconds") {
-        Some(s) => Duration::from_secs(s.parse().map_err(|_| ApiError::BadRequest(format!("invalid timeoutSeconds {s:?}")))?),
+        Some(s) => Duration::from_secs(
+            s.parse()
+                .map_err(|_| ApiError::BadRequest(format!("invalid timeoutSeconds {s:?}")))?,
+        ),
         None => Duration::from_secs(1800),
     };
     let f = filter(&def, q)?;
@@ -312,10 +458,21 @@ async fn watch(app: &AppState, def: Arc<ResourceDef>, info: &RequestInfo, q: &Qu
 
 /// Applies a patch of any type to an object (or its status); server-side apply may create it.
 #[allow(clippy::too_many_arguments)]
-pub async fn patch_object(app: &AppState, def: &ResourceDef, ns: Option<&str>, name: &str, headers: &HeaderMap, bytes: &[u8], q: &Query, part: Part) -> Result<(Value, Vec<String>, bool), ApiError> {
+pub async fn patch_object(
+    app: &AppState,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    name: &str,
+    headers: &HeaderMap,
+    bytes: &[u8],
+    q: &Query,
+    part: Part,
+) -> Result<(Value, Vec<String>, bool), ApiError> {
     let mode = FieldValidation::parse(q.get("fieldValidation").map(String::as_str))?;
     let ty = PatchType::from_media_type(&media_type(headers))?;
-    let opts = WriteOptions { dry_run: dry_run(q)? };
+    let opts = WriteOptions {
+        dry_run: dry_run(q)?,
+    };
     if ty == PatchType::Apply {
         return crate::apply::apply(app, def, ns, name, bytes, q, part, mode, &opts).await;
     }
@@ -327,7 +484,9 @@ pub async fn patch_object(app: &AppState, def: &ResourceDef, ns: Option<&str>, n
             patch::apply(&mut current, &def.kind, ty, bytes)?;
             // A patch that does not set resourceVersion applies to whatever is current.
             if current["metadata"]["resourceVersion"] == rv {
-                current["metadata"].as_object_mut().map(|m| m.remove("resourceVersion"));
+                current["metadata"]
+                    .as_object_mut()
+                    .map(|m| m.remove("resourceVersion"));
             }
             let (obj, w) = def.strategy.decode(def, current, mode)?;
             warnings = w;
@@ -337,26 +496,53 @@ pub async fn patch_object(app: &AppState, def: &ResourceDef, ns: Option<&str>, n
     Ok((obj, warnings, false))
 }
 
-pub fn delete_options(headers: &HeaderMap, bytes: &[u8], q: &Query) -> Result<DeleteOptions, ApiError> {
+pub fn delete_options(
+    headers: &HeaderMap,
+    bytes: &[u8],
+    q: &Query,
+) -> Result<DeleteOptions, ApiError> {
     let opts: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
         let ct = media_type(headers);
-        if !(ct.is_empty() || ct == "application/json" || ct == "application/vnd.kubernetes.protobuf") {
-            return Err(ApiError::UnsupportedMediaType { got: ct, accepted: "application/json" });
+        if !(ct.is_empty()
+            || ct == "application/json"
+            || ct == "application/vnd.kubernetes.protobuf")
+        {
+            return Err(ApiError::UnsupportedMediaType {
+                got: ct,
+                accepted: "application/json",
+            });
         }
-        if ct == "application/vnd.kubernetes.protobuf" { crate::protobuf::decode(bytes)? } else { parse_json(bytes)?.0 }
+        if ct == "application/vnd.kubernetes.protobuf" {
+            crate::protobuf::decode(bytes)?
+        } else {
+            parse_json(bytes)?.0
+        }
     };
     let grace = match q.get("gracePeriodSeconds") {
-        Some(g) => Some(g.parse::<i64>().map_err(|_| ApiError::BadRequest(format!("invalid gracePeriodSeconds {g:?}")))?),
+        Some(g) => Some(
+            g.parse::<i64>()
+                .map_err(|_| ApiError::BadRequest(format!("invalid gracePeriodSeconds {g:?}")))?,
+        ),
         None => opts.get("gracePeriodSeconds").and_then(Value::as_i64),
     };
     if grace.is_some_and(|g| g < 0) {
-        return Err(ApiError::BadRequest("gracePeriodSeconds must be >= 0".into()));
+        return Err(ApiError::BadRequest(
+            "gracePeriodSeconds must be >= 0".into(),
+        ));
     }
-    let propagation = match q.get("propagationPolicy").map(String::as_str).or(opts.get("propagationPolicy").and_then(Value::as_str)) {
+    let propagation = match q
+        .get("propagationPolicy")
+        .map(String::as_str)
+        .or(opts.get("propagationPolicy").and_then(Value::as_str))
+    {
         Some(p) => Some(Propagation::parse(p)?),
-        None => match opts.get("orphanDependents").and_then(Value::as_bool).or(q.get("orphanDependents").map(|v| v == "true")) {
+        None => match opts
+            .get("orphanDependents")
+            .and_then(Value::as_bool)
+            .or(q.get("orphanDependents").map(|v| v == "true"))
+        {
             Some(true) => Some(Propagation::Orphan),
             Some(false) => Some(Propagation::Background),
             None => None,
@@ -368,8 +554,14 @@ pub fn delete_options(headers: &HeaderMap, bytes: &[u8], q: &Query) -> Result<De
     };
     Ok(DeleteOptions {
         grace_period: grace,
-        precondition_uid: opts.pointer("/preconditions/uid").and_then(Value::as_str).map(String::from),
-        precondition_rv: opts.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(String::from),
+        precondition_uid: opts
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+            .map(String::from),
+        precondition_rv: opts
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .map(String::from),
         propagation,
         dry_run: dry,
     })

@@ -39,7 +39,10 @@ pub enum ServerError {
     #[error("cluster PKI: {0}")]
     Pki(#[from] strake_pki::PkiError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("building the node client: {0}")]
     Client(String),
     #[error("creating default object {what}: {source}")]
@@ -80,8 +83,18 @@ pub struct ApiServer {
 impl ApiServer {
     pub fn new(cfg: Config, store: strake_store::Store) -> Result<Self, ServerError> {
         let ca = ClusterCa::load_or_generate(&cfg.pki_dir, &cfg.cluster_name)?;
-        let mut sans = vec!["localhost".to_string(), "127.0.0.1".into(), "kubernetes".into(), "kubernetes.default".into(), "kubernetes.default.svc".into()];
-        if let Some(host) = cfg.advertise.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_string()) {
+        let mut sans = vec![
+            "localhost".to_string(),
+            "127.0.0.1".into(),
+            "kubernetes".into(),
+            "kubernetes.default".into(),
+            "kubernetes.default.svc".into(),
+        ];
+        if let Some(host) = cfg
+            .advertise
+            .rsplit_once(':')
+            .map(|(h, _)| h.trim_matches(['[', ']']).to_string())
+        {
             sans.push(host);
         }
         sans.extend(cfg.sans.iter().cloned());
@@ -89,18 +102,35 @@ impl ApiServer {
         sans.dedup();
         let serving = ca.issue_server("kube-apiserver", &sans)?;
         let tls = strake_pki::server_config(&serving, &ca.ca.cert_pem, &[b"h2", b"http/1.1"])?;
-        let kubelet_client: CertifiedKey = ca.issue_client("kube-apiserver-kubelet-client", &["system:masters"], time::Duration::days(365))?;
+        let kubelet_client: CertifiedKey = ca.issue_client(
+            "kube-apiserver-kubelet-client",
+            &["system:masters"],
+            time::Duration::days(365),
+        )?;
         let client_tls = strake_pki::client_config(&ca.ca.cert_pem, Some(&kubelet_client))?;
         let node_client = reqwest::Client::builder()
             .use_preconfigured_tls(client_tls)
             .connect_timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| ServerError::Client(e.to_string()))?;
-        let store: Arc<dyn strake_apimachinery::storage::ObjectStore> = Arc::new(strake_apimachinery::storage::RaftStore::new(store));
-        let admission = strake_apimachinery::admission::Chain::new(vec![Box::new(strake_apimachinery::admission::NamespaceLifecycle)]);
+        let store: Arc<dyn strake_apimachinery::storage::ObjectStore> =
+            Arc::new(strake_apimachinery::storage::RaftStore::new(store));
+        let admission = strake_apimachinery::admission::Chain::new(vec![Box::new(
+            strake_apimachinery::admission::NamespaceLifecycle,
+        )]);
         let registry = Registry::new(store, strake_kinds::builtin_table(), admission);
-        let app = Arc::new(AppState { registry, ca, token: cfg.token, advertise: cfg.advertise, node_client });
-        Ok(Self { app, tls: Arc::new(tls), listen: cfg.listen })
+        let app = Arc::new(AppState {
+            registry,
+            ca,
+            token: cfg.token,
+            advertise: cfg.advertise,
+            node_client,
+        });
+        Ok(Self {
+            app,
+            tls: Arc::new(tls),
+            listen: cfg.listen,
+        })
     }
 
     pub fn registry(&self) -> Registry {
@@ -117,35 +147,89 @@ impl ApiServer {
         let table = self.app.registry.table().snapshot();
         let mut objects: Vec<(&str, &str, &str, serde_json::Value)> = Vec::new();
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-            objects.push(("", "v1", "namespaces", serde_json::json!({"metadata": {"name": ns}})));
+            objects.push((
+                "",
+                "v1",
+                "namespaces",
+                serde_json::json!({"metadata": {"name": ns}}),
+            ));
         }
         for (name, value, desc) in [
-            ("system-node-critical", 2_000_001_000i64, "Used for system critical pods that must not be moved from their current node."),
-            ("system-cluster-critical", 2_000_000_000, "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary."),
+            (
+                "system-node-critical",
+                2_000_001_000i64,
+                "Used for system critical pods that must not be moved from their current node.",
+            ),
+            (
+                "system-cluster-critical",
+                2_000_000_000,
+                "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary.",
+            ),
         ] {
             objects.push(("scheduling.k8s.io", "v1", "priorityclasses", serde_json::json!({"metadata": {"name": name}, "value": value, "description": desc})));
         }
         for (group, version, plural, obj) in objects {
-            let def = table.lookup(group, version, plural).ok_or_else(|| ServerError::Defaults { what: plural.into(), source: Box::new(ApiError::NoRoute) })?;
-            let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
-            let (obj, _) = def.strategy.decode(def, obj, Default::default()).map_err(|source| ServerError::Defaults { what: name.clone(), source: Box::new(source) })?;
-            match self.app.registry.create(def, None, obj, &Default::default()).await {
+            let def =
+                table
+                    .lookup(group, version, plural)
+                    .ok_or_else(|| ServerError::Defaults {
+                        what: plural.into(),
+                        source: Box::new(ApiError::NoRoute),
+                    })?;
+            let name = obj["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let (obj, _) = def
+                .strategy
+                .decode(def, obj, Default::default())
+                .map_err(|source| ServerError::Defaults {
+                    what: name.clone(),
+                    source: Box::new(source),
+                })?;
+            match self
+                .app
+                .registry
+                .create(def, None, obj, &Default::default())
+                .await
+            {
                 Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
-                Err(source) => return Err(ServerError::Defaults { what: format!("{plural} {name}"), source: Box::new(source) }),
+                Err(source) => {
+                    return Err(ServerError::Defaults {
+                        what: format!("{plural} {name}"),
+                        source: Box::new(source),
+                    });
+                }
             }
         }
-        controllers::crd_pass(&self.app.registry).await.map_err(|source| ServerError::Defaults { what: "custom resource definitions".into(), source: Box::new(source) })?;
+        controllers::crd_pass(&self.app.registry)
+            .await
+            .map_err(|source| ServerError::Defaults {
+                what: "custom resource definitions".into(),
+                source: Box::new(source),
+            })?;
         Ok(())
     }
 
     /// Serves until the listener fails. Also runs the built-in namespace controller.
     pub async fn serve(self) -> Result<(), ServerError> {
-        let listener = TcpListener::bind(self.listen).await.map_err(|source| ServerError::Listen { addr: self.listen, source })?;
+        let listener =
+            TcpListener::bind(self.listen)
+                .await
+                .map_err(|source| ServerError::Listen {
+                    addr: self.listen,
+                    source,
+                })?;
         self.serve_on(listener).await
     }
 
     pub async fn serve_on(self, listener: TcpListener) -> Result<(), ServerError> {
-        let addr = listener.local_addr().map_err(|source| ServerError::Listen { addr: self.listen, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| ServerError::Listen {
+                addr: self.listen,
+                source,
+            })?;
         tokio::spawn(controllers::namespaces(self.app.registry.clone()));
         tokio::spawn(controllers::crds(self.app.registry.clone()));
         let router = routes::router(self.app.clone());
@@ -164,7 +248,9 @@ impl ApiServer {
             let acceptor = acceptor.clone();
             let router = router.clone();
             tokio::spawn(async move {
-                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                    .await
+                {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -172,11 +258,22 @@ impl ApiServer {
                     }
                     Err(_) => return,
                 };
-                let cert_identity = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| strake_pki::peer_identity(c).ok());
-                let svc = router.layer(axum::Extension(auth::ConnInfo { peer, cert_identity }));
+                let cert_identity = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| strake_pki::peer_identity(c).ok());
+                let svc = router.layer(axum::Extension(auth::ConnInfo {
+                    peer,
+                    cert_identity,
+                }));
                 let svc = hyper_util::service::TowerToHyperService::new(svc);
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc).await {
+                if let Err(e) = builder
+                    .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                    .await
+                {
                     tracing::debug!(%peer, error = %e, "connection ended with error");
                 }
             });

@@ -20,8 +20,16 @@ pub fn schema_name(d: &ResourceDef) -> String {
     }
     let group = match d.group.as_str() {
         "" => "core".to_string(),
-        "apiextensions.k8s.io" => return format!("io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.{}.{}", d.version, d.kind),
-        g => g.trim_end_matches(".k8s.io").replace('.', "_").replace("rbac_authorization", "rbac"),
+        "apiextensions.k8s.io" => {
+            return format!(
+                "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.{}.{}",
+                d.version, d.kind
+            );
+        }
+        g => g
+            .trim_end_matches(".k8s.io")
+            .replace('.', "_")
+            .replace("rbac_authorization", "rbac"),
     };
     format!("io.k8s.api.{group}.{}.{}", d.version, d.kind)
 }
@@ -47,27 +55,58 @@ fn operation(d: &ResourceDef, id: &str, action: &str, params: Vec<Value>, body: 
 
 fn write_params() -> Vec<Value> {
     vec![
-        param("dryRun", "query", false, "When present, indicates that modifications should not be persisted."),
-        param("fieldManager", "query", false, "A name associated with the actor or entity that is making these changes."),
-        param("fieldValidation", "query", false, "How the server handles unknown or duplicate fields: Ignore, Warn or Strict."),
+        param(
+            "dryRun",
+            "query",
+            false,
+            "When present, indicates that modifications should not be persisted.",
+        ),
+        param(
+            "fieldManager",
+            "query",
+            false,
+            "A name associated with the actor or entity that is making these changes.",
+        ),
+        param(
+            "fieldValidation",
+            "query",
+            false,
+            "How the server handles unknown or duplicate fields: Ignore, Warn or Strict.",
+        ),
     ]
 }
 
 fn paths_for(d: &ResourceDef, paths: &mut Map<String, Value>) {
-    let base = if d.group.is_empty() { format!("/api/{}", d.version) } else { format!("/apis/{}/{}", d.group, d.version) };
-    let (collection, item) = if d.namespaced {
-        (format!("{base}/namespaces/{{namespace}}/{}", d.plural), format!("{base}/namespaces/{{namespace}}/{}/{{name}}", d.plural))
+    let base = if d.group.is_empty() {
+        format!("/api/{}", d.version)
     } else {
-        (format!("{base}/{}", d.plural), format!("{base}/{}/{{name}}", d.plural))
+        format!("/apis/{}/{}", d.group, d.version)
+    };
+    let (collection, item) = if d.namespaced {
+        (
+            format!("{base}/namespaces/{{namespace}}/{}", d.plural),
+            format!("{base}/namespaces/{{namespace}}/{}/{{name}}", d.plural),
+        )
+    } else {
+        (
+            format!("{base}/{}", d.plural),
+            format!("{base}/{}/{{name}}", d.plural),
+        )
     };
     let scope = if d.namespaced { "Namespaced" } else { "" };
     let kind = d.kind.as_str();
     let scoped = |mut params: Vec<Value>, with_name: bool| {
         if with_name {
-            params.insert(0, param("name", "path", true, &format!("name of the {kind}")));
+            params.insert(
+                0,
+                param("name", "path", true, &format!("name of the {kind}")),
+            );
         }
         if d.namespaced {
-            params.insert(0, param("namespace", "path", true, "object name and auth scope"));
+            params.insert(
+                0,
+                param("namespace", "path", true, "object name and auth scope"),
+            );
         }
         params
     };
@@ -75,12 +114,33 @@ fn paths_for(d: &ResourceDef, paths: &mut Map<String, Value>) {
         paths.insert(collection, json!({"post": operation(d, &format!("create{scope}{kind}"), "post", scoped(write_params(), false), true)}));
         return;
     }
-    let list_params = scoped(vec![param("labelSelector", "query", false, ""), param("fieldSelector", "query", false, ""), param("watch", "query", false, ""), param("limit", "query", false, ""), param("continue", "query", false, "")], false);
+    let list_params = scoped(
+        vec![
+            param("labelSelector", "query", false, ""),
+            param("fieldSelector", "query", false, ""),
+            param("watch", "query", false, ""),
+            param("limit", "query", false, ""),
+            param("continue", "query", false, ""),
+        ],
+        false,
+    );
     let read_params = scoped(vec![], true);
     let mut patch_params = scoped(write_params(), true);
-    patch_params.push(param("force", "query", false, "Force is going to \"force\" Apply requests."));
+    patch_params.push(param(
+        "force",
+        "query",
+        false,
+        "Force is going to \"force\" Apply requests.",
+    ));
     let replace_params = scoped(write_params(), true);
-    let delete_params = scoped(vec![param("gracePeriodSeconds", "query", false, ""), param("propagationPolicy", "query", false, ""), param("dryRun", "query", false, "")], true);
+    let delete_params = scoped(
+        vec![
+            param("gracePeriodSeconds", "query", false, ""),
+            param("propagationPolicy", "query", false, ""),
+            param("dryRun", "query", false, ""),
+        ],
+        true,
+    );
     paths.insert(
         collection,
         json!({
@@ -102,7 +162,11 @@ fn paths_for(d: &ResourceDef, paths: &mut Map<String, Value>) {
         if !matches!(s.name.as_str(), "status" | "scale") {
             continue;
         }
-        let suffix = if s.name == "status" { "Status" } else { "Scale" };
+        let suffix = if s.name == "status" {
+            "Status"
+        } else {
+            "Scale"
+        };
         paths.insert(
             format!("{item}/{}", s.name),
             json!({
@@ -115,7 +179,12 @@ fn paths_for(d: &ResourceDef, paths: &mut Map<String, Value>) {
 }
 
 /// The document of one group-version, or `None` if nothing is served there.
-pub fn document(entries: &Entries, group: &str, version: &str, crd_schemas: &dyn Fn(&ResourceDef) -> Option<Value>) -> Option<Value> {
+pub fn document(
+    entries: &Entries,
+    group: &str,
+    version: &str,
+    crd_schemas: &dyn Fn(&ResourceDef) -> Option<Value>,
+) -> Option<Value> {
     let mut paths = Map::new();
     let mut schemas = Map::new();
     for d in entries.in_group_version(group, version) {
@@ -147,9 +216,16 @@ pub fn root(entries: &Entries, crd_schemas: &dyn Fn(&ResourceDef) -> Option<Valu
     let mut paths = Map::new();
     for (g, versions) in entries.groups() {
         for v in versions {
-            let key = if g.is_empty() { format!("api/{v}") } else { format!("apis/{g}/{v}") };
+            let key = if g.is_empty() {
+                format!("api/{v}")
+            } else {
+                format!("apis/{g}/{v}")
+            };
             if let Some(doc) = document(entries, &g, &v, crd_schemas) {
-                paths.insert(key.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash={}", hash(&doc))}));
+                paths.insert(
+                    key.clone(),
+                    json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash={}", hash(&doc))}),
+                );
             }
         }
     }
@@ -167,12 +243,26 @@ mod tests {
         let doc = document(&entries, "", "v1", &none).unwrap();
         let patch = &doc["paths"]["/api/v1/namespaces/{namespace}/pods/{name}"]["patch"];
         assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "Pod");
-        assert!(patch["parameters"].as_array().unwrap().iter().any(|p| p["name"] == "fieldValidation"));
+        assert!(
+            patch["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "fieldValidation")
+        );
         let apps = document(&entries, "apps", "v1", &none).unwrap();
-        assert!(apps["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}/scale"]["patch"].is_object());
+        assert!(
+            apps["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}/scale"]["patch"]
+                .is_object()
+        );
         assert!(apps["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"].is_object());
         let r = root(&entries, &none);
-        assert!(r["paths"]["apis/apps/v1"]["serverRelativeURL"].as_str().unwrap().starts_with("/openapi/v3/apis/apps/v1?hash="));
+        assert!(
+            r["paths"]["apis/apps/v1"]["serverRelativeURL"]
+                .as_str()
+                .unwrap()
+                .starts_with("/openapi/v3/apis/apps/v1?hash=")
+        );
         assert!(document(&entries, "nope", "v1", &none).is_none());
     }
 }

@@ -10,7 +10,10 @@ const MAGIC: &[u8] = b"k8s\0";
 
 pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
     if !body.starts_with(MAGIC) {
-        return Err(ApiError::BadRequest("the protobuf body does not start with the Kubernetes envelope prefix \"k8s\\0\"".into()));
+        return Err(ApiError::BadRequest(
+            "the protobuf body does not start with the Kubernetes envelope prefix \"k8s\\0\""
+                .into(),
+        ));
     }
     Err(ApiError::UnsupportedMediaType {
         got: "application/vnd.kubernetes.protobuf".into(),

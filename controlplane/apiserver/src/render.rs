@@ -23,19 +23,37 @@ pub enum Include {
 /// Reads the Accept header: Table when its first choice asks for it; 406 when it accepts
 /// nothing we can send.
 pub fn render_mode(headers: &HeaderMap, include_object: Option<&str>) -> Result<Render, ApiError> {
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let choices: Vec<String> = accept.split(',').map(|a| a.replace(' ', "")).filter(|a| !a.is_empty()).collect();
-    let table = choices.first().is_some_and(|f| f.contains("as=Table") && f.contains("g=meta.k8s.io"));
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let choices: Vec<String> = accept
+        .split(',')
+        .map(|a| a.replace(' ', ""))
+        .filter(|a| !a.is_empty())
+        .collect();
+    let table = choices
+        .first()
+        .is_some_and(|f| f.contains("as=Table") && f.contains("g=meta.k8s.io"));
     if !table
         && !choices.is_empty()
         && !choices.iter().any(|c| {
             let mt = c.split(';').next().unwrap_or("");
-            matches!(mt, "application/json" | "*/*" | "application/*" | "application/yaml" | "application/vnd.kubernetes.protobuf" | "application/json-seq")
-                && !c.contains("as=PartialObjectMetadata")
+            matches!(
+                mt,
+                "application/json"
+                    | "*/*"
+                    | "application/*"
+                    | "application/yaml"
+                    | "application/vnd.kubernetes.protobuf"
+                    | "application/json-seq"
+            ) && !c.contains("as=PartialObjectMetadata")
         })
         && !choices.iter().any(|c| c.contains("as=Table"))
     {
-        return Err(ApiError::NotAcceptable(format!("only the following media types are accepted: application/json, application/yaml (asked for {accept:?})")));
+        return Err(ApiError::NotAcceptable(format!(
+            "only the following media types are accepted: application/json, application/yaml (asked for {accept:?})"
+        )));
     }
     if !table {
         return Ok(Render::Json);
@@ -49,7 +67,12 @@ pub fn render_mode(headers: &HeaderMap, include_object: Option<&str>) -> Result<
 }
 
 pub fn json_response(code: StatusCode, v: &Value) -> Response {
-    (code, [(header::CONTENT_TYPE, "application/json")], serde_json::to_vec(v).unwrap_or_default()).into_response()
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(v).unwrap_or_default(),
+    )
+        .into_response()
 }
 
 /// The response for an error: its `Status`, mapped once in `ApiError::status`.
@@ -60,13 +83,21 @@ pub fn error_response(e: ApiError) -> Response {
 fn row(def: &ResourceDef, obj: &Value, include: Include) -> Value {
     let object = match include {
         Include::None => Value::Null,
-        Include::Metadata => json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]}),
+        Include::Metadata => {
+            json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]})
+        }
         Include::Object => obj.clone(),
     };
     json!({"cells": def.strategy.cells(obj), "object": object})
 }
 
-pub fn table(def: &ResourceDef, items: &[Value], rv: Option<String>, cont: Option<String>, include: Include) -> Value {
+pub fn table(
+    def: &ResourceDef,
+    items: &[Value],
+    rv: Option<String>,
+    cont: Option<String>,
+    include: Include,
+) -> Value {
     let cols: Vec<Value> = def
         .columns
         .iter()
@@ -92,7 +123,15 @@ pub fn table(def: &ResourceDef, items: &[Value], rv: Option<String>, cont: Optio
 pub fn one(def: &ResourceDef, obj: &Value, mode: Render) -> Value {
     match mode {
         Render::Json => obj.clone(),
-        Render::Table { include } => table(def, std::slice::from_ref(obj), obj["metadata"]["resourceVersion"].as_str().map(String::from), None, include),
+        Render::Table { include } => table(
+            def,
+            std::slice::from_ref(obj),
+            obj["metadata"]["resourceVersion"]
+                .as_str()
+                .map(String::from),
+            None,
+            include,
+        ),
     }
 }
 
@@ -115,10 +154,18 @@ mod tests {
     fn table_negotiation() {
         let mut h = HeaderMap::new();
         h.insert(header::ACCEPT, "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json".parse().unwrap());
-        assert_eq!(render_mode(&h, None).unwrap(), Render::Table { include: Include::Metadata });
+        assert_eq!(
+            render_mode(&h, None).unwrap(),
+            Render::Table {
+                include: Include::Metadata
+            }
+        );
         assert_eq!(render_mode(&HeaderMap::new(), None).unwrap(), Render::Json);
         let mut x = HeaderMap::new();
         x.insert(header::ACCEPT, "text/html".parse().unwrap());
-        assert!(matches!(render_mode(&x, None), Err(ApiError::NotAcceptable(_))));
+        assert!(matches!(
+            render_mode(&x, None),
+            Err(ApiError::NotAcceptable(_))
+        ));
     }
 }

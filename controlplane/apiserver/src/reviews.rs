@@ -10,13 +10,21 @@ use crate::AppState;
 use crate::auth::Principal;
 use crate::render::json_response;
 
-
 /// Whether a user in `groups` may do anything, under today's authorizer.
 fn allowed(groups: &[String]) -> bool {
-    groups.iter().any(|g| g == "system:masters" || g == "system:nodes")
+    groups
+        .iter()
+        .any(|g| g == "system:masters" || g == "system:nodes")
 }
 
-pub async fn create(app: &AppState, who: &Principal, def: &ResourceDef, ns: Option<&str>, headers: &HeaderMap, bytes: &[u8]) -> Result<Response, ApiError> {
+pub async fn create(
+    app: &AppState,
+    who: &Principal,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    headers: &HeaderMap,
+    bytes: &[u8],
+) -> Result<Response, ApiError> {
     let (v, _) = crate::dispatch::body_value(headers, bytes)?;
     let (mut obj, _) = def.strategy.decode(def, v, Default::default())?;
     let user = who.name();
@@ -27,19 +35,38 @@ pub async fn create(app: &AppState, who: &Principal, def: &ResourceDef, ns: Opti
             obj["status"] = json!({"allowed": ok, "reason": if ok { "the caller's group may use the whole API" } else { "no rule allows this" }});
         }
         "SubjectAccessReview" | "LocalSubjectAccessReview" => {
-            let spec_groups: Vec<String> = obj["spec"]["groups"].as_array().into_iter().flatten().filter_map(|g| g.as_str().map(String::from)).collect();
+            let spec_groups: Vec<String> = obj["spec"]["groups"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|g| g.as_str().map(String::from))
+                .collect();
             if let (Some(ns), "LocalSubjectAccessReview") = (ns, def.kind.as_str())
-                && obj["spec"]["resourceAttributes"]["namespace"].as_str().is_some_and(|n| n != ns)
+                && obj["spec"]["resourceAttributes"]["namespace"]
+                    .as_str()
+                    .is_some_and(|n| n != ns)
             {
-                return Err(ApiError::BadRequest("spec.resourceAttributes.namespace must match the namespace of the request".into()));
+                return Err(ApiError::BadRequest(
+                    "spec.resourceAttributes.namespace must match the namespace of the request"
+                        .into(),
+                ));
             }
             let ok = allowed(&spec_groups);
             obj["status"] = json!({"allowed": ok, "reason": if ok { "the subject's group may use the whole API" } else { "no rule allows this" }});
         }
         "SelfSubjectRulesReview" => {
-            let rules = if allowed(&groups) { json!([{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}]) } else { json!([]) };
-            let non = if allowed(&groups) { json!([{"verbs": ["*"], "nonResourceURLs": ["*"]}]) } else { json!([{"verbs": ["get"], "nonResourceURLs": ["/healthz", "/livez", "/readyz", "/version", "/version/"]}]) };
-            obj["status"] = json!({"resourceRules": rules, "nonResourceRules": non, "incomplete": false});
+            let rules = if allowed(&groups) {
+                json!([{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}])
+            } else {
+                json!([])
+            };
+            let non = if allowed(&groups) {
+                json!([{"verbs": ["*"], "nonResourceURLs": ["*"]}])
+            } else {
+                json!([{"verbs": ["get"], "nonResourceURLs": ["/healthz", "/livez", "/readyz", "/version", "/version/"]}])
+            };
+            obj["status"] =
+                json!({"resourceRules": rules, "nonResourceRules": non, "incomplete": false});
         }
         "SelfSubjectReview" => {
             obj["status"] = json!({"userInfo": {"username": user, "groups": groups}});
@@ -47,7 +74,9 @@ pub async fn create(app: &AppState, who: &Principal, def: &ResourceDef, ns: Opti
         "TokenReview" => {
             let token = obj["spec"]["token"].as_str().unwrap_or_default();
             let status = match Principal::from_token(app, token) {
-                Some(p) => json!({"authenticated": true, "user": {"username": p.name(), "groups": p.groups()}}),
+                Some(p) => {
+                    json!({"authenticated": true, "user": {"username": p.name(), "groups": p.groups()}})
+                }
                 None => json!({"authenticated": false, "error": "the token is not valid"}),
             };
             obj["status"] = status;

@@ -26,7 +26,10 @@ fn crd_schema(d: &strake_apimachinery::ResourceDef, app: &AppState) -> Option<se
 
 async fn openapi_root(State(app): State<Arc<AppState>>) -> Response {
     let entries = app.registry.table().snapshot();
-    json_response(StatusCode::OK, &openapi::root(&entries, &|d| crd_schema(d, &app)))
+    json_response(
+        StatusCode::OK,
+        &openapi::root(&entries, &|d| crd_schema(d, &app)),
+    )
 }
 
 async fn openapi_doc(State(app): State<Arc<AppState>>, Path(rest): Path<String>) -> Response {
@@ -59,7 +62,10 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/openapi/v3/{*rest}", get(openapi_doc))
         .route("/strake/v1/cluster-info", get(bootstrap::cluster_info))
         .route("/strake/v1/kubeconfig", post(bootstrap::admin_kubeconfig))
-        .route("/strake/v1/node-credentials", post(bootstrap::node_credentials))
+        .route(
+            "/strake/v1/node-credentials",
+            post(bootstrap::node_credentials),
+        )
         .route("/api", any(dispatch::handle))
         .route("/api/", any(dispatch::handle))
         .route("/api/{*rest}", any(dispatch::handle))
@@ -67,6 +73,9 @@ pub fn router(app: Arc<AppState>) -> Router {
         .route("/apis/", any(dispatch::handle))
         .route("/apis/{*rest}", any(dispatch::handle))
         .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(app.clone(), auth::middleware))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            auth::middleware,
+        ))
         .with_state(app)
 }

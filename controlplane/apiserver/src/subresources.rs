@@ -21,11 +21,23 @@ fn dry_run(q: &Query) -> bool {
     q.get("dryRun").is_some_and(|d| d == "All")
 }
 
-pub async fn serve(app: &Arc<AppState>, def: &Arc<ResourceDef>, info: &RequestInfo, sub: &str, q: &Query, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub async fn serve(
+    app: &Arc<AppState>,
+    def: &Arc<ResourceDef>,
+    info: &RequestInfo,
+    sub: &str,
+    q: &Query,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let ns = info.namespace.as_deref();
     let name = info.name.as_deref().ok_or(ApiError::NoRoute)?;
     let verb = info.verb.as_str();
-    let allowed = def.subresources.iter().find(|s| s.name == sub).is_some_and(|s| s.verbs.iter().any(|v| v == verb));
+    let allowed = def
+        .subresources
+        .iter()
+        .find(|s| s.name == sub)
+        .is_some_and(|s| s.verbs.iter().any(|v| v == verb));
     if !allowed {
         return Err(ApiError::MethodNotAllowed);
     }
@@ -33,27 +45,58 @@ pub async fn serve(app: &Arc<AppState>, def: &Arc<ResourceDef>, info: &RequestIn
         ("status", ..) => status(app, def, ns, name, info.verb, q, headers, body).await,
         ("scale", ..) => scale(app, def, ns, name, info.verb, q, headers, body).await,
         ("log", "", "pods") => crate::pods::log(app, ns.unwrap_or_default(), name, q).await,
-        ("binding", "", "pods") => crate::pods::binding(app, def, ns.unwrap_or_default(), name, headers, &read_body(body).await?, dry_run(q)).await,
+        ("binding", "", "pods") => {
+            crate::pods::binding(
+                app,
+                def,
+                ns.unwrap_or_default(),
+                name,
+                headers,
+                &read_body(body).await?,
+                dry_run(q),
+            )
+            .await
+        }
         ("eviction", "", "pods") => {
             let bytes = read_body(body).await?;
-            let eviction: Value = if bytes.is_empty() { json!({}) } else { strake_apimachinery::decode::parse_json(&bytes)?.0 };
-            let opts_bytes = serde_json::to_vec(&eviction.get("deleteOptions").cloned().unwrap_or(json!({}))).unwrap_or_default();
+            let eviction: Value = if bytes.is_empty() {
+                json!({})
+            } else {
+                strake_apimachinery::decode::parse_json(&bytes)?.0
+            };
+            let opts_bytes =
+                serde_json::to_vec(&eviction.get("deleteOptions").cloned().unwrap_or(json!({})))
+                    .unwrap_or_default();
             let mut opts = delete_options(&HeaderMap::new(), &opts_bytes, q)?;
             opts.dry_run |= dry_run(q);
             app.registry.delete(def, ns, name, &opts).await?;
-            Ok(json_response(StatusCode::CREATED, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})))
+            Ok(json_response(
+                StatusCode::CREATED,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+            ))
         }
-        ("ephemeralcontainers", "", "pods") => ephemeral(app, def, ns, name, info.verb, q, headers, body).await,
+        ("ephemeralcontainers", "", "pods") => {
+            ephemeral(app, def, ns, name, info.verb, q, headers, body).await
+        }
         ("finalize", "", "namespaces") => {
             let bytes = read_body(body).await?;
             let (obj, _) = decode_write(def, headers, &bytes, q)?;
             let fins = obj["spec"]["finalizers"].clone();
             let out = app
                 .registry
-                .update_with(def, None, name, Part::Main, &WriteOptions { dry_run: dry_run(q) }, |mut cur| {
-                    cur["spec"]["finalizers"] = fins.clone();
-                    Ok(cur)
-                })
+                .update_with(
+                    def,
+                    None,
+                    name,
+                    Part::Main,
+                    &WriteOptions {
+                        dry_run: dry_run(q),
+                    },
+                    |mut cur| {
+                        cur["spec"]["finalizers"] = fins.clone();
+                        Ok(cur)
+                    },
+                )
                 .await?;
             Ok(json_response(StatusCode::OK, &out))
         }
@@ -62,19 +105,50 @@ pub async fn serve(app: &Arc<AppState>, def: &Arc<ResourceDef>, info: &RequestIn
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn status(app: &AppState, def: &ResourceDef, ns: Option<&str>, name: &str, verb: Verb, q: &Query, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn status(
+    app: &AppState,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    name: &str,
+    verb: Verb,
+    q: &Query,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     match verb {
-        Verb::Get => Ok(json_response(StatusCode::OK, &app.registry.get(def, ns, name).await?)),
+        Verb::Get => Ok(json_response(
+            StatusCode::OK,
+            &app.registry.get(def, ns, name).await?,
+        )),
         Verb::Update => {
             let bytes = read_body(body).await?;
             let (obj, warnings) = decode_write(def, headers, &bytes, q)?;
-            let out = app.registry.update(def, ns, name, obj, Part::Status, &WriteOptions { dry_run: dry_run(q) }).await?;
-            Ok(with_warnings(json_response(StatusCode::OK, &out), &warnings))
+            let out = app
+                .registry
+                .update(
+                    def,
+                    ns,
+                    name,
+                    obj,
+                    Part::Status,
+                    &WriteOptions {
+                        dry_run: dry_run(q),
+                    },
+                )
+                .await?;
+            Ok(with_warnings(
+                json_response(StatusCode::OK, &out),
+                &warnings,
+            ))
         }
         Verb::Patch => {
             let bytes = read_body(body).await?;
-            let (out, warnings, _) = patch_object(app, def, ns, name, headers, &bytes, q, Part::Status).await?;
-            Ok(with_warnings(json_response(StatusCode::OK, &out), &warnings))
+            let (out, warnings, _) =
+                patch_object(app, def, ns, name, headers, &bytes, q, Part::Status).await?;
+            Ok(with_warnings(
+                json_response(StatusCode::OK, &out),
+                &warnings,
+            ))
         }
         _ => Err(ApiError::MethodNotAllowed),
     }
@@ -89,7 +163,9 @@ fn scale_of(def: &ResourceDef, obj: &Value) -> Value {
     let paths = def.scale.clone().unwrap_or_default();
     let selector = match paths.selector.as_deref().and_then(|p| obj.pointer(p)) {
         Some(Value::String(s)) => s.clone(),
-        Some(sel @ Value::Object(_)) => serde_json::from_value(sel.clone()).map(|s| strake_kinds::selector_string(&s)).unwrap_or_default(),
+        Some(sel @ Value::Object(_)) => serde_json::from_value(sel.clone())
+            .map(|s| strake_kinds::selector_string(&s))
+            .unwrap_or_default(),
         _ => String::new(),
     };
     json!({
@@ -120,7 +196,16 @@ fn set_pointer(obj: &mut Value, pointer: &str, v: Value) {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn scale(app: &AppState, def: &ResourceDef, ns: Option<&str>, name: &str, verb: Verb, q: &Query, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn scale(
+    app: &AppState,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    name: &str,
+    verb: Verb,
+    q: &Query,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let paths = def.scale.clone().unwrap_or_default();
     let current = app.registry.get(def, ns, name).await?;
     if verb == Verb::Get {
@@ -131,10 +216,18 @@ async fn scale(app: &AppState, def: &ResourceDef, ns: Option<&str>, name: &str, 
     match verb {
         Verb::Update => scale = crate::dispatch::body_value(headers, &bytes)?.0,
         Verb::Patch => {
-            let ty = strake_apimachinery::patch::PatchType::from_media_type(&crate::dispatch::media_type(headers))?;
-            let ty = if ty == strake_apimachinery::patch::PatchType::Apply { strake_apimachinery::patch::PatchType::Merge } else { ty };
-            let raw = if crate::dispatch::media_type(headers).starts_with("application/apply-patch") {
-                serde_json::to_vec(&strake_apimachinery::decode::parse_yaml(&bytes)?).unwrap_or_default()
+            let ty = strake_apimachinery::patch::PatchType::from_media_type(
+                &crate::dispatch::media_type(headers),
+            )?;
+            let ty = if ty == strake_apimachinery::patch::PatchType::Apply {
+                strake_apimachinery::patch::PatchType::Merge
+            } else {
+                ty
+            };
+            let raw = if crate::dispatch::media_type(headers).starts_with("application/apply-patch")
+            {
+                serde_json::to_vec(&strake_apimachinery::decode::parse_yaml(&bytes)?)
+                    .unwrap_or_default()
             } else {
                 bytes.to_vec()
             };
@@ -145,36 +238,81 @@ async fn scale(app: &AppState, def: &ResourceDef, ns: Option<&str>, name: &str, 
     let replicas = match scale.pointer("/spec/replicas") {
         Some(Value::Number(n)) if n.as_i64().is_some_and(|r| r >= 0) => n.as_i64().unwrap_or(0),
         Some(other) => {
-            return Err(ApiError::Invalid { kind: "Scale.autoscaling".into(), group: "autoscaling".into(), name: name.into(), causes: vec![strake_apimachinery::FieldError::invalid("spec.replicas", format!("Invalid value: {other}: must be greater than or equal to 0"))] });
+            return Err(ApiError::Invalid {
+                kind: "Scale.autoscaling".into(),
+                group: "autoscaling".into(),
+                name: name.into(),
+                causes: vec![strake_apimachinery::FieldError::invalid(
+                    "spec.replicas",
+                    format!("Invalid value: {other}: must be greater than or equal to 0"),
+                )],
+            });
         }
         None => 0,
     };
-    let rv = scale["metadata"]["resourceVersion"].as_str().map(String::from);
+    let rv = scale["metadata"]["resourceVersion"]
+        .as_str()
+        .map(String::from);
     let out = app
         .registry
-        .update_with(def, ns, name, Part::Main, &WriteOptions { dry_run: dry_run(q) }, |mut obj| {
-            if let Some(rv) = &rv
-                && obj["metadata"]["resourceVersion"].as_str() != Some(rv.as_str())
-            {
-                return Err(def.conflict(name));
-            }
-            obj["metadata"].as_object_mut().map(|m| m.remove("resourceVersion"));
-            set_pointer(&mut obj, &paths.spec_replicas, replicas.into());
-            Ok(obj)
-        })
+        .update_with(
+            def,
+            ns,
+            name,
+            Part::Main,
+            &WriteOptions {
+                dry_run: dry_run(q),
+            },
+            |mut obj| {
+                if let Some(rv) = &rv
+                    && obj["metadata"]["resourceVersion"].as_str() != Some(rv.as_str())
+                {
+                    return Err(def.conflict(name));
+                }
+                obj["metadata"]
+                    .as_object_mut()
+                    .map(|m| m.remove("resourceVersion"));
+                set_pointer(&mut obj, &paths.spec_replicas, replicas.into());
+                Ok(obj)
+            },
+        )
         .await?;
     Ok(json_response(StatusCode::OK, &scale_of(def, &out)))
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn ephemeral(app: &AppState, def: &ResourceDef, ns: Option<&str>, name: &str, verb: Verb, q: &Query, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn ephemeral(
+    app: &AppState,
+    def: &ResourceDef,
+    ns: Option<&str>,
+    name: &str,
+    verb: Verb,
+    q: &Query,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     if verb == Verb::Get {
-        return Ok(json_response(StatusCode::OK, &app.registry.get(def, ns, name).await?));
+        return Ok(json_response(
+            StatusCode::OK,
+            &app.registry.get(def, ns, name).await?,
+        ));
     }
     let bytes = read_body(body).await?;
-    let opts = WriteOptions { dry_run: dry_run(q) };
-    let wanted = if verb == Verb::Update { Some(decode_write(def, headers, &bytes, q)?.0) } else { None };
-    let ty = if verb == Verb::Patch { Some(strake_apimachinery::patch::PatchType::from_media_type(&crate::dispatch::media_type(headers))?) } else { None };
+    let opts = WriteOptions {
+        dry_run: dry_run(q),
+    };
+    let wanted = if verb == Verb::Update {
+        Some(decode_write(def, headers, &bytes, q)?.0)
+    } else {
+        None
+    };
+    let ty = if verb == Verb::Patch {
+        Some(strake_apimachinery::patch::PatchType::from_media_type(
+            &crate::dispatch::media_type(headers),
+        )?)
+    } else {
+        None
+    };
     let out = app
         .registry
         .update_with(def, ns, name, Part::Main, &opts, |cur| {
@@ -188,10 +326,18 @@ async fn ephemeral(app: &AppState, def: &ResourceDef, ns: Option<&str>, name: &s
                 _ => cur.clone(),
             };
             let containers = new["spec"]["ephemeralContainers"].take();
-            let old = cur["spec"]["ephemeralContainers"].as_array().cloned().unwrap_or_default();
+            let old = cur["spec"]["ephemeralContainers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             let kept = containers.as_array().cloned().unwrap_or_default();
-            if old.iter().any(|o| !kept.iter().any(|k| k["name"] == o["name"])) {
-                return Err(ApiError::Forbidden("existing ephemeral containers may not be removed".into()));
+            if old
+                .iter()
+                .any(|o| !kept.iter().any(|k| k["name"] == o["name"]))
+            {
+                return Err(ApiError::Forbidden(
+                    "existing ephemeral containers may not be removed".into(),
+                ));
             }
             let mut out = cur;
             out["spec"]["ephemeralContainers"] = containers;

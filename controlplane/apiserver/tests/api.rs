@@ -20,21 +20,49 @@ struct Cluster {
 
 async fn start() -> Cluster {
     let dir = tempfile::tempdir().unwrap();
-    let store = strake_store::Store::open(strake_store::StoreConfig::single(1, dir.path().join("store"))).await.unwrap();
+    let store = strake_store::Store::open(strake_store::StoreConfig::single(
+        1,
+        dir.path().join("store"),
+    ))
+    .await
+    .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let token = BootstrapToken::generate();
     let server = ApiServer::new(
-        Config { listen: addr, advertise: addr.to_string(), pki_dir: dir.path().join("pki"), cluster_name: "t".into(), token: Some(token.clone()), sans: vec![] },
+        Config {
+            listen: addr,
+            advertise: addr.to_string(),
+            pki_dir: dir.path().join("pki"),
+            cluster_name: "t".into(),
+            token: Some(token.clone()),
+            sans: vec![],
+        },
         store.clone(),
     )
     .unwrap();
     server.ensure_defaults().await.unwrap();
     tokio::spawn(server.serve_on(listener));
     let url = format!("https://{addr}");
-    let creds = strake_kubeclient::bootstrap(&url, &token, "/strake/v1/kubeconfig", &json!({})).await.unwrap();
-    let client = Client::new(&url, &creds.ca_pem, Some(&CertifiedKey { cert_pem: creds.cert_pem, key_pem: creds.key_pem })).unwrap();
-    Cluster { client, store, url, token, _dir: dir }
+    let creds = strake_kubeclient::bootstrap(&url, &token, "/strake/v1/kubeconfig", &json!({}))
+        .await
+        .unwrap();
+    let client = Client::new(
+        &url,
+        &creds.ca_pem,
+        Some(&CertifiedKey {
+            cert_pem: creds.cert_pem,
+            key_pem: creds.key_pem,
+        }),
+    )
+    .unwrap();
+    Cluster {
+        client,
+        store,
+        url,
+        token,
+        _dir: dir,
+    }
 }
 
 fn pod(name: &str) -> Pod {
@@ -52,23 +80,66 @@ async fn create_get_conflict_and_delete() {
     let created: Pod = c.client.create(Some("default"), &pod("a")).await.unwrap();
     let rv = created.metadata.resource_version.clone().unwrap();
     assert!(created.metadata.uid.is_some());
-    assert_eq!(created.status.as_ref().unwrap().phase.as_deref(), Some("Pending"));
-    let again = c.client.create(Some("default"), &pod("a")).await.unwrap_err();
-    assert!(matches!(again, ClientError::Api { code: 409, ref reason, .. } if reason == "AlreadyExists"), "{again}");
+    assert_eq!(
+        created.status.as_ref().unwrap().phase.as_deref(),
+        Some("Pending")
+    );
+    let again = c
+        .client
+        .create(Some("default"), &pod("a"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(again, ClientError::Api { code: 409, ref reason, .. } if reason == "AlreadyExists"),
+        "{again}"
+    );
 
     // Two writers from the same version: the second gets 409 Conflict.
     let mut first = created.clone();
-    first.metadata.labels.get_or_insert_default().insert("v".into(), "1".into());
-    c.client.replace(Some("default"), "a", &first).await.unwrap();
+    first
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert("v".into(), "1".into());
+    c.client
+        .replace(Some("default"), "a", &first)
+        .await
+        .unwrap();
     let mut stale = created.clone();
-    stale.metadata.labels.get_or_insert_default().insert("v".into(), "2".into());
-    let err = c.client.replace(Some("default"), "a", &stale).await.unwrap_err();
-    assert!(c.client.get::<Pod>(Some("default"), "a").await.unwrap().metadata.resource_version.unwrap() != rv);
+    stale
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert("v".into(), "2".into());
+    let err = c
+        .client
+        .replace(Some("default"), "a", &stale)
+        .await
+        .unwrap_err();
+    assert!(
+        c.client
+            .get::<Pod>(Some("default"), "a")
+            .await
+            .unwrap()
+            .metadata
+            .resource_version
+            .unwrap()
+            != rv
+    );
     assert!(err.is_conflict(), "{err}");
 
     // Unscheduled pods are deleted at once.
-    c.client.delete::<Pod>(Some("default"), "a", None, None).await.unwrap();
-    assert!(c.client.get::<Pod>(Some("default"), "a").await.unwrap_err().is_not_found());
+    c.client
+        .delete::<Pod>(Some("default"), "a", None, None)
+        .await
+        .unwrap();
+    assert!(
+        c.client
+            .get::<Pod>(Some("default"), "a")
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
     // Pods in a namespace that does not exist are refused.
     let err = c.client.create(Some("nope"), &pod("b")).await.unwrap_err();
     assert!(err.is_not_found(), "{err}");
@@ -81,47 +152,111 @@ async fn bound_pods_terminate_gracefully() {
     // Bind through the HTTP subresource, as any scheduler would.
     let (http, base) = reqwest_client(&c).await;
     let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "g"}, "target": {"kind": "Node", "name": "n1"}});
-    let r = http.post(format!("{base}/api/v1/namespaces/default/pods/g/binding")).json(&binding).send().await.unwrap();
+    let r = http
+        .post(format!("{base}/api/v1/namespaces/default/pods/g/binding"))
+        .json(&binding)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 201);
-    let r = http.post(format!("{base}/api/v1/namespaces/default/pods/g/binding")).json(&binding).send().await.unwrap();
+    let r = http
+        .post(format!("{base}/api/v1/namespaces/default/pods/g/binding"))
+        .json(&binding)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 409, "a pod binds once");
     let bound: Pod = c.client.get(Some("default"), "g").await.unwrap();
-    assert_eq!(bound.spec.as_ref().unwrap().node_name.as_deref(), Some("n1"));
-    c.client.delete::<Pod>(Some("default"), "g", None, None).await.unwrap();
+    assert_eq!(
+        bound.spec.as_ref().unwrap().node_name.as_deref(),
+        Some("n1")
+    );
+    c.client
+        .delete::<Pod>(Some("default"), "g", None, None)
+        .await
+        .unwrap();
     let terminating: Pod = c.client.get(Some("default"), "g").await.unwrap();
     assert!(terminating.metadata.deletion_timestamp.is_some());
     assert_eq!(terminating.metadata.deletion_grace_period_seconds, Some(30));
     // The node's final delete with grace 0 and the uid precondition removes it.
-    let wrong = c.client.delete::<Pod>(Some("default"), "g", Some(0), Some("not-the-uid")).await.unwrap_err();
+    let wrong = c
+        .client
+        .delete::<Pod>(Some("default"), "g", Some(0), Some("not-the-uid"))
+        .await
+        .unwrap_err();
     assert!(wrong.is_conflict(), "{wrong}");
     let uid = terminating.metadata.uid.clone().unwrap();
-    c.client.delete::<Pod>(Some("default"), "g", Some(0), Some(&uid)).await.unwrap();
-    assert!(c.client.get::<Pod>(Some("default"), "g").await.unwrap_err().is_not_found());
+    c.client
+        .delete::<Pod>(Some("default"), "g", Some(0), Some(&uid))
+        .await
+        .unwrap();
+    assert!(
+        c.client
+            .get::<Pod>(Some("default"), "g")
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
 }
 
 #[tokio::test]
 async fn watch_delivers_ordered_events_with_selectors() {
     let c = start().await;
     let (_, rv) = c.client.list::<Pod>(Some("default"), None).await.unwrap();
-    let stream = c.client.watch::<Pod>(Some("default"), Some("metadata.name=w1"), &rv, Duration::from_secs(30)).await.unwrap();
+    let stream = c
+        .client
+        .watch::<Pod>(
+            Some("default"),
+            Some("metadata.name=w1"),
+            &rv,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
     let mut stream = Box::pin(stream);
     c.client.create(Some("default"), &pod("w0")).await.unwrap();
     c.client.create(Some("default"), &pod("w1")).await.unwrap();
-    c.client.patch_status::<Pod>(Some("default"), "w1", &json!({"status": {"phase": "Running"}})).await.unwrap();
-    c.client.delete::<Pod>(Some("default"), "w1", None, None).await.unwrap();
+    c.client
+        .patch_status::<Pod>(
+            Some("default"),
+            "w1",
+            &json!({"status": {"phase": "Running"}}),
+        )
+        .await
+        .unwrap();
+    c.client
+        .delete::<Pod>(Some("default"), "w1", None, None)
+        .await
+        .unwrap();
     let mut kinds = Vec::new();
     while kinds.len() < 3 {
-        match tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("watch stalled").expect("watch ended").unwrap() {
+        match tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("watch stalled")
+            .expect("watch ended")
+            .unwrap()
+        {
             WatchEvent::Added(p) => kinds.push(("ADDED", p.metadata.name.unwrap())),
             WatchEvent::Modified(p) => kinds.push(("MODIFIED", p.metadata.name.unwrap())),
             WatchEvent::Deleted(p) => kinds.push(("DELETED", p.metadata.name.unwrap())),
             WatchEvent::Bookmark(_) => {}
         }
     }
-    assert_eq!(kinds, vec![("ADDED", "w1".to_string()), ("MODIFIED", "w1".into()), ("DELETED", "w1".into())]);
+    assert_eq!(
+        kinds,
+        vec![
+            ("ADDED", "w1".to_string()),
+            ("MODIFIED", "w1".into()),
+            ("DELETED", "w1".into())
+        ]
+    );
 
     // Without a resourceVersion the watch starts with the current objects as ADDED.
-    let stream = c.client.watch::<Namespace>(None, None, "", Duration::from_secs(5)).await.unwrap();
+    let stream = c
+        .client
+        .watch::<Namespace>(None, None, "", Duration::from_secs(5))
+        .await
+        .unwrap();
     let names: Vec<String> = stream
         .take(4)
         .map(|e| match e.unwrap() {
@@ -134,12 +269,18 @@ async fn watch_delivers_ordered_events_with_selectors() {
 
     // A watch from a resourceVersion the store has compacted away is 410 Expired.
     c.store.compact(c.store.revision()).await.unwrap();
-    let err = c.client.watch::<Pod>(Some("default"), None, "2", Duration::from_secs(5)).await;
+    let err = c
+        .client
+        .watch::<Pod>(Some("default"), None, "2", Duration::from_secs(5))
+        .await;
     match err {
         Err(ClientError::Api { code, .. }) => assert_eq!(code, 410),
         Ok(s) => {
             let first = Box::pin(s).next().await.unwrap();
-            assert!(matches!(first, Err(ClientError::Api { code: 410, .. })), "{first:?}");
+            assert!(
+                matches!(first, Err(ClientError::Api { code: 410, .. })),
+                "{first:?}"
+            );
         }
         Err(e) => panic!("{e}"),
     }
@@ -156,44 +297,100 @@ async fn bad_requests_get_status_objects() {
 
     let (http, base) = reqwest_client(&c).await;
     // Protobuf bodies are refused with 415 and a message saying what is accepted.
-    let r = http.post(format!("{base}/api/v1/namespaces/default/pods")).header("Content-Type", "application/vnd.kubernetes.protobuf").body(&b"k8s\0\x0a\x00"[..]).send().await.unwrap();
+    let r = http
+        .post(format!("{base}/api/v1/namespaces/default/pods"))
+        .header("Content-Type", "application/vnd.kubernetes.protobuf")
+        .body(&b"k8s\0\x0a\x00"[..])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 415);
     let s: serde_json::Value = r.json().await.unwrap();
     assert_eq!(s["kind"], "Status");
     // Oversized bodies: 413.
     let big = vec![b' '; 4 * 1024 * 1024];
-    let r = http.post(format!("{base}/api/v1/namespaces/default/pods")).body(big).send().await.unwrap();
+    let r = http
+        .post(format!("{base}/api/v1/namespaces/default/pods"))
+        .body(big)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 413);
     // A body with the wrong shape names the field.
-    let r = http.post(format!("{base}/api/v1/namespaces/default/pods")).body(r#"{"metadata":{"name":"p"},"spec":{"containers":7}}"#).send().await.unwrap();
+    let r = http
+        .post(format!("{base}/api/v1/namespaces/default/pods"))
+        .body(r#"{"metadata":{"name":"p"},"spec":{"containers":7}}"#)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 400);
     let s: serde_json::Value = r.json().await.unwrap();
-    assert!(s["message"].as_str().unwrap().contains("spec.containers"), "{s}");
+    assert!(
+        s["message"].as_str().unwrap().contains("spec.containers"),
+        "{s}"
+    );
     // Table output for kubectl get.
     c.client.create(Some("default"), &pod("t1")).await.unwrap();
-    let r = http.get(format!("{base}/api/v1/namespaces/default/pods")).header("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io,application/json").send().await.unwrap();
+    let r = http
+        .get(format!("{base}/api/v1/namespaces/default/pods"))
+        .header(
+            "Accept",
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+        )
+        .send()
+        .await
+        .unwrap();
     let t: serde_json::Value = r.json().await.unwrap();
     assert_eq!(t["kind"], "Table");
     assert_eq!(t["columnDefinitions"][0]["name"], "Name");
     assert_eq!(t["rows"][0]["cells"][0], "t1");
     assert_eq!(t["rows"][0]["cells"][2], "Pending");
     // Unknown paths are 404 Status.
-    let r = http.get(format!("{base}/apis/nope.example.com/v1/things")).send().await.unwrap();
+    let r = http
+        .get(format!("{base}/apis/nope.example.com/v1/things"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 404);
     // Status is a subresource: a main-resource update cannot change it.
     let node: Node = serde_json::from_value(json!({"metadata": {"name": "n1"}})).unwrap();
     let mut created = c.client.create(None, &node).await.unwrap();
     created.status = Some(serde_json::from_value(json!({"phase": "Running"})).unwrap());
     let updated = c.client.replace(None, "n1", &created).await.unwrap();
-    assert!(updated.status.as_ref().and_then(|s| s.phase.clone()).is_none(), "status changed through the main resource");
+    assert!(
+        updated
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.clone())
+            .is_none(),
+        "status changed through the main resource"
+    );
 }
 
 async fn ca(c: &Cluster) -> String {
-    strake_kubeclient::bootstrap(&c.url, &c.token, "/strake/v1/kubeconfig", &json!({})).await.unwrap().ca_pem
+    strake_kubeclient::bootstrap(&c.url, &c.token, "/strake/v1/kubeconfig", &json!({}))
+        .await
+        .unwrap()
+        .ca_pem
 }
 
 async fn reqwest_client(c: &Cluster) -> (reqwest::Client, String) {
-    let creds = strake_kubeclient::bootstrap(&c.url, &c.token, "/strake/v1/kubeconfig", &json!({})).await.unwrap();
-    let tls = strake_pki::client_config(&creds.ca_pem, Some(&CertifiedKey { cert_pem: creds.cert_pem, key_pem: creds.key_pem })).unwrap();
-    (reqwest::Client::builder().use_preconfigured_tls(tls).build().unwrap(), c.url.clone())
+    let creds = strake_kubeclient::bootstrap(&c.url, &c.token, "/strake/v1/kubeconfig", &json!({}))
+        .await
+        .unwrap();
+    let tls = strake_pki::client_config(
+        &creds.ca_pem,
+        Some(&CertifiedKey {
+            cert_pem: creds.cert_pem,
+            key_pem: creds.key_pem,
+        }),
+    )
+    .unwrap();
+    (
+        reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .build()
+            .unwrap(),
+        c.url.clone(),
+    )
 }

@@ -18,45 +18,87 @@ struct Api {
 
 async fn start() -> Api {
     let dir = tempfile::tempdir().unwrap();
-    let store = strake_store::Store::open(strake_store::StoreConfig::single(1, dir.path().join("store"))).await.unwrap();
+    let store = strake_store::Store::open(strake_store::StoreConfig::single(
+        1,
+        dir.path().join("store"),
+    ))
+    .await
+    .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let token = BootstrapToken::generate();
     let server = ApiServer::new(
-        Config { listen: addr, advertise: addr.to_string(), pki_dir: dir.path().join("pki"), cluster_name: "t".into(), token: Some(token.clone()), sans: vec![] },
+        Config {
+            listen: addr,
+            advertise: addr.to_string(),
+            pki_dir: dir.path().join("pki"),
+            cluster_name: "t".into(),
+            token: Some(token.clone()),
+            sans: vec![],
+        },
         store,
     )
     .unwrap();
     server.ensure_defaults().await.unwrap();
     tokio::spawn(server.serve_on(listener));
     let base = format!("https://{addr}");
-    let creds = strake_kubeclient::bootstrap(&base, &token, "/strake/v1/kubeconfig", &json!({})).await.unwrap();
-    let tls = strake_pki::client_config(&creds.ca_pem, Some(&CertifiedKey { cert_pem: creds.cert_pem, key_pem: creds.key_pem })).unwrap();
-    Api { http: reqwest::Client::builder().use_preconfigured_tls(tls).build().unwrap(), base, _dir: dir }
+    let creds = strake_kubeclient::bootstrap(&base, &token, "/strake/v1/kubeconfig", &json!({}))
+        .await
+        .unwrap();
+    let tls = strake_pki::client_config(
+        &creds.ca_pem,
+        Some(&CertifiedKey {
+            cert_pem: creds.cert_pem,
+            key_pem: creds.key_pem,
+        }),
+    )
+    .unwrap();
+    Api {
+        http: reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .build()
+            .unwrap(),
+        base,
+        _dir: dir,
+    }
 }
 
 impl Api {
-    async fn call(&self, method: reqwest::Method, path: &str, ct: Option<&str>, body: Option<Value>) -> (u16, Value) {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        ct: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut r = self.http.request(method, format!("{}{path}", self.base));
         if let Some(b) = body {
-            r = r.header("Content-Type", ct.unwrap_or("application/json")).body(serde_json::to_vec(&b).unwrap());
+            r = r
+                .header("Content-Type", ct.unwrap_or("application/json"))
+                .body(serde_json::to_vec(&b).unwrap());
         }
         let resp = r.send().await.unwrap();
         let code = resp.status().as_u16();
         let text = resp.text().await.unwrap();
-        (code, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            code,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
     async fn get(&self, path: &str) -> (u16, Value) {
         self.call(reqwest::Method::GET, path, None, None).await
     }
     async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        self.call(reqwest::Method::POST, path, None, Some(body)).await
+        self.call(reqwest::Method::POST, path, None, Some(body))
+            .await
     }
     async fn put(&self, path: &str, body: Value) -> (u16, Value) {
-        self.call(reqwest::Method::PUT, path, None, Some(body)).await
+        self.call(reqwest::Method::PUT, path, None, Some(body))
+            .await
     }
     async fn patch(&self, path: &str, ct: &str, body: Value) -> (u16, Value) {
-        self.call(reqwest::Method::PATCH, path, Some(ct), Some(body)).await
+        self.call(reqwest::Method::PATCH, path, Some(ct), Some(body))
+            .await
     }
     async fn delete(&self, path: &str, body: Option<Value>) -> (u16, Value) {
         self.call(reqwest::Method::DELETE, path, None, body).await
@@ -76,28 +118,56 @@ fn sample(group: &str, kind: &str) -> Value {
     match (group, kind) {
         ("", "Pod") => json!({"spec": pod_spec()}),
         ("", "Service") => json!({"spec": {"ports": [{"port": 80}], "selector": {"app": "x"}}}),
-        ("", "Event") => json!({"involvedObject": {"kind": "Pod", "name": "x", "namespace": "suite"}, "reason": "R", "message": "m", "type": "Normal"}),
-        ("", "PersistentVolume") => json!({"spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "hostPath": {"path": "/tmp"}}}),
-        ("", "PersistentVolumeClaim") => json!({"spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}),
+        ("", "Event") => {
+            json!({"involvedObject": {"kind": "Pod", "name": "x", "namespace": "suite"}, "reason": "R", "message": "m", "type": "Normal"})
+        }
+        ("", "PersistentVolume") => {
+            json!({"spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "hostPath": {"path": "/tmp"}}})
+        }
+        ("", "PersistentVolumeClaim") => {
+            json!({"spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
+        }
         ("", "PodTemplate") => json!({"template": template()}),
-        ("", "ReplicationController") => json!({"spec": {"selector": {"app": "x"}, "template": template()}}),
+        ("", "ReplicationController") => {
+            json!({"spec": {"selector": {"app": "x"}, "template": template()}})
+        }
         ("", "LimitRange") => json!({"spec": {"limits": [{"type": "Container"}]}}),
-        ("apps", "Deployment" | "ReplicaSet" | "DaemonSet") => json!({"spec": {"selector": {"matchLabels": {"app": "x"}}, "template": template()}}),
-        ("apps", "StatefulSet") => json!({"spec": {"selector": {"matchLabels": {"app": "x"}}, "serviceName": "x", "template": template()}}),
+        ("apps", "Deployment" | "ReplicaSet" | "DaemonSet") => {
+            json!({"spec": {"selector": {"matchLabels": {"app": "x"}}, "template": template()}})
+        }
+        ("apps", "StatefulSet") => {
+            json!({"spec": {"selector": {"matchLabels": {"app": "x"}}, "serviceName": "x", "template": template()}})
+        }
         ("apps", "ControllerRevision") => json!({"revision": 1, "data": {"spec": {}}}),
-        ("batch", "Job") => json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "busybox:1"}], "restartPolicy": "Never"}}}}),
-        ("batch", "CronJob") => json!({"spec": {"schedule": "*/5 * * * *", "jobTemplate": {"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "busybox:1"}], "restartPolicy": "OnFailure"}}}}}}),
+        ("batch", "Job") => {
+            json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "busybox:1"}], "restartPolicy": "Never"}}}})
+        }
+        ("batch", "CronJob") => {
+            json!({"spec": {"schedule": "*/5 * * * *", "jobTemplate": {"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "busybox:1"}], "restartPolicy": "OnFailure"}}}}}})
+        }
         ("discovery.k8s.io", "EndpointSlice") => json!({"addressType": "IPv4", "endpoints": []}),
-        ("events.k8s.io", "Event") => json!({"eventTime": "2026-01-01T00:00:00.000000Z", "reportingController": "suite", "reportingInstance": "suite", "action": "A", "reason": "R", "type": "Normal"}),
+        ("events.k8s.io", "Event") => {
+            json!({"eventTime": "2026-01-01T00:00:00.000000Z", "reportingController": "suite", "reportingInstance": "suite", "action": "A", "reason": "R", "type": "Normal"})
+        }
         ("storage.k8s.io", "StorageClass") => json!({"provisioner": "strake.dev/local-path"}),
-        ("storage.k8s.io", "VolumeAttachment") => json!({"spec": {"attacher": "a", "nodeName": "n", "source": {"persistentVolumeName": "pv"}}}),
+        ("storage.k8s.io", "VolumeAttachment") => {
+            json!({"spec": {"attacher": "a", "nodeName": "n", "source": {"persistentVolumeName": "pv"}}})
+        }
         ("scheduling.k8s.io", "PriorityClass") => json!({"value": 100}),
         ("node.k8s.io", "RuntimeClass") => json!({"handler": "runc"}),
-        ("autoscaling", "HorizontalPodAutoscaler") => json!({"spec": {"maxReplicas": 3, "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "x"}}}),
+        ("autoscaling", "HorizontalPodAutoscaler") => {
+            json!({"spec": {"maxReplicas": 3, "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "x"}}})
+        }
         ("apiextensions.k8s.io", "CustomResourceDefinition") => crd_body("gadgets", "Gadget"),
-        ("rbac.authorization.k8s.io", "Role" | "ClusterRole") => json!({"rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]}),
-        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => json!({"roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"}, "subjects": [{"kind": "User", "name": "u"}]}),
-        ("admissionregistration.k8s.io", "ValidatingAdmissionPolicyBinding") => json!({"spec": {"policyName": "p", "validationActions": ["Deny"]}}),
+        ("rbac.authorization.k8s.io", "Role" | "ClusterRole") => {
+            json!({"rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]})
+        }
+        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => {
+            json!({"roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"}, "subjects": [{"kind": "User", "name": "u"}]})
+        }
+        ("admissionregistration.k8s.io", "ValidatingAdmissionPolicyBinding") => {
+            json!({"spec": {"policyName": "p", "validationActions": ["Deny"]}})
+        }
         _ => json!({}),
     }
 }
@@ -116,7 +186,11 @@ fn crd_body(plural: &str, kind: &str) -> Value {
 }
 
 fn collection(group: &str, version: &str, plural: &str, ns: Option<&str>) -> String {
-    let base = if group.is_empty() { format!("/api/{version}") } else { format!("/apis/{group}/{version}") };
+    let base = if group.is_empty() {
+        format!("/api/{version}")
+    } else {
+        format!("/apis/{group}/{version}")
+    };
     match ns {
         Some(ns) => format!("{base}/namespaces/{ns}/{plural}"),
         None => format!("{base}/{plural}"),
@@ -126,7 +200,12 @@ fn collection(group: &str, version: &str, plural: &str, ns: Option<&str>) -> Str
 #[tokio::test]
 async fn every_served_kind_passes_the_generic_suite() {
     let api = start().await;
-    assert_eq!(api.post("/api/v1/namespaces", json!({"metadata": {"name": "suite"}})).await.0, 201);
+    assert_eq!(
+        api.post("/api/v1/namespaces", json!({"metadata": {"name": "suite"}}))
+            .await
+            .0,
+        201
+    );
     let (_, disc) = api.call(reqwest::Method::GET, "/apis", None, None).await;
     let mut kinds: Vec<(String, String, String, String, bool)> = Vec::new();
     let (_, core) = api.get("/api/v1").await;
@@ -137,24 +216,46 @@ async fn every_served_kind_passes_the_generic_suite() {
     }
     for list in lists {
         let gv = list["groupVersion"].as_str().unwrap().to_string();
-        let (group, version) = gv.split_once('/').map(|(g, v)| (g.to_string(), v.to_string())).unwrap_or((String::new(), gv.clone()));
+        let (group, version) = gv
+            .split_once('/')
+            .map(|(g, v)| (g.to_string(), v.to_string()))
+            .unwrap_or((String::new(), gv.clone()));
         for r in list["resources"].as_array().unwrap() {
             let name = r["name"].as_str().unwrap();
-            let verbs: Vec<&str> = r["verbs"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+            let verbs: Vec<&str> = r["verbs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
             if name.contains('/') || !verbs.contains(&"list") {
                 continue;
             }
-            kinds.push((group.clone(), version.clone(), name.to_string(), r["kind"].as_str().unwrap().to_string(), r["namespaced"].as_bool().unwrap()));
+            kinds.push((
+                group.clone(),
+                version.clone(),
+                name.to_string(),
+                r["kind"].as_str().unwrap().to_string(),
+                r["namespaced"].as_bool().unwrap(),
+            ));
         }
     }
     assert!(kinds.len() >= 44, "only {} kinds are served", kinds.len());
     for (group, version, plural, kind, namespaced) in &kinds {
         let ns = namespaced.then_some("suite");
         let coll = collection(group, version, plural, ns);
-        let api_version = if group.is_empty() { version.clone() } else { format!("{group}/{version}") };
+        let api_version = if group.is_empty() {
+            version.clone()
+        } else {
+            format!("{group}/{version}")
+        };
         let what = format!("{api_version} {kind}");
         let mut body = sample(group, kind);
-        let name = if kind == "CustomResourceDefinition" { "gadgets.suite.strake.dev".to_string() } else { format!("s-{}", plural.trim_end_matches('s')) };
+        let name = if kind == "CustomResourceDefinition" {
+            "gadgets.suite.strake.dev".to_string()
+        } else {
+            format!("s-{}", plural.trim_end_matches('s'))
+        };
         body["apiVersion"] = api_version.clone().into();
         body["kind"] = kind.clone().into();
         body["metadata"] = json!({"name": name, "labels": {"suite": "yes", "n": "1"}});
@@ -162,14 +263,26 @@ async fn every_served_kind_passes_the_generic_suite() {
         // dry-run create persists nothing
         let (code, out) = api.post(&format!("{coll}?dryRun=All"), body.clone()).await;
         assert_eq!(code, 201, "{what}: dry-run create: {out}");
-        assert_eq!(api.get(&format!("{coll}/{name}")).await.0, 404, "{what}: a dry-run create wrote");
+        assert_eq!(
+            api.get(&format!("{coll}/{name}")).await.0,
+            404,
+            "{what}: a dry-run create wrote"
+        );
         // create, and a second create conflicts
         let (code, created) = api.post(&coll, body.clone()).await;
         assert_eq!(code, 201, "{what}: create: {created}");
         assert_eq!(created["kind"], kind.as_str());
-        assert!(created["metadata"]["uid"].is_string() && created["metadata"]["resourceVersion"].is_string(), "{what}: {created}");
+        assert!(
+            created["metadata"]["uid"].is_string()
+                && created["metadata"]["resourceVersion"].is_string(),
+            "{what}: {created}"
+        );
         let (code, dup) = api.post(&coll, body.clone()).await;
-        assert_eq!((code, dup["reason"].as_str()), (409, Some("AlreadyExists")), "{what}: {dup}");
+        assert_eq!(
+            (code, dup["reason"].as_str()),
+            (409, Some("AlreadyExists")),
+            "{what}: {dup}"
+        );
         // a second object for list tests
         let mut other = body.clone();
         let other_name = format!("{name}-b");
@@ -181,19 +294,44 @@ async fn every_served_kind_passes_the_generic_suite() {
         let (code, got) = api.get(&format!("{coll}/{name}")).await;
         assert_eq!(code, 200, "{what}: get {got}");
         // list: label selector, field selector, chunking
-        let (code, l) = api.get(&format!("{coll}?labelSelector=suite%3Dyes,n%3D1")).await;
+        let (code, l) = api
+            .get(&format!("{coll}?labelSelector=suite%3Dyes,n%3D1"))
+            .await;
         assert_eq!(code, 200, "{what}: list {l}");
-        assert_eq!(l["items"].as_array().unwrap().len(), 1, "{what}: label selector");
+        assert_eq!(
+            l["items"].as_array().unwrap().len(),
+            1,
+            "{what}: label selector"
+        );
         assert_eq!(l["kind"], format!("{kind}List"));
-        let (_, l) = api.get(&format!("{coll}?fieldSelector=metadata.name%3D{name}")).await;
-        assert_eq!(l["items"].as_array().unwrap().len(), 1, "{what}: field selector {l}");
+        let (_, l) = api
+            .get(&format!("{coll}?fieldSelector=metadata.name%3D{name}"))
+            .await;
+        assert_eq!(
+            l["items"].as_array().unwrap().len(),
+            1,
+            "{what}: field selector {l}"
+        );
         if kind != "CustomResourceDefinition" {
-            let (_, page) = api.get(&format!("{coll}?labelSelector=suite&limit=1")).await;
-            assert_eq!(page["items"].as_array().unwrap().len(), 1, "{what}: a page holds at most the limit");
-            let mut token = page["metadata"]["continue"].as_str().unwrap_or_else(|| panic!("{what}: no continue token {page}")).to_string();
+            let (_, page) = api
+                .get(&format!("{coll}?labelSelector=suite&limit=1"))
+                .await;
+            assert_eq!(
+                page["items"].as_array().unwrap().len(),
+                1,
+                "{what}: a page holds at most the limit"
+            );
+            let mut token = page["metadata"]["continue"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{what}: no continue token {page}"))
+                .to_string();
             let mut seen = 1;
             for _ in 0..10 {
-                let (_, next) = api.get(&format!("{coll}?labelSelector=suite&limit=1&continue={token}")).await;
+                let (_, next) = api
+                    .get(&format!(
+                        "{coll}?labelSelector=suite&limit=1&continue={token}"
+                    ))
+                    .await;
                 seen += next["items"].as_array().unwrap().len();
                 match next["metadata"]["continue"].as_str() {
                     Some(t) => token = t.to_string(),
@@ -203,15 +341,31 @@ async fn every_served_kind_passes_the_generic_suite() {
             assert_eq!(seen, 2, "{what}: the pages hold every match once");
         }
         // Table output
-        let r = api.http.get(format!("{}{coll}", api.base)).header("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io,application/json").send().await.unwrap();
+        let r = api
+            .http
+            .get(format!("{}{coll}", api.base))
+            .header(
+                "Accept",
+                "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+            )
+            .send()
+            .await
+            .unwrap();
         let t: Value = r.json().await.unwrap();
         assert_eq!(t["kind"], "Table", "{what}");
         let cols = t["columnDefinitions"].as_array().unwrap().len();
         for row in t["rows"].as_array().unwrap() {
-            assert_eq!(row["cells"].as_array().unwrap().len(), cols, "{what}: every row has a cell per column");
+            assert_eq!(
+                row["cells"].as_array().unwrap().len(),
+                cols,
+                "{what}: every row has a cell per column"
+            );
         }
         // watch from the current version sees a patch
-        let rv = got["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+        let rv = got["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_string();
         let watch = api.http.get(format!("{}{coll}?watch=true&resourceVersion={rv}&fieldSelector=metadata.name%3D{name}&timeoutSeconds=20", api.base)).send().await.unwrap();
         let mut events = watch.bytes_stream();
         // update with a stale resourceVersion: 409; with the current one: 200
@@ -226,32 +380,108 @@ async fn every_served_kind_passes_the_generic_suite() {
         assert_eq!(code, 200, "{what}: update {upd}");
         // every patch type
         let item = format!("{coll}/{name}");
-        let (code, p) = api.patch(&item, "application/merge-patch+json", json!({"metadata": {"labels": {"merge": "1"}}})).await;
-        assert_eq!((code, p["metadata"]["labels"]["merge"].as_str()), (200, Some("1")), "{what}: merge patch {p}");
-        let (code, p) = api.patch(&item, "application/strategic-merge-patch+json", json!({"metadata": {"labels": {"smp": "1"}}})).await;
-        assert_eq!((code, p["metadata"]["labels"]["smp"].as_str()), (200, Some("1")), "{what}: strategic patch {p}");
-        let (code, p) = api.patch(&item, "application/json-patch+json", json!([{"op": "add", "path": "/metadata/labels/jp", "value": "1"}])).await;
-        assert_eq!((code, p["metadata"]["labels"]["jp"].as_str()), (200, Some("1")), "{what}: json patch {p}");
+        let (code, p) = api
+            .patch(
+                &item,
+                "application/merge-patch+json",
+                json!({"metadata": {"labels": {"merge": "1"}}}),
+            )
+            .await;
+        assert_eq!(
+            (code, p["metadata"]["labels"]["merge"].as_str()),
+            (200, Some("1")),
+            "{what}: merge patch {p}"
+        );
+        let (code, p) = api
+            .patch(
+                &item,
+                "application/strategic-merge-patch+json",
+                json!({"metadata": {"labels": {"smp": "1"}}}),
+            )
+            .await;
+        assert_eq!(
+            (code, p["metadata"]["labels"]["smp"].as_str()),
+            (200, Some("1")),
+            "{what}: strategic patch {p}"
+        );
+        let (code, p) = api
+            .patch(
+                &item,
+                "application/json-patch+json",
+                json!([{"op": "add", "path": "/metadata/labels/jp", "value": "1"}]),
+            )
+            .await;
+        assert_eq!(
+            (code, p["metadata"]["labels"]["jp"].as_str()),
+            (200, Some("1")),
+            "{what}: json patch {p}"
+        );
         let apply = json!({"apiVersion": api_version, "kind": kind, "metadata": {"name": name, "annotations": {"suite/applied": "yes"}}});
-        let (code, p) = api.patch(&format!("{item}?fieldManager=suite"), "application/apply-patch+yaml", apply).await;
-        assert_eq!((code, p["metadata"]["annotations"]["suite/applied"].as_str()), (200, Some("yes")), "{what}: apply {p}");
-        let (code, p) = api.patch(&format!("{item}?dryRun=All"), "application/merge-patch+json", json!({"metadata": {"labels": {"dry": "1"}}})).await;
-        assert_eq!((code, p["metadata"]["labels"]["dry"].as_str()), (200, Some("1")), "{what}: dry-run patch");
-        assert!(api.get(&item).await.1["metadata"]["labels"]["dry"].is_null(), "{what}: a dry-run patch wrote");
-        let got_event = tokio::time::timeout(Duration::from_secs(10), events.next()).await.unwrap_or_else(|_| panic!("{what}: watch saw nothing")).unwrap().unwrap();
-        let ev: Value = serde_json::from_slice(got_event.split(|b| *b == b'\n').next().unwrap()).unwrap();
+        let (code, p) = api
+            .patch(
+                &format!("{item}?fieldManager=suite"),
+                "application/apply-patch+yaml",
+                apply,
+            )
+            .await;
+        assert_eq!(
+            (code, p["metadata"]["annotations"]["suite/applied"].as_str()),
+            (200, Some("yes")),
+            "{what}: apply {p}"
+        );
+        let (code, p) = api
+            .patch(
+                &format!("{item}?dryRun=All"),
+                "application/merge-patch+json",
+                json!({"metadata": {"labels": {"dry": "1"}}}),
+            )
+            .await;
+        assert_eq!(
+            (code, p["metadata"]["labels"]["dry"].as_str()),
+            (200, Some("1")),
+            "{what}: dry-run patch"
+        );
+        assert!(
+            api.get(&item).await.1["metadata"]["labels"]["dry"].is_null(),
+            "{what}: a dry-run patch wrote"
+        );
+        let got_event = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: watch saw nothing"))
+            .unwrap()
+            .unwrap();
+        let ev: Value =
+            serde_json::from_slice(got_event.split(|b| *b == b'\n').next().unwrap()).unwrap();
         assert_eq!(ev["type"], "MODIFIED", "{what}: {ev}");
         // delete: a finalizer holds the object; removing it lets it go; dry-run deletes nothing
-        let (code, _) = api.patch(&item, "application/merge-patch+json", json!({"metadata": {"finalizers": ["suite.strake.dev/hold"]}})).await;
+        let (code, _) = api
+            .patch(
+                &item,
+                "application/merge-patch+json",
+                json!({"metadata": {"finalizers": ["suite.strake.dev/hold"]}}),
+            )
+            .await;
         assert_eq!(code, 200, "{what}: add finalizer");
         let (code, d) = api.delete(&format!("{item}?dryRun=All"), None).await;
         assert_eq!(code, 200, "{what}: dry-run delete {d}");
-        assert!(api.get(&item).await.1["metadata"]["deletionTimestamp"].is_null(), "{what}: a dry-run delete wrote");
+        assert!(
+            api.get(&item).await.1["metadata"]["deletionTimestamp"].is_null(),
+            "{what}: a dry-run delete wrote"
+        );
         let (code, d) = api.delete(&item, None).await;
         assert_eq!(code, 200, "{what}: delete {d}");
         let (code, held) = api.get(&item).await;
-        assert!(code == 200 && held["metadata"]["deletionTimestamp"].is_string(), "{what}: the finalizer holds the object: {held}");
-        let (code, _) = api.patch(&item, "application/json-patch+json", json!([{"op": "remove", "path": "/metadata/finalizers"}])).await;
+        assert!(
+            code == 200 && held["metadata"]["deletionTimestamp"].is_string(),
+            "{what}: the finalizer holds the object: {held}"
+        );
+        let (code, _) = api
+            .patch(
+                &item,
+                "application/json-patch+json",
+                json!([{"op": "remove", "path": "/metadata/finalizers"}]),
+            )
+            .await;
         assert_eq!(code, 200, "{what}: remove finalizer");
         let gone = async {
             loop {
@@ -261,16 +491,450 @@ async fn every_served_kind_passes_the_generic_suite() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         };
-        tokio::time::timeout(Duration::from_secs(20), gone).await.unwrap_or_else(|_| panic!("{what}: not deleted after its finalizer went"));
+        tokio::time::timeout(Duration::from_secs(20), gone)
+            .await
+            .unwrap_or_else(|_| panic!("{what}: not deleted after its finalizer went"));
         // deletecollection removes the rest
-        let (code, _) = api.delete(&format!("{coll}?labelSelector=suite"), None).await;
+        let (code, _) = api
+            .delete(&format!("{coll}?labelSelector=suite"), None)
+            .await;
         assert_eq!(code, 200, "{what}: deletecollection");
         // Terminating objects (namespaces) finish once their controller empties them.
         let emptied = async {
-            while api.get(&format!("{coll}?labelSelector=suite")).await.1["items"].as_array().map(Vec::len) != Some(0) {
+            while api.get(&format!("{coll}?labelSelector=suite")).await.1["items"]
+                .as_array()
+                .map(Vec::len)
+                != Some(0)
+            {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         };
-        tokio::time::timeout(Duration::from_secs(20), emptied).await.unwrap_or_else(|_| panic!("{what}: deletecollection left objects"));
+        tokio::time::timeout(Duration::from_secs(20), emptied)
+            .await
+            .unwrap_or_else(|_| panic!("{what}: deletecollection left objects"));
     }
+}
+
+fn deployment(name: &str, image: &str) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+        "spec": {"selector": {"matchLabels": {"app": name}}, "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "c", "image": image}]}}}})
+}
+
+#[tokio::test]
+async fn server_side_apply_owns_fields_and_reports_conflicts() {
+    let api = start().await;
+    let path = "/apis/apps/v1/namespaces/default/deployments/web";
+    let ct = "application/apply-patch+yaml";
+    let (code, created) = api
+        .patch(
+            &format!("{path}?fieldManager=alice"),
+            ct,
+            deployment("web", "nginx:1"),
+        )
+        .await;
+    assert_eq!(code, 201, "apply creates: {created}");
+    assert_eq!(created["spec"]["replicas"], 1, "defaults apply");
+    assert_eq!(created["metadata"]["managedFields"][0]["manager"], "alice");
+    // Another manager setting the same field to another value conflicts, naming the owner.
+    let (code, conflict) = api
+        .patch(
+            &format!("{path}?fieldManager=bob"),
+            ct,
+            deployment("web", "nginx:2"),
+        )
+        .await;
+    assert_eq!(code, 409, "{conflict}");
+    let msg = conflict["message"].as_str().unwrap();
+    assert!(msg.contains("alice") && msg.contains("image"), "{msg}");
+    // The same value is shared ownership, not a conflict; force takes the field.
+    assert_eq!(
+        api.patch(
+            &format!("{path}?fieldManager=bob"),
+            ct,
+            deployment("web", "nginx:1")
+        )
+        .await
+        .0,
+        200
+    );
+    let (code, forced) = api
+        .patch(
+            &format!("{path}?fieldManager=bob&force=true"),
+            ct,
+            deployment("web", "nginx:3"),
+        )
+        .await;
+    assert_eq!(
+        (
+            code,
+            forced["spec"]["template"]["spec"]["containers"][0]["image"].as_str()
+        ),
+        (200, Some("nginx:3")),
+        "{forced}"
+    );
+    // A field alice applied and then drops is removed.
+    let mut with_label = deployment("web", "nginx:3");
+    with_label["metadata"]["labels"] = json!({"team": "a"});
+    assert_eq!(
+        api.patch(&format!("{path}?fieldManager=alice"), ct, with_label)
+            .await
+            .0,
+        200
+    );
+    let (_, dropped) = api
+        .patch(
+            &format!("{path}?fieldManager=alice"),
+            ct,
+            deployment("web", "nginx:3"),
+        )
+        .await;
+    assert!(dropped["metadata"]["labels"]["team"].is_null(), "{dropped}");
+    // An apply needs a field manager.
+    assert_eq!(
+        api.patch(path, ct, deployment("web", "nginx:3")).await.0,
+        400
+    );
+}
+
+#[tokio::test]
+async fn strategic_merge_patches_follow_merge_keys_and_directives() {
+    let api = start().await;
+    let mut d = deployment("smp", "a:1");
+    d["spec"]["template"]["spec"]["containers"] = json!([{"name": "a", "image": "a:1", "env": [{"name": "X", "value": "1"}]}, {"name": "b", "image": "b:1"}]);
+    assert_eq!(
+        api.post("/apis/apps/v1/namespaces/default/deployments", d)
+            .await
+            .0,
+        201
+    );
+    let patch = json!({"spec": {"template": {"spec": {
+        "$setElementOrder/containers": [{"name": "b"}, {"name": "a"}],
+        "containers": [{"name": "a", "image": "a:2", "env": [{"name": "Y", "value": "2"}]}]}}}});
+    let (code, out) = api
+        .patch(
+            "/apis/apps/v1/namespaces/default/deployments/smp",
+            "application/strategic-merge-patch+json",
+            patch,
+        )
+        .await;
+    assert_eq!(code, 200, "{out}");
+    let c = &out["spec"]["template"]["spec"]["containers"];
+    assert_eq!(
+        (c[0]["name"].as_str(), c[1]["image"].as_str()),
+        (Some("b"), Some("a:2")),
+        "{c}"
+    );
+    assert_eq!(
+        c[1]["env"].as_array().unwrap().len(),
+        2,
+        "env merges by name"
+    );
+    assert_eq!(
+        out["metadata"]["generation"], 2,
+        "a spec change bumps generation"
+    );
+}
+
+#[tokio::test]
+async fn custom_resources_are_served_from_their_definition() {
+    let api = start().await;
+    let mut crd = crd_body("widgets", "Widget");
+    crd["apiVersion"] = "apiextensions.k8s.io/v1".into();
+    crd["kind"] = "CustomResourceDefinition".into();
+    crd["metadata"] = json!({"name": "widgets.suite.strake.dev"});
+    let (code, out) = api
+        .post(
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+            crd,
+        )
+        .await;
+    assert_eq!(code, 201, "{out}");
+    let established = async {
+        loop {
+            let (_, c) = api.get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/widgets.suite.strake.dev").await;
+            if c["status"]["conditions"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Established" && c["status"] == "True")
+            }) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), established)
+        .await
+        .expect("the CRD becomes Established");
+    let (_, disc) = api.get("/apis/suite.strake.dev/v1").await;
+    assert!(
+        disc["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "widgets/status"),
+        "{disc}"
+    );
+    let coll = "/apis/suite.strake.dev/v1/namespaces/default/widgets";
+    let (code, bad) = api.post(coll, json!({"apiVersion": "suite.strake.dev/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {"size": 0, "mode": "c"}})).await;
+    assert_eq!(code, 422, "{bad}");
+    let fields: Vec<&str> = bad["details"]["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["field"].as_str().unwrap())
+        .collect();
+    assert!(
+        fields.contains(&"spec.size") && fields.contains(&"spec.mode"),
+        "every violation is named: {fields:?}"
+    );
+    let r = api.http.post(format!("{}{coll}?fieldValidation=Strict", api.base)).json(&json!({"apiVersion": "suite.strake.dev/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {"size": 1, "bogus": true}})).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 400, "unknown fields under Strict");
+    let (code, w) = api.post(coll, json!({"apiVersion": "suite.strake.dev/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {"size": 2, "bogus": true}, "status": {"phase": "set-by-client"}})).await;
+    assert_eq!(code, 201, "{w}");
+    assert_eq!(w["spec"]["mode"], "a", "schema defaults");
+    assert!(w["spec"]["bogus"].is_null(), "unknown fields are pruned");
+    assert!(w["status"].is_null(), "status is a subresource");
+    let (code, s) = api
+        .patch(
+            &format!("{coll}/w/status"),
+            "application/merge-patch+json",
+            json!({"status": {"phase": "Ready", "replicas": 1}}),
+        )
+        .await;
+    assert_eq!(
+        (code, s["status"]["phase"].as_str()),
+        (200, Some("Ready")),
+        "{s}"
+    );
+    let (code, scale) = api
+        .patch(
+            &format!("{coll}/w/scale"),
+            "application/merge-patch+json",
+            json!({"spec": {"replicas": 4}}),
+        )
+        .await;
+    assert_eq!(
+        (
+            code,
+            scale["spec"]["replicas"].as_i64(),
+            scale["status"]["replicas"].as_i64()
+        ),
+        (200, Some(4), Some(1)),
+        "{scale}"
+    );
+    let r = api
+        .http
+        .get(format!("{}{coll}", api.base))
+        .header("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io")
+        .send()
+        .await
+        .unwrap();
+    let t: Value = r.json().await.unwrap();
+    assert_eq!(t["columnDefinitions"][1]["name"], "Size");
+    assert_eq!(
+        t["rows"][0]["cells"][1], 2,
+        "printer columns read their JSONPath"
+    );
+    // Deleting the CRD deletes its objects, then stops serving it.
+    assert_eq!(
+        api.delete(
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/widgets.suite.strake.dev",
+            None
+        )
+        .await
+        .0,
+        200
+    );
+    let gone = async {
+        while api.get("/apis/suite.strake.dev/v1").await.0 != 404 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), gone)
+        .await
+        .expect("the CRD's group goes away");
+}
+
+#[tokio::test]
+async fn scale_dry_run_and_propagation() {
+    let api = start().await;
+    let coll = "/apis/apps/v1/namespaces/default/deployments";
+    assert_eq!(api.post(coll, deployment("s", "x:1")).await.0, 201);
+    let (code, scale) = api.get(&format!("{coll}/s/scale")).await;
+    assert_eq!(
+        (
+            code,
+            scale["kind"].as_str(),
+            scale["spec"]["replicas"].as_i64()
+        ),
+        (200, Some("Scale"), Some(1))
+    );
+    assert_eq!(scale["status"]["selector"], "app=s");
+    let mut up = scale.clone();
+    up["spec"]["replicas"] = 3.into();
+    assert_eq!(api.put(&format!("{coll}/s/scale"), up).await.0, 200);
+    assert_eq!(api.get(&format!("{coll}/s")).await.1["spec"]["replicas"], 3);
+    let (code, neg) = api
+        .patch(
+            &format!("{coll}/s/scale"),
+            "application/merge-patch+json",
+            json!({"spec": {"replicas": -1}}),
+        )
+        .await;
+    assert_eq!(code, 422, "{neg}");
+    // dryRun on update and delete writes nothing.
+    let mut d = api.get(&format!("{coll}/s")).await.1;
+    d["spec"]["replicas"] = 9.into();
+    assert_eq!(
+        api.put(&format!("{coll}/s?dryRun=All"), d).await.1["spec"]["replicas"],
+        9
+    );
+    assert_eq!(api.get(&format!("{coll}/s")).await.1["spec"]["replicas"], 3);
+    // Orphan and foreground deletion hold the object with their finalizer for the collector.
+    let (code, held) = api
+        .delete(
+            &format!("{coll}/s"),
+            Some(json!({"propagationPolicy": "Orphan"})),
+        )
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(held["metadata"]["finalizers"], json!(["orphan"]), "{held}");
+    assert_eq!(api.post(coll, deployment("f", "x:1")).await.0, 201);
+    let (_, held) = api
+        .delete(&format!("{coll}/f?propagationPolicy=Foreground"), None)
+        .await;
+    assert_eq!(
+        held["metadata"]["finalizers"],
+        json!(["foregroundDeletion"]),
+        "{held}"
+    );
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_with_a_status_that_names_it() {
+    let api = start().await;
+    let pods = "/api/v1/namespaces/default/pods";
+    // A name that is not a path segment never reaches a key.
+    let (code, s) = api.get("/api/v1/namespaces/default/pods/a%2Fb").await;
+    assert_eq!((code, s["kind"].as_str()), (400, Some("Status")), "{s}");
+    // Unknown group, version or resource: 404.
+    assert_eq!(api.get("/apis/apps/v9/deployments").await.0, 404);
+    assert_eq!(api.get("/api/v1/widgets").await.0, 404);
+    // The body's namespace or name disagrees with the URL: 400.
+    let (code, s) = api
+        .post(
+            pods,
+            json!({"metadata": {"name": "p", "namespace": "other"}, "spec": pod_spec()}),
+        )
+        .await;
+    assert_eq!(code, 400, "{s}");
+    let (code, _) = api
+        .post(
+            "/api/v1/namespaces/default/configmaps",
+            json!({"metadata": {"name": "c"}}),
+        )
+        .await;
+    assert_eq!(code, 201);
+    let (code, s) = api
+        .put(
+            "/api/v1/namespaces/default/configmaps/c",
+            json!({"metadata": {"name": "d"}}),
+        )
+        .await;
+    assert_eq!(code, 400, "{s}");
+    // The wrong kind for the URL: 400.
+    assert_eq!(
+        api.post(
+            pods,
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}})
+        )
+        .await
+        .0,
+        400
+    );
+    // Invalid objects: 422 with every cause.
+    let (code, s) = api.post("/apis/apps/v1/namespaces/default/deployments", json!({"metadata": {"name": "Bad_Name"}, "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {"metadata": {"labels": {"a": "c"}}, "spec": {"containers": [{"name": "c"}]}}}})).await;
+    assert_eq!(code, 422, "{s}");
+    let fields: Vec<&str> = s["details"]["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["field"].as_str().unwrap())
+        .collect();
+    for f in [
+        "metadata.name",
+        "spec.template.metadata.labels",
+        "spec.template.spec.containers[0].image",
+    ] {
+        assert!(fields.contains(&f), "{f} in {fields:?}");
+    }
+    // Duplicate and unknown fields under Strict: 400; under Warn: a Warning header.
+    let raw = br#"{"metadata":{"name":"dup","name":"dup2"},"data":{"a":"1"}}"#.to_vec();
+    let r = api
+        .http
+        .post(format!(
+            "{}/api/v1/namespaces/default/configmaps?fieldValidation=Strict",
+            api.base
+        ))
+        .body(raw.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(r.text().await.unwrap().contains("duplicate field"));
+    let r = api
+        .http
+        .post(format!("{}/api/v1/namespaces/default/configmaps", api.base))
+        .body(br#"{"metadata":{"name":"w"},"bogus":1}"#.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    assert!(
+        r.headers()
+            .get("warning")
+            .is_some_and(|w| w.to_str().unwrap().contains("bogus"))
+    );
+    // YAML bodies are accepted; malformed ones name the problem.
+    let r = api
+        .http
+        .post(format!("{}/api/v1/namespaces/default/configmaps", api.base))
+        .header("Content-Type", "application/yaml")
+        .body("metadata:\n  name: from-yaml\ndata:\n  k: v\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
+    let r = api
+        .http
+        .post(format!("{}/api/v1/namespaces/default/configmaps", api.base))
+        .header("Content-Type", "application/yaml")
+        .body("metadata: [")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    // Unsupported media type: 415.
+    let r = api
+        .http
+        .post(format!("{}/api/v1/namespaces/default/configmaps", api.base))
+        .header("Content-Type", "text/plain")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 415);
+    // Creating in a namespace that does not exist: 404; the system namespaces cannot go.
+    assert_eq!(
+        api.post(
+            "/api/v1/namespaces/nope/configmaps",
+            json!({"metadata": {"name": "x"}})
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        api.delete("/api/v1/namespaces/kube-system", None).await.0,
+        403
+    );
 }

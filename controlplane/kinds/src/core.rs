@@ -3,20 +3,33 @@
 use std::collections::HashSet;
 
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Endpoints, Event, LimitRange, Namespace, NamespaceSpec, NamespaceStatus, Node, PersistentVolume, PersistentVolumeClaim, Pod,
-    PodSpec, PodStatus, PodTemplate, ReplicationController, ResourceQuota, Secret, Service, ServiceAccount,
+    ConfigMap, Endpoints, Event, LimitRange, Namespace, NamespaceSpec, NamespaceStatus, Node,
+    PersistentVolume, PersistentVolumeClaim, Pod, PodSpec, PodStatus, PodTemplate,
+    ReplicationController, ResourceQuota, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
 use strake_apimachinery::validation::{is_dns1123_label, is_dns1123_subdomain};
 use strake_apimachinery::{Column, FieldError, NameRule, ResourceDef};
 
-use crate::typed::{Kind, age_cell, age_column, col, entry, human_age, name_cell, name_column, or_none, wide};
+use crate::typed::{
+    Kind, age_cell, age_column, col, entry, human_age, name_cell, name_column, or_none, wide,
+};
 
 pub fn entries() -> Vec<ResourceDef> {
     vec![
-        entry::<Namespace>().short(&["ns"]).status::<Namespace>().sub("finalize", "Namespace", &["update"]).names(NameRule::Label).fields(&["status.phase"]).build(),
-        entry::<Node>().short(&["no"]).status::<Node>().fields(&["spec.unschedulable"]).build(),
+        entry::<Namespace>()
+            .short(&["ns"])
+            .status::<Namespace>()
+            .sub("finalize", "Namespace", &["update"])
+            .names(NameRule::Label)
+            .fields(&["status.phase"])
+            .build(),
+        entry::<Node>()
+            .short(&["no"])
+            .status::<Node>()
+            .fields(&["spec.unschedulable"])
+            .build(),
         entry::<Pod>()
             .short(&["po"])
             .categories(&["all"])
@@ -25,29 +38,75 @@ pub fn entries() -> Vec<ResourceDef> {
             .sub("binding", "Binding", &["create"])
             .sub("eviction", "Eviction", &["create"])
             .sub("ephemeralcontainers", "Pod", &["get", "patch", "update"])
-            .fields(&["spec.nodeName", "spec.schedulerName", "spec.restartPolicy", "spec.serviceAccountName", "spec.hostNetwork", "status.phase", "status.podIP", "status.nominatedNodeName"])
+            .fields(&[
+                "spec.nodeName",
+                "spec.schedulerName",
+                "spec.restartPolicy",
+                "spec.serviceAccountName",
+                "spec.hostNetwork",
+                "status.phase",
+                "status.podIP",
+                "status.nominatedNodeName",
+            ])
             .returns_deleted_object()
             .build(),
-        entry::<Service>().short(&["svc"]).categories(&["all"]).status::<Service>().names(NameRule::Label).returns_deleted_object().build(),
+        entry::<Service>()
+            .short(&["svc"])
+            .categories(&["all"])
+            .status::<Service>()
+            .names(NameRule::Label)
+            .returns_deleted_object()
+            .build(),
         entry::<Endpoints>().short(&["ep"]).build(),
         entry::<ConfigMap>().short(&["cm"]).build(),
         entry::<Secret>().fields(&["type"]).build(),
         entry::<ServiceAccount>().short(&["sa"]).build(),
         entry::<Event>()
             .short(&["ev"])
-            .fields(&["involvedObject.kind", "involvedObject.namespace", "involvedObject.name", "involvedObject.uid", "involvedObject.apiVersion", "involvedObject.resourceVersion", "involvedObject.fieldPath", "reason", "reportingComponent", "source", "type"])
+            .fields(&[
+                "involvedObject.kind",
+                "involvedObject.namespace",
+                "involvedObject.name",
+                "involvedObject.uid",
+                "involvedObject.apiVersion",
+                "involvedObject.resourceVersion",
+                "involvedObject.fieldPath",
+                "reason",
+                "reportingComponent",
+                "source",
+                "type",
+            ])
             .names(NameRule::PathSegment)
             .build(),
-        entry::<ResourceQuota>().short(&["quota"]).status::<ResourceQuota>().build(),
+        entry::<ResourceQuota>()
+            .short(&["quota"])
+            .status::<ResourceQuota>()
+            .build(),
         entry::<LimitRange>().short(&["limits"]).build(),
-        entry::<PersistentVolume>().short(&["pv"]).status::<PersistentVolume>().build(),
-        entry::<PersistentVolumeClaim>().short(&["pvc"]).status::<PersistentVolumeClaim>().build(),
+        entry::<PersistentVolume>()
+            .short(&["pv"])
+            .status::<PersistentVolume>()
+            .build(),
+        entry::<PersistentVolumeClaim>()
+            .short(&["pvc"])
+            .status::<PersistentVolumeClaim>()
+            .build(),
         entry::<PodTemplate>().build(),
-        entry::<ReplicationController>().short(&["rc"]).categories(&["all"]).status::<ReplicationController>().scale().build(),
+        entry::<ReplicationController>()
+            .short(&["rc"])
+            .categories(&["all"])
+            .status::<ReplicationController>()
+            .scale()
+            .build(),
     ]
 }
 
-fn supported(errs: &mut Vec<FieldError>, path: impl Into<String>, v: Option<&str>, allowed: &[&str]) {
+fn supported(
+    errs: &mut Vec<FieldError>,
+    path: impl Into<String>,
+    v: Option<&str>,
+    allowed: &[&str],
+) {
     if let Some(v) = v
         && !allowed.contains(&v)
     {
@@ -70,41 +129,80 @@ pub fn validate_pod_spec(spec: &PodSpec, path: &str) -> Vec<FieldError> {
         errs.push(FieldError::required(format!("{path}.containers")));
     }
     let mut names = HashSet::new();
-    let lists = [("containers", spec.containers.as_slice()), ("initContainers", spec.init_containers.as_deref().unwrap_or_default())];
+    let lists = [
+        ("containers", spec.containers.as_slice()),
+        (
+            "initContainers",
+            spec.init_containers.as_deref().unwrap_or_default(),
+        ),
+    ];
     for (list, containers) in lists {
         for (i, c) in containers.iter().enumerate() {
             let p = format!("{path}.{list}[{i}]");
             if !c.name.is_empty() && is_dns1123_label(&c.name) && !names.insert(c.name.clone()) {
-                errs.push(FieldError::duplicate(format!("{p}.name"), format!("Duplicate value: {:?}", c.name)));
+                errs.push(FieldError::duplicate(
+                    format!("{p}.name"),
+                    format!("Duplicate value: {:?}", c.name),
+                ));
             } else {
                 label_name(&mut errs, format!("{p}.name"), &c.name);
             }
             match c.image.as_deref() {
                 None | Some("") => errs.push(FieldError::required(format!("{p}.image"))),
-                Some(img) if img.trim() != img || img.contains(char::is_whitespace) => {
-                    errs.push(FieldError::invalid(format!("{p}.image"), "must not contain whitespace"))
-                }
+                Some(img) if img.trim() != img || img.contains(char::is_whitespace) => errs.push(
+                    FieldError::invalid(format!("{p}.image"), "must not contain whitespace"),
+                ),
                 _ => {}
             }
-            supported(&mut errs, format!("{p}.imagePullPolicy"), c.image_pull_policy.as_deref(), &["Always", "IfNotPresent", "Never"]);
-            supported(&mut errs, format!("{p}.terminationMessagePolicy"), c.termination_message_policy.as_deref(), &["File", "FallbackToLogsOnError"]);
+            supported(
+                &mut errs,
+                format!("{p}.imagePullPolicy"),
+                c.image_pull_policy.as_deref(),
+                &["Always", "IfNotPresent", "Never"],
+            );
+            supported(
+                &mut errs,
+                format!("{p}.terminationMessagePolicy"),
+                c.termination_message_policy.as_deref(),
+                &["File", "FallbackToLogsOnError"],
+            );
             let mut ports = HashSet::new();
             for (j, port) in c.ports.iter().flatten().enumerate() {
                 let pp = format!("{p}.ports[{j}]");
                 if !(1..=65535).contains(&port.container_port) {
-                    errs.push(FieldError::invalid(format!("{pp}.containerPort"), format!("Invalid value: {}: must be between 1 and 65535, inclusive", port.container_port)));
+                    errs.push(FieldError::invalid(
+                        format!("{pp}.containerPort"),
+                        format!(
+                            "Invalid value: {}: must be between 1 and 65535, inclusive",
+                            port.container_port
+                        ),
+                    ));
                 }
                 if let Some(h) = port.host_port
                     && !(0..=65535).contains(&h)
                 {
-                    errs.push(FieldError::invalid(format!("{pp}.hostPort"), format!("Invalid value: {h}: must be between 0 and 65535, inclusive")));
+                    errs.push(FieldError::invalid(
+                        format!("{pp}.hostPort"),
+                        format!("Invalid value: {h}: must be between 0 and 65535, inclusive"),
+                    ));
                 }
-                supported(&mut errs, format!("{pp}.protocol"), port.protocol.as_deref(), &["SCTP", "TCP", "UDP"]);
+                supported(
+                    &mut errs,
+                    format!("{pp}.protocol"),
+                    port.protocol.as_deref(),
+                    &["SCTP", "TCP", "UDP"],
+                );
                 if let Some(n) = port.name.as_deref() {
-                    if n.len() > 15 || !is_dns1123_label(n) || !n.chars().any(|ch| ch.is_ascii_lowercase()) {
+                    if n.len() > 15
+                        || !is_dns1123_label(n)
+                        || !n.chars().any(|ch| ch.is_ascii_lowercase())
+                    {
                         errs.push(FieldError::invalid(format!("{pp}.name"), format!("Invalid value: {n:?}: must be no more than 15 characters, lowercase alphanumerics or '-', with at least one letter")));
                     } else if !ports.insert(n.to_string()) {
-                        errs.push(FieldError::duplicate(format!("{pp}.name"), format!("Duplicate value: {n:?}")));
+                        errs.push(FieldError::duplicate(
+                            format!("{pp}.name"),
+                            format!("Duplicate value: {n:?}"),
+                        ));
                     }
                 }
             }
@@ -113,16 +211,30 @@ pub fn validate_pod_spec(spec: &PodSpec, path: &str) -> Vec<FieldError> {
                     errs.push(FieldError::required(format!("{p}.env[{j}].name")));
                 }
                 if e.value.is_some() && e.value_from.is_some() {
-                    errs.push(FieldError::invalid(format!("{p}.env[{j}].valueFrom"), "may not be specified when `value` is not empty"));
+                    errs.push(FieldError::invalid(
+                        format!("{p}.env[{j}].valueFrom"),
+                        "may not be specified when `value` is not empty",
+                    ));
                 }
             }
-            let volumes: HashSet<&str> = spec.volumes.iter().flatten().map(|v| v.name.as_str()).collect();
+            let volumes: HashSet<&str> = spec
+                .volumes
+                .iter()
+                .flatten()
+                .map(|v| v.name.as_str())
+                .collect();
             for (j, m) in c.volume_mounts.iter().flatten().enumerate() {
                 if !volumes.contains(m.name.as_str()) {
-                    errs.push(FieldError { field: format!("{p}.volumeMounts[{j}].name"), message: format!("Not found: {:?}", m.name), reason: "FieldValueNotFound" });
+                    errs.push(FieldError {
+                        field: format!("{p}.volumeMounts[{j}].name"),
+                        message: format!("Not found: {:?}", m.name),
+                        reason: "FieldValueNotFound",
+                    });
                 }
                 if m.mount_path.is_empty() {
-                    errs.push(FieldError::required(format!("{p}.volumeMounts[{j}].mountPath")));
+                    errs.push(FieldError::required(format!(
+                        "{p}.volumeMounts[{j}].mountPath"
+                    )));
                 }
             }
         }
@@ -131,23 +243,52 @@ pub fn validate_pod_spec(spec: &PodSpec, path: &str) -> Vec<FieldError> {
     for (i, v) in spec.volumes.iter().flatten().enumerate() {
         label_name(&mut errs, format!("{path}.volumes[{i}].name"), &v.name);
         if !vols.insert(v.name.as_str()) {
-            errs.push(FieldError::duplicate(format!("{path}.volumes[{i}].name"), format!("Duplicate value: {:?}", v.name)));
+            errs.push(FieldError::duplicate(
+                format!("{path}.volumes[{i}].name"),
+                format!("Duplicate value: {:?}", v.name),
+            ));
         }
     }
-    supported(&mut errs, format!("{path}.restartPolicy"), spec.restart_policy.as_deref(), &["Always", "OnFailure", "Never"]);
-    supported(&mut errs, format!("{path}.dnsPolicy"), spec.dns_policy.as_deref(), &["ClusterFirst", "ClusterFirstWithHostNet", "Default", "None"]);
+    supported(
+        &mut errs,
+        format!("{path}.restartPolicy"),
+        spec.restart_policy.as_deref(),
+        &["Always", "OnFailure", "Never"],
+    );
+    supported(
+        &mut errs,
+        format!("{path}.dnsPolicy"),
+        spec.dns_policy.as_deref(),
+        &["ClusterFirst", "ClusterFirstWithHostNet", "Default", "None"],
+    );
     if spec.termination_grace_period_seconds.is_some_and(|g| g < 0) {
-        errs.push(FieldError::invalid(format!("{path}.terminationGracePeriodSeconds"), "must be greater than or equal to 0"));
+        errs.push(FieldError::invalid(
+            format!("{path}.terminationGracePeriodSeconds"),
+            "must be greater than or equal to 0",
+        ));
     }
     if spec.active_deadline_seconds.is_some_and(|g| g <= 0) {
-        errs.push(FieldError::invalid(format!("{path}.activeDeadlineSeconds"), "must be between 1 and 2147483647, inclusive"));
+        errs.push(FieldError::invalid(
+            format!("{path}.activeDeadlineSeconds"),
+            "must be between 1 and 2147483647, inclusive",
+        ));
     }
     if let Some(h) = spec.hostname.as_deref() {
         label_name(&mut errs, format!("{path}.hostname"), h);
     }
     for (i, t) in spec.tolerations.iter().flatten().enumerate() {
-        supported(&mut errs, format!("{path}.tolerations[{i}].operator"), t.operator.as_deref(), &["Equal", "Exists"]);
-        supported(&mut errs, format!("{path}.tolerations[{i}].effect"), t.effect.as_deref(), &["NoExecute", "NoSchedule", "PreferNoSchedule"]);
+        supported(
+            &mut errs,
+            format!("{path}.tolerations[{i}].operator"),
+            t.operator.as_deref(),
+            &["Equal", "Exists"],
+        );
+        supported(
+            &mut errs,
+            format!("{path}.tolerations[{i}].effect"),
+            t.effect.as_deref(),
+            &["NoExecute", "NoSchedule", "PreferNoSchedule"],
+        );
     }
     errs
 }
@@ -157,19 +298,33 @@ pub fn default_pod_spec(spec: &mut PodSpec) {
     spec.restart_policy.get_or_insert_with(|| "Always".into());
     spec.termination_grace_period_seconds.get_or_insert(30);
     spec.dns_policy.get_or_insert_with(|| "ClusterFirst".into());
-    spec.scheduler_name.get_or_insert_with(|| "default-scheduler".into());
+    spec.scheduler_name
+        .get_or_insert_with(|| "default-scheduler".into());
     spec.enable_service_links.get_or_insert(true);
     spec.security_context.get_or_insert_default();
     spec.priority.get_or_insert(0);
-    spec.preemption_policy.get_or_insert_with(|| "PreemptLowerPriority".into());
-    for c in spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten()) {
+    spec.preemption_policy
+        .get_or_insert_with(|| "PreemptLowerPriority".into());
+    for c in spec
+        .containers
+        .iter_mut()
+        .chain(spec.init_containers.iter_mut().flatten())
+    {
         let latest = c.image.as_deref().is_some_and(|i| {
             let last = i.rsplit('/').next().unwrap_or(i);
             !last.contains(':') && !i.contains('@') || last.ends_with(":latest")
         });
-        c.image_pull_policy.get_or_insert_with(|| if latest { "Always".into() } else { "IfNotPresent".into() });
-        c.termination_message_path.get_or_insert_with(|| "/dev/termination-log".into());
-        c.termination_message_policy.get_or_insert_with(|| "File".into());
+        c.image_pull_policy.get_or_insert_with(|| {
+            if latest {
+                "Always".into()
+            } else {
+                "IfNotPresent".into()
+            }
+        });
+        c.termination_message_path
+            .get_or_insert_with(|| "/dev/termination-log".into());
+        c.termination_message_policy
+            .get_or_insert_with(|| "File".into());
         for p in c.ports.iter_mut().flatten() {
             p.protocol.get_or_insert_with(|| "TCP".into());
         }
@@ -180,10 +335,20 @@ pub fn default_pod_spec(spec: &mut PodSpec) {
 
 impl Kind for Namespace {
     fn defaults(&mut self) {
-        let phase = self.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_else(|| "Active".into());
-        self.status = Some(NamespaceStatus { phase: Some(phase), ..self.status.clone().unwrap_or_default() });
+        let phase = self
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.clone())
+            .unwrap_or_else(|| "Active".into());
+        self.status = Some(NamespaceStatus {
+            phase: Some(phase),
+            ..self.status.clone().unwrap_or_default()
+        });
         let name = self.metadata.name.clone().unwrap_or_default();
-        self.metadata.labels.get_or_insert_default().insert("kubernetes.io/metadata.name".into(), name);
+        self.metadata
+            .labels
+            .get_or_insert_default()
+            .insert("kubernetes.io/metadata.name".into(), name);
         let spec = self.spec.get_or_insert_with(NamespaceSpec::default);
         if spec.finalizers.is_none() {
             spec.finalizers = Some(vec!["kubernetes".into()]);
@@ -194,14 +359,29 @@ impl Kind for Namespace {
         Some(0)
     }
     fn holds_deletion(&self) -> bool {
-        self.spec.as_ref().and_then(|s| s.finalizers.as_ref()).is_some_and(|f| !f.is_empty())
+        self.spec
+            .as_ref()
+            .and_then(|s| s.finalizers.as_ref())
+            .is_some_and(|f| !f.is_empty())
     }
     fn columns() -> Vec<Column> {
-        vec![name_column(), col("Status", "The status of the namespace"), age_column()]
+        vec![
+            name_column(),
+            col("Status", "The status of the namespace"),
+            age_column(),
+        ]
     }
     fn cells(&self) -> Vec<Value> {
-        let phase = self.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_else(|| "Active".into());
-        vec![name_cell(&self.metadata), json!(phase), age_cell(&self.metadata)]
+        let phase = self
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.clone())
+            .unwrap_or_else(|| "Active".into());
+        vec![
+            name_cell(&self.metadata),
+            json!(phase),
+            age_cell(&self.metadata),
+        ]
     }
 }
 
@@ -219,7 +399,10 @@ impl Kind for Node {
             wide("External-IP", "List of external IPs in the node."),
             wide("OS-Image", "OS image reported by the node."),
             wide("Kernel-Version", "Kernel version reported by the node."),
-            wide("Container-Runtime", "Container runtime reported by the node."),
+            wide(
+                "Container-Runtime",
+                "Container runtime reported by the node.",
+            ),
         ]
     }
     fn cells(&self) -> Vec<Value> {
@@ -229,16 +412,42 @@ impl Kind for Node {
             .iter()
             .flatten()
             .find(|c| c.type_ == "Ready")
-            .map(|c| if c.status == "True" { "Ready" } else { "NotReady" })
+            .map(|c| {
+                if c.status == "True" {
+                    "Ready"
+                } else {
+                    "NotReady"
+                }
+            })
             .unwrap_or("Unknown");
         let mut st = ready.to_string();
-        if self.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false) {
+        if self
+            .spec
+            .as_ref()
+            .and_then(|s| s.unschedulable)
+            .unwrap_or(false)
+        {
             st.push_str(",SchedulingDisabled");
         }
-        let mut roles: Vec<&str> = self.metadata.labels.iter().flatten().filter_map(|(k, _)| k.strip_prefix("node-role.kubernetes.io/")).collect();
+        let mut roles: Vec<&str> = self
+            .metadata
+            .labels
+            .iter()
+            .flatten()
+            .filter_map(|(k, _)| k.strip_prefix("node-role.kubernetes.io/"))
+            .collect();
         roles.sort_unstable();
         let info = status.node_info.clone().unwrap_or_default();
-        let addr = |t: &str| status.addresses.iter().flatten().filter(|a| a.type_ == t).map(|a| a.address.clone()).collect::<Vec<_>>().join(",");
+        let addr = |t: &str| {
+            status
+                .addresses
+                .iter()
+                .flatten()
+                .filter(|a| a.type_ == t)
+                .map(|a| a.address.clone())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
         vec![
             name_cell(&self.metadata),
             json!(st),
@@ -260,9 +469,14 @@ impl Kind for Pod {
     fn defaults(&mut self) {
         let spec = self.spec.get_or_insert_default();
         default_pod_spec(spec);
-        spec.service_account_name.get_or_insert_with(|| "default".into());
+        spec.service_account_name
+            .get_or_insert_with(|| "default".into());
         if self.status.is_none() {
-            self.status = Some(PodStatus { phase: Some("Pending".into()), qos_class: Some(qos_class(spec).into()), ..Default::default() });
+            self.status = Some(PodStatus {
+                phase: Some("Pending".into()),
+                qos_class: Some(qos_class(spec).into()),
+                ..Default::default()
+            });
         }
     }
 
@@ -278,7 +492,11 @@ impl Kind for Pod {
         // Pod specs are immutable except for images, the deadline, tolerations and grace.
         let strip = |p: &Pod| {
             let mut s = p.spec.clone().unwrap_or_default();
-            for c in s.containers.iter_mut().chain(s.init_containers.iter_mut().flatten()) {
+            for c in s
+                .containers
+                .iter_mut()
+                .chain(s.init_containers.iter_mut().flatten())
+            {
                 c.image = None;
             }
             s.active_deadline_seconds = None;
@@ -295,25 +513,43 @@ impl Kind for Pod {
 
     fn grace(&self, requested: Option<i64>) -> Option<i64> {
         let spec = self.spec.as_ref();
-        let scheduled = spec.and_then(|s| s.node_name.as_deref()).is_some_and(|n| !n.is_empty());
+        let scheduled = spec
+            .and_then(|s| s.node_name.as_deref())
+            .is_some_and(|n| !n.is_empty());
         let phase = self.status.as_ref().and_then(|s| s.phase.as_deref());
         if !scheduled || matches!(phase, Some("Succeeded" | "Failed")) {
             return None;
         }
-        let grace = requested.or(spec.and_then(|s| s.termination_grace_period_seconds)).unwrap_or(30);
+        let grace = requested
+            .or(spec.and_then(|s| s.termination_grace_period_seconds))
+            .unwrap_or(30);
         (grace > 0).then_some(grace)
     }
 
     fn columns() -> Vec<Column> {
         vec![
             name_column(),
-            col("Ready", "The aggregate readiness state of this pod for accepting traffic."),
-            col("Status", "The aggregate status of the containers in this pod."),
-            Column::new("Restarts", "string", "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted.", 0),
+            col(
+                "Ready",
+                "The aggregate readiness state of this pod for accepting traffic.",
+            ),
+            col(
+                "Status",
+                "The aggregate status of the containers in this pod.",
+            ),
+            Column::new(
+                "Restarts",
+                "string",
+                "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted.",
+                0,
+            ),
             age_column(),
             wide("IP", "The IP address assigned to the pod"),
             wide("Node", "The name of the node where the pod is running"),
-            wide("Nominated Node", "The name of the node where the pod may be scheduled to, once preemption is done"),
+            wide(
+                "Nominated Node",
+                "The name of the node where the pod may be scheduled to, once preemption is done",
+            ),
             wide("Readiness Gates", "The readiness gates of the pod"),
         ]
     }
@@ -331,7 +567,12 @@ impl Kind for Pod {
             json!(restarts.to_string()),
             age_cell(&self.metadata),
             or_none(status.pod_ip.unwrap_or_default()),
-            or_none(self.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default()),
+            or_none(
+                self.spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .unwrap_or_default(),
+            ),
             or_none(status.nominated_node_name.unwrap_or_default()),
             or_none(""),
         ]
@@ -364,7 +605,11 @@ pub fn qos_class(spec: &PodSpec) -> &'static str {
 /// The STATUS column as kubectl shows it: waiting/terminated reasons win over the phase.
 pub fn pod_display_status(pod: &Pod) -> String {
     let status = pod.status.clone().unwrap_or_default();
-    let mut reason = status.reason.clone().or(status.phase.clone()).unwrap_or_else(|| "Pending".into());
+    let mut reason = status
+        .reason
+        .clone()
+        .or(status.phase.clone())
+        .unwrap_or_else(|| "Pending".into());
     for c in status.container_statuses.iter().flatten() {
         if let Some(state) = &c.state {
             if let Some(w) = state.waiting.as_ref().and_then(|w| w.reason.clone()) {
@@ -389,17 +634,24 @@ impl Kind for Service {
     fn defaults(&mut self) {
         let spec = self.spec.get_or_insert_default();
         if spec.type_.is_none() {
-            spec.type_ = Some(if spec.external_name.is_some() { "ExternalName".into() } else { "ClusterIP".into() });
+            spec.type_ = Some(if spec.external_name.is_some() {
+                "ExternalName".into()
+            } else {
+                "ClusterIP".into()
+            });
         }
         spec.session_affinity.get_or_insert_with(|| "None".into());
         let ext = spec.type_.as_deref() == Some("ExternalName");
         if !ext {
-            spec.internal_traffic_policy.get_or_insert_with(|| "Cluster".into());
-            spec.ip_family_policy.get_or_insert_with(|| "SingleStack".into());
+            spec.internal_traffic_policy
+                .get_or_insert_with(|| "Cluster".into());
+            spec.ip_family_policy
+                .get_or_insert_with(|| "SingleStack".into());
             spec.ip_families.get_or_insert_with(|| vec!["IPv4".into()]);
         }
         if matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer")) {
-            spec.external_traffic_policy.get_or_insert_with(|| "Cluster".into());
+            spec.external_traffic_policy
+                .get_or_insert_with(|| "Cluster".into());
         }
         for p in spec.ports.iter_mut().flatten() {
             p.protocol.get_or_insert_with(|| "TCP".into());
@@ -407,27 +659,45 @@ impl Kind for Service {
                 p.target_port = Some(IntOrString::Int(p.port));
             }
         }
-        self.status.get_or_insert_default().load_balancer.get_or_insert_default();
+        self.status
+            .get_or_insert_default()
+            .load_balancer
+            .get_or_insert_default();
     }
 
     fn validate(&self) -> Vec<FieldError> {
         let mut errs = Vec::new();
-        let Some(spec) = &self.spec else { return vec![FieldError::required("spec")] };
+        let Some(spec) = &self.spec else {
+            return vec![FieldError::required("spec")];
+        };
         if let Some(n) = self.metadata.name.as_deref()
             && !n.starts_with(|c: char| c.is_ascii_lowercase())
         {
             errs.push(FieldError::invalid("metadata.name", format!("Invalid value: {n:?}: a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character")));
         }
         let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
-        supported(&mut errs, "spec.type", Some(ty), &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"]);
-        supported(&mut errs, "spec.sessionAffinity", spec.session_affinity.as_deref(), &["ClientIP", "None"]);
+        supported(
+            &mut errs,
+            "spec.type",
+            Some(ty),
+            &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"],
+        );
+        supported(
+            &mut errs,
+            "spec.sessionAffinity",
+            spec.session_affinity.as_deref(),
+            &["ClientIP", "None"],
+        );
         let headless = spec.cluster_ip.as_deref() == Some("None");
         let ports = spec.ports.as_deref().unwrap_or_default();
         if ty == "ExternalName" {
             match spec.external_name.as_deref() {
                 None | Some("") => errs.push(FieldError::required("spec.externalName")),
                 Some(n) if !is_dns1123_subdomain(n.trim_end_matches('.')) => {
-                    errs.push(FieldError::invalid("spec.externalName", format!("Invalid value: {n:?}: must be a DNS name")))
+                    errs.push(FieldError::invalid(
+                        "spec.externalName",
+                        format!("Invalid value: {n:?}: must be a DNS name"),
+                    ))
                 }
                 _ => {}
             }
@@ -438,22 +708,46 @@ impl Kind for Service {
         for (i, p) in ports.iter().enumerate() {
             let path = format!("spec.ports[{i}]");
             if !(1..=65535).contains(&p.port) {
-                errs.push(FieldError::invalid(format!("{path}.port"), format!("Invalid value: {}: must be between 1 and 65535, inclusive", p.port)));
+                errs.push(FieldError::invalid(
+                    format!("{path}.port"),
+                    format!(
+                        "Invalid value: {}: must be between 1 and 65535, inclusive",
+                        p.port
+                    ),
+                ));
             }
-            supported(&mut errs, format!("{path}.protocol"), p.protocol.as_deref(), &["SCTP", "TCP", "UDP"]);
+            supported(
+                &mut errs,
+                format!("{path}.protocol"),
+                p.protocol.as_deref(),
+                &["SCTP", "TCP", "UDP"],
+            );
             match p.name.as_deref() {
-                None | Some("") if ports.len() > 1 => errs.push(FieldError::required(format!("{path}.name"))),
-                Some(n) if !n.is_empty() && !names.insert(n.to_string()) => errs.push(FieldError::duplicate(format!("{path}.name"), format!("Duplicate value: {n:?}"))),
+                None | Some("") if ports.len() > 1 => {
+                    errs.push(FieldError::required(format!("{path}.name")))
+                }
+                Some(n) if !n.is_empty() && !names.insert(n.to_string()) => {
+                    errs.push(FieldError::duplicate(
+                        format!("{path}.name"),
+                        format!("Duplicate value: {n:?}"),
+                    ))
+                }
                 _ => {}
             }
             if let Some(IntOrString::Int(t)) = &p.target_port
                 && !(1..=65535).contains(t)
             {
-                errs.push(FieldError::invalid(format!("{path}.targetPort"), format!("Invalid value: {t}: must be between 1 and 65535, inclusive")));
+                errs.push(FieldError::invalid(
+                    format!("{path}.targetPort"),
+                    format!("Invalid value: {t}: must be between 1 and 65535, inclusive"),
+                ));
             }
             if let Some(np) = p.node_port {
                 if !matches!(ty, "NodePort" | "LoadBalancer") && np != 0 {
-                    errs.push(FieldError::forbidden(format!("{path}.nodePort"), "may not be used when `type` is 'ClusterIP'"));
+                    errs.push(FieldError::forbidden(
+                        format!("{path}.nodePort"),
+                        "may not be used when `type` is 'ClusterIP'",
+                    ));
                 } else if !(30000..=32767).contains(&np) && np != 0 {
                     errs.push(FieldError::invalid(format!("{path}.nodePort"), format!("Invalid value: {np}: provided port is not in the valid range. The range of valid ports is 30000-32767")));
                 }
@@ -464,19 +758,30 @@ impl Kind for Service {
             && ip != "None"
             && ip.parse::<std::net::IpAddr>().is_err()
         {
-            errs.push(FieldError::invalid("spec.clusterIP", format!("Invalid value: {ip:?}: must be empty, 'None', or a valid IP address")));
+            errs.push(FieldError::invalid(
+                "spec.clusterIP",
+                format!("Invalid value: {ip:?}: must be empty, 'None', or a valid IP address"),
+            ));
         }
         errs
     }
 
     fn validate_update(&self, old: &Self) -> Vec<FieldError> {
         let mut errs = self.validate();
-        let ip = |s: &Service| s.spec.as_ref().and_then(|s| s.cluster_ip.clone()).filter(|i| !i.is_empty());
+        let ip = |s: &Service| {
+            s.spec
+                .as_ref()
+                .and_then(|s| s.cluster_ip.clone())
+                .filter(|i| !i.is_empty())
+        };
         if let (Some(old_ip), new_ip) = (ip(old), ip(self))
             && new_ip.as_ref() != Some(&old_ip)
             && self.spec.as_ref().and_then(|s| s.type_.as_deref()) != Some("ExternalName")
         {
-            errs.push(FieldError::invalid("spec.clusterIPs[0]", "Invalid value: field is immutable"));
+            errs.push(FieldError::invalid(
+                "spec.clusterIPs[0]",
+                "Invalid value: field is immutable",
+            ));
         }
         errs
     }
@@ -533,7 +838,12 @@ impl Kind for Service {
             "LoadBalancer" if ingress.is_empty() => "<pending>".into(),
             _ => ingress.join(","),
         };
-        let mut sel: Vec<String> = spec.selector.iter().flatten().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut sel: Vec<String> = spec
+            .selector
+            .iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         sel.sort();
         vec![
             name_cell(&self.metadata),
@@ -549,7 +859,11 @@ impl Kind for Service {
 
 impl Kind for Endpoints {
     fn columns() -> Vec<Column> {
-        vec![name_column(), col("Endpoints", "Endpoints is a list of addresses"), age_column()]
+        vec![
+            name_column(),
+            col("Endpoints", "Endpoints is a list of addresses"),
+            age_column(),
+        ]
     }
     fn cells(&self) -> Vec<Value> {
         let mut eps = Vec::new();
@@ -563,21 +877,42 @@ impl Kind for Endpoints {
                 }
             }
         }
-        let shown = if eps.len() > 3 { format!("{} + {} more...", eps[..3].join(","), eps.len() - 3) } else { eps.join(",") };
-        vec![name_cell(&self.metadata), or_none(shown), age_cell(&self.metadata)]
+        let shown = if eps.len() > 3 {
+            format!("{} + {} more...", eps[..3].join(","), eps.len() - 3)
+        } else {
+            eps.join(",")
+        };
+        vec![
+            name_cell(&self.metadata),
+            or_none(shown),
+            age_cell(&self.metadata),
+        ]
     }
 }
 
 fn valid_data_key(k: &str) -> bool {
-    !k.is_empty() && k.len() <= 253 && k != "." && k != ".." && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    !k.is_empty()
+        && k.len() <= 253
+        && k != "."
+        && k != ".."
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-fn data_keys<'a>(errs: &mut Vec<FieldError>, field: &str, keys: impl Iterator<Item = &'a String>, seen: &mut HashSet<String>) {
+fn data_keys<'a>(
+    errs: &mut Vec<FieldError>,
+    field: &str,
+    keys: impl Iterator<Item = &'a String>,
+    seen: &mut HashSet<String>,
+) {
     for k in keys {
         if !valid_data_key(k) {
             errs.push(FieldError::invalid(format!("{field}[{k}]"), format!("Invalid value: {k:?}: a valid config key must consist of alphanumeric characters, '-', '_' or '.'")));
         } else if !seen.insert(k.clone()) {
-            errs.push(FieldError::invalid(format!("{field}[{k}]"), format!("Invalid value: {k:?}: duplicate of key present in another data field")));
+            errs.push(FieldError::invalid(
+                format!("{field}[{k}]"),
+                format!("Invalid value: {k:?}: duplicate of key present in another data field"),
+            ));
         }
     }
 }
@@ -586,11 +921,35 @@ impl Kind for ConfigMap {
     fn validate(&self) -> Vec<FieldError> {
         let mut errs = Vec::new();
         let mut seen = HashSet::new();
-        data_keys(&mut errs, "data", self.data.iter().flatten().map(|(k, _)| k), &mut seen);
-        data_keys(&mut errs, "binaryData", self.binary_data.iter().flatten().map(|(k, _)| k), &mut seen);
-        let size: usize = self.data.iter().flatten().map(|(k, v)| k.len() + v.len()).sum::<usize>() + self.binary_data.iter().flatten().map(|(k, v)| k.len() + v.0.len()).sum::<usize>();
+        data_keys(
+            &mut errs,
+            "data",
+            self.data.iter().flatten().map(|(k, _)| k),
+            &mut seen,
+        );
+        data_keys(
+            &mut errs,
+            "binaryData",
+            self.binary_data.iter().flatten().map(|(k, _)| k),
+            &mut seen,
+        );
+        let size: usize = self
+            .data
+            .iter()
+            .flatten()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+            + self
+                .binary_data
+                .iter()
+                .flatten()
+                .map(|(k, v)| k.len() + v.0.len())
+                .sum::<usize>();
         if size > 1024 * 1024 {
-            errs.push(FieldError::invalid("data", format!("Too long: must have at most 1048576 bytes, not {size}")));
+            errs.push(FieldError::invalid(
+                "data",
+                format!("Too long: must have at most 1048576 bytes, not {size}"),
+            ));
         }
         errs
     }
@@ -598,20 +957,35 @@ impl Kind for ConfigMap {
         let mut errs = self.validate();
         if old.immutable == Some(true) {
             if self.data != old.data || self.binary_data != old.binary_data {
-                errs.push(FieldError::forbidden("data", "field is immutable when `immutable` is set"));
+                errs.push(FieldError::forbidden(
+                    "data",
+                    "field is immutable when `immutable` is set",
+                ));
             }
             if self.immutable != Some(true) {
-                errs.push(FieldError::forbidden("immutable", "field is immutable when `immutable` is set"));
+                errs.push(FieldError::forbidden(
+                    "immutable",
+                    "field is immutable when `immutable` is set",
+                ));
             }
         }
         errs
     }
     fn columns() -> Vec<Column> {
-        vec![name_column(), Column::new("Data", "integer", "Number of keys in the config map", 0), age_column()]
+        vec![
+            name_column(),
+            Column::new("Data", "integer", "Number of keys in the config map", 0),
+            age_column(),
+        ]
     }
     fn cells(&self) -> Vec<Value> {
-        let n = self.data.as_ref().map_or(0, |d| d.len()) + self.binary_data.as_ref().map_or(0, |d| d.len());
-        vec![name_cell(&self.metadata), json!(n), age_cell(&self.metadata)]
+        let n = self.data.as_ref().map_or(0, |d| d.len())
+            + self.binary_data.as_ref().map_or(0, |d| d.len());
+        vec![
+            name_cell(&self.metadata),
+            json!(n),
+            age_cell(&self.metadata),
+        ]
     }
 }
 
@@ -629,10 +1003,23 @@ impl Kind for Secret {
     fn validate(&self) -> Vec<FieldError> {
         let mut errs = Vec::new();
         let mut seen = HashSet::new();
-        data_keys(&mut errs, "data", self.data.iter().flatten().map(|(k, _)| k), &mut seen);
-        let size: usize = self.data.iter().flatten().map(|(k, v)| k.len() + v.0.len()).sum();
+        data_keys(
+            &mut errs,
+            "data",
+            self.data.iter().flatten().map(|(k, _)| k),
+            &mut seen,
+        );
+        let size: usize = self
+            .data
+            .iter()
+            .flatten()
+            .map(|(k, v)| k.len() + v.0.len())
+            .sum();
         if size > 1024 * 1024 {
-            errs.push(FieldError::invalid("data", format!("Too long: must have at most 1048576 bytes, not {size}")));
+            errs.push(FieldError::invalid(
+                "data",
+                format!("Too long: must have at most 1048576 bytes, not {size}"),
+            ));
         }
         let has = |k: &str| self.data.as_ref().is_some_and(|d| d.contains_key(k));
         match self.type_.as_deref() {
@@ -643,15 +1030,25 @@ impl Kind for Secret {
                     }
                 }
             }
-            Some("kubernetes.io/dockerconfigjson") if !has(".dockerconfigjson") => errs.push(FieldError::required("data[.dockerconfigjson]")),
+            Some("kubernetes.io/dockerconfigjson") if !has(".dockerconfigjson") => {
+                errs.push(FieldError::required("data[.dockerconfigjson]"))
+            }
             Some("kubernetes.io/basic-auth") if !has("username") && !has("password") => {
                 errs.push(FieldError::required("data[username]"))
             }
-            Some("kubernetes.io/ssh-auth") if !has("ssh-privatekey") => errs.push(FieldError::required("data[ssh-privatekey]")),
+            Some("kubernetes.io/ssh-auth") if !has("ssh-privatekey") => {
+                errs.push(FieldError::required("data[ssh-privatekey]"))
+            }
             Some("kubernetes.io/service-account-token") => {
-                let ann = self.metadata.annotations.as_ref().and_then(|a| a.get("kubernetes.io/service-account.name"));
+                let ann = self
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get("kubernetes.io/service-account.name"));
                 if ann.is_none_or(String::is_empty) {
-                    errs.push(FieldError::required("metadata.annotations[kubernetes.io/service-account.name]"));
+                    errs.push(FieldError::required(
+                        "metadata.annotations[kubernetes.io/service-account.name]",
+                    ));
                 }
             }
             _ => {}
@@ -661,27 +1058,51 @@ impl Kind for Secret {
     fn validate_update(&self, old: &Self) -> Vec<FieldError> {
         let mut errs = self.validate();
         if self.type_ != old.type_ {
-            errs.push(FieldError::invalid("type", "Invalid value: field is immutable"));
+            errs.push(FieldError::invalid(
+                "type",
+                "Invalid value: field is immutable",
+            ));
         }
         if old.immutable == Some(true) && (self.data != old.data || self.immutable != Some(true)) {
-            errs.push(FieldError::forbidden("data", "field is immutable when `immutable` is set"));
+            errs.push(FieldError::forbidden(
+                "data",
+                "field is immutable when `immutable` is set",
+            ));
         }
         errs
     }
     fn columns() -> Vec<Column> {
-        vec![name_column(), col("Type", "The type of the secret"), Column::new("Data", "integer", "The number of keys in the secret", 0), age_column()]
+        vec![
+            name_column(),
+            col("Type", "The type of the secret"),
+            Column::new("Data", "integer", "The number of keys in the secret", 0),
+            age_column(),
+        ]
     }
     fn cells(&self) -> Vec<Value> {
-        vec![name_cell(&self.metadata), json!(self.type_.clone().unwrap_or_default()), json!(self.data.as_ref().map_or(0, |d| d.len())), age_cell(&self.metadata)]
+        vec![
+            name_cell(&self.metadata),
+            json!(self.type_.clone().unwrap_or_default()),
+            json!(self.data.as_ref().map_or(0, |d| d.len())),
+            age_cell(&self.metadata),
+        ]
     }
 }
 
 impl Kind for ServiceAccount {
     fn columns() -> Vec<Column> {
-        vec![name_column(), Column::new("Secrets", "integer", "The number of secrets", 0), age_column()]
+        vec![
+            name_column(),
+            Column::new("Secrets", "integer", "The number of secrets", 0),
+            age_column(),
+        ]
     }
     fn cells(&self) -> Vec<Value> {
-        vec![name_cell(&self.metadata), json!(self.secrets.as_ref().map_or(0, |s| s.len())), age_cell(&self.metadata)]
+        vec![
+            name_cell(&self.metadata),
+            json!(self.secrets.as_ref().map_or(0, |s| s.len())),
+            age_cell(&self.metadata),
+        ]
     }
 }
 
@@ -691,35 +1112,84 @@ impl Kind for Event {
         if self.involved_object.kind.is_none() && self.involved_object.name.is_none() {
             errs.push(FieldError::required("involvedObject"));
         }
-        supported(&mut errs, "type", self.type_.as_deref(), &["Normal", "Warning"]);
+        supported(
+            &mut errs,
+            "type",
+            self.type_.as_deref(),
+            &["Normal", "Warning"],
+        );
         errs
     }
     fn columns() -> Vec<Column> {
-        vec![col("Last Seen", "Time since the event was last seen"), col("Type", "The type of the event"), col("Reason", "Why the event happened"), col("Object", "The object this event is about"), col("Message", "A human-readable description")]
+        vec![
+            col("Last Seen", "Time since the event was last seen"),
+            col("Type", "The type of the event"),
+            col("Reason", "Why the event happened"),
+            col("Object", "The object this event is about"),
+            col("Message", "A human-readable description"),
+        ]
     }
     fn cells(&self) -> Vec<Value> {
-        let last = self.last_timestamp.as_ref().or(self.first_timestamp.as_ref()).or(self.metadata.creation_timestamp.as_ref());
-        let obj = format!("{}/{}", self.involved_object.kind.clone().unwrap_or_default().to_ascii_lowercase(), self.involved_object.name.clone().unwrap_or_default());
-        vec![json!(human_age(last)), json!(self.type_.clone().unwrap_or_default()), json!(self.reason.clone().unwrap_or_default()), json!(obj), json!(self.message.clone().unwrap_or_default())]
+        let last = self
+            .last_timestamp
+            .as_ref()
+            .or(self.first_timestamp.as_ref())
+            .or(self.metadata.creation_timestamp.as_ref());
+        let obj = format!(
+            "{}/{}",
+            self.involved_object
+                .kind
+                .clone()
+                .unwrap_or_default()
+                .to_ascii_lowercase(),
+            self.involved_object.name.clone().unwrap_or_default()
+        );
+        vec![
+            json!(human_age(last)),
+            json!(self.type_.clone().unwrap_or_default()),
+            json!(self.reason.clone().unwrap_or_default()),
+            json!(obj),
+            json!(self.message.clone().unwrap_or_default()),
+        ]
     }
 }
 
 impl Kind for ResourceQuota {
     fn columns() -> Vec<Column> {
-        vec![name_column(), age_column(), col("Request", "Requested resources"), col("Limit", "Resource limits")]
+        vec![
+            name_column(),
+            age_column(),
+            col("Request", "Requested resources"),
+            col("Limit", "Resource limits"),
+        ]
     }
     fn cells(&self) -> Vec<Value> {
         let status = self.status.clone().unwrap_or_default();
-        let hard = status.hard.clone().or_else(|| self.spec.as_ref().and_then(|s| s.hard.clone())).unwrap_or_default();
+        let hard = status
+            .hard
+            .clone()
+            .or_else(|| self.spec.as_ref().and_then(|s| s.hard.clone()))
+            .unwrap_or_default();
         let used = status.used.unwrap_or_default();
         let fmt = |limits: bool| {
             hard.iter()
                 .filter(|(k, _)| k.starts_with("limits.") == limits)
-                .map(|(k, v)| format!("{k}: {}/{}", used.get(k).map_or("0".to_string(), |u| u.0.clone()), v.0))
+                .map(|(k, v)| {
+                    format!(
+                        "{k}: {}/{}",
+                        used.get(k).map_or("0".to_string(), |u| u.0.clone()),
+                        v.0
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        vec![name_cell(&self.metadata), age_cell(&self.metadata), json!(fmt(false)), json!(fmt(true))]
+        vec![
+            name_cell(&self.metadata),
+            age_cell(&self.metadata),
+            json!(fmt(false)),
+            json!(fmt(true)),
+        ]
     }
 }
 
@@ -727,15 +1197,32 @@ impl Kind for LimitRange {
     fn validate(&self) -> Vec<FieldError> {
         let mut errs = Vec::new();
         for (i, l) in self.spec.iter().flat_map(|s| s.limits.iter()).enumerate() {
-            supported(&mut errs, format!("spec.limits[{i}].type"), Some(l.type_.as_str()), &["Container", "Pod", "PersistentVolumeClaim"]);
+            supported(
+                &mut errs,
+                format!("spec.limits[{i}].type"),
+                Some(l.type_.as_str()),
+                &["Container", "Pod", "PersistentVolumeClaim"],
+            );
         }
         errs
     }
     fn columns() -> Vec<Column> {
-        vec![name_column(), Column::new("Created At", "date", "When the limit range was created", 0)]
+        vec![
+            name_column(),
+            Column::new("Created At", "date", "When the limit range was created", 0),
+        ]
     }
     fn cells(&self) -> Vec<Value> {
-        vec![name_cell(&self.metadata), json!(self.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default())]
+        vec![
+            name_cell(&self.metadata),
+            json!(
+                self.metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map(|t| t.0.to_string())
+                    .unwrap_or_default()
+            ),
+        ]
     }
 }
 
@@ -756,9 +1243,13 @@ fn modes(m: &Option<Vec<String>>) -> String {
 impl Kind for PersistentVolume {
     fn defaults(&mut self) {
         let spec = self.spec.get_or_insert_default();
-        spec.persistent_volume_reclaim_policy.get_or_insert_with(|| "Retain".into());
+        spec.persistent_volume_reclaim_policy
+            .get_or_insert_with(|| "Retain".into());
         spec.volume_mode.get_or_insert_with(|| "Filesystem".into());
-        self.status.get_or_insert_default().phase.get_or_insert_with(|| "Pending".into());
+        self.status
+            .get_or_insert_default()
+            .phase
+            .get_or_insert_with(|| "Pending".into());
     }
     fn validate(&self) -> Vec<FieldError> {
         let mut errs = Vec::new();
@@ -766,28 +1257,73 @@ impl Kind for PersistentVolume {
         if spec.access_modes.as_ref().is_none_or(Vec::is_empty) {
             errs.push(FieldError::required("spec.accessModes"));
         }
-        if spec.capacity.as_ref().is_none_or(|c| !c.contains_key("storage")) {
+        if spec
+            .capacity
+            .as_ref()
+            .is_none_or(|c| !c.contains_key("storage"))
+        {
             errs.push(FieldError::required("spec.capacity"));
         }
-        supported(&mut errs, "spec.persistentVolumeReclaimPolicy", spec.persistent_volume_reclaim_policy.as_deref(), &["Delete", "Recycle", "Retain"]);
+        supported(
+            &mut errs,
+            "spec.persistentVolumeReclaimPolicy",
+            spec.persistent_volume_reclaim_policy.as_deref(),
+            &["Delete", "Recycle", "Retain"],
+        );
         errs
     }
     fn columns() -> Vec<Column> {
-        vec![name_column(), col("Capacity", ""), col("Access Modes", ""), col("Reclaim Policy", ""), col("Status", ""), col("Claim", ""), col("StorageClass", ""), col("VolumeAttributesClass", ""), col("Reason", ""), age_column(), wide("VolumeMode", "")]
+        vec![
+            name_column(),
+            col("Capacity", ""),
+            col("Access Modes", ""),
+            col("Reclaim Policy", ""),
+            col("Status", ""),
+            col("Claim", ""),
+            col("StorageClass", ""),
+            col("VolumeAttributesClass", ""),
+            col("Reason", ""),
+            age_column(),
+            wide("VolumeMode", ""),
+        ]
     }
     fn cells(&self) -> Vec<Value> {
         let spec = self.spec.clone().unwrap_or_default();
-        let claim = spec.claim_ref.as_ref().map(|c| format!("{}/{}", c.namespace.clone().unwrap_or_default(), c.name.clone().unwrap_or_default())).unwrap_or_default();
+        let claim = spec
+            .claim_ref
+            .as_ref()
+            .map(|c| {
+                format!(
+                    "{}/{}",
+                    c.namespace.clone().unwrap_or_default(),
+                    c.name.clone().unwrap_or_default()
+                )
+            })
+            .unwrap_or_default();
         let status = self.status.clone().unwrap_or_default();
         vec![
             name_cell(&self.metadata),
-            json!(spec.capacity.as_ref().and_then(|c| c.get("storage")).map(|q| q.0.clone()).unwrap_or_default()),
+            json!(
+                spec.capacity
+                    .as_ref()
+                    .and_then(|c| c.get("storage"))
+                    .map(|q| q.0.clone())
+                    .unwrap_or_default()
+            ),
             json!(modes(&spec.access_modes)),
-            json!(spec.persistent_volume_reclaim_policy.clone().unwrap_or_default()),
+            json!(
+                spec.persistent_volume_reclaim_policy
+                    .clone()
+                    .unwrap_or_default()
+            ),
             json!(status.phase.unwrap_or_default()),
             json!(claim),
             json!(spec.storage_class_name.clone().unwrap_or_default()),
-            or_none(spec.volume_attributes_class_name.clone().unwrap_or_default()),
+            or_none(
+                spec.volume_attributes_class_name
+                    .clone()
+                    .unwrap_or_default(),
+            ),
             json!(status.reason.unwrap_or_default()),
             age_cell(&self.metadata),
             json!(spec.volume_mode.unwrap_or_default()),
@@ -797,8 +1333,14 @@ impl Kind for PersistentVolume {
 
 impl Kind for PersistentVolumeClaim {
     fn defaults(&mut self) {
-        self.spec.get_or_insert_default().volume_mode.get_or_insert_with(|| "Filesystem".into());
-        self.status.get_or_insert_default().phase.get_or_insert_with(|| "Pending".into());
+        self.spec
+            .get_or_insert_default()
+            .volume_mode
+            .get_or_insert_with(|| "Filesystem".into());
+        self.status
+            .get_or_insert_default()
+            .phase
+            .get_or_insert_with(|| "Pending".into());
     }
     fn validate(&self) -> Vec<FieldError> {
         let mut errs = Vec::new();
@@ -806,7 +1348,12 @@ impl Kind for PersistentVolumeClaim {
         if spec.access_modes.as_ref().is_none_or(Vec::is_empty) {
             errs.push(FieldError::required("spec.accessModes"));
         }
-        if spec.resources.as_ref().and_then(|r| r.requests.as_ref()).is_none_or(|r| !r.contains_key("storage")) {
+        if spec
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .is_none_or(|r| !r.contains_key("storage"))
+        {
             errs.push(FieldError::required("spec.resources[storage]"));
         }
         errs
@@ -826,7 +1373,17 @@ impl Kind for PersistentVolumeClaim {
         errs
     }
     fn columns() -> Vec<Column> {
-        vec![name_column(), col("Status", ""), col("Volume", ""), col("Capacity", ""), col("Access Modes", ""), col("StorageClass", ""), col("VolumeAttributesClass", ""), age_column(), wide("VolumeMode", "")]
+        vec![
+            name_column(),
+            col("Status", ""),
+            col("Volume", ""),
+            col("Capacity", ""),
+            col("Access Modes", ""),
+            col("StorageClass", ""),
+            col("VolumeAttributesClass", ""),
+            age_column(),
+            wide("VolumeMode", ""),
+        ]
     }
     fn cells(&self) -> Vec<Value> {
         let spec = self.spec.clone().unwrap_or_default();
@@ -835,10 +1392,21 @@ impl Kind for PersistentVolumeClaim {
             name_cell(&self.metadata),
             json!(status.phase.unwrap_or_default()),
             json!(spec.volume_name.clone().unwrap_or_default()),
-            json!(status.capacity.as_ref().and_then(|c| c.get("storage")).map(|q| q.0.clone()).unwrap_or_default()),
+            json!(
+                status
+                    .capacity
+                    .as_ref()
+                    .and_then(|c| c.get("storage"))
+                    .map(|q| q.0.clone())
+                    .unwrap_or_default()
+            ),
             json!(modes(&status.access_modes)),
             json!(spec.storage_class_name.clone().unwrap_or_default()),
-            or_none(spec.volume_attributes_class_name.clone().unwrap_or_default()),
+            or_none(
+                spec.volume_attributes_class_name
+                    .clone()
+                    .unwrap_or_default(),
+            ),
             age_cell(&self.metadata),
             json!(spec.volume_mode.unwrap_or_default()),
         ]
@@ -865,7 +1433,11 @@ impl Kind for ReplicationController {
         spec.replicas.get_or_insert(1);
         // An RC without a selector selects its template's labels.
         if spec.selector.as_ref().is_none_or(|s| s.is_empty()) {
-            spec.selector = spec.template.as_ref().and_then(|t| t.metadata.as_ref()).and_then(|m| m.labels.clone());
+            spec.selector = spec
+                .template
+                .as_ref()
+                .and_then(|t| t.metadata.as_ref())
+                .and_then(|m| m.labels.clone());
         }
         if let Some(ps) = spec.template.as_mut().and_then(|t| t.spec.as_mut()) {
             default_pod_spec(ps);
@@ -875,7 +1447,10 @@ impl Kind for ReplicationController {
         let mut errs = Vec::new();
         let spec = self.spec.clone().unwrap_or_default();
         if spec.replicas.is_some_and(|r| r < 0) {
-            errs.push(FieldError::invalid("spec.replicas", "must be greater than or equal to 0"));
+            errs.push(FieldError::invalid(
+                "spec.replicas",
+                "must be greater than or equal to 0",
+            ));
         }
         let sel = spec.selector.clone().unwrap_or_default();
         if sel.is_empty() {
@@ -883,14 +1458,25 @@ impl Kind for ReplicationController {
         }
         match spec.template.as_ref() {
             Some(t) => {
-                let labels = t.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
+                let labels = t
+                    .metadata
+                    .as_ref()
+                    .and_then(|m| m.labels.clone())
+                    .unwrap_or_default();
                 if !sel.iter().all(|(k, v)| labels.get(k) == Some(v)) {
-                    errs.push(FieldError::invalid("spec.template.metadata.labels", "Invalid value: `selector` does not match template `labels`"));
+                    errs.push(FieldError::invalid(
+                        "spec.template.metadata.labels",
+                        "Invalid value: `selector` does not match template `labels`",
+                    ));
                 }
                 if let Some(ps) = &t.spec {
                     errs.extend(validate_pod_spec(ps, "spec.template.spec"));
                     if ps.restart_policy.as_deref().is_some_and(|r| r != "Always") {
-                        errs.push(FieldError::not_supported("spec.template.spec.restartPolicy", ps.restart_policy.as_deref().unwrap_or_default(), &["Always"]));
+                        errs.push(FieldError::not_supported(
+                            "spec.template.spec.restartPolicy",
+                            ps.restart_policy.as_deref().unwrap_or_default(),
+                            &["Always"],
+                        ));
                     }
                 }
             }
@@ -899,13 +1485,32 @@ impl Kind for ReplicationController {
         errs
     }
     fn columns() -> Vec<Column> {
-        vec![name_column(), Column::new("Desired", "integer", "", 0), Column::new("Current", "integer", "", 0), Column::new("Ready", "integer", "", 0), age_column(), wide("Containers", ""), wide("Images", ""), wide("Selector", "")]
+        vec![
+            name_column(),
+            Column::new("Desired", "integer", "", 0),
+            Column::new("Current", "integer", "", 0),
+            Column::new("Ready", "integer", "", 0),
+            age_column(),
+            wide("Containers", ""),
+            wide("Images", ""),
+            wide("Selector", ""),
+        ]
     }
     fn cells(&self) -> Vec<Value> {
         let spec = self.spec.clone().unwrap_or_default();
         let status = self.status.clone().unwrap_or_default();
-        let containers = spec.template.as_ref().and_then(|t| t.spec.as_ref()).map(|s| s.containers.clone()).unwrap_or_default();
-        let mut sel: Vec<String> = spec.selector.iter().flatten().map(|(k, v)| format!("{k}={v}")).collect();
+        let containers = spec
+            .template
+            .as_ref()
+            .and_then(|t| t.spec.as_ref())
+            .map(|s| s.containers.clone())
+            .unwrap_or_default();
+        let mut sel: Vec<String> = spec
+            .selector
+            .iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         sel.sort();
         vec![
             name_cell(&self.metadata),
@@ -913,8 +1518,20 @@ impl Kind for ReplicationController {
             json!(status.replicas),
             json!(status.ready_replicas.unwrap_or(0)),
             age_cell(&self.metadata),
-            json!(containers.iter().map(|c| c.name.clone()).collect::<Vec<_>>().join(",")),
-            json!(containers.iter().map(|c| c.image.clone().unwrap_or_default()).collect::<Vec<_>>().join(",")),
+            json!(
+                containers
+                    .iter()
+                    .map(|c| c.name.clone())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            json!(
+                containers
+                    .iter()
+                    .map(|c| c.image.clone().unwrap_or_default())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
             or_none(sel.join(",")),
         ]
     }
@@ -930,7 +1547,9 @@ mod tests {
 
     #[test]
     fn pod_validation_lists_every_problem() {
-        let p = pod(json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}, {"name": "a", "image": "x"}]}}));
+        let p = pod(
+            json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}, {"name": "a", "image": "x"}]}}),
+        );
         let errs = p.validate();
         let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
         assert!(fields.contains(&"spec.containers[0].image"), "{errs:?}");
@@ -941,22 +1560,32 @@ mod tests {
 
     #[test]
     fn pod_defaults_and_grace() {
-        let mut p = pod(json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "busybox"}]}}));
+        let mut p = pod(
+            json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "busybox"}]}}),
+        );
         p.defaults();
         let spec = p.spec.as_ref().unwrap();
-        assert_eq!(spec.containers[0].image_pull_policy.as_deref(), Some("Always"));
+        assert_eq!(
+            spec.containers[0].image_pull_policy.as_deref(),
+            Some("Always")
+        );
         assert_eq!(spec.restart_policy.as_deref(), Some("Always"));
         assert_eq!(p.grace(None), None, "unscheduled pods go at once");
         p.spec.as_mut().unwrap().node_name = Some("n".into());
         assert_eq!(p.grace(None), Some(30));
         assert_eq!(p.grace(Some(0)), None);
         assert_eq!(pod_display_status(&p), "Pending");
-        assert_eq!(p.status.as_ref().unwrap().qos_class.as_deref(), Some("BestEffort"));
+        assert_eq!(
+            p.status.as_ref().unwrap().qos_class.as_deref(),
+            Some("BestEffort")
+        );
     }
 
     #[test]
     fn pod_spec_is_immutable_but_image() {
-        let old = pod(json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "x:1"}]}}));
+        let old = pod(
+            json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "x:1"}]}}),
+        );
         let mut new = old.clone();
         new.spec.as_mut().unwrap().containers[0].image = Some("x:2".into());
         assert!(new.validate_update(&old).is_empty());
@@ -970,22 +1599,39 @@ mod tests {
         s.defaults();
         let spec = s.spec.as_ref().unwrap();
         assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
-        assert_eq!(spec.ports.as_ref().unwrap()[0].target_port, Some(IntOrString::Int(80)));
+        assert_eq!(
+            spec.ports.as_ref().unwrap()[0].target_port,
+            Some(IntOrString::Int(80))
+        );
         let fields: Vec<String> = s.validate().into_iter().map(|e| e.field).collect();
-        assert_eq!(fields, ["spec.ports[0].name", "spec.ports[1].port", "spec.ports[1].targetPort"]);
+        assert_eq!(
+            fields,
+            [
+                "spec.ports[0].name",
+                "spec.ports[1].port",
+                "spec.ports[1].targetPort"
+            ]
+        );
         assert_eq!(s.cells()[4], json!("80/TCP,70000/TCP"));
     }
 
     #[test]
     fn secrets_merge_string_data_and_keep_their_type() {
-        let mut s: Secret = serde_json::from_value(json!({"metadata": {"name": "s"}, "stringData": {"a": "x"}, "data": {"b": "eQ=="}})).unwrap();
+        let mut s: Secret = serde_json::from_value(
+            json!({"metadata": {"name": "s"}, "stringData": {"a": "x"}, "data": {"b": "eQ=="}}),
+        )
+        .unwrap();
         s.defaults();
         assert!(s.string_data.is_none());
         assert_eq!(s.data.as_ref().unwrap()["a"].0, b"x");
         assert_eq!(s.type_.as_deref(), Some("Opaque"));
         let mut changed = s.clone();
         changed.type_ = Some("kubernetes.io/tls".into());
-        let fields: Vec<String> = changed.validate_update(&s).into_iter().map(|e| e.field).collect();
+        let fields: Vec<String> = changed
+            .validate_update(&s)
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
         assert!(fields.contains(&"type".to_string()), "{fields:?}");
     }
 
@@ -995,6 +1641,10 @@ mod tests {
         assert_eq!(c.validate()[0].field, "data[bad key]");
         let mut d = c.clone();
         d.data.as_mut().unwrap().insert("ok".into(), "3".into());
-        assert!(d.validate_update(&c).iter().any(|e| e.field == "data" && e.reason == "FieldValueForbidden"));
+        assert!(
+            d.validate_update(&c)
+                .iter()
+                .any(|e| e.field == "data" && e.reason == "FieldValueForbidden")
+        );
     }
 }

@@ -10,7 +10,9 @@ use serde_json::{Value, json};
 use strake_apimachinery::decode::FieldValidation;
 use strake_apimachinery::resource::{ALL_VERBS, ScalePaths};
 use strake_apimachinery::validation::{is_dns1123_label, is_dns1123_subdomain};
-use strake_apimachinery::{ApiError, Column, FieldError, NameRule, ResourceDef, Strategy, Subresource};
+use strake_apimachinery::{
+    ApiError, Column, FieldError, NameRule, ResourceDef, Strategy, Subresource,
+};
 
 use crate::typed::human_age;
 
@@ -20,38 +22,76 @@ pub fn validate_crd(crd: &CustomResourceDefinition) -> Vec<FieldError> {
     let spec = &crd.spec;
     let expected = format!("{}.{}", spec.names.plural, spec.group);
     if crd.metadata.name.as_deref() != Some(expected.as_str()) {
-        errs.push(FieldError::invalid("metadata.name", format!("Invalid value: {:?}: must be spec.names.plural+\".\"+spec.group", crd.metadata.name.clone().unwrap_or_default())));
+        errs.push(FieldError::invalid(
+            "metadata.name",
+            format!(
+                "Invalid value: {:?}: must be spec.names.plural+\".\"+spec.group",
+                crd.metadata.name.clone().unwrap_or_default()
+            ),
+        ));
     }
     if !is_dns1123_subdomain(&spec.group) || !spec.group.contains('.') {
-        errs.push(FieldError::invalid("spec.group", format!("Invalid value: {:?}: should be a domain with at least one dot", spec.group)));
+        errs.push(FieldError::invalid(
+            "spec.group",
+            format!(
+                "Invalid value: {:?}: should be a domain with at least one dot",
+                spec.group
+            ),
+        ));
     }
     if !is_dns1123_label(&spec.names.plural) {
-        errs.push(FieldError::invalid("spec.names.plural", format!("Invalid value: {:?}: a lowercase RFC 1123 label", spec.names.plural)));
+        errs.push(FieldError::invalid(
+            "spec.names.plural",
+            format!(
+                "Invalid value: {:?}: a lowercase RFC 1123 label",
+                spec.names.plural
+            ),
+        ));
     }
     if spec.names.kind.is_empty() {
         errs.push(FieldError::required("spec.names.kind"));
     }
     if !matches!(spec.scope.as_str(), "Namespaced" | "Cluster") {
-        errs.push(FieldError::not_supported("spec.scope", &spec.scope, &["Cluster", "Namespaced"]));
+        errs.push(FieldError::not_supported(
+            "spec.scope",
+            &spec.scope,
+            &["Cluster", "Namespaced"],
+        ));
     }
     if spec.versions.is_empty() {
         errs.push(FieldError::required("spec.versions"));
     }
     if spec.versions.iter().filter(|v| v.storage).count() != 1 {
-        errs.push(FieldError::invalid("spec.versions", "Invalid value: must have exactly one version marked as storage version"));
+        errs.push(FieldError::invalid(
+            "spec.versions",
+            "Invalid value: must have exactly one version marked as storage version",
+        ));
     }
     if !spec.versions.iter().any(|v| v.served) {
-        errs.push(FieldError::invalid("spec.versions", "Invalid value: must have at least one version marked as served"));
+        errs.push(FieldError::invalid(
+            "spec.versions",
+            "Invalid value: must have at least one version marked as served",
+        ));
     }
     for (i, v) in spec.versions.iter().enumerate() {
         if !is_dns1123_label(&v.name) {
-            errs.push(FieldError::invalid(format!("spec.versions[{i}].name"), format!("Invalid value: {:?}", v.name)));
+            errs.push(FieldError::invalid(
+                format!("spec.versions[{i}].name"),
+                format!("Invalid value: {:?}", v.name),
+            ));
         }
-        match v.schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref()) {
-            None => errs.push(FieldError::required(format!("spec.versions[{i}].schema.openAPIV3Schema"))),
-            Some(s) if s.type_.as_deref() != Some("object") => {
-                errs.push(FieldError::invalid(format!("spec.versions[{i}].schema.openAPIV3Schema.type"), "Unsupported value: must be object at the root"))
-            }
+        match v
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+        {
+            None => errs.push(FieldError::required(format!(
+                "spec.versions[{i}].schema.openAPIV3Schema"
+            ))),
+            Some(s) if s.type_.as_deref() != Some("object") => errs.push(FieldError::invalid(
+                format!("spec.versions[{i}].schema.openAPIV3Schema.type"),
+                "Unsupported value: must be object at the root",
+            )),
             _ => {}
         }
     }
@@ -66,19 +106,31 @@ pub fn default_crd(crd: &mut CustomResourceDefinition) {
     if names.list_kind.as_deref().is_none_or(str::is_empty) {
         names.list_kind = Some(format!("{}List", names.kind));
     }
-    crd.spec.conversion.get_or_insert_with(|| serde_json::from_value(json!({"strategy": "None"})).expect("static conversion"));
+    crd.spec.conversion.get_or_insert_with(|| {
+        serde_json::from_value(json!({"strategy": "None"})).expect("static conversion")
+    });
 }
 
 /// The table entries of a CRD's served versions (storage version first, then the rest).
 pub fn crd_defs(crd: &CustomResourceDefinition) -> Vec<ResourceDef> {
     let spec = &crd.spec;
-    let storage = spec.versions.iter().find(|v| v.storage).map(|v| v.name.clone()).unwrap_or_default();
+    let storage = spec
+        .versions
+        .iter()
+        .find(|v| v.storage)
+        .map(|v| v.name.clone())
+        .unwrap_or_default();
     let mut versions: Vec<_> = spec.versions.iter().filter(|v| v.served).collect();
     versions.sort_by_key(|v| v.name != storage);
     versions
         .into_iter()
         .map(|v| {
-            let schema = v.schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref()).and_then(|s| serde_json::to_value(s).ok()).unwrap_or(json!({"type": "object"}));
+            let schema = v
+                .schema
+                .as_ref()
+                .and_then(|s| s.open_api_v3_schema.as_ref())
+                .and_then(|s| serde_json::to_value(s).ok())
+                .unwrap_or(json!({"type": "object"}));
             let mut subresources = Vec::new();
             let mut scale = None;
             if let Some(sub) = &v.subresources {
@@ -87,7 +139,11 @@ pub fn crd_defs(crd: &CustomResourceDefinition) -> Vec<ResourceDef> {
                 }
                 if let Some(s) = &sub.scale {
                     subresources.push(Subresource::scale());
-                    let ptr = |p: &str| p.trim_start_matches('.').split('.').fold(String::new(), |acc, part| format!("{acc}/{part}"));
+                    let ptr = |p: &str| {
+                        p.trim_start_matches('.')
+                            .split('.')
+                            .fold(String::new(), |acc, part| format!("{acc}/{part}"))
+                    };
                     scale = Some(ScalePaths {
                         spec_replicas: ptr(&s.spec_replicas_path),
                         status_replicas: ptr(&s.status_replicas_path),
@@ -99,9 +155,25 @@ pub fn crd_defs(crd: &CustomResourceDefinition) -> Vec<ResourceDef> {
                 .additional_printer_columns
                 .iter()
                 .flatten()
-                .map(|c| (Column { name: c.name.clone(), ty: c.type_.clone(), format: c.format.clone().unwrap_or_default(), description: c.description.clone().unwrap_or_default(), priority: c.priority.unwrap_or(0) }, c.json_path.clone()))
+                .map(|c| {
+                    (
+                        Column {
+                            name: c.name.clone(),
+                            ty: c.type_.clone(),
+                            format: c.format.clone().unwrap_or_default(),
+                            description: c.description.clone().unwrap_or_default(),
+                            priority: c.priority.unwrap_or(0),
+                        },
+                        c.json_path.clone(),
+                    )
+                })
                 .collect();
-            let mut columns = vec![Column::new("Name", "string", "Name must be unique within a namespace.", 0)];
+            let mut columns = vec![Column::new(
+                "Name",
+                "string",
+                "Name must be unique within a namespace.",
+                0,
+            )];
             columns.extend(printer.iter().map(|(c, _)| c.clone()));
             let show_age = printer.is_empty();
             if show_age {
@@ -111,9 +183,17 @@ pub fn crd_defs(crd: &CustomResourceDefinition) -> Vec<ResourceDef> {
                 group: spec.group.clone(),
                 version: v.name.clone(),
                 kind: spec.names.kind.clone(),
-                list_kind: spec.names.list_kind.clone().unwrap_or_else(|| format!("{}List", spec.names.kind)),
+                list_kind: spec
+                    .names
+                    .list_kind
+                    .clone()
+                    .unwrap_or_else(|| format!("{}List", spec.names.kind)),
                 plural: spec.names.plural.clone(),
-                singular: spec.names.singular.clone().unwrap_or_else(|| spec.names.kind.to_ascii_lowercase()),
+                singular: spec
+                    .names
+                    .singular
+                    .clone()
+                    .unwrap_or_else(|| spec.names.kind.to_ascii_lowercase()),
                 short_names: spec.names.short_names.clone().unwrap_or_default(),
                 categories: spec.names.categories.clone().unwrap_or_default(),
                 namespaced: spec.scope == "Namespaced",
@@ -121,10 +201,20 @@ pub fn crd_defs(crd: &CustomResourceDefinition) -> Vec<ResourceDef> {
                 generation: true,
                 subresources,
                 scale,
-                selectable_fields: v.selectable_fields.iter().flatten().map(|f| f.json_path.trim_start_matches('.').to_string()).collect(),
+                selectable_fields: v
+                    .selectable_fields
+                    .iter()
+                    .flatten()
+                    .map(|f| f.json_path.trim_start_matches('.').to_string())
+                    .collect(),
                 columns,
                 name_rule: NameRule::Subdomain,
-                strategy: Arc::new(CustomResource { schema, printer: printer.into_iter().map(|(_, p)| p).collect(), show_age, status: v.subresources.as_ref().is_some_and(|s| s.status.is_some()) }),
+                strategy: Arc::new(CustomResource {
+                    schema,
+                    printer: printer.into_iter().map(|(_, p)| p).collect(),
+                    show_age,
+                    status: v.subresources.as_ref().is_some_and(|s| s.status.is_some()),
+                }),
                 storage_version: (v.name != storage).then(|| storage.clone()),
                 crd: crd.metadata.name.clone(),
                 delete_returns_object: true,
@@ -143,7 +233,9 @@ pub struct CustomResource {
 
 /// Removes fields the schema does not know (recording them), and fills schema defaults.
 fn prune(v: &mut Value, schema: &Value, path: &str, unknown: &mut Vec<String>) {
-    if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) && schema.get("properties").is_none() {
+    if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true))
+        && schema.get("properties").is_none()
+    {
         return;
     }
     match v {
@@ -159,15 +251,22 @@ fn prune(v: &mut Value, schema: &Value, path: &str, unknown: &mut Vec<String>) {
                     }
                 }
             }
-            let preserve = schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
+            let preserve =
+                schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
             let keys: Vec<String> = m.keys().cloned().collect();
             for k in keys {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 // apiVersion, kind and metadata are the machinery's at the root.
                 if path.is_empty() && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
                     continue;
                 }
-                let sub = props.and_then(|p| p.get(&k)).or(additional.filter(|a| a.is_object()));
+                let sub = props
+                    .and_then(|p| p.get(&k))
+                    .or(additional.filter(|a| a.is_object()));
                 match sub {
                     Some(s) => prune(m.get_mut(&k).expect("key exists"), s, &p, unknown),
                     None if preserve || additional == Some(&Value::Bool(true)) => {}
@@ -203,24 +302,49 @@ fn type_name(v: &Value) -> &'static str {
 
 /// Validates `v` against a structural schema, collecting every violation with its path.
 pub fn check(v: &Value, schema: &Value, path: &str, errs: &mut Vec<FieldError>) {
-    let at = if path.is_empty() { "<root>".to_string() } else { path.to_string() };
+    let at = if path.is_empty() {
+        "<root>".to_string()
+    } else {
+        path.to_string()
+    };
     if v.is_null() {
         if schema.get("nullable") != Some(&Value::Bool(true)) && schema.get("type").is_some() {
-            errs.push(FieldError::invalid(at, format!("Invalid value: \"null\": {} must be of type {}", path, schema["type"].as_str().unwrap_or("object"))));
+            errs.push(FieldError::invalid(
+                at,
+                format!(
+                    "Invalid value: \"null\": {} must be of type {}",
+                    path,
+                    schema["type"].as_str().unwrap_or("object")
+                ),
+            ));
         }
         return;
     }
     let int_or_string = schema.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true));
     if int_or_string {
         if !matches!(type_name(v), "integer" | "string") {
-            errs.push(FieldError::invalid(at, format!("Invalid value: {:?}: must be an integer or a string", type_name(v))));
+            errs.push(FieldError::invalid(
+                at,
+                format!(
+                    "Invalid value: {:?}: must be an integer or a string",
+                    type_name(v)
+                ),
+            ));
             return;
         }
     } else if let Some(t) = schema.get("type").and_then(Value::as_str) {
         let actual = type_name(v);
         let ok = actual == t || (t == "number" && actual == "integer");
         if !ok {
-            errs.push(FieldError { field: at, message: format!("Invalid value: {:?}: {} in body must be of type {t}: {actual:?}", short(v), if path.is_empty() { "body" } else { path }), reason: "FieldValueTypeInvalid" });
+            errs.push(FieldError {
+                field: at,
+                message: format!(
+                    "Invalid value: {:?}: {} in body must be of type {t}: {actual:?}",
+                    short(v),
+                    if path.is_empty() { "body" } else { path }
+                ),
+                reason: "FieldValueTypeInvalid",
+            });
             return;
         }
     }
@@ -228,7 +352,15 @@ pub fn check(v: &Value, schema: &Value, path: &str, errs: &mut Vec<FieldError>) 
         && !allowed.contains(v)
     {
         let list: Vec<String> = allowed.iter().map(|a| a.to_string()).collect();
-        errs.push(FieldError { field: at.clone(), message: format!("Unsupported value: {}: supported values: {}", v, list.join(", ")), reason: "FieldValueNotSupported" });
+        errs.push(FieldError {
+            field: at.clone(),
+            message: format!(
+                "Unsupported value: {}: supported values: {}",
+                v,
+                list.join(", ")
+            ),
+            reason: "FieldValueNotSupported",
+        });
     }
     match v {
         Value::Number(n) => {
@@ -248,25 +380,72 @@ pub fn check(v: &Value, schema: &Value, path: &str, errs: &mut Vec<FieldError>) 
         }
         Value::String(s) => {
             let len = s.chars().count() as i64;
-            if schema.get("minLength").and_then(Value::as_i64).is_some_and(|m| len < m) {
-                errs.push(FieldError::invalid(at.clone(), format!("Invalid value: {s:?}: {path} in body should be at least {} chars long", schema["minLength"])));
+            if schema
+                .get("minLength")
+                .and_then(Value::as_i64)
+                .is_some_and(|m| len < m)
+            {
+                errs.push(FieldError::invalid(
+                    at.clone(),
+                    format!(
+                        "Invalid value: {s:?}: {path} in body should be at least {} chars long",
+                        schema["minLength"]
+                    ),
+                ));
             }
-            if schema.get("maxLength").and_then(Value::as_i64).is_some_and(|m| len > m) {
-                errs.push(FieldError { field: at.clone(), message: format!("Too long: may not be more than {} bytes", schema["maxLength"]), reason: "FieldValueTooLong" });
+            if schema
+                .get("maxLength")
+                .and_then(Value::as_i64)
+                .is_some_and(|m| len > m)
+            {
+                errs.push(FieldError {
+                    field: at.clone(),
+                    message: format!(
+                        "Too long: may not be more than {} bytes",
+                        schema["maxLength"]
+                    ),
+                    reason: "FieldValueTooLong",
+                });
             }
             if let Some(p) = schema.get("pattern").and_then(Value::as_str) {
                 match regex::Regex::new(p) {
-                    Ok(re) if !re.is_match(s) => errs.push(FieldError::invalid(at.clone(), format!("Invalid value: {s:?}: {path} in body should match '{p}'"))),
+                    Ok(re) if !re.is_match(s) => errs.push(FieldError::invalid(
+                        at.clone(),
+                        format!("Invalid value: {s:?}: {path} in body should match '{p}'"),
+                    )),
                     _ => {}
                 }
             }
         }
         Value::Array(items) => {
-            if schema.get("minItems").and_then(Value::as_i64).is_some_and(|m| (items.len() as i64) < m) {
-                errs.push(FieldError::invalid(at.clone(), format!("Invalid value: {} items: {path} in body should have at least {} items", items.len(), schema["minItems"])));
+            if schema
+                .get("minItems")
+                .and_then(Value::as_i64)
+                .is_some_and(|m| (items.len() as i64) < m)
+            {
+                errs.push(FieldError::invalid(
+                    at.clone(),
+                    format!(
+                        "Invalid value: {} items: {path} in body should have at least {} items",
+                        items.len(),
+                        schema["minItems"]
+                    ),
+                ));
             }
-            if schema.get("maxItems").and_then(Value::as_i64).is_some_and(|m| (items.len() as i64) > m) {
-                errs.push(FieldError { field: at.clone(), message: format!("Too many: {}: must have at most {} items", items.len(), schema["maxItems"]), reason: "FieldValueTooMany" });
+            if schema
+                .get("maxItems")
+                .and_then(Value::as_i64)
+                .is_some_and(|m| (items.len() as i64) > m)
+            {
+                errs.push(FieldError {
+                    field: at.clone(),
+                    message: format!(
+                        "Too many: {}: must have at most {} items",
+                        items.len(),
+                        schema["maxItems"]
+                    ),
+                    reason: "FieldValueTooMany",
+                });
             }
             if let Some(s) = schema.get("items") {
                 for (i, item) in items.iter().enumerate() {
@@ -275,9 +454,19 @@ pub fn check(v: &Value, schema: &Value, path: &str, errs: &mut Vec<FieldError>) 
             }
         }
         Value::Object(m) => {
-            for r in schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
+            for r in schema
+                .get("required")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+            {
                 if !m.contains_key(r) {
-                    let p = if path.is_empty() { r.to_string() } else { format!("{path}.{r}") };
+                    let p = if path.is_empty() {
+                        r.to_string()
+                    } else {
+                        format!("{path}.{r}")
+                    };
                     errs.push(FieldError::required(p));
                 }
             }
@@ -286,8 +475,15 @@ pub fn check(v: &Value, schema: &Value, path: &str, errs: &mut Vec<FieldError>) 
                 if path.is_empty() && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
                     continue;
                 }
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
-                if let Some(s) = props.and_then(|p| p.get(k)).or(schema.get("additionalProperties").filter(|a| a.is_object())) {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                if let Some(s) = props
+                    .and_then(|p| p.get(k))
+                    .or(schema.get("additionalProperties").filter(|a| a.is_object()))
+                {
                     check(item, s, &p, errs);
                 }
             }
@@ -326,9 +522,17 @@ fn json_path(obj: &Value, path: &str) -> Value {
 }
 
 impl Strategy for CustomResource {
-    fn decode(&self, def: &ResourceDef, mut obj: Value, mode: FieldValidation) -> Result<(Value, Vec<String>), ApiError> {
+    fn decode(
+        &self,
+        def: &ResourceDef,
+        mut obj: Value,
+        mode: FieldValidation,
+    ) -> Result<(Value, Vec<String>), ApiError> {
         if !obj.is_object() {
-            return Err(ApiError::BadRequest(format!("{} in the request body must be a JSON object", def.kind)));
+            return Err(ApiError::BadRequest(format!(
+                "{} in the request body must be a JSON object",
+                def.kind
+            )));
         }
         if !obj["metadata"].is_null() && !obj["metadata"].is_object() {
             return Err(ApiError::BadRequest("metadata must be an object".into()));
@@ -337,12 +541,19 @@ impl Strategy for CustomResource {
         prune(&mut obj, &self.schema, "", &mut unknown);
         obj["apiVersion"] = def.api_version().into();
         obj["kind"] = def.kind.clone().into();
-        let warnings = mode.judge(unknown.into_iter().map(|f| format!("unknown field \"{f}\"")).collect())?;
+        let warnings = mode.judge(
+            unknown
+                .into_iter()
+                .map(|f| format!("unknown field \"{f}\""))
+                .collect(),
+        )?;
         Ok((obj, warnings))
     }
 
     fn prepare_create(&self, obj: &mut Value) {
-        if self.status && let Some(m) = obj.as_object_mut() {
+        if self.status
+            && let Some(m) = obj.as_object_mut()
+        {
             m.remove("status");
         }
     }
@@ -399,13 +610,32 @@ mod tests {
         prune(&mut obj, &schema(), "", &mut unknown);
         assert_eq!(unknown, ["spec.bogus"]);
         assert_eq!(obj["spec"]["mode"], "fast", "defaults fill missing fields");
-        assert_eq!(obj["spec"]["extra"]["anything"]["goes"], 1, "preserve-unknown keeps fields");
+        assert_eq!(
+            obj["spec"]["extra"]["anything"]["goes"], 1,
+            "preserve-unknown keeps fields"
+        );
         let mut errs = Vec::new();
         check(&obj, &schema(), "", &mut errs);
         let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
-        assert_eq!(fields, ["spec.name", "spec.name", "spec.port", "spec.size", "spec.tags", "spec.tags[1]"], "{errs:?}");
+        assert_eq!(
+            fields,
+            [
+                "spec.name",
+                "spec.name",
+                "spec.port",
+                "spec.size",
+                "spec.tags",
+                "spec.tags[1]"
+            ],
+            "{errs:?}"
+        );
         let mut missing = Vec::new();
-        check(&json!({"spec": {"mode": "other"}}), &schema(), "", &mut missing);
+        check(
+            &json!({"spec": {"mode": "other"}}),
+            &schema(),
+            "",
+            &mut missing,
+        );
         let fields: Vec<&str> = missing.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["spec.size", "spec.mode"]);
     }

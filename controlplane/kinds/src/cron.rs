@@ -11,13 +11,43 @@ struct Bounds {
     names: &'static [&'static str],
 }
 
-const MINUTE: Bounds = Bounds { min: 0, max: 59, names: &[] };
-const HOUR: Bounds = Bounds { min: 0, max: 23, names: &[] };
-const DAY_OF_MONTH: Bounds = Bounds { min: 1, max: 31, names: &[] };
-const MONTH: Bounds = Bounds { min: 1, max: 12, names: &["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"] };
-const DAY_OF_WEEK: Bounds = Bounds { min: 0, max: 6, names: &["sun", "mon", "tue", "wed", "thu", "fri", "sat"] };
+const MINUTE: Bounds = Bounds {
+    min: 0,
+    max: 59,
+    names: &[],
+};
+const HOUR: Bounds = Bounds {
+    min: 0,
+    max: 23,
+    names: &[],
+};
+const DAY_OF_MONTH: Bounds = Bounds {
+    min: 1,
+    max: 31,
+    names: &[],
+};
+const MONTH: Bounds = Bounds {
+    min: 1,
+    max: 12,
+    names: &[
+        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+    ],
+};
+const DAY_OF_WEEK: Bounds = Bounds {
+    min: 0,
+    max: 6,
+    names: &["sun", "mon", "tue", "wed", "thu", "fri", "sat"],
+};
 
-const DESCRIPTORS: &[&str] = &["@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"];
+const DESCRIPTORS: &[&str] = &[
+    "@yearly",
+    "@annually",
+    "@monthly",
+    "@weekly",
+    "@daily",
+    "@midnight",
+    "@hourly",
+];
 
 /// Checks a schedule; the error says what is wrong with it.
 pub fn validate_schedule(schedule: &str) -> Result<(), String> {
@@ -29,11 +59,15 @@ pub fn validate_schedule(schedule: &str) -> Result<(), String> {
         let eq = spec.find('=').unwrap_or(0);
         let Some(space) = spec.find(' ') else {
             let loc = &spec[eq + 1..];
-            return Err(format!("provided bad location {loc}: unknown time zone {loc}"));
+            return Err(format!(
+                "provided bad location {loc}: unknown time zone {loc}"
+            ));
         };
         let loc = &spec[eq + 1..space];
         if !valid_time_zone_name(loc) {
-            return Err(format!("provided bad location {loc}: unknown time zone {loc}"));
+            return Err(format!(
+                "provided bad location {loc}: unknown time zone {loc}"
+            ));
         }
         spec = spec[space..].trim();
     }
@@ -48,9 +82,16 @@ pub fn validate_schedule(schedule: &str) -> Result<(), String> {
     }
     let fields: Vec<&str> = spec.split_whitespace().collect();
     if fields.len() != 5 {
-        return Err(format!("expected exactly 5 fields, found {}: [{}]", fields.len(), fields.join(" ")));
+        return Err(format!(
+            "expected exactly 5 fields, found {}: [{}]",
+            fields.len(),
+            fields.join(" ")
+        ));
     }
-    for (field, bounds) in fields.iter().zip([&MINUTE, &HOUR, &DAY_OF_MONTH, &MONTH, &DAY_OF_WEEK]) {
+    for (field, bounds) in fields
+        .iter()
+        .zip([&MINUTE, &HOUR, &DAY_OF_MONTH, &MONTH, &DAY_OF_WEEK])
+    {
         for part in field.split(',').filter(|p| !p.is_empty()) {
             range(part, bounds)?;
         }
@@ -68,7 +109,9 @@ pub fn valid_time_zone_name(name: &str) -> bool {
                 && part != "."
                 && part != ".."
                 && !part.starts_with('-')
-                && part.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'+'))
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'+'))
         })
 }
 
@@ -100,13 +143,21 @@ fn range(expr: &str, b: &Bounds) -> Result<(), String> {
         _ => return Err(format!("too many slashes: {expr}")),
     };
     if start < b.min {
-        return Err(format!("beginning of range ({start}) below minimum ({}): {expr}", b.min));
+        return Err(format!(
+            "beginning of range ({start}) below minimum ({}): {expr}",
+            b.min
+        ));
     }
     if end > b.max {
-        return Err(format!("end of range ({end}) above maximum ({}): {expr}", b.max));
+        return Err(format!(
+            "end of range ({end}) above maximum ({}): {expr}",
+            b.max
+        ));
     }
     if start > end {
-        return Err(format!("beginning of range ({start}) beyond end of range ({end}): {expr}"));
+        return Err(format!(
+            "beginning of range ({start}) beyond end of range ({end}): {expr}"
+        ));
     }
     if step == 0 {
         return Err(format!("step of range should be a positive number: {expr}"));
@@ -140,7 +191,10 @@ fn parse_int(expr: &str) -> Result<u64, String> {
 /// Checks a duration the way Go's `time.ParseDuration` reads it: `90s`, `1h30m`, `1.5h`, `0`.
 fn go_duration(orig: &str) -> Result<(), String> {
     let invalid = || format!("time: invalid duration {orig:?}");
-    let mut s = orig.strip_prefix('-').or_else(|| orig.strip_prefix('+')).unwrap_or(orig);
+    let mut s = orig
+        .strip_prefix('-')
+        .or_else(|| orig.strip_prefix('+'))
+        .unwrap_or(orig);
     if s == "0" {
         return Ok(());
     }
@@ -165,7 +219,10 @@ fn go_duration(orig: &str) -> Result<(), String> {
         if int_part.is_empty() && frac_part.is_empty() {
             return Err(invalid());
         }
-        let unit_len = s.bytes().take_while(|c| *c != b'.' && !c.is_ascii_digit()).count();
+        let unit_len = s
+            .bytes()
+            .take_while(|c| *c != b'.' && !c.is_ascii_digit())
+            .count();
         if unit_len == 0 {
             return Err(format!("time: missing unit in duration {orig:?}"));
         }
@@ -182,7 +239,9 @@ fn go_duration(orig: &str) -> Result<(), String> {
         };
         let int_part = if int_part.is_empty() { "0" } else { int_part };
         let frac_part = if frac_part.is_empty() { "0" } else { frac_part };
-        let value: f64 = format!("{int_part}.{frac_part}").parse().unwrap_or(f64::INFINITY);
+        let value: f64 = format!("{int_part}.{frac_part}")
+            .parse()
+            .unwrap_or(f64::INFINITY);
         total += value * nanos;
         if total > i64::MAX as f64 {
             return Err(invalid());
@@ -197,25 +256,72 @@ mod tests {
 
     #[test]
     fn accepts_standard_schedules_and_descriptors() {
-        for ok in ["*/5 * * * *", "0 0 * * *", "15,45 9-17 * JAN,jul MON-FRI", "0 12 1/2 * ?", "5-10/2 * * * 0", "@hourly", "@every 1h30m", "@every 1.5s", "TZ=Etc/UTC 0 * * * *", "CRON_TZ=UTC @daily"] {
+        for ok in [
+            "*/5 * * * *",
+            "0 0 * * *",
+            "15,45 9-17 * JAN,jul MON-FRI",
+            "0 12 1/2 * ?",
+            "5-10/2 * * * 0",
+            "@hourly",
+            "@every 1h30m",
+            "@every 1.5s",
+            "TZ=Etc/UTC 0 * * * *",
+            "CRON_TZ=UTC @daily",
+        ] {
             assert_eq!(validate_schedule(ok), Ok(()), "{ok}");
         }
     }
 
     #[test]
     fn rejects_bad_schedules_with_upstreams_words() {
-        assert_eq!(validate_schedule("61 * * * *").unwrap_err(), "end of range (61) above maximum (59): 61");
-        assert_eq!(validate_schedule("* * *").unwrap_err(), "expected exactly 5 fields, found 3: [* * *]");
-        assert_eq!(validate_schedule("* * 0 * *").unwrap_err(), "beginning of range (0) below minimum (1): 0");
-        assert_eq!(validate_schedule("* * * * 7").unwrap_err(), "end of range (7) above maximum (6): 7");
-        assert_eq!(validate_schedule("5-2 * * * *").unwrap_err(), "beginning of range (5) beyond end of range (2): 5-2");
-        assert_eq!(validate_schedule("*/0 * * * *").unwrap_err(), "step of range should be a positive number: */0");
-        assert_eq!(validate_schedule("x * * * *").unwrap_err(), "failed to parse int from x: strconv.Atoi: parsing \"x\": invalid syntax");
-        assert_eq!(validate_schedule("1-2-3 * * * *").unwrap_err(), "too many hyphens: 1-2-3");
-        assert_eq!(validate_schedule("* * * FOO *").unwrap_err(), "failed to parse int from FOO: strconv.Atoi: parsing \"FOO\": invalid syntax");
-        assert_eq!(validate_schedule("@often").unwrap_err(), "unrecognized descriptor: @often");
-        assert_eq!(validate_schedule("@every 1d").unwrap_err(), "failed to parse duration @every 1d: time: unknown unit \"d\" in duration \"1d\"");
-        assert_eq!(validate_schedule("@every 5").unwrap_err(), "failed to parse duration @every 5: time: missing unit in duration \"5\"");
+        assert_eq!(
+            validate_schedule("61 * * * *").unwrap_err(),
+            "end of range (61) above maximum (59): 61"
+        );
+        assert_eq!(
+            validate_schedule("* * *").unwrap_err(),
+            "expected exactly 5 fields, found 3: [* * *]"
+        );
+        assert_eq!(
+            validate_schedule("* * 0 * *").unwrap_err(),
+            "beginning of range (0) below minimum (1): 0"
+        );
+        assert_eq!(
+            validate_schedule("* * * * 7").unwrap_err(),
+            "end of range (7) above maximum (6): 7"
+        );
+        assert_eq!(
+            validate_schedule("5-2 * * * *").unwrap_err(),
+            "beginning of range (5) beyond end of range (2): 5-2"
+        );
+        assert_eq!(
+            validate_schedule("*/0 * * * *").unwrap_err(),
+            "step of range should be a positive number: */0"
+        );
+        assert_eq!(
+            validate_schedule("x * * * *").unwrap_err(),
+            "failed to parse int from x: strconv.Atoi: parsing \"x\": invalid syntax"
+        );
+        assert_eq!(
+            validate_schedule("1-2-3 * * * *").unwrap_err(),
+            "too many hyphens: 1-2-3"
+        );
+        assert_eq!(
+            validate_schedule("* * * FOO *").unwrap_err(),
+            "failed to parse int from FOO: strconv.Atoi: parsing \"FOO\": invalid syntax"
+        );
+        assert_eq!(
+            validate_schedule("@often").unwrap_err(),
+            "unrecognized descriptor: @often"
+        );
+        assert_eq!(
+            validate_schedule("@every 1d").unwrap_err(),
+            "failed to parse duration @every 1d: time: unknown unit \"d\" in duration \"1d\""
+        );
+        assert_eq!(
+            validate_schedule("@every 5").unwrap_err(),
+            "failed to parse duration @every 5: time: missing unit in duration \"5\""
+        );
         assert!(validate_schedule("").is_err());
     }
 }

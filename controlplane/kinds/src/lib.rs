@@ -34,7 +34,12 @@ pub fn builtin_table() -> ResourceTable {
 
 /// A label selector as kubectl prints it: `app=web,tier in (a,b),!x`.
 pub fn selector_string(sel: &LabelSelector) -> String {
-    let mut parts: Vec<String> = sel.match_labels.iter().flatten().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut parts: Vec<String> = sel
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     for e in sel.match_expressions.iter().flatten() {
         let values = e.values.clone().unwrap_or_default().join(",");
         parts.push(match e.operator.as_str() {
@@ -57,15 +62,41 @@ mod tests {
         let table = builtin_table().snapshot();
         let mut seen = std::collections::HashSet::new();
         for d in table.all() {
-            assert!(seen.insert((d.group.clone(), d.version.clone(), d.plural.clone())), "{d:?} twice");
+            assert!(
+                seen.insert((d.group.clone(), d.version.clone(), d.plural.clone())),
+                "{d:?} twice"
+            );
             let obj = serde_json::json!({"apiVersion": d.api_version(), "kind": d.kind, "metadata": {"name": "x", "creationTimestamp": "2026-01-01T00:00:00Z"}});
             if d.verbs.iter().any(|v| v == "list") {
-                assert_eq!(d.strategy.cells(&obj).len(), d.columns.len(), "{} cells", d.kind);
+                assert_eq!(
+                    d.strategy.cells(&obj).len(),
+                    d.columns.len(),
+                    "{} cells",
+                    d.kind
+                );
             }
         }
-        for (group, plural) in [("", "pods"), ("apps", "deployments"), ("batch", "cronjobs"), ("rbac.authorization.k8s.io", "clusterrolebindings"), ("apiextensions.k8s.io", "customresourcedefinitions"), ("coordination.k8s.io", "leases")] {
-            assert!(table.all().iter().any(|d| d.group == group && d.plural == plural), "{group}/{plural} is served");
+        for (group, plural) in [
+            ("", "pods"),
+            ("apps", "deployments"),
+            ("batch", "cronjobs"),
+            ("rbac.authorization.k8s.io", "clusterrolebindings"),
+            ("apiextensions.k8s.io", "customresourcedefinitions"),
+            ("coordination.k8s.io", "leases"),
+        ] {
+            assert!(
+                table
+                    .all()
+                    .iter()
+                    .any(|d| d.group == group && d.plural == plural),
+                "{group}/{plural} is served"
+            );
         }
-        assert!(table.lookup("apps", "v1", "deployments").unwrap().has_subresource("scale"));
+        assert!(
+            table
+                .lookup("apps", "v1", "deployments")
+                .unwrap()
+                .has_subresource("scale")
+        );
     }
 }

@@ -5,9 +5,14 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use k8s_openapi::api::admissionregistration::v1::{MutatingWebhookConfiguration, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding, ValidatingWebhookConfiguration};
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::authentication::v1::{SelfSubjectReview, TokenReview};
-use k8s_openapi::api::authorization::v1::{LocalSubjectAccessReview, SelfSubjectAccessReview, SelfSubjectRulesReview, SubjectAccessReview};
+use k8s_openapi::api::authorization::v1::{
+    LocalSubjectAccessReview, SelfSubjectAccessReview, SelfSubjectRulesReview, SubjectAccessReview,
+};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -32,26 +37,64 @@ pub fn entries() -> Vec<ResourceDef> {
     vec![
         entry::<Lease>().build(),
         entry::<EndpointSlice>().fields(&["addressType"]).build(),
-        entry::<EventV1>().short(&["ev"]).names(NameRule::PathSegment).fields(&["regarding.kind", "regarding.namespace", "regarding.name", "reason", "type", "reportingController"]).build(),
+        entry::<EventV1>()
+            .short(&["ev"])
+            .names(NameRule::PathSegment)
+            .fields(&[
+                "regarding.kind",
+                "regarding.namespace",
+                "regarding.name",
+                "reason",
+                "type",
+                "reportingController",
+            ])
+            .build(),
         entry::<NetworkPolicy>().short(&["netpol"]).build(),
-        entry::<Ingress>().short(&["ing"]).status::<Ingress>().build(),
+        entry::<Ingress>()
+            .short(&["ing"])
+            .status::<Ingress>()
+            .build(),
         entry::<IngressClass>().build(),
-        entry::<PodDisruptionBudget>().short(&["pdb"]).status::<PodDisruptionBudget>().build(),
+        entry::<PodDisruptionBudget>()
+            .short(&["pdb"])
+            .status::<PodDisruptionBudget>()
+            .build(),
         entry::<StorageClass>().short(&["sc"]).build(),
         entry::<CSIDriver>().build(),
-        entry::<VolumeAttachment>().status::<VolumeAttachment>().build(),
+        entry::<VolumeAttachment>()
+            .status::<VolumeAttachment>()
+            .build(),
         entry::<PriorityClass>().short(&["pc"]).build(),
         entry::<RuntimeClass>().build(),
-        entry::<HorizontalPodAutoscaler>().short(&["hpa"]).categories(&["all"]).status::<HorizontalPodAutoscaler>().build(),
-        entry::<CustomResourceDefinition>().short(&["crd", "crds"]).categories(&["api-extensions"]).status::<CustomResourceDefinition>().build(),
-        entry::<MutatingWebhookConfiguration>().categories(&["api-extensions"]).build(),
-        entry::<ValidatingWebhookConfiguration>().categories(&["api-extensions"]).build(),
-        entry::<ValidatingAdmissionPolicy>().categories(&["api-extensions"]).status::<ValidatingAdmissionPolicy>().build(),
-        entry::<ValidatingAdmissionPolicyBinding>().categories(&["api-extensions"]).build(),
+        entry::<HorizontalPodAutoscaler>()
+            .short(&["hpa"])
+            .categories(&["all"])
+            .status::<HorizontalPodAutoscaler>()
+            .build(),
+        entry::<CustomResourceDefinition>()
+            .short(&["crd", "crds"])
+            .categories(&["api-extensions"])
+            .status::<CustomResourceDefinition>()
+            .build(),
+        entry::<MutatingWebhookConfiguration>()
+            .categories(&["api-extensions"])
+            .build(),
+        entry::<ValidatingWebhookConfiguration>()
+            .categories(&["api-extensions"])
+            .build(),
+        entry::<ValidatingAdmissionPolicy>()
+            .categories(&["api-extensions"])
+            .status::<ValidatingAdmissionPolicy>()
+            .build(),
+        entry::<ValidatingAdmissionPolicyBinding>()
+            .categories(&["api-extensions"])
+            .build(),
         entry::<Role>().names(NameRule::PathSegment).build(),
         entry::<ClusterRole>().names(NameRule::PathSegment).build(),
         entry::<RoleBinding>().names(NameRule::PathSegment).build(),
-        entry::<ClusterRoleBinding>().names(NameRule::PathSegment).build(),
+        entry::<ClusterRoleBinding>()
+            .names(NameRule::PathSegment)
+            .build(),
         review::<SelfSubjectAccessReview>(false),
         review::<SubjectAccessReview>(false),
         review::<LocalSubjectAccessReview>(true),
@@ -65,7 +108,12 @@ pub fn entries() -> Vec<ResourceDef> {
 struct Review<K>(PhantomData<fn() -> K>);
 
 impl<K: Serialize + DeserializeOwned + Send + Sync + 'static> Strategy for Review<K> {
-    fn decode(&self, def: &ResourceDef, obj: Value, mode: FieldValidation) -> Result<(Value, Vec<String>), ApiError> {
+    fn decode(
+        &self,
+        def: &ResourceDef,
+        obj: Value,
+        mode: FieldValidation,
+    ) -> Result<(Value, Vec<String>), ApiError> {
         let (v, unknown) = round_trip::<K>(&def.kind, &def.api_version(), obj)?;
         Ok((v, mode.judge(unknown)?))
     }
@@ -74,7 +122,9 @@ impl<K: Serialize + DeserializeOwned + Send + Sync + 'static> Strategy for Revie
     }
 }
 
-fn review<K: k8s_openapi::Resource + Serialize + DeserializeOwned + Send + Sync + 'static>(namespaced: bool) -> ResourceDef {
+fn review<K: k8s_openapi::Resource + Serialize + DeserializeOwned + Send + Sync + 'static>(
+    namespaced: bool,
+) -> ResourceDef {
     ResourceDef {
         group: K::GROUP.into(),
         version: K::VERSION.into(),
@@ -101,10 +151,23 @@ fn review<K: k8s_openapi::Resource + Serialize + DeserializeOwned + Send + Sync 
 
 impl Kind for Lease {
     fn columns() -> Vec<Column> {
-        vec![name_column(), col("Holder", "The holder of the lease"), age_column()]
+        vec![
+            name_column(),
+            col("Holder", "The holder of the lease"),
+            age_column(),
+        ]
     }
     fn cells(&self) -> Vec<Value> {
-        vec![name_cell(&self.metadata), json!(self.spec.as_ref().and_then(|s| s.holder_identity.clone()).unwrap_or_default()), age_cell(&self.metadata)]
+        vec![
+            name_cell(&self.metadata),
+            json!(
+                self.spec
+                    .as_ref()
+                    .and_then(|s| s.holder_identity.clone())
+                    .unwrap_or_default()
+            ),
+            age_cell(&self.metadata),
+        ]
     }
 }
 
@@ -112,25 +175,57 @@ impl Kind for EndpointSlice {
     fn validate(&self) -> Vec<FieldError> {
         let mut errs = Vec::new();
         if !matches!(self.address_type.as_str(), "IPv4" | "IPv6" | "FQDN") {
-            errs.push(FieldError::not_supported("addressType", &self.address_type, &["FQDN", "IPv4", "IPv6"]));
+            errs.push(FieldError::not_supported(
+                "addressType",
+                &self.address_type,
+                &["FQDN", "IPv4", "IPv6"],
+            ));
         }
         errs
     }
     fn validate_update(&self, old: &Self) -> Vec<FieldError> {
         let mut errs = self.validate();
         if self.address_type != old.address_type {
-            errs.push(FieldError::invalid("addressType", "Invalid value: field is immutable"));
+            errs.push(FieldError::invalid(
+                "addressType",
+                "Invalid value: field is immutable",
+            ));
         }
         errs
     }
     fn columns() -> Vec<Column> {
-        vec![name_column(), col("AddressType", ""), col("Ports", ""), col("Endpoints", ""), age_column()]
+        vec![
+            name_column(),
+            col("AddressType", ""),
+            col("Ports", ""),
+            col("Endpoints", ""),
+            age_column(),
+        ]
     }
     fn cells(&self) -> Vec<Value> {
-        let ports: Vec<String> = self.ports.iter().flatten().filter_map(|p| p.port.map(|p| p.to_string())).collect();
-        let eps: Vec<String> = self.endpoints.iter().flat_map(|e| e.addresses.clone()).collect();
-        let shown = if eps.len() > 3 { format!("{} + {} more...", eps[..3].join(","), eps.len() - 3) } else { eps.join(",") };
-        vec![name_cell(&self.metadata), json!(self.address_type), or_none(ports.join(",")), or_none(shown), age_cell(&self.metadata)]
+        let ports: Vec<String> = self
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| p.port.map(|p| p.to_string()))
+            .collect();
+        let eps: Vec<String> = self
+            .endpoints
+            .iter()
+            .flat_map(|e| e.addresses.clone())
+            .collect();
+        let shown = if eps.len() > 3 {
+            format!("{} + {} more...", eps[..3].join(","), eps.len() - 3)
+        } else {
+            eps.join(",")
+        };
+        vec![
+            name_cell(&self.metadata),
+            json!(self.address_type),
+            or_none(ports.join(",")),
+            or_none(shown),
+            age_cell(&self.metadata),
+        ]
     }
 }
 
@@ -172,9 +267,18 @@ impl Kind for NetworkPolicy {
     }
     fn validate(&self) -> Vec<FieldError> {
         let mut errs = Vec::new();
-        for (i, t) in self.spec.iter().flat_map(|s| s.policy_types.iter().flatten()).enumerate() {
+        for (i, t) in self
+            .spec
+            .iter()
+            .flat_map(|s| s.policy_types.iter().flatten())
+            .enumerate()
+        {
             if !matches!(t.as_str(), "Ingress" | "Egress") {
-                errs.push(FieldError::not_supported(format!("spec.policyTypes[{i}]"), t, &["Egress", "Ingress"]));
+                errs.push(FieldError::not_supported(
+                    format!("spec.policyTypes[{i}]"),
+                    t,
+                    &["Egress", "Ingress"],
+                ));
             }
         }
         errs
@@ -183,32 +287,87 @@ impl Kind for NetworkPolicy {
         vec![name_column(), col("Pod-Selector", ""), age_column()]
     }
     fn cells(&self) -> Vec<Value> {
-        let sel = self.spec.as_ref().and_then(|s| s.pod_selector.as_ref()).map(crate::selector_string).unwrap_or_default();
-        vec![name_cell(&self.metadata), or_none(sel), age_cell(&self.metadata)]
+        let sel = self
+            .spec
+            .as_ref()
+            .and_then(|s| s.pod_selector.as_ref())
+            .map(crate::selector_string)
+            .unwrap_or_default();
+        vec![
+            name_cell(&self.metadata),
+            or_none(sel),
+            age_cell(&self.metadata),
+        ]
     }
 }
 
 impl Kind for Ingress {
     fn columns() -> Vec<Column> {
-        vec![name_column(), col("Class", ""), col("Hosts", ""), col("Address", ""), col("Ports", ""), age_column()]
+        vec![
+            name_column(),
+            col("Class", ""),
+            col("Hosts", ""),
+            col("Address", ""),
+            col("Ports", ""),
+            age_column(),
+        ]
     }
     fn cells(&self) -> Vec<Value> {
         let spec = self.spec.clone().unwrap_or_default();
-        let hosts: Vec<String> = spec.rules.iter().flatten().map(|r| r.host.clone().unwrap_or_else(|| "*".into())).collect();
-        let addr: Vec<String> = self.status.iter().flat_map(|s| s.load_balancer.iter()).flat_map(|l| l.ingress.iter().flatten()).filter_map(|i| i.ip.clone().or(i.hostname.clone())).collect();
-        let ports = if spec.tls.as_ref().is_some_and(|t| !t.is_empty()) { "80, 443" } else { "80" };
-        vec![name_cell(&self.metadata), or_none(spec.ingress_class_name.unwrap_or_default()), json!(if hosts.is_empty() { "*".into() } else { hosts.join(",") }), json!(addr.join(",")), json!(ports), age_cell(&self.metadata)]
+        let hosts: Vec<String> = spec
+            .rules
+            .iter()
+            .flatten()
+            .map(|r| r.host.clone().unwrap_or_else(|| "*".into()))
+            .collect();
+        let addr: Vec<String> = self
+            .status
+            .iter()
+            .flat_map(|s| s.load_balancer.iter())
+            .flat_map(|l| l.ingress.iter().flatten())
+            .filter_map(|i| i.ip.clone().or(i.hostname.clone()))
+            .collect();
+        let ports = if spec.tls.as_ref().is_some_and(|t| !t.is_empty()) {
+            "80, 443"
+        } else {
+            "80"
+        };
+        vec![
+            name_cell(&self.metadata),
+            or_none(spec.ingress_class_name.unwrap_or_default()),
+            json!(if hosts.is_empty() {
+                "*".into()
+            } else {
+                hosts.join(",")
+            }),
+            json!(addr.join(",")),
+            json!(ports),
+            age_cell(&self.metadata),
+        ]
     }
 }
 
 impl Kind for IngressClass {
     fn columns() -> Vec<Column> {
-        vec![name_column(), col("Controller", ""), col("Parameters", ""), age_column()]
+        vec![
+            name_column(),
+            col("Controller", ""),
+            col("Parameters", ""),
+            age_column(),
+        ]
     }
     fn cells(&self) -> Vec<Value> {
         let spec = self.spec.clone().unwrap_or_default();
-        let params = spec.parameters.map(|p| format!("{}/{}", p.kind, p.name)).unwrap_or_default();
-        vec![name_cell(&self.metadata), json!(spec.controller.unwrap_or_default()), or_none(params), age_cell(&self.metadata)]
+        let params = spec
+            .parameters
+            .map(|p| format!("{}/{}", p.kind, p.name))
+            .unwrap_or_default();
+        vec![
+            name_cell(&self.metadata),
+            json!(spec.controller.unwrap_or_default()),
+            or_none(params),
+            age_cell(&self.metadata),
+        ]
     }
 }
 
@@ -224,23 +383,39 @@ impl Kind for PodDisruptionBudget {
     fn validate(&self) -> Vec<FieldError> {
         let spec = self.spec.clone().unwrap_or_default();
         if spec.min_available.is_some() && spec.max_unavailable.is_some() {
-            return vec![FieldError::invalid("spec", "minAvailable and maxUnavailable cannot be both set")];
+            return vec![FieldError::invalid(
+                "spec",
+                "minAvailable and maxUnavailable cannot be both set",
+            )];
         }
         Vec::new()
     }
     fn columns() -> Vec<Column> {
-        vec![name_column(), col("Min Available", ""), col("Max Unavailable", ""), Column::new("Allowed Disruptions", "integer", "", 0), age_column()]
+        vec![
+            name_column(),
+            col("Min Available", ""),
+            col("Max Unavailable", ""),
+            Column::new("Allowed Disruptions", "integer", "", 0),
+            age_column(),
+        ]
     }
     fn cells(&self) -> Vec<Value> {
         let spec = self.spec.clone().unwrap_or_default();
-        vec![name_cell(&self.metadata), json!(int_or_str(&spec.min_available)), json!(int_or_str(&spec.max_unavailable)), json!(self.status.as_ref().map_or(0, |s| s.disruptions_allowed)), age_cell(&self.metadata)]
+        vec![
+            name_cell(&self.metadata),
+            json!(int_or_str(&spec.min_available)),
+            json!(int_or_str(&spec.max_unavailable)),
+            json!(self.status.as_ref().map_or(0, |s| s.disruptions_allowed)),
+            age_cell(&self.metadata),
+        ]
     }
 }
 
 impl Kind for StorageClass {
     fn defaults(&mut self) {
         self.reclaim_policy.get_or_insert_with(|| "Delete".into());
-        self.volume_binding_mode.get_or_insert_with(|| "Immediate".into());
+        self.volume_binding_mode
+            .get_or_insert_with(|| "Immediate".into());
     }
     fn validate(&self) -> Vec<FieldError> {
         let mut errs = Vec::new();
@@ -250,24 +425,55 @@ impl Kind for StorageClass {
         if let Some(m) = self.volume_binding_mode.as_deref()
             && !matches!(m, "Immediate" | "WaitForFirstConsumer")
         {
-            errs.push(FieldError::not_supported("volumeBindingMode", m, &["Immediate", "WaitForFirstConsumer"]));
+            errs.push(FieldError::not_supported(
+                "volumeBindingMode",
+                m,
+                &["Immediate", "WaitForFirstConsumer"],
+            ));
         }
         errs
     }
     fn validate_update(&self, old: &Self) -> Vec<FieldError> {
         let mut errs = self.validate();
-        if self.provisioner != old.provisioner || self.parameters != old.parameters || self.reclaim_policy != old.reclaim_policy || self.volume_binding_mode != old.volume_binding_mode {
+        if self.provisioner != old.provisioner
+            || self.parameters != old.parameters
+            || self.reclaim_policy != old.reclaim_policy
+            || self.volume_binding_mode != old.volume_binding_mode
+        {
             errs.push(FieldError::forbidden("(root)", "updates to provisioner, parameters, reclaimPolicy and volumeBindingMode are forbidden"));
         }
         errs
     }
     fn columns() -> Vec<Column> {
-        vec![name_column(), col("Provisioner", ""), col("ReclaimPolicy", ""), col("VolumeBindingMode", ""), Column::new("AllowVolumeExpansion", "boolean", "", 0), age_column()]
+        vec![
+            name_column(),
+            col("Provisioner", ""),
+            col("ReclaimPolicy", ""),
+            col("VolumeBindingMode", ""),
+            Column::new("AllowVolumeExpansion", "boolean", "", 0),
+            age_column(),
+        ]
     }
     fn cells(&self) -> Vec<Value> {
-        let default = self.metadata.annotations.as_ref().and_then(|a| a.get("storageclass.kubernetes.io/is-default-class")).is_some_and(|v| v == "true");
-        let name = format!("{}{}", self.metadata.name.clone().unwrap_or_default(), if default { " (default)" } else { "" });
-        vec![json!(name), json!(self.provisioner), json!(self.reclaim_policy.clone().unwrap_or_default()), json!(self.volume_binding_mode.clone().unwrap_or_default()), json!(self.allow_volume_expansion.unwrap_or(false)), age_cell(&self.metadata)]
+        let default = self
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("storageclass.kubernetes.io/is-default-class"))
+            .is_some_and(|v| v == "true");
+        let name = format!(
+            "{}{}",
+            self.metadata.name.clone().unwrap_or_default(),
+            if default { " (default)" } else { "" }
+        );
+        vec![
+            json!(name),
+            json!(self.provisioner),
+            json!(self.reclaim_policy.clone().unwrap_or_default()),
+            json!(self.volume_binding_mode.clone().unwrap_or_default()),
+            json!(self.allow_volume_expansion.unwrap_or(false)),
+            age_cell(&self.metadata),
+        ]
     }
 }
 
@@ -276,43 +482,82 @@ impl Kind for VolumeAttachment {}
 
 impl Kind for PriorityClass {
     fn defaults(&mut self) {
-        self.preemption_policy.get_or_insert_with(|| "PreemptLowerPriority".into());
+        self.preemption_policy
+            .get_or_insert_with(|| "PreemptLowerPriority".into());
     }
     fn validate(&self) -> Vec<FieldError> {
         let mut errs = Vec::new();
-        let system = self.metadata.name.as_deref().is_some_and(|n| n.starts_with("system-"));
+        let system = self
+            .metadata
+            .name
+            .as_deref()
+            .is_some_and(|n| n.starts_with("system-"));
         if !system && self.value > 1_000_000_000 {
-            errs.push(FieldError::forbidden("value", "maximum allowed value of a user defined priority is 1000000000"));
+            errs.push(FieldError::forbidden(
+                "value",
+                "maximum allowed value of a user defined priority is 1000000000",
+            ));
         }
-        if system && !matches!(self.metadata.name.as_deref(), Some("system-node-critical" | "system-cluster-critical")) {
-            errs.push(FieldError::forbidden("metadata.name", "priority class names with 'system-' prefix are reserved for system use only"));
+        if system
+            && !matches!(
+                self.metadata.name.as_deref(),
+                Some("system-node-critical" | "system-cluster-critical")
+            )
+        {
+            errs.push(FieldError::forbidden(
+                "metadata.name",
+                "priority class names with 'system-' prefix are reserved for system use only",
+            ));
         }
         errs
     }
     fn validate_update(&self, old: &Self) -> Vec<FieldError> {
         let mut errs = self.validate();
         if self.value != old.value {
-            errs.push(FieldError::forbidden("value", "may not be changed in an update."));
+            errs.push(FieldError::forbidden(
+                "value",
+                "may not be changed in an update.",
+            ));
         }
         errs
     }
     fn columns() -> Vec<Column> {
-        vec![name_column(), Column::new("Value", "integer", "", 0), Column::new("Global-Default", "boolean", "", 0), age_column(), col("PreemptionPolicy", "")]
+        vec![
+            name_column(),
+            Column::new("Value", "integer", "", 0),
+            Column::new("Global-Default", "boolean", "", 0),
+            age_column(),
+            col("PreemptionPolicy", ""),
+        ]
     }
     fn cells(&self) -> Vec<Value> {
-        vec![name_cell(&self.metadata), json!(self.value), json!(self.global_default.unwrap_or(false)), age_cell(&self.metadata), json!(self.preemption_policy.clone().unwrap_or_default())]
+        vec![
+            name_cell(&self.metadata),
+            json!(self.value),
+            json!(self.global_default.unwrap_or(false)),
+            age_cell(&self.metadata),
+            json!(self.preemption_policy.clone().unwrap_or_default()),
+        ]
     }
 }
 
 impl Kind for RuntimeClass {
     fn validate(&self) -> Vec<FieldError> {
-        if self.handler.is_empty() { vec![FieldError::required("handler")] } else { Vec::new() }
+        if self.handler.is_empty() {
+            vec![FieldError::required("handler")]
+        } else {
+            Vec::new()
+        }
     }
     fn columns() -> Vec<Column> {
         vec![name_column(), col("Handler", ""), age_column()]
     }
     fn cells(&self) -> Vec<Value> {
-        vec![name_cell(&self.metadata), json!(self.handler), age_cell(&self.metadata)]
+        vec![
+            name_cell(&self.metadata),
+            json!(self.handler),
+            age_cell(&self.metadata),
+        ]
     }
 }
 
@@ -326,12 +571,20 @@ impl Kind for HorizontalPodAutoscaler {
     }
     fn validate(&self) -> Vec<FieldError> {
         let mut errs = Vec::new();
-        let Some(spec) = &self.spec else { return vec![FieldError::required("spec")] };
+        let Some(spec) = &self.spec else {
+            return vec![FieldError::required("spec")];
+        };
         if spec.max_replicas < 1 {
-            errs.push(FieldError::invalid("spec.maxReplicas", "must be greater than or equal to 1"));
+            errs.push(FieldError::invalid(
+                "spec.maxReplicas",
+                "must be greater than or equal to 1",
+            ));
         }
         if spec.min_replicas.is_some_and(|m| m > spec.max_replicas) {
-            errs.push(FieldError::invalid("spec.maxReplicas", "must be greater than or equal to `minReplicas`"));
+            errs.push(FieldError::invalid(
+                "spec.maxReplicas",
+                "must be greater than or equal to `minReplicas`",
+            ));
         }
         if spec.scale_target_ref.kind.is_empty() || spec.scale_target_ref.name.is_empty() {
             errs.push(FieldError::required("spec.scaleTargetRef"));
@@ -339,12 +592,36 @@ impl Kind for HorizontalPodAutoscaler {
         errs
     }
     fn columns() -> Vec<Column> {
-        vec![name_column(), col("Reference", ""), col("Targets", ""), col("MinPods", ""), Column::new("MaxPods", "integer", "", 0), Column::new("Replicas", "integer", "", 0), age_column()]
+        vec![
+            name_column(),
+            col("Reference", ""),
+            col("Targets", ""),
+            col("MinPods", ""),
+            Column::new("MaxPods", "integer", "", 0),
+            Column::new("Replicas", "integer", "", 0),
+            age_column(),
+        ]
     }
     fn cells(&self) -> Vec<Value> {
         let spec = self.spec.clone().unwrap_or_default();
-        let r = format!("{}/{}", spec.scale_target_ref.kind, spec.scale_target_ref.name);
-        vec![name_cell(&self.metadata), json!(r), json!("<unknown>"), json!(spec.min_replicas.unwrap_or(1).to_string()), json!(spec.max_replicas), json!(self.status.as_ref().and_then(|s| s.current_replicas).unwrap_or(0)), age_cell(&self.metadata)]
+        let r = format!(
+            "{}/{}",
+            spec.scale_target_ref.kind, spec.scale_target_ref.name
+        );
+        vec![
+            name_cell(&self.metadata),
+            json!(r),
+            json!("<unknown>"),
+            json!(spec.min_replicas.unwrap_or(1).to_string()),
+            json!(spec.max_replicas),
+            json!(
+                self.status
+                    .as_ref()
+                    .and_then(|s| s.current_replicas)
+                    .unwrap_or(0)
+            ),
+            age_cell(&self.metadata),
+        ]
     }
 }
 
@@ -355,10 +632,16 @@ impl Kind for CustomResourceDefinition {
     fn validate_update(&self, old: &Self) -> Vec<FieldError> {
         let mut errs = self.validate();
         if self.spec.group != old.spec.group || self.spec.names.plural != old.spec.names.plural {
-            errs.push(FieldError::invalid("spec.group", "Invalid value: field is immutable"));
+            errs.push(FieldError::invalid(
+                "spec.group",
+                "Invalid value: field is immutable",
+            ));
         }
         if self.spec.scope != old.spec.scope {
-            errs.push(FieldError::invalid("spec.scope", "Invalid value: field is immutable"));
+            errs.push(FieldError::invalid(
+                "spec.scope",
+                "Invalid value: field is immutable",
+            ));
         }
         errs
     }
@@ -369,7 +652,16 @@ impl Kind for CustomResourceDefinition {
         vec![name_column(), Column::new("Created At", "date", "", 0)]
     }
     fn cells(&self) -> Vec<Value> {
-        vec![name_cell(&self.metadata), json!(self.metadata.creation_timestamp.as_ref().map(|t| t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_default())]
+        vec![
+            name_cell(&self.metadata),
+            json!(
+                self.metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map(|t| t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+                    .unwrap_or_default()
+            ),
+        ]
     }
 }
 
@@ -383,7 +675,12 @@ fn rbac_created() -> Vec<Column> {
 }
 
 fn created_cell(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Value {
-    json!(m.creation_timestamp.as_ref().map(|t| t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_default())
+    json!(
+        m.creation_timestamp
+            .as_ref()
+            .map(|t| t.0.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+            .unwrap_or_default()
+    )
 }
 
 fn validate_rules(rules: &[k8s_openapi::api::rbac::v1::PolicyRule], path: &str) -> Vec<FieldError> {
@@ -395,10 +692,18 @@ fn validate_rules(rules: &[k8s_openapi::api::rbac::v1::PolicyRule], path: &str) 
         let resourceful = r.resources.as_ref().is_some_and(|v| !v.is_empty());
         let non_resource = r.non_resource_urls.as_ref().is_some_and(|v| !v.is_empty());
         if resourceful && r.api_groups.as_ref().is_none_or(Vec::is_empty) {
-            errs.push(FieldError::required(format!("{path}[{i}].apiGroups")).with_message("Required value: resource rules must supply at least one api group"));
+            errs.push(
+                FieldError::required(format!("{path}[{i}].apiGroups")).with_message(
+                    "Required value: resource rules must supply at least one api group",
+                ),
+            );
         }
         if !resourceful && !non_resource {
-            errs.push(FieldError::required(format!("{path}[{i}].resources")).with_message("Required value: rules must apply to at least one resource or non-resource URL"));
+            errs.push(
+                FieldError::required(format!("{path}[{i}].resources")).with_message(
+                    "Required value: rules must apply to at least one resource or non-resource URL",
+                ),
+            );
         }
     }
     errs
@@ -429,34 +734,82 @@ impl Kind for ClusterRole {
 }
 
 fn binding_columns() -> Vec<Column> {
-    vec![name_column(), col("Role", ""), age_column(), wide("Users", ""), wide("Groups", ""), wide("ServiceAccounts", "")]
+    vec![
+        name_column(),
+        col("Role", ""),
+        age_column(),
+        wide("Users", ""),
+        wide("Groups", ""),
+        wide("ServiceAccounts", ""),
+    ]
 }
 
-fn binding_cells(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, role: &k8s_openapi::api::rbac::v1::RoleRef, subjects: &[k8s_openapi::api::rbac::v1::Subject]) -> Vec<Value> {
-    let of = |k: &str| subjects.iter().filter(|s| s.kind == k).map(|s| if k == "ServiceAccount" { format!("{}/{}", s.namespace.clone().unwrap_or_default(), s.name) } else { s.name.clone() }).collect::<Vec<_>>().join(", ");
-    vec![name_cell(m), json!(format!("{}/{}", role.kind, role.name)), age_cell(m), json!(of("User")), json!(of("Group")), json!(of("ServiceAccount"))]
+fn binding_cells(
+    m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    role: &k8s_openapi::api::rbac::v1::RoleRef,
+    subjects: &[k8s_openapi::api::rbac::v1::Subject],
+) -> Vec<Value> {
+    let of = |k: &str| {
+        subjects
+            .iter()
+            .filter(|s| s.kind == k)
+            .map(|s| {
+                if k == "ServiceAccount" {
+                    format!("{}/{}", s.namespace.clone().unwrap_or_default(), s.name)
+                } else {
+                    s.name.clone()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    vec![
+        name_cell(m),
+        json!(format!("{}/{}", role.kind, role.name)),
+        age_cell(m),
+        json!(of("User")),
+        json!(of("Group")),
+        json!(of("ServiceAccount")),
+    ]
 }
 
-fn validate_binding(role: &k8s_openapi::api::rbac::v1::RoleRef, subjects: &[k8s_openapi::api::rbac::v1::Subject], cluster: bool) -> Vec<FieldError> {
+fn validate_binding(
+    role: &k8s_openapi::api::rbac::v1::RoleRef,
+    subjects: &[k8s_openapi::api::rbac::v1::Subject],
+    cluster: bool,
+) -> Vec<FieldError> {
     let mut errs = Vec::new();
-    let kinds: &[&str] = if cluster { &["ClusterRole"] } else { &["ClusterRole", "Role"] };
+    let kinds: &[&str] = if cluster {
+        &["ClusterRole"]
+    } else {
+        &["ClusterRole", "Role"]
+    };
     if !kinds.contains(&role.kind.as_str()) {
         errs.push(FieldError::not_supported("roleRef.kind", &role.kind, kinds));
     }
     if role.api_group != "rbac.authorization.k8s.io" {
-        errs.push(FieldError::not_supported("roleRef.apiGroup", &role.api_group, &["rbac.authorization.k8s.io"]));
+        errs.push(FieldError::not_supported(
+            "roleRef.apiGroup",
+            &role.api_group,
+            &["rbac.authorization.k8s.io"],
+        ));
     }
     if role.name.is_empty() {
         errs.push(FieldError::required("roleRef.name"));
     }
     for (i, s) in subjects.iter().enumerate() {
         if !matches!(s.kind.as_str(), "User" | "Group" | "ServiceAccount") {
-            errs.push(FieldError::not_supported(format!("subjects[{i}].kind"), &s.kind, &["Group", "ServiceAccount", "User"]));
+            errs.push(FieldError::not_supported(
+                format!("subjects[{i}].kind"),
+                &s.kind,
+                &["Group", "ServiceAccount", "User"],
+            ));
         }
         if s.name.is_empty() {
             errs.push(FieldError::required(format!("subjects[{i}].name")));
         }
-        if s.kind == "ServiceAccount" && cluster && s.namespace.as_deref().is_none_or(str::is_empty) {
+        if s.kind == "ServiceAccount" && cluster && s.namespace.as_deref().is_none_or(str::is_empty)
+        {
             errs.push(FieldError::required(format!("subjects[{i}].namespace")));
         }
     }
@@ -465,12 +818,19 @@ fn validate_binding(role: &k8s_openapi::api::rbac::v1::RoleRef, subjects: &[k8s_
 
 impl Kind for RoleBinding {
     fn validate(&self) -> Vec<FieldError> {
-        validate_binding(&self.role_ref, self.subjects.as_deref().unwrap_or_default(), false)
+        validate_binding(
+            &self.role_ref,
+            self.subjects.as_deref().unwrap_or_default(),
+            false,
+        )
     }
     fn validate_update(&self, old: &Self) -> Vec<FieldError> {
         let mut errs = self.validate();
         if self.role_ref != old.role_ref {
-            errs.push(FieldError::invalid("roleRef", "Invalid value: cannot change roleRef"));
+            errs.push(FieldError::invalid(
+                "roleRef",
+                "Invalid value: cannot change roleRef",
+            ));
         }
         errs
     }
@@ -478,18 +838,29 @@ impl Kind for RoleBinding {
         binding_columns()
     }
     fn cells(&self) -> Vec<Value> {
-        binding_cells(&self.metadata, &self.role_ref, self.subjects.as_deref().unwrap_or_default())
+        binding_cells(
+            &self.metadata,
+            &self.role_ref,
+            self.subjects.as_deref().unwrap_or_default(),
+        )
     }
 }
 
 impl Kind for ClusterRoleBinding {
     fn validate(&self) -> Vec<FieldError> {
-        validate_binding(&self.role_ref, self.subjects.as_deref().unwrap_or_default(), true)
+        validate_binding(
+            &self.role_ref,
+            self.subjects.as_deref().unwrap_or_default(),
+            true,
+        )
     }
     fn validate_update(&self, old: &Self) -> Vec<FieldError> {
         let mut errs = self.validate();
         if self.role_ref != old.role_ref {
-            errs.push(FieldError::invalid("roleRef", "Invalid value: cannot change roleRef"));
+            errs.push(FieldError::invalid(
+                "roleRef",
+                "Invalid value: cannot change roleRef",
+            ));
         }
         errs
     }
@@ -497,6 +868,10 @@ impl Kind for ClusterRoleBinding {
         binding_columns()
     }
     fn cells(&self) -> Vec<Value> {
-        binding_cells(&self.metadata, &self.role_ref, self.subjects.as_deref().unwrap_or_default())
+        binding_cells(
+            &self.metadata,
+            &self.role_ref,
+            self.subjects.as_deref().unwrap_or_default(),
+        )
     }
 }

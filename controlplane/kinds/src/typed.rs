@@ -14,11 +14,21 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use strake_apimachinery::decode::{FieldValidation, round_trip};
 use strake_apimachinery::resource::{ALL_VERBS, ScalePaths};
-use strake_apimachinery::{ApiError, Column, FieldError, NameRule, ResourceDef, Strategy, Subresource};
+use strake_apimachinery::{
+    ApiError, Column, FieldError, NameRule, ResourceDef, Strategy, Subresource,
+};
 
 /// What is specific to a built-in kind, over its typed form. Every hook has a default.
 pub trait Kind:
-    k8s_openapi::Resource + k8s_openapi::ListableResource + k8s_openapi::Metadata<Ty = ObjectMeta> + Serialize + DeserializeOwned + Clone + Send + Sync + 'static
+    k8s_openapi::Resource
+    + k8s_openapi::ListableResource
+    + k8s_openapi::Metadata<Ty = ObjectMeta>
+    + Serialize
+    + DeserializeOwned
+    + Clone
+    + Send
+    + Sync
+    + 'static
 {
     /// Fills defaults at creation (and on updates, for fields a client may drop).
     fn defaults(&mut self) {}
@@ -51,11 +61,21 @@ pub trait Kind:
 }
 
 pub fn name_column() -> Column {
-    Column::new("Name", "string", "Name must be unique within a namespace.", 0)
+    Column::new(
+        "Name",
+        "string",
+        "Name must be unique within a namespace.",
+        0,
+    )
 }
 
 pub fn age_column() -> Column {
-    Column::new("Age", "string", "CreationTimestamp is a timestamp representing the server time when this object was created.", 0)
+    Column::new(
+        "Age",
+        "string",
+        "CreationTimestamp is a timestamp representing the server time when this object was created.",
+        0,
+    )
 }
 
 pub fn col(name: &str, description: &str) -> Column {
@@ -76,7 +96,9 @@ pub fn age_cell(m: &ObjectMeta) -> Value {
 
 /// A human duration as kubectl prints it: 42s, 5m10s, 3h, 2d.
 pub fn human_age(created: Option<&Time>) -> String {
-    let Some(t) = created else { return "<unknown>".into() };
+    let Some(t) = created else {
+        return "<unknown>".into();
+    };
     human_duration(Timestamp::now().duration_since(t.0).as_secs().max(0))
 }
 
@@ -94,7 +116,11 @@ pub fn human_duration(secs: i64) -> String {
 /// `<none>` for an empty value, as kubectl prints it.
 pub fn or_none(s: impl Into<String>) -> Value {
     let s = s.into();
-    json!(if s.is_empty() { "<none>".to_string() } else { s })
+    json!(if s.is_empty() {
+        "<none>".to_string()
+    } else {
+        s
+    })
 }
 
 /// The JSON strategy of a typed kind.
@@ -116,13 +142,20 @@ fn write_back<K: Kind>(obj: &mut Value, typed: &K) {
 }
 
 impl<K: Kind> Strategy for Typed<K> {
-    fn decode(&self, def: &ResourceDef, obj: Value, mode: FieldValidation) -> Result<(Value, Vec<String>), ApiError> {
+    fn decode(
+        &self,
+        def: &ResourceDef,
+        obj: Value,
+        mode: FieldValidation,
+    ) -> Result<(Value, Vec<String>), ApiError> {
         let (v, unknown) = round_trip::<K>(&def.kind, &def.api_version(), obj)?;
         Ok((v, mode.judge(unknown)?))
     }
 
     fn prepare_create(&self, obj: &mut Value) {
-        if self.reset_status && let Some(m) = obj.as_object_mut() {
+        if self.reset_status
+            && let Some(m) = obj.as_object_mut()
+        {
             m.remove("status");
         }
         if let Some(mut k) = to_typed::<K>(obj) {
@@ -134,14 +167,20 @@ impl<K: Kind> Strategy for Typed<K> {
     fn validate(&self, obj: &Value) -> Vec<FieldError> {
         match to_typed::<K>(obj) {
             Some(k) => k.validate(),
-            None => vec![FieldError::invalid("(root)", format!("the object is not a valid {}", K::KIND))],
+            None => vec![FieldError::invalid(
+                "(root)",
+                format!("the object is not a valid {}", K::KIND),
+            )],
         }
     }
 
     fn validate_update(&self, new: &Value, old: &Value) -> Vec<FieldError> {
         match (to_typed::<K>(new), to_typed::<K>(old)) {
             (Some(n), Some(o)) => n.validate_update(&o),
-            _ => vec![FieldError::invalid("(root)", format!("the object is not a valid {}", K::KIND))],
+            _ => vec![FieldError::invalid(
+                "(root)",
+                format!("the object is not a valid {}", K::KIND),
+            )],
         }
     }
 
@@ -176,7 +215,8 @@ pub struct Entry {
 
 /// The entry of a typed kind, with what k8s-openapi knows about it filled in.
 pub fn entry<K: Kind>() -> Entry {
-    let namespaced = TypeId::of::<K::Scope>() == TypeId::of::<k8s_openapi::NamespaceResourceScope>();
+    let namespaced =
+        TypeId::of::<K::Scope>() == TypeId::of::<k8s_openapi::NamespaceResourceScope>();
     Entry {
         def: ResourceDef {
             group: K::GROUP.into(),
@@ -195,7 +235,10 @@ pub fn entry<K: Kind>() -> Entry {
             columns: K::columns(),
             name_rule: NameRule::Subdomain,
             generation: false,
-            strategy: Arc::new(Typed::<K> { reset_status: false, _kind: PhantomData }),
+            strategy: Arc::new(Typed::<K> {
+                reset_status: false,
+                _kind: PhantomData,
+            }),
             storage_version: None,
             crd: None,
             delete_returns_object: false,
@@ -215,9 +258,14 @@ impl Entry {
     /// A status subresource: main writes keep status, status writes keep the rest, generation
     /// tracks the spec, and a create starts with no status.
     pub fn status<K: Kind>(mut self) -> Self {
-        self.def.subresources.push(Subresource::status(&self.def.kind));
+        self.def
+            .subresources
+            .push(Subresource::status(&self.def.kind));
         self.def.generation = true;
-        self.def.strategy = Arc::new(Typed::<K> { reset_status: true, _kind: PhantomData });
+        self.def.strategy = Arc::new(Typed::<K> {
+            reset_status: true,
+            _kind: PhantomData,
+        });
         self
     }
     pub fn scale(mut self) -> Self {
@@ -226,7 +274,9 @@ impl Entry {
         self
     }
     pub fn sub(mut self, name: &str, kind: &str, verbs: &[&str]) -> Self {
-        self.def.subresources.push(Subresource::new(name, kind, verbs));
+        self.def
+            .subresources
+            .push(Subresource::new(name, kind, verbs));
         self
     }
     pub fn fields(mut self, f: &[&str]) -> Self {

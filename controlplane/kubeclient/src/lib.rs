@@ -6,18 +6,22 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::{ListableResource, Resource};
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
-use strake_pki::{BootstrapToken, CertifiedKey, ClusterInfo};
 pub use strake_pki::Credentials;
+use strake_pki::{BootstrapToken, CertifiedKey, ClusterInfo};
 
 /// Errors from API calls.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The server answered with a `Status` failure.
     #[error("{code} {reason}: {message}")]
-    Api { code: u16, reason: String, message: String },
+    Api {
+        code: u16,
+        reason: String,
+        message: String,
+    },
     #[error("request to {url} failed: {source}")]
     Transport { url: String, source: reqwest::Error },
     #[error("cannot decode the response from {url}: {detail}")]
@@ -40,14 +44,27 @@ impl ClientError {
 /// Whether the API server at `server_url` answers `/version` within `timeout`. It does not
 /// authenticate the server: use it only to learn that the API is up (e.g. while a VM boots).
 pub async fn answers_version(server_url: &str, timeout: Duration) -> bool {
-    let Ok(tls) = strake_pki::discovery_client_config() else { return false };
-    let Ok(client) = reqwest::Client::builder().use_preconfigured_tls(tls).timeout(timeout).build() else { return false };
+    let Ok(tls) = strake_pki::discovery_client_config() else {
+        return false;
+    };
+    let Ok(client) = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(timeout)
+        .build()
+    else {
+        return false;
+    };
     matches!(client.get(format!("{server_url}/version")).send().await, Ok(r) if r.status().is_success())
 }
 
 /// Fetches and verifies cluster-info with the token, then requests credentials at `path`
 /// (`/strake/v1/kubeconfig` or `/strake/v1/node-credentials`) over a connection pinned to the CA.
-pub async fn bootstrap(server_url: &str, token: &BootstrapToken, path: &str, body: &Value) -> Result<Credentials, ClientError> {
+pub async fn bootstrap(
+    server_url: &str,
+    token: &BootstrapToken,
+    path: &str,
+    body: &Value,
+) -> Result<Credentials, ClientError> {
     // Short: callers retry, and a node that is still booting behind a forwarded port (QEMU's
     // user networking accepts before the guest listens) would otherwise stall each attempt.
     let discovery = reqwest::Client::builder()
@@ -56,7 +73,14 @@ pub async fn bootstrap(server_url: &str, token: &BootstrapToken, path: &str, bod
         .build()
         .map_err(ClientError::Build)?;
     let url = format!("{server_url}/strake/v1/cluster-info");
-    let resp = discovery.get(&url).send().await.map_err(|source| ClientError::Transport { url: url.clone(), source })?;
+    let resp = discovery
+        .get(&url)
+        .send()
+        .await
+        .map_err(|source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        })?;
     let info: ClusterInfo = decode(&url, resp).await?;
     let ca = token.verify(&info)?.to_string();
     let pinned = reqwest::Client::builder()
@@ -71,7 +95,10 @@ pub async fn bootstrap(server_url: &str, token: &BootstrapToken, path: &str, bod
         .json(body)
         .send()
         .await
-        .map_err(|source| ClientError::Transport { url: url.clone(), source })?;
+        .map_err(|source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        })?;
     let mut creds: Credentials = decode(&url, resp).await?;
     creds.ca_pem = ca; // trust only what the token vouched for
     Ok(creds)
@@ -79,11 +106,20 @@ pub async fn bootstrap(server_url: &str, token: &BootstrapToken, path: &str, bod
 
 async fn decode<T: DeserializeOwned>(url: &str, resp: reqwest::Response) -> Result<T, ClientError> {
     let status = resp.status();
-    let bytes = resp.bytes().await.map_err(|source| ClientError::Transport { url: url.into(), source })?;
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|source| ClientError::Transport {
+            url: url.into(),
+            source,
+        })?;
     if !status.is_success() {
         return Err(status_error(status.as_u16(), &bytes));
     }
-    serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode { url: url.into(), detail: e.to_string() })
+    serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+        url: url.into(),
+        detail: e.to_string(),
+    })
 }
 
 fn status_error(code: u16, body: &[u8]) -> ClientError {
@@ -93,7 +129,11 @@ fn status_error(code: u16, body: &[u8]) -> ClientError {
             reason: v["reason"].as_str().unwrap_or("").to_string(),
             message: v["message"].as_str().unwrap_or("").to_string(),
         },
-        _ => ClientError::Api { code, reason: String::new(), message: String::from_utf8_lossy(body).trim().to_string() },
+        _ => ClientError::Api {
+            code,
+            reason: String::new(),
+            message: String::from_utf8_lossy(body).trim().to_string(),
+        },
     }
 }
 
@@ -114,7 +154,11 @@ pub struct Client {
 }
 
 fn collection_path<K: Resource>(ns: Option<&str>) -> String {
-    let prefix = if K::GROUP.is_empty() { format!("/api/{}", K::VERSION) } else { format!("/apis/{}/{}", K::GROUP, K::VERSION) };
+    let prefix = if K::GROUP.is_empty() {
+        format!("/api/{}", K::VERSION)
+    } else {
+        format!("/apis/{}/{}", K::GROUP, K::VERSION)
+    };
     match ns {
         Some(ns) => format!("{prefix}/namespaces/{ns}/{}", K::URL_PATH_SEGMENT),
         None => format!("{prefix}/{}", K::URL_PATH_SEGMENT),
@@ -123,17 +167,27 @@ fn collection_path<K: Resource>(ns: Option<&str>) -> String {
 
 impl Client {
     /// A client that trusts `ca_pem` and authenticates with `cert`.
-    pub fn new(server_url: &str, ca_pem: &str, cert: Option<&CertifiedKey>) -> Result<Self, ClientError> {
+    pub fn new(
+        server_url: &str,
+        ca_pem: &str,
+        cert: Option<&CertifiedKey>,
+    ) -> Result<Self, ClientError> {
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(strake_pki::client_config(ca_pem, cert)?)
             .connect_timeout(Duration::from_secs(5))
             .build()
             .map_err(ClientError::Build)?;
-        Ok(Self { http, base: server_url.trim_end_matches('/').to_string() })
+        Ok(Self {
+            http,
+            base: server_url.trim_end_matches('/').to_string(),
+        })
     }
 
     pub fn from_credentials(c: &Credentials) -> Result<Self, ClientError> {
-        let key = CertifiedKey { cert_pem: c.cert_pem.clone(), key_pem: c.key_pem.clone() };
+        let key = CertifiedKey {
+            cert_pem: c.cert_pem.clone(),
+            key_pem: c.key_pem.clone(),
+        };
         Self::new(&format!("https://{}", c.server), &c.ca_pem, Some(&key))
     }
 
@@ -141,8 +195,19 @@ impl Client {
         &self.base
     }
 
-    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder, url: &str) -> Result<T, ClientError> {
-        let resp = req.timeout(Duration::from_secs(30)).send().await.map_err(|source| ClientError::Transport { url: url.into(), source })?;
+    async fn send<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<T, ClientError> {
+        let resp = req
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: url.into(),
+                source,
+            })?;
         decode(url, resp).await
     }
 
@@ -155,56 +220,114 @@ impl Client {
     /// GET of any path, as raw bytes.
     pub async fn get_raw(&self, path: &str) -> Result<bytes::Bytes, ClientError> {
         let url = format!("{}{path}", self.base);
-        let resp = self.http.get(&url).send().await.map_err(|source| ClientError::Transport { url: url.clone(), source })?;
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: url.clone(),
+                source,
+            })?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|source| ClientError::Transport { url: url.clone(), source })?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: url.clone(),
+                source,
+            })?;
         if !status.is_success() {
             return Err(status_error(status.as_u16(), &body));
         }
         Ok(body)
     }
 
-    pub async fn get<K: Resource + DeserializeOwned>(&self, ns: Option<&str>, name: &str) -> Result<K, ClientError> {
+    pub async fn get<K: Resource + DeserializeOwned>(
+        &self,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<K, ClientError> {
         let url = format!("{}{}/{name}", self.base, collection_path::<K>(ns));
         self.send(self.http.get(&url), &url).await
     }
 
     /// Lists objects; returns them and the list's resourceVersion.
-    pub async fn list<K: Resource + ListableResource + DeserializeOwned>(&self, ns: Option<&str>, field_selector: Option<&str>) -> Result<(Vec<K>, String), ClientError> {
+    pub async fn list<K: Resource + ListableResource + DeserializeOwned>(
+        &self,
+        ns: Option<&str>,
+        field_selector: Option<&str>,
+    ) -> Result<(Vec<K>, String), ClientError> {
         let mut url = format!("{}{}", self.base, collection_path::<K>(ns));
         if let Some(fs) = field_selector {
             url.push_str(&format!("?fieldSelector={}", enc(fs)));
         }
         let v: Value = self.send(self.http.get(&url), &url).await?;
-        let rv = v["metadata"]["resourceVersion"].as_str().unwrap_or("").to_string();
-        let items = serde_json::from_value(v["items"].clone()).map_err(|e| ClientError::Decode { url, detail: e.to_string() })?;
+        let rv = v["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let items =
+            serde_json::from_value(v["items"].clone()).map_err(|e| ClientError::Decode {
+                url,
+                detail: e.to_string(),
+            })?;
         Ok((items, rv))
     }
 
-    pub async fn create<K: Resource + Serialize + DeserializeOwned>(&self, ns: Option<&str>, obj: &K) -> Result<K, ClientError> {
+    pub async fn create<K: Resource + Serialize + DeserializeOwned>(
+        &self,
+        ns: Option<&str>,
+        obj: &K,
+    ) -> Result<K, ClientError> {
         let url = format!("{}{}", self.base, collection_path::<K>(ns));
         self.send(self.http.post(&url).json(obj), &url).await
     }
 
-    pub async fn replace<K: Resource + Serialize + DeserializeOwned>(&self, ns: Option<&str>, name: &str, obj: &K) -> Result<K, ClientError> {
+    pub async fn replace<K: Resource + Serialize + DeserializeOwned>(
+        &self,
+        ns: Option<&str>,
+        name: &str,
+        obj: &K,
+    ) -> Result<K, ClientError> {
         let url = format!("{}{}/{name}", self.base, collection_path::<K>(ns));
         self.send(self.http.put(&url).json(obj), &url).await
     }
 
-    pub async fn replace_status<K: Resource + Serialize + DeserializeOwned>(&self, ns: Option<&str>, name: &str, obj: &K) -> Result<K, ClientError> {
+    pub async fn replace_status<K: Resource + Serialize + DeserializeOwned>(
+        &self,
+        ns: Option<&str>,
+        name: &str,
+        obj: &K,
+    ) -> Result<K, ClientError> {
         let url = format!("{}{}/{name}/status", self.base, collection_path::<K>(ns));
         self.send(self.http.put(&url).json(obj), &url).await
     }
 
     /// JSON merge patch of the status subresource.
-    pub async fn patch_status<K: Resource + DeserializeOwned>(&self, ns: Option<&str>, name: &str, patch: &Value) -> Result<K, ClientError> {
+    pub async fn patch_status<K: Resource + DeserializeOwned>(
+        &self,
+        ns: Option<&str>,
+        name: &str,
+        patch: &Value,
+    ) -> Result<K, ClientError> {
         let url = format!("{}{}/{name}/status", self.base, collection_path::<K>(ns));
-        let req = self.http.patch(&url).header("Content-Type", "application/merge-patch+json").body(serde_json::to_vec(patch).unwrap_or_default());
+        let req = self
+            .http
+            .patch(&url)
+            .header("Content-Type", "application/merge-patch+json")
+            .body(serde_json::to_vec(patch).unwrap_or_default());
         self.send(req, &url).await
     }
 
     /// Deletes; `grace` None uses the object's default, `uid` guards against deleting a successor.
-    pub async fn delete<K: Resource>(&self, ns: Option<&str>, name: &str, grace: Option<i64>, uid: Option<&str>) -> Result<(), ClientError> {
+    pub async fn delete<K: Resource>(
+        &self,
+        ns: Option<&str>,
+        name: &str,
+        grace: Option<i64>,
+        uid: Option<&str>,
+    ) -> Result<(), ClientError> {
         let url = format!("{}{}/{name}", self.base, collection_path::<K>(ns));
         let mut opts = serde_json::json!({"kind": "DeleteOptions", "apiVersion": "v1"});
         if let Some(g) = grace {
@@ -224,63 +347,110 @@ impl Client {
         field_selector: Option<&str>,
         resource_version: &str,
         timeout: Duration,
-    ) -> Result<impl Stream<Item = Result<WatchEvent<K>, ClientError>> + Send + use<K>, ClientError> {
-        let mut url = format!("{}{}?watch=true&allowWatchBookmarks=true&timeoutSeconds={}", self.base, collection_path::<K>(ns), timeout.as_secs());
+    ) -> Result<impl Stream<Item = Result<WatchEvent<K>, ClientError>> + Send + use<K>, ClientError>
+    {
+        let mut url = format!(
+            "{}{}?watch=true&allowWatchBookmarks=true&timeoutSeconds={}",
+            self.base,
+            collection_path::<K>(ns),
+            timeout.as_secs()
+        );
         if !resource_version.is_empty() {
             url.push_str(&format!("&resourceVersion={resource_version}"));
         }
         if let Some(fs) = field_selector {
             url.push_str(&format!("&fieldSelector={}", enc(fs)));
         }
-        let resp = self.http.get(&url).send().await.map_err(|source| ClientError::Transport { url: url.clone(), source })?;
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: url.clone(),
+                source,
+            })?;
         let status = resp.status();
         if !status.is_success() {
             let body = resp.bytes().await.unwrap_or_default();
             return Err(status_error(status.as_u16(), &body));
         }
         let bytes = resp.bytes_stream();
-        let lines = futures::stream::unfold((bytes, Vec::<u8>::new(), url), |(mut bytes, mut buf, url)| async move {
-            loop {
-                if let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = buf.drain(..=pos).collect();
-                    if line.iter().all(u8::is_ascii_whitespace) {
-                        continue;
+        let lines = futures::stream::unfold(
+            (bytes, Vec::<u8>::new(), url),
+            |(mut bytes, mut buf, url)| async move {
+                loop {
+                    if let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = buf.drain(..=pos).collect();
+                        if line.iter().all(u8::is_ascii_whitespace) {
+                            continue;
+                        }
+                        return Some((parse_event::<K>(&line, &url), (bytes, buf, url)));
                     }
-                    return Some((parse_event::<K>(&line, &url), (bytes, buf, url)));
+                    match bytes.next().await {
+                        Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                        Some(Err(source)) => {
+                            return Some((
+                                Err(ClientError::Transport {
+                                    url: url.clone(),
+                                    source,
+                                }),
+                                (bytes, Vec::new(), url),
+                            ));
+                        }
+                        None => return None,
+                    }
                 }
-                match bytes.next().await {
-                    Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
-                    Some(Err(source)) => return Some((Err(ClientError::Transport { url: url.clone(), source }), (bytes, Vec::new(), url))),
-                    None => return None,
-                }
-            }
-        });
+            },
+        );
         Ok(lines)
     }
 }
 
 fn parse_event<K: DeserializeOwned>(line: &[u8], url: &str) -> Result<WatchEvent<K>, ClientError> {
-    let v: Value = serde_json::from_slice(line).map_err(|e| ClientError::Decode { url: url.into(), detail: e.to_string() })?;
+    let v: Value = serde_json::from_slice(line).map_err(|e| ClientError::Decode {
+        url: url.into(),
+        detail: e.to_string(),
+    })?;
     let ty = v["type"].as_str().unwrap_or("");
     let obj = v["object"].clone();
-    let typed = || serde_json::from_value::<K>(obj.clone()).map_err(|e| ClientError::Decode { url: url.into(), detail: e.to_string() });
+    let typed = || {
+        serde_json::from_value::<K>(obj.clone()).map_err(|e| ClientError::Decode {
+            url: url.into(),
+            detail: e.to_string(),
+        })
+    };
     match ty {
         "ADDED" => Ok(WatchEvent::Added(typed()?)),
         "MODIFIED" => Ok(WatchEvent::Modified(typed()?)),
         "DELETED" => Ok(WatchEvent::Deleted(typed()?)),
-        "BOOKMARK" => Ok(WatchEvent::Bookmark(obj["metadata"]["resourceVersion"].as_str().unwrap_or("").to_string())),
+        "BOOKMARK" => Ok(WatchEvent::Bookmark(
+            obj["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+        )),
         "ERROR" => Err(ClientError::Api {
             code: obj["code"].as_u64().unwrap_or(500) as u16,
             reason: obj["reason"].as_str().unwrap_or("").into(),
             message: obj["message"].as_str().unwrap_or("").into(),
         }),
-        other => Err(ClientError::Decode { url: url.into(), detail: format!("unknown watch event type {other:?}") }),
+        other => Err(ClientError::Decode {
+            url: url.into(),
+            detail: format!("unknown watch event type {other:?}"),
+        }),
     }
 }
 
 fn enc(s: &str) -> String {
     s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 
@@ -291,16 +461,29 @@ mod tests {
 
     #[test]
     fn paths() {
-        assert_eq!(collection_path::<Pod>(Some("default")), "/api/v1/namespaces/default/pods");
+        assert_eq!(
+            collection_path::<Pod>(Some("default")),
+            "/api/v1/namespaces/default/pods"
+        );
         assert_eq!(collection_path::<Node>(None), "/api/v1/nodes");
     }
 
     #[test]
     fn events_and_errors() {
-        let e = parse_event::<Pod>(br#"{"type":"ADDED","object":{"metadata":{"name":"a"}}}"#, "u").unwrap();
+        let e = parse_event::<Pod>(
+            br#"{"type":"ADDED","object":{"metadata":{"name":"a"}}}"#,
+            "u",
+        )
+        .unwrap();
         assert!(matches!(e, WatchEvent::Added(p) if p.metadata.name.as_deref() == Some("a")));
         let e = parse_event::<Pod>(br#"{"type":"ERROR","object":{"kind":"Status","code":410,"reason":"Expired","message":"too old"}}"#, "u");
         assert!(matches!(e, Err(ClientError::Api { code: 410, .. })));
-        assert!(matches!(status_error(404, br#"{"kind":"Status","reason":"NotFound","message":"x"}"#), ClientError::Api { code: 404, .. }));
+        assert!(matches!(
+            status_error(
+                404,
+                br#"{"kind":"Status","reason":"NotFound","message":"x"}"#
+            ),
+            ClientError::Api { code: 404, .. }
+        ));
     }
 }

@@ -56,7 +56,12 @@ impl ClusterCa {
         params.not_before = now - Duration::hours(1);
         params.not_after = now + Duration::days(3650);
         let cert = params.self_signed(&key)?;
-        Ok(Self { ca: CertifiedKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() } })
+        Ok(Self {
+            ca: CertifiedKey {
+                cert_pem: cert.pem(),
+                key_pem: key.serialize_pem(),
+            },
+        })
     }
 
     /// Loads the CA from `dir`, or generates and persists one if `dir` holds none.
@@ -68,13 +73,18 @@ impl ClusterCa {
             (true, true) => {
                 let cert_pem = read(&cert_path)?;
                 let key_pem = read(&key_path)?;
-                let ca = Self { ca: CertifiedKey { cert_pem, key_pem } };
+                let ca = Self {
+                    ca: CertifiedKey { cert_pem, key_pem },
+                };
                 ca.issuer()?; // validate now, not at first use
                 Ok(ca)
             }
             (false, false) => {
                 let ca = Self::generate(cluster_name)?;
-                fs::create_dir_all(dir).map_err(|source| PkiError::Io { path: dir.into(), source })?;
+                fs::create_dir_all(dir).map_err(|source| PkiError::Io {
+                    path: dir.into(),
+                    source,
+                })?;
                 write_private(&key_path, &ca.ca.key_pem)?;
                 write_private(&cert_path, &ca.ca.cert_pem)?;
                 Ok(ca)
@@ -92,18 +102,30 @@ impl ClusterCa {
     }
 
     /// Issues a TLS serving certificate for the given DNS names and IP addresses.
-    pub fn issue_server(&self, common_name: &str, sans: &[String]) -> Result<CertifiedKey, PkiError> {
+    pub fn issue_server(
+        &self,
+        common_name: &str,
+        sans: &[String],
+    ) -> Result<CertifiedKey, PkiError> {
         let mut params = CertificateParams::new(sans.to_vec())?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, common_name);
         params.distinguished_name = dn;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         self.sign(params, Duration::days(365))
     }
 
     /// Issues a client certificate: `user` becomes the CN, `groups` the O entries.
-    pub fn issue_client(&self, user: &str, groups: &[&str], valid: Duration) -> Result<CertifiedKey, PkiError> {
+    pub fn issue_client(
+        &self,
+        user: &str,
+        groups: &[&str],
+        valid: Duration,
+    ) -> Result<CertifiedKey, PkiError> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, user);
@@ -112,11 +134,18 @@ impl ClusterCa {
         }
         params.distinguished_name = dn;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         self.sign(params, valid)
     }
 
-    fn sign(&self, mut params: CertificateParams, valid: Duration) -> Result<CertifiedKey, PkiError> {
+    fn sign(
+        &self,
+        mut params: CertificateParams,
+        valid: Duration,
+    ) -> Result<CertifiedKey, PkiError> {
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::hours(1);
         params.not_after = now + valid;
@@ -124,20 +153,29 @@ impl ClusterCa {
         let key = KeyPair::generate()?;
         let issuer = self.issuer()?;
         let cert = params.signed_by(&key, &issuer)?;
-        Ok(CertifiedKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        Ok(CertifiedKey {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
     }
 }
 
 /// Reads the identity (CN = user, O = groups) out of a verified peer certificate.
 pub fn peer_identity(cert: &CertificateDer<'_>) -> Result<Identity, PkiError> {
-    let (_, x509) = x509_parser::parse_x509_certificate(cert.as_ref())
-        .map_err(|e| PkiError::Parse { what: "peer certificate", reason: e.to_string() })?;
+    let (_, x509) =
+        x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| PkiError::Parse {
+            what: "peer certificate",
+            reason: e.to_string(),
+        })?;
     let subject = x509.subject();
     let user = subject
         .iter_common_name()
         .next()
         .and_then(|cn| cn.as_str().ok())
-        .ok_or(PkiError::Parse { what: "peer certificate", reason: "no common name".into() })?
+        .ok_or(PkiError::Parse {
+            what: "peer certificate",
+            reason: "no common name".into(),
+        })?
         .to_string();
     let groups = subject
         .iter_organization()
@@ -147,14 +185,26 @@ pub fn peer_identity(cert: &CertificateDer<'_>) -> Result<Identity, PkiError> {
 }
 
 fn read(path: &Path) -> Result<String, PkiError> {
-    fs::read_to_string(path).map_err(|source| PkiError::Io { path: path.into(), source })
+    fs::read_to_string(path).map_err(|source| PkiError::Io {
+        path: path.into(),
+        source,
+    })
 }
 
 /// Writes a file readable only by its owner, atomically (temp file + rename).
 pub(crate) fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
     let tmp = path.with_extension("tmp");
-    let io = |source| PkiError::Io { path: path.into(), source };
-    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io)?;
+    let io = |source| PkiError::Io {
+        path: path.into(),
+        source,
+    };
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
     f.write_all(contents.as_bytes()).map_err(io)?;
     f.sync_all().map_err(io)?;
     fs::rename(&tmp, path).map_err(io)
@@ -184,9 +234,20 @@ mod tests {
     #[test]
     fn client_identity_round_trips() {
         let ca = ClusterCa::generate("t").unwrap();
-        let c = ca.issue_client("admin", &["system:masters"], Duration::days(1)).unwrap();
-        let der = rustls_pemfile::certs(&mut c.cert_pem.as_bytes()).next().unwrap().unwrap();
+        let c = ca
+            .issue_client("admin", &["system:masters"], Duration::days(1))
+            .unwrap();
+        let der = rustls_pemfile::certs(&mut c.cert_pem.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
         let id = peer_identity(&der).unwrap();
-        assert_eq!(id, Identity { user: "admin".into(), groups: vec!["system:masters".into()] });
+        assert_eq!(
+            id,
+            Identity {
+                user: "admin".into(),
+                groups: vec!["system:masters".into()]
+            }
+        );
     }
 }

@@ -4,11 +4,11 @@
 
 mod ca;
 mod credentials;
-mod token;
 mod tlsconf;
+mod token;
 
-pub use credentials::Credentials;
 pub use ca::{CertifiedKey, ClusterCa, Identity, peer_identity};
+pub use credentials::Credentials;
 pub use tlsconf::{client_config, discovery_client_config, server_config};
 pub use token::{BootstrapToken, ClusterInfo};
 
@@ -25,12 +25,17 @@ pub enum PkiError {
     Parse { what: &'static str, reason: String },
     /// Reading or writing key material failed.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// A bootstrap token does not have the form `[a-z0-9]{6}.[a-z0-9]{16}`.
     #[error("invalid bootstrap token: expected <6 chars>.<16 chars> of [a-z0-9]")]
     BadToken,
     /// The cluster-info signature did not verify with the token.
-    #[error("cluster-info signature does not match the bootstrap token: the server is not the cluster you think it is")]
+    #[error(
+        "cluster-info signature does not match the bootstrap token: the server is not the cluster you think it is"
+    )]
     BadSignature,
     /// Building a TLS configuration failed.
     #[error("TLS configuration: {0}")]

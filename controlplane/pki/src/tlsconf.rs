@@ -14,17 +14,29 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 fn certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, PkiError> {
     let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut pem.as_bytes()).collect();
-    let certs = certs.map_err(|e| PkiError::Parse { what: "certificate PEM", reason: e.to_string() })?;
+    let certs = certs.map_err(|e| PkiError::Parse {
+        what: "certificate PEM",
+        reason: e.to_string(),
+    })?;
     if certs.is_empty() {
-        return Err(PkiError::Parse { what: "certificate PEM", reason: "no certificate found".into() });
+        return Err(PkiError::Parse {
+            what: "certificate PEM",
+            reason: "no certificate found".into(),
+        });
     }
     Ok(certs)
 }
 
 fn key(pem: &str) -> Result<PrivateKeyDer<'static>, PkiError> {
     rustls_pemfile::private_key(&mut pem.as_bytes())
-        .map_err(|e| PkiError::Parse { what: "private key PEM", reason: e.to_string() })?
-        .ok_or(PkiError::Parse { what: "private key PEM", reason: "no private key found".into() })
+        .map_err(|e| PkiError::Parse {
+            what: "private key PEM",
+            reason: e.to_string(),
+        })?
+        .ok_or(PkiError::Parse {
+            what: "private key PEM",
+            reason: "no private key found".into(),
+        })
 }
 
 fn roots(ca_pem: &str) -> Result<RootCertStore, PkiError> {
@@ -37,11 +49,16 @@ fn roots(ca_pem: &str) -> Result<RootCertStore, PkiError> {
 
 /// A server config presenting `serving`, which asks for (but does not require) a client
 /// certificate signed by `ca_pem`; unauthenticated clients may still use bearer tokens.
-pub fn server_config(serving: &CertifiedKey, ca_pem: &str, alpn: &[&[u8]]) -> Result<ServerConfig, PkiError> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| PkiError::Verifier(e.to_string()))?;
+pub fn server_config(
+    serving: &CertifiedKey,
+    ca_pem: &str,
+    alpn: &[&[u8]],
+) -> Result<ServerConfig, PkiError> {
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| PkiError::Verifier(e.to_string()))?;
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
@@ -51,7 +68,10 @@ pub fn server_config(serving: &CertifiedKey, ca_pem: &str, alpn: &[&[u8]]) -> Re
 }
 
 /// A client config trusting only `ca_pem`, optionally presenting a client certificate.
-pub fn client_config(ca_pem: &str, client: Option<&CertifiedKey>) -> Result<ClientConfig, PkiError> {
+pub fn client_config(
+    ca_pem: &str,
+    client: Option<&CertifiedKey>,
+) -> Result<ClientConfig, PkiError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots(ca_pem)?);
@@ -95,7 +115,12 @@ impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -104,7 +129,12 @@ impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {

@@ -28,7 +28,9 @@ impl BootstrapToken {
         const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
         let mut rng = rand::thread_rng();
         let mut pick = |n: usize| -> String {
-            (0..n).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()
+            (0..n)
+                .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+                .collect()
         };
         let id = pick(6);
         let secret = pick(16);
@@ -50,7 +52,8 @@ impl BootstrapToken {
 
     fn mac(&self) -> Hmac<Sha256> {
         // HMAC accepts keys of any length; this cannot fail.
-        <Hmac<Sha256> as Mac>::new_from_slice(self.to_string().as_bytes()).expect("hmac takes any key length")
+        <Hmac<Sha256> as Mac>::new_from_slice(self.to_string().as_bytes())
+            .expect("hmac takes any key length")
     }
 
     /// Signs the CA bundle for discovery.
@@ -78,11 +81,18 @@ impl FromStr for BootstrapToken {
     type Err = PkiError;
     fn from_str(s: &str) -> Result<Self, PkiError> {
         let (id, secret) = s.trim().split_once('.').ok_or(PkiError::BadToken)?;
-        let ok = |p: &str, n: usize| p.len() == n && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        let ok = |p: &str, n: usize| {
+            p.len() == n
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        };
         if !ok(id, 6) || !ok(secret, 16) {
             return Err(PkiError::BadToken);
         }
-        Ok(Self { id: id.into(), secret: secret.into() })
+        Ok(Self {
+            id: id.into(),
+            secret: secret.into(),
+        })
     }
 }
 
@@ -116,7 +126,13 @@ mod tests {
         let t: BootstrapToken = "abcdef.0123456789abcdef".parse().unwrap();
         assert_eq!(t.to_string(), "abcdef.0123456789abcdef");
         assert!(!format!("{t:?}").contains("0123456789"));
-        for bad in ["", "abc.def", "ABCDEF.0123456789abcdef", "abcdef.0123456789abcde", "abcdef0123456789abcdef"] {
+        for bad in [
+            "",
+            "abc.def",
+            "ABCDEF.0123456789abcdef",
+            "abcdef.0123456789abcde",
+            "abcdef0123456789abcdef",
+        ] {
             assert!(bad.parse::<BootstrapToken>().is_err(), "{bad}");
         }
         let g = BootstrapToken::generate();

@@ -4,7 +4,7 @@
 
 mod quantity;
 
-pub use quantity::{QuantityError, parse_cpu_millis, parse_bytes};
+pub use quantity::{QuantityError, parse_bytes, parse_cpu_millis};
 
 use std::collections::BTreeMap;
 
@@ -27,20 +27,38 @@ pub struct Request {
 
 /// Sum of container requests (init containers: the max of them, as upstream does).
 pub fn pod_request(pod: &Pod) -> Request {
-    let Some(spec) = &pod.spec else { return Request::default() };
+    let Some(spec) = &pod.spec else {
+        return Request::default();
+    };
     let get = |c: &k8s_openapi::api::core::v1::Container| {
-        let req = c.resources.as_ref().and_then(|r| r.requests.as_ref().or(r.limits.as_ref()));
-        let cpu = req.and_then(|r| r.get("cpu")).and_then(|q| parse_cpu_millis(&q.0).ok()).unwrap_or(0);
-        let mem = req.and_then(|r| r.get("memory")).and_then(|q| parse_bytes(&q.0).ok()).unwrap_or(0);
+        let req = c
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref().or(r.limits.as_ref()));
+        let cpu = req
+            .and_then(|r| r.get("cpu"))
+            .and_then(|q| parse_cpu_millis(&q.0).ok())
+            .unwrap_or(0);
+        let mem = req
+            .and_then(|r| r.get("memory"))
+            .and_then(|q| parse_bytes(&q.0).ok())
+            .unwrap_or(0);
         (cpu, mem)
     };
-    let (mut cpu, mut mem) = spec.containers.iter().map(get).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    let (mut cpu, mut mem) = spec
+        .containers
+        .iter()
+        .map(get)
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
     for ic in spec.init_containers.iter().flatten() {
         let (c, m) = get(ic);
         cpu = cpu.max(c);
         mem = mem.max(m);
     }
-    Request { cpu_millis: cpu, memory: mem }
+    Request {
+        cpu_millis: cpu,
+        memory: mem,
+    }
 }
 
 fn is_ready(node: &Node) -> bool {
@@ -52,13 +70,23 @@ fn is_ready(node: &Node) -> bool {
 
 fn tolerates(tolerations: &[Toleration], taint: &Taint) -> bool {
     tolerations.iter().any(|t| {
-        let effect_ok = t.effect.as_deref().is_none_or(|e| e.is_empty() || e == taint.effect);
-        let key_ok = t.key.as_deref().is_none_or(|k| k.is_empty() || k == taint.key);
+        let effect_ok = t
+            .effect
+            .as_deref()
+            .is_none_or(|e| e.is_empty() || e == taint.effect);
+        let key_ok = t
+            .key
+            .as_deref()
+            .is_none_or(|k| k.is_empty() || k == taint.key);
         let value_ok = match t.operator.as_deref() {
             Some("Exists") => true,
             _ => t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
         };
-        effect_ok && key_ok && value_ok && (t.key.as_deref().is_some_and(|k| !k.is_empty()) || t.operator.as_deref() == Some("Exists"))
+        effect_ok
+            && key_ok
+            && value_ok
+            && (t.key.as_deref().is_some_and(|k| !k.is_empty())
+                || t.operator.as_deref() == Some("Exists"))
     })
 }
 
@@ -72,9 +100,18 @@ fn allocatable(node: &Node) -> Allocatable {
     let status = node.status.as_ref();
     let a = status.and_then(|s| s.allocatable.as_ref().or(s.capacity.as_ref()));
     Allocatable {
-        cpu_millis: a.and_then(|a| a.get("cpu")).and_then(|q| parse_cpu_millis(&q.0).ok()).unwrap_or(0),
-        memory: a.and_then(|a| a.get("memory")).and_then(|q| parse_bytes(&q.0).ok()).unwrap_or(0),
-        pods: a.and_then(|a| a.get("pods")).and_then(|q| q.0.parse().ok()).unwrap_or(110),
+        cpu_millis: a
+            .and_then(|a| a.get("cpu"))
+            .and_then(|q| parse_cpu_millis(&q.0).ok())
+            .unwrap_or(0),
+        memory: a
+            .and_then(|a| a.get("memory"))
+            .and_then(|q| parse_bytes(&q.0).ok())
+            .unwrap_or(0),
+        pods: a
+            .and_then(|a| a.get("pods"))
+            .and_then(|q| q.0.parse().ok())
+            .unwrap_or(110),
     }
 }
 
@@ -93,12 +130,23 @@ pub fn schedule(pod: &Pod, nodes: &[Node], placed: &[Pod]) -> Decision {
             fail("node(s) were not ready");
             continue;
         }
-        if node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false) {
+        if node
+            .spec
+            .as_ref()
+            .and_then(|s| s.unschedulable)
+            .unwrap_or(false)
+        {
             fail("node(s) were unschedulable");
             continue;
         }
-        let taints = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
-        if taints.iter().any(|t| (t.effect == "NoSchedule" || t.effect == "NoExecute") && !tolerates(&tolerations, t)) {
+        let taints = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default();
+        if taints.iter().any(|t| {
+            (t.effect == "NoSchedule" || t.effect == "NoExecute") && !tolerates(&tolerations, t)
+        }) {
             fail("node(s) had untolerated taint");
             continue;
         }
@@ -108,8 +156,17 @@ pub fn schedule(pod: &Pod, nodes: &[Node], placed: &[Pod]) -> Decision {
             continue;
         }
         let alloc = allocatable(node);
-        let on_node: Vec<&Pod> = placed.iter().filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str())).collect();
-        let used = on_node.iter().map(|p| pod_request(p)).fold(Request::default(), |a, b| Request { cpu_millis: a.cpu_millis + b.cpu_millis, memory: a.memory + b.memory });
+        let on_node: Vec<&Pod> = placed
+            .iter()
+            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str()))
+            .collect();
+        let used = on_node
+            .iter()
+            .map(|p| pod_request(p))
+            .fold(Request::default(), |a, b| Request {
+                cpu_millis: a.cpu_millis + b.cpu_millis,
+                memory: a.memory + b.memory,
+            });
         if on_node.len() as i64 + 1 > alloc.pods {
             fail("Too many pods");
             continue;
@@ -123,9 +180,19 @@ pub fn schedule(pod: &Pod, nodes: &[Node], placed: &[Pod]) -> Decision {
             continue;
         }
         // Least-requested score, 0..=200: more free cpu and memory after placement is better.
-        let free = |used: i64, cap: i64| if cap <= 0 { 0 } else { (cap - used) * 100 / cap };
-        let score = free(used.cpu_millis + want.cpu_millis, alloc.cpu_millis) + free(used.memory + want.memory, alloc.memory);
-        if best.as_ref().is_none_or(|(s, n)| score > *s || (score == *s && name < *n)) {
+        let free = |used: i64, cap: i64| {
+            if cap <= 0 {
+                0
+            } else {
+                (cap - used) * 100 / cap
+            }
+        };
+        let score = free(used.cpu_millis + want.cpu_millis, alloc.cpu_millis)
+            + free(used.memory + want.memory, alloc.memory);
+        if best
+            .as_ref()
+            .is_none_or(|(s, n)| score > *s || (score == *s && name < *n))
+        {
             best = Some((score, name));
         }
     }
@@ -133,7 +200,11 @@ pub fn schedule(pod: &Pod, nodes: &[Node], placed: &[Pod]) -> Decision {
         Some((_, name)) => Decision::Bind(name),
         None => {
             let detail: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
-            let tail = if detail.is_empty() { String::new() } else { format!(" {}.", detail.join(", ")) };
+            let tail = if detail.is_empty() {
+                String::new()
+            } else {
+                format!(" {}.", detail.join(", "))
+            };
             Decision::Unschedulable(format!("0/{} nodes are available:{tail}", nodes.len()))
         }
     }
@@ -165,9 +236,16 @@ mod tests {
 
     #[test]
     fn picks_least_loaded_ready_node() {
-        let nodes = [node("a", "2", "1Gi", true), node("b", "2", "1Gi", true), node("c", "8", "8Gi", false)];
+        let nodes = [
+            node("a", "2", "1Gi", true),
+            node("b", "2", "1Gi", true),
+            node("c", "8", "8Gi", false),
+        ];
         let placed = [pod("1500m", Some("a"))];
-        assert_eq!(schedule(&pod("250m", None), &nodes, &placed), Decision::Bind("b".into()));
+        assert_eq!(
+            schedule(&pod("250m", None), &nodes, &placed),
+            Decision::Bind("b".into())
+        );
     }
 
     #[test]
@@ -175,7 +253,10 @@ mod tests {
         let nodes = [node("a", "1", "1Gi", true), node("b", "1", "1Gi", false)];
         match schedule(&pod("2", None), &nodes, &[]) {
             Decision::Unschedulable(m) => {
-                assert_eq!(m, "0/2 nodes are available: 1 Insufficient cpu, 1 node(s) were not ready.");
+                assert_eq!(
+                    m,
+                    "0/2 nodes are available: 1 Insufficient cpu, 1 node(s) were not ready."
+                );
             }
             d => panic!("{d:?}"),
         }
@@ -184,16 +265,41 @@ mod tests {
     #[test]
     fn respects_pod_count_taints_and_selector() {
         let nodes = [node("a", "8", "8Gi", true)];
-        let placed = [pod("0", Some("a")), pod("0", Some("a")), pod("0", Some("a"))];
-        assert!(matches!(schedule(&pod("0", None), &nodes, &placed), Decision::Unschedulable(m) if m.contains("Too many pods")));
+        let placed = [
+            pod("0", Some("a")),
+            pod("0", Some("a")),
+            pod("0", Some("a")),
+        ];
+        assert!(
+            matches!(schedule(&pod("0", None), &nodes, &placed), Decision::Unschedulable(m) if m.contains("Too many pods"))
+        );
         let mut tainted = node("t", "8", "8Gi", true);
-        tainted.spec = Some(serde_json::from_value(json!({"taints": [{"key": "k", "value": "v", "effect": "NoSchedule"}]})).unwrap());
-        assert!(matches!(schedule(&pod("0", None), std::slice::from_ref(&tainted), &[]), Decision::Unschedulable(_)));
+        tainted.spec = Some(
+            serde_json::from_value(
+                json!({"taints": [{"key": "k", "value": "v", "effect": "NoSchedule"}]}),
+            )
+            .unwrap(),
+        );
+        assert!(matches!(
+            schedule(&pod("0", None), std::slice::from_ref(&tainted), &[]),
+            Decision::Unschedulable(_)
+        ));
         let mut tolerant = pod("0", None);
-        tolerant.spec.as_mut().unwrap().tolerations = Some(vec![serde_json::from_value(json!({"key": "k", "operator": "Equal", "value": "v", "effect": "NoSchedule"})).unwrap()]);
-        assert_eq!(schedule(&tolerant, &[tainted], &[]), Decision::Bind("t".into()));
+        tolerant.spec.as_mut().unwrap().tolerations = Some(vec![
+            serde_json::from_value(
+                json!({"key": "k", "operator": "Equal", "value": "v", "effect": "NoSchedule"}),
+            )
+            .unwrap(),
+        ]);
+        assert_eq!(
+            schedule(&tolerant, &[tainted], &[]),
+            Decision::Bind("t".into())
+        );
         let mut picky = pod("0", None);
-        picky.spec.as_mut().unwrap().node_selector = Some([("disk".to_string(), "hdd".to_string())].into());
-        assert!(matches!(schedule(&picky, &nodes, &[]), Decision::Unschedulable(m) if m.contains("selector")));
+        picky.spec.as_mut().unwrap().node_selector =
+            Some([("disk".to_string(), "hdd".to_string())].into());
+        assert!(
+            matches!(schedule(&picky, &nodes, &[]), Decision::Unschedulable(m) if m.contains("selector"))
+        );
     }
 }

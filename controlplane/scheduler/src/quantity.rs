@@ -8,7 +8,9 @@ pub struct QuantityError(pub String);
 fn split(q: &str) -> Result<(f64, f64), QuantityError> {
     let q = q.trim();
     let err = || QuantityError(q.to_string());
-    let idx = q.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-')).unwrap_or(q.len());
+    let idx = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(q.len());
     let (num, suffix) = q.split_at(idx);
     let n: f64 = num.parse().map_err(|_| err())?;
     let mult = match suffix {

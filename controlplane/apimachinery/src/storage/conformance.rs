@@ -22,81 +22,170 @@ pub async fn run(store: &dyn ObjectStore) {
 async fn create_is_exclusive_and_get_reads_it(s: &dyn ObjectStore) {
     let a = s.create(k("a/1"), b"one".to_vec()).await.expect("create");
     assert!(a.revision > 0, "a write gets a revision");
-    assert_eq!(s.create(k("a/1"), b"again".to_vec()).await, Err(StorageError::AlreadyExists));
-    let got = s.get(&k("a/1")).await.unwrap().expect("created key reads back");
-    assert_eq!((got.value.as_slice(), got.revision), (b"one".as_slice(), a.revision));
+    assert_eq!(
+        s.create(k("a/1"), b"again".to_vec()).await,
+        Err(StorageError::AlreadyExists)
+    );
+    let got = s
+        .get(&k("a/1"))
+        .await
+        .unwrap()
+        .expect("created key reads back");
+    assert_eq!(
+        (got.value.as_slice(), got.revision),
+        (b"one".as_slice(), a.revision)
+    );
     assert_eq!(s.get(&k("a/missing")).await.unwrap(), None);
-    assert!(s.revision().await.unwrap() >= a.revision, "the store's revision covers every write");
+    assert!(
+        s.revision().await.unwrap() >= a.revision,
+        "the store's revision covers every write"
+    );
 }
 
 async fn updates_compare_the_revision(s: &dyn ObjectStore) {
     let first = s.create(k("b/1"), b"v1".to_vec()).await.unwrap();
-    let second = s.update(k("b/1"), b"v2".to_vec(), first.revision).await.expect("update at the current revision");
+    let second = s
+        .update(k("b/1"), b"v2".to_vec(), first.revision)
+        .await
+        .expect("update at the current revision");
     assert!(second.revision > first.revision);
     let stale = s.update(k("b/1"), b"v3".to_vec(), first.revision).await;
-    assert_eq!(stale, Err(StorageError::Conflict { current: second.revision }), "a stale writer loses");
+    assert_eq!(
+        stale,
+        Err(StorageError::Conflict {
+            current: second.revision
+        }),
+        "a stale writer loses"
+    );
     assert_eq!(s.get(&k("b/1")).await.unwrap().unwrap().value, b"v2");
-    assert_eq!(s.update(k("b/none"), b"x".to_vec(), 1).await, Err(StorageError::NotFound));
+    assert_eq!(
+        s.update(k("b/none"), b"x".to_vec(), 1).await,
+        Err(StorageError::NotFound)
+    );
 }
 
 async fn deletes_compare_and_report_missing_keys(s: &dyn ObjectStore) {
     let c = s.create(k("c/1"), b"x".to_vec()).await.unwrap();
-    assert_eq!(s.delete(k("c/1"), Some(c.revision + 1000)).await, Err(StorageError::Conflict { current: c.revision }));
-    let rev = s.delete(k("c/1"), Some(c.revision)).await.expect("delete at the current revision");
+    assert_eq!(
+        s.delete(k("c/1"), Some(c.revision + 1000)).await,
+        Err(StorageError::Conflict {
+            current: c.revision
+        })
+    );
+    let rev = s
+        .delete(k("c/1"), Some(c.revision))
+        .await
+        .expect("delete at the current revision");
     assert!(rev > c.revision);
     assert_eq!(s.get(&k("c/1")).await.unwrap(), None);
     assert_eq!(s.delete(k("c/1"), None).await, Err(StorageError::NotFound));
     // A deleted key can be created again.
-    s.create(k("c/1"), b"y".to_vec()).await.expect("re-create after delete");
-    s.delete(k("c/1"), None).await.expect("unconditional delete");
+    s.create(k("c/1"), b"y".to_vec())
+        .await
+        .expect("re-create after delete");
+    s.delete(k("c/1"), None)
+        .await
+        .expect("unconditional delete");
 }
 
 async fn lists_page_in_key_order_and_read_old_revisions(s: &dyn ObjectStore) {
     for name in ["d/3", "d/1", "d/2"] {
         s.create(k(name), name.as_bytes().to_vec()).await.unwrap();
     }
-    s.create(k("dd/other"), b"outside the prefix".to_vec()).await.unwrap();
+    s.create(k("dd/other"), b"outside the prefix".to_vec())
+        .await
+        .unwrap();
     let all = s.list(&k("d/"), None, 0, 0).await.unwrap();
-    let keys: Vec<_> = all.items.iter().map(|i| String::from_utf8_lossy(&i.key).to_string()).collect();
-    assert_eq!(keys, ["/conformance/d/1", "/conformance/d/2", "/conformance/d/3"], "prefix, key order");
+    let keys: Vec<_> = all
+        .items
+        .iter()
+        .map(|i| String::from_utf8_lossy(&i.key).to_string())
+        .collect();
+    assert_eq!(
+        keys,
+        ["/conformance/d/1", "/conformance/d/2", "/conformance/d/3"],
+        "prefix, key order"
+    );
     assert!(!all.more);
     let page = s.list(&k("d/"), None, 2, 0).await.unwrap();
     assert_eq!((page.items.len(), page.more), (2, true), "a limit pages");
-    let rest = s.list(&k("d/"), Some(&page.items[1].key), 2, page.revision).await.unwrap();
-    assert_eq!((rest.items.len(), rest.more), (1, false), "the next page continues after the last key");
+    let rest = s
+        .list(&k("d/"), Some(&page.items[1].key), 2, page.revision)
+        .await
+        .unwrap();
+    assert_eq!(
+        (rest.items.len(), rest.more),
+        (1, false),
+        "the next page continues after the last key"
+    );
     let before = all.revision;
     let d1 = all.items[0].clone();
-    s.update(k("d/1"), b"changed".to_vec(), d1.revision).await.unwrap();
+    s.update(k("d/1"), b"changed".to_vec(), d1.revision)
+        .await
+        .unwrap();
     s.delete(k("d/2"), None).await.unwrap();
     let old = s.list(&k("d/"), None, 0, before).await.unwrap();
-    assert_eq!(old.items, all.items, "a list at an old revision sees the keys as they were");
+    assert_eq!(
+        old.items, all.items,
+        "a list at an old revision sees the keys as they were"
+    );
     assert_eq!(old.revision, before);
     let now = s.revision().await.unwrap();
-    assert!(matches!(s.list(&k("d/"), None, 0, now + 100).await, Err(StorageError::FutureRevision { .. })));
+    assert!(matches!(
+        s.list(&k("d/"), None, 0, now + 100).await,
+        Err(StorageError::FutureRevision { .. })
+    ));
 }
 
 async fn watches_replay_from_a_revision_then_follow(s: &dyn ObjectStore) {
     let start = s.revision().await.unwrap() + 1;
     let e1 = s.create(k("e/1"), b"1".to_vec()).await.unwrap();
-    s.create(k("other/x"), b"not watched".to_vec()).await.unwrap();
+    s.create(k("other/x"), b"not watched".to_vec())
+        .await
+        .unwrap();
     let mut w = s.watch(k("e/"), start).unwrap();
-    let e2 = s.update(k("e/1"), b"2".to_vec(), e1.revision).await.unwrap();
+    let e2 = s
+        .update(k("e/1"), b"2".to_vec(), e1.revision)
+        .await
+        .unwrap();
     let del = s.delete(k("e/1"), None).await.unwrap();
     let mut got = Vec::new();
     for _ in 0..3 {
-        let c = tokio::time::timeout(std::time::Duration::from_secs(10), w.next()).await.expect("watch delivers").unwrap().unwrap();
+        let c = tokio::time::timeout(std::time::Duration::from_secs(10), w.next())
+            .await
+            .expect("watch delivers")
+            .unwrap()
+            .unwrap();
         got.push(c);
     }
-    assert_eq!(got.iter().map(|c| c.revision).collect::<Vec<_>>(), [e1.revision, e2.revision, del]);
+    assert_eq!(
+        got.iter().map(|c| c.revision).collect::<Vec<_>>(),
+        [e1.revision, e2.revision, del]
+    );
     assert_eq!(got[0].kind, ChangeKind::Put);
     assert_eq!(got[0].prev, None, "a create has no previous value");
-    assert_eq!(got[1].prev.as_ref().map(|p| p.value.clone()), Some(b"1".to_vec()), "an update carries the old value");
-    assert_eq!((got[2].kind, got[2].value.clone()), (ChangeKind::Delete, None));
-    assert_eq!(got[2].prev.as_ref().map(|p| p.revision), Some(e2.revision), "a delete carries the last value");
+    assert_eq!(
+        got[1].prev.as_ref().map(|p| p.value.clone()),
+        Some(b"1".to_vec()),
+        "an update carries the old value"
+    );
+    assert_eq!(
+        (got[2].kind, got[2].value.clone()),
+        (ChangeKind::Delete, None)
+    );
+    assert_eq!(
+        got[2].prev.as_ref().map(|p| p.revision),
+        Some(e2.revision),
+        "a delete carries the last value"
+    );
     // A watch from 0 sees only later changes.
     let mut live = s.watch(k("e/"), 0).unwrap();
     let e3 = s.create(k("e/3"), b"3".to_vec()).await.unwrap();
-    let c = tokio::time::timeout(std::time::Duration::from_secs(10), live.next()).await.expect("live watch delivers").unwrap().unwrap();
+    let c = tokio::time::timeout(std::time::Duration::from_secs(10), live.next())
+        .await
+        .expect("live watch delivers")
+        .unwrap()
+        .unwrap();
     assert_eq!(c.revision, e3.revision);
 }
 
@@ -105,12 +194,33 @@ async fn compaction_expires_old_reads_and_watches(s: &dyn ObjectStore) {
     let b = s.update(k("f/1"), b"2".to_vec(), a.revision).await.unwrap();
     let c = s.update(k("f/1"), b"3".to_vec(), b.revision).await.unwrap();
     s.compact(c.revision).await.expect("compact");
-    assert!(matches!(s.watch(k("f/"), a.revision), Err(StorageError::Compacted { .. })), "a watch from before the compaction expires");
-    assert!(matches!(s.list(&k("f/"), None, 0, a.revision).await, Err(StorageError::Compacted { .. })), "so does a read");
-    let at = s.list(&k("f/"), None, 0, c.revision).await.expect("a read at the compaction revision");
+    assert!(
+        matches!(
+            s.watch(k("f/"), a.revision),
+            Err(StorageError::Compacted { .. })
+        ),
+        "a watch from before the compaction expires"
+    );
+    assert!(
+        matches!(
+            s.list(&k("f/"), None, 0, a.revision).await,
+            Err(StorageError::Compacted { .. })
+        ),
+        "so does a read"
+    );
+    let at = s
+        .list(&k("f/"), None, 0, c.revision)
+        .await
+        .expect("a read at the compaction revision");
     assert_eq!(at.items[0].value, b"3");
-    assert_eq!(s.get(&k("f/1")).await.unwrap().unwrap().value, b"3", "compaction keeps current values");
-    s.compact(b.revision).await.expect("compacting an older revision again is a no-op");
+    assert_eq!(
+        s.get(&k("f/1")).await.unwrap().unwrap().value,
+        b"3",
+        "compaction keeps current values"
+    );
+    s.compact(b.revision)
+        .await
+        .expect("compacting an older revision again is a no-op");
 }
 
 #[cfg(test)]

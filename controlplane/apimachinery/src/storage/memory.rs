@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use tokio::sync::broadcast;
 
-use super::{Change, ChangeKind, ObjectStore, Page, Stored, StorageError, StorageResult};
+use super::{Change, ChangeKind, ObjectStore, Page, StorageError, StorageResult, Stored};
 
 /// Largest value accepted, as the raft store bounds it.
 const MAX_VALUE: usize = strake_store::MAX_VALUE_SIZE;
@@ -30,21 +30,42 @@ struct State {
 impl State {
     fn current(&self, key: &[u8]) -> Option<Stored> {
         let (rev, value) = self.keys.get(key)?.last()?;
-        value.as_ref().map(|v| Stored { key: key.to_vec(), value: v.clone(), revision: *rev })
+        value.as_ref().map(|v| Stored {
+            key: key.to_vec(),
+            value: v.clone(),
+            revision: *rev,
+        })
     }
 
     fn at(&self, key: &[u8], versions: &Versions, revision: u64) -> Option<Stored> {
         let (rev, value) = versions.iter().rev().find(|(r, _)| *r <= revision)?;
-        value.as_ref().map(|v| Stored { key: key.to_vec(), value: v.clone(), revision: *rev })
+        value.as_ref().map(|v| Stored {
+            key: key.to_vec(),
+            value: v.clone(),
+            revision: *rev,
+        })
     }
 
     fn write(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) -> (u64, Change) {
         self.revision += 1;
         let rev = self.revision;
         let prev = self.current(&key);
-        self.keys.entry(key.clone()).or_default().push((rev, value.clone()));
-        let kind = if value.is_some() { ChangeKind::Put } else { ChangeKind::Delete };
-        let change = Change { kind, key, revision: rev, value, prev };
+        self.keys
+            .entry(key.clone())
+            .or_default()
+            .push((rev, value.clone()));
+        let kind = if value.is_some() {
+            ChangeKind::Put
+        } else {
+            ChangeKind::Delete
+        };
+        let change = Change {
+            kind,
+            key,
+            revision: rev,
+            value,
+            prev,
+        };
         self.history.push(change.clone());
         (rev, change)
     }
@@ -66,7 +87,10 @@ impl Default for MemoryStore {
 impl MemoryStore {
     pub fn new() -> Self {
         let (events, _) = broadcast::channel(4096);
-        Self { state: Arc::new(Mutex::new(State::default())), events }
+        Self {
+            state: Arc::new(Mutex::new(State::default())),
+            events,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -80,7 +104,10 @@ impl MemoryStore {
 
 fn check_size(value: &[u8]) -> StorageResult<()> {
     if value.len() > MAX_VALUE {
-        return Err(StorageError::TooLarge { size: value.len(), max: MAX_VALUE });
+        return Err(StorageError::TooLarge {
+            size: value.len(),
+            max: MAX_VALUE,
+        });
     }
     Ok(())
 }
@@ -90,14 +117,26 @@ impl ObjectStore for MemoryStore {
         Box::pin(async move { Ok(self.lock().current(key)) })
     }
 
-    fn list<'a>(&'a self, prefix: &'a [u8], start_after: Option<&'a [u8]>, limit: usize, revision: u64) -> BoxFuture<'a, StorageResult<Page>> {
+    fn list<'a>(
+        &'a self,
+        prefix: &'a [u8],
+        start_after: Option<&'a [u8]>,
+        limit: usize,
+        revision: u64,
+    ) -> BoxFuture<'a, StorageResult<Page>> {
         Box::pin(async move {
             let s = self.lock();
             if revision != 0 && revision + 1 < s.compacted {
-                return Err(StorageError::Compacted { requested: revision, compacted: s.compacted });
+                return Err(StorageError::Compacted {
+                    requested: revision,
+                    compacted: s.compacted,
+                });
             }
             if revision > s.revision {
-                return Err(StorageError::FutureRevision { requested: revision, current: s.revision });
+                return Err(StorageError::FutureRevision {
+                    requested: revision,
+                    current: s.revision,
+                });
             }
             let at = if revision == 0 { s.revision } else { revision };
             let mut items = Vec::new();
@@ -117,7 +156,11 @@ impl ObjectStore for MemoryStore {
                     items.push(item);
                 }
             }
-            Ok(Page { items, more, revision: at })
+            Ok(Page {
+                items,
+                more,
+                revision: at,
+            })
         })
     }
 
@@ -133,24 +176,41 @@ impl ObjectStore for MemoryStore {
             };
             let revision = change.revision;
             self.publish(change);
-            Ok(Stored { key, value, revision })
+            Ok(Stored {
+                key,
+                value,
+                revision,
+            })
         })
     }
 
-    fn update(&self, key: Vec<u8>, value: Vec<u8>, expected: u64) -> BoxFuture<'_, StorageResult<Stored>> {
+    fn update(
+        &self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        expected: u64,
+    ) -> BoxFuture<'_, StorageResult<Stored>> {
         Box::pin(async move {
             check_size(&value)?;
             let change = {
                 let mut s = self.lock();
                 match s.current(&key) {
                     None => return Err(StorageError::NotFound),
-                    Some(cur) if cur.revision != expected => return Err(StorageError::Conflict { current: cur.revision }),
+                    Some(cur) if cur.revision != expected => {
+                        return Err(StorageError::Conflict {
+                            current: cur.revision,
+                        });
+                    }
                     Some(_) => s.write(key.clone(), Some(value.clone())).1,
                 }
             };
             let revision = change.revision;
             self.publish(change);
-            Ok(Stored { key, value, revision })
+            Ok(Stored {
+                key,
+                value,
+                revision,
+            })
         })
     }
 
@@ -161,7 +221,9 @@ impl ObjectStore for MemoryStore {
                 match s.current(&key) {
                     None => return Err(StorageError::NotFound),
                     Some(cur) if expected.is_some_and(|e| e != cur.revision) => {
-                        return Err(StorageError::Conflict { current: cur.revision });
+                        return Err(StorageError::Conflict {
+                            current: cur.revision,
+                        });
                     }
                     Some(_) => s.write(key, None).1,
                 }
@@ -172,16 +234,27 @@ impl ObjectStore for MemoryStore {
         })
     }
 
-    fn watch(&self, prefix: Vec<u8>, from: u64) -> StorageResult<BoxStream<'static, StorageResult<Change>>> {
+    fn watch(
+        &self,
+        prefix: Vec<u8>,
+        from: u64,
+    ) -> StorageResult<BoxStream<'static, StorageResult<Change>>> {
         let (replay, rx, start) = {
             let s = self.lock();
             if from != 0 && from < s.compacted {
-                return Err(StorageError::Compacted { requested: from, compacted: s.compacted });
+                return Err(StorageError::Compacted {
+                    requested: from,
+                    compacted: s.compacted,
+                });
             }
             let replay: Vec<Change> = if from == 0 {
                 Vec::new()
             } else {
-                s.history.iter().filter(|c| c.revision >= from && c.key.starts_with(&prefix)).cloned().collect()
+                s.history
+                    .iter()
+                    .filter(|c| c.revision >= from && c.key.starts_with(&prefix))
+                    .cloned()
+                    .collect()
             };
             // Subscribing under the lock: every later write is published after we saw history.
             (replay, self.events.subscribe(), s.revision)
@@ -192,11 +265,15 @@ impl ObjectStore for MemoryStore {
                 match item {
                     Ok(c) if c.revision > start && c.key.starts_with(&prefix) => Some(Ok(c)),
                     Ok(_) => None,
-                    Err(n) => Some(Err(StorageError::Unavailable(format!("watch fell {n} events behind")))),
+                    Err(n) => Some(Err(StorageError::Unavailable(format!(
+                        "watch fell {n} events behind"
+                    )))),
                 }
             }
         });
-        Ok(futures::stream::iter(replay.into_iter().map(Ok)).chain(live).boxed())
+        Ok(futures::stream::iter(replay.into_iter().map(Ok))
+            .chain(live)
+            .boxed())
     }
 
     fn revision(&self) -> BoxFuture<'_, StorageResult<u64>> {
@@ -207,7 +284,10 @@ impl ObjectStore for MemoryStore {
         Box::pin(async move {
             let mut s = self.lock();
             if revision > s.revision {
-                return Err(StorageError::FutureRevision { requested: revision, current: s.revision });
+                return Err(StorageError::FutureRevision {
+                    requested: revision,
+                    current: s.revision,
+                });
             }
             if revision <= s.compacted {
                 return Ok(());
@@ -221,7 +301,8 @@ impl ObjectStore for MemoryStore {
                     versions.drain(..keep);
                 }
             }
-            s.keys.retain(|_, v| !(v.len() == 1 && v[0].1.is_none() && v[0].0 <= floor));
+            s.keys
+                .retain(|_, v| !(v.len() == 1 && v[0].1.is_none() && v[0].0 <= floor));
             s.history.retain(|c| c.revision >= revision);
             Ok(())
         })

@@ -95,14 +95,23 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn create(&self, key: Vec<u8>, value: Vec<u8>) -> BoxFuture<'_, StorageResult<Stored>>;
 
     /// Overwrites a key whose revision is `expected` (`NotFound`, or `Conflict` with the current).
-    fn update(&self, key: Vec<u8>, value: Vec<u8>, expected: u64) -> BoxFuture<'_, StorageResult<Stored>>;
+    fn update(
+        &self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        expected: u64,
+    ) -> BoxFuture<'_, StorageResult<Stored>>;
 
     /// Deletes a key, if its revision is `expected` when given. Returns the delete's revision.
     fn delete(&self, key: Vec<u8>, expected: Option<u64>) -> BoxFuture<'_, StorageResult<u64>>;
 
     /// Changes under `prefix` with revision >= `from` (0: only changes after this call), in
     /// revision order, each exactly once. A compacted `from` fails with `Compacted`.
-    fn watch(&self, prefix: Vec<u8>, from: u64) -> StorageResult<BoxStream<'static, StorageResult<Change>>>;
+    fn watch(
+        &self,
+        prefix: Vec<u8>,
+        from: u64,
+    ) -> StorageResult<BoxStream<'static, StorageResult<Change>>>;
 
     /// The current revision.
     fn revision(&self) -> BoxFuture<'_, StorageResult<u64>>;

@@ -4,9 +4,12 @@
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use strake_store::{CmpOp, Compare, EventKind, KeyValue, Op, OpResult, RangeRequest, Store, StoreError, Txn, WatchRequest};
+use strake_store::{
+    CmpOp, Compare, EventKind, KeyValue, Op, OpResult, RangeRequest, Store, StoreError, Txn,
+    WatchRequest,
+};
 
-use super::{Change, ChangeKind, ObjectStore, Page, Stored, StorageError, StorageResult};
+use super::{Change, ChangeKind, ObjectStore, Page, StorageError, StorageResult, Stored};
 
 /// The replicated store, seen as an object keyspace.
 #[derive(Clone)]
@@ -25,13 +28,25 @@ impl RaftStore {
 }
 
 fn stored(kv: KeyValue) -> Stored {
-    Stored { key: kv.key, value: kv.value, revision: kv.mod_revision }
+    Stored {
+        key: kv.key,
+        value: kv.value,
+        revision: kv.mod_revision,
+    }
 }
 
 fn map(e: StoreError) -> StorageError {
     match e {
-        StoreError::Compacted { requested, compacted } => StorageError::Compacted { requested, compacted },
-        StoreError::FutureRevision { requested, current } => StorageError::FutureRevision { requested, current },
+        StoreError::Compacted {
+            requested,
+            compacted,
+        } => StorageError::Compacted {
+            requested,
+            compacted,
+        },
+        StoreError::FutureRevision { requested, current } => {
+            StorageError::FutureRevision { requested, current }
+        }
         StoreError::ValueTooLarge { size, max, .. } => StorageError::TooLarge { size, max },
         e @ (StoreError::NotLeader { .. }
         | StoreError::NoQuorum(_)
@@ -45,9 +60,18 @@ fn map(e: StoreError) -> StorageError {
 
 /// Runs a one-op transaction guarded by `compare`; `Ok(None)` when the compare failed, with the
 /// key's current state read in the same transaction.
-async fn guarded(store: &Store, compare: Compare, op: Op, key: Vec<u8>) -> StorageResult<Result<(u64, Option<KeyValue>), Option<KeyValue>>> {
+async fn guarded(
+    store: &Store,
+    compare: Compare,
+    op: Op,
+    key: Vec<u8>,
+) -> StorageResult<Result<(u64, Option<KeyValue>), Option<KeyValue>>> {
     let resp = store
-        .txn(Txn { compare: vec![compare], success: vec![op], failure: vec![Op::Get { key }] })
+        .txn(Txn {
+            compare: vec![compare],
+            success: vec![op],
+            failure: vec![Op::Get { key }],
+        })
         .await
         .map_err(map)?;
     let first = resp.results.into_iter().next();
@@ -70,36 +94,98 @@ impl ObjectStore for RaftStore {
         Box::pin(async move { Ok(self.store.get(key).await.map_err(map)?.0.map(stored)) })
     }
 
-    fn list<'a>(&'a self, prefix: &'a [u8], start_after: Option<&'a [u8]>, limit: usize, revision: u64) -> BoxFuture<'a, StorageResult<Page>> {
+    fn list<'a>(
+        &'a self,
+        prefix: &'a [u8],
+        start_after: Option<&'a [u8]>,
+        limit: usize,
+        revision: u64,
+    ) -> BoxFuture<'a, StorageResult<Page>> {
         Box::pin(async move {
             let resp = self
                 .store
-                .range(RangeRequest { prefix: prefix.to_vec(), start_after: start_after.map(<[u8]>::to_vec), limit, revision })
+                .range(RangeRequest {
+                    prefix: prefix.to_vec(),
+                    start_after: start_after.map(<[u8]>::to_vec),
+                    limit,
+                    revision,
+                })
                 .await
                 .map_err(map)?;
             // A read at a past revision was served as of that revision.
-            let at = if revision == 0 { resp.revision } else { revision };
-            Ok(Page { items: resp.kvs.into_iter().map(stored).collect(), more: resp.more, revision: at })
+            let at = if revision == 0 {
+                resp.revision
+            } else {
+                revision
+            };
+            Ok(Page {
+                items: resp.kvs.into_iter().map(stored).collect(),
+                more: resp.more,
+                revision: at,
+            })
         })
     }
 
     fn create(&self, key: Vec<u8>, value: Vec<u8>) -> BoxFuture<'_, StorageResult<Stored>> {
         Box::pin(async move {
-            let cmp = Compare::Version { key: key.clone(), op: CmpOp::Equal, value: 0 };
-            match guarded(&self.store, cmp, Op::Put { key: key.clone(), value: value.clone() }, key.clone()).await? {
-                Ok((rev, kv)) => Ok(kv.map(stored).unwrap_or(Stored { key, value, revision: rev })),
+            let cmp = Compare::Version {
+                key: key.clone(),
+                op: CmpOp::Equal,
+                value: 0,
+            };
+            match guarded(
+                &self.store,
+                cmp,
+                Op::Put {
+                    key: key.clone(),
+                    value: value.clone(),
+                },
+                key.clone(),
+            )
+            .await?
+            {
+                Ok((rev, kv)) => Ok(kv.map(stored).unwrap_or(Stored {
+                    key,
+                    value,
+                    revision: rev,
+                })),
                 Err(_) => Err(StorageError::AlreadyExists),
             }
         })
     }
 
-    fn update(&self, key: Vec<u8>, value: Vec<u8>, expected: u64) -> BoxFuture<'_, StorageResult<Stored>> {
+    fn update(
+        &self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        expected: u64,
+    ) -> BoxFuture<'_, StorageResult<Stored>> {
         Box::pin(async move {
-            let cmp = Compare::ModRevision { key: key.clone(), op: CmpOp::Equal, value: expected };
-            match guarded(&self.store, cmp, Op::Put { key: key.clone(), value: value.clone() }, key.clone()).await? {
-                Ok((rev, kv)) => Ok(kv.map(stored).unwrap_or(Stored { key, value, revision: rev })),
+            let cmp = Compare::ModRevision {
+                key: key.clone(),
+                op: CmpOp::Equal,
+                value: expected,
+            };
+            match guarded(
+                &self.store,
+                cmp,
+                Op::Put {
+                    key: key.clone(),
+                    value: value.clone(),
+                },
+                key.clone(),
+            )
+            .await?
+            {
+                Ok((rev, kv)) => Ok(kv.map(stored).unwrap_or(Stored {
+                    key,
+                    value,
+                    revision: rev,
+                })),
                 Err(None) => Err(StorageError::NotFound),
-                Err(Some(kv)) => Err(StorageError::Conflict { current: kv.mod_revision }),
+                Err(Some(kv)) => Err(StorageError::Conflict {
+                    current: kv.mod_revision,
+                }),
             }
         })
     }
@@ -107,19 +193,39 @@ impl ObjectStore for RaftStore {
     fn delete(&self, key: Vec<u8>, expected: Option<u64>) -> BoxFuture<'_, StorageResult<u64>> {
         Box::pin(async move {
             let cmp = match expected {
-                Some(rev) => Compare::ModRevision { key: key.clone(), op: CmpOp::Equal, value: rev },
-                None => Compare::Version { key: key.clone(), op: CmpOp::Greater, value: 0 },
+                Some(rev) => Compare::ModRevision {
+                    key: key.clone(),
+                    op: CmpOp::Equal,
+                    value: rev,
+                },
+                None => Compare::Version {
+                    key: key.clone(),
+                    op: CmpOp::Greater,
+                    value: 0,
+                },
             };
             match guarded(&self.store, cmp, Op::Delete { key: key.clone() }, key).await? {
                 Ok((rev, _)) => Ok(rev),
                 Err(None) => Err(StorageError::NotFound),
-                Err(Some(kv)) => Err(StorageError::Conflict { current: kv.mod_revision }),
+                Err(Some(kv)) => Err(StorageError::Conflict {
+                    current: kv.mod_revision,
+                }),
             }
         })
     }
 
-    fn watch(&self, prefix: Vec<u8>, from: u64) -> StorageResult<BoxStream<'static, StorageResult<Change>>> {
-        let stream = self.store.watch(WatchRequest { prefix, start_revision: from }).map_err(map)?;
+    fn watch(
+        &self,
+        prefix: Vec<u8>,
+        from: u64,
+    ) -> StorageResult<BoxStream<'static, StorageResult<Change>>> {
+        let stream = self
+            .store
+            .watch(WatchRequest {
+                prefix,
+                start_revision: from,
+            })
+            .map_err(map)?;
         Ok(stream
             .map(|ev| {
                 let ev = ev.map_err(map)?;
@@ -139,7 +245,14 @@ impl ObjectStore for RaftStore {
     }
 
     fn revision(&self) -> BoxFuture<'_, StorageResult<u64>> {
-        Box::pin(async move { Ok(self.store.get(b"/registry/\0revision").await.map_err(map)?.1) })
+        Box::pin(async move {
+            Ok(self
+                .store
+                .get(b"/registry/\0revision")
+                .await
+                .map_err(map)?
+                .1)
+        })
     }
 
     fn compact(&self, revision: u64) -> BoxFuture<'_, StorageResult<()>> {
