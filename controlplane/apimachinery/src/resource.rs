@@ -153,6 +153,12 @@ pub trait Strategy: Send + Sync + 'static {
     fn schema(&self) -> Option<Value> {
         None
     }
+
+    /// The OpenAPI v3 component schemas of a typed kind: its own schema's name, and every
+    /// schema it references by that name (`#/components/schemas/...`).
+    fn definitions(&self) -> Option<(String, serde_json::Map<String, Value>)> {
+        None
+    }
 }
 
 /// One served group/version/resource.

@@ -1,8 +1,8 @@
 //! OpenAPI v3, one document per group-version, generated from the resource table (never
 //! copied from upstream): paths and operations of every served resource — PATCH, POST and PUT
-//! carry `fieldValidation`, so kubectl validates server-side — and component schemas: a CRD's
-//! own structural schema, and for built-in kinds an object schema naming its group-version-kind
-//! (their full property schemas are not generated yet).
+//! carry `fieldValidation`, so kubectl validates server-side — and component schemas: for
+//! built-in kinds generated from their k8s-openapi types (so `kubectl explain` works), for CRDs
+//! their own structural schema.
 
 use serde_json::{Map, Value, json};
 use strake_apimachinery::ResourceDef;
@@ -178,20 +178,29 @@ fn paths_for(d: &ResourceDef, paths: &mut Map<String, Value>) {
     }
 }
 
+/// A resource's component schemas: its root schema's name and every schema by name.
+pub type Definitions = (String, Map<String, Value>);
+
 /// The document of one group-version, or `None` if nothing is served there.
 pub fn document(
     entries: &Entries,
     group: &str,
     version: &str,
-    crd_schemas: &dyn Fn(&ResourceDef) -> Option<Value>,
+    definitions: &dyn Fn(&ResourceDef) -> Option<Definitions>,
 ) -> Option<Value> {
     let mut paths = Map::new();
     let mut schemas = Map::new();
     for d in entries.in_group_version(group, version) {
         paths_for(d, &mut paths);
-        let mut schema = crd_schemas(d).unwrap_or_else(|| json!({"type": "object", "description": format!("{} (its property schema is not published by this server yet)", d.kind)}));
-        schema["x-kubernetes-group-version-kind"] = json!([gvk(d)]);
-        schemas.insert(schema_name(d), schema);
+        let (root, defs) = definitions(d).unwrap_or_else(|| {
+            let name = schema_name(d);
+            let schema = json!({"type": "object", "description": d.kind});
+            (name.clone(), [(name, schema)].into_iter().collect())
+        });
+        schemas.extend(defs);
+        if let Some(s) = schemas.get_mut(&root) {
+            s["x-kubernetes-group-version-kind"] = json!([gvk(d)]);
+        }
     }
     if paths.is_empty() {
         return None;
@@ -212,7 +221,9 @@ fn hash(v: &Value) -> String {
 }
 
 /// `/openapi/v3`: the group-versions there are documents for, with a hash clients cache by.
-pub fn root(entries: &Entries, crd_schemas: &dyn Fn(&ResourceDef) -> Option<Value>) -> Value {
+/// The hash names what a document holds (its resources and their CRD schemas), so it changes
+/// when they do without generating every document.
+pub fn root(entries: &Entries, crd_schema: &dyn Fn(&ResourceDef) -> Option<Value>) -> Value {
     let mut paths = Map::new();
     for (g, versions) in entries.groups() {
         for v in versions {
@@ -221,12 +232,22 @@ pub fn root(entries: &Entries, crd_schemas: &dyn Fn(&ResourceDef) -> Option<Valu
             } else {
                 format!("apis/{g}/{v}")
             };
-            if let Some(doc) = document(entries, &g, &v, crd_schemas) {
-                paths.insert(
-                    key.clone(),
-                    json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash={}", hash(&doc))}),
-                );
-            }
+            let summary: Vec<Value> = entries
+                .in_group_version(&g, &v)
+                .map(|d| {
+                    json!([
+                        d.plural,
+                        d.kind,
+                        d.verbs,
+                        d.subresources.len(),
+                        crd_schema(d)
+                    ])
+                })
+                .collect();
+            paths.insert(
+                key.clone(),
+                json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash={}", hash(&json!(summary)))}),
+            );
         }
     }
     json!({"paths": paths})
@@ -239,8 +260,23 @@ mod tests {
     #[test]
     fn every_group_version_has_a_document_with_field_validation() {
         let entries = strake_kinds::builtin_table().snapshot();
-        let none = |_: &ResourceDef| None;
-        let doc = document(&entries, "", "v1", &none).unwrap();
+        let defs = |d: &ResourceDef| d.strategy.definitions();
+        let doc = document(&entries, "", "v1", &defs).unwrap();
+        let pod = &doc["components"]["schemas"]["io.k8s.api.core.v1.Pod"];
+        assert_eq!(pod["x-kubernetes-group-version-kind"][0]["kind"], "Pod");
+        assert!(
+            pod["properties"]["spec"].is_object(),
+            "full schemas for kubectl explain"
+        );
+        assert!(
+            doc["components"]["schemas"]["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"]
+                .is_object()
+        );
+        assert!(
+            serde_json::to_string(&doc)
+                .unwrap()
+                .contains("#/components/schemas/io.k8s.api.core.v1.PodSpec")
+        );
         let patch = &doc["paths"]["/api/v1/namespaces/{namespace}/pods/{name}"]["patch"];
         assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "Pod");
         assert!(
@@ -250,19 +286,19 @@ mod tests {
                 .iter()
                 .any(|p| p["name"] == "fieldValidation")
         );
-        let apps = document(&entries, "apps", "v1", &none).unwrap();
+        let apps = document(&entries, "apps", "v1", &defs).unwrap();
         assert!(
             apps["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}/scale"]["patch"]
                 .is_object()
         );
         assert!(apps["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"].is_object());
-        let r = root(&entries, &none);
+        let r = root(&entries, &|_: &ResourceDef| None);
         assert!(
             r["paths"]["apis/apps/v1"]["serverRelativeURL"]
                 .as_str()
                 .unwrap()
                 .starts_with("/openapi/v3/apis/apps/v1?hash=")
         );
-        assert!(document(&entries, "nope", "v1", &none).is_none());
+        assert!(document(&entries, "nope", "v1", &defs).is_none());
     }
 }

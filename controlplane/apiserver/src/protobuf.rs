@@ -1,22 +1,84 @@
-//! Kubernetes protobuf bodies (`application/vnd.kubernetes.protobuf`). Decoding them needs the
-//! field numbers of every built-in type; until that table exists, such bodies are refused with
-//! a 415 that names the media types we accept, and clients that fall back to JSON do so.
+//! Kubernetes protobuf request bodies (`application/vnd.kubernetes.protobuf`, which kubectl's
+//! typed commands send) decoded into JSON for the built-in kinds, by `strake-protobuf` with the
+//! JSON names of the kinds' generated schemas. Built once, on the first protobuf body.
 
-use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use serde_json::{Map, Value};
 use strake_apimachinery::ApiError;
+use strake_protobuf::{DecodeError, Decoder};
 
-/// The envelope's magic prefix.
-const MAGIC: &[u8] = b"k8s\0";
+struct Table {
+    decoder: Decoder,
+    /// (apiVersion, kind) → message (schema) name.
+    messages: HashMap<(String, String), String>,
+}
 
+fn table() -> &'static Table {
+    static TABLE: OnceLock<Table> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut schemas = Map::new();
+        let mut messages = HashMap::new();
+        for def in strake_kinds::builtin() {
+            if let Some((root, defs)) = def.strategy.definitions() {
+                messages.insert((def.api_version(), def.kind.clone()), root);
+                schemas.extend(defs);
+            }
+        }
+        // Bodies of deletes and of subresources.
+        for (av, kind, (root, defs)) in [
+            (
+                "meta.k8s.io/v1",
+                "DeleteOptions",
+                strake_kinds::typed::schema_definitions::<
+                    k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions,
+                >(),
+            ),
+            (
+                "v1",
+                "DeleteOptions",
+                strake_kinds::typed::schema_definitions::<
+                    k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions,
+                >(),
+            ),
+            (
+                "v1",
+                "Binding",
+                strake_kinds::typed::schema_definitions::<k8s_openapi::api::core::v1::Binding>(),
+            ),
+            (
+                "policy/v1",
+                "Eviction",
+                strake_kinds::typed::schema_definitions::<k8s_openapi::api::policy::v1::Eviction>(),
+            ),
+            (
+                "autoscaling/v1",
+                "Scale",
+                strake_kinds::typed::schema_definitions::<k8s_openapi::api::autoscaling::v1::Scale>(
+                ),
+            ),
+        ] {
+            messages.insert((av.to_string(), kind.to_string()), root);
+            schemas.extend(defs);
+        }
+        Table {
+            decoder: Decoder::new(&schemas),
+            messages,
+        }
+    })
+}
+
+/// Decodes an enveloped protobuf body into the JSON the rest of the server reads.
 pub fn decode(body: &[u8]) -> Result<Value, ApiError> {
-    if !body.starts_with(MAGIC) {
-        return Err(ApiError::BadRequest(
-            "the protobuf body does not start with the Kubernetes envelope prefix \"k8s\\0\""
-                .into(),
-        ));
-    }
-    Err(ApiError::UnsupportedMediaType {
-        got: "application/vnd.kubernetes.protobuf".into(),
-        accepted: "application/json, application/yaml (protobuf request bodies are not supported yet)",
+    let t = table();
+    let message_of =
+        |av: &str, kind: &str| t.messages.get(&(av.to_string(), kind.to_string())).cloned();
+    t.decoder.decode_envelope(body, &message_of).map_err(|e| match e {
+        DecodeError::UnknownType { .. } => ApiError::UnsupportedMediaType {
+            got: format!("application/vnd.kubernetes.protobuf ({e})"),
+            accepted: "application/json, application/yaml, and application/vnd.kubernetes.protobuf for built-in kinds",
+        },
+        other => ApiError::BadRequest(format!("the protobuf body cannot be decoded: {other}")),
     })
 }

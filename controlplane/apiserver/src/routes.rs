@@ -1,14 +1,16 @@
 //! The URL space: a few fixed non-resource paths, and everything under `/api` and `/apis`
 //! handed to the dispatcher, which parses it once into a request-info value.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{any, get, post};
-use strake_apimachinery::ApiError;
+use serde_json::Value;
+use strake_apimachinery::{ApiError, ResourceDef};
 
 use crate::render::{error_response, json_response};
 use crate::{AppState, auth, bootstrap, discovery, dispatch, openapi};
@@ -18,18 +20,35 @@ async fn version() -> Response {
 }
 
 /// A custom resource's schema, as its CRD gives it.
-fn crd_schema(d: &strake_apimachinery::ResourceDef, app: &AppState) -> Option<serde_json::Value> {
-    let _ = app;
+fn crd_schema(d: &ResourceDef) -> Option<Value> {
     d.crd.as_ref()?;
     d.strategy.schema()
 }
 
+/// A resource's component schemas: generated once per built-in kind, a CRD's from its schema.
+fn definitions(d: &ResourceDef) -> Option<openapi::Definitions> {
+    type Cache = Mutex<HashMap<(String, String, String), Arc<openapi::Definitions>>>;
+    static BUILTIN: OnceLock<Cache> = OnceLock::new();
+    if let Some(schema) = crd_schema(d) {
+        let name = openapi::schema_name(d);
+        return Some((name.clone(), [(name, schema)].into_iter().collect()));
+    }
+    let key = (d.group.clone(), d.version.clone(), d.plural.clone());
+    let cache = BUILTIN.get_or_init(Default::default);
+    if let Some(hit) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return Some((**hit).clone());
+    }
+    let defs = Arc::new(d.strategy.definitions()?);
+    cache
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key, defs.clone());
+    Some((*defs).clone())
+}
+
 async fn openapi_root(State(app): State<Arc<AppState>>) -> Response {
     let entries = app.registry.table().snapshot();
-    json_response(
-        StatusCode::OK,
-        &openapi::root(&entries, &|d| crd_schema(d, &app)),
-    )
+    json_response(StatusCode::OK, &openapi::root(&entries, &crd_schema))
 }
 
 async fn openapi_doc(State(app): State<Arc<AppState>>, Path(rest): Path<String>) -> Response {
@@ -40,7 +59,7 @@ async fn openapi_doc(State(app): State<Arc<AppState>>, Path(rest): Path<String>)
         ["apis", g, v] => (*g, *v),
         _ => return error_response(ApiError::NoRoute),
     };
-    match openapi::document(&entries, group, version, &|d| crd_schema(d, &app)) {
+    match openapi::document(&entries, group, version, &definitions) {
         Some(doc) => json_response(StatusCode::OK, &doc),
         None => error_response(ApiError::NoRoute),
     }

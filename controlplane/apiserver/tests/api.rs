@@ -296,7 +296,7 @@ async fn bad_requests_get_status_objects() {
     assert!(matches!(err, ClientError::Api { code: 401, .. }), "{err}");
 
     let (http, base) = reqwest_client(&c).await;
-    // Protobuf bodies are refused with 415 and a message saying what is accepted.
+    // A malformed protobuf body is a 400 naming the problem.
     let r = http
         .post(format!("{base}/api/v1/namespaces/default/pods"))
         .header("Content-Type", "application/vnd.kubernetes.protobuf")
@@ -304,9 +304,10 @@ async fn bad_requests_get_status_objects() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status().as_u16(), 415);
+    assert_eq!(r.status().as_u16(), 400);
     let s: serde_json::Value = r.json().await.unwrap();
     assert_eq!(s["kind"], "Status");
+    assert!(s["message"].as_str().unwrap().contains("protobuf"), "{s}");
     // Oversized bodies: 413.
     let big = vec![b' '; 4 * 1024 * 1024];
     let r = http

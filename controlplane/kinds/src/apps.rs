@@ -332,14 +332,13 @@ fn default_template(t: Option<&mut PodTemplateSpec>) {
 
 fn validate_deployment_strategy(errs: &mut Vec<FieldError>, s: &DeploymentStrategy) {
     match s.type_.as_deref() {
-        Some("Recreate") => {
-            if s.rolling_update.is_some() {
-                errs.push(FieldError::forbidden(
-                    "spec.strategy.rollingUpdate",
-                    "may not be specified when strategy `type` is 'Recreate'",
-                ));
-            }
+        Some("Recreate") if s.rolling_update.is_some() => {
+            errs.push(FieldError::forbidden(
+                "spec.strategy.rollingUpdate",
+                "may not be specified when strategy `type` is 'Recreate'",
+            ));
         }
+        Some("Recreate") => {}
         Some("RollingUpdate") => match &s.rolling_update {
             None => errs.push(
                 FieldError::required("spec.strategy.rollingUpdate")
@@ -618,14 +617,13 @@ impl Kind for StatefulSet {
                         );
                     }
                 }
-                Some("OnDelete") => {
-                    if us.rolling_update.is_some() {
-                        errs.push(FieldError::invalid(
-                            "spec.updateStrategy.rollingUpdate",
-                            "Invalid value: only allowed for updateStrategy 'RollingUpdate'",
-                        ));
-                    }
+                Some("OnDelete") if us.rolling_update.is_some() => {
+                    errs.push(FieldError::invalid(
+                        "spec.updateStrategy.rollingUpdate",
+                        "Invalid value: only allowed for updateStrategy 'RollingUpdate'",
+                    ));
                 }
+                Some("OnDelete") => {}
                 Some(t) => errs.push(FieldError::invalid(
                     "spec.updateStrategy",
                     format!("Invalid value: {t:?}: must be 'RollingUpdate' or 'OnDelete'"),

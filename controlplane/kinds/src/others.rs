@@ -107,7 +107,13 @@ pub fn entries() -> Vec<ResourceDef> {
 /// A create-only kind that is computed, never stored (reviews): the API server answers it.
 struct Review<K>(PhantomData<fn() -> K>);
 
-impl<K: Serialize + DeserializeOwned + Send + Sync + 'static> Strategy for Review<K> {
+impl<K: Serialize + DeserializeOwned + schemars::JsonSchema + Send + Sync + 'static> Strategy
+    for Review<K>
+{
+    fn definitions(&self) -> Option<(String, serde_json::Map<String, Value>)> {
+        Some(crate::typed::schema_definitions::<K>())
+    }
+
     fn decode(
         &self,
         def: &ResourceDef,
@@ -122,7 +128,15 @@ impl<K: Serialize + DeserializeOwned + Send + Sync + 'static> Strategy for Revie
     }
 }
 
-fn review<K: k8s_openapi::Resource + Serialize + DeserializeOwned + Send + Sync + 'static>(
+fn review<
+    K: k8s_openapi::Resource
+        + Serialize
+        + DeserializeOwned
+        + schemars::JsonSchema
+        + Send
+        + Sync
+        + 'static,
+>(
     namespaced: bool,
 ) -> ResourceDef {
     ResourceDef {

@@ -23,6 +23,7 @@ pub trait Kind:
     k8s_openapi::Resource
     + k8s_openapi::ListableResource
     + k8s_openapi::Metadata<Ty = ObjectMeta>
+    + schemars::JsonSchema
     + Serialize
     + DeserializeOwned
     + Clone
@@ -200,12 +201,27 @@ impl<K: Kind> Strategy for Typed<K> {
         to_typed::<K>(obj).is_some_and(|k| k.holds_deletion())
     }
 
+    fn definitions(&self) -> Option<(String, serde_json::Map<String, Value>)> {
+        Some(schema_definitions::<K>())
+    }
+
     fn cells(&self, obj: &Value) -> Vec<Value> {
         match to_typed::<K>(obj) {
             Some(k) => k.cells(),
             None => vec![obj["metadata"]["name"].clone()],
         }
     }
+}
+
+/// A typed kind's OpenAPI v3 schemas, generated from its k8s-openapi type (never copied): the
+/// root schema's name and every schema by name.
+pub fn schema_definitions<K: schemars::JsonSchema>() -> (String, serde_json::Map<String, Value>) {
+    let mut generator =
+        schemars::SchemaGenerator::new(schemars::generate::SchemaSettings::openapi3());
+    generator.subschema_for::<K>();
+    let defs: serde_json::Map<String, Value> =
+        generator.take_definitions(true).into_iter().collect();
+    (K::schema_name().into_owned(), defs)
 }
 
 /// Builds a kind's table entry.
