@@ -29,6 +29,24 @@ install_prereqs() {
     systemctl disable --now docker-registry >/dev/null 2>&1 || true
     command -v cargo >/dev/null || { echo "cargo not found: install the Rust toolchain (1.95) first" >&2; exit 1; }
     [ -x "$KUBECTL" ] || { echo "$KUBECTL not found: kubectl 1.32 is needed (set STRAKE_KUBECTL)" >&2; exit 1; }
+    install_python_clients
+}
+
+# The Python clients the API tests drive (the official client, lightkube, kopf), pinned, in a
+# virtualenv under .cache so the host's Python is left alone.
+PY_CLIENTS="$REPO/.cache/pyclients"
+install_python_clients() {
+    local want="kubernetes==37.0.2 lightkube==1.0.1 kopf==1.45.2"
+    if [ -x "$PY_CLIENTS/bin/python3" ] && [ "$(cat "$PY_CLIENTS/.installed" 2>/dev/null)" = "$want" ]; then
+        return
+    fi
+    log "installing the Python API clients into $PY_CLIENTS: $want"
+    command -v python3 >/dev/null || { echo "python3 not found: the API client tests need CPython 3" >&2; exit 1; }
+    rm -rf "$PY_CLIENTS"
+    python3 -m venv "$PY_CLIENTS"
+    # shellcheck disable=SC2086
+    "$PY_CLIENTS/bin/pip" install --quiet --disable-pip-version-check $want
+    echo "$want" > "$PY_CLIENTS/.installed"
 }
 
 # The static strake binary, strakectl, and the boot image (kernel package fetched and verified).

@@ -681,8 +681,70 @@ fn api_machinery_scenarios(
             .success(),
         "namespace still there"
     );
+    // kubectl's typed commands send protobuf bodies; explain and auth read the generated
+    // schemas and the review kinds.
+    kubectl_ok(kubeconfig, &["create", "namespace", "made"])?;
+    kubectl_ok(
+        kubeconfig,
+        &[
+            "-n",
+            "made",
+            "create",
+            "configmap",
+            "cm",
+            "--from-literal=a=1",
+        ],
+    )?;
+    kubectl_ok(
+        kubeconfig,
+        &[
+            "-n",
+            "made",
+            "create",
+            "deployment",
+            "dep",
+            "--image=busybox:1",
+            "--replicas=2",
+        ],
+    )?;
+    kubectl_ok(
+        kubeconfig,
+        &[
+            "-n",
+            "made",
+            "create",
+            "cronjob",
+            "tick",
+            "--image=busybox:1",
+            "--schedule=*/5 * * * *",
+        ],
+    )?;
+    let made = kubectl_ok(
+        kubeconfig,
+        &[
+            "-n",
+            "made",
+            "get",
+            "deploy",
+            "dep",
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ],
+    )?;
+    ensure!(made == "2", "kubectl create deployment: {made}");
+    let explain = kubectl_ok(kubeconfig, &["explain", "deployment.spec.strategy"])?;
+    ensure!(
+        explain.contains("rollingUpdate"),
+        "kubectl explain: {explain}"
+    );
+    let can = kubectl_ok(kubeconfig, &["auth", "can-i", "create", "pods"])?;
+    ensure!(can.trim() == "yes", "kubectl auth can-i: {can}");
+    kubectl_ok(
+        kubeconfig,
+        &["delete", "namespace", "made", "--timeout=60s"],
+    )?;
     println!(
-        "api machinery scenarios: apply, diff, server-side apply, dry runs, patches, scale, get, delete: ok"
+        "api machinery scenarios: apply, diff, server-side apply, dry runs, patches, scale, get, create, explain, auth, delete: ok"
     );
     Ok(())
 }

@@ -8,10 +8,23 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod, PodCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use strake_apimachinery::Part;
+use strake_apimachinery::events::EventType;
 use strake_apiserver::{Filter, Registry, typed};
 use strake_scheduler::{Decision, schedule};
 
 const SCHEDULER_NAME: &str = "default-scheduler";
+
+/// Records a scheduling event about a pod; a failure to record is logged, never fatal.
+async fn event(reg: &Registry, pod: &Pod, ty: EventType, reason: &str, message: &str) {
+    let mut v = serde_json::to_value(pod).unwrap_or_default();
+    v["apiVersion"] = "v1".into();
+    v["kind"] = "Pod".into();
+    if let Err(e) =
+        strake_apimachinery::events::record(reg, &v, ty, reason, message, SCHEDULER_NAME).await
+    {
+        tracing::debug!(error = %e, reason, "recording an event failed");
+    }
+}
 
 pub async fn run(reg: Registry) {
     loop {
@@ -78,6 +91,8 @@ async fn pass(reg: &Registry) -> Result<(), strake_apiserver::ApiError> {
             Decision::Bind(node) => match strake_apiserver::bind(reg, &ns, &name, &node).await {
                 Ok(bound) => {
                     tracing::info!(pod = %format!("{ns}/{name}"), %node, "scheduled");
+                    let message = format!("Successfully assigned {ns}/{name} to {node}");
+                    event(reg, &bound, EventType::Normal, "Scheduled", &message).await;
                     placed.push(bound);
                 }
                 Err(e) => {
@@ -100,6 +115,7 @@ async fn pass(reg: &Registry) -> Result<(), strake_apiserver::ApiError> {
                     continue;
                 }
                 tracing::info!(pod = %format!("{ns}/{name}"), %message, "unschedulable");
+                event(reg, pod, EventType::Warning, "FailedScheduling", &message).await;
                 let res = typed::modify::<Pod>(reg, Some(&ns), &name, Part::Status, |p| {
                     let conds = p
                         .status

@@ -131,6 +131,45 @@ async fn namespace_pass(reg: &Registry) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Compacts the store every `interval` to the revision it had one interval before, as
+/// kube-apiserver does, so history (and watch resumption) spans one to two intervals.
+pub async fn compactor(reg: Registry, interval: Duration) {
+    if interval.is_zero() {
+        return;
+    }
+    let mut previous: Option<u64> = None;
+    loop {
+        tokio::time::sleep(interval).await;
+        let now = match reg.store().revision().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "compactor cannot read the revision");
+                continue;
+            }
+        };
+        if let Some(rev) = previous.filter(|r| *r > 1) {
+            match reg.store().compact(rev).await {
+                Ok(()) => tracing::debug!(revision = rev, "compacted the store"),
+                Err(e) => tracing::warn!(error = %e, revision = rev, "compaction failed"),
+            }
+        }
+        previous = Some(now);
+    }
+}
+
+/// Deletes events not seen for `ttl`, checking every tenth of it (at most every 5 minutes).
+pub async fn event_sweeper(reg: Registry, ttl: Duration) {
+    let every = (ttl / 10).clamp(Duration::from_millis(100), Duration::from_secs(300));
+    loop {
+        tokio::time::sleep(every).await;
+        match strake_apimachinery::events::sweep(&reg, ttl).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(removed = n, "expired events"),
+            Err(e) => tracing::warn!(error = %e, "event sweep failed"),
+        }
+    }
+}
+
 pub async fn crds(reg: Registry) {
     run_on_changes(
         reg,

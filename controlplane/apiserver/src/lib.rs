@@ -31,6 +31,7 @@ use tokio_rustls::TlsAcceptor;
 pub use discovery::MINOR;
 pub use pods::bind;
 pub use strake_apimachinery::{ApiError, Filter, Registry};
+
 pub use strake_pki::Credentials;
 
 /// Errors that stop the server from starting or serving.
@@ -74,7 +75,27 @@ pub struct AppState {
     pub node_client: reqwest::Client,
 }
 
+/// The periodic upkeep the server does for the cluster.
+#[derive(Clone, Copy, Debug)]
+pub struct Housekeeping {
+    /// Every interval the store is compacted to the revision it had one interval earlier, so
+    /// watches can resume within the window (kube-apiserver: 5 minutes). Zero disables it.
+    pub compaction: Duration,
+    /// Events not seen for this long are deleted (kube-apiserver's event TTL: 1 hour).
+    pub event_ttl: Duration,
+}
+
+impl Default for Housekeeping {
+    fn default() -> Self {
+        Self {
+            compaction: Duration::from_secs(300),
+            event_ttl: strake_apimachinery::events::DEFAULT_TTL,
+        }
+    }
+}
+
 pub struct ApiServer {
+    housekeeping: Housekeeping,
     app: Arc<AppState>,
     tls: Arc<rustls::ServerConfig>,
     listen: SocketAddr,
@@ -127,10 +148,17 @@ impl ApiServer {
             node_client,
         });
         Ok(Self {
+            housekeeping: Housekeeping::default(),
             app,
             tls: Arc::new(tls),
             listen: cfg.listen,
         })
+    }
+
+    /// Changes the periodic upkeep (tests shorten it).
+    pub fn with_housekeeping(mut self, h: Housekeeping) -> Self {
+        self.housekeeping = h;
+        self
     }
 
     pub fn registry(&self) -> Registry {
@@ -232,6 +260,14 @@ impl ApiServer {
             })?;
         tokio::spawn(controllers::namespaces(self.app.registry.clone()));
         tokio::spawn(controllers::crds(self.app.registry.clone()));
+        tokio::spawn(controllers::compactor(
+            self.app.registry.clone(),
+            self.housekeeping.compaction,
+        ));
+        tokio::spawn(controllers::event_sweeper(
+            self.app.registry.clone(),
+            self.housekeeping.event_ttl,
+        ));
         let router = routes::router(self.app.clone());
         let acceptor = TlsAcceptor::from(self.tls.clone());
         tracing::info!(%addr, "API server listening");

@@ -938,3 +938,122 @@ async fn bad_input_is_refused_with_a_status_that_names_it() {
         403
     );
 }
+
+#[tokio::test]
+async fn events_aggregate_and_expire_and_the_store_compacts_itself() {
+    use strake_apimachinery::events::{EventType, record};
+    let dir = tempfile::tempdir().unwrap();
+    let store = strake_store::Store::open(strake_store::StoreConfig::single(
+        1,
+        dir.path().join("store"),
+    ))
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let token = BootstrapToken::generate();
+    let server = ApiServer::new(
+        Config {
+            listen: addr,
+            advertise: addr.to_string(),
+            pki_dir: dir.path().join("pki"),
+            cluster_name: "t".into(),
+            token: Some(token.clone()),
+            sans: vec![],
+        },
+        store,
+    )
+    .unwrap()
+    .with_housekeeping(strake_apiserver::Housekeeping {
+        compaction: Duration::from_millis(300),
+        event_ttl: Duration::from_secs(2),
+    });
+    server.ensure_defaults().await.unwrap();
+    let reg = server.registry();
+    tokio::spawn(server.serve_on(listener));
+    let base = format!("https://{addr}");
+    let creds = strake_kubeclient::bootstrap(&base, &token, "/strake/v1/kubeconfig", &json!({}))
+        .await
+        .unwrap();
+    let tls = strake_pki::client_config(
+        &creds.ca_pem,
+        Some(&CertifiedKey {
+            cert_pem: creds.cert_pem,
+            key_pem: creds.key_pem,
+        }),
+    )
+    .unwrap();
+    let api = Api {
+        http: reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .build()
+            .unwrap(),
+        base,
+        _dir: dir,
+    };
+
+    let (_, pod) = api
+        .post(
+            "/api/v1/namespaces/default/pods",
+            json!({"metadata": {"name": "p"}, "spec": pod_spec()}),
+        )
+        .await;
+    for _ in 0..3 {
+        record(
+            &reg,
+            &pod,
+            EventType::Warning,
+            "FailedScheduling",
+            "0/1 nodes are available",
+            "default-scheduler",
+        )
+        .await
+        .unwrap();
+    }
+    record(
+        &reg,
+        &pod,
+        EventType::Normal,
+        "Scheduled",
+        "assigned",
+        "default-scheduler",
+    )
+    .await
+    .unwrap();
+    let (_, evs) = api.get("/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3Dp,reason%3DFailedScheduling").await;
+    let items = evs["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "the same event aggregates: {evs}");
+    assert_eq!(items[0]["count"], 3);
+    assert_eq!(items[0]["involvedObject"]["uid"], pod["metadata"]["uid"]);
+    assert_eq!(items[0]["source"]["component"], "default-scheduler");
+    // An old resourceVersion expires once the compactor has run twice.
+    let old = pod["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let expired = async {
+        loop {
+            let (code, _) = api.get(&format!("/api/v1/namespaces/default/pods?resourceVersion={old}&resourceVersionMatch=Exact")).await;
+            if code == 410 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), expired)
+        .await
+        .expect("the store was never compacted");
+    // Events expire after their time to live.
+    let gone = async {
+        while !api.get("/api/v1/namespaces/default/events").await.1["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), gone)
+        .await
+        .expect("events never expired");
+}
