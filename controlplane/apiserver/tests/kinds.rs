@@ -208,6 +208,7 @@ async fn every_served_kind_passes_the_generic_suite() {
     );
     let (_, disc) = api.call(reqwest::Method::GET, "/apis", None, None).await;
     let mut kinds: Vec<(String, String, String, String, bool)> = Vec::new();
+    let mut with_status = std::collections::HashMap::new();
     let (_, core) = api.get("/api/v1").await;
     let mut lists = vec![core];
     for g in disc["groups"].as_array().unwrap() {
@@ -231,6 +232,13 @@ async fn every_served_kind_passes_the_generic_suite() {
             if name.contains('/') || !verbs.contains(&"list") {
                 continue;
             }
+            let status = format!("{name}/status");
+            let has_status = list["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["name"] == status.as_str());
+            with_status.insert((group.clone(), name.to_string()), has_status);
             kinds.push((
                 group.clone(),
                 version.clone(),
@@ -378,8 +386,35 @@ async fn every_served_kind_passes_the_generic_suite() {
         fresh["metadata"]["annotations"] = json!({"suite/updated": "yes"});
         let (code, upd) = api.put(&format!("{coll}/{name}"), fresh).await;
         assert_eq!(code, 200, "{what}: update {upd}");
-        // every patch type
         let item = format!("{coll}/{name}");
+        // status is a subresource: a main write keeps it, a status write keeps the rest
+        if with_status[&(group.clone(), plural.clone())] {
+            let (_, before) = api.get(&item).await;
+            let mut main = before.clone();
+            main["status"] = json!({"suiteWroteThis": true});
+            let (code, after) = api.put(&item, main).await;
+            assert_eq!(code, 200, "{what}: main update {after}");
+            assert_eq!(
+                after.get("status"),
+                before.get("status"),
+                "{what}: a main write changed status"
+            );
+            let (code, st) = api
+                .patch(
+                    &format!("{item}/status"),
+                    "application/merge-patch+json",
+                    json!({"metadata": {"labels": {"via-status": "1"}}}),
+                )
+                .await;
+            assert_eq!(code, 200, "{what}: status patch {st}");
+            assert!(
+                st["metadata"]["labels"]["via-status"].is_null(),
+                "{what}: a status write changed labels"
+            );
+            let (code, _) = api.get(&format!("{item}/status")).await;
+            assert_eq!(code, 200, "{what}: get status");
+        }
+        // every patch type
         let (code, p) = api
             .patch(
                 &item,
