@@ -25,10 +25,18 @@ pub struct Filter {
 
 impl Filter {
     pub fn matches(&self, obj: &Value) -> bool {
-        let meta = &obj["metadata"];
-        let labels: Option<std::collections::BTreeMap<String, String>> =
-            serde_json::from_value(meta["labels"].clone()).ok();
-        self.labels.matches(labels.as_ref()) && self.fields.matches(|f| field_value(obj, f))
+        if !self.labels.is_empty() {
+            let labels: Option<std::collections::BTreeMap<String, String>> =
+                obj["metadata"]["labels"].as_object().map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                        .collect()
+                });
+            if !self.labels.matches(labels.as_ref()) {
+                return false;
+            }
+        }
+        self.fields.is_empty() || self.fields.matches(|f| field_value(obj, f))
     }
 }
 
@@ -122,6 +130,7 @@ pub struct Registry {
     store: Arc<dyn ObjectStore>,
     table: ResourceTable,
     admission: Arc<Chain>,
+    watch_cache: crate::watch::WatchCache,
 }
 
 pub fn parse_rv(rv: &str) -> Result<u64, ApiError> {
@@ -235,6 +244,7 @@ impl Registry {
             store,
             table,
             admission: Arc::new(admission),
+            watch_cache: Default::default(),
         }
     }
 
@@ -244,6 +254,11 @@ impl Registry {
 
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
+    }
+
+    /// The watch cache every watch of this registry shares.
+    pub fn watch_cache(&self) -> &crate::watch::WatchCache {
+        &self.watch_cache
     }
 
     pub fn admission(&self) -> &Chain {

@@ -85,6 +85,10 @@ impl LabelSelector {
         Ok(Self(reqs))
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn matches(&self, labels: Option<&BTreeMap<String, String>>) -> bool {
         let get = |k: &str| labels.and_then(|l| l.get(k));
         self.0.iter().all(|r| match r {
@@ -127,6 +131,10 @@ impl FieldSelector {
             reqs.push((k.to_string(), eq, v.trim().to_string()));
         }
         Ok(Self(reqs))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     /// The exact name this selector pins, if any (lets a watch or get narrow its key range).

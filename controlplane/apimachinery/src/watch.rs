@@ -1,24 +1,56 @@
 //! Watch: the current state as ADDED events when the client gives no resourceVersion (or asks
 //! for initial events), then every change after it, filtered by selectors, with bookmarks, a
-//! timeout, and an ERROR event (410 Expired) when history has been compacted.
+//! timeout, and an ERROR event (410 Expired) when history is gone.
+//!
+//! The watch cache keeps one store watch per resource: each change is decoded once, its JSON
+//! serialized once, kept in a window of recent changes, and fanned out to every watcher of that
+//! resource. A watch from a revision inside the window is served from the cache; an older one
+//! reads the store's history directly.
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use serde_json::Value;
+use tokio::sync::broadcast;
 
 use crate::error::ApiError;
 use crate::registry::{Filter, ListOptions, Registry, parse_rv};
 use crate::resource::ResourceDef;
-use crate::storage::{ChangeKind, StorageError};
+use crate::storage::{ChangeKind, ObjectStore, StorageError};
+
+/// An object shared by every watcher that receives it, with its JSON encoded at most once.
+#[derive(Clone, Debug)]
+pub struct Shared {
+    value: Arc<Value>,
+    json: Arc<OnceLock<Vec<u8>>>,
+}
+
+impl Shared {
+    pub fn new(value: Value) -> Self {
+        Self {
+            value: Arc::new(value),
+            json: Arc::new(OnceLock::new()),
+        }
+    }
+    pub fn value(&self) -> &Value {
+        &self.value
+    }
+    /// The object as JSON, encoded once for all watchers.
+    pub fn json(&self) -> &[u8] {
+        self.json
+            .get_or_init(|| serde_json::to_vec(&*self.value).unwrap_or_default())
+    }
+}
 
 /// One item of a watch stream.
 #[derive(Debug)]
 pub enum WatchItem {
     Event {
         kind: &'static str,
-        object: Value,
+        object: Shared,
     },
     /// A progress marker; `initial_events_end` marks the end of `sendInitialEvents`.
     Bookmark {
@@ -59,13 +91,199 @@ impl Default for WatchOptions {
     }
 }
 
-fn decode(def: &ResourceDef, bytes: &[u8], rev: u64) -> Option<Value> {
+/// A change as the cache keeps it: decoded once.
+#[derive(Debug)]
+pub struct Decoded {
+    pub revision: u64,
+    pub key: Vec<u8>,
+    pub kind: ChangeKind,
+    /// The new object (puts), with its resourceVersion.
+    pub new: Option<Shared>,
+    /// The object before the change, with the change's resourceVersion for deletes.
+    pub old: Option<Shared>,
+}
+
+fn decode_value(bytes: &[u8], rev: u64) -> Option<Value> {
     let mut o: Value = serde_json::from_slice(bytes).ok()?;
     o["metadata"]["resourceVersion"] = rev.to_string().into();
-    if def.storage_version.is_some() {
-        o["apiVersion"] = def.api_version().into();
-    }
     Some(o)
+}
+
+fn decode_change(c: crate::storage::Change) -> Decoded {
+    let new = c
+        .value
+        .as_ref()
+        .and_then(|v| decode_value(v, c.revision))
+        .map(Shared::new);
+    // A deleted object is reported with the delete's revision.
+    let old_rev = if c.kind == ChangeKind::Delete {
+        c.revision
+    } else {
+        c.prev.as_ref().map_or(0, |p| p.revision)
+    };
+    let old = c
+        .prev
+        .as_ref()
+        .and_then(|p| decode_value(&p.value, old_rev))
+        .map(Shared::new);
+    Decoded {
+        revision: c.revision,
+        key: c.key,
+        kind: c.kind,
+        new,
+        old,
+    }
+}
+
+/// Changes one feed keeps for watchers that start a little in the past.
+const WINDOW: usize = 4096;
+
+struct Feed {
+    tx: broadcast::Sender<Arc<Decoded>>,
+    /// Recent changes, oldest first; complete from `since`.
+    recent: Mutex<(u64, VecDeque<Arc<Decoded>>)>,
+}
+
+/// One store watch per resource prefix, shared by every watcher of it.
+#[derive(Clone, Default)]
+pub struct WatchCache {
+    feeds: Arc<Mutex<HashMap<Vec<u8>, Arc<Feed>>>>,
+}
+
+impl WatchCache {
+    /// How many resources have a live feed.
+    pub fn feeds(&self) -> usize {
+        self.feeds.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    async fn feed(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        prefix: &[u8],
+    ) -> Result<Arc<Feed>, ApiError> {
+        if let Some(f) = self
+            .feeds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(prefix)
+        {
+            return Ok(f.clone());
+        }
+        let since = store.revision().await? + 1;
+        let mut changes = store.watch(prefix.to_vec(), since)?;
+        let (tx, _) = broadcast::channel(WINDOW);
+        let feed = Arc::new(Feed {
+            tx,
+            recent: Mutex::new((since, VecDeque::new())),
+        });
+        {
+            let mut feeds = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(f) = feeds.get(prefix) {
+                return Ok(f.clone());
+            }
+            feeds.insert(prefix.to_vec(), feed.clone());
+        }
+        let (feeds, key, f) = (self.feeds.clone(), prefix.to_vec(), feed.clone());
+        tokio::spawn(async move {
+            while let Some(next) = changes.next().await {
+                let Ok(change) = next else { break };
+                let d = Arc::new(decode_change(change));
+                let mut recent = f.recent.lock().unwrap_or_else(|p| p.into_inner());
+                recent.1.push_back(d.clone());
+                if recent.1.len() > WINDOW {
+                    recent.1.pop_front();
+                    recent.0 = recent.1.front().map_or(recent.0, |c| c.revision);
+                }
+                // Sent under the lock: a watcher that copies the window and subscribes under it
+                // sees every change exactly once.
+                let _ = f.tx.send(d);
+            }
+            // The store watch ended (compaction, shutdown): drop the feed; its watchers end and
+            // clients re-watch, which starts a new one.
+            feeds.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        });
+        Ok(feed)
+    }
+
+    /// Changes under `prefix` from revision `from` on, if the window still holds them.
+    async fn subscribe(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        prefix: &[u8],
+        from: u64,
+    ) -> Result<Option<BoxStream<'static, Result<Arc<Decoded>, ApiError>>>, ApiError> {
+        let feed = self.feed(store, prefix).await?;
+        let recent = feed.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if from < recent.0 {
+            return Ok(None);
+        }
+        let replay: Vec<Arc<Decoded>> = recent
+            .1
+            .iter()
+            .filter(|d| d.revision >= from)
+            .cloned()
+            .collect();
+        let last = replay.last().map_or(from.saturating_sub(1), |d| d.revision);
+        let rx = feed.tx.subscribe();
+        drop(recent);
+        let live = futures::stream::unfold(rx, |mut rx| async move {
+            match rx.recv().await {
+                Ok(d) => Some((Ok(d), rx)),
+                Err(broadcast::error::RecvError::Lagged(n)) => Some((
+                    Err(ApiError::Expired(format!(
+                        "the watch fell {n} events behind; re-list and watch again"
+                    ))),
+                    rx,
+                )),
+                Err(broadcast::error::RecvError::Closed) => None,
+            }
+        })
+        .filter(move |r| futures::future::ready(!matches!(r, Ok(d) if d.revision <= last)));
+        Ok(Some(
+            futures::stream::iter(replay.into_iter().map(Ok))
+                .chain(live)
+                .boxed(),
+        ))
+    }
+}
+
+/// Changes from the store's own history, for watches older than the cache's window.
+fn direct(
+    store: &Arc<dyn ObjectStore>,
+    prefix: Vec<u8>,
+    from: u64,
+) -> Result<BoxStream<'static, Result<Arc<Decoded>, ApiError>>, ApiError> {
+    let s = store.watch(prefix, from).map_err(|e| match e {
+        StorageError::Compacted {
+            requested,
+            compacted,
+        } => ApiError::Expired(format!(
+            "too old resource version: {requested} ({compacted})"
+        )),
+        other => other.into(),
+    })?;
+    Ok(s.map(|r| match r {
+        Ok(c) => Ok(Arc::new(decode_change(c))),
+        Err(StorageError::Compacted {
+            requested,
+            compacted,
+        }) => Err(ApiError::Expired(format!(
+            "too old resource version: {requested} ({compacted})"
+        ))),
+        Err(other) => Err(ApiError::Expired(format!(
+            "watch ended, please re-list: {other}"
+        ))),
+    })
+    .boxed())
+}
+
+fn as_version(def: &ResourceDef, s: &Shared) -> Shared {
+    if def.storage_version.is_none() {
+        return s.clone();
+    }
+    let mut v = s.value().clone();
+    v["apiVersion"] = def.api_version().into();
+    Shared::new(v)
 }
 
 /// Starts a watch; the stream ends at the timeout, when the client goes, or after an error.
@@ -100,23 +318,22 @@ pub async fn watch(
     } else {
         parse_rv(opts.resource_version.as_deref().unwrap_or("0"))? + 1
     };
-    let mut prefix = def.key_prefix(opts.namespace.as_deref());
+    // Watchers of one resource share the feed of its whole key range and narrow it themselves.
+    let resource_prefix = def.key_prefix(None).into_bytes();
+    let mut narrow = def.key_prefix(opts.namespace.as_deref());
     if let Some(name) = &opts.name {
-        prefix.push_str(name);
+        narrow.push_str(name);
     }
-    let exact = opts.name.as_ref().map(|_| prefix.clone().into_bytes());
-    let mut inner = reg
-        .store()
-        .watch(prefix.into_bytes(), start)
-        .map_err(|e| match e {
-            StorageError::Compacted {
-                requested,
-                compacted,
-            } => ApiError::Expired(format!(
-                "too old resource version: {requested} ({compacted})"
-            )),
-            other => other.into(),
-        })?;
+    let exact = opts.name.is_some();
+    let narrow = narrow.into_bytes();
+    let mut inner = match reg
+        .watch_cache()
+        .subscribe(reg.store(), &resource_prefix, start)
+        .await?
+    {
+        Some(s) => s,
+        None => direct(reg.store(), narrow.clone(), start)?,
+    };
     let (tx, rx) = tokio::sync::mpsc::channel::<WatchItem>(256);
     tokio::spawn(async move {
         let deadline = tokio::time::Instant::now() + opts.timeout;
@@ -124,7 +341,7 @@ pub async fn watch(
             if tx
                 .send(WatchItem::Event {
                     kind: "ADDED",
-                    object: obj,
+                    object: Shared::new(obj),
                 })
                 .await
                 .is_err()
@@ -157,67 +374,52 @@ pub async fn watch(
                 }
                 n = inner.next() => n,
             };
-            let change = match next {
+            let d = match next {
                 None => return,
                 Some(Err(e)) => {
-                    let err = match e {
-                        StorageError::Compacted {
-                            requested,
-                            compacted,
-                        } => ApiError::Expired(format!(
-                            "too old resource version: {requested} ({compacted})"
-                        )),
-                        other => ApiError::Expired(format!("watch ended, please re-list: {other}")),
-                    };
-                    let _ = tx.send(WatchItem::Error(err)).await;
+                    let _ = tx.send(WatchItem::Error(e)).await;
                     return;
                 }
-                Some(Ok(c)) => c,
+                Some(Ok(d)) => d,
             };
-            last_rev = change.revision;
-            if exact.as_ref().is_some_and(|k| *k != change.key) {
+            last_rev = d.revision;
+            let in_range = if exact {
+                d.key == narrow
+            } else {
+                d.key.starts_with(&narrow)
+            };
+            if !in_range {
                 continue;
             }
-            let old = change
-                .prev
+            let old_match = d
+                .old
                 .as_ref()
-                .and_then(|p| decode(&def, &p.value, p.revision));
-            let old_match = old.as_ref().is_some_and(|o| opts.filter.matches(o));
-            let item = match change.kind {
-                ChangeKind::Put => {
-                    let Some(new) = change
-                        .value
-                        .as_ref()
-                        .and_then(|v| decode(&def, v, change.revision))
-                    else {
-                        continue;
-                    };
-                    match (old_match, opts.filter.matches(&new)) {
-                        (false, true) => WatchItem::Event {
-                            kind: "ADDED",
-                            object: new,
-                        },
-                        (true, true) => WatchItem::Event {
-                            kind: "MODIFIED",
-                            object: new,
-                        },
-                        (true, false) => WatchItem::Event {
-                            kind: "DELETED",
-                            object: new,
-                        },
-                        (false, false) => continue,
-                    }
-                }
-                ChangeKind::Delete => match old {
-                    Some(mut o) if old_match => {
-                        o["metadata"]["resourceVersion"] = change.revision.to_string().into();
-                        WatchItem::Event {
-                            kind: "DELETED",
-                            object: o,
-                        }
-                    }
-                    _ => continue,
+                .is_some_and(|o| opts.filter.matches(o.value()));
+            let item = match (d.kind, &d.new) {
+                (ChangeKind::Put, Some(new)) => match (old_match, opts.filter.matches(new.value()))
+                {
+                    (false, true) => WatchItem::Event {
+                        kind: "ADDED",
+                        object: as_version(&def, new),
+                    },
+                    (true, true) => WatchItem::Event {
+                        kind: "MODIFIED",
+                        object: as_version(&def, new),
+                    },
+                    (true, false) => WatchItem::Event {
+                        kind: "DELETED",
+                        object: as_version(&def, new),
+                    },
+                    (false, false) => continue,
                 },
+                (ChangeKind::Delete, _) if old_match => match &d.old {
+                    Some(o) => WatchItem::Event {
+                        kind: "DELETED",
+                        object: as_version(&def, o),
+                    },
+                    None => continue,
+                },
+                _ => continue,
             };
             if tx.send(item).await.is_err() {
                 return;

@@ -434,7 +434,17 @@ async fn watch(
     let api_version = def.api_version();
     let body = stream.map(move |item| {
         let v = match item {
-            WatchItem::Event { kind, object } => json!({"type": kind, "object": render::one(&def, &object, mode)}),
+            // The common case shares the object's JSON, encoded once for every watcher.
+            WatchItem::Event { kind, object } if mode == Render::Json => {
+                let mut line = Vec::with_capacity(object.json().len() + 32);
+                line.extend_from_slice(b"{\"type\":\"");
+                line.extend_from_slice(kind.as_bytes());
+                line.extend_from_slice(b"\",\"object\":");
+                line.extend_from_slice(object.json());
+                line.extend_from_slice(b"}\n");
+                return Ok::<_, std::convert::Infallible>(Bytes::from(line));
+            }
+            WatchItem::Event { kind, object } => json!({"type": kind, "object": render::one(&def, object.value(), mode)}),
             WatchItem::Bookmark { revision, initial_events_end } => {
                 let mut meta = json!({"resourceVersion": revision.to_string()});
                 if initial_events_end {

@@ -1092,3 +1092,117 @@ async fn events_aggregate_and_expire_and_the_store_compacts_itself() {
         .await
         .expect("events never expired");
 }
+
+#[tokio::test]
+async fn many_watchers_share_one_store_watch_per_resource() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = strake_store::Store::open(strake_store::StoreConfig::single(
+        1,
+        dir.path().join("store"),
+    ))
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let token = BootstrapToken::generate();
+    let server = ApiServer::new(
+        Config {
+            listen: addr,
+            advertise: addr.to_string(),
+            pki_dir: dir.path().join("pki"),
+            cluster_name: "t".into(),
+            token: Some(token.clone()),
+            sans: vec![],
+        },
+        store,
+    )
+    .unwrap();
+    server.ensure_defaults().await.unwrap();
+    let reg = server.registry();
+    tokio::spawn(server.serve_on(listener));
+    let base = format!("https://{addr}");
+    let creds = strake_kubeclient::bootstrap(&base, &token, "/strake/v1/kubeconfig", &json!({}))
+        .await
+        .unwrap();
+    let tls = strake_pki::client_config(
+        &creds.ca_pem,
+        Some(&CertifiedKey {
+            cert_pem: creds.cert_pem,
+            key_pem: creds.key_pem,
+        }),
+    )
+    .unwrap();
+    let api = Api {
+        http: reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .build()
+            .unwrap(),
+        base,
+        _dir: dir,
+    };
+    let (_, list) = api.get("/api/v1/namespaces/default/configmaps").await;
+    let rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut streams = Vec::new();
+    for i in 0..50 {
+        // Half watch the namespace, half the whole resource with a label selector.
+        let path = if i % 2 == 0 {
+            "/api/v1/namespaces/default/configmaps".to_string()
+        } else {
+            "/api/v1/configmaps".to_string()
+        };
+        let r = api
+            .http
+            .get(format!(
+                "{}{path}?watch=true&resourceVersion={rv}&labelSelector=w%3D1&timeoutSeconds=30",
+                api.base
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        streams.push(r.bytes_stream());
+    }
+    assert_eq!(
+        api.post(
+            "/api/v1/namespaces/default/configmaps",
+            json!({"metadata": {"name": "skip"}})
+        )
+        .await
+        .0,
+        201
+    );
+    assert_eq!(
+        api.post(
+            "/api/v1/namespaces/default/configmaps",
+            json!({"metadata": {"name": "seen", "labels": {"w": "1"}}})
+        )
+        .await
+        .0,
+        201
+    );
+    for (i, s) in streams.iter_mut().enumerate() {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), s.next())
+            .await
+            .unwrap_or_else(|_| panic!("watcher {i} got nothing"))
+            .unwrap()
+            .unwrap();
+        let ev: Value =
+            serde_json::from_slice(chunk.split(|b| *b == b'\n').next().unwrap()).unwrap();
+        assert_eq!(
+            (
+                ev["type"].as_str(),
+                ev["object"]["metadata"]["name"].as_str()
+            ),
+            (Some("ADDED"), Some("seen")),
+            "watcher {i}: {ev}"
+        );
+    }
+    assert_eq!(
+        reg.watch_cache().feeds(),
+        1,
+        "fifty watchers of configmaps share one store watch"
+    );
+}
