@@ -1,0 +1,384 @@
+//! api-bench: drives a Strake API server over HTTPS and reports what the API issue's targets
+//! name — mutating and read latency at 100 writes/s plus 500 reads/s, a list of 10,000 pods,
+//! event fan-out to 1,000 watchers of a 100 writes/s stream, and the server's RSS per 10,000
+//! pods — next to the upstream SLOs (no kube-apiserver binary exists on these machines).
+//!
+//! The server runs in a child process (this binary with `--serve`) on a real single-voter store
+//! with fsync on, so its RSS is its own.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+#[derive(Parser, Debug)]
+#[command(about = "Benchmarks the Strake API server over HTTPS")]
+struct Args {
+    /// Run as the server child (internal).
+    #[arg(long)]
+    serve: Option<std::path::PathBuf>,
+    /// Seconds of the mixed load.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Writes per second in the mixed load and the watch stream.
+    #[arg(long, default_value_t = 100)]
+    writes: u64,
+    /// Reads per second in the mixed load.
+    #[arg(long, default_value_t = 500)]
+    reads: u64,
+    /// Concurrent watchers.
+    #[arg(long, default_value_t = 1000)]
+    watchers: usize,
+    /// Pods stored for the list and RSS figures.
+    #[arg(long, default_value_t = 10_000)]
+    pods: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match &args.serve {
+        Some(dir) => rt.block_on(serve(dir)),
+        None => rt.block_on(bench(&args)),
+    }
+}
+
+/// The child: an API server on loopback; prints its URL and token, then its RSS on request.
+async fn serve(dir: &std::path::Path) -> anyhow::Result<()> {
+    let store =
+        strake_store::Store::open(strake_store::StoreConfig::single(1, dir.join("store"))).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let token = strake_pki::BootstrapToken::generate();
+    let server = strake_apiserver::ApiServer::new(
+        strake_apiserver::Config {
+            listen: addr,
+            advertise: addr.to_string(),
+            pki_dir: dir.join("pki"),
+            cluster_name: "bench".into(),
+            token: Some(token.clone()),
+            sans: vec![],
+        },
+        store,
+    )?;
+    server.ensure_defaults().await?;
+    tokio::spawn(server.serve_on(listener));
+    println!("READY https://{addr} {token}");
+    // Each line on stdin asks for the RSS; the parent going away ends the server.
+    tokio::task::spawn_blocking(|| {
+        for line in std::io::stdin().lines() {
+            if line.is_err() {
+                break;
+            }
+            let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+            let kib = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .map(|v| v.trim().trim_end_matches(" kB").trim().to_string())
+                .unwrap_or_default();
+            println!("RSS {kib}");
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn pod(name: &str, stamp: u128) -> Value {
+    // About 3 KiB once stored, like a small real pod.
+    let env: Vec<Value> = (0..40).map(|i| json!({"name": format!("SETTING_{i}"), "value": format!("value-{i}-{}", "x".repeat(30))})).collect();
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": "bench"}, "annotations": {"bench/sent": stamp.to_string()}},
+        "spec": {"containers": [{"name": "c", "image": "registry.example/bench:1", "env": env}]}})
+}
+
+fn now_us() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or_default()
+}
+
+struct Child {
+    proc: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Child {
+    fn rss_kib(&mut self) -> anyhow::Result<u64> {
+        use std::io::Write;
+        writeln!(self.stdin)?;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        line.strip_prefix("RSS ")
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("bad RSS line {line:?}"))
+    }
+}
+
+async fn bench(args: &Args) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut proc = Command::new(std::env::current_exe()?)
+        .arg("--serve")
+        .arg(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut stdout = BufReader::new(proc.stdout.take().context("child stdout")?);
+    let stdin = proc.stdin.take().context("child stdin")?;
+    let mut ready = String::new();
+    stdout.read_line(&mut ready)?;
+    let parts: Vec<&str> = ready.split_whitespace().collect();
+    let [_, url, token] = parts.as_slice() else {
+        bail!("the server printed {ready:?}")
+    };
+    let token: strake_pki::BootstrapToken =
+        token.parse().map_err(|e| anyhow::anyhow!("token: {e:?}"))?;
+    let mut child = Child {
+        proc,
+        stdin,
+        stdout,
+    };
+    let creds =
+        strake_kubeclient::bootstrap(url, &token, "/strake/v1/kubeconfig", &json!({})).await?;
+    let tls = strake_pki::client_config(
+        &creds.ca_pem,
+        Some(&strake_pki::CertifiedKey {
+            cert_pem: creds.cert_pem,
+            key_pem: creds.key_pem,
+        }),
+    )?;
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .http2_prior_knowledge()
+        .build()?;
+    let base = url.to_string();
+    let pods = format!("{base}/api/v1/namespaces/default/pods");
+    let idle = child.rss_kib()?;
+    println!("api-bench: server idle RSS {:.1} MiB", idle as f64 / 1024.0);
+
+    // 1. Mixed load: creates at `writes`/s and gets at `reads`/s.
+    http.post(&pods)
+        .json(&pod("target", now_us()))
+        .send()
+        .await?
+        .error_for_status()?;
+    let writes = Arc::new(tokio::sync::Mutex::new(Vec::new()));
+    let reads = Arc::new(tokio::sync::Mutex::new(Vec::new()));
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let mut tasks = Vec::new();
+    for (rate, is_write) in [(args.writes, true), (args.reads, false)] {
+        let (http, pods, out) = (
+            http.clone(),
+            pods.clone(),
+            if is_write {
+                writes.clone()
+            } else {
+                reads.clone()
+            },
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+            let mut n = 0usize;
+            let mut inflight = futures::stream::FuturesUnordered::new();
+            while Instant::now() < deadline {
+                tick.tick().await;
+                n += 1;
+                let (http, pods) = (http.clone(), pods.clone());
+                inflight.push(tokio::spawn(async move {
+                    let t = Instant::now();
+                    let r = if is_write {
+                        http.post(&pods)
+                            .json(&pod(&format!("mixed-{n}"), now_us()))
+                            .send()
+                            .await
+                    } else {
+                        http.get(format!("{pods}/target")).send().await
+                    };
+                    r.ok()
+                        .filter(|r| r.status().is_success())
+                        .map(|_| t.elapsed())
+                }));
+            }
+            while let Some(r) = inflight.next().await {
+                if let Ok(Some(d)) = r {
+                    out.lock().await.push(d);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let mut w = writes.lock().await.clone();
+    let mut r = reads.lock().await.clone();
+    w.sort();
+    r.sort();
+    println!(
+        "\n| load ({} s at {} writes/s + {} reads/s) | p50 | p99 | target | upstream SLO |",
+        args.seconds, args.writes, args.reads
+    );
+    println!("|---|---|---|---|---|");
+    println!(
+        "| create pod ({} ok) | {} | {} | p99 ≤ 20 ms | 1 s |",
+        w.len(),
+        ms(pct(&w, 0.5)),
+        ms(pct(&w, 0.99))
+    );
+    println!(
+        "| get pod ({} ok) | {} | {} | — | 1 s |",
+        r.len(),
+        ms(pct(&r, 0.5)),
+        ms(pct(&r, 0.99))
+    );
+
+    // 2. Fan-out: watchers on HTTP/2 streams, a stream of writes, delivery latency per event.
+    let received = Arc::new(AtomicUsize::new(0));
+    let lat = Arc::new(tokio::sync::Mutex::new(Vec::new()));
+    let (_, list) = (
+        0,
+        http.get(format!("{pods}?limit=1"))
+            .send()
+            .await?
+            .json::<Value>()
+            .await?,
+    );
+    let rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or("0")
+        .to_string();
+    let mut watchers = Vec::new();
+    for _ in 0..args.watchers {
+        let r = http.get(format!("{pods}?watch=true&resourceVersion={rv}&labelSelector=stream%3Dyes&timeoutSeconds=120")).send().await?;
+        let (received, lat) = (received.clone(), lat.clone());
+        watchers.push(tokio::spawn(async move {
+            let mut s = r.bytes_stream();
+            let mut buf = Vec::new();
+            while let Some(Ok(chunk)) = s.next().await {
+                buf.extend_from_slice(&chunk);
+                while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=i).collect();
+                    if let Ok(ev) = serde_json::from_slice::<Value>(&line)
+                        && let Some(sent) = ev["object"]["metadata"]["annotations"]["bench/sent"]
+                            .as_str()
+                            .and_then(|s| s.parse::<u128>().ok())
+                    {
+                        lat.lock().await.push(Duration::from_micros(
+                            (now_us().saturating_sub(sent)) as u64,
+                        ));
+                        received.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    let events = args.writes * 5;
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.writes as f64));
+    for i in 0..events {
+        tick.tick().await;
+        let mut p = pod(&format!("stream-{i}"), now_us());
+        p["metadata"]["labels"]["stream"] = "yes".into();
+        let http = http.clone();
+        let pods = pods.clone();
+        tokio::spawn(async move { http.post(&pods).json(&p).send().await });
+    }
+    let want = events as usize * args.watchers;
+    let waited = Instant::now();
+    while received.load(Ordering::Relaxed) < want && waited.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for w in watchers {
+        w.abort();
+    }
+    let mut l = lat.lock().await.clone();
+    l.sort();
+    println!("\n| fan-out | delivered | p50 | p99 | target |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| {} watchers × {events} events at {} writes/s | {} of {want} | {} | {} | p99 ≤ 100 ms |",
+        args.watchers,
+        args.writes,
+        l.len(),
+        ms(pct(&l, 0.5)),
+        ms(pct(&l, 0.99))
+    );
+
+    // 3. Store pods, measure RSS and list latency.
+    let before = child.rss_kib()?;
+    let stored = Arc::new(AtomicUsize::new(0));
+    let mut fill = futures::stream::iter(0..args.pods)
+        .map(|i| {
+            let (http, pods) = (http.clone(), pods.clone());
+            async move {
+                http.post(&pods)
+                    .json(&pod(&format!("fill-{i}"), 0))
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+                    .is_some()
+            }
+        })
+        .buffer_unordered(64);
+    while let Some(ok) = fill.next().await {
+        if ok {
+            stored.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let after = child.rss_kib()?;
+    let t = Instant::now();
+    let all: Value = http.get(&pods).send().await?.json().await?;
+    let full = t.elapsed();
+    let t = Instant::now();
+    let mut token = String::new();
+    let mut paged = 0;
+    loop {
+        let page: Value = http
+            .get(format!("{pods}?limit=500&continue={token}"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        paged += page["items"].as_array().map_or(0, Vec::len);
+        match page["metadata"]["continue"].as_str() {
+            Some(c) => token = c.to_string(),
+            None => break,
+        }
+    }
+    let paged_t = t.elapsed();
+    println!(
+        "\n| stored pods | list (one page) | list (pages of 500) | server RSS added | target |"
+    );
+    println!("|---|---|---|---|---|");
+    println!(
+        "| {} | {} items in {} | {paged} items in {} | {:.1} MiB ({:.1} → {:.1} MiB) | ≤ 60 MiB per 10,000 pods of ~3 KiB |",
+        stored.load(Ordering::Relaxed),
+        all["items"].as_array().map_or(0, Vec::len),
+        ms(full),
+        ms(paged_t),
+        (after as f64 - before as f64) / 1024.0,
+        before as f64 / 1024.0,
+        after as f64 / 1024.0
+    );
+    let _ = child.proc.kill();
+    let _ = child.proc.wait();
+    Ok(())
+}
