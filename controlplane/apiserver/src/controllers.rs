@@ -332,3 +332,194 @@ pub async fn crd_pass(reg: &Registry) -> Result<(), ApiError> {
         .remove_where(|d| d.crd.as_ref().is_some_and(|c| !live.contains(c)));
     Ok(())
 }
+
+/// Owners deleted with `propagationPolicy=Orphan` or `Foreground` carry the `orphan` or
+/// `foregroundDeletion` finalizer. Until the garbage collector (the controllers issue) lands,
+/// this finishes them: orphaning removes the owner's reference from its dependents; foreground
+/// deletes the dependents and waits until they are gone. Either way the finalizer then goes.
+pub async fn deletion_finalizers(reg: Registry) {
+    loop {
+        let mut changes = match reg.store().watch(b"/registry/".to_vec(), 0) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "the deletion-finalizer controller cannot watch the store");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut pending: Vec<Vec<u8>> = Vec::new();
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(2), changes.next()).await;
+            match next {
+                Ok(Some(Ok(c))) => {
+                    // Cheap test on the bytes first: only terminating owners with our finalizers.
+                    if let Some(v) = &c.value
+                        && (contains(v, b"\"orphan\"") || contains(v, b"\"foregroundDeletion\""))
+                        && contains(v, b"deletionTimestamp")
+                        && !pending.contains(&c.key)
+                    {
+                        pending.push(c.key.clone());
+                    }
+                }
+                Ok(Some(Err(_))) | Ok(None) => break,
+                Err(_) => {}
+            }
+            let mut still = Vec::new();
+            for key in pending.drain(..) {
+                match finish_owner(&reg, &key).await {
+                    Ok(true) => {}
+                    Ok(false) => still.push(key),
+                    Err(e) => {
+                        tracing::warn!(error = %e, key = %String::from_utf8_lossy(&key), "finishing a propagated deletion failed");
+                        still.push(key);
+                    }
+                }
+            }
+            pending = still;
+        }
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Finishes one owner; `Ok(true)` once its finalizer is gone (or the owner is).
+async fn finish_owner(reg: &Registry, key: &[u8]) -> Result<bool, ApiError> {
+    let table = reg.table().snapshot();
+    let Some(stored) = reg.store().get(key).await? else {
+        return Ok(true);
+    };
+    let owner: Value =
+        serde_json::from_slice(&stored.value).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let Some(def) = table
+        .by_gvk(
+            owner["apiVersion"].as_str().unwrap_or_default(),
+            owner["kind"].as_str().unwrap_or_default(),
+        )
+        .cloned()
+    else {
+        return Ok(true);
+    };
+    let uid = owner["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let name = owner["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let ns = owner["metadata"]["namespace"].as_str().map(str::to_string);
+    let fins: Vec<String> = owner["metadata"]["finalizers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f.as_str().map(String::from))
+        .collect();
+    let orphan = fins
+        .iter()
+        .any(|f| f == strake_apimachinery::registry::ORPHAN_FINALIZER);
+    let foreground = fins
+        .iter()
+        .any(|f| f == strake_apimachinery::registry::FOREGROUND_FINALIZER);
+    if owner["metadata"]["deletionTimestamp"].is_null() || !(orphan || foreground) {
+        return Ok(true);
+    }
+    let mut remaining = 0;
+    let mut seen = std::collections::HashSet::new();
+    for d in table.all() {
+        // Dependents live in the owner's namespace (or anywhere, for a cluster-scoped owner).
+        if !d.serves("list")
+            || !seen.insert((d.group.clone(), d.plural.clone()))
+            || (ns.is_some() && !d.namespaced && def.namespaced)
+        {
+            continue;
+        }
+        let scope = if d.namespaced { ns.as_deref() } else { None };
+        for dep in reg.list(d, scope, &ListOptions::default()).await?.items {
+            let refs = dep["metadata"]["ownerReferences"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if !refs.iter().any(|r| r["uid"] == uid.as_str()) {
+                continue;
+            }
+            let dep_name = dep["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let dep_ns = dep["metadata"]["namespace"].as_str().map(str::to_string);
+            if orphan {
+                reg.update_with(
+                    d,
+                    dep_ns.as_deref(),
+                    &dep_name,
+                    Part::Main,
+                    &WriteOptions::default(),
+                    |mut o| {
+                        let kept: Vec<Value> = o["metadata"]["ownerReferences"]
+                            .as_array()
+                            .cloned()
+                            .unwrap_or_default()
+                            .into_iter()
+                            .filter(|r| r["uid"] != uid.as_str())
+                            .collect();
+                        o["metadata"]["ownerReferences"] = Value::Array(kept);
+                        o["metadata"]
+                            .as_object_mut()
+                            .map(|m| m.remove("resourceVersion"));
+                        Ok(o)
+                    },
+                )
+                .await?;
+            } else {
+                remaining += 1;
+                if dep["metadata"]["deletionTimestamp"].is_null() {
+                    let opts = DeleteOptions {
+                        propagation: Some(strake_apimachinery::registry::Propagation::Foreground),
+                        ..Default::default()
+                    };
+                    match reg.delete(d, dep_ns.as_deref(), &dep_name, &opts).await {
+                        Ok(_) | Err(ApiError::NotFound { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+    }
+    if remaining > 0 {
+        return Ok(false);
+    }
+    let drop = if orphan {
+        strake_apimachinery::registry::ORPHAN_FINALIZER
+    } else {
+        strake_apimachinery::registry::FOREGROUND_FINALIZER
+    };
+    match reg
+        .update_with(
+            &def,
+            ns.as_deref(),
+            &name,
+            Part::Main,
+            &WriteOptions::default(),
+            |mut o| {
+                let kept: Vec<Value> = o["metadata"]["finalizers"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|f| f != drop)
+                    .collect();
+                o["metadata"]["finalizers"] = Value::Array(kept);
+                o["metadata"]
+                    .as_object_mut()
+                    .map(|m| m.remove("resourceVersion"));
+                Ok(o)
+            },
+        )
+        .await
+    {
+        Ok(_) | Err(ApiError::NotFound { .. }) => Ok(true),
+        Err(e) => Err(e),
+    }
+}
