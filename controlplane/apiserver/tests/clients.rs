@@ -9,8 +9,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use strake_apiserver::{ApiServer, Config};
-use strake_pki::BootstrapToken;
 
 fn python() -> PathBuf {
     let p = std::env::var_os("STRAKE_PYTHON")
@@ -42,51 +40,7 @@ fn script(name: &str) -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients")).join(name)
 }
 
-struct Server {
-    kubeconfig: PathBuf,
-    url: String,
-    creds: strake_pki::Credentials,
-    _dir: tempfile::TempDir,
-}
-
-async fn start() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let store = strake_store::Store::open(strake_store::StoreConfig::single(
-        1,
-        dir.path().join("store"),
-    ))
-    .await
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let token = BootstrapToken::generate();
-    let server = ApiServer::new(
-        Config {
-            listen: addr,
-            advertise: addr.to_string(),
-            pki_dir: dir.path().join("pki"),
-            cluster_name: "t".into(),
-            token: Some(token.clone()),
-            sans: vec![],
-        },
-        store,
-    )
-    .unwrap();
-    server.ensure_defaults().await.unwrap();
-    tokio::spawn(server.serve_on(listener));
-    let url = format!("https://{addr}");
-    let creds = strake_kubeclient::bootstrap(&url, &token, "/strake/v1/kubeconfig", &json!({}))
-        .await
-        .unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, creds.kubeconfig("t", &url)).unwrap();
-    Server {
-        kubeconfig,
-        url,
-        creds,
-        _dir: dir,
-    }
-}
+mod common;
 
 fn run_script(py: &PathBuf, name: &str, kubeconfig: &PathBuf, ns: &str) {
     let out = Command::new(py)
@@ -107,7 +61,7 @@ fn run_script(py: &PathBuf, name: &str, kubeconfig: &PathBuf, ns: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_client_lightkube_and_kopf_work_unchanged() {
     let py = python();
-    let s = start().await;
+    let s = common::start().await;
     let (kc, py2) = (s.kubeconfig.clone(), py.clone());
     tokio::task::spawn_blocking(move || {
         run_script(&py2, "python_client.py", &kc, "py");
@@ -117,22 +71,9 @@ async fn the_python_client_lightkube_and_kopf_work_unchanged() {
     .unwrap();
 
     // kopf: a CRD with a structural schema and a status subresource, and an operator for it.
-    let http = {
-        let tls = strake_pki::client_config(
-            &s.creds.ca_pem,
-            Some(&strake_pki::CertifiedKey {
-                cert_pem: s.creds.cert_pem.clone(),
-                key_pem: s.creds.key_pem.clone(),
-            }),
-        )
-        .unwrap();
-        reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .build()
-            .unwrap()
-    };
+    let http = s.http.clone();
     let post = |path: &str, body: serde_json::Value| {
-        let (http, url) = (http.clone(), s.url.clone());
+        let (http, url) = (http.clone(), s.base.clone());
         let path = path.to_string();
         async move {
             http.post(format!("{url}{path}"))
@@ -164,7 +105,7 @@ async fn the_python_client_lightkube_and_kopf_work_unchanged() {
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     while http
-        .get(format!("{}/apis/strake.dev/v1", s.url))
+        .get(format!("{}/apis/strake.dev/v1", s.base))
         .send()
         .await
         .unwrap()
@@ -197,7 +138,7 @@ async fn the_python_client_lightkube_and_kopf_work_unchanged() {
         let v: serde_json::Value = http
             .get(format!(
                 "{}/apis/strake.dev/v1/namespaces/op/greetings/hi",
-                s.url
+                s.base
             ))
             .send()
             .await

@@ -7,60 +7,27 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::{Value, json};
-use strake_apiserver::{ApiServer, Config};
-use strake_pki::{BootstrapToken, CertifiedKey};
+
+mod common;
 
 struct Api {
     http: reqwest::Client,
     base: String,
-    _dir: tempfile::TempDir,
+    _server: common::Loopback,
+}
+
+impl From<common::Loopback> for Api {
+    fn from(l: common::Loopback) -> Self {
+        Api {
+            http: l.http.clone(),
+            base: l.base.clone(),
+            _server: l,
+        }
+    }
 }
 
 async fn start() -> Api {
-    let dir = tempfile::tempdir().unwrap();
-    let store = strake_store::Store::open(strake_store::StoreConfig::single(
-        1,
-        dir.path().join("store"),
-    ))
-    .await
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let token = BootstrapToken::generate();
-    let server = ApiServer::new(
-        Config {
-            listen: addr,
-            advertise: addr.to_string(),
-            pki_dir: dir.path().join("pki"),
-            cluster_name: "t".into(),
-            token: Some(token.clone()),
-            sans: vec![],
-        },
-        store,
-    )
-    .unwrap();
-    server.ensure_defaults().await.unwrap();
-    tokio::spawn(server.serve_on(listener));
-    let base = format!("https://{addr}");
-    let creds = strake_kubeclient::bootstrap(&base, &token, "/strake/v1/kubeconfig", &json!({}))
-        .await
-        .unwrap();
-    let tls = strake_pki::client_config(
-        &creds.ca_pem,
-        Some(&CertifiedKey {
-            cert_pem: creds.cert_pem,
-            key_pem: creds.key_pem,
-        }),
-    )
-    .unwrap();
-    Api {
-        http: reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .build()
-            .unwrap(),
-        base,
-        _dir: dir,
-    }
+    common::start().await.into()
 }
 
 impl Api {
@@ -997,55 +964,13 @@ async fn bad_input_is_refused_with_a_status_that_names_it() {
 #[tokio::test]
 async fn events_aggregate_and_expire_and_the_store_compacts_itself() {
     use strake_apimachinery::events::{EventType, record};
-    let dir = tempfile::tempdir().unwrap();
-    let store = strake_store::Store::open(strake_store::StoreConfig::single(
-        1,
-        dir.path().join("store"),
-    ))
-    .await
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let token = BootstrapToken::generate();
-    let server = ApiServer::new(
-        Config {
-            listen: addr,
-            advertise: addr.to_string(),
-            pki_dir: dir.path().join("pki"),
-            cluster_name: "t".into(),
-            token: Some(token.clone()),
-            sans: vec![],
-        },
-        store,
-    )
-    .unwrap()
-    .with_housekeeping(strake_apiserver::Housekeeping {
+    let server = common::start_with(strake_apiserver::Housekeeping {
         compaction: Duration::from_millis(300),
         event_ttl: Duration::from_secs(2),
-    });
-    server.ensure_defaults().await.unwrap();
-    let reg = server.registry();
-    tokio::spawn(server.serve_on(listener));
-    let base = format!("https://{addr}");
-    let creds = strake_kubeclient::bootstrap(&base, &token, "/strake/v1/kubeconfig", &json!({}))
-        .await
-        .unwrap();
-    let tls = strake_pki::client_config(
-        &creds.ca_pem,
-        Some(&CertifiedKey {
-            cert_pem: creds.cert_pem,
-            key_pem: creds.key_pem,
-        }),
-    )
-    .unwrap();
-    let api = Api {
-        http: reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .build()
-            .unwrap(),
-        base,
-        _dir: dir,
-    };
+    })
+    .await;
+    let reg = server.registry.clone();
+    let api: Api = server.into();
 
     let (_, pod) = api
         .post(
@@ -1115,51 +1040,9 @@ async fn events_aggregate_and_expire_and_the_store_compacts_itself() {
 
 #[tokio::test]
 async fn many_watchers_share_one_store_watch_per_resource() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = strake_store::Store::open(strake_store::StoreConfig::single(
-        1,
-        dir.path().join("store"),
-    ))
-    .await
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let token = BootstrapToken::generate();
-    let server = ApiServer::new(
-        Config {
-            listen: addr,
-            advertise: addr.to_string(),
-            pki_dir: dir.path().join("pki"),
-            cluster_name: "t".into(),
-            token: Some(token.clone()),
-            sans: vec![],
-        },
-        store,
-    )
-    .unwrap();
-    server.ensure_defaults().await.unwrap();
-    let reg = server.registry();
-    tokio::spawn(server.serve_on(listener));
-    let base = format!("https://{addr}");
-    let creds = strake_kubeclient::bootstrap(&base, &token, "/strake/v1/kubeconfig", &json!({}))
-        .await
-        .unwrap();
-    let tls = strake_pki::client_config(
-        &creds.ca_pem,
-        Some(&CertifiedKey {
-            cert_pem: creds.cert_pem,
-            key_pem: creds.key_pem,
-        }),
-    )
-    .unwrap();
-    let api = Api {
-        http: reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .build()
-            .unwrap(),
-        base,
-        _dir: dir,
-    };
+    let server = common::start().await;
+    let reg = server.registry.clone();
+    let api: Api = server.into();
     let (_, list) = api.get("/api/v1/namespaces/default/configmaps").await;
     let rv = list["metadata"]["resourceVersion"]
         .as_str()

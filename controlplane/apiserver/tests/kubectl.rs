@@ -6,9 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use serde_json::json;
-use strake_apiserver::{ApiServer, Config};
-use strake_pki::BootstrapToken;
+mod common;
 
 const KUBECTLS: &[&str] = &["1.32", "1.30", "1.33"];
 
@@ -45,42 +43,15 @@ fn ok(bin: &Path, kubeconfig: &Path, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_create_explain_auth_and_apply() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = strake_store::Store::open(strake_store::StoreConfig::single(
-        1,
-        dir.path().join("store"),
-    ))
-    .await
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let token = BootstrapToken::generate();
-    let server = ApiServer::new(
-        Config {
-            listen: addr,
-            advertise: addr.to_string(),
-            pki_dir: dir.path().join("pki"),
-            cluster_name: "t".into(),
-            token: Some(token.clone()),
-            sans: vec![],
-        },
-        store,
-    )
-    .unwrap();
-    server.ensure_defaults().await.unwrap();
-    tokio::spawn(server.serve_on(listener));
-    let url = format!("https://{addr}");
-    let creds = strake_kubeclient::bootstrap(&url, &token, "/strake/v1/kubeconfig", &json!({}))
-        .await
-        .unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, creds.kubeconfig("t", &url)).unwrap();
+    let server = common::start().await;
+    let kubeconfig = server.kubeconfig.clone();
+    let dir = server.dir.path().to_path_buf();
     let kc = kubeconfig.clone();
     tokio::task::spawn_blocking(move || {
         for minor in KUBECTLS {
             let bin = kubectl_bin(minor);
             let ns = format!("k{}", minor.replace('.', ""));
-            scenario(&bin, &kc, &ns, dir.path());
+            scenario(&bin, &kc, &ns, &dir);
         }
     })
     .await

@@ -1,0 +1,77 @@
+//! One loopback API server for the integration tests: a real single-voter store in a temporary
+//! directory, HTTPS on 127.0.0.1, admin credentials from the bootstrap flow, a kubeconfig, and
+//! an HTTP client that presents the admin certificate.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use serde_json::json;
+use strake_apiserver::{ApiServer, Config, Housekeeping, Registry};
+use strake_pki::{BootstrapToken, CertifiedKey, Credentials};
+
+pub struct Loopback {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub creds: Credentials,
+    pub kubeconfig: PathBuf,
+    pub registry: Registry,
+    pub dir: tempfile::TempDir,
+}
+
+pub async fn start() -> Loopback {
+    start_with(Housekeeping::default()).await
+}
+
+pub async fn start_with(housekeeping: Housekeeping) -> Loopback {
+    let dir = tempfile::tempdir().unwrap();
+    let store = strake_store::Store::open(strake_store::StoreConfig::single(
+        1,
+        dir.path().join("store"),
+    ))
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let token = BootstrapToken::generate();
+    let config = Config {
+        listen: addr,
+        advertise: addr.to_string(),
+        pki_dir: dir.path().join("pki"),
+        cluster_name: "t".into(),
+        token: Some(token.clone()),
+        sans: vec![],
+    };
+    let server = ApiServer::new(config, store)
+        .unwrap()
+        .with_housekeeping(housekeeping);
+    server.ensure_defaults().await.unwrap();
+    let registry = server.registry();
+    tokio::spawn(server.serve_on(listener));
+    let base = format!("https://{addr}");
+    let creds = strake_kubeclient::bootstrap(&base, &token, "/strake/v1/kubeconfig", &json!({}))
+        .await
+        .unwrap();
+    let tls = strake_pki::client_config(
+        &creds.ca_pem,
+        Some(&CertifiedKey {
+            cert_pem: creds.cert_pem.clone(),
+            key_pem: creds.key_pem.clone(),
+        }),
+    )
+    .unwrap();
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .build()
+        .unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, creds.kubeconfig("t", &base)).unwrap();
+    Loopback {
+        base,
+        http,
+        creds,
+        kubeconfig,
+        registry,
+        dir,
+    }
+}
