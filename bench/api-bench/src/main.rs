@@ -167,7 +167,7 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
         }),
     )?;
     let http = reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
+        .use_preconfigured_tls(tls.clone())
         .http2_prior_knowledge()
         .build()?;
     let base = url.to_string();
@@ -266,8 +266,19 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
         .unwrap_or("0")
         .to_string();
     let mut watchers = Vec::new();
-    for _ in 0..args.watchers {
-        let r = http.get(format!("{pods}?watch=true&resourceVersion={rv}&labelSelector=stream%3Dyes&timeoutSeconds=120")).send().await?;
+    // 100 watch streams per HTTP/2 connection, as servers bound concurrent streams (kubectl and
+    // client-go open more connections for more).
+    let mut pools = Vec::new();
+    for _ in 0..args.watchers.div_ceil(100) {
+        pools.push(
+            reqwest::Client::builder()
+                .use_preconfigured_tls(tls.clone())
+                .http2_prior_knowledge()
+                .build()?,
+        );
+    }
+    for i in 0..args.watchers {
+        let r = pools[i / 100].get(format!("{pods}?watch=true&resourceVersion={rv}&labelSelector=stream%3Dyes&timeoutSeconds=120")).send().await?;
         let (received, lat) = (received.clone(), lat.clone());
         watchers.push(tokio::spawn(async move {
             let mut s = r.bytes_stream();

@@ -101,6 +101,8 @@ pub struct Decoded {
     pub new: Option<Shared>,
     /// The object before the change, with the change's resourceVersion for deletes.
     pub old: Option<Shared>,
+    /// Bytes of the stored values behind it, for the window's memory budget.
+    pub size: usize,
 }
 
 fn decode_value(bytes: &[u8], rev: u64) -> Option<Value> {
@@ -110,6 +112,7 @@ fn decode_value(bytes: &[u8], rev: u64) -> Option<Value> {
 }
 
 fn decode_change(c: crate::storage::Change) -> Decoded {
+    let size = c.value.as_ref().map_or(0, Vec::len) + c.prev.as_ref().map_or(0, |p| p.value.len());
     let new = c
         .value
         .as_ref()
@@ -132,16 +135,21 @@ fn decode_change(c: crate::storage::Change) -> Decoded {
         kind: c.kind,
         new,
         old,
+        size,
     }
 }
 
-/// Changes one feed keeps for watchers that start a little in the past.
-const WINDOW: usize = 4096;
+/// Changes one feed keeps for watchers that start a little in the past: at most this many...
+const WINDOW: usize = 1024;
+/// ...and at most this many bytes of stored JSON (a decoded object takes several times that).
+const WINDOW_BYTES: usize = 2 * 1024 * 1024;
+/// Changes a slow watcher may fall behind the broadcast before it must re-list.
+const LAG: usize = 1024;
 
 struct Feed {
     tx: broadcast::Sender<Arc<Decoded>>,
-    /// Recent changes, oldest first; complete from `since`.
-    recent: Mutex<(u64, VecDeque<Arc<Decoded>>)>,
+    /// Recent changes, oldest first, complete from the revision, and their bytes.
+    recent: Mutex<(u64, VecDeque<Arc<Decoded>>, usize)>,
 }
 
 /// One store watch per resource prefix, shared by every watcher of it.
@@ -171,10 +179,10 @@ impl WatchCache {
         }
         let since = store.revision().await? + 1;
         let mut changes = store.watch(prefix.to_vec(), since)?;
-        let (tx, _) = broadcast::channel(WINDOW);
+        let (tx, _) = broadcast::channel(LAG);
         let feed = Arc::new(Feed {
             tx,
-            recent: Mutex::new((since, VecDeque::new())),
+            recent: Mutex::new((since, VecDeque::new(), 0)),
         });
         {
             let mut feeds = self.feeds.lock().unwrap_or_else(|p| p.into_inner());
@@ -189,10 +197,14 @@ impl WatchCache {
                 let Ok(change) = next else { break };
                 let d = Arc::new(decode_change(change));
                 let mut recent = f.recent.lock().unwrap_or_else(|p| p.into_inner());
+                recent.2 += d.size;
                 recent.1.push_back(d.clone());
-                if recent.1.len() > WINDOW {
-                    recent.1.pop_front();
-                    recent.0 = recent.1.front().map_or(recent.0, |c| c.revision);
+                while recent.1.len() > WINDOW || (recent.2 > WINDOW_BYTES && recent.1.len() > 1) {
+                    if let Some(gone) = recent.1.pop_front() {
+                        recent.2 -= gone.size;
+                        // Complete from the first change still held (or the next one).
+                        recent.0 = recent.1.front().map_or(gone.revision + 1, |c| c.revision);
+                    }
                 }
                 // Sent under the lock: a watcher that copies the window and subscribes under it
                 // sees every change exactly once.
