@@ -105,9 +105,6 @@ pub async fn record(
                 |mut e| {
                     e["count"] = (e["count"].as_i64().unwrap_or(1) + 1).into();
                     e["lastTimestamp"] = now().into();
-                    e["metadata"]
-                        .as_object_mut()
-                        .map(|m| m.remove("resourceVersion"));
                     Ok(e)
                 },
             )

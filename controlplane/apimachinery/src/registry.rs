@@ -490,8 +490,10 @@ impl Registry {
             .await
     }
 
-    /// Read-modify-write: `f` turns the current object into the new one; retried on conflict
-    /// unless the new object pins a resourceVersion of its own.
+    /// Read-modify-write: `f` turns the current object into the new one, retried when another
+    /// writer wins the race. The new object keeps the resourceVersion `f` was given (the
+    /// current one) or sets another, which is a precondition: a stale one is a 409, and a retry
+    /// re-runs `f`, so a precondition that no longer holds is a 409 too.
     pub async fn update_with(
         &self,
         def: &ResourceDef,
@@ -516,7 +518,7 @@ impl Registry {
                 .write_update(def, ns, name, &current, new, part, opts)
                 .await
             {
-                Err(ApiError::Conflict { .. }) if pinned.is_none() => continue,
+                Err(ApiError::Conflict { .. }) => continue,
                 other => return other,
             }
         }

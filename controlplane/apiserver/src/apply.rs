@@ -226,7 +226,7 @@ pub async fn apply(
     ns: Option<&str>,
     name: &str,
     bytes: &[u8],
-    q: &BTreeMapLike,
+    q: &Query,
     part: Part,
     mode: FieldValidation,
     opts: &WriteOptions,
@@ -351,9 +351,6 @@ pub async fn apply(
                     others.retain(|m| m["fieldsV1"].as_object().is_some_and(|f| !f.is_empty()));
                     others.push(entry(&manager, &api_version, part, &fields));
                     obj["metadata"]["managedFields"] = Value::Array(others);
-                    obj["metadata"]
-                        .as_object_mut()
-                        .map(|m| m.remove("resourceVersion"));
                     let (obj, w) = def.strategy.decode(def, obj, mode)?;
                     warnings = w;
                     Ok(obj)
@@ -365,7 +362,7 @@ pub async fn apply(
 }
 
 /// The query parameters, as the dispatcher parsed them.
-pub type BTreeMapLike = std::collections::HashMap<String, String>;
+pub type Query = std::collections::HashMap<String, String>;
 
 #[cfg(test)]
 mod tests {

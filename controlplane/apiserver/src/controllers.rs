@@ -233,25 +233,7 @@ pub async fn crd_pass(reg: &Registry) -> Result<(), ApiError> {
             if remaining == 0 {
                 reg.table()
                     .remove_where(|d| d.crd.as_deref() == Some(name.as_str()));
-                reg.update_with(
-                    &crddef,
-                    None,
-                    &name,
-                    Part::Main,
-                    &WriteOptions::default(),
-                    |mut c| {
-                        let fins: Vec<Value> = c["metadata"]["finalizers"]
-                            .as_array()
-                            .cloned()
-                            .unwrap_or_default()
-                            .into_iter()
-                            .filter(|f| f != CRD_CLEANUP)
-                            .collect();
-                        c["metadata"]["finalizers"] = Value::Array(fins);
-                        Ok(c)
-                    },
-                )
-                .await?;
+                set_finalizer(reg, &crddef, None, &name, CRD_CLEANUP, false).await?;
             }
             continue;
         }
@@ -280,23 +262,7 @@ pub async fn crd_pass(reg: &Registry) -> Result<(), ApiError> {
             .flatten()
             .any(|f| f == CRD_CLEANUP);
         if !has_fin {
-            reg.update_with(
-                &crddef,
-                None,
-                &name,
-                Part::Main,
-                &WriteOptions::default(),
-                |mut c| {
-                    let mut fins = c["metadata"]["finalizers"]
-                        .as_array()
-                        .cloned()
-                        .unwrap_or_default();
-                    fins.push(CRD_CLEANUP.into());
-                    c["metadata"]["finalizers"] = Value::Array(fins);
-                    Ok(c)
-                },
-            )
-            .await?;
+            set_finalizer(reg, &crddef, None, &name, CRD_CLEANUP, true).await?;
         }
         let established = crd
             .status
@@ -465,9 +431,6 @@ async fn finish_owner(reg: &Registry, key: &[u8]) -> Result<bool, ApiError> {
                             .filter(|r| r["uid"] != uid.as_str())
                             .collect();
                         o["metadata"]["ownerReferences"] = Value::Array(kept);
-                        o["metadata"]
-                            .as_object_mut()
-                            .map(|m| m.remove("resourceVersion"));
                         Ok(o)
                     },
                 )
@@ -495,31 +458,39 @@ async fn finish_owner(reg: &Registry, key: &[u8]) -> Result<bool, ApiError> {
     } else {
         strake_apimachinery::registry::FOREGROUND_FINALIZER
     };
-    match reg
-        .update_with(
-            &def,
-            ns.as_deref(),
-            &name,
-            Part::Main,
-            &WriteOptions::default(),
-            |mut o| {
-                let kept: Vec<Value> = o["metadata"]["finalizers"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter(|f| f != drop)
-                    .collect();
-                o["metadata"]["finalizers"] = Value::Array(kept);
-                o["metadata"]
-                    .as_object_mut()
-                    .map(|m| m.remove("resourceVersion"));
-                Ok(o)
-            },
-        )
-        .await
-    {
+    match set_finalizer(reg, &def, ns.as_deref(), &name, drop, false).await {
         Ok(_) | Err(ApiError::NotFound { .. }) => Ok(true),
         Err(e) => Err(e),
     }
+}
+
+/// Adds (`present`) or removes a finalizer, retried on conflict; a no-op if already so.
+async fn set_finalizer(
+    reg: &Registry,
+    def: &strake_apimachinery::ResourceDef,
+    ns: Option<&str>,
+    name: &str,
+    finalizer: &str,
+    present: bool,
+) -> Result<Value, ApiError> {
+    reg.update_with(
+        def,
+        ns,
+        name,
+        Part::Main,
+        &WriteOptions::default(),
+        |mut o| {
+            let mut fins: Vec<Value> = o["metadata"]["finalizers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            fins.retain(|f| f != finalizer);
+            if present {
+                fins.push(finalizer.into());
+            }
+            o["metadata"]["finalizers"] = Value::Array(fins);
+            Ok(o)
+        },
+    )
+    .await
 }

@@ -490,14 +490,9 @@ pub async fn patch_object(
     let obj = app
         .registry
         .update_with(def, ns, name, part, &opts, |mut current| {
-            let rv = current["metadata"]["resourceVersion"].clone();
+            // A patch that sets resourceVersion makes it a precondition; otherwise it applies
+            // to whatever is current.
             patch::apply(&mut current, &def.kind, ty, bytes)?;
-            // A patch that does not set resourceVersion applies to whatever is current.
-            if current["metadata"]["resourceVersion"] == rv {
-                current["metadata"]
-                    .as_object_mut()
-                    .map(|m| m.remove("resourceVersion"));
-            }
             let (obj, w) = def.strategy.decode(def, current, mode)?;
             warnings = w;
             Ok(obj)

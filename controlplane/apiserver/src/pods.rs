@@ -64,9 +64,6 @@ async fn bind_def(
                 }
                 _ => pod["spec"]["nodeName"] = node.into(),
             }
-            pod["metadata"]
-                .as_object_mut()
-                .map(|m| m.remove("resourceVersion"));
             Ok(pod)
         },
     )
@@ -90,9 +87,6 @@ async fn bind_def(
             conds
                 .push(json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": now}));
             pod["status"]["conditions"] = Value::Array(conds);
-            pod["metadata"]
-                .as_object_mut()
-                .map(|m| m.remove("resourceVersion"));
             Ok(pod)
         },
     )

@@ -264,14 +264,10 @@ async fn scale(
                 dry_run: dry_run(q),
             },
             |mut obj| {
-                if let Some(rv) = &rv
-                    && obj["metadata"]["resourceVersion"].as_str() != Some(rv.as_str())
-                {
-                    return Err(def.conflict(name));
+                // The Scale's resourceVersion is the object's: a precondition.
+                if let Some(rv) = &rv {
+                    obj["metadata"]["resourceVersion"] = rv.clone().into();
                 }
-                obj["metadata"]
-                    .as_object_mut()
-                    .map(|m| m.remove("resourceVersion"));
                 set_pointer(&mut obj, &paths.spec_replicas, replicas.into());
                 Ok(obj)
             },

@@ -723,29 +723,25 @@ fn validate_rules(rules: &[k8s_openapi::api::rbac::v1::PolicyRule], path: &str) 
     errs
 }
 
-impl Kind for Role {
-    fn validate(&self) -> Vec<FieldError> {
-        validate_rules(self.rules.as_deref().unwrap_or_default(), "rules")
-    }
-    fn columns() -> Vec<Column> {
-        rbac_created()
-    }
-    fn cells(&self) -> Vec<Value> {
-        vec![name_cell(&self.metadata), created_cell(&self.metadata)]
-    }
+/// Roles and cluster roles share their rules, validation and columns.
+macro_rules! role_kind {
+    ($kind:ty) => {
+        impl Kind for $kind {
+            fn validate(&self) -> Vec<FieldError> {
+                validate_rules(self.rules.as_deref().unwrap_or_default(), "rules")
+            }
+            fn columns() -> Vec<Column> {
+                rbac_created()
+            }
+            fn cells(&self) -> Vec<Value> {
+                vec![name_cell(&self.metadata), created_cell(&self.metadata)]
+            }
+        }
+    };
 }
 
-impl Kind for ClusterRole {
-    fn validate(&self) -> Vec<FieldError> {
-        validate_rules(self.rules.as_deref().unwrap_or_default(), "rules")
-    }
-    fn columns() -> Vec<Column> {
-        rbac_created()
-    }
-    fn cells(&self) -> Vec<Value> {
-        vec![name_cell(&self.metadata), created_cell(&self.metadata)]
-    }
-}
+role_kind!(Role);
+role_kind!(ClusterRole);
 
 fn binding_columns() -> Vec<Column> {
     vec![
@@ -830,62 +826,40 @@ fn validate_binding(
     errs
 }
 
-impl Kind for RoleBinding {
-    fn validate(&self) -> Vec<FieldError> {
-        validate_binding(
-            &self.role_ref,
-            self.subjects.as_deref().unwrap_or_default(),
-            false,
-        )
-    }
-    fn validate_update(&self, old: &Self) -> Vec<FieldError> {
-        let mut errs = self.validate();
-        if self.role_ref != old.role_ref {
-            errs.push(FieldError::invalid(
-                "roleRef",
-                "Invalid value: cannot change roleRef",
-            ));
+/// Role bindings and cluster role bindings differ only in what their roleRef may name.
+macro_rules! binding_kind {
+    ($kind:ty, $cluster:expr) => {
+        impl Kind for $kind {
+            fn validate(&self) -> Vec<FieldError> {
+                validate_binding(
+                    &self.role_ref,
+                    self.subjects.as_deref().unwrap_or_default(),
+                    $cluster,
+                )
+            }
+            fn validate_update(&self, old: &Self) -> Vec<FieldError> {
+                let mut errs = self.validate();
+                if self.role_ref != old.role_ref {
+                    errs.push(FieldError::invalid(
+                        "roleRef",
+                        "Invalid value: cannot change roleRef",
+                    ));
+                }
+                errs
+            }
+            fn columns() -> Vec<Column> {
+                binding_columns()
+            }
+            fn cells(&self) -> Vec<Value> {
+                binding_cells(
+                    &self.metadata,
+                    &self.role_ref,
+                    self.subjects.as_deref().unwrap_or_default(),
+                )
+            }
         }
-        errs
-    }
-    fn columns() -> Vec<Column> {
-        binding_columns()
-    }
-    fn cells(&self) -> Vec<Value> {
-        binding_cells(
-            &self.metadata,
-            &self.role_ref,
-            self.subjects.as_deref().unwrap_or_default(),
-        )
-    }
+    };
 }
 
-impl Kind for ClusterRoleBinding {
-    fn validate(&self) -> Vec<FieldError> {
-        validate_binding(
-            &self.role_ref,
-            self.subjects.as_deref().unwrap_or_default(),
-            true,
-        )
-    }
-    fn validate_update(&self, old: &Self) -> Vec<FieldError> {
-        let mut errs = self.validate();
-        if self.role_ref != old.role_ref {
-            errs.push(FieldError::invalid(
-                "roleRef",
-                "Invalid value: cannot change roleRef",
-            ));
-        }
-        errs
-    }
-    fn columns() -> Vec<Column> {
-        binding_columns()
-    }
-    fn cells(&self) -> Vec<Value> {
-        binding_cells(
-            &self.metadata,
-            &self.role_ref,
-            self.subjects.as_deref().unwrap_or_default(),
-        )
-    }
-}
+binding_kind!(RoleBinding, false);
+binding_kind!(ClusterRoleBinding, true);
