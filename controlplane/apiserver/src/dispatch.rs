@@ -147,15 +147,21 @@ pub async fn handle(State(app): State<Arc<AppState>>, req: Request) -> Response 
         } => crate::discovery::serve(&app, req.headers(), group, version, legacy_core),
         Target::NonResource(_) => error_response(ApiError::NoRoute),
         Target::Resource(info) => {
+            let protobuf = render::wants_protobuf(req.headers()) && !watch;
             let who = req
                 .extensions()
                 .get::<Principal>()
                 .cloned()
                 .unwrap_or(Principal::Anonymous);
             let (parts, body) = req.into_parts();
-            match resource(app, &who, info, q, parts.headers, body).await {
+            let resp = match resource(app, &who, info, q, parts.headers, body).await {
                 Ok(r) => r,
                 Err(e) => error_response(e),
+            };
+            if protobuf {
+                render::as_protobuf(resp).await
+            } else {
+                resp
             }
         }
     }
@@ -432,6 +438,12 @@ async fn watch(
     };
     let stream = strake_apimachinery::watch::watch(&app.registry, def.clone(), opts).await?;
     let api_version = def.api_version();
+    if mode == Render::Json
+        && render::wants_protobuf(headers)
+        && crate::protobuf::encodes(&api_version, &def.kind)
+    {
+        return protobuf_watch(def, stream);
+    }
     let body = stream.map(move |item| {
         let v = match item {
             // The common case shares the object's JSON, encoded once for every watcher.
@@ -461,6 +473,56 @@ async fn watch(
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/json")
+        .header("Transfer-Encoding", "chunked")
+        .body(Body::from_stream(body))
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// A watch as protobuf frames (`;stream=watch`). An event that cannot be encoded is sent as an
+/// ERROR event naming why, on which clients relist.
+fn protobuf_watch(
+    def: Arc<ResourceDef>,
+    stream: impl futures::Stream<Item = WatchItem> + Send + 'static,
+) -> Result<Response, ApiError> {
+    let api_version = def.api_version();
+    let body = stream.map(move |item| {
+        let (kind, obj) = match item {
+            WatchItem::Event { kind, object } => {
+                (kind.to_string(), crate::protobuf::encode(object.value()))
+            }
+            WatchItem::Bookmark {
+                revision,
+                initial_events_end,
+            } => {
+                let mut meta = json!({"resourceVersion": revision.to_string()});
+                if initial_events_end {
+                    meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+                }
+                let v = json!({"kind": def.kind, "apiVersion": api_version, "metadata": meta});
+                ("BOOKMARK".to_string(), crate::protobuf::encode(&v))
+            }
+            WatchItem::Error(e) => ("ERROR".to_string(), crate::protobuf::encode(&e.status())),
+        };
+        let frame = match obj {
+            Ok(bytes) => strake_protobuf::watch_frame(&kind, &bytes),
+            Err(e) => {
+                let status =
+                    ApiError::Internal(format!("a watch event cannot be encoded as protobuf: {e}"))
+                        .status();
+                strake_protobuf::watch_frame(
+                    "ERROR",
+                    &crate::protobuf::encode(&status).unwrap_or_default(),
+                )
+            }
+        };
+        Ok::<_, std::convert::Infallible>(Bytes::from(frame))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(
+            header::CONTENT_TYPE,
+            "application/vnd.kubernetes.protobuf;stream=watch",
+        )
         .header("Transfer-Encoding", "chunked")
         .body(Body::from_stream(body))
         .map_err(|e| ApiError::Internal(e.to_string()))

@@ -66,6 +66,61 @@ pub fn render_mode(headers: &HeaderMap, include_object: Option<&str>) -> Result<
     Ok(Render::Table { include })
 }
 
+/// Whether the client's first choice is protobuf (`application/vnd.kubernetes.protobuf`, as Go
+/// clients built with protobuf ask). Responses then go out as protobuf where the kind has a
+/// message, and as JSON otherwise, which such clients list as their fallback.
+pub fn wants_protobuf(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|a| a.split(',').next())
+        .is_some_and(|first| {
+            let mut parts = first.split(';').map(str::trim);
+            parts.next() == Some(PROTOBUF) && !parts.any(|p| p.starts_with("as="))
+        })
+}
+
+pub const PROTOBUF: &str = "application/vnd.kubernetes.protobuf";
+
+/// Re-encodes a JSON response as protobuf when its kind has a message (objects, lists and
+/// Status of the built-in kinds); any other response is returned as it is.
+pub async fn as_protobuf(resp: Response) -> Response {
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|ct| ct == "application/json");
+    if !is_json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return error_response(ApiError::Internal("the response body was lost".into()));
+    };
+    let encoded = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .filter(|v| {
+            crate::protobuf::encodes(
+                v["apiVersion"].as_str().unwrap_or_default(),
+                v["kind"].as_str().unwrap_or_default(),
+            )
+        })
+        .map(|v| crate::protobuf::encode(&v));
+    match encoded {
+        Some(Ok(pb)) => {
+            parts.headers.insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(PROTOBUF),
+            );
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Response::from_parts(parts, axum::body::Body::from(pb))
+        }
+        Some(Err(e)) => error_response(ApiError::Internal(format!(
+            "the response cannot be encoded as protobuf: {e}"
+        ))),
+        None => Response::from_parts(parts, axum::body::Body::from(bytes)),
+    }
+}
+
 pub fn json_response(code: StatusCode, v: &Value) -> Response {
     (
         code,

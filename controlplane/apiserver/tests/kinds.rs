@@ -1161,3 +1161,116 @@ async fn orphan_and_foreground_deletion_finish() {
     wait_gone(format!("{cms}/fore-dep")).await;
     wait_gone(format!("{coll}/fore")).await;
 }
+
+/// Responses to a client whose first choice is protobuf, read back with upstream's generated
+/// message types: an object, a list, an error Status, and a watch stream's frames.
+#[tokio::test]
+async fn protobuf_clients_get_protobuf_responses() {
+    use k8s_pb::api::core::v1 as core;
+    use k8s_pb::apimachinery::pkg::apis::meta::v1 as meta;
+    use k8s_pb::apimachinery::pkg::runtime::Unknown;
+    use prost::Message;
+    const PB: &str = "application/vnd.kubernetes.protobuf";
+    let api = start().await;
+    let (code, _) = api
+        .post(
+            "/api/v1/namespaces/default/configmaps",
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "pb", "labels": {"a": "b"}}, "data": {"k": "v"}}),
+        )
+        .await;
+    assert_eq!(code, 201);
+    let get = |path: &str| {
+        api.http
+            .get(format!("{}{path}", api.base))
+            .header("Accept", format!("{PB}, application/json"))
+            .send()
+    };
+    let unwrap = |bytes: &[u8]| -> (String, String, Vec<u8>) {
+        assert_eq!(&bytes[..4], b"k8s\0", "the envelope");
+        let u = Unknown::decode(&bytes[4..]).unwrap();
+        let tm = u.type_meta.unwrap();
+        (tm.api_version.unwrap(), tm.kind.unwrap(), u.raw.unwrap())
+    };
+
+    let r = get("/api/v1/namespaces/default/configmaps/pb")
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["content-type"], PB);
+    let (av, kind, raw) = unwrap(&r.bytes().await.unwrap());
+    assert_eq!((av.as_str(), kind.as_str()), ("v1", "ConfigMap"));
+    let cm = core::ConfigMap::decode(raw.as_slice()).unwrap();
+    let m = cm.metadata.unwrap();
+    assert_eq!(m.name.as_deref(), Some("pb"));
+    assert_eq!(m.labels["a"], "b");
+    assert!(m.creation_timestamp.unwrap().seconds.unwrap() > 1_700_000_000);
+    assert!(!m.uid.unwrap().is_empty());
+    assert_eq!(cm.data["k"], "v");
+
+    let r = get("/api/v1/namespaces/default/configmaps").await.unwrap();
+    let (_, kind, raw) = unwrap(&r.bytes().await.unwrap());
+    assert_eq!(kind, "ConfigMapList");
+    let list = core::ConfigMapList::decode(raw.as_slice()).unwrap();
+    assert!(
+        list.items
+            .iter()
+            .any(|c| c.metadata.as_ref().unwrap().name.as_deref() == Some("pb"))
+    );
+    assert!(!list.metadata.unwrap().resource_version.unwrap().is_empty());
+
+    let r = get("/api/v1/namespaces/default/configmaps/missing")
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let (_, kind, raw) = unwrap(&r.bytes().await.unwrap());
+    assert_eq!(kind, "Status");
+    let st = meta::Status::decode(raw.as_slice()).unwrap();
+    assert_eq!(
+        (st.code, st.reason.as_deref()),
+        (Some(404), Some("NotFound"))
+    );
+
+    // Table and CRD responses stay JSON, which such clients accept as their fallback.
+    let r = api
+        .http
+        .get(format!("{}/api/v1/namespaces/default/configmaps", api.base))
+        .header(
+            "Accept",
+            "application/json;as=Table;v=v1;g=meta.k8s.io, application/json",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], "application/json");
+
+    let r = get("/api/v1/namespaces/default/configmaps?watch=true&timeoutSeconds=2")
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/vnd.kubernetes.protobuf;stream=watch"
+    );
+    let body = r.bytes().await.unwrap();
+    let mut rest = &body[..];
+    let mut names = Vec::new();
+    while rest.len() >= 4 {
+        let n = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+        let ev = meta::WatchEvent::decode(&rest[4..4 + n]).unwrap();
+        rest = &rest[4 + n..];
+        let (_, kind, raw) = unwrap(&ev.object.unwrap().raw.unwrap());
+        assert_eq!(
+            (ev.r#type.as_deref(), kind.as_str()),
+            (Some("ADDED"), "ConfigMap")
+        );
+        names.push(
+            core::ConfigMap::decode(raw.as_slice())
+                .unwrap()
+                .metadata
+                .unwrap()
+                .name
+                .unwrap(),
+        );
+    }
+    assert!(rest.is_empty(), "whole frames");
+    assert!(names.contains(&"pb".to_string()), "{names:?}");
+}

@@ -68,6 +68,37 @@ fn scenario(bin: &Path, kc: &Path, ns: &str, dir: &Path) {
         ok(bin, kc, &a.iter().map(String::as_str).collect::<Vec<_>>())
     };
     ok(bin, kc, &["create", "namespace", ns]);
+    // kubectl 1.32 and later send typed creates as protobuf and take protobuf back: the
+    // response it printed from was the server's protobuf encoding.
+    let (success, out, err) = run(
+        bin,
+        kc,
+        &[
+            "-n",
+            ns,
+            "create",
+            "configmap",
+            "pbcheck",
+            "--from-literal=a=b",
+            "-v=8",
+        ],
+    );
+    assert!(
+        success && out.contains("configmap/pbcheck created"),
+        "{out}{err}"
+    );
+    if !bin.ends_with("kubectl.1.30") {
+        assert!(
+            err.contains("Accept: application/vnd.kubernetes.protobuf"),
+            "kubectl asked for protobuf:\n{err}"
+        );
+        assert!(
+            err.matches("Content-Type: application/vnd.kubernetes.protobuf")
+                .count()
+                >= 2,
+            "the request and the response were protobuf:\n{err}"
+        );
+    }
     okn(&[
         "create",
         "configmap",

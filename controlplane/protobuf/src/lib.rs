@@ -1,9 +1,12 @@
-//! Kubernetes protobuf bodies (`application/vnd.kubernetes.protobuf`) to JSON: the `k8s\0`
-//! envelope, the wire format, and every built-in message by its field numbers (a table built
-//! from k8s-pb's sources) with the JSON names of its properties (from the kinds' OpenAPI schemas).
-//! Owns decoding only; what the JSON means is the API machinery's business.
+//! Kubernetes protobuf bodies (`application/vnd.kubernetes.protobuf`) to JSON and back: the
+//! `k8s\0` envelope, the wire format, and every built-in message by its field numbers (a table
+//! built from k8s-pb's sources) with the JSON names of its properties (from the kinds' OpenAPI
+//! schemas). Owns the encoding only; what the JSON means is the API machinery's business.
 
+mod encode;
 mod wire;
+
+pub use encode::{envelope, watch_frame};
 
 use std::collections::HashMap;
 
@@ -22,6 +25,15 @@ pub enum FieldType {
     MapString,
     MapBytes,
     MapMessage(&'static str),
+}
+
+impl FieldType {
+    fn message(self) -> Option<&'static str> {
+        match self {
+            FieldType::Message(m) => Some(m),
+            _ => None,
+        }
+    }
 }
 
 /// One field of the table: number, Rust name, type, repeated.
@@ -44,6 +56,15 @@ pub enum DecodeError {
     Encoding(String),
 }
 
+/// Why a JSON value could not be encoded as its message.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EncodeError {
+    #[error("{api_version} {kind} has no protobuf message")]
+    UnknownType { api_version: String, kind: String },
+    #[error("{path}: {problem}")]
+    Invalid { path: String, problem: String },
+}
+
 /// The envelope's magic prefix.
 pub const MAGIC: &[u8] = b"k8s\0";
 
@@ -51,12 +72,15 @@ struct Field {
     json: String,
     ty: FieldType,
     repeated: bool,
+    /// Embedded: its fields are written into the parent's JSON object.
+    inline: bool,
 }
 
-/// Decodes protobuf messages into JSON. Build it once: it joins the field-number table with the
-/// JSON property names of the schemas it is given.
-pub struct Decoder {
-    messages: HashMap<&'static str, HashMap<u32, Field>>,
+/// Decodes protobuf messages into JSON and encodes JSON as them. Build it once: it joins the
+/// field-number table with the JSON property names of the schemas it is given.
+pub struct Codec {
+    /// Each message's fields, sorted by number.
+    messages: HashMap<&'static str, Vec<(u32, Field)>>,
 }
 
 fn normalized(s: &str) -> String {
@@ -66,10 +90,11 @@ fn normalized(s: &str) -> String {
         .collect()
 }
 
-impl Decoder {
+impl Codec {
     /// `schemas`: OpenAPI/JSON schemas by name (`io.k8s.api.core.v1.PodSpec`), whose
     /// `properties` give each field's JSON name.
     pub fn new(schemas: &Map<String, Value>) -> Self {
+        let table: HashMap<&str, &[FieldEntry]> = MESSAGES.iter().copied().collect();
         let mut messages = HashMap::new();
         for (name, fields) in MESSAGES {
             let props: Vec<&String> = schemas
@@ -78,24 +103,36 @@ impl Decoder {
                 .and_then(Value::as_object)
                 .map(|p| p.keys().collect())
                 .unwrap_or_default();
-            let mut by_tag = HashMap::new();
+            let mut by_tag = Vec::with_capacity(fields.len());
             for (tag, rust, ty, repeated) in fields.iter() {
                 let n = normalized(rust);
                 // Without a schema (wrapper types), the Rust name in camelCase.
-                let json = props
-                    .iter()
-                    .find(|p| normalized(p) == n)
-                    .map(|p| p.to_string())
-                    .unwrap_or_else(|| camel(rust));
-                by_tag.insert(
+                let named = props.iter().find(|p| normalized(p) == n);
+                // A Go struct embedded with `json:",inline"` (Probe's ProbeHandler, Volume's
+                // VolumeSource) is a field in protobuf but its fields are the parent's in JSON.
+                let inline = match (named, ty, repeated) {
+                    (None, FieldType::Message(m), false) if !props.is_empty() => {
+                        table.get(m).is_some_and(|inner| {
+                            !inner.is_empty()
+                                && inner.iter().all(|(_, r, _, _)| {
+                                    props.iter().any(|p| normalized(p) == normalized(r))
+                                })
+                        })
+                    }
+                    _ => false,
+                };
+                let json = named.map(|p| p.to_string()).unwrap_or_else(|| camel(rust));
+                by_tag.push((
                     *tag,
                     Field {
                         json,
                         ty: *ty,
                         repeated: *repeated,
+                        inline,
                     },
-                );
+                ));
             }
+            by_tag.sort_by_key(|(tag, _)| *tag);
             messages.insert(*name, by_tag);
         }
         Self { messages }
@@ -178,8 +215,17 @@ impl Decoder {
         let mut out = Map::new();
         for item in wire::Fields::new(bytes, offset) {
             let (tag, value) = item?;
-            let Some(f) = fields.get(&tag) else { continue };
+            let Ok(i) = fields.binary_search_by_key(&tag, |(t, _)| *t) else {
+                continue;
+            };
+            let f = &fields[i].1;
             let decoded = self.field_value(f, value, offset)?;
+            if f.inline {
+                if let Value::Object(inner) = decoded {
+                    out.extend(inner);
+                }
+                continue;
+            }
             match (&f.ty, f.repeated) {
                 (FieldType::MapString | FieldType::MapBytes | FieldType::MapMessage(_), _) => {
                     let entry = out

@@ -8,6 +8,7 @@ fn schemas() -> Map<String, Value> {
         schemars::SchemaGenerator::new(schemars::generate::SchemaSettings::openapi3());
     generator.subschema_for::<k8s_openapi::api::apps::v1::Deployment>();
     generator.subschema_for::<k8s_openapi::api::core::v1::Secret>();
+    generator.subschema_for::<k8s_openapi::api::core::v1::Pod>();
     generator.subschema_for::<k8s_openapi::api::core::v1::ConfigMap>();
     generator.subschema_for::<k8s_openapi::api::authorization::v1::SelfSubjectAccessReview>();
     generator.take_definitions(true).into_iter().collect()
@@ -37,7 +38,7 @@ fn message_of(api_version: &str, kind: &str) -> Option<String> {
 #[test]
 fn the_table_covers_the_built_in_kinds() {
     assert!(MESSAGES.len() > 500);
-    let d = Decoder::new(&schemas());
+    let d = Codec::new(&schemas());
     for m in [
         "io.k8s.api.core.v1.Pod",
         "io.k8s.api.apps.v1.Deployment",
@@ -119,7 +120,7 @@ fn a_deployment_as_kubectl_create_sends_it() {
         status: None,
     };
     let body = envelope("apps/v1", "Deployment", deploy.encode_to_vec());
-    let v = Decoder::new(&schemas())
+    let v = Codec::new(&schemas())
         .decode_envelope(&body, &message_of)
         .unwrap();
     assert_eq!(v["apiVersion"], "apps/v1");
@@ -166,7 +167,7 @@ fn secrets_carry_bytes_as_base64() {
         r#type: Some("Opaque".into()),
         ..Default::default()
     };
-    let v = Decoder::new(&schemas())
+    let v = Codec::new(&schemas())
         .decode_envelope(&envelope("v1", "Secret", s.encode_to_vec()), &message_of)
         .unwrap();
     assert_eq!(v["data"]["k"], "aHVudGVyMg==");
@@ -175,7 +176,7 @@ fn secrets_carry_bytes_as_base64() {
 
 #[test]
 fn bad_bodies_are_refused_with_where() {
-    let d = Decoder::new(&schemas());
+    let d = Codec::new(&schemas());
     assert_eq!(
         d.decode_envelope(b"{}", &message_of),
         Err(DecodeError::NoEnvelope)
@@ -196,4 +197,202 @@ fn bad_bodies_are_refused_with_where() {
     let mut cut = envelope("v1", "ConfigMap", vec![]);
     cut.truncate(cut.len() - 3);
     assert!(d.decode_envelope(&cut, &message_of).is_err());
+}
+
+fn pod_json() -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "web-0",
+            "namespace": "default",
+            "uid": "0b0f6f47-4a0e-4d43-9b1f-1a2b3c4d5e6f",
+            "resourceVersion": "42",
+            "creationTimestamp": "2026-12-03T10:11:12Z",
+            "labels": {"app": "web", "tier": "front"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-abc", "uid": "u1", "controller": true}],
+            "managedFields": [{"manager": "kubectl", "operation": "Apply", "apiVersion": "v1", "time": "2026-12-03T10:11:12Z", "fieldsType": "FieldsV1", "fieldsV1": {"f:metadata": {"f:labels": {"f:app": {}}}}}]
+        },
+        "spec": {
+            "containers": [{
+                "name": "nginx",
+                "image": "nginx:1",
+                "args": ["-g", "daemon off;"],
+                "ports": [{"containerPort": 80, "protocol": "TCP"}],
+                "resources": {"limits": {"cpu": "500m", "memory": "64Mi"}},
+                "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 5}
+            }],
+            "terminationGracePeriodSeconds": 30,
+            "hostNetwork": false,
+            "securityContext": {"runAsUser": -1}
+        },
+        "status": {
+            "phase": "Running",
+            "podIP": "10.42.0.5",
+            "startTime": "2026-12-03T10:11:13Z",
+            "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-12-03T10:11:14Z"}]
+        }
+    })
+}
+
+#[test]
+fn encoded_objects_decode_with_upstream_messages() {
+    let c = Codec::new(&schemas());
+    let bytes = c.encode_envelope(&pod_json(), &message_of).unwrap();
+    assert!(bytes.starts_with(MAGIC));
+    let unknown = k8s_pb::apimachinery::pkg::runtime::Unknown::decode(&bytes[4..]).unwrap();
+    let tm = unknown.type_meta.unwrap();
+    assert_eq!(
+        (tm.api_version.as_deref(), tm.kind.as_deref()),
+        (Some("v1"), Some("Pod"))
+    );
+    let pod = k8s_pb::api::core::v1::Pod::decode(unknown.raw.unwrap().as_slice()).unwrap();
+    let meta = pod.metadata.unwrap();
+    assert_eq!(meta.name.as_deref(), Some("web-0"));
+    assert_eq!(meta.labels["tier"], "front");
+    assert_eq!(
+        meta.creation_timestamp.unwrap().seconds,
+        Some(1_796_292_672)
+    );
+    assert_eq!(meta.owner_references[0].controller, Some(true));
+    assert_eq!(
+        meta.managed_fields[0]
+            .fields_v1
+            .as_ref()
+            .unwrap()
+            .raw
+            .as_deref(),
+        Some(br#"{"f:metadata":{"f:labels":{"f:app":{}}}}"#.as_slice())
+    );
+    let spec = pod.spec.unwrap();
+    let ctr = &spec.containers[0];
+    assert_eq!(ctr.args, vec!["-g", "daemon off;"]);
+    assert_eq!(ctr.ports[0].container_port, Some(80));
+    assert_eq!(
+        ctr.resources.as_ref().unwrap().limits["memory"]
+            .string
+            .as_deref(),
+        Some("64Mi")
+    );
+    let port = ctr
+        .readiness_probe
+        .as_ref()
+        .and_then(|p| p.handler.as_ref())
+        .and_then(|h| h.http_get.as_ref())
+        .and_then(|g| g.port.as_ref())
+        .unwrap();
+    assert_eq!(
+        (port.r#type, port.str_val.as_deref()),
+        (Some(1), Some("http"))
+    );
+    assert_eq!(spec.host_network, Some(false), "explicit false is written");
+    assert_eq!(
+        spec.security_context.unwrap().run_as_user,
+        Some(-1),
+        "negative ints"
+    );
+    assert_eq!(pod.status.unwrap().pod_ip.as_deref(), Some("10.42.0.5"));
+}
+
+#[test]
+fn json_survives_a_round_trip_through_protobuf() {
+    let c = Codec::new(&schemas());
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "s", "annotations": {"a": "b"}},
+        "data": {"k": "aHVudGVyMg==", "e": ""},
+        "type": "Opaque"
+    });
+    let deploy = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "generation": 3},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": "web"}, "matchExpressions": [{"key": "k", "operator": "In", "values": ["a", "b"]}]},
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}}
+        },
+        "status": {"observedGeneration": 3, "conditions": [{"type": "Available", "status": "True", "lastUpdateTime": "2026-01-02T03:04:05Z"}]}
+    });
+    for v in [pod_json(), secret, deploy] {
+        let bytes = c.encode_envelope(&v, &message_of).unwrap();
+        let back = c.decode_envelope(&bytes, &message_of).unwrap();
+        let mut want = v.clone();
+        // An empty string is not written back, as Go's JSON omits it.
+        if let Some(d) = want.get_mut("data") {
+            d["e"] = json!("");
+        }
+        assert_eq!(back, want, "{}", v["kind"]);
+    }
+}
+
+#[test]
+fn a_list_encodes_its_items_without_their_type() {
+    let c = Codec::new(&schemas());
+    let list = json!({
+        "apiVersion": "v1", "kind": "ConfigMapList",
+        "metadata": {"resourceVersion": "7", "continue": "abc"},
+        "items": [
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}, "data": {"x": "1"}},
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "b"}}
+        ]
+    });
+    let bytes = c.encode_envelope(&list, &message_of).unwrap();
+    let unknown = k8s_pb::apimachinery::pkg::runtime::Unknown::decode(&bytes[4..]).unwrap();
+    let l = k8s_pb::api::core::v1::ConfigMapList::decode(unknown.raw.unwrap().as_slice()).unwrap();
+    assert_eq!(l.metadata.unwrap().r#continue.as_deref(), Some("abc"));
+    assert_eq!(l.items.len(), 2);
+    assert_eq!(l.items[0].data["x"], "1");
+}
+
+#[test]
+fn json_that_does_not_fit_its_message_is_refused_with_its_path() {
+    let c = Codec::new(&schemas());
+    let bad = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": 5}});
+    assert_eq!(
+        c.encode_envelope(&bad, &message_of),
+        Err(EncodeError::Invalid {
+            path: ".metadata.name".into(),
+            problem: "expected a string, found a number".into()
+        })
+    );
+    let big =
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "spec": {"replicas": 1u64 << 40}});
+    assert!(matches!(
+        c.encode_envelope(&big, &message_of),
+        Err(EncodeError::Invalid { .. })
+    ));
+    assert!(matches!(
+        c.encode_envelope(&json!({"kind": "Nope", "apiVersion": "v1"}), &message_of),
+        Err(EncodeError::UnknownType { .. })
+    ));
+}
+
+#[test]
+fn go_durations_parse_as_go_prints_them() {
+    use crate::encode::parse_go_duration as p;
+    assert_eq!(p("0s"), Some(0));
+    assert_eq!(p("1h2m3s"), Some(3_723_000_000_000));
+    assert_eq!(p("1.5s"), Some(1_500_000_000));
+    assert_eq!(p("-300ms"), Some(-300_000_000));
+    assert_eq!(p("12"), None);
+    assert_eq!(p("1x"), None);
+    for ns in [0, 1_500_000_000, 3_723_000_000_000, 90_000_000_000] {
+        assert_eq!(p(&go_duration(ns)), Some(ns));
+    }
+}
+
+#[test]
+fn watch_frames_carry_an_upstream_watch_event() {
+    let c = Codec::new(&schemas());
+    let obj = c.encode_envelope(&pod_json(), &message_of).unwrap();
+    let frame = watch_frame("ADDED", &obj);
+    let len = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
+    assert_eq!(len, frame.len() - 4);
+    let ev = k8s_pb::apimachinery::pkg::apis::meta::v1::WatchEvent::decode(&frame[4..]).unwrap();
+    assert_eq!(ev.r#type.as_deref(), Some("ADDED"));
+    let raw = ev.object.unwrap().raw.unwrap();
+    assert_eq!(raw, obj);
+    let back = c.decode_envelope(&raw, &message_of).unwrap();
+    assert_eq!(back["metadata"]["name"], "web-0");
 }
