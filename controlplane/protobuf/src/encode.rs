@@ -78,6 +78,10 @@ impl Codec {
         v: &Value,
         path: &mut String,
     ) -> Result<(), EncodeError> {
+        // An absent message, as a zero time decodes.
+        if v.is_null() {
+            return Ok(());
+        }
         if self.write_special(out, name, v, path)? {
             return Ok(());
         }
@@ -90,7 +94,6 @@ impl Codec {
             })?;
         let obj = match v {
             Value::Object(m) => m,
-            Value::Null => return Ok(()),
             other => return Err(mismatch(path, "an object", other)),
         };
         for (tag, f) in fields {
@@ -345,7 +348,7 @@ fn unbase64(v: &Value, path: &str) -> Result<Vec<u8>, EncodeError> {
         })
 }
 
-/// Go's duration syntax (`1h2m3.5s`, `300ms`, `-1.5h`) in nanoseconds.
+/// Go's duration syntax (`1h2m3.5s`, `300ms`, `-1.5h`) in nanoseconds, exactly.
 pub(crate) fn parse_go_duration(s: &str) -> Option<i64> {
     let (neg, mut rest) = match s.strip_prefix('-') {
         Some(r) => (true, r),
@@ -357,33 +360,50 @@ pub(crate) fn parse_go_duration(s: &str) -> Option<i64> {
     if rest.is_empty() {
         return None;
     }
-    let mut total: f64 = 0.0;
+    let mut total: u128 = 0;
     while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .filter(|i| *i > 0)?;
-        let n: f64 = rest[..num_end].parse().ok()?;
-        rest = &rest[num_end..];
-        let unit_end = rest
+        let int_end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let (int, after) = rest.split_at(int_end);
+        let (fraction, after) = match after.strip_prefix('.') {
+            Some(a) => {
+                let end = a.find(|c: char| !c.is_ascii_digit()).unwrap_or(a.len());
+                a.split_at(end)
+            }
+            None => ("", after),
+        };
+        if int.is_empty() && fraction.is_empty() {
+            return None;
+        }
+        let unit_end = after
             .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_end] {
-            "ns" => 1.0,
-            "us" | "µs" | "μs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
+            .unwrap_or(after.len());
+        let scale: u128 = match &after[..unit_end] {
+            "ns" => 1,
+            "us" | "µs" | "μs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
             _ => return None,
         };
-        rest = &rest[unit_end..];
-        total += n * scale;
+        rest = &after[unit_end..];
+        let whole: u128 = if int.is_empty() { 0 } else { int.parse().ok()? };
+        total = total.checked_add(whole.checked_mul(scale)?)?;
+        // The fraction's digits beyond nanoseconds are dropped, as Go drops them.
+        let mut place = scale;
+        for d in fraction.bytes() {
+            place /= 10;
+            if place == 0 {
+                break;
+            }
+            total += u128::from(d - b'0') * place;
+        }
+        if total > 1u128 << 63 {
+            return None;
+        }
     }
-    if total > i64::MAX as f64 {
-        return None;
-    }
-    let ns = total.round() as i64;
-    Some(if neg { -ns } else { ns })
+    let total = i128::try_from(total).ok()?;
+    i64::try_from(if neg { -total } else { total }).ok()
 }
 
 /// One frame of a protobuf watch stream (`;stream=watch`): a big-endian 4-byte length, then a

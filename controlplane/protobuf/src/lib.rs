@@ -239,6 +239,8 @@ impl Codec {
                 }
                 (_, true) => match decoded {
                     // A packed repeated scalar decodes to a list of its values.
+                    // An empty packed run adds nothing, as no element at all would.
+                    Value::Array(vs) if vs.is_empty() => {}
                     Value::Array(vs)
                         if matches!(
                             f.ty,
@@ -298,7 +300,7 @@ impl Codec {
             (FieldType::Double, W::Fixed64(v)) => {
                 serde_json::Number::from_f64(f64::from_bits(v)).map_or(Value::Null, Value::Number)
             }
-            (FieldType::Int32 | FieldType::Int64 | FieldType::Bool, W::Bytes(b)) => {
+            (FieldType::Int32 | FieldType::Int64 | FieldType::Bool, W::Bytes(b)) if f.repeated => {
                 // Packed repeated varints.
                 let mut vals = Vec::new();
                 let mut r = wire::Reader::new(b, offset);
@@ -383,7 +385,9 @@ impl Codec {
             (true, "Time" | "MicroTime") => {
                 let f = fields()?;
                 let (secs, nanos) = (int(f.get(&1)), int(f.get(&2)));
-                if secs == 0 && nanos == 0 {
+                // Zero as the JSON form shows it: Time has whole seconds, MicroTime microseconds.
+                let shown = if short == "Time" { 0 } else { nanos / 1000 };
+                if secs == 0 && shown == 0 {
                     Value::Null
                 } else {
                     let ts = jiff::Timestamp::new(secs, nanos as i32).map_err(|e| {
@@ -480,31 +484,42 @@ fn base64(b: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(b)
 }
 
-/// A duration in nanoseconds as Go prints it (`1h2m3s`, `1.5s`, `0s`).
+/// A duration in nanoseconds as Go's `time.Duration` prints it (`1h2m3s`, `1.5s`, `300ms`,
+/// `0s`), exactly: integer arithmetic, fractions without trailing zeros.
 fn go_duration(ns: i64) -> String {
     if ns == 0 {
         return "0s".into();
     }
-    let neg = ns < 0;
-    let mut n = ns.unsigned_abs();
-    let h = n / 3_600_000_000_000;
-    n %= 3_600_000_000_000;
-    let m = n / 60_000_000_000;
-    n %= 60_000_000_000;
-    let s = n as f64 / 1e9;
-    let mut out = String::new();
-    if neg {
-        out.push('-');
+    let sign = if ns < 0 { "-" } else { "" };
+    let u = ns.unsigned_abs();
+    // `v` scaled down by 10^prec, with the fraction's trailing zeros dropped.
+    let frac = |v: u64, prec: u32| -> String {
+        let scale = 10u64.pow(prec);
+        let (whole, part) = (v / scale, v % scale);
+        if part == 0 {
+            whole.to_string()
+        } else {
+            let digits = format!("{part:0width$}", width = prec as usize);
+            format!("{whole}.{}", digits.trim_end_matches('0'))
+        }
+    };
+    if u < 1_000 {
+        return format!("{sign}{u}ns");
     }
-    if h > 0 {
-        out.push_str(&format!("{h}h"));
+    if u < 1_000_000 {
+        return format!("{sign}{}µs", frac(u, 3));
     }
-    if h > 0 || m > 0 {
-        out.push_str(&format!("{m}m"));
+    if u < 1_000_000_000 {
+        return format!("{sign}{}ms", frac(u, 6));
     }
-    let secs = format!("{s}");
-    out.push_str(&format!("{}s", secs.trim_end_matches(".0")));
-    out
+    let (h, rest) = (u / 3_600_000_000_000, u % 3_600_000_000_000);
+    let (m, rest) = (rest / 60_000_000_000, rest % 60_000_000_000);
+    let secs = frac(rest, 9);
+    match (h, m) {
+        (0, 0) => format!("{sign}{secs}s"),
+        (0, m) => format!("{sign}{m}m{secs}s"),
+        (h, m) => format!("{sign}{h}h{m}m{secs}s"),
+    }
 }
 
 #[cfg(test)]
