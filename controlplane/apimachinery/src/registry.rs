@@ -58,6 +58,10 @@ pub fn field_value(obj: &Value, path: &str) -> Option<String> {
 pub struct WriteOptions {
     /// `dryRun=All`: run every step, persist nothing.
     pub dry_run: bool,
+    /// The manager the write's changed fields are recorded for in managedFields (an `Update`
+    /// entry). None leaves managedFields as the caller set them: server-side apply computes
+    /// its own, and the server's internal writes are not tracked.
+    pub field_manager: Option<String>,
 }
 
 /// How dependents are treated when their owner is deleted.
@@ -433,6 +437,16 @@ impl Registry {
             }
         }
         def.strategy.prepare_create(&mut obj);
+        if let Some(manager) = &opts.field_manager {
+            crate::managed::track(
+                &def.kind,
+                &def.api_version(),
+                None,
+                &mut obj,
+                manager,
+                Part::Main,
+            );
+        }
         let name = meta_str(&obj, "name").unwrap_or_default().to_string();
         let causes = validate(def, &obj, None, Part::Main);
         if !causes.is_empty() {
@@ -612,6 +626,21 @@ impl Registry {
             }
         }
         def.strategy.prepare_update(&mut obj, &old);
+        if let Some(manager) = &opts.field_manager {
+            let part = if part == Part::Status {
+                Part::Status
+            } else {
+                Part::Main
+            };
+            crate::managed::track(
+                &def.kind,
+                &def.api_version(),
+                Some(&old),
+                &mut obj,
+                manager,
+                part,
+            );
+        }
         if part != Part::Status && def.generation && spec_like(&obj) != spec_like(&old) {
             obj["metadata"]["generation"] =
                 (old["metadata"]["generation"].as_i64().unwrap_or(1) + 1).into();

@@ -109,7 +109,7 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn dry_run(q: &Query) -> Result<bool, ApiError> {
+pub fn dry_run(q: &Query) -> Result<bool, ApiError> {
     match q.get("dryRun").map(String::as_str) {
         None | Some("") => Ok(false),
         Some("All") => Ok(true),
@@ -117,6 +117,38 @@ fn dry_run(q: &Query) -> Result<bool, ApiError> {
             "dryRun must be \"All\", not {other:?}"
         ))),
     }
+}
+
+/// The options of a write request: `dryRun`, and the manager its changes are recorded for in
+/// managedFields: `fieldManager`, or else the User-Agent's product name (`kubectl`,
+/// `OpenAPI-Generator`), as upstream names it.
+pub fn write_options(q: &Query, headers: &HeaderMap) -> Result<WriteOptions, ApiError> {
+    let manager = match q.get("fieldManager").filter(|m| !m.is_empty()) {
+        Some(m) => {
+            if m.chars().count() > 128 || m.chars().any(char::is_control) {
+                return Err(ApiError::BadRequest(format!(
+                    "fieldManager {m:?} is invalid: it must be at most 128 printable characters"
+                )));
+            }
+            m.clone()
+        }
+        None => headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|ua| ua.split('/').next())
+            .map(|p| {
+                p.chars()
+                    .filter(|c| !c.is_control())
+                    .take(128)
+                    .collect::<String>()
+            })
+            .filter(|p| !p.trim().is_empty())
+            .unwrap_or_else(|| "unknown".into()),
+    };
+    Ok(WriteOptions {
+        dry_run: dry_run(q)?,
+        field_manager: Some(manager),
+    })
 }
 
 fn filter(def: &ResourceDef, q: &Query) -> Result<Filter, ApiError> {
@@ -216,14 +248,7 @@ async fn resource(
             let (obj, warnings) = decode_write(&def, &headers, &bytes, &q)?;
             let created = app
                 .registry
-                .create(
-                    &def,
-                    ns,
-                    obj,
-                    &WriteOptions {
-                        dry_run: dry_run(&q)?,
-                    },
-                )
+                .create(&def, ns, obj, &write_options(&q, &headers)?)
                 .await?;
             let mode = render::render_mode(&headers, None)?;
             Ok(with_warnings(
@@ -242,9 +267,7 @@ async fn resource(
                     name,
                     obj,
                     Part::Main,
-                    &WriteOptions {
-                        dry_run: dry_run(&q)?,
-                    },
+                    &write_options(&q, &headers)?,
                 )
                 .await?;
             Ok(with_warnings(
@@ -542,10 +565,13 @@ pub async fn patch_object(
 ) -> Result<(Value, Vec<String>, bool), ApiError> {
     let mode = FieldValidation::parse(q.get("fieldValidation").map(String::as_str))?;
     let ty = PatchType::from_media_type(&media_type(headers))?;
-    let opts = WriteOptions {
-        dry_run: dry_run(q)?,
-    };
+    let opts = write_options(q, headers)?;
     if ty == PatchType::Apply {
+        // Apply records its own manager's fields.
+        let opts = WriteOptions {
+            field_manager: None,
+            ..opts
+        };
         return crate::apply::apply(app, def, ns, name, bytes, q, part, mode, &opts).await;
     }
     let mut warnings = Vec::new();

@@ -39,7 +39,10 @@ async fn bind_def(
     node: &str,
     dry_run: bool,
 ) -> Result<(), ApiError> {
-    let opts = WriteOptions { dry_run };
+    let opts = WriteOptions {
+        dry_run,
+        ..Default::default()
+    };
     reg.update_with(
         def,
         Some(namespace),

@@ -9,17 +9,15 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
 use strake_apimachinery::request::{RequestInfo, Verb};
-use strake_apimachinery::{ApiError, Part, ResourceDef, WriteOptions};
+use strake_apimachinery::{ApiError, Part, ResourceDef};
 
 use crate::AppState;
-use crate::dispatch::{decode_write, delete_options, patch_object, read_body};
+use crate::dispatch::{
+    decode_write, delete_options, dry_run, patch_object, read_body, write_options,
+};
 use crate::render::{json_response, with_warnings};
 
 type Query = HashMap<String, String>;
-
-fn dry_run(q: &Query) -> bool {
-    q.get("dryRun").is_some_and(|d| d == "All")
-}
 
 pub async fn serve(
     app: &Arc<AppState>,
@@ -53,7 +51,7 @@ pub async fn serve(
                 name,
                 headers,
                 &read_body(body).await?,
-                dry_run(q),
+                dry_run(q)?,
             )
             .await
         }
@@ -68,7 +66,7 @@ pub async fn serve(
                 serde_json::to_vec(&eviction.get("deleteOptions").cloned().unwrap_or(json!({})))
                     .unwrap_or_default();
             let mut opts = delete_options(&HeaderMap::new(), &opts_bytes, q)?;
-            opts.dry_run |= dry_run(q);
+            opts.dry_run |= dry_run(q)?;
             app.registry.delete(def, ns, name, &opts).await?;
             Ok(json_response(
                 StatusCode::CREATED,
@@ -89,9 +87,7 @@ pub async fn serve(
                     None,
                     name,
                     Part::Main,
-                    &WriteOptions {
-                        dry_run: dry_run(q),
-                    },
+                    &write_options(q, headers)?,
                     |mut cur| {
                         cur["spec"]["finalizers"] = fins.clone();
                         Ok(cur)
@@ -131,9 +127,7 @@ async fn status(
                     name,
                     obj,
                     Part::Status,
-                    &WriteOptions {
-                        dry_run: dry_run(q),
-                    },
+                    &write_options(q, headers)?,
                 )
                 .await?;
             Ok(with_warnings(
@@ -260,9 +254,7 @@ async fn scale(
             ns,
             name,
             Part::Main,
-            &WriteOptions {
-                dry_run: dry_run(q),
-            },
+            &write_options(q, headers)?,
             |mut obj| {
                 // The Scale's resourceVersion is the object's: a precondition.
                 if let Some(rv) = &rv {
@@ -294,9 +286,7 @@ async fn ephemeral(
         ));
     }
     let bytes = read_body(body).await?;
-    let opts = WriteOptions {
-        dry_run: dry_run(q),
-    };
+    let opts = write_options(q, headers)?;
     let wanted = if verb == Verb::Update {
         Some(decode_write(def, headers, &bytes, q)?.0)
     } else {

@@ -1274,3 +1274,142 @@ async fn protobuf_clients_get_protobuf_responses() {
     assert!(rest.is_empty(), "whole frames");
     assert!(names.contains(&"pb".to_string()), "{names:?}");
 }
+
+fn owners(obj: &Value) -> Vec<(String, String, Value)> {
+    obj["metadata"]["managedFields"]
+        .as_array()
+        .unwrap_or(&Vec::new())
+        .iter()
+        .map(|e| {
+            (
+                e["manager"].as_str().unwrap_or_default().to_string(),
+                e["operation"].as_str().unwrap_or_default().to_string(),
+                e["fieldsV1"].clone(),
+            )
+        })
+        .collect()
+}
+
+/// Creates, updates and patches record their managers as upstream does, and appliers that set
+/// the same value share the field; forcing takes only the fields in conflict.
+#[tokio::test]
+async fn every_write_records_its_field_manager() {
+    let api = start().await;
+    let base = "/api/v1/namespaces/default/configmaps";
+    let (code, created) = api
+        .post(
+            &format!("{base}?fieldManager=alice"),
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "m", "labels": {"l": "1"}}, "data": {"a": "1", "b": "2"}}),
+        )
+        .await;
+    assert_eq!(code, 201, "{created}");
+    assert_eq!(
+        owners(&created),
+        vec![(
+            "alice".into(),
+            "Update".into(),
+            json!({"f:data": {"f:a": {}, "f:b": {}}, "f:metadata": {"f:labels": {"f:l": {}}}})
+        )]
+    );
+    // Without fieldManager, the User-Agent's product names the manager.
+    let r = api
+        .http
+        .patch(format!("{}{base}/m", api.base))
+        .header("Content-Type", "application/merge-patch+json")
+        .header("User-Agent", "bob/2.0 (linux)")
+        .body(r#"{"data": {"b": "3", "c": "4"}}"#)
+        .send()
+        .await
+        .unwrap();
+    let patched: Value = r.json().await.unwrap();
+    assert_eq!(
+        owners(&patched),
+        vec![
+            (
+                "alice".into(),
+                "Update".into(),
+                json!({"f:data": {"f:a": {}}, "f:metadata": {"f:labels": {"f:l": {}}}})
+            ),
+            (
+                "bob".into(),
+                "Update".into(),
+                json!({"f:data": {"f:b": {}, "f:c": {}}})
+            ),
+        ]
+    );
+    // A PUT that drops managedFields keeps them; one that removes a field takes it from its owner.
+    let mut put = patched.clone();
+    put["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("managedFields");
+    put["metadata"].as_object_mut().unwrap().remove("labels");
+    let (code, replaced) = api.put(&format!("{base}/m?fieldManager=carol"), put).await;
+    assert_eq!(code, 200, "{replaced}");
+    assert_eq!(
+        owners(&replaced),
+        vec![
+            (
+                "alice".into(),
+                "Update".into(),
+                json!({"f:data": {"f:a": {}}})
+            ),
+            (
+                "bob".into(),
+                "Update".into(),
+                json!({"f:data": {"f:b": {}, "f:c": {}}})
+            ),
+        ],
+        "carol changed nothing it keeps, so it owns nothing"
+    );
+    // A bad manager name is refused.
+    let long = "x".repeat(129);
+    assert_eq!(
+        api.patch(
+            &format!("{base}/m?fieldManager={long}"),
+            "application/merge-patch+json",
+            json!({})
+        )
+        .await
+        .0,
+        400
+    );
+
+    // Apply: the same value is shared; force moves only the conflicting field.
+    let ct = "application/apply-patch+yaml";
+    let cfg = |a: &str, z: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "s"}, "data": {"a": a, "z": z}});
+    let path = format!("{base}/s");
+    assert_eq!(
+        api.patch(&format!("{path}?fieldManager=p"), ct, cfg("1", "1"))
+            .await
+            .0,
+        201
+    );
+    let (code, shared) = api
+        .patch(&format!("{path}?fieldManager=q"), ct, cfg("1", "1"))
+        .await;
+    assert_eq!(code, 200, "{shared}");
+    let both = json!({"f:data": {"f:a": {}, "f:z": {}}});
+    assert_eq!(
+        owners(&shared),
+        vec![
+            ("p".into(), "Apply".into(), both.clone()),
+            ("q".into(), "Apply".into(), both.clone())
+        ]
+    );
+    let (code, forced) = api
+        .patch(
+            &format!("{path}?fieldManager=q&force=true"),
+            ct,
+            cfg("2", "1"),
+        )
+        .await;
+    assert_eq!(code, 200, "{forced}");
+    assert_eq!(
+        owners(&forced),
+        vec![
+            ("p".into(), "Apply".into(), json!({"f:data": {"f:z": {}}})),
+            ("q".into(), "Apply".into(), both)
+        ]
+    );
+}

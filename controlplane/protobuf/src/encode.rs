@@ -362,7 +362,9 @@ pub(crate) fn parse_go_duration(s: &str) -> Option<i64> {
     }
     let mut total: u128 = 0;
     while !rest.is_empty() {
-        let int_end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let int_end = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let (int, after) = rest.split_at(int_end);
         let (fraction, after) = match after.strip_prefix('.') {
             Some(a) => {

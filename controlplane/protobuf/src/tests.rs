@@ -383,7 +383,16 @@ fn go_durations_parse_as_go_prints_them() {
     assert_eq!(go_duration(-90_000_000_000), "-1m30s");
     assert_eq!(go_duration(i64::MAX), "2562047h47m16.854775807s");
     assert_eq!(go_duration(i64::MIN), "-2562047h47m16.854775808s");
-    for ns in [0, 1, 1_500, 1_500_000_000, 3_723_000_000_000, 90_000_000_000, i64::MAX, i64::MIN] {
+    for ns in [
+        0,
+        1,
+        1_500,
+        1_500_000_000,
+        3_723_000_000_000,
+        90_000_000_000,
+        i64::MAX,
+        i64::MIN,
+    ] {
         assert_eq!(p(&go_duration(ns)), Some(ns));
     }
 }
