@@ -19,4 +19,6 @@ pub mod watch;
 
 pub use error::{ApiError, FieldError, GroupResource};
 pub use registry::{DeleteOptions, Deleted, Filter, ListOptions, Registry, WriteOptions};
-pub use resource::{Column, NameRule, Part, ResourceDef, ResourceTable, Strategy, Subresource};
+pub use resource::{
+    Column, NameRule, Part, ResourceDef, ResourceTable, StoredAs, Strategy, Subresource,
+};

@@ -153,11 +153,7 @@ fn decode(def: &ResourceDef, s: &Stored) -> Result<Value, ApiError> {
         ))
     })?;
     set_rv(&mut v, s.revision);
-    // Objects of a multi-version resource are served in the requested version.
-    if def.storage_version.is_some() {
-        v["apiVersion"] = def.api_version().into();
-    }
-    Ok(v)
+    Ok(def.served(v))
 }
 
 fn set_rv(v: &mut Value, rev: u64) {
@@ -167,16 +163,10 @@ fn set_rv(v: &mut Value, rev: u64) {
 }
 
 fn encode(def: &ResourceDef, obj: &Value) -> Result<Vec<u8>, ApiError> {
-    let mut obj = obj.clone();
+    let mut obj = def.stored(obj.clone());
     if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
         m.remove("resourceVersion");
     }
-    obj["apiVersion"] = def
-        .storage_version
-        .as_ref()
-        .map_or_else(|| def.api_version(), |v| format!("{}/{v}", def.group))
-        .into();
-    obj["kind"] = def.kind.clone().into();
     serde_json::to_vec(&obj).map_err(|e| ApiError::Internal(e.to_string()))
 }
 

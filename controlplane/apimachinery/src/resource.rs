@@ -154,11 +154,31 @@ pub trait Strategy: Send + Sync + 'static {
         None
     }
 
+    /// Converts an object of this resource into the form of the resource whose storage it
+    /// shares ([`ResourceDef::stored_as`]); identity otherwise.
+    fn storage_form(&self, obj: Value) -> Value {
+        obj
+    }
+
+    /// Converts a stored object of the sharing resource into this one's form.
+    fn served_form(&self, obj: Value) -> Value {
+        obj
+    }
+
     /// The OpenAPI v3 component schemas of a typed kind: its own schema's name, and every
     /// schema it references by that name (`#/components/schemas/...`).
     fn definitions(&self) -> Option<(String, serde_json::Map<String, Value>)> {
         None
     }
+}
+
+/// The resource whose storage an entry shares: its key prefix and the type of what is stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredAs {
+    pub group: String,
+    pub plural: String,
+    pub api_version: String,
+    pub kind: String,
 }
 
 /// One served group/version/resource.
@@ -185,6 +205,10 @@ pub struct ResourceDef {
     pub strategy: Arc<dyn Strategy>,
     /// The version stored objects are kept in (CRDs with several versions); `None`: this one.
     pub storage_version: Option<String>,
+    /// Another resource whose stored objects this one serves, converted by the strategy, as
+    /// upstream serves events.k8s.io/v1 Events from the core Events: one set of objects, two
+    /// forms.
+    pub stored_as: Option<StoredAs>,
     /// The CRD this entry came from, if any.
     pub crd: Option<String>,
     /// A delete answers with the deleted object rather than a `Status` (pods, services).
@@ -246,15 +270,57 @@ impl ResourceDef {
     /// The store key prefix of this resource (all versions of a group/resource share it),
     /// narrowed to a namespace when given. Non-core groups are part of the key.
     pub fn key_prefix(&self, namespace: Option<&str>) -> String {
-        let base = if self.group.is_empty() {
-            format!("/registry/{}/", self.plural)
+        let (group, plural) = match &self.stored_as {
+            Some(s) => (s.group.as_str(), s.plural.as_str()),
+            None => (self.group.as_str(), self.plural.as_str()),
+        };
+        let base = if group.is_empty() {
+            format!("/registry/{plural}/")
         } else {
-            format!("/registry/{}/{}/", self.group, self.plural)
+            format!("/registry/{group}/{plural}/")
         };
         match namespace {
             Some(ns) if self.namespaced => format!("{base}{ns}/"),
             _ => base,
         }
+    }
+
+    /// A stored object as this resource serves it: converted from the resource whose storage
+    /// it shares, or set to this version of a multi-version resource.
+    pub fn served(&self, stored: Value) -> Value {
+        if self.stored_as.is_none() && self.storage_version.is_none() {
+            return stored;
+        }
+        let mut v = if self.stored_as.is_some() {
+            self.strategy.served_form(stored)
+        } else {
+            stored
+        };
+        v["apiVersion"] = self.api_version().into();
+        v["kind"] = self.kind.clone().into();
+        v
+    }
+
+    /// An object as it is stored: converted to the sharing resource's form, typed with the
+    /// stored apiVersion and kind.
+    pub fn stored(&self, obj: Value) -> Value {
+        let (mut v, api_version, kind) = match &self.stored_as {
+            Some(s) => (
+                self.strategy.storage_form(obj),
+                s.api_version.clone(),
+                s.kind.clone(),
+            ),
+            None => (
+                obj,
+                self.storage_version
+                    .as_ref()
+                    .map_or_else(|| self.api_version(), |v| format!("{}/{v}", self.group)),
+                self.kind.clone(),
+            ),
+        };
+        v["apiVersion"] = api_version.into();
+        v["kind"] = kind.into();
+        v
     }
 
     pub fn key(&self, namespace: Option<&str>, name: &str) -> Vec<u8> {

@@ -289,13 +289,12 @@ fn direct(
     .boxed())
 }
 
+/// A stored object as the watched resource serves it; shared as it is in the common case.
 fn as_version(def: &ResourceDef, s: &Shared) -> Shared {
-    if def.storage_version.is_none() {
+    if def.storage_version.is_none() && def.stored_as.is_none() {
         return s.clone();
     }
-    let mut v = s.value().clone();
-    v["apiVersion"] = def.api_version().into();
-    Shared::new(v)
+    Shared::new(def.served(s.value().clone()))
 }
 
 /// Starts a watch; the stream ends at the timeout, when the client goes, or after an error.
@@ -403,31 +402,31 @@ pub async fn watch(
             if !in_range {
                 continue;
             }
-            let old_match = d
-                .old
-                .as_ref()
-                .is_some_and(|o| opts.filter.matches(o.value()));
-            let item = match (d.kind, &d.new) {
+            // Selectors see the object in the form this resource serves.
+            let old = d.old.as_ref().map(|o| as_version(&def, o));
+            let new = d.new.as_ref().map(|n| as_version(&def, n));
+            let old_match = old.as_ref().is_some_and(|o| opts.filter.matches(o.value()));
+            let item = match (d.kind, new) {
                 (ChangeKind::Put, Some(new)) => match (old_match, opts.filter.matches(new.value()))
                 {
                     (false, true) => WatchItem::Event {
                         kind: "ADDED",
-                        object: as_version(&def, new),
+                        object: new,
                     },
                     (true, true) => WatchItem::Event {
                         kind: "MODIFIED",
-                        object: as_version(&def, new),
+                        object: new,
                     },
                     (true, false) => WatchItem::Event {
                         kind: "DELETED",
-                        object: as_version(&def, new),
+                        object: new,
                     },
                     (false, false) => continue,
                 },
-                (ChangeKind::Delete, _) if old_match => match &d.old {
+                (ChangeKind::Delete, _) if old_match => match old {
                     Some(o) => WatchItem::Event {
                         kind: "DELETED",
-                        object: as_version(&def, o),
+                        object: o,
                     },
                     None => continue,
                 },

@@ -1413,3 +1413,105 @@ async fn every_write_records_its_field_manager() {
         ]
     );
 }
+
+/// core/v1 and events.k8s.io/v1 Events are one set of objects in two forms, as upstream: each
+/// API reads, lists, selects and watches what the other wrote.
+#[tokio::test]
+async fn core_and_events_k8s_io_events_are_the_same_objects() {
+    let api = start().await;
+    let core = "/api/v1/namespaces/default/events";
+    let v1 = "/apis/events.k8s.io/v1/namespaces/default/events";
+    let watch = api
+        .http
+        .get(format!(
+            "{}{v1}?watch=true&timeoutSeconds=3&fieldSelector=regarding.name%3Dweb",
+            api.base
+        ))
+        .send();
+    let watch = tokio::spawn(watch);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (code, made) = api
+        .post(
+            core,
+            json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "web.1"},
+                "involvedObject": {"kind": "Pod", "name": "web", "namespace": "default"},
+                "reason": "Pulled", "message": "pulled the image", "type": "Normal", "count": 2,
+                "source": {"component": "kubelet"}, "reportingComponent": "kubelet",
+                "firstTimestamp": "2026-12-03T10:00:00Z", "lastTimestamp": "2026-12-03T10:01:00Z"}),
+        )
+        .await;
+    assert_eq!(code, 201, "{made}");
+    let (code, seen) = api.get(&format!("{v1}/web.1")).await;
+    assert_eq!(code, 200, "{seen}");
+    assert_eq!(seen["apiVersion"], "events.k8s.io/v1");
+    assert_eq!(seen["kind"], "Event");
+    assert_eq!(seen["regarding"]["name"], "web");
+    assert_eq!(seen["note"], "pulled the image");
+    assert_eq!(seen["reportingController"], "kubelet");
+    assert_eq!(seen["deprecatedCount"], 2);
+    assert_eq!(seen["deprecatedSource"]["component"], "kubelet");
+    assert!(seen.get("involvedObject").is_none() && seen.get("message").is_none());
+    assert_eq!(
+        seen["metadata"]["resourceVersion"],
+        made["metadata"]["resourceVersion"]
+    );
+
+    let (code, made) = api
+        .post(
+            v1,
+            json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "db.1"},
+                "regarding": {"kind": "Pod", "name": "db", "namespace": "default"},
+                "reason": "Scheduled", "note": "assigned to node-1", "type": "Normal",
+                "eventTime": "2026-12-03T10:02:00.000000Z", "action": "Binding",
+                "reportingController": "strake-scheduler", "reportingInstance": "cp-1"}),
+        )
+        .await;
+    assert_eq!(code, 201, "{made}");
+    assert_eq!(made["note"], "assigned to node-1", "{made}");
+    let (_, list) = api
+        .get(&format!("{core}?fieldSelector=involvedObject.name%3Ddb"))
+        .await;
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{list}");
+    assert_eq!(items[0]["message"], "assigned to node-1");
+    assert_eq!(items[0]["reportingComponent"], "strake-scheduler");
+    assert_eq!(items[0]["apiVersion"], "v1");
+    let (_, list) = api
+        .get(&format!("{v1}?fieldSelector=regarding.name%3Dweb"))
+        .await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
+
+    // A change through one API is seen by the other's watchers.
+    let (code, _) = api
+        .patch(
+            &format!("{core}/web.1"),
+            "application/merge-patch+json",
+            json!({"count": 3}),
+        )
+        .await;
+    assert_eq!(code, 200);
+    let body = watch.await.unwrap().unwrap().text().await.unwrap();
+    let events: Vec<Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<(&str, i64)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap(),
+                e["object"]["deprecatedCount"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(kinds, vec![("ADDED", 2), ("MODIFIED", 3)], "{body}");
+    assert!(
+        events
+            .iter()
+            .all(|e| e["object"]["apiVersion"] == "events.k8s.io/v1")
+    );
+
+    // Deleted through either, gone from both.
+    assert_eq!(api.delete(&format!("{v1}/web.1"), None).await.0, 200);
+    assert_eq!(api.get(&format!("{core}/web.1")).await.0, 404);
+}

@@ -216,6 +216,7 @@ pub fn crd_defs(crd: &CustomResourceDefinition) -> Vec<ResourceDef> {
                     status: v.subresources.as_ref().is_some_and(|s| s.status.is_some()),
                 }),
                 storage_version: (v.name != storage).then(|| storage.clone()),
+                stored_as: None,
                 crd: crd.metadata.name.clone(),
                 delete_returns_object: true,
             }

@@ -38,6 +38,7 @@ pub fn entries() -> Vec<ResourceDef> {
         entry::<Lease>().build(),
         entry::<EndpointSlice>().fields(&["addressType"]).build(),
         entry::<EventV1>()
+            .stored_as::<k8s_openapi::api::core::v1::Event>()
             .short(&["ev"])
             .names(NameRule::PathSegment)
             .fields(&[
@@ -158,6 +159,7 @@ fn review<
         generation: false,
         strategy: Arc::new(Review::<K>(PhantomData)),
         storage_version: None,
+        stored_as: None,
         crd: None,
         delete_returns_object: false,
     }
@@ -243,7 +245,39 @@ impl Kind for EndpointSlice {
     }
 }
 
+/// events.k8s.io/v1 names of core/v1 Event fields (the rest are spelled alike).
+const EVENT_V1_NAMES: &[(&str, &str)] = &[
+    ("regarding", "involvedObject"),
+    ("note", "message"),
+    ("reportingController", "reportingComponent"),
+    ("deprecatedSource", "source"),
+    ("deprecatedFirstTimestamp", "firstTimestamp"),
+    ("deprecatedLastTimestamp", "lastTimestamp"),
+    ("deprecatedCount", "count"),
+];
+
+fn rename_fields(
+    mut obj: Value,
+    pairs: impl Iterator<Item = (&'static str, &'static str)>,
+) -> Value {
+    if let Some(m) = obj.as_object_mut() {
+        let moved: Vec<(&str, Value)> = pairs
+            .filter_map(|(from, to)| m.remove(from).map(|v| (to, v)))
+            .collect();
+        for (to, v) in moved {
+            m.insert(to.into(), v);
+        }
+    }
+    obj
+}
+
 impl Kind for EventV1 {
+    fn to_storage(obj: Value) -> Value {
+        rename_fields(obj, EVENT_V1_NAMES.iter().copied())
+    }
+    fn from_storage(obj: Value) -> Value {
+        rename_fields(obj, EVENT_V1_NAMES.iter().map(|(v1, core)| (*core, *v1)))
+    }
     fn validate(&self) -> Vec<FieldError> {
         let mut errs = Vec::new();
         if self.event_time.is_none() {

@@ -51,6 +51,15 @@ pub trait Kind:
     fn holds_deletion(&self) -> bool {
         false
     }
+    /// Converts this kind's JSON form into the stored kind's, for an entry that shares another
+    /// resource's storage ([`Entry::stored_as`]).
+    fn to_storage(obj: Value) -> Value {
+        obj
+    }
+    /// Converts the stored kind's JSON form into this kind's.
+    fn from_storage(obj: Value) -> Value {
+        obj
+    }
     /// Table columns beyond Name and Age, with where Age goes (upstream's order).
     fn columns() -> Vec<Column> {
         vec![name_column(), age_column()]
@@ -205,6 +214,14 @@ impl<K: Kind> Strategy for Typed<K> {
         Some(schema_definitions::<K>())
     }
 
+    fn storage_form(&self, obj: Value) -> Value {
+        K::to_storage(obj)
+    }
+
+    fn served_form(&self, obj: Value) -> Value {
+        K::from_storage(obj)
+    }
+
     fn cells(&self, obj: &Value) -> Vec<Value> {
         match to_typed::<K>(obj) {
             Some(k) => k.cells(),
@@ -256,6 +273,7 @@ pub fn entry<K: Kind>() -> Entry {
                 _kind: PhantomData,
             }),
             storage_version: None,
+            stored_as: None,
             crd: None,
             delete_returns_object: false,
         },
@@ -305,6 +323,17 @@ impl Entry {
     }
     pub fn verbs(mut self, v: &[&str]) -> Self {
         self.def.verbs = v.iter().map(|s| s.to_string()).collect();
+        self
+    }
+    /// Serves the objects of another typed kind's resource, converted by this kind's
+    /// `to_storage` and `from_storage`.
+    pub fn stored_as<S: Kind>(mut self) -> Self {
+        self.def.stored_as = Some(strake_apimachinery::StoredAs {
+            group: S::GROUP.into(),
+            plural: S::URL_PATH_SEGMENT.into(),
+            api_version: S::API_VERSION.into(),
+            kind: S::KIND.into(),
+        });
         self
     }
     pub fn returns_deleted_object(mut self) -> Self {
