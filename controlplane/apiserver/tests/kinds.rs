@@ -1515,3 +1515,77 @@ async fn core_and_events_k8s_io_events_are_the_same_objects() {
     assert_eq!(api.delete(&format!("{v1}/web.1"), None).await.0, 200);
     assert_eq!(api.get(&format!("{core}/web.1")).await.0, 404);
 }
+
+/// A CRD's `x-kubernetes-validations` rules are checked on every write: a broken rule is a 422
+/// naming its field and message, a transition rule holds across updates, and a CRD whose rule
+/// does not compile is refused.
+#[tokio::test]
+async fn crd_validation_rules_are_enforced() {
+    let api = start().await;
+    let crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
+    let crd = |rule: &str| {
+        json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "ranges.cel.strake.dev"},
+            "spec": {"group": "cel.strake.dev", "scope": "Namespaced",
+                "names": {"plural": "ranges", "singular": "range", "kind": "Range", "listKind": "RangeList"},
+                "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {
+                    "type": "object", "properties": {"spec": {"type": "object",
+                        "x-kubernetes-validations": [
+                            {"rule": rule, "message": "min must not exceed max"},
+                            {"rule": "self.zone == oldSelf.zone", "message": "zone is immutable"}],
+                        "properties": {"min": {"type": "integer"}, "max": {"type": "integer"}, "zone": {"type": "string"}}}}}}}]}})
+    };
+    let (code, bad) = api.post(crds, crd("self.min <=")).await;
+    assert_eq!(code, 422, "{bad}");
+    assert!(
+        bad["message"]
+            .as_str()
+            .unwrap()
+            .contains("x-kubernetes-validations[0].rule"),
+        "{bad}"
+    );
+    let (code, out) = api.post(crds, crd("self.min <= self.max")).await;
+    assert_eq!(code, 201, "{out}");
+    let coll = "/apis/cel.strake.dev/v1/namespaces/default/ranges";
+    let range = |min: i64, max: i64, zone: &str| json!({"apiVersion": "cel.strake.dev/v1", "kind": "Range", "metadata": {"name": "r"}, "spec": {"min": min, "max": max, "zone": zone}});
+    let served = async {
+        loop {
+            if api.get(coll).await.0 == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), served)
+        .await
+        .expect("the CRD is served");
+    let (code, bad) = api.post(coll, range(5, 1, "a")).await;
+    assert_eq!(code, 422, "{bad}");
+    let cause = &bad["details"]["causes"][0];
+    assert_eq!(cause["field"], "spec", "{bad}");
+    assert!(
+        cause["message"]
+            .as_str()
+            .unwrap()
+            .contains("min must not exceed max"),
+        "{bad}"
+    );
+    assert_eq!(api.post(coll, range(1, 5, "a")).await.0, 201);
+    let (code, bad) = api.put(&format!("{coll}/r"), range(1, 5, "b")).await;
+    assert_eq!(code, 422, "{bad}");
+    assert!(
+        bad["message"]
+            .as_str()
+            .unwrap()
+            .contains("zone is immutable"),
+        "{bad}"
+    );
+    let (code, ok) = api
+        .patch(
+            &format!("{coll}/r"),
+            "application/merge-patch+json",
+            json!({"spec": {"max": 9}}),
+        )
+        .await;
+    assert_eq!((code, ok["spec"]["max"].as_i64()), (200, Some(9)), "{ok}");
+}

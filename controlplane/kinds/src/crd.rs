@@ -92,7 +92,15 @@ pub fn validate_crd(crd: &CustomResourceDefinition) -> Vec<FieldError> {
                 format!("spec.versions[{i}].schema.openAPIV3Schema.type"),
                 "Unsupported value: must be object at the root",
             )),
-            _ => {}
+            Some(s) => {
+                if let Ok(schema) = serde_json::to_value(s) {
+                    crate::cel::check_rules(
+                        &schema,
+                        &format!("spec.versions[{i}].schema.openAPIV3Schema"),
+                        &mut errs,
+                    );
+                }
+            }
         }
     }
     errs
@@ -566,6 +574,18 @@ impl Strategy for CustomResource {
             m.remove("metadata");
         }
         check(&body, &self.schema, "", &mut errs);
+        crate::cel::evaluate(obj, None, &self.schema, "", &mut errs);
+        errs
+    }
+
+    fn validate_update(&self, new: &Value, old: &Value) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        let mut body = new.clone();
+        if let Some(m) = body.as_object_mut() {
+            m.remove("metadata");
+        }
+        check(&body, &self.schema, "", &mut errs);
+        crate::cel::evaluate(new, Some(old), &self.schema, "", &mut errs);
         errs
     }
 

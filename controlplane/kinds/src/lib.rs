@@ -5,6 +5,7 @@
 
 pub mod apps;
 pub mod batch;
+mod cel;
 pub mod core;
 pub mod crd;
 mod cron;

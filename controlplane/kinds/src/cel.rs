@@ -1,0 +1,308 @@
+//! `x-kubernetes-validations`: the CEL rules a CRD's structural schema attaches to a node,
+//! evaluated with `self` bound to the value at that node (and `oldSelf` to the stored value on
+//! an update, for transition rules), by the `cel-interpreter` crate. Upstream's Kubernetes CEL
+//! libraries (`quantity()`, `url()`, `isSorted()`...) are not there; a rule that calls one fails
+//! with an error naming it, at the CRD's creation.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cel_interpreter::{Context, Program, Value as Cel};
+use serde_json::Value;
+use strake_apimachinery::FieldError;
+
+/// Rules are compiled once per text, for every object they check.
+fn compiled(rule: &str) -> Result<Arc<Program>, String> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Arc<Program>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(p) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(rule) {
+        return Ok(p.clone());
+    }
+    // The parser panics on some malformed input (an unreachable branch in its generated
+    // code); that is a rule that does not compile, not a server failure.
+    let parsed = std::panic::catch_unwind(|| Program::compile(rule))
+        .map_err(|_| "the rule cannot be parsed".to_string())?;
+    let program = Arc::new(parsed.map_err(|e| e.to_string())?);
+    let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+    // Bounded: CRDs' rules are few; a table that grows past this starts over.
+    if cache.len() > 4096 {
+        cache.clear();
+    }
+    cache.insert(rule.to_string(), program.clone());
+    Ok(program)
+}
+
+fn uses_old_self(p: &Program) -> bool {
+    p.references().has_variable("oldSelf")
+}
+
+/// Problems with the rules of a schema (rules that do not compile), by path in the schema.
+pub fn check_rules(schema: &Value, path: &str, errs: &mut Vec<FieldError>) {
+    if let Some(rules) = schema
+        .get("x-kubernetes-validations")
+        .and_then(Value::as_array)
+    {
+        for (i, r) in rules.iter().enumerate() {
+            let at = format!("{path}.x-kubernetes-validations[{i}].rule");
+            match r.get("rule").and_then(Value::as_str) {
+                None | Some("") => errs.push(FieldError::required(at)),
+                Some(rule) => {
+                    if let Err(e) = compiled(rule) {
+                        errs.push(FieldError::invalid(
+                            at,
+                            format!("Invalid value: {rule:?}: compilation failed: {e}"),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+        for (k, s) in props {
+            check_rules(s, &format!("{path}.properties[{k}]"), errs);
+        }
+    }
+    for key in ["items", "additionalProperties"] {
+        if let Some(s) = schema.get(key).filter(|s| s.is_object()) {
+            check_rules(s, &format!("{path}.{key}"), errs);
+        }
+    }
+}
+
+/// Evaluates every rule in `schema` against `v` (and `old`, the stored value, on an update),
+/// collecting a failure per broken rule at its field path.
+pub fn evaluate(
+    v: &Value,
+    old: Option<&Value>,
+    schema: &Value,
+    path: &str,
+    errs: &mut Vec<FieldError>,
+) {
+    if v.is_null() {
+        return;
+    }
+    if let Some(rules) = schema
+        .get("x-kubernetes-validations")
+        .and_then(Value::as_array)
+    {
+        for r in rules {
+            evaluate_rule(r, v, old, path, errs);
+        }
+    }
+    match v {
+        Value::Object(m) => {
+            let props = schema.get("properties").and_then(Value::as_object);
+            let extra = schema.get("additionalProperties").filter(|a| a.is_object());
+            for (k, item) in m {
+                if path.is_empty() && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
+                    continue;
+                }
+                if let Some(s) = props.and_then(|p| p.get(k)).or(extra) {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    evaluate(item, old.and_then(|o| o.get(k)), s, &p, errs);
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(s) = schema.get("items") {
+                for (i, item) in items.iter().enumerate() {
+                    // Items have no old value to compare with unless they are keyed (upstream
+                    // correlates map-lists by key); transition rules skip them.
+                    evaluate(item, None, s, &format!("{path}[{i}]"), errs);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn evaluate_rule(
+    r: &Value,
+    v: &Value,
+    old: Option<&Value>,
+    path: &str,
+    errs: &mut Vec<FieldError>,
+) {
+    let Some(rule) = r.get("rule").and_then(Value::as_str) else {
+        return;
+    };
+    let at = {
+        let fp = r.get("fieldPath").and_then(Value::as_str).unwrap_or("");
+        match (path.is_empty(), fp.trim_start_matches('.')) {
+            (true, "") => "<root>".to_string(),
+            (true, f) => f.to_string(),
+            (false, "") => path.to_string(),
+            (false, f) => format!("{path}.{f}"),
+        }
+    };
+    let program = match compiled(rule) {
+        Ok(p) => p,
+        Err(e) => {
+            errs.push(FieldError::invalid(
+                at,
+                format!("rule {rule:?} does not compile: {e}"),
+            ));
+            return;
+        }
+    };
+    let optional_old = r.get("optionalOldSelf") == Some(&Value::Bool(true));
+    if uses_old_self(&program) && old.is_none() && !optional_old {
+        // A transition rule: it holds only between an old and a new value.
+        return;
+    }
+    let mut ctx = Context::default();
+    if ctx.add_variable("self", v).is_err() {
+        return;
+    }
+    match old {
+        Some(o) => {
+            let _ = ctx.add_variable("oldSelf", o);
+        }
+        None if optional_old => ctx.add_variable_from_value("oldSelf", Cel::Null),
+        None => {}
+    }
+    let failed = |detail: Option<String>| {
+        let message = r
+            .get("message")
+            .and_then(Value::as_str)
+            .filter(|m| !m.is_empty())
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("failed rule: {rule}"));
+        let message = match detail {
+            Some(d) => format!("Invalid value: {message}: {d}"),
+            None => format!("Invalid value: {message}"),
+        };
+        let reason = match r.get("reason").and_then(Value::as_str) {
+            Some("FieldValueRequired") => "FieldValueRequired",
+            Some("FieldValueForbidden") => "FieldValueForbidden",
+            Some("FieldValueDuplicate") => "FieldValueDuplicate",
+            _ => "FieldValueInvalid",
+        };
+        FieldError {
+            field: at.clone(),
+            message,
+            reason,
+        }
+    };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| program.execute(&ctx)));
+    let Ok(result) = result else {
+        errs.push(failed(Some("evaluating the rule failed".into())));
+        return;
+    };
+    match result {
+        Ok(Cel::Bool(true)) => {}
+        Ok(Cel::Bool(false)) => errs.push(failed(None)),
+        Ok(other) => errs.push(failed(Some(format!(
+            "the rule evaluated to {other:?}, not a boolean"
+        )))),
+        Err(e) => errs.push(failed(Some(format!("evaluating the rule failed: {e}")))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn schema() -> Value {
+        json!({"type": "object", "properties": {"spec": {
+            "type": "object",
+            "x-kubernetes-validations": [
+                {"rule": "self.minReplicas <= self.maxReplicas", "message": "minReplicas must not exceed maxReplicas"},
+                {"rule": "self.mode == oldSelf.mode", "message": "mode is immutable"},
+                {"rule": "!has(self.tags) || self.tags.all(t, t.startsWith('x-'))", "fieldPath": ".tags", "reason": "FieldValueForbidden"}
+            ],
+            "properties": {
+                "minReplicas": {"type": "integer"},
+                "maxReplicas": {"type": "integer"},
+                "mode": {"type": "string"},
+                "tags": {"type": "array", "items": {"type": "string", "x-kubernetes-validations": [{"rule": "size(self) <= 8"}]}}
+            }
+        }}})
+    }
+
+    fn run(v: Value, old: Option<Value>) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        evaluate(&v, old.as_ref(), &schema(), "", &mut errs);
+        errs
+    }
+
+    #[test]
+    fn rules_hold_or_name_the_field_and_message() {
+        assert!(
+            run(
+                json!({"spec": {"minReplicas": 1, "maxReplicas": 3, "mode": "a"}}),
+                None
+            )
+            .is_empty()
+        );
+        let errs = run(
+            json!({"spec": {"minReplicas": 5, "maxReplicas": 3, "mode": "a", "tags": ["x-a", "b", "x-very-long"]}}),
+            None,
+        );
+        let got: Vec<(&str, &str)> = errs.iter().map(|e| (e.field.as_str(), e.reason)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("spec", "FieldValueInvalid"),
+                ("spec.tags", "FieldValueForbidden"),
+                ("spec.tags[2]", "FieldValueInvalid"),
+            ],
+            "{errs:?}"
+        );
+        assert!(
+            errs[0]
+                .message
+                .contains("minReplicas must not exceed maxReplicas")
+        );
+        assert!(errs[2].message.contains("failed rule: size(self) <= 8"));
+    }
+
+    #[test]
+    fn transition_rules_apply_to_updates_only() {
+        let new = json!({"spec": {"minReplicas": 1, "maxReplicas": 1, "mode": "b"}});
+        assert!(run(new.clone(), None).is_empty(), "no old value on create");
+        let errs = run(
+            new.clone(),
+            Some(json!({"spec": {"minReplicas": 1, "maxReplicas": 1, "mode": "a"}})),
+        );
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].message.contains("mode is immutable"));
+        assert!(run(new.clone(), Some(new)).is_empty());
+    }
+
+    #[test]
+    fn rules_that_do_not_compile_are_refused_with_their_place() {
+        let mut errs = Vec::new();
+        check_rules(
+            &json!({"properties": {"spec": {"x-kubernetes-validations": [{"rule": "self.a >"}, {"rule": ""}]}}}),
+            "spec.versions[0].schema.openAPIV3Schema",
+            &mut errs,
+        );
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            vec![
+                "spec.versions[0].schema.openAPIV3Schema.properties[spec].x-kubernetes-validations[0].rule",
+                "spec.versions[0].schema.openAPIV3Schema.properties[spec].x-kubernetes-validations[1].rule",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_rule_that_fails_to_evaluate_is_a_failure_not_a_pass() {
+        let s =
+            json!({"type": "object", "x-kubernetes-validations": [{"rule": "self.missing > 1"}]});
+        let mut errs = Vec::new();
+        evaluate(&json!({"spec": {}}), None, &s, "", &mut errs);
+        assert_eq!(errs.len(), 1);
+        assert!(
+            errs[0].message.contains("evaluating the rule failed"),
+            "{errs:?}"
+        );
+    }
+}
