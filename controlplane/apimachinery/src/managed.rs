@@ -225,9 +225,9 @@ pub fn entry(
 }
 
 /// Whether a path belongs to the part of the object a write may change: status for the status
-/// subresource, everything else otherwise.
-fn in_part(p: &FieldPath, part: Part) -> bool {
-    (p.first().map(String::as_str) == Some("f:status")) == (part == Part::Status)
+/// subresource, everything else otherwise. Without a status subresource, a write changes all.
+fn in_part(p: &FieldPath, part: Part, has_status: bool) -> bool {
+    !has_status || (p.first().map(String::as_str) == Some("f:status")) == (part == Part::Status)
 }
 
 /// Records a non-apply write by `manager` in `new`'s managedFields. `old` is the stored object
@@ -236,9 +236,13 @@ fn in_part(p: &FieldPath, part: Part) -> bool {
 ///
 /// The write's own managedFields are kept when it sets some (a list with one empty entry
 /// clears them, as upstream's reset); otherwise the stored ones are carried over.
+/// `has_status`: whether the resource has a status subresource, whose fields main writes
+/// cannot change.
+#[allow(clippy::too_many_arguments)]
 pub fn track(
     kind: &str,
     api_version: &str,
+    has_status: bool,
     old: Option<&Value>,
     new: &mut Value,
     manager: &str,
@@ -257,11 +261,11 @@ pub fn track(
     };
     let mut now = BTreeSet::new();
     paths(new, kind, "", &mut Vec::new(), &mut now);
-    now.retain(|p| in_part(p, part));
+    now.retain(|p| in_part(p, part, has_status));
     let mut before = BTreeSet::new();
     if let Some(old) = old {
         paths(old, kind, "", &mut Vec::new(), &mut before);
-        before.retain(|p| in_part(p, part));
+        before.retain(|p| in_part(p, part, has_status));
     }
     let changed: BTreeSet<FieldPath> = now
         .iter()
@@ -286,6 +290,7 @@ pub fn track(
     let same_entry = |e: &Value| {
         e["manager"] == manager
             && e["operation"] == "Update"
+            && e["apiVersion"] == api_version
             && (e["subresource"].as_str() == Some("status")) == (part == Part::Status)
     };
     let mut mine: BTreeSet<FieldPath> = entries
@@ -371,6 +376,7 @@ mod tests {
         track(
             "ConfigMap",
             "v1",
+            false,
             None,
             &mut created,
             "kubectl-create",
@@ -398,6 +404,7 @@ mod tests {
         track(
             "ConfigMap",
             "v1",
+            false,
             Some(&created),
             &mut edited,
             "kubectl-edit",
@@ -417,6 +424,7 @@ mod tests {
         track(
             "ConfigMap",
             "v1",
+            false,
             Some(&edited),
             &mut same,
             "other",
@@ -434,6 +442,7 @@ mod tests {
         track(
             "Pod",
             "v1",
+            true,
             Some(&old),
             &mut pod,
             "strake-agent",
@@ -452,6 +461,7 @@ mod tests {
         track(
             "ConfigMap",
             "v1",
+            false,
             Some(&edited),
             &mut reset,
             "x",

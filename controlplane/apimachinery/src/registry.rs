@@ -431,6 +431,7 @@ impl Registry {
             crate::managed::track(
                 &def.kind,
                 &def.api_version(),
+                def.has_subresource("status"),
                 None,
                 &mut obj,
                 manager,
@@ -625,6 +626,7 @@ impl Registry {
             crate::managed::track(
                 &def.kind,
                 &def.api_version(),
+                def.has_subresource("status"),
                 Some(&old),
                 &mut obj,
                 manager,

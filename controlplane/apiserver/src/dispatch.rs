@@ -179,7 +179,8 @@ pub async fn handle(State(app): State<Arc<AppState>>, req: Request) -> Response 
         } => crate::discovery::serve(&app, req.headers(), group, version, legacy_core),
         Target::NonResource(_) => error_response(ApiError::NoRoute),
         Target::Resource(info) => {
-            let protobuf = render::wants_protobuf(req.headers()) && !watch;
+            // Watches (`?watch=true` or the legacy `/watch/` paths) encode their own frames.
+            let protobuf = render::wants_protobuf(req.headers()) && info.verb != Verb::Watch;
             let who = req
                 .extensions()
                 .get::<Principal>()

@@ -89,7 +89,9 @@ pub async fn as_protobuf(resp: Response) -> Response {
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|ct| ct == "application/json");
-    if !is_json {
+    // A streamed body (a watch) is never buffered here.
+    let streamed = resp.headers().contains_key(header::TRANSFER_ENCODING);
+    if !is_json || streamed {
         return resp;
     }
     let (mut parts, body) = resp.into_parts();

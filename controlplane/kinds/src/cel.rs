@@ -1,8 +1,12 @@
 //! `x-kubernetes-validations`: the CEL rules a CRD's structural schema attaches to a node,
 //! evaluated with `self` bound to the value at that node (and `oldSelf` to the stored value on
-//! an update, for transition rules), by the `cel-interpreter` crate. Upstream's Kubernetes CEL
-//! libraries (`quantity()`, `url()`, `isSorted()`...) are not there; a rule that calls one fails
-//! with an error naming it, at the CRD's creation.
+//! an update, for transition rules), by the `cel-interpreter` crate.
+//!
+//! Upstream's Kubernetes CEL libraries (`quantity()`, `isURL()`, `lowerAscii()`, `format`...)
+//! are not there. A rule that calls a function this evaluator lacks is not evaluated, so
+//! third-party CRDs that use them still install and their objects still write; such rules are
+//! logged when first seen. As upstream ratchets, a rule that does not read `oldSelf` is not
+//! re-checked on an update that leaves its value unchanged.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -34,6 +38,81 @@ fn compiled(rule: &str) -> Result<Arc<Program>, String> {
 
 fn uses_old_self(p: &Program) -> bool {
     p.references().has_variable("oldSelf")
+}
+
+/// The functions the evaluator has (its default context), and the macros the parser expands.
+const SUPPORTED: &[&str] = &[
+    "contains",
+    "size",
+    "max",
+    "min",
+    "startsWith",
+    "endsWith",
+    "string",
+    "bytes",
+    "double",
+    "int",
+    "uint",
+    "matches",
+    "duration",
+    "timestamp",
+    "getFullYear",
+    "getMonth",
+    "getDayOfYear",
+    "getDayOfMonth",
+    "getDate",
+    "getDayOfWeek",
+    "getHours",
+    "getMinutes",
+    "getSeconds",
+    "getMilliseconds",
+    "has",
+    "all",
+    "exists",
+    "exists_one",
+    "map",
+    "filter",
+];
+
+/// The functions a rule calls that the evaluator lacks.
+fn unsupported(p: &Program) -> Vec<String> {
+    p.references()
+        .functions()
+        .into_iter()
+        // Operators (`_||_`, `!_`, `@not_strictly_false`) are the interpreter's own.
+        .filter(|f| f.starts_with(|c: char| c.is_ascii_alphabetic()))
+        .filter(|f| f.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|f| !SUPPORTED.contains(f))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A JSON value as CEL sees it: integers are `int`, as Kubernetes types them, not the `uint`
+/// serde would make of a non-negative one (`self.replicas + 1` would fail).
+fn to_cel(v: &Value) -> Cel {
+    match v {
+        Value::Null => Cel::Null,
+        Value::Bool(b) => Cel::Bool(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Cel::Int(i),
+            (None, Some(u)) => Cel::UInt(u),
+            _ => Cel::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => Cel::String(Arc::new(s.clone())),
+        Value::Array(items) => Cel::List(Arc::new(items.iter().map(to_cel).collect())),
+        Value::Object(m) => Cel::Map(cel_interpreter::objects::Map {
+            map: Arc::new(
+                m.iter()
+                    .map(|(k, v)| {
+                        (
+                            cel_interpreter::objects::Key::String(Arc::new(k.clone())),
+                            to_cel(v),
+                        )
+                    })
+                    .collect(),
+            ),
+        }),
+    }
 }
 
 /// Problems with the rules of a schema (rules that do not compile), by path in the schema.
@@ -149,19 +228,33 @@ fn evaluate_rule(
             return;
         }
     };
+    let missing = unsupported(&program);
+    if !missing.is_empty() {
+        static LOGGED: OnceLock<Mutex<std::collections::HashSet<String>>> = OnceLock::new();
+        let mut logged = LOGGED
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if logged.len() < 4096 && logged.insert(rule.to_string()) {
+            tracing::warn!(rule, functions = ?missing, "a CRD validation rule calls functions this server lacks; it is not evaluated");
+        }
+        return;
+    }
     let optional_old = r.get("optionalOldSelf") == Some(&Value::Bool(true));
-    if uses_old_self(&program) && old.is_none() && !optional_old {
+    let transition = uses_old_self(&program);
+    if transition && old.is_none() && !optional_old {
         // A transition rule: it holds only between an old and a new value.
         return;
     }
-    let mut ctx = Context::default();
-    if ctx.add_variable("self", v).is_err() {
+    if !transition && old == Some(v) {
+        // Ratcheting: an unchanged value that passed before is not judged again by a rule
+        // added or tightened since.
         return;
     }
+    let mut ctx = Context::default();
+    ctx.add_variable_from_value("self", to_cel(v));
     match old {
-        Some(o) => {
-            let _ = ctx.add_variable("oldSelf", o);
-        }
+        Some(o) => ctx.add_variable_from_value("oldSelf", to_cel(o)),
         None if optional_old => ctx.add_variable_from_value("oldSelf", Cel::Null),
         None => {}
     }
@@ -291,6 +384,30 @@ mod tests {
                 "spec.versions[0].schema.openAPIV3Schema.properties[spec].x-kubernetes-validations[1].rule",
             ]
         );
+    }
+
+    #[test]
+    fn integers_are_ints_and_unknown_functions_are_skipped() {
+        let s = json!({"type": "object", "properties": {"n": {"type": "integer"}}, "x-kubernetes-validations": [
+            {"rule": "self.n + 1 > 1 && self.n % 2 == 0"},
+            {"rule": "self.name.lowerAscii() == 'x'"}
+        ]});
+        let mut errs = Vec::new();
+        evaluate(&json!({"n": 2, "name": "Y"}), None, &s, "", &mut errs);
+        assert!(errs.is_empty(), "{errs:?}");
+        evaluate(&json!({"n": 3, "name": "Y"}), None, &s, "", &mut errs);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+    }
+
+    #[test]
+    fn unchanged_values_are_not_judged_again() {
+        let s = json!({"type": "object", "x-kubernetes-validations": [{"rule": "self.n < 5"}]});
+        let (bad, other) = (json!({"n": 9}), json!({"n": 8}));
+        let mut errs = Vec::new();
+        evaluate(&bad, Some(&bad), &s, "", &mut errs);
+        assert!(errs.is_empty(), "ratcheted: {errs:?}");
+        evaluate(&bad, Some(&other), &s, "", &mut errs);
+        assert_eq!(errs.len(), 1, "a changed value is judged");
     }
 
     #[test]

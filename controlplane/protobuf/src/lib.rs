@@ -110,14 +110,25 @@ impl Codec {
                 let named = props.iter().find(|p| normalized(p) == n);
                 // A Go struct embedded with `json:",inline"` (Probe's ProbeHandler, Volume's
                 // VolumeSource) is a field in protobuf but its fields are the parent's in JSON.
+                // gogo names an embedded field after its type (`volumeSource VolumeSource`,
+                // `rule Rule`); where it does not (`handler ProbeHandler`), the inner fields are
+                // the parent's JSON properties. Two thirds of them, as the protobuf table may be
+                // a release newer than the schemas (EphemeralContainerCommon).
+                // Only a message with a schema is judged: many plain fields are named after their
+                // type too (`userInfo UserInfo`), and only the schema tells them apart.
                 let inline = match (named, ty, repeated) {
                     (None, FieldType::Message(m), false) if !props.is_empty() => {
-                        table.get(m).is_some_and(|inner| {
-                            !inner.is_empty()
-                                && inner.iter().all(|(_, r, _, _)| {
-                                    props.iter().any(|p| normalized(p) == normalized(r))
-                                })
-                        })
+                        let short = m.rsplit('.').next().unwrap_or(m);
+                        normalized(short) == n
+                            || (table.get(m).is_some_and(|inner| {
+                                let matched = inner
+                                    .iter()
+                                    .filter(|(_, r, _, _)| {
+                                        props.iter().any(|p| normalized(p) == normalized(r))
+                                    })
+                                    .count();
+                                matched > 0 && matched * 3 >= inner.len() * 2
+                            }))
                     }
                     _ => false,
                 };

@@ -411,3 +411,33 @@ fn watch_frames_carry_an_upstream_watch_event() {
     let back = c.decode_envelope(&raw, &message_of).unwrap();
     assert_eq!(back["metadata"]["name"], "web-0");
 }
+
+#[test]
+fn embedded_structs_are_flattened_even_when_nested_or_newer() {
+    let mut generator =
+        schemars::SchemaGenerator::new(schemars::generate::SchemaSettings::openapi3());
+    generator.subschema_for::<k8s_openapi::api::core::v1::Pod>();
+    generator
+        .subschema_for::<k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy>();
+    // As in the server, which has every kind's schemas: RuleWithOperations, embedded in the
+    // policy's NamedRuleWithOperations, has its own schema through the webhook configurations.
+    generator.subschema_for::<k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration>();
+    let schemas: Map<String, Value> = generator.take_definitions(true).into_iter().collect();
+    let c = Codec::new(&schemas);
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {
+        "containers": [{"name": "c", "image": "i"}],
+        "ephemeralContainers": [{"name": "debug", "image": "busybox", "targetContainerName": "c", "stdin": true}]}});
+    let policy = json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": "v"}, "spec": {"matchConstraints": {"resourceRules": [
+            {"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["deployments"], "resourceNames": ["x"]}]}}});
+    let message_of = |av: &str, kind: &str| -> Option<String> {
+        Some(match (av, kind) {
+            ("v1", "Pod") => "io.k8s.api.core.v1.Pod".into(),
+            _ => "io.k8s.api.admissionregistration.v1.ValidatingAdmissionPolicy".into(),
+        })
+    };
+    for v in [pod, policy] {
+        let bytes = c.encode_envelope(&v, &message_of).unwrap();
+        assert_eq!(c.decode_envelope(&bytes, &message_of).unwrap(), v);
+    }
+}
