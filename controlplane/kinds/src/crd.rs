@@ -530,6 +530,21 @@ fn json_path(obj: &Value, path: &str) -> Value {
     cur.clone()
 }
 
+impl CustomResource {
+    /// The structural schema's checks (metadata is the registry's), then its CEL rules, with
+    /// the stored object on an update.
+    fn judge(&self, obj: &Value, old: Option<&Value>) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        let mut body = obj.clone();
+        if let Some(m) = body.as_object_mut() {
+            m.remove("metadata");
+        }
+        check(&body, &self.schema, "", &mut errs);
+        crate::cel::evaluate(obj, old, &self.schema, "", &mut errs);
+        errs
+    }
+}
+
 impl Strategy for CustomResource {
     fn decode(
         &self,
@@ -568,25 +583,11 @@ impl Strategy for CustomResource {
     }
 
     fn validate(&self, obj: &Value) -> Vec<FieldError> {
-        let mut errs = Vec::new();
-        let mut body = obj.clone();
-        if let Some(m) = body.as_object_mut() {
-            m.remove("metadata");
-        }
-        check(&body, &self.schema, "", &mut errs);
-        crate::cel::evaluate(obj, None, &self.schema, "", &mut errs);
-        errs
+        self.judge(obj, None)
     }
 
     fn validate_update(&self, new: &Value, old: &Value) -> Vec<FieldError> {
-        let mut errs = Vec::new();
-        let mut body = new.clone();
-        if let Some(m) = body.as_object_mut() {
-            m.remove("metadata");
-        }
-        check(&body, &self.schema, "", &mut errs);
-        crate::cel::evaluate(new, Some(old), &self.schema, "", &mut errs);
-        errs
+        self.judge(new, Some(old))
     }
 
     fn schema(&self) -> Option<Value> {
