@@ -1,4 +1,5 @@
-//! `strake controlplane`: the raft store, the API server and the scheduler in one process.
+//! `strake controlplane`: the raft store, the API server, the scheduler and the controllers in
+//! one process.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -75,6 +76,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .context("creating default namespaces")?;
     tokio::spawn(crate::scheduler::run(server.registry()));
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "strake".into());
+    strake_controllers::manager::start(
+        server.registry(),
+        strake_controllers::manager::Options {
+            // A restarted instance is a new holder, as upstream names them.
+            identity: format!("{host}_{}", uuid::Uuid::new_v4()),
+            workers: 4,
+        },
+    );
     server.serve().await.context("API server")?;
     Ok(())
 }

@@ -1,0 +1,58 @@
+//! Starting the controllers: one cache per kind shared by every controller that reads it,
+//! and each controller behind its own Lease, so with several control planes exactly one
+//! instance of each acts while every instance keeps its caches warm.
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::Pod;
+use strake_apimachinery::Registry;
+
+use crate::api::Client;
+use crate::cache::Reflector;
+use crate::deployment::{self, Deployments};
+use crate::leader::{self, Election};
+use crate::replicaset::{self, ReplicaSets};
+
+/// The index of pods by the node they are bound to.
+pub const BY_NODE: &str = "node";
+
+/// How the controllers run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// This instance's name in the Leases it holds.
+    pub identity: String,
+    /// Concurrent reconciles per controller.
+    pub workers: usize,
+}
+
+/// Starts the caches and every controller; returns once they are spawned.
+pub fn start(reg: Registry, opts: Options) {
+    let client = Client::new(reg.clone(), "strake-controller-manager");
+    let mut pods = Reflector::<Pod>::new(reg.clone());
+    pods.index(BY_NODE, |p: &Pod| {
+        crate::pods::node_name(p)
+            .map(str::to_string)
+            .into_iter()
+            .collect()
+    });
+    let mut sets = Reflector::<ReplicaSet>::new(reg.clone());
+    let mut deployments = Reflector::<Deployment>::new(reg);
+
+    let rs = ReplicaSets::new(&client, &mut sets, &mut pods);
+    let dc = Deployments::new(&client, &mut deployments, &mut sets, &mut pods);
+
+    tokio::spawn(pods.run());
+    tokio::spawn(sets.run());
+    tokio::spawn(deployments.run());
+
+    let workers = opts.workers;
+    tokio::spawn(leader::run(
+        client.clone(),
+        Election::new(replicaset::NAME, &opts.identity),
+        move || rs.clone().run(workers),
+    ));
+    tokio::spawn(leader::run(
+        client,
+        Election::new(deployment::NAME, &opts.identity),
+        move || dc.clone().run(workers),
+    ));
+}

@@ -1,0 +1,135 @@
+//! A cluster for controller tests: the real registry (built-in kinds, admission) over the
+//! in-memory store, the controllers started as the control plane starts them, and a scripted
+//! kubelet that runs every pod it is told to: it marks pods Running and Ready (unless their
+//! image says `never-ready`) and finishes deletions at once.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodCondition, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use strake_apimachinery::admission::{Chain, NamespaceLifecycle};
+use strake_apimachinery::storage::MemoryStore;
+use strake_apimachinery::{DeleteOptions, Part, Registry};
+use strake_controllers::cache::Reflector;
+use strake_controllers::{Client, ObjectRef, manager};
+
+pub struct Cluster {
+    pub reg: Registry,
+    pub client: Client,
+}
+
+pub async fn cluster() -> Cluster {
+    let reg = Registry::new(
+        Arc::new(MemoryStore::new()),
+        strake_kinds::builtin_table(),
+        Chain::new(vec![Box::new(NamespaceLifecycle)]),
+    );
+    let client = Client::new(reg.clone(), "test");
+    for ns in ["default", "kube-system"] {
+        let ns = k8s_openapi::api::core::v1::Namespace {
+            metadata: ObjectMeta {
+                name: Some(ns.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        client.create(None, &ns).await.expect("namespace");
+    }
+    manager::start(
+        reg.clone(),
+        manager::Options {
+            identity: "test-instance".into(),
+            workers: 2,
+        },
+    );
+    tokio::spawn(kubelet(client.named("kubelet")));
+    Cluster { reg, client }
+}
+
+fn image_of(p: &Pod) -> String {
+    p.spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default()
+}
+
+async fn kubelet(client: Client) {
+    let mut pods = Reflector::<Pod>::new(client.registry().clone());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<ObjectRef>();
+    pods.on_change(move |c| {
+        if c.new.is_some() {
+            let _ = tx.send(ObjectRef::of(c.latest().as_ref()));
+        }
+    });
+    let reader = pods.reader();
+    tokio::spawn(pods.run());
+    while let Some(key) = rx.recv().await {
+        let Some(pod) = reader.get(&key) else {
+            continue;
+        };
+        if pod.metadata.deletion_timestamp.is_some() {
+            let _ = client
+                .delete::<Pod>(
+                    key.ns(),
+                    &key.name,
+                    &DeleteOptions {
+                        grace_period: Some(0),
+                        ..Default::default()
+                    },
+                )
+                .await;
+            continue;
+        }
+        if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
+            continue;
+        }
+        let ready = !image_of(&pod).contains("never-ready");
+        let now = Some(Time(Timestamp::now()));
+        let _ = client
+            .modify::<Pod>(key.ns(), &key.name, Part::Status, |p| {
+                p.status = Some(PodStatus {
+                    phase: Some("Running".into()),
+                    conditions: Some(vec![PodCondition {
+                        type_: "Ready".into(),
+                        status: if ready { "True" } else { "False" }.into(),
+                        last_transition_time: now.clone(),
+                        ..Default::default()
+                    }]),
+                    container_statuses: Some(vec![ContainerStatus {
+                        name: "main".into(),
+                        image: image_of(p),
+                        image_id: String::new(),
+                        ready,
+                        restart_count: 0,
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                });
+                true
+            })
+            .await;
+    }
+}
+
+/// Polls `f` every 20 ms until it gives a value; panics naming `what` after `within`.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
