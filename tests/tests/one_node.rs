@@ -416,7 +416,8 @@ fn drive(
     );
     kubectl_ok(&kubeconfig, &["delete", "pod", "once", "--timeout=60s"])?;
 
-    api_machinery_scenarios(&kubeconfig, dir)?;
+    api_machinery_scenarios(&kubeconfig, dir, registry)?;
+    rollout_scenarios(&kubeconfig, dir, registry)?;
 
     // The node is still healthy after all that.
     let nodes = kubectl_ok(&kubeconfig, &["get", "nodes"])?;
@@ -452,10 +453,14 @@ fn drive(
 fn api_machinery_scenarios(
     kubeconfig: &std::path::Path,
     dir: &std::path::Path,
+    registry: &str,
 ) -> anyhow::Result<()> {
+    // Every image is on the test's own registry (controllers create pods from these
+    // templates, and the node must never pull from anywhere else); some do not exist.
+    let img = |name: &str| format!("{registry}/e2e/{name}");
     let app = |image: &str, replicas: u32| {
         format!(
-            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: scen\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  namespace: scen\ndata:\n  mode: fast\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: creds\n  namespace: scen\nstringData:\n  password: hunter2\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: scen\n  labels:\n    app: web\nspec:\n  replicas: {replicas}\n  selector:\n    matchLabels:\n      app: web\n  template:\n    metadata:\n      labels:\n        app: web\n    spec:\n      containers:\n      - name: web\n        image: {image}\n        ports:\n        - containerPort: 80\n        env:\n        - name: MODE\n          value: fast\n      - name: sidecar\n        image: busybox:1\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: scen\nspec:\n  selector:\n    app: web\n  ports:\n  - port: 80\n    targetPort: 80\n---\napiVersion: batch/v1\nkind: CronJob\nmetadata:\n  name: nightly\n  namespace: scen\nspec:\n  schedule: \"0 3 * * *\"\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          restartPolicy: OnFailure\n          containers:\n          - name: job\n            image: busybox:1\n"
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: scen\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  namespace: scen\ndata:\n  mode: fast\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: creds\n  namespace: scen\nstringData:\n  password: hunter2\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: scen\n  labels:\n    app: web\nspec:\n  replicas: {replicas}\n  selector:\n    matchLabels:\n      app: web\n  template:\n    metadata:\n      labels:\n        app: web\n    spec:\n      containers:\n      - name: web\n        image: {image}\n        ports:\n        - containerPort: 80\n        env:\n        - name: MODE\n          value: fast\n      - name: sidecar\n        image: {registry}/e2e/busybox:1\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: scen\nspec:\n  selector:\n    app: web\n  ports:\n  - port: 80\n    targetPort: 80\n---\napiVersion: batch/v1\nkind: CronJob\nmetadata:\n  name: nightly\n  namespace: scen\nspec:\n  schedule: \"0 3 * * *\"\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          restartPolicy: OnFailure\n          containers:\n          - name: job\n            image: {registry}/e2e/busybox:1\n"
         )
     };
     let manifest = dir.join("app.yaml");
@@ -469,7 +474,7 @@ fn api_machinery_scenarios(
 
     // Client-side apply creates, then re-applied with changes (a strategic merge patch with
     // $setElementOrder) updates.
-    std::fs::write(&manifest, app("web:1", 2))?;
+    std::fs::write(&manifest, app(&img("web:1"), 2))?;
     kubectl_ok(kubeconfig, &["apply", "-f", path])?;
     // A server-side dry run of a create writes nothing.
     let dry = dir.join("dry.yaml");
@@ -492,7 +497,7 @@ fn api_machinery_scenarios(
             .success(),
         "apply --dry-run=server created the configmap"
     );
-    std::fs::write(&manifest, app("web:2", 3))?;
+    std::fs::write(&manifest, app(&img("web:2"), 3))?;
     let diff = kubectl(kubeconfig, &["diff", "-f", path])?;
     let diff_out = String::from_utf8_lossy(&diff.stdout);
     ensure!(
@@ -507,7 +512,7 @@ fn api_machinery_scenarios(
             "web",
             "-o",
             "jsonpath={.spec.template.spec.containers[0].image}"
-        ])? == "web:1",
+        ])? == img("web:1"),
         "kubectl diff wrote"
     );
     kubectl_ok(kubeconfig, &["apply", "-f", path])?;
@@ -518,14 +523,17 @@ fn api_machinery_scenarios(
         "-o",
         "jsonpath={.spec.template.spec.containers[0].image} {.spec.replicas} {.metadata.generation}",
     ])?;
-    ensure!(image == "web:2 3 2", "re-apply: {image}");
+    ensure!(
+        image == format!("{} 3 2", img("web:2")),
+        "re-apply: {image}"
+    );
     ensure!(
         get(&["get", "secret", "creds", "-o", "jsonpath={.data.password}"])? == "aHVudGVyMg==",
         "stringData is stored as data"
     );
 
     // Server-side apply takes over, and a second manager's change conflicts.
-    std::fs::write(&manifest, app("web:3", 3))?;
+    std::fs::write(&manifest, app(&img("web:3"), 3))?;
     kubectl_ok(
         kubeconfig,
         &["apply", "--server-side", "--force-conflicts", "-f", path],
@@ -539,7 +547,7 @@ fn api_machinery_scenarios(
         "jsonpath={.metadata.managedFields[*].manager}",
     ])?;
     ensure!(managers.contains("kubectl"), "managers: {managers}");
-    std::fs::write(&manifest, app("web:4", 3))?;
+    std::fs::write(&manifest, app(&img("web:4"), 3))?;
     let out = kubectl(
         kubeconfig,
         &[
@@ -578,7 +586,10 @@ fn api_machinery_scenarios(
         "deploy",
         "web",
         "-p",
-        r#"{"spec":{"template":{"spec":{"containers":[{"name":"sidecar","image":"busybox:2"}]}}}}"#,
+        &format!(
+            r#"{{"spec":{{"template":{{"spec":{{"containers":[{{"name":"sidecar","image":"{}"}}]}}}}}}}}"#,
+            img("busybox:2")
+        ),
     ])?;
     get(&["label", "deploy", "web", "tier=front"])?;
     get(&["annotate", "deploy", "web", "note=hello"])?;
@@ -593,7 +604,7 @@ fn api_machinery_scenarios(
         "jsonpath={.spec.replicas} {.metadata.labels.merged} {.metadata.labels.tier} {.metadata.annotations.note} {.spec.template.spec.containers[1].image} {.metadata.labels.dry}",
     ])?;
     ensure!(
-        state.trim() == "5 yes front hello busybox:2",
+        state.trim() == format!("5 yes front hello {}", img("busybox:2")),
         "after the patches: {state:?}"
     );
 
@@ -701,7 +712,7 @@ fn api_machinery_scenarios(
             "create",
             "deployment",
             "dep",
-            "--image=busybox:1",
+            &format!("--image={}", img("busybox:1")),
             "--replicas=2",
         ],
     )?;
@@ -713,7 +724,7 @@ fn api_machinery_scenarios(
             "create",
             "cronjob",
             "tick",
-            "--image=busybox:1",
+            &format!("--image={}", img("busybox:1")),
             "--schedule=*/5 * * * *",
         ],
     )?;
@@ -743,6 +754,156 @@ fn api_machinery_scenarios(
     )?;
     println!(
         "api machinery scenarios: apply, diff, server-side apply, dry runs, patches, scale, get, create, explain, auth, delete: ok"
+    );
+    Ok(())
+}
+
+/// The kubectl rollout family on a real node, against the Deployment and ReplicaSet
+/// controllers: status, history, undo, restart, pause and resume, scale and wait, and the
+/// garbage collector removing the sets and pods of a deleted deployment.
+fn rollout_scenarios(
+    kubeconfig: &std::path::Path,
+    dir: &std::path::Path,
+    registry: &str,
+) -> anyhow::Result<()> {
+    let k = |args: &[&str]| -> anyhow::Result<String> {
+        let mut a = vec!["-n", "default"];
+        a.extend(args);
+        kubectl_ok(kubeconfig, &a)
+    };
+    let manifest = dir.join("roll.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: roll\nspec:\n  replicas: 2\n  selector:\n    matchLabels:\n      app: roll\n  template:\n    metadata:\n      labels:\n        app: roll\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: main\n        image: {registry}/e2e/busybox:1\n        command: [\"sleep\", \"3600\"]\n"
+        ),
+    )?;
+    let status = |what: &str| -> anyhow::Result<()> {
+        let out = k(&["rollout", "status", "deployment/roll", "--timeout=180s"])
+            .with_context(|| format!("kubectl rollout status after {what}"))?;
+        ensure!(
+            out.contains("successfully rolled out"),
+            "rollout status after {what}: {out}"
+        );
+        Ok(())
+    };
+    let revision = || {
+        k(&[
+            "get",
+            "deploy",
+            "roll",
+            "-o",
+            "jsonpath={.metadata.annotations.deployment\\.kubernetes\\.io/revision}",
+        ])
+    };
+    let sets = || -> anyhow::Result<usize> {
+        Ok(k(&["get", "rs", "-l", "app=roll", "-o", "name"])?
+            .lines()
+            .filter(|l| !l.is_empty())
+            .count())
+    };
+    k(&["apply", "-f", manifest.to_str().unwrap_or_default()])?;
+    status("create")?;
+    ensure!(revision()? == "1", "first revision: {}", revision()?);
+    let pods = k(&["get", "pods", "-l", "app=roll", "--no-headers"])?;
+    ensure!(
+        pods.lines().filter(|l| l.contains("Running")).count() == 2,
+        "two Running pods: {pods}"
+    );
+
+    // A changed template rolls out as a new set; history lists both revisions.
+    k(&["set", "env", "deployment/roll", "MODE=two"])?;
+    status("set env")?;
+    ensure!(revision()? == "2", "after set env: {}", revision()?);
+    ensure!(sets()? == 2, "two sets after one rollout");
+    let history = k(&["rollout", "history", "deployment/roll"])?;
+    ensure!(
+        history.contains("REVISION")
+            && history.lines().any(|l| l.starts_with("1 "))
+            && history.lines().any(|l| l.starts_with("2 ")),
+        "rollout history: {history}"
+    );
+    let rev2 = k(&["rollout", "history", "deployment/roll", "--revision=2"])?;
+    ensure!(rev2.contains("MODE"), "revision 2's template: {rev2}");
+
+    // Undo brings revision 1's template back as revision 3, reusing its set.
+    let undo = k(&["rollout", "undo", "deployment/roll"])?;
+    ensure!(undo.contains("rolled back"), "rollout undo: {undo}");
+    status("undo")?;
+    ensure!(revision()? == "3", "after undo: {}", revision()?);
+    ensure!(sets()? == 2, "undo reused the old set");
+    let env = k(&[
+        "get",
+        "deploy",
+        "roll",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].env}",
+    ])?;
+    ensure!(env.trim().is_empty(), "undo kept the env: {env}");
+
+    // Paused: a template change waits; resume rolls it out.
+    k(&["rollout", "pause", "deployment/roll"])?;
+    k(&["set", "env", "deployment/roll", "MODE=three"])?;
+    std::thread::sleep(Duration::from_secs(3));
+    ensure!(sets()? == 2, "a paused deployment rolled out");
+    let paused = k(&[
+        "get",
+        "deploy",
+        "roll",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Progressing\")].reason}",
+    ])?;
+    ensure!(paused == "DeploymentPaused", "paused condition: {paused}");
+    k(&["rollout", "resume", "deployment/roll"])?;
+    status("resume")?;
+    ensure!(revision()? == "4", "after resume: {}", revision()?);
+
+    // Restart replaces every pod with the same template plus a restartedAt annotation.
+    let before = k(&["get", "pods", "-l", "app=roll", "-o", "name"])?;
+    k(&["rollout", "restart", "deployment/roll"])?;
+    status("restart")?;
+    let after = poll("the restarted pods", Duration::from_secs(120), || {
+        let now = k(&["get", "pods", "-l", "app=roll", "-o", "name"]).ok()?;
+        let old: Vec<&str> = before.lines().collect();
+        (now.lines().count() == 2 && now.lines().all(|l| !old.contains(&l))).then_some(now)
+    })?;
+    println!("restarted pods: {}", after.replace('\n', " "));
+
+    // Scale, then wait for the Available condition.
+    k(&["scale", "deployment/roll", "--replicas=3"])?;
+    k(&[
+        "wait",
+        "--for=condition=Available",
+        "deployment/roll",
+        "--timeout=120s",
+    ])?;
+    status("scale")?;
+    let ready = k(&[
+        "get",
+        "deploy",
+        "roll",
+        "-o",
+        "jsonpath={.status.readyReplicas}",
+    ])?;
+    ensure!(ready == "3", "ready replicas after scale: {ready}");
+    let events = k(&["get", "events", "--field-selector=reason=ScalingReplicaSet"])?;
+    ensure!(
+        events.contains("Scaled up replica set roll-"),
+        "ScalingReplicaSet events: {events}"
+    );
+
+    // Deleting the deployment (background cascade) takes its sets and pods with it.
+    k(&["delete", "deployment", "roll", "--timeout=60s"])?;
+    poll(
+        "the deleted deployment's sets and pods to go",
+        Duration::from_secs(120),
+        || {
+            let left = k(&["get", "rs,pods", "-l", "app=roll", "-o", "name"]).ok()?;
+            left.trim().is_empty().then_some(())
+        },
+    )?;
+    println!(
+        "rollout scenarios: status, history, undo, pause, resume, restart, scale, wait, cascade: ok"
     );
     Ok(())
 }

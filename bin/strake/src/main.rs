@@ -54,15 +54,19 @@ fn services(cfg: &BootConfig) -> Vec<ServiceSpec> {
         s.env.push((
             "RUST_LOG".into(),
             if cfg.debug {
-                "debug,openraft=info".into()
+                format!("debug,openraft=info,{QUIET}")
             } else {
-                "info,openraft=warn".into()
+                format!("info,openraft=warn,{QUIET}")
             },
         ));
         s.env.push(("STRAKE_UNDER_INIT".into(), "1".into()));
     }
     out
 }
+
+/// openraft warns whenever a writer stops waiting for its answer; the store answers writers
+/// as soon as the apply computed their responses and drops openraft's own answer by design.
+const QUIET: &str = "openraft::raft::responder=error";
 
 /// Loads the boot configuration init wrote, if any.
 pub fn boot_config() -> Option<BootConfig> {
@@ -78,8 +82,9 @@ pub fn boot_config() -> Option<BootConfig> {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("info,openraft=warn,{QUIET}"))
+    });
     let under_init = std::env::var_os("STRAKE_UNDER_INIT").is_some();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -260,7 +260,6 @@ impl ApiServer {
             })?;
         tokio::spawn(controllers::namespaces(self.app.registry.clone()));
         tokio::spawn(controllers::crds(self.app.registry.clone()));
-        tokio::spawn(controllers::deletion_finalizers(self.app.registry.clone()));
         tokio::spawn(controllers::compactor(
             self.app.registry.clone(),
             self.housekeeping.compaction,

@@ -1110,58 +1110,6 @@ async fn many_watchers_share_one_store_watch_per_resource() {
     );
 }
 
-#[tokio::test]
-async fn orphan_and_foreground_deletion_finish() {
-    let api = start().await;
-    let coll = "/apis/apps/v1/namespaces/default/deployments";
-    let cms = "/api/v1/namespaces/default/configmaps";
-    let owned = |owner: &Value, name: &str| json!({"metadata": {"name": name, "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": owner["metadata"]["name"], "uid": owner["metadata"]["uid"], "blockOwnerDeletion": true}]}});
-    let wait_gone = |path: String| {
-        let api = &api;
-        async move {
-            let deadline = std::time::Instant::now() + Duration::from_secs(20);
-            while api.get(&path).await.0 != 404 {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "{path} was never deleted"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
-    // Orphan: the owner goes, the dependent stays without its owner reference.
-    let (_, o) = api.post(coll, deployment("orph", "x:1")).await;
-    assert_eq!(api.post(cms, owned(&o, "orph-dep")).await.0, 201);
-    let (code, _) = api
-        .delete(
-            &format!("{coll}/orph"),
-            Some(json!({"propagationPolicy": "Orphan"})),
-        )
-        .await;
-    assert_eq!(code, 200);
-    wait_gone(format!("{coll}/orph")).await;
-    let (code, dep) = api.get(&format!("{cms}/orph-dep")).await;
-    assert_eq!(code, 200, "an orphaned dependent stays");
-    assert!(
-        dep["metadata"]["ownerReferences"]
-            .as_array()
-            .is_none_or(Vec::is_empty),
-        "{dep}"
-    );
-    // Foreground: the dependent goes first, then the owner.
-    let (_, f) = api.post(coll, deployment("fore", "x:1")).await;
-    assert_eq!(api.post(cms, owned(&f, "fore-dep")).await.0, 201);
-    let (_, held) = api
-        .delete(&format!("{coll}/fore?propagationPolicy=Foreground"), None)
-        .await;
-    assert_eq!(
-        held["metadata"]["finalizers"],
-        json!(["foregroundDeletion"])
-    );
-    wait_gone(format!("{cms}/fore-dep")).await;
-    wait_gone(format!("{coll}/fore")).await;
-}
-
 /// Responses to a client whose first choice is protobuf, read back with upstream's generated
 /// message types: an object, a list, an error Status, and a watch stream's frames.
 #[tokio::test]

@@ -256,25 +256,51 @@ pub fn surge_and_unavailable(d: &Deployment) -> (i32, i32) {
     (surge, unavailable.min(desired))
 }
 
-/// The template without its `pod-template-hash` label, to compare a set with its deployment.
-fn without_hash(t: &PodTemplateSpec) -> PodTemplateSpec {
+/// The template without its `pod-template-hash` label, as JSON where an empty object, list or
+/// null is the same as an absent field: upstream compares templates semantically, and Go
+/// clients write `resources: {}` where the server stored nothing (kubectl's rollout undo
+/// does), which must still name the same revision.
+fn without_hash(t: &PodTemplateSpec) -> serde_json::Value {
     let mut t = t.clone();
     if let Some(labels) = t.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
         labels.remove(HASH_LABEL);
     }
-    t
+    let mut v = serde_json::to_value(&t).unwrap_or_default();
+    prune_empty(&mut v);
+    v
+}
+
+/// Removes nulls and empty objects and lists, innermost first.
+fn prune_empty(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    let empty = |v: &Value| match v {
+        Value::Null => true,
+        Value::Object(m) => m.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        _ => false,
+    };
+    match v {
+        Value::Object(m) => {
+            for x in m.values_mut() {
+                prune_empty(x);
+            }
+            m.retain(|_, x| !empty(x));
+        }
+        Value::Array(a) => a.iter_mut().for_each(prune_empty),
+        _ => {}
+    }
 }
 
 /// The name suffix for a template: FNV-1a over its JSON (and the collision count), spelled
 /// with the consonants and digits upstream's names use.
 pub fn template_hash(t: &PodTemplateSpec, collisions: Option<i32>) -> String {
-    let json = serde_json::to_vec(&without_hash(t)).unwrap_or_default();
+    let json = without_hash(t).to_string();
     let mut h: u32 = 0x811c_9dc5;
     let mut feed = |b: u8| {
         h ^= u32::from(b);
         h = h.wrapping_mul(0x0100_0193);
     };
-    json.iter().for_each(|b| feed(*b));
+    json.bytes().for_each(&mut feed);
     if let Some(c) = collisions {
         c.to_le_bytes().iter().for_each(|b| feed(*b));
     }

@@ -9,6 +9,7 @@ use strake_apimachinery::Registry;
 use crate::api::Client;
 use crate::cache::Reflector;
 use crate::deployment::{self, Deployments};
+use crate::gc::{self, Collector};
 use crate::leader::{self, Election};
 use crate::replicaset::{self, ReplicaSets};
 
@@ -35,7 +36,8 @@ pub fn start(reg: Registry, opts: Options) {
             .collect()
     });
     let mut sets = Reflector::<ReplicaSet>::new(reg.clone());
-    let mut deployments = Reflector::<Deployment>::new(reg);
+    let mut deployments = Reflector::<Deployment>::new(reg.clone());
+    let collector = Collector::new(reg);
 
     let rs = ReplicaSets::new(&client, &mut sets, &mut pods);
     let dc = Deployments::new(&client, &mut deployments, &mut sets, &mut pods);
@@ -43,6 +45,7 @@ pub fn start(reg: Registry, opts: Options) {
     tokio::spawn(pods.run());
     tokio::spawn(sets.run());
     tokio::spawn(deployments.run());
+    tokio::spawn(collector.clone().feed());
 
     let workers = opts.workers;
     tokio::spawn(leader::run(
@@ -51,8 +54,13 @@ pub fn start(reg: Registry, opts: Options) {
         move || rs.clone().run(workers),
     ));
     tokio::spawn(leader::run(
-        client,
+        client.clone(),
         Election::new(deployment::NAME, &opts.identity),
         move || dc.clone().run(workers),
+    ));
+    tokio::spawn(leader::run(
+        client,
+        Election::new(gc::NAME, &opts.identity),
+        move || collector.clone().run(workers),
     ));
 }

@@ -133,8 +133,8 @@ impl ReplicaSets {
                 })
                 .await?;
         }
-        if let Some((kind, _)) = failure {
-            return Err(ApiError::Internal(format!("{kind} for {key}")));
+        if let Some((reason, message)) = failure {
+            return Err(ApiError::Internal(format!("{reason}: {message}")));
         }
         // Pods ready but not yet available become available with time alone.
         if min_ready > 0 && status.ready_replicas != status.available_replicas {

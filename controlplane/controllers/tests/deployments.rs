@@ -530,3 +530,83 @@ async fn replica_sets_adopt_release_and_delete_unready_pods_first() {
     })
     .await;
 }
+
+/// `kubectl rollout undo` as kubectl does it: the old set's template, its hash label removed,
+/// replaces the deployment's template through a JSON patch of the served objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undo_with_the_served_template_reuses_the_old_set() {
+    let c = cluster().await;
+    c.client
+        .create(
+            Some("default"),
+            &deployment("undo", 2, "undo:v1", json!({})),
+        )
+        .await
+        .unwrap();
+    wait_complete(&c, "undo", 2).await;
+    c.client
+        .modify::<Deployment>(Some("default"), "undo", Part::Main, |d| {
+            d.spec
+                .as_mut()
+                .unwrap()
+                .template
+                .spec
+                .as_mut()
+                .unwrap()
+                .containers[0]
+                .env = Some(vec![
+                serde_json::from_value(json!({"name": "MODE", "value": "two"})).unwrap(),
+            ]);
+            true
+        })
+        .await
+        .unwrap();
+    wait_complete(&c, "undo", 2).await;
+    let first = sets(&c, "undo").await.remove(0);
+    let rs_def = c.client.def::<ReplicaSet>().unwrap();
+    let served = c
+        .reg
+        .get(
+            &rs_def,
+            Some("default"),
+            first.metadata.name.as_deref().unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut template = served["spec"]["template"].clone();
+    template["metadata"]["labels"]
+        .as_object_mut()
+        .unwrap()
+        .remove("pod-template-hash");
+    // Go clients write the empty structs the server never stored.
+    template["metadata"]["creationTimestamp"] = serde_json::Value::Null;
+    template["spec"]["containers"][0]["resources"] = json!({});
+    let d_def = c.client.def::<Deployment>().unwrap();
+    c.reg
+        .update_with(
+            &d_def,
+            Some("default"),
+            "undo",
+            Part::Main,
+            &Default::default(),
+            |mut d| {
+                d["spec"]["template"] = template.clone();
+                Ok(d)
+            },
+        )
+        .await
+        .unwrap();
+    let d = wait_complete(&c, "undo", 2).await;
+    assert_eq!(d.metadata.annotations.unwrap()[REVISION], "3");
+    let after = sets(&c, "undo").await;
+    let names: Vec<_> = after.iter().map(|s| s.metadata.name.clone()).collect();
+    assert_eq!(
+        after.len(),
+        2,
+        "a new set instead of the old one: {names:?}\n{:#?}",
+        after
+            .iter()
+            .map(|s| &s.spec.as_ref().unwrap().template)
+            .collect::<Vec<_>>()
+    );
+}
