@@ -75,7 +75,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .ensure_defaults()
         .await
         .context("creating default namespaces")?;
-    tokio::spawn(crate::scheduler::run(server.registry()));
     let host = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "strake".into());

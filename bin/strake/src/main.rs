@@ -4,7 +4,6 @@
 
 mod agent;
 mod controlplane;
-mod scheduler;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,7 +22,7 @@ struct Cli {
 enum Cmd {
     /// Run as PID 1.
     Init,
-    /// Run the control plane: store, API server, scheduler.
+    /// Run the control plane: store, API server, scheduler, controllers.
     Controlplane(controlplane::Args),
     /// Run the node agent.
     Agent(agent::Args),

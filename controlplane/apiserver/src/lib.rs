@@ -29,7 +29,6 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 pub use discovery::MINOR;
-pub use pods::bind;
 pub use strake_apimachinery::{ApiError, Filter, Registry};
 
 pub use strake_pki::Credentials;

@@ -7,99 +7,14 @@ use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use k8s_openapi::api::core::v1::{Binding, Node, Pod};
-use k8s_openapi::jiff::Timestamp;
-use serde_json::{Value, json};
-use strake_apimachinery::{ApiError, Part, Registry, ResourceDef, WriteOptions};
+use serde_json::json;
+use strake_apimachinery::ApiError;
 
 use crate::AppState;
 use crate::render::json_response;
 
-/// Binds a pod to a node, once, and records PodScheduled.
-pub async fn bind(
-    reg: &Registry,
-    namespace: &str,
-    name: &str,
-    node: &str,
-) -> Result<Pod, ApiError> {
-    let table = reg.table().snapshot();
-    let def = table
-        .lookup("", "v1", "pods")
-        .ok_or(ApiError::NoRoute)?
-        .clone();
-    bind_def(reg, &def, namespace, name, node, false).await?;
-    let v = reg.get(&def, Some(namespace), name).await?;
-    serde_json::from_value(v).map_err(|e| ApiError::Internal(e.to_string()))
-}
-
-async fn bind_def(
-    reg: &Registry,
-    def: &ResourceDef,
-    namespace: &str,
-    name: &str,
-    node: &str,
-    dry_run: bool,
-) -> Result<(), ApiError> {
-    let opts = WriteOptions {
-        dry_run,
-        ..Default::default()
-    };
-    reg.update_with(
-        def,
-        Some(namespace),
-        name,
-        Part::Binding,
-        &opts,
-        |mut pod| {
-            if !pod["metadata"]["deletionTimestamp"].is_null() {
-                return Err(ApiError::Conflict {
-                    resource: def.group_resource(),
-                    name: name.into(),
-                    message: "the pod is being deleted".into(),
-                });
-            }
-            match pod["spec"]["nodeName"].as_str() {
-                Some(n) if !n.is_empty() => {
-                    return Err(ApiError::Conflict {
-                        resource: def.group_resource(),
-                        name: name.into(),
-                        message: format!("pod {name} is already assigned to node \"{n}\""),
-                    });
-                }
-                _ => pod["spec"]["nodeName"] = node.into(),
-            }
-            Ok(pod)
-        },
-    )
-    .await?;
-    if dry_run {
-        return Ok(());
-    }
-    reg.update_with(
-        def,
-        Some(namespace),
-        name,
-        Part::Status,
-        &opts,
-        |mut pod| {
-            let now = Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
-            let mut conds: Vec<Value> = pod["status"]["conditions"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            conds.retain(|c| c["type"] != "PodScheduled");
-            conds
-                .push(json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": now}));
-            pod["status"]["conditions"] = Value::Array(conds);
-            Ok(pod)
-        },
-    )
-    .await?;
-    Ok(())
-}
-
 pub async fn binding(
     app: &AppState,
-    def: &ResourceDef,
     ns: &str,
     name: &str,
     headers: &HeaderMap,
@@ -119,7 +34,7 @@ pub async fn binding(
         .clone()
         .filter(|n| !n.is_empty())
         .ok_or_else(|| ApiError::BadRequest("binding target.name is required".into()))?;
-    bind_def(&app.registry, def, ns, name, &node, dry_run).await?;
+    strake_kinds::pods::bind(&app.registry, ns, name, &node, dry_run).await?;
     Ok(json_response(
         StatusCode::CREATED,
         &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),

@@ -46,7 +46,6 @@ pub async fn serve(
         ("binding", "", "pods") => {
             crate::pods::binding(
                 app,
-                def,
                 ns.unwrap_or_default(),
                 name,
                 headers,

@@ -16,6 +16,7 @@ pub mod pods;
 pub mod queue;
 pub mod replicaset;
 pub mod runtime;
+pub mod scheduling;
 pub mod selector;
 
 pub use api::{Client, Object};

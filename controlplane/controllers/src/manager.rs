@@ -1,9 +1,9 @@
-//! Starting the controllers: one cache per kind shared by every controller that reads it,
+//! Starting the scheduler and the controllers: one cache per kind shared by every controller that reads it,
 //! and each controller behind its own Lease, so with several control planes exactly one
 //! instance of each acts while every instance keeps its caches warm.
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use strake_apimachinery::Registry;
 
 use crate::api::Client;
@@ -12,6 +12,7 @@ use crate::deployment::{self, Deployments};
 use crate::gc::{self, Collector};
 use crate::leader::{self, Election};
 use crate::replicaset::{self, ReplicaSets};
+use crate::scheduling::Scheduler;
 
 /// The index of pods by the node they are bound to.
 pub const BY_NODE: &str = "node";
@@ -36,14 +37,17 @@ pub fn start(reg: Registry, opts: Options) {
             .collect()
     });
     let mut sets = Reflector::<ReplicaSet>::new(reg.clone());
+    let mut nodes = Reflector::<Node>::new(reg.clone());
     let mut deployments = Reflector::<Deployment>::new(reg.clone());
     let collector = Collector::new(reg);
 
     let rs = ReplicaSets::new(&client, &mut sets, &mut pods);
     let dc = Deployments::new(&client, &mut deployments, &mut sets, &mut pods);
+    let scheduler = Scheduler::new(&client, &mut pods, &mut nodes);
 
     tokio::spawn(pods.run());
     tokio::spawn(sets.run());
+    tokio::spawn(nodes.run());
     tokio::spawn(deployments.run());
     tokio::spawn(collector.clone().feed());
 
@@ -57,6 +61,11 @@ pub fn start(reg: Registry, opts: Options) {
         client.clone(),
         Election::new(deployment::NAME, &opts.identity),
         move || dc.clone().run(workers),
+    ));
+    tokio::spawn(leader::run(
+        client.clone(),
+        Election::new("kube-scheduler", &opts.identity),
+        move || scheduler.clone().run(),
     ));
     tokio::spawn(leader::run(
         client,

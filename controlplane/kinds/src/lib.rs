@@ -10,6 +10,7 @@ pub mod core;
 pub mod crd;
 mod cron;
 pub mod others;
+pub mod pods;
 pub mod typed;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;

@@ -6,6 +6,7 @@ mod quantity;
 
 pub use quantity::{QuantityError, parse_bytes, parse_cpu_millis};
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
@@ -116,7 +117,7 @@ fn allocatable(node: &Node) -> Allocatable {
 }
 
 /// Chooses a node for `pod`. `placed` are the pods already bound (to any node) and not finished.
-pub fn schedule(pod: &Pod, nodes: &[Node], placed: &[Pod]) -> Decision {
+pub fn schedule<N: Borrow<Node>, P: Borrow<Pod>>(pod: &Pod, nodes: &[N], placed: &[P]) -> Decision {
     let want = pod_request(pod);
     let spec = pod.spec.clone().unwrap_or_default();
     let tolerations = spec.tolerations.clone().unwrap_or_default();
@@ -124,6 +125,7 @@ pub fn schedule(pod: &Pod, nodes: &[Node], placed: &[Pod]) -> Decision {
     let mut reasons: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut best: Option<(i64, String)> = None;
     for node in nodes {
+        let node: &Node = node.borrow();
         let name = node.metadata.name.clone().unwrap_or_default();
         let mut fail = |r: &'static str| *reasons.entry(r).or_default() += 1;
         if node.metadata.deletion_timestamp.is_some() || !is_ready(node) {
@@ -158,6 +160,7 @@ pub fn schedule(pod: &Pod, nodes: &[Node], placed: &[Pod]) -> Decision {
         let alloc = allocatable(node);
         let on_node: Vec<&Pod> = placed
             .iter()
+            .map(Borrow::borrow)
             .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str()))
             .collect();
         let used = on_node
@@ -251,7 +254,7 @@ mod tests {
     #[test]
     fn explains_why_nothing_fits() {
         let nodes = [node("a", "1", "1Gi", true), node("b", "1", "1Gi", false)];
-        match schedule(&pod("2", None), &nodes, &[]) {
+        match schedule(&pod("2", None), &nodes, &[] as &[Pod]) {
             Decision::Unschedulable(m) => {
                 assert_eq!(
                     m,
@@ -281,7 +284,11 @@ mod tests {
             .unwrap(),
         );
         assert!(matches!(
-            schedule(&pod("0", None), std::slice::from_ref(&tainted), &[]),
+            schedule(
+                &pod("0", None),
+                std::slice::from_ref(&tainted),
+                &[] as &[Pod]
+            ),
             Decision::Unschedulable(_)
         ));
         let mut tolerant = pod("0", None);
@@ -292,14 +299,14 @@ mod tests {
             .unwrap(),
         ]);
         assert_eq!(
-            schedule(&tolerant, &[tainted], &[]),
+            schedule(&tolerant, &[tainted], &[] as &[Pod]),
             Decision::Bind("t".into())
         );
         let mut picky = pod("0", None);
         picky.spec.as_mut().unwrap().node_selector =
             Some([("disk".to_string(), "hdd".to_string())].into());
         assert!(
-            matches!(schedule(&picky, &nodes, &[]), Decision::Unschedulable(m) if m.contains("selector"))
+            matches!(schedule(&picky, &nodes, &[] as &[Pod]), Decision::Unschedulable(m) if m.contains("selector"))
         );
     }
 }
