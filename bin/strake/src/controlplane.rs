@@ -84,6 +84,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             // A restarted instance is a new holder, as upstream names them.
             identity: format!("{host}_{}", uuid::Uuid::new_v4()),
             workers: 4,
+            ca_pem: Some(server.ca_pem().to_string()),
         },
     );
     server.serve().await.context("API server")?;

@@ -18,6 +18,7 @@ pub mod replicaset;
 pub mod runtime;
 pub mod scheduling;
 pub mod selector;
+pub mod serviceaccount;
 
 pub use api::{Client, Object};
 pub use cache::{ObjectRef, Reader, Reflector};

@@ -3,7 +3,7 @@
 //! instance of each acts while every instance keeps its caches warm.
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, ServiceAccount};
 use strake_apimachinery::Registry;
 
 use crate::api::Client;
@@ -13,6 +13,7 @@ use crate::gc::{self, Collector};
 use crate::leader::{self, Election};
 use crate::replicaset::{self, ReplicaSets};
 use crate::scheduling::Scheduler;
+use crate::serviceaccount::{self, ServiceAccounts};
 
 /// The index of pods by the node they are bound to.
 pub const BY_NODE: &str = "node";
@@ -24,6 +25,8 @@ pub struct Options {
     pub identity: String,
     /// Concurrent reconciles per controller.
     pub workers: usize,
+    /// The cluster CA certificate, published in every namespace as `kube-root-ca.crt`.
+    pub ca_pem: Option<String>,
 }
 
 /// Starts the caches and every controller; returns once they are spawned.
@@ -39,15 +42,28 @@ pub fn start(reg: Registry, opts: Options) {
     let mut sets = Reflector::<ReplicaSet>::new(reg.clone());
     let mut nodes = Reflector::<Node>::new(reg.clone());
     let mut deployments = Reflector::<Deployment>::new(reg.clone());
+    let mut namespaces = Reflector::<Namespace>::new(reg.clone());
+    let mut accounts = Reflector::<ServiceAccount>::new(reg.clone());
+    let mut configmaps = Reflector::<ConfigMap>::new(reg.clone());
     let collector = Collector::new(reg);
 
     let rs = ReplicaSets::new(&client, &mut sets, &mut pods);
     let dc = Deployments::new(&client, &mut deployments, &mut sets, &mut pods);
     let scheduler = Scheduler::new(&client, &mut pods, &mut nodes);
+    let sa = ServiceAccounts::new(
+        &client,
+        &mut namespaces,
+        &mut accounts,
+        &mut configmaps,
+        opts.ca_pem.clone(),
+    );
 
     tokio::spawn(pods.run());
     tokio::spawn(sets.run());
     tokio::spawn(nodes.run());
+    tokio::spawn(namespaces.run());
+    tokio::spawn(accounts.run());
+    tokio::spawn(configmaps.run());
     tokio::spawn(deployments.run());
     tokio::spawn(collector.clone().feed());
 
@@ -66,6 +82,11 @@ pub fn start(reg: Registry, opts: Options) {
         client.clone(),
         Election::new("kube-scheduler", &opts.identity),
         move || scheduler.clone().run(),
+    ));
+    tokio::spawn(leader::run(
+        client.clone(),
+        Election::new(serviceaccount::NAME, &opts.identity),
+        move || sa.clone().run(workers),
     ));
     tokio::spawn(leader::run(
         client,

@@ -17,6 +17,9 @@ use strake_apimachinery::{DeleteOptions, Part, Registry};
 use strake_controllers::cache::Reflector;
 use strake_controllers::{Client, ObjectRef, manager};
 
+/// What the controllers publish as the cluster CA in these tests.
+pub const TEST_CA: &str = "-----BEGIN CERTIFICATE-----\ntest\n-----END CERTIFICATE-----\n";
+
 pub struct Cluster {
     pub reg: Registry,
     pub client: Client,
@@ -44,6 +47,7 @@ pub async fn cluster() -> Cluster {
         manager::Options {
             identity: "test-instance".into(),
             workers: 2,
+            ca_pem: Some(TEST_CA.into()),
         },
     );
     tokio::spawn(kubelet(client.named("kubelet")));
