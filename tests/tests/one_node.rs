@@ -771,6 +771,43 @@ fn rollout_scenarios(
         a.extend(args);
         kubectl_ok(kubeconfig, &a)
     };
+    // What the controllers keep for every node and namespace.
+    let holder = kubectl_ok(
+        kubeconfig,
+        &[
+            "get",
+            "lease",
+            "-n",
+            "kube-node-lease",
+            "e2e-node",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ],
+    )?;
+    ensure!(holder == "e2e-node", "node lease holder: {holder:?}");
+    let taints = kubectl_ok(
+        kubeconfig,
+        &["get", "node", "e2e-node", "-o", "jsonpath={.spec.taints}"],
+    )?;
+    ensure!(
+        taints.trim().is_empty(),
+        "a healthy node is tainted: {taints}"
+    );
+    let sa = poll(
+        "the default service account",
+        Duration::from_secs(30),
+        || k(&["get", "serviceaccount", "default", "-o", "name"]).ok(),
+    )?;
+    ensure!(sa.contains("serviceaccount/default"), "{sa}");
+    let ca = k(&[
+        "get",
+        "configmap",
+        "kube-root-ca.crt",
+        "-o",
+        "jsonpath={.data.ca\\.crt}",
+    ])?;
+    ensure!(ca.contains("BEGIN CERTIFICATE"), "kube-root-ca.crt: {ca}");
+
     let manifest = dir.join("roll.yaml");
     std::fs::write(
         &manifest,

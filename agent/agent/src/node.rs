@@ -250,7 +250,11 @@ pub async fn heartbeat(shared: Arc<Shared>) {
             .patch_status::<Node>(None, &shared.cfg.node_name, &patch)
             .await
         {
-            Ok(_) => {}
+            Ok(node) => {
+                if let Err(e) = renew_lease(&shared, &node).await {
+                    tracing::warn!(error = %e, "renewing the node lease failed");
+                }
+            }
             Err(e) if e.is_not_found() => {
                 tracing::warn!("node object was deleted, registering again");
                 if let Err(e) = register(&shared).await {
@@ -260,4 +264,55 @@ pub async fn heartbeat(shared: Arc<Shared>) {
             Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
         }
     }
+}
+
+/// Where node Leases live.
+const LEASE_NAMESPACE: &str = "kube-node-lease";
+/// How long a node Lease says it is good for (upstream's kubelet: 40 s, renewed every 10).
+const LEASE_SECONDS: i32 = 40;
+
+/// Renews this node's Lease in `kube-node-lease`, the heartbeat the node lifecycle controller
+/// watches; created on first use, owned by the Node so it goes with it.
+async fn renew_lease(shared: &Shared, node: &Node) -> Result<(), AgentError> {
+    use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
+    let name = shared.cfg.node_name.as_str();
+    let now = Some(MicroTime(k8s_openapi::jiff::Timestamp::now()));
+    let ns = Some(LEASE_NAMESPACE);
+    match shared.client.get::<Lease>(ns, name).await {
+        Ok(mut lease) => {
+            let spec = lease.spec.get_or_insert_default();
+            spec.renew_time = now;
+            spec.holder_identity = Some(name.to_string());
+            spec.lease_duration_seconds = Some(LEASE_SECONDS);
+            shared.client.replace(ns, name, &lease).await?;
+        }
+        Err(e) if e.is_not_found() => {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(name.to_string()),
+                    namespace: Some(LEASE_NAMESPACE.into()),
+                    owner_references: node.metadata.uid.clone().map(|uid| {
+                        vec![OwnerReference {
+                            api_version: "v1".into(),
+                            kind: "Node".into(),
+                            name: name.to_string(),
+                            uid,
+                            ..Default::default()
+                        }]
+                    }),
+                    ..Default::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(name.to_string()),
+                    lease_duration_seconds: Some(LEASE_SECONDS),
+                    renew_time: now,
+                    ..Default::default()
+                }),
+            };
+            shared.client.create(ns, &lease).await?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
 }

@@ -66,6 +66,7 @@ async fn serve(dir: &std::path::Path) -> anyhow::Result<()> {
             cluster_name: "bench".into(),
             token: Some(token.clone()),
             sans: vec![],
+            default_toleration_seconds: strake_apiserver::DEFAULT_TOLERATION_SECONDS,
         },
         store,
     )?;

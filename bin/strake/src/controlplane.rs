@@ -26,6 +26,13 @@ pub struct Args {
     sans: Vec<String>,
     #[arg(long, default_value = "strake")]
     cluster_name: String,
+    /// How long pods stay bound to a lost node before they are evicted and replaced, unless
+    /// they carry their own tolerations (upstream: 300).
+    #[arg(long, default_value_t = strake_apimachinery::admission::DEFAULT_TOLERATION_SECONDS)]
+    default_toleration_seconds: i64,
+    /// How long a node may go without a heartbeat before it is marked unreachable.
+    #[arg(long, default_value = "40")]
+    node_monitor_grace_seconds: u64,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -67,6 +74,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             cluster_name: args.cluster_name.clone(),
             token,
             sans,
+            default_toleration_seconds: args.default_toleration_seconds,
         },
         store,
     )
@@ -85,6 +93,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             identity: format!("{host}_{}", uuid::Uuid::new_v4()),
             workers: 4,
             ca_pem: Some(server.ca_pem().to_string()),
+            node_monitor_grace: std::time::Duration::from_secs(args.node_monitor_grace_seconds),
         },
     );
     server.serve().await.context("API server")?;

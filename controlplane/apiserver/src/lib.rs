@@ -29,6 +29,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 pub use discovery::MINOR;
+pub use strake_apimachinery::admission::DEFAULT_TOLERATION_SECONDS;
 pub use strake_apimachinery::{ApiError, Filter, Registry};
 
 pub use strake_pki::Credentials;
@@ -62,6 +63,8 @@ pub struct Config {
     pub token: Option<BootstrapToken>,
     /// Extra names and IPs for the serving certificate.
     pub sans: Vec<String>,
+    /// How long new pods tolerate their node being lost, unless they say (DefaultTolerationSeconds).
+    pub default_toleration_seconds: i64,
 }
 
 /// Shared state of all handlers.
@@ -135,9 +138,12 @@ impl ApiServer {
             .map_err(|e| ServerError::Client(e.to_string()))?;
         let store: Arc<dyn strake_apimachinery::storage::ObjectStore> =
             Arc::new(strake_apimachinery::storage::RaftStore::new(store));
-        let admission = strake_apimachinery::admission::Chain::new(vec![Box::new(
-            strake_apimachinery::admission::NamespaceLifecycle,
-        )]);
+        let admission = strake_apimachinery::admission::Chain::new(vec![
+            Box::new(strake_apimachinery::admission::NamespaceLifecycle),
+            Box::new(strake_apimachinery::admission::DefaultTolerationSeconds {
+                seconds: cfg.default_toleration_seconds,
+            }),
+        ]);
         let registry = Registry::new(store, strake_kinds::builtin_table(), admission);
         let app = Arc::new(AppState {
             registry,

@@ -37,6 +37,7 @@ async fn start() -> Cluster {
             cluster_name: "t".into(),
             token: Some(token.clone()),
             sans: vec![],
+            default_toleration_seconds: strake_apimachinery::admission::DEFAULT_TOLERATION_SECONDS,
         },
         store.clone(),
     )

@@ -11,6 +11,7 @@ pub mod deployment;
 pub mod gc;
 pub mod leader;
 pub mod manager;
+pub mod nodelifecycle;
 pub mod ownership;
 pub mod pods;
 pub mod queue;

@@ -2,7 +2,10 @@
 //! and each controller behind its own Lease, so with several control planes exactly one
 //! instance of each acts while every instance keeps its caches warm.
 
+use std::time::Duration;
+
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, ServiceAccount};
 use strake_apimachinery::Registry;
 
@@ -11,6 +14,7 @@ use crate::cache::Reflector;
 use crate::deployment::{self, Deployments};
 use crate::gc::{self, Collector};
 use crate::leader::{self, Election};
+use crate::nodelifecycle::{self, NodeLifecycle, TaintEviction};
 use crate::replicaset::{self, ReplicaSets};
 use crate::scheduling::Scheduler;
 use crate::serviceaccount::{self, ServiceAccounts};
@@ -27,7 +31,13 @@ pub struct Options {
     pub workers: usize,
     /// The cluster CA certificate, published in every namespace as `kube-root-ca.crt`.
     pub ca_pem: Option<String>,
+    /// How long a node may go without a heartbeat before it is unreachable (upstream's
+    /// node-monitor-grace-period).
+    pub node_monitor_grace: Duration,
 }
+
+/// Upstream's node-monitor-grace-period.
+pub const NODE_MONITOR_GRACE: Duration = Duration::from_secs(40);
 
 /// Starts the caches and every controller; returns once they are spawned.
 pub fn start(reg: Registry, opts: Options) {
@@ -45,11 +55,20 @@ pub fn start(reg: Registry, opts: Options) {
     let mut namespaces = Reflector::<Namespace>::new(reg.clone());
     let mut accounts = Reflector::<ServiceAccount>::new(reg.clone());
     let mut configmaps = Reflector::<ConfigMap>::new(reg.clone());
+    let mut leases = Reflector::<Lease>::new(reg.clone());
     let collector = Collector::new(reg);
 
     let rs = ReplicaSets::new(&client, &mut sets, &mut pods);
     let dc = Deployments::new(&client, &mut deployments, &mut sets, &mut pods);
     let scheduler = Scheduler::new(&client, &mut pods, &mut nodes);
+    let lifecycle = NodeLifecycle::new(
+        &client,
+        &mut nodes,
+        &mut leases,
+        &mut pods,
+        opts.node_monitor_grace,
+    );
+    let eviction = TaintEviction::new(&client, &mut nodes, &mut pods);
     let sa = ServiceAccounts::new(
         &client,
         &mut namespaces,
@@ -64,6 +83,7 @@ pub fn start(reg: Registry, opts: Options) {
     tokio::spawn(namespaces.run());
     tokio::spawn(accounts.run());
     tokio::spawn(configmaps.run());
+    tokio::spawn(leases.run());
     tokio::spawn(deployments.run());
     tokio::spawn(collector.clone().feed());
 
@@ -82,6 +102,16 @@ pub fn start(reg: Registry, opts: Options) {
         client.clone(),
         Election::new("kube-scheduler", &opts.identity),
         move || scheduler.clone().run(),
+    ));
+    tokio::spawn(leader::run(
+        client.clone(),
+        Election::new(nodelifecycle::NAME, &opts.identity),
+        move || lifecycle.clone().run(workers),
+    ));
+    tokio::spawn(leader::run(
+        client.clone(),
+        Election::new(nodelifecycle::EVICTION, &opts.identity),
+        move || eviction.clone().run(workers),
     ));
     tokio::spawn(leader::run(
         client.clone(),

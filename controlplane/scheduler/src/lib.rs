@@ -70,25 +70,29 @@ fn is_ready(node: &Node) -> bool {
 }
 
 fn tolerates(tolerations: &[Toleration], taint: &Taint) -> bool {
-    tolerations.iter().any(|t| {
-        let effect_ok = t
-            .effect
-            .as_deref()
-            .is_none_or(|e| e.is_empty() || e == taint.effect);
-        let key_ok = t
-            .key
-            .as_deref()
-            .is_none_or(|k| k.is_empty() || k == taint.key);
-        let value_ok = match t.operator.as_deref() {
-            Some("Exists") => true,
-            _ => t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
-        };
-        effect_ok
-            && key_ok
-            && value_ok
-            && (t.key.as_deref().is_some_and(|k| !k.is_empty())
-                || t.operator.as_deref() == Some("Exists"))
-    })
+    tolerations.iter().any(|t| toleration_matches(t, taint))
+}
+
+/// Whether one toleration tolerates `taint` (key, value by operator, effect), as upstream's
+/// `ToleratesTaint`; an empty key with `Exists` tolerates every taint.
+pub fn toleration_matches(t: &Toleration, taint: &Taint) -> bool {
+    let effect_ok = t
+        .effect
+        .as_deref()
+        .is_none_or(|e| e.is_empty() || e == taint.effect);
+    let key_ok = t
+        .key
+        .as_deref()
+        .is_none_or(|k| k.is_empty() || k == taint.key);
+    let value_ok = match t.operator.as_deref() {
+        Some("Exists") => true,
+        _ => t.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
+    };
+    effect_ok
+        && key_ok
+        && value_ok
+        && (t.key.as_deref().is_some_and(|k| !k.is_empty())
+            || t.operator.as_deref() == Some("Exists"))
 }
 
 struct Allocatable {

@@ -41,6 +41,7 @@ pub async fn start_with(housekeeping: Housekeeping) -> Loopback {
         cluster_name: "t".into(),
         token: Some(token.clone()),
         sans: vec![],
+        default_toleration_seconds: strake_apimachinery::admission::DEFAULT_TOLERATION_SECONDS,
     };
     let server = ApiServer::new(config, store)
         .unwrap()

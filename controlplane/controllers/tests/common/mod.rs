@@ -1,6 +1,6 @@
 //! A cluster for controller tests: the real registry (built-in kinds, admission) over the
 //! in-memory store, the controllers started as the control plane starts them, and a scripted
-//! kubelet that runs every pod it is told to: it marks pods Running and Ready (unless their
+//! kubelet that runs every pod it is told to (pods tolerate a lost node for 1 s): it marks pods Running and Ready (unless their
 //! image says `never-ready`) and finishes deletions at once.
 
 #![allow(dead_code)]
@@ -11,7 +11,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodCondition, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use strake_apimachinery::admission::{Chain, NamespaceLifecycle};
+use strake_apimachinery::admission::{Chain, DefaultTolerationSeconds, NamespaceLifecycle};
 use strake_apimachinery::storage::MemoryStore;
 use strake_apimachinery::{DeleteOptions, Part, Registry};
 use strake_controllers::cache::Reflector;
@@ -26,10 +26,18 @@ pub struct Cluster {
 }
 
 pub async fn cluster() -> Cluster {
+    cluster_with_grace(manager::NODE_MONITOR_GRACE).await
+}
+
+/// A cluster whose nodes are unreachable after `grace` without a heartbeat.
+pub async fn cluster_with_grace(grace: Duration) -> Cluster {
     let reg = Registry::new(
         Arc::new(MemoryStore::new()),
         strake_kinds::builtin_table(),
-        Chain::new(vec![Box::new(NamespaceLifecycle)]),
+        Chain::new(vec![
+            Box::new(NamespaceLifecycle),
+            Box::new(DefaultTolerationSeconds { seconds: 1 }),
+        ]),
     );
     let client = Client::new(reg.clone(), "test");
     for ns in ["default", "kube-system"] {
@@ -48,6 +56,7 @@ pub async fn cluster() -> Cluster {
             identity: "test-instance".into(),
             workers: 2,
             ca_pem: Some(TEST_CA.into()),
+            node_monitor_grace: grace,
         },
     );
     tokio::spawn(kubelet(client.named("kubelet")));
