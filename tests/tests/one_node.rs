@@ -940,7 +940,7 @@ fn rollout_scenarios(
         },
     )?;
     println!(
-        "rollout scenarios: status, history, undo, pause, resume, restart, scale, wait, cascade: ok"
+        "controller scenarios: node lease, default service account and root CA, rollout status, history, undo, pause, resume, restart, scale, wait, cascade: ok"
     );
     Ok(())
 }

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod cache;
 pub mod deployment;
+pub mod endpoints;
 pub mod gc;
 pub mod leader;
 pub mod manager;

@@ -6,12 +6,16 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Endpoints, Namespace, Node, Pod, Service, ServiceAccount,
+};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use strake_apimachinery::Registry;
 
 use crate::api::Client;
 use crate::cache::Reflector;
 use crate::deployment::{self, Deployments};
+use crate::endpoints::{self, EndpointsController};
 use crate::gc::{self, Collector};
 use crate::leader::{self, Election};
 use crate::nodelifecycle::{self, NodeLifecycle, TaintEviction};
@@ -56,6 +60,9 @@ pub fn start(reg: Registry, opts: Options) {
     let mut accounts = Reflector::<ServiceAccount>::new(reg.clone());
     let mut configmaps = Reflector::<ConfigMap>::new(reg.clone());
     let mut leases = Reflector::<Lease>::new(reg.clone());
+    let mut services = Reflector::<Service>::new(reg.clone());
+    let mut slices = Reflector::<EndpointSlice>::new(reg.clone());
+    let mut endpoint_objects = Reflector::<Endpoints>::new(reg.clone());
     let collector = Collector::new(reg);
 
     let rs = ReplicaSets::new(&client, &mut sets, &mut pods);
@@ -69,6 +76,14 @@ pub fn start(reg: Registry, opts: Options) {
         opts.node_monitor_grace,
     );
     let eviction = TaintEviction::new(&client, &mut nodes, &mut pods);
+    let eps = EndpointsController::new(
+        &client,
+        &mut services,
+        &mut pods,
+        &nodes.reader(),
+        &mut slices,
+        &mut endpoint_objects,
+    );
     let sa = ServiceAccounts::new(
         &client,
         &mut namespaces,
@@ -84,6 +99,9 @@ pub fn start(reg: Registry, opts: Options) {
     tokio::spawn(accounts.run());
     tokio::spawn(configmaps.run());
     tokio::spawn(leases.run());
+    tokio::spawn(services.run());
+    tokio::spawn(slices.run());
+    tokio::spawn(endpoint_objects.run());
     tokio::spawn(deployments.run());
     tokio::spawn(collector.clone().feed());
 
@@ -112,6 +130,11 @@ pub fn start(reg: Registry, opts: Options) {
         client.clone(),
         Election::new(nodelifecycle::EVICTION, &opts.identity),
         move || eviction.clone().run(workers),
+    ));
+    tokio::spawn(leader::run(
+        client.clone(),
+        Election::new(endpoints::NAME, &opts.identity),
+        move || eps.clone().run(workers),
     ));
     tokio::spawn(leader::run(
         client.clone(),

@@ -1,7 +1,7 @@
 //! A cluster for controller tests: the real registry (built-in kinds, admission) over the
 //! in-memory store, the controllers started as the control plane starts them, and a scripted
-//! kubelet that runs every pod it is told to (pods tolerate a lost node for 1 s): it marks pods Running and Ready (unless their
-//! image says `never-ready`) and finishes deletions at once.
+//! kubelet that runs every pod it is told to (pods tolerate a lost node for 1 s): it marks pods Running with an IP and
+//! Ready (unless their image says `never-ready`) and finishes deletions at once.
 
 #![allow(dead_code)]
 
@@ -81,6 +81,7 @@ async fn kubelet(client: Client) {
     });
     let reader = pods.reader();
     tokio::spawn(pods.run());
+    let mut next_ip: u32 = 0;
     while let Some(key) = rx.recv().await {
         let Some(pod) = reader.get(&key) else {
             continue;
@@ -102,11 +103,14 @@ async fn kubelet(client: Client) {
             continue;
         }
         let ready = !image_of(&pod).contains("never-ready");
+        next_ip += 1;
+        let ip = format!("10.244.{}.{}", next_ip / 250, next_ip % 250 + 1);
         let now = Some(Time(Timestamp::now()));
         let _ = client
             .modify::<Pod>(key.ns(), &key.name, Part::Status, |p| {
                 p.status = Some(PodStatus {
                     phase: Some("Running".into()),
+                    pod_ip: Some(ip.clone()),
                     conditions: Some(vec![PodCondition {
                         type_: "Ready".into(),
                         status: if ready { "True" } else { "False" }.into(),
