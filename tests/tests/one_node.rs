@@ -939,8 +939,57 @@ fn rollout_scenarios(
             left.trim().is_empty().then_some(())
         },
     )?;
+    // Jobs: one that succeeds, one that fails past its backoff limit (one retry, after the
+    // 10 s pod back-off).
+    k(&[
+        "create",
+        "job",
+        "ok",
+        &format!("--image={registry}/e2e/busybox:1"),
+        "--",
+        "sh",
+        "-c",
+        "echo job-done",
+    ])?;
+    k(&[
+        "wait",
+        "--for=condition=complete",
+        "job/ok",
+        "--timeout=120s",
+    ])?;
+    ensure!(
+        k(&["logs", "job/ok"])?.contains("job-done"),
+        "the job's output"
+    );
+    let bad = dir.join("bad-job.yaml");
+    std::fs::write(
+        &bad,
+        format!(
+            "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: bad\nspec:\n  backoffLimit: 1\n  template:\n    spec:\n      restartPolicy: Never\n      containers:\n      - name: main\n        image: {registry}/e2e/busybox:1\n        command: [\"sh\", \"-c\", \"exit 3\"]\n"
+        ),
+    )?;
+    k(&["apply", "-f", bad.to_str().unwrap_or_default()])?;
+    k(&[
+        "wait",
+        "--for=condition=failed",
+        "job/bad",
+        "--timeout=180s",
+    ])?;
+    let failed = k(&[
+        "get",
+        "job",
+        "bad",
+        "-o",
+        "jsonpath={.status.failed} {.status.conditions[?(@.type==\"Failed\")].reason}",
+    ])?;
+    ensure!(
+        failed == "2 BackoffLimitExceeded",
+        "the failed job: {failed}"
+    );
+    k(&["delete", "job", "ok", "bad", "--timeout=60s"])?;
+
     println!(
-        "controller scenarios: node lease, default service account and root CA, rollout status, history, undo, pause, resume, restart, scale, wait, cascade: ok"
+        "controller scenarios: node lease, default service account and root CA, rollout status, history, undo, pause, resume, restart, scale, wait, cascade, jobs: ok"
     );
     Ok(())
 }

@@ -10,6 +10,7 @@ pub mod cache;
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
+pub mod job;
 pub mod leader;
 pub mod manager;
 pub mod nodelifecycle;

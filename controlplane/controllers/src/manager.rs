@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Endpoints, Namespace, Node, Pod, Service, ServiceAccount,
@@ -17,6 +18,7 @@ use crate::cache::Reflector;
 use crate::deployment::{self, Deployments};
 use crate::endpoints::{self, EndpointsController};
 use crate::gc::{self, Collector};
+use crate::job::{self, Jobs};
 use crate::leader::{self, Election};
 use crate::nodelifecycle::{self, NodeLifecycle, TaintEviction};
 use crate::replicaset::{self, ReplicaSets};
@@ -63,6 +65,7 @@ pub fn start(reg: Registry, opts: Options) {
     let mut services = Reflector::<Service>::new(reg.clone());
     let mut slices = Reflector::<EndpointSlice>::new(reg.clone());
     let mut endpoint_objects = Reflector::<Endpoints>::new(reg.clone());
+    let mut jobs = Reflector::<Job>::new(reg.clone());
     let collector = Collector::new(reg);
 
     let rs = ReplicaSets::new(&client, &mut sets, &mut pods);
@@ -76,6 +79,7 @@ pub fn start(reg: Registry, opts: Options) {
         opts.node_monitor_grace,
     );
     let eviction = TaintEviction::new(&client, &mut nodes, &mut pods);
+    let jc = Jobs::new(&client, &mut jobs, &mut pods);
     let eps = EndpointsController::new(
         &client,
         &mut services,
@@ -99,6 +103,7 @@ pub fn start(reg: Registry, opts: Options) {
     tokio::spawn(accounts.run());
     tokio::spawn(configmaps.run());
     tokio::spawn(leases.run());
+    tokio::spawn(jobs.run());
     tokio::spawn(services.run());
     tokio::spawn(slices.run());
     tokio::spawn(endpoint_objects.run());
@@ -130,6 +135,11 @@ pub fn start(reg: Registry, opts: Options) {
         client.clone(),
         Election::new(nodelifecycle::EVICTION, &opts.identity),
         move || eviction.clone().run(workers),
+    ));
+    tokio::spawn(leader::run(
+        client.clone(),
+        Election::new(job::NAME, &opts.identity),
+        move || jc.clone().run(workers),
     ));
     tokio::spawn(leader::run(
         client.clone(),

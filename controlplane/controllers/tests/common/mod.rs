@@ -1,14 +1,16 @@
 //! A cluster for controller tests: the real registry (built-in kinds, admission) over the
 //! in-memory store, the controllers started as the control plane starts them, and a scripted
 //! kubelet that runs every pod it is told to (pods tolerate a lost node for 1 s): it marks pods Running with an IP and
-//! Ready (unless their image says `never-ready`) and finishes deletions at once.
+//! Ready (unless their image says `never-ready`; an image tagged `exit-N` finishes with exit code N) and finishes deletions at once.
 
 #![allow(dead_code)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodCondition, PodStatus};
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateTerminated, ContainerStatus, Pod, PodCondition, PodStatus,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use strake_apimachinery::admission::{Chain, DefaultTolerationSeconds, NamespaceLifecycle};
@@ -99,17 +101,39 @@ async fn kubelet(client: Client) {
                 .await;
             continue;
         }
-        if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
+        if pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|p| p != "Pending")
+        {
             continue;
         }
-        let ready = !image_of(&pod).contains("never-ready");
+        let image = image_of(&pod);
+        // `…:exit-N` images run to completion with exit code N.
+        let exit: Option<i32> = image
+            .rsplit_once(":exit-")
+            .and_then(|(_, n)| n.parse().ok());
+        let ready = !image.contains("never-ready") && exit.is_none();
         next_ip += 1;
         let ip = format!("10.244.{}.{}", next_ip / 250, next_ip % 250 + 1);
         let now = Some(Time(Timestamp::now()));
         let _ = client
             .modify::<Pod>(key.ns(), &key.name, Part::Status, |p| {
+                let terminated = exit.map(|code| ContainerState {
+                    terminated: Some(ContainerStateTerminated {
+                        exit_code: code,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
+                let phase = match exit {
+                    None => "Running",
+                    Some(0) => "Succeeded",
+                    Some(_) => "Failed",
+                };
                 p.status = Some(PodStatus {
-                    phase: Some("Running".into()),
+                    phase: Some(phase.into()),
                     pod_ip: Some(ip.clone()),
                     conditions: Some(vec![PodCondition {
                         type_: "Ready".into(),
@@ -123,6 +147,7 @@ async fn kubelet(client: Client) {
                         image_id: String::new(),
                         ready,
                         restart_count: 0,
+                        state: terminated.clone(),
                         ..Default::default()
                     }]),
                     ..Default::default()
