@@ -52,6 +52,8 @@ struct Meta {
     deletion_timestamp: Option<String>,
     #[serde(default)]
     finalizers: Vec<String>,
+    #[serde(default)]
+    resource_version: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -324,6 +326,35 @@ impl Collector {
         if node.owners.is_empty() {
             return Ok(Action::await_change());
         }
+        // Decide on the object as it is now, not as the graph last saw it: another worker may
+        // just have removed the very reference that looks dangling here.
+        let Some(def) = self.def(&node.api_version, &node.kind) else {
+            return Ok(Action::await_change());
+        };
+        let live = match self
+            .reg
+            .get(&def, node.namespace.as_deref(), &node.name)
+            .await
+        {
+            Ok(v) => v,
+            Err(ApiError::NotFound { .. }) => return Ok(Action::await_change()),
+            Err(e) => return Err(e),
+        };
+        let Ok(head) = serde_json::from_value::<Head>(live) else {
+            return Ok(Action::await_change());
+        };
+        if head.metadata.uid != uid || head.metadata.deletion_timestamp.is_some() {
+            return Ok(Action::await_change());
+        }
+        let live_rv = head.metadata.resource_version.clone();
+        let node = Node {
+            owners: head.metadata.owner_references,
+            finalizers: head.metadata.finalizers,
+            ..node
+        };
+        if node.owners.is_empty() {
+            return Ok(Action::await_change());
+        }
         let mut solid = Vec::new();
         let mut dangling = Vec::new();
         let mut waiting = Vec::new();
@@ -362,7 +393,7 @@ impl Collector {
             Propagation::Background
         };
         tracing::info!(kind = %node.kind, object = %describe(&node), ?propagation, "deleting a dependent whose owners are gone");
-        self.delete(uid, &node, propagation).await?;
+        self.delete(uid, &node, propagation, live_rv).await?;
         Ok(Action::await_change())
     }
 
@@ -384,17 +415,21 @@ impl Collector {
         }
     }
 
+    /// Deletes `node` if it is still the object with `uid` (and, given `rv`, still the version
+    /// that was judged).
     async fn delete(
         &self,
         uid: &str,
         node: &Node,
         propagation: Propagation,
+        rv: Option<String>,
     ) -> Result<(), ApiError> {
         let Some(def) = self.def(&node.api_version, &node.kind) else {
             return Ok(());
         };
         let opts = DeleteOptions {
             precondition_uid: Some(uid.to_string()),
+            precondition_rv: rv,
             propagation: Some(propagation),
             ..Default::default()
         };
@@ -517,7 +552,7 @@ impl Collector {
                 } else {
                     Propagation::Background
                 };
-                self.delete(dep_uid, dep, p).await?;
+                self.delete(dep_uid, dep, p, None).await?;
             }
         }
         if blocking == 0 {

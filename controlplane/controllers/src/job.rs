@@ -46,6 +46,12 @@ pub struct Jobs {
     expectations: Expectations,
     /// When each job last saw a pod fail, for the pod back-off.
     last_failure: Mutex<HashMap<ObjectRef, Instant>>,
+    /// Pods whose tracking finalizer this controller removed and whose removal the pod cache
+    /// has not shown yet: counted already, they must not be recorded again from a stale copy.
+    released: Mutex<HashMap<ObjectRef, HashSet<String>>>,
+    /// The resourceVersion of each job's last status write: a cache older than that would
+    /// count and create from stale numbers, so the job waits for the cache to catch up.
+    written: Mutex<HashMap<ObjectRef, u64>>,
     queue: Arc<Queue<ObjectRef>>,
 }
 
@@ -55,6 +61,10 @@ fn index_of(p: &Pod) -> Option<i32> {
         .as_ref()
         .and_then(|a| a.get(INDEX_KEY))
         .and_then(|v| v.parse().ok())
+}
+
+fn rv_of(j: &Job) -> Option<u64> {
+    j.metadata.resource_version.as_deref()?.parse().ok()
 }
 
 fn has_tracking(p: &Pod) -> bool {
@@ -223,6 +233,8 @@ impl Jobs {
             pods: pods.reader(),
             expectations: Expectations::default(),
             last_failure: Mutex::default(),
+            released: Mutex::default(),
+            written: Mutex::default(),
             queue,
         })
     }
@@ -272,13 +284,28 @@ impl Jobs {
     async fn write_status(&self, job: &Job, st: &JobStatus) -> Result<Job, ApiError> {
         let mut next = job.clone();
         next.status = Some(st.clone());
-        self.client.replace(&next, Part::Status).await
+        let out = self.client.replace(&next, Part::Status).await?;
+        if let Some(rv) = rv_of(&out) {
+            self.written
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(ObjectRef::of(&out), rv);
+        }
+        Ok(out)
     }
 
     async fn reconcile(&self, key: ObjectRef) -> Result<Action, ApiError> {
         let Some(job) = self.jobs.get(&key) else {
             // Gone: its pods must not keep the finalizer.
             self.expectations.forget(&key);
+            self.released
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+            self.written
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
             for p in self.pods.in_namespace(key.ns().unwrap_or_default()) {
                 if has_tracking(&p)
                     && controller_of(p.as_ref(), "Job").is_some_and(|r| r.name == key.name)
@@ -288,10 +315,23 @@ impl Jobs {
             }
             return Ok(Action::await_change());
         };
+        let seen = self
+            .written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .copied();
+        if seen.is_some_and(|w| rv_of(&job).is_none_or(|rv| rv < w)) {
+            // Our last write has not reached the cache; its arrival queues the job again.
+            return Ok(Action::await_change());
+        }
         let mut job = (*job).clone();
         let spec = job.spec.clone().unwrap_or_default();
         let mut st = job.status.clone().unwrap_or_default();
         let selector = spec.selector.clone().unwrap_or_default();
+        // Checked before the pods are read: a pod that reaches the cache after this snapshot
+        // must not count as missing.
+        let satisfied = self.expectations.satisfied(&key, &self.pods);
         let all: Vec<Arc<Pod>> = claim(&self.client, &job, &selector, &self.pods).await?;
         let done = condition_true(&st, "Complete") || condition_true(&st, "Failed");
 
@@ -314,13 +354,23 @@ impl Jobs {
         let mut fail_job: Option<(String, String)> = None;
         let mut ignored: Vec<Arc<Pod>> = Vec::new();
         let mut new_records = false;
+        let released: HashSet<String> = {
+            let mut map = self.released.lock().unwrap_or_else(|p| p.into_inner());
+            let set = map.entry(key.clone()).or_default();
+            // Forget the ones the cache now shows released (or gone).
+            set.retain(|uid| {
+                all.iter()
+                    .any(|p| p.metadata.uid.as_deref() == Some(uid.as_str()) && has_tracking(p))
+            });
+            set.clone()
+        };
         // Pods this controller deletes (suspended, or finishing) are not failures.
         let deleting_by_us = spec.suspend == Some(true)
             || condition_true(&st, "FailureTarget")
             || condition_true(&st, "SuccessCriteriaMet");
         for p in all.iter().filter(|p| has_tracking(p)) {
             let uid = p.metadata.uid.clone().unwrap_or_default();
-            if recorded.contains(&uid) {
+            if recorded.contains(&uid) || released.contains(&uid) {
                 continue;
             }
             if pods::phase(p) == "Succeeded" {
@@ -368,6 +418,12 @@ impl Jobs {
             let uid = p.metadata.uid.clone().unwrap_or_default();
             if recorded.contains(&uid) || ignored.iter().any(|i| i.metadata.uid == p.metadata.uid) {
                 self.drop_finalizer(p).await?;
+                self.released
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(key.clone())
+                    .or_default()
+                    .insert(uid);
             }
         }
         // Everything recorded is now free of the finalizer: count it.
@@ -377,6 +433,8 @@ impl Jobs {
             st.succeeded = Some(st.succeeded.unwrap_or(0) + counted_s);
             st.failed = Some(st.failed.unwrap_or(0) + counted_f);
             st.uncounted_terminated_pods = Some(UncountedTerminatedPods::default());
+            // Written before anything acts on the new counts: a stale pass fails here.
+            job = self.write_status(&job, &st).await?;
         }
 
         let active: Vec<&Arc<Pod>> = all
@@ -504,7 +562,7 @@ impl Jobs {
                     .event(&job, EventType::Normal, "Resumed", "Job resumed")
                     .await;
             }
-            if self.expectations.satisfied(&key, &self.pods) {
+            if satisfied {
                 action = self
                     .manage(
                         &job,

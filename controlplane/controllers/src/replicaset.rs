@@ -92,11 +92,13 @@ impl ReplicaSets {
             self.expectations.forget(&key);
             return Ok(Action::await_change());
         };
+        // Expectations are checked before the pods are read: a pod that reaches the cache
+        // after the snapshot must not count as missing (and be created twice).
+        let satisfied = self.expectations.satisfied(&key, &self.pods);
         let pods = claim(&self.client, rs.as_ref(), &rs_selector(&rs), &self.pods).await?;
         let active: Vec<Arc<Pod>> = pods.into_iter().filter(|p| pods::is_active(p)).collect();
         let mut failure = None;
-        if rs.metadata.deletion_timestamp.is_none() && self.expectations.satisfied(&key, &self.pods)
-        {
+        if rs.metadata.deletion_timestamp.is_none() && satisfied {
             let desired = rs
                 .spec
                 .as_ref()

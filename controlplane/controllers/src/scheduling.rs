@@ -69,17 +69,25 @@ pub struct Scheduler {
     pods: Reader<Pod>,
     nodes: Reader<Node>,
     queue: Arc<Queue<ObjectRef>>,
-    waiting: Arc<Mutex<HashSet<ObjectRef>>>,
+    waiting: Arc<Mutex<Waiting>>,
     /// Pods bound here that the cache may still show unbound.
     assumed: Mutex<HashMap<ObjectRef, Pod>>,
 }
 
-fn flush(queue: &Queue<ObjectRef>, waiting: &Mutex<HashSet<ObjectRef>>) {
-    let keys: Vec<ObjectRef> = waiting
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .drain()
-        .collect();
+/// Unschedulable pods, and how many times a change moved them back to the queue: a pod found
+/// unschedulable on a snapshot older than the latest move is tried again instead of waiting.
+#[derive(Default)]
+struct Waiting {
+    keys: HashSet<ObjectRef>,
+    moves: u64,
+}
+
+fn flush(queue: &Queue<ObjectRef>, waiting: &Mutex<Waiting>) {
+    let keys: Vec<ObjectRef> = {
+        let mut w = waiting.lock().unwrap_or_else(|p| p.into_inner());
+        w.moves += 1;
+        w.keys.drain().collect()
+    };
     for k in keys {
         queue.add(k);
     }
@@ -92,7 +100,7 @@ impl Scheduler {
         nodes: &mut Reflector<Node>,
     ) -> Arc<Self> {
         let queue: Arc<Queue<ObjectRef>> = Arc::new(Queue::default());
-        let waiting: Arc<Mutex<HashSet<ObjectRef>>> = Arc::default();
+        let waiting: Arc<Mutex<Waiting>> = Arc::default();
         {
             let (queue, waiting) = (queue.clone(), waiting.clone());
             pods.on_change(move |c: &Change<Pod>| {
@@ -101,6 +109,7 @@ impl Scheduler {
                     waiting
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
+                        .keys
                         .remove(&key);
                     queue.add(key);
                     return;
@@ -175,6 +184,7 @@ impl Scheduler {
         if !pending(&pod) || self.assumed().contains_key(&key) {
             return Ok(Action::await_change());
         }
+        let cycle = self.waiting.lock().unwrap_or_else(|p| p.into_inner()).moves;
         let nodes = self.nodes.list();
         let mut on_nodes: Vec<Pod> = Vec::new();
         {
@@ -218,10 +228,17 @@ impl Scheduler {
                 }
             }
             Decision::Unschedulable(message) => {
-                self.waiting
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(key.clone());
+                {
+                    let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+                    if w.moves == cycle {
+                        w.keys.insert(key.clone());
+                    } else {
+                        // Room may have appeared while this pod was being placed.
+                        drop(w);
+                        self.queue
+                            .add_after(key.clone(), Duration::from_millis(100));
+                    }
+                }
                 let already = pod
                     .status
                     .as_ref()
