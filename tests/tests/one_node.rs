@@ -988,8 +988,143 @@ fn rollout_scenarios(
     );
     k(&["delete", "job", "ok", "bad", "--timeout=60s"])?;
 
+    // A CronJob every minute fires within a minute and records its success.
+    k(&[
+        "create",
+        "cronjob",
+        "tick",
+        &format!("--image={registry}/e2e/busybox:1"),
+        "--schedule=* * * * *",
+        "--",
+        "sh",
+        "-c",
+        "echo tick",
+    ])?;
+    let fired = poll("the cronjob's first run", Duration::from_secs(90), || {
+        let t = k(&[
+            "get",
+            "cronjob",
+            "tick",
+            "-o",
+            "jsonpath={.status.lastScheduleTime}",
+        ])
+        .ok()?;
+        (!t.trim().is_empty()).then_some(t)
+    })?;
+    poll(
+        "the cronjob's first success",
+        Duration::from_secs(120),
+        || {
+            let t = k(&[
+                "get",
+                "cronjob",
+                "tick",
+                "-o",
+                "jsonpath={.status.lastSuccessfulTime}",
+            ])
+            .ok()?;
+            (!t.trim().is_empty()).then_some(())
+        },
+    )?;
+    println!("cronjob fired at {fired}");
+    k(&["delete", "cronjob", "tick", "--timeout=60s"])?;
+
+    // A DaemonSet: one pod on the node; a NoExecute taint it does not tolerate removes it,
+    // and it comes back when the taint goes.
+    let ds = dir.join("ds.yaml");
+    std::fs::write(
+        &ds,
+        format!(
+            "apiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: agentd\nspec:\n  selector:\n    matchLabels:\n      app: agentd\n  template:\n    metadata:\n      labels:\n        app: agentd\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: main\n        image: {registry}/e2e/busybox:1\n        command: [\"sleep\", \"3600\"]\n"
+        ),
+    )?;
+    k(&["apply", "-f", ds.to_str().unwrap_or_default()])?;
+    let out = k(&["rollout", "status", "daemonset/agentd", "--timeout=120s"])?;
+    ensure!(
+        out.contains("successfully rolled out"),
+        "daemonset rollout: {out}"
+    );
+    let daemons = || -> anyhow::Result<usize> {
+        Ok(k(&[
+            "get",
+            "pods",
+            "-l",
+            "app=agentd",
+            "--field-selector=status.phase=Running",
+            "-o",
+            "name",
+        ])?
+        .lines()
+        .filter(|l| !l.is_empty())
+        .count())
+    };
+    ensure!(daemons()? == 1, "one daemon pod on the node");
+    kubectl_ok(
+        kubeconfig,
+        &["taint", "node", "e2e-node", "maint=now:NoExecute"],
+    )?;
+    poll(
+        "the daemon to leave the tainted node",
+        Duration::from_secs(90),
+        || {
+            let n = k(&["get", "pods", "-l", "app=agentd", "-o", "name"]).ok()?;
+            n.trim().is_empty().then_some(())
+        },
+    )?;
+    kubectl_ok(kubeconfig, &["taint", "node", "e2e-node", "maint-"])?;
+    poll(
+        "the daemon back after the taint went",
+        Duration::from_secs(90),
+        || (daemons().ok()? == 1).then_some(()),
+    )?;
+    k(&["delete", "daemonset", "agentd", "--timeout=60s"])?;
+
+    // A StatefulSet scaled up and down in order, with stable names.
+    let sts = dir.join("sts.yaml");
+    std::fs::write(
+        &sts,
+        format!(
+            "apiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: db\nspec:\n  replicas: 2\n  serviceName: db\n  selector:\n    matchLabels:\n      app: db\n  template:\n    metadata:\n      labels:\n        app: db\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: main\n        image: {registry}/e2e/busybox:1\n        command: [\"sleep\", \"3600\"]\n"
+        ),
+    )?;
+    k(&["apply", "-f", sts.to_str().unwrap_or_default()])?;
+    k(&["rollout", "status", "statefulset/db", "--timeout=180s"])?;
+    k(&["scale", "statefulset/db", "--replicas=3"])?;
+    k(&["rollout", "status", "statefulset/db", "--timeout=180s"])?;
+    let created = k(&[
+        "get",
+        "pods",
+        "-l",
+        "app=db",
+        "--sort-by=.metadata.creationTimestamp",
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ])?;
+    ensure!(
+        created == "db-0 db-1 db-2",
+        "members in creation order: {created}"
+    );
+    k(&["scale", "statefulset/db", "--replicas=1"])?;
+    poll(
+        "the set scaled down to db-0",
+        Duration::from_secs(120),
+        || {
+            let n = k(&[
+                "get",
+                "pods",
+                "-l",
+                "app=db",
+                "-o",
+                "jsonpath={.items[*].metadata.name}",
+            ])
+            .ok()?;
+            (n.trim() == "db-0").then_some(())
+        },
+    )?;
+    k(&["delete", "statefulset", "db", "--timeout=60s"])?;
+
     println!(
-        "controller scenarios: node lease, default service account and root CA, rollout status, history, undo, pause, resume, restart, scale, wait, cascade, jobs: ok"
+        "controller scenarios: node lease, default service account and root CA, rollout status, history, undo, pause, resume, restart, scale, wait, cascade, jobs, cronjob, daemonset and taints, statefulset scaling: ok"
     );
     Ok(())
 }

@@ -7,9 +7,12 @@
 
 pub mod api;
 pub mod cache;
+pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
+pub mod history;
 pub mod job;
 pub mod leader;
 pub mod manager;
@@ -22,6 +25,7 @@ pub mod runtime;
 pub mod scheduling;
 pub mod selector;
 pub mod serviceaccount;
+pub mod statefulset;
 
 pub use api::{Client, Object};
 pub use cache::{ObjectRef, Reader, Reflector};

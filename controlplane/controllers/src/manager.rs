@@ -4,17 +4,21 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::apps::v1::{
+    ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
+};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Endpoints, Namespace, Node, Pod, Service, ServiceAccount,
+    ConfigMap, Endpoints, Namespace, Node, PersistentVolumeClaim, Pod, Service, ServiceAccount,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use strake_apimachinery::Registry;
 
 use crate::api::Client;
 use crate::cache::Reflector;
+use crate::cronjob::{self, CronJobs};
+use crate::daemonset::{self, DaemonSets};
 use crate::deployment::{self, Deployments};
 use crate::endpoints::{self, EndpointsController};
 use crate::gc::{self, Collector};
@@ -24,6 +28,7 @@ use crate::nodelifecycle::{self, NodeLifecycle, TaintEviction};
 use crate::replicaset::{self, ReplicaSets};
 use crate::scheduling::Scheduler;
 use crate::serviceaccount::{self, ServiceAccounts};
+use crate::statefulset::{self, StatefulSets};
 
 /// The index of pods by the node they are bound to.
 pub const BY_NODE: &str = "node";
@@ -66,6 +71,11 @@ pub fn start(reg: Registry, opts: Options) {
     let mut slices = Reflector::<EndpointSlice>::new(reg.clone());
     let mut endpoint_objects = Reflector::<Endpoints>::new(reg.clone());
     let mut jobs = Reflector::<Job>::new(reg.clone());
+    let mut cronjobs = Reflector::<CronJob>::new(reg.clone());
+    let mut daemonsets = Reflector::<DaemonSet>::new(reg.clone());
+    let mut revisions = Reflector::<ControllerRevision>::new(reg.clone());
+    let mut statefulsets = Reflector::<StatefulSet>::new(reg.clone());
+    let mut claims = Reflector::<PersistentVolumeClaim>::new(reg.clone());
     let collector = Collector::new(reg);
 
     let rs = ReplicaSets::new(&client, &mut sets, &mut pods);
@@ -80,6 +90,21 @@ pub fn start(reg: Registry, opts: Options) {
     );
     let eviction = TaintEviction::new(&client, &mut nodes, &mut pods);
     let jc = Jobs::new(&client, &mut jobs, &mut pods);
+    let cjc = CronJobs::new(&client, &mut cronjobs, &mut jobs);
+    let dsc = DaemonSets::new(
+        &client,
+        &mut daemonsets,
+        &mut pods,
+        &mut nodes,
+        &mut revisions,
+    );
+    let ssc = StatefulSets::new(
+        &client,
+        &mut statefulsets,
+        &mut pods,
+        &mut claims,
+        &mut revisions,
+    );
     let eps = EndpointsController::new(
         &client,
         &mut services,
@@ -104,6 +129,11 @@ pub fn start(reg: Registry, opts: Options) {
     tokio::spawn(configmaps.run());
     tokio::spawn(leases.run());
     tokio::spawn(jobs.run());
+    tokio::spawn(cronjobs.run());
+    tokio::spawn(daemonsets.run());
+    tokio::spawn(revisions.run());
+    tokio::spawn(statefulsets.run());
+    tokio::spawn(claims.run());
     tokio::spawn(services.run());
     tokio::spawn(slices.run());
     tokio::spawn(endpoint_objects.run());
@@ -140,6 +170,21 @@ pub fn start(reg: Registry, opts: Options) {
         client.clone(),
         Election::new(job::NAME, &opts.identity),
         move || jc.clone().run(workers),
+    ));
+    tokio::spawn(leader::run(
+        client.clone(),
+        Election::new(statefulset::NAME, &opts.identity),
+        move || ssc.clone().run(workers),
+    ));
+    tokio::spawn(leader::run(
+        client.clone(),
+        Election::new(daemonset::NAME, &opts.identity),
+        move || dsc.clone().run(workers),
+    ));
+    tokio::spawn(leader::run(
+        client.clone(),
+        Election::new(cronjob::NAME, &opts.identity),
+        move || cjc.clone().run(workers),
     ));
     tokio::spawn(leader::run(
         client.clone(),

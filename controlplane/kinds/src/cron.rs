@@ -39,22 +39,43 @@ const DAY_OF_WEEK: Bounds = Bounds {
     names: &["sun", "mon", "tue", "wed", "thu", "fri", "sat"],
 };
 
-const DESCRIPTORS: &[&str] = &[
-    "@yearly",
-    "@annually",
-    "@monthly",
-    "@weekly",
-    "@daily",
-    "@midnight",
-    "@hourly",
-];
-
 /// Checks a schedule; the error says what is wrong with it.
 pub fn validate_schedule(schedule: &str) -> Result<(), String> {
+    parse(schedule).map(|_| ())
+}
+
+/// A parsed schedule: its time zone prefix, and when it fires.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    /// The `TZ=`/`CRON_TZ=` prefix's zone, if any.
+    pub time_zone: Option<String>,
+    kind: Fires,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Fires {
+    /// `@every`: a fixed interval, in whole seconds (at least one).
+    Every(u64),
+    /// One bit per allowed value of each field; a field written `*` or `?` is "any", which
+    /// decides how day of month and day of week combine (both restricted: either matches).
+    Fields {
+        minute: u64,
+        hour: u64,
+        dom: u64,
+        month: u64,
+        dow: u64,
+        dom_any: bool,
+        dow_any: bool,
+    },
+}
+
+/// Parses a schedule as upstream's cron library reads it.
+pub fn parse(schedule: &str) -> Result<Schedule, String> {
     if schedule.is_empty() {
         return Err("empty spec string".into());
     }
     let mut spec = schedule;
+    let mut time_zone = None;
     if spec.starts_with("TZ=") || spec.starts_with("CRON_TZ=") {
         let eq = spec.find('=').unwrap_or(0);
         let Some(space) = spec.find(' ') else {
@@ -69,16 +90,30 @@ pub fn validate_schedule(schedule: &str) -> Result<(), String> {
                 "provided bad location {loc}: unknown time zone {loc}"
             ));
         }
+        time_zone = Some(loc.to_string());
         spec = spec[space..].trim();
     }
+    let expanded;
     if spec.starts_with('@') {
-        if DESCRIPTORS.contains(&spec) {
-            return Ok(());
-        }
         if let Some(d) = spec.strip_prefix("@every ") {
-            return go_duration(d).map_err(|e| format!("failed to parse duration {spec}: {e}"));
+            let nanos =
+                go_duration(d).map_err(|e| format!("failed to parse duration {spec}: {e}"))?;
+            // Intervals are whole seconds, at least one, as upstream rounds them.
+            let secs = ((nanos / 1e9) as u64).max(1);
+            return Ok(Schedule {
+                time_zone,
+                kind: Fires::Every(secs),
+            });
         }
-        return Err(format!("unrecognized descriptor: {spec}"));
+        expanded = match spec {
+            "@yearly" | "@annually" => "0 0 1 1 *",
+            "@monthly" => "0 0 1 * *",
+            "@weekly" => "0 0 * * 0",
+            "@daily" | "@midnight" => "0 0 * * *",
+            "@hourly" => "0 * * * *",
+            _ => return Err(format!("unrecognized descriptor: {spec}")),
+        };
+        spec = expanded;
     }
     let fields: Vec<&str> = spec.split_whitespace().collect();
     if fields.len() != 5 {
@@ -88,15 +123,116 @@ pub fn validate_schedule(schedule: &str) -> Result<(), String> {
             fields.join(" ")
         ));
     }
-    for (field, bounds) in fields
+    let mut bits = [0u64; 5];
+    let mut any = [false; 5];
+    for (i, (field, bounds)) in fields
         .iter()
         .zip([&MINUTE, &HOUR, &DAY_OF_MONTH, &MONTH, &DAY_OF_WEEK])
+        .enumerate()
     {
         for part in field.split(',').filter(|p| !p.is_empty()) {
-            range(part, bounds)?;
+            let (b, star) = range(part, bounds)?;
+            bits[i] |= b;
+            any[i] |= star;
         }
     }
-    Ok(())
+    Ok(Schedule {
+        time_zone,
+        kind: Fires::Fields {
+            minute: bits[0],
+            hour: bits[1],
+            dom: bits[2],
+            month: bits[3],
+            // Sunday may be written 7 too.
+            dow: bits[4] | ((bits[4] >> 7) & 1),
+            dom_any: any[2],
+            dow_any: any[4],
+        },
+    })
+}
+
+impl Schedule {
+    /// The first time this schedule fires strictly after `after`, in `tz`'s wall clock (a
+    /// time a DST change skips is taken at the first instant after it). None if it never
+    /// fires within five years (Feb 30th).
+    pub fn next_after(
+        &self,
+        after: jiff::Timestamp,
+        tz: &jiff::tz::TimeZone,
+    ) -> Option<jiff::Timestamp> {
+        let (minute, hour, dom, month, dow, dom_any, dow_any) = match &self.kind {
+            Fires::Every(secs) => {
+                return after
+                    .checked_add(jiff::SignedDuration::from_secs(*secs as i64))
+                    .ok();
+            }
+            Fires::Fields {
+                minute,
+                hour,
+                dom,
+                month,
+                dow,
+                dom_any,
+                dow_any,
+            } => (*minute, *hour, *dom, *month, *dow, *dom_any, *dow_any),
+        };
+        let has = |set: u64, v: i64| (0..64).contains(&v) && set & (1 << v) != 0;
+        let start = after.to_zoned(tz.clone()).datetime();
+        // The next whole minute.
+        let mut t = start
+            .with()
+            .second(0)
+            .subsec_nanosecond(0)
+            .build()
+            .ok()?
+            .checked_add(jiff::Span::new().minutes(1))
+            .ok()?;
+        let limit = start.year() + 5;
+        while t.year() <= limit {
+            if !has(month, i64::from(t.month())) {
+                t = t
+                    .first_of_month()
+                    .checked_add(jiff::Span::new().months(1))
+                    .ok()?
+                    .start_of_day();
+                continue;
+            }
+            let dom_ok = has(dom, i64::from(t.day()));
+            let dow_ok = has(dow, i64::from(t.weekday().to_sunday_zero_offset()));
+            let day_ok = if dom_any || dow_any {
+                dom_ok && dow_ok
+            } else {
+                dom_ok || dow_ok
+            };
+            if !day_ok {
+                t = t
+                    .start_of_day()
+                    .checked_add(jiff::Span::new().days(1))
+                    .ok()?;
+                continue;
+            }
+            if !has(hour, i64::from(t.hour())) {
+                t = t
+                    .with()
+                    .minute(0)
+                    .build()
+                    .ok()?
+                    .checked_add(jiff::Span::new().hours(1))
+                    .ok()?;
+                continue;
+            }
+            if !has(minute, i64::from(t.minute())) {
+                t = t.checked_add(jiff::Span::new().minutes(1)).ok()?;
+                continue;
+            }
+            let at = t.to_zoned(tz.clone()).ok()?.timestamp();
+            if at > after {
+                return Some(at);
+            }
+            t = t.checked_add(jiff::Span::new().minutes(1)).ok()?;
+        }
+        None
+    }
 }
 
 /// Whether a time zone name is shaped like an IANA one (`Europe/Berlin`, `Etc/GMT+1`): parts of
@@ -115,12 +251,15 @@ pub fn valid_time_zone_name(name: &str) -> bool {
         })
 }
 
-/// One element of a field's list: `*`, `?`, `N`, `N-M`, any of them with `/step`.
-fn range(expr: &str, b: &Bounds) -> Result<(), String> {
+/// One element of a field's list: `*`, `?`, `N`, `N-M`, any of them with `/step`; its values
+/// as bits, and whether it is "any" (`*` or `?` without a step above one).
+fn range(expr: &str, b: &Bounds) -> Result<(u64, bool), String> {
     let range_and_step: Vec<&str> = expr.split('/').collect();
     let low_high: Vec<&str> = range_and_step[0].split('-').collect();
     let single = low_high.len() == 1;
+    let mut star = false;
     let (start, mut end) = if low_high[0] == "*" || low_high[0] == "?" {
+        star = true;
         (b.min, b.max)
     } else {
         let start = int_or_name(low_high[0], b)?;
@@ -162,7 +301,16 @@ fn range(expr: &str, b: &Bounds) -> Result<(), String> {
     if step == 0 {
         return Err(format!("step of range should be a positive number: {expr}"));
     }
-    Ok(())
+    if step > 1 {
+        star = false;
+    }
+    let mut bits = 0u64;
+    let mut v = start;
+    while v <= end {
+        bits |= 1 << v;
+        v += step;
+    }
+    Ok((bits, star))
 }
 
 fn int_or_name(expr: &str, b: &Bounds) -> Result<u64, String> {
@@ -189,14 +337,14 @@ fn parse_int(expr: &str) -> Result<u64, String> {
 }
 
 /// Checks a duration the way Go's `time.ParseDuration` reads it: `90s`, `1h30m`, `1.5h`, `0`.
-fn go_duration(orig: &str) -> Result<(), String> {
+fn go_duration(orig: &str) -> Result<f64, String> {
     let invalid = || format!("time: invalid duration {orig:?}");
     let mut s = orig
         .strip_prefix('-')
         .or_else(|| orig.strip_prefix('+'))
         .unwrap_or(orig);
     if s == "0" {
-        return Ok(());
+        return Ok(0.0);
     }
     if s.is_empty() {
         return Err(invalid());
@@ -247,7 +395,7 @@ fn go_duration(orig: &str) -> Result<(), String> {
             return Err(invalid());
         }
     }
-    Ok(())
+    Ok(total)
 }
 
 #[cfg(test)]
@@ -323,5 +471,71 @@ mod tests {
             "failed to parse duration @every 5: time: missing unit in duration \"5\""
         );
         assert!(validate_schedule("").is_err());
+    }
+
+    fn at(s: &str) -> jiff::Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn next_fire_times() {
+        let utc = jiff::tz::TimeZone::UTC;
+        let next = |sched: &str, after: &str| {
+            parse(sched)
+                .unwrap()
+                .next_after(at(after), &utc)
+                .map(|t| t.to_string())
+        };
+        assert_eq!(
+            next("* * * * *", "2026-12-03T10:00:30Z").as_deref(),
+            Some("2026-12-03T10:01:00Z")
+        );
+        assert_eq!(
+            next("*/15 * * * *", "2026-12-03T10:01:00Z").as_deref(),
+            Some("2026-12-03T10:15:00Z")
+        );
+        assert_eq!(
+            next("0 3 * * *", "2026-12-03T03:00:00Z").as_deref(),
+            Some("2026-12-04T03:00:00Z")
+        );
+        assert_eq!(
+            next("@monthly", "2026-12-03T00:00:00Z").as_deref(),
+            Some("2027-01-01T00:00:00Z")
+        );
+        // Day of month and day of week both restricted: either matches (the 1st, or a Monday).
+        assert_eq!(
+            next("0 0 1 * mon", "2026-12-02T00:00:00Z").as_deref(),
+            Some("2026-12-07T00:00:00Z")
+        );
+        // One restricted, the other `*`: both must match.
+        assert_eq!(
+            next("0 0 * * 0", "2026-12-03T00:00:00Z").as_deref(),
+            Some("2026-12-06T00:00:00Z")
+        );
+        assert_eq!(next("0 0 30 2 *", "2026-12-03T00:00:00Z"), None);
+        assert_eq!(
+            next("@every 90s", "2026-12-03T00:00:00Z").as_deref(),
+            Some("2026-12-03T00:01:30Z")
+        );
+        assert_eq!(
+            parse("TZ=Europe/Berlin 0 9 * * *")
+                .unwrap()
+                .time_zone
+                .as_deref(),
+            Some("Europe/Berlin")
+        );
+    }
+
+    #[test]
+    fn time_zones_move_the_wall_clock() {
+        let berlin = jiff::tz::TimeZone::get("Europe/Berlin").unwrap();
+        let s = parse("0 9 * * *").unwrap();
+        // 09:00 in Berlin is 08:00 UTC in winter.
+        assert_eq!(
+            s.next_after(at("2026-12-03T07:00:00Z"), &berlin)
+                .unwrap()
+                .to_string(),
+            "2026-12-03T08:00:00Z"
+        );
     }
 }

@@ -8,7 +8,7 @@ pub mod batch;
 mod cel;
 pub mod core;
 pub mod crd;
-mod cron;
+pub mod cron;
 pub mod others;
 pub mod pods;
 pub mod typed;
