@@ -138,6 +138,13 @@ pub enum ApiError {
     NoRoute,
     #[error("{0}")]
     ServiceUnavailable(String),
+    /// 429: the request is refused for now (an eviction a disruption budget forbids); each
+    /// cause is (reason, message).
+    #[error("{message}")]
+    TooManyRequests {
+        message: String,
+        causes: Vec<(String, String)>,
+    },
     /// The request could not be served in time (upstream's 504 for a too-new resourceVersion).
     #[error("{0}")]
     Timeout(String),
@@ -196,6 +203,7 @@ impl ApiError {
             TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Expired(_) => StatusCode::GONE,
             ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -217,6 +225,7 @@ impl ApiError {
             TooLarge { .. } => "RequestEntityTooLarge",
             Expired(_) => "Expired",
             ServiceUnavailable(_) => "ServiceUnavailable",
+            TooManyRequests { .. } => "TooManyRequests",
             Timeout(_) => "Timeout",
             NotAcceptable(_) => "NotAcceptable",
             Internal(_) => "InternalError",
@@ -246,6 +255,9 @@ impl ApiError {
                 "group": group,
                 "kind": kind.split('.').next().unwrap_or(kind),
                 "causes": causes.iter().map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field})).collect::<Vec<_>>(),
+            })),
+            TooManyRequests { causes, .. } if !causes.is_empty() => Some(json!({
+                "causes": causes.iter().map(|(r, m)| json!({"reason": r, "message": m})).collect::<Vec<_>>(),
             })),
             _ => None,
         };

@@ -66,7 +66,7 @@ pub async fn serve(
                     .unwrap_or_default();
             let mut opts = delete_options(&HeaderMap::new(), &opts_bytes, q)?;
             opts.dry_run |= dry_run(q)?;
-            app.registry.delete(def, ns, name, &opts).await?;
+            strake_kinds::pods::evict(&app.registry, ns.unwrap_or_default(), name, &opts).await?;
             Ok(json_response(
                 StatusCode::CREATED,
                 &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),

@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Endpoints, Namespace, Node, PersistentVolumeClaim, Pod, Service, ServiceAccount,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use strake_apimachinery::Registry;
 
 use crate::api::Client;
@@ -20,6 +21,7 @@ use crate::cache::Reflector;
 use crate::cronjob::{self, CronJobs};
 use crate::daemonset::{self, DaemonSets};
 use crate::deployment::{self, Deployments};
+use crate::disruption::{self, Disruption};
 use crate::endpoints::{self, EndpointsController};
 use crate::gc::{self, Collector};
 use crate::job::{self, Jobs};
@@ -76,6 +78,7 @@ pub fn start(reg: Registry, opts: Options) {
     let mut revisions = Reflector::<ControllerRevision>::new(reg.clone());
     let mut statefulsets = Reflector::<StatefulSet>::new(reg.clone());
     let mut claims = Reflector::<PersistentVolumeClaim>::new(reg.clone());
+    let mut budgets = Reflector::<PodDisruptionBudget>::new(reg.clone());
     let collector = Collector::new(reg);
 
     let rs = ReplicaSets::new(&client, &mut sets, &mut pods);
@@ -105,6 +108,7 @@ pub fn start(reg: Registry, opts: Options) {
         &mut claims,
         &mut revisions,
     );
+    let pdbc = Disruption::new(&client, &mut budgets, &mut pods);
     let eps = EndpointsController::new(
         &client,
         &mut services,
@@ -134,6 +138,7 @@ pub fn start(reg: Registry, opts: Options) {
     tokio::spawn(revisions.run());
     tokio::spawn(statefulsets.run());
     tokio::spawn(claims.run());
+    tokio::spawn(budgets.run());
     tokio::spawn(services.run());
     tokio::spawn(slices.run());
     tokio::spawn(endpoint_objects.run());
@@ -170,6 +175,11 @@ pub fn start(reg: Registry, opts: Options) {
         client.clone(),
         Election::new(job::NAME, &opts.identity),
         move || jc.clone().run(workers),
+    ));
+    tokio::spawn(leader::run(
+        client.clone(),
+        Election::new(disruption::NAME, &opts.identity),
+        move || pdbc.clone().run(workers),
     ));
     tokio::spawn(leader::run(
         client.clone(),
