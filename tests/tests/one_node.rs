@@ -1123,8 +1123,73 @@ fn rollout_scenarios(
     )?;
     k(&["delete", "statefulset", "db", "--timeout=60s"])?;
 
+    // kubectl drain against a PodDisruptionBudget: with the only node cordoned the evicted
+    // pod cannot come back, so the budget (minAvailable 1 of 2) lets one eviction through and
+    // refuses the other with 429 until drain gives up.
+    let guarded = dir.join("guarded.yaml");
+    std::fs::write(
+        &guarded,
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: guarded\nspec:\n  replicas: 2\n  selector:\n    matchLabels:\n      app: guarded\n  template:\n    metadata:\n      labels:\n        app: guarded\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: main\n        image: {registry}/e2e/busybox:1\n        command: [\"sleep\", \"3600\"]\n---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata:\n  name: guarded\nspec:\n  minAvailable: 1\n  selector:\n    matchLabels:\n      app: guarded\n"
+        ),
+    )?;
+    k(&["apply", "-f", guarded.to_str().unwrap_or_default()])?;
+    k(&["rollout", "status", "deployment/guarded", "--timeout=120s"])?;
+    poll(
+        "the budget to allow one disruption",
+        Duration::from_secs(60),
+        || {
+            let n = k(&[
+                "get",
+                "pdb",
+                "guarded",
+                "-o",
+                "jsonpath={.status.disruptionsAllowed}",
+            ])
+            .ok()?;
+            (n == "1").then_some(())
+        },
+    )?;
+    let drain = kubectl(
+        kubeconfig,
+        &[
+            "drain",
+            "e2e-node",
+            "--ignore-daemonsets",
+            "--delete-emptydir-data",
+            "--timeout=25s",
+        ],
+    )?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&drain.stdout),
+        String::from_utf8_lossy(&drain.stderr)
+    );
+    ensure!(
+        !drain.status.success() && said.contains("disruption budget"),
+        "drain did not stop at the budget: {said}"
+    );
+    ensure!(said.contains("evicted"), "drain evicted nothing: {said}");
+    let left = k(&[
+        "get",
+        "pods",
+        "-l",
+        "app=guarded",
+        "--field-selector=status.phase=Running",
+        "-o",
+        "name",
+    ])?;
+    ensure!(
+        left.lines().count() >= 1,
+        "the budget's last pod was evicted: {left}"
+    );
+    kubectl_ok(kubeconfig, &["uncordon", "e2e-node"])?;
+    k(&["rollout", "status", "deployment/guarded", "--timeout=120s"])?;
+    k(&["delete", "deployment", "guarded", "--timeout=60s"])?;
+    k(&["delete", "pdb", "guarded"])?;
+
     println!(
-        "controller scenarios: node lease, default service account and root CA, rollout status, history, undo, pause, resume, restart, scale, wait, cascade, jobs, cronjob, daemonset and taints, statefulset scaling: ok"
+        "controller scenarios: node lease, default service account and root CA, rollout status, history, undo, pause, resume, restart, scale, wait, cascade, jobs, cronjob, daemonset and taints, statefulset scaling, drain against a disruption budget: ok"
     );
     Ok(())
 }

@@ -65,6 +65,14 @@ impl Subresource {
             ..Self::new("scale", "Scale", &["get", "patch", "update"])
         }
     }
+    /// `pods/eviction`, whose body is a policy/v1 Eviction: discovery says so, and kubectl
+    /// drain evicts (honouring disruption budgets) only when it does.
+    pub fn eviction() -> Self {
+        Self {
+            group_version: Some(("policy".into(), "v1".into())),
+            ..Self::new("eviction", "Eviction", &["create"])
+        }
+    }
 }
 
 /// Where the scale subresource finds replicas and the selector (JSON pointers).

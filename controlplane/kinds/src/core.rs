@@ -36,7 +36,7 @@ pub fn entries() -> Vec<ResourceDef> {
             .status::<Pod>()
             .sub("log", "Pod", &["get"])
             .sub("binding", "Binding", &["create"])
-            .sub("eviction", "Eviction", &["create"])
+            .subresource(strake_apimachinery::Subresource::eviction())
             .sub("ephemeralcontainers", "Pod", &["get", "patch", "update"])
             .fields(&[
                 "spec.nodeName",

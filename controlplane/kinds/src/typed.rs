@@ -307,6 +307,10 @@ impl Entry {
         self.def.scale = Some(ScalePaths::default());
         self
     }
+    pub fn subresource(mut self, s: Subresource) -> Self {
+        self.def.subresources.push(s);
+        self
+    }
     pub fn sub(mut self, name: &str, kind: &str, verbs: &[&str]) -> Self {
         self.def
             .subresources
