@@ -195,3 +195,73 @@ impl AdmissionPlugin for DefaultTolerationSeconds {
         })
     }
 }
+
+/// Upstream's Priority plugin: a new pod's `priorityClassName` (or the cluster's globalDefault
+/// class when it names none) sets its `priority` and `preemptionPolicy`; a class that does not
+/// exist refuses the pod.
+pub struct Priority;
+
+impl AdmissionPlugin for Priority {
+    fn name(&self) -> &'static str {
+        "Priority"
+    }
+
+    fn admit<'a>(
+        &'a self,
+        reg: &'a Registry,
+        attrs: &'a Attributes<'a>,
+        obj: &'a mut Value,
+    ) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(async move {
+            if attrs.operation != Operation::Create
+                || attrs.subresource.is_some()
+                || !attrs.def.group.is_empty()
+                || attrs.def.plural != "pods"
+                || !obj["spec"].is_object()
+            {
+                return Ok(());
+            }
+            let table = reg.table().snapshot();
+            let Some(def) = table.lookup("scheduling.k8s.io", "v1", "priorityclasses") else {
+                return Ok(());
+            };
+            let named = obj["spec"]["priorityClassName"]
+                .as_str()
+                .filter(|n| !n.is_empty())
+                .map(str::to_string);
+            let class = match &named {
+                Some(name) => match reg.get(def, None, name).await {
+                    Ok(c) => Some(c),
+                    Err(ApiError::NotFound { .. }) => {
+                        return Err(ApiError::Forbidden(format!(
+                            "pods \"{}\" is forbidden: no PriorityClass with name {name} was found",
+                            attrs.name
+                        )));
+                    }
+                    Err(e) => return Err(e),
+                },
+                None => {
+                    let all = reg
+                        .list(def, None, &crate::registry::ListOptions::default())
+                        .await?;
+                    all.items
+                        .into_iter()
+                        .filter(|c| c["globalDefault"] == true)
+                        .min_by_key(|c| c["value"].as_i64().unwrap_or(0))
+                }
+            };
+            let Some(class) = class else {
+                obj["spec"]["priority"] = 0.into();
+                return Ok(());
+            };
+            if named.is_none() {
+                obj["spec"]["priorityClassName"] = class["metadata"]["name"].clone();
+            }
+            obj["spec"]["priority"] = class["value"].as_i64().unwrap_or(0).into();
+            if let Some(p) = class["preemptionPolicy"].as_str() {
+                obj["spec"]["preemptionPolicy"] = p.into();
+            }
+            Ok(())
+        })
+    }
+}

@@ -1,8 +1,8 @@
-//! Controllers that live with the API server until the controller runtime has its own crate:
-//! namespace teardown (every namespaced kind in the table is emptied before the namespace
-//! goes) and CRD serving (a CRD's versions join the resource table, with the Established and
-//! NamesAccepted conditions; deleting a CRD deletes its objects first). Both act through the
-//! registry, never raw store keys.
+//! Controllers that belong to the API server itself (every API server runs them): CRD serving
+//! (a CRD's versions join the resource table, with the Established and NamesAccepted
+//! conditions; deleting a CRD deletes its objects first), store compaction and the Event TTL.
+//! They act through the registry, never raw store keys. Namespace teardown is the namespace
+//! controller's, in `strake-controllers`.
 
 use std::time::Duration;
 
@@ -40,95 +40,6 @@ where
             }
         }
     }
-}
-
-pub async fn namespaces(reg: Registry) {
-    run_on_changes(
-        reg,
-        "/registry/namespaces/",
-        Duration::from_secs(2),
-        |reg| async move { namespace_pass(&reg).await },
-    )
-    .await
-}
-
-async fn namespace_pass(reg: &Registry) -> Result<(), ApiError> {
-    let table = reg.table().snapshot();
-    let Some(nsdef) = table.lookup("", "v1", "namespaces").cloned() else {
-        return Ok(());
-    };
-    let all = reg.list(&nsdef, None, &ListOptions::default()).await?;
-    for ns in all
-        .items
-        .into_iter()
-        .filter(|n| !n["metadata"]["deletionTimestamp"].is_null())
-    {
-        let name = ns["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        if ns["status"]["phase"] != "Terminating" {
-            reg.update_with(
-                &nsdef,
-                None,
-                &name,
-                Part::Status,
-                &WriteOptions::default(),
-                |mut n| {
-                    n["status"]["phase"] = "Terminating".into();
-                    Ok(n)
-                },
-            )
-            .await?;
-        }
-        let mut remaining = 0;
-        for def in table.namespaced_resources() {
-            if !def.serves("delete") {
-                continue;
-            }
-            let items = reg
-                .list(&def, Some(&name), &ListOptions::default())
-                .await?
-                .items;
-            remaining += items.len();
-            for obj in items
-                .iter()
-                .filter(|o| o["metadata"]["deletionTimestamp"].is_null())
-            {
-                let obj_name = obj["metadata"]["name"].as_str().unwrap_or_default();
-                match reg
-                    .delete(&def, Some(&name), obj_name, &DeleteOptions::default())
-                    .await
-                {
-                    Ok(_) | Err(ApiError::NotFound { .. }) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        if remaining == 0 {
-            // Emptied: dropping the `kubernetes` finalizer finishes the deletion, unless
-            // metadata finalizers still hold it.
-            if ns["spec"]["finalizers"]
-                .as_array()
-                .is_some_and(|f| !f.is_empty())
-            {
-                reg.update_with(
-                    &nsdef,
-                    None,
-                    &name,
-                    Part::Main,
-                    &WriteOptions::default(),
-                    |mut n| {
-                        n["spec"]["finalizers"] = json!([]);
-                        Ok(n)
-                    },
-                )
-                .await?;
-                tracing::info!(namespace = %name, "namespace emptied");
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Compacts the store every `interval` to the revision it had one interval before, as

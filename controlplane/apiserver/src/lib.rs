@@ -143,6 +143,7 @@ impl ApiServer {
             Box::new(strake_apimachinery::admission::DefaultTolerationSeconds {
                 seconds: cfg.default_toleration_seconds,
             }),
+            Box::new(strake_apimachinery::admission::Priority),
         ]);
         let registry = Registry::new(store, strake_kinds::builtin_table(), admission);
         let app = Arc::new(AppState {
@@ -263,7 +264,6 @@ impl ApiServer {
                 addr: self.listen,
                 source,
             })?;
-        tokio::spawn(controllers::namespaces(self.app.registry.clone()));
         tokio::spawn(controllers::crds(self.app.registry.clone()));
         tokio::spawn(controllers::compactor(
             self.app.registry.clone(),

@@ -1048,6 +1048,16 @@ async fn many_watchers_share_one_store_watch_per_resource() {
         .as_str()
         .unwrap()
         .to_string();
+    // The namespace controller's caches (namespaces, pods) hold feeds of their own.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while reg.watch_cache().feeds() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = reg.watch_cache().feeds();
+    assert_eq!(
+        before, 2,
+        "the namespace controller watches namespaces and pods"
+    );
     let mut streams = Vec::new();
     for i in 0..50 {
         // Half watch the namespace, half the whole resource with a label selector.
@@ -1104,7 +1114,7 @@ async fn many_watchers_share_one_store_watch_per_resource() {
         );
     }
     assert_eq!(
-        reg.watch_cache().feeds(),
+        reg.watch_cache().feeds() - before,
         1,
         "fifty watchers of configmaps share one store watch"
     );
@@ -1536,4 +1546,105 @@ async fn crd_validation_rules_are_enforced() {
         )
         .await;
     assert_eq!((code, ok["spec"]["max"].as_i64()), (200, Some(9)), "{ok}");
+}
+
+#[tokio::test]
+async fn deleting_a_namespace_empties_it_of_every_kind_crds_included() {
+    let api = start().await;
+    let mut crd = crd_body("gadgets", "Gadget");
+    crd["apiVersion"] = "apiextensions.k8s.io/v1".into();
+    crd["kind"] = "CustomResourceDefinition".into();
+    crd["metadata"] = json!({"name": "gadgets.suite.strake.dev"});
+    let (code, out) = api
+        .post(
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+            crd,
+        )
+        .await;
+    assert_eq!(code, 201, "{out}");
+    let (code, out) = api
+        .post(
+            "/api/v1/namespaces",
+            json!({"metadata": {"name": "doomed"}}),
+        )
+        .await;
+    assert_eq!(code, 201, "{out}");
+    let gadgets = "/apis/suite.strake.dev/v1/namespaces/doomed/gadgets";
+    let served = async {
+        loop {
+            let body = json!({"apiVersion": "suite.strake.dev/v1", "kind": "Gadget",
+                "metadata": {"name": "held", "finalizers": ["suite.strake.dev/hold"]}, "spec": {"size": 1}});
+            if api.post(gadgets, body).await.0 == 201 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), served)
+        .await
+        .expect("the CRD is served");
+    let cms = "/api/v1/namespaces/doomed/configmaps";
+    assert_eq!(
+        api.post(cms, json!({"metadata": {"name": "c"}})).await.0,
+        201
+    );
+    assert_eq!(api.delete("/api/v1/namespaces/doomed", None).await.0, 200);
+    // The finalizer holds the gadget, and the conditions say so.
+    let ns_path = "/api/v1/namespaces/doomed";
+    let held = async {
+        loop {
+            let (_, ns) = api.get(ns_path).await;
+            let conds = ns["status"]["conditions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let by = |t: &str| conds.iter().find(|c| c["type"] == t).cloned();
+            if let (Some(fin), Some(content)) = (
+                by("NamespaceFinalizersRemaining"),
+                by("NamespaceContentRemaining"),
+            ) && fin["status"] == "True"
+                && content["message"]
+                    == "Some resources are remaining: gadgets.suite.strake.dev has 1 resource instances"
+            {
+                assert_eq!(ns["status"]["phase"], "Terminating");
+                assert_eq!(
+                    fin["message"],
+                    "Some content in the namespace has finalizers remaining: suite.strake.dev/hold in 1 resource instances"
+                );
+                assert_eq!(
+                    by("NamespaceDeletionContentFailure").unwrap()["status"],
+                    "False"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("the namespace reports the held gadget");
+    assert_eq!(
+        api.get(&format!("{cms}/c")).await.0,
+        404,
+        "the configmap went"
+    );
+    let (code, out) = api
+        .patch(
+            &format!("{gadgets}/held"),
+            "application/merge-patch+json",
+            json!({"metadata": {"finalizers": null}}),
+        )
+        .await;
+    assert_eq!(code, 200, "{out}");
+    let gone = async {
+        loop {
+            if api.get(ns_path).await.0 == 404 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), gone)
+        .await
+        .expect("the namespace goes once emptied");
 }

@@ -15,7 +15,7 @@ use strake_apimachinery::watch::{WatchItem, WatchOptions};
 use strake_apimachinery::{ApiError, Registry};
 
 use crate::api::Object;
-use crate::selector::Selector;
+use strake_scheduler::labels::Selector;
 
 /// Names an object: its namespace (None for cluster-scoped kinds) and name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

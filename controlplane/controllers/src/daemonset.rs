@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, DaemonSetStatus};
-use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, Pod, Toleration};
+use k8s_openapi::api::core::v1::{Node, Pod, Toleration};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 use strake_apimachinery::events::EventType;
@@ -62,30 +62,6 @@ fn daemon_tolerations(host_network: bool) -> Vec<Toleration> {
         .collect()
 }
 
-fn requirement_holds(r: &NodeSelectorRequirement, value: Option<&String>) -> bool {
-    let values = r.values.clone().unwrap_or_default();
-    match r.operator.as_str() {
-        "In" => value.is_some_and(|v| values.contains(v)),
-        "NotIn" => value.is_none_or(|v| !values.contains(v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        "Gt" | "Lt" => {
-            let (Some(v), Some(bound)) = (
-                value.and_then(|v| v.parse::<i64>().ok()),
-                values.first().and_then(|b| b.parse::<i64>().ok()),
-            ) else {
-                return false;
-            };
-            if r.operator == "Gt" {
-                v > bound
-            } else {
-                v < bound
-            }
-        }
-        _ => false,
-    }
-}
-
 /// Where the daemon's pod belongs, as upstream decides it: (a pod may be created on `node`,
 /// a pod already there may stay). NoSchedule taints keep new pods away but do not remove
 /// running ones; NoExecute taints do both.
@@ -112,16 +88,7 @@ pub fn placement(ds: &DaemonSet, node: &Node) -> (bool, bool) {
                 .as_ref()
         })
         .map(|r| &r.node_selector_terms)
-        && !terms.iter().any(|t| {
-            t.match_expressions
-                .iter()
-                .flatten()
-                .all(|r| requirement_holds(r, labels.get(&r.key)))
-                && t.match_fields.iter().flatten().all(|r| {
-                    let field = (r.key == "metadata.name").then_some(&name);
-                    requirement_holds(r, field)
-                })
-        })
+        && !strake_scheduler::labels::terms_match(terms, &name, &labels)
     {
         return (false, false);
     }

@@ -81,7 +81,7 @@ impl Deployments {
             let ns = rs.metadata.namespace.as_deref().unwrap_or_default();
             for d in reader.in_namespace(ns) {
                 let sel = d.spec.as_ref().map(|s| &s.selector);
-                if sel.is_some_and(|s| crate::selector::selects(s, &rs.metadata.labels)) {
+                if sel.is_some_and(|s| strake_scheduler::labels::selects(s, &rs.metadata.labels)) {
                     q.add(ObjectRef::of(d.as_ref()));
                 }
             }

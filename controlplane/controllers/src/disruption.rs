@@ -23,7 +23,7 @@ use crate::deployment::scaled;
 use crate::pods;
 use crate::queue::Queue;
 use crate::runtime::{self, Action};
-use crate::selector::Selector;
+use strake_scheduler::labels::Selector;
 
 pub const NAME: &str = "disruption-controller";
 /// How long an eviction counts against a budget while its pod has not gone.

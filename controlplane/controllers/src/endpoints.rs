@@ -25,7 +25,7 @@ use crate::cache::{ObjectRef, Reader, Reflector};
 use crate::pods;
 use crate::queue::Queue;
 use crate::runtime::{self, Action};
-use crate::selector::Selector;
+use strake_scheduler::labels::Selector;
 
 pub const NAME: &str = "endpointslice-controller";
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";

@@ -17,6 +17,7 @@ pub mod history;
 pub mod job;
 pub mod leader;
 pub mod manager;
+pub mod namespace;
 pub mod nodelifecycle;
 pub mod ownership;
 pub mod pods;
@@ -24,7 +25,6 @@ pub mod queue;
 pub mod replicaset;
 pub mod runtime;
 pub mod scheduling;
-pub mod selector;
 pub mod serviceaccount;
 pub mod statefulset;
 

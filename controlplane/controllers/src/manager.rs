@@ -26,6 +26,7 @@ use crate::endpoints::{self, EndpointsController};
 use crate::gc::{self, Collector};
 use crate::job::{self, Jobs};
 use crate::leader::{self, Election};
+use crate::namespace::{self, Namespaces};
 use crate::nodelifecycle::{self, NodeLifecycle, TaintEviction};
 use crate::replicaset::{self, ReplicaSets};
 use crate::scheduling::Scheduler;
@@ -83,7 +84,13 @@ pub fn start(reg: Registry, opts: Options) {
 
     let rs = ReplicaSets::new(&client, &mut sets, &mut pods);
     let dc = Deployments::new(&client, &mut deployments, &mut sets, &mut pods);
-    let scheduler = Scheduler::new(&client, &mut pods, &mut nodes);
+    let scheduler = Scheduler::new(
+        &client,
+        &mut pods,
+        &mut nodes,
+        &mut namespaces,
+        &mut budgets,
+    );
     let lifecycle = NodeLifecycle::new(
         &client,
         &mut nodes,
@@ -124,6 +131,7 @@ pub fn start(reg: Registry, opts: Options) {
         &mut configmaps,
         opts.ca_pem.clone(),
     );
+    let nsc = Namespaces::new(&client, &mut namespaces, &mut pods);
 
     tokio::spawn(pods.run());
     tokio::spawn(sets.run());
@@ -205,6 +213,11 @@ pub fn start(reg: Registry, opts: Options) {
         client.clone(),
         Election::new(serviceaccount::NAME, &opts.identity),
         move || sa.clone().run(workers),
+    ));
+    tokio::spawn(leader::run(
+        client.clone(),
+        Election::new(namespace::NAME, &opts.identity),
+        move || nsc.clone().run(workers),
     ));
     tokio::spawn(leader::run(
         client,

@@ -11,7 +11,7 @@ use crate::api::{Client, Object};
 use crate::cache::Reader;
 use crate::pods::controller_ref;
 use crate::runtime::controller_of;
-use crate::selector::selects;
+use strake_scheduler::labels::selects;
 
 /// The pods `owner` controls after adoption and release: those with its controller reference
 /// whose labels still match (a mismatching one is released), plus orphans the selector selects

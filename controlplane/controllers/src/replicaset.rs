@@ -20,7 +20,7 @@ use crate::ownership::claim;
 use crate::pods;
 use crate::queue::Queue;
 use crate::runtime::{self, Action, Expectations};
-use crate::selector::selects;
+use strake_scheduler::labels::selects;
 
 pub const NAME: &str = "replicaset-controller";
 /// At most this many pods are created or deleted in one pass (upstream's burstReplicas).

@@ -1,21 +1,30 @@
-//! The scheduler's loop on the controller runtime: pending pods for `default-scheduler` come
-//! from the pod cache into a queue, one worker places each with the pure
-//! `strake_scheduler::schedule` over the caches' nodes and placed pods (plus the pods it has
-//! bound that the cache has not shown bound yet), and binds through the `pods/binding`
-//! machinery. A pod that fits nowhere waits among the unschedulable until a change that could
-//! make room: a node added or changed in what placement reads, a placed pod gone or finished,
-//! or the pod itself updated; and at least every minute, as upstream flushes them.
+//! The scheduler's loop on the controller runtime. The pod, node, namespace and budget caches
+//! keep a `strake_scheduler::Cluster` snapshot up to date as they change (no re-listing per
+//! decision); pending pods for `default-scheduler` go through one queue; one worker places each
+//! with the pure framework, assumes the placement in the snapshot at once, and binds through
+//! the `pods/binding` machinery in the background (so the next decision does not wait for the
+//! store, and sees the last). A failed binding forgets the assumption and tries the pod again.
+//!
+//! A pod that fits nowhere either preempts (its nomination is written, the victims get the
+//! DisruptionTarget condition and are deleted gracefully) or waits among the unschedulable
+//! until a change that could make room: a node added or changed in what placement reads, a
+//! placed pod gone or finished, or the pod itself updated; and at least every minute, as
+//! upstream flushes them.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Pod, PodCondition};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, PodCondition};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use strake_apimachinery::events::EventType;
+use strake_apimachinery::registry::DeleteOptions;
 use strake_apimachinery::{ApiError, Part};
-use strake_scheduler::{Decision, schedule};
+use strake_scheduler::labels::Selector;
+use strake_scheduler::{Budget, Cluster, Decision, PodInfo};
+use tokio::sync::Semaphore;
 
 use crate::api::Client;
 use crate::cache::{Change, ObjectRef, Reader, Reflector};
@@ -26,6 +35,8 @@ use crate::runtime::{self, Action};
 pub const NAME: &str = "default-scheduler";
 /// Unschedulable pods are tried again at least this often.
 const FLUSH_EVERY: Duration = Duration::from_secs(60);
+/// Bindings in flight at once.
+const BINDERS: usize = 128;
 
 fn scheduler_name(p: &Pod) -> &str {
     p.spec
@@ -64,14 +75,29 @@ fn placement_view(n: &Node) -> impl PartialEq + '_ {
     )
 }
 
+fn budget_of(b: &PodDisruptionBudget) -> Budget {
+    Budget {
+        namespace: b.metadata.namespace.clone().unwrap_or_default(),
+        selector: Selector::optional(b.spec.as_ref().and_then(|s| s.selector.as_ref())),
+        allowed: b.status.as_ref().map_or(0, |s| s.disruptions_allowed),
+    }
+}
+
+/// The snapshot and the framework's own state (where the next search starts).
+#[derive(Default)]
+struct State {
+    cluster: Cluster,
+    framework: strake_scheduler::Scheduler,
+}
+
 pub struct Scheduler {
     client: Client,
     pods: Reader<Pod>,
     nodes: Reader<Node>,
     queue: Arc<Queue<ObjectRef>>,
     waiting: Arc<Mutex<Waiting>>,
-    /// Pods bound here that the cache may still show unbound.
-    assumed: Mutex<HashMap<ObjectRef, Pod>>,
+    state: Arc<Mutex<State>>,
+    binders: Arc<Semaphore>,
 }
 
 /// Unschedulable pods, and how many times a change moved them back to the queue: a pod found
@@ -93,18 +119,38 @@ fn flush(queue: &Queue<ObjectRef>, waiting: &Mutex<Waiting>) {
     }
 }
 
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn pod_key(key: &ObjectRef) -> String {
+    format!(
+        "{}/{}",
+        key.namespace.as_deref().unwrap_or_default(),
+        key.name
+    )
+}
+
 impl Scheduler {
     pub fn new(
         client: &Client,
         pods: &mut Reflector<Pod>,
         nodes: &mut Reflector<Node>,
+        namespaces: &mut Reflector<Namespace>,
+        budgets: &mut Reflector<PodDisruptionBudget>,
     ) -> Arc<Self> {
         let queue: Arc<Queue<ObjectRef>> = Arc::new(Queue::default());
         let waiting: Arc<Mutex<Waiting>> = Arc::default();
+        let state: Arc<Mutex<State>> = Arc::default();
         {
-            let (queue, waiting) = (queue.clone(), waiting.clone());
+            let (queue, waiting, state) = (queue.clone(), waiting.clone(), state.clone());
             pods.on_change(move |c: &Change<Pod>| {
-                let key = ObjectRef::of(c.latest().as_ref());
+                let latest = c.latest();
+                let key = ObjectRef::of(latest.as_ref());
+                match &c.new {
+                    Some(p) => lock(&state).cluster.set_pod(p.clone()),
+                    None => lock(&state).cluster.remove_pod(&pod_key(&key)),
+                }
                 if c.new.as_deref().is_some_and(pending) {
                     waiting
                         .lock()
@@ -122,8 +168,15 @@ impl Scheduler {
             });
         }
         {
-            let (queue, waiting) = (queue.clone(), waiting.clone());
+            let (queue, waiting, state) = (queue.clone(), waiting.clone(), state.clone());
             nodes.on_change(move |c: &Change<Node>| {
+                match &c.new {
+                    Some(n) => lock(&state).cluster.set_node(n.clone()),
+                    None => {
+                        let name = c.latest().metadata.name.clone().unwrap_or_default();
+                        lock(&state).cluster.remove_node(&name);
+                    }
+                }
                 let relevant = match (&c.old, &c.new) {
                     (Some(o), Some(n)) => placement_view(o) != placement_view(n),
                     (None, Some(_)) => true,
@@ -134,13 +187,36 @@ impl Scheduler {
                 }
             });
         }
+        {
+            let state = state.clone();
+            namespaces.on_change(move |c: &Change<Namespace>| {
+                let name = c.latest().metadata.name.clone().unwrap_or_default();
+                match &c.new {
+                    Some(n) => lock(&state)
+                        .cluster
+                        .set_namespace(&name, n.metadata.labels.clone().unwrap_or_default()),
+                    None => lock(&state).cluster.remove_namespace(&name),
+                }
+            });
+        }
+        {
+            let state = state.clone();
+            budgets.on_change(move |c: &Change<PodDisruptionBudget>| {
+                let key = pod_key(&ObjectRef::of(c.latest().as_ref()));
+                match &c.new {
+                    Some(b) => lock(&state).cluster.set_budget(&key, budget_of(b)),
+                    None => lock(&state).cluster.remove_budget(&key),
+                }
+            });
+        }
         Arc::new(Self {
             client: client.named(NAME),
             pods: pods.reader(),
             nodes: nodes.reader(),
             queue,
             waiting,
-            assumed: Mutex::default(),
+            state,
+            binders: Arc::new(Semaphore::new(BINDERS)),
         })
     }
 
@@ -163,7 +239,7 @@ impl Scheduler {
             })
         };
         let me = self.clone();
-        // One worker: each decision sees every binding made before it.
+        // One worker: each decision sees every placement made before it.
         runtime::run(NAME, self.queue.clone(), 1, move |key| {
             let me = me.clone();
             async move { me.place(key).await }
@@ -172,117 +248,207 @@ impl Scheduler {
         flusher.abort();
     }
 
-    fn assumed(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef, Pod>> {
-        self.assumed.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    async fn place(&self, key: ObjectRef) -> Result<Action, ApiError> {
+    async fn place(self: Arc<Self>, key: ObjectRef) -> Result<Action, ApiError> {
         let Some(pod) = self.pods.get(&key) else {
-            self.assumed().remove(&key);
             return Ok(Action::await_change());
         };
-        if !pending(&pod) || self.assumed().contains_key(&key) {
+        if !pending(&pod) {
             return Ok(Action::await_change());
         }
         let cycle = self.waiting.lock().unwrap_or_else(|p| p.into_inner()).moves;
-        let nodes = self.nodes.list();
-        let mut on_nodes: Vec<Pod> = Vec::new();
-        {
-            let mut assumed = self.assumed();
-            // Drop assumptions the cache has caught up with.
-            assumed.retain(|k, _| {
-                self.pods
-                    .get(k)
-                    .is_some_and(|p| pods::node_name(&p).is_none())
-            });
-            on_nodes.extend(assumed.values().cloned());
-        }
-        on_nodes.extend(
-            self.pods
-                .list()
-                .into_iter()
-                .filter(|p| placed(p))
-                .map(|p| (*p).clone()),
-        );
-        let ns = key.namespace.clone().unwrap_or_default();
-        match schedule(&pod, &nodes, &on_nodes) {
+        let info = PodInfo::new(pod.clone());
+        let decision = {
+            let mut st = lock(&self.state);
+            if st.cluster.is_assumed(&info.key) {
+                return Ok(Action::await_change());
+            }
+            let State { cluster, framework } = &mut *st;
+            let d = framework.schedule(&info, cluster);
+            if let Decision::Bind(node) = &d {
+                cluster.assume(&info, node);
+            }
+            d
+        };
+        match decision {
             Decision::Bind(node) => {
-                match strake_kinds::pods::bind(self.client.registry(), &ns, &key.name, &node, false)
+                // Wait for a binder slot here, so a burst queues in the work queue.
+                let permit = self
+                    .binders
+                    .clone()
+                    .acquire_owned()
                     .await
-                {
-                    Ok(()) => {
-                        let mut bound = (*pod).clone();
-                        bound.spec.get_or_insert_default().node_name = Some(node.clone());
-                        self.assumed().insert(key.clone(), bound);
-                        tracing::info!(pod = %key, %node, "scheduled");
-                        let message = format!("Successfully assigned {key} to {node}");
-                        self.client
-                            .event(&*pod, EventType::Normal, "Scheduled", &message)
-                            .await;
-                    }
-                    Err(ApiError::NotFound { .. }) => {}
-                    Err(ApiError::Conflict { message, .. }) => {
-                        tracing::debug!(pod = %key, %message, "binding conflicted");
-                    }
-                    Err(e) => return Err(e),
-                }
+                    .map_err(|e| ApiError::Internal(e.to_string()))?;
+                let me = self.clone();
+                tokio::spawn(async move {
+                    me.bind(key, pod, node).await;
+                    drop(permit);
+                });
+            }
+            Decision::Preempt {
+                node,
+                victims,
+                message,
+            } => {
+                lock(&self.state).cluster.nominate(&info, &node);
+                self.preempt(&key, &pod, &node, &victims).await?;
+                self.wait_unschedulable(&key, cycle);
+                self.record_unschedulable(&key, &pod, &message, Some(&node))
+                    .await?;
             }
             Decision::Unschedulable(message) => {
-                {
-                    let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-                    if w.moves == cycle {
-                        w.keys.insert(key.clone());
-                    } else {
-                        // Room may have appeared while this pod was being placed.
-                        drop(w);
-                        self.queue
-                            .add_after(key.clone(), Duration::from_millis(100));
-                    }
-                }
-                let already = pod
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|c| {
-                        c.iter().any(|c| {
-                            c.type_ == "PodScheduled"
-                                && c.status == "False"
-                                && c.message.as_deref() == Some(message.as_str())
-                        })
-                    });
-                if already {
-                    return Ok(Action::await_change());
-                }
-                tracing::info!(pod = %key, %message, "unschedulable");
-                self.client
-                    .event(&*pod, EventType::Warning, "FailedScheduling", &message)
-                    .await;
-                let res = self
-                    .client
-                    .modify::<Pod>(key.ns(), &key.name, Part::Status, |p| {
-                        let conds = p
-                            .status
-                            .get_or_insert_default()
-                            .conditions
-                            .get_or_insert_default();
-                        conds.retain(|c| c.type_ != "PodScheduled");
-                        conds.push(PodCondition {
-                            type_: "PodScheduled".into(),
-                            status: "False".into(),
-                            reason: Some("Unschedulable".into()),
-                            message: Some(message.clone()),
-                            last_transition_time: Some(Time(Timestamp::now())),
-                            ..Default::default()
-                        });
-                        true
-                    })
-                    .await;
-                match res {
-                    Ok(_) | Err(ApiError::NotFound { .. }) => {}
-                    Err(e) => return Err(e),
-                }
+                self.wait_unschedulable(&key, cycle);
+                self.record_unschedulable(&key, &pod, &message, None)
+                    .await?;
             }
         }
         Ok(Action::await_change())
+    }
+
+    async fn bind(&self, key: ObjectRef, pod: Arc<Pod>, node: String) {
+        let ns = key.namespace.clone().unwrap_or_default();
+        match strake_kinds::pods::bind(self.client.registry(), &ns, &key.name, &node, false).await {
+            Ok(()) => {
+                tracing::debug!(pod = %key, %node, "scheduled");
+                let message = format!("Successfully assigned {key} to {node}");
+                self.client
+                    .event(&*pod, EventType::Normal, "Scheduled", &message)
+                    .await;
+            }
+            Err(e) => {
+                lock(&self.state).cluster.forget(&pod_key(&key));
+                match e {
+                    ApiError::NotFound { .. } => {}
+                    ApiError::Conflict { message, .. } => {
+                        tracing::debug!(pod = %key, %message, "binding conflicted");
+                        self.queue.add(key);
+                    }
+                    e => {
+                        tracing::warn!(pod = %key, error = %e, "binding failed");
+                        self.queue.add_after(key, Duration::from_secs(1));
+                    }
+                }
+            }
+        }
+    }
+
+    fn wait_unschedulable(&self, key: &ObjectRef, cycle: u64) {
+        let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if w.moves == cycle {
+            w.keys.insert(key.clone());
+        } else {
+            // Room may have appeared while this pod was being placed.
+            drop(w);
+            self.queue
+                .add_after(key.clone(), Duration::from_millis(100));
+        }
+    }
+
+    /// Marks victims as disrupted and deletes them, gracefully, as upstream's preemption does.
+    async fn preempt(
+        &self,
+        key: &ObjectRef,
+        pod: &Pod,
+        node: &str,
+        victims: &[String],
+    ) -> Result<(), ApiError> {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        for v in victims {
+            let Some((ns, name)) = v.split_once('/') else {
+                continue;
+            };
+            let res = self
+                .client
+                .modify::<Pod>(Some(ns), name, Part::Status, |p| {
+                    let conds = p
+                        .status
+                        .get_or_insert_default()
+                        .conditions
+                        .get_or_insert_default();
+                    if conds.iter().any(|c| c.type_ == "DisruptionTarget") {
+                        return false;
+                    }
+                    conds.push(PodCondition {
+                        type_: "DisruptionTarget".into(),
+                        status: "True".into(),
+                        reason: Some("PreemptionByScheduler".into()),
+                        message: Some(format!(
+                            "{NAME}: preempting to accommodate a higher priority pod"
+                        )),
+                        last_transition_time: Some(Time(Timestamp::now())),
+                        ..Default::default()
+                    });
+                    true
+                })
+                .await;
+            let victim = match res {
+                Ok(p) => p,
+                Err(ApiError::NotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            self.client
+                .event(
+                    &victim,
+                    EventType::Normal,
+                    "Preempted",
+                    &format!("Preempted by pod {uid} on node {node}"),
+                )
+                .await;
+            self.client
+                .delete::<Pod>(Some(ns), name, &DeleteOptions::default())
+                .await?;
+            tracing::info!(victim = %v, preemptor = %key, %node, "preempted");
+        }
+        Ok(())
+    }
+
+    /// The FailedScheduling event and the PodScheduled=False condition (and the nomination,
+    /// after a preemption), written once per distinct message.
+    async fn record_unschedulable(
+        &self,
+        key: &ObjectRef,
+        pod: &Pod,
+        message: &str,
+        nominated: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let status = pod.status.as_ref();
+        let already = status.and_then(|s| s.conditions.as_ref()).is_some_and(|c| {
+            c.iter().any(|c| {
+                c.type_ == "PodScheduled"
+                    && c.status == "False"
+                    && c.message.as_deref() == Some(message)
+            })
+        }) && nominated
+            .is_none_or(|n| status.and_then(|s| s.nominated_node_name.as_deref()) == Some(n));
+        if already {
+            return Ok(());
+        }
+        tracing::info!(pod = %key, %message, "unschedulable");
+        self.client
+            .event(pod, EventType::Warning, "FailedScheduling", message)
+            .await;
+        let res = self
+            .client
+            .modify::<Pod>(key.ns(), &key.name, Part::Status, |p| {
+                let status = p.status.get_or_insert_default();
+                if let Some(n) = nominated {
+                    status.nominated_node_name = Some(n.to_string());
+                }
+                let conds = status.conditions.get_or_insert_default();
+                conds.retain(|c| c.type_ != "PodScheduled");
+                conds.push(PodCondition {
+                    type_: "PodScheduled".into(),
+                    status: "False".into(),
+                    reason: Some("Unschedulable".into()),
+                    message: Some(message.to_string()),
+                    last_transition_time: Some(Time(Timestamp::now())),
+                    ..Default::default()
+                });
+                true
+            })
+            .await;
+        match res {
+            Ok(_) | Err(ApiError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 }

@@ -13,6 +13,8 @@ use serde_json::json;
 use strake_apimachinery::{DeleteOptions, Filter, Part};
 
 const WAIT: Duration = Duration::from_secs(20);
+/// Upstream's words for a pod of priority 0 that fits nowhere among pods of its priority.
+const UNSCHEDULABLE: &str = "0/2 nodes are available: 2 Insufficient cpu. preemption: 0/2 nodes are available: 2 No preemption victims found for incoming pod.";
 
 async fn node(c: &Cluster, name: &str, cpu: &str) {
     let n: Node = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
@@ -90,10 +92,7 @@ async fn binds_within_capacity_and_retries_when_room_appears() {
     })
     .await;
     assert_eq!(cond.reason.as_deref(), Some("Unschedulable"));
-    assert_eq!(
-        cond.message.as_deref(),
-        Some("0/2 nodes are available: 2 Insufficient cpu.")
-    );
+    assert_eq!(cond.message.as_deref(), Some(UNSCHEDULABLE));
     let (events, _): (Vec<Event>, _) = c
         .client
         .list(Some("default"), &Filter::default())
@@ -103,7 +102,7 @@ async fn binds_within_capacity_and_retries_when_room_appears() {
         events
             .iter()
             .any(|e| e.reason.as_deref() == Some("FailedScheduling")
-                && e.message.as_deref() == Some("0/2 nodes are available: 2 Insufficient cpu.")
+                && e.message.as_deref() == Some(UNSCHEDULABLE)
                 && e.involved_object.name.as_deref() == Some(unbound.as_str()))
     );
     assert!(events.iter().any(|e| {
@@ -171,5 +170,71 @@ async fn pods_for_another_scheduler_stay_pending() {
         !events
             .iter()
             .any(|e| e.involved_object.name.as_deref() == Some("theirs"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_higher_priority_pod_preempts_and_is_placed_on_its_nominated_node() {
+    let c = cluster().await;
+    node(&c, "n1", "2").await;
+    let class: k8s_openapi::api::scheduling::v1::PriorityClass =
+        serde_json::from_value(json!({"metadata": {"name": "urgent"}, "value": 1000})).unwrap();
+    c.client.create(None, &class).await.unwrap();
+    pod(&c, "low-a", "1", None).await;
+    pod(&c, "low-b", "1", None).await;
+    for name in ["low-a", "low-b"] {
+        eventually("the low pods bound", WAIT, || async {
+            bound_to(&c, name).await
+        })
+        .await;
+    }
+    // A class that does not exist refuses the pod, naming it.
+    let mut bad: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "bad", "namespace": "default"},
+        "spec": {"priorityClassName": "nope", "containers": [{"name": "main", "image": "x:1"}]}
+    }))
+    .unwrap();
+    let err = c.client.create(Some("default"), &bad).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("no PriorityClass with name nope was found"),
+        "{err}"
+    );
+    bad.metadata.name = Some("urgent".into());
+    let spec = bad.spec.as_mut().unwrap();
+    spec.priority_class_name = Some("urgent".into());
+    spec.containers[0].resources =
+        Some(serde_json::from_value(json!({"requests": {"cpu": "1", "memory": "1Mi"}})).unwrap());
+    let created = c.client.create(Some("default"), &bad).await.unwrap();
+    assert_eq!(created.spec.as_ref().unwrap().priority, Some(1000));
+    let n = eventually("the urgent pod bound", WAIT, || async {
+        bound_to(&c, "urgent").await
+    })
+    .await;
+    assert_eq!(n, "n1");
+    let p: Pod = c.client.get(Some("default"), "urgent").await.unwrap();
+    assert_eq!(
+        p.status.and_then(|s| s.nominated_node_name).as_deref(),
+        Some("n1")
+    );
+    // Exactly one low pod made room.
+    let left = [
+        bound_to(&c, "low-a").await.is_some(),
+        bound_to(&c, "low-b").await.is_some(),
+    ];
+    assert_eq!(left.iter().filter(|b| **b).count(), 1, "{left:?}");
+    let (events, _): (Vec<Event>, _) = c
+        .client
+        .list(Some("default"), &Filter::default())
+        .await
+        .unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Preempted")
+                && e.message.as_deref().is_some_and(
+                    |m| m.starts_with("Preempted by pod ") && m.ends_with(" on node n1")
+                )),
+        "no Preempted event"
     );
 }

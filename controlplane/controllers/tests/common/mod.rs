@@ -13,7 +13,9 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use strake_apimachinery::admission::{Chain, DefaultTolerationSeconds, NamespaceLifecycle};
+use strake_apimachinery::admission::{
+    Chain, DefaultTolerationSeconds, NamespaceLifecycle, Priority,
+};
 use strake_apimachinery::storage::MemoryStore;
 use strake_apimachinery::{DeleteOptions, Part, Registry};
 use strake_controllers::cache::Reflector;
@@ -39,6 +41,7 @@ pub async fn cluster_with_grace(grace: Duration) -> Cluster {
         Chain::new(vec![
             Box::new(NamespaceLifecycle),
             Box::new(DefaultTolerationSeconds { seconds: 1 }),
+            Box::new(Priority),
         ]),
     );
     let client = Client::new(reg.clone(), "test");

@@ -1,0 +1,435 @@
+//! The scheduler's view of the cluster, kept up to date incrementally: one `NodeInfo` per
+//! node with the pods placed on it and their summed requests and ports, the pods nominated to
+//! nodes by preemption, namespace labels, and disruption budgets. Placing a pod reads this
+//! snapshot instead of re-listing every pod, so a decision costs the nodes it examines.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Node, Pod, Taint};
+
+use crate::labels::Selector;
+use crate::podinfo::{HostPort, PodInfo};
+use crate::resources::{Resources, allocatable};
+
+/// The taint upstream's node lifecycle puts on a node that is not ready; the scheduler reads a
+/// node whose Ready condition is not True as carrying it, so tolerating pods still land.
+pub const TAINT_NOT_READY: &str = "node.kubernetes.io/not-ready";
+/// The same for a node whose heartbeats stopped (Ready is Unknown).
+pub const TAINT_UNREACHABLE: &str = "node.kubernetes.io/unreachable";
+
+/// One node and what is placed on it.
+#[derive(Clone, Debug)]
+pub struct NodeInfo {
+    pub name: String,
+    pub node: Arc<Node>,
+    pub labels: BTreeMap<String, String>,
+    pub allocatable: Resources,
+    pub max_pods: i64,
+    /// Its taints, with the not-ready or unreachable NoSchedule taint its conditions imply.
+    pub taints: Vec<Taint>,
+    pub unschedulable: bool,
+    pub deleting: bool,
+    /// Image name -> size in bytes, from `status.images`.
+    pub images: HashMap<String, i64>,
+    pub pods: Vec<Arc<PodInfo>>,
+    pub requested: Resources,
+    pub non_zero: (i64, i64),
+    pub ports: Vec<HostPort>,
+    /// Pods here with any affinity terms, and with required anti-affinity.
+    pub with_affinity: usize,
+    pub with_required_anti: usize,
+    /// Pods here by the uid of their controlling owner (default spreading counts them).
+    pub owners: HashMap<String, usize>,
+}
+
+impl NodeInfo {
+    fn new(node: Arc<Node>) -> Self {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        let (alloc, max_pods) = allocatable(&node);
+        let spec = node.spec.as_ref();
+        let mut taints = spec.and_then(|s| s.taints.clone()).unwrap_or_default();
+        let ready = node
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+            .map(|c| c.status.as_str());
+        let implied = match ready {
+            Some("True") => None,
+            Some("Unknown") => Some(TAINT_UNREACHABLE),
+            _ => Some(TAINT_NOT_READY),
+        };
+        if let Some(key) = implied
+            && !taints
+                .iter()
+                .any(|t| t.key == key && t.effect == "NoSchedule")
+        {
+            taints.push(Taint {
+                key: key.into(),
+                effect: "NoSchedule".into(),
+                ..Default::default()
+            });
+        }
+        let mut images = HashMap::new();
+        for img in node
+            .status
+            .as_ref()
+            .and_then(|s| s.images.as_ref())
+            .into_iter()
+            .flatten()
+        {
+            for n in img.names.iter().flatten() {
+                images.insert(normalize_image(n), img.size_bytes.unwrap_or(0));
+            }
+        }
+        Self {
+            labels: node.metadata.labels.clone().unwrap_or_default(),
+            allocatable: alloc,
+            max_pods,
+            taints,
+            unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
+            deleting: node.metadata.deletion_timestamp.is_some(),
+            images,
+            pods: Vec::new(),
+            requested: Resources::default(),
+            non_zero: (0, 0),
+            ports: Vec::new(),
+            with_affinity: 0,
+            with_required_anti: 0,
+            owners: HashMap::new(),
+            name,
+            node,
+        }
+    }
+
+    pub fn add_pod(&mut self, p: Arc<PodInfo>) {
+        self.requested.add(&p.request);
+        self.non_zero.0 += p.non_zero.0;
+        self.non_zero.1 += p.non_zero.1;
+        self.ports.extend(p.ports.iter().cloned());
+        if p.has_affinity() {
+            self.with_affinity += 1;
+        }
+        if !p.required_anti.is_empty() {
+            self.with_required_anti += 1;
+        }
+        if let Some(o) = &p.controller {
+            *self.owners.entry(o.clone()).or_default() += 1;
+        }
+        self.pods.push(p);
+    }
+
+    pub fn remove_pod(&mut self, key: &str) -> Option<Arc<PodInfo>> {
+        let i = self.pods.iter().position(|p| p.key == key)?;
+        let p = self.pods.swap_remove(i);
+        self.requested.sub(&p.request);
+        self.non_zero.0 -= p.non_zero.0;
+        self.non_zero.1 -= p.non_zero.1;
+        for hp in &p.ports {
+            if let Some(j) = self.ports.iter().position(|x| x == hp) {
+                self.ports.swap_remove(j);
+            }
+        }
+        if p.has_affinity() {
+            self.with_affinity -= 1;
+        }
+        if !p.required_anti.is_empty() {
+            self.with_required_anti -= 1;
+        }
+        if let Some(o) = &p.controller
+            && let Some(c) = self.owners.get_mut(o)
+        {
+            *c -= 1;
+            if *c == 0 {
+                self.owners.remove(o);
+            }
+        }
+        Some(p)
+    }
+}
+
+/// Image references as nodes report them: `nginx` is `docker.io/library/nginx:latest`.
+pub fn normalize_image(name: &str) -> String {
+    let (repo, tag) = match name.rfind(['@', ':']) {
+        Some(i) if !name[i..].contains('/') => (&name[..i], &name[i..]),
+        _ => (name, ":latest"),
+    };
+    let first = repo.split('/').next().unwrap_or_default();
+    let has_registry =
+        repo.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
+    let repo = if has_registry {
+        repo.to_string()
+    } else if repo.contains('/') {
+        format!("docker.io/{repo}")
+    } else {
+        format!("docker.io/library/{repo}")
+    };
+    format!("{repo}{tag}")
+}
+
+/// A disruption budget as preemption reads it.
+#[derive(Clone, Debug)]
+pub struct Budget {
+    pub namespace: String,
+    pub selector: Selector,
+    pub allowed: i32,
+}
+
+/// Every node, placed pod, nominated pod, namespace and budget the scheduler knows.
+#[derive(Default)]
+pub struct Cluster {
+    nodes: HashMap<String, NodeInfo>,
+    /// Node names in the order they arrived: where a search starts rotates over it.
+    order: Vec<String>,
+    /// Placed pods, by key, with the node they hold resources on.
+    placed: HashMap<String, Arc<PodInfo>>,
+    /// Pods bound to nodes not (yet) known.
+    stray: HashMap<String, Vec<Arc<PodInfo>>>,
+    /// Pods the scheduler bound that its source has not shown bound yet.
+    assumed: HashSet<String>,
+    /// Pending pods holding a nomination, by key.
+    nominated: HashMap<String, Arc<PodInfo>>,
+    /// How many nodes hold each image.
+    image_nodes: HashMap<String, usize>,
+    pub namespaces: HashMap<String, BTreeMap<String, String>>,
+    budgets: HashMap<String, Budget>,
+}
+
+/// Does this pod hold resources on a node?
+fn holds(p: &Pod) -> bool {
+    let bound = p
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .is_some_and(|n| !n.is_empty());
+    let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+    bound && !matches!(phase, Some("Succeeded" | "Failed"))
+}
+
+impl Cluster {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A cluster of these nodes and pods (pods not bound are taken as pending).
+    pub fn from_objects<'a>(
+        nodes: impl IntoIterator<Item = &'a Node>,
+        pods: impl IntoIterator<Item = &'a Pod>,
+    ) -> Self {
+        let mut c = Self::new();
+        for n in nodes {
+            c.set_node(Arc::new(n.clone()));
+        }
+        for p in pods {
+            c.set_pod(Arc::new(p.clone()));
+        }
+        c
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn node(&self, name: &str) -> Option<&NodeInfo> {
+        self.nodes.get(name)
+    }
+
+    /// Nodes in arrival order.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeInfo> {
+        self.order.iter().filter_map(|n| self.nodes.get(n))
+    }
+
+    /// The node at position `i` of the arrival order.
+    pub fn node_at(&self, i: usize) -> Option<&NodeInfo> {
+        self.order.get(i).and_then(|n| self.nodes.get(n))
+    }
+
+    pub fn placed(&self, key: &str) -> Option<&Arc<PodInfo>> {
+        self.placed.get(key)
+    }
+
+    pub fn image_spread(&self, image: &str) -> usize {
+        self.image_nodes.get(image).copied().unwrap_or(0)
+    }
+
+    pub fn set_node(&mut self, node: Arc<Node>) {
+        let mut info = NodeInfo::new(node);
+        let name = info.name.clone();
+        match self.nodes.remove(&name) {
+            Some(old) => {
+                self.count_images(&old, false);
+                for p in old.pods {
+                    info.add_pod(p);
+                }
+            }
+            None => {
+                self.order.push(name.clone());
+                for p in self.stray.remove(&name).into_iter().flatten() {
+                    info.add_pod(p);
+                }
+            }
+        }
+        self.count_images(&info, true);
+        self.nodes.insert(name, info);
+    }
+
+    fn count_images(&mut self, n: &NodeInfo, add: bool) {
+        for img in n.images.keys() {
+            let e = self.image_nodes.entry(img.clone()).or_default();
+            if add {
+                *e += 1;
+            } else {
+                *e = e.saturating_sub(1);
+            }
+        }
+    }
+
+    pub fn remove_node(&mut self, name: &str) {
+        if let Some(old) = self.nodes.remove(name) {
+            self.count_images(&old, false);
+            self.order.retain(|n| n != name);
+            if !old.pods.is_empty() {
+                self.stray.insert(name.into(), old.pods);
+            }
+        }
+    }
+
+    fn unplace(&mut self, key: &str) {
+        if let Some(old) = self.placed.remove(key) {
+            let node = old.node.clone().unwrap_or_default();
+            match self.nodes.get_mut(&node) {
+                Some(n) => {
+                    n.remove_pod(key);
+                }
+                None => {
+                    if let Some(v) = self.stray.get_mut(&node) {
+                        v.retain(|p| p.key != key);
+                        if v.is_empty() {
+                            self.stray.remove(&node);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn place(&mut self, info: Arc<PodInfo>) {
+        let node = info.node.clone().unwrap_or_default();
+        self.placed.insert(info.key.clone(), info.clone());
+        match self.nodes.get_mut(&node) {
+            Some(n) => n.add_pod(info),
+            None => self.stray.entry(node).or_default().push(info),
+        }
+    }
+
+    /// A pod was added or changed at its source.
+    pub fn set_pod(&mut self, pod: Arc<Pod>) {
+        let info = Arc::new(PodInfo::new(pod.clone()));
+        let key = info.key.clone();
+        if info.node.is_none() && self.assumed.contains(&key) {
+            // Bound here; the source has not caught up.
+            return;
+        }
+        self.assumed.remove(&key);
+        self.unplace(&key);
+        self.nominated.remove(&key);
+        if holds(&pod) {
+            self.place(info);
+        } else if info.node.is_none() && info.nominated_node().is_some() && !info.terminating {
+            self.nominated.insert(key, info);
+        }
+    }
+
+    /// A pod is gone at its source.
+    pub fn remove_pod(&mut self, key: &str) {
+        self.assumed.remove(key);
+        self.nominated.remove(key);
+        self.unplace(key);
+    }
+
+    /// Takes `pod` as bound to `node` before its binding is visible.
+    pub fn assume(&mut self, pod: &PodInfo, node: &str) {
+        let mut info = pod.clone();
+        info.node = Some(node.to_string());
+        self.unplace(&info.key);
+        self.nominated.remove(&info.key);
+        self.assumed.insert(info.key.clone());
+        self.place(Arc::new(info));
+    }
+
+    /// A binding failed: the assumed placement goes.
+    pub fn forget(&mut self, key: &str) {
+        if self.assumed.remove(key) {
+            self.unplace(key);
+        }
+    }
+
+    pub fn is_assumed(&self, key: &str) -> bool {
+        self.assumed.contains(key)
+    }
+
+    /// Nominates a pending pod to a node (after a preemption for it).
+    pub fn nominate(&mut self, pod: &PodInfo, node: &str) {
+        let mut info = pod.clone();
+        let mut p = (*info.pod).clone();
+        p.status.get_or_insert_default().nominated_node_name = Some(node.to_string());
+        info.pod = Arc::new(p);
+        self.nominated.insert(info.key.clone(), Arc::new(info));
+    }
+
+    /// Pods nominated to `node` that outrank (or equal) `priority`, other than `except`.
+    pub fn nominated_to<'a>(
+        &'a self,
+        node: &'a str,
+        priority: i32,
+        except: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<PodInfo>> + 'a {
+        self.nominated.values().filter(move |p| {
+            p.key != except && p.priority >= priority && p.nominated_node() == Some(node)
+        })
+    }
+
+    pub fn set_namespace(&mut self, name: &str, labels: BTreeMap<String, String>) {
+        self.namespaces.insert(name.into(), labels);
+    }
+
+    pub fn remove_namespace(&mut self, name: &str) {
+        self.namespaces.remove(name);
+    }
+
+    pub fn set_budget(&mut self, key: &str, b: Budget) {
+        self.budgets.insert(key.into(), b);
+    }
+
+    pub fn remove_budget(&mut self, key: &str) {
+        self.budgets.remove(key);
+    }
+
+    pub fn budgets(&self) -> impl Iterator<Item = &Budget> {
+        self.budgets.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_names_normalize() {
+        assert_eq!(normalize_image("nginx"), "docker.io/library/nginx:latest");
+        assert_eq!(
+            normalize_image("nginx:1.25"),
+            "docker.io/library/nginx:1.25"
+        );
+        assert_eq!(normalize_image("me/app:v1"), "docker.io/me/app:v1");
+        assert_eq!(
+            normalize_image("localhost:5000/app"),
+            "localhost:5000/app:latest"
+        );
+        assert_eq!(
+            normalize_image("ghcr.io/x/y@sha256:ab"),
+            "ghcr.io/x/y@sha256:ab"
+        );
+    }
+}
