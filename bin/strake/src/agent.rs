@@ -30,6 +30,46 @@ pub struct Args {
     /// Registries that may be reached over plain HTTP (host:port).
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
+    /// Register this many hollow nodes instead of running one: each has capacity, a Lease and
+    /// heartbeats, and reports the pods bound to it Running (nothing runs).
+    #[arg(long)]
+    simulate: Option<usize>,
+    /// Hollow nodes are named `{prefix}-{index}`.
+    #[arg(long, default_value = "hollow")]
+    simulate_prefix: String,
+    /// A hollow node's cpu and memory.
+    #[arg(long, default_value = "4")]
+    simulate_cpu: String,
+    #[arg(long, default_value = "16Gi")]
+    simulate_memory: String,
+}
+
+/// `--simulate N`: hollow nodes against the API server, under one node credential.
+async fn simulate(
+    args: &Args,
+    api: &str,
+    token: Option<BootstrapToken>,
+    count: usize,
+) -> anyhow::Result<()> {
+    let token = token.context("--simulate needs a bootstrap token (--token)")?;
+    let url = format!("https://{api}");
+    let body = serde_json::json!({"nodeName": args.simulate_prefix});
+    let creds = strake_kubeclient::bootstrap(&url, &token, "/strake/v1/node-credentials", &body)
+        .await
+        .context("fetching credentials for the hollow nodes")?;
+    let client = strake_kubeclient::Client::from_credentials(&creds)?;
+    let hollow = strake_hollow::Hollow::new(
+        client,
+        strake_hollow::Config {
+            prefix: args.simulate_prefix.clone(),
+            count,
+            cpu: args.simulate_cpu.clone(),
+            memory: args.simulate_memory.clone(),
+            ..Default::default()
+        },
+    );
+    hollow.run().await?;
+    Ok(())
 }
 
 /// The first non-loopback IPv4 address of this machine (or 127.0.0.1).
@@ -60,6 +100,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .clone()
         .or_else(|| boot.as_ref().and_then(|b| b.api_endpoint.clone()))
         .unwrap_or_else(|| format!("{node_ip}:6443"));
+    if let Some(count) = args.simulate {
+        return simulate(&args, &api, token, count).await;
+    }
     let node_name = match args.node_name.clone() {
         Some(n) => n,
         None => nix::unistd::gethostname()

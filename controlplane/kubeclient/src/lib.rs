@@ -311,7 +311,27 @@ impl Client {
         name: &str,
         patch: &Value,
     ) -> Result<K, ClientError> {
-        let url = format!("{}{}/{name}/status", self.base, collection_path::<K>(ns));
+        self.merge_patch(format!("{}/{name}/status", collection_path::<K>(ns)), patch)
+            .await
+    }
+
+    /// JSON merge patch of an object.
+    pub async fn patch<K: Resource + DeserializeOwned>(
+        &self,
+        ns: Option<&str>,
+        name: &str,
+        patch: &Value,
+    ) -> Result<K, ClientError> {
+        self.merge_patch(format!("{}/{name}", collection_path::<K>(ns)), patch)
+            .await
+    }
+
+    async fn merge_patch<K: DeserializeOwned>(
+        &self,
+        path: String,
+        patch: &Value,
+    ) -> Result<K, ClientError> {
+        let url = format!("{}{path}", self.base);
         let req = self
             .http
             .patch(&url)
