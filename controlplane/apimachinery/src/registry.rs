@@ -596,7 +596,8 @@ impl Registry {
             m.remove("selfLink");
         }
         match part {
-            Part::Main | Part::Binding if has_status => match old.get("status") {
+            // A binding sets spec.nodeName and the PodScheduled condition in one write.
+            Part::Main if has_status => match old.get("status") {
                 Some(s) => obj["status"] = s.clone(),
                 None => {
                     obj.as_object_mut().map(|m| m.remove("status"));

@@ -47,20 +47,6 @@ pub async fn bind(
                 }
                 _ => pod["spec"]["nodeName"] = node.into(),
             }
-            Ok(pod)
-        },
-    )
-    .await?;
-    if dry_run {
-        return Ok(());
-    }
-    reg.update_with(
-        &def,
-        Some(namespace),
-        name,
-        Part::Status,
-        &opts,
-        |mut pod| {
             let now = Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
             let mut conds: Vec<Value> = pod["status"]["conditions"]
                 .as_array()

@@ -103,6 +103,10 @@ impl NodeInfo {
         }
     }
 
+    fn clone_images(&self) -> Vec<String> {
+        self.images.keys().cloned().collect()
+    }
+
     pub fn add_pod(&mut self, p: Arc<PodInfo>) {
         self.requested.add(&p.request);
         self.non_zero.0 += p.non_zero.0;
@@ -179,9 +183,13 @@ pub struct Budget {
 /// Every node, placed pod, nominated pod, namespace and budget the scheduler knows.
 #[derive(Default)]
 pub struct Cluster {
-    nodes: HashMap<String, NodeInfo>,
-    /// Node names in the order they arrived: where a search starts rotates over it.
-    order: Vec<String>,
+    /// Nodes in the order they arrived (a removal moves the last into its place): where a
+    /// search starts rotates over it.
+    nodes: Vec<NodeInfo>,
+    index: HashMap<String, usize>,
+    /// Placed pods with any affinity terms, cluster-wide (none: inter-pod affinity has
+    /// nothing to count for pods without terms).
+    with_affinity: usize,
     /// Placed pods, by key, with the node they hold resources on.
     placed: HashMap<String, Arc<PodInfo>>,
     /// Pods bound to nodes not (yet) known.
@@ -232,17 +240,26 @@ impl Cluster {
     }
 
     pub fn node(&self, name: &str) -> Option<&NodeInfo> {
-        self.nodes.get(name)
+        self.index.get(name).map(|i| &self.nodes[*i])
+    }
+
+    fn node_mut(&mut self, name: &str) -> Option<&mut NodeInfo> {
+        self.index.get(name).map(|i| &mut self.nodes[*i])
     }
 
     /// Nodes in arrival order.
     pub fn nodes(&self) -> impl Iterator<Item = &NodeInfo> {
-        self.order.iter().filter_map(|n| self.nodes.get(n))
+        self.nodes.iter()
     }
 
     /// The node at position `i` of the arrival order.
     pub fn node_at(&self, i: usize) -> Option<&NodeInfo> {
-        self.order.get(i).and_then(|n| self.nodes.get(n))
+        self.nodes.get(i)
+    }
+
+    /// Placed pods with affinity terms anywhere in the cluster.
+    pub fn pods_with_affinity(&self) -> usize {
+        self.with_affinity
     }
 
     pub fn placed(&self, key: &str) -> Option<&Arc<PodInfo>> {
@@ -256,27 +273,36 @@ impl Cluster {
     pub fn set_node(&mut self, node: Arc<Node>) {
         let mut info = NodeInfo::new(node);
         let name = info.name.clone();
-        match self.nodes.remove(&name) {
-            Some(old) => {
+        match self.index.get(&name).copied() {
+            Some(i) => {
+                let old = std::mem::replace(&mut self.nodes[i], info);
                 self.count_images(&old, false);
+                let now = &mut self.nodes[i];
                 for p in old.pods {
-                    info.add_pod(p);
+                    now.add_pod(p);
                 }
+                let now = self.nodes[i].clone_images();
+                self.count_image_names(now, true);
             }
             None => {
-                self.order.push(name.clone());
                 for p in self.stray.remove(&name).into_iter().flatten() {
                     info.add_pod(p);
                 }
+                self.count_images(&info, true);
+                self.index.insert(name, self.nodes.len());
+                self.nodes.push(info);
             }
         }
-        self.count_images(&info, true);
-        self.nodes.insert(name, info);
     }
 
     fn count_images(&mut self, n: &NodeInfo, add: bool) {
-        for img in n.images.keys() {
-            let e = self.image_nodes.entry(img.clone()).or_default();
+        let names: Vec<String> = n.images.keys().cloned().collect();
+        self.count_image_names(names, add);
+    }
+
+    fn count_image_names(&mut self, names: Vec<String>, add: bool) {
+        for img in names {
+            let e = self.image_nodes.entry(img).or_default();
             if add {
                 *e += 1;
             } else {
@@ -286,19 +312,26 @@ impl Cluster {
     }
 
     pub fn remove_node(&mut self, name: &str) {
-        if let Some(old) = self.nodes.remove(name) {
-            self.count_images(&old, false);
-            self.order.retain(|n| n != name);
-            if !old.pods.is_empty() {
-                self.stray.insert(name.into(), old.pods);
-            }
+        let Some(i) = self.index.remove(name) else {
+            return;
+        };
+        let old = self.nodes.swap_remove(i);
+        if let Some(moved) = self.nodes.get(i) {
+            self.index.insert(moved.name.clone(), i);
+        }
+        self.count_images(&old, false);
+        if !old.pods.is_empty() {
+            self.stray.insert(name.into(), old.pods);
         }
     }
 
     fn unplace(&mut self, key: &str) {
         if let Some(old) = self.placed.remove(key) {
+            if old.has_affinity() {
+                self.with_affinity -= 1;
+            }
             let node = old.node.clone().unwrap_or_default();
-            match self.nodes.get_mut(&node) {
+            match self.node_mut(&node) {
                 Some(n) => {
                     n.remove_pod(key);
                 }
@@ -316,8 +349,11 @@ impl Cluster {
 
     fn place(&mut self, info: Arc<PodInfo>) {
         let node = info.node.clone().unwrap_or_default();
+        if info.has_affinity() {
+            self.with_affinity += 1;
+        }
         self.placed.insert(info.key.clone(), info.clone());
-        match self.nodes.get_mut(&node) {
+        match self.node_mut(&node) {
             Some(n) => n.add_pod(info),
             None => self.stray.entry(node).or_default().push(info),
         }

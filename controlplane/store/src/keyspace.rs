@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::db::{DbCell, DbResultExt, HISTORY, KV, SM_META, decode, encode};
 use crate::error::StoreError;
-use crate::mvcc::undo_event;
 use crate::raft_types::NodeId;
 use crate::types::{KeyValue, RangeRequest, RangeResponse, WatchEvent, prefix_end};
 
@@ -224,13 +223,19 @@ pub(crate) fn range(db: &DbCell, req: &RangeRequest) -> Result<RangeResponse, St
                 compacted: meta.compacted,
             });
         }
-        let mut view = BTreeMap::new();
-        let prefix_bounds = (Bound::Included(req.prefix.as_slice()), upper);
-        for item in kv_table.range::<&[u8]>(prefix_bounds).db(db, "range kv")? {
-            let (key, value) = item.db(db, "read kv")?;
-            let stored: StoredKv = decode("stored key", value.value())?;
-            view.insert(key.value().to_vec(), stored.into_kv(key.value().to_vec()));
-        }
+        // The keys of the page's range that changed after `at`, with their value at `at`
+        // (undone newest first, so the oldest change after `at` decides). Every other key
+        // has its current value, so a page reads `limit` current keys plus that history,
+        // not the whole prefix.
+        let in_range = |key: &[u8]| {
+            key.starts_with(&req.prefix)
+                && match lower {
+                    Bound::Excluded(a) => key > a,
+                    Bound::Included(a) => key >= a,
+                    Bound::Unbounded => true,
+                }
+        };
+        let mut touched: BTreeMap<Vec<u8>, Option<KeyValue>> = BTreeMap::new();
         let history = txn.open_table(HISTORY).db(db, "open history")?;
         for item in history
             .range((at + 1)..=meta.revision)
@@ -239,22 +244,51 @@ pub(crate) fn range(db: &DbCell, req: &RangeRequest) -> Result<RangeResponse, St
         {
             let (_, value) = item.db(db, "read history")?;
             let events: Vec<WatchEvent> = decode("history entry", value.value())?;
-            for event in events
-                .iter()
-                .rev()
-                .filter(|e| e.kv.key.starts_with(&req.prefix))
-            {
-                undo_event(&mut view, event);
+            for event in events.iter().rev().filter(|e| in_range(&e.kv.key)) {
+                touched.insert(event.kv.key.clone(), event.prev_kv.clone());
             }
         }
+        let mut current = kv_table.range::<&[u8]>((lower, upper)).db(db, "range kv")?;
+        let mut next_current = || -> Result<Option<(Vec<u8>, KeyValue)>, StoreError> {
+            match current.next() {
+                None => Ok(None),
+                Some(item) => {
+                    let (key, value) = item.db(db, "read kv")?;
+                    let key = key.value().to_vec();
+                    let stored: StoredKv = decode("stored key", value.value())?;
+                    Ok(Some((key.clone(), stored.into_kv(key))))
+                }
+            }
+        };
+        let mut cur = next_current()?;
+        let mut changed = touched.into_iter().peekable();
         let mut kvs = Vec::new();
         let mut more = false;
-        for (_, kv) in view.range::<[u8], _>((lower, upper)) {
-            if kvs.len() == limit {
-                more = true;
-                break;
+        loop {
+            let from_history = match (&cur, changed.peek()) {
+                (None, None) => break,
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some((ck, _)), Some((hk, _))) => hk <= ck,
+            };
+            let visible = if from_history {
+                let (hk, value) = changed.next().expect("peeked");
+                if cur.as_ref().is_some_and(|(ck, _)| *ck == hk) {
+                    cur = next_current()?;
+                }
+                value
+            } else {
+                let taken = cur.take().map(|(_, kv)| kv);
+                cur = next_current()?;
+                taken
+            };
+            if let Some(kv) = visible {
+                if kvs.len() == limit {
+                    more = true;
+                    break;
+                }
+                kvs.push(kv);
             }
-            kvs.push(kv.clone());
         }
         Ok(RangeResponse {
             kvs,

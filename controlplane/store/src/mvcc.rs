@@ -4,6 +4,7 @@
 //! The state machine runs [`apply_txn`] against a redb-backed [`KvState`]; tests run it against a
 //! `BTreeMap`.
 
+#[cfg(test)]
 use std::collections::BTreeMap;
 
 use crate::types::{EventKind, KeyValue, Op, OpResult, Txn, TxnResponse, WatchEvent};
@@ -115,7 +116,8 @@ pub(crate) fn tombstone(key: &[u8], revision: u64) -> KeyValue {
 }
 
 /// Undoes one event on a view of the keyspace, moving it back to before the event.
-/// Events must be undone newest first.
+/// Events must be undone newest first. (The tests' model of reads at past revisions.)
+#[cfg(test)]
 pub(crate) fn undo_event(view: &mut BTreeMap<Vec<u8>, KeyValue>, event: &WatchEvent) {
     match &event.prev_kv {
         Some(prev) => {

@@ -503,3 +503,48 @@ async fn concurrent_writers_share_log_entries_but_get_a_revision_each() {
     );
     store.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_at_a_past_revision_see_that_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    for name in ["/p/a", "/p/b", "/p/c", "/p/d", "/p/e", "/q/x"] {
+        store.put(key(name), key(name)).await.unwrap();
+    }
+    let at = store.revision();
+    // After `at`: one key changes, one goes, one appears inside and one outside the prefix.
+    store.put(key("/p/b"), b"new".to_vec()).await.unwrap();
+    store.delete(key("/p/c")).await.unwrap();
+    store.put(key("/p/bb"), key("/p/bb")).await.unwrap();
+    store.put(key("/q/y"), key("/q/y")).await.unwrap();
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .range(RangeRequest {
+                prefix: key("/p/"),
+                limit: 2,
+                start_after: after.clone(),
+                revision: at,
+            })
+            .await
+            .unwrap();
+        assert!(page.kvs.len() <= 2);
+        for kv in &page.kvs {
+            seen.push((
+                String::from_utf8(kv.key.clone()).unwrap(),
+                String::from_utf8(kv.value.clone()).unwrap(),
+            ));
+        }
+        after = page.kvs.last().map(|kv| kv.key.clone());
+        if !page.more {
+            break;
+        }
+    }
+    let want: Vec<(String, String)> = ["/p/a", "/p/b", "/p/c", "/p/d", "/p/e"]
+        .iter()
+        .map(|k| (k.to_string(), k.to_string()))
+        .collect();
+    assert_eq!(seen, want, "the keys and values as of revision {at}");
+    store.shutdown().await.unwrap();
+}

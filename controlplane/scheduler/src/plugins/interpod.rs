@@ -36,6 +36,9 @@ impl State {
         let ns = &cluster.namespaces;
         let own_terms = pod.has_affinity();
         s.self_match = pod.required_affinity.iter().all(|t| t.matches(pod, ns));
+        if !own_terms && cluster.pods_with_affinity() == 0 {
+            return s;
+        }
         for n in cluster.nodes() {
             if !own_terms && n.with_affinity == 0 {
                 continue;
