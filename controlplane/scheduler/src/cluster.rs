@@ -369,12 +369,25 @@ impl Cluster {
         }
         self.assumed.remove(&key);
         self.unplace(&key);
-        self.nominated.remove(&key);
+        let earlier = self.nominated.remove(&key);
         if holds(&pod) {
             self.place(info);
-        } else if info.node.is_none() && info.nominated_node().is_some() && !info.terminating {
-            self.nominated.insert(key, info);
+        } else if info.node.is_none() && !info.terminating {
+            if info.nominated_node().is_some() {
+                self.nominated.insert(key, info);
+            } else if let Some(node) = earlier.as_ref().and_then(|e| e.nominated_node()) {
+                // A change written before the nomination reached the pod (as upstream's
+                // nominator, an update that does not name a node keeps the one it had).
+                let node = node.to_string();
+                self.nominate(&info, &node);
+            }
         }
+    }
+
+    /// The node a pending pod is nominated to, as this scheduler knows it (its own nominations
+    /// before they reach the pod's status included).
+    pub fn nomination(&self, key: &str) -> Option<&str> {
+        self.nominated.get(key).and_then(|p| p.nominated_node())
     }
 
     /// A pod is gone at its source.

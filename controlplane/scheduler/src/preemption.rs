@@ -118,7 +118,9 @@ pub fn preempt(
         return Decision::Unschedulable(message);
     }
     // Victims of an earlier preemption are still going: wait for them.
-    if let Some(nn) = pod.nominated_node()
+    if let Some(nn) = pod
+        .nominated_node()
+        .or_else(|| cluster.nomination(&pod.key))
         && cluster.node(nn).is_some_and(|n| {
             n.pods
                 .iter()
@@ -244,6 +246,27 @@ mod tests {
                 );
             }
             d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn waits_for_its_victims_rather_than_preempting_again() {
+        let mut going = prio(sized("going", "1", "1Gi"), 10);
+        going["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        let mut c = cluster(
+            &[node("a", "2", "4Gi")],
+            &[
+                on(going, "a"),
+                on(prio(sized("stays", "1", "1Gi"), 10), "a"),
+            ],
+        );
+        let p = pod_info(&prio(sized("urgent", "1", "1Gi"), 100));
+        // The nomination is known to the scheduler before it reaches the pod's status.
+        c.nominate(&p, "a");
+        assert!(p.nominated_node().is_none());
+        match Scheduler::new().schedule(&p, &c) {
+            Decision::Unschedulable(_) => {}
+            d => panic!("preempted again while the first victim was going: {d:?}"),
         }
     }
 
