@@ -64,6 +64,7 @@ pub async fn serve(dir: &Path, opts: ServeOptions) -> anyhow::Result<()> {
                             workers: 4,
                             ca_pem: Some(ca.clone()),
                             node_monitor_grace: opts.node_monitor_grace,
+                            metrics: None,
                         },
                     );
                     println!("STARTED");

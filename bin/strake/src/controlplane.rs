@@ -94,6 +94,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             workers: 4,
             ca_pem: Some(server.ca_pem().to_string()),
             node_monitor_grace: std::time::Duration::from_secs(args.node_monitor_grace_seconds),
+            metrics: None,
         },
     );
     server.serve().await.context("API server")?;

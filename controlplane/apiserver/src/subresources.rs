@@ -147,46 +147,7 @@ async fn status(
     }
 }
 
-fn pointer_i64(v: &Value, p: &str) -> i64 {
-    v.pointer(p).and_then(Value::as_i64).unwrap_or(0)
-}
-
-/// The autoscaling/v1 Scale view of an object.
-fn scale_of(def: &ResourceDef, obj: &Value) -> Value {
-    let paths = def.scale.clone().unwrap_or_default();
-    let selector = match paths.selector.as_deref().and_then(|p| obj.pointer(p)) {
-        Some(Value::String(s)) => s.clone(),
-        Some(sel @ Value::Object(_)) => serde_json::from_value(sel.clone())
-            .map(|s| strake_kinds::selector_string(&s))
-            .unwrap_or_default(),
-        _ => String::new(),
-    };
-    json!({
-        "kind": "Scale",
-        "apiVersion": "autoscaling/v1",
-        "metadata": {
-            "name": obj["metadata"]["name"], "namespace": obj["metadata"]["namespace"], "uid": obj["metadata"]["uid"],
-            "resourceVersion": obj["metadata"]["resourceVersion"], "creationTimestamp": obj["metadata"]["creationTimestamp"],
-        },
-        "spec": {"replicas": pointer_i64(obj, &paths.spec_replicas)},
-        "status": {"replicas": pointer_i64(obj, &paths.status_replicas), "selector": selector},
-    })
-}
-
-fn set_pointer(obj: &mut Value, pointer: &str, v: Value) {
-    let mut cur = obj;
-    let parts: Vec<&str> = pointer.trim_start_matches('/').split('/').collect();
-    for (i, p) in parts.iter().enumerate() {
-        if i + 1 == parts.len() {
-            cur[*p] = v;
-            return;
-        }
-        if !cur[*p].is_object() {
-            cur[*p] = json!({});
-        }
-        cur = &mut cur[*p];
-    }
-}
+use strake_kinds::scale::scale_of;
 
 #[allow(clippy::too_many_arguments)]
 async fn scale(
@@ -199,7 +160,6 @@ async fn scale(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let paths = def.scale.clone().unwrap_or_default();
     let current = app.registry.get(def, ns, name).await?;
     if verb == Verb::Get {
         return Ok(json_response(StatusCode::OK, &scale_of(def, &current)));
@@ -246,25 +206,17 @@ async fn scale(
     let rv = scale["metadata"]["resourceVersion"]
         .as_str()
         .map(String::from);
-    let out = app
-        .registry
-        .update_with(
-            def,
-            ns,
-            name,
-            Part::Main,
-            &write_options(q, headers)?,
-            |mut obj| {
-                // The Scale's resourceVersion is the object's: a precondition.
-                if let Some(rv) = &rv {
-                    obj["metadata"]["resourceVersion"] = rv.clone().into();
-                }
-                set_pointer(&mut obj, &paths.spec_replicas, replicas.into());
-                Ok(obj)
-            },
-        )
-        .await?;
-    Ok(json_response(StatusCode::OK, &scale_of(def, &out)))
+    let out = strake_kinds::scale::set_replicas(
+        &app.registry,
+        def,
+        ns,
+        name,
+        replicas,
+        rv,
+        &write_options(q, headers)?,
+    )
+    .await?;
+    Ok(json_response(StatusCode::OK, &out))
 }
 
 #[allow(clippy::too_many_arguments)]

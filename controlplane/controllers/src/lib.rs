@@ -6,6 +6,7 @@
 //! with the API server's own validation and admission.
 
 pub mod api;
+pub mod autoscaler;
 pub mod cache;
 pub mod cronjob;
 pub mod daemonset;
@@ -22,6 +23,7 @@ pub mod nodelifecycle;
 pub mod ownership;
 pub mod pods;
 pub mod queue;
+pub mod quota;
 pub mod replicaset;
 pub mod runtime;
 pub mod scheduling;

@@ -2,21 +2,25 @@
 //! and each controller behind its own Lease, so with several control planes exactly one
 //! instance of each acts while every instance keeps its caches warm.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{
     ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
 };
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Endpoints, Namespace, Node, PersistentVolumeClaim, Pod, Service, ServiceAccount,
+    ConfigMap, Endpoints, Namespace, Node, PersistentVolumeClaim, Pod, ReplicationController,
+    ResourceQuota, Service, ServiceAccount,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use strake_apimachinery::Registry;
 
 use crate::api::Client;
+use crate::autoscaler::{self, Autoscalers, MetricsApi, MetricsSource};
 use crate::cache::Reflector;
 use crate::cronjob::{self, CronJobs};
 use crate::daemonset::{self, DaemonSets};
@@ -28,6 +32,7 @@ use crate::job::{self, Jobs};
 use crate::leader::{self, Election};
 use crate::namespace::{self, Namespaces};
 use crate::nodelifecycle::{self, NodeLifecycle, TaintEviction};
+use crate::quota::{self, Quotas};
 use crate::replicaset::{self, ReplicaSets};
 use crate::scheduling::Scheduler;
 use crate::serviceaccount::{self, ServiceAccounts};
@@ -48,6 +53,19 @@ pub struct Options {
     /// How long a node may go without a heartbeat before it is unreachable (upstream's
     /// node-monitor-grace-period).
     pub node_monitor_grace: Duration,
+    /// Where the autoscaler reads pod usage; None: the resource metrics API
+    /// (`metrics.k8s.io`) through the registry.
+    pub metrics: Option<Metrics>,
+}
+
+/// A metrics source for the autoscaler.
+#[derive(Clone)]
+pub struct Metrics(pub Arc<dyn MetricsSource>);
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics(..)")
+    }
 }
 
 /// Upstream's node-monitor-grace-period.
@@ -64,6 +82,7 @@ pub fn start(reg: Registry, opts: Options) {
             .collect()
     });
     let mut sets = Reflector::<ReplicaSet>::new(reg.clone());
+    let mut rcs = Reflector::<ReplicationController>::new(reg.clone());
     let mut nodes = Reflector::<Node>::new(reg.clone());
     let mut deployments = Reflector::<Deployment>::new(reg.clone());
     let mut namespaces = Reflector::<Namespace>::new(reg.clone());
@@ -80,9 +99,16 @@ pub fn start(reg: Registry, opts: Options) {
     let mut statefulsets = Reflector::<StatefulSet>::new(reg.clone());
     let mut claims = Reflector::<PersistentVolumeClaim>::new(reg.clone());
     let mut budgets = Reflector::<PodDisruptionBudget>::new(reg.clone());
+    let mut quotas = Reflector::<ResourceQuota>::new(reg.clone());
+    let mut hpas = Reflector::<HorizontalPodAutoscaler>::new(reg.clone());
+    let metrics = opts.metrics.clone().map_or_else(
+        || Arc::new(MetricsApi::new(reg.clone())) as Arc<dyn MetricsSource>,
+        |m| m.0,
+    );
     let collector = Collector::new(reg);
 
     let rs = ReplicaSets::new(&client, &mut sets, &mut pods);
+    let rcc = ReplicaSets::new(&client, &mut rcs, &mut pods);
     let dc = Deployments::new(&client, &mut deployments, &mut sets, &mut pods);
     let scheduler = Scheduler::new(
         &client,
@@ -132,9 +158,19 @@ pub fn start(reg: Registry, opts: Options) {
         opts.ca_pem.clone(),
     );
     let nsc = Namespaces::new(&client, &mut namespaces, &mut pods);
+    let hpac = Autoscalers::new(&client, &mut hpas, &mut pods, metrics);
+    let rqc = Quotas::new(
+        &client,
+        &mut quotas,
+        &mut pods,
+        &mut services,
+        &mut claims,
+        &mut configmaps,
+    );
 
     tokio::spawn(pods.run());
     tokio::spawn(sets.run());
+    tokio::spawn(rcs.run());
     tokio::spawn(nodes.run());
     tokio::spawn(namespaces.run());
     tokio::spawn(accounts.run());
@@ -147,6 +183,8 @@ pub fn start(reg: Registry, opts: Options) {
     tokio::spawn(statefulsets.run());
     tokio::spawn(claims.run());
     tokio::spawn(budgets.run());
+    tokio::spawn(quotas.run());
+    tokio::spawn(hpas.run());
     tokio::spawn(services.run());
     tokio::spawn(slices.run());
     tokio::spawn(endpoint_objects.run());
@@ -158,6 +196,11 @@ pub fn start(reg: Registry, opts: Options) {
         client.clone(),
         Election::new(replicaset::NAME, &opts.identity),
         move || rs.clone().run(workers),
+    ));
+    tokio::spawn(leader::run(
+        client.clone(),
+        Election::new(replicaset::RC_NAME, &opts.identity),
+        move || rcc.clone().run(workers),
     ));
     tokio::spawn(leader::run(
         client.clone(),
@@ -218,6 +261,16 @@ pub fn start(reg: Registry, opts: Options) {
         client.clone(),
         Election::new(namespace::NAME, &opts.identity),
         move || nsc.clone().run(workers),
+    ));
+    tokio::spawn(leader::run(
+        client.clone(),
+        Election::new(quota::NAME, &opts.identity),
+        move || rqc.clone().run(workers),
+    ));
+    tokio::spawn(leader::run(
+        client.clone(),
+        Election::new(autoscaler::NAME, &opts.identity),
+        move || hpac.clone().run(workers),
     ));
     tokio::spawn(leader::run(
         client,

@@ -3,13 +3,23 @@
 //! creates in slow-start batches (1, 2, 4, … as upstream, so a failing template costs one
 //! pod, not hundreds); deletes the least valuable pods first on scale-down; and reports
 //! replicas, fullyLabeled, ready and available counts and the ReplicaFailure condition.
+//!
+//! The same controller runs ReplicationControllers: as upstream's does, it sees each one as
+//! the ReplicaSet it is equivalent to ([`Replicated`]), and writes the status back in its
+//! own form.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
-use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::api::apps::v1::{
+    ReplicaSet, ReplicaSetCondition, ReplicaSetSpec, ReplicaSetStatus,
+};
+use k8s_openapi::api::core::v1::{
+    Pod, PodTemplateSpec, ReplicationController, ReplicationControllerCondition,
+    ReplicationControllerStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use strake_apimachinery::events::EventType;
 use strake_apimachinery::{ApiError, DeleteOptions, Part};
@@ -23,26 +33,106 @@ use crate::runtime::{self, Action, Expectations};
 use strake_scheduler::labels::selects;
 
 pub const NAME: &str = "replicaset-controller";
+/// The Lease and manager name of the same controller running ReplicationControllers.
+pub const RC_NAME: &str = "replicationcontroller-controller";
 /// At most this many pods are created or deleted in one pass (upstream's burstReplicas).
 const BURST: usize = 500;
 
-pub struct ReplicaSets {
+/// A kind this controller keeps replicas of: the ReplicaSet itself, or a kind it can be seen
+/// as (a ReplicationController's map selector is a ReplicaSet's `matchLabels`).
+pub trait Replicated: Object {
+    /// The name the controller's Lease, writes and events carry for this kind.
+    const CONTROLLER: &'static str;
+    /// The object as the ReplicaSet it is equivalent to (spec, status and metadata).
+    fn view(&self) -> Cow<'_, ReplicaSet>;
+    /// Writes a status computed for the ReplicaSet view back into the object.
+    fn set_status(&mut self, status: ReplicaSetStatus);
+}
+
+impl Replicated for ReplicaSet {
+    const CONTROLLER: &'static str = NAME;
+    fn view(&self) -> Cow<'_, ReplicaSet> {
+        Cow::Borrowed(self)
+    }
+    fn set_status(&mut self, status: ReplicaSetStatus) {
+        self.status = Some(status);
+    }
+}
+
+impl Replicated for ReplicationController {
+    const CONTROLLER: &'static str = RC_NAME;
+    fn view(&self) -> Cow<'_, ReplicaSet> {
+        let spec = self.spec.clone().unwrap_or_default();
+        let status = self.status.as_ref().map(|s| ReplicaSetStatus {
+            replicas: s.replicas,
+            fully_labeled_replicas: s.fully_labeled_replicas,
+            ready_replicas: s.ready_replicas,
+            available_replicas: s.available_replicas,
+            observed_generation: s.observed_generation,
+            conditions: s.conditions.as_ref().map(|cs| {
+                cs.iter()
+                    .map(|c| ReplicaSetCondition {
+                        type_: c.type_.clone(),
+                        status: c.status.clone(),
+                        reason: c.reason.clone(),
+                        message: c.message.clone(),
+                        last_transition_time: c.last_transition_time.clone(),
+                    })
+                    .collect()
+            }),
+            terminating_replicas: None,
+        });
+        Cow::Owned(ReplicaSet {
+            metadata: self.metadata.clone(),
+            spec: Some(ReplicaSetSpec {
+                min_ready_seconds: spec.min_ready_seconds,
+                replicas: spec.replicas,
+                // An empty selector selects nothing (the API defaults it from the template).
+                selector: LabelSelector {
+                    match_labels: spec.selector.filter(|s| !s.is_empty()),
+                    match_expressions: None,
+                },
+                template: spec.template,
+            }),
+            status,
+        })
+    }
+    fn set_status(&mut self, status: ReplicaSetStatus) {
+        self.status = Some(ReplicationControllerStatus {
+            replicas: status.replicas,
+            fully_labeled_replicas: status.fully_labeled_replicas,
+            ready_replicas: status.ready_replicas,
+            available_replicas: status.available_replicas,
+            observed_generation: status.observed_generation,
+            conditions: status.conditions.map(|cs| {
+                cs.into_iter()
+                    .map(|c| ReplicationControllerCondition {
+                        type_: c.type_,
+                        status: c.status,
+                        reason: c.reason,
+                        message: c.message,
+                        last_transition_time: c.last_transition_time,
+                    })
+                    .collect()
+            }),
+        });
+    }
+}
+
+/// The controller for ReplicaSets (`ReplicaSets<ReplicaSet>`) or ReplicationControllers.
+pub struct ReplicaSets<K: Replicated = ReplicaSet> {
     client: Client,
-    sets: Reader<ReplicaSet>,
+    sets: Reader<K>,
     pods: Reader<Pod>,
     expectations: Expectations,
     queue: Arc<Queue<ObjectRef>>,
 }
 
-impl ReplicaSets {
-    pub fn new(
-        client: &Client,
-        sets: &mut Reflector<ReplicaSet>,
-        pods: &mut Reflector<Pod>,
-    ) -> Arc<Self> {
+impl<K: Replicated> ReplicaSets<K> {
+    pub fn new(client: &Client, sets: &mut Reflector<K>, pods: &mut Reflector<Pod>) -> Arc<Self> {
         let queue = Arc::new(Queue::default());
         sets.on_change(runtime::enqueue_self(&queue));
-        pods.on_change(runtime::enqueue_controller::<Pod, ReplicaSet>(&queue));
+        pods.on_change(runtime::enqueue_controller::<Pod, K>(&queue));
         // An orphan that appears or changes may be adopted by any set that selects it.
         let set_reader = sets.reader();
         let q = queue.clone();
@@ -58,15 +148,16 @@ impl ReplicaSets {
                 return;
             }
             let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
-            for rs in set_reader.in_namespace(ns) {
+            for set in set_reader.in_namespace(ns) {
+                let rs = set.view();
                 let selector = rs.spec.as_ref().map(|s| &s.selector);
                 if selector.is_some_and(|s| selects(s, &pod.metadata.labels)) {
-                    q.add(ObjectRef::of(rs.as_ref()));
+                    q.add(ObjectRef::of(set.as_ref()));
                 }
             }
         });
         Arc::new(Self {
-            client: client.named(NAME),
+            client: client.named(K::CONTROLLER),
             sets: sets.reader(),
             pods: pods.reader(),
             expectations: Expectations::default(),
@@ -80,7 +171,7 @@ impl ReplicaSets {
         self.queue.requeue_active();
         runtime::enqueue_all(&self.queue, &self.sets);
         let me = self.clone();
-        runtime::run(NAME, self.queue.clone(), workers, move |key| {
+        runtime::run(K::CONTROLLER, self.queue.clone(), workers, move |key| {
             let me = me.clone();
             async move { me.reconcile(key).await }
         })
@@ -88,14 +179,15 @@ impl ReplicaSets {
     }
 
     async fn reconcile(&self, key: ObjectRef) -> Result<Action, ApiError> {
-        let Some(rs) = self.sets.get(&key) else {
+        let Some(owner) = self.sets.get(&key) else {
             self.expectations.forget(&key);
             return Ok(Action::await_change());
         };
+        let rs = owner.view();
         // Expectations are checked before the pods are read: a pod that reaches the cache
         // after the snapshot must not count as missing (and be created twice).
         let satisfied = self.expectations.satisfied(&key, &self.pods);
-        let pods = claim(&self.client, rs.as_ref(), &rs_selector(&rs), &self.pods).await?;
+        let pods = claim(&self.client, owner.as_ref(), &rs_selector(&rs), &self.pods).await?;
         let active: Vec<Arc<Pod>> = pods.into_iter().filter(|p| pods::is_active(p)).collect();
         let mut failure = None;
         if rs.metadata.deletion_timestamp.is_none() && satisfied {
@@ -110,7 +202,7 @@ impl ReplicaSets {
                 &self.client,
                 &self.expectations,
                 &key,
-                rs.as_ref(),
+                owner.as_ref(),
                 template.as_ref(),
                 &active,
                 desired,
@@ -123,14 +215,15 @@ impl ReplicaSets {
         if rs.status.as_ref() != Some(&status) {
             let generation = rs.metadata.generation;
             self.client
-                .modify::<ReplicaSet>(key.ns(), &key.name, Part::Status, |cur| {
+                .modify::<K>(key.ns(), &key.name, Part::Status, |cur| {
                     let mut st = status.clone();
                     st.observed_generation = generation;
-                    keep_transition_times(cur.status.as_ref(), &mut st);
-                    if cur.status.as_ref() == Some(&st) {
+                    let old = cur.view().status.clone();
+                    keep_transition_times(old.as_ref(), &mut st);
+                    if old.as_ref() == Some(&st) {
                         return false;
                     }
-                    cur.status = Some(st);
+                    cur.set_status(st);
                     true
                 })
                 .await?;
@@ -146,7 +239,7 @@ impl ReplicaSets {
     }
 }
 
-fn rs_selector(rs: &ReplicaSet) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+fn rs_selector(rs: &ReplicaSet) -> LabelSelector {
     rs.spec
         .as_ref()
         .map(|s| s.selector.clone())
@@ -178,11 +271,11 @@ pub fn pod_from_template<O: Object>(
 }
 
 /// Creates or deletes pods to reach `desired`; returns the reason and message of a failure.
-async fn manage(
+async fn manage<K: Object>(
     client: &Client,
     expectations: &Expectations,
     key: &ObjectRef,
-    rs: &ReplicaSet,
+    rs: &K,
     template: Option<&PodTemplateSpec>,
     active: &[Arc<Pod>],
     desired: usize,

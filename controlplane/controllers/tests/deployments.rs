@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Duration;
 
-use common::{Cluster, cluster, eventually};
+use common::{Cluster, cluster, eventually, pods};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Event, Pod};
 use serde_json::json;
@@ -58,25 +58,6 @@ async fn sets(c: &Cluster, name: &str) -> Vec<ReplicaSet> {
     });
     all.sort_by_key(strake_controllers::deployment::revision);
     all
-}
-
-async fn pods(c: &Cluster, app: &str) -> Vec<Pod> {
-    let (all, _): (Vec<Pod>, _) = c
-        .client
-        .list(Some("default"), &Filter::default())
-        .await
-        .expect("pods");
-    all.into_iter()
-        .filter(|p| {
-            p.metadata.deletion_timestamp.is_none()
-                && p.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get("app"))
-                    .map(String::as_str)
-                    == Some(app)
-        })
-        .collect()
 }
 
 fn image(p: &Pod) -> String {

@@ -82,6 +82,7 @@ fn heartbeats(c: &Cluster, name: &'static str, alive: Arc<AtomicBool>) {
     let c = Cluster {
         reg: c.reg.clone(),
         client: c.client.named("kubelet"),
+        metrics: c.metrics.clone(),
     };
     tokio::spawn(async move {
         loop {

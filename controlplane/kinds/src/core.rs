@@ -1155,6 +1155,96 @@ impl Kind for Event {
 }
 
 impl Kind for ResourceQuota {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        let spec = self.spec.clone().unwrap_or_default();
+        let mut scopes: Vec<(String, String)> = spec
+            .scopes
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, s)| (format!("spec.scopes[{i}]"), s.clone()))
+            .collect();
+        for (i, r) in spec
+            .scope_selector
+            .iter()
+            .flat_map(|s| s.match_expressions.iter().flatten())
+            .enumerate()
+        {
+            let path = format!("spec.scopeSelector.matchExpressions[{i}]");
+            scopes.push((format!("{path}.scopeName"), r.scope_name.clone()));
+            let values = r.values.as_ref().is_some_and(|v| !v.is_empty());
+            match r.operator.as_str() {
+                "In" | "NotIn" if r.scope_name != "PriorityClass" => errs.push(
+                    FieldError::invalid(
+                        format!("{path}.operator"),
+                        format!(
+                            "Invalid value: {:?}: must be 'Exist' when scope is any of ResourceQuotaScopeTerminating, ResourceQuotaScopeNotTerminating, ResourceQuotaScopeBestEffort, ResourceQuotaScopeNotBestEffort or ResourceQuotaScopeCrossNamespacePodAffinity",
+                            r.operator
+                        ),
+                    ),
+                ),
+                "In" | "NotIn" if !values => errs.push(FieldError::required(format!(
+                    "{path}.values"
+                ))
+                .with_message("must be at least one value when `operator` is 'In' or 'NotIn' for scope selector")),
+                "Exists" | "DoesNotExist" if values => errs.push(FieldError::invalid(
+                    format!("{path}.values"),
+                    "must be no value when `operator` is 'Exist' or 'DoesNotExist' for scope selector",
+                )),
+                "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
+                other => errs.push(FieldError::not_supported(
+                    format!("{path}.operator"),
+                    other,
+                    &["DoesNotExist", "Exists", "In", "NotIn"],
+                )),
+            }
+        }
+        for (path, scope) in &scopes {
+            if !strake_quota::SCOPES.contains(&scope.as_str()) {
+                errs.push(FieldError::not_supported(
+                    path.clone(),
+                    scope,
+                    strake_quota::SCOPES,
+                ));
+            }
+        }
+        let has = |s: &str| scopes.iter().any(|(_, x)| x == s);
+        for (a, b) in [
+            ("Terminating", "NotTerminating"),
+            ("BestEffort", "NotBestEffort"),
+        ] {
+            if has(a) && has(b) {
+                errs.push(FieldError::invalid(
+                    "spec.scopes",
+                    format!("Invalid value: [{a:?}, {b:?}]: conflicting scopes"),
+                ));
+            }
+        }
+        for (name, q) in spec.hard.iter().flatten() {
+            let path = format!("spec.hard[{name}]");
+            let negative = q.0.trim_start().starts_with('-');
+            match strake_quota::parse(q) {
+                _ if negative => errs.push(FieldError::invalid(
+                    path.clone(),
+                    format!("Invalid value: {:?}: must be greater than or equal to 0", q.0),
+                )),
+                None => errs.push(FieldError::invalid(
+                    path.clone(),
+                    format!("Invalid value: {:?}: quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'", q.0),
+                )),
+                Some(_) => {}
+            }
+            let pods_only = has("BestEffort") && name != "pods" && name != "count/pods";
+            if !scopes.is_empty() && (pods_only || !strake_quota::is_pod_resource(name)) {
+                errs.push(FieldError::invalid(
+                    path,
+                    format!("Invalid value: {name:?}: unsupported scope applied to resource"),
+                ));
+            }
+        }
+        errs
+    }
     fn columns() -> Vec<Column> {
         vec![
             name_column(),

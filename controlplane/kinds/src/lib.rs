@@ -11,6 +11,7 @@ pub mod crd;
 pub mod cron;
 pub mod others;
 pub mod pods;
+pub mod scale;
 pub mod typed;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;

@@ -609,6 +609,65 @@ impl Kind for RuntimeClass {
     }
 }
 
+/// The TARGETS column as kubectl prints it: `cpu: 45%/80%`, `memory: 120Mi/200Mi`, with
+/// `<unknown>` for a current value not yet measured.
+fn hpa_targets(h: &HorizontalPodAutoscaler) -> String {
+    let spec = h.spec.clone().unwrap_or_default();
+    let current = h
+        .status
+        .as_ref()
+        .and_then(|s| s.current_metrics.clone())
+        .unwrap_or_default();
+    let mut parts = Vec::new();
+    for m in spec.metrics.iter().flatten() {
+        let (name, container, target) = match (&m.resource, &m.container_resource) {
+            (Some(r), _) => (r.name.clone(), None, r.target.clone()),
+            (None, Some(r)) => (r.name.clone(), Some(r.container.clone()), r.target.clone()),
+            _ => {
+                parts.push(format!("<{} metric>", m.type_));
+                continue;
+            }
+        };
+        let now = current
+            .iter()
+            .find_map(|c| match (&c.resource, &c.container_resource) {
+                (Some(r), _) if container.is_none() && r.name == name => Some(r.current.clone()),
+                (_, Some(r)) if Some(&r.container) == container.as_ref() && r.name == name => {
+                    Some(r.current.clone())
+                }
+                _ => None,
+            });
+        let label = match &container {
+            Some(c) => format!("{name} ({c})"),
+            None => name,
+        };
+        if target.type_ == "Utilization" {
+            let cur = now
+                .and_then(|n| n.average_utilization)
+                .map_or("<unknown>".to_string(), |u| format!("{u}%"));
+            parts.push(format!(
+                "{label}: {cur}/{}%",
+                target.average_utilization.unwrap_or(0)
+            ));
+        } else {
+            let cur = now
+                .and_then(|n| n.average_value.or(n.value))
+                .map_or("<unknown>".to_string(), |q| q.0);
+            let want = target
+                .average_value
+                .or(target.value)
+                .map(|q| q.0)
+                .unwrap_or_default();
+            parts.push(format!("{label}: {cur}/{want}"));
+        }
+    }
+    if parts.is_empty() {
+        "<none>".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
 impl Kind for HorizontalPodAutoscaler {
     fn defaults(&mut self) {
         let spec = self.spec.get_or_insert_default();
@@ -659,7 +718,7 @@ impl Kind for HorizontalPodAutoscaler {
         vec![
             name_cell(&self.metadata),
             json!(r),
-            json!("<unknown>"),
+            json!(hpa_targets(self)),
             json!(spec.min_replicas.unwrap_or(1).to_string()),
             json!(spec.max_replicas),
             json!(

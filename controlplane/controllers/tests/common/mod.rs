@@ -17,7 +17,8 @@ use strake_apimachinery::admission::{
     Chain, DefaultTolerationSeconds, NamespaceLifecycle, Priority,
 };
 use strake_apimachinery::storage::MemoryStore;
-use strake_apimachinery::{DeleteOptions, Part, Registry};
+use strake_apimachinery::{DeleteOptions, Filter, Part, Registry};
+use strake_controllers::autoscaler::StaticMetrics;
 use strake_controllers::cache::Reflector;
 use strake_controllers::{Client, ObjectRef, manager};
 
@@ -27,6 +28,8 @@ pub const TEST_CA: &str = "-----BEGIN CERTIFICATE-----\ntest\n-----END CERTIFICA
 pub struct Cluster {
     pub reg: Registry,
     pub client: Client,
+    /// What the autoscaler reads as pod usage: set by a test.
+    pub metrics: Arc<StaticMetrics>,
 }
 
 pub async fn cluster() -> Cluster {
@@ -45,6 +48,7 @@ pub async fn cluster_with_grace(grace: Duration) -> Cluster {
         ]),
     );
     let client = Client::new(reg.clone(), "test");
+    let metrics = Arc::new(StaticMetrics::default());
     for ns in ["default", "kube-system"] {
         let ns = k8s_openapi::api::core::v1::Namespace {
             metadata: ObjectMeta {
@@ -62,10 +66,15 @@ pub async fn cluster_with_grace(grace: Duration) -> Cluster {
             workers: 2,
             ca_pem: Some(TEST_CA.into()),
             node_monitor_grace: grace,
+            metrics: Some(manager::Metrics(metrics.clone())),
         },
     );
     tokio::spawn(kubelet(client.named("kubelet")));
-    Cluster { reg, client }
+    Cluster {
+        reg,
+        client,
+        metrics,
+    }
 }
 
 fn image_of(p: &Pod) -> String {
@@ -177,4 +186,24 @@ where
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The live (not terminating) pods of `default` labelled `app=<app>`.
+pub async fn pods(c: &Cluster, app: &str) -> Vec<Pod> {
+    let (all, _): (Vec<Pod>, _) = c
+        .client
+        .list(Some("default"), &Filter::default())
+        .await
+        .expect("pods");
+    all.into_iter()
+        .filter(|p| {
+            p.metadata.deletion_timestamp.is_none()
+                && p.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("app"))
+                    .map(String::as_str)
+                    == Some(app)
+        })
+        .collect()
 }
