@@ -221,6 +221,16 @@ fn condition(
     }
 }
 
+/// AbleToScale when the target's scale was read and nothing more is to be said.
+fn got_scale() -> HorizontalPodAutoscalerCondition {
+    condition(
+        "AbleToScale",
+        true,
+        "SucceededGetScale",
+        "the HPA controller was able to get the target's current scale".into(),
+    )
+}
+
 /// Upstream's defaults for a behavior's rules.
 fn rules(spec: Option<&HPAScalingRules>, up: bool) -> HPAScalingRules {
     let policy = |type_: &str, value: i32| HPAScalingPolicy {
@@ -648,12 +658,7 @@ impl Autoscalers {
         if current == 0 && min != 0 {
             // Scaled to zero by hand: autoscaling is off until the target is scaled up.
             status.desired_replicas = 0;
-            conditions.push(condition(
-                "AbleToScale",
-                true,
-                "SucceededGetScale",
-                "the HPA controller was able to get the target's current scale".into(),
-            ));
+            conditions.push(got_scale());
             conditions.push(condition(
                 "ScalingActive",
                 false,
@@ -679,12 +684,7 @@ impl Autoscalers {
                     let message = format!(
                         "the HPA target's scale is missing a selector: {selector:?} cannot be used"
                     );
-                    conditions.push(condition(
-                        "AbleToScale",
-                        true,
-                        "SucceededGetScale",
-                        "the HPA controller was able to get the target's current scale".into(),
-                    ));
+                    conditions.push(got_scale());
                     conditions.push(condition(
                         "ScalingActive",
                         false,
@@ -731,12 +731,7 @@ impl Autoscalers {
                     "FailedGetResourceMetric".into(),
                     "no metrics to scale on".into(),
                 ));
-                conditions.push(condition(
-                    "AbleToScale",
-                    true,
-                    "SucceededGetScale",
-                    "the HPA controller was able to get the target's current scale".into(),
-                ));
+                conditions.push(got_scale());
                 conditions.push(condition(
                     "ScalingActive",
                     false,
@@ -853,12 +848,7 @@ impl Autoscalers {
             }
         }
         if !scaled_by_metrics {
-            conditions.push(condition(
-                "AbleToScale",
-                true,
-                "SucceededGetScale",
-                "the HPA controller was able to get the target's current scale".into(),
-            ));
+            conditions.push(got_scale());
             let (reason, message) = if desired > current {
                 (
                     "TooFewReplicas",

@@ -3,11 +3,13 @@
 //! Services, claims and ConfigMaps come from the shared caches, and a change to any of them
 //! recomputes the quotas of its namespace at once; other counted kinds (`secrets`,
 //! `count/deployments.apps`, a CRD's `count/widgets.example.com`) are counted through the
-//! registry and refreshed every [`RESYNC`], as upstream's full resync does.
+//! registry, kept for [`RESYNC`] (so pod churn does not list them again on every pass) and
+//! recounted after it, as upstream's full resync does, or at once when a quota of their
+//! namespace is edited.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{
     ConfigMap, PersistentVolumeClaim, Pod, ResourceQuota, ResourceQuotaStatus, Service,
@@ -25,6 +27,9 @@ pub const NAME: &str = "resourcequota-controller";
 /// How often a quota that counts kinds without a cache here is recounted.
 pub const RESYNC: Duration = Duration::from_secs(60);
 
+/// Object counts made through the registry: (namespace, group, plural) to when and how many.
+type Counts = HashMap<(String, String, String), (Instant, i64)>;
+
 pub struct Quotas {
     client: Client,
     quotas: Reader<ResourceQuota>,
@@ -32,6 +37,8 @@ pub struct Quotas {
     services: Reader<Service>,
     claims: Reader<PersistentVolumeClaim>,
     configmaps: Reader<ConfigMap>,
+    /// Counts made through the registry, by (namespace, group, plural), with when.
+    counts: Arc<Mutex<Counts>>,
     queue: Arc<Queue<ObjectRef>>,
 }
 
@@ -60,6 +67,19 @@ impl Quotas {
     ) -> Arc<Self> {
         let queue = Arc::new(Queue::default());
         quotas.on_change(runtime::enqueue_self(&queue));
+        // A quota edited by hand (not a status write) recounts its namespace at once.
+        let counts: Arc<Mutex<Counts>> = Arc::default();
+        let stale = counts.clone();
+        quotas.on_change(move |c: &Change<ResourceQuota>| {
+            let status = |q: &Option<Arc<ResourceQuota>>| q.as_ref().map(|q| q.status.clone());
+            if c.old.is_none() || status(&c.old) == status(&c.new) {
+                let ns = c.latest().metadata.namespace.clone().unwrap_or_default();
+                stale
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .retain(|(n, _, _), _| *n != ns);
+            }
+        });
         let reader = quotas.reader();
         pods.on_change(enqueue_namespace(&queue, &reader));
         services.on_change(enqueue_namespace(&queue, &reader));
@@ -72,6 +92,7 @@ impl Quotas {
             services: services.reader(),
             claims: claims.reader(),
             configmaps: configmaps.reader(),
+            counts,
             queue,
         })
     }
@@ -92,8 +113,20 @@ impl Quotas {
         .await
     }
 
-    /// How many objects of `group`/`plural` the namespace holds, through the registry.
+    /// How many objects of `group`/`plural` the namespace holds, through the registry (or as
+    /// counted within the last [`RESYNC`]).
     async fn count(&self, ns: &str, group: &str, plural: &str) -> Result<Option<i64>, ApiError> {
+        let key = (ns.to_string(), group.to_string(), plural.to_string());
+        let cached = self
+            .counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .filter(|(at, _)| at.elapsed() < RESYNC)
+            .map(|(_, n)| *n);
+        if cached.is_some() {
+            return Ok(cached);
+        }
         let reg = self.client.registry();
         let table = reg.table().snapshot();
         let Some(def) = table
@@ -104,8 +137,16 @@ impl Quotas {
             // Not served (yet): a CRD not created, or a typo upstream also accepts.
             return Ok(None);
         };
-        let list = reg.list(def, Some(ns), &ListOptions::default()).await?;
-        Ok(Some(list.items.len() as i64))
+        let n = reg
+            .list(def, Some(ns), &ListOptions::default())
+            .await?
+            .items
+            .len() as i64;
+        self.counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, (Instant::now(), n));
+        Ok(Some(n))
     }
 
     async fn reconcile(&self, key: ObjectRef) -> Result<Action, ApiError> {
