@@ -65,6 +65,7 @@ pub async fn serve(dir: &Path, opts: ServeOptions) -> anyhow::Result<()> {
                             ca_pem: Some(ca.clone()),
                             node_monitor_grace: opts.node_monitor_grace,
                             metrics: None,
+                            local_path: None,
                         },
                     );
                     println!("STARTED");

@@ -33,6 +33,11 @@ pub struct Args {
     /// How long a node may go without a heartbeat before it is marked unreachable.
     #[arg(long, default_value = "40")]
     node_monitor_grace_seconds: u64,
+    /// Where the built-in local-path provisioner puts volumes on their nodes (each node's
+    /// agent must serve the same directory); "" turns the provisioner and its default
+    /// `local-path` StorageClass off.
+    #[arg(long, default_value = strake_controllers::volumes::LOCAL_PATH_ROOT)]
+    local_path_root: String,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -95,6 +100,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             ca_pem: Some(server.ca_pem().to_string()),
             node_monitor_grace: std::time::Duration::from_secs(args.node_monitor_grace_seconds),
             metrics: None,
+            local_path: (!args.local_path_root.is_empty()).then(|| args.local_path_root.clone()),
         },
     );
     server.serve().await.context("API server")?;

@@ -265,3 +265,129 @@ impl AdmissionPlugin for Priority {
         })
     }
 }
+
+/// The annotation that marks a cluster's default StorageClass.
+pub const DEFAULT_CLASS: &str = "storageclass.kubernetes.io/is-default-class";
+
+/// Upstream's DefaultStorageClass: a new claim that names no class gets the default one (the
+/// newest, when several are marked); with no default it stays classless, and the volume
+/// binder gives it a default that appears later.
+pub struct DefaultStorageClass;
+
+/// The cluster's default StorageClass (the newest of those marked), if any.
+pub async fn default_storage_class(reg: &Registry) -> Result<Option<String>, ApiError> {
+    let table = reg.table().snapshot();
+    let Some(def) = table.lookup("storage.k8s.io", "v1", "storageclasses") else {
+        return Ok(None);
+    };
+    let all = reg
+        .list(def, None, &crate::registry::ListOptions::default())
+        .await?;
+    Ok(all
+        .items
+        .into_iter()
+        .filter(|c| c["metadata"]["annotations"][DEFAULT_CLASS] == "true")
+        .max_by(|a, b| {
+            let created = |c: &Value| {
+                c["metadata"]["creationTimestamp"]
+                    .as_str()
+                    .map(str::to_string)
+            };
+            created(a).cmp(&created(b)).then_with(|| {
+                b["metadata"]["name"]
+                    .as_str()
+                    .cmp(&a["metadata"]["name"].as_str())
+            })
+        })
+        .and_then(|c| c["metadata"]["name"].as_str().map(str::to_string)))
+}
+
+fn is_core(attrs: &Attributes<'_>, plural: &str) -> bool {
+    attrs.def.group.is_empty() && attrs.def.plural == plural && attrs.subresource.is_none()
+}
+
+impl AdmissionPlugin for DefaultStorageClass {
+    fn name(&self) -> &'static str {
+        "DefaultStorageClass"
+    }
+
+    fn admit<'a>(
+        &'a self,
+        reg: &'a Registry,
+        attrs: &'a Attributes<'a>,
+        obj: &'a mut Value,
+    ) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(async move {
+            if attrs.operation != Operation::Create
+                || !is_core(attrs, "persistentvolumeclaims")
+                || !obj["spec"].is_object()
+                || !obj["spec"]["storageClassName"].is_null()
+            {
+                return Ok(());
+            }
+            if let Some(class) = default_storage_class(reg).await? {
+                obj["spec"]["storageClassName"] = class.into();
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The finalizer that keeps a claim while a pod uses it.
+pub const PVC_PROTECTION: &str = "kubernetes.io/pvc-protection";
+/// The finalizer that keeps a volume while a claim is bound to it.
+pub const PV_PROTECTION: &str = "kubernetes.io/pv-protection";
+
+/// Upstream's StorageObjectInUseProtection: new claims and volumes carry the protection
+/// finalizer, which the volume protection controller lifts once nothing uses them.
+pub struct StorageObjectInUseProtection;
+
+impl AdmissionPlugin for StorageObjectInUseProtection {
+    fn name(&self) -> &'static str {
+        "StorageObjectInUseProtection"
+    }
+
+    fn admit<'a>(
+        &'a self,
+        _reg: &'a Registry,
+        attrs: &'a Attributes<'a>,
+        obj: &'a mut Value,
+    ) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(async move {
+            if attrs.operation != Operation::Create {
+                return Ok(());
+            }
+            let finalizer = if is_core(attrs, "persistentvolumeclaims") {
+                PVC_PROTECTION
+            } else if is_core(attrs, "persistentvolumes") {
+                PV_PROTECTION
+            } else {
+                return Ok(());
+            };
+            let meta = &mut obj["metadata"];
+            if !meta["finalizers"].is_array() {
+                meta["finalizers"] = Value::Array(Vec::new());
+            }
+            if let Some(list) = meta["finalizers"].as_array_mut()
+                && !list.iter().any(|f| f == finalizer)
+            {
+                list.push(finalizer.into());
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The plugins a Strake API server runs, in upstream's order; `toleration_seconds` is what
+/// DefaultTolerationSeconds gives pods.
+pub fn standard(toleration_seconds: i64) -> Chain {
+    Chain::new(vec![
+        Box::new(NamespaceLifecycle),
+        Box::new(DefaultStorageClass),
+        Box::new(DefaultTolerationSeconds {
+            seconds: toleration_seconds,
+        }),
+        Box::new(StorageObjectInUseProtection),
+        Box::new(Priority),
+    ])
+}

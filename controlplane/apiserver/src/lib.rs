@@ -138,13 +138,7 @@ impl ApiServer {
             .map_err(|e| ServerError::Client(e.to_string()))?;
         let store: Arc<dyn strake_apimachinery::storage::ObjectStore> =
             Arc::new(strake_apimachinery::storage::RaftStore::new(store));
-        let admission = strake_apimachinery::admission::Chain::new(vec![
-            Box::new(strake_apimachinery::admission::NamespaceLifecycle),
-            Box::new(strake_apimachinery::admission::DefaultTolerationSeconds {
-                seconds: cfg.default_toleration_seconds,
-            }),
-            Box::new(strake_apimachinery::admission::Priority),
-        ]);
+        let admission = strake_apimachinery::admission::standard(cfg.default_toleration_seconds);
         let registry = Registry::new(store, strake_kinds::builtin_table(), admission);
         let app = Arc::new(AppState {
             registry,

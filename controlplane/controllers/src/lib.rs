@@ -29,6 +29,7 @@ pub mod runtime;
 pub mod scheduling;
 pub mod serviceaccount;
 pub mod statefulset;
+pub mod volumes;
 
 pub use api::{Client, Object};
 pub use cache::{ObjectRef, Reader, Reflector};

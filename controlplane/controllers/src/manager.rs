@@ -12,11 +12,12 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Endpoints, Namespace, Node, PersistentVolumeClaim, Pod, ReplicationController,
-    ResourceQuota, Service, ServiceAccount,
+    ConfigMap, Endpoints, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod,
+    ReplicationController, ResourceQuota, Service, ServiceAccount,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::storage::v1::StorageClass;
 use strake_apimachinery::Registry;
 
 use crate::api::Client;
@@ -34,9 +35,10 @@ use crate::namespace::{self, Namespaces};
 use crate::nodelifecycle::{self, NodeLifecycle, TaintEviction};
 use crate::quota::{self, Quotas};
 use crate::replicaset::{self, ReplicaSets};
-use crate::scheduling::Scheduler;
+use crate::scheduling::{self, Scheduler};
 use crate::serviceaccount::{self, ServiceAccounts};
 use crate::statefulset::{self, StatefulSets};
+use crate::volumes::{self, Volumes};
 
 /// The index of pods by the node they are bound to.
 pub const BY_NODE: &str = "node";
@@ -56,6 +58,9 @@ pub struct Options {
     /// Where the autoscaler reads pod usage; None: the resource metrics API
     /// (`metrics.k8s.io`) through the registry.
     pub metrics: Option<Metrics>,
+    /// Where the local-path provisioner puts volumes on nodes; None: no provisioner and no
+    /// `local-path` StorageClass.
+    pub local_path: Option<String>,
 }
 
 /// A metrics source for the autoscaler.
@@ -98,6 +103,8 @@ pub fn start(reg: Registry, opts: Options) {
     let mut revisions = Reflector::<ControllerRevision>::new(reg.clone());
     let mut statefulsets = Reflector::<StatefulSet>::new(reg.clone());
     let mut claims = Reflector::<PersistentVolumeClaim>::new(reg.clone());
+    let mut volumes = Reflector::<PersistentVolume>::new(reg.clone());
+    let mut classes = Reflector::<StorageClass>::new(reg.clone());
     let mut budgets = Reflector::<PodDisruptionBudget>::new(reg.clone());
     let mut quotas = Reflector::<ResourceQuota>::new(reg.clone());
     let mut hpas = Reflector::<HorizontalPodAutoscaler>::new(reg.clone());
@@ -116,6 +123,11 @@ pub fn start(reg: Registry, opts: Options) {
         &mut nodes,
         &mut namespaces,
         &mut budgets,
+        scheduling::Storage {
+            claims: &mut claims,
+            volumes: &mut volumes,
+            classes: &mut classes,
+        },
     );
     let lifecycle = NodeLifecycle::new(
         &client,
@@ -157,6 +169,15 @@ pub fn start(reg: Registry, opts: Options) {
         &mut configmaps,
         opts.ca_pem.clone(),
     );
+    let pvc = Volumes::new(
+        &client,
+        &mut claims,
+        &mut volumes,
+        &mut classes,
+        &mut pods,
+        &nodes.reader(),
+        opts.local_path.clone(),
+    );
     let nsc = Namespaces::new(&client, &mut namespaces, &mut pods);
     let hpac = Autoscalers::new(&client, &mut hpas, &mut pods, metrics);
     let rqc = Quotas::new(
@@ -182,6 +203,8 @@ pub fn start(reg: Registry, opts: Options) {
     tokio::spawn(revisions.run());
     tokio::spawn(statefulsets.run());
     tokio::spawn(claims.run());
+    tokio::spawn(volumes.run());
+    tokio::spawn(classes.run());
     tokio::spawn(budgets.run());
     tokio::spawn(quotas.run());
     tokio::spawn(hpas.run());
@@ -241,6 +264,11 @@ pub fn start(reg: Registry, opts: Options) {
         client.clone(),
         Election::new(daemonset::NAME, &opts.identity),
         move || dsc.clone().run(workers),
+    ));
+    tokio::spawn(leader::run(
+        client.clone(),
+        Election::new(volumes::NAME, &opts.identity),
+        move || pvc.clone().run(workers),
     ));
     tokio::spawn(leader::run(
         client.clone(),

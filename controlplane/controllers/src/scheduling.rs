@@ -15,14 +15,18 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, PodCondition};
+use k8s_openapi::api::core::v1::{
+    Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, PodCondition,
+};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use strake_apimachinery::events::EventType;
 use strake_apimachinery::registry::DeleteOptions;
 use strake_apimachinery::{ApiError, Part};
 use strake_scheduler::labels::Selector;
+use strake_scheduler::volumes::{self, SELECTED_NODE};
 use strake_scheduler::{Budget, Cluster, Decision, PodInfo};
 use tokio::sync::Semaphore;
 
@@ -73,6 +77,34 @@ fn placement_view(n: &Node) -> impl PartialEq + '_ {
             .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
             .map(|c| c.status.as_str()),
     )
+}
+
+/// The caches of the storage objects placement reads.
+pub struct Storage<'a> {
+    pub claims: &'a mut Reflector<PersistentVolumeClaim>,
+    pub volumes: &'a mut Reflector<PersistentVolume>,
+    pub classes: &'a mut Reflector<StorageClass>,
+}
+
+/// The pod's claims that wait for their first consumer and are not bound yet: PreBind names
+/// the chosen node on them.
+fn delayed_claims(pod: &PodInfo, cluster: &Cluster) -> Vec<String> {
+    pod.claims
+        .iter()
+        .filter(|name| {
+            let Some(c) = cluster.storage.claim(&format!("{}/{name}", pod.namespace)) else {
+                return false;
+            };
+            let unbound = c
+                .spec
+                .as_ref()
+                .and_then(|s| s.volume_name.as_deref())
+                .is_none_or(str::is_empty);
+            let class = cluster.storage.class(volumes::claim_class(c));
+            unbound && volumes::delayed(class.map(|c| c.as_ref()))
+        })
+        .cloned()
+        .collect()
 }
 
 fn budget_of(b: &PodDisruptionBudget) -> Budget {
@@ -138,6 +170,7 @@ impl Scheduler {
         nodes: &mut Reflector<Node>,
         namespaces: &mut Reflector<Namespace>,
         budgets: &mut Reflector<PodDisruptionBudget>,
+        storage: Storage<'_>,
     ) -> Arc<Self> {
         let queue: Arc<Queue<ObjectRef>> = Arc::new(Queue::default());
         let waiting: Arc<Mutex<Waiting>> = Arc::default();
@@ -209,6 +242,44 @@ impl Scheduler {
                 }
             });
         }
+        {
+            // Storage changes can make room for a pod waiting on its claims.
+            let (queue, waiting, state) = (queue.clone(), waiting.clone(), state.clone());
+            storage
+                .claims
+                .on_change(move |c: &Change<PersistentVolumeClaim>| {
+                    let key = pod_key(&ObjectRef::of(c.latest().as_ref()));
+                    match &c.new {
+                        Some(v) => lock(&state).cluster.storage.set_claim(v.clone()),
+                        None => lock(&state).cluster.storage.remove_claim(&key),
+                    }
+                    flush(&queue, &waiting);
+                });
+        }
+        {
+            let (queue, waiting, state) = (queue.clone(), waiting.clone(), state.clone());
+            storage
+                .volumes
+                .on_change(move |c: &Change<PersistentVolume>| {
+                    let name = c.latest().metadata.name.clone().unwrap_or_default();
+                    match &c.new {
+                        Some(v) => lock(&state).cluster.storage.set_volume(v.clone()),
+                        None => lock(&state).cluster.storage.remove_volume(&name),
+                    }
+                    flush(&queue, &waiting);
+                });
+        }
+        {
+            let (queue, waiting, state) = (queue.clone(), waiting.clone(), state.clone());
+            storage.classes.on_change(move |c: &Change<StorageClass>| {
+                let name = c.latest().metadata.name.clone().unwrap_or_default();
+                match &c.new {
+                    Some(v) => lock(&state).cluster.storage.set_class(v.clone()),
+                    None => lock(&state).cluster.storage.remove_class(&name),
+                }
+                flush(&queue, &waiting);
+            });
+        }
         Arc::new(Self {
             client: client.named(NAME),
             pods: pods.reader(),
@@ -267,8 +338,9 @@ impl Scheduler {
             if let Decision::Bind(node) = &d {
                 cluster.assume(&info, node);
             }
-            d
+            (d, delayed_claims(&info, cluster))
         };
+        let (decision, delayed) = decision;
         match decision {
             Decision::Bind(node) => {
                 // Wait for a binder slot here, so a burst queues in the work queue.
@@ -280,7 +352,7 @@ impl Scheduler {
                     .map_err(|e| ApiError::Internal(e.to_string()))?;
                 let me = self.clone();
                 tokio::spawn(async move {
-                    me.bind(key, pod, node).await;
+                    me.bind(key, pod, node, delayed).await;
                     drop(permit);
                 });
             }
@@ -304,9 +376,41 @@ impl Scheduler {
         Ok(Action::await_change())
     }
 
-    async fn bind(&self, key: ObjectRef, pod: Arc<Pod>, node: String) {
+    /// PreBind (the claims that wait for this pod learn its node, so their volumes are bound
+    /// or provisioned there), then the binding.
+    async fn bind(&self, key: ObjectRef, pod: Arc<Pod>, node: String, delayed: Vec<String>) {
         let ns = key.namespace.clone().unwrap_or_default();
-        match strake_kinds::pods::bind(self.client.registry(), &ns, &key.name, &node, false).await {
+        let mut selected = Ok(());
+        for claim in &delayed {
+            let res = self
+                .client
+                .modify::<PersistentVolumeClaim>(Some(&ns), claim, Part::Main, |c| {
+                    let a = c.metadata.annotations.get_or_insert_default();
+                    if a.get(SELECTED_NODE) == Some(&node) {
+                        return false;
+                    }
+                    a.insert(SELECTED_NODE.into(), node.clone());
+                    true
+                })
+                .await;
+            if let Err(e) = res {
+                // A claim gone is no reason to forget the pod: it waits for it again.
+                selected = Err(match e {
+                    ApiError::NotFound { .. } => {
+                        ApiError::Internal(format!("persistentvolumeclaim \"{claim}\" went away"))
+                    }
+                    e => e,
+                });
+                break;
+            }
+        }
+        let bound = match selected {
+            Ok(()) => {
+                strake_kinds::pods::bind(self.client.registry(), &ns, &key.name, &node, false).await
+            }
+            Err(e) => Err(e),
+        };
+        match bound {
             Ok(()) => {
                 tracing::debug!(pod = %key, %node, "scheduled");
                 let message = format!("Successfully assigned {key} to {node}");

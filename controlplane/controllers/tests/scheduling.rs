@@ -8,30 +8,16 @@ mod common;
 use std::time::Duration;
 
 use common::{Cluster, cluster, eventually};
-use k8s_openapi::api::core::v1::{Event, Node, Pod};
+use k8s_openapi::api::core::v1::{Event, Pod};
 use serde_json::json;
-use strake_apimachinery::{DeleteOptions, Filter, Part};
+use strake_apimachinery::{DeleteOptions, Filter};
 
 const WAIT: Duration = Duration::from_secs(20);
 /// Upstream's words for a pod of priority 0 that fits nowhere among pods of its priority.
 const UNSCHEDULABLE: &str = "0/2 nodes are available: 2 Insufficient cpu. preemption: 0/2 nodes are available: 2 No preemption victims found for incoming pod.";
 
 async fn node(c: &Cluster, name: &str, cpu: &str) {
-    let n: Node = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-    c.client.create(None, &n).await.unwrap();
-    let status: k8s_openapi::api::core::v1::NodeStatus = serde_json::from_value(json!({
-        "allocatable": {"cpu": cpu, "memory": "8Gi", "pods": "110"},
-        "capacity": {"cpu": cpu, "memory": "8Gi", "pods": "110"},
-        "conditions": [{"type": "Ready", "status": "True"}]
-    }))
-    .unwrap();
-    c.client
-        .modify::<Node>(None, name, Part::Status, |n| {
-            n.status = Some(status.clone());
-            true
-        })
-        .await
-        .unwrap();
+    common::ready_node(c, name, cpu).await;
 }
 
 async fn pod(c: &Cluster, name: &str, cpu: &str, scheduler: Option<&str>) {

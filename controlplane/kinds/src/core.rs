@@ -1457,6 +1457,15 @@ impl Kind for PersistentVolumeClaim {
             s.volume_attributes_class_name = None;
             s
         };
+        // A claim without a class may be given one (the default class, retroactively).
+        let mut old = old.clone();
+        if let (Some(o), Some(n)) = (old.spec.as_mut(), self.spec.as_ref())
+            && o.storage_class_name.is_none()
+            && o.volume_name.as_deref().is_none_or(str::is_empty)
+        {
+            o.storage_class_name = n.storage_class_name.clone();
+        }
+        let old = &old;
         if strip(self) != strip(old) {
             errs.push(FieldError::forbidden("spec", "spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims"));
         }

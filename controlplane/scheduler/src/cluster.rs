@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 use crate::labels::Selector;
 use crate::podinfo::{HostPort, PodInfo};
 use crate::resources::{Resources, allocatable};
+use crate::volumes::Storage;
 
 /// The taint upstream's node lifecycle puts on a node that is not ready; the scheduler reads a
 /// node whose Ready condition is not True as carrying it, so tolerating pods still land.
@@ -202,6 +203,8 @@ pub struct Cluster {
     image_nodes: HashMap<String, usize>,
     pub namespaces: HashMap<String, BTreeMap<String, String>>,
     budgets: HashMap<String, Budget>,
+    /// Claims, volumes and classes.
+    pub storage: Storage,
 }
 
 /// Does this pod hold resources on a node?

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use crate::cluster::{Cluster, NodeInfo};
-use crate::plugins::{fit, images, interpod, node, spread};
+use crate::plugins::{fit, images, interpod, node, spread, volumes};
 use crate::podinfo::PodInfo;
 use crate::preemption;
 
@@ -66,6 +66,7 @@ pub struct Cycle<'a> {
     pub cluster: &'a Cluster,
     pub interpod: interpod::State,
     pub spread: spread::State,
+    pub volumes: volumes::State,
 }
 
 impl<'a> Cycle<'a> {
@@ -74,6 +75,7 @@ impl<'a> Cycle<'a> {
         Self {
             interpod: interpod::State::new(pod, cluster, exclude),
             spread: spread::State::new(pod, cluster, exclude),
+            volumes: volumes::State::new(pod, cluster),
             pod,
             cluster,
         }
@@ -87,6 +89,7 @@ impl<'a> Cycle<'a> {
         node::affinity(self.pod, n)?;
         fit::ports(self.pod, n, self.cluster)?;
         fit::resources(self.pod, n, self.cluster)?;
+        self.volumes.filter(n, self.cluster)?;
         self.interpod.filter(self.pod, n)?;
         self.spread.filter(n)?;
         Ok(())

@@ -1,7 +1,7 @@
 //! Pod placement as pure functions over a snapshot of the cluster, in upstream's framework
 //! shape: a `Cluster` kept up to date incrementally (nodes with their placed pods, summed
 //! requests and ports, nominated pods, budgets), filter and score plugins
-//! (`plugins::{node, fit, interpod, spread, images}`), and preemption. No I/O here: the
+//! (`plugins::{node, fit, interpod, spread, images, volumes}`), and preemption. No I/O here: the
 //! control plane feeds the snapshot from its caches and writes bindings and evictions.
 
 pub mod cluster;
@@ -12,6 +12,7 @@ pub mod podinfo;
 pub mod preemption;
 mod quantity;
 pub mod resources;
+pub mod volumes;
 
 pub use cluster::{Budget, Cluster, NodeInfo};
 pub use framework::{Decision, Scheduler};

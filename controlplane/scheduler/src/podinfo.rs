@@ -110,6 +110,8 @@ pub struct PodInfo {
     pub controller: Option<String>,
     pub node: Option<String>,
     pub terminating: bool,
+    /// The claims its volumes use (by name, in its namespace).
+    pub claims: Vec<String>,
 }
 
 impl PodInfo {
@@ -204,6 +206,7 @@ impl PodInfo {
                 .and_then(|s| s.node_name.clone())
                 .filter(|n| !n.is_empty()),
             terminating: pod.metadata.deletion_timestamp.is_some(),
+            claims: crate::volumes::pod_claims(&pod),
             pod,
         }
     }

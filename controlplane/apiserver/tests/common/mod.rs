@@ -48,8 +48,10 @@ pub async fn start_with(housekeeping: Housekeeping) -> Loopback {
         .with_housekeeping(housekeeping);
     server.ensure_defaults().await.unwrap();
     let registry = server.registry();
-    // The namespace controller, as the controller manager runs it beside the API server.
+    // The namespace and volume controllers, as the controller manager runs them beside the
+    // API server (deletions wait for them).
     strake_controllers::namespace::start_standalone(registry.clone());
+    strake_controllers::volumes::start_standalone(registry.clone());
     tokio::spawn(server.serve_on(listener));
     let base = format!("https://{addr}");
     let creds = strake_kubeclient::bootstrap(&base, &token, "/strake/v1/kubeconfig", &json!({}))

@@ -13,9 +13,6 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use strake_apimachinery::admission::{
-    Chain, DefaultTolerationSeconds, NamespaceLifecycle, Priority,
-};
 use strake_apimachinery::storage::MemoryStore;
 use strake_apimachinery::{DeleteOptions, Filter, Part, Registry};
 use strake_controllers::autoscaler::StaticMetrics;
@@ -41,11 +38,7 @@ pub async fn cluster_with_grace(grace: Duration) -> Cluster {
     let reg = Registry::new(
         Arc::new(MemoryStore::new()),
         strake_kinds::builtin_table(),
-        Chain::new(vec![
-            Box::new(NamespaceLifecycle),
-            Box::new(DefaultTolerationSeconds { seconds: 1 }),
-            Box::new(Priority),
-        ]),
+        strake_apimachinery::admission::standard(1),
     );
     let client = Client::new(reg.clone(), "test");
     let metrics = Arc::new(StaticMetrics::default());
@@ -67,6 +60,7 @@ pub async fn cluster_with_grace(grace: Duration) -> Cluster {
             ca_pem: Some(TEST_CA.into()),
             node_monitor_grace: grace,
             metrics: Some(manager::Metrics(metrics.clone())),
+            local_path: Some("/var/lib/strake/local-path".into()),
         },
     );
     tokio::spawn(kubelet(client.named("kubelet")));
@@ -168,6 +162,29 @@ async fn kubelet(client: Client) {
             })
             .await;
     }
+}
+
+/// A Ready node with `cpu` and 8Gi allocatable, labelled with its hostname.
+pub async fn ready_node(c: &Cluster, name: &str, cpu: &str) {
+    let n: k8s_openapi::api::core::v1::Node = serde_json::from_value(serde_json::json!(
+        {"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}}}
+    ))
+    .expect("node");
+    c.client.create(None, &n).await.expect("creating a node");
+    let status: k8s_openapi::api::core::v1::NodeStatus =
+        serde_json::from_value(serde_json::json!({
+            "allocatable": {"cpu": cpu, "memory": "8Gi", "pods": "110"},
+            "capacity": {"cpu": cpu, "memory": "8Gi", "pods": "110"},
+            "conditions": [{"type": "Ready", "status": "True"}]
+        }))
+        .expect("node status");
+    c.client
+        .modify::<k8s_openapi::api::core::v1::Node>(None, name, Part::Status, |n| {
+            n.status = Some(status.clone());
+            true
+        })
+        .await
+        .expect("node status");
 }
 
 /// Polls `f` every 20 ms until it gives a value; panics naming `what` after `within`.

@@ -6,6 +6,7 @@ pub mod images;
 pub mod interpod;
 pub mod node;
 pub mod spread;
+pub mod volumes;
 
 #[cfg(test)]
 pub(crate) mod testing;
