@@ -418,6 +418,7 @@ fn drive(
 
     api_machinery_scenarios(&kubeconfig, dir, registry)?;
     rollout_scenarios(&kubeconfig, dir, registry)?;
+    volume_scenarios(&kubeconfig, dir, registry)?;
 
     // The node is still healthy after all that.
     let nodes = kubectl_ok(&kubeconfig, &["get", "nodes"])?;
@@ -1191,5 +1192,100 @@ fn rollout_scenarios(
     println!(
         "controller scenarios: node lease, default service account and root CA, rollout status, history, undo, pause, resume, restart, scale, wait, cascade, jobs, cronjob, daemonset and taints, statefulset scaling, drain against a disruption budget: ok"
     );
+    Ok(())
+}
+
+/// Volumes on a real node: the default local-path class provisions a claim where its first
+/// consumer runs; the pod writes to it and reads a ConfigMap, a Secret (by item), the
+/// downward API and a memory emptyDir; a second pod on the same claim sees the data; deleting
+/// the claim removes the volume and its directory (the agent lifts the cleanup finalizer).
+fn volume_scenarios(
+    kubeconfig: &std::path::Path,
+    dir: &std::path::Path,
+    registry: &str,
+) -> anyhow::Result<()> {
+    let k = |args: &[&str]| -> anyhow::Result<String> {
+        let mut a = vec!["-n", "default"];
+        a.extend(args);
+        kubectl_ok(kubeconfig, &a)
+    };
+    let class = k(&["get", "storageclass"])?;
+    ensure!(
+        class.contains("local-path (default)") && class.contains("WaitForFirstConsumer"),
+        "storage classes: {class}"
+    );
+    let pod = |name: &str, script: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels:\n    tier: store\nspec:\n  terminationGracePeriodSeconds: 0\n  restartPolicy: Never\n  containers:\n  - name: main\n    image: {registry}/e2e/busybox:1\n    command: [\"sh\", \"-c\", \"{script}\"]\n    volumeMounts:\n    - {{name: data, mountPath: /data}}\n    - {{name: cfg, mountPath: /etc/cfg}}\n    - {{name: sec, mountPath: /etc/sec, readOnly: true}}\n    - {{name: info, mountPath: /etc/info}}\n    - {{name: scratch, mountPath: /scratch}}\n  volumes:\n  - {{name: data, persistentVolumeClaim: {{claimName: store}}}}\n  - {{name: cfg, configMap: {{name: vol-settings}}}}\n  - {{name: sec, secret: {{secretName: vol-creds, items: [{{key: password, path: pw/file}}]}}}}\n  - {{name: info, downwardAPI: {{items: [{{path: labels, fieldRef: {{fieldPath: metadata.labels}}}}]}}}}\n  - {{name: scratch, emptyDir: {{medium: Memory, sizeLimit: 16Mi}}}}\n"
+        )
+    };
+    let manifest = dir.join("volumes.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: vol-settings\ndata:\n  mode: fast\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: vol-creds\nstringData:\n  password: hunter2\n---\napiVersion: v1\nkind: PersistentVolumeClaim\nmetadata:\n  name: store\nspec:\n  accessModes: [ReadWriteOnce]\n  resources:\n    requests:\n      storage: 1Gi\n---\n{}",
+            pod(
+                "writer",
+                "echo persisted > /data/file; cat /etc/cfg/mode /etc/sec/pw/file /etc/info/labels; mount | grep -c ' /scratch type tmpfs'; touch /etc/sec/x 2>/dev/null || echo read-only",
+            )
+        ),
+    )?;
+    k(&["apply", "-f", manifest.to_str().unwrap_or_default()])?;
+    let logs = poll("the writer's output", Duration::from_secs(180), || {
+        let phase = k(&["get", "pod", "writer", "-o", "jsonpath={.status.phase}"]).ok()?;
+        (phase == "Succeeded").then(|| k(&["logs", "writer"]).ok())?
+    })?;
+    ensure!(
+        logs.contains("fast")
+            && logs.contains("hunter2")
+            && logs.contains("tier=\"store\"")
+            && logs.contains("read-only")
+            && logs.lines().any(|l| l.trim() == "1"),
+        "the writer saw its volumes wrongly: {logs}"
+    );
+    let claim = k(&[
+        "get",
+        "pvc",
+        "store",
+        "-o",
+        "jsonpath={.status.phase} {.spec.storageClassName} {.spec.volumeName}",
+    ])?;
+    let fields: Vec<&str> = claim.split_whitespace().collect();
+    ensure!(
+        fields.len() == 3 && fields[0] == "Bound" && fields[1] == "local-path",
+        "claim: {claim}"
+    );
+    let volume = fields[2].to_string();
+    let pv = k(&[
+        "get",
+        "pv",
+        &volume,
+        "-o",
+        "jsonpath={.spec.hostPath.path} {.spec.persistentVolumeReclaimPolicy}",
+    ])?;
+    ensure!(
+        pv.starts_with("/var/lib/strake/local-path/pvc-") && pv.ends_with(" Delete"),
+        "volume: {pv}"
+    );
+    std::fs::write(&manifest, pod("reader", "cat /data/file"))?;
+    k(&["apply", "-f", manifest.to_str().unwrap_or_default()])?;
+    let logs = poll("the reader's output", Duration::from_secs(120), || {
+        let phase = k(&["get", "pod", "reader", "-o", "jsonpath={.status.phase}"]).ok()?;
+        (phase == "Succeeded").then(|| k(&["logs", "reader"]).ok())?
+    })?;
+    ensure!(logs.trim() == "persisted", "the reader saw: {logs}");
+    k(&[
+        "delete",
+        "pod",
+        "writer",
+        "reader",
+        "--wait=true",
+        "--timeout=60s",
+    ])?;
+    k(&["delete", "pvc", "store", "--wait=true", "--timeout=60s"])?;
+    poll("the volume removed", Duration::from_secs(60), || {
+        let out = kubectl(kubeconfig, &["get", "pv", &volume]).ok()?;
+        (!out.status.success()).then_some(())
+    })?;
     Ok(())
 }

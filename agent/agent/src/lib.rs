@@ -3,10 +3,12 @@
 //! and serves container logs to the API server. Must not make mount or container syscalls itself:
 //! those belong to `strake-runtime`.
 
+mod localpath;
 mod logs;
 mod node;
 mod pods;
 mod status;
+mod volumes;
 mod worker;
 
 use std::net::IpAddr;
@@ -60,6 +62,9 @@ pub struct AgentConfig {
     pub shim_exe: PathBuf,
     /// Extra node labels (e.g. the control-plane role).
     pub labels: Vec<(String, String)>,
+    /// Where local-path volumes live on this node; only directories under it are removed
+    /// when their volume is deleted.
+    pub local_path_root: PathBuf,
 }
 
 /// Everything the pod workers share.
@@ -139,6 +144,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     worker::sweep_leftovers(&shared).await;
     node::register(&shared).await?;
     tokio::spawn(node::heartbeat(shared.clone()));
+    tokio::spawn(localpath::run(shared.clone()));
     let log_server = logs::serve(shared.clone(), &creds);
     let pods = pods::run(shared.clone());
     tokio::select! {

@@ -6,14 +6,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, Pod, ResourceFieldSelector};
 use serde_json::json;
 use strake_oci::{ImageRef, PulledImage};
-use strake_runtime::{BindMount, ContainerSpec, NetworkMode};
+use strake_runtime::{ContainerSpec, NetworkMode};
 use tokio::sync::{Notify, watch};
 
 use crate::Shared;
 use crate::status::{ContainerRecord, State, Terminated, pod_status};
+use crate::volumes::{self, Prepared};
 
 const BACKOFF_START: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -57,6 +58,9 @@ pub async fn sweep_leftovers(shared: &Shared) {
     let pods = shared.cfg.data_dir.join("pods");
     for rootfs in glob3(&pods) {
         let _ = strake_runtime::unmount(&rootfs);
+    }
+    for pod in std::fs::read_dir(&pods).into_iter().flatten().flatten() {
+        volumes::release(&pod.path());
     }
     let _ = std::fs::remove_dir_all(&pods);
 }
@@ -129,18 +133,13 @@ impl PodWorker {
             }
             dirty.notify_one();
         } else {
-            for (i, c) in spec.containers.iter().enumerate() {
-                let ctx = ContainerCtx {
-                    shared: self.shared.clone(),
-                    pod: self.pod.clone(),
-                    container: c.clone(),
-                    index: i,
-                    records: records.clone(),
-                    dirty: dirty.clone(),
-                    stop: stop_rx.clone(),
-                };
-                tasks.push(tokio::spawn(ctx.run()));
-            }
+            tasks.push(tokio::spawn(start_containers(
+                self.shared.clone(),
+                self.pod.clone(),
+                records.clone(),
+                dirty.clone(),
+                stop_rx.clone(),
+            )));
         }
         tracing::info!(pod = %format!("{ns}/{name}"), %uid, "pod worker started");
 
@@ -174,6 +173,7 @@ impl PodWorker {
         // Give the status writer a moment to publish the final state, then stop it.
         tokio::time::sleep(Duration::from_millis(50)).await;
         status_task.abort();
+        volumes::release(&pod_dir(&self.shared, &uid));
         if let Err(e) = strake_runtime::remove_cgroup(&pod_cgroup(&uid)) {
             tracing::warn!(pod = %format!("{ns}/{name}"), error = %e, "removing the pod cgroup failed");
         }
@@ -191,6 +191,63 @@ impl PodWorker {
                 tracing::warn!(pod = %format!("{ns}/{name}"), error = %e, "final delete failed")
             }
         }
+    }
+}
+
+/// Sets the pod's volumes up (retrying, with the reason in each container's waiting state,
+/// until they are ready or the pod stops), then runs its containers until they end.
+async fn start_containers(
+    shared: Arc<Shared>,
+    pod: Pod,
+    records: Records,
+    dirty: Arc<Notify>,
+    mut stop: watch::Receiver<Option<Duration>>,
+) {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let dir = pod_dir(&shared, &uid);
+    let mut delay = Duration::from_millis(500);
+    let prepared = loop {
+        match volumes::prepare(&shared, &pod, &dir).await {
+            Ok(v) => break v,
+            Err(e) => {
+                tracing::info!(pod = %uid, error = %e, "volumes not ready");
+                volumes::release(&dir);
+                {
+                    let mut r = records.lock().unwrap_or_else(|e| e.into_inner());
+                    for rec in r.iter_mut() {
+                        rec.state = State::Waiting {
+                            reason: "ContainerCreating".into(),
+                            message: Some(e.to_string()),
+                        };
+                    }
+                }
+                dirty.notify_one();
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = wait_stop(&mut stop) => return,
+                }
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    };
+    let prepared = Arc::new(prepared);
+    let spec = pod.spec.clone().unwrap_or_default();
+    let mut tasks = Vec::new();
+    for (i, c) in spec.containers.iter().enumerate() {
+        let ctx = ContainerCtx {
+            shared: shared.clone(),
+            pod: pod.clone(),
+            container: c.clone(),
+            index: i,
+            records: records.clone(),
+            dirty: dirty.clone(),
+            stop: stop.clone(),
+            volumes: prepared.clone(),
+        };
+        tasks.push(tokio::spawn(ctx.run()));
+    }
+    for t in tasks {
+        let _ = t.await;
     }
 }
 
@@ -253,6 +310,7 @@ struct ContainerCtx {
     records: Records,
     dirty: Arc<Notify>,
     stop: watch::Receiver<Option<Duration>>,
+    volumes: Arc<Prepared>,
 }
 
 enum Outcome {
@@ -496,7 +554,12 @@ impl ContainerCtx {
             &rootfs,
             logs.join(format!("{attempt}.log")),
             &self.shared.cfg.node_ip.to_string(),
-        ) {
+        )
+        .and_then(|mut s| {
+            let list = self.container.volume_mounts.as_deref().unwrap_or_default();
+            s.mounts = volumes::mounts(&self.volumes, list)?;
+            Ok(s)
+        }) {
             Ok(s) => s,
             Err(msg) => {
                 let _ = strake_runtime::unmount(&rootfs);
@@ -595,6 +658,13 @@ pub fn container_spec(
     for e in c.env.iter().flatten() {
         let value = match (&e.value, &e.value_from) {
             (Some(v), _) => v.clone(),
+            (None, Some(from)) if from.resource_field_ref.is_some() => {
+                let mut r = from.resource_field_ref.clone().unwrap_or_default();
+                if r.container_name.as_deref().is_none_or(str::is_empty) {
+                    r.container_name = Some(c.name.clone());
+                }
+                resource_field(pod, &r).map_err(|err| format!("env {}: {err}", e.name))?
+            }
             (None, Some(from)) => match from.field_ref.as_ref().map(|f| f.field_path.as_str()) {
                 Some("metadata.name") => meta.name.clone().unwrap_or_default(),
                 Some("metadata.namespace") => meta.namespace.clone().unwrap_or_default(),
@@ -695,6 +765,73 @@ pub fn container_spec(
         readonly_rootfs: sc
             .and_then(|s| s.read_only_root_filesystem)
             .unwrap_or(false),
-        mounts: Vec::<BindMount>::new(),
+        mounts: Vec::new(),
     })
+}
+
+/// A container resource as the downward API gives it: limits or requests of cpu (whole
+/// units of the divisor, rounded up; default 1 core), memory or ephemeral-storage (units of
+/// the divisor, default bytes). An unset limit reads as the request, else 0.
+pub fn resource_field(pod: &Pod, r: &ResourceFieldSelector) -> Result<String, String> {
+    let spec = pod.spec.as_ref();
+    let containers = spec.map(|s| s.containers.as_slice()).unwrap_or_default();
+    let c = match r.container_name.as_deref().filter(|n| !n.is_empty()) {
+        Some(n) => containers.iter().find(|c| c.name == n),
+        None => containers.first(),
+    }
+    .ok_or_else(|| format!("resourceFieldRef: no container {:?}", r.container_name))?;
+    let (which, name) = r
+        .resource
+        .split_once('.')
+        .ok_or_else(|| format!("resourceFieldRef: unsupported resource {:?}", r.resource))?;
+    let res = c.resources.as_ref();
+    let requests = res.and_then(|r| r.requests.as_ref());
+    let limits = res.and_then(|r| r.limits.as_ref());
+    let q = match which {
+        "limits" => limits
+            .and_then(|l| l.get(name))
+            .or(requests.and_then(|l| l.get(name))),
+        "requests" => requests.and_then(|l| l.get(name)),
+        _ => {
+            return Err(format!(
+                "resourceFieldRef: unsupported resource {:?}",
+                r.resource
+            ));
+        }
+    };
+    let divisor = r.divisor.as_ref().map(|d| d.0.as_str());
+    match name {
+        "cpu" => {
+            let m = q
+                .map(|q| strake_scheduler::parse_cpu_millis(&q.0))
+                .transpose()
+                .map_err(|e| e.to_string())?
+                .unwrap_or(0);
+            let d = divisor
+                .map(strake_scheduler::parse_cpu_millis)
+                .transpose()
+                .map_err(|e| e.to_string())?
+                .unwrap_or(1000)
+                .max(1);
+            Ok(((m + d - 1) / d).to_string())
+        }
+        "memory" | "ephemeral-storage" => {
+            let b = q
+                .map(|q| strake_scheduler::parse_bytes(&q.0))
+                .transpose()
+                .map_err(|e| e.to_string())?
+                .unwrap_or(0);
+            let d = divisor
+                .map(strake_scheduler::parse_bytes)
+                .transpose()
+                .map_err(|e| e.to_string())?
+                .unwrap_or(1)
+                .max(1);
+            Ok(((b + d - 1) / d).to_string())
+        }
+        _ => Err(format!(
+            "resourceFieldRef: unsupported resource {:?}",
+            r.resource
+        )),
+    }
 }

@@ -49,7 +49,7 @@ mod sys;
 pub use cgroup::{cgroup_dirs, remove_cgroup};
 pub use error::RuntimeError;
 pub use nix::sys::signal::Signal;
-pub use overlay::{mount_overlay, unmount};
+pub use overlay::{mount_overlay, mount_tmpfs, unmount};
 pub use runtime::{ContainerHandle, ContainerState, Runtime};
 pub use spec::{
     BindMount, ContainerId, ContainerSpec, DEFAULT_CAPABILITIES, DEFAULT_PATH_ENV, MASKED_PATHS,

@@ -84,6 +84,27 @@ pub fn mount_overlay(
     })
 }
 
+/// Mounts a tmpfs at `target` (mode 0777, as a memory-backed emptyDir), limited to
+/// `size` bytes when given; `target` must exist.
+pub fn mount_tmpfs(target: &Path, size: Option<i64>) -> Result<(), RuntimeError> {
+    let mut options = "mode=0777".to_string();
+    if let Some(size) = size {
+        options.push_str(&format!(",size={}", size.max(4096)));
+    }
+    nix::mount::mount(
+        Some("tmpfs"),
+        target,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(options.as_str()),
+    )
+    .map_err(|errno| RuntimeError::Mount {
+        op: "mounting tmpfs on",
+        target: target.to_owned(),
+        errno,
+    })
+}
+
 /// Detaches the mount at `target` (lazily, so open files don't block it).
 ///
 /// Idempotent: a missing path or one that is not a mount point is not an error.

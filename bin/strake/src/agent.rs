@@ -25,6 +25,9 @@ pub struct Args {
     run_dir: PathBuf,
     #[arg(long, default_value = "/var/log/pods")]
     log_dir: PathBuf,
+    /// Where local-path volumes live on this node (the control plane's `--local-path-root`).
+    #[arg(long, default_value = strake_controllers::volumes::LOCAL_PATH_ROOT)]
+    local_path_root: PathBuf,
     #[arg(long, default_value_t = 10250)]
     port: u16,
     /// Registries that may be reached over plain HTTP (host:port).
@@ -125,6 +128,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         run_dir: args.run_dir,
         log_dir: args.log_dir,
+        local_path_root: args.local_path_root,
         port: args.port,
         registry: strake_oci::RegistryConfig {
             insecure,

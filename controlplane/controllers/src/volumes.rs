@@ -43,10 +43,9 @@ pub const LOCAL_PATH: &str = "strake.dev/local-path";
 pub const LOCAL_PATH_CLASS: &str = "local-path";
 /// Where local-path volumes live on a node unless configured otherwise.
 pub const LOCAL_PATH_ROOT: &str = "/var/lib/strake/local-path";
-/// The label naming the node that holds a local-path volume (what its agent watches).
-pub const NODE_LABEL: &str = "strake.dev/local-path-node";
-/// The finalizer the node's agent lifts once it removed the volume's directory.
-pub const CLEANUP_FINALIZER: &str = "strake.dev/local-path-cleanup";
+pub use strake_scheduler::volumes::{
+    LOCAL_PATH_CLEANUP as CLEANUP_FINALIZER, LOCAL_PATH_NODE_LABEL as NODE_LABEL,
+};
 
 /// How often a claim that found no volume looks again.
 const RESYNC: std::time::Duration = std::time::Duration::from_secs(15);

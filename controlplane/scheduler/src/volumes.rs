@@ -17,6 +17,11 @@ pub const SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
 /// The provisioner of classes whose volumes are only ever made by hand.
 pub const NO_PROVISIONER: &str = "kubernetes.io/no-provisioner";
 
+/// The label naming the node that holds a local-path volume (what its agent watches).
+pub const LOCAL_PATH_NODE_LABEL: &str = "strake.dev/local-path-node";
+/// The finalizer a local-path volume's node lifts once it removed the volume's directory.
+pub const LOCAL_PATH_CLEANUP: &str = "strake.dev/local-path-cleanup";
+
 /// Claims (by `namespace/name`), volumes and classes (by name).
 #[derive(Default)]
 pub struct Storage {
