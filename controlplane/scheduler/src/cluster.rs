@@ -265,6 +265,11 @@ impl Cluster {
         self.with_affinity
     }
 
+    /// Every placed pod.
+    pub fn placed_pods(&self) -> impl Iterator<Item = &Arc<PodInfo>> {
+        self.placed.values()
+    }
+
     pub fn placed(&self, key: &str) -> Option<&Arc<PodInfo>> {
         self.placed.get(key)
     }

@@ -18,6 +18,8 @@ pub const NODE_CONFLICT: &str = "node(s) had volume node affinity conflict";
 pub const NO_ZONE: &str = "node(s) had no available volume zone";
 pub const PV_MISSING: &str =
     "node(s) unavailable due to one or more pvc(s) bound to non-existent pv(s)";
+pub const RWOP_IN_USE: &str =
+    "node has pod using PersistentVolumeClaim with the same name and ReadWriteOncePod access mode";
 pub const UNBOUND_IMMEDIATE: &str = "pod has unbound immediate PersistentVolumeClaims";
 
 enum Need {
@@ -47,6 +49,20 @@ impl State {
             };
             if claim.metadata.deletion_timestamp.is_some() {
                 st.refused = Some(format!("persistentvolumeclaim \"{name}\" is being deleted"));
+                return st;
+            }
+            // VolumeRestrictions: a ReadWriteOncePod claim serves one pod at a time.
+            let once_pod = claim
+                .spec
+                .as_ref()
+                .and_then(|s| s.access_modes.as_ref())
+                .is_some_and(|m| m.iter().any(|m| m == "ReadWriteOncePod"));
+            if once_pod
+                && cluster.placed_pods().any(|p| {
+                    p.key != pod.key && p.namespace == pod.namespace && p.claims.contains(name)
+                })
+            {
+                st.refused = Some(RWOP_IN_USE.into());
                 return st;
             }
             let bound = claim
@@ -166,6 +182,39 @@ mod tests {
 
     fn decide(c: &Cluster, p: &serde_json::Value) -> Decision {
         Scheduler::new().schedule(&pod_info(p), c)
+    }
+
+    #[test]
+    fn a_read_write_once_pod_claim_serves_one_pod() {
+        let mut c = cluster(
+            &[node("a", "2", "2Gi"), node("b", "2", "2Gi")],
+            &[on(with_claim("first", "solo"), "a")],
+        );
+        let mut solo = claim("solo", "manual", Some("pv"));
+        solo["spec"]["accessModes"] = json!(["ReadWriteOncePod"]);
+        storage(
+            &mut c,
+            json!({"claims": [solo], "volumes": [local_volume("pv", "a", "manual")]}),
+        );
+        let Decision::Unschedulable(m) = decide(&c, &with_claim("second", "solo")) else {
+            panic!("a second pod on a ReadWriteOncePod claim must wait");
+        };
+        assert!(m.contains(RWOP_IN_USE), "{m}");
+        let mut shared = claim("shared", "manual", Some("pv2"));
+        shared["spec"]["accessModes"] = json!(["ReadWriteOnce"]);
+        storage(
+            &mut c,
+            json!({"claims": [shared], "volumes": [local_volume("pv2", "a", "manual")]}),
+        );
+        let mut c2 = cluster(
+            &[node("a", "2", "2Gi")],
+            &[on(with_claim("first", "shared"), "a")],
+        );
+        c2.storage = std::mem::take(&mut c.storage);
+        assert_eq!(
+            decide(&c2, &with_claim("second", "shared")),
+            Decision::Bind("a".into())
+        );
     }
 
     #[test]
