@@ -767,11 +767,7 @@ fn rollout_scenarios(
     dir: &std::path::Path,
     registry: &str,
 ) -> anyhow::Result<()> {
-    let k = |args: &[&str]| -> anyhow::Result<String> {
-        let mut a = vec!["-n", "default"];
-        a.extend(args);
-        kubectl_ok(kubeconfig, &a)
-    };
+    let k = in_default(kubeconfig);
     // What the controllers keep for every node and namespace.
     let holder = kubectl_ok(
         kubeconfig,
@@ -1204,11 +1200,7 @@ fn volume_scenarios(
     dir: &std::path::Path,
     registry: &str,
 ) -> anyhow::Result<()> {
-    let k = |args: &[&str]| -> anyhow::Result<String> {
-        let mut a = vec!["-n", "default"];
-        a.extend(args);
-        kubectl_ok(kubeconfig, &a)
-    };
+    let k = in_default(kubeconfig);
     let class = k(&["get", "storageclass"])?;
     ensure!(
         class.contains("local-path (default)") && class.contains("WaitForFirstConsumer"),
@@ -1288,4 +1280,13 @@ fn volume_scenarios(
         (!out.status.success()).then_some(())
     })?;
     Ok(())
+}
+
+/// kubectl in the `default` namespace, failing on a non-zero exit.
+fn in_default(kubeconfig: &std::path::Path) -> impl Fn(&[&str]) -> anyhow::Result<String> + '_ {
+    move |args: &[&str]| {
+        let mut a = vec!["-n", "default"];
+        a.extend(args);
+        kubectl_ok(kubeconfig, &a)
+    }
 }

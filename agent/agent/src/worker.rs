@@ -769,6 +769,9 @@ pub fn container_spec(
     })
 }
 
+/// Reads a quantity in a resource's unit (millicores or bytes).
+type ParseQuantity = fn(&str) -> Result<i64, strake_scheduler::QuantityError>;
+
 /// A container resource as the downward API gives it: limits or requests of cpu (whole
 /// units of the divisor, rounded up; default 1 core), memory or ephemeral-storage (units of
 /// the divisor, default bytes). An unset limit reads as the request, else 0.
@@ -799,39 +802,29 @@ pub fn resource_field(pod: &Pod, r: &ResourceFieldSelector) -> Result<String, St
             ));
         }
     };
-    let divisor = r.divisor.as_ref().map(|d| d.0.as_str());
-    match name {
-        "cpu" => {
-            let m = q
-                .map(|q| strake_scheduler::parse_cpu_millis(&q.0))
-                .transpose()
-                .map_err(|e| e.to_string())?
-                .unwrap_or(0);
-            let d = divisor
-                .map(strake_scheduler::parse_cpu_millis)
-                .transpose()
-                .map_err(|e| e.to_string())?
-                .unwrap_or(1000)
-                .max(1);
-            Ok(((m + d - 1) / d).to_string())
+    // cpu in millicores (default divisor: one core), the others in bytes (default: one byte).
+    let (parse, unit): (ParseQuantity, i64) = match name {
+        "cpu" => (strake_scheduler::parse_cpu_millis, 1000),
+        "memory" | "ephemeral-storage" => (strake_scheduler::parse_bytes, 1),
+        _ => {
+            return Err(format!(
+                "resourceFieldRef: unsupported resource {:?}",
+                r.resource
+            ));
         }
-        "memory" | "ephemeral-storage" => {
-            let b = q
-                .map(|q| strake_scheduler::parse_bytes(&q.0))
-                .transpose()
-                .map_err(|e| e.to_string())?
-                .unwrap_or(0);
-            let d = divisor
-                .map(strake_scheduler::parse_bytes)
-                .transpose()
-                .map_err(|e| e.to_string())?
-                .unwrap_or(1)
-                .max(1);
-            Ok(((b + d - 1) / d).to_string())
-        }
-        _ => Err(format!(
-            "resourceFieldRef: unsupported resource {:?}",
-            r.resource
-        )),
-    }
+    };
+    let amount = q
+        .map(|q| parse(&q.0))
+        .transpose()
+        .map_err(|e| e.to_string())?
+        .unwrap_or(0);
+    let divisor = r
+        .divisor
+        .as_ref()
+        .map(|d| parse(&d.0))
+        .transpose()
+        .map_err(|e| e.to_string())?
+        .unwrap_or(unit)
+        .max(1);
+    Ok(((amount + divisor - 1) / divisor).to_string())
 }
