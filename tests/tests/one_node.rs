@@ -419,6 +419,7 @@ fn drive(
     api_machinery_scenarios(&kubeconfig, dir, registry)?;
     rollout_scenarios(&kubeconfig, dir, registry)?;
     volume_scenarios(&kubeconfig, dir, registry)?;
+    env_and_probe_scenarios(&kubeconfig, dir, registry)?;
 
     // The node is still healthy after all that.
     let nodes = kubectl_ok(&kubeconfig, &["get", "nodes"])?;
@@ -1279,6 +1280,197 @@ fn volume_scenarios(
         let out = kubectl(kubeconfig, &["get", "pv", &volume]).ok()?;
         (!out.status.success()).then_some(())
     })?;
+    Ok(())
+}
+
+/// Env from ConfigMaps, Secrets and the downward API with `$(VAR)` expansion; a missing key;
+/// a command that does not exist; exec readiness and liveness probes with their Events.
+fn env_and_probe_scenarios(
+    kubeconfig: &std::path::Path,
+    dir: &std::path::Path,
+    registry: &str,
+) -> anyhow::Result<()> {
+    let k = in_default(kubeconfig);
+    let image = format!("{registry}/e2e/busybox:1");
+    let manifest = dir.join("env.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"apiVersion: v1
+kind: ConfigMap
+metadata: {{name: env-cfg}}
+data: {{MODE: fast}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: env-creds}}
+stringData: {{password: hunter2}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: envs}}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: main
+    image: {image}
+    command: ["sh", "-c", "echo \"$MODE $DB_password $PW $URL $POD $(MODE)\""]
+    envFrom:
+    - configMapRef: {{name: env-cfg}}
+    - secretRef: {{name: env-creds}}
+      prefix: DB_
+    - configMapRef: {{name: absent, optional: true}}
+    env:
+    - {{name: PW, valueFrom: {{secretKeyRef: {{name: env-creds, key: password}}}}}}
+    - {{name: URL, value: "http://$(DB_password)@h/$(MODE)"}}
+    - {{name: POD, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: envmiss}}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: main
+    image: {image}
+    command: ["sleep", "3600"]
+    env:
+    - {{name: PW, valueFrom: {{secretKeyRef: {{name: env-creds, key: nope}}}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: nocmd}}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 0
+  containers:
+  - {{name: main, image: "{image}", command: ["/no/such/command"]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: probed}}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: main
+    image: {image}
+    command: ["sh", "-c", "sleep 20; touch /tmp/ready; sleep 3600"]
+    readinessProbe:
+      exec: {{command: ["cat", "/tmp/ready"]}}
+      periodSeconds: 1
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: unlive}}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: main
+    image: {image}
+    command: ["sleep", "3600"]
+    livenessProbe:
+      exec: {{command: ["sh", "-c", "exit 3"]}}
+      periodSeconds: 1
+      failureThreshold: 2
+"#
+        ),
+    )?;
+    k(&["apply", "-f", manifest.to_str().unwrap_or_default()])?;
+    let logs = poll("the env pod's output", Duration::from_secs(120), || {
+        let phase = k(&["get", "pod", "envs", "-o", "jsonpath={.status.phase}"]).ok()?;
+        (phase == "Succeeded").then(|| k(&["logs", "envs"]).ok())?
+    })?;
+    ensure!(
+        logs.trim() == "fast hunter2 hunter2 http://hunter2@h/fast envs fast",
+        "env pod printed: {logs}"
+    );
+    let waiting = poll("the missing key reported", Duration::from_secs(120), || {
+        let w = k(&[
+            "get",
+            "pod",
+            "envmiss",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].state.waiting.reason}: {.status.containerStatuses[0].state.waiting.message}",
+        ])
+        .ok()?;
+        w.starts_with("CreateContainerConfigError").then_some(w)
+    })?;
+    ensure!(
+        waiting.contains("couldn't find key nope in Secret default/env-creds"),
+        "missing key: {waiting}"
+    );
+    let start = poll("the start error", Duration::from_secs(120), || {
+        let t = k(&[
+            "get",
+            "pod",
+            "nocmd",
+            "-o",
+            "jsonpath={.status.phase} {.status.containerStatuses[0].state.terminated.reason} {.status.containerStatuses[0].state.terminated.exitCode}",
+        ])
+        .ok()?;
+        t.starts_with("Failed").then_some(t)
+    })?;
+    ensure!(start == "Failed StartError 128", "bad command: {start}");
+    // Not ready until the probe's file exists, then ready.
+    let early = k(&[
+        "get",
+        "pod",
+        "probed",
+        "-o",
+        "jsonpath={.status.containerStatuses[0].ready}",
+    ])?;
+    poll(
+        "the readiness probe to pass",
+        Duration::from_secs(120),
+        || {
+            let ready = k(&[
+                "get",
+                "pod",
+                "probed",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ])
+            .ok()?;
+            (ready == "True").then_some(())
+        },
+    )?;
+    ensure!(early != "true", "ready before its probe passed");
+    poll("the liveness restart", Duration::from_secs(180), || {
+        let n = k(&[
+            "get",
+            "pod",
+            "unlive",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].restartCount}",
+        ])
+        .ok()?;
+        (n.trim().parse::<i32>().ok()? >= 1).then_some(())
+    })?;
+    let events = k(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=unlive",
+        "-o",
+        "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
+    ])?;
+    ensure!(
+        events.contains("Unhealthy: Liveness probe failed: command")
+            && events.contains("Killing: Container main failed liveness probe, will be restarted"),
+        "events of the unhealthy pod: {events}"
+    );
+    k(&[
+        "delete",
+        "pod",
+        "envs",
+        "envmiss",
+        "nocmd",
+        "probed",
+        "unlive",
+        "--wait=true",
+        "--timeout=60s",
+    ])?;
     Ok(())
 }
 

@@ -3,10 +3,13 @@
 //! and serves container logs to the API server. Must not make mount or container syscalls itself:
 //! those belong to `strake-runtime`.
 
+mod env;
+mod events;
 mod localpath;
 mod logs;
 mod node;
 mod pods;
+mod probe;
 mod status;
 mod volumes;
 mod worker;

@@ -19,6 +19,10 @@ pub struct ContainerRecord {
     /// The container will not run again (restart policy says so, or the pod is terminating).
     pub done: bool,
     pub ever_started: bool,
+    /// Readiness, as its probe (or, without one, the startup) says.
+    pub ready: bool,
+    /// The startup probe passed (or there is none) since the container last started.
+    pub started: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -58,6 +62,8 @@ impl ContainerRecord {
             last_terminated: None,
             done: false,
             ever_started: false,
+            ready: false,
+            started: false,
         }
     }
 }
@@ -100,8 +106,8 @@ fn container_status(r: &ContainerRecord) -> ContainerStatus {
         image: r.image.clone(),
         image_id: r.image_id.clone(),
         container_id: (!r.container_id.is_empty()).then(|| r.container_id.clone()),
-        ready: running,
-        started: Some(running),
+        ready: running && r.ready,
+        started: Some(running && r.started),
         restart_count: r.restart_count,
         state: Some(state),
         last_state: r.last_terminated.as_ref().map(|t| ContainerState {
@@ -144,7 +150,7 @@ pub fn pod_status(
     let all_ready = !records.is_empty()
         && records
             .iter()
-            .all(|r| matches!(r.state, State::Running { .. }));
+            .all(|r| r.ready && matches!(r.state, State::Running { .. }));
     let phase = phase(records);
     let old = pod.status.clone().unwrap_or_default();
     let cond = |ty: &str, ok: bool, reason: Option<&str>| {

@@ -425,39 +425,34 @@ fn downward(
             .map(|(k, v)| format!("{k}={v:?}\n"))
             .collect::<String>()
     };
+    // Volumes may not name addresses (upstream's validation): they change after the write.
+    let no_ips = crate::env::Ips {
+        host: Vec::new(),
+        pod: Vec::new(),
+    };
     let mut out = Files::new();
     for i in items {
         let value = if let Some(f) = &i.field_ref {
             match f.field_path.as_str() {
-                "metadata.name" => meta.name.clone().unwrap_or_default(),
-                "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
-                "metadata.uid" => meta.uid.clone().unwrap_or_default(),
                 "metadata.labels" => pairs(&meta.labels),
                 "metadata.annotations" => pairs(&meta.annotations),
+                p @ ("metadata.name" | "metadata.namespace" | "metadata.uid")
+                | p @ ("spec.nodeName" | "spec.serviceAccountName") => {
+                    crate::env::pod_field(pod, p, &no_ips)?
+                }
+                p if p.starts_with("metadata.labels['")
+                    || p.starts_with("metadata.annotations['") =>
+                {
+                    crate::env::pod_field(pod, p, &no_ips)?
+                }
                 p => {
-                    let key = p
-                        .strip_prefix("metadata.labels['")
-                        .map(|k| (&meta.labels, k))
-                        .or_else(|| {
-                            p.strip_prefix("metadata.annotations['")
-                                .map(|k| (&meta.annotations, k))
-                        });
-                    match key.and_then(|(m, k)| Some((m, k.strip_suffix("']")?))) {
-                        Some((m, k)) => m
-                            .as_ref()
-                            .and_then(|m| m.get(k))
-                            .cloned()
-                            .unwrap_or_default(),
-                        None => {
-                            return Err(format!(
-                                "downwardAPI fieldRef {p:?} is not supported in volumes"
-                            ));
-                        }
-                    }
+                    return Err(format!(
+                        "downwardAPI fieldRef {p:?} is not supported in volumes"
+                    ));
                 }
             }
         } else if let Some(r) = &i.resource_field_ref {
-            crate::worker::resource_field(pod, r)?
+            crate::env::resource_field(pod, r)?
         } else {
             return Err(format!(
                 "downwardAPI item {:?} has neither fieldRef nor resourceFieldRef",

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Container, Pod, ResourceFieldSelector};
+use k8s_openapi::api::core::v1::{Container, Pod};
 use serde_json::json;
 use strake_oci::{ImageRef, PulledImage};
 use strake_runtime::{ContainerSpec, NetworkMode};
@@ -15,6 +15,7 @@ use tokio::sync::{Notify, watch};
 use crate::Shared;
 use crate::status::{ContainerRecord, State, Terminated, pod_status};
 use crate::volumes::{self, Prepared};
+use crate::{env, events, probe};
 
 const BACKOFF_START: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -344,6 +345,38 @@ impl ContainerCtx {
         }
     }
 
+    /// Records an event about this container.
+    fn event(&self, ty: events::Type, reason: &str, message: &str) {
+        let path = format!("spec.containers{{{}}}", self.container.name);
+        events::record(&self.shared, &self.pod, Some(&path), ty, reason, message);
+    }
+
+    /// The container's probes, aimed at the pod's address; exec probes run through the
+    /// runtime in container `id`.
+    fn prober(&self, id: &str) -> probe::Prober {
+        let runtime = self.shared.runtime.clone();
+        let id = id.to_string();
+        let exec: probe::ExecFn = Arc::new(move |args: Vec<String>, timeout: Duration| {
+            let (runtime, id) = (runtime.clone(), id.clone());
+            Box::pin(async move {
+                runtime
+                    .exec(&id, &args, timeout)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        });
+        probe::Prober {
+            startup: self.container.startup_probe.clone(),
+            liveness: self.container.liveness_probe.clone(),
+            readiness: self.container.readiness_probe.clone(),
+            target: probe::Target {
+                ip: self.shared.cfg.node_ip.to_string(),
+                ports: self.container.ports.clone().unwrap_or_default(),
+                exec: Some(exec),
+            },
+        }
+    }
+
     fn waiting(&self, reason: &str, message: Option<String>) {
         let reason = reason.to_string();
         self.update(|r| r.state = State::Waiting { reason, message });
@@ -406,8 +439,30 @@ impl ContainerCtx {
             });
             let started = jiff::Timestamp::now();
             let outcome = self.run_once(&pulled, &id, attempt).await;
-            let outcome = match outcome {
-                Ok(o) => o,
+            let term = match outcome {
+                Ok(Outcome::Stopped) => break,
+                Ok(Outcome::Exited(status)) => Terminated {
+                    exit_code: status.exit_code,
+                    signal: status.signal,
+                    reason: if status.exit_code == 0 {
+                        "Completed".into()
+                    } else {
+                        "Error".into()
+                    },
+                    message: None,
+                    started_at: Some(started),
+                    finished_at: jiff::Timestamp::from_second(status.finished_at.timestamp())
+                        .unwrap_or_else(|_| jiff::Timestamp::now()),
+                },
+                // As containerd reports a process that could not be started: exit code 128.
+                Err(("StartError", msg)) => Terminated {
+                    exit_code: 128,
+                    signal: None,
+                    reason: "StartError".into(),
+                    message: Some(msg),
+                    started_at: None,
+                    finished_at: jiff::Timestamp::now(),
+                },
                 Err((reason, msg)) => {
                     tracing::warn!(pod = %format!("{ns}/{pod_name}"), container = %self.container.name, error = %msg, "container failed to start");
                     self.waiting(reason, Some(msg));
@@ -419,27 +474,10 @@ impl ContainerCtx {
                     continue;
                 }
             };
-            let status = match outcome {
-                Outcome::Exited(s) => s,
-                Outcome::Stopped => break,
-            };
-            let finished = jiff::Timestamp::from_second(status.finished_at.timestamp())
-                .unwrap_or_else(|_| jiff::Timestamp::now());
-            let term = Terminated {
-                exit_code: status.exit_code,
-                signal: status.signal,
-                reason: if status.exit_code == 0 {
-                    "Completed".into()
-                } else {
-                    "Error".into()
-                },
-                message: None,
-                started_at: Some(started),
-                finished_at: finished,
-            };
+            let status_code = term.exit_code;
             let restart = match restart_policy.as_str() {
                 "Never" => false,
-                "OnFailure" => status.exit_code != 0,
+                "OnFailure" => status_code != 0,
                 _ => true,
             };
             let stopping = self.stopping();
@@ -467,6 +505,14 @@ impl ContainerCtx {
                     )),
                 };
             });
+            self.event(
+                events::Type::Warning,
+                "BackOff",
+                &format!(
+                    "Back-off restarting failed container {} in pod {pod_name}_{ns}({uid})",
+                    self.container.name
+                ),
+            );
             if !self.pause(backoff).await {
                 break;
             }
@@ -508,11 +554,34 @@ impl ContainerCtx {
                 Err(e) => tracing::warn!(error = %e, "image lookup failed, pulling"),
             }
         }
-        self.shared
-            .images
-            .pull(image)
-            .await
-            .map_err(|e| ("ErrImagePull", e.to_string()))
+        self.event(
+            events::Type::Normal,
+            "Pulling",
+            &format!("Pulling image \"{image}\""),
+        );
+        let began = std::time::Instant::now();
+        match self.shared.images.pull(image).await {
+            Ok(p) => {
+                self.event(
+                    events::Type::Normal,
+                    "Pulled",
+                    &format!(
+                        "Successfully pulled image \"{image}\" in {:.3}s",
+                        began.elapsed().as_secs_f64()
+                    ),
+                );
+                Ok(p)
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                self.event(
+                    events::Type::Warning,
+                    "Failed",
+                    &format!("Failed to pull image \"{image}\": {msg}"),
+                );
+                Err(("ErrImagePull", msg))
+            }
+        }
     }
 
     /// Prepares the rootfs, starts the container and waits for it (or for the pod to stop).
@@ -546,23 +615,42 @@ impl ContainerCtx {
                 format!("creating {}: {e}", logs.display()),
             )
         })?;
-        let spec = match container_spec(
-            &self.pod,
-            &self.container,
-            image,
-            id,
-            &rootfs,
-            logs.join(format!("{attempt}.log")),
-            &self.shared.cfg.node_ip.to_string(),
-        )
-        .and_then(|mut s| {
-            let list = self.container.volume_mounts.as_deref().unwrap_or_default();
-            s.mounts = volumes::mounts(&self.volumes, list)?;
-            Ok(s)
-        }) {
-            Ok(s) => s,
+        let sources = env::Sources::fetch(&self.shared, &ns, &[&self.container]).await;
+        let ips = env::Ips {
+            host: vec![self.shared.cfg.node_ip.to_string()],
+            pod: vec![self.shared.cfg.node_ip.to_string()],
+        };
+        let spec = match sources
+            .and_then(|sources| {
+                container_spec(
+                    &self.pod,
+                    &self.container,
+                    image,
+                    id,
+                    &rootfs,
+                    logs.join(format!("{attempt}.log")),
+                    &sources,
+                    &ips,
+                )
+            })
+            .and_then(|(mut s, skipped)| {
+                let list = self.container.volume_mounts.as_deref().unwrap_or_default();
+                s.mounts = volumes::mounts(&self.volumes, list)?;
+                Ok((s, skipped))
+            }) {
+            Ok((s, skipped)) => {
+                for warning in skipped {
+                    self.event(
+                        events::Type::Warning,
+                        "InvalidEnvironmentVariableNames",
+                        &warning,
+                    );
+                }
+                s
+            }
             Err(msg) => {
                 let _ = strake_runtime::unmount(&rootfs);
+                self.event(events::Type::Warning, "Failed", &format!("Error: {msg}"));
                 return Err(("CreateContainerConfigError", msg));
             }
         };
@@ -571,33 +659,100 @@ impl ContainerCtx {
             Err(e) => {
                 let _ = self.shared.runtime.remove(id).await;
                 let _ = strake_runtime::unmount(&rootfs);
-                return Err(("RunContainerError", e.to_string()));
+                let msg = e.to_string();
+                self.event(events::Type::Warning, "Failed", &format!("Error: {msg}"));
+                return Err(("StartError", msg));
             }
         };
+        let name = self.container.name.clone();
+        self.event(
+            events::Type::Normal,
+            "Created",
+            &format!("Created container: {name}"),
+        );
+        self.event(
+            events::Type::Normal,
+            "Started",
+            &format!("Started container {name}"),
+        );
         let started_at = jiff::Timestamp::from_second(handle.started_at.timestamp())
             .unwrap_or_else(|_| jiff::Timestamp::now());
         self.update(|r| {
             r.state = State::Running { started_at };
             r.ever_started = true;
+            r.ready = false;
+            r.started = false;
         });
-        let outcome = tokio::select! {
-            s = self.shared.runtime.wait(id) => s.map(Outcome::Exited),
-            _ = wait_stop(&mut self.stop) => {
-                let grace = self.stop.borrow().unwrap_or_default();
-                self.shared.runtime.stop(id, grace).await.map(|s| {
-                    let term = Terminated {
-                        exit_code: s.exit_code,
-                        signal: s.signal,
-                        reason: if s.exit_code == 0 { "Completed".into() } else { "Error".into() },
-                        message: None,
-                        started_at: Some(started_at),
-                        finished_at: jiff::Timestamp::now(),
-                    };
-                    self.update(|r| { r.state = State::Terminated(term); r.done = true; });
-                    Outcome::Stopped
-                })
+        let (report_tx, mut reports) = tokio::sync::mpsc::channel(8);
+        let prober = tokio::spawn(self.prober(id).run(report_tx));
+        let runtime = self.shared.runtime.clone();
+        let wait = runtime.wait(id);
+        tokio::pin!(wait);
+        let pod_grace = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30)
+            .max(0) as u64;
+        let outcome = loop {
+            tokio::select! {
+                s = &mut wait => break s.map(Outcome::Exited),
+                _ = wait_stop(&mut self.stop) => {
+                    let grace = self.stop.borrow().unwrap_or_default();
+                    self.event(events::Type::Normal, "Killing", &format!("Stopping container {name}"));
+                    break self.shared.runtime.stop(id, grace).await.map(|s| {
+                        let term = Terminated {
+                            exit_code: s.exit_code,
+                            signal: s.signal,
+                            reason: if s.exit_code == 0 { "Completed".into() } else { "Error".into() },
+                            message: None,
+                            started_at: Some(started_at),
+                            finished_at: jiff::Timestamp::now(),
+                        };
+                        self.update(|r| { r.state = State::Terminated(term); r.done = true; });
+                        Outcome::Stopped
+                    });
+                }
+                Some(report) = reports.recv() => match report {
+                    probe::Report::Started => self.update(|r| r.started = true),
+                    probe::Report::Ready(ready) => self.update(|r| r.ready = ready),
+                    probe::Report::Unhealthy { kind, message } => self.event(
+                        events::Type::Warning,
+                        "Unhealthy",
+                        &format!("{} probe failed: {message}", kind.name()),
+                    ),
+                    probe::Report::Restart { kind, .. } => {
+                        let probe = match kind {
+                            probe::Kind::Startup => self.container.startup_probe.as_ref(),
+                            _ => self.container.liveness_probe.as_ref(),
+                        };
+                        let grace = probe
+                            .and_then(|p| p.termination_grace_period_seconds)
+                            .map_or(pod_grace, |g| g.max(0) as u64);
+                        self.event(
+                            events::Type::Normal,
+                            "Killing",
+                            &format!(
+                                "Container {name} failed {} probe, will be restarted",
+                                kind.name().to_ascii_lowercase()
+                            ),
+                        );
+                        break self
+                            .shared
+                            .runtime
+                            .stop(id, Duration::from_secs(grace))
+                            .await
+                            .map(Outcome::Exited);
+                    }
+                },
             }
         };
+        prober.abort();
+        self.update(|r| {
+            r.ready = false;
+            r.started = false;
+        });
         if let Err(e) = self.shared.runtime.remove(id).await {
             tracing::warn!(container = %id, error = %e, "removing container failed");
         }
@@ -625,7 +780,25 @@ fn lookup_id(rootfs: &Path, file: &str, name: &str) -> Option<u32> {
     })
 }
 
-/// Builds the runtime spec from the pod, the container and the image config.
+/// The pod's hostname: `spec.hostname`, else its name (cut to 63 characters).
+pub fn pod_hostname(pod: &Pod) -> String {
+    let name = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.hostname.clone())
+        .filter(|h| !h.is_empty())
+        .or_else(|| pod.metadata.name.clone())
+        .unwrap_or_default();
+    name.chars()
+        .take(63)
+        .collect::<String>()
+        .trim_end_matches(['-', '.'])
+        .to_string()
+}
+
+/// Builds the runtime spec from the pod, the container and the image config (the env and
+/// argv through [`env::build`]); also returns the envFrom keys skipped, as warnings.
+#[allow(clippy::too_many_arguments)]
 pub fn container_spec(
     pod: &Pod,
     c: &Container,
@@ -633,60 +806,31 @@ pub fn container_spec(
     id: &str,
     rootfs: &Path,
     log: PathBuf,
-    node_ip: &str,
-) -> Result<ContainerSpec, String> {
+    sources: &env::Sources,
+    ips: &env::Ips,
+) -> Result<(ContainerSpec, Vec<String>), String> {
     let cfg = &image.config;
-    let args: Vec<String> = match (&c.command, &c.args) {
-        (Some(cmd), args) if !cmd.is_empty() => {
-            cmd.iter().chain(args.iter().flatten()).cloned().collect()
-        }
-        (_, Some(args)) if !args.is_empty() => cfg.entrypoint.iter().chain(args).cloned().collect(),
-        _ => cfg.entrypoint.iter().chain(&cfg.cmd).cloned().collect(),
-    };
+    let meta = &pod.metadata;
+    let hostname = pod_hostname(pod);
+    // As containerd: HOSTNAME first, so the image's or the pod's own value wins.
+    let image_env: Vec<String> = std::iter::once(format!("HOSTNAME={hostname}"))
+        .chain(cfg.env.iter().cloned())
+        .collect();
+    let built = env::build(
+        pod,
+        c,
+        &image_env,
+        (&cfg.entrypoint, &cfg.cmd),
+        sources,
+        ips,
+    )?;
+    let (args, env) = (built.args, built.env);
     if args.is_empty() {
         return Err(
             "no command specified: the image has no entrypoint or cmd and the container sets none"
                 .into(),
         );
     }
-    let meta = &pod.metadata;
-    let mut env: Vec<String> = cfg.env.clone();
-    let mut set = |k: &str, v: String| {
-        env.retain(|e| e.split_once('=').map(|(ek, _)| ek) != Some(k));
-        env.push(format!("{k}={v}"));
-    };
-    for e in c.env.iter().flatten() {
-        let value = match (&e.value, &e.value_from) {
-            (Some(v), _) => v.clone(),
-            (None, Some(from)) if from.resource_field_ref.is_some() => {
-                let mut r = from.resource_field_ref.clone().unwrap_or_default();
-                if r.container_name.as_deref().is_none_or(str::is_empty) {
-                    r.container_name = Some(c.name.clone());
-                }
-                resource_field(pod, &r).map_err(|err| format!("env {}: {err}", e.name))?
-            }
-            (None, Some(from)) => match from.field_ref.as_ref().map(|f| f.field_path.as_str()) {
-                Some("metadata.name") => meta.name.clone().unwrap_or_default(),
-                Some("metadata.namespace") => meta.namespace.clone().unwrap_or_default(),
-                Some("metadata.uid") => meta.uid.clone().unwrap_or_default(),
-                Some("spec.nodeName") => pod
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.node_name.clone())
-                    .unwrap_or_default(),
-                Some("status.podIP") | Some("status.hostIP") => node_ip.to_string(),
-                other => {
-                    return Err(format!(
-                        "env {}: valueFrom {other:?} is not supported yet",
-                        e.name
-                    ));
-                }
-            },
-            (None, None) => String::new(),
-        };
-        set(&e.name, value);
-    }
-    set("HOSTNAME", meta.name.clone().unwrap_or_default());
     let sc = c.security_context.as_ref();
     let psc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
     let (mut uid, mut gid) = (0u32, 0u32);
@@ -744,13 +888,13 @@ pub fn container_spec(
         .clone()
         .or(cfg.working_dir.clone())
         .unwrap_or_else(|| "/".into());
-    Ok(ContainerSpec {
+    let spec = ContainerSpec {
         id: id.to_string(),
         rootfs: rootfs.to_path_buf(),
         args,
         env,
         cwd,
-        hostname: meta.name.clone().unwrap_or_default(),
+        hostname,
         uid,
         gid,
         cgroup_path: format!(
@@ -766,65 +910,6 @@ pub fn container_spec(
             .and_then(|s| s.read_only_root_filesystem)
             .unwrap_or(false),
         mounts: Vec::new(),
-    })
-}
-
-/// Reads a quantity in a resource's unit (millicores or bytes).
-type ParseQuantity = fn(&str) -> Result<i64, strake_scheduler::QuantityError>;
-
-/// A container resource as the downward API gives it: limits or requests of cpu (whole
-/// units of the divisor, rounded up; default 1 core), memory or ephemeral-storage (units of
-/// the divisor, default bytes). An unset limit reads as the request, else 0.
-pub fn resource_field(pod: &Pod, r: &ResourceFieldSelector) -> Result<String, String> {
-    let spec = pod.spec.as_ref();
-    let containers = spec.map(|s| s.containers.as_slice()).unwrap_or_default();
-    let c = match r.container_name.as_deref().filter(|n| !n.is_empty()) {
-        Some(n) => containers.iter().find(|c| c.name == n),
-        None => containers.first(),
-    }
-    .ok_or_else(|| format!("resourceFieldRef: no container {:?}", r.container_name))?;
-    let (which, name) = r
-        .resource
-        .split_once('.')
-        .ok_or_else(|| format!("resourceFieldRef: unsupported resource {:?}", r.resource))?;
-    let res = c.resources.as_ref();
-    let requests = res.and_then(|r| r.requests.as_ref());
-    let limits = res.and_then(|r| r.limits.as_ref());
-    let q = match which {
-        "limits" => limits
-            .and_then(|l| l.get(name))
-            .or(requests.and_then(|l| l.get(name))),
-        "requests" => requests.and_then(|l| l.get(name)),
-        _ => {
-            return Err(format!(
-                "resourceFieldRef: unsupported resource {:?}",
-                r.resource
-            ));
-        }
     };
-    // cpu in millicores (default divisor: one core), the others in bytes (default: one byte).
-    let (parse, unit): (ParseQuantity, i64) = match name {
-        "cpu" => (strake_scheduler::parse_cpu_millis, 1000),
-        "memory" | "ephemeral-storage" => (strake_scheduler::parse_bytes, 1),
-        _ => {
-            return Err(format!(
-                "resourceFieldRef: unsupported resource {:?}",
-                r.resource
-            ));
-        }
-    };
-    let amount = q
-        .map(|q| parse(&q.0))
-        .transpose()
-        .map_err(|e| e.to_string())?
-        .unwrap_or(0);
-    let divisor = r
-        .divisor
-        .as_ref()
-        .map(|d| parse(&d.0))
-        .transpose()
-        .map_err(|e| e.to_string())?
-        .unwrap_or(unit)
-        .max(1);
-    Ok(((amount + divisor - 1) / divisor).to_string())
+    Ok((spec, built.skipped))
 }

@@ -100,6 +100,12 @@ pub enum RuntimeError {
     #[error("cleaning up container {id}: {error}")]
     Cleanup { id: String, error: String },
     /// A cgroup directory could not be removed or listed.
+    #[error("exec in container {id}: {error}")]
+    ExecFailed { id: String, error: String },
+
+    #[error("exec in container {id} did not finish within {timeout:?}")]
+    ExecTimeout { id: String, timeout: Duration },
+
     #[error("cgroup {path}: {reason}")]
     Cgroup { path: String, reason: String },
 }

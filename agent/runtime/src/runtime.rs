@@ -17,7 +17,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::RuntimeError;
-use crate::shim::STARTED_LINE;
+use crate::shim::{EXEC_ERROR_PREFIX, EXEC_FAILED, STARTED_LINE};
 use crate::spec::{ContainerId, ContainerSpec, build_oci_spec, clamp_nofile};
 use crate::state::{
     ExitRecord, ExitStatus, Layout, StartedRecord, log_tail, read_json, write_json,
@@ -30,6 +30,8 @@ pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(30);
 const SHIM_FINISH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest pause between two looks at a state file.
 const MAX_POLL: Duration = Duration::from_millis(20);
+/// How much of an exec's output [`Runtime::exec`] keeps.
+pub const EXEC_OUTPUT_MAX: usize = 10 * 1024;
 /// How much of `shim.log` goes into error messages.
 const LOG_TAIL_BYTES: usize = 2048;
 
@@ -103,6 +105,72 @@ impl Runtime {
     pub fn with_start_timeout(mut self, timeout: Duration) -> Self {
         self.start_timeout = timeout;
         self
+    }
+
+    /// Runs `args` inside running container `id` (through `strake shim exec`, which joins it as
+    /// libcontainer's tenant), with stdin closed, and waits at most `timeout` (the shim is
+    /// killed after it). Returns the exit code and the first [`EXEC_OUTPUT_MAX`] bytes of its
+    /// stdout and stderr together.
+    pub async fn exec(
+        &self,
+        id: &str,
+        args: &[String],
+        timeout: Duration,
+    ) -> Result<(i32, String), RuntimeError> {
+        let layout = self.existing(id)?;
+        let child = Command::new(&self.shim_exe)
+            .arg("shim")
+            .arg("exec")
+            .arg("--state-dir")
+            .arg(layout.dir())
+            .arg("--id")
+            .arg(id)
+            .arg("--")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| RuntimeError::ShimSpawn {
+                exe: self.shim_exe.clone(),
+                source,
+            })?;
+        let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+            Ok(Ok(out)) => out,
+            Ok(Err(e)) => {
+                return Err(RuntimeError::ExecFailed {
+                    id: id.to_owned(),
+                    error: e.to_string(),
+                });
+            }
+            Err(_) => {
+                return Err(RuntimeError::ExecTimeout {
+                    id: id.to_owned(),
+                    timeout,
+                });
+            }
+        };
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let code = out.status.code().unwrap_or(128 + 9);
+        if code == i32::from(EXEC_FAILED)
+            && let Some(error) = stderr.trim().strip_prefix(EXEC_ERROR_PREFIX)
+        {
+            return Err(RuntimeError::ExecFailed {
+                id: id.to_owned(),
+                error: error.to_owned(),
+            });
+        }
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&stderr);
+        if text.len() > EXEC_OUTPUT_MAX {
+            let mut cut = EXEC_OUTPUT_MAX;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+        }
+        Ok((code, text))
     }
 
     /// The state directory layout of container `id`.

@@ -28,7 +28,12 @@ use crate::sys::{self, ChildExit};
 /// The line the shim prints on stdout once the container runs.
 pub(crate) const STARTED_LINE: &str = "started";
 
-const USAGE: &str = "usage: strake shim run --state-dir <dir> --id <id> --log <file>\n       strake shim delete --state-dir <dir> --id <id>";
+const USAGE: &str = "usage: strake shim run --state-dir <dir> --id <id> --log <file>\n       strake shim delete --state-dir <dir> --id <id>\n       strake shim exec --state-dir <dir> --id <id> -- <command> [args...]";
+
+/// What `strake shim exec` exits with when the command could not be started at all (its
+/// stderr then starts with [`EXEC_ERROR_PREFIX`]).
+pub(crate) const EXEC_FAILED: u8 = 255;
+pub(crate) const EXEC_ERROR_PREFIX: &str = "strake shim exec: ";
 
 /// What can go wrong inside the shim.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +97,11 @@ enum Command {
         state_dir: PathBuf,
         id: ContainerId,
     },
+    Exec {
+        state_dir: PathBuf,
+        id: ContainerId,
+        args: Vec<String>,
+    },
 }
 
 fn parse(args: &[String]) -> Result<Command, ShimError> {
@@ -99,9 +109,14 @@ fn parse(args: &[String]) -> Result<Command, ShimError> {
         .split_first()
         .ok_or_else(|| ShimError::Usage("missing subcommand".into()))?;
     let (mut state_dir, mut id, mut log) = (None, None, None);
+    let mut command = None;
     let mut it = rest.iter();
     while let Some(flag) = it.next() {
         let slot = match flag.as_str() {
+            "--" if sub == "exec" => {
+                command = Some(it.by_ref().cloned().collect::<Vec<_>>());
+                break;
+            }
             "--state-dir" => &mut state_dir,
             "--id" => &mut id,
             "--log" if sub == "run" => &mut log,
@@ -124,6 +139,14 @@ fn parse(args: &[String]) -> Result<Command, ShimError> {
             log: PathBuf::from(need(log, "--log")?),
         }),
         "delete" => Ok(Command::Delete { state_dir, id }),
+        "exec" => match command {
+            Some(args) if !args.is_empty() => Ok(Command::Exec {
+                state_dir,
+                id,
+                args,
+            }),
+            _ => Err(ShimError::Usage("exec needs -- and a command".into())),
+        },
         other => Err(ShimError::Usage(format!("unknown subcommand {other:?}"))),
     }
 }
@@ -144,8 +167,12 @@ pub fn main(args: &[String]) -> ExitCode {
         .with_writer(shim_log)
         .with_ansi(false)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                // An exec's stderr is its command's: libcontainer's warnings stay out of it
+                // (a failure is reported on its own).
+                let quiet = args.first().is_some_and(|a| a == "exec");
+                tracing_subscriber::EnvFilter::new(if quiet { "off" } else { "warn" })
+            }),
         )
         .try_init();
     match parse(args) {
@@ -155,6 +182,17 @@ pub fn main(args: &[String]) -> ExitCode {
             Err(e) => {
                 eprintln!("strake shim delete {id}: {e}");
                 ExitCode::FAILURE
+            }
+        },
+        Ok(Command::Exec {
+            state_dir,
+            id,
+            args,
+        }) => match exec(&Layout::from_dir(state_dir), &id, args) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("{EXEC_ERROR_PREFIX}{e}");
+                ExitCode::from(EXEC_FAILED)
             }
         },
         Err(e) => {
@@ -296,6 +334,40 @@ fn create_and_start(layout: &Layout, id: &ContainerId, log: &Path) -> Result<i32
         })?
         .as_raw();
     Ok(pid)
+}
+
+/// Runs `args` inside the running container (its namespaces, cgroup, user, environment,
+/// working directory and capabilities, as libcontainer's tenant builder joins them), with our
+/// stdin, stdout and stderr, and waits for it. Returns its exit code (128 + signal when killed).
+fn exec(layout: &Layout, id: &ContainerId, args: Vec<String>) -> Result<u8, ShimError> {
+    let dup = |fd: std::os::fd::BorrowedFd<'_>, step: &'static str| {
+        fd.try_clone_to_owned().map_err(|e| ShimError::Setup {
+            step,
+            errno: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+        })
+    };
+    let stdin = dup(std::io::stdin().as_fd(), "duplicating stdin")?;
+    let stdout = dup(std::io::stdout().as_fd(), "duplicating stdout")?;
+    let stderr = dup(std::io::stderr().as_fd(), "duplicating stderr")?;
+    let pid = ContainerBuilder::new(id.to_string(), SyscallType::default())
+        .with_root_path(layout.libcontainer_root())
+        .map_err(lc("setting the state root"))?
+        .with_stdin(stdin)
+        .with_stdout(stdout)
+        .with_stderr(stderr)
+        .validate_id()
+        .map_err(lc("validating the id"))?
+        .as_tenant()
+        .with_detach(false)
+        .with_container_args(args)
+        .build()
+        .map_err(lc("starting the process in the container"))?;
+    let pid = pid.as_raw();
+    let status = wait_for(pid)?;
+    Ok(match status.signal {
+        Some(sig) => (128 + sig).clamp(0, 255) as u8,
+        None => status.exit_code.clamp(0, 255) as u8,
+    })
 }
 
 /// Records the start, waits for the init, records the exit, reaps, deletes.
@@ -462,6 +534,16 @@ mod tests {
                 id: ContainerId::parse("c1").unwrap()
             }
         );
+        assert_eq!(
+            parse(&args("exec --state-dir /s/c1 --id c1 -- cat --id /x")).unwrap(),
+            Command::Exec {
+                state_dir: "/s/c1".into(),
+                id: ContainerId::parse("c1").unwrap(),
+                args: vec!["cat".into(), "--id".into(), "/x".into()],
+            }
+        );
+        assert!(parse(&args("exec --state-dir /s/c1 --id c1 --")).is_err());
+        assert!(parse(&args("exec --state-dir /s/c1 --id c1")).is_err());
     }
 
     #[test]

@@ -429,3 +429,60 @@ async fn lifecycle_latency_of_busybox_true() {
         ms(samples[samples.len() - 1].2)
     );
 }
+
+#[tokio::test]
+async fn exec_joins_the_container_and_reports_exit_codes_and_output() {
+    let _serial = SERIAL.lock().await;
+    let fx = Fixture::new("exec");
+    let spec = fx.spec(
+        "execd",
+        &["sh", "-c", "echo inside > /tmp/marker; sleep 1000"],
+    );
+    fx.runtime.start(&spec).await.unwrap();
+    let marker = fx.tmp.path().join("rootfs/tmp/marker");
+    poll_until("the marker", Duration::from_secs(10), || marker.exists()).await;
+    let run = |args: &[&str]| {
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let rt = fx.runtime.clone();
+        async move { rt.exec("execd", &args, Duration::from_secs(20)).await }
+    };
+    // The container's filesystem, environment and hostname, not the host's.
+    let (code, out) = run(&["sh", "-c", "cat /tmp/marker; echo $GREETING; hostname"])
+        .await
+        .unwrap();
+    assert_eq!((code, out.as_str()), (0, "inside\nhello\nexecd\n"));
+    let (code, out) = run(&["sh", "-c", "echo oops >&2; exit 7"]).await.unwrap();
+    assert_eq!((code, out.as_str()), (7, "oops\n"));
+    match run(&["/no/such/binary"]).await {
+        Err(RuntimeError::ExecFailed { error, .. }) => {
+            assert!(
+                error.contains("/no/such/binary") || error.contains("No such file"),
+                "{error}"
+            )
+        }
+        other => panic!("expected ExecFailed, got {other:?}"),
+    }
+    match fx
+        .runtime
+        .exec(
+            "execd",
+            &["sleep".into(), "30".into()],
+            Duration::from_secs(1),
+        )
+        .await
+    {
+        Err(RuntimeError::ExecTimeout { .. }) => {}
+        other => panic!("expected ExecTimeout, got {other:?}"),
+    }
+    assert!(matches!(
+        fx.runtime
+            .exec("nope", &["true".into()], Duration::from_secs(1))
+            .await,
+        Err(RuntimeError::NotFound(_))
+    ));
+    fx.runtime
+        .stop("execd", Duration::from_secs(1))
+        .await
+        .unwrap();
+    fx.runtime.remove("execd").await.unwrap();
+}

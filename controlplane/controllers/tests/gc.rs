@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use serde_json::json;
 use strake_apimachinery::registry::Propagation;
+use strake_apimachinery::resource::Part;
 use strake_apimachinery::{DeleteOptions, Filter, ListOptions, WriteOptions};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -125,6 +126,25 @@ async fn background_orphan_and_foreground_cascades() {
     );
 
     let d = app(&c, "fg").await;
+    // A finalizer on one pod holds the cascade, so the owner is seen held however fast the
+    // rest goes.
+    let (pods, _): (Vec<Pod>, _) = c
+        .client
+        .list(Some("default"), &Filter::default())
+        .await
+        .unwrap();
+    let held_pod = pods
+        .iter()
+        .find(|p| p.metadata.labels.as_ref().is_some_and(|l| l["app"] == "fg"))
+        .and_then(|p| p.metadata.name.clone())
+        .unwrap();
+    c.client
+        .modify::<Pod>(Some("default"), &held_pod, Part::Main, |p| {
+            p.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+            true
+        })
+        .await
+        .unwrap();
     c.client
         .delete::<Deployment>(Some("default"), "fg", &delete_opts(Propagation::Foreground))
         .await
@@ -140,6 +160,20 @@ async fn background_orphan_and_foreground_cascades() {
             .unwrap()
             .contains(&"foregroundDeletion".to_string())
     );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let still: Deployment = c
+        .client
+        .get(Some("default"), "fg")
+        .await
+        .expect("held while a dependent remains");
+    assert_eq!(still.metadata.uid, d.metadata.uid);
+    c.client
+        .modify::<Pod>(Some("default"), &held_pod, Part::Main, |p| {
+            p.metadata.finalizers = None;
+            true
+        })
+        .await
+        .unwrap();
     // Until the owner goes, it is still there whenever a set or pod of it is.
     loop {
         let owner = c.client.get::<Deployment>(Some("default"), "fg").await;

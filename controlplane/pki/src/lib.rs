@@ -9,7 +9,7 @@ mod token;
 
 pub use ca::{CertifiedKey, ClusterCa, Identity, peer_identity};
 pub use credentials::Credentials;
-pub use tlsconf::{client_config, discovery_client_config, server_config};
+pub use tlsconf::{client_config, discovery_client_config, probe_client_config, server_config};
 pub use token::{BootstrapToken, ClusterInfo};
 
 use std::path::PathBuf;
