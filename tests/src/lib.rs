@@ -43,6 +43,29 @@ pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<Output> {
     Ok(out)
 }
 
+/// Runs kubectl with `input` on its stdin; returns its output whatever the exit status.
+pub fn kubectl_with_input(
+    kubeconfig: &Path,
+    args: &[&str],
+    input: &[u8],
+) -> anyhow::Result<Output> {
+    use std::io::Write;
+    let mut child = Command::new(kubectl_path()?)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--request-timeout=30s")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running kubectl")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input).context("writing kubectl's stdin")?;
+    }
+    child.wait_with_output().context("waiting for kubectl")
+}
+
 /// Runs kubectl and requires success; returns stdout.
 pub fn kubectl_ok(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<String> {
     let out = kubectl(kubeconfig, args)?;
@@ -171,7 +194,8 @@ pub async fn push_busybox(port: u16, repo: &str, tag: &str) -> anyhow::Result<()
     layer.add_dir("etc", 0o755)?;
     layer.add_file("bin/busybox", &busybox, 0o755)?;
     for applet in [
-        "sh", "echo", "sleep", "cat", "ls", "true", "false", "date", "id", "ps",
+        "sh", "echo", "sleep", "cat", "ls", "true", "false", "date", "id", "ps", "tar", "wc",
+        "touch", "mkdir", "env", "httpd",
     ] {
         layer.add_symlink(&format!("bin/{applet}"), "/bin/busybox")?;
     }

@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use k8s_openapi::api::core::v1::Pod;
-use strake_e2e::{Registry, kubectl, kubectl_ok, kubectl_path, poll, push_busybox, workspace_root};
+use strake_e2e::{
+    Registry, kubectl, kubectl_ok, kubectl_path, kubectl_with_input, poll, push_busybox,
+    workspace_root,
+};
 use strake_pki::BootstrapToken;
 use strake_qemu::{Accel, PortForward, Vm, VmConfig};
 
@@ -420,6 +423,9 @@ fn drive(
     rollout_scenarios(&kubeconfig, dir, registry)?;
     volume_scenarios(&kubeconfig, dir, registry)?;
     env_and_probe_scenarios(&kubeconfig, dir, registry)?;
+    init_container_scenarios(&kubeconfig, dir, registry)?;
+    exec_scenarios(&kubeconfig, dir, registry)?;
+    port_forward_scenarios(&kubeconfig, registry)?;
 
     // The node is still healthy after all that.
     let nodes = kubectl_ok(&kubeconfig, &["get", "nodes"])?;
@@ -1471,6 +1477,477 @@ spec:
         "--wait=true",
         "--timeout=60s",
     ])?;
+    Ok(())
+}
+
+/// Init containers run in order, a sidecar starts between them and outlives them, a failed
+/// init container fails a never-restarting pod, a pending one shows `Init:0/1`, and a pod whose
+/// containers completed succeeds although its sidecar would run forever.
+fn init_container_scenarios(
+    kubeconfig: &std::path::Path,
+    dir: &std::path::Path,
+    registry: &str,
+) -> anyhow::Result<()> {
+    let k = in_default(kubeconfig);
+    let image = format!("{registry}/e2e/busybox:1");
+    let manifest = dir.join("init.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: initseq}}
+spec:
+  terminationGracePeriodSeconds: 0
+  volumes: [{{name: work, emptyDir: {{}}}}]
+  initContainers:
+  - {{name: first, image: "{image}", command: ["sh", "-c", "echo first >> /w/log"], volumeMounts: [{{name: work, mountPath: /w}}]}}
+  - name: side
+    image: {image}
+    restartPolicy: Always
+    command: ["sh", "-c", "echo side >> /w/log; sleep 3600"]
+    volumeMounts: [{{name: work, mountPath: /w}}]
+  - {{name: second, image: "{image}", command: ["sh", "-c", "echo second >> /w/log"], volumeMounts: [{{name: work, mountPath: /w}}]}}
+  containers:
+  - {{name: main, image: "{image}", command: ["sh", "-c", "cat /w/log; sleep 3600"], volumeMounts: [{{name: work, mountPath: /w}}]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: initfail}}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 0
+  initContainers:
+  - {{name: broken, image: "{image}", command: ["sh", "-c", "exit 3"]}}
+  containers:
+  - {{name: main, image: "{image}", command: ["sleep", "3600"]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: initwait}}
+spec:
+  terminationGracePeriodSeconds: 0
+  initContainers:
+  - {{name: forever, image: "{image}", command: ["sleep", "3600"]}}
+  containers:
+  - {{name: main, image: "{image}", command: ["sleep", "3600"]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: sidejob}}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  initContainers:
+  - {{name: helper, image: "{image}", restartPolicy: Always, command: ["sleep", "3600"]}}
+  containers:
+  - {{name: main, image: "{image}", command: ["echo", "done"]}}
+"#
+        ),
+    )?;
+    k(&["apply", "-f", manifest.to_str().unwrap_or_default()])?;
+    let row = poll(
+        "the initialized pod running",
+        Duration::from_secs(180),
+        || {
+            let row = k(&["get", "pod", "initseq", "--no-headers"]).ok()?;
+            row.contains("Running").then_some(row)
+        },
+    )?;
+    ensure!(
+        row.split_whitespace().nth(1) == Some("2/2"),
+        "the sidecar counts as a container: {row}"
+    );
+    let log = poll(
+        "the main container's output",
+        Duration::from_secs(60),
+        || {
+            let l = k(&["logs", "initseq", "-c", "main"]).ok()?;
+            (!l.is_empty()).then_some(l)
+        },
+    )?;
+    ensure!(
+        log.split_whitespace().collect::<Vec<_>>() == ["first", "side", "second"],
+        "init order: {log}"
+    );
+    let inits = k(&[
+        "get",
+        "pod",
+        "initseq",
+        "-o",
+        "jsonpath={range .status.initContainerStatuses[*]}{.name}={.state.terminated.reason}{.state.running.startedAt}/{.ready} {end}{.status.conditions[?(@.type==\"Initialized\")].status}",
+    ])?;
+    let words: Vec<_> = inits.split_whitespace().collect();
+    ensure!(
+        words.len() == 4
+            && words[0] == "first=Completed/true"
+            && words[1].starts_with("side=20")
+            && words[1].ends_with("/true")
+            && words[2] == "second=Completed/true"
+            && words[3] == "True",
+        "init statuses: {inits}"
+    );
+    let failed = poll(
+        "the failed init container",
+        Duration::from_secs(120),
+        || {
+            let row = k(&["get", "pod", "initfail", "--no-headers"]).ok()?;
+            row.contains("Init:Error").then_some(row)
+        },
+    )?;
+    let phase = k(&[
+        "get",
+        "pod",
+        "initfail",
+        "-o",
+        "jsonpath={.status.phase} {.status.containerStatuses[0].state.waiting.reason}",
+    ])?;
+    ensure!(
+        phase == "Failed PodInitializing",
+        "a failed init container: {phase} ({failed})"
+    );
+    let waiting = k(&["get", "pod", "initwait", "--no-headers"])?;
+    ensure!(
+        waiting.contains("Init:0/1"),
+        "a running init container: {waiting}"
+    );
+    let cond = k(&[
+        "get",
+        "pod",
+        "initwait",
+        "-o",
+        "jsonpath={.status.phase} {.status.conditions[?(@.type==\"Initialized\")].reason}",
+    ])?;
+    ensure!(
+        cond == "Pending ContainersNotInitialized",
+        "initializing: {cond}"
+    );
+    poll(
+        "the sidecar job to succeed",
+        Duration::from_secs(120),
+        || {
+            let phase = k(&["get", "pod", "sidejob", "-o", "jsonpath={.status.phase}"]).ok()?;
+            (phase == "Succeeded").then_some(())
+        },
+    )?;
+    k(&[
+        "delete",
+        "pod",
+        "initseq",
+        "initfail",
+        "initwait",
+        "sidejob",
+        "--wait=true",
+        "--timeout=60s",
+    ])?;
+    eprintln!("init container scenarios: order, sidecars, Init:Error, Init:0/1, sidecar job: ok");
+    Ok(())
+}
+
+/// `kubectl exec` over WebSocket through the API server to the agent: output split into
+/// stdout and stderr, the exit code, stdin with end-of-file, a terminal, and `kubectl cp`
+/// both ways (tar through exec).
+fn exec_scenarios(
+    kubeconfig: &std::path::Path,
+    dir: &std::path::Path,
+    registry: &str,
+) -> anyhow::Result<()> {
+    let k = in_default(kubeconfig);
+    let image = format!("{registry}/e2e/busybox:1");
+    k(&[
+        "run",
+        "shell",
+        &format!("--image={image}"),
+        "--restart=Never",
+        "--",
+        "sleep",
+        "3600",
+    ])?;
+    k(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/shell",
+        "--timeout=120s",
+    ])?;
+    let out = kubectl(
+        kubeconfig,
+        &[
+            "-n",
+            "default",
+            "exec",
+            "shell",
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+        ],
+    )?;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    ensure!(
+        out.status.code() == Some(3) && stdout.trim() == "out" && stderr.starts_with("err"),
+        "exec exit code and streams: {:?} stdout {stdout:?} stderr {stderr:?}",
+        out.status
+    );
+    let piped = kubectl_with_input(
+        kubeconfig,
+        &[
+            "-n",
+            "default",
+            "exec",
+            "-i",
+            "shell",
+            "--",
+            "sh",
+            "-c",
+            "cat > /tmp/in; wc -c < /tmp/in",
+        ],
+        b"hello world\n",
+    )?;
+    ensure!(
+        piped.status.success() && String::from_utf8_lossy(&piped.stdout).trim() == "12",
+        "exec with stdin: {:?} {} {}",
+        piped.status,
+        String::from_utf8_lossy(&piped.stdout),
+        String::from_utf8_lossy(&piped.stderr)
+    );
+    // The same over SPDY, as kubectl before 1.30 and client-go's SPDY executor speak it.
+    let spdy = Command::new(kubectl_path()?)
+        .env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args([
+            "-n",
+            "default",
+            "exec",
+            "-i",
+            "shell",
+            "--",
+            "sh",
+            "-c",
+            "wc -c; echo oops >&2; exit 5",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            if let Some(mut i) = c.stdin.take() {
+                i.write_all(b"seven b")?;
+            }
+            c.wait_with_output()
+        })?;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&spdy.stdout),
+        String::from_utf8_lossy(&spdy.stderr),
+    );
+    ensure!(
+        spdy.status.code() == Some(5) && stdout.trim() == "7" && stderr.contains("oops"),
+        "exec over SPDY: {:?} stdout {stdout:?} stderr {stderr:?}",
+        spdy.status
+    );
+    // A terminal: `script` gives kubectl one of its own, so `-t` is honoured.
+    let line = format!(
+        "{} --kubeconfig {} -n default exec -it shell -- sh -c 'test -t 0 && echo tty-yes; exit 4'",
+        kubectl_path()?.display(),
+        kubeconfig.display()
+    );
+    let tty = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    let text = String::from_utf8_lossy(&tty.stdout);
+    ensure!(
+        text.contains("tty-yes") && tty.status.code() == Some(4),
+        "exec with a terminal: {:?} {text:?} {}",
+        tty.status,
+        String::from_utf8_lossy(&tty.stderr)
+    );
+    let local = dir.join("cp-in.txt");
+    std::fs::write(&local, "copied in\n")?;
+    k(&[
+        "cp",
+        local.to_str().unwrap_or_default(),
+        "shell:/tmp/cp-in.txt",
+    ])?;
+    let back = k(&["exec", "shell", "--", "cat", "/tmp/cp-in.txt"])?;
+    ensure!(back == "copied in\n", "kubectl cp into the pod: {back:?}");
+    let fetched = dir.join("cp-out.txt");
+    k(&[
+        "cp",
+        "shell:/tmp/cp-in.txt",
+        fetched.to_str().unwrap_or_default(),
+    ])?;
+    let got = std::fs::read_to_string(&fetched)?;
+    ensure!(got == "copied in\n", "kubectl cp out of the pod: {got:?}");
+    let missing = kubectl(
+        kubeconfig,
+        &["-n", "default", "exec", "shell", "-c", "nope", "--", "true"],
+    )?;
+    let err = String::from_utf8_lossy(&missing.stderr);
+    ensure!(
+        !missing.status.success() && err.contains("container nope is not valid for pod shell"),
+        "exec into a missing container: {err}"
+    );
+    k(&[
+        "delete",
+        "pod",
+        "shell",
+        "--grace-period=0",
+        "--wait=true",
+        "--timeout=60s",
+    ])?;
+    eprintln!("exec scenarios: streams, exit code, stdin, tty, cp both ways, bad container: ok");
+    Ok(())
+}
+
+/// An HTTP/1.0 GET through `127.0.0.1:port`; the whole response.
+fn http_get(port: u16) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// `kubectl port-forward` (SPDY tunnelled in a WebSocket, as kubectl 1.31+ sends it) and the
+/// Python client's port-forward (the channel protocol) reach a server in the pod, connection
+/// after connection; a closed port is reported.
+fn port_forward_scenarios(kubeconfig: &std::path::Path, registry: &str) -> anyhow::Result<()> {
+    let k = in_default(kubeconfig);
+    let image = format!("{registry}/e2e/busybox:1");
+    k(&[
+        "run",
+        "pf",
+        &format!("--image={image}"),
+        "--restart=Never",
+        "--",
+        "sh",
+        "-c",
+        "mkdir -p /www && echo hello-pf > /www/index.html && httpd -f -p 18080 -h /www",
+    ])?;
+    k(&["wait", "--for=condition=Ready", "pod/pf", "--timeout=120s"])?;
+    let mut child = Command::new(kubectl_path()?)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args([
+            "-n",
+            "default",
+            "port-forward",
+            "pod/pf",
+            "28080:18080",
+            "28081:18081",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let result = (|| -> anyhow::Result<()> {
+        let stdout = child.stdout.take().context("port-forward's stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next().context("port-forward printed nothing")??;
+        ensure!(
+            first.contains("Forwarding from 127.0.0.1:28080"),
+            "port-forward said: {first}"
+        );
+        // Wait for the last listener to be announced.
+        while let Some(Ok(line)) = lines.next() {
+            if line.contains("28081") && line.contains("[::1]") {
+                break;
+            }
+        }
+        for round in 0..3 {
+            let body = poll("a forwarded response", Duration::from_secs(30), || {
+                http_get(28080).ok().filter(|r| r.contains("hello-pf"))
+            })?;
+            ensure!(body.starts_with("HTTP/1."), "round {round}: {body}");
+        }
+        // Nothing listens on 18081: the connection fails and the error reaches kubectl, which
+        // then ends the session (as it does against a kubelet).
+        let _ = http_get(28081);
+        let until = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < until && child.try_wait()?.is_none() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(())
+    })();
+    let _ = child.kill();
+    let out = child.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    result.with_context(|| format!("kubectl port-forward: {stderr}"))?;
+    ensure!(
+        stderr.contains("error forwarding port 18081 to pod pf"),
+        "the closed port's error: {stderr}"
+    );
+    // Plain SPDY, as kubectl before 1.31 speaks it.
+    let mut spdy = Command::new(kubectl_path()?)
+        .env("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["-n", "default", "port-forward", "pod/pf", "28082:18080"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let plain = poll(
+        "a response over plain SPDY",
+        Duration::from_secs(30),
+        || http_get(28082).ok().filter(|r| r.contains("hello-pf")),
+    );
+    let _ = spdy.kill();
+    let out = spdy.wait_with_output()?;
+    plain.with_context(|| {
+        format!(
+            "port-forward over SPDY: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    let python = workspace_root().join(".cache/pyclients/bin/python3");
+    let script = r#"
+import sys
+from kubernetes import client, config
+from kubernetes.stream import portforward
+config.load_kube_config(sys.argv[1])
+api = client.CoreV1Api()
+pf = portforward(api.connect_get_namespaced_pod_portforward, "pf", "default", ports="18080")
+sock = pf.socket(18080)
+sock.setblocking(True)
+sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+data = b""
+while True:
+    d = sock.recv(4096)
+    if not d:
+        break
+    data += d
+sock.close()
+print("python-pf", b"hello-pf" in data)
+"#;
+    let py = Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .arg(kubeconfig)
+        .output()
+        .with_context(|| format!("running {}", python.display()))?;
+    let said = String::from_utf8_lossy(&py.stdout);
+    ensure!(
+        py.status.success() && said.trim() == "python-pf True",
+        "port-forward from the Python client: {said} {}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    k(&[
+        "delete",
+        "pod",
+        "pf",
+        "--grace-period=0",
+        "--wait=true",
+        "--timeout=60s",
+    ])?;
+    eprintln!(
+        "port-forward scenarios: kubectl (SPDY in WebSocket), Python (channels), closed port: ok"
+    );
     Ok(())
 }
 

@@ -9,8 +9,10 @@ mod localpath;
 mod logs;
 mod node;
 mod pods;
+mod portforward;
 mod probe;
 mod status;
+mod streams;
 mod volumes;
 mod worker;
 

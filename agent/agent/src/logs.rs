@@ -1,5 +1,6 @@
-//! The agent's HTTPS API for the API server: container logs (with follow). Callers must present
-//! a client certificate from the cluster CA in group system:masters (the API server's).
+//! The agent's HTTPS API for the API server: container logs (with follow) and exec streams
+//! (see [`crate::streams`]). Callers must present a client certificate from the cluster CA in
+//! group system:masters (the API server's).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -9,8 +10,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path as UrlPath, Query, State};
-use axum::http::StatusCode;
+use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
+use axum::extract::{Path as UrlPath, Query, RawQuery, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -64,17 +66,195 @@ fn text(code: StatusCode, msg: String) -> Response {
     (code, msg).into_response()
 }
 
+fn is_api_server(caller: &Caller) -> bool {
+    caller
+        .0
+        .as_ref()
+        .is_some_and(|id| id.groups.iter().any(|g| g == "system:masters"))
+}
+
+/// The uid of pod `ns/name` if it runs (or ran) here, from its log directory.
+fn pod_uid(log_root: &Path, ns: &str, name: &str) -> Option<String> {
+    let prefix = format!("{ns}_{name}_");
+    std::fs::read_dir(log_root)
+        .ok()?
+        .flatten()
+        .find_map(|e| Some(e.file_name().to_str()?.strip_prefix(&prefix)?.to_string()))
+}
+
+/// `/portForward/{ns}/{pod}`: SPDY on a connection upgraded to `SPDY/3.1` (POST), or a
+/// WebSocket carrying SPDY or the channel protocol (GET); see [`crate::portforward`].
+async fn port_forward(
+    State(shared): State<Arc<Shared>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    UrlPath((ns, pod)): UrlPath<(String, String)>,
+    RawQuery(query): RawQuery,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    mut req: axum::extract::Request,
+) -> Response {
+    use crate::portforward::{self, Target};
+    if !is_api_server(&caller) {
+        return text(
+            StatusCode::FORBIDDEN,
+            "a client certificate of the API server is required".into(),
+        );
+    }
+    let Some(uid) = pod_uid(&shared.cfg.log_dir, &ns, &pod) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("pod {ns}/{pod} is not running on this node"),
+        );
+    };
+    let target = Target {
+        pod: pod.clone(),
+        uid,
+    };
+    if let Ok(ws) = ws {
+        let ws = ws.protocols(portforward::WS_PROTOCOLS);
+        let tunnel = ws
+            .selected_protocol()
+            .is_some_and(|p| p == portforward::WS_PROTOCOLS[0]);
+        if tunnel {
+            return ws.on_upgrade(move |socket| portforward::serve_tunnel(socket, target));
+        }
+        let pairs = crate::streams::query_pairs(query.as_deref().unwrap_or_default());
+        return match portforward::ports(&pairs) {
+            Ok(ports) => {
+                ws.on_upgrade(move |socket| portforward::serve_channels(socket, target, ports))
+            }
+            Err(e) => text(StatusCode::BAD_REQUEST, e),
+        };
+    }
+    let protocol = match spdy_handshake(&req, &[portforward::SPDY_PROTOCOL]) {
+        Ok(p) => p,
+        Err(resp) => return *resp,
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(io) => portforward::serve_spdy(TokioIo::new(io), target).await,
+            Err(e) => tracing::info!(error = %e, "port-forward: the upgrade failed"),
+        }
+    });
+    spdy_switch(&protocol)
+}
+
+/// Checks an upgrade to SPDY/3.1 and picks the first protocol the client offers (in
+/// `X-Stream-Protocol-Version`) that we serve; the refusal is the response to send.
+fn spdy_handshake(req: &axum::extract::Request, served: &[&str]) -> Result<String, Box<Response>> {
+    let header_has = |name: header::HeaderName, want: &str| {
+        req.headers()
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.to_ascii_lowercase().contains(want))
+    };
+    if !header_has(header::CONNECTION, "upgrade") || !header_has(header::UPGRADE, "spdy/3.1") {
+        return Err(Box::new(text(
+            StatusCode::BAD_REQUEST,
+            "this stream needs an upgrade to SPDY/3.1 or to a WebSocket".into(),
+        )));
+    }
+    let offered: Vec<String> = req
+        .headers()
+        .get_all("x-stream-protocol-version")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect();
+    if offered.is_empty() {
+        return Err(Box::new(text(
+            StatusCode::BAD_REQUEST,
+            "X-Stream-Protocol-Version is missing".into(),
+        )));
+    }
+    if let Some(p) = offered.iter().find(|p| served.contains(&p.as_str())) {
+        return Ok(p.clone());
+    }
+    let mut resp = Response::builder().status(StatusCode::FORBIDDEN);
+    for p in served {
+        resp = resp.header("X-Accepted-Stream-Protocol-Versions", *p);
+    }
+    Err(Box::new(resp
+        .body(Body::from(format!(
+            "unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server accepts {served:?}"
+        )))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())))
+}
+
+/// The 101 that switches the connection to SPDY with `protocol`.
+fn spdy_switch(protocol: &str) -> Response {
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "SPDY/3.1")
+        .header("X-Stream-Protocol-Version", protocol)
+        .body(Body::empty())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// `/exec/{ns}/{pod}/{container}?command=…`: a process in the container's current instance,
+/// streamed over a WebSocket.
+async fn exec(
+    State(shared): State<Arc<Shared>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
+    RawQuery(query): RawQuery,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    mut req: axum::extract::Request,
+) -> Response {
+    if !is_api_server(&caller) {
+        return text(
+            StatusCode::FORBIDDEN,
+            "a client certificate of the API server is required".into(),
+        );
+    }
+    let opts = match crate::streams::ExecOptions::parse(query.as_deref().unwrap_or_default()) {
+        Ok(o) => o,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    let running = find_log(&shared.cfg.log_dir, &ns, &pod, &container, false)
+        .map(|(_, uid, attempt)| container_id(&uid, &container, attempt))
+        .filter(|id| {
+            matches!(
+                shared.runtime.status(id),
+                Ok(ContainerState::Running { .. })
+            )
+        });
+    let Some(id) = running else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("container {container} is not running in pod {ns}/{pod}"),
+        );
+    };
+    if let Ok(ws) = ws {
+        return crate::streams::upgrade(shared, id, opts, ws);
+    }
+    // SPDY, as clients before kubectl 1.30 (and Go programs using its executor) speak it.
+    let protocol = match spdy_handshake(&req, &crate::streams::SPDY_PROTOCOLS) {
+        Ok(p) => p,
+        Err(resp) => return *resp,
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let chosen = protocol.clone();
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(io) => crate::streams::serve_spdy(TokioIo::new(io), shared, id, opts, chosen).await,
+            Err(e) => tracing::info!(error = %e, "exec: the upgrade failed"),
+        }
+    });
+    spdy_switch(&protocol)
+}
+
 async fn container_logs(
     State(shared): State<Arc<Shared>>,
     axum::Extension(caller): axum::Extension<Caller>,
     UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let allowed = caller
-        .0
-        .as_ref()
-        .is_some_and(|id| id.groups.iter().any(|g| g == "system:masters"));
-    if !allowed {
+    if !is_api_server(&caller) {
         return text(
             StatusCode::FORBIDDEN,
             "a client certificate of the API server is required".into(),
@@ -205,6 +385,11 @@ pub async fn serve(shared: Arc<Shared>, creds: &Credentials) -> Result<(), Agent
     tracing::info!(%addr, "agent API listening");
     let router = Router::new()
         .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
+        .route("/exec/{ns}/{pod}/{container}", get(exec).post(exec))
+        .route(
+            "/portForward/{ns}/{pod}",
+            get(port_forward).post(port_forward),
+        )
         .with_state(shared);
     loop {
         let (tcp, _) = match listener.accept().await {
@@ -233,7 +418,7 @@ pub async fn serve(shared: Arc<Shared>, creds: &Credentials) -> Result<(), Agent
                 router.layer(axum::Extension(Caller(id))),
             );
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), svc)
+                .serve_connection_with_upgrades(TokioIo::new(tls), svc)
                 .await;
         });
     }

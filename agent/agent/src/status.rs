@@ -6,10 +6,23 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
+/// Which list of the pod spec a container comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// An init container: runs to completion, in order, before the next one starts.
+    Init,
+    /// A native sidecar (an init container with `restartPolicy: Always`): started in the init
+    /// sequence, runs beside the containers, stopped after them.
+    Sidecar,
+    /// One of `spec.containers`.
+    Main,
+}
+
 /// What one container is doing, as recorded by its worker.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ContainerRecord {
     pub name: String,
+    pub role: Role,
     pub image: String,
     pub image_id: String,
     pub container_id: String,
@@ -48,15 +61,23 @@ pub struct Terminated {
 }
 
 impl ContainerRecord {
-    pub fn new(name: &str, image: &str) -> Self {
+    /// A container not yet created. Like the kubelet, containers that wait on init
+    /// containers (and the init containers themselves) say `PodInitializing`.
+    pub fn new(name: &str, image: &str, role: Role, pod_has_init: bool) -> Self {
+        let reason = if role != Role::Main || pod_has_init {
+            "PodInitializing"
+        } else {
+            "ContainerCreating"
+        };
         Self {
             name: name.into(),
+            role,
             image: image.into(),
             image_id: String::new(),
             container_id: String::new(),
             restart_count: 0,
             state: State::Waiting {
-                reason: "ContainerCreating".into(),
+                reason: reason.into(),
                 message: None,
             },
             last_terminated: None,
@@ -66,6 +87,33 @@ impl ContainerRecord {
             started: false,
         }
     }
+
+    fn exited_ok(&self) -> bool {
+        matches!(&self.state, State::Terminated(t) if t.exit_code == 0)
+    }
+
+    fn running(&self) -> bool {
+        matches!(self.state, State::Running { .. })
+    }
+
+    /// Done with the init sequence: an init container that succeeded, a sidecar that started.
+    fn initialized(&self) -> bool {
+        match self.role {
+            Role::Init => self.done && self.exited_ok(),
+            Role::Sidecar => self.ever_started,
+            Role::Main => true,
+        }
+    }
+
+    /// Counts toward the pod's readiness: running and ready (init containers never do).
+    fn ready_now(&self) -> bool {
+        self.running() && self.ready
+    }
+}
+
+/// Whether every init container has completed and every sidecar has started.
+pub fn initialized(records: &[ContainerRecord]) -> bool {
+    records.iter().all(ContainerRecord::initialized)
 }
 
 fn term_state(t: &Terminated, container_id: &str) -> ContainerStateTerminated {
@@ -100,13 +148,18 @@ fn container_status(r: &ContainerRecord) -> ContainerStatus {
             ..Default::default()
         },
     };
-    let running = matches!(r.state, State::Running { .. });
+    let running = r.running();
+    // A completed init container reports ready, as the kubelet does.
+    let ready = match r.role {
+        Role::Init => r.exited_ok(),
+        _ => running && r.ready,
+    };
     ContainerStatus {
         name: r.name.clone(),
         image: r.image.clone(),
         image_id: r.image_id.clone(),
         container_id: (!r.container_id.is_empty()).then(|| r.container_id.clone()),
-        ready: running && r.ready,
+        ready,
         started: Some(running && r.started),
         restart_count: r.restart_count,
         state: Some(state),
@@ -118,20 +171,28 @@ fn container_status(r: &ContainerRecord) -> ContainerStatus {
     }
 }
 
-/// The pod phase: Pending until a container started; Succeeded/Failed once every container is
-/// done; otherwise Running.
+/// The pod phase: Failed once an init container failed for good; Pending until the init
+/// sequence is through and a container started; Succeeded/Failed once every container is
+/// done (sidecars do not count); otherwise Running.
 pub fn phase(records: &[ContainerRecord]) -> &'static str {
-    if !records.is_empty()
-        && records
+    let init_failed = records.iter().any(|r| {
+        r.role == Role::Init
+            && r.done
+            && matches!(&r.state, State::Terminated(t) if t.exit_code != 0)
+    });
+    if init_failed {
+        return "Failed";
+    }
+    let main: Vec<_> = records.iter().filter(|r| r.role == Role::Main).collect();
+    if !main.is_empty()
+        && main
             .iter()
             .all(|r| r.done && matches!(r.state, State::Terminated(_)))
     {
-        let ok = records
-            .iter()
-            .all(|r| matches!(&r.state, State::Terminated(t) if t.exit_code == 0));
+        let ok = main.iter().all(|r| r.exited_ok());
         return if ok { "Succeeded" } else { "Failed" };
     }
-    if records.iter().any(|r| r.ever_started) {
+    if initialized(records) && main.iter().any(|r| r.ever_started) {
         "Running"
     } else {
         "Pending"
@@ -147,13 +208,21 @@ pub fn pod_status(
     start_time: jiff::Timestamp,
 ) -> PodStatus {
     let now = Time(jiff::Timestamp::now());
-    let all_ready = !records.is_empty()
-        && records
-            .iter()
-            .all(|r| r.ready && matches!(r.state, State::Running { .. }));
+    let initialized = initialized(records);
+    let unready: Vec<&str> = records
+        .iter()
+        .filter(|r| r.role != Role::Init && !r.ready_now())
+        .map(|r| r.name.as_str())
+        .collect();
+    let all_ready = initialized && unready.is_empty();
+    let incomplete: Vec<&str> = records
+        .iter()
+        .filter(|r| !r.initialized())
+        .map(|r| r.name.as_str())
+        .collect();
     let phase = phase(records);
     let old = pod.status.clone().unwrap_or_default();
-    let cond = |ty: &str, ok: bool, reason: Option<&str>| {
+    let cond = |ty: &str, ok: bool, reason: Option<&str>, message: Option<String>| {
         let status = if ok { "True" } else { "False" };
         // Keep the transition time when the condition did not change.
         let prev = old
@@ -166,6 +235,7 @@ pub fn pod_status(
             type_: ty.into(),
             status: status.into(),
             reason: reason.map(str::to_string),
+            message,
             last_transition_time: prev.or_else(|| Some(now.clone())),
             ..Default::default()
         }
@@ -175,14 +245,27 @@ pub fn pod_status(
     } else {
         "ContainersNotReady"
     });
+    let unready_msg =
+        (!all_ready).then(|| format!("containers with unready status: [{}]", unready.join(" ")));
+    let (inits, mains): (Vec<_>, Vec<_>) = records.iter().partition(|r| r.role != Role::Main);
     PodStatus {
         phase: Some(phase.into()),
         conditions: Some(vec![
-            cond("PodReadyToStartContainers", true, None),
-            cond("Initialized", true, None),
-            cond("Ready", all_ready, not_ready),
-            cond("ContainersReady", all_ready, not_ready),
-            cond("PodScheduled", true, None),
+            cond("PodReadyToStartContainers", true, None, None),
+            cond(
+                "Initialized",
+                initialized,
+                (!initialized).then_some("ContainersNotInitialized"),
+                (!initialized).then(|| {
+                    format!(
+                        "containers with incomplete status: [{}]",
+                        incomplete.join(" ")
+                    )
+                }),
+            ),
+            cond("Ready", all_ready, not_ready, unready_msg.clone()),
+            cond("ContainersReady", all_ready, not_ready, unready_msg),
+            cond("PodScheduled", true, None, None),
         ]),
         host_ip: Some(host_ip.into()),
         host_ips: Some(vec![k8s_openapi::api::core::v1::HostIP {
@@ -191,7 +274,9 @@ pub fn pod_status(
         pod_ip: Some(pod_ip.into()),
         pod_ips: Some(vec![PodIP { ip: pod_ip.into() }]),
         start_time: Some(Time(start_time)),
-        container_statuses: Some(records.iter().map(container_status).collect()),
+        init_container_statuses: (!inits.is_empty())
+            .then(|| inits.into_iter().map(container_status).collect()),
+        container_statuses: Some(mains.into_iter().map(container_status).collect()),
         qos_class: old.qos_class.or(Some("BestEffort".into())),
         ..Default::default()
     }
@@ -214,7 +299,7 @@ mod tests {
 
     #[test]
     fn phases() {
-        let mut a = ContainerRecord::new("a", "img");
+        let mut a = ContainerRecord::new("a", "img", Role::Main, false);
         assert_eq!(phase(std::slice::from_ref(&a)), "Pending");
         a.ever_started = true;
         a.state = State::Running {
@@ -236,7 +321,7 @@ mod tests {
 
     #[test]
     fn waiting_reason_is_reported() {
-        let mut a = ContainerRecord::new("a", "img");
+        let mut a = ContainerRecord::new("a", "img", Role::Main, false);
         a.state = State::Waiting {
             reason: "ErrImagePull".into(),
             message: Some("manifest unknown".into()),
@@ -251,5 +336,90 @@ mod tests {
             .unwrap();
         assert_eq!(w.reason.as_deref(), Some("ErrImagePull"));
         assert_eq!(s.phase.as_deref(), Some("Pending"));
+    }
+
+    #[test]
+    fn init_containers_gate_the_pod() {
+        let mut init = ContainerRecord::new("i", "img", Role::Init, true);
+        let mut side = ContainerRecord::new("s", "img", Role::Sidecar, true);
+        let mut main = ContainerRecord::new("m", "img", Role::Main, true);
+        let status = |r: &[ContainerRecord]| {
+            pod_status(
+                &Pod::default(),
+                r,
+                "10.0.2.15",
+                "10.0.2.15",
+                jiff::Timestamp::now(),
+            )
+        };
+        let cond = |s: &PodStatus, ty: &str| {
+            s.conditions
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|c| c.type_ == ty)
+                .unwrap()
+                .clone()
+        };
+        let recs = [init.clone(), side.clone(), main.clone()];
+        let s = status(&recs);
+        assert_eq!(s.phase.as_deref(), Some("Pending"));
+        let c = cond(&s, "Initialized");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_deref()),
+            ("False", Some("ContainersNotInitialized"))
+        );
+        assert_eq!(
+            c.message.as_deref(),
+            Some("containers with incomplete status: [i s]")
+        );
+        assert_eq!(s.init_container_statuses.as_ref().unwrap().len(), 2);
+        let w = s.container_statuses.as_ref().unwrap()[0]
+            .state
+            .clone()
+            .unwrap()
+            .waiting
+            .unwrap();
+        assert_eq!(w.reason.as_deref(), Some("PodInitializing"));
+
+        // The init container fails for good: the pod fails.
+        init.state = term(1);
+        init.done = true;
+        assert_eq!(phase(&[init.clone(), side.clone(), main.clone()]), "Failed");
+
+        // It succeeds, the sidecar and the main container run: Running and, once all are
+        // ready, Ready; the completed init container reports ready.
+        init.state = term(0);
+        for r in [&mut side, &mut main] {
+            r.ever_started = true;
+            r.started = true;
+            r.state = State::Running {
+                started_at: jiff::Timestamp::now(),
+            };
+        }
+        main.ready = true;
+        let s = status(&[init.clone(), side.clone(), main.clone()]);
+        assert_eq!(s.phase.as_deref(), Some("Running"));
+        assert_eq!(cond(&s, "Initialized").status, "True");
+        let r = cond(&s, "Ready");
+        assert_eq!(
+            (r.status.as_str(), r.message.as_deref()),
+            ("False", Some("containers with unready status: [s]"))
+        );
+        assert!(s.init_container_statuses.as_ref().unwrap()[0].ready);
+        side.ready = true;
+        assert_eq!(
+            cond(
+                &status(&[init.clone(), side.clone(), main.clone()]),
+                "Ready"
+            )
+            .status,
+            "True"
+        );
+
+        // The main container completes: Succeeded, whatever the sidecar does.
+        main.state = term(0);
+        main.done = true;
+        assert_eq!(phase(&[init, side, main]), "Succeeded");
     }
 }

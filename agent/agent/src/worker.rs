@@ -13,7 +13,7 @@ use strake_runtime::{ContainerSpec, NetworkMode};
 use tokio::sync::{Notify, watch};
 
 use crate::Shared;
-use crate::status::{ContainerRecord, State, Terminated, pod_status};
+use crate::status::{ContainerRecord, Role, State, Terminated, pod_status};
 use crate::volumes::{self, Prepared};
 use crate::{env, events, probe};
 
@@ -102,12 +102,7 @@ impl PodWorker {
         let name = self.pod.metadata.name.clone().unwrap_or_default();
         let start_time = jiff::Timestamp::now();
         let spec = self.pod.spec.clone().unwrap_or_default();
-        let records: Records = Arc::new(Mutex::new(
-            spec.containers
-                .iter()
-                .map(|c| ContainerRecord::new(&c.name, c.image.as_deref().unwrap_or("")))
-                .collect(),
-        ));
+        let records: Records = Arc::new(Mutex::new(records_for(&spec)));
         let dirty = Arc::new(Notify::new());
         let (stop_tx, stop_rx) = watch::channel::<Option<Duration>>(None);
         let pod_cell = Arc::new(Mutex::new(self.pod.clone()));
@@ -121,27 +116,13 @@ impl PodWorker {
         ));
         dirty.notify_one();
 
-        let mut tasks = Vec::new();
-        if spec.init_containers.as_ref().is_some_and(|v| !v.is_empty()) {
-            let mut r = records.lock().unwrap_or_else(|e| e.into_inner());
-            for rec in r.iter_mut() {
-                rec.state = State::Waiting {
-                    reason: "CreateContainerConfigError".into(),
-                    message: Some(
-                        "initContainers are not supported by this Strake version yet".into(),
-                    ),
-                };
-            }
-            dirty.notify_one();
-        } else {
-            tasks.push(tokio::spawn(start_containers(
-                self.shared.clone(),
-                self.pod.clone(),
-                records.clone(),
-                dirty.clone(),
-                stop_rx.clone(),
-            )));
-        }
+        let tasks = vec![tokio::spawn(start_containers(
+            self.shared.clone(),
+            self.pod.clone(),
+            records.clone(),
+            dirty.clone(),
+            stop_rx.clone(),
+        ))];
         tracing::info!(pod = %format!("{ns}/{name}"), %uid, "pod worker started");
 
         // Follow updates until the pod is being deleted (or is gone).
@@ -195,8 +176,33 @@ impl PodWorker {
     }
 }
 
+/// One record per container: init containers and sidecars first, in spec order.
+fn records_for(spec: &k8s_openapi::api::core::v1::PodSpec) -> Vec<ContainerRecord> {
+    let inits = spec.init_containers.as_deref().unwrap_or_default();
+    let has_init = !inits.is_empty();
+    let record = |c: &Container, role| {
+        ContainerRecord::new(&c.name, c.image.as_deref().unwrap_or(""), role, has_init)
+    };
+    inits
+        .iter()
+        .map(|c| record(c, role_of_init(c)))
+        .chain(spec.containers.iter().map(|c| record(c, Role::Main)))
+        .collect()
+}
+
+fn role_of_init(c: &Container) -> Role {
+    if c.restart_policy.as_deref() == Some("Always") {
+        Role::Sidecar
+    } else {
+        Role::Init
+    }
+}
+
 /// Sets the pod's volumes up (retrying, with the reason in each container's waiting state,
-/// until they are ready or the pod stops), then runs its containers until they end.
+/// until they are ready or the pod stops), then runs the init sequence: each init container
+/// to completion in order, each sidecar until it has started. Then the containers run until
+/// they end or the pod stops; sidecars are stopped last, in reverse order, with what is left
+/// of the grace period.
 async fn start_containers(
     shared: Arc<Shared>,
     pod: Pod,
@@ -214,12 +220,13 @@ async fn start_containers(
                 tracing::info!(pod = %uid, error = %e, "volumes not ready");
                 volumes::release(&dir);
                 {
+                    // Keep each container's reason (ContainerCreating, PodInitializing) and
+                    // say why it waits.
                     let mut r = records.lock().unwrap_or_else(|e| e.into_inner());
                     for rec in r.iter_mut() {
-                        rec.state = State::Waiting {
-                            reason: "ContainerCreating".into(),
-                            message: Some(e.to_string()),
-                        };
+                        if let State::Waiting { message, .. } = &mut rec.state {
+                            *message = Some(e.to_string());
+                        }
                     }
                 }
                 dirty.notify_one();
@@ -233,21 +240,93 @@ async fn start_containers(
     };
     let prepared = Arc::new(prepared);
     let spec = pod.spec.clone().unwrap_or_default();
-    let mut tasks = Vec::new();
-    for (i, c) in spec.containers.iter().enumerate() {
-        let ctx = ContainerCtx {
-            shared: shared.clone(),
-            pod: pod.clone(),
-            container: c.clone(),
-            index: i,
-            records: records.clone(),
-            dirty: dirty.clone(),
-            stop: stop.clone(),
-            volumes: prepared.clone(),
+    let pod_policy = spec
+        .restart_policy
+        .clone()
+        .unwrap_or_else(|| "Always".into());
+    let pod_grace =
+        Duration::from_secs(spec.termination_grace_period_seconds.unwrap_or(30).max(0) as u64);
+    let ctx =
+        |c: &Container, index: usize, role: Role, stop: &watch::Receiver<Option<Duration>>| {
+            let restart_policy = match role {
+                Role::Sidecar => "Always".to_string(),
+                // An init container is retried until it succeeds unless the pod never restarts.
+                Role::Init if pod_policy == "Never" => "Never".to_string(),
+                Role::Init => "OnFailure".to_string(),
+                Role::Main => pod_policy.clone(),
+            };
+            ContainerCtx {
+                shared: shared.clone(),
+                pod: pod.clone(),
+                container: c.clone(),
+                index,
+                role,
+                restart_policy,
+                records: records.clone(),
+                dirty: dirty.clone(),
+                stop: stop.clone(),
+                volumes: prepared.clone(),
+                started: None,
+            }
         };
-        tasks.push(tokio::spawn(ctx.run()));
+    // Sidecars have a stop signal of their own: they outlive the containers.
+    let (sidecar_stop, sidecar_stop_rx) = watch::channel::<Option<Duration>>(None);
+    let mut sidecars = Vec::new();
+    let inits = spec.init_containers.clone().unwrap_or_default();
+    let mut initialized = true;
+    for (i, c) in inits.iter().enumerate() {
+        if stop.borrow().is_some() {
+            initialized = false;
+            break;
+        }
+        let role = role_of_init(c);
+        if role == Role::Sidecar {
+            let (started_tx, mut started_rx) = watch::channel(false);
+            let mut sidecar = ctx(c, i, role, &sidecar_stop_rx);
+            sidecar.started = Some(started_tx);
+            sidecars.push(tokio::spawn(sidecar.run()));
+            tokio::select! {
+                r = started_rx.wait_for(|s| *s) => if r.is_err() { initialized = false; break },
+                _ = wait_stop(&mut stop) => { initialized = false; break }
+            }
+        } else if !ctx(c, i, role, &stop).run().await {
+            initialized = false;
+            break;
+        }
     }
-    for t in tasks {
+    // When the pod was told to stop: the sidecars get what is left of the grace period.
+    let mut stop_seen = std::time::Instant::now();
+    if initialized {
+        let tasks: Vec<_> = spec
+            .containers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| tokio::spawn(ctx(c, inits.len() + i, Role::Main, &stop).run()))
+            .collect();
+        let all = futures::future::join_all(tasks);
+        tokio::pin!(all);
+        tokio::select! {
+            _ = &mut all => {}
+            _ = wait_stop(&mut stop) => {
+                stop_seen = std::time::Instant::now();
+                all.await;
+            }
+        }
+    }
+    if sidecars.is_empty() {
+        return;
+    }
+    // The containers ended (the pod completed) or were stopped: now the sidecars, with the
+    // grace period's remainder when the pod is being deleted.
+    let grace = match *stop.borrow() {
+        Some(g) if g.is_zero() => g,
+        Some(g) => g
+            .saturating_sub(stop_seen.elapsed())
+            .max(Duration::from_secs(1)),
+        None => pod_grace,
+    };
+    let _ = sidecar_stop.send(Some(grace));
+    for t in sidecars.into_iter().rev() {
         let _ = t.await;
     }
 }
@@ -308,10 +387,16 @@ struct ContainerCtx {
     pod: Pod,
     container: Container,
     index: usize,
+    role: Role,
+    /// Always, OnFailure or Never, as it applies to this container.
+    restart_policy: String,
     records: Records,
     dirty: Arc<Notify>,
     stop: watch::Receiver<Option<Duration>>,
     volumes: Arc<Prepared>,
+    /// Told once the container has started (its startup probe passed): the init sequence
+    /// waits on it for a sidecar.
+    started: Option<watch::Sender<bool>>,
 }
 
 enum Outcome {
@@ -347,7 +432,11 @@ impl ContainerCtx {
 
     /// Records an event about this container.
     fn event(&self, ty: events::Type, reason: &str, message: &str) {
-        let path = format!("spec.containers{{{}}}", self.container.name);
+        let list = match self.role {
+            Role::Main => "containers",
+            Role::Init | Role::Sidecar => "initContainers",
+        };
+        let path = format!("spec.{list}{{{}}}", self.container.name);
         events::record(&self.shared, &self.pod, Some(&path), ty, reason, message);
     }
 
@@ -382,16 +471,14 @@ impl ContainerCtx {
         self.update(|r| r.state = State::Waiting { reason, message });
     }
 
-    async fn run(mut self) {
+    /// Runs the container, restarting it as its policy says, until it is done (returns
+    /// whether it ended with exit code 0) or the pod stops (returns false).
+    async fn run(mut self) -> bool {
         let uid = self.pod.metadata.uid.clone().unwrap_or_default();
         let ns = self.pod.metadata.namespace.clone().unwrap_or_default();
         let pod_name = self.pod.metadata.name.clone().unwrap_or_default();
-        let restart_policy = self
-            .pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.restart_policy.clone())
-            .unwrap_or_else(|| "Always".into());
+        let restart_policy = self.restart_policy.clone();
+        let mut succeeded = false;
         let image_name = self.container.image.clone().unwrap_or_default();
         let mut backoff = BACKOFF_START;
         let mut attempt: i32 = 0;
@@ -486,7 +573,7 @@ impl ContainerCtx {
                 r.done = !restart || stopping;
             });
             if !restart || stopping {
-                let _ = self.stop.changed().await;
+                succeeded = !stopping && status_code == 0;
                 break;
             }
             // Ran long enough: forget earlier crashes.
@@ -533,6 +620,7 @@ impl ContainerCtx {
                 });
             }
         });
+        succeeded
     }
 
     async fn pull(&self, image: &ImageRef) -> Result<PulledImage, (&'static str, String)> {
@@ -715,7 +803,12 @@ impl ContainerCtx {
                     });
                 }
                 Some(report) = reports.recv() => match report {
-                    probe::Report::Started => self.update(|r| r.started = true),
+                    probe::Report::Started => {
+                        self.update(|r| r.started = true);
+                        if let Some(tx) = &self.started {
+                            let _ = tx.send(true);
+                        }
+                    }
                     probe::Report::Ready(ready) => self.update(|r| r.ready = ready),
                     probe::Report::Unhealthy { kind, message } => self.event(
                         events::Type::Warning,

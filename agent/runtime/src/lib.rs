@@ -50,9 +50,10 @@ pub use cgroup::{cgroup_dirs, remove_cgroup};
 pub use error::RuntimeError;
 pub use nix::sys::signal::Signal;
 pub use overlay::{mount_overlay, mount_tmpfs, unmount};
-pub use runtime::{ContainerHandle, ContainerState, Runtime};
+pub use runtime::{ContainerHandle, ContainerState, ExecIo, ExecProcess, Runtime};
 pub use spec::{
     BindMount, ContainerId, ContainerSpec, DEFAULT_CAPABILITIES, DEFAULT_PATH_ENV, MASKED_PATHS,
     MAX_ID_LEN, NOFILE_LIMIT, NetworkMode, READONLY_PATHS, build_oci_spec, clamp_nofile,
 };
 pub use state::{ExitRecord, ExitStatus, Layout, StartedRecord};
+pub use sys::{Pty, PtyMaster, open_pty, set_window_size};

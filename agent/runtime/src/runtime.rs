@@ -61,6 +61,62 @@ pub enum ContainerState {
     Unknown { reason: String },
 }
 
+/// How a streamed exec's process is wired.
+pub struct ExecIo {
+    pub stdin: Stdio,
+    pub stdout: Stdio,
+    pub stderr: Stdio,
+    /// Stdin is a terminal: the process becomes its session leader and owns it.
+    pub tty: bool,
+}
+
+/// A process started by [`Runtime::spawn_exec`]; dropping it kills the process.
+pub struct ExecProcess {
+    child: Child,
+    error_file: PathBuf,
+    id: String,
+}
+
+impl ExecProcess {
+    /// The process's stdin, when it was given a pipe.
+    pub fn take_stdin(&mut self) -> Option<tokio::process::ChildStdin> {
+        self.child.stdin.take()
+    }
+
+    pub fn take_stdout(&mut self) -> Option<tokio::process::ChildStdout> {
+        self.child.stdout.take()
+    }
+
+    pub fn take_stderr(&mut self) -> Option<tokio::process::ChildStderr> {
+        self.child.stderr.take()
+    }
+
+    /// Waits for the process: its exit code (128 + the signal that killed it), or the reason
+    /// it could not be started.
+    pub async fn wait(mut self) -> Result<i32, RuntimeError> {
+        let status = self
+            .child
+            .wait()
+            .await
+            .map_err(|e| RuntimeError::ExecFailed {
+                id: self.id.clone(),
+                error: e.to_string(),
+            })?;
+        let error = std::fs::read_to_string(&self.error_file).unwrap_or_default();
+        let _ = std::fs::remove_file(&self.error_file);
+        if !error.is_empty() {
+            return Err(RuntimeError::ExecFailed {
+                id: self.id.clone(),
+                error,
+            });
+        }
+        use std::os::unix::process::ExitStatusExt;
+        Ok(status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(9)))
+    }
+}
+
 /// Runs containers through per-container shims; see the crate documentation.
 #[derive(Debug, Clone)]
 pub struct Runtime {
@@ -105,6 +161,51 @@ impl Runtime {
     pub fn with_start_timeout(mut self, timeout: Duration) -> Self {
         self.start_timeout = timeout;
         self
+    }
+
+    /// Starts `args` inside running container `id` with the given stdio (pipes, or a
+    /// terminal's slave end with `tty`), for a streamed `kubectl exec`. The caller owns the
+    /// other ends and waits with [`ExecProcess::wait`].
+    pub fn spawn_exec(
+        &self,
+        id: &str,
+        args: &[String],
+        io: ExecIo,
+    ) -> Result<ExecProcess, RuntimeError> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let layout = self.existing(id)?;
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let error_file = layout
+            .dir()
+            .join(format!("exec-{}-{n}.err", std::process::id()));
+        let mut cmd = Command::new(&self.shim_exe);
+        cmd.arg("shim").arg("exec");
+        if io.tty {
+            cmd.arg("--tty");
+        }
+        let child = cmd
+            .arg("--error-file")
+            .arg(&error_file)
+            .arg("--state-dir")
+            .arg(layout.dir())
+            .arg("--id")
+            .arg(id)
+            .arg("--")
+            .args(args)
+            .stdin(io.stdin)
+            .stdout(io.stdout)
+            .stderr(io.stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| RuntimeError::ShimSpawn {
+                exe: self.shim_exe.clone(),
+                source,
+            })?;
+        Ok(ExecProcess {
+            child,
+            error_file,
+            id: id.to_owned(),
+        })
     }
 
     /// Runs `args` inside running container `id` (through `strake shim exec`, which joins it as

@@ -28,7 +28,7 @@ use crate::sys::{self, ChildExit};
 /// The line the shim prints on stdout once the container runs.
 pub(crate) const STARTED_LINE: &str = "started";
 
-const USAGE: &str = "usage: strake shim run --state-dir <dir> --id <id> --log <file>\n       strake shim delete --state-dir <dir> --id <id>\n       strake shim exec --state-dir <dir> --id <id> -- <command> [args...]";
+const USAGE: &str = "usage: strake shim run --state-dir <dir> --id <id> --log <file>\n       strake shim delete --state-dir <dir> --id <id>\n       strake shim exec [--tty] [--error-file <file>] --state-dir <dir> --id <id> -- <command> [args...]";
 
 /// What `strake shim exec` exits with when the command could not be started at all (its
 /// stderr then starts with [`EXEC_ERROR_PREFIX`]).
@@ -101,6 +101,10 @@ enum Command {
         state_dir: PathBuf,
         id: ContainerId,
         args: Vec<String>,
+        /// Stdin is a terminal the process should own (session leader, controlling tty).
+        tty: bool,
+        /// Where a failure to start the process is written, apart from the process's output.
+        error_file: Option<PathBuf>,
     },
 }
 
@@ -108,8 +112,9 @@ fn parse(args: &[String]) -> Result<Command, ShimError> {
     let (sub, rest) = args
         .split_first()
         .ok_or_else(|| ShimError::Usage("missing subcommand".into()))?;
-    let (mut state_dir, mut id, mut log) = (None, None, None);
+    let (mut state_dir, mut id, mut log, mut error_file) = (None, None, None, None);
     let mut command = None;
+    let mut tty = false;
     let mut it = rest.iter();
     while let Some(flag) = it.next() {
         let slot = match flag.as_str() {
@@ -117,6 +122,11 @@ fn parse(args: &[String]) -> Result<Command, ShimError> {
                 command = Some(it.by_ref().cloned().collect::<Vec<_>>());
                 break;
             }
+            "--tty" if sub == "exec" => {
+                tty = true;
+                continue;
+            }
+            "--error-file" if sub == "exec" => &mut error_file,
             "--state-dir" => &mut state_dir,
             "--id" => &mut id,
             "--log" if sub == "run" => &mut log,
@@ -144,6 +154,8 @@ fn parse(args: &[String]) -> Result<Command, ShimError> {
                 state_dir,
                 id,
                 args,
+                tty,
+                error_file: error_file.map(PathBuf::from),
             }),
             _ => Err(ShimError::Usage("exec needs -- and a command".into())),
         },
@@ -166,14 +178,16 @@ pub fn main(args: &[String]) -> ExitCode {
     let _ = tracing_subscriber::fmt()
         .with_writer(shim_log)
         .with_ansi(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                // An exec's stderr is its command's: libcontainer's warnings stay out of it
-                // (a failure is reported on its own).
-                let quiet = args.first().is_some_and(|a| a == "exec");
-                tracing_subscriber::EnvFilter::new(if quiet { "off" } else { "warn" })
-            }),
-        )
+        .with_env_filter({
+            // An exec's stderr is its command's: libcontainer's logs stay out of it whatever
+            // RUST_LOG says (a failure is reported on its own).
+            if args.first().is_some_and(|a| a == "exec") {
+                tracing_subscriber::EnvFilter::new("off")
+            } else {
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"))
+            }
+        })
         .try_init();
     match parse(args) {
         Ok(Command::Run { state_dir, id, log }) => run(&Layout::from_dir(state_dir), &id, &log),
@@ -188,10 +202,19 @@ pub fn main(args: &[String]) -> ExitCode {
             state_dir,
             id,
             args,
-        }) => match exec(&Layout::from_dir(state_dir), &id, args) {
+            tty,
+            error_file,
+        }) => match exec(&Layout::from_dir(state_dir), &id, args, tty) {
             Ok(code) => ExitCode::from(code),
             Err(e) => {
-                eprintln!("{EXEC_ERROR_PREFIX}{e}");
+                match error_file {
+                    Some(path) => {
+                        if std::fs::write(&path, e.to_string()).is_err() {
+                            eprintln!("{EXEC_ERROR_PREFIX}{e}");
+                        }
+                    }
+                    None => eprintln!("{EXEC_ERROR_PREFIX}{e}"),
+                }
                 ExitCode::from(EXEC_FAILED)
             }
         },
@@ -339,7 +362,13 @@ fn create_and_start(layout: &Layout, id: &ContainerId, log: &Path) -> Result<i32
 /// Runs `args` inside the running container (its namespaces, cgroup, user, environment,
 /// working directory and capabilities, as libcontainer's tenant builder joins them), with our
 /// stdin, stdout and stderr, and waits for it. Returns its exit code (128 + signal when killed).
-fn exec(layout: &Layout, id: &ContainerId, args: Vec<String>) -> Result<u8, ShimError> {
+fn exec(layout: &Layout, id: &ContainerId, args: Vec<String>, tty: bool) -> Result<u8, ShimError> {
+    if tty {
+        crate::sys::take_controlling_terminal().map_err(|errno| ShimError::Setup {
+            step: "taking the terminal",
+            errno,
+        })?;
+    }
     let dup = |fd: std::os::fd::BorrowedFd<'_>, step: &'static str| {
         fd.try_clone_to_owned().map_err(|e| ShimError::Setup {
             step,
@@ -540,8 +569,24 @@ mod tests {
                 state_dir: "/s/c1".into(),
                 id: ContainerId::parse("c1").unwrap(),
                 args: vec!["cat".into(), "--id".into(), "/x".into()],
+                tty: false,
+                error_file: None,
             }
         );
+        assert_eq!(
+            parse(&args(
+                "exec --tty --error-file /e --state-dir /s/c1 --id c1 -- sh"
+            ))
+            .unwrap(),
+            Command::Exec {
+                state_dir: "/s/c1".into(),
+                id: ContainerId::parse("c1").unwrap(),
+                args: vec!["sh".into()],
+                tty: true,
+                error_file: Some("/e".into()),
+            }
+        );
+        assert!(parse(&args("run --tty --state-dir /s --id c1 --log /l")).is_err());
         assert!(parse(&args("exec --state-dir /s/c1 --id c1 --")).is_err());
         assert!(parse(&args("exec --state-dir /s/c1 --id c1")).is_err());
     }

@@ -1,11 +1,15 @@
-//! Thin syscall wrappers nix 0.29 lacks (pidfds) and the shim-liveness lock.
+//! Thin syscall wrappers nix 0.29 lacks (pidfds, terminal ioctls) and the shim-liveness lock.
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// A pidfd: a handle on one process that can't be confused with a later process reusing its pid.
 #[derive(Debug)]
@@ -195,6 +199,119 @@ pub(crate) fn take_lock(path: &Path) -> std::io::Result<Option<File>> {
         .truncate(false)
         .open(path)?;
     Ok(try_lock_exclusive(&file)?.then_some(file))
+}
+
+/// A pseudo-terminal for an exec with a tty: the agent keeps `master`, the process gets
+/// `slave` as its stdin, stdout and stderr.
+pub struct Pty {
+    pub master: OwnedFd,
+    pub slave: OwnedFd,
+}
+
+/// Opens a new pseudo-terminal pair (both ends close-on-exec in this process).
+pub fn open_pty(cols: u16, rows: u16) -> Result<Pty, Errno> {
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let nix::pty::OpenptyResult { master, slave } = nix::pty::openpty(Some(&size), None)?;
+    for fd in [&master, &slave] {
+        nix::fcntl::fcntl(
+            fd.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )?;
+    }
+    Ok(Pty { master, slave })
+}
+
+/// Sets a terminal's window size (`TIOCSWINSZ`); its foreground process group gets SIGWINCH.
+pub fn set_window_size(fd: BorrowedFd<'_>, cols: u16, rows: u16) -> Result<(), Errno> {
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which outlives the call; `fd` is
+    // a descriptor we borrow.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+    Errno::result(ret).map(drop)
+}
+
+/// Makes this process a session leader whose controlling terminal is the tty on fd 0, so
+/// what it starts there gets job control and the terminal's signals.
+pub(crate) fn take_controlling_terminal() -> Result<(), Errno> {
+    nix::unistd::setsid()?;
+    // SAFETY: TIOCSCTTY takes an integer argument (0: don't steal from another session).
+    let ret = unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
+    Errno::result(ret).map(drop)
+}
+
+/// The master end of a terminal, readable and writable without blocking a thread.
+pub struct PtyMaster(AsyncFd<OwnedFd>);
+
+impl PtyMaster {
+    /// Takes the master end (made non-blocking) for async reads and writes.
+    pub fn new(fd: OwnedFd) -> std::io::Result<Self> {
+        let flags = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)?;
+        let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(flags))?;
+        // SAFETY: the AsyncFd owns `fd` and never closes or replaces it while registered.
+        Ok(Self(unsafe { AsyncFd::register(fd)? }))
+    }
+}
+
+impl AsyncRead for PtyMaster {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        loop {
+            let mut guard = ready!(self.0.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            match guard.try_io(|fd| {
+                nix::unistd::read(fd.get_ref().as_raw_fd(), unfilled).map_err(Into::into)
+            }) {
+                Ok(Ok(n)) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                // The last process holding the terminal closed it: end of output.
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => {
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+impl AsyncWrite for PtyMaster {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        loop {
+            let mut guard = ready!(self.0.poll_write_ready(cx))?;
+            match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(Into::into)) {
+                Ok(r) => return Poll::Ready(r),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 }
 
 #[cfg(test)]

@@ -480,6 +480,75 @@ async fn exec_joins_the_container_and_reports_exit_codes_and_output() {
             .await,
         Err(RuntimeError::NotFound(_))
     ));
+    // Streamed: stdin through a pipe, then through a terminal the process owns.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let io = strake_runtime::ExecIo {
+        stdin: std::process::Stdio::piped(),
+        stdout: std::process::Stdio::piped(),
+        stderr: std::process::Stdio::null(),
+        tty: false,
+    };
+    let mut p = fx
+        .runtime
+        .spawn_exec(
+            "execd",
+            &["sh".into(), "-c".into(), "wc -c; exit 5".into()],
+            io,
+        )
+        .unwrap();
+    let mut stdin = p.take_stdin().unwrap();
+    let mut stdout = p.take_stdout().unwrap();
+    stdin.write_all(b"twelve bytes").await.unwrap();
+    drop(stdin);
+    let mut out = String::new();
+    stdout.read_to_string(&mut out).await.unwrap();
+    assert_eq!((p.wait().await.unwrap(), out.trim()), (5, "12"));
+    let pty = strake_runtime::open_pty(100, 30).unwrap();
+    let io = strake_runtime::ExecIo {
+        stdin: pty.slave.try_clone().unwrap().into(),
+        stdout: pty.slave.try_clone().unwrap().into(),
+        stderr: pty.slave.into(),
+        tty: true,
+    };
+    let script = "test -t 0 && echo tty; stty size; read line; echo got $line";
+    let p = fx
+        .runtime
+        .spawn_exec("execd", &["sh".into(), "-c".into(), script.into()], io)
+        .unwrap();
+    let mut master = strake_runtime::PtyMaster::new(pty.master).unwrap();
+    master.write_all(b"typed\n").await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(20), master.read(&mut buf))
+            .await
+            .expect("terminal output")
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(
+        seen.contains("tty") && seen.contains("30 100") && seen.contains("got typed"),
+        "{seen:?}"
+    );
+    assert_eq!(p.wait().await.unwrap(), 0);
+    let io = strake_runtime::ExecIo {
+        stdin: std::process::Stdio::null(),
+        stdout: std::process::Stdio::null(),
+        stderr: std::process::Stdio::null(),
+        tty: false,
+    };
+    let p = fx
+        .runtime
+        .spawn_exec("execd", &["/no/such/binary".into()], io)
+        .unwrap();
+    assert!(matches!(
+        p.wait().await,
+        Err(RuntimeError::ExecFailed { .. })
+    ));
     fx.runtime
         .stop("execd", Duration::from_secs(1))
         .await

@@ -178,6 +178,12 @@ pub async fn handle(State(app): State<Arc<AppState>>, req: Request) -> Response 
             legacy_core,
         } => crate::discovery::serve(&app, req.headers(), group, version, legacy_core),
         Target::NonResource(_) => error_response(ApiError::NoRoute),
+        Target::Resource(info) if crate::streams::is_stream(&info) => {
+            let container = q.get("container").cloned();
+            crate::streams::proxy(&app, &info, container, req)
+                .await
+                .unwrap_or_else(error_response)
+        }
         Target::Resource(info) => {
             // Watches (`?watch=true` or the legacy `/watch/` paths) encode their own frames.
             let protobuf = render::wants_protobuf(req.headers()) && info.verb != Verb::Watch;

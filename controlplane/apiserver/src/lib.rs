@@ -15,6 +15,7 @@ mod protobuf;
 mod render;
 mod reviews;
 mod routes;
+mod streams;
 mod subresources;
 pub mod typed;
 
@@ -75,6 +76,9 @@ pub struct AppState {
     pub advertise: String,
     /// Client for node agents (logs), authenticating as the API server.
     pub node_client: reqwest::Client,
+    /// The same identity for the streams proxied to agents (exec): HTTP/1.1 only, which
+    /// the upgrade needs.
+    pub node_tls: Arc<rustls::ClientConfig>,
 }
 
 /// The periodic upkeep the server does for the cluster.
@@ -131,6 +135,8 @@ impl ApiServer {
             time::Duration::days(365),
         )?;
         let client_tls = strake_pki::client_config(&ca.ca.cert_pem, Some(&kubelet_client))?;
+        let mut node_tls = client_tls.clone();
+        node_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let node_client = reqwest::Client::builder()
             .use_preconfigured_tls(client_tls)
             .connect_timeout(Duration::from_secs(5))
@@ -146,6 +152,7 @@ impl ApiServer {
             token: cfg.token,
             advertise: cfg.advertise,
             node_client,
+            node_tls: Arc::new(node_tls),
         });
         Ok(Self {
             housekeeping: Housekeeping::default(),

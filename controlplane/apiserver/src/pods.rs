@@ -1,5 +1,5 @@
-//! Pod subresources with behaviour of their own: `binding` (the scheduler) and `log` (proxied to
-//! the node agent that runs the pod, streamed through).
+//! Pod subresources with behaviour of their own: `binding` (the scheduler), `log` (proxied to
+//! the node agent that runs the pod, streamed through) and the lookup `exec` shares.
 
 use std::collections::HashMap;
 
@@ -64,44 +64,36 @@ fn node_endpoint(node: &Node) -> Option<String> {
     })
 }
 
-pub async fn log(
+/// Which container a request is about.
+pub enum Pick<'a> {
+    /// The `container` parameter, or else the pod's only container.
+    Container(Option<&'a String>),
+    /// The pod as a whole (port-forward).
+    Pod,
+}
+
+/// Where a pod's container runs: its node's agent endpoint, the container (empty for
+/// [`Pick::Pod`]) and the pod. `what` names the request in errors.
+pub async fn locate(
     app: &AppState,
     ns: &str,
     name: &str,
-    q: &HashMap<String, String>,
-) -> Result<Response, ApiError> {
+    pick: Pick<'_>,
+    what: &str,
+) -> Result<(String, String, Pod), ApiError> {
     let table = app.registry.table().snapshot();
     let pods = table.lookup("", "v1", "pods").ok_or(ApiError::NoRoute)?;
     let nodes = table.lookup("", "v1", "nodes").ok_or(ApiError::NoRoute)?;
     let pod: Pod =
         strake_apimachinery::decode::typed("Pod", app.registry.get(pods, Some(ns), name).await?)?;
     let spec = pod.spec.clone().unwrap_or_default();
-    let container = match q.get("container") {
-        Some(c) => {
-            if !spec
-                .containers
-                .iter()
-                .chain(spec.init_containers.iter().flatten())
-                .any(|x| &x.name == c)
-            {
-                return Err(ApiError::BadRequest(format!(
-                    "container {c} is not valid for pod {name}"
-                )));
-            }
-            c.clone()
-        }
-        None if spec.containers.len() == 1 => spec.containers[0].name.clone(),
-        None => {
-            let names: Vec<_> = spec.containers.iter().map(|c| c.name.as_str()).collect();
-            return Err(ApiError::BadRequest(format!(
-                "a container name must be specified for pod {name}, choose one of: [{}]",
-                names.join(" ")
-            )));
-        }
+    let container = match pick {
+        Pick::Pod => String::new(),
+        Pick::Container(c) => pick_container(&spec, name, c)?,
     };
     let Some(node_name) = spec.node_name.filter(|n| !n.is_empty()) else {
         return Err(ApiError::BadRequest(format!(
-            "pod {name} is not scheduled to a node yet, it has no logs"
+            "pod {name} does not have a host assigned, so it has no {what}"
         )));
     };
     let node: Node = strake_apimachinery::decode::typed(
@@ -113,6 +105,22 @@ pub async fn log(
             "node {node_name} does not report an agent endpoint"
         ))
     })?;
+    Ok((endpoint, container, pod))
+}
+
+pub async fn log(
+    app: &AppState,
+    ns: &str,
+    name: &str,
+    q: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let (endpoint, container, pod) =
+        locate(app, ns, name, Pick::Container(q.get("container")), "logs").await?;
+    let node_name = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .unwrap_or_default();
     let mut url = format!("https://{endpoint}/containerLogs/{ns}/{name}/{container}");
     let passthrough: Vec<String> = [
         "follow",
@@ -160,4 +168,35 @@ fn urlencode(s: &str) -> String {
             }
         })
         .collect()
+}
+
+/// The container a request names, or the pod's only one.
+fn pick_container(
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    name: &str,
+    container: Option<&String>,
+) -> Result<String, ApiError> {
+    Ok(match container.filter(|c| !c.is_empty()) {
+        Some(c) => {
+            if !spec
+                .containers
+                .iter()
+                .chain(spec.init_containers.iter().flatten())
+                .any(|x| &x.name == c)
+            {
+                return Err(ApiError::BadRequest(format!(
+                    "container {c} is not valid for pod {name}"
+                )));
+            }
+            c.clone()
+        }
+        None if spec.containers.len() == 1 => spec.containers[0].name.clone(),
+        None => {
+            let names: Vec<_> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+            return Err(ApiError::BadRequest(format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]",
+                names.join(" ")
+            )));
+        }
+    })
 }

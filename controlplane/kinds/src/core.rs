@@ -3,9 +3,9 @@
 use std::collections::HashSet;
 
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Endpoints, Event, LimitRange, Namespace, NamespaceSpec, NamespaceStatus, Node,
-    PersistentVolume, PersistentVolumeClaim, Pod, PodSpec, PodStatus, PodTemplate,
-    ReplicationController, ResourceQuota, Secret, Service, ServiceAccount,
+    ConfigMap, ContainerStateTerminated, ContainerStatus, Endpoints, Event, LimitRange, Namespace,
+    NamespaceSpec, NamespaceStatus, Node, PersistentVolume, PersistentVolumeClaim, Pod, PodSpec,
+    PodStatus, PodTemplate, ReplicationController, ResourceQuota, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
@@ -35,6 +35,8 @@ pub fn entries() -> Vec<ResourceDef> {
             .categories(&["all"])
             .status::<Pod>()
             .sub("log", "Pod", &["get"])
+            .sub("exec", "PodExecOptions", &["create", "get"])
+            .sub("portforward", "PodPortForwardOptions", &["create", "get"])
             .sub("binding", "Binding", &["create"])
             .subresource(strake_apimachinery::Subresource::eviction())
             .sub("ephemeralcontainers", "Pod", &["get", "patch", "update"])
@@ -153,6 +155,33 @@ pub fn validate_pod_spec(spec: &PodSpec, path: &str) -> Vec<FieldError> {
                     FieldError::invalid(format!("{p}.image"), "must not contain whitespace"),
                 ),
                 _ => {}
+            }
+            if list == "initContainers" {
+                supported(
+                    &mut errs,
+                    format!("{p}.restartPolicy"),
+                    c.restart_policy.as_deref(),
+                    &["Always"],
+                );
+                if c.restart_policy.as_deref() != Some("Always") {
+                    let probes = [
+                        ("lifecycle", c.lifecycle.is_some()),
+                        ("livenessProbe", c.liveness_probe.is_some()),
+                        ("readinessProbe", c.readiness_probe.is_some()),
+                        ("startupProbe", c.startup_probe.is_some()),
+                    ];
+                    for (field, _) in probes.iter().filter(|(_, set)| *set) {
+                        errs.push(FieldError::forbidden(
+                            format!("{p}.{field}"),
+                            "may not be set for init containers without restartPolicy=Always",
+                        ));
+                    }
+                }
+            } else if c.restart_policy.is_some() {
+                errs.push(FieldError::forbidden(
+                    format!("{p}.restartPolicy"),
+                    "may not be set for non-init containers",
+                ));
             }
             supported(
                 &mut errs,
@@ -556,15 +585,12 @@ impl Kind for Pod {
 
     fn cells(&self) -> Vec<Value> {
         let status = self.status.clone().unwrap_or_default();
-        let total = self.spec.as_ref().map_or(0, |s| s.containers.len());
-        let statuses = status.container_statuses.clone().unwrap_or_default();
-        let ready = statuses.iter().filter(|c| c.ready).count();
-        let restarts: i32 = statuses.iter().map(|c| c.restart_count).sum();
+        let row = pod_summary(self);
         vec![
             name_cell(&self.metadata),
-            json!(format!("{ready}/{total}")),
-            json!(pod_display_status(self)),
-            json!(restarts.to_string()),
+            json!(format!("{}/{}", row.ready, row.total)),
+            json!(row.status),
+            json!(row.restarts),
             age_cell(&self.metadata),
             or_none(status.pod_ip.unwrap_or_default()),
             or_none(
@@ -602,30 +628,153 @@ pub fn qos_class(spec: &PodSpec) -> &'static str {
     }
 }
 
-/// The STATUS column as kubectl shows it: waiting/terminated reasons win over the phase.
-pub fn pod_display_status(pod: &Pod) -> String {
+/// A pod's Ready, Status and Restarts cells, as kubectl's pod printer computes them.
+#[derive(Debug, PartialEq)]
+pub struct PodSummary {
+    pub ready: usize,
+    pub total: usize,
+    pub status: String,
+    pub restarts: String,
+}
+
+fn is_sidecar(spec: Option<&PodSpec>, name: &str) -> bool {
+    spec.and_then(|s| s.init_containers.as_ref())
+        .and_then(|v| v.iter().find(|c| c.name == name))
+        .is_some_and(|c| c.restart_policy.as_deref() == Some("Always"))
+}
+
+/// The reason a terminated container shows: its reason, else its signal or exit code.
+fn terminated_reason(t: &ContainerStateTerminated) -> String {
+    match (&t.reason, t.signal) {
+        (Some(r), _) if !r.is_empty() => r.clone(),
+        (_, Some(s)) if s != 0 => format!("Signal:{s}"),
+        _ => format!("ExitCode:{}", t.exit_code),
+    }
+}
+
+/// Upstream's rules: the phase (or status reason) unless an init container is pending or
+/// failed (`Init:1/2`, `Init:CrashLoopBackOff`), then the first container with a waiting or
+/// terminated reason; `Terminating` for a pod being deleted that has not ended. Sidecars
+/// (restartable init containers) count as containers once started.
+pub fn pod_summary(pod: &Pod) -> PodSummary {
     let status = pod.status.clone().unwrap_or_default();
+    let spec = pod.spec.as_ref();
+    let inits = spec
+        .and_then(|s| s.init_containers.as_deref())
+        .unwrap_or_default();
+    let mut total = spec.map_or(0, |s| s.containers.len())
+        + inits
+            .iter()
+            .filter(|c| c.restart_policy.as_deref() == Some("Always"))
+            .count();
     let mut reason = status
         .reason
         .clone()
+        .filter(|r| !r.is_empty())
         .or(status.phase.clone())
         .unwrap_or_else(|| "Pending".into());
-    for c in status.container_statuses.iter().flatten() {
-        if let Some(state) = &c.state {
-            if let Some(w) = state.waiting.as_ref().and_then(|w| w.reason.clone()) {
+    let conditions = status.conditions.as_deref().unwrap_or_default();
+    if conditions
+        .iter()
+        .any(|c| c.type_ == "PodScheduled" && c.reason.as_deref() == Some("SchedulingGated"))
+    {
+        reason = "SchedulingGated".into();
+    }
+    let finished = |s: &ContainerStatus| {
+        s.last_state
+            .as_ref()
+            .and_then(|l| l.terminated.as_ref())
+            .and_then(|t| t.finished_at.clone())
+            .map(|t| t.0)
+    };
+    let (mut restarts, mut last) = (0i32, None::<jiff::Timestamp>);
+    let (mut sidecar_restarts, mut sidecar_last) = (0i32, None::<jiff::Timestamp>);
+    let mut ready = 0;
+    let mut initializing = false;
+    let init_statuses = status
+        .init_container_statuses
+        .as_deref()
+        .unwrap_or_default();
+    for (i, c) in init_statuses.iter().enumerate() {
+        restarts += c.restart_count;
+        last = last.max(finished(c));
+        let sidecar = is_sidecar(spec, &c.name);
+        if sidecar {
+            sidecar_restarts += c.restart_count;
+            sidecar_last = sidecar_last.max(finished(c));
+        }
+        let state = c.state.clone().unwrap_or_default();
+        if state.terminated.as_ref().is_some_and(|t| t.exit_code == 0) {
+            continue;
+        }
+        if sidecar && c.started == Some(true) {
+            ready += usize::from(c.ready);
+            continue;
+        }
+        initializing = true;
+        reason = match (&state.terminated, &state.waiting) {
+            (Some(t), _) => format!("Init:{}", terminated_reason(t)),
+            (None, Some(w))
+                if w.reason
+                    .as_deref()
+                    .is_some_and(|r| !r.is_empty() && r != "PodInitializing") =>
+            {
+                format!("Init:{}", w.reason.clone().unwrap_or_default())
+            }
+            _ => format!("Init:{i}/{}", inits.len()),
+        };
+        break;
+    }
+    let initialized = conditions
+        .iter()
+        .any(|c| c.type_ == "Initialized" && c.status == "True");
+    if !initializing || initialized {
+        restarts = sidecar_restarts;
+        last = sidecar_last;
+        let mut running = false;
+        for c in status.container_statuses.iter().flatten().rev() {
+            restarts += c.restart_count;
+            last = last.max(finished(c));
+            let state = c.state.clone().unwrap_or_default();
+            let waiting = state.waiting.as_ref().and_then(|w| w.reason.clone());
+            if let Some(w) = waiting.filter(|w| !w.is_empty()) {
                 reason = w;
             } else if let Some(t) = &state.terminated {
-                reason = t.reason.clone().unwrap_or_else(|| match t.signal {
-                    Some(s) if s != 0 => format!("Signal:{s}"),
-                    _ => format!("ExitCode:{}", t.exit_code),
-                });
+                reason = terminated_reason(t);
+            } else if c.ready && state.running.is_some() {
+                running = true;
+                ready += 1;
             }
         }
+        if reason == "Completed" && running {
+            let pod_ready = conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            reason = if pod_ready { "Running" } else { "NotReady" }.into();
+        }
     }
+    let phase = status.phase.as_deref().unwrap_or_default();
     if pod.metadata.deletion_timestamp.is_some() {
-        reason = "Terminating".into();
+        if status.reason.as_deref() == Some("NodeLost") {
+            reason = "Unknown".into();
+        } else if phase != "Succeeded" && phase != "Failed" {
+            reason = "Terminating".into();
+        }
     }
-    reason
+    total = total.max(ready);
+    let restarts = match last {
+        Some(t) if restarts > 0 => format!(
+            "{restarts} ({} ago)",
+            crate::typed::human_duration(jiff::Timestamp::now().duration_since(t).as_secs().max(0))
+        ),
+        _ => restarts.to_string(),
+    };
+    PodSummary {
+        ready,
+        total,
+        status: reason,
+        restarts,
+    }
 }
 
 // ---------------------------------------------------------------- Service
@@ -1655,6 +1804,23 @@ mod tests {
         assert!(fields.contains(&"spec.containers[1].name"), "{errs:?}");
         let empty = pod(json!({"metadata": {"name": "p"}, "spec": {"containers": []}}));
         assert_eq!(empty.validate()[0].field, "spec.containers");
+        let init = pod(json!({"metadata": {"name": "p"}, "spec": {
+            "initContainers": [
+                {"name": "i", "image": "x", "readinessProbe": {"exec": {"command": ["true"]}}},
+                {"name": "s", "image": "x", "restartPolicy": "Always", "readinessProbe": {"exec": {"command": ["true"]}}},
+                {"name": "n", "image": "x", "restartPolicy": "Never"}],
+            "containers": [{"name": "a", "image": "x", "restartPolicy": "Always"}]}}));
+        let errs = init.validate();
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.containers[0].restartPolicy",
+                "spec.initContainers[0].readinessProbe",
+                "spec.initContainers[2].restartPolicy"
+            ],
+            "{errs:?}"
+        );
     }
 
     #[test]
@@ -1673,10 +1839,59 @@ mod tests {
         p.spec.as_mut().unwrap().node_name = Some("n".into());
         assert_eq!(p.grace(None), Some(30));
         assert_eq!(p.grace(Some(0)), None);
-        assert_eq!(pod_display_status(&p), "Pending");
+        assert_eq!(pod_summary(&p).status, "Pending");
         assert_eq!(
             p.status.as_ref().unwrap().qos_class.as_deref(),
             Some("BestEffort")
+        );
+    }
+
+    #[test]
+    fn pod_summary_follows_kubectls_printer() {
+        let base = json!({"metadata": {"name": "p"}, "spec": {
+            "initContainers": [{"name": "i1", "image": "x"}, {"name": "side", "image": "x", "restartPolicy": "Always"}],
+            "containers": [{"name": "a", "image": "x"}]}});
+        let with = |status: Value| {
+            let mut v = base.clone();
+            v["status"] = status;
+            pod(v)
+        };
+        let waiting = |r: &str| json!({"waiting": {"reason": r}});
+        let p = with(json!({"phase": "Pending", "initContainerStatuses": [
+            {"name": "i1", "image": "x", "imageID": "", "ready": false, "restartCount": 0, "state": {"running": {}}},
+            {"name": "side", "image": "x", "imageID": "", "ready": false, "restartCount": 0, "state": waiting("PodInitializing")}],
+            "containerStatuses": [{"name": "a", "image": "x", "imageID": "", "ready": false, "restartCount": 0, "state": waiting("PodInitializing")}]}));
+        let s = pod_summary(&p);
+        assert_eq!((s.ready, s.total, s.status.as_str()), (0, 2, "Init:0/2"));
+        let p = with(json!({"phase": "Pending", "initContainerStatuses": [
+            {"name": "i1", "image": "x", "imageID": "", "ready": false, "restartCount": 3, "state": waiting("CrashLoopBackOff"),
+             "lastState": {"terminated": {"exitCode": 1, "finishedAt": "2026-01-01T00:00:00Z"}}}]}));
+        let s = pod_summary(&p);
+        assert_eq!(s.status, "Init:CrashLoopBackOff");
+        assert!(s.restarts.starts_with("3 ("), "{}", s.restarts);
+        let p = with(json!({"phase": "Failed", "initContainerStatuses": [
+            {"name": "i1", "image": "x", "imageID": "", "ready": false, "restartCount": 0, "state": {"terminated": {"exitCode": 2, "reason": "Error"}}}]}));
+        assert_eq!(pod_summary(&p).status, "Init:Error");
+        let p = with(
+            json!({"phase": "Running", "conditions": [{"type": "Initialized", "status": "True"}, {"type": "Ready", "status": "True"}],
+            "initContainerStatuses": [
+            {"name": "i1", "image": "x", "imageID": "", "ready": true, "restartCount": 0, "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}},
+            {"name": "side", "image": "x", "imageID": "", "ready": true, "started": true, "restartCount": 1, "state": {"running": {}}}],
+            "containerStatuses": [{"name": "a", "image": "x", "imageID": "", "ready": true, "restartCount": 0, "state": {"running": {}}}]}),
+        );
+        let s = pod_summary(&p);
+        assert_eq!((s.ready, s.total, s.status.as_str()), (2, 2, "Running"));
+        assert_eq!(s.restarts, "1", "no finish time recorded, so no age");
+        let mut p = with(
+            json!({"phase": "Succeeded", "containerStatuses": [{"name": "a", "image": "x", "imageID": "", "ready": false, "restartCount": 0, "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}]}),
+        );
+        p.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            jiff::Timestamp::now(),
+        ));
+        assert_eq!(
+            pod_summary(&p).status,
+            "Completed",
+            "a finished pod is not shown Terminating"
         );
     }
 
