@@ -426,6 +426,7 @@ fn drive(
     init_container_scenarios(&kubeconfig, dir, registry)?;
     exec_scenarios(&kubeconfig, dir, registry)?;
     port_forward_scenarios(&kubeconfig, registry)?;
+    lifecycle_hook_scenarios(&kubeconfig, dir, registry)?;
 
     // The node is still healthy after all that.
     let nodes = kubectl_ok(&kubeconfig, &["get", "nodes"])?;
@@ -1801,6 +1802,126 @@ fn exec_scenarios(
         "--timeout=60s",
     ])?;
     eprintln!("exec scenarios: streams, exit code, stdin, tty, cp both ways, bad container: ok");
+    Ok(())
+}
+
+/// postStart runs before the container counts as started and a failing one restarts it;
+/// preStop runs on deletion before the stop signal (it leaves a file on the node, read back by
+/// a second pod).
+fn lifecycle_hook_scenarios(
+    kubeconfig: &std::path::Path,
+    dir: &std::path::Path,
+    registry: &str,
+) -> anyhow::Result<()> {
+    let k = in_default(kubeconfig);
+    let image = format!("{registry}/e2e/busybox:1");
+    let manifest = dir.join("hooks.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: hooks}}
+spec:
+  terminationGracePeriodSeconds: 10
+  volumes: [{{name: host, hostPath: {{path: /var/lib/strake-e2e-hooks, type: DirectoryOrCreate}}}}]
+  containers:
+  - name: main
+    image: {image}
+    command: ["sh", "-c", "cat /tmp/hook; sleep 3600"]
+    volumeMounts: [{{name: host, mountPath: /h}}]
+    lifecycle:
+      postStart: {{exec: {{command: ["sh", "-c", "echo from-post-start > /tmp/hook"]}}}}
+      preStop: {{exec: {{command: ["sh", "-c", "echo from-pre-stop > /h/stopped"]}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: badhook}}
+spec:
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: main
+    image: {image}
+    command: ["sleep", "3600"]
+    lifecycle:
+      postStart: {{exec: {{command: ["sh", "-c", "exit 7"]}}}}
+"#
+        ),
+    )?;
+    k(&["apply", "-f", manifest.to_str().unwrap_or_default()])?;
+    k(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/hooks",
+        "--timeout=120s",
+    ])?;
+    let log = poll(
+        "the postStart file in the log",
+        Duration::from_secs(60),
+        || {
+            let l = k(&["logs", "hooks"]).ok()?;
+            (!l.is_empty()).then_some(l)
+        },
+    )?;
+    // The container's command may read the file before the hook wrote it (upstream gives no
+    // order either), but the hook ran in the container when the file is there afterwards.
+    let after = k(&["exec", "hooks", "--", "cat", "/tmp/hook"])?;
+    ensure!(
+        after.trim() == "from-post-start",
+        "postStart: log {log:?}, file {after:?}"
+    );
+    k(&["delete", "pod", "hooks", "--wait=true", "--timeout=60s"])?;
+    k(&[
+        "run",
+        "hookcheck",
+        &format!("--image={image}"),
+        "--restart=Never",
+        "--overrides",
+        r#"{"spec":{"volumes":[{"name":"h","hostPath":{"path":"/var/lib/strake-e2e-hooks"}}],"containers":[{"name":"hookcheck","image":"IMAGE","command":["cat","/h/stopped"],"volumeMounts":[{"name":"h","mountPath":"/h"}]}]}}"#
+            .replace("IMAGE", &image)
+            .as_str(),
+    ])?;
+    let stopped = poll("the preStop file", Duration::from_secs(120), || {
+        let phase = k(&["get", "pod", "hookcheck", "-o", "jsonpath={.status.phase}"]).ok()?;
+        (phase == "Succeeded").then(|| k(&["logs", "hookcheck"]).ok())?
+    })?;
+    ensure!(stopped.trim() == "from-pre-stop", "preStop: {stopped:?}");
+    poll(
+        "the failed postStart restarting",
+        Duration::from_secs(180),
+        || {
+            let n = k(&[
+                "get",
+                "pod",
+                "badhook",
+                "-o",
+                "jsonpath={.status.containerStatuses[0].restartCount}",
+            ])
+            .ok()?;
+            (n.trim().parse::<i32>().ok()? >= 1).then_some(())
+        },
+    )?;
+    let events = k(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=badhook",
+        "-o",
+        "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
+    ])?;
+    ensure!(
+        events.contains("FailedPostStartHook: PostStartHook failed: command"),
+        "events of the failing hook: {events}"
+    );
+    k(&[
+        "delete",
+        "pod",
+        "badhook",
+        "hookcheck",
+        "--wait=true",
+        "--timeout=60s",
+    ])?;
+    eprintln!("lifecycle hook scenarios: postStart, failing postStart, preStop: ok");
     Ok(())
 }
 

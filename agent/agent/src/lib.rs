@@ -5,6 +5,7 @@
 
 mod env;
 mod events;
+mod lifecycle;
 mod localpath;
 mod logs;
 mod node;

@@ -13,12 +13,15 @@ use strake_runtime::{ContainerSpec, NetworkMode};
 use tokio::sync::{Notify, watch};
 
 use crate::Shared;
+use crate::lifecycle::{self, Hook};
 use crate::status::{ContainerRecord, Role, State, Terminated, pod_status};
 use crate::volumes::{self, Prepared};
 use crate::{env, events, probe};
 
 const BACKOFF_START: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// Longest a postStart hook may run.
+const POST_START_LIMIT: Duration = Duration::from_secs(600);
 
 type Records = Arc<Mutex<Vec<ContainerRecord>>>;
 
@@ -466,6 +469,43 @@ impl ContainerCtx {
         }
     }
 
+    /// Runs the preStop hook within `grace`; returns what is left of it for the stop (at
+    /// least 2 s after a hook, as the kubelet gives).
+    async fn pre_stop(&self, id: &str, grace: Duration) -> Duration {
+        let Some(hook) = self
+            .container
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.clone())
+        else {
+            return grace;
+        };
+        if grace.is_zero() {
+            return grace;
+        }
+        let began = std::time::Instant::now();
+        let target = self.prober(id).target;
+        let ran = tokio::time::timeout(grace, lifecycle::run(&hook, &target, grace)).await;
+        let failure = match ran {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(_) => Some(format!(
+                "did not finish within the grace period of {}s",
+                grace.as_secs()
+            )),
+        };
+        if let Some(e) = failure {
+            self.event(
+                events::Type::Warning,
+                Hook::PreStop.failure_reason(),
+                &format!("PreStopHook failed: {e}"),
+            );
+        }
+        grace
+            .saturating_sub(began.elapsed())
+            .max(Duration::from_secs(2))
+    }
+
     fn waiting(&self, reason: &str, message: Option<String>) {
         let reason = reason.to_string();
         self.update(|r| r.state = State::Waiting { reason, message });
@@ -783,62 +823,99 @@ impl ContainerCtx {
             .and_then(|s| s.termination_grace_period_seconds)
             .unwrap_or(30)
             .max(0) as u64;
-        let outcome = loop {
+        // postStart: the container counts as started once it returns; a failure kills it.
+        let mut hook_failed = false;
+        if let Some(hook) = self
+            .container
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.post_start.clone())
+        {
+            let target = self.prober(id).target;
+            let hook_run = lifecycle::run(&hook, &target, POST_START_LIMIT);
             tokio::select! {
-                s = &mut wait => break s.map(Outcome::Exited),
-                _ = wait_stop(&mut self.stop) => {
-                    let grace = self.stop.borrow().unwrap_or_default();
-                    self.event(events::Type::Normal, "Killing", &format!("Stopping container {name}"));
-                    break self.shared.runtime.stop(id, grace).await.map(|s| {
-                        let term = Terminated {
-                            exit_code: s.exit_code,
-                            signal: s.signal,
-                            reason: if s.exit_code == 0 { "Completed".into() } else { "Error".into() },
-                            message: None,
-                            started_at: Some(started_at),
-                            finished_at: jiff::Timestamp::now(),
-                        };
-                        self.update(|r| { r.state = State::Terminated(term); r.done = true; });
-                        Outcome::Stopped
-                    });
-                }
-                Some(report) = reports.recv() => match report {
-                    probe::Report::Started => {
-                        self.update(|r| r.started = true);
-                        if let Some(tx) = &self.started {
-                            let _ = tx.send(true);
-                        }
-                    }
-                    probe::Report::Ready(ready) => self.update(|r| r.ready = ready),
-                    probe::Report::Unhealthy { kind, message } => self.event(
+                r = hook_run => if let Err(e) = r {
+                    hook_failed = true;
+                    self.event(
                         events::Type::Warning,
-                        "Unhealthy",
-                        &format!("{} probe failed: {message}", kind.name()),
-                    ),
-                    probe::Report::Restart { kind, .. } => {
-                        let probe = match kind {
-                            probe::Kind::Startup => self.container.startup_probe.as_ref(),
-                            _ => self.container.liveness_probe.as_ref(),
-                        };
-                        let grace = probe
-                            .and_then(|p| p.termination_grace_period_seconds)
-                            .map_or(pod_grace, |g| g.max(0) as u64);
-                        self.event(
-                            events::Type::Normal,
-                            "Killing",
-                            &format!(
-                                "Container {name} failed {} probe, will be restarted",
-                                kind.name().to_ascii_lowercase()
-                            ),
-                        );
-                        break self
-                            .shared
-                            .runtime
-                            .stop(id, Duration::from_secs(grace))
-                            .await
-                            .map(Outcome::Exited);
-                    }
+                        Hook::PostStart.failure_reason(),
+                        &format!("PostStartHook failed: {e}"),
+                    );
                 },
+                _ = wait_stop(&mut self.stop) => {}
+            }
+        }
+        let outcome = if hook_failed {
+            self.event(
+                events::Type::Normal,
+                "Killing",
+                &format!("FailedPostStartHook: container {name} will be restarted"),
+            );
+            self.shared
+                .runtime
+                .stop(id, Duration::from_secs(pod_grace))
+                .await
+                .map(Outcome::Exited)
+        } else {
+            loop {
+                tokio::select! {
+                    s = &mut wait => break s.map(Outcome::Exited),
+                    _ = wait_stop(&mut self.stop) => {
+                        let grace = self.stop.borrow().unwrap_or_default();
+                        self.event(events::Type::Normal, "Killing", &format!("Stopping container {name}"));
+                        let grace = self.pre_stop(id, grace).await;
+                        break self.shared.runtime.stop(id, grace).await.map(|s| {
+                            let term = Terminated {
+                                exit_code: s.exit_code,
+                                signal: s.signal,
+                                reason: if s.exit_code == 0 { "Completed".into() } else { "Error".into() },
+                                message: None,
+                                started_at: Some(started_at),
+                                finished_at: jiff::Timestamp::now(),
+                            };
+                            self.update(|r| { r.state = State::Terminated(term); r.done = true; });
+                            Outcome::Stopped
+                        });
+                    }
+                    Some(report) = reports.recv() => match report {
+                        probe::Report::Started => {
+                            self.update(|r| r.started = true);
+                            if let Some(tx) = &self.started {
+                                let _ = tx.send(true);
+                            }
+                        }
+                        probe::Report::Ready(ready) => self.update(|r| r.ready = ready),
+                        probe::Report::Unhealthy { kind, message } => self.event(
+                            events::Type::Warning,
+                            "Unhealthy",
+                            &format!("{} probe failed: {message}", kind.name()),
+                        ),
+                        probe::Report::Restart { kind, .. } => {
+                            let probe = match kind {
+                                probe::Kind::Startup => self.container.startup_probe.as_ref(),
+                                _ => self.container.liveness_probe.as_ref(),
+                            };
+                            let grace = probe
+                                .and_then(|p| p.termination_grace_period_seconds)
+                                .map_or(pod_grace, |g| g.max(0) as u64);
+                            self.event(
+                                events::Type::Normal,
+                                "Killing",
+                                &format!(
+                                    "Container {name} failed {} probe, will be restarted",
+                                    kind.name().to_ascii_lowercase()
+                                ),
+                            );
+                            let left = self.pre_stop(id, Duration::from_secs(grace)).await;
+                            break self
+                                .shared
+                                .runtime
+                                .stop(id, left)
+                                .await
+                                .map(Outcome::Exited);
+                        }
+                    },
+                }
             }
         };
         prober.abort();
