@@ -1287,6 +1287,40 @@ fn volume_scenarios(
         let out = kubectl(kubeconfig, &["get", "pv", &volume]).ok()?;
         (!out.status.success()).then_some(())
     })?;
+    // A volume that cannot be set up: the pod waits and the reason is a FailedMount Event.
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: nomount}}
+spec:
+  terminationGracePeriodSeconds: 0
+  volumes: [{{name: cfg, configMap: {{name: absent-cm}}}}]
+  containers:
+  - {{name: main, image: "{registry}/e2e/busybox:1", command: ["sleep", "3600"], volumeMounts: [{{name: cfg, mountPath: /c}}]}}
+"#
+        ),
+    )?;
+    k(&["apply", "-f", manifest.to_str().unwrap_or_default()])?;
+    let event = poll("the FailedMount event", Duration::from_secs(120), || {
+        let e = k(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=nomount,reason=FailedMount",
+            "-o",
+            "jsonpath={.items[0].message}",
+        ])
+        .ok()?;
+        (!e.is_empty()).then_some(e)
+    })?;
+    ensure!(
+        event.contains("MountVolume.SetUp failed for volume \"cfg\"")
+            && event.contains("configmap \"absent-cm\" not found"),
+        "FailedMount: {event}"
+    );
+    k(&["delete", "pod", "nomount", "--wait=true", "--timeout=60s"])?;
     Ok(())
 }
 

@@ -221,6 +221,15 @@ async fn start_containers(
             Ok(v) => break v,
             Err(e) => {
                 tracing::info!(pod = %uid, error = %e, "volumes not ready");
+                // As the kubelet: a FailedMount Event per attempt (repeats raise its count).
+                events::record(
+                    &shared,
+                    &pod,
+                    None,
+                    events::Type::Warning,
+                    "FailedMount",
+                    &e.to_string(),
+                );
                 volumes::release(&dir);
                 {
                     // Keep each container's reason (ContainerCreating, PodInitializing) and
