@@ -1955,7 +1955,72 @@ spec:
         "--wait=true",
         "--timeout=60s",
     ])?;
-    eprintln!("lifecycle hook scenarios: postStart, failing postStart, preStop: ok");
+    // A new image on a running pod restarts that container with it (here the same image,
+    // named by its digest, as the pod's imageID spells it).
+    k(&[
+        "run",
+        "reimage",
+        &format!("--image={image}"),
+        "--restart=Never",
+        "--",
+        "sleep",
+        "3600",
+    ])?;
+    k(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/reimage",
+        "--timeout=120s",
+    ])?;
+    let id = k(&[
+        "get",
+        "pod",
+        "reimage",
+        "-o",
+        "jsonpath={.status.containerStatuses[0].imageID}",
+    ])?;
+    ensure!(
+        id.starts_with(registry) && id.contains("/e2e/busybox@sha256:"),
+        "imageID names the registry and the digest: {id}"
+    );
+    k(&["set", "image", "pod/reimage", &format!("reimage={id}")])?;
+    let now = poll(
+        "the container restarted on its new image",
+        Duration::from_secs(120),
+        || {
+            let s = k(&[
+            "get",
+            "pod",
+            "reimage",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].restartCount} {.status.containerStatuses[0].image} {.status.phase}",
+        ])
+        .ok()?;
+            (s.starts_with("1 ") && s.ends_with(" Running")).then_some(s)
+        },
+    )?;
+    ensure!(now == format!("1 {id} Running"), "after set image: {now}");
+    let events = k(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=reimage,reason=Killing",
+        "-o",
+        "jsonpath={.items[*].message}",
+    ])?;
+    ensure!(
+        events.contains("Container reimage definition changed, will be restarted"),
+        "the restart's event: {events}"
+    );
+    k(&[
+        "delete",
+        "pod",
+        "reimage",
+        "--grace-period=0",
+        "--wait=true",
+        "--timeout=60s",
+    ])?;
+    eprintln!("lifecycle hook scenarios: postStart, failing postStart, preStop, image change: ok");
     Ok(())
 }
 

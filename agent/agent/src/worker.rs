@@ -125,6 +125,7 @@ impl PodWorker {
             records.clone(),
             dirty.clone(),
             stop_rx.clone(),
+            self.updates.clone(),
         ))];
         tracing::info!(pod = %format!("{ns}/{name}"), %uid, "pod worker started");
 
@@ -212,6 +213,7 @@ async fn start_containers(
     records: Records,
     dirty: Arc<Notify>,
     mut stop: watch::Receiver<Option<Duration>>,
+    updates: watch::Receiver<Option<Pod>>,
 ) {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let dir = pod_dir(&shared, &uid);
@@ -279,6 +281,8 @@ async fn start_containers(
                 stop: stop.clone(),
                 volumes: prepared.clone(),
                 started: None,
+                updates: updates.clone(),
+                redefined: false,
             }
         };
     // Sidecars have a stop signal of their own: they outlive the containers.
@@ -409,6 +413,35 @@ struct ContainerCtx {
     /// Told once the container has started (its startup probe passed): the init sequence
     /// waits on it for a sidecar.
     started: Option<watch::Sender<bool>>,
+    /// The pod as updated: a new image for this container restarts it.
+    updates: watch::Receiver<Option<Pod>>,
+    /// The last stop was for a new image: restart at once, whatever the policy.
+    redefined: bool,
+}
+
+/// Waits until the pod's updates give container `name` an image other than `current`.
+async fn new_image(
+    updates: &mut watch::Receiver<Option<Pod>>,
+    name: &str,
+    current: &str,
+) -> String {
+    loop {
+        if updates.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        let image = updates.borrow_and_update().as_ref().and_then(|p| {
+            let spec = p.spec.as_ref()?;
+            spec.containers
+                .iter()
+                .chain(spec.init_containers.iter().flatten())
+                .find(|c| c.name == name)?
+                .image
+                .clone()
+        });
+        if let Some(image) = image.filter(|i| i != current) {
+            return image;
+        }
+    }
 }
 
 enum Outcome {
@@ -528,13 +561,13 @@ impl ContainerCtx {
         let pod_name = self.pod.metadata.name.clone().unwrap_or_default();
         let restart_policy = self.restart_policy.clone();
         let mut succeeded = false;
-        let image_name = self.container.image.clone().unwrap_or_default();
         let mut backoff = BACKOFF_START;
         let mut attempt: i32 = 0;
         loop {
             if self.stopping() {
                 break;
             }
+            let image_name = self.container.image.clone().unwrap_or_default();
             let image = match ImageRef::parse(&image_name) {
                 Ok(i) => i,
                 Err(e) => {
@@ -570,7 +603,7 @@ impl ContainerCtx {
             let id = container_id(&uid, &self.container.name, attempt);
             let digest = pulled.manifest_digest.to_string();
             self.update(|r| {
-                r.image_id = format!("{}@{digest}", image.repository);
+                r.image_id = format!("{}/{}@{digest}", image.registry, image.repository);
                 r.container_id = format!("strake://{id}");
             });
             let started = jiff::Timestamp::now();
@@ -617,6 +650,21 @@ impl ContainerCtx {
                 _ => true,
             };
             let stopping = self.stopping();
+            if std::mem::take(&mut self.redefined) && !stopping {
+                // A new image: restarted at once, whatever the policy says.
+                self.update(|r| {
+                    r.last_terminated = Some(term.clone());
+                    r.restart_count += 1;
+                    r.image = self.container.image.clone().unwrap_or_default();
+                    r.state = State::Waiting {
+                        reason: "ContainerCreating".into(),
+                        message: None,
+                    };
+                });
+                backoff = BACKOFF_START;
+                attempt += 1;
+                continue;
+            }
             self.update(|r| {
                 r.state = State::Terminated(term.clone());
                 r.done = !restart || stopping;
@@ -886,7 +934,18 @@ impl ContainerCtx {
                             Outcome::Stopped
                         });
                     }
-                    Some(report) = reports.recv() => match report {
+                    image = new_image(&mut self.updates, &self.container.name, self.container.image.as_deref().unwrap_or_default()) => {
+                    self.event(
+                        events::Type::Normal,
+                        "Killing",
+                        &format!("Container {name} definition changed, will be restarted"),
+                    );
+                    let left = self.pre_stop(id, Duration::from_secs(pod_grace)).await;
+                    self.container.image = Some(image);
+                    self.redefined = true;
+                    break self.shared.runtime.stop(id, left).await.map(Outcome::Exited);
+                }
+                Some(report) = reports.recv() => match report {
                         probe::Report::Started => {
                             self.update(|r| r.started = true);
                             if let Some(tx) = &self.started {
