@@ -66,11 +66,18 @@ fn text(code: StatusCode, msg: String) -> Response {
     (code, msg).into_response()
 }
 
-fn is_api_server(caller: &Caller) -> bool {
-    caller
+/// The 403 for any caller but the API server (a client certificate in system:masters).
+fn refuse_unless_api_server(caller: &Caller) -> Option<Response> {
+    let allowed = caller
         .0
         .as_ref()
-        .is_some_and(|id| id.groups.iter().any(|g| g == "system:masters"))
+        .is_some_and(|id| id.groups.iter().any(|g| g == "system:masters"));
+    (!allowed).then(|| {
+        text(
+            StatusCode::FORBIDDEN,
+            "a client certificate of the API server is required".into(),
+        )
+    })
 }
 
 /// The uid of pod `ns/name` if it runs (or ran) here, from its log directory.
@@ -93,11 +100,8 @@ async fn port_forward(
     mut req: axum::extract::Request,
 ) -> Response {
     use crate::portforward::{self, Target};
-    if !is_api_server(&caller) {
-        return text(
-            StatusCode::FORBIDDEN,
-            "a client certificate of the API server is required".into(),
-        );
+    if let Some(refusal) = refuse_unless_api_server(&caller) {
+        return refusal;
     }
     let Some(uid) = pod_uid(&shared.cfg.log_dir, &ns, &pod) else {
         return text(
@@ -205,11 +209,8 @@ async fn exec(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
     mut req: axum::extract::Request,
 ) -> Response {
-    if !is_api_server(&caller) {
-        return text(
-            StatusCode::FORBIDDEN,
-            "a client certificate of the API server is required".into(),
-        );
+    if let Some(refusal) = refuse_unless_api_server(&caller) {
+        return refusal;
     }
     let opts = match crate::streams::ExecOptions::parse(query.as_deref().unwrap_or_default()) {
         Ok(o) => o,
@@ -254,11 +255,8 @@ async fn container_logs(
     UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if !is_api_server(&caller) {
-        return text(
-            StatusCode::FORBIDDEN,
-            "a client certificate of the API server is required".into(),
-        );
+    if let Some(refusal) = refuse_unless_api_server(&caller) {
+        return refusal;
     }
     let previous = q.get("previous").is_some_and(|v| v == "true");
     let Some((path, uid, attempt)) = find_log(&shared.cfg.log_dir, &ns, &pod, &container, previous)

@@ -17,7 +17,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::RuntimeError;
-use crate::shim::{EXEC_ERROR_PREFIX, EXEC_FAILED, STARTED_LINE};
+use crate::shim::STARTED_LINE;
 use crate::spec::{ContainerId, ContainerSpec, build_oci_spec, clamp_nofile};
 use crate::state::{
     ExitRecord, ExitStatus, Layout, StartedRecord, log_tail, read_json, write_json,
@@ -218,52 +218,31 @@ impl Runtime {
         args: &[String],
         timeout: Duration,
     ) -> Result<(i32, String), RuntimeError> {
-        let layout = self.existing(id)?;
-        let child = Command::new(&self.shim_exe)
-            .arg("shim")
-            .arg("exec")
-            .arg("--state-dir")
-            .arg(layout.dir())
-            .arg("--id")
-            .arg(id)
-            .arg("--")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|source| RuntimeError::ShimSpawn {
-                exe: self.shim_exe.clone(),
-                source,
-            })?;
-        let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
-            Ok(Ok(out)) => out,
-            Ok(Err(e)) => {
-                return Err(RuntimeError::ExecFailed {
-                    id: id.to_owned(),
-                    error: e.to_string(),
-                });
+        let io = ExecIo {
+            stdin: Stdio::null(),
+            stdout: Stdio::piped(),
+            stderr: Stdio::piped(),
+            tty: false,
+        };
+        let mut process = self.spawn_exec(id, args, io)?;
+        let (stdout, stderr) = (process.take_stdout(), process.take_stderr());
+        let run = async move {
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            if let (Some(mut o), Some(mut e)) = (stdout, stderr) {
+                let _ = tokio::join!(o.read_to_end(&mut out), e.read_to_end(&mut err));
             }
-            Err(_) => {
-                return Err(RuntimeError::ExecTimeout {
+            process.wait().await.map(|code| (code, out, err))
+        };
+        // On the timeout the process is dropped, which kills the shim.
+        let (code, stdout, stderr) =
+            tokio::time::timeout(timeout, run)
+                .await
+                .map_err(|_| RuntimeError::ExecTimeout {
                     id: id.to_owned(),
                     timeout,
-                });
-            }
-        };
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let code = out.status.code().unwrap_or(128 + 9);
-        if code == i32::from(EXEC_FAILED)
-            && let Some(error) = stderr.trim().strip_prefix(EXEC_ERROR_PREFIX)
-        {
-            return Err(RuntimeError::ExecFailed {
-                id: id.to_owned(),
-                error: error.to_owned(),
-            });
-        }
-        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.push_str(&stderr);
+                })??;
+        let mut text = String::from_utf8_lossy(&stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&stderr));
         if text.len() > EXEC_OUTPUT_MAX {
             let mut cut = EXEC_OUTPUT_MAX;
             while !text.is_char_boundary(cut) {
