@@ -427,6 +427,7 @@ fn drive(
     exec_scenarios(&kubeconfig, dir, registry)?;
     port_forward_scenarios(&kubeconfig, registry)?;
     lifecycle_hook_scenarios(&kubeconfig, dir, registry)?;
+    pod_network_scenarios(&kubeconfig, registry)?;
 
     // The node is still healthy after all that.
     let nodes = kubectl_ok(&kubeconfig, &["get", "nodes"])?;
@@ -2021,6 +2022,130 @@ spec:
         "--timeout=60s",
     ])?;
     eprintln!("lifecycle hook scenarios: postStart, failing postStart, preStop, image change: ok");
+    Ok(())
+}
+
+/// Pod sandboxes on the pod network: the node's podCIDR from the control plane, a network
+/// namespace per pod (two pods serve one port), pod to pod traffic over the bridge, the
+/// kubelet's /etc/hosts, hostname and resolv.conf (with MissingClusterDNS, as no cluster DNS
+/// is configured), and a hostNetwork pod on the node's address.
+fn pod_network_scenarios(kubeconfig: &std::path::Path, registry: &str) -> anyhow::Result<()> {
+    let k = in_default(kubeconfig);
+    let image = format!("--image={registry}/e2e/busybox:1");
+    let cidr = k(&["get", "nodes", "-o", "jsonpath={.items[0].spec.podCIDR}"])?;
+    ensure!(cidr == "10.244.0.0/24", "the node's podCIDR: {cidr:?}");
+    for (name, text) in [("net-a", "from-a"), ("net-b", "from-b")] {
+        k(&[
+            "run",
+            name,
+            &image,
+            "--restart=Never",
+            "--",
+            "sh",
+            "-c",
+            &format!("mkdir -p /www && echo {text} > /www/index.html && httpd -f -p 8080 -h /www"),
+        ])?;
+    }
+    k(&[
+        "run",
+        "net-host",
+        &image,
+        "--restart=Never",
+        r#"--overrides={"apiVersion":"v1","spec":{"hostNetwork":true}}"#,
+        "--",
+        "sleep",
+        "3600",
+    ])?;
+    for name in ["net-a", "net-b", "net-host"] {
+        k(&[
+            "wait",
+            "--for=condition=Ready",
+            &format!("pod/{name}"),
+            "--timeout=120s",
+        ])?;
+    }
+    let ip_of = |name: &str| {
+        k(&[
+            "get",
+            "pod",
+            name,
+            "-o",
+            "jsonpath={.status.podIP} {.status.hostIP}",
+        ])
+    };
+    let (a, b, host) = (ip_of("net-a")?, ip_of("net-b")?, ip_of("net-host")?);
+    let (ip_a, node_ip) = a.split_once(' ').context("net-a's IPs")?;
+    let ip_b = b.split(' ').next().unwrap_or_default();
+    ensure!(
+        ip_a.starts_with("10.244.0.") && ip_b.starts_with("10.244.0.") && ip_a != ip_b,
+        "pod IPs: {a:?} {b:?}"
+    );
+    ensure!(
+        host == format!("{node_ip} {node_ip}"),
+        "the hostNetwork pod's IPs: {host:?}"
+    );
+    for (from, to, want) in [("net-b", ip_a, "from-a"), ("net-a", ip_b, "from-b")] {
+        let got = k(&[
+            "exec",
+            from,
+            "--",
+            "timeout",
+            "10",
+            "wget",
+            "-qO-",
+            &format!("http://{to}:8080/"),
+        ])?;
+        ensure!(got.trim() == want, "{from} -> {to}: {got:?}");
+    }
+    let ifaces = k(&["exec", "net-a", "--", "cat", "/proc/net/dev"])?;
+    ensure!(
+        ifaces.contains("eth0:") && ifaces.contains("lo:") && ifaces.lines().count() == 4,
+        "net-a's interfaces: {ifaces}"
+    );
+    let hosts = k(&["exec", "net-a", "--", "cat", "/etc/hosts"])?;
+    ensure!(
+        hosts.starts_with("# Kubernetes-managed hosts file.")
+            && hosts.contains(&format!("\n{ip_a}\tnet-a\n")),
+        "net-a's /etc/hosts: {hosts}"
+    );
+    let name = k(&["exec", "net-a", "--", "hostname"])?;
+    ensure!(name.trim() == "net-a", "net-a's hostname: {name:?}");
+    let resolv = k(&["exec", "net-a", "--", "cat", "/etc/resolv.conf"])?;
+    ensure!(
+        resolv.contains("nameserver "),
+        "net-a's resolv.conf: {resolv}"
+    );
+    let reasons = k(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=net-a",
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ])?;
+    ensure!(
+        reasons.contains("MissingClusterDNS"),
+        "net-a's events: {reasons}"
+    );
+    // The hostNetwork pod sees the node's interfaces, the bridge among them.
+    let node_ifaces = k(&["exec", "net-host", "--", "cat", "/proc/net/dev"])?;
+    ensure!(
+        node_ifaces.contains("strake0:"),
+        "net-host's interfaces: {node_ifaces}"
+    );
+    k(&[
+        "delete",
+        "pod",
+        "net-a",
+        "net-b",
+        "net-host",
+        "--grace-period=1",
+        "--wait=true",
+        "--timeout=60s",
+    ])?;
+    eprintln!(
+        "pod network scenarios: podCIDR, pod to pod, same port twice, hosts, hostname, resolv.conf, hostNetwork: ok"
+    );
     Ok(())
 }
 

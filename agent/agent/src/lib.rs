@@ -12,6 +12,7 @@ mod node;
 mod pods;
 mod portforward;
 mod probe;
+mod sandbox;
 mod status;
 mod streams;
 mod volumes;
@@ -26,6 +27,8 @@ use strake_kubeclient::{Client, ClientError, Credentials};
 use strake_oci::{ImageStore, RegistryConfig};
 use strake_pki::BootstrapToken;
 use strake_runtime::Runtime;
+
+pub use sandbox::POD_BRIDGE;
 
 /// Why the agent stopped.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +74,10 @@ pub struct AgentConfig {
     /// Where local-path volumes live on this node; only directories under it are removed
     /// when their volume is deleted.
     pub local_path_root: PathBuf,
+    /// The cluster DNS servers for dnsPolicy ClusterFirst pods; empty: none yet.
+    pub cluster_dns: Vec<IpAddr>,
+    /// The cluster's DNS domain (`cluster.local`).
+    pub cluster_domain: String,
 }
 
 /// Everything the pod workers share.
@@ -79,6 +86,8 @@ pub(crate) struct Shared {
     pub client: Client,
     pub runtime: Runtime,
     pub images: ImageStore,
+    /// The node's pod network, once it has a podCIDR.
+    pub network: tokio::sync::watch::Sender<Option<Arc<sandbox::PodNetwork>>>,
 }
 
 async fn credentials(cfg: &AgentConfig) -> Result<Credentials, AgentError> {
@@ -146,10 +155,12 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         client,
         runtime,
         images,
+        network: tokio::sync::watch::Sender::new(None),
     });
     worker::sweep_leftovers(&shared).await;
     node::register(&shared).await?;
     tokio::spawn(node::heartbeat(shared.clone()));
+    tokio::spawn(sandbox::run_network(shared.clone()));
     tokio::spawn(localpath::run(shared.clone()));
     let log_server = logs::serve(shared.clone(), &creds);
     let pods = pods::run(shared.clone());

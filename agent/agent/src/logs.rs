@@ -111,6 +111,7 @@ async fn port_forward(
     };
     let target = Target {
         pod: pod.clone(),
+        netns: crate::sandbox::netns_of(&shared, &uid),
         uid,
     };
     if let Ok(ws) = ws {

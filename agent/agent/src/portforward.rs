@@ -8,8 +8,9 @@
 //!   per port in `?ports=`, data on channel 2i and errors on 2i+1, each channel opened by a
 //!   message holding the port (16-bit little-endian).
 //!
-//! The agent connects to the port on localhost: pods share the node's network namespace until
-//! the networking issue gives each its own.
+//! The agent connects to the port on localhost inside the pod's network namespace (so a
+//! server bound to the pod's loopback is reachable, as with the kubelet), or on the node's
+//! for a `hostNetwork` pod.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -35,16 +36,46 @@ const PAIR_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Target {
     pub pod: String,
     pub uid: String,
+    /// The pod's network namespace; None: the node's.
+    pub netns: Option<std::path::PathBuf>,
 }
 
-async fn connect(port: u16) -> Result<TcpStream, String> {
-    match TcpStream::connect(("127.0.0.1", port)).await {
-        Ok(s) => Ok(s),
-        Err(e4) => TcpStream::connect(("::1", port))
-            .await
-            .map_err(|e6| format!("failed to connect to localhost:{port}, IPv4: {e4} IPv6: {e6}")),
-    }
+async fn connect(port: u16, netns: Option<&std::path::Path>) -> Result<TcpStream, String> {
+    let Some(netns) = netns else {
+        return match TcpStream::connect(("127.0.0.1", port)).await {
+            Ok(s) => Ok(s),
+            Err(e4) => TcpStream::connect(("::1", port)).await.map_err(|e6| {
+                format!("failed to connect to localhost:{port}, IPv4: {e4} IPv6: {e6}")
+            }),
+        };
+    };
+    let netns = netns.to_owned();
+    let attempt = |ip: std::net::IpAddr| {
+        let netns = netns.clone();
+        tokio::task::spawn_blocking(move || {
+            strake_net::connect_in(&netns, (ip, port).into(), CONNECT_TIMEOUT)
+        })
+    };
+    let joined = |r: Result<std::io::Result<std::net::TcpStream>, tokio::task::JoinError>| {
+        r.map_err(std::io::Error::other).and_then(|r| r)
+    };
+    let std_stream = match joined(attempt(std::net::Ipv4Addr::LOCALHOST.into()).await) {
+        Ok(s) => s,
+        Err(e4) => joined(attempt(std::net::Ipv6Addr::LOCALHOST.into()).await).map_err(|e6| {
+            format!(
+                "failed to connect to localhost:{port} inside namespace {}, IPv4: {e4} IPv6: {e6}",
+                netns.display()
+            )
+        })?,
+    };
+    std_stream
+        .set_nonblocking(true)
+        .and_then(|()| TcpStream::from_std(std_stream))
+        .map_err(|e| format!("adopting the connection to localhost:{port}: {e}"))
 }
+
+/// How long a connection to the pod's port may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves a SPDY port-forward session on `io` until the client leaves.
 pub async fn serve_spdy<IO>(io: IO, target: Target)
@@ -115,7 +146,7 @@ async fn forward_spdy(error: Stream, mut data: Stream, target: Target) {
         .header("port")
         .and_then(|p| p.parse::<u16>().ok())
         .unwrap_or_default();
-    let tcp = match connect(port).await {
+    let tcp = match connect(port, target.netns.as_deref()).await {
         Ok(t) => t,
         Err(e) => {
             let msg = format!(
@@ -253,7 +284,7 @@ pub async fn serve_channels(socket: WebSocket, target: Target, ports: Vec<u16>) 
         let out = out.clone();
         let target = target.clone();
         tasks.push(tokio::spawn(async move {
-            let tcp = match connect(port).await {
+            let tcp = match connect(port, target.netns.as_deref()).await {
                 Ok(t) => t,
                 Err(e) => {
                     let mut msg = vec![err_ch];
@@ -363,6 +394,7 @@ mod tests {
         let target = Target {
             pod: "web".into(),
             uid: "u1".into(),
+            netns: None,
         };
         tokio::spawn(serve_spdy(server, target));
         let (mut crd, mut cwr) = tokio::io::split(client);

@@ -204,7 +204,7 @@ pub fn pod_status(
     pod: &Pod,
     records: &[ContainerRecord],
     host_ip: &str,
-    pod_ip: &str,
+    pod_ip: Option<&str>,
     start_time: jiff::Timestamp,
 ) -> PodStatus {
     let now = Time(jiff::Timestamp::now());
@@ -271,8 +271,8 @@ pub fn pod_status(
         host_ips: Some(vec![k8s_openapi::api::core::v1::HostIP {
             ip: host_ip.into(),
         }]),
-        pod_ip: Some(pod_ip.into()),
-        pod_ips: Some(vec![PodIP { ip: pod_ip.into() }]),
+        pod_ip: pod_ip.map(str::to_string),
+        pod_ips: pod_ip.map(|ip| vec![PodIP { ip: ip.into() }]),
         start_time: Some(Time(start_time)),
         init_container_statuses: (!inits.is_empty())
             .then(|| inits.into_iter().map(container_status).collect()),
@@ -327,7 +327,13 @@ mod tests {
             message: Some("manifest unknown".into()),
         };
         let pod = Pod::default();
-        let s = pod_status(&pod, &[a], "10.0.2.15", "10.0.2.15", jiff::Timestamp::now());
+        let s = pod_status(
+            &pod,
+            &[a],
+            "10.0.2.15",
+            Some("10.244.0.5"),
+            jiff::Timestamp::now(),
+        );
         let w = s.container_statuses.unwrap()[0]
             .state
             .clone()
@@ -336,6 +342,8 @@ mod tests {
             .unwrap();
         assert_eq!(w.reason.as_deref(), Some("ErrImagePull"));
         assert_eq!(s.phase.as_deref(), Some("Pending"));
+        assert_eq!(s.pod_ip.as_deref(), Some("10.244.0.5"));
+        assert_eq!(s.host_ip.as_deref(), Some("10.0.2.15"));
     }
 
     #[test]
@@ -348,7 +356,7 @@ mod tests {
                 &Pod::default(),
                 r,
                 "10.0.2.15",
-                "10.0.2.15",
+                None,
                 jiff::Timestamp::now(),
             )
         };

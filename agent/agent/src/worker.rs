@@ -14,6 +14,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::Shared;
 use crate::lifecycle::{self, Hook};
+use crate::sandbox::{self, PodSandbox};
 use crate::status::{ContainerRecord, Role, State, Terminated, pod_status};
 use crate::volumes::{self, Prepared};
 use crate::{env, events, probe};
@@ -24,6 +25,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(300);
 const POST_START_LIMIT: Duration = Duration::from_secs(600);
 
 type Records = Arc<Mutex<Vec<ContainerRecord>>>;
+/// The pod's address once its sandbox has one.
+type PodIp = Arc<Mutex<Option<String>>>;
 
 pub struct PodWorker {
     shared: Arc<Shared>,
@@ -67,6 +70,7 @@ pub async fn sweep_leftovers(shared: &Shared) {
         volumes::release(&pod.path());
     }
     let _ = std::fs::remove_dir_all(&pods);
+    crate::sandbox::sweep(&shared.cfg.run_dir);
 }
 
 /// `<pods>/<uid>/<container>/<attempt>/rootfs` paths that exist.
@@ -109,6 +113,7 @@ impl PodWorker {
         let dirty = Arc::new(Notify::new());
         let (stop_tx, stop_rx) = watch::channel::<Option<Duration>>(None);
         let pod_cell = Arc::new(Mutex::new(self.pod.clone()));
+        let pod_ip: PodIp = Arc::default();
 
         let status_task = tokio::spawn(write_status(
             self.shared.clone(),
@@ -116,6 +121,7 @@ impl PodWorker {
             records.clone(),
             dirty.clone(),
             start_time,
+            pod_ip.clone(),
         ));
         dirty.notify_one();
 
@@ -126,6 +132,7 @@ impl PodWorker {
             dirty.clone(),
             stop_rx.clone(),
             self.updates.clone(),
+            pod_ip,
         ))];
         tracing::info!(pod = %format!("{ns}/{name}"), %uid, "pod worker started");
 
@@ -159,6 +166,7 @@ impl PodWorker {
         // Give the status writer a moment to publish the final state, then stop it.
         tokio::time::sleep(Duration::from_millis(50)).await;
         status_task.abort();
+        sandbox::remove(&self.shared, &uid).await;
         volumes::release(&pod_dir(&self.shared, &uid));
         if let Err(e) = strake_runtime::remove_cgroup(&pod_cgroup(&uid)) {
             tracing::warn!(pod = %format!("{ns}/{name}"), error = %e, "removing the pod cgroup failed");
@@ -214,6 +222,7 @@ async fn start_containers(
     dirty: Arc<Notify>,
     mut stop: watch::Receiver<Option<Duration>>,
     updates: watch::Receiver<Option<Pod>>,
+    pod_ip: PodIp,
 ) {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let dir = pod_dir(&shared, &uid);
@@ -233,17 +242,7 @@ async fn start_containers(
                     &e.to_string(),
                 );
                 volumes::release(&dir);
-                {
-                    // Keep each container's reason (ContainerCreating, PodInitializing) and
-                    // say why it waits.
-                    let mut r = records.lock().unwrap_or_else(|e| e.into_inner());
-                    for rec in r.iter_mut() {
-                        if let State::Waiting { message, .. } = &mut rec.state {
-                            *message = Some(e.to_string());
-                        }
-                    }
-                }
-                dirty.notify_one();
+                say_waiting(&records, &dirty, &e.to_string());
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = wait_stop(&mut stop) => return,
@@ -253,6 +252,63 @@ async fn start_containers(
         }
     };
     let prepared = Arc::new(prepared);
+    let mut delay = Duration::from_millis(500);
+    let pod_sandbox = loop {
+        let network = if sandbox::host_network(&pod) {
+            None
+        } else {
+            let mut ready = shared.network.subscribe();
+            if ready.borrow().is_none() {
+                say_waiting(
+                    &records,
+                    &dirty,
+                    "network is not ready: waiting for this node's podCIDR",
+                );
+                tokio::select! {
+                    r = ready.wait_for(Option::is_some) => if r.is_err() { return },
+                    _ = wait_stop(&mut stop) => return,
+                }
+            }
+            ready.borrow().clone()
+        };
+        match sandbox::create(&shared, &pod, &dir, network).await {
+            Ok((s, warnings)) => {
+                for w in warnings {
+                    events::record(
+                        &shared,
+                        &pod,
+                        None,
+                        events::Type::Warning,
+                        "MissingClusterDNS",
+                        &w,
+                    );
+                }
+                break s;
+            }
+            Err(e) => {
+                tracing::warn!(pod = %uid, error = %e, "creating the pod sandbox failed");
+                let message = format!("Failed to create pod sandbox: {e}");
+                events::record(
+                    &shared,
+                    &pod,
+                    None,
+                    events::Type::Warning,
+                    "FailedCreatePodSandBox",
+                    &message,
+                );
+                sandbox::remove(&shared, &uid).await;
+                say_waiting(&records, &dirty, &message);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = wait_stop(&mut stop) => return,
+                }
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    };
+    *pod_ip.lock().unwrap_or_else(|e| e.into_inner()) = pod_sandbox.ip.map(|ip| ip.to_string());
+    dirty.notify_one();
+    let pod_sandbox = Arc::new(pod_sandbox);
     let spec = pod.spec.clone().unwrap_or_default();
     let pod_policy = spec
         .restart_policy
@@ -280,6 +336,7 @@ async fn start_containers(
                 dirty: dirty.clone(),
                 stop: stop.clone(),
                 volumes: prepared.clone(),
+                sandbox: pod_sandbox.clone(),
                 started: None,
                 updates: updates.clone(),
                 redefined: false,
@@ -347,12 +404,27 @@ async fn start_containers(
     }
 }
 
+/// Keeps each waiting container's reason (ContainerCreating, PodInitializing) and says why
+/// it waits.
+fn say_waiting(records: &Records, dirty: &Notify, why: &str) {
+    {
+        let mut r = records.lock().unwrap_or_else(|e| e.into_inner());
+        for rec in r.iter_mut() {
+            if let State::Waiting { message, .. } = &mut rec.state {
+                *message = Some(why.to_string());
+            }
+        }
+    }
+    dirty.notify_one();
+}
+
 async fn write_status(
     shared: Arc<Shared>,
     pod: Arc<Mutex<Pod>>,
     records: Records,
     dirty: Arc<Notify>,
     start: jiff::Timestamp,
+    pod_ip: PodIp,
 ) {
     let mut last = None;
     loop {
@@ -362,8 +434,13 @@ async fn write_status(
             let r = records.lock().unwrap_or_else(|e| e.into_inner()).clone();
             (p, r)
         };
-        let ip = shared.cfg.node_ip.to_string();
-        let status = pod_status(&p, &recs, &ip, &ip, start);
+        let host_ip = shared.cfg.node_ip.to_string();
+        let ip = if sandbox::host_network(&p) {
+            Some(host_ip.clone())
+        } else {
+            pod_ip.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        };
+        let status = pod_status(&p, &recs, &host_ip, ip.as_deref(), start);
         let mut value = serde_json::to_value(&status).unwrap_or_default();
         // Conditions carry transition times; compare without them to avoid needless writes.
         let mut key = value.clone();
@@ -410,6 +487,8 @@ struct ContainerCtx {
     dirty: Arc<Notify>,
     stop: watch::Receiver<Option<Duration>>,
     volumes: Arc<Prepared>,
+    /// The pod's shared namespaces, address and managed files.
+    sandbox: Arc<PodSandbox>,
     /// Told once the container has started (its startup probe passed): the init sequence
     /// waits on it for a sidecar.
     started: Option<watch::Sender<bool>>,
@@ -504,7 +583,7 @@ impl ContainerCtx {
             liveness: self.container.liveness_probe.clone(),
             readiness: self.container.readiness_probe.clone(),
             target: probe::Target {
-                ip: self.shared.cfg.node_ip.to_string(),
+                ip: self.pod_ip(),
                 ports: self.container.ports.clone().unwrap_or_default(),
                 exec: Some(exec),
             },
@@ -546,6 +625,13 @@ impl ContainerCtx {
         grace
             .saturating_sub(began.elapsed())
             .max(Duration::from_secs(2))
+    }
+
+    /// The pod's address: its own, or the node's on the host network.
+    fn pod_ip(&self) -> String {
+        self.sandbox
+            .ip
+            .map_or_else(|| self.shared.cfg.node_ip.to_string(), |ip| ip.to_string())
     }
 
     fn waiting(&self, reason: &str, message: Option<String>) {
@@ -803,7 +889,7 @@ impl ContainerCtx {
         let sources = env::Sources::fetch(&self.shared, &ns, &[&self.container]).await;
         let ips = env::Ips {
             host: vec![self.shared.cfg.node_ip.to_string()],
-            pod: vec![self.shared.cfg.node_ip.to_string()],
+            pod: vec![self.pod_ip()],
         };
         let spec = match sources
             .and_then(|sources| {
@@ -816,11 +902,24 @@ impl ContainerCtx {
                     logs.join(format!("{attempt}.log")),
                     &sources,
                     &ips,
+                    &self.sandbox,
                 )
             })
             .and_then(|(mut s, skipped)| {
                 let list = self.container.volume_mounts.as_deref().unwrap_or_default();
-                s.mounts = volumes::mounts(&self.volumes, list)?;
+                // The sandbox's files, unless a volume is mounted at the same path.
+                s.mounts = self
+                    .sandbox
+                    .files
+                    .iter()
+                    .filter(|f| {
+                        !list
+                            .iter()
+                            .any(|m| m.mount_path.trim_end_matches('/') == f.destination)
+                    })
+                    .cloned()
+                    .collect();
+                s.mounts.extend(volumes::mounts(&self.volumes, list)?);
                 Ok((s, skipped))
             }) {
             Ok((s, skipped)) => {
@@ -1046,10 +1145,11 @@ pub fn container_spec(
     log: PathBuf,
     sources: &env::Sources,
     ips: &env::Ips,
+    sandbox: &PodSandbox,
 ) -> Result<(ContainerSpec, Vec<String>), String> {
     let cfg = &image.config;
     let meta = &pod.metadata;
-    let hostname = pod_hostname(pod);
+    let hostname = sandbox.hostname.clone();
     // As containerd: HOSTNAME first, so the image's or the pod's own value wins.
     let image_env: Vec<String> = std::iter::once(format!("HOSTNAME={hostname}"))
         .chain(cfg.env.iter().cloned())
@@ -1143,7 +1243,12 @@ pub fn container_spec(
         memory_limit,
         cpu_quota,
         log_path: log,
-        network: NetworkMode::Host,
+        network: sandbox
+            .namespaces
+            .as_ref()
+            .map_or(NetworkMode::Host, |n| NetworkMode::Path(n.net.clone())),
+        ipc: sandbox.namespaces.as_ref().map(|n| n.ipc.clone()),
+        uts: sandbox.namespaces.as_ref().map(|n| n.uts.clone()),
         readonly_rootfs: sc
             .and_then(|s| s.read_only_root_filesystem)
             .unwrap_or(false),

@@ -9,6 +9,9 @@ use nix::sys::signal::Signal;
 /// Everything that can go wrong running a container or mounting its rootfs.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
+    /// A pod sandbox could not be made.
+    #[error("pod sandbox: {0}")]
+    Sandbox(String),
     /// The container id is outside `[a-z0-9][a-z0-9_.-]{0,127}`.
     #[error("invalid container id {id:?}: {reason}")]
     InvalidId { id: String, reason: String },

@@ -1,6 +1,8 @@
 //! strake-runtime: runs containers through youki's libcontainer inside a per-container `strake shim`,
 //! and owns the mount/umount/cgroup/pidfd syscalls the agent needs for containers and overlay rootfs.
-//! It must not touch pod networking, images or the API: the agent prepares rootfs, netns and logs paths.
+//! It also makes pod sandboxes ([`Sandbox`]: the network, UTS and IPC namespaces a pod's containers
+//! share). It must not touch pod networking, images or the API: the agent prepares rootfs and logs
+//! paths and configures the sandbox's network namespace.
 //!
 //! # How a container runs
 //!
@@ -41,6 +43,7 @@ mod cgroup;
 mod error;
 mod overlay;
 mod runtime;
+mod sandbox;
 pub mod shim;
 mod spec;
 mod state;
@@ -51,6 +54,7 @@ pub use error::RuntimeError;
 pub use nix::sys::signal::Signal;
 pub use overlay::{mount_overlay, mount_tmpfs, unmount};
 pub use runtime::{ContainerHandle, ContainerState, ExecIo, ExecProcess, Runtime};
+pub use sandbox::Sandbox;
 pub use spec::{
     BindMount, ContainerId, ContainerSpec, DEFAULT_CAPABILITIES, DEFAULT_PATH_ENV, MASKED_PATHS,
     MAX_ID_LEN, NOFILE_LIMIT, NetworkMode, READONLY_PATHS, build_oci_spec, clamp_nofile,

@@ -157,6 +157,10 @@ pub struct ContainerSpec {
     pub log_path: PathBuf,
     /// Network namespace choice.
     pub network: NetworkMode,
+    /// IPC namespace to join (the pod's); None: a new one.
+    pub ipc: Option<PathBuf>,
+    /// UTS namespace to join (the pod's, its hostname already set); None: a new one.
+    pub uts: Option<PathBuf>,
     /// Mount the root filesystem read-only.
     pub readonly_rootfs: bool,
     /// Volumes, mounted in order after the default mounts.
@@ -241,6 +245,14 @@ fn validate(spec: &ContainerSpec) -> Result<(), RuntimeError> {
             "network",
             "namespace path must be a clean absolute path",
         ));
+    }
+    for (field, path) in [("ipc", &spec.ipc), ("uts", &spec.uts)] {
+        if path.as_deref().is_some_and(|p| !is_clean_absolute(p)) {
+            return Err(invalid(
+                field,
+                "namespace path must be a clean absolute path",
+            ));
+        }
     }
     for m in &spec.mounts {
         if !is_clean_absolute(&m.source) {
@@ -396,8 +408,8 @@ pub fn build_oci_spec(spec: &ContainerSpec) -> Result<Spec, RuntimeError> {
 
     let mut namespaces = vec![
         namespace(LinuxNamespaceType::Pid, None)?,
-        namespace(LinuxNamespaceType::Ipc, None)?,
-        namespace(LinuxNamespaceType::Uts, None)?,
+        namespace(LinuxNamespaceType::Ipc, spec.ipc.as_deref())?,
+        namespace(LinuxNamespaceType::Uts, spec.uts.as_deref())?,
         namespace(LinuxNamespaceType::Mount, None)?,
         namespace(LinuxNamespaceType::Cgroup, None)?,
     ];
@@ -514,6 +526,8 @@ mod tests {
             cpu_quota: Some((50_000, 100_000)),
             log_path: "/var/log/strake/web.log".into(),
             network: NetworkMode::Path("/run/netns/pod-1".into()),
+            ipc: Some("/run/strake/sandboxes/1/ipc".into()),
+            uts: None,
             readonly_rootfs: true,
             mounts: vec![BindMount {
                 source: "/var/lib/strake/vol/data".into(),
@@ -603,8 +617,15 @@ mod tests {
                 LinuxNamespaceType::Network
             ]
         );
-        let netns = linux.namespaces().as_ref().unwrap().last().unwrap();
+        let namespaces = linux.namespaces().as_ref().unwrap();
+        let netns = namespaces.last().unwrap();
         assert_eq!(netns.path().as_deref(), Some(Path::new("/run/netns/pod-1")));
+        assert_eq!(
+            namespaces[1].path().as_deref(),
+            Some(Path::new("/run/strake/sandboxes/1/ipc")),
+            "the pod's IPC namespace is joined"
+        );
+        assert_eq!(namespaces[2].path(), &None, "a new UTS namespace");
         assert_eq!(
             linux.cgroups_path().as_deref(),
             Some(Path::new("/strake/pod-1/web"))

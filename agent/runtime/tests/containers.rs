@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use strake_runtime::{
-    ContainerSpec, ContainerState, NetworkMode, Runtime, RuntimeError, Signal, cgroup_dirs,
-    mount_overlay, remove_cgroup, unmount,
+    ContainerSpec, ContainerState, NetworkMode, Runtime, RuntimeError, Sandbox, Signal,
+    cgroup_dirs, mount_overlay, remove_cgroup, unmount,
 };
 
 /// Tests run one at a time: they share the host's cgroups and the latency numbers need quiet.
@@ -74,6 +74,8 @@ impl Fixture {
             cpu_quota: Some((50_000, 100_000)),
             log_path: self.tmp.path().join("logs").join(format!("{id}.log")),
             network: NetworkMode::Host,
+            ipc: None,
+            uts: None,
             readonly_rootfs: false,
             mounts: Vec::new(),
         }
@@ -554,4 +556,84 @@ async fn exec_joins_the_container_and_reports_exit_codes_and_output() {
         .await
         .unwrap();
     fx.runtime.remove("execd").await.unwrap();
+}
+
+/// Removes the sandbox on drop, so a failed assertion leaves no namespace pinned.
+struct Pinned(PathBuf);
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        let _ = Sandbox::remove(&self.0);
+    }
+}
+
+#[tokio::test]
+async fn containers_of_a_sandbox_share_its_network_uts_and_ipc() {
+    let _serial = SERIAL.lock().await;
+    let fx = Fixture::new("sandbox");
+    let dir = fx.tmp.path().join("sandbox");
+    let sandbox = Sandbox::create(&dir, "pod-host").unwrap();
+    let _pinned = Pinned(dir.clone());
+    let ns_of = |p: &Path| std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    let host_net = ns_of(Path::new("/proc/self/ns/net")).unwrap();
+    assert_ne!(
+        ns_of(&sandbox.net).unwrap(),
+        host_net,
+        "a network namespace of its own"
+    );
+
+    let mut ids = Vec::new();
+    for (i, id) in ["sbx-a", "sbx-b"].into_iter().enumerate() {
+        let mut spec = fx.spec(
+            id,
+            &[
+                "/bin/sh",
+                "-c",
+                "echo host=$(hostname); echo ifaces=$(busybox awk -F: 'NR>2{gsub(/ /,\"\",$1); printf \"%s,\", $1}' /proc/net/dev); ls -l /proc/self/ns/",
+            ],
+        );
+        spec.network = NetworkMode::Path(sandbox.net.clone());
+        spec.ipc = Some(sandbox.ipc.clone());
+        spec.uts = Some(sandbox.uts.clone());
+        // The pod's hostname is the sandbox's; a container's own setting agrees with it.
+        spec.hostname = "pod-host".into();
+        fx.runtime.start(&spec).await.unwrap();
+        let status = fx.runtime.wait(id).await.unwrap();
+        assert_eq!(status.exit_code, 0, "container {i}");
+        ids.push((id, std::fs::read_to_string(&spec.log_path).unwrap()));
+    }
+    let ns_line = |log: &str, kind: &str| {
+        log.lines()
+            .find(|l| l.contains(&format!(" {kind} -> ")))
+            .and_then(|l| l.rsplit(" -> ").next())
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no {kind} line in {log:?}"))
+    };
+    for (id, log) in &ids {
+        assert!(log.contains("host=pod-host"), "{id}: {log}");
+        assert!(
+            log.contains("ifaces=lo,\n"),
+            "{id} sees interfaces besides lo: {log}"
+        );
+    }
+    for kind in ["net", "uts", "ipc"] {
+        assert_eq!(
+            ns_line(&ids[0].1, kind),
+            ns_line(&ids[1].1, kind),
+            "{kind} shared"
+        );
+    }
+    assert_ne!(
+        ns_line(&ids[0].1, "pid"),
+        ns_line(&ids[1].1, "pid"),
+        "pid not shared"
+    );
+    for (id, _) in &ids {
+        fx.runtime.remove(id).await.unwrap();
+    }
+    Sandbox::remove(&dir).unwrap();
+    assert!(!dir.exists());
+    Sandbox::remove(&dir).unwrap(); // idempotent
+    let err = Sandbox::create(&dir, "").unwrap_err();
+    assert!(err.to_string().contains("hostname"), "{err}");
 }

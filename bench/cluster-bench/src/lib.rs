@@ -66,6 +66,7 @@ pub async fn serve(dir: &Path, opts: ServeOptions) -> anyhow::Result<()> {
                             node_monitor_grace: opts.node_monitor_grace,
                             metrics: None,
                             local_path: None,
+                            pod_network: None,
                         },
                     );
                     println!("STARTED");

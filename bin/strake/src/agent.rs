@@ -30,6 +30,13 @@ pub struct Args {
     local_path_root: PathBuf,
     #[arg(long, default_value_t = 10250)]
     port: u16,
+    /// The cluster DNS server pods with dnsPolicy ClusterFirst use (upstream's clusterDNS);
+    /// none: such pods fall back to the node's resolvers, with a MissingClusterDNS Event.
+    #[arg(long = "cluster-dns")]
+    cluster_dns: Vec<IpAddr>,
+    /// The cluster's DNS domain, the root of pods' search lists.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
     /// Registries that may be reached over plain HTTP (host:port).
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
@@ -81,7 +88,11 @@ pub fn primary_ip() -> IpAddr {
         return IpAddr::V4(Ipv4Addr::LOCALHOST);
     };
     addrs
-        .filter(|a| !a.interface_name.starts_with("lo"))
+        // Not loopback, nor the pod network's bridge and veths.
+        .filter(|a| {
+            let n = a.interface_name.as_str();
+            !n.starts_with("lo") && n != strake_agent::POD_BRIDGE && !n.starts_with("veth")
+        })
         .filter_map(|a| a.address?.as_sockaddr_in().map(|s| IpAddr::V4(s.ip())))
         .next()
         .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
@@ -130,6 +141,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         log_dir: args.log_dir,
         local_path_root: args.local_path_root,
         port: args.port,
+        cluster_dns: args.cluster_dns,
+        cluster_domain: args.cluster_domain,
         registry: strake_oci::RegistryConfig {
             insecure,
             ..Default::default()

@@ -38,6 +38,16 @@ pub struct Args {
     /// `local-path` StorageClass off.
     #[arg(long, default_value = strake_controllers::volumes::LOCAL_PATH_ROOT)]
     local_path_root: String,
+    /// The range pods' addresses come from; each node gets a slice of it as its podCIDR.
+    /// "" turns node IPAM off (nodes then need their podCIDR set by hand).
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: String,
+    /// Prefix length of each node's slice of the cluster CIDR.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask_size: u8,
+    /// The range Services' cluster IPs come from (kept out of pods' slices).
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cluster_ip_range: String,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -55,6 +65,30 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "no bootstrap token: nobody can fetch credentials; pass strake.token= on the kernel command line"
         );
     }
+    let service_cidr: ipnet::Ipv4Net =
+        args.service_cluster_ip_range.parse().with_context(|| {
+            format!(
+                "--service-cluster-ip-range {:?} (an IPv4 CIDR)",
+                args.service_cluster_ip_range
+            )
+        })?;
+    let pod_network = if args.cluster_cidr.is_empty() {
+        None
+    } else {
+        let cluster: ipnet::IpNet = args
+            .cluster_cidr
+            .parse()
+            .with_context(|| format!("--cluster-cidr {:?}", args.cluster_cidr))?;
+        Some(
+            strake_controllers::nodeipam::PodNetwork::new(
+                cluster,
+                args.node_cidr_mask_size,
+                vec![ipnet::IpNet::V4(service_cidr)],
+            )
+            .map_err(anyhow::Error::msg)
+            .context("--cluster-cidr")?,
+        )
+    };
     let node_ip = crate::agent::primary_ip();
     let advertise = args
         .advertise
@@ -101,6 +135,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             node_monitor_grace: std::time::Duration::from_secs(args.node_monitor_grace_seconds),
             metrics: None,
             local_path: (!args.local_path_root.is_empty()).then(|| args.local_path_root.clone()),
+            pod_network,
         },
     );
     server.serve().await.context("API server")?;

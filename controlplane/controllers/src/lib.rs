@@ -19,6 +19,7 @@ pub mod job;
 pub mod leader;
 pub mod manager;
 pub mod namespace;
+pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod ownership;
 pub mod pods;

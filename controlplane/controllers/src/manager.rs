@@ -32,6 +32,7 @@ use crate::gc::{self, Collector};
 use crate::job::{self, Jobs};
 use crate::leader::{self, Election};
 use crate::namespace::{self, Namespaces};
+use crate::nodeipam::{self, NodeIpam, PodNetwork};
 use crate::nodelifecycle::{self, NodeLifecycle, TaintEviction};
 use crate::quota::{self, Quotas};
 use crate::replicaset::{self, ReplicaSets};
@@ -61,6 +62,8 @@ pub struct Options {
     /// Where the local-path provisioner puts volumes on nodes; None: no provisioner and no
     /// `local-path` StorageClass.
     pub local_path: Option<String>,
+    /// How nodes' pod CIDRs are cut from the cluster CIDR; None: no node IPAM.
+    pub pod_network: Option<PodNetwork>,
 }
 
 /// A metrics source for the autoscaler.
@@ -137,6 +140,10 @@ pub fn start(reg: Registry, opts: Options) {
         opts.node_monitor_grace,
     );
     let eviction = TaintEviction::new(&client, &mut nodes, &mut pods);
+    let ipam = opts
+        .pod_network
+        .clone()
+        .map(|network| NodeIpam::new(&client, &mut nodes, network));
     let jc = Jobs::new(&client, &mut jobs, &mut pods);
     let cjc = CronJobs::new(&client, &mut cronjobs, &mut jobs);
     let dsc = DaemonSets::new(
@@ -245,6 +252,13 @@ pub fn start(reg: Registry, opts: Options) {
         Election::new(nodelifecycle::EVICTION, &opts.identity),
         move || eviction.clone().run(workers),
     ));
+    if let Some(ipam) = ipam {
+        tokio::spawn(leader::run(
+            client.clone(),
+            Election::new(nodeipam::NAME, &opts.identity),
+            move || ipam.clone().run(workers),
+        ));
+    }
     tokio::spawn(leader::run(
         client.clone(),
         Election::new(job::NAME, &opts.identity),

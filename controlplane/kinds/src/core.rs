@@ -417,6 +417,71 @@ impl Kind for Namespace {
 // ---------------------------------------------------------------- Node
 
 impl Kind for Node {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        let spec = self.spec.clone().unwrap_or_default();
+        if let Some(cidr) = spec.pod_cidr.as_deref().filter(|c| !c.is_empty())
+            && let Err(m) = canonical_cidr(cidr)
+        {
+            errs.push(FieldError::invalid("spec.podCIDR", m));
+        }
+        let cidrs = spec.pod_cidrs.unwrap_or_default();
+        let mut families = Vec::new();
+        for (i, cidr) in cidrs.iter().enumerate() {
+            match canonical_cidr(cidr) {
+                Err(m) => errs.push(FieldError::invalid(format!("spec.podCIDRs[{i}]"), m)),
+                Ok(net) => {
+                    let v4 = matches!(net, ipnet::IpNet::V4(_));
+                    if families.contains(&v4) {
+                        errs.push(FieldError::invalid(
+                            format!("spec.podCIDRs[{i}]"),
+                            "may specify no more than one CIDR for each IP family",
+                        ));
+                    }
+                    families.push(v4);
+                }
+            }
+        }
+        if let (Some(first), Some(single)) = (cidrs.first(), spec.pod_cidr.as_deref())
+            && !single.is_empty()
+            && first != single
+        {
+            errs.push(FieldError::invalid(
+                "spec.podCIDRs[0]",
+                format!("{first:?}: must match the value of spec.podCIDR ({single:?})"),
+            ));
+        }
+        errs
+    }
+
+    fn validate_update(&self, old: &Self) -> Vec<FieldError> {
+        let mut errs = self.validate();
+        let cidrs = |n: &Node| n.spec.as_ref().and_then(|s| s.pod_cidrs.clone());
+        // As upstream: the pod CIDRs may be set once, never changed.
+        if let Some(old_cidrs) = cidrs(old).filter(|c| !c.is_empty())
+            && cidrs(self) != Some(old_cidrs)
+        {
+            errs.push(FieldError::forbidden(
+                "spec.podCIDRs",
+                "node updates may not change podCIDR except from \"\" to valid",
+            ));
+        }
+        errs
+    }
+
+    fn prepare_update(&mut self, old: &Self) {
+        // A writer that sends the node without its pod CIDRs (the agent's own updates) keeps
+        // the allocated ones.
+        if let (Some(new), Some(old)) = (self.spec.as_mut(), old.spec.as_ref()) {
+            if new.pod_cidr.as_deref().is_none_or(str::is_empty) {
+                new.pod_cidr = old.pod_cidr.clone();
+            }
+            if new.pod_cidrs.as_ref().is_none_or(Vec::is_empty) {
+                new.pod_cidrs = old.pod_cidrs.clone();
+            }
+        }
+    }
+
     fn columns() -> Vec<Column> {
         vec![
             name_column(),
@@ -1785,6 +1850,20 @@ impl Kind for ReplicationController {
     }
 }
 
+/// A CIDR in canonical form (no host bits), as upstream's validation wants it.
+fn canonical_cidr(cidr: &str) -> Result<ipnet::IpNet, String> {
+    let net: ipnet::IpNet = cidr.parse().map_err(|_| {
+        format!("{cidr:?}: must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)")
+    })?;
+    if net.trunc() != net {
+        return Err(format!(
+            "{cidr:?}: must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64) in canonical form (did you mean {:?}?)",
+            net.trunc().to_string()
+        ));
+    }
+    Ok(net)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1820,6 +1899,46 @@ mod tests {
                 "spec.initContainers[2].restartPolicy"
             ],
             "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn node_pod_cidrs_are_canonical_and_set_once() {
+        let node = |spec: Value| -> Node {
+            serde_json::from_value(json!({"metadata": {"name": "n"}, "spec": spec})).unwrap()
+        };
+        let fields = |errs: Vec<FieldError>| -> Vec<String> {
+            errs.into_iter().map(|e| e.field).collect::<Vec<_>>()
+        };
+        let good = node(json!({"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24"]}));
+        assert!(good.validate().is_empty());
+        let bad = node(json!({"podCIDR": "10.244.1.7/24", "podCIDRs": ["nope", "10.1.0.0/16"]}));
+        let errs = bad.validate();
+        assert!(
+            errs[0].message.contains("did you mean \"10.244.1.0/24\""),
+            "{errs:?}"
+        );
+        assert_eq!(
+            fields(errs),
+            ["spec.podCIDR", "spec.podCIDRs[0]", "spec.podCIDRs[0]"]
+        );
+        let twice = node(json!({"podCIDRs": ["10.1.0.0/16", "10.2.0.0/16"]}));
+        assert_eq!(fields(twice.validate()), ["spec.podCIDRs[1]"]);
+
+        let empty = node(json!({}));
+        assert!(
+            good.validate_update(&empty).is_empty(),
+            "set once from empty"
+        );
+        let other = node(json!({"podCIDR": "10.244.2.0/24", "podCIDRs": ["10.244.2.0/24"]}));
+        assert_eq!(fields(other.validate_update(&good)), ["spec.podCIDRs"]);
+        // The agent's update without the CIDRs keeps them.
+        let mut agent = node(json!({"unschedulable": true}));
+        agent.prepare_update(&good);
+        assert!(agent.validate_update(&good).is_empty());
+        assert_eq!(
+            agent.spec.unwrap().pod_cidr.as_deref(),
+            Some("10.244.1.0/24")
         );
     }
 

@@ -17,7 +17,7 @@ use strake_apimachinery::storage::MemoryStore;
 use strake_apimachinery::{DeleteOptions, Filter, Part, Registry};
 use strake_controllers::autoscaler::StaticMetrics;
 use strake_controllers::cache::Reflector;
-use strake_controllers::{Client, ObjectRef, manager};
+use strake_controllers::{Client, ObjectRef, manager, nodeipam};
 
 /// What the controllers publish as the cluster CA in these tests.
 pub const TEST_CA: &str = "-----BEGIN CERTIFICATE-----\ntest\n-----END CERTIFICATE-----\n";
@@ -61,6 +61,9 @@ pub async fn cluster_with_grace(grace: Duration) -> Cluster {
             node_monitor_grace: grace,
             metrics: Some(manager::Metrics(metrics.clone())),
             local_path: Some("/var/lib/strake/local-path".into()),
+            pod_network: Some(
+                nodeipam::PodNetwork::new("10.244.0.0/22".parse().unwrap(), 24, vec![]).unwrap(),
+            ),
         },
     );
     tokio::spawn(kubelet(client.named("kubelet")));

@@ -1,0 +1,125 @@
+//! strake-net: pod networking over netlink, with no CNI binaries.
+//!
+//! - [`NodeNetwork`]: the node's bridge (`strake0`), holding the first address of the node's
+//!   pod CIDR as the pods' gateway, and a veth pair per pod sandbox: the host end on the
+//!   bridge, the pod end as `eth0` in the sandbox's network namespace with the pod's address
+//!   and a default route through the gateway.
+//! - [`Ipam`]: the node's pod addresses, one file per address under a directory on disk
+//!   (named by the address, holding its owner), so an agent restart never hands out an
+//!   address twice, and addresses whose owners are gone are swept.
+//! - [`connect_in`]: a TCP connection made from inside a pod's network namespace (what
+//!   port-forward needs, so a server bound to the pod's loopback is reachable).
+//!
+//! Each netlink conversation runs on a thread of its own that first enters the namespace it
+//! configures (`setns` moves only the calling thread), with a netlink socket opened there; the
+//! caller's threads never change namespace. Namespaces themselves (creating and pinning them)
+//! are the runtime's job (`strake_runtime::Sandbox`).
+
+mod bridge;
+mod ipam;
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use bridge::{Attachment, NodeNetwork, POD_INTERFACE, host_interface};
+pub use ipam::Ipam;
+pub use ipnet::Ipv4Net;
+
+/// Errors of pod networking, each naming what it was doing.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("netlink: {op}: {message}")]
+    Netlink { op: String, message: String },
+    #[error("entering the network namespace {}: {errno}", .path.display())]
+    Namespace {
+        path: PathBuf,
+        errno: nix::errno::Errno,
+    },
+    #[error("{op} {}: {source}", .path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no free pod address left in {0}")]
+    Exhausted(Ipv4Net),
+    #[error("pod CIDR {0} has no room for a gateway and pods")]
+    TooSmall(Ipv4Net),
+    #[error("invalid address owner {0:?}: must be non-empty, one line, without '/'")]
+    BadOwner(String),
+    #[error("network thread: {0}")]
+    Thread(String),
+}
+
+pub(crate) fn netlink(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
+    let op = op.into();
+    move |e| NetError::Netlink {
+        op,
+        message: match &e {
+            rtnetlink::Error::NetlinkError(m) => m.to_io().to_string(),
+            e => e.to_string(),
+        },
+    }
+}
+
+/// Enters the network namespace at `ns` (None: stays in the caller's) on the current thread.
+fn enter(ns: Option<&Path>) -> Result<(), NetError> {
+    let Some(path) = ns else { return Ok(()) };
+    let file = std::fs::File::open(path).map_err(|source| NetError::Io {
+        op: "opening",
+        path: path.to_owned(),
+        source,
+    })?;
+    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|errno| {
+        NetError::Namespace {
+            path: path.to_owned(),
+            errno,
+        }
+    })
+}
+
+/// Runs `f` with a netlink handle opened inside the network namespace at `ns`, on a thread of
+/// its own (with a runtime of its own), and returns its result.
+pub(crate) fn in_netns<T, F, Fut>(ns: Option<&Path>, f: F) -> Result<T, NetError>
+where
+    T: Send,
+    F: FnOnce(rtnetlink::Handle) -> Fut + Send,
+    Fut: Future<Output = Result<T, NetError>>,
+{
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            enter(ns)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .enable_time()
+                .build()
+                .map_err(|e| NetError::Thread(format!("starting a netlink runtime: {e}")))?;
+            rt.block_on(async move {
+                let (conn, handle, _) = rtnetlink::new_connection()
+                    .map_err(|e| NetError::Thread(format!("opening a netlink socket: {e}")))?;
+                let conn = tokio::spawn(conn);
+                let out = f(handle).await;
+                conn.abort();
+                out
+            })
+        })
+        .join()
+        .unwrap_or_else(|_| Err(NetError::Thread("the netlink thread panicked".into())))
+    })
+}
+
+/// Opens a TCP connection to `addr` from inside the network namespace at `netns`. The socket
+/// stays in that namespace whichever thread uses it afterwards.
+pub fn connect_in(netns: &Path, addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            enter(Some(netns)).map_err(std::io::Error::other)?;
+            TcpStream::connect_timeout(&addr, timeout)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the connecting thread panicked")))
+    })
+}
