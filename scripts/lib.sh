@@ -52,10 +52,12 @@ install_python_clients() {
 # The static strake binary, strakectl, and the boot image (kernel package fetched and verified).
 build_image() {
     log "building the static strake binary (release, $TARGET)"
-    (cd "$REPO" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --locked --release --target "$TARGET" -p strake)
+    # Each step checks its own status: errexit does not apply inside a function called from
+    # an && list, and a stale strakectl must never build the image.
+    (cd "$REPO" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --locked --release --target "$TARGET" -p strake) || return 1
     log "building strakectl"
-    (cd "$REPO" && cargo build --locked -p strakectl)
+    (cd "$REPO" && cargo build --locked -p strakectl) || return 1
     log "building the boot image into $IMAGE_DIR"
-    (cd "$REPO" && ./target/debug/strakectl image build --strake "$STRAKE_BIN" --out "$IMAGE_DIR" --cache "$REPO/.cache")
+    (cd "$REPO" && ./target/debug/strakectl image build --strake "$STRAKE_BIN" --out "$IMAGE_DIR" --cache "$REPO/.cache") || return 1
     ls -l "$IMAGE_DIR" >&2
 }

@@ -26,6 +26,13 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "veth",
     "br_netfilter",
     "nf_tables",
+    // Service routing and masquerade (no modprobe here to load them on demand).
+    "nf_conntrack",
+    "nf_nat",
+    "nft_chain_nat",
+    "nft_nat",
+    "nft_masq",
+    "nft_numgen",
     // For the ACPI power button (QEMU's `system_powerdown`): the button driver and its evdev node.
     "button",
     "evdev",

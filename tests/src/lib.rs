@@ -195,7 +195,7 @@ pub async fn push_busybox(port: u16, repo: &str, tag: &str) -> anyhow::Result<()
     layer.add_file("bin/busybox", &busybox, 0o755)?;
     for applet in [
         "sh", "echo", "sleep", "cat", "ls", "true", "false", "date", "id", "ps", "tar", "wc",
-        "touch", "mkdir", "env", "httpd", "wget", "hostname", "timeout",
+        "touch", "mkdir", "env", "httpd", "wget", "hostname", "timeout", "nc", "nslookup",
     ] {
         layer.add_symlink(&format!("bin/{applet}"), "/bin/busybox")?;
     }

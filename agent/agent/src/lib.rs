@@ -12,6 +12,7 @@ mod node;
 mod pods;
 mod portforward;
 mod probe;
+mod proxy;
 mod sandbox;
 mod status;
 mod streams;
@@ -78,6 +79,9 @@ pub struct AgentConfig {
     pub cluster_dns: Vec<IpAddr>,
     /// The cluster's DNS domain (`cluster.local`).
     pub cluster_domain: String,
+    /// Every pod's range (the control plane's `--cluster-cidr`): pods' traffic to it is never
+    /// masqueraded.
+    pub cluster_cidr: strake_net::Ipv4Net,
 }
 
 /// Everything the pod workers share.
@@ -161,6 +165,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     node::register(&shared).await?;
     tokio::spawn(node::heartbeat(shared.clone()));
     tokio::spawn(sandbox::run_network(shared.clone()));
+    tokio::spawn(proxy::run(shared.clone()));
     tokio::spawn(localpath::run(shared.clone()));
     let log_server = logs::serve(shared.clone(), &creds);
     let pods = pods::run(shared.clone());

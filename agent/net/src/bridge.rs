@@ -8,7 +8,7 @@ use futures::TryStreamExt as _;
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage};
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use sha2::{Digest as _, Sha256};
 
 use crate::ipam::gateway;
@@ -151,6 +151,12 @@ impl NodeNetwork {
                 path: forward.to_owned(),
                 source,
             })?;
+            // Bridged traffic between pods must pass the IP hooks, so that the reply of a pod
+            // reached through a Service on the same bridge is un-NATed (br_netfilter).
+            let bridged = Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables");
+            if let Err(e) = std::fs::write(bridged, "1") {
+                tracing::warn!(path = %bridged.display(), error = %e, "pods reaching a Service on their own bridge will fail (is br_netfilter loaded?)");
+            }
             Ok(mtu)
         })?;
         tracing::info!(bridge = name, %cidr, gateway = %gw, mtu, "pod network ready");
@@ -231,7 +237,15 @@ impl NodeNetwork {
                         .build(),
                     format!("attaching {host} to {bridge}"),
                 )
-                .await
+                .await?;
+                // Hairpin: a pod reaching itself through a Service gets its traffic back out
+                // of the port it came in by.
+                handle
+                    .link()
+                    .set_port(LinkBridgePort::new(host_index).hairpin(true).build())
+                    .execute()
+                    .await
+                    .map_err(netlink(format!("setting hairpin mode on {host}")))
             }
         })?;
         let (gw, prefix) = (self.gateway(), self.cidr.prefix_len());

@@ -7,6 +7,8 @@
 //! - [`Ipam`]: the node's pod addresses, one file per address under a directory on disk
 //!   (named by the address, holding its owner), so an agent restart never hands out an
 //!   address twice, and addresses whose owners are gone are swept.
+//! - [`services`]: Service routing and masquerade in an nf_tables table of Strake's own, built
+//!   with [`nft`], an nf_tables netlink encoder (no `nft` binary, no C library).
 //! - [`connect_in`]: a TCP connection made from inside a pod's network namespace (what
 //!   port-forward needs, so a server bound to the pod's loopback is reachable).
 //!
@@ -17,6 +19,8 @@
 
 mod bridge;
 mod ipam;
+pub mod nft;
+pub mod services;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpStream};

@@ -3,43 +3,24 @@
 //! and the node reaches them; a detached pod is unreachable. Needs root; never touches the
 //! host's own network.
 
+mod common;
+
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::{Namespaces, serve_in};
 use strake_net::{Ipam, NodeNetwork, POD_INTERFACE, connect_in};
 use strake_runtime::Sandbox;
 
-/// Removes the namespaces on drop, so a failed assertion leaves nothing pinned.
-struct Namespaces(Vec<PathBuf>);
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for dir in &self.0 {
-            let _ = Sandbox::remove(dir);
-        }
-    }
-}
-
-/// Serves one echo connection on `port` inside `netns`, from a thread of its own.
+/// Serves two echo connections on `port` inside `netns`.
 fn echo_in(netns: &Path, port: u16) -> std::thread::JoinHandle<()> {
-    let netns = netns.to_owned();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let t = std::thread::spawn(move || {
-        let f = std::fs::File::open(&netns).unwrap();
-        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        let l = TcpListener::bind(("0.0.0.0", port)).unwrap();
-        ready_tx.send(()).unwrap();
-        for _ in 0..2 {
-            let (mut s, _) = l.accept().unwrap();
-            let mut buf = [0u8; 5];
-            s.read_exact(&mut buf).unwrap();
-            s.write_all(&buf).unwrap();
-        }
-    });
-    ready_rx.recv().unwrap();
-    t
+    serve_in(netns, port, 2, |mut s, _| {
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).unwrap();
+        s.write_all(&buf).unwrap();
+    })
 }
 
 fn echo(from: &Path, to: SocketAddr) -> std::io::Result<String> {

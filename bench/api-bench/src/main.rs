@@ -67,6 +67,7 @@ async fn serve(dir: &std::path::Path) -> anyhow::Result<()> {
             token: Some(token.clone()),
             sans: vec![],
             default_toleration_seconds: strake_apiserver::DEFAULT_TOLERATION_SECONDS,
+            service_cidr: strake_apiserver::DEFAULT_SERVICE_CIDR,
         },
         store,
     )?;

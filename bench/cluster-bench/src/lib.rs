@@ -40,6 +40,7 @@ pub async fn serve(dir: &Path, opts: ServeOptions) -> anyhow::Result<()> {
             token: Some(token.clone()),
             sans: vec![],
             default_toleration_seconds: opts.default_toleration_seconds,
+            service_cidr: strake_apiserver::DEFAULT_SERVICE_CIDR,
         },
         store,
     )?;

@@ -30,13 +30,18 @@ pub struct Args {
     local_path_root: PathBuf,
     #[arg(long, default_value_t = 10250)]
     port: u16,
-    /// The cluster DNS server pods with dnsPolicy ClusterFirst use (upstream's clusterDNS);
-    /// none: such pods fall back to the node's resolvers, with a MissingClusterDNS Event.
-    #[arg(long = "cluster-dns")]
+    /// The cluster DNS address pods with dnsPolicy ClusterFirst use (upstream's clusterDNS, the
+    /// control plane's `kube-dns` Service, the 10th address of the service range); this
+    /// node's agent answers it. Repeat for more.
+    #[arg(long = "cluster-dns", default_values_t = [IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10))])]
     cluster_dns: Vec<IpAddr>,
     /// The cluster's DNS domain, the root of pods' search lists.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
+    /// Every pod's range (the control plane's --cluster-cidr); pods' traffic leaving it is
+    /// masqueraded.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: strake_net::Ipv4Net,
     /// Registries that may be reached over plain HTTP (host:port).
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
@@ -143,6 +148,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         port: args.port,
         cluster_dns: args.cluster_dns,
         cluster_domain: args.cluster_domain,
+        cluster_cidr: args.cluster_cidr,
         registry: strake_oci::RegistryConfig {
             insecure,
             ..Default::default()

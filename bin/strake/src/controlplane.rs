@@ -114,6 +114,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             token,
             sans,
             default_toleration_seconds: args.default_toleration_seconds,
+            service_cidr,
         },
         store,
     )

@@ -381,6 +381,24 @@ impl AdmissionPlugin for StorageObjectInUseProtection {
 /// The plugins a Strake API server runs, in upstream's order; `toleration_seconds` is what
 /// DefaultTolerationSeconds gives pods.
 pub fn standard(toleration_seconds: i64) -> Chain {
+    with_services(
+        toleration_seconds,
+        crate::servicealloc::ServiceAllocation::new(
+            DEFAULT_SERVICE_CIDR,
+            crate::servicealloc::NODE_PORTS,
+        ),
+    )
+}
+
+/// Upstream's default service range.
+pub const DEFAULT_SERVICE_CIDR: ipnet::Ipv4Net =
+    ipnet::Ipv4Net::new_assert(std::net::Ipv4Addr::new(10, 96, 0, 0), 12);
+
+/// The standard chain with the given Service allocator.
+pub fn with_services(
+    toleration_seconds: i64,
+    services: crate::servicealloc::ServiceAllocation,
+) -> Chain {
     Chain::new(vec![
         Box::new(NamespaceLifecycle),
         Box::new(DefaultStorageClass),
@@ -389,5 +407,7 @@ pub fn standard(toleration_seconds: i64) -> Chain {
         }),
         Box::new(StorageObjectInUseProtection),
         Box::new(Priority),
+        // Last: nothing after it refuses the write once values are handed out.
+        Box::new(services),
     ])
 }

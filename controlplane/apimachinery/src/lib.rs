@@ -13,6 +13,7 @@ pub mod registry;
 pub mod request;
 pub mod resource;
 pub mod selectors;
+pub mod servicealloc;
 pub mod storage;
 pub mod validation;
 pub mod watch;

@@ -30,7 +30,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 pub use discovery::MINOR;
-pub use strake_apimachinery::admission::DEFAULT_TOLERATION_SECONDS;
+pub use strake_apimachinery::admission::{DEFAULT_SERVICE_CIDR, DEFAULT_TOLERATION_SECONDS};
 pub use strake_apimachinery::{ApiError, Filter, Registry};
 
 pub use strake_pki::Credentials;
@@ -66,11 +66,17 @@ pub struct Config {
     pub sans: Vec<String>,
     /// How long new pods tolerate their node being lost, unless they say (DefaultTolerationSeconds).
     pub default_toleration_seconds: i64,
+    /// Where Services' cluster IPs come from; the first is the `kubernetes` Service's.
+    pub service_cidr: ipnet::Ipv4Net,
 }
 
 /// Shared state of all handlers.
 pub struct AppState {
     pub registry: Registry,
+    /// The `kubernetes` Service's cluster IP.
+    pub kubernetes_ip: std::net::Ipv4Addr,
+    /// The `kube-dns` Service's cluster IP, which every node's agent answers.
+    pub dns_ip: std::net::Ipv4Addr,
     pub ca: ClusterCa,
     pub token: Option<BootstrapToken>,
     pub advertise: String,
@@ -144,7 +150,14 @@ impl ApiServer {
             .map_err(|e| ServerError::Client(e.to_string()))?;
         let store: Arc<dyn strake_apimachinery::storage::ObjectStore> =
             Arc::new(strake_apimachinery::storage::RaftStore::new(store));
-        let admission = strake_apimachinery::admission::standard(cfg.default_toleration_seconds);
+        let services = strake_apimachinery::servicealloc::ServiceAllocation::new(
+            cfg.service_cidr,
+            strake_apimachinery::servicealloc::NODE_PORTS,
+        );
+        let kubernetes_ip = services.first_ip();
+        let dns_ip = services.dns_ip();
+        let admission =
+            strake_apimachinery::admission::with_services(cfg.default_toleration_seconds, services);
         let registry = Registry::new(store, strake_kinds::builtin_table(), admission);
         let app = Arc::new(AppState {
             registry,
@@ -153,6 +166,8 @@ impl ApiServer {
             advertise: cfg.advertise,
             node_client,
             node_tls: Arc::new(node_tls),
+            kubernetes_ip,
+            dns_ip,
         });
         Ok(Self {
             housekeeping: Housekeeping::default(),
@@ -189,6 +204,35 @@ impl ApiServer {
                 serde_json::json!({"metadata": {"name": ns}}),
             ));
         }
+        // The `kubernetes` Service on the range's first address, and where it leads: this API
+        // server (its Endpoints and EndpointSlice are rewritten on every start, as upstream's
+        // endpoint reconciler keeps them).
+        let ip = self.app.kubernetes_ip.to_string();
+        objects.push(("", "v1", "services", serde_json::json!({
+            "metadata": {"name": "kubernetes", "namespace": "default",
+                "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip],
+                "sessionAffinity": "None",
+                "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]}
+        })));
+        // The cluster DNS Service, as kubeadm names it: the agents answer its address on
+        // every node, so it needs no endpoints.
+        let dns = self.app.dns_ip.to_string();
+        objects.push((
+            "",
+            "v1",
+            "services",
+            serde_json::json!({
+                "metadata": {"name": "kube-dns", "namespace": "kube-system",
+                    "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "Strake-DNS",
+                        "kubernetes.io/cluster-service": "true"}},
+                "spec": {"type": "ClusterIP", "clusterIP": dns, "clusterIPs": [dns],
+                    "ports": [
+                        {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                        {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]}
+            }),
+        ));
+        let advertised = self.app.advertise.parse::<std::net::SocketAddr>().ok();
         for (name, value, desc) in [
             (
                 "system-node-critical",
@@ -225,7 +269,15 @@ impl ApiServer {
             match self
                 .app
                 .registry
-                .create(def, None, obj, &Default::default())
+                .create(
+                    def,
+                    obj["metadata"]["namespace"]
+                        .as_str()
+                        .map(str::to_string)
+                        .as_deref(),
+                    obj.clone(),
+                    &Default::default(),
+                )
                 .await
             {
                 Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
@@ -237,12 +289,91 @@ impl ApiServer {
                 }
             }
         }
+        if let Some(addr) = advertised {
+            self.kubernetes_endpoints(&table, addr).await?;
+        }
         controllers::crd_pass(&self.app.registry)
             .await
             .map_err(|source| ServerError::Defaults {
                 what: "custom resource definitions".into(),
                 source: Box::new(source),
             })?;
+        Ok(())
+    }
+
+    /// Points the `kubernetes` Service's Endpoints and EndpointSlice at `addr`.
+    async fn kubernetes_endpoints(
+        &self,
+        table: &strake_apimachinery::resource::Entries,
+        addr: std::net::SocketAddr,
+    ) -> Result<(), ServerError> {
+        let (ip, port) = (addr.ip().to_string(), addr.port());
+        let family = if addr.is_ipv4() { "IPv4" } else { "IPv6" };
+        let objects = [
+            (
+                "",
+                "endpoints",
+                serde_json::json!({
+                    "metadata": {"name": "kubernetes", "namespace": "default",
+                        "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+                    "subsets": [{"addresses": [{"ip": ip}],
+                        "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]
+                }),
+            ),
+            (
+                "discovery.k8s.io",
+                "endpointslices",
+                serde_json::json!({
+                    "metadata": {"name": "kubernetes", "namespace": "default",
+                        "labels": {"kubernetes.io/service-name": "kubernetes"}},
+                    "addressType": family,
+                    "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}],
+                    "ports": [{"name": "https", "port": port, "protocol": "TCP"}]
+                }),
+            ),
+        ];
+        for (group, plural, obj) in objects {
+            let def = table
+                .lookup(group, "v1", plural)
+                .ok_or_else(|| ServerError::Defaults {
+                    what: plural.into(),
+                    source: Box::new(ApiError::NoRoute),
+                })?;
+            let err = |source: ApiError| ServerError::Defaults {
+                what: format!("{plural} default/kubernetes"),
+                source: Box::new(source),
+            };
+            let reg = &self.app.registry;
+            let (obj, _) = def
+                .strategy
+                .decode(def, obj, Default::default())
+                .map_err(err)?;
+            match reg.get(def, Some("default"), "kubernetes").await {
+                Ok(mut old) => {
+                    for key in ["subsets", "endpoints", "ports", "addressType"] {
+                        if !obj[key].is_null() {
+                            old[key] = obj[key].clone();
+                        }
+                    }
+                    reg.update(
+                        def,
+                        Some("default"),
+                        "kubernetes",
+                        old,
+                        strake_apimachinery::Part::Main,
+                        &Default::default(),
+                    )
+                    .await
+                    .map_err(err)?;
+                }
+                Err(ApiError::NotFound { .. }) => {
+                    reg.create(def, Some("default"), obj, &Default::default())
+                        .await
+                        .map_err(err)?;
+                }
+                Err(e) => return Err(err(e)),
+            }
+        }
         Ok(())
     }
 

@@ -38,6 +38,7 @@ async fn start() -> Cluster {
             token: Some(token.clone()),
             sans: vec![],
             default_toleration_seconds: strake_apimachinery::admission::DEFAULT_TOLERATION_SECONDS,
+            service_cidr: strake_apimachinery::admission::DEFAULT_SERVICE_CIDR,
         },
         store.clone(),
     )

@@ -1649,3 +1649,154 @@ async fn deleting_a_namespace_empties_it_of_every_kind_crds_included() {
         .await
         .expect("the namespace goes once emptied");
 }
+
+/// Services get cluster IPs and node ports as upstream's allocators hand them out; values a
+/// user picks must be in range and free; `kubernetes` sits on the range's first address and
+/// leads to this API server.
+#[tokio::test]
+async fn services_get_cluster_ips_and_node_ports() {
+    let api = start().await;
+    let svcs = "/api/v1/namespaces/default/services";
+    let (code, k) = api.get(&format!("{svcs}/kubernetes")).await;
+    assert_eq!(code, 200, "{k}");
+    assert_eq!(k["spec"]["clusterIP"], "10.96.0.1");
+    assert_eq!(k["spec"]["ports"][0]["targetPort"], 6443);
+    let (code, slice) = api
+        .get("/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/kubernetes")
+        .await;
+    assert_eq!(code, 200, "{slice}");
+    let advertised = api.base.trim_start_matches("https://").to_string();
+    let (ip, port) = advertised.rsplit_once(':').unwrap();
+    assert_eq!(slice["endpoints"][0]["addresses"][0], ip);
+    assert_eq!(slice["ports"][0]["port"].to_string(), port);
+
+    let svc = |name: &str, spec: Value| json!({"metadata": {"name": name}, "spec": spec});
+    let ports = json!([{"port": 80, "targetPort": 8080}]);
+    let (code, web) = api
+        .post(
+            svcs,
+            svc("web", json!({"selector": {"app": "web"}, "ports": ports})),
+        )
+        .await;
+    assert_eq!(code, 201, "{web}");
+    let ip: std::net::Ipv4Addr = web["spec"]["clusterIP"].as_str().unwrap().parse().unwrap();
+    assert!(
+        ip.octets()[0] == 10
+            && (96..112).contains(&ip.octets()[1])
+            && ip != std::net::Ipv4Addr::new(10, 96, 0, 1),
+        "{ip}"
+    );
+    assert_eq!(web["spec"]["clusterIPs"], json!([ip.to_string()]));
+    assert_eq!(web["spec"]["ipFamilies"], json!(["IPv4"]));
+
+    let (code, np) = api
+        .post(svcs, svc("np", json!({"type": "NodePort", "ports": [{"name": "a", "port": 80, "nodePort": 30080}, {"name": "b", "port": 81}]})))
+        .await;
+    assert_eq!(code, 201, "{np}");
+    assert_eq!(np["spec"]["ports"][0]["nodePort"], 30080);
+    let auto = np["spec"]["ports"][1]["nodePort"].as_u64().unwrap();
+    assert!((30000..=32767).contains(&auto) && auto != 30080, "{auto}");
+
+    // Values in use, or out of range, are refused with upstream's words, and nothing is written.
+    for (name, spec, field, words) in [
+        (
+            "dup-port",
+            json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]}),
+            "spec.ports[0].nodePort",
+            "provided port is already allocated",
+        ),
+        (
+            "far-port",
+            json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 80}]}),
+            "spec.ports[0].nodePort",
+            "The range of valid ports is 30000-32767",
+        ),
+        (
+            "dup-ip",
+            json!({"clusterIP": ip.to_string(), "ports": [{"port": 80}]}),
+            "spec.clusterIPs",
+            "provided IP is already allocated",
+        ),
+        (
+            "far-ip",
+            json!({"clusterIP": "192.0.2.1", "ports": [{"port": 80}]}),
+            "spec.clusterIPs",
+            "The range of valid IPs is 10.96.0.0/12",
+        ),
+    ] {
+        let (code, out) = api.post(svcs, svc(name, spec)).await;
+        assert_eq!(code, 422, "{name}: {out}");
+        assert_eq!(out["details"]["causes"][0]["field"], field, "{name}: {out}");
+        assert!(
+            out["message"].as_str().unwrap().contains(words),
+            "{name}: {out}"
+        );
+        assert_eq!(api.get(&format!("{svcs}/{name}")).await.0, 404);
+    }
+    // A chosen, free address is kept; headless and ExternalName Services get none.
+    let (code, mine) = api
+        .post(
+            svcs,
+            svc(
+                "mine",
+                json!({"clusterIP": "10.96.0.50", "ports": [{"port": 80}]}),
+            ),
+        )
+        .await;
+    assert_eq!(
+        (code, mine["spec"]["clusterIP"].as_str()),
+        (201, Some("10.96.0.50"))
+    );
+    let (_, headless) = api
+        .post(
+            svcs,
+            svc(
+                "headless",
+                json!({"clusterIP": "None", "ports": [{"port": 80}]}),
+            ),
+        )
+        .await;
+    assert_eq!(headless["spec"]["clusterIP"], "None");
+    let (_, ext) = api
+        .post(
+            svcs,
+            svc(
+                "ext",
+                json!({"type": "ExternalName", "externalName": "example.com"}),
+            ),
+        )
+        .await;
+    assert!(ext["spec"]["clusterIP"].is_null(), "{ext}");
+    // A dry run shows values without keeping them; turning a ClusterIP Service into a
+    // NodePort one gives it a port and keeps its address.
+    let (code, dry) = api
+        .post(
+            &format!("{svcs}?dryRun=All"),
+            svc("dry", json!({"ports": [{"port": 80}]})),
+        )
+        .await;
+    assert_eq!(code, 201, "{dry}");
+    assert!(dry["spec"]["clusterIP"].is_string());
+    let (code, changed) = api
+        .patch(
+            &format!("{svcs}/web"),
+            "application/merge-patch+json",
+            json!({"spec": {"type": "NodePort"}}),
+        )
+        .await;
+    assert_eq!(code, 200, "{changed}");
+    assert_eq!(changed["spec"]["clusterIP"], ip.to_string());
+    assert!(changed["spec"]["ports"][0]["nodePort"].as_u64().unwrap() >= 30000);
+    // A deleted Service's port is free again.
+    assert_eq!(api.delete(&format!("{svcs}/np"), None).await.0, 200);
+    let (code, again) = api
+        .post(
+            svcs,
+            svc(
+                "again",
+                json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]}),
+            ),
+        )
+        .await;
+    assert_eq!(code, 201, "{again}");
+}

@@ -29,6 +29,7 @@ pub mod replicaset;
 pub mod runtime;
 pub mod scheduling;
 pub mod serviceaccount;
+pub mod servicelb;
 pub mod statefulset;
 pub mod volumes;
 

@@ -38,6 +38,7 @@ use crate::quota::{self, Quotas};
 use crate::replicaset::{self, ReplicaSets};
 use crate::scheduling::{self, Scheduler};
 use crate::serviceaccount::{self, ServiceAccounts};
+use crate::servicelb::{self, ServiceLb};
 use crate::statefulset::{self, StatefulSets};
 use crate::volumes::{self, Volumes};
 
@@ -186,6 +187,7 @@ pub fn start(reg: Registry, opts: Options) {
         opts.local_path.clone(),
     );
     let nsc = Namespaces::new(&client, &mut namespaces, &mut pods);
+    let slb = ServiceLb::new(&client, &mut services, &mut nodes);
     let hpac = Autoscalers::new(&client, &mut hpas, &mut pods, metrics);
     let rqc = Quotas::new(
         &client,
@@ -298,6 +300,11 @@ pub fn start(reg: Registry, opts: Options) {
         client.clone(),
         Election::new(serviceaccount::NAME, &opts.identity),
         move || sa.clone().run(workers),
+    ));
+    tokio::spawn(leader::run(
+        client.clone(),
+        Election::new(servicelb::NAME, &opts.identity),
+        move || slb.clone().run(workers),
     ));
     tokio::spawn(leader::run(
         client.clone(),

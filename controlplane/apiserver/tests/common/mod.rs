@@ -42,6 +42,7 @@ pub async fn start_with(housekeeping: Housekeeping) -> Loopback {
         token: Some(token.clone()),
         sans: vec![],
         default_toleration_seconds: strake_apimachinery::admission::DEFAULT_TOLERATION_SECONDS,
+        service_cidr: strake_apimachinery::admission::DEFAULT_SERVICE_CIDR,
     };
     let server = ApiServer::new(config, store)
         .unwrap()

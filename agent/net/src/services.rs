@@ -1,0 +1,455 @@
+//! Service routing and masquerade as one nf_tables table of Strake's own (`ip strake`), the
+//! kube-proxy role: built whole from the desired state and swapped in atomically (the table is
+//! deleted and rebuilt in the same batch), never touching any other table.
+//!
+//! ```text
+//! chain prerouting  { type nat hook prerouting priority -100; jump services }
+//! chain output      { type nat hook output priority -100; jump services }
+//! chain postrouting { type nat hook postrouting priority 100;
+//!                     meta mark & 0x4000 == 0x4000 masquerade      # hairpin
+//!                     ip saddr <pod CIDR> ip daddr != <cluster CIDR> masquerade }
+//! chain services    { ip daddr <cluster DNS> udp|tcp dport 53 dnat to <node's DNS>:53
+//!                     ip daddr . meta l4proto . th dport vmap @service-ips
+//!                     ip daddr @node-ips meta l4proto . th dport vmap @service-nodeports }
+//! chain svc-<h>     { numgen random mod N vmap @svc-<h> }          # one per service port
+//! chain sep-<h>     { ip saddr <endpoint> meta mark set 0x4000     # one per endpoint
+//!                     dnat to <endpoint>:<port> }
+//! ```
+//!
+//! A service port without ready endpoints drops its traffic.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use ipnet::Ipv4Net;
+use sha2::{Digest as _, Sha256};
+
+use crate::NetError;
+use crate::nft::{
+    Base, BaseChain, Batch, CmpOp, DATA_VERDICT, Data, Element, Expr, Family, Hook, MetaKey,
+    REG_VERDICT, REG32_00, Set, Verdict, prefix_mask,
+};
+
+pub const TABLE: &str = "strake";
+/// The mark of connections that must leave masqueraded (a pod reaching itself through a
+/// service).
+const MASQ_MARK: u32 = 0x4000;
+const FAMILY: Family = Family::Ipv4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+            Protocol::Sctp => 132,
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "TCP" => Some(Protocol::Tcp),
+            "UDP" => Some(Protocol::Udp),
+            "SCTP" => Some(Protocol::Sctp),
+            _ => None,
+        }
+    }
+}
+
+/// One port of one Service, with where its traffic goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePort {
+    /// `ns/name:port`, for naming its chains.
+    pub name: String,
+    pub cluster_ip: Option<Ipv4Addr>,
+    /// Further addresses the port answers on: `spec.externalIPs` and LoadBalancer ingress.
+    pub external_ips: Vec<Ipv4Addr>,
+    pub protocol: Protocol,
+    pub port: u16,
+    pub node_port: Option<u16>,
+    /// Ready endpoints: address and target port.
+    pub endpoints: Vec<(Ipv4Addr, u16)>,
+}
+
+/// Everything the table is built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    /// This node's pods: their traffic leaving the cluster is masqueraded.
+    pub pod_cidr: Option<Ipv4Net>,
+    /// Every pod's range: traffic to it is never masqueraded.
+    pub cluster_cidr: Ipv4Net,
+    /// The node's addresses NodePorts answer on.
+    pub node_ips: Vec<Ipv4Addr>,
+    pub services: Vec<ServicePort>,
+    /// The cluster DNS address and this node's DNS server it leads to (node-local DNS: port
+    /// 53, UDP and TCP, never leaves the node).
+    pub dns: Option<(Ipv4Addr, Ipv4Addr)>,
+}
+
+fn short_hash(s: &str) -> String {
+    hex::encode(&Sha256::digest(s.as_bytes())[..8])
+}
+
+fn reg(n: u32) -> u32 {
+    REG32_00 + n
+}
+
+fn goto(chain: &str) -> Data {
+    Data::Verdict(Verdict::Goto(chain.to_string()))
+}
+
+fn port_key(proto: Protocol, port: u16) -> Vec<u8> {
+    let mut k = vec![proto.number(), 0, 0, 0];
+    k.extend_from_slice(&port.to_be_bytes());
+    k.extend_from_slice(&[0, 0]);
+    k
+}
+
+/// `ip saddr|daddr & mask ==|!= net`.
+fn match_net(offset: u32, net: Ipv4Net, op: CmpOp) -> [Expr; 3] {
+    [
+        Expr::Payload {
+            base: Base::Network,
+            offset,
+            len: 4,
+            dreg: reg(0),
+        },
+        Expr::Bitwise {
+            sreg: reg(0),
+            dreg: reg(0),
+            mask: prefix_mask(net.prefix_len(), 4),
+            xor: vec![0; 4],
+        },
+        Expr::Cmp {
+            sreg: reg(0),
+            op,
+            data: net.network().octets().to_vec(),
+        },
+    ]
+}
+
+/// Loads `meta l4proto . th dport` into registers `first` and `first + 1`.
+fn load_proto_port(first: u32) -> [Expr; 2] {
+    [
+        Expr::Meta {
+            key: MetaKey::L4Proto,
+            dreg: reg(first),
+        },
+        Expr::Payload {
+            base: Base::Transport,
+            offset: 2,
+            len: 2,
+            dreg: reg(first + 1),
+        },
+    ]
+}
+
+/// The whole table for `d`, replacing whatever table of that name exists.
+pub fn build(d: &Desired) -> Batch {
+    let mut b = Batch::new();
+    b.add_table(FAMILY, TABLE);
+    b.delete_table(FAMILY, TABLE);
+    b.add_table(FAMILY, TABLE);
+    let nat = |hook, priority| BaseChain {
+        kind: "nat",
+        hook,
+        priority,
+    };
+    b.add_chain(FAMILY, TABLE, "services", None);
+    b.add_chain(
+        FAMILY,
+        TABLE,
+        "prerouting",
+        Some(&nat(Hook::Prerouting, -100)),
+    );
+    b.add_chain(FAMILY, TABLE, "output", Some(&nat(Hook::Output, -100)));
+    b.add_chain(
+        FAMILY,
+        TABLE,
+        "postrouting",
+        Some(&nat(Hook::Postrouting, 100)),
+    );
+    let jump_services = [Expr::Immediate {
+        dreg: REG_VERDICT,
+        data: Data::Verdict(Verdict::Jump("services".into())),
+    }];
+    b.add_rule(FAMILY, TABLE, "prerouting", &jump_services);
+    b.add_rule(FAMILY, TABLE, "output", &jump_services);
+    b.add_rule(
+        FAMILY,
+        TABLE,
+        "postrouting",
+        &[
+            Expr::Meta {
+                key: MetaKey::Mark,
+                dreg: reg(0),
+            },
+            Expr::Bitwise {
+                sreg: reg(0),
+                dreg: reg(0),
+                mask: MASQ_MARK.to_ne_bytes().to_vec(),
+                xor: vec![0; 4],
+            },
+            Expr::Cmp {
+                sreg: reg(0),
+                op: CmpOp::Eq,
+                data: MASQ_MARK.to_ne_bytes().to_vec(),
+            },
+            Expr::Masquerade,
+        ],
+    );
+    if let Some(pods) = d.pod_cidr {
+        let mut egress: Vec<Expr> = match_net(12, pods, CmpOp::Eq).to_vec();
+        egress.extend(match_net(16, d.cluster_cidr, CmpOp::Neq));
+        egress.push(Expr::Masquerade);
+        b.add_rule(FAMILY, TABLE, "postrouting", &egress);
+    }
+
+    let verdict_map = |name: &str, key_len| Set {
+        name: name.to_string(),
+        key_len,
+        data: Some((DATA_VERDICT, 0)),
+    };
+    b.add_set(FAMILY, TABLE, &verdict_map("service-ips", 12));
+    b.add_set(FAMILY, TABLE, &verdict_map("service-nodeports", 8));
+    b.add_set(
+        FAMILY,
+        TABLE,
+        &Set {
+            name: "node-ips".into(),
+            key_len: 4,
+            data: None,
+        },
+    );
+    let mut by_ip = Vec::new();
+    let mut by_node_port = Vec::new();
+    // Ports sorted by name, so a rebuild from the same state is the same batch.
+    let ports: BTreeMap<&str, &ServicePort> =
+        d.services.iter().map(|s| (s.name.as_str(), s)).collect();
+    for (name, sp) in ports {
+        let svc_chain = format!("svc-{}", short_hash(name));
+        let target = if sp.endpoints.is_empty() {
+            Data::Verdict(Verdict::Drop)
+        } else {
+            goto(&svc_chain)
+        };
+        for ip in sp.cluster_ip.iter().chain(&sp.external_ips) {
+            let mut key = ip.octets().to_vec();
+            key.extend(port_key(sp.protocol, sp.port));
+            if by_ip.iter().any(|e: &Element| e.key == key) {
+                continue;
+            }
+            by_ip.push(Element {
+                key,
+                data: Some(target.clone()),
+            });
+        }
+        if let Some(np) = sp.node_port {
+            by_node_port.push(Element {
+                key: port_key(sp.protocol, np),
+                data: Some(target),
+            });
+        }
+        if sp.endpoints.is_empty() {
+            continue;
+        }
+        b.add_chain(FAMILY, TABLE, &svc_chain, None);
+        b.add_set(FAMILY, TABLE, &verdict_map(&svc_chain, 4));
+        let mut picks = Vec::new();
+        for (i, (ip, port)) in sp.endpoints.iter().enumerate() {
+            let sep = format!("sep-{}", short_hash(&format!("{name}/{ip}:{port}")));
+            b.add_chain(FAMILY, TABLE, &sep, None);
+            b.add_rule(
+                FAMILY,
+                TABLE,
+                &sep,
+                &[
+                    Expr::Payload {
+                        base: Base::Network,
+                        offset: 12,
+                        len: 4,
+                        dreg: reg(0),
+                    },
+                    Expr::Cmp {
+                        sreg: reg(0),
+                        op: CmpOp::Eq,
+                        data: ip.octets().to_vec(),
+                    },
+                    Expr::Immediate {
+                        dreg: reg(1),
+                        data: Data::Value(MASQ_MARK.to_ne_bytes().to_vec()),
+                    },
+                    Expr::MetaSet {
+                        key: MetaKey::Mark,
+                        sreg: reg(1),
+                    },
+                ],
+            );
+            b.add_rule(
+                FAMILY,
+                TABLE,
+                &sep,
+                &[
+                    Expr::Immediate {
+                        dreg: reg(0),
+                        data: Data::Value(ip.octets().to_vec()),
+                    },
+                    Expr::Immediate {
+                        dreg: reg(1),
+                        data: Data::Value(port.to_be_bytes().to_vec()),
+                    },
+                    Expr::Dnat {
+                        family: FAMILY,
+                        addr: reg(0),
+                        port: Some(reg(1)),
+                    },
+                ],
+            );
+            picks.push(Element {
+                key: (i as u32).to_ne_bytes().to_vec(),
+                data: Some(goto(&sep)),
+            });
+        }
+        b.add_elements(FAMILY, TABLE, &svc_chain, &picks);
+        b.add_rule(
+            FAMILY,
+            TABLE,
+            &svc_chain,
+            &[
+                Expr::Numgen {
+                    dreg: reg(0),
+                    modulus: sp.endpoints.len() as u32,
+                },
+                Expr::Lookup {
+                    set: svc_chain.clone(),
+                    sreg: reg(0),
+                    dreg: Some(REG_VERDICT),
+                    invert: false,
+                },
+            ],
+        );
+    }
+    b.add_elements(FAMILY, TABLE, "service-ips", &by_ip);
+    b.add_elements(FAMILY, TABLE, "service-nodeports", &by_node_port);
+    let node_ips: Vec<Element> = d
+        .node_ips
+        .iter()
+        .map(|ip| Element {
+            key: ip.octets().to_vec(),
+            data: None,
+        })
+        .collect();
+    b.add_elements(FAMILY, TABLE, "node-ips", &node_ips);
+    if let Some((service_ip, local)) = d.dns {
+        for proto in [Protocol::Udp, Protocol::Tcp] {
+            b.add_rule(
+                FAMILY,
+                TABLE,
+                "services",
+                &[
+                    Expr::Payload {
+                        base: Base::Network,
+                        offset: 16,
+                        len: 4,
+                        dreg: reg(0),
+                    },
+                    Expr::Cmp {
+                        sreg: reg(0),
+                        op: CmpOp::Eq,
+                        data: service_ip.octets().to_vec(),
+                    },
+                    Expr::Meta {
+                        key: MetaKey::L4Proto,
+                        dreg: reg(0),
+                    },
+                    Expr::Cmp {
+                        sreg: reg(0),
+                        op: CmpOp::Eq,
+                        data: vec![proto.number()],
+                    },
+                    Expr::Payload {
+                        base: Base::Transport,
+                        offset: 2,
+                        len: 2,
+                        dreg: reg(0),
+                    },
+                    Expr::Cmp {
+                        sreg: reg(0),
+                        op: CmpOp::Eq,
+                        data: 53u16.to_be_bytes().to_vec(),
+                    },
+                    Expr::Immediate {
+                        dreg: reg(0),
+                        data: Data::Value(local.octets().to_vec()),
+                    },
+                    Expr::Immediate {
+                        dreg: reg(1),
+                        data: Data::Value(53u16.to_be_bytes().to_vec()),
+                    },
+                    Expr::Dnat {
+                        family: FAMILY,
+                        addr: reg(0),
+                        port: Some(reg(1)),
+                    },
+                ],
+            );
+        }
+    }
+    let mut by_ip_rule = vec![Expr::Payload {
+        base: Base::Network,
+        offset: 16,
+        len: 4,
+        dreg: reg(0),
+    }];
+    by_ip_rule.extend(load_proto_port(1));
+    by_ip_rule.push(Expr::Lookup {
+        set: "service-ips".into(),
+        sreg: reg(0),
+        dreg: Some(REG_VERDICT),
+        invert: false,
+    });
+    b.add_rule(FAMILY, TABLE, "services", &by_ip_rule);
+    let mut by_port_rule = vec![
+        Expr::Payload {
+            base: Base::Network,
+            offset: 16,
+            len: 4,
+            dreg: reg(0),
+        },
+        Expr::Lookup {
+            set: "node-ips".into(),
+            sreg: reg(0),
+            dreg: None,
+            invert: false,
+        },
+    ];
+    by_port_rule.extend(load_proto_port(0));
+    by_port_rule.push(Expr::Lookup {
+        set: "service-nodeports".into(),
+        sreg: reg(0),
+        dreg: Some(REG_VERDICT),
+        invert: false,
+    });
+    b.add_rule(FAMILY, TABLE, "services", &by_port_rule);
+    b
+}
+
+/// Builds and applies the table in the network namespace at `netns` (None: the caller's).
+pub fn sync(d: &Desired, netns: Option<&Path>) -> Result<(), NetError> {
+    build(d).apply(netns)
+}
+
+/// Removes the table, if it is there.
+pub fn remove(netns: Option<&Path>) -> Result<(), NetError> {
+    let mut b = Batch::new();
+    b.add_table(FAMILY, TABLE);
+    b.delete_table(FAMILY, TABLE);
+    b.apply(netns)
+}
