@@ -2199,9 +2199,11 @@ fn service_scenarios(kubeconfig: &std::path::Path, registry: &str) -> anyhow::Re
         "-o",
         "jsonpath={.spec.clusterIP}",
     ])?;
+    // Anywhere in the default service range, 10.96.0.0/12.
+    let octets = cluster_ip.parse::<std::net::Ipv4Addr>()?.octets();
     ensure!(
-        cluster_ip.starts_with("10.9") || cluster_ip.starts_with("10.10"),
-        "clusterIP {cluster_ip:?}"
+        octets[0] == 10 && (96..=111).contains(&octets[1]),
+        "clusterIP {cluster_ip:?} outside 10.96.0.0/12"
     );
     let wget = |url: &str| {
         k(&[

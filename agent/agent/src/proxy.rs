@@ -366,11 +366,16 @@ pub async fn run(shared: Arc<Shared>) {
             continue;
         }
         let began = std::time::Instant::now();
-        let rules = want.clone();
-        match tokio::task::spawn_blocking(move || strake_net::services::sync(&rules, None)).await {
-            Ok(Ok(())) => {
+        let (rules, before) = (want.clone(), last.take());
+        let synced = tokio::task::spawn_blocking(move || {
+            strake_net::services::sync_from(before.as_ref(), &rules, None)
+        })
+        .await;
+        match synced {
+            Ok(Ok(incremental)) => {
                 tracing::info!(
                     ports = want.services.len(),
+                    incremental,
                     ms = began.elapsed().as_millis() as u64,
                     "service rules synced"
                 );

@@ -25,8 +25,11 @@ const NLMSG_ERROR: u16 = 2;
 const NEWTABLE: u16 = 0;
 const DELTABLE: u16 = 2;
 const NEWCHAIN: u16 = 3;
+const DELCHAIN: u16 = 5;
 const NEWRULE: u16 = 6;
+const DELRULE: u16 = 8;
 const NEWSET: u16 = 9;
+const DELSET: u16 = 11;
 const NEWSETELEM: u16 = 12;
 const DELSETELEM: u16 = 14;
 
@@ -453,6 +456,33 @@ impl Batch {
                 a.u32(5, 1); // NF_ACCEPT
                 a.str(7, b.kind);
             }
+        });
+        self
+    }
+
+    /// Deletes every rule of a chain.
+    pub fn flush_chain(&mut self, family: Family, table: &str, chain: &str) -> &mut Self {
+        self.nft(DELRULE, 0, family, |a| {
+            a.str(1, table);
+            a.str(2, chain);
+        });
+        self
+    }
+
+    /// Deletes a chain (it must be empty and unreferenced).
+    pub fn delete_chain(&mut self, family: Family, table: &str, chain: &str) -> &mut Self {
+        self.nft(DELCHAIN, 0, family, |a| {
+            a.str(1, table);
+            a.str(3, chain);
+        });
+        self
+    }
+
+    /// Deletes a set or map (no rule may refer to it).
+    pub fn delete_set(&mut self, family: Family, table: &str, set: &str) -> &mut Self {
+        self.nft(DELSET, 0, family, |a| {
+            a.str(1, table);
+            a.str(2, set);
         });
         self
     }

@@ -151,6 +151,252 @@ fn load_proto_port(first: u32) -> [Expr; 2] {
     ]
 }
 
+fn verdict_map(name: &str, key_len: u32) -> Set {
+    Set {
+        name: name.to_string(),
+        key_len,
+        data: Some((DATA_VERDICT, 0)),
+    }
+}
+
+fn svc_chain(sp: &ServicePort) -> String {
+    format!("svc-{}", short_hash(&sp.name))
+}
+
+fn sep_chain(sp: &ServicePort, ip: Ipv4Addr, port: u16) -> String {
+    format!("sep-{}", short_hash(&format!("{}/{ip}:{port}", sp.name)))
+}
+
+/// Which map a key is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Map {
+    Ips,
+    NodePorts,
+}
+
+impl Map {
+    fn set(self) -> &'static str {
+        match self {
+            Map::Ips => "service-ips",
+            Map::NodePorts => "service-nodeports",
+        }
+    }
+}
+
+/// The keys a port asks for in the two service maps.
+fn wanted_keys(sp: &ServicePort) -> Vec<(Map, Vec<u8>)> {
+    let mut out: Vec<(Map, Vec<u8>)> = sp
+        .cluster_ip
+        .iter()
+        .chain(&sp.external_ips)
+        .map(|ip| {
+            let mut key = ip.octets().to_vec();
+            key.extend(port_key(sp.protocol, sp.port));
+            (Map::Ips, key)
+        })
+        .collect();
+    if let Some(np) = sp.node_port {
+        out.push((Map::NodePorts, port_key(sp.protocol, np)));
+    }
+    out
+}
+
+/// Ports by name.
+fn sorted(d: &Desired) -> Vec<&ServicePort> {
+    let ports: BTreeMap<&str, &ServicePort> =
+        d.services.iter().map(|s| (s.name.as_str(), s)).collect();
+    ports.into_values().collect()
+}
+
+/// Who gets each map key: when two ports ask for one (the same external address and port),
+/// the first by name.
+fn claims(d: &Desired) -> BTreeMap<(Map, Vec<u8>), String> {
+    let mut out = BTreeMap::new();
+    for sp in sorted(d) {
+        for key in wanted_keys(sp) {
+            out.entry(key).or_insert_with(|| sp.name.clone());
+        }
+    }
+    out
+}
+
+/// The keys `sp` holds under `claims`.
+fn held(sp: &ServicePort, claims: &BTreeMap<(Map, Vec<u8>), String>) -> Vec<(Map, Vec<u8>)> {
+    wanted_keys(sp)
+        .into_iter()
+        .filter(|k| claims.get(k) == Some(&sp.name))
+        .collect()
+}
+
+/// Adds a port: its chains and map when it has endpoints, and the keys it holds.
+fn add_port(b: &mut Batch, sp: &ServicePort, claims: &BTreeMap<(Map, Vec<u8>), String>) {
+    let chain = svc_chain(sp);
+    let target = if sp.endpoints.is_empty() {
+        Data::Verdict(Verdict::Drop)
+    } else {
+        goto(&chain)
+    };
+    if !sp.endpoints.is_empty() {
+        b.add_chain(FAMILY, TABLE, &chain, None);
+        b.add_set(FAMILY, TABLE, &verdict_map(&chain, 4));
+        let mut picks = Vec::new();
+        for (i, (ip, port)) in sp.endpoints.iter().enumerate() {
+            let sep = sep_chain(sp, *ip, *port);
+            b.add_chain(FAMILY, TABLE, &sep, None);
+            b.add_rule(FAMILY, TABLE, &sep, &hairpin_mark(*ip));
+            b.add_rule(FAMILY, TABLE, &sep, &dnat(*ip, *port));
+            picks.push(Element {
+                key: (i as u32).to_ne_bytes().to_vec(),
+                data: Some(goto(&sep)),
+            });
+        }
+        b.add_elements(FAMILY, TABLE, &chain, &picks);
+        b.add_rule(
+            FAMILY,
+            TABLE,
+            &chain,
+            &[
+                Expr::Numgen {
+                    dreg: reg(0),
+                    modulus: sp.endpoints.len() as u32,
+                },
+                Expr::Lookup {
+                    set: chain.clone(),
+                    sreg: reg(0),
+                    dreg: Some(REG_VERDICT),
+                    invert: false,
+                },
+            ],
+        );
+    }
+    for map in [Map::Ips, Map::NodePorts] {
+        let elems: Vec<Element> = held(sp, claims)
+            .into_iter()
+            .filter(|(m, _)| *m == map)
+            .map(|(_, key)| Element {
+                key,
+                data: Some(target.clone()),
+            })
+            .collect();
+        b.add_elements(FAMILY, TABLE, map.set(), &elems);
+    }
+}
+
+/// Removes what [`add_port`] added: first the keys leading to it, then its chain's rule (the
+/// reference to its map), its map (the references to the endpoint chains), the endpoint
+/// chains and its chain.
+fn remove_port(b: &mut Batch, sp: &ServicePort, claims: &BTreeMap<(Map, Vec<u8>), String>) {
+    for map in [Map::Ips, Map::NodePorts] {
+        let elems: Vec<Element> = held(sp, claims)
+            .into_iter()
+            .filter(|(m, _)| *m == map)
+            .map(|(_, key)| Element { key, data: None })
+            .collect();
+        b.delete_elements(FAMILY, TABLE, map.set(), &elems);
+    }
+    if sp.endpoints.is_empty() {
+        return;
+    }
+    let chain = svc_chain(sp);
+    b.flush_chain(FAMILY, TABLE, &chain);
+    b.delete_set(FAMILY, TABLE, &chain);
+    for (ip, port) in &sp.endpoints {
+        let sep = sep_chain(sp, *ip, *port);
+        b.flush_chain(FAMILY, TABLE, &sep);
+        b.delete_chain(FAMILY, TABLE, &sep);
+    }
+    b.delete_chain(FAMILY, TABLE, &chain);
+}
+
+/// The changes that take the table from `old` to `new`: only the ports that changed are
+/// removed and added again. None when only a rebuild will do (the node's ranges, addresses or
+/// DNS changed, or a contested key changed hands between ports that did not change).
+pub fn update(old: &Desired, new: &Desired) -> Option<Batch> {
+    if (old.pod_cidr, old.cluster_cidr, &old.node_ips, old.dns)
+        != (new.pod_cidr, new.cluster_cidr, &new.node_ips, new.dns)
+    {
+        return None;
+    }
+    let by_name = |d: &Desired| -> BTreeMap<String, ServicePort> {
+        d.services
+            .iter()
+            .map(|s| (s.name.clone(), s.clone()))
+            .collect()
+    };
+    let (before, after) = (by_name(old), by_name(new));
+    let touched: std::collections::BTreeSet<&String> = before
+        .keys()
+        .chain(after.keys())
+        .filter(|n| before.get(*n) != after.get(*n))
+        .collect();
+    let (old_claims, new_claims) = (claims(old), claims(new));
+    for key in old_claims.keys().chain(new_claims.keys()) {
+        let (was, is) = (old_claims.get(key), new_claims.get(key));
+        if was != is
+            && (was.is_some_and(|w| !touched.contains(w))
+                || is.is_some_and(|w| !touched.contains(w)))
+        {
+            return None;
+        }
+    }
+    let mut b = Batch::new();
+    for name in &touched {
+        if let Some(sp) = before.get(*name) {
+            remove_port(&mut b, sp, &old_claims);
+        }
+    }
+    for name in &touched {
+        if let Some(sp) = after.get(*name) {
+            add_port(&mut b, sp, &new_claims);
+        }
+    }
+    Some(b)
+}
+
+/// `ip saddr <ip> meta mark set 0x4000`: a pod reaching itself is masqueraded.
+fn hairpin_mark(ip: Ipv4Addr) -> [Expr; 4] {
+    [
+        Expr::Payload {
+            base: Base::Network,
+            offset: 12,
+            len: 4,
+            dreg: reg(0),
+        },
+        Expr::Cmp {
+            sreg: reg(0),
+            op: CmpOp::Eq,
+            data: ip.octets().to_vec(),
+        },
+        Expr::Immediate {
+            dreg: reg(1),
+            data: Data::Value(MASQ_MARK.to_ne_bytes().to_vec()),
+        },
+        Expr::MetaSet {
+            key: MetaKey::Mark,
+            sreg: reg(1),
+        },
+    ]
+}
+
+/// `dnat to <ip>:<port>`.
+fn dnat(ip: Ipv4Addr, port: u16) -> [Expr; 3] {
+    [
+        Expr::Immediate {
+            dreg: reg(0),
+            data: Data::Value(ip.octets().to_vec()),
+        },
+        Expr::Immediate {
+            dreg: reg(1),
+            data: Data::Value(port.to_be_bytes().to_vec()),
+        },
+        Expr::Dnat {
+            family: FAMILY,
+            addr: reg(0),
+            port: Some(reg(1)),
+        },
+    ]
+}
+
 /// The whole table for `d`, replacing whatever table of that name exists.
 pub fn build(d: &Desired) -> Batch {
     let mut b = Batch::new();
@@ -212,11 +458,6 @@ pub fn build(d: &Desired) -> Batch {
         b.add_rule(FAMILY, TABLE, "postrouting", &egress);
     }
 
-    let verdict_map = |name: &str, key_len| Set {
-        name: name.to_string(),
-        key_len,
-        data: Some((DATA_VERDICT, 0)),
-    };
     b.add_set(FAMILY, TABLE, &verdict_map("service-ips", 12));
     b.add_set(FAMILY, TABLE, &verdict_map("service-nodeports", 8));
     b.add_set(
@@ -228,116 +469,11 @@ pub fn build(d: &Desired) -> Batch {
             data: None,
         },
     );
-    let mut by_ip = Vec::new();
-    let mut by_node_port = Vec::new();
+    let claims = claims(d);
     // Ports sorted by name, so a rebuild from the same state is the same batch.
-    let ports: BTreeMap<&str, &ServicePort> =
-        d.services.iter().map(|s| (s.name.as_str(), s)).collect();
-    for (name, sp) in ports {
-        let svc_chain = format!("svc-{}", short_hash(name));
-        let target = if sp.endpoints.is_empty() {
-            Data::Verdict(Verdict::Drop)
-        } else {
-            goto(&svc_chain)
-        };
-        for ip in sp.cluster_ip.iter().chain(&sp.external_ips) {
-            let mut key = ip.octets().to_vec();
-            key.extend(port_key(sp.protocol, sp.port));
-            if by_ip.iter().any(|e: &Element| e.key == key) {
-                continue;
-            }
-            by_ip.push(Element {
-                key,
-                data: Some(target.clone()),
-            });
-        }
-        if let Some(np) = sp.node_port {
-            by_node_port.push(Element {
-                key: port_key(sp.protocol, np),
-                data: Some(target),
-            });
-        }
-        if sp.endpoints.is_empty() {
-            continue;
-        }
-        b.add_chain(FAMILY, TABLE, &svc_chain, None);
-        b.add_set(FAMILY, TABLE, &verdict_map(&svc_chain, 4));
-        let mut picks = Vec::new();
-        for (i, (ip, port)) in sp.endpoints.iter().enumerate() {
-            let sep = format!("sep-{}", short_hash(&format!("{name}/{ip}:{port}")));
-            b.add_chain(FAMILY, TABLE, &sep, None);
-            b.add_rule(
-                FAMILY,
-                TABLE,
-                &sep,
-                &[
-                    Expr::Payload {
-                        base: Base::Network,
-                        offset: 12,
-                        len: 4,
-                        dreg: reg(0),
-                    },
-                    Expr::Cmp {
-                        sreg: reg(0),
-                        op: CmpOp::Eq,
-                        data: ip.octets().to_vec(),
-                    },
-                    Expr::Immediate {
-                        dreg: reg(1),
-                        data: Data::Value(MASQ_MARK.to_ne_bytes().to_vec()),
-                    },
-                    Expr::MetaSet {
-                        key: MetaKey::Mark,
-                        sreg: reg(1),
-                    },
-                ],
-            );
-            b.add_rule(
-                FAMILY,
-                TABLE,
-                &sep,
-                &[
-                    Expr::Immediate {
-                        dreg: reg(0),
-                        data: Data::Value(ip.octets().to_vec()),
-                    },
-                    Expr::Immediate {
-                        dreg: reg(1),
-                        data: Data::Value(port.to_be_bytes().to_vec()),
-                    },
-                    Expr::Dnat {
-                        family: FAMILY,
-                        addr: reg(0),
-                        port: Some(reg(1)),
-                    },
-                ],
-            );
-            picks.push(Element {
-                key: (i as u32).to_ne_bytes().to_vec(),
-                data: Some(goto(&sep)),
-            });
-        }
-        b.add_elements(FAMILY, TABLE, &svc_chain, &picks);
-        b.add_rule(
-            FAMILY,
-            TABLE,
-            &svc_chain,
-            &[
-                Expr::Numgen {
-                    dreg: reg(0),
-                    modulus: sp.endpoints.len() as u32,
-                },
-                Expr::Lookup {
-                    set: svc_chain.clone(),
-                    sreg: reg(0),
-                    dreg: Some(REG_VERDICT),
-                    invert: false,
-                },
-            ],
-        );
+    for sp in sorted(d) {
+        add_port(&mut b, sp, &claims);
     }
-    b.add_elements(FAMILY, TABLE, "service-ips", &by_ip);
-    b.add_elements(FAMILY, TABLE, "service-nodeports", &by_node_port);
     let node_ips: Vec<Element> = d
         .node_ips
         .iter()
@@ -444,6 +580,25 @@ pub fn build(d: &Desired) -> Batch {
 /// Builds and applies the table in the network namespace at `netns` (None: the caller's).
 pub fn sync(d: &Desired, netns: Option<&Path>) -> Result<(), NetError> {
     build(d).apply(netns)
+}
+
+/// Takes the table from `old` (what was last applied, if known) to `new`: only the ports that
+/// changed when it can, else (or when that fails) the whole table. Returns whether the change
+/// was incremental.
+pub fn sync_from(
+    old: Option<&Desired>,
+    new: &Desired,
+    netns: Option<&Path>,
+) -> Result<bool, NetError> {
+    if let Some(batch) = old.and_then(|old| update(old, new)) {
+        match batch.apply(netns) {
+            Ok(()) => return Ok(true),
+            Err(e) => {
+                tracing::warn!(error = %e, "an incremental rule change failed; rebuilding the table")
+            }
+        }
+    }
+    sync(new, netns).map(|()| false)
 }
 
 /// Removes the table, if it is there.

@@ -159,17 +159,19 @@ fn cluster_ips_node_ports_and_masquerade() {
         "a port without endpoints answers nothing"
     );
 
-    // The endpoint moves to pod b.
+    // The endpoint moves to pod b: only that port's chains change.
+    let before = desired.clone();
     desired.services[0] = web(vec![(ip_b, 8081)]);
-    services::sync(&desired, Some(&node.net)).unwrap();
+    assert!(services::sync_from(Some(&before), &desired, Some(&node.net)).unwrap());
     let server = serve_in(&b.net, 8081, "b", 1);
     let got = ask(&client.net, to_service, LONG).unwrap();
     assert!(got.starts_with("b "), "after the endpoint moved: {got}");
     server.join().unwrap();
 
     // Two endpoints: both get traffic.
+    let before = desired.clone();
     desired.services[0] = web(vec![(ip_a, 8080), (ip_b, 8081)]);
-    services::sync(&desired, Some(&node.net)).unwrap();
+    assert!(services::sync_from(Some(&before), &desired, Some(&node.net)).unwrap());
     let sa = serve_in(&a.net, 8080, "a", 1);
     let sb = serve_in(&b.net, 8081, "b", 1);
     let mut seen = std::collections::BTreeSet::new();
@@ -184,6 +186,38 @@ fn cluster_ips_node_ports_and_masquerade() {
     assert_eq!(seen.len(), 2, "both endpoints chosen: {seen:?}");
     sa.join().unwrap();
     sb.join().unwrap();
+
+    // A port removed and one added, incrementally; an unchanged state changes nothing.
+    let before = desired.clone();
+    desired.services.remove(1);
+    desired.services.push(ServicePort {
+        name: "t/late:/TCP".into(),
+        cluster_ip: Some(empty_ip),
+        external_ips: Vec::new(),
+        protocol: Protocol::Tcp,
+        port: 80,
+        node_port: None,
+        endpoints: vec![(ip_a, 8080)],
+    });
+    assert!(services::sync_from(Some(&before), &desired, Some(&node.net)).unwrap());
+    assert!(services::sync_from(Some(&desired), &desired, Some(&node.net)).unwrap());
+    let late = serve_in(&a.net, 8080, "a", 1);
+    let got = ask(&client.net, SocketAddr::from((empty_ip, 80)), LONG).unwrap();
+    assert!(got.starts_with("a "), "the added port: {got}");
+    late.join().unwrap();
+    // The node's addresses changed: the whole table is rebuilt.
+    let before = desired.clone();
+    desired.node_ips.pop();
+    assert!(!services::sync_from(Some(&before), &desired, Some(&node.net)).unwrap());
+    assert!(
+        ask(
+            &client.net,
+            SocketAddr::from((uplink.gateway(), 30080)),
+            Duration::from_millis(800)
+        )
+        .is_err(),
+        "the node port left with the address"
+    );
 
     services::remove(Some(&node.net)).unwrap();
     services::remove(Some(&node.net)).unwrap(); // idempotent

@@ -87,8 +87,9 @@ fn main() -> anyhow::Result<()> {
             full.push(t.elapsed());
             let changed = desired(args.services, args.endpoints, 1_000_000 + round as u32);
             let t = Instant::now();
-            services::sync(&changed, Some(&ns.net))?;
+            let incremental = services::sync_from(Some(&base), &changed, Some(&ns.net))?;
             change.push(t.elapsed());
+            anyhow::ensure!(incremental, "one endpoint's change rebuilt the whole table");
         }
         println!(
             "{} services x {} endpoints ({} rounds)",
