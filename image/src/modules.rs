@@ -350,6 +350,8 @@ pub const STRAKE_MODULES: &[(&str, bool)] = &[
     ("nft_nat", false),
     ("nft_masq", false),
     ("nft_numgen", false),
+    ("nft_reject", false),
+    ("nft_reject_ipv4", false),
     ("nft_compat", true),
     ("nf_nat", false),
     ("nf_conntrack", false),

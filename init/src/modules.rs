@@ -33,6 +33,7 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "nft_nat",
     "nft_masq",
     "nft_numgen",
+    "nft_reject_ipv4",
     // For the ACPI power button (QEMU's `system_powerdown`): the button driver and its evdev node.
     "button",
     "evdev",

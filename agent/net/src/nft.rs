@@ -197,6 +197,8 @@ pub enum Expr {
         port: Option<u32>,
     },
     Masquerade,
+    /// ICMP port unreachable (a refused connection).
+    Reject,
     Counter,
 }
 
@@ -272,6 +274,7 @@ impl Attrs<'_> {
             Expr::Numgen { .. } => "numgen",
             Expr::Dnat { .. } => "nat",
             Expr::Masquerade => "masq",
+            Expr::Reject => "reject",
             Expr::Counter => "counter",
         };
         self.nest(1, |a| {
@@ -349,6 +352,10 @@ impl Attrs<'_> {
                     if let Some(p) = port {
                         a.u32(5, *p);
                     }
+                }
+                Expr::Reject => {
+                    a.u32(1, 0); // NFT_REJECT_ICMP_UNREACH
+                    a.put(2, &[3]); // port unreachable
                 }
                 Expr::Masquerade | Expr::Counter => {}
             });

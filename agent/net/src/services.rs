@@ -16,7 +16,9 @@
 //!                     dnat to <endpoint>:<port> }
 //! ```
 //!
-//! A service port without ready endpoints drops its traffic.
+//! A service port without ready endpoints is refused at once (ICMP port unreachable), from
+//! filter chains (`filter-forward`, `filter-output`, `filter-input`) looking its address and
+//! port up in `no-endpoints` and `no-endpoint-nodeports`.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -175,10 +177,13 @@ enum Map {
 }
 
 impl Map {
-    fn set(self) -> &'static str {
-        match self {
-            Map::Ips => "service-ips",
-            Map::NodePorts => "service-nodeports",
+    /// The verdict map of ports with endpoints, or the set of those without (refused).
+    fn set(self, has_endpoints: bool) -> &'static str {
+        match (self, has_endpoints) {
+            (Map::Ips, true) => "service-ips",
+            (Map::NodePorts, true) => "service-nodeports",
+            (Map::Ips, false) => "no-endpoints",
+            (Map::NodePorts, false) => "no-endpoint-nodeports",
         }
     }
 }
@@ -231,12 +236,8 @@ fn held(sp: &ServicePort, claims: &BTreeMap<(Map, Vec<u8>), String>) -> Vec<(Map
 /// Adds a port: its chains and map when it has endpoints, and the keys it holds.
 fn add_port(b: &mut Batch, sp: &ServicePort, claims: &BTreeMap<(Map, Vec<u8>), String>) {
     let chain = svc_chain(sp);
-    let target = if sp.endpoints.is_empty() {
-        Data::Verdict(Verdict::Drop)
-    } else {
-        goto(&chain)
-    };
-    if !sp.endpoints.is_empty() {
+    let has_endpoints = !sp.endpoints.is_empty();
+    if has_endpoints {
         b.add_chain(FAMILY, TABLE, &chain, None);
         b.add_set(FAMILY, TABLE, &verdict_map(&chain, 4));
         let mut picks = Vec::new();
@@ -275,10 +276,10 @@ fn add_port(b: &mut Batch, sp: &ServicePort, claims: &BTreeMap<(Map, Vec<u8>), S
             .filter(|(m, _)| *m == map)
             .map(|(_, key)| Element {
                 key,
-                data: Some(target.clone()),
+                data: has_endpoints.then(|| goto(&chain)),
             })
             .collect();
-        b.add_elements(FAMILY, TABLE, map.set(), &elems);
+        b.add_elements(FAMILY, TABLE, map.set(has_endpoints), &elems);
     }
 }
 
@@ -292,7 +293,7 @@ fn remove_port(b: &mut Batch, sp: &ServicePort, claims: &BTreeMap<(Map, Vec<u8>)
             .filter(|(m, _)| *m == map)
             .map(|(_, key)| Element { key, data: None })
             .collect();
-        b.delete_elements(FAMILY, TABLE, map.set(), &elems);
+        b.delete_elements(FAMILY, TABLE, map.set(!sp.endpoints.is_empty()), &elems);
     }
     if sp.endpoints.is_empty() {
         return;
@@ -460,15 +461,77 @@ pub fn build(d: &Desired) -> Batch {
 
     b.add_set(FAMILY, TABLE, &verdict_map("service-ips", 12));
     b.add_set(FAMILY, TABLE, &verdict_map("service-nodeports", 8));
-    b.add_set(
-        FAMILY,
-        TABLE,
-        &Set {
-            name: "node-ips".into(),
-            key_len: 4,
-            data: None,
+    for (name, key_len) in [
+        ("node-ips", 4),
+        ("no-endpoints", 12),
+        ("no-endpoint-nodeports", 8),
+    ] {
+        b.add_set(
+            FAMILY,
+            TABLE,
+            &Set {
+                name: name.into(),
+                key_len,
+                data: None,
+            },
+        );
+    }
+    // Ports without endpoints are refused at once (ICMP port unreachable), as kube-proxy
+    // does, in filter chains: forwarded and local traffic to their addresses, and traffic
+    // to the node's addresses on their node ports.
+    let filter = |hook| BaseChain {
+        kind: "filter",
+        hook,
+        priority: 0,
+    };
+    let refuse_service = |daddr_reg: u32| {
+        let mut r = vec![Expr::Payload {
+            base: Base::Network,
+            offset: 16,
+            len: 4,
+            dreg: reg(daddr_reg),
+        }];
+        r.extend(load_proto_port(daddr_reg + 1));
+        r.push(Expr::Lookup {
+            set: "no-endpoints".into(),
+            sreg: reg(daddr_reg),
+            dreg: None,
+            invert: false,
+        });
+        r.push(Expr::Reject);
+        r
+    };
+    for (chain, hook) in [
+        ("filter-forward", Hook::Forward),
+        ("filter-output", Hook::Output),
+        ("filter-input", Hook::Input),
+    ] {
+        b.add_chain(FAMILY, TABLE, chain, Some(&filter(hook)));
+        b.add_rule(FAMILY, TABLE, chain, &refuse_service(0));
+    }
+    let mut refuse_node_port = vec![
+        Expr::Payload {
+            base: Base::Network,
+            offset: 16,
+            len: 4,
+            dreg: reg(0),
         },
-    );
+        Expr::Lookup {
+            set: "node-ips".into(),
+            sreg: reg(0),
+            dreg: None,
+            invert: false,
+        },
+    ];
+    refuse_node_port.extend(load_proto_port(0));
+    refuse_node_port.push(Expr::Lookup {
+        set: "no-endpoint-nodeports".into(),
+        sreg: reg(0),
+        dreg: None,
+        invert: false,
+    });
+    refuse_node_port.push(Expr::Reject);
+    b.add_rule(FAMILY, TABLE, "filter-input", &refuse_node_port);
     let claims = claims(d);
     // Ports sorted by name, so a rebuild from the same state is the same batch.
     for sp in sorted(d) {

@@ -3,8 +3,8 @@
 //! table programmed in the node's namespace through netlink. Traffic to a cluster IP reaches a
 //! ready endpoint, a node port answers from outside, a pod reaching itself through its Service
 //! is masqueraded, pods' traffic leaving the cluster is masqueraded, a port without endpoints
-//! drops, rules follow endpoint changes, and removing the table removes it all. Needs root;
-//! never touches the host's own network.
+//! is refused, rules follow endpoint changes (incrementally), and removing the table removes
+//! it all. Needs root; never touches the host's own network.
 
 mod common;
 
@@ -72,6 +72,8 @@ fn cluster_ips_node_ports_and_masquerade() {
     let uplink = NodeNetwork::setup("outside0", outside, Some(node.net.clone())).unwrap();
     let client_ip = Ipv4Addr::new(203, 0, 113, 2);
     uplink.attach(&client.net, "client", client_ip).unwrap();
+    // The node's default route leads outside, as a real node's does.
+    common::default_route(&node.net, client_ip);
 
     let cluster_ip = Ipv4Addr::new(10, 100, 0, 10);
     let empty_ip = Ipv4Addr::new(10, 100, 0, 11);
@@ -149,14 +151,11 @@ fn cluster_ips_node_ports_and_masquerade() {
     );
     outside_server.join().unwrap();
 
-    assert!(
-        ask(
-            &b.net,
-            SocketAddr::from((empty_ip, 80)),
-            Duration::from_millis(800)
-        )
-        .is_err(),
-        "a port without endpoints answers nothing"
+    let refused = ask(&b.net, SocketAddr::from((empty_ip, 80)), LONG).unwrap_err();
+    assert_eq!(
+        refused.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "a port without endpoints is refused at once"
     );
 
     // The endpoint moves to pod b: only that port's chains change.

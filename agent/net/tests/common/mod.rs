@@ -42,3 +42,26 @@ pub fn serve_in(
     ready_rx.recv().unwrap();
     t
 }
+
+/// Adds a default route via `gateway` inside `netns` (a node's uplink, in the tests).
+pub fn default_route(netns: &Path, gateway: std::net::Ipv4Addr) {
+    let netns = netns.to_owned();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&netns).unwrap();
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (conn, handle, _) = rtnetlink::new_connection().unwrap();
+            tokio::spawn(conn);
+            let route = rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                .gateway(gateway)
+                .build();
+            handle.route().add(route).execute().await.unwrap();
+        });
+    })
+    .join()
+    .unwrap();
+}
