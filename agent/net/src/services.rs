@@ -398,6 +398,41 @@ fn dnat(ip: Ipv4Addr, port: u16) -> [Expr; 3] {
     ]
 }
 
+/// `ip daddr` into `reg`.
+fn daddr(reg: u32) -> Expr {
+    Expr::Payload {
+        base: Base::Network,
+        offset: 16,
+        len: 4,
+        dreg: reg,
+    }
+}
+
+fn lookup(set: &str, sreg: u32, dreg: Option<u32>) -> Expr {
+    Expr::Lookup {
+        set: set.into(),
+        sreg,
+        dreg,
+        invert: false,
+    }
+}
+
+/// `ip daddr . meta l4proto . th dport` looked up in `set` (a verdict map with `dreg`).
+fn by_address(set: &str, dreg: Option<u32>) -> Vec<Expr> {
+    let mut r = vec![daddr(reg(0))];
+    r.extend(load_proto_port(1));
+    r.push(lookup(set, reg(0), dreg));
+    r
+}
+
+/// `ip daddr @node-ips` and `meta l4proto . th dport` looked up in `set`.
+fn by_node_port(set: &str, dreg: Option<u32>) -> Vec<Expr> {
+    let mut r = vec![daddr(reg(0)), lookup("node-ips", reg(0), None)];
+    r.extend(load_proto_port(0));
+    r.push(lookup(set, reg(0), dreg));
+    r
+}
+
 /// The whole table for `d`, replacing whatever table of that name exists.
 pub fn build(d: &Desired) -> Batch {
     let mut b = Batch::new();
@@ -484,52 +519,17 @@ pub fn build(d: &Desired) -> Batch {
         hook,
         priority: 0,
     };
-    let refuse_service = |daddr_reg: u32| {
-        let mut r = vec![Expr::Payload {
-            base: Base::Network,
-            offset: 16,
-            len: 4,
-            dreg: reg(daddr_reg),
-        }];
-        r.extend(load_proto_port(daddr_reg + 1));
-        r.push(Expr::Lookup {
-            set: "no-endpoints".into(),
-            sreg: reg(daddr_reg),
-            dreg: None,
-            invert: false,
-        });
-        r.push(Expr::Reject);
-        r
-    };
     for (chain, hook) in [
         ("filter-forward", Hook::Forward),
         ("filter-output", Hook::Output),
         ("filter-input", Hook::Input),
     ] {
         b.add_chain(FAMILY, TABLE, chain, Some(&filter(hook)));
-        b.add_rule(FAMILY, TABLE, chain, &refuse_service(0));
+        let mut refuse = by_address("no-endpoints", None);
+        refuse.push(Expr::Reject);
+        b.add_rule(FAMILY, TABLE, chain, &refuse);
     }
-    let mut refuse_node_port = vec![
-        Expr::Payload {
-            base: Base::Network,
-            offset: 16,
-            len: 4,
-            dreg: reg(0),
-        },
-        Expr::Lookup {
-            set: "node-ips".into(),
-            sreg: reg(0),
-            dreg: None,
-            invert: false,
-        },
-    ];
-    refuse_node_port.extend(load_proto_port(0));
-    refuse_node_port.push(Expr::Lookup {
-        set: "no-endpoint-nodeports".into(),
-        sreg: reg(0),
-        dreg: None,
-        invert: false,
-    });
+    let mut refuse_node_port = by_node_port("no-endpoint-nodeports", None);
     refuse_node_port.push(Expr::Reject);
     b.add_rule(FAMILY, TABLE, "filter-input", &refuse_node_port);
     let claims = claims(d);
@@ -548,95 +548,38 @@ pub fn build(d: &Desired) -> Batch {
     b.add_elements(FAMILY, TABLE, "node-ips", &node_ips);
     if let Some((service_ip, local)) = d.dns {
         for proto in [Protocol::Udp, Protocol::Tcp] {
-            b.add_rule(
-                FAMILY,
-                TABLE,
-                "services",
-                &[
-                    Expr::Payload {
-                        base: Base::Network,
-                        offset: 16,
-                        len: 4,
-                        dreg: reg(0),
-                    },
-                    Expr::Cmp {
-                        sreg: reg(0),
-                        op: CmpOp::Eq,
-                        data: service_ip.octets().to_vec(),
-                    },
-                    Expr::Meta {
-                        key: MetaKey::L4Proto,
-                        dreg: reg(0),
-                    },
-                    Expr::Cmp {
-                        sreg: reg(0),
-                        op: CmpOp::Eq,
-                        data: vec![proto.number()],
-                    },
-                    Expr::Payload {
-                        base: Base::Transport,
-                        offset: 2,
-                        len: 2,
-                        dreg: reg(0),
-                    },
-                    Expr::Cmp {
-                        sreg: reg(0),
-                        op: CmpOp::Eq,
-                        data: 53u16.to_be_bytes().to_vec(),
-                    },
-                    Expr::Immediate {
-                        dreg: reg(0),
-                        data: Data::Value(local.octets().to_vec()),
-                    },
-                    Expr::Immediate {
-                        dreg: reg(1),
-                        data: Data::Value(53u16.to_be_bytes().to_vec()),
-                    },
-                    Expr::Dnat {
-                        family: FAMILY,
-                        addr: reg(0),
-                        port: Some(reg(1)),
-                    },
-                ],
-            );
+            let eq = |data: Vec<u8>| Expr::Cmp {
+                sreg: reg(0),
+                op: CmpOp::Eq,
+                data,
+            };
+            let mut rule = vec![daddr(reg(0)), eq(service_ip.octets().to_vec())];
+            let [l4, dport] = load_proto_port(0);
+            rule.extend([l4, eq(vec![proto.number()])]);
+            rule.extend([
+                dport,
+                Expr::Cmp {
+                    sreg: reg(1),
+                    op: CmpOp::Eq,
+                    data: 53u16.to_be_bytes().to_vec(),
+                },
+            ]);
+            rule.extend(dnat(local, 53));
+            b.add_rule(FAMILY, TABLE, "services", &rule);
         }
     }
-    let mut by_ip_rule = vec![Expr::Payload {
-        base: Base::Network,
-        offset: 16,
-        len: 4,
-        dreg: reg(0),
-    }];
-    by_ip_rule.extend(load_proto_port(1));
-    by_ip_rule.push(Expr::Lookup {
-        set: "service-ips".into(),
-        sreg: reg(0),
-        dreg: Some(REG_VERDICT),
-        invert: false,
-    });
-    b.add_rule(FAMILY, TABLE, "services", &by_ip_rule);
-    let mut by_port_rule = vec![
-        Expr::Payload {
-            base: Base::Network,
-            offset: 16,
-            len: 4,
-            dreg: reg(0),
-        },
-        Expr::Lookup {
-            set: "node-ips".into(),
-            sreg: reg(0),
-            dreg: None,
-            invert: false,
-        },
-    ];
-    by_port_rule.extend(load_proto_port(0));
-    by_port_rule.push(Expr::Lookup {
-        set: "service-nodeports".into(),
-        sreg: reg(0),
-        dreg: Some(REG_VERDICT),
-        invert: false,
-    });
-    b.add_rule(FAMILY, TABLE, "services", &by_port_rule);
+    b.add_rule(
+        FAMILY,
+        TABLE,
+        "services",
+        &by_address("service-ips", Some(REG_VERDICT)),
+    );
+    b.add_rule(
+        FAMILY,
+        TABLE,
+        "services",
+        &by_node_port("service-nodeports", Some(REG_VERDICT)),
+    );
     b
 }
 
