@@ -352,6 +352,7 @@ pub const STRAKE_MODULES: &[(&str, bool)] = &[
     ("nft_numgen", false),
     ("nft_reject", false),
     ("nft_reject_ipv4", false),
+    ("nft_ct", false),
     ("nft_compat", true),
     ("nf_nat", false),
     ("nf_conntrack", false),

@@ -67,6 +67,9 @@ pub struct BootConfig {
     pub extra_modules: Vec<String>,
     /// `host:port` of the cluster API (workers).
     pub api_endpoint: Option<String>,
+    /// How other nodes' pods are reached: `auto`, `host-gw` or `vxlan` (`strake.podnet=`).
+    #[serde(default)]
+    pub pod_network: Option<String>,
     pub debug: bool,
 }
 
@@ -159,6 +162,13 @@ impl BootConfig {
                 "api" => validate_host_port(value_str)
                     .map(|()| cfg.api_endpoint = Some(value_str.to_owned()))
                     .map_err(invalid),
+                "podnet" => match value_str {
+                    "auto" | "host-gw" | "vxlan" => {
+                        cfg.pod_network = Some(value_str.to_owned());
+                        Ok(())
+                    }
+                    _ => Err(invalid("expected auto, host-gw or vxlan".into())),
+                },
                 "debug" => parse_bool(value).map(|b| cfg.debug = b).map_err(invalid),
                 _ => Err(ConfigWarning::UnknownKey {
                     key: key.to_owned(),
@@ -417,7 +427,7 @@ mod tests {
             "console=ttyS0 strake.role=worker strake.hostname=Node-1 strake.token=abc.def \
              strake.registry.insecure=10.0.2.2:5000,reg.local:80 \
              strake.ip=192.168.1.5/24:192.168.1.1:eth1:1.1.1.1,8.8.8.8 strake.modules=vxlan,dm-verity \
-             strake.api=10.0.2.15:6443 strake.debug=1",
+             strake.api=10.0.2.15:6443 strake.podnet=vxlan strake.debug=1",
         );
         assert!(w.is_empty(), "{w:?}");
         assert_eq!(cfg.role, Role::Worker);
@@ -436,6 +446,7 @@ mod tests {
         );
         assert_eq!(cfg.extra_modules, ["vxlan", "dm-verity"]);
         assert_eq!(cfg.api_endpoint.as_deref(), Some("10.0.2.15:6443"));
+        assert_eq!(cfg.pod_network.as_deref(), Some("vxlan"));
         assert!(cfg.debug);
     }
 
@@ -478,6 +489,7 @@ mod tests {
             ("strake.debug=maybe", "strake.debug"),
             ("strake.modules=ok,../etc", "strake.modules"),
             ("strake.token=", "strake.token"),
+            ("strake.podnet=flannel", "strake.podnet"),
         ];
         for (line, key) in cases {
             let (cfg, w) = parse(line);

@@ -34,6 +34,10 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "nft_masq",
     "nft_numgen",
     "nft_reject_ipv4",
+    // NetworkPolicy judges connections by their conntrack tuples.
+    "nft_ct",
+    // Pod traffic to nodes off this node's L2.
+    "vxlan",
     // For the ACPI power button (QEMU's `system_powerdown`): the button driver and its evdev node.
     "button",
     "evdev",

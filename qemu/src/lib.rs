@@ -1,12 +1,17 @@
 //! The VM harness used by `strakectl cluster up` and the end-to-end tests: boots a Strake image
 //! in QEMU (TCG unless KVM is asked for), forwards guest ports to host loopback only, captures the
-//! serial console to a file, and powers the guest off through QMP.
+//! serial console to a file, and powers the guest off through QMP. A [`Lab`] gives a group of
+//! VMs a private network of taps on bridges, inside a network namespace of its own.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod lab;
+
+pub use lab::Lab;
 
 /// Errors of the harness.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +64,24 @@ pub struct PortForward {
     pub guest: u16,
 }
 
+/// One network interface of a VM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Nic {
+    /// QEMU's user-mode networking: the guest is 10.0.2.15, the host's loopback is 10.0.2.2,
+    /// and the listed guest ports are forwarded to the host's 127.0.0.1.
+    User { forwards: Vec<PortForward> },
+    /// A tap device that already exists in the network namespace QEMU runs in (a [`Lab`]'s),
+    /// with the guest's MAC address.
+    Tap { ifname: String, mac: [u8; 6] },
+}
+
+impl Nic {
+    /// User-mode networking with these forwards.
+    pub fn user(forwards: Vec<PortForward>) -> Nic {
+        Nic::User { forwards }
+    }
+}
+
 /// A VM to boot.
 #[derive(Clone, Debug)]
 pub struct VmConfig {
@@ -70,7 +93,8 @@ pub struct VmConfig {
     pub memory_mib: u32,
     pub cpus: u32,
     pub accel: Accel,
-    pub forwards: Vec<PortForward>,
+    /// The guest's interfaces, `eth0` first.
+    pub nics: Vec<Nic>,
     /// Directory for the serial log, QMP socket and pid file.
     pub state_dir: PathBuf,
 }
@@ -104,10 +128,48 @@ impl VmConfig {
                 self.name
             )));
         }
-        let mut netdev = "user,id=net0".to_string();
-        for f in &self.forwards {
-            // Bound to loopback only: nothing outside this machine can reach the guest.
-            netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", f.host, f.guest));
+        let mut net_args = Vec::new();
+        for (i, nic) in self.nics.iter().enumerate() {
+            let (netdev, mac) = match nic {
+                Nic::User { forwards } => {
+                    let mut netdev = format!("user,id=net{i}");
+                    for f in forwards {
+                        // Bound to loopback only: nothing outside this machine can reach the
+                        // guest.
+                        netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", f.host, f.guest));
+                    }
+                    (netdev, None)
+                }
+                Nic::Tap { ifname, mac } => {
+                    if ifname.is_empty()
+                        || ifname.len() > 15
+                        || !ifname
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                    {
+                        return Err(QemuError::Config(format!(
+                            "tap name {ifname:?} must be 1-15 characters of [A-Za-z0-9_-]"
+                        )));
+                    }
+                    if mac[0] & 1 == 1 {
+                        return Err(QemuError::Config(format!(
+                            "MAC {} is a multicast address",
+                            format_mac(mac)
+                        )));
+                    }
+                    (
+                        format!("tap,id=net{i},ifname={ifname},script=no,downscript=no"),
+                        Some(format_mac(mac)),
+                    )
+                }
+            };
+            net_args.push("-netdev".to_string());
+            net_args.push(netdev);
+            net_args.push("-device".to_string());
+            net_args.push(match mac {
+                Some(mac) => format!("virtio-net-pci,netdev=net{i},mac={mac}"),
+                None => format!("virtio-net-pci,netdev=net{i}"),
+            });
         }
         let accel = match self.accel {
             Accel::Tcg => "tcg,thread=multi",
@@ -117,7 +179,7 @@ impl VmConfig {
             .trim()
             .to_string();
         let s = |x: &str| x.to_string();
-        Ok(vec![
+        let mut args = vec![
             s("-name"),
             self.name.clone(),
             s("-machine"),
@@ -140,10 +202,9 @@ impl VmConfig {
             self.initrd.display().to_string(),
             s("-append"),
             cmdline,
-            s("-netdev"),
-            netdev,
-            s("-device"),
-            s("virtio-net-pci,netdev=net0"),
+        ];
+        args.extend(net_args);
+        args.extend([
             s("-device"),
             s("virtio-rng-pci"),
             s("-display"),
@@ -158,8 +219,17 @@ impl VmConfig {
             format!("unix:{},server=on,wait=off", self.qmp_socket().display()),
             s("-no-reboot"),
             s("-nodefaults"),
-        ])
+        ]);
+        Ok(args)
     }
+}
+
+/// `52:54:00:12:34:56` form.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// A running VM.
@@ -249,7 +319,8 @@ impl Vm {
         std::fs::read_to_string(self.cfg.serial_log()).unwrap_or_default()
     }
 
-    fn check_alive(&mut self) -> Result<(), QemuError> {
+    /// Fails with the console's last lines if QEMU has exited.
+    pub fn check_alive(&mut self) -> Result<(), QemuError> {
         if let Some(child) = self.child.as_mut()
             && let Ok(Some(status)) = child.try_wait()
         {
@@ -434,10 +505,10 @@ mod tests {
             memory_mib: 512,
             cpus: 2,
             accel: Accel::Tcg,
-            forwards: vec![PortForward {
+            nics: vec![Nic::user(vec![PortForward {
                 host: 16443,
                 guest: 6443,
-            }],
+            }])],
             state_dir: "/tmp/s".into(),
         }
     }
@@ -449,6 +520,32 @@ mod tests {
         assert!(a.contains("hostfwd=tcp:127.0.0.1:16443-:6443"), "{a}");
         assert!(a.contains("console=ttyS0 panic=-1 strake.token=x"), "{a}");
         assert!(a.contains("-no-reboot"));
+        assert!(a.contains("-netdev user,id=net0,hostfwd"), "{a}");
+    }
+
+    #[test]
+    fn taps_carry_their_mac_and_come_after_user_networking() {
+        let mut c = cfg();
+        c.nics.push(Nic::Tap {
+            ifname: "lab-tap1".into(),
+            mac: [0x52, 0x54, 0, 0x77, 0, 0x0b],
+        });
+        let a = c.args().unwrap().join(" ");
+        assert!(
+            a.contains("-netdev tap,id=net1,ifname=lab-tap1,script=no,downscript=no -device virtio-net-pci,netdev=net1,mac=52:54:00:77:00:0b"),
+            "{a}"
+        );
+        let mut c = cfg();
+        c.nics = vec![Nic::Tap {
+            ifname: "a b".into(),
+            mac: [0x52, 0, 0, 0, 0, 1],
+        }];
+        assert!(c.args().is_err());
+        c.nics = vec![Nic::Tap {
+            ifname: "tap0".into(),
+            mac: [0x01, 0, 0, 0, 0, 1],
+        }];
+        assert!(c.args().unwrap_err().to_string().contains("multicast"));
     }
 
     #[test]

@@ -81,6 +81,49 @@ pub fn kubectl_ok(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Waits (up to `timeout`, failing early if `vm` dies) for the API server at `server` to
+/// answer `/version`, then fetches an admin's credentials with the bootstrap token and writes
+/// a kubeconfig naming the cluster `cluster` to `kubeconfig`. Returns the credentials and the
+/// VM's uptime when the API first answered.
+pub fn bootstrap_admin(
+    rt: &tokio::runtime::Runtime,
+    vm: &mut strake_qemu::Vm,
+    server: &str,
+    token: &strake_pki::BootstrapToken,
+    timeout: Duration,
+    cluster: &str,
+    kubeconfig: &Path,
+) -> anyhow::Result<(strake_kubeclient::Credentials, Duration)> {
+    // Short tries: QEMU's port forward accepts connections before the guest listens, and
+    // those stall.
+    vm.wait_until("the API server to answer /version", timeout, || {
+        rt.block_on(strake_kubeclient::answers_version(
+            server,
+            Duration::from_millis(500),
+        ))
+    })?;
+    let api_ready = vm.uptime();
+    let mut creds = None;
+    vm.wait_until(
+        "the token bootstrap to succeed",
+        Duration::from_secs(60),
+        || {
+            creds = rt
+                .block_on(strake_kubeclient::bootstrap(
+                    server,
+                    token,
+                    "/strake/v1/kubeconfig",
+                    &serde_json::json!({}),
+                ))
+                .ok();
+            creds.is_some()
+        },
+    )?;
+    let creds = creds.context("credentials")?;
+    std::fs::write(kubeconfig, creds.kubeconfig(cluster, server))?;
+    Ok((creds, api_ready))
+}
+
 /// Polls `f` until it yields a value or `timeout` passes; the error names `what`.
 pub fn poll<T>(
     what: &str,
@@ -140,7 +183,14 @@ mod tempdir {
 pub use tempdir::TempDir;
 
 impl Registry {
+    /// A registry on the host's loopback.
     pub fn start() -> anyhow::Result<Registry> {
+        Registry::start_on(std::net::Ipv4Addr::LOCALHOST)
+    }
+
+    /// A registry listening on `ip` (in the calling thread's network namespace: a lab's
+    /// segment address, say, for the lab's VMs to pull from).
+    pub fn start_on(ip: std::net::Ipv4Addr) -> anyhow::Result<Registry> {
         let bin = Path::new("/usr/bin/docker-registry");
         if !bin.exists() {
             bail!(
@@ -153,7 +203,7 @@ impl Registry {
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {ip}:{port}\n",
                 dir.path().join("data").display()
             ),
         )?;
@@ -171,7 +221,7 @@ impl Registry {
             _dir: dir,
         };
         poll("docker-registry to listen", Duration::from_secs(20), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+            std::net::TcpStream::connect((ip, port)).ok()
         })?;
         Ok(reg)
     }

@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use k8s_openapi::api::core::v1::Pod;
 use strake_e2e::{
-    Registry, kubectl, kubectl_ok, kubectl_path, kubectl_with_input, poll, push_busybox,
-    workspace_root,
+    Registry, bootstrap_admin, kubectl, kubectl_ok, kubectl_path, kubectl_with_input, poll,
+    push_busybox, workspace_root,
 };
 use strake_pki::BootstrapToken;
-use strake_qemu::{Accel, PortForward, Vm, VmConfig};
+use strake_qemu::{Accel, Nic, PortForward, Vm, VmConfig};
 
 fn image_dir() -> PathBuf {
     std::env::var_os("STRAKE_IMAGE_DIR")
@@ -58,10 +58,10 @@ fn one_node_cluster_runs_pods_through_kubectl() -> anyhow::Result<()> {
         memory_mib: 2048,
         cpus: 2,
         accel: Accel::from_env(),
-        forwards: vec![PortForward {
+        nics: vec![Nic::user(vec![PortForward {
             host: api_port,
             guest: 6443,
-        }],
+        }])],
         state_dir: state.path().to_path_buf(),
     };
     let console_path = cfg.serial_log();
@@ -105,38 +105,16 @@ fn drive(
     dir: &std::path::Path,
 ) -> anyhow::Result<()> {
     let server = format!("https://127.0.0.1:{api_port}");
-    // API ready = /version answers (the server listens only once the store is up). Short tries:
-    // QEMU's port forward accepts connections before the guest listens, and those stall.
-    vm.wait_until(
-        "the API server to answer /version",
-        Duration::from_secs(180),
-        || {
-            rt.block_on(strake_kubeclient::answers_version(
-                &server,
-                Duration::from_millis(500),
-            ))
-        },
-    )?;
-    let api_ready = vm.uptime();
-    let mut creds = None;
-    vm.wait_until(
-        "the token bootstrap to succeed",
-        Duration::from_secs(60),
-        || {
-            creds = rt
-                .block_on(strake_kubeclient::bootstrap(
-                    &server,
-                    token,
-                    "/strake/v1/kubeconfig",
-                    &serde_json::json!({}),
-                ))
-                .ok();
-            creds.is_some()
-        },
-    )?;
-    let creds = creds.context("credentials")?;
     let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(&kubeconfig, creds.kubeconfig("strake-e2e", &server))?;
+    let (creds, api_ready) = bootstrap_admin(
+        rt,
+        vm,
+        &server,
+        token,
+        Duration::from_secs(180),
+        "strake-e2e",
+        &kubeconfig,
+    )?;
     let client = strake_kubeclient::Client::new(
         &server,
         &creds.ca_pem,

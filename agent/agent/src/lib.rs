@@ -8,11 +8,13 @@ mod events;
 mod lifecycle;
 mod localpath;
 mod logs;
+mod netpol;
 mod node;
 mod pods;
 mod portforward;
 mod probe;
 mod proxy;
+mod routes;
 mod sandbox;
 mod status;
 mod streams;
@@ -82,6 +84,8 @@ pub struct AgentConfig {
     /// Every pod's range (the control plane's `--cluster-cidr`): pods' traffic to it is never
     /// masqueraded.
     pub cluster_cidr: strake_net::Ipv4Net,
+    /// How other nodes' pods are reached: host-gw, VXLAN, or each as fits (auto).
+    pub pod_network_backend: strake_net::routes::Backend,
 }
 
 /// Everything the pod workers share.
@@ -166,6 +170,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     tokio::spawn(node::heartbeat(shared.clone()));
     tokio::spawn(sandbox::run_network(shared.clone()));
     tokio::spawn(proxy::run(shared.clone()));
+    tokio::spawn(netpol::run(shared.clone()));
     tokio::spawn(localpath::run(shared.clone()));
     let log_server = logs::serve(shared.clone(), &creds);
     let pods = pods::run(shared.clone());

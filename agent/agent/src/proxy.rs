@@ -22,9 +22,9 @@ use tokio::sync::Notify;
 use crate::Shared;
 
 /// How long changes gather before the rules are rebuilt.
-const SETTLE: Duration = Duration::from_millis(50);
+pub(crate) const SETTLE: Duration = Duration::from_millis(50);
 
-type Store<K> = Arc<std::sync::Mutex<BTreeMap<String, K>>>;
+pub(crate) type Store<K> = Arc<std::sync::Mutex<BTreeMap<String, K>>>;
 
 fn key_of<K: Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>>(
     obj: &K,
@@ -39,7 +39,7 @@ fn key_of<K: Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::Objec
 
 /// Keeps `store` equal to every object of kind `K` in the cluster: a list, then a watch from
 /// its revision, listing again whenever the watch fails; pokes `changed` on every change.
-async fn reflect<K>(shared: Arc<Shared>, store: Store<K>, changed: Arc<Notify>)
+pub(crate) async fn reflect<K>(shared: Arc<Shared>, store: Store<K>, changed: Arc<Notify>)
 where
     K: Resource
         + ListableResource
@@ -52,7 +52,7 @@ where
         let (items, mut rv) = match shared.client.list::<K>(None, None).await {
             Ok(l) => l,
             Err(e) => {
-                tracing::warn!(kind = K::KIND, error = %e, "listing for the service proxy failed");
+                tracing::warn!(kind = K::KIND, error = %e, "listing failed");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
@@ -192,6 +192,7 @@ pub fn zone(
 /// What the rules are built from: every Service port with a cluster IP or node port, and the
 /// ready IPv4 endpoints its slices name for that port.
 pub fn desired(
+    node_name: &str,
     services: &BTreeMap<String, Service>,
     slices: &BTreeMap<String, EndpointSlice>,
     pod_cidr: Option<Ipv4Net>,
@@ -248,6 +249,7 @@ pub fn desired(
             };
             let port_name = p.name.clone().unwrap_or_default();
             let mut endpoints = Vec::new();
+            let mut local_endpoints = Vec::new();
             for slice in &own_slices {
                 let Some(target) = slice.ports.iter().flatten().find_map(|sp| {
                     (sp.name.clone().unwrap_or_default() == port_name
@@ -268,11 +270,18 @@ pub fn desired(
                     }
                     if let Some(ip) = ep.addresses.first().and_then(|a| a.parse().ok()) {
                         endpoints.push((ip, target));
+                        if ep.node_name.as_deref() == Some(node_name) {
+                            local_endpoints.push((ip, target));
+                        }
                     }
                 }
             }
             endpoints.sort_unstable();
             endpoints.dedup();
+            local_endpoints.sort_unstable();
+            local_endpoints.dedup();
+            let external = matches!(spec.type_.as_deref(), Some("NodePort" | "LoadBalancer"))
+                || spec.external_ips.as_ref().is_some_and(|e| !e.is_empty());
             ports.push(ServicePort {
                 name: format!(
                     "{ns}/{name}:{port_name}/{}",
@@ -284,6 +293,10 @@ pub fn desired(
                 port,
                 node_port,
                 endpoints,
+                local_endpoints,
+                internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+                external_local: external
+                    && spec.external_traffic_policy.as_deref() == Some("Local"),
             });
         }
     }
@@ -358,7 +371,14 @@ pub async fn run(shared: Arc<Shared>) {
             if let Some(z) = zone(&domain, &s, &e) {
                 zone_tx.send_replace(Arc::new(z));
             }
-            let mut want = desired(&s, &e, pod_cidr, shared.cfg.cluster_cidr, node_ips.clone());
+            let mut want = desired(
+                &shared.cfg.node_name,
+                &s,
+                &e,
+                pod_cidr,
+                shared.cfg.cluster_cidr,
+                node_ips.clone(),
+            );
             want.dns = dns;
             want
         };

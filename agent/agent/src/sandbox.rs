@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
+use strake_net::routes::PodRoutes;
 use strake_net::{Ipam, Ipv4Net, NodeNetwork};
 use strake_runtime::{BindMount, Sandbox};
 
@@ -80,8 +81,25 @@ pub async fn run_network(shared: Arc<Shared>) {
                 match cidr {
                     Some(cidr) => {
                         let root = shared.cfg.data_dir.join("ipam");
+                        let backend = shared.cfg.pod_network_backend;
+                        let node_ip = crate::routes::node_ipv4(shared.cfg.node_ip);
                         let made = tokio::task::spawn_blocking(move || {
-                            let node = NodeNetwork::setup(POD_BRIDGE, cidr, None)?;
+                            // Routes to other nodes first: the pods' MTU depends on them.
+                            let routes = match node_ip {
+                                Some(ip) => match PodRoutes::setup(backend, ip, cidr, None) {
+                                    Ok(r) => Some(r),
+                                    Err(e) => {
+                                        tracing::error!(error = %e, "cross-node pod routes are unavailable: pods reach only this node's pods");
+                                        None
+                                    }
+                                },
+                                None => {
+                                    tracing::warn!("no IPv4 node address: pods reach only this node's pods");
+                                    None
+                                }
+                            };
+                            let mtu = routes.as_ref().map(PodRoutes::pod_mtu);
+                            let node = NodeNetwork::setup(POD_BRIDGE, cidr, mtu, None)?;
                             let ipam = Ipam::open(&root, cidr)?;
                             let freed = ipam.retain(|_| false)?;
                             if !freed.is_empty() {
@@ -90,12 +108,15 @@ pub async fn run_network(shared: Arc<Shared>) {
                                     "freed the addresses of an earlier run's pods"
                                 );
                             }
-                            Ok::<_, strake_net::NetError>(PodNetwork { node, ipam })
+                            Ok::<_, strake_net::NetError>((PodNetwork { node, ipam }, routes))
                         })
                         .await;
                         match made {
-                            Ok(Ok(net)) => {
+                            Ok(Ok((net, routes))) => {
                                 shared.network.send_replace(Some(Arc::new(net)));
+                                if let Some(routes) = routes {
+                                    tokio::spawn(crate::routes::run(shared.clone(), routes));
+                                }
                                 return;
                             }
                             Ok(Err(e)) => {

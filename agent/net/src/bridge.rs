@@ -43,7 +43,10 @@ pub fn host_interface(key: &str) -> String {
     format!("veth{}", &hex::encode(Sha256::digest(key.as_bytes()))[..8])
 }
 
-async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<LinkMessage>, NetError> {
+pub(crate) async fn link_by_name(
+    handle: &Handle,
+    name: &str,
+) -> Result<Option<LinkMessage>, NetError> {
     match handle
         .link()
         .get()
@@ -113,12 +116,21 @@ async fn uplink_mtu(handle: &Handle) -> Result<u32, NetError> {
 
 impl NodeNetwork {
     /// Makes sure the bridge `name` exists and is up with the gateway address of `cidr`,
-    /// with the MTU of the node's uplink, and that the node forwards IPv4.
-    pub fn setup(name: &str, cidr: Ipv4Net, host_ns: Option<PathBuf>) -> Result<Self, NetError> {
+    /// with the MTU `mtu` (None: the MTU of the node's uplink), and that the node forwards
+    /// IPv4. Pods get the bridge's MTU.
+    pub fn setup(
+        name: &str,
+        cidr: Ipv4Net,
+        mtu: Option<u32>,
+        host_ns: Option<PathBuf>,
+    ) -> Result<Self, NetError> {
         let cidr = cidr.trunc();
         let gw = gateway(cidr);
         let mtu = in_netns(host_ns.as_deref(), |handle| async move {
-            let mtu = uplink_mtu(&handle).await?;
+            let mtu = match mtu {
+                Some(m) => m,
+                None => uplink_mtu(&handle).await?,
+            };
             if link_by_name(&handle, name).await?.is_none() {
                 handle
                     .link()
@@ -140,8 +152,8 @@ impl NodeNetwork {
                 )))?;
             set(
                 &handle,
-                LinkUnspec::new_with_index(index).up().build(),
-                format!("setting {name} up"),
+                LinkUnspec::new_with_index(index).mtu(mtu).up().build(),
+                format!("setting {name} up with MTU {mtu}"),
             )
             .await?;
             // Per namespace: the thread is in the bridge's.

@@ -7,8 +7,10 @@
 //! - [`Ipam`]: the node's pod addresses, one file per address under a directory on disk
 //!   (named by the address, holding its owner), so an agent restart never hands out an
 //!   address twice, and addresses whose owners are gone are swept.
+//! - [`routes`]: routes to the other nodes' pods, host-gw on a shared L2 and VXLAN otherwise.
 //! - [`services`]: Service routing and masquerade in an nf_tables table of Strake's own, built
 //!   with [`nft`], an nf_tables netlink encoder (no `nft` binary, no C library).
+//! - [`policy`]: NetworkPolicy, judged per connection in a second nf_tables table of its own.
 //! - [`connect_in`]: a TCP connection made from inside a pod's network namespace (what
 //!   port-forward needs, so a server bound to the pod's loopback is reachable).
 //!
@@ -20,6 +22,8 @@
 mod bridge;
 mod ipam;
 pub mod nft;
+pub mod policy;
+pub mod routes;
 pub mod services;
 
 use std::future::Future;

@@ -132,11 +132,27 @@ pub enum MetaKey {
     L4Proto = 16,
 }
 
-/// Conntrack keys (enum nft_ct_keys) Strake reads.
+/// Conntrack keys (enum nft_ct_keys) Strake reads. The tuple keys (`Protocol`, `ProtoSrc`,
+/// `SrcIp`, ...) need a [`CtDir`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CtKey {
     State = 0,
     Status = 2,
+    /// The layer 4 protocol (1 byte).
+    Protocol = 10,
+    /// The layer 4 source port (2 bytes, big-endian).
+    ProtoSrc = 11,
+    ProtoDst = 12,
+    /// The IPv4 source address (4 bytes).
+    SrcIp = 19,
+    DstIp = 20,
+}
+
+/// A conntrack tuple: the connection as first seen, or as its replies come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CtDir {
+    Original = 0,
+    Reply = 1,
 }
 
 /// One expression of a rule.
@@ -160,6 +176,7 @@ pub enum Expr {
     },
     Ct {
         key: CtKey,
+        dir: Option<CtDir>,
         dreg: u32,
     },
     Cmp {
@@ -299,9 +316,12 @@ impl Attrs<'_> {
                     a.u32(2, *key as u32);
                     a.u32(3, *sreg);
                 }
-                Expr::Ct { key, dreg } => {
+                Expr::Ct { key, dir, dreg } => {
                     a.u32(1, *dreg);
                     a.u32(2, *key as u32);
+                    if let Some(d) = dir {
+                        a.put(3, &[*d as u8]);
+                    }
                 }
                 Expr::Cmp { sreg, op, data } => {
                     a.u32(1, *sreg);

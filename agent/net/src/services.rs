@@ -3,7 +3,10 @@
 //! deleted and rebuilt in the same batch), never touching any other table.
 //!
 //! ```text
-//! chain prerouting  { type nat hook prerouting priority -100; jump services }
+//! chain prerouting  { type nat hook prerouting priority -100;
+//!                     ip saddr != <cluster CIDR> meta mark set mark | 0x4000
+//!                     jump services
+//!                     meta mark set mark & ~0x4000 }              # nothing matched
 //! chain output      { type nat hook output priority -100; jump services }
 //! chain postrouting { type nat hook postrouting priority 100;
 //!                     meta mark & 0x4000 == 0x4000 masquerade      # hairpin
@@ -47,7 +50,7 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    fn number(self) -> u8 {
+    pub(crate) fn number(self) -> u8 {
         match self {
             Protocol::Tcp => 6,
             Protocol::Udp => 17,
@@ -78,6 +81,14 @@ pub struct ServicePort {
     pub node_port: Option<u16>,
     /// Ready endpoints: address and target port.
     pub endpoints: Vec<(Ipv4Addr, u16)>,
+    /// The endpoints on this node (a subset of `endpoints`), for the Local traffic policies.
+    pub local_endpoints: Vec<(Ipv4Addr, u16)>,
+    /// `internalTrafficPolicy: Local`: the cluster IP leads only to this node's endpoints.
+    pub internal_local: bool,
+    /// `externalTrafficPolicy: Local`: node ports and external addresses lead only to this
+    /// node's endpoints, without masquerade (the client's address is kept); traffic from
+    /// the cluster's own pods still reaches every endpoint.
+    pub external_local: bool,
 }
 
 /// Everything the table is built from.
@@ -99,7 +110,7 @@ fn short_hash(s: &str) -> String {
     hex::encode(&Sha256::digest(s.as_bytes())[..8])
 }
 
-fn reg(n: u32) -> u32 {
+pub(crate) fn reg(n: u32) -> u32 {
     REG32_00 + n
 }
 
@@ -163,6 +174,37 @@ fn verdict_map(name: &str, key_len: u32) -> Set {
 
 fn svc_chain(sp: &ServicePort) -> String {
     format!("svc-{}", short_hash(&sp.name))
+}
+
+/// The chain (and map) picking among this node's endpoints only.
+fn local_chain(sp: &ServicePort) -> String {
+    format!("svl-{}", short_hash(&sp.name))
+}
+
+/// The chain external traffic enters under `externalTrafficPolicy: Local`.
+fn external_chain(sp: &ServicePort) -> String {
+    format!("ext-{}", short_hash(&sp.name))
+}
+
+impl ServicePort {
+    fn needs_local(&self) -> bool {
+        self.internal_local || self.external_local
+    }
+
+    /// The chain a key of `map` leads to: the cluster IP's (all endpoints, or this node's
+    /// under the internal Local policy), or the external addresses' and node port's (all
+    /// endpoints, or the external chain under the external Local policy).
+    fn target(&self, map: Map, key: &[u8]) -> String {
+        let cluster = map == Map::Ips
+            && self
+                .cluster_ip
+                .is_some_and(|ip| key.starts_with(&ip.octets()));
+        match (cluster, self.internal_local, self.external_local) {
+            (true, true, _) => local_chain(self),
+            (false, _, true) => external_chain(self),
+            _ => svc_chain(self),
+        }
+    }
 }
 
 fn sep_chain(sp: &ServicePort, ip: Ipv4Addr, port: u16) -> String {
@@ -233,50 +275,104 @@ fn held(sp: &ServicePort, claims: &BTreeMap<(Map, Vec<u8>), String>) -> Vec<(Map
         .collect()
 }
 
-/// Adds a port: its chains and map when it has endpoints, and the keys it holds.
-fn add_port(b: &mut Batch, sp: &ServicePort, claims: &BTreeMap<(Map, Vec<u8>), String>) {
-    let chain = svc_chain(sp);
+/// A chain that picks one of `endpoints` at random through a map of the same name (their
+/// endpoint chains must exist), or drops when there are none.
+fn add_picker(b: &mut Batch, sp: &ServicePort, chain: &str, endpoints: &[(Ipv4Addr, u16)]) {
+    b.add_chain(FAMILY, TABLE, chain, None);
+    if endpoints.is_empty() {
+        b.add_rule(
+            FAMILY,
+            TABLE,
+            chain,
+            &[Expr::Immediate {
+                dreg: REG_VERDICT,
+                data: Data::Verdict(Verdict::Drop),
+            }],
+        );
+        return;
+    }
+    b.add_set(FAMILY, TABLE, &verdict_map(chain, 4));
+    let picks: Vec<Element> = endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, (ip, port))| Element {
+            key: (i as u32).to_ne_bytes().to_vec(),
+            data: Some(goto(&sep_chain(sp, *ip, *port))),
+        })
+        .collect();
+    b.add_elements(FAMILY, TABLE, chain, &picks);
+    b.add_rule(
+        FAMILY,
+        TABLE,
+        chain,
+        &[
+            Expr::Numgen {
+                dreg: reg(0),
+                modulus: endpoints.len() as u32,
+            },
+            Expr::Lookup {
+                set: chain.to_string(),
+                sreg: reg(0),
+                dreg: Some(REG_VERDICT),
+                invert: false,
+            },
+        ],
+    );
+}
+
+/// Removes what [`add_picker`] added.
+fn remove_picker(b: &mut Batch, chain: &str, endpoints: &[(Ipv4Addr, u16)]) {
+    b.flush_chain(FAMILY, TABLE, chain);
+    if !endpoints.is_empty() {
+        b.delete_set(FAMILY, TABLE, chain);
+    }
+}
+
+/// Adds a port: its chains and maps when it has endpoints, and the keys it holds.
+fn add_port(
+    b: &mut Batch,
+    sp: &ServicePort,
+    claims: &BTreeMap<(Map, Vec<u8>), String>,
+    cluster_cidr: Ipv4Net,
+) {
     let has_endpoints = !sp.endpoints.is_empty();
     if has_endpoints {
-        b.add_chain(FAMILY, TABLE, &chain, None);
-        b.add_set(FAMILY, TABLE, &verdict_map(&chain, 4));
-        let mut picks = Vec::new();
-        for (i, (ip, port)) in sp.endpoints.iter().enumerate() {
+        for (ip, port) in &sp.endpoints {
             let sep = sep_chain(sp, *ip, *port);
             b.add_chain(FAMILY, TABLE, &sep, None);
             b.add_rule(FAMILY, TABLE, &sep, &hairpin_mark(*ip));
             b.add_rule(FAMILY, TABLE, &sep, &dnat(*ip, *port));
-            picks.push(Element {
-                key: (i as u32).to_ne_bytes().to_vec(),
-                data: Some(goto(&sep)),
-            });
         }
-        b.add_elements(FAMILY, TABLE, &chain, &picks);
-        b.add_rule(
-            FAMILY,
-            TABLE,
-            &chain,
-            &[
-                Expr::Numgen {
-                    dreg: reg(0),
-                    modulus: sp.endpoints.len() as u32,
-                },
-                Expr::Lookup {
-                    set: chain.clone(),
-                    sreg: reg(0),
-                    dreg: Some(REG_VERDICT),
-                    invert: false,
-                },
-            ],
-        );
+        add_picker(b, sp, &svc_chain(sp), &sp.endpoints);
+        if sp.needs_local() {
+            add_picker(b, sp, &local_chain(sp), &sp.local_endpoints);
+        }
+        if sp.external_local {
+            // The cluster's own pods reach every endpoint; anyone else only this node's,
+            // unmasqueraded.
+            let ext = external_chain(sp);
+            b.add_chain(FAMILY, TABLE, &ext, None);
+            let mut from_pods = match_net(12, cluster_cidr, CmpOp::Eq).to_vec();
+            from_pods.push(Expr::Immediate {
+                dreg: REG_VERDICT,
+                data: goto(&svc_chain(sp)),
+            });
+            b.add_rule(FAMILY, TABLE, &ext, &from_pods);
+            let mut rest = set_masq_mark(false).to_vec();
+            rest.push(Expr::Immediate {
+                dreg: REG_VERDICT,
+                data: goto(&local_chain(sp)),
+            });
+            b.add_rule(FAMILY, TABLE, &ext, &rest);
+        }
     }
     for map in [Map::Ips, Map::NodePorts] {
         let elems: Vec<Element> = held(sp, claims)
             .into_iter()
             .filter(|(m, _)| *m == map)
-            .map(|(_, key)| Element {
+            .map(|(m, key)| Element {
+                data: has_endpoints.then(|| goto(&sp.target(m, &key))),
                 key,
-                data: has_endpoints.then(|| goto(&chain)),
             })
             .collect();
         b.add_elements(FAMILY, TABLE, map.set(has_endpoints), &elems);
@@ -298,15 +394,28 @@ fn remove_port(b: &mut Batch, sp: &ServicePort, claims: &BTreeMap<(Map, Vec<u8>)
     if sp.endpoints.is_empty() {
         return;
     }
-    let chain = svc_chain(sp);
-    b.flush_chain(FAMILY, TABLE, &chain);
-    b.delete_set(FAMILY, TABLE, &chain);
+    // What refers to a chain goes before it: the external chain (to both pickers), the
+    // pickers' rules and maps (to the endpoint chains), then the chains themselves.
+    let mut chains = Vec::new();
+    if sp.external_local {
+        let ext = external_chain(sp);
+        b.flush_chain(FAMILY, TABLE, &ext);
+        chains.push(ext);
+    }
+    if sp.needs_local() {
+        remove_picker(b, &local_chain(sp), &sp.local_endpoints);
+        chains.push(local_chain(sp));
+    }
+    remove_picker(b, &svc_chain(sp), &sp.endpoints);
+    chains.push(svc_chain(sp));
+    for chain in &chains {
+        b.delete_chain(FAMILY, TABLE, chain);
+    }
     for (ip, port) in &sp.endpoints {
         let sep = sep_chain(sp, *ip, *port);
         b.flush_chain(FAMILY, TABLE, &sep);
         b.delete_chain(FAMILY, TABLE, &sep);
     }
-    b.delete_chain(FAMILY, TABLE, &chain);
 }
 
 /// The changes that take the table from `old` to `new`: only the ports that changed are
@@ -348,7 +457,7 @@ pub fn update(old: &Desired, new: &Desired) -> Option<Batch> {
     }
     for name in &touched {
         if let Some(sp) = after.get(*name) {
-            add_port(&mut b, sp, &new_claims);
+            add_port(&mut b, sp, &new_claims, new.cluster_cidr);
         }
     }
     Some(b)
@@ -371,6 +480,27 @@ fn hairpin_mark(ip: Ipv4Addr) -> [Expr; 4] {
         Expr::Immediate {
             dreg: reg(1),
             data: Data::Value(MASQ_MARK.to_ne_bytes().to_vec()),
+        },
+        Expr::MetaSet {
+            key: MetaKey::Mark,
+            sreg: reg(1),
+        },
+    ]
+}
+
+/// `meta mark set mark | 0x4000` (or `& ~0x4000` when `on` is false): the masquerade bit,
+/// leaving the mark's other bits alone.
+fn set_masq_mark(on: bool) -> [Expr; 3] {
+    [
+        Expr::Meta {
+            key: MetaKey::Mark,
+            dreg: reg(1),
+        },
+        Expr::Bitwise {
+            sreg: reg(1),
+            dreg: reg(1),
+            mask: (!MASQ_MARK).to_ne_bytes().to_vec(),
+            xor: if on { MASQ_MARK } else { 0 }.to_ne_bytes().to_vec(),
         },
         Expr::MetaSet {
             key: MetaKey::Mark,
@@ -462,7 +592,17 @@ pub fn build(d: &Desired) -> Batch {
         dreg: REG_VERDICT,
         data: Data::Verdict(Verdict::Jump("services".into())),
     }];
+    // Traffic from outside the cluster that a Service sends on is masqueraded, as kube-proxy
+    // does (off-cluster traffic to a cluster IP; node ports, external IPs and load balancer
+    // addresses with the Cluster traffic policy): its endpoint may be on another node, whose
+    // reply would otherwise go straight to the client from an address it never spoke to. The
+    // mark is set before the lookup and cleared again when nothing matched (a DNAT ends the
+    // chain), so it only stays on service traffic.
+    let mut outside = match_net(12, d.cluster_cidr, CmpOp::Neq).to_vec();
+    outside.extend(set_masq_mark(true));
+    b.add_rule(FAMILY, TABLE, "prerouting", &outside);
     b.add_rule(FAMILY, TABLE, "prerouting", &jump_services);
+    b.add_rule(FAMILY, TABLE, "prerouting", &set_masq_mark(false));
     b.add_rule(FAMILY, TABLE, "output", &jump_services);
     b.add_rule(
         FAMILY,
@@ -535,7 +675,7 @@ pub fn build(d: &Desired) -> Batch {
     let claims = claims(d);
     // Ports sorted by name, so a rebuild from the same state is the same batch.
     for sp in sorted(d) {
-        add_port(&mut b, sp, &claims);
+        add_port(&mut b, sp, &claims, d.cluster_cidr);
     }
     let node_ips: Vec<Element> = d
         .node_ips

@@ -49,11 +49,11 @@ fn pods_on_the_bridge_reach_each_other_and_the_node_reaches_them() {
     let b = Sandbox::create(&dirs[2], "b").unwrap();
 
     let cidr = "10.99.7.0/24".parse().unwrap();
-    let net = NodeNetwork::setup("strake0", cidr, Some(node.net.clone())).unwrap();
+    let net = NodeNetwork::setup("strake0", cidr, None, Some(node.net.clone())).unwrap();
     assert_eq!(net.gateway(), Ipv4Addr::new(10, 99, 7, 1));
     assert_eq!(net.mtu(), 1500, "no uplink in the test namespace");
     // Setting up again (an agent restart) is fine.
-    NodeNetwork::setup("strake0", cidr, Some(node.net.clone())).unwrap();
+    NodeNetwork::setup("strake0", cidr, None, Some(node.net.clone())).unwrap();
 
     let ipam = Ipam::open(&tmp.path().join("ipam"), cidr).unwrap();
     let ip_a = ipam.allocate("uid-a").unwrap();

@@ -1,7 +1,7 @@
 //! Service routing for real, inside network namespaces this test creates: a "node" with the
 //! pod bridge and a second bridge to an "outside" client, two pods, and Strake's nf_tables
 //! table programmed in the node's namespace through netlink. Traffic to a cluster IP reaches a
-//! ready endpoint, a node port answers from outside, a pod reaching itself through its Service
+//! ready endpoint, a node port answers from outside (masqueraded), a pod reaching itself through its Service
 //! is masqueraded, pods' traffic leaving the cluster is masqueraded, a port without endpoints
 //! is refused, rules follow endpoint changes (incrementally), and removing the table removes
 //! it all. Needs root; never touches the host's own network.
@@ -62,14 +62,14 @@ fn cluster_ips_node_ports_and_masquerade() {
     let client = Sandbox::create(&dirs[3], "client").unwrap();
 
     let pods = "10.99.7.0/24".parse().unwrap();
-    let net = NodeNetwork::setup("strake0", pods, Some(node.net.clone())).unwrap();
+    let net = NodeNetwork::setup("strake0", pods, None, Some(node.net.clone())).unwrap();
     let ipam = Ipam::open(&tmp.path().join("ipam"), pods).unwrap();
     let (ip_a, ip_b) = (ipam.allocate("a").unwrap(), ipam.allocate("b").unwrap());
     net.attach(&a.net, "a", ip_a).unwrap();
     net.attach(&b.net, "b", ip_b).unwrap();
     // The world outside the cluster: a client on another link of the node (TEST-NET-3).
     let outside = "203.0.113.0/24".parse().unwrap();
-    let uplink = NodeNetwork::setup("outside0", outside, Some(node.net.clone())).unwrap();
+    let uplink = NodeNetwork::setup("outside0", outside, None, Some(node.net.clone())).unwrap();
     let client_ip = Ipv4Addr::new(203, 0, 113, 2);
     uplink.attach(&client.net, "client", client_ip).unwrap();
     // The node's default route leads outside, as a real node's does.
@@ -85,6 +85,9 @@ fn cluster_ips_node_ports_and_masquerade() {
         port: 80,
         node_port: Some(30080),
         endpoints,
+        local_endpoints: Vec::new(),
+        internal_local: false,
+        external_local: false,
     };
     let mut desired = Desired {
         pod_cidr: Some(pods),
@@ -100,6 +103,9 @@ fn cluster_ips_node_ports_and_masquerade() {
                 port: 80,
                 node_port: None,
                 endpoints: Vec::new(),
+                local_endpoints: Vec::new(),
+                internal_local: false,
+                external_local: false,
             },
         ],
         dns: Some((Ipv4Addr::new(10, 100, 0, 53), net.gateway())),
@@ -110,21 +116,41 @@ fn cluster_ips_node_ports_and_masquerade() {
 
     let server = serve_in(&a.net, 8080, "a", 5);
     let to_service = SocketAddr::from((cluster_ip, 80));
+    // Traffic from outside the cluster is masqueraded (its endpoint could be on another
+    // node): the pod sees the node's address on its bridge.
     let got = ask(&client.net, to_service, LONG).unwrap();
-    assert_eq!(got, format!("a {client_ip}"), "a cluster IP from outside");
+    assert_eq!(
+        got,
+        format!("a {}", net.gateway()),
+        "a cluster IP from outside"
+    );
     let got = ask(
         &client.net,
         SocketAddr::from((uplink.gateway(), 30080)),
         LONG,
     )
     .unwrap();
-    assert_eq!(got, format!("a {client_ip}"), "a node port from outside");
+    assert_eq!(
+        got,
+        format!("a {}", net.gateway()),
+        "a node port from outside"
+    );
     let got = ask(&client.net, SocketAddr::from((uplink.gateway(), 80)), LONG).unwrap();
     assert_eq!(
         got,
-        format!("a {client_ip}"),
+        format!("a {}", net.gateway()),
         "the service port on an external address"
     );
+    // The masquerade bit does not stay on traffic no Service took: a client reaching a pod
+    // directly keeps its own address.
+    let direct = serve_in(&a.net, 8090, "a", 1);
+    let got = ask(&client.net, SocketAddr::from((ip_a, 8090)), LONG).unwrap();
+    assert_eq!(
+        got,
+        format!("a {client_ip}"),
+        "routed to a pod, not masqueraded"
+    );
+    direct.join().unwrap();
     // A pod reaching itself through its Service is masqueraded, or the reply would go astray.
     let got = ask(&a.net, to_service, LONG).unwrap();
     assert_eq!(got, format!("a {}", net.gateway()), "hairpin");
@@ -197,6 +223,9 @@ fn cluster_ips_node_ports_and_masquerade() {
         port: 80,
         node_port: None,
         endpoints: vec![(ip_a, 8080)],
+        local_endpoints: Vec::new(),
+        internal_local: false,
+        external_local: false,
     });
     assert!(services::sync_from(Some(&before), &desired, Some(&node.net)).unwrap());
     assert!(services::sync_from(Some(&desired), &desired, Some(&node.net)).unwrap());
@@ -204,6 +233,93 @@ fn cluster_ips_node_ports_and_masquerade() {
     let got = ask(&client.net, SocketAddr::from((empty_ip, 80)), LONG).unwrap();
     assert!(got.starts_with("a "), "the added port: {got}");
     late.join().unwrap();
+    // Traffic policies. externalTrafficPolicy Local keeps the client's address and leads
+    // only to this node's endpoints (pods still reach every endpoint); a port whose
+    // endpoints are all on other nodes answers nothing from outside, and under
+    // internalTrafficPolicy Local nothing on its cluster IP either.
+    let before = desired.clone();
+    let (local_ip, remote_ip) = (Ipv4Addr::new(10, 100, 0, 12), Ipv4Addr::new(10, 100, 0, 13));
+    let elsewhere = (Ipv4Addr::new(10, 99, 8, 7), 8080);
+    let policy_port = |name: &str,
+                       ip,
+                       node_port,
+                       endpoints: Vec<(Ipv4Addr, u16)>,
+                       local: Vec<(Ipv4Addr, u16)>,
+                       internal| ServicePort {
+        name: name.into(),
+        cluster_ip: Some(ip),
+        external_ips: Vec::new(),
+        protocol: Protocol::Tcp,
+        port: 80,
+        node_port: Some(node_port),
+        endpoints,
+        local_endpoints: local,
+        internal_local: internal,
+        external_local: true,
+    };
+    desired.services.push(policy_port(
+        "t/local:/TCP",
+        local_ip,
+        30090,
+        vec![(ip_a, 8080)],
+        vec![(ip_a, 8080)],
+        false,
+    ));
+    desired.services.push(policy_port(
+        "t/remote:/TCP",
+        remote_ip,
+        30091,
+        vec![elsewhere],
+        vec![],
+        true,
+    ));
+    assert!(services::sync_from(Some(&before), &desired, Some(&node.net)).unwrap());
+    let server = serve_in(&a.net, 8080, "a", 2);
+    let got = ask(
+        &client.net,
+        SocketAddr::from((uplink.gateway(), 30090)),
+        LONG,
+    )
+    .unwrap();
+    assert_eq!(
+        got,
+        format!("a {client_ip}"),
+        "Local: the client's address is kept"
+    );
+    let got = ask(&b.net, SocketAddr::from((uplink.gateway(), 30090)), LONG).unwrap();
+    assert_eq!(
+        got,
+        format!("a {ip_b}"),
+        "Local: a pod through the node port"
+    );
+    server.join().unwrap();
+    let short = Duration::from_millis(800);
+    assert!(
+        ask(
+            &client.net,
+            SocketAddr::from((uplink.gateway(), 30091)),
+            short
+        )
+        .is_err(),
+        "Local without a local endpoint: nothing answers from outside"
+    );
+    assert!(
+        ask(&b.net, SocketAddr::from((remote_ip, 80)), short).is_err(),
+        "internal Local without a local endpoint: the cluster IP answers nothing"
+    );
+    // Taken out again, incrementally.
+    let before = desired.clone();
+    desired.services.truncate(desired.services.len() - 2);
+    assert!(services::sync_from(Some(&before), &desired, Some(&node.net)).unwrap());
+    assert!(
+        ask(
+            &client.net,
+            SocketAddr::from((uplink.gateway(), 30090)),
+            short
+        )
+        .is_err(),
+        "the Local port is gone"
+    );
     // The node's addresses changed: the whole table is rebuilt.
     let before = desired.clone();
     desired.node_ips.pop();

@@ -44,6 +44,9 @@ fn desired(services: usize, endpoints: usize, shift: u32) -> Desired {
                         )
                     })
                     .collect(),
+                local_endpoints: Vec::new(),
+                internal_local: false,
+                external_local: false,
             }
         })
         .collect();

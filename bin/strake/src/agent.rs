@@ -42,6 +42,11 @@ pub struct Args {
     /// masqueraded.
     #[arg(long, default_value = "10.244.0.0/16")]
     cluster_cidr: strake_net::Ipv4Net,
+    /// How other nodes' pods are reached: `host-gw` (routes through their addresses; every
+    /// node on one L2), `vxlan` (a tunnel), or `auto` (host-gw to nodes on this node's L2,
+    /// VXLAN to the rest). The boot configuration's `strake.podnet=` overrides it.
+    #[arg(long, default_value = "auto")]
+    pod_network_backend: strake_net::routes::Backend,
     /// Registries that may be reached over plain HTTP (host:port).
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
@@ -149,6 +154,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         cluster_dns: args.cluster_dns,
         cluster_domain: args.cluster_domain,
         cluster_cidr: args.cluster_cidr,
+        pod_network_backend: match boot.as_ref().and_then(|b| b.pod_network.as_deref()) {
+            Some(b) => b
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("strake.podnet: {e}"))?,
+            None => args.pod_network_backend,
+        },
         registry: strake_oci::RegistryConfig {
             insecure,
             ..Default::default()

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use strake_pki::BootstrapToken;
-use strake_qemu::{Accel, PortForward, Vm, VmConfig};
+use strake_qemu::{Accel, Nic, PortForward, Vm, VmConfig};
 
 #[derive(Parser)]
 #[command(
@@ -236,10 +236,10 @@ fn cluster_up(
         memory_mib: memory,
         cpus,
         accel: Accel::from_env(),
-        forwards: vec![PortForward {
+        nics: vec![Nic::user(vec![PortForward {
             host: api_port,
             guest: 6443,
-        }],
+        }])],
         state_dir: state_dir.to_path_buf(),
     };
     let console = cfg.serial_log();
