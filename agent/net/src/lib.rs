@@ -119,6 +119,81 @@ where
     })
 }
 
+/// Joins the network namespaces `a` and `b` with a veth pair named `name` on both sides,
+/// holding `a_addr` and `b_addr`, both up: two machines on one link, for tests and benches.
+pub fn link_namespaces(
+    a: &Path,
+    b: &Path,
+    name: &str,
+    a_addr: Ipv4Net,
+    b_addr: Ipv4Net,
+) -> Result<(), NetError> {
+    let peer = format!("{}-peer", &name[..name.len().min(10)]);
+    let b_file = std::fs::File::open(b).map_err(|source| NetError::Io {
+        op: "opening",
+        path: b.to_owned(),
+        source,
+    })?;
+    let address = |handle: rtnetlink::Handle, link: String, addr: Ipv4Net, rename: bool| async move {
+        let index = bridge::link_by_name(&handle, &link)
+            .await?
+            .map(|l| l.header.index)
+            .ok_or_else(|| NetError::Netlink {
+                op: format!("finding {link}"),
+                message: "no such device".into(),
+            })?;
+        let mut msg = rtnetlink::LinkUnspec::new_with_index(index).up();
+        if rename {
+            msg = msg.name(name.to_string());
+        }
+        handle
+            .link()
+            .set(msg.build())
+            .execute()
+            .await
+            .map_err(netlink(format!("setting {link} up")))?;
+        handle
+            .address()
+            .add(index, addr.addr().into(), addr.prefix_len())
+            .execute()
+            .await
+            .map_err(netlink(format!("adding {addr} to {link}")))
+    };
+    in_netns(Some(a), |handle| {
+        let peer = peer.clone();
+        async move {
+            use std::os::fd::AsRawFd as _;
+            handle
+                .link()
+                .add(rtnetlink::LinkVeth::new(name, &peer).build())
+                .execute()
+                .await
+                .map_err(netlink(format!("creating veth pair {name}/{peer}")))?;
+            let index = bridge::link_by_name(&handle, &peer)
+                .await?
+                .map(|l| l.header.index)
+                .ok_or_else(|| NetError::Netlink {
+                    op: format!("finding {peer}"),
+                    message: "no such device".into(),
+                })?;
+            handle
+                .link()
+                .set(
+                    rtnetlink::LinkUnspec::new_with_index(index)
+                        .setns_by_fd(b_file.as_raw_fd())
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(netlink(format!("moving {peer}")))?;
+            address(handle, name.to_string(), a_addr, false).await
+        }
+    })?;
+    in_netns(Some(b), |handle| {
+        address(handle, peer.clone(), b_addr, true)
+    })
+}
+
 /// Opens a TCP connection to `addr` from inside the network namespace at `netns`. The socket
 /// stays in that namespace whichever thread uses it afterwards.
 pub fn connect_in(netns: &Path, addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::{Namespaces, serve_in};
 use strake_net::routes::{Backend, Peer, PodRoutes, VXLAN_DEVICE};
-use strake_net::{Ipam, Ipv4Net, NodeNetwork, connect_in};
+use strake_net::{Ipam, Ipv4Net, NodeNetwork, connect_in, link_namespaces};
 use strake_runtime::Sandbox;
 
 fn ask(from: &Path, to: SocketAddr) -> std::io::Result<String> {
@@ -34,111 +34,6 @@ fn answer(
     serve_in(netns, port, count, move |mut s, peer| {
         let _ = s.write_all(format!("{name} {}", peer.ip()).as_bytes());
     })
-}
-
-/// A veth pair between the namespaces `a` and `b`, named `wire` on both sides, with `ip_a` and
-/// `ip_b` (/24) and up.
-fn wire(a: &Path, b: &Path, ip_a: Ipv4Addr, ip_b: Ipv4Addr) {
-    let (a, b) = (a.to_owned(), b.to_owned());
-    std::thread::spawn(move || {
-        let enter = |p: &Path| {
-            let f = std::fs::File::open(p).unwrap();
-            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        };
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-            .unwrap();
-        let b_file = std::fs::File::open(&b).unwrap();
-        enter(&a);
-        rt.block_on(async {
-            use futures::TryStreamExt as _;
-            use std::os::fd::AsRawFd as _;
-            let (conn, handle, _) = rtnetlink::new_connection().unwrap();
-            tokio::spawn(conn);
-            handle
-                .link()
-                .add(rtnetlink::LinkVeth::new("wire", "wire-b").build())
-                .execute()
-                .await
-                .unwrap();
-            let index = |name: &'static str| {
-                let handle = handle.clone();
-                async move {
-                    handle
-                        .link()
-                        .get()
-                        .match_name(name.to_string())
-                        .execute()
-                        .try_next()
-                        .await
-                        .unwrap()
-                        .unwrap()
-                        .header
-                        .index
-                }
-            };
-            let peer = index("wire-b").await;
-            handle
-                .link()
-                .set(
-                    rtnetlink::LinkUnspec::new_with_index(peer)
-                        .setns_by_fd(b_file.as_raw_fd())
-                        .build(),
-                )
-                .execute()
-                .await
-                .unwrap();
-            let me = index("wire").await;
-            handle
-                .address()
-                .add(me, ip_a.into(), 24)
-                .execute()
-                .await
-                .unwrap();
-            handle
-                .link()
-                .set(rtnetlink::LinkUnspec::new_with_index(me).up().build())
-                .execute()
-                .await
-                .unwrap();
-        });
-        enter(&b);
-        rt.block_on(async {
-            use futures::TryStreamExt as _;
-            let (conn, handle, _) = rtnetlink::new_connection().unwrap();
-            tokio::spawn(conn);
-            let link = handle
-                .link()
-                .get()
-                .match_name("wire-b".to_string())
-                .execute()
-                .try_next()
-                .await
-                .unwrap()
-                .unwrap();
-            let i = link.header.index;
-            handle
-                .link()
-                .set(
-                    rtnetlink::LinkUnspec::new_with_index(i)
-                        .name("wire".to_string())
-                        .up()
-                        .build(),
-                )
-                .execute()
-                .await
-                .unwrap();
-            handle
-                .address()
-                .add(i, ip_b.into(), 24)
-                .execute()
-                .await
-                .unwrap();
-        });
-    })
-    .join()
-    .unwrap();
 }
 
 /// Whether a link named `name` exists in `netns`.
@@ -206,7 +101,14 @@ fn pods_on_two_nodes_reach_each_other_host_gw_and_over_vxlan() {
     // The pods get the MTU the routes call for (the agent asks PodRoutes first).
     let n1 = node(tmp.path(), "n1", ip1, "10.98.1.0/24", Some(1450));
     let n2 = node(tmp.path(), "n2", ip2, "10.98.2.0/24", Some(1450));
-    wire(&n1.ns.net, &n2.ns.net, ip1, ip2);
+    link_namespaces(
+        &n1.ns.net,
+        &n2.ns.net,
+        "wire",
+        Ipv4Net::new(ip1, 24).unwrap(),
+        Ipv4Net::new(ip2, 24).unwrap(),
+    )
+    .unwrap();
 
     // Without routes, n1's pod cannot reach n2's.
     let to_2 = SocketAddr::from((n2.pod_ip, 8080));

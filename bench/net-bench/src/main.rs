@@ -2,7 +2,11 @@
 //! bench creates (the host's own rules are never touched). It builds the table for N Services
 //! with M ready endpoints each, programs it whole (what the agent does on start), then changes
 //! one endpoint and programs again (what the agent does on a change), several rounds each,
-//! and prints the times with issue 14's targets beside them. Needs root.
+//! and prints the times with issue 14's targets beside them. Then it measures pod-to-pod
+//! traffic across two namespaced nodes, host-gw and VXLAN, with and without a Service
+//! (`traffic.rs`). Needs root.
+
+mod traffic;
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -21,6 +25,12 @@ struct Args {
     endpoints: usize,
     #[arg(long, default_value_t = 5)]
     rounds: usize,
+    /// Round trips per path in the traffic part.
+    #[arg(long, default_value_t = 20_000)]
+    round_trips: usize,
+    /// Megabytes of bulk transfer per path in the traffic part.
+    #[arg(long, default_value_t = 1024)]
+    megabytes: usize,
 }
 
 fn desired(services: usize, endpoints: usize, shift: u32) -> Desired {
@@ -105,7 +115,9 @@ fn main() -> anyhow::Result<()> {
         Ok(())
     })();
     let _ = Sandbox::remove(&dir);
-    result
+    result?;
+    println!();
+    traffic::run(args.round_trips, args.megabytes)
 }
 
 fn nix_is_root() -> bool {
