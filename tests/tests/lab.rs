@@ -336,6 +336,33 @@ fn cross_node_scenarios(
             m.name
         );
     }
+    // Session affinity: the same client (lab-w2's pod) keeps one endpoint.
+    k(&[
+        "patch",
+        "service",
+        "web",
+        "-p",
+        r#"{"spec":{"sessionAffinity":"ClientIP"}}"#,
+    ])?;
+    let sticky_script = format!(
+        "i=0; while [ $i -lt 12 ]; do timeout 5 wget -qO- http://{cluster_ip}/; i=$((i+1)); done"
+    );
+    poll(
+        "sessionAffinity ClientIP to keep lab-w2 on one endpoint",
+        Duration::from_secs(60),
+        || {
+            let out = k(&["exec", "web-lab-w2", "--", "sh", "-c", &sticky_script]).ok()?;
+            let names: std::collections::BTreeSet<&str> = out.split_whitespace().collect();
+            (names.len() == 1 && out.split_whitespace().count() == 12).then_some(())
+        },
+    )?;
+    k(&[
+        "patch",
+        "service",
+        "web",
+        "-p",
+        r#"{"spec":{"sessionAffinity":"None"}}"#,
+    ])?;
     // Cluster DNS on the workers: the Service by its short name (the search list) and in
     // full, and the API's. busybox's nslookup exits 1 when any search domain has no answer,
     // so its output is what counts.
@@ -363,7 +390,9 @@ fn cross_node_scenarios(
         api.contains("10.96.0.1"),
         "nslookup kubernetes.default on lab-w2: {api}"
     );
-    eprintln!("lab scenarios: a ClusterIP over three nodes, cluster DNS on the workers: ok");
+    eprintln!(
+        "lab scenarios: a ClusterIP over three nodes, session affinity, cluster DNS on the workers: ok"
+    );
 
     // A NodePort answers on every node's address from the lab's side, whichever node the
     // endpoint it picks is on (the node masquerades, so the reply finds its way back).

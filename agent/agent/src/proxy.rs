@@ -297,6 +297,16 @@ pub fn desired(
                 internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
                 external_local: external
                     && spec.external_traffic_policy.as_deref() == Some("Local"),
+                affinity_timeout: (spec.session_affinity.as_deref() == Some("ClientIP")).then(
+                    || {
+                        spec.session_affinity_config
+                            .as_ref()
+                            .and_then(|c| c.client_ip.as_ref())
+                            .and_then(|c| c.timeout_seconds)
+                            .and_then(|t| u32::try_from(t).ok())
+                            .unwrap_or(10_800)
+                    },
+                ),
             });
         }
     }

@@ -217,6 +217,11 @@ pub enum Expr {
     /// ICMP port unreachable (a refused connection).
     Reject,
     Counter,
+    /// Adds the key in `sreg` to `set` (a set with a timeout), or refreshes its timeout.
+    DynsetUpdate {
+        set: String,
+        sreg: u32,
+    },
 }
 
 /// A set or map.
@@ -227,6 +232,9 @@ pub struct Set {
     pub key_len: u32,
     /// For a map: the data type (DATA_VERDICT, or a value type) and its length.
     pub data: Option<(u32, u32)>,
+    /// Elements expire this long after they were last added or updated (a set the rules
+    /// update, as session affinity's).
+    pub timeout_ms: Option<u64>,
 }
 
 /// One element: a key and, in a map, its data.
@@ -293,6 +301,7 @@ impl Attrs<'_> {
             Expr::Masquerade => "masq",
             Expr::Reject => "reject",
             Expr::Counter => "counter",
+            Expr::DynsetUpdate { .. } => "dynset",
         };
         self.nest(1, |a| {
             a.str(1, name);
@@ -376,6 +385,11 @@ impl Attrs<'_> {
                 Expr::Reject => {
                     a.u32(1, 0); // NFT_REJECT_ICMP_UNREACH
                     a.put(2, &[3]); // port unreachable
+                }
+                Expr::DynsetUpdate { set, sreg } => {
+                    a.str(1, set);
+                    a.u32(3, 1); // NFT_DYNSET_OP_UPDATE
+                    a.u32(4, *sreg);
                 }
                 Expr::Masquerade | Expr::Counter => {}
             });
@@ -541,7 +555,14 @@ impl Batch {
         self.nft(NEWSET, NLM_F_CREATE | NLM_F_EXCL, family, |a| {
             a.str(1, table);
             a.str(2, &set.name);
-            a.u32(3, if set.data.is_some() { 0x8 } else { 0 });
+            let map = if set.data.is_some() { 0x8 } else { 0 };
+            // NFT_SET_TIMEOUT | NFT_SET_EVAL: elements expire and rules may add them.
+            let dynamic = if set.timeout_ms.is_some() {
+                0x10 | 0x20
+            } else {
+                0
+            };
+            a.u32(3, map | dynamic);
             a.u32(4, 0);
             a.u32(5, set.key_len);
             if let Some((ty, len)) = set.data {
@@ -549,6 +570,9 @@ impl Batch {
                 a.u32(7, len);
             }
             a.u32(10, id);
+            if let Some(ms) = set.timeout_ms {
+                a.put(11, &ms.to_be_bytes());
+            }
         });
         self
     }

@@ -204,6 +204,7 @@ fn add_chain(b: &mut Batch, dir: Direction, pod: &Isolation, allows: &[Allow]) -
                             name: set.clone(),
                             key_len: 4,
                             data: None,
+                            timeout_ms: None,
                         },
                     );
                     let elems: Vec<Element> = peers
@@ -260,6 +261,7 @@ pub fn build(d: &Desired) -> Batch {
                 name: name.into(),
                 key_len: 4,
                 data: Some((DATA_VERDICT, 0)),
+                timeout_ms: None,
             },
         );
     }

@@ -19,6 +19,14 @@
 //!                     dnat to <endpoint>:<port> }
 //! ```
 //!
+//! With session affinity, each endpoint chain first does `update @aff-<h> { ip saddr }` (a
+//! set whose elements time out after `timeoutSeconds`) and each picker first sends a client
+//! found in an endpoint's set straight back to that endpoint:
+//!
+//! ```text
+//! chain svc-<h>     { ip saddr @aff-<h1> goto sep-<h1> ...; numgen random mod N vmap @svc-<h> }
+//! ```
+//!
 //! A service port without ready endpoints is refused at once (ICMP port unreachable), from
 //! filter chains (`filter-forward`, `filter-output`, `filter-input`) looking its address and
 //! port up in `no-endpoints` and `no-endpoint-nodeports`.
@@ -89,6 +97,9 @@ pub struct ServicePort {
     /// node's endpoints, without masquerade (the client's address is kept); traffic from
     /// the cluster's own pods still reaches every endpoint.
     pub external_local: bool,
+    /// `sessionAffinity: ClientIP`: a client keeps its endpoint for this many seconds after
+    /// its last new connection.
+    pub affinity_timeout: Option<u32>,
 }
 
 /// Everything the table is built from.
@@ -169,6 +180,7 @@ fn verdict_map(name: &str, key_len: u32) -> Set {
         name: name.to_string(),
         key_len,
         data: Some((DATA_VERDICT, 0)),
+        timeout_ms: None,
     }
 }
 
@@ -204,6 +216,21 @@ impl ServicePort {
             (false, _, true) => external_chain(self),
             _ => svc_chain(self),
         }
+    }
+}
+
+/// The set of clients that stick to an endpoint (session affinity).
+fn affinity_set(sp: &ServicePort, ip: Ipv4Addr, port: u16) -> String {
+    format!("aff-{}", short_hash(&format!("{}/{ip}:{port}", sp.name)))
+}
+
+/// `ip saddr` into `reg`.
+fn saddr(reg: u32) -> Expr {
+    Expr::Payload {
+        base: Base::Network,
+        offset: 12,
+        len: 4,
+        dreg: reg,
     }
 }
 
@@ -291,6 +318,24 @@ fn add_picker(b: &mut Batch, sp: &ServicePort, chain: &str, endpoints: &[(Ipv4Ad
         );
         return;
     }
+    // Session affinity: a client seen lately goes back to the endpoint it had.
+    if sp.affinity_timeout.is_some() {
+        for (ip, port) in endpoints {
+            b.add_rule(
+                FAMILY,
+                TABLE,
+                chain,
+                &[
+                    saddr(reg(0)),
+                    lookup(&affinity_set(sp, *ip, *port), reg(0), None),
+                    Expr::Immediate {
+                        dreg: REG_VERDICT,
+                        data: goto(&sep_chain(sp, *ip, *port)),
+                    },
+                ],
+            );
+        }
+    }
     b.add_set(FAMILY, TABLE, &verdict_map(chain, 4));
     let picks: Vec<Element> = endpoints
         .iter()
@@ -340,6 +385,25 @@ fn add_port(
         for (ip, port) in &sp.endpoints {
             let sep = sep_chain(sp, *ip, *port);
             b.add_chain(FAMILY, TABLE, &sep, None);
+            if let Some(seconds) = sp.affinity_timeout {
+                let set = affinity_set(sp, *ip, *port);
+                b.add_set(
+                    FAMILY,
+                    TABLE,
+                    &Set {
+                        name: set.clone(),
+                        key_len: 4,
+                        data: None,
+                        timeout_ms: Some(u64::from(seconds.max(1)) * 1000),
+                    },
+                );
+                b.add_rule(
+                    FAMILY,
+                    TABLE,
+                    &sep,
+                    &[saddr(reg(0)), Expr::DynsetUpdate { set, sreg: reg(0) }],
+                );
+            }
             b.add_rule(FAMILY, TABLE, &sep, &hairpin_mark(*ip));
             b.add_rule(FAMILY, TABLE, &sep, &dnat(*ip, *port));
         }
@@ -415,6 +479,9 @@ fn remove_port(b: &mut Batch, sp: &ServicePort, claims: &BTreeMap<(Map, Vec<u8>)
         let sep = sep_chain(sp, *ip, *port);
         b.flush_chain(FAMILY, TABLE, &sep);
         b.delete_chain(FAMILY, TABLE, &sep);
+        if sp.affinity_timeout.is_some() {
+            b.delete_set(FAMILY, TABLE, &affinity_set(sp, *ip, *port));
+        }
     }
 }
 
@@ -648,6 +715,7 @@ pub fn build(d: &Desired) -> Batch {
                 name: name.into(),
                 key_len,
                 data: None,
+                timeout_ms: None,
             },
         );
     }

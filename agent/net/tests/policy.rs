@@ -186,6 +186,7 @@ fn deny_all_allow_specific_and_established_connections() {
                 local_endpoints: Vec::new(),
                 internal_local: false,
                 external_local: false,
+                affinity_timeout: None,
             }],
             dns: None,
         },

@@ -88,6 +88,7 @@ fn cluster_ips_node_ports_and_masquerade() {
         local_endpoints: Vec::new(),
         internal_local: false,
         external_local: false,
+        affinity_timeout: None,
     };
     let mut desired = Desired {
         pod_cidr: Some(pods),
@@ -106,6 +107,7 @@ fn cluster_ips_node_ports_and_masquerade() {
                 local_endpoints: Vec::new(),
                 internal_local: false,
                 external_local: false,
+                affinity_timeout: None,
             },
         ],
         dns: Some((Ipv4Addr::new(10, 100, 0, 53), net.gateway())),
@@ -212,6 +214,36 @@ fn cluster_ips_node_ports_and_masquerade() {
     sa.join().unwrap();
     sb.join().unwrap();
 
+    // Session affinity (ClientIP): every connection of one client goes to one endpoint; the
+    // port comes and goes incrementally with its affinity sets.
+    let sticky_ip = Ipv4Addr::new(10, 100, 0, 14);
+    let before = desired.clone();
+    desired.services.push(ServicePort {
+        name: "t/sticky:/TCP".into(),
+        cluster_ip: Some(sticky_ip),
+        external_ips: Vec::new(),
+        protocol: Protocol::Tcp,
+        port: 80,
+        node_port: None,
+        endpoints: vec![(ip_a, 8091), (ip_b, 8092)],
+        local_endpoints: Vec::new(),
+        internal_local: false,
+        external_local: false,
+        affinity_timeout: Some(60),
+    });
+    assert!(services::sync_from(Some(&before), &desired, Some(&node.net)).unwrap());
+    let _sa = serve_in(&a.net, 8091, "a", 20);
+    let _sb = serve_in(&b.net, 8092, "b", 20);
+    let mut chosen = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let got = ask(&client.net, SocketAddr::from((sticky_ip, 80)), LONG).unwrap();
+        chosen.insert(got.split(' ').next().unwrap_or_default().to_string());
+    }
+    assert_eq!(chosen.len(), 1, "one client, one endpoint: {chosen:?}");
+    let before = desired.clone();
+    desired.services.pop();
+    assert!(services::sync_from(Some(&before), &desired, Some(&node.net)).unwrap());
+
     // A port removed and one added, incrementally; an unchanged state changes nothing.
     let before = desired.clone();
     desired.services.remove(1);
@@ -226,6 +258,7 @@ fn cluster_ips_node_ports_and_masquerade() {
         local_endpoints: Vec::new(),
         internal_local: false,
         external_local: false,
+        affinity_timeout: None,
     });
     assert!(services::sync_from(Some(&before), &desired, Some(&node.net)).unwrap());
     assert!(services::sync_from(Some(&desired), &desired, Some(&node.net)).unwrap());
@@ -256,6 +289,7 @@ fn cluster_ips_node_ports_and_masquerade() {
         local_endpoints: local,
         internal_local: internal,
         external_local: true,
+        affinity_timeout: None,
     };
     desired.services.push(policy_port(
         "t/local:/TCP",

@@ -57,6 +57,7 @@ fn desired(services: usize, endpoints: usize, shift: u32) -> Desired {
                 local_endpoints: Vec::new(),
                 internal_local: false,
                 external_local: false,
+                affinity_timeout: None,
             }
         })
         .collect();

@@ -162,6 +162,7 @@ pub fn run(round_trips: usize, megabytes: usize) -> anyhow::Result<()> {
                     local_endpoints: Vec::new(),
                     internal_local: false,
                     external_local: false,
+                    affinity_timeout: None,
                 })
                 .to_vec(),
             dns: None,
