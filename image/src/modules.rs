@@ -353,6 +353,7 @@ pub const STRAKE_MODULES: &[(&str, bool)] = &[
     ("nft_reject", false),
     ("nft_reject_ipv4", false),
     ("nft_ct", false),
+    ("nf_conntrack_netlink", false),
     ("nft_compat", true),
     ("nf_nat", false),
     ("nf_conntrack", false),

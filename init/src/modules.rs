@@ -36,6 +36,8 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "nft_reject_ipv4",
     // NetworkPolicy judges connections by their conntrack tuples.
     "nft_ct",
+    // Deleting stale UDP flows when a Service's endpoints change.
+    "nf_conntrack_netlink",
     // Pod traffic to nodes off this node's L2.
     "vxlan",
     // For the ACPI power button (QEMU's `system_powerdown`): the button driver and its evdev node.

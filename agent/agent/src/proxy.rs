@@ -398,14 +398,28 @@ pub async fn run(shared: Arc<Shared>) {
         let began = std::time::Instant::now();
         let (rules, before) = (want.clone(), last.take());
         let synced = tokio::task::spawn_blocking(move || {
-            strake_net::services::sync_from(before.as_ref(), &rules, None)
+            let incremental = strake_net::services::sync_from(before.as_ref(), &rules, None)?;
+            // UDP flows the change left stale: to endpoints that went, or to ports that had
+            // none. A failure here leaves them to time out; the rules are right either way.
+            let flushed = match &before {
+                Some(b) => {
+                    let stale = strake_net::services::stale_udp(b, &rules);
+                    strake_net::conntrack::flush(None, &stale).unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "deleting stale UDP conntrack entries failed");
+                        0
+                    })
+                }
+                None => 0,
+            };
+            Ok::<_, strake_net::NetError>((incremental, flushed))
         })
         .await;
         match synced {
-            Ok(Ok(incremental)) => {
+            Ok(Ok((incremental, flushed))) => {
                 tracing::info!(
                     ports = want.services.len(),
                     incremental,
+                    flushed,
                     ms = began.elapsed().as_millis() as u64,
                     "service rules synced"
                 );

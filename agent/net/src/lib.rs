@@ -11,6 +11,7 @@
 //! - [`services`]: Service routing and masquerade in an nf_tables table of Strake's own, built
 //!   with [`nft`], an nf_tables netlink encoder (no `nft` binary, no C library).
 //! - [`policy`]: NetworkPolicy, judged per connection in a second nf_tables table of its own.
+//! - [`conntrack`]: the UDP flows a Service change leaves stale, deleted over ctnetlink.
 //! - [`connect_in`]: a TCP connection made from inside a pod's network namespace (what
 //!   port-forward needs, so a server bound to the pod's loopback is reachable).
 //!
@@ -20,6 +21,7 @@
 //! are the runtime's job (`strake_runtime::Sandbox`).
 
 mod bridge;
+pub mod conntrack;
 mod ipam;
 pub mod nft;
 pub mod policy;

@@ -822,3 +822,42 @@ pub fn remove(netns: Option<&Path>) -> Result<(), NetError> {
     b.delete_table(FAMILY, TABLE);
     b.apply(netns)
 }
+
+/// The UDP flows that going from `old` to `new` leaves stale (see [`crate::conntrack`]):
+/// those answered by an endpoint a UDP port no longer has, and those sent to the addresses of
+/// a UDP port that had no endpoint and now has (they were refused, and their entries would
+/// keep them refused).
+pub fn stale_udp(old: &Desired, new: &Desired) -> crate::conntrack::Stale {
+    let udp = |d: &Desired| -> BTreeMap<String, ServicePort> {
+        d.services
+            .iter()
+            .filter(|s| s.protocol == Protocol::Udp)
+            .map(|s| (s.name.clone(), s.clone()))
+            .collect()
+    };
+    let (before, after) = (udp(old), udp(new));
+    let mut stale = crate::conntrack::Stale::default();
+    for (name, was) in &before {
+        let now = after.get(name);
+        for ep in &was.endpoints {
+            if now.is_none_or(|n| !n.endpoints.contains(ep)) {
+                stale.gone_endpoints.insert(*ep);
+            }
+        }
+    }
+    for (name, now) in &after {
+        let had = before.get(name).is_some_and(|w| !w.endpoints.is_empty());
+        if had || now.endpoints.is_empty() {
+            continue;
+        }
+        for ip in now.cluster_ip.iter().chain(&now.external_ips) {
+            stale.revived.insert((*ip, now.port));
+        }
+        if let Some(np) = now.node_port {
+            for ip in &new.node_ips {
+                stale.revived.insert((*ip, np));
+            }
+        }
+    }
+    stale
+}
