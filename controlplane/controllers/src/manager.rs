@@ -187,7 +187,7 @@ pub fn start(reg: Registry, opts: Options) {
         opts.local_path.clone(),
     );
     let nsc = Namespaces::new(&client, &mut namespaces, &mut pods);
-    let slb = ServiceLb::new(&client, &mut services, &mut nodes);
+    let slb = ServiceLb::new(&client, &mut services, &mut nodes, &mut slices);
     let hpac = Autoscalers::new(&client, &mut hpas, &mut pods, metrics);
     let rqc = Quotas::new(
         &client,

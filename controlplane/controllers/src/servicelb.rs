@@ -5,10 +5,17 @@
 //! so a port one LoadBalancer Service holds is not given to another: the later one (by
 //! creation, then name) stays pending, with a `PortInUse` Event, until the port is free.
 //! Services naming a `loadBalancerClass` belong to another implementation and are left alone.
+//! With `externalTrafficPolicy: Local` a node forwards only to its own endpoints (and drops
+//! the rest), so such a Service gets only the addresses of the Ready nodes that run one of its
+//! ready endpoints (from its EndpointSlices), following them as they move; none while it has
+//! none.
 
 use std::sync::Arc;
 
+use std::collections::BTreeSet;
+
 use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use strake_apimachinery::events::EventType;
 use strake_apimachinery::{ApiError, Part};
 
@@ -23,7 +30,36 @@ pub struct ServiceLb {
     client: Client,
     services: Reader<Service>,
     nodes: Reader<Node>,
+    slices: Reader<EndpointSlice>,
     queue: Arc<Queue<ObjectRef>>,
+}
+
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+fn local_policy(s: &Service) -> bool {
+    s.spec
+        .as_ref()
+        .and_then(|s| s.external_traffic_policy.as_deref())
+        == Some("Local")
+}
+
+/// The nodes running a ready endpoint of the Service `ns/name`, by its EndpointSlices.
+pub fn endpoint_nodes(slices: &[Arc<EndpointSlice>], ns: &str, name: &str) -> BTreeSet<String> {
+    slices
+        .iter()
+        .filter(|s| {
+            s.metadata.namespace.as_deref() == Some(ns)
+                && s.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                    .map(String::as_str)
+                    == Some(name)
+        })
+        .flat_map(|s| s.endpoints.iter())
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+        .filter_map(|e| e.node_name.clone())
+        .collect()
 }
 
 fn is_ours(s: &Service) -> bool {
@@ -52,8 +88,9 @@ fn rank(s: &Service) -> (Option<k8s_openapi::jiff::Timestamp>, String, String) {
     )
 }
 
-/// The addresses a LoadBalancer Service gets: the Ready nodes' InternalIPs, sorted.
-pub fn node_addresses(nodes: &[Arc<Node>]) -> Vec<String> {
+/// The addresses a LoadBalancer Service gets: the Ready nodes' InternalIPs, sorted; with
+/// `only`, only those of the nodes named there.
+pub fn node_addresses(nodes: &[Arc<Node>], only: Option<&BTreeSet<String>>) -> Vec<String> {
     let ready = |n: &Node| {
         n.status
             .as_ref()
@@ -61,9 +98,12 @@ pub fn node_addresses(nodes: &[Arc<Node>]) -> Vec<String> {
             .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
     };
     let any_ready = nodes.iter().any(|n| ready(n));
+    let chosen = |n: &Node| {
+        only.is_none_or(|names| n.metadata.name.as_ref().is_some_and(|m| names.contains(m)))
+    };
     let mut out: Vec<String> = nodes
         .iter()
-        .filter(|n| !any_ready || ready(n))
+        .filter(|n| (!any_ready || ready(n)) && chosen(n))
         .flat_map(|n| {
             n.status
                 .as_ref()
@@ -84,6 +124,7 @@ impl ServiceLb {
         client: &Client,
         services: &mut Reflector<Service>,
         nodes: &mut Reflector<Node>,
+        slices: &mut Reflector<EndpointSlice>,
     ) -> Arc<Self> {
         let queue: Arc<Queue<ObjectRef>> = Arc::new(Queue::default());
         // Any Service change may free or take a port: every LoadBalancer Service looks again.
@@ -100,10 +141,26 @@ impl ServiceLb {
                 q.add(ObjectRef::of(s.as_ref()));
             }
         });
+        // Endpoints moving between nodes change a Local Service's addresses.
+        let q = queue.clone();
+        slices.on_change(move |c| {
+            let slice = c.latest();
+            if let (Some(ns), Some(svc)) = (
+                slice.metadata.namespace.as_deref(),
+                slice
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(SERVICE_NAME_LABEL)),
+            ) {
+                q.add(ObjectRef::new(Some(ns), svc));
+            }
+        });
         Arc::new(Self {
             client: client.named(NAME),
             services: services.reader(),
             nodes: nodes.reader(),
+            slices: slices.reader(),
             queue,
         })
     }
@@ -111,6 +168,7 @@ impl ServiceLb {
     pub async fn run(self: Arc<Self>, workers: usize) {
         self.services.ready().await;
         self.nodes.ready().await;
+        self.slices.ready().await;
         self.queue.requeue_active();
         runtime::enqueue_all(&self.queue, &self.services);
         let me = self.clone();
@@ -159,7 +217,15 @@ impl ServiceLb {
                         .await;
                     Vec::new()
                 }
-                None => node_addresses(&self.nodes.list()),
+                None if local_policy(&svc) => {
+                    let hosts = endpoint_nodes(
+                        &self.slices.list(),
+                        key.ns().unwrap_or_default(),
+                        &key.name,
+                    );
+                    node_addresses(&self.nodes.list(), Some(&hosts))
+                }
+                None => node_addresses(&self.nodes.list(), None),
             }
         } else if svc
             .spec

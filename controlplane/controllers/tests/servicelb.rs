@@ -1,6 +1,7 @@
 //! ServiceLB: LoadBalancer Services get the Ready nodes' InternalIPs; a port another holds
 //! leaves the later Service pending with PortInUse until it is free; leaving the type clears
-//! the status; another implementation's class is left alone.
+//! the status; another implementation's class is left alone; an externalTrafficPolicy Local
+//! Service gets only the nodes running its ready endpoints.
 
 mod common;
 
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use common::{Cluster, cluster, eventually};
 use k8s_openapi::api::core::v1::{Event, Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::json;
 use strake_apimachinery::{DeleteOptions, Filter, Part};
 
@@ -112,4 +114,65 @@ async fn load_balancers_get_the_nodes_addresses() {
         ingress(&c, "other-class").await.is_empty(),
         "another class is left alone"
     );
+}
+
+/// externalTrafficPolicy Local: only the nodes running a ready endpoint, following the
+/// endpoints as they move; none while there are none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_load_balancers_get_only_the_nodes_with_endpoints() {
+    let c = cluster().await;
+    node(&c, "a", "192.0.2.21", true).await;
+    node(&c, "b", "192.0.2.22", true).await;
+    let s: Service = serde_json::from_value(json!({
+        "metadata": {"name": "local"},
+        "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                 "ports": [{"port": 9000, "targetPort": 8080}]},
+    }))
+    .unwrap();
+    c.client.create(Some("default"), &s).await.unwrap();
+    let slice = |node: &str, ready: bool| -> EndpointSlice {
+        serde_json::from_value(json!({
+            "metadata": {"name": "local-1", "labels": {"kubernetes.io/service-name": "local"}},
+            "addressType": "IPv4",
+            "ports": [{"port": 8080, "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["10.244.1.5"], "nodeName": node,
+                           "conditions": {"ready": ready}}],
+        }))
+        .unwrap()
+    };
+    // No endpoint yet: no node would answer, so no address.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(ingress(&c, "local").await.is_empty());
+    c.client
+        .create(Some("default"), &slice("b", true))
+        .await
+        .unwrap();
+    eventually("the Local LoadBalancer on b only", WAIT, || async {
+        (ingress(&c, "local").await == ["192.0.2.22"]).then_some(())
+    })
+    .await;
+    c.client
+        .modify::<EndpointSlice>(Some("default"), "local-1", Part::Main, |s| {
+            s.endpoints = slice("a", true).endpoints;
+            true
+        })
+        .await
+        .unwrap();
+    eventually(
+        "the Local LoadBalancer following its endpoint to a",
+        WAIT,
+        || async { (ingress(&c, "local").await == ["192.0.2.21"]).then_some(()) },
+    )
+    .await;
+    c.client
+        .modify::<EndpointSlice>(Some("default"), "local-1", Part::Main, |s| {
+            s.endpoints = slice("a", false).endpoints;
+            true
+        })
+        .await
+        .unwrap();
+    eventually("no address once no endpoint is ready", WAIT, || async {
+        ingress(&c, "local").await.is_empty().then_some(())
+    })
+    .await;
 }
