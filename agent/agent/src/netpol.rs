@@ -261,10 +261,14 @@ pub fn desired<'a>(
                 if !chosen {
                     continue;
                 }
+                // Upstream's defaulting: an absent or empty policyTypes means Ingress, plus
+                // Egress when there is at least one egress rule.
                 let types: Vec<&str> = match &spec.policy_types {
-                    Some(t) => t.iter().map(String::as_str).collect(),
-                    None if spec.egress.is_some() => vec!["Ingress", "Egress"],
-                    None => vec!["Ingress"],
+                    Some(t) if !t.is_empty() => t.iter().map(String::as_str).collect(),
+                    _ if spec.egress.as_ref().is_some_and(|e| !e.is_empty()) => {
+                        vec!["Ingress", "Egress"]
+                    }
+                    _ => vec!["Ingress"],
                 };
                 if types.contains(&"Ingress") {
                     let allows = iso.ingress.get_or_insert_with(Vec::new);
@@ -440,6 +444,17 @@ mod tests {
         }
         // Without policyTypes and egress rules, only ingress is isolated.
         let p = policy("web", serde_json::json!({"podSelector": {}}));
+        let d = desired("n1", [&p], &pods, &nss);
+        assert!(
+            d.pods
+                .iter()
+                .all(|i| i.ingress == Some(vec![]) && i.egress.is_none())
+        );
+        // An empty egress list or policyTypes is the same as none: ingress only.
+        let p = policy(
+            "web",
+            serde_json::json!({"podSelector": {}, "egress": [], "policyTypes": []}),
+        );
         let d = desired("n1", [&p], &pods, &nss);
         assert!(
             d.pods

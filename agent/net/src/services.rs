@@ -7,11 +7,13 @@
 //!                     ip saddr != <cluster CIDR> meta mark set mark | 0x4000
 //!                     jump services
 //!                     meta mark set mark & ~0x4000 }              # nothing matched
-//! chain output      { type nat hook output priority -100; jump services }
+//! chain output      { type nat hook output priority -100; jump services
+//!                     meta mark set mark & ~0x4000 }
 //! chain postrouting { type nat hook postrouting priority 100;
 //!                     meta mark & 0x4000 == 0x4000 masquerade      # hairpin
 //!                     ip saddr <pod CIDR> ip daddr != <cluster CIDR> masquerade }
 //! chain services    { ip daddr <cluster DNS> udp|tcp dport 53 dnat to <node's DNS>:53
+//!                     ip daddr @node-ips meta mark set mark | 0x4000
 //!                     ip daddr . meta l4proto . th dport vmap @service-ips
 //!                     ip daddr @node-ips meta l4proto . th dport vmap @service-nodeports }
 //! chain svc-<h>     { numgen random mod N vmap @svc-<h> }          # one per service port
@@ -412,8 +414,8 @@ fn add_port(
             add_picker(b, sp, &local_chain(sp), &sp.local_endpoints);
         }
         if sp.external_local {
-            // The cluster's own pods reach every endpoint; anyone else only this node's,
-            // unmasqueraded.
+            // The cluster's own pods reach every endpoint (masqueraded, as the endpoint may
+            // be on another node); anyone else only this node's, unmasqueraded.
             let ext = external_chain(sp);
             b.add_chain(FAMILY, TABLE, &ext, None);
             let mut from_pods = match_net(12, cluster_cidr, CmpOp::Eq).to_vec();
@@ -671,6 +673,7 @@ pub fn build(d: &Desired) -> Batch {
     b.add_rule(FAMILY, TABLE, "prerouting", &jump_services);
     b.add_rule(FAMILY, TABLE, "prerouting", &set_masq_mark(false));
     b.add_rule(FAMILY, TABLE, "output", &jump_services);
+    b.add_rule(FAMILY, TABLE, "output", &set_masq_mark(false));
     b.add_rule(
         FAMILY,
         TABLE,
@@ -776,6 +779,13 @@ pub fn build(d: &Desired) -> Batch {
             b.add_rule(FAMILY, TABLE, "services", &rule);
         }
     }
+    // Node ports and load balancer addresses on the node's own addresses are masqueraded
+    // whoever sends to them (kube-proxy's Cluster policy for external destinations): a pod
+    // reaching another node's address would otherwise get its reply from an endpoint it
+    // never spoke to. Cleared again by the base chains when nothing matched.
+    let mut to_node = vec![daddr(reg(0)), lookup("node-ips", reg(0), None)];
+    to_node.extend(set_masq_mark(true));
+    b.add_rule(FAMILY, TABLE, "services", &to_node);
     b.add_rule(
         FAMILY,
         TABLE,

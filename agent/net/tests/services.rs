@@ -323,8 +323,8 @@ fn cluster_ips_node_ports_and_masquerade() {
     let got = ask(&b.net, SocketAddr::from((uplink.gateway(), 30090)), LONG).unwrap();
     assert_eq!(
         got,
-        format!("a {ip_b}"),
-        "Local: a pod through the node port"
+        format!("a {}", net.gateway()),
+        "Local: a pod through the node port reaches every endpoint, masqueraded"
     );
     server.join().unwrap();
     let short = Duration::from_millis(800);
