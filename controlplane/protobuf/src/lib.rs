@@ -396,6 +396,14 @@ impl Codec {
             (true, "Time" | "MicroTime") => {
                 let f = fields()?;
                 let (secs, nanos) = (int(f.get(&1)), int(f.get(&2)));
+                // As protobuf's Timestamp: nanoseconds within the second, or the value would
+                // not survive the trip through its JSON form.
+                if !(0..1_000_000_000).contains(&nanos) {
+                    return Err(DecodeError::Malformed {
+                        offset,
+                        problem: format!("bad time: {nanos} nanoseconds is not within a second"),
+                    });
+                }
                 // Zero as the JSON form shows it: Time has whole seconds, MicroTime microseconds.
                 let shown = if short == "Time" { 0 } else { nanos / 1000 };
                 if secs == 0 && shown == 0 {

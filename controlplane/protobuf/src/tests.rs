@@ -441,3 +441,22 @@ fn embedded_structs_are_flattened_even_when_nested_or_newer() {
         assert_eq!(c.decode_envelope(&bytes, &message_of).unwrap(), v);
     }
 }
+
+#[test]
+fn times_with_nanoseconds_outside_a_second_are_refused() {
+    let c = Codec::new(&serde_json::Map::new());
+    let time = "io.k8s.apimachinery.pkg.apis.meta.v1.Time";
+    // Found by the fuzzer: nanos = a huge varint, seconds = 1. It used to decode to the epoch,
+    // which encodes as the zero time and came back as null.
+    let bad = [0x10, 0xff, 0xff, 0xff, 0xff, 0xef, 0x01, 0x08, 0x01];
+    let err = c.decode_message(time, &bad, 0).unwrap_err();
+    assert!(err.to_string().contains("not within a second"), "{err}");
+    // A good one still decodes, and round-trips.
+    let good = [0x08, 0x80, 0xa3, 0xc5, 0xca, 0x06];
+    let v = c.decode_message(time, &good, 0).unwrap();
+    assert!(v.is_string(), "{v}");
+    let again = c
+        .decode_message(time, &c.encode_message(time, &v).unwrap(), 0)
+        .unwrap();
+    assert_eq!(again, v);
+}
