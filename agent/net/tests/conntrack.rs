@@ -7,13 +7,11 @@
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use common::Namespaces;
+use strake_net::conntrack;
 use strake_net::services::{self, Desired, Protocol, ServicePort};
-use strake_net::{Ipam, NodeNetwork, conntrack};
-use strake_runtime::Sandbox;
 
 /// Answers every datagram on `port` in `netns` with `name`, for as long as the test runs.
 fn answer_udp(netns: &Path, port: u16, name: &'static str) {
@@ -54,31 +52,11 @@ fn ask(s: &UdpSocket, to: SocketAddr) -> String {
 
 #[test]
 fn a_moved_udp_endpoint_takes_its_flows_along_once_flushed() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test creates network namespaces and must run as root"
-    );
-    assert!(
-        Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists(),
-        "br_netfilter must be loaded (modprobe br_netfilter): a Service between pods on one bridge needs it"
-    );
+    common::require_root_and_br_netfilter();
     let tmp = tempfile::tempdir().unwrap();
-    let dirs: Vec<PathBuf> = ["node", "a", "b", "client"]
-        .iter()
-        .map(|n| tmp.path().join(n))
-        .collect();
-    let _cleanup = Namespaces(dirs.clone());
-    let node = Sandbox::create(&dirs[0], "node").unwrap();
-    let a = Sandbox::create(&dirs[1], "a").unwrap();
-    let b = Sandbox::create(&dirs[2], "b").unwrap();
-    let client = Sandbox::create(&dirs[3], "client").unwrap();
-    let cidr = "10.97.5.0/24".parse().unwrap();
-    let net = NodeNetwork::setup("strake0", cidr, None, Some(node.net.clone())).unwrap();
-    let ipam = Ipam::open(&tmp.path().join("ipam"), cidr).unwrap();
-    let [ip_a, ip_b, ip_c] = ["a", "b", "client"].map(|k| ipam.allocate(k).unwrap());
-    net.attach(&a.net, "a", ip_a).unwrap();
-    net.attach(&b.net, "b", ip_b).unwrap();
-    net.attach(&client.net, "client", ip_c).unwrap();
+    let lab = common::pod_node(tmp.path(), "10.97.5.0/24", &["a", "b", "client"]);
+    let (node, net, cidr) = (&lab.node, &lab.net, lab.net.cidr());
+    let [(a, ip_a), (b, ip_b), (client, ip_c)] = [0, 1, 2].map(|i| (&lab.pods[i].0, lab.pods[i].1));
     answer_udp(&a.net, 5353, "a");
     answer_udp(&b.net, 5353, "b");
 

@@ -11,14 +11,13 @@ mod common;
 use std::collections::BTreeSet;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use common::{Namespaces, serve_in};
+use common::serve_in;
+use strake_net::connect_in;
 use strake_net::policy::{self, Allow, Block, Desired, Isolation, Peers, Ports};
 use strake_net::services::{self, Protocol, ServicePort};
-use strake_net::{Ipam, NodeNetwork, connect_in};
-use strake_runtime::Sandbox;
 
 const SHORT: Duration = Duration::from_millis(700);
 
@@ -91,31 +90,11 @@ fn tcp(first: u16, last: u16) -> Option<Ports> {
 
 #[test]
 fn deny_all_allow_specific_and_established_connections() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test creates network namespaces and must run as root"
-    );
-    assert!(
-        Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists(),
-        "br_netfilter must be loaded (modprobe br_netfilter): traffic between pods on one bridge reaches the policy rules only through it"
-    );
+    common::require_root_and_br_netfilter();
     let tmp = tempfile::tempdir().unwrap();
-    let dirs: Vec<PathBuf> = ["node", "front", "back", "other"]
-        .iter()
-        .map(|n| tmp.path().join(n))
-        .collect();
-    let _cleanup = Namespaces(dirs.clone());
-    let node = Sandbox::create(&dirs[0], "node").unwrap();
-    let front = Sandbox::create(&dirs[1], "front").unwrap();
-    let back = Sandbox::create(&dirs[2], "back").unwrap();
-    let other = Sandbox::create(&dirs[3], "other").unwrap();
-    let cidr = "10.97.3.0/24".parse().unwrap();
-    let net = NodeNetwork::setup("strake0", cidr, None, Some(node.net.clone())).unwrap();
-    let ipam = Ipam::open(&tmp.path().join("ipam"), cidr).unwrap();
-    let [f, b, o] = ["front", "back", "other"].map(|k| ipam.allocate(k).unwrap());
-    net.attach(&front.net, "front", f).unwrap();
-    net.attach(&back.net, "back", b).unwrap();
-    net.attach(&other.net, "other", o).unwrap();
+    let lab = common::pod_node(tmp.path(), "10.97.3.0/24", &["front", "back", "other"]);
+    let (node, net, cidr) = (&lab.node, &lab.net, lab.net.cidr());
+    let [(front, f), (back, b), (other, o)] = [0, 1, 2].map(|i| (&lab.pods[i].0, lab.pods[i].1));
     for (ns, port) in [
         (&front.net, 8080),
         (&front.net, 8081),

@@ -65,3 +65,52 @@ pub fn default_route(netns: &Path, gateway: std::net::Ipv4Addr) {
     .join()
     .unwrap();
 }
+
+/// Fails loudly unless the test can make namespaces and bridged traffic reaches the IP hooks.
+pub fn require_root_and_br_netfilter() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test creates network namespaces and must run as root"
+    );
+    assert!(
+        Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists(),
+        "br_netfilter must be loaded (modprobe br_netfilter): traffic between pods on one bridge reaches the rules only through it"
+    );
+}
+
+/// A node namespace with its pod bridge on `cidr` and one attached pod per name.
+pub struct PodNode {
+    pub node: Sandbox,
+    pub net: strake_net::NodeNetwork,
+    pub pods: Vec<(Sandbox, std::net::Ipv4Addr)>,
+    _cleanup: Namespaces,
+}
+
+pub fn pod_node(tmp: &Path, cidr: &str, pods: &[&str]) -> PodNode {
+    let names: Vec<&str> = std::iter::once("node")
+        .chain(pods.iter().copied())
+        .collect();
+    let dirs: Vec<PathBuf> = names.iter().map(|n| tmp.join(n)).collect();
+    let cleanup = Namespaces(dirs.clone());
+    let node = Sandbox::create(&dirs[0], "node").unwrap();
+    let cidr: strake_net::Ipv4Net = cidr.parse().unwrap();
+    let net =
+        strake_net::NodeNetwork::setup("strake0", cidr, None, Some(node.net.clone())).unwrap();
+    let ipam = strake_net::Ipam::open(&tmp.join("ipam"), cidr).unwrap();
+    let pods = pods
+        .iter()
+        .zip(&dirs[1..])
+        .map(|(name, dir)| {
+            let sb = Sandbox::create(dir, name).unwrap();
+            let ip = ipam.allocate(name).unwrap();
+            net.attach(&sb.net, name, ip).unwrap();
+            (sb, ip)
+        })
+        .collect();
+    PodNode {
+        node,
+        net,
+        pods,
+        _cleanup: cleanup,
+    }
+}
