@@ -11,7 +11,7 @@ use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
-use strake_apimachinery::{ApiError, DeleteOptions, Part};
+use strake_apimachinery::{ApiError, DeleteOptions, Filter, Part};
 
 use crate::api::{Client, Object};
 use crate::cache::Reader;
@@ -52,52 +52,45 @@ pub async fn sync<O: Object>(
         "{}-{hash}",
         owner.metadata().name.as_deref().unwrap_or_default()
     );
-    let mut number = max + 1;
-    match mine
+    let current = mine
         .iter()
-        .find(|r| r.metadata.name.as_deref() == Some(name.as_str()))
-    {
-        Some(r) if r.revision == max => number = max,
-        Some(_) => {
-            // Rolled back to an older template: it becomes the newest revision.
-            client
-                .modify::<ControllerRevision>(ns.as_deref(), &name, Part::Main, |r| {
-                    if r.revision == max + 1 {
-                        return false;
-                    }
-                    r.revision = max + 1;
-                    true
-                })
-                .await?;
-        }
-        None => {
-            let mut patch = serde_json::to_value(template).unwrap_or_default();
-            patch["$patch"] = "replace".into();
-            let mut labels: BTreeMap<String, String> = template
-                .metadata
-                .as_ref()
-                .and_then(|m| m.labels.clone())
-                .unwrap_or_default();
-            labels.insert(REVISION_HASH.into(), hash.into());
-            let rev = ControllerRevision {
-                metadata: ObjectMeta {
-                    name: Some(name.clone()),
-                    namespace: ns.clone(),
-                    labels: Some(labels),
-                    owner_references: Some(vec![pods::controller_ref(owner)]),
-                    ..Default::default()
-                },
-                data: Some(RawExtension(
-                    serde_json::json!({"spec": {"template": patch}}),
-                )),
-                revision: max + 1,
-            };
-            match client.create(ns.as_deref(), &rev).await {
-                Ok(_) | Err(ApiError::AlreadyExists { .. }) | Err(ApiError::Forbidden(_)) => {}
-                Err(e) => return Err(e),
+        .any(|r| r.metadata.name.as_deref() == Some(name.as_str()) && r.revision == max);
+    let number = if current {
+        max
+    } else {
+        // A number is decided on a live read: the cache may not yet hold a revision written
+        // moments ago, and two templates must never share a number.
+        let (all, _): (Vec<ControllerRevision>, _) =
+            client.list(ns.as_deref(), &Filter::default()).await?;
+        let live: Vec<ControllerRevision> = all
+            .into_iter()
+            .filter(|r| controller_of(r, O::KIND).is_some_and(|c| c.uid == uid))
+            .collect();
+        let max = live.iter().map(|r| r.revision).max().unwrap_or(0);
+        match live
+            .iter()
+            .find(|r| r.metadata.name.as_deref() == Some(name.as_str()))
+        {
+            Some(r) if r.revision == max => max,
+            Some(_) => {
+                // Rolled back to an older template: it becomes the newest revision.
+                client
+                    .modify::<ControllerRevision>(ns.as_deref(), &name, Part::Main, |r| {
+                        if r.revision == max + 1 {
+                            return false;
+                        }
+                        r.revision = max + 1;
+                        true
+                    })
+                    .await?;
+                max + 1
+            }
+            None => {
+                create(client, owner, template, hash, &name, max + 1).await?;
+                max + 1
             }
         }
-    }
+    };
     let limit = limit.max(0) as usize;
     let in_use: Vec<String> = pods
         .owned_by(&uid)
@@ -123,4 +116,42 @@ pub async fn sync<O: Object>(
             .await?;
     }
     Ok((name, number))
+}
+
+/// Writes the revision of `template`; one already there (written meanwhile) is as good.
+async fn create<O: Object>(
+    client: &Client,
+    owner: &O,
+    template: &PodTemplateSpec,
+    hash: &str,
+    name: &str,
+    number: i64,
+) -> Result<(), ApiError> {
+    let ns = owner.metadata().namespace.clone();
+    let mut patch = serde_json::to_value(template).unwrap_or_default();
+    patch["$patch"] = "replace".into();
+    let mut labels: BTreeMap<String, String> = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    labels.insert(REVISION_HASH.into(), hash.into());
+    let rev = ControllerRevision {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: ns.clone(),
+            labels: Some(labels),
+            owner_references: Some(vec![pods::controller_ref(owner)]),
+            ..Default::default()
+        },
+        data: Some(RawExtension(
+            serde_json::json!({"spec": {"template": patch}}),
+        )),
+        revision: number,
+    };
+    match client.create(ns.as_deref(), &rev).await {
+        Ok(_) | Err(ApiError::AlreadyExists { .. }) | Err(ApiError::Forbidden(_)) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(())
 }

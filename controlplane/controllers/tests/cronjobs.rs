@@ -14,7 +14,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde_json::json;
 use strake_apimachinery::{Filter, Part};
 
-const WAIT: Duration = Duration::from_secs(30);
+use common::WAIT;
 
 fn cronjob(name: &str, schedule: &str, extra: serde_json::Value) -> CronJob {
     let mut v = json!({

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use serde_json::json;
 use strake_apimachinery::{DeleteOptions, Filter, Part};
 
-const WAIT: Duration = Duration::from_secs(30);
+use common::WAIT;
 
 async fn node(c: &Cluster, name: &str, labels: serde_json::Value, taints: serde_json::Value) {
     let n: Node = serde_json::from_value(

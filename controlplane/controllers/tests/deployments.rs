@@ -16,7 +16,7 @@ use serde_json::json;
 use strake_apimachinery::{Filter, Part};
 use strake_controllers::deployment::{REVISION, REVISION_HISTORY};
 
-const WAIT: Duration = Duration::from_secs(30);
+use common::WAIT;
 
 fn deployment(name: &str, replicas: i32, image: &str, strategy: serde_json::Value) -> Deployment {
     serde_json::from_value(json!({

@@ -3,15 +3,13 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{cluster, eventually};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use serde_json::json;
 use strake_apimachinery::{ApiError, DeleteOptions};
 
-const WAIT: Duration = Duration::from_secs(30);
+use common::WAIT;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evictions_spend_the_budget_and_stop_at_its_minimum() {

@@ -13,7 +13,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::json;
 use strake_apimachinery::{Filter, ListOptions, Part};
 
-const WAIT: Duration = Duration::from_secs(30);
+use common::WAIT;
 
 async fn slices(c: &Cluster, svc: &str) -> Vec<EndpointSlice> {
     let (all, _): (Vec<EndpointSlice>, _) = c

@@ -16,7 +16,7 @@ use strake_apimachinery::registry::Propagation;
 use strake_apimachinery::resource::Part;
 use strake_apimachinery::{DeleteOptions, Filter, ListOptions, WriteOptions};
 
-const WAIT: Duration = Duration::from_secs(30);
+use common::WAIT;
 
 async fn app(c: &Cluster, name: &str) -> Deployment {
     let d: Deployment = serde_json::from_value(json!({

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{Event, Pod};
 use serde_json::{Value, json};
 use strake_apimachinery::{Filter, Part};
 
-const WAIT: Duration = Duration::from_secs(40);
+use common::WAIT;
 
 fn job(name: &str, image: &str, extra: Value) -> Job {
     let mut v = json!({

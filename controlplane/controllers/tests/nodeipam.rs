@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{Event, Node};
 use serde_json::json;
 use strake_apimachinery::{DeleteOptions, Filter, Part};
 
-const WAIT: Duration = Duration::from_secs(20);
+use common::WAIT;
 
 async fn cidr_of(c: &common::Cluster, name: &str) -> Option<String> {
     let n: Node = c.client.get(None, name).await.ok()?;

@@ -17,7 +17,7 @@ use k8s_openapi::jiff::Timestamp;
 use serde_json::json;
 use strake_apimachinery::{Filter, Part};
 
-const WAIT: Duration = Duration::from_secs(30);
+use common::WAIT;
 
 async fn node(c: &Cluster, name: &str) {
     let n: Node = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();

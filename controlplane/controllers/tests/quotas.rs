@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, ResourceQuota, Secret, Service}
 use serde_json::json;
 use strake_apimachinery::{DeleteOptions, Part};
 
-const WAIT: Duration = Duration::from_secs(30);
+use common::WAIT;
 
 async fn used(c: &Cluster, name: &str) -> BTreeMap<String, String> {
     let q: ResourceQuota = c.client.get(Some("default"), name).await.expect("quota");

@@ -5,14 +5,12 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{cluster, eventually, pods};
 use k8s_openapi::api::core::v1::{Pod, ReplicationController};
 use serde_json::json;
 use strake_apimachinery::{DeleteOptions, Part};
 
-const WAIT: Duration = Duration::from_secs(30);
+use common::WAIT;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replication_controllers_keep_replicas_adopt_scale_and_cascade() {

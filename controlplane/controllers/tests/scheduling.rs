@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{Event, Pod};
 use serde_json::json;
 use strake_apimachinery::{DeleteOptions, Filter};
 
-const WAIT: Duration = Duration::from_secs(20);
+use common::WAIT;
 /// Upstream's words for a pod of priority 0 that fits nowhere among pods of its priority.
 const UNSCHEDULABLE: &str = "0/2 nodes are available: 2 Insufficient cpu. preemption: 0/2 nodes are available: 2 No preemption victims found for incoming pod.";
 

@@ -3,14 +3,12 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{TEST_CA, cluster, eventually};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use strake_apimachinery::{DeleteOptions, Part};
 
-const WAIT: Duration = Duration::from_secs(20);
+use common::WAIT;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespaces_get_the_default_account_and_the_root_ca() {

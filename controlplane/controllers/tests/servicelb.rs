@@ -13,7 +13,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::json;
 use strake_apimachinery::{DeleteOptions, Filter, Part};
 
-const WAIT: Duration = Duration::from_secs(20);
+use common::WAIT;
 
 async fn node(c: &Cluster, name: &str, ip: &str, ready: bool) {
     let n: Node = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use serde_json::json;
 use strake_apimachinery::{Filter, Part};
 
-const WAIT: Duration = Duration::from_secs(30);
+use common::WAIT;
 
 async fn members(c: &Cluster) -> Vec<(String, String)> {
     let (ps, _): (Vec<Pod>, _) = c

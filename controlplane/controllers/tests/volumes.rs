@@ -17,7 +17,7 @@ use serde_json::json;
 use strake_apimachinery::{DeleteOptions, Filter, Part};
 use strake_controllers::volumes::{CLEANUP_FINALIZER, LOCAL_PATH, NODE_LABEL};
 
-const WAIT: Duration = Duration::from_secs(20);
+use common::WAIT;
 const DEFAULT_CLASS: &str = "storageclass.kubernetes.io/is-default-class";
 
 fn claim(name: &str, size: &str, class: Option<&str>) -> PersistentVolumeClaim {

@@ -191,6 +191,10 @@ pub async fn ready_node(c: &Cluster, name: &str, cpu: &str) {
 }
 
 /// Polls `f` every 20 ms until it gives a value; panics naming `what` after `within`.
+/// How long a test waits for the controllers to get somewhere: generous, since these tests run
+/// beside many others on two shared cores, and waiting costs nothing unless something is wrong.
+pub const WAIT: Duration = Duration::from_secs(90);
+
 pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut f: F) -> T
 where
     F: FnMut() -> Fut,
