@@ -15,10 +15,12 @@ pub mod resource;
 pub mod selectors;
 pub mod servicealloc;
 pub mod storage;
+pub mod user;
 pub mod validation;
 pub mod watch;
 
 pub use error::{ApiError, FieldError, GroupResource};
+pub use user::UserInfo;
 pub use registry::{DeleteOptions, Deleted, Filter, ListOptions, Registry, WriteOptions};
 pub use resource::{
     Column, NameRule, Part, ResourceDef, ResourceTable, StoredAs, Strategy, Subresource,
