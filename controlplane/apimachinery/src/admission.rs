@@ -27,6 +27,8 @@ pub struct Attributes<'a> {
     /// The stored object, for updates and deletes.
     pub old: Option<&'a Value>,
     pub dry_run: bool,
+    /// Who asks; None for the server's own writes.
+    pub user: Option<&'a crate::UserInfo>,
 }
 
 /// One admission plugin.
@@ -50,6 +52,12 @@ pub struct Chain {
 impl Chain {
     pub fn new(plugins: Vec<Box<dyn AdmissionPlugin>>) -> Self {
         Self { plugins }
+    }
+
+    /// Adds a plugin after the others (the API server's own, which need its state).
+    pub fn with(mut self, plugin: impl AdmissionPlugin) -> Self {
+        self.plugins.push(Box::new(plugin));
+        self
     }
 
     pub fn names(&self) -> Vec<&'static str> {

@@ -20,8 +20,8 @@ pub mod validation;
 pub mod watch;
 
 pub use error::{ApiError, FieldError, GroupResource};
-pub use user::UserInfo;
 pub use registry::{DeleteOptions, Deleted, Filter, ListOptions, Registry, WriteOptions};
 pub use resource::{
     Column, NameRule, Part, ResourceDef, ResourceTable, StoredAs, Strategy, Subresource,
 };
+pub use user::UserInfo;

@@ -62,6 +62,9 @@ pub struct WriteOptions {
     /// entry). None leaves managedFields as the caller set them: server-side apply computes
     /// its own, and the server's internal writes are not tracked.
     pub field_manager: Option<String>,
+    /// Who asks, for the admission plugins that care (escalation, node restriction). None is
+    /// the server's own write, which is trusted.
+    pub user: Option<crate::UserInfo>,
 }
 
 /// How dependents are treated when their owner is deleted.
@@ -451,6 +454,7 @@ impl Registry {
             subresource: None,
             old: None,
             dry_run: opts.dry_run,
+            user: opts.user.as_ref(),
         };
         self.admission.admit(self, &attrs, &mut obj).await?;
         if opts.dry_run {
@@ -650,6 +654,7 @@ impl Registry {
             subresource: (part == Part::Status).then_some("status"),
             old: Some(&old),
             dry_run: opts.dry_run,
+            user: opts.user.as_ref(),
         };
         self.admission.admit(self, &attrs, &mut obj).await?;
         // A terminating object whose last finalizer is gone and whose grace is over is removed.
@@ -733,6 +738,7 @@ impl Registry {
                 subresource: None,
                 old: Some(&obj.clone()),
                 dry_run: opts.dry_run,
+                user: None,
             };
             let mut scratch = obj.clone();
             self.admission.admit(self, &attrs, &mut scratch).await?;

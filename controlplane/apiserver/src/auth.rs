@@ -1,15 +1,24 @@
-//! Authentication (client certificates, bootstrap tokens) and authorization for every request.
-//! Full RBAC is a later step; today: system:masters and system:nodes may use the API, bootstrap
-//! token holders may only fetch credentials, anonymous callers only see public endpoints.
+//! Authentication, impersonation and authorization of every request, in upstream's order:
+//! the credentials (a client certificate that verified against the cluster CA, the bootstrap
+//! token, or none) give a user; `Impersonate-*` headers may swap it for another, each part
+//! authorized with the `impersonate` verb; then the request, parsed once into its
+//! [`Target`], is put to the authorizer chain (system:masters, the node authorizer, RBAC).
+//! A refusal is a 403 worded as upstream's. The target and the user travel on in the
+//! request's extensions, and the user also in a task-local ([`caller`]) for the writes'
+//! admission plugins.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::header;
+use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use strake_apimachinery::request::{self, Target};
+use strake_apimachinery::user::{self, UserInfo};
 use strake_pki::Identity;
+use strake_rbac::{Attributes, Resource};
 
 use crate::AppState;
 use strake_apimachinery::ApiError;
@@ -22,7 +31,7 @@ pub struct ConnInfo {
     pub cert_identity: Option<Identity>,
 }
 
-/// Who is calling.
+/// Who the credentials say is calling.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Principal {
     Anonymous,
@@ -35,25 +44,9 @@ pub enum Principal {
 
 impl Principal {
     pub fn is_admin(&self) -> bool {
-        matches!(self, Principal::User(id) if id.groups.iter().any(|g| g == "system:masters"))
+        matches!(self, Principal::User(id) if id.groups.iter().any(|g| g == user::MASTERS))
     }
-    pub fn is_node(&self) -> bool {
-        matches!(self, Principal::User(id) if id.groups.iter().any(|g| g == "system:nodes"))
-    }
-    pub fn groups(&self) -> Vec<String> {
-        match self {
-            Principal::Anonymous => vec!["system:unauthenticated".into()],
-            Principal::Bootstrap { .. } => {
-                vec!["system:bootstrappers".into(), "system:authenticated".into()]
-            }
-            Principal::User(id) => id
-                .groups
-                .iter()
-                .cloned()
-                .chain(["system:authenticated".to_string()])
-                .collect(),
-        }
-    }
+
     /// The principal a bearer token stands for, if it is valid.
     pub fn from_token(app: &AppState, token: &str) -> Option<Principal> {
         match &app.token {
@@ -63,46 +56,216 @@ impl Principal {
             _ => None,
         }
     }
-    pub fn name(&self) -> String {
+
+    /// The user, with the groups every authenticated (or anonymous) caller is in.
+    pub fn user_info(&self) -> UserInfo {
         match self {
-            Principal::Anonymous => "system:anonymous".into(),
-            Principal::Bootstrap { token_id } => format!("system:bootstrap:{token_id}"),
-            Principal::User(id) => id.user.clone(),
+            Principal::Anonymous => UserInfo::anonymous(),
+            Principal::Bootstrap { token_id } => UserInfo::new(
+                format!("system:bootstrap:{token_id}"),
+                &[strake_rbac::bootstrap::BOOTSTRAPPERS, user::AUTHENTICATED],
+            ),
+            Principal::User(id) => {
+                let mut groups = id.groups.clone();
+                if !groups.iter().any(|g| g == user::AUTHENTICATED) {
+                    groups.push(user::AUTHENTICATED.into());
+                }
+                UserInfo {
+                    name: id.user.clone(),
+                    groups,
+                    ..Default::default()
+                }
+            }
+        }
+    }
+
+    pub fn name(&self) -> String {
+        self.user_info().name
+    }
+}
+
+tokio::task_local! {
+    static CALLER: Arc<UserInfo>;
+}
+
+/// The user the request being served acts as (None outside a request: the server's own work).
+pub fn caller() -> Option<UserInfo> {
+    CALLER.try_with(|u| (**u).clone()).ok()
+}
+
+/// The attributes the authorizer is asked about a request.
+fn attributes<'a>(
+    u: &'a UserInfo,
+    target: &'a Target,
+    method: &'a str,
+    path: &'a str,
+) -> Attributes<'a> {
+    match target {
+        Target::Resource(info) => {
+            // A namespace is its own namespace: a RoleBinding there may grant reading it.
+            let namespace = match (&info.namespace, info.group.as_str(), info.resource.as_str()) {
+                (Some(ns), _, _) => ns.as_str(),
+                (None, "", "namespaces") => info.name.as_deref().unwrap_or_default(),
+                (None, _, _) => "",
+            };
+            Attributes::resource(
+                u,
+                info.verb.as_str(),
+                Resource {
+                    group: &info.group,
+                    resource: &info.resource,
+                    subresource: info.subresource.as_deref().unwrap_or_default(),
+                    namespace,
+                    name: info.name.as_deref().unwrap_or_default(),
+                },
+            )
+        }
+        Target::Discovery { .. } | Target::NonResource(_) => {
+            Attributes::non_resource(u, method, path)
         }
     }
 }
 
-const PUBLIC: &[&str] = &[
-    "/version",
-    "/version/",
-    "/healthz",
-    "/livez",
-    "/readyz",
-    "/strake/v1/cluster-info",
-];
+/// Upstream's 403 for a refused resource request: `pods "x" is forbidden: User ...`.
+pub fn forbidden(a: &Attributes<'_>, reason: &str) -> ApiError {
+    let why = strake_rbac::forbidden_message(a, reason);
+    ApiError::Forbidden(match &a.resource {
+        Some(r) if !r.name.is_empty() => format!("{} {:?} is forbidden: {why}", r.resource, r.name),
+        Some(r) => format!("{} is forbidden: {why}", r.resource),
+        None => format!("forbidden: {why}"),
+    })
+}
 
-/// Decides whether `who` may call `path`.
-pub fn authorize(who: &Principal, path: &str) -> Result<(), ApiError> {
-    if PUBLIC.contains(&path) {
-        return Ok(());
-    }
-    let credential_path = path.starts_with("/strake/v1/");
-    match who {
-        Principal::Anonymous => Err(ApiError::Unauthorized),
-        Principal::Bootstrap { .. } if credential_path => Ok(()),
-        Principal::Bootstrap { .. } => Err(ApiError::Forbidden(format!(
-            "{} is only allowed to request credentials, not {path}",
-            who.name()
-        ))),
-        p if p.is_admin() || p.is_node() => Ok(()),
-        p => Err(ApiError::Forbidden(format!(
-            "User \"{}\" cannot access {path}: no role grants it",
-            p.name()
-        ))),
+/// Authorizes `a`, or says why not.
+pub fn check(app: &AppState, a: &Attributes<'_>) -> Result<(), ApiError> {
+    let d = app.authz.authorize(a);
+    if d.allowed() {
+        Ok(())
+    } else {
+        Err(forbidden(a, d.reason()))
     }
 }
 
-/// Middleware: works out the principal, authorizes, and stores the principal in the request.
+/// The user the `Impersonate-*` headers ask for, once `actor` may impersonate each part of
+/// it; None without such headers.
+fn impersonate(
+    app: &AppState,
+    actor: &UserInfo,
+    headers: &HeaderMap,
+) -> Result<Option<UserInfo>, ApiError> {
+    let values = |name: &str| -> Vec<String> {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_string)
+            .collect()
+    };
+    let name = values("impersonate-user").into_iter().next();
+    let groups = values("impersonate-group");
+    let uid = values("impersonate-uid").into_iter().next();
+    let mut extra: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, v) in headers {
+        if let Some(key) = k.as_str().strip_prefix("impersonate-extra-")
+            && let Ok(v) = v.to_str()
+        {
+            let key = percent_decode(key);
+            extra.entry(key).or_default().push(v.to_string());
+        }
+    }
+    let Some(name) = name else {
+        if groups.is_empty() && uid.is_none() && extra.is_empty() {
+            return Ok(None);
+        }
+        return Err(ApiError::BadRequest(
+            "impersonating groups, a uid or extra fields needs Impersonate-User too".into(),
+        ));
+    };
+    let may = |resource: &str, group: &str, namespace: &str, name: &str| {
+        let (plural, sub) = resource.split_once('/').unwrap_or((resource, ""));
+        let a = Attributes::resource(
+            actor,
+            "impersonate",
+            Resource {
+                group,
+                resource: plural,
+                subresource: sub,
+                namespace,
+                name,
+            },
+        );
+        check(app, &a)
+    };
+    let mut target = UserInfo {
+        name: name.clone(),
+        uid: uid.clone().unwrap_or_default(),
+        groups: groups.clone(),
+        extra: extra.clone(),
+    };
+    match target
+        .service_account()
+        .map(|(ns, n)| (ns.to_string(), n.to_string()))
+    {
+        Some((ns, sa)) => {
+            may("serviceaccounts", "", &ns, &sa)?;
+            if groups.is_empty() {
+                target.groups = user::service_account_groups(&ns);
+            }
+        }
+        None => may("users", "", "", &name)?,
+    }
+    for g in &groups {
+        may("groups", "", "", g)?;
+    }
+    if let Some(uid) = &uid {
+        may("uids", "authentication.k8s.io", "", uid)?;
+    }
+    for (key, vals) in &extra {
+        for v in vals {
+            may(&format!("userextras/{key}"), "authentication.k8s.io", "", v)?;
+        }
+    }
+    let everyone = if name == user::ANONYMOUS {
+        user::UNAUTHENTICATED
+    } else {
+        user::AUTHENTICATED
+    };
+    if !target.in_group(everyone) {
+        target.groups.push(everyone.into());
+    }
+    Ok(Some(target))
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (
+            b[i],
+            s.get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok()),
+        ) {
+            (b'%', Some(x)) => {
+                out.push(x);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether the query asks for a watch (`watch=true` or `watch=1`).
+fn wants_watch(query: Option<&str>) -> bool {
+    query.is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"))
+}
+
+/// Middleware: authenticates, applies impersonation, parses and authorizes the request, and
+/// hands the principal, the user and the target on.
 pub async fn middleware(
     State(app): State<Arc<AppState>>,
     mut req: Request,
@@ -119,53 +282,68 @@ pub async fn middleware(
         .map(str::to_string);
     let who = match (conn.and_then(|c| c.cert_identity), bearer) {
         (Some(id), _) => Principal::User(id),
-        (None, Some(token)) => match &app.token {
-            Some(t) if t.matches(&token) => Principal::Bootstrap {
-                token_id: t.id().to_string(),
-            },
-            _ => return ApiError::Unauthorized.into_response(),
+        (None, Some(token)) => match Principal::from_token(&app, &token) {
+            Some(p) => p,
+            None => return ApiError::Unauthorized.into_response(),
         },
         (None, None) => Principal::Anonymous,
     };
-    if let Err(e) = authorize(&who, req.uri().path()) {
-        tracing::debug!(who = %who.name(), ?peer, path = %req.uri().path(), "denied");
+    let actor = who.user_info();
+    let user = match impersonate(&app, &actor, req.headers()) {
+        Ok(Some(u)) => {
+            tracing::debug!(by = %actor.name, to = %u.name, "impersonating");
+            u
+        }
+        Ok(None) => actor,
+        Err(e) => return e.into_response(),
+    };
+    let watch = wants_watch(req.uri().query());
+    let target = match request::parse(req.method(), req.uri().path(), watch) {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    let method = req.method().as_str().to_ascii_lowercase();
+    let path = req.uri().path().to_string();
+    if let Err(e) = check(&app, &attributes(&user, &target, &method, &path)) {
+        tracing::debug!(user = %user.name, ?peer, %path, "denied");
         return e.into_response();
     }
     req.extensions_mut().insert(who);
-    next.run(req).await
+    req.extensions_mut().insert(target);
+    let user = Arc::new(user);
+    req.extensions_mut().insert(user.clone());
+    CALLER.scope(user, next.run(req)).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn user(groups: &[&str]) -> Principal {
-        Principal::User(Identity {
-            user: "u".into(),
-            groups: groups.iter().map(|g| g.to_string()).collect(),
+    #[test]
+    fn the_credentials_give_the_user_and_its_groups() {
+        assert_eq!(Principal::Anonymous.user_info(), UserInfo::anonymous());
+        let boot = Principal::Bootstrap {
+            token_id: "abcdef".into(),
+        }
+        .user_info();
+        assert_eq!(boot.name, "system:bootstrap:abcdef");
+        assert!(boot.in_group("system:bootstrappers") && boot.in_group(user::AUTHENTICATED));
+        let node = Principal::User(Identity {
+            user: "system:node:w1".into(),
+            groups: vec!["system:nodes".into()],
         })
+        .user_info();
+        assert_eq!(node.node_name(), Some("w1"));
+        assert!(node.in_group(user::AUTHENTICATED));
     }
 
     #[test]
-    fn rules() {
-        assert!(authorize(&Principal::Anonymous, "/version").is_ok());
-        assert!(matches!(
-            authorize(&Principal::Anonymous, "/api/v1/pods"),
-            Err(ApiError::Unauthorized)
-        ));
-        let boot = Principal::Bootstrap {
-            token_id: "abcdef".into(),
-        };
-        assert!(authorize(&boot, "/strake/v1/kubeconfig").is_ok());
-        assert!(matches!(
-            authorize(&boot, "/api/v1/pods"),
-            Err(ApiError::Forbidden(_))
-        ));
-        assert!(authorize(&user(&["system:masters"]), "/api/v1/pods").is_ok());
-        assert!(authorize(&user(&["system:nodes"]), "/api/v1/nodes").is_ok());
-        assert!(matches!(
-            authorize(&user(&["devs"]), "/api/v1/pods"),
-            Err(ApiError::Forbidden(_))
-        ));
+    fn watch_queries_are_recognized() {
+        assert!(wants_watch(Some("watch=true&resourceVersion=1")));
+        assert!(wants_watch(Some("labelSelector=a&watch=1")));
+        assert!(!wants_watch(Some("watch=false")));
+        assert!(!wants_watch(None));
+        assert_eq!(percent_decode("scopes%2Fa"), "scopes/a");
+        assert_eq!(percent_decode("100%"), "100%");
     }
 }

@@ -1,6 +1,7 @@
 //! Controllers that belong to the API server itself (every API server runs them): CRD serving
 //! (a CRD's versions join the resource table, with the Established and NamesAccepted
-//! conditions; deleting a CRD deletes its objects first), store compaction and the Event TTL.
+//! conditions; deleting a CRD deletes its objects first), ClusterRole aggregation, store
+//! compaction and the Event TTL.
 //! They act through the registry, never raw store keys. Namespace teardown is the namespace
 //! controller's, in `strake-controllers`.
 
@@ -87,6 +88,18 @@ pub async fn crds(reg: Registry) {
         "/registry/apiextensions.k8s.io/customresourcedefinitions/",
         Duration::from_secs(10),
         |reg| async move { crd_pass(&reg).await },
+    )
+    .await
+}
+
+/// ClusterRole aggregation: on every ClusterRole change (and every minute), each aggregated
+/// role gets the rules of the roles its selectors pick.
+pub async fn aggregation(reg: Registry) {
+    run_on_changes(
+        reg,
+        "/registry/rbac.authorization.k8s.io/clusterroles/",
+        Duration::from_secs(60),
+        |reg| async move { crate::authz::aggregate(&reg).await.map(|_| ()) },
     )
     .await
 }

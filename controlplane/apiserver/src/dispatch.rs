@@ -21,11 +21,11 @@ use strake_apimachinery::request::{RequestInfo, Target, Verb};
 use strake_apimachinery::selectors::{FieldSelector, LabelSelector};
 use strake_apimachinery::watch::{WatchItem, WatchOptions};
 use strake_apimachinery::{
-    ApiError, DeleteOptions, Deleted, Filter, ListOptions, Part, ResourceDef, WriteOptions,
+    ApiError, DeleteOptions, Deleted, Filter, ListOptions, Part, ResourceDef, UserInfo,
+    WriteOptions,
 };
 
 use crate::AppState;
-use crate::auth::Principal;
 use crate::render::{self, Render, error_response, json_response, with_warnings};
 
 type Query = HashMap<String, String>;
@@ -148,6 +148,7 @@ pub fn write_options(q: &Query, headers: &HeaderMap) -> Result<WriteOptions, Api
     Ok(WriteOptions {
         dry_run: dry_run(q)?,
         field_manager: Some(manager),
+        user: crate::auth::caller(),
     })
 }
 
@@ -164,12 +165,13 @@ fn filter(def: &ResourceDef, q: &Query) -> Result<Filter, ApiError> {
 }
 
 /// Entry point for every path under `/api` and `/apis`.
-pub async fn handle(State(app): State<Arc<AppState>>, req: Request) -> Response {
+pub async fn handle(State(app): State<Arc<AppState>>, mut req: Request) -> Response {
     let q = query(&req);
-    let watch = q.get("watch").is_some_and(|w| w == "true" || w == "1");
-    let target = match strake_apimachinery::request::parse(req.method(), req.uri().path(), watch) {
-        Ok(t) => t,
-        Err(e) => return error_response(e),
+    // Parsed once, by the authorization middleware.
+    let Some(target) = req.extensions_mut().remove::<Target>() else {
+        return error_response(ApiError::Internal(
+            "the request reached its handler unparsed".into(),
+        ));
     };
     match target {
         Target::Discovery {
@@ -189,9 +191,9 @@ pub async fn handle(State(app): State<Arc<AppState>>, req: Request) -> Response 
             let protobuf = render::wants_protobuf(req.headers()) && info.verb != Verb::Watch;
             let who = req
                 .extensions()
-                .get::<Principal>()
+                .get::<Arc<UserInfo>>()
                 .cloned()
-                .unwrap_or(Principal::Anonymous);
+                .unwrap_or_else(|| Arc::new(UserInfo::anonymous()));
             let (parts, body) = req.into_parts();
             let resp = match resource(app, &who, info, q, parts.headers, body).await {
                 Ok(r) => r,
@@ -208,7 +210,7 @@ pub async fn handle(State(app): State<Arc<AppState>>, req: Request) -> Response 
 
 async fn resource(
     app: Arc<AppState>,
-    who: &Principal,
+    who: &UserInfo,
     info: RequestInfo,
     q: Query,
     headers: HeaderMap,

@@ -5,6 +5,7 @@
 
 mod apply;
 mod auth;
+mod authz;
 mod bootstrap;
 mod controllers;
 mod discovery;
@@ -85,6 +86,8 @@ pub struct AppState {
     /// The same identity for the streams proxied to agents (exec): HTTP/1.1 only, which
     /// the upgrade needs.
     pub node_tls: Arc<rustls::ClientConfig>,
+    /// Every request's authorizer (system:masters, nodes, RBAC), fed by watches.
+    pub authz: Arc<strake_rbac::Authorizer>,
 }
 
 /// The periodic upkeep the server does for the cluster.
@@ -156,8 +159,13 @@ impl ApiServer {
         );
         let kubernetes_ip = services.first_ip();
         let dns_ip = services.dns_ip();
+        let authz = Arc::new(strake_rbac::Authorizer::new());
         let admission =
-            strake_apimachinery::admission::with_services(cfg.default_toleration_seconds, services);
+            strake_apimachinery::admission::with_services(cfg.default_toleration_seconds, services)
+                .with(strake_rbac::admission::NodeRestriction)
+                .with(strake_rbac::admission::Escalation {
+                    authz: authz.clone(),
+                });
         let registry = Registry::new(store, strake_kinds::builtin_table(), admission);
         let app = Arc::new(AppState {
             registry,
@@ -168,6 +176,7 @@ impl ApiServer {
             node_tls: Arc::new(node_tls),
             kubernetes_ip,
             dns_ip,
+            authz,
         });
         Ok(Self {
             housekeeping: Housekeeping::default(),
@@ -298,6 +307,12 @@ impl ApiServer {
                 what: "custom resource definitions".into(),
                 source: Box::new(source),
             })?;
+        authz::reconcile_defaults(&self.app.registry)
+            .await
+            .map_err(|source| ServerError::Defaults {
+                what: "the default RBAC policy".into(),
+                source: Box::new(source),
+            })?;
         Ok(())
     }
 
@@ -395,6 +410,12 @@ impl ApiServer {
             .map_err(|source| ServerError::Listen {
                 addr: self.listen,
                 source,
+            })?;
+        authz::start(&self.app.registry, &self.app.authz)
+            .await
+            .map_err(|source| ServerError::Defaults {
+                what: "the authorizer's state".into(),
+                source: Box::new(source),
             })?;
         tokio::spawn(controllers::crds(self.app.registry.clone()));
         tokio::spawn(controllers::compactor(

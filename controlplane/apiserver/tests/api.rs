@@ -294,8 +294,15 @@ async fn bad_requests_get_status_objects() {
     // Anonymous callers see /version but nothing else.
     let anon = strake_kubeclient::Client::new(&c.url, &ca(&c).await, None).unwrap();
     assert!(anon.get_json("/version").await.unwrap()["minor"] == "32");
+    // ... and are refused, as upstream words it, by RBAC.
     let err = anon.get_json("/api/v1/pods").await.unwrap_err();
-    assert!(matches!(err, ClientError::Api { code: 401, .. }), "{err}");
+    assert!(matches!(err, ClientError::Api { code: 403, .. }), "{err}");
+    assert!(
+        err.to_string().contains(
+            r#"pods is forbidden: User "system:anonymous" cannot list resource "pods" in API group "" at the cluster scope"#
+        ),
+        "{err}"
+    );
 
     let (http, base) = reqwest_client(&c).await;
     // A malformed protobuf body is a 400 naming the problem.

@@ -1049,15 +1049,16 @@ async fn many_watchers_share_one_store_watch_per_resource() {
         .unwrap()
         .to_string();
     // The namespace and volume controllers' caches (namespaces, pods; claims, volumes,
-    // classes, nodes) hold feeds of their own, one per resource.
+    // classes, nodes) and the authorizer (the four RBAC kinds; pods) hold feeds of their
+    // own, one per resource.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while reg.watch_cache().feeds() < 6 && std::time::Instant::now() < deadline {
+    while reg.watch_cache().feeds() < 10 && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let before = reg.watch_cache().feeds();
     assert_eq!(
-        before, 6,
-        "the controllers watch namespaces, pods, claims, volumes, classes and nodes"
+        before, 10,
+        "the controllers and the authorizer watch namespaces, pods, claims, volumes, classes, nodes and the RBAC kinds"
     );
     let mut streams = Vec::new();
     for i in 0..50 {

@@ -81,6 +81,7 @@ impl Client {
         WriteOptions {
             dry_run: false,
             field_manager: Some(self.manager.to_string()),
+            user: None,
         }
     }
 

@@ -870,6 +870,7 @@ impl Autoscalers {
             let opts = WriteOptions {
                 dry_run: false,
                 field_manager: Some(NAME.into()),
+                user: None,
             };
             match strake_kinds::scale::set_replicas(
                 reg,

@@ -24,6 +24,7 @@ pub const AGGREGATE_TO_VIEW: &str = "rbac.authorization.k8s.io/aggregate-to-view
 /// The role the cluster's bootstrap-token holders get: fetching node credentials only.
 pub const NODE_BOOTSTRAPPER: &str = "system:node-bootstrapper";
 pub const BOOTSTRAPPERS: &str = "system:bootstrappers";
+pub const ADMIN_CREDENTIALS: &str = "system:strake:admin-credentials";
 /// The URLs anyone, signed in or not, may read.
 pub const PUBLIC_URLS: &[&str] = &["/healthz", "/livez", "/readyz", "/version", "/version/"];
 
@@ -32,7 +33,8 @@ fn rw() -> Vec<&'static str> {
 }
 
 fn meta(name: &str, labels: &[(&str, &str)]) -> ObjectMeta {
-    let mut l: BTreeMap<String, String> = [(BOOTSTRAPPING.to_string(), "rbac-defaults".to_string())].into();
+    let mut l: BTreeMap<String, String> =
+        [(BOOTSTRAPPING.to_string(), "rbac-defaults".to_string())].into();
     for (k, v) in labels {
         l.insert(k.to_string(), v.to_string());
     }
@@ -127,9 +129,16 @@ fn view_rules() -> Vec<PolicyRule> {
         rule(
             READ,
             &["autoscaling"],
-            &["horizontalpodautoscalers", "horizontalpodautoscalers/status"],
+            &[
+                "horizontalpodautoscalers",
+                "horizontalpodautoscalers/status",
+            ],
         ),
-        rule(READ, &["batch"], &["jobs", "cronjobs", "cronjobs/status", "jobs/status"]),
+        rule(
+            READ,
+            &["batch"],
+            &["jobs", "cronjobs", "cronjobs/status", "jobs/status"],
+        ),
         rule(
             READ,
             &["policy"],
@@ -164,7 +173,13 @@ fn edit_rules() -> Vec<PolicyRule> {
         rule(
             w,
             &[""],
-            &["pods", "pods/attach", "pods/proxy", "pods/exec", "pods/portforward"],
+            &[
+                "pods",
+                "pods/attach",
+                "pods/proxy",
+                "pods/exec",
+                "pods/portforward",
+            ],
         ),
         rule(&["create"], &[""], &["pods/eviction"]),
         rule(
@@ -208,7 +223,11 @@ fn edit_rules() -> Vec<PolicyRule> {
 
 fn admin_rules() -> Vec<PolicyRule> {
     vec![
-        rule(&["create"], &["authorization.k8s.io"], &["localsubjectaccessreviews"]),
+        rule(
+            &["create"],
+            &["authorization.k8s.io"],
+            &["localsubjectaccessreviews"],
+        ),
         rule(&rw(), &[GROUP], &["roles", "rolebindings"]),
     ]
 }
@@ -218,17 +237,36 @@ fn admin_rules() -> Vec<PolicyRule> {
 /// it plays, and events.
 pub fn node_rules() -> Vec<PolicyRule> {
     vec![
-        rule(READ, &[""], &["nodes", "pods", "services", "endpoints", "namespaces", "persistentvolumes"]),
+        rule(
+            READ,
+            &[""],
+            &[
+                "nodes",
+                "pods",
+                "services",
+                "endpoints",
+                "namespaces",
+                "persistentvolumes",
+            ],
+        ),
         rule(READ, &["discovery.k8s.io"], &["endpointslices"]),
         rule(READ, &["networking.k8s.io"], &["networkpolicies"]),
-        rule(&["create", "update", "patch", "get"], &["", "events.k8s.io"], &["events"]),
+        rule(
+            &["create", "update", "patch", "get"],
+            &["", "events.k8s.io"],
+            &["events"],
+        ),
         rule(&["create"], &["authentication.k8s.io"], &["tokenreviews"]),
         rule(
             &["create"],
             &["authorization.k8s.io"],
             &["subjectaccessreviews", "localsubjectaccessreviews"],
         ),
-        rule(&["create", "get", "list", "watch"], &["certificates.k8s.io"], &["certificatesigningrequests"]),
+        rule(
+            &["create", "get", "list", "watch"],
+            &["certificates.k8s.io"],
+            &["certificatesigningrequests"],
+        ),
     ]
 }
 
@@ -243,8 +281,17 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
             vec![url_rule(
                 &["get"],
                 &[
-                    "/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/openapi",
-                    "/openapi/*", "/readyz", "/version", "/version/",
+                    "/api",
+                    "/api/*",
+                    "/apis",
+                    "/apis/*",
+                    "/healthz",
+                    "/livez",
+                    "/openapi",
+                    "/openapi/*",
+                    "/readyz",
+                    "/version",
+                    "/version/",
                 ],
             )],
         ),
@@ -254,8 +301,14 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
             vec![url_rule(
                 &["get"],
                 &[
-                    "/healthz", "/healthz/*", "/livez", "/livez/*", "/metrics", "/metrics/slis",
-                    "/readyz", "/readyz/*",
+                    "/healthz",
+                    "/healthz/*",
+                    "/livez",
+                    "/livez/*",
+                    "/metrics",
+                    "/metrics/slis",
+                    "/readyz",
+                    "/readyz/*",
                 ],
             )],
         ),
@@ -268,7 +321,11 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
                     &["authorization.k8s.io"],
                     &["selfsubjectaccessreviews", "selfsubjectrulesreviews"],
                 ),
-                rule(&["create"], &["authentication.k8s.io"], &["selfsubjectreviews"]),
+                rule(
+                    &["create"],
+                    &["authentication.k8s.io"],
+                    &["selfsubjectreviews"],
+                ),
             ],
         ),
         role(
@@ -279,15 +336,31 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
         aggregated("admin", &[], AGGREGATE_TO_ADMIN),
         aggregated("edit", &[(AGGREGATE_TO_ADMIN, "true")], AGGREGATE_TO_EDIT),
         aggregated("view", &[(AGGREGATE_TO_EDIT, "true")], AGGREGATE_TO_VIEW),
-        role("system:aggregate-to-admin", &[(AGGREGATE_TO_ADMIN, "true")], admin_rules()),
-        role("system:aggregate-to-edit", &[(AGGREGATE_TO_EDIT, "true")], edit_rules()),
-        role("system:aggregate-to-view", &[(AGGREGATE_TO_VIEW, "true")], view_rules()),
+        role(
+            "system:aggregate-to-admin",
+            &[(AGGREGATE_TO_ADMIN, "true")],
+            admin_rules(),
+        ),
+        role(
+            "system:aggregate-to-edit",
+            &[(AGGREGATE_TO_EDIT, "true")],
+            edit_rules(),
+        ),
+        role(
+            "system:aggregate-to-view",
+            &[(AGGREGATE_TO_VIEW, "true")],
+            view_rules(),
+        ),
         role(
             "system:auth-delegator",
             &[],
             vec![
                 rule(&["create"], &["authentication.k8s.io"], &["tokenreviews"]),
-                rule(&["create"], &["authorization.k8s.io"], &["subjectaccessreviews"]),
+                rule(
+                    &["create"],
+                    &["authorization.k8s.io"],
+                    &["subjectaccessreviews"],
+                ),
             ],
         ),
         role("system:node", &[], node_rules()),
@@ -297,17 +370,32 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
             vec![
                 rule(READ, &[""], &["services", "endpoints", "nodes"]),
                 rule(READ, &["discovery.k8s.io"], &["endpointslices"]),
-                rule(&["create", "patch", "update"], &["", "events.k8s.io"], &["events"]),
+                rule(
+                    &["create", "patch", "update"],
+                    &["", "events.k8s.io"],
+                    &["events"],
+                ),
             ],
         ),
         role(
             NODE_BOOTSTRAPPER,
             &[],
             vec![
-                rule(&["create", "get", "list", "watch"], &["certificates.k8s.io"], &["certificatesigningrequests"]),
+                rule(
+                    &["create", "get", "list", "watch"],
+                    &["certificates.k8s.io"],
+                    &["certificatesigningrequests"],
+                ),
                 // Strake's join: a bootstrap token buys a node's credentials, nothing more.
                 url_rule(&["post"], &["/strake/v1/node-credentials"]),
             ],
+        ),
+        // Until the machine API hands out admin credentials, the bootstrap token buys them too
+        // (the command that boots a cluster prints how to reach it with kubectl this way).
+        role(
+            ADMIN_CREDENTIALS,
+            &[],
+            vec![url_rule(&["post"], &["/strake/v1/kubeconfig"])],
         ),
         role(
             "system:strake:cluster-info-viewer",
@@ -323,32 +411,76 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
             "system:kube-scheduler",
             &[],
             vec![
-                rule(&["create", "patch", "update"], &["", "events.k8s.io"], &["events"]),
+                rule(
+                    &["create", "patch", "update"],
+                    &["", "events.k8s.io"],
+                    &["events"],
+                ),
                 rule(&["create"], &["coordination.k8s.io"], &["leases"]),
-                named(rule(&["get", "update"], &["coordination.k8s.io"], &["leases"]), &["kube-scheduler"]),
+                named(
+                    rule(&["get", "update"], &["coordination.k8s.io"], &["leases"]),
+                    &["kube-scheduler"],
+                ),
                 rule(&["delete", "get", "list", "watch"], &[""], &["nodes"]),
                 rule(READ, &[""], &["pods"]),
                 rule(&["create"], &[""], &["pods/binding", "bindings"]),
                 rule(&["patch", "update"], &[""], &["pods/status"]),
-                rule(READ, &["", "apps"], &["replicationcontrollers", "services", "replicasets", "statefulsets"]),
+                rule(
+                    READ,
+                    &["", "apps"],
+                    &[
+                        "replicationcontrollers",
+                        "services",
+                        "replicasets",
+                        "statefulsets",
+                    ],
+                ),
                 rule(READ, &["policy"], &["poddisruptionbudgets"]),
-                rule(READ, &[""], &["persistentvolumeclaims", "persistentvolumes", "namespaces"]),
-                rule(READ, &["storage.k8s.io"], &["storageclasses", "csinodes", "csidrivers", "csistoragecapacities"]),
+                rule(
+                    READ,
+                    &[""],
+                    &["persistentvolumeclaims", "persistentvolumes", "namespaces"],
+                ),
+                rule(
+                    READ,
+                    &["storage.k8s.io"],
+                    &[
+                        "storageclasses",
+                        "csinodes",
+                        "csidrivers",
+                        "csistoragecapacities",
+                    ],
+                ),
             ],
         ),
         role(
             "system:kube-controller-manager",
             &[],
             vec![
-                rule(&["create", "patch", "update"], &["", "events.k8s.io"], &["events"]),
+                rule(
+                    &["create", "patch", "update"],
+                    &["", "events.k8s.io"],
+                    &["events"],
+                ),
                 rule(&["create"], &["coordination.k8s.io"], &["leases"]),
-                named(rule(&["get", "update"], &["coordination.k8s.io"], &["leases"]), &["kube-controller-manager"]),
+                named(
+                    rule(&["get", "update"], &["coordination.k8s.io"], &["leases"]),
+                    &["kube-controller-manager"],
+                ),
                 rule(&["create"], &[""], &["secrets", "serviceaccounts"]),
                 rule(&["delete"], &[""], &["secrets"]),
-                rule(&["get"], &[""], &["configmaps", "namespaces", "secrets", "serviceaccounts"]),
+                rule(
+                    &["get"],
+                    &[""],
+                    &["configmaps", "namespaces", "secrets", "serviceaccounts"],
+                ),
                 rule(&["update"], &[""], &["secrets", "serviceaccounts"]),
                 rule(&["create"], &["authentication.k8s.io"], &["tokenreviews"]),
-                rule(&["create"], &["authorization.k8s.io"], &["subjectaccessreviews"]),
+                rule(
+                    &["create"],
+                    &["authorization.k8s.io"],
+                    &["subjectaccessreviews"],
+                ),
                 rule(&["list", "watch"], &["*"], &["*"]),
                 rule(&["create"], &[""], &["serviceaccounts/token"]),
             ],
@@ -383,16 +515,36 @@ pub fn cluster_role_bindings() -> Vec<ClusterRoleBinding> {
     let usr = |n: &str| subject("User", n);
     vec![
         binding("cluster-admin", "cluster-admin", vec![group(user::MASTERS)]),
-        binding("system:discovery", "system:discovery", vec![group(user::AUTHENTICATED)]),
-        binding("system:basic-user", "system:basic-user", vec![group(user::AUTHENTICATED)]),
+        binding(
+            "system:discovery",
+            "system:discovery",
+            vec![group(user::AUTHENTICATED)],
+        ),
+        binding(
+            "system:basic-user",
+            "system:basic-user",
+            vec![group(user::AUTHENTICATED)],
+        ),
         binding(
             "system:public-info-viewer",
             "system:public-info-viewer",
             vec![group(user::AUTHENTICATED), group(user::UNAUTHENTICATED)],
         ),
-        binding("system:monitoring", "system:monitoring", vec![group("system:monitoring")]),
-        binding("system:node-proxier", "system:node-proxier", vec![usr("system:kube-proxy")]),
-        binding("system:kube-scheduler", "system:kube-scheduler", vec![usr("system:kube-scheduler")]),
+        binding(
+            "system:monitoring",
+            "system:monitoring",
+            vec![group("system:monitoring")],
+        ),
+        binding(
+            "system:node-proxier",
+            "system:node-proxier",
+            vec![usr("system:kube-proxy")],
+        ),
+        binding(
+            "system:kube-scheduler",
+            "system:kube-scheduler",
+            vec![usr("system:kube-scheduler")],
+        ),
         binding(
             "system:kube-controller-manager",
             "system:kube-controller-manager",
@@ -412,6 +564,11 @@ pub fn cluster_role_bindings() -> Vec<ClusterRoleBinding> {
             vec![group(BOOTSTRAPPERS)],
         ),
         binding(
+            ADMIN_CREDENTIALS,
+            ADMIN_CREDENTIALS,
+            vec![group(BOOTSTRAPPERS)],
+        ),
+        binding(
             "system:strake:cluster-info-viewer",
             "system:strake:cluster-info-viewer",
             vec![group(user::AUTHENTICATED), group(user::UNAUTHENTICATED)],
@@ -422,7 +579,11 @@ pub fn cluster_role_bindings() -> Vec<ClusterRoleBinding> {
 /// The rules an aggregated ClusterRole holds: those of every other ClusterRole one of its
 /// selectors picks, in name order, each rule once. None for a role without an aggregation rule.
 pub fn aggregate(role: &ClusterRole, all: &[ClusterRole]) -> Option<Vec<PolicyRule>> {
-    let selectors = role.aggregation_rule.as_ref()?.cluster_role_selectors.clone()?;
+    let selectors = role
+        .aggregation_rule
+        .as_ref()?
+        .cluster_role_selectors
+        .clone()?;
     let mut sources: Vec<&ClusterRole> = all
         .iter()
         .filter(|r| r.metadata.name != role.metadata.name)
@@ -521,7 +682,11 @@ mod tests {
     #[test]
     fn admin_holds_edit_holds_view_by_aggregation() {
         let all = cluster_roles();
-        let get = |n: &str| all.iter().find(|r| r.metadata.name.as_deref() == Some(n)).unwrap();
+        let get = |n: &str| {
+            all.iter()
+                .find(|r| r.metadata.name.as_deref() == Some(n))
+                .unwrap()
+        };
         // The aggregated roles feed each other by label: view into edit into admin.
         let mut resolved = all.clone();
         for _ in 0..3 {
@@ -532,22 +697,44 @@ mod tests {
                 }
             }
         }
-        let rules = |n: &str| resolved.iter().find(|r| r.metadata.name.as_deref() == Some(n)).unwrap().rules.clone().unwrap();
+        let rules = |n: &str| {
+            resolved
+                .iter()
+                .find(|r| r.metadata.name.as_deref() == Some(n))
+                .unwrap()
+                .rules
+                .clone()
+                .unwrap()
+        };
         let (view, edit, admin) = (rules("view"), rules("edit"), rules("admin"));
         assert!(crate::rules::uncovered(&edit, &view).is_empty());
         assert!(crate::rules::uncovered(&admin, &edit).is_empty());
         assert!(!crate::rules::uncovered(&view, &edit).is_empty());
-        assert!(get("admin").rules.as_ref().unwrap().is_empty(), "the defaults carry no rules of their own");
+        assert!(
+            get("admin").rules.as_ref().unwrap().is_empty(),
+            "the defaults carry no rules of their own"
+        );
     }
 
     #[test]
     fn reconciling_adds_what_is_missing_and_respects_autoupdate_off() {
-        let default = cluster_roles().into_iter().find(|r| r.metadata.name.as_deref() == Some("system:basic-user")).unwrap();
+        let default = cluster_roles()
+            .into_iter()
+            .find(|r| r.metadata.name.as_deref() == Some("system:basic-user"))
+            .unwrap();
         let mut stored = default.clone();
         stored.rules.as_mut().unwrap().truncate(1);
-        stored.rules.as_mut().unwrap().push(rule(&["get"], &[""], &["pods"]));
+        stored
+            .rules
+            .as_mut()
+            .unwrap()
+            .push(rule(&["get"], &[""], &["pods"]));
         let next = reconcile_role(&stored, &default).expect("a rule was missing");
-        assert_eq!(next.rules.as_ref().unwrap().len(), 3, "the user's extra rule stays");
+        assert_eq!(
+            next.rules.as_ref().unwrap().len(),
+            3,
+            "the user's extra rule stays"
+        );
         assert!(reconcile_role(&next, &default).is_none());
         stored.metadata.annotations = Some([(AUTOUPDATE.to_string(), "false".to_string())].into());
         assert!(reconcile_role(&stored, &default).is_none());

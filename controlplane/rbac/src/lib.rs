@@ -4,6 +4,7 @@
 //! user from granting what they do not hold. Pure logic over in-memory state the API server
 //! keeps current from its watches, so a decision never touches the store.
 
+pub mod admission;
 pub mod bootstrap;
 pub mod node;
 pub mod policy;
@@ -70,7 +71,9 @@ impl Authorizer {
         }
         let graph = self.graph.read().unwrap_or_else(|p| p.into_inner());
         let denied = match node::authorize(&graph, a) {
-            node::Decision::Allow => return Decision::Allow("the node authorizer allows it".into()),
+            node::Decision::Allow => {
+                return Decision::Allow("the node authorizer allows it".into());
+            }
             node::Decision::Deny(why) => Some(why),
             node::Decision::NoOpinion => None,
         };
@@ -88,7 +91,10 @@ impl Authorizer {
     /// SelfSubjectRulesReview and the escalation check see them.
     pub fn rules_for(&self, u: &user::UserInfo, namespace: &str) -> Vec<PolicyRule> {
         if u.in_group(user::MASTERS) {
-            return vec![rules::rule(&["*"], &["*"], &["*"]), rules::url_rule(&["*"], &["*"])];
+            return vec![
+                rules::rule(&["*"], &["*"], &["*"]),
+                rules::url_rule(&["*"], &["*"]),
+            ];
         }
         let mut out = self
             .policy

@@ -98,9 +98,24 @@ pub fn pod_refs(pod: &Pod) -> Vec<(RefKind, String)> {
             .as_ref()
             .and_then(|c| c.node_publish_secret_ref.as_ref())
             .map(|r| r.name.clone())
-            .or_else(|| v.iscsi.as_ref().and_then(|i| i.secret_ref.as_ref()).map(|r| r.name.clone()))
-            .or_else(|| v.cephfs.as_ref().and_then(|i| i.secret_ref.as_ref()).map(|r| r.name.clone()))
-            .or_else(|| v.rbd.as_ref().and_then(|i| i.secret_ref.as_ref()).map(|r| r.name.clone()));
+            .or_else(|| {
+                v.iscsi
+                    .as_ref()
+                    .and_then(|i| i.secret_ref.as_ref())
+                    .map(|r| r.name.clone())
+            })
+            .or_else(|| {
+                v.cephfs
+                    .as_ref()
+                    .and_then(|i| i.secret_ref.as_ref())
+                    .map(|r| r.name.clone())
+            })
+            .or_else(|| {
+                v.rbd
+                    .as_ref()
+                    .and_then(|i| i.secret_ref.as_ref())
+                    .map(|r| r.name.clone())
+            });
         if let Some(s) = plugin_secret {
             out.push((RefKind::Secret, s));
         }
@@ -162,9 +177,9 @@ impl NodeGraph {
 
     /// Whether a pod bound to `node` references the object.
     pub fn references(&self, node: &str, kind: RefKind, namespace: &str, name: &str) -> bool {
-        self.refs.get(node).is_some_and(|c| {
-            c.contains_key(&(kind, namespace.to_string(), name.to_string()))
-        })
+        self.refs
+            .get(node)
+            .is_some_and(|c| c.contains_key(&(kind, namespace.to_string(), name.to_string())))
     }
 }
 
@@ -222,9 +237,9 @@ pub fn authorize(graph: &NodeGraph, a: &Attributes<'_>) -> Decision {
         ("", "pods", sub) => {
             let bound = graph.bound_to(node, r.namespace, r.name);
             let ok = match (sub, a.verb) {
-                ("", "delete") | ("status", "update" | "patch" | "get") | ("eviction", "create") => {
-                    bound
-                }
+                ("", "delete")
+                | ("status", "update" | "patch" | "get")
+                | ("eviction", "create") => bound,
                 _ => false,
             };
             if ok {
@@ -238,7 +253,10 @@ pub fn authorize(graph: &NodeGraph, a: &Attributes<'_>) -> Decision {
             }
         }
         ("", "nodes", "" | "status") => {
-            if read && r.subresource.is_empty() || r.name == node || (a.verb == "create" && r.name.is_empty()) {
+            if read && r.subresource.is_empty()
+                || r.name == node
+                || (a.verb == "create" && r.name.is_empty())
+            {
                 Decision::Allow
             } else {
                 Decision::Deny(format!("node '{node}' cannot modify node '{}'", r.name))
@@ -251,7 +269,10 @@ pub fn authorize(graph: &NodeGraph, a: &Attributes<'_>) -> Decision {
                 Decision::Deny(format!("node '{node}' can only access its own lease"))
             }
         }
-        _ if crate::node_rules().iter().any(|rule| rules::allows(rule, a)) => {
+        _ if crate::node_rules()
+            .iter()
+            .any(|rule| rules::allows(rule, a)) =>
+        {
             Decision::Allow
         }
         _ => Decision::NoOpinion,

@@ -69,7 +69,11 @@ fn subjects(subjects: Option<&Vec<Subject>>, binding_ns: Option<&str>) -> Vec<Wh
             "User" => Some(Who::User(s.name.clone())),
             "Group" => Some(Who::Group(s.name.clone())),
             "ServiceAccount" => {
-                let ns = s.namespace.as_deref().filter(|n| !n.is_empty()).or(binding_ns)?;
+                let ns = s
+                    .namespace
+                    .as_deref()
+                    .filter(|n| !n.is_empty())
+                    .or(binding_ns)?;
                 Some(Who::User(service_account_user(ns, &s.name)))
             }
             _ => None,
@@ -102,7 +106,8 @@ impl Policy {
     }
 
     pub fn remove_role(&mut self, namespace: &str, name: &str) {
-        self.roles.remove(&(namespace.to_string(), name.to_string()));
+        self.roles
+            .remove(&(namespace.to_string(), name.to_string()));
     }
 
     fn set_binding(&mut self, key: BindingKey, binding: Binding) {

@@ -86,12 +86,16 @@ pub fn resource_matches(rule: &PolicyRule, resource: &str, subresource: &str) ->
 
 /// Whether a non-resource rule's URLs cover `path`.
 pub fn url_matches(rule: &PolicyRule, path: &str) -> bool {
-    rule.non_resource_urls.as_deref().unwrap_or_default().iter().any(|u| {
-        u == ALL
-            || u == path
-            || u.strip_suffix('*')
-                .is_some_and(|prefix| path.starts_with(prefix))
-    })
+    rule.non_resource_urls
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .any(|u| {
+            u == ALL
+                || u == path
+                || u.strip_suffix('*')
+                    .is_some_and(|prefix| path.starts_with(prefix))
+        })
 }
 
 /// Whether `rule` allows the request.
@@ -147,11 +151,15 @@ pub fn uncovered(held: &[PolicyRule], wanted: &[PolicyRule]) -> Vec<PolicyRule> 
             for url in w.non_resource_urls.as_deref().unwrap_or_default() {
                 let ok = held.iter().any(|h| {
                     h.verbs.iter().any(|v| v == ALL || v == verb)
-                        && h.non_resource_urls.as_deref().unwrap_or_default().iter().any(|u| {
-                            u == ALL
-                                || u == url
-                                || u.strip_suffix('*').is_some_and(|p| url.starts_with(p))
-                        })
+                        && h.non_resource_urls
+                            .as_deref()
+                            .unwrap_or_default()
+                            .iter()
+                            .any(|u| {
+                                u == ALL
+                                    || u == url
+                                    || u.strip_suffix('*').is_some_and(|p| url.starts_with(p))
+                            })
                 });
                 if !ok {
                     missing.push(url_rule(&[verb], &[url]));
@@ -223,7 +231,13 @@ pub fn describe(r: &PolicyRule) -> String {
 mod tests {
     use super::*;
 
-    fn req<'a>(u: &'a UserInfo, verb: &'a str, group: &'a str, res: &'a str, sub: &'a str) -> Attributes<'a> {
+    fn req<'a>(
+        u: &'a UserInfo,
+        verb: &'a str,
+        group: &'a str,
+        res: &'a str,
+        sub: &'a str,
+    ) -> Attributes<'a> {
         Attributes::resource(
             u,
             verb,
@@ -242,17 +256,29 @@ mod tests {
         let u = UserInfo::default();
         let pods = rule(&["get"], &[""], &["pods"]);
         assert!(allows(&pods, &req(&u, "get", "", "pods", "")));
-        assert!(!allows(&pods, &req(&u, "get", "", "pods", "log")), "a subresource is named on its own");
+        assert!(
+            !allows(&pods, &req(&u, "get", "", "pods", "log")),
+            "a subresource is named on its own"
+        );
         assert!(!allows(&pods, &req(&u, "list", "", "pods", "")));
         assert!(!allows(&pods, &req(&u, "get", "apps", "pods", "")));
         let log = rule(&["get"], &[""], &["pods/log"]);
         assert!(allows(&log, &req(&u, "get", "", "pods", "log")));
         assert!(!allows(&log, &req(&u, "get", "", "pods", "")));
         let scale = rule(&["update"], &["*"], &["*/scale"]);
-        assert!(allows(&scale, &req(&u, "update", "apps", "deployments", "scale")));
-        assert!(!allows(&scale, &req(&u, "update", "apps", "deployments", "")));
+        assert!(allows(
+            &scale,
+            &req(&u, "update", "apps", "deployments", "scale")
+        ));
+        assert!(!allows(
+            &scale,
+            &req(&u, "update", "apps", "deployments", "")
+        ));
         let all = rule(&["*"], &["*"], &["*"]);
-        assert!(allows(&all, &req(&u, "escalate", "rbac.authorization.k8s.io", "roles", "")));
+        assert!(allows(
+            &all,
+            &req(&u, "escalate", "rbac.authorization.k8s.io", "roles", "")
+        ));
     }
 
     #[test]
@@ -274,10 +300,22 @@ mod tests {
         let u = UserInfo::default();
         let r = url_rule(&["get"], &["/healthz", "/apis/*"]);
         assert!(allows(&r, &Attributes::non_resource(&u, "get", "/healthz")));
-        assert!(allows(&r, &Attributes::non_resource(&u, "get", "/apis/apps/v1")));
-        assert!(!allows(&r, &Attributes::non_resource(&u, "get", "/healthz/etcd")));
-        assert!(!allows(&r, &Attributes::non_resource(&u, "post", "/healthz")));
-        assert!(!allows(&rule(&["get"], &["*"], &["*"]), &Attributes::non_resource(&u, "get", "/healthz")));
+        assert!(allows(
+            &r,
+            &Attributes::non_resource(&u, "get", "/apis/apps/v1")
+        ));
+        assert!(!allows(
+            &r,
+            &Attributes::non_resource(&u, "get", "/healthz/etcd")
+        ));
+        assert!(!allows(
+            &r,
+            &Attributes::non_resource(&u, "post", "/healthz")
+        ));
+        assert!(!allows(
+            &rule(&["get"], &["*"], &["*"]),
+            &Attributes::non_resource(&u, "get", "/healthz")
+        ));
     }
 
     #[test]
@@ -288,9 +326,15 @@ mod tests {
         ];
         assert!(uncovered(&held, &[rule(&["get"], &[""], &["pods"])]).is_empty());
         assert!(uncovered(&held, &[rule(&["delete"], &["apps"], &["deployments"])]).is_empty());
-        let missing = uncovered(&held, &[rule(&["get", "delete"], &[""], &["pods", "secrets"])]);
+        let missing = uncovered(
+            &held,
+            &[rule(&["get", "delete"], &[""], &["pods", "secrets"])],
+        );
         assert_eq!(missing.len(), 3, "{missing:?}");
-        assert!(!uncovered(&held, &[rule(&["*"], &[""], &["pods"])]).is_empty(), "a * is not covered by a list");
+        assert!(
+            !uncovered(&held, &[rule(&["*"], &[""], &["pods"])]).is_empty(),
+            "a * is not covered by a list"
+        );
         let mut named = rule(&["get"], &[""], &["secrets"]);
         named.resource_names = Some(vec!["a".into()]);
         let mut held_named = named.clone();
