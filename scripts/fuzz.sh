@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Coverage-guided fuzzing of the API's decoders and patch engines (JSON, YAML and protobuf bodies;
-# JSON, merge and strategic merge patches) with cargo-fuzz and libFuzzer, each for a bounded time.
+# JSON, merge and strategic merge patches) and of the credential parsers (service-account tokens,
+# client certificates) with cargo-fuzz and libFuzzer, each for a bounded time.
 # A crash fails the run and leaves its input under fuzz/artifacts/<target>/.
 #   FUZZ_SECONDS (default 45): how long each target runs.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"

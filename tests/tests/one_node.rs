@@ -2326,6 +2326,60 @@ fn service_scenarios(kubeconfig: &std::path::Path, registry: &str) -> anyhow::Re
                 .then_some(())
         },
     )?;
+    // The pod's own service-account token (projected by admission, requested by the node)
+    // reaches the API through the `kubernetes` Service, and holds what its account is bound
+    // to, nothing more.
+    let sa_dir = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let in_pod = |script: &str| k(&["exec", "svc-client", "--", "sh", "-c", script]);
+    ensure!(in_pod(&format!("cat {sa_dir}/namespace"))?.trim() == "default");
+    ensure!(in_pod(&format!("grep -c 'BEGIN CERTIFICATE' {sa_dir}/ca.crt"))?.trim() == "1");
+    let kube_ip = k(&[
+        "get",
+        "service",
+        "kubernetes",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ])?;
+    ensure!(
+        in_pod("echo $KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT")?.trim()
+            == format!("{kube_ip}:443")
+    );
+    let api = |path: &str| {
+        in_pod(&format!(
+            "timeout 20 wget -qO- --header \"Authorization: Bearer $(cat {sa_dir}/token)\" https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT{path} 2>&1"
+        ))
+    };
+    let refused = api("/api/v1/namespaces/default/pods");
+    ensure!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("403")),
+        "the default account read pods before any binding: {refused:?}"
+    );
+    k(&[
+        "create",
+        "rolebinding",
+        "default-view",
+        "--clusterrole=view",
+        "--serviceaccount=default:default",
+    ])?;
+    poll(
+        "the pod's token to list pods",
+        Duration::from_secs(60),
+        || {
+            api("/api/v1/namespaces/default/pods")
+                .ok()
+                .filter(|out| out.contains("\"kind\":\"PodList\"") && out.contains("svc-client"))
+        },
+    )?;
+    let secrets = api("/api/v1/namespaces/default/secrets");
+    ensure!(
+        secrets
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("403")),
+        "view read secrets: {secrets:?}"
+    );
+    k(&["delete", "rolebinding", "default-view"])?;
     k(&["delete", "service", "svc-web", "svc-web-np", "svc-web-lb"])?;
     k(&["delete", "deployment", "svc-web"])?;
     k(&[
@@ -2337,7 +2391,7 @@ fn service_scenarios(kubeconfig: &std::path::Path, registry: &str) -> anyhow::Re
         "--timeout=60s",
     ])?;
     eprintln!(
-        "service scenarios: ClusterIP over two replicas, NodePort, LoadBalancer, kubernetes, cluster DNS (search list, reverse, NXDOMAIN), no endpoints, egress masquerade: ok"
+        "service scenarios: ClusterIP over two replicas, NodePort, LoadBalancer, kubernetes, cluster DNS (search list, reverse, NXDOMAIN), no endpoints, egress masquerade, a pod's service-account token against the API: ok"
     );
     Ok(())
 }

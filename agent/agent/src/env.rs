@@ -8,6 +8,9 @@
 //! missing). A later entry replaces an earlier one of the same name. `command` and `args` are
 //! expanded against the container's own variables (not the image's).
 //!
+//! Before all of it come the `kubernetes` Service's variables (`KUBERNETES_SERVICE_HOST`,
+//! `KUBERNETES_SERVICE_PORT`, ...), which in-cluster clients read.
+//!
 //! The ConfigMaps and Secrets are fetched first ([`Sources::fetch`]); building is then a pure
 //! function ([`build`]), so every rule is tested without an API server.
 
@@ -25,6 +28,10 @@ type Data = Option<BTreeMap<String, String>>;
 pub struct Sources {
     pub config_maps: BTreeMap<String, Data>,
     pub secrets: BTreeMap<String, Data>,
+    /// The `kubernetes` Service's cluster IP and https port: every container gets its
+    /// variables (`KUBERNETES_SERVICE_HOST`...), which in-cluster clients read, as kubelet
+    /// adds them whatever `enableServiceLinks` says.
+    pub api_service: Option<(String, i32)>,
 }
 
 /// The addresses the downward API reports.
@@ -55,6 +62,26 @@ impl Sources {
         containers: &[&Container],
     ) -> Result<Self, String> {
         let mut out = Sources::default();
+        match shared
+            .client
+            .get::<k8s_openapi::api::core::v1::Service>(Some("default"), "kubernetes")
+            .await
+        {
+            Ok(svc) => {
+                let spec = svc.spec.unwrap_or_default();
+                let ip = spec.cluster_ip.filter(|ip| !ip.is_empty() && ip != "None");
+                let port = spec
+                    .ports
+                    .iter()
+                    .flatten()
+                    .find(|p| p.name.as_deref() == Some("https"))
+                    .or(spec.ports.iter().flatten().next())
+                    .map(|p| p.port);
+                out.api_service = ip.zip(port);
+            }
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(format!("service \"kubernetes\": {e}")),
+        }
         for c in containers {
             for (kind, name) in references(c) {
                 match kind {
@@ -151,6 +178,23 @@ pub fn build(
         Some(slot) => slot.1 = v,
         None => vars.push((k.to_string(), v)),
     };
+    if let Some((ip, port)) = &sources.api_service {
+        let url = format!("tcp://{ip}:{port}");
+        let tcp = format!("KUBERNETES_PORT_{port}_TCP");
+        let vals = [
+            ("KUBERNETES_SERVICE_HOST".to_string(), ip.clone()),
+            ("KUBERNETES_SERVICE_PORT".into(), port.to_string()),
+            ("KUBERNETES_SERVICE_PORT_HTTPS".into(), port.to_string()),
+            ("KUBERNETES_PORT".into(), url.clone()),
+            (tcp.clone(), url),
+            (format!("{tcp}_PROTO"), "tcp".into()),
+            (format!("{tcp}_PORT"), port.to_string()),
+            (format!("{tcp}_ADDR"), ip.clone()),
+        ];
+        for (k, v) in vals {
+            set(&mut vars, &k, v);
+        }
+    }
     let mut skipped = Vec::new();
     for f in c.env_from.iter().flatten() {
         let prefix = f.prefix.as_deref().unwrap_or_default();
@@ -436,6 +480,7 @@ mod tests {
             ]
             .into(),
             secrets: [("creds".to_string(), data(&[("password", "hunter2")]))].into(),
+            api_service: None,
         }
     }
 
@@ -508,6 +553,25 @@ mod tests {
             "args replace cmd, keep entrypoint"
         );
         assert_eq!(b.env.iter().filter(|e| e.starts_with("MODE=")).count(), 1);
+    }
+
+    #[test]
+    fn every_container_finds_the_api_and_may_override_or_expand_it() {
+        let p = pod(json!([{"name": "c", "image": "i", "env": [
+            {"name": "API", "value": "https://$(KUBERNETES_SERVICE_HOST):$(KUBERNETES_SERVICE_PORT)"},
+            {"name": "KUBERNETES_SERVICE_PORT_HTTPS", "value": "8443"}]}]));
+        let c = p.spec.as_ref().unwrap().containers[0].clone();
+        let mut s = sources();
+        s.api_service = Some(("10.96.0.1".into(), 443));
+        let b = build(&p, &c, &[], (&["/entry".into()], &[]), &s, &ips()).unwrap();
+        let env = env_of(&b);
+        assert_eq!(env["KUBERNETES_SERVICE_HOST"], "10.96.0.1");
+        assert_eq!(env["KUBERNETES_SERVICE_PORT"], "443");
+        assert_eq!(env["KUBERNETES_PORT"], "tcp://10.96.0.1:443");
+        assert_eq!(env["KUBERNETES_PORT_443_TCP_ADDR"], "10.96.0.1");
+        assert_eq!(env["KUBERNETES_PORT_443_TCP_PROTO"], "tcp");
+        assert_eq!(env["API"], "https://10.96.0.1:443");
+        assert_eq!(env["KUBERNETES_SERVICE_PORT_HTTPS"], "8443");
     }
 
     #[test]

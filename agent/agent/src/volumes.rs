@@ -6,8 +6,9 @@
 //! - `hostPath`: the path, checked or created by its `type`;
 //! - `persistentVolumeClaim`: the bound volume's hostPath or local path (a claim not bound
 //!   yet keeps the pod in ContainerCreating until it is);
-//! - `configMap`, `secret`, `downwardAPI` and `projected` (their configMap, secret and
-//!   downwardAPI sources): files written in upstream's atomic layout (a `..<stamp>` directory,
+//! - `configMap`, `secret`, `downwardAPI` and `projected` (their configMap, secret,
+//!   downwardAPI and serviceAccountToken sources, the token bound to the pod by a
+//!   TokenRequest): files written in upstream's atomic layout (a `..<stamp>` directory,
 //!   `..data` pointing at it, each key a link through `..data`), with `items`, `defaultMode`,
 //!   per-item modes and `optional`.
 //!
@@ -193,8 +194,14 @@ async fn prepare_one(
                 project(&data, s.items.as_deref(), p.default_mode)
             } else if let Some(d) = &src.downward_api {
                 downward(pod, d.items.as_deref().unwrap_or_default(), p.default_mode)
+            } else if let Some(t) = &src.service_account_token {
+                let token = service_account_token(shared, pod, t)
+                    .await
+                    .map_err(|e| err(name, e))?;
+                let mode = mode_of(p.default_mode).map_err(|e| err(name, e))?;
+                Ok(Files::from([(t.path.clone(), (token.into_bytes(), mode))]))
             } else {
-                Err("projected sources other than configMap, secret and downwardAPI (serviceAccountToken, clusterTrustBundle) are not supported by this node yet".to_string())
+                Err("projected sources other than configMap, secret, downwardAPI and serviceAccountToken (clusterTrustBundle) are not supported by this node yet".to_string())
             }
             .map_err(|e| err(name, e))?;
             files.extend(more);
@@ -309,6 +316,43 @@ fn host_path(path: &Path, ty: &str) -> Result<(), String> {
         "BlockDevice" => is("block device", |m| m.file_type().is_block_device()),
         other => Err(format!("hostPath type {other:?} is not one of upstream's")),
     }
+}
+
+/// A token for the pod's service account, bound to the pod, from the TokenRequest
+/// subresource (the node may ask only for the accounts of pods bound to it).
+async fn service_account_token(
+    shared: &Shared,
+    pod: &Pod,
+    t: &k8s_openapi::api::core::v1::ServiceAccountTokenProjection,
+) -> Result<String, String> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let sa = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.as_deref())
+        .filter(|s| !s.is_empty())
+        .unwrap_or("default");
+    let mut spec = serde_json::json!({
+        "expirationSeconds": t.expiration_seconds.unwrap_or(3600),
+        "boundObjectRef": {"apiVersion": "v1", "kind": "Pod",
+            "name": pod.metadata.name, "uid": pod.metadata.uid},
+    });
+    if let Some(aud) = t.audience.as_deref().filter(|a| !a.is_empty()) {
+        spec["audiences"] = serde_json::json!([aud]);
+    }
+    let body = serde_json::json!({"apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenRequest", "spec": spec});
+    let path = format!("/api/v1/namespaces/{ns}/serviceaccounts/{sa}/token");
+    let resp = shared
+        .client
+        .post_json(&path, &body)
+        .await
+        .map_err(|e| format!("a token for service account \"{sa}\": {e}"))?;
+    resp["status"]["token"]
+        .as_str()
+        .filter(|t| !t.is_empty())
+        .map(String::from)
+        .ok_or_else(|| format!("the token request for service account \"{sa}\" returned no token"))
 }
 
 /// Files of a projected volume: relative path -> (content, mode).

@@ -54,9 +54,11 @@ impl Chain {
         Self { plugins }
     }
 
-    /// Adds a plugin after the others (the API server's own, which need its state).
+    /// Adds a plugin (the API server's own, which need its state) after the others but
+    /// before the last, which hands out values (Service addresses) and so must come last.
     pub fn with(mut self, plugin: impl AdmissionPlugin) -> Self {
-        self.plugins.push(Box::new(plugin));
+        let at = self.plugins.len().saturating_sub(1);
+        self.plugins.insert(at, Box::new(plugin));
         self
     }
 
@@ -197,6 +199,122 @@ impl AdmissionPlugin for DefaultTolerationSeconds {
                         "effect": "NoExecute",
                         "tolerationSeconds": self.seconds,
                     }));
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Where a pod's service-account token, CA bundle and namespace are mounted.
+pub const SERVICE_ACCOUNT_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// The lifetime the projected token is asked for (upstream's; the API server extends it).
+pub const PROJECTED_TOKEN_SECONDS: i64 = 3607;
+
+/// Upstream's ServiceAccount plugin: a new pod runs as `default` unless it names an account,
+/// and (unless the pod or its account opts out with `automountServiceAccountToken: false`)
+/// gets the `kube-api-access-*` projected volume (a token bound to the pod, the cluster CA
+/// from `kube-root-ca.crt`, the namespace) mounted read-only in every container at
+/// [`SERVICE_ACCOUNT_MOUNT`], which is where in-cluster clients look.
+pub struct ServiceAccount;
+
+impl AdmissionPlugin for ServiceAccount {
+    fn name(&self) -> &'static str {
+        "ServiceAccount"
+    }
+
+    fn admit<'a>(
+        &'a self,
+        reg: &'a Registry,
+        attrs: &'a Attributes<'a>,
+        obj: &'a mut Value,
+    ) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(async move {
+            if attrs.operation != Operation::Create
+                || attrs.subresource.is_some()
+                || !is_core(attrs, "pods")
+                || !obj["spec"].is_object()
+                || !obj["metadata"]["annotations"]["kubernetes.io/config.mirror"].is_null()
+            {
+                return Ok(());
+            }
+            let spec = &mut obj["spec"];
+            let account = match spec["serviceAccountName"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+            {
+                Some(a) => a.to_string(),
+                None => spec["serviceAccount"]
+                    .as_str()
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or("default")
+                    .to_string(),
+            };
+            spec["serviceAccountName"] = account.clone().into();
+            let mount = match spec["automountServiceAccountToken"].as_bool() {
+                Some(m) => m,
+                None => {
+                    // The account may opt its pods out (a missing account does not: its
+                    // token is asked for when the pod starts, by which time it exists).
+                    let def = reg
+                        .table()
+                        .snapshot()
+                        .lookup("", "v1", "serviceaccounts")
+                        .cloned();
+                    match def {
+                        Some(def) => match reg.get(&def, attrs.namespace, &account).await {
+                            Ok(sa) => sa["automountServiceAccountToken"].as_bool() != Some(false),
+                            Err(ApiError::NotFound { .. }) => true,
+                            Err(e) => return Err(e),
+                        },
+                        None => true,
+                    }
+                }
+            };
+            if !mount {
+                return Ok(());
+            }
+            let volumes = spec["volumes"].as_array().cloned().unwrap_or_default();
+            let existing = volumes.iter().find_map(|v| {
+                v["name"]
+                    .as_str()
+                    .filter(|n| n.starts_with("kube-api-access-"))
+                    .map(String::from)
+            });
+            let volume = match existing {
+                Some(v) => v,
+                None => {
+                    let suffix: String = uuid::Uuid::new_v4().simple().to_string()[..5].into();
+                    let name = format!("kube-api-access-{suffix}");
+                    let v = serde_json::json!({"name": name, "projected": {"defaultMode": 420, "sources": [
+                        {"serviceAccountToken": {"expirationSeconds": PROJECTED_TOKEN_SECONDS, "path": "token"}},
+                        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                        {"downwardAPI": {"items": [{"path": "namespace",
+                            "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}]}});
+                    if !spec["volumes"].is_array() {
+                        spec["volumes"] = Value::Array(Vec::new());
+                    }
+                    if let Some(vs) = spec["volumes"].as_array_mut() {
+                        vs.push(v);
+                    }
+                    name
+                }
+            };
+            for list in ["initContainers", "containers"] {
+                for c in spec[list].as_array_mut().into_iter().flatten() {
+                    let mounted = c["volumeMounts"].as_array().is_some_and(|ms| {
+                        ms.iter().any(|m| m["mountPath"] == SERVICE_ACCOUNT_MOUNT)
+                    });
+                    if mounted {
+                        continue;
+                    }
+                    if !c["volumeMounts"].is_array() {
+                        c["volumeMounts"] = Value::Array(Vec::new());
+                    }
+                    if let Some(ms) = c["volumeMounts"].as_array_mut() {
+                        ms.push(serde_json::json!({"name": volume, "readOnly": true,
+                            "mountPath": SERVICE_ACCOUNT_MOUNT}));
+                    }
                 }
             }
             Ok(())
@@ -409,6 +527,7 @@ pub fn with_services(
 ) -> Chain {
     Chain::new(vec![
         Box::new(NamespaceLifecycle),
+        Box::new(ServiceAccount),
         Box::new(DefaultStorageClass),
         Box::new(DefaultTolerationSeconds {
             seconds: toleration_seconds,

@@ -73,6 +73,14 @@ impl Subresource {
             ..Self::new("eviction", "Eviction", &["create"])
         }
     }
+
+    /// `serviceaccounts/token`: a TokenRequest (authentication.k8s.io/v1).
+    pub fn token() -> Self {
+        Self {
+            group_version: Some(("authentication.k8s.io".into(), "v1".into())),
+            ..Self::new("token", "TokenRequest", &["create"])
+        }
+    }
 }
 
 /// Where the scale subresource finds replicas and the selector (JSON pointers).

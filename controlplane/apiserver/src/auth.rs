@@ -40,6 +40,8 @@ pub enum Principal {
         token_id: String,
     },
     User(Identity),
+    /// A service account, by a token this server signed.
+    ServiceAccount(UserInfo),
 }
 
 impl Principal {
@@ -65,6 +67,7 @@ impl Principal {
                 format!("system:bootstrap:{token_id}"),
                 &[strake_rbac::bootstrap::BOOTSTRAPPERS, user::AUTHENTICATED],
             ),
+            Principal::ServiceAccount(u) => u.clone(),
             Principal::User(id) => {
                 let mut groups = id.groups.clone();
                 if !groups.iter().any(|g| g == user::AUTHENTICATED) {
@@ -284,7 +287,14 @@ pub async fn middleware(
         (Some(id), _) => Principal::User(id),
         (None, Some(token)) => match Principal::from_token(&app, &token) {
             Some(p) => p,
-            None => return ApiError::Unauthorized.into_response(),
+            None => match crate::tokens::authenticate(&app, &token, &[strake_tokens::ISSUER]).await
+            {
+                Ok((u, _)) => Principal::ServiceAccount(u),
+                Err(why) => {
+                    tracing::debug!(?peer, %why, "a bearer token was refused");
+                    return ApiError::Unauthorized.into_response();
+                }
+            },
         },
         (None, None) => Principal::Anonymous,
     };

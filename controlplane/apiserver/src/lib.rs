@@ -18,6 +18,7 @@ mod reviews;
 mod routes;
 mod streams;
 mod subresources;
+mod tokens;
 pub mod typed;
 
 use std::net::SocketAddr;
@@ -41,6 +42,8 @@ pub use strake_pki::Credentials;
 pub enum ServerError {
     #[error("cluster PKI: {0}")]
     Pki(#[from] strake_pki::PkiError),
+    #[error("{0}")]
+    Tokens(#[from] strake_tokens::KeyError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -88,6 +91,8 @@ pub struct AppState {
     pub node_tls: Arc<rustls::ClientConfig>,
     /// Every request's authorizer (system:masters, nodes, RBAC), fed by watches.
     pub authz: Arc<strake_rbac::Authorizer>,
+    /// Signs and checks service-account tokens.
+    pub tokens: strake_tokens::Signer,
 }
 
 /// The periodic upkeep the server does for the cluster.
@@ -119,12 +124,21 @@ pub struct ApiServer {
 impl ApiServer {
     pub fn new(cfg: Config, store: strake_store::Store) -> Result<Self, ServerError> {
         let ca = ClusterCa::load_or_generate(&cfg.pki_dir, &cfg.cluster_name)?;
+        let tokens = strake_tokens::Signer::load_or_generate(&cfg.pki_dir)?;
+        let services = strake_apimachinery::servicealloc::ServiceAllocation::new(
+            cfg.service_cidr,
+            strake_apimachinery::servicealloc::NODE_PORTS,
+        );
+        let kubernetes_ip = services.first_ip();
         let mut sans = vec![
             "localhost".to_string(),
             "127.0.0.1".into(),
             "kubernetes".into(),
             "kubernetes.default".into(),
             "kubernetes.default.svc".into(),
+            "kubernetes.default.svc.cluster.local".into(),
+            // Pods reach the API at the `kubernetes` Service's address.
+            kubernetes_ip.to_string(),
         ];
         if let Some(host) = cfg
             .advertise
@@ -153,11 +167,6 @@ impl ApiServer {
             .map_err(|e| ServerError::Client(e.to_string()))?;
         let store: Arc<dyn strake_apimachinery::storage::ObjectStore> =
             Arc::new(strake_apimachinery::storage::RaftStore::new(store));
-        let services = strake_apimachinery::servicealloc::ServiceAllocation::new(
-            cfg.service_cidr,
-            strake_apimachinery::servicealloc::NODE_PORTS,
-        );
-        let kubernetes_ip = services.first_ip();
         let dns_ip = services.dns_ip();
         let authz = Arc::new(strake_rbac::Authorizer::new());
         let admission =
@@ -177,6 +186,7 @@ impl ApiServer {
             kubernetes_ip,
             dns_ip,
             authz,
+            tokens,
         });
         Ok(Self {
             housekeeping: Housekeeping::default(),

@@ -13,7 +13,6 @@ use strake_apimachinery::{ApiError, ResourceDef, UserInfo};
 use strake_rbac::{Attributes, Resource};
 
 use crate::AppState;
-use crate::auth::Principal;
 use crate::render::json_response;
 
 fn strings(v: &Value) -> Vec<String> {
@@ -157,14 +156,7 @@ pub async fn create(
             obj["status"] = json!({"userInfo": info});
         }
         "TokenReview" => {
-            let token = spec["token"].as_str().unwrap_or_default();
-            obj["status"] = match Principal::from_token(app, token) {
-                Some(p) => {
-                    let u = p.user_info();
-                    json!({"authenticated": true, "user": {"username": u.name, "groups": u.groups}})
-                }
-                None => json!({"authenticated": false, "error": "the token is not valid"}),
-            };
+            obj["status"] = crate::tokens::review(app, &spec).await;
         }
         other => return Err(ApiError::Internal(format!("no review handler for {other}"))),
     }

@@ -42,6 +42,10 @@ pub async fn serve(
     match (sub, def.group.as_str(), def.plural.as_str()) {
         ("status", ..) => status(app, def, ns, name, info.verb, q, headers, body).await,
         ("scale", ..) => scale(app, def, ns, name, info.verb, q, headers, body).await,
+        ("token", "", "serviceaccounts") => {
+            let bytes = read_body(body).await?;
+            crate::tokens::request(app, ns.unwrap_or_default(), name, &bytes, dry_run(q)?).await
+        }
         ("log", "", "pods") => crate::pods::log(app, ns.unwrap_or_default(), name, q).await,
         ("binding", "", "pods") => {
             crate::pods::binding(

@@ -9,6 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::Loopback;
+use k8s_openapi::api::rbac::v1::PolicyRule;
 use serde_json::{Value, json};
 use strake_pki::{CertifiedKey, ClusterCa};
 use strake_rbac::rules::{self, Attributes, Resource};
@@ -46,6 +47,10 @@ impl Caller {
         }
         let resp = r.send().await.unwrap();
         let code = resp.status().as_u16();
+        if code == 200 && path.contains("watch=true") {
+            // A watch that was let through: its stream is not read.
+            return (code, Value::Null);
+        }
         let text = resp.text().await.unwrap_or_default();
         (
             code,
@@ -186,11 +191,36 @@ fn default_rules(name: &str) -> Vec<k8s_openapi::api::rbac::v1::PolicyRule> {
     role.rules.clone().unwrap_or_default()
 }
 
+/// Who the matrix asks as, and what it expects them to hold.
+enum Expect {
+    /// Rules granted by a RoleBinding in `team` only.
+    InTeam(Vec<PolicyRule>),
+    /// Rules granted everywhere (a ClusterRoleBinding, or the node's own role).
+    Everywhere(Vec<PolicyRule>),
+    Nothing,
+}
+
+/// A name, how it calls, the headers it adds (impersonation), what it should hold.
+type Persona<'a> = (&'a str, Caller, Vec<(&'a str, &'a str)>, Expect);
+
+/// The kinds the node authorizer judges itself (by its graph, its name, or NodeRestriction
+/// behind it); the node test covers them.
+const GRAPH_KINDS: &[&str] = &[
+    "secrets",
+    "configmaps",
+    "persistentvolumeclaims",
+    "persistentvolumes",
+    "pods",
+    "nodes",
+    "leases",
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_denial_matrix_over_every_served_kind() {
     let c = common::start().await;
     namespace(&c, "team").await;
     namespace(&c, "other").await;
+    let team = |verb: &str| probe("team", verb, "", "configmaps");
     bind(
         &c,
         "team",
@@ -198,10 +228,10 @@ async fn a_denial_matrix_over_every_served_kind() {
         "ClusterRole",
         "view",
         "alice",
-        probe("team", "list", "", "pods"),
+        team("list"),
     )
     .await;
-    // edit's own rules arrive by aggregation, after the server starts.
+    // edit's and admin's own rules arrive by aggregation.
     bind(
         &c,
         "team",
@@ -209,76 +239,192 @@ async fn a_denial_matrix_over_every_served_kind() {
         "ClusterRole",
         "edit",
         "bob",
-        probe("team", "create", "", "secrets"),
+        team("create"),
     )
     .await;
-    let alice = user(&c, "alice", &["devs"]);
-    let bob = user(&c, "bob", &["devs"]);
-    let view = default_rules("view");
-    let edit = default_rules("edit");
+    bind(
+        &c,
+        "team",
+        "ann-admin",
+        "ClusterRole",
+        "admin",
+        "ann",
+        probe(
+            "team",
+            "create",
+            "rbac.authorization.k8s.io",
+            "rolebindings",
+        ),
+    )
+    .await;
+    ok(
+        &admin(&c),
+        "POST",
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+        json!({"metadata": {"name": "root-cluster-admin"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+            "subjects": [user_subject("root")]}),
+    )
+    .await;
+    // A service account and a group, bound to view; the matrix reaches them by impersonation.
+    ok(
+        &admin(&c),
+        "POST",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/team/rolebindings",
+        json!({"metadata": {"name": "robot-view"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+            "subjects": [{"kind": "ServiceAccount", "name": "robot", "namespace": "team"},
+                {"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": "auditors"}]}),
+    )
+    .await;
+    let sar = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": {"user": "root", "resourceAttributes": {"verb": "delete", "resource": "nodes"}}});
+    let sa = "system:serviceaccount:team:robot";
+    let sar_sa = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": {"user": sa, "groups": ["system:serviceaccounts"], "resourceAttributes": team("list")}});
+    for body in [sar, sar_sa] {
+        eventually("the cluster and service-account bindings", || async {
+            let (_, r) = admin(&c)
+                .call(
+                    "POST",
+                    "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+                    Some(body.clone()),
+                )
+                .await;
+            r["status"]["allowed"] == true
+        })
+        .await;
+    }
+    let anon = Caller {
+        http: tls_client(&c.creds.ca_pem, None),
+        base: c.base.clone(),
+    };
+    let personas: Vec<Persona<'_>> = vec![
+        (
+            "cluster-admin",
+            user(&c, "root", &[]),
+            vec![],
+            Expect::Everywhere(default_rules("cluster-admin")),
+        ),
+        (
+            "admin",
+            user(&c, "ann", &[]),
+            vec![],
+            Expect::InTeam(default_rules("admin")),
+        ),
+        (
+            "edit",
+            user(&c, "bob", &[]),
+            vec![],
+            Expect::InTeam(default_rules("edit")),
+        ),
+        (
+            "view",
+            user(&c, "alice", &[]),
+            vec![],
+            Expect::InTeam(default_rules("view")),
+        ),
+        (
+            "node",
+            user(&c, "system:node:w1", &["system:nodes"]),
+            vec![],
+            Expect::Everywhere(strake_rbac::bootstrap::node_rules()),
+        ),
+        (
+            "service account",
+            admin(&c),
+            vec![("Impersonate-User", sa)],
+            Expect::InTeam(default_rules("view")),
+        ),
+        (
+            "impersonated user",
+            admin(&c),
+            vec![
+                ("Impersonate-User", "ivy"),
+                ("Impersonate-Group", "auditors"),
+            ],
+            Expect::InTeam(default_rules("view")),
+        ),
+        ("anonymous", anon, vec![], Expect::Nothing),
+    ];
     let table = c.registry.table().snapshot();
+    let u = strake_apimachinery::UserInfo::new("matrix", &[]);
     let mut checked = 0;
-    for def in table.all() {
-        let list = def.verbs.iter().any(|v| v == "list");
-        let create = def.verbs.iter().any(|v| v == "create");
-        let plural = def.plural.as_str();
-        for (who, caller, rules) in [("alice", &alice, &view), ("bob", &bob, &edit)] {
-            let u = strake_apimachinery::UserInfo::new(who, &["devs", "system:authenticated"]);
-            let may = |verb: &str, ns: &str| {
-                rules.iter().any(|r| {
-                    rules::allows(
-                        r,
-                        &Attributes::resource(
+    let mut refused = 0;
+    for (persona, caller, headers, expect) in &personas {
+        for def in table.all() {
+            let plural = def.plural.as_str();
+            // Create-only kinds (the reviews) have tests of their own.
+            if def.verbs.iter().all(|v| v == "create")
+                || (*persona == "node" && GRAPH_KINDS.contains(&plural))
+            {
+                continue;
+            }
+            let scopes: &[Option<&str>] = if def.namespaced {
+                &[Some("team"), Some("other")]
+            } else {
+                &[None]
+            };
+            for &ns in scopes {
+                let path = collection(&def.group, &def.version, ns, plural);
+                for verb in &def.verbs {
+                    let ns_name = ns.unwrap_or_default();
+                    let may = |rules: &[PolicyRule]| {
+                        let a = Attributes::resource(
                             &u,
                             verb,
                             Resource {
                                 group: &def.group,
                                 resource: plural,
                                 subresource: "",
-                                namespace: ns,
-                                name: "",
+                                namespace: ns_name,
+                                name: "matrix-x",
                             },
+                        );
+                        rules.iter().any(|r| rules::allows(r, &a))
+                    };
+                    let want = match expect {
+                        Expect::InTeam(rules) => ns == Some("team") && may(rules),
+                        Expect::Everywhere(rules) => may(rules),
+                        Expect::Nothing => false,
+                    };
+                    let body = json!({"apiVersion": def.api_version(), "kind": def.kind,
+                        "metadata": {"name": "matrix-x"}});
+                    let one = format!("{path}/matrix-x?dryRun=All");
+                    let (method, target, body) = match verb.as_str() {
+                        "get" => ("GET", format!("{path}/matrix-x"), None),
+                        "list" => ("GET", path.clone(), None),
+                        "watch" => ("GET", format!("{path}?watch=true&timeoutSeconds=1"), None),
+                        "create" => ("POST", format!("{path}?dryRun=All"), Some(body)),
+                        "update" => ("PUT", one, Some(body)),
+                        "patch" => ("PATCH", one, Some(json!({}))),
+                        "delete" => ("DELETE", one, None),
+                        "deletecollection" => (
+                            "DELETE",
+                            format!("{path}?dryRun=All&labelSelector=matrix%3Dnone"),
+                            None,
                         ),
-                    )
-                })
-            };
-            let scopes: &[(Option<&str>, bool)] = if def.namespaced {
-                // Granted in team by the RoleBinding; nothing in other.
-                &[(Some("team"), true), (Some("other"), false)]
-            } else {
-                // A RoleBinding grants nothing at the cluster scope.
-                &[(None, false)]
-            };
-            for &(ns, bound) in scopes {
-                let path = collection(&def.group, &def.version, ns, plural);
-                if list {
-                    let want = bound && may("list", ns.unwrap_or_default());
-                    let (code, body) = caller.call("GET", &path, None).await;
-                    assert_eq!(
-                        !denied(code, &body, "list"),
-                        want,
-                        "{who} list {path}: {code} {body}"
-                    );
+                        _ => continue,
+                    };
+                    let (code, got) = caller.call_as(method, &target, body, headers).await;
+                    let refusal = denied(code, &got, verb);
+                    assert_eq!(!refusal, want, "{persona} {verb} {target}: {code} {got}");
                     checked += 1;
-                }
-                if create && !def.verbs.iter().all(|v| v == "create") {
-                    let want = bound && may("create", ns.unwrap_or_default());
-                    let obj = json!({"apiVersion": def.api_version(), "kind": def.kind,
-                        "metadata": {"name": "matrix"}});
-                    let (code, body) = caller
-                        .call("POST", &format!("{path}?dryRun=All"), Some(obj))
-                        .await;
-                    assert_eq!(
-                        !denied(code, &body, "create"),
-                        want,
-                        "{who} create {path}: {code} {body}"
-                    );
-                    checked += 1;
+                    refused += refusal as usize;
                 }
             }
         }
     }
-    assert!(checked > 200, "only {checked} checks");
+    eprintln!(
+        "denial matrix: {checked} requests across {} personas, {refused} refused",
+        personas.len()
+    );
+    assert!(
+        checked > 2000 && refused > 500 && checked - refused > 500,
+        "{checked} checks, {refused} refused"
+    );
+    let alice = user(&c, "alice", &[]);
+    let bob = user(&c, "bob", &[]);
 
     // Spot checks that do not lean on the policy's own rules.
     let secrets = "/api/v1/namespaces/team/secrets";
@@ -806,5 +952,245 @@ async fn aggregated_roles_pick_up_new_rules() {
     assert_eq!(
         crb["metadata"]["annotations"]["rbac.authorization.kubernetes.io/autoupdate"],
         "true"
+    );
+}
+
+/// A caller presenting a bearer token (no client certificate).
+fn bearer(c: &Loopback, token: &str) -> (Caller, String) {
+    (
+        Caller {
+            http: tls_client(&c.creds.ca_pem, None),
+            base: c.base.clone(),
+        },
+        format!("Bearer {token}"),
+    )
+}
+
+async fn token_request(c: &Caller, ns: &str, sa: &str, spec: Value) -> (u16, Value) {
+    c.call(
+        "POST",
+        &format!("/api/v1/namespaces/{ns}/serviceaccounts/{sa}/token"),
+        Some(
+            json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}),
+        ),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_account_tokens_are_bound_to_live_objects() {
+    let c = common::start().await;
+    namespace(&c, "team").await;
+    let admin = admin(&c);
+    let sa = ok(
+        &admin,
+        "POST",
+        "/api/v1/namespaces/team/serviceaccounts",
+        json!({"metadata": {"name": "robot"}}),
+    )
+    .await;
+    // The ServiceAccount admission plugin projects the token, CA and namespace into pods.
+    let pod = ok(
+        &admin,
+        "POST",
+        "/api/v1/namespaces/team/pods",
+        json!({"metadata": {"name": "p"}, "spec": {"serviceAccountName": "robot", "nodeName": "w1",
+            "containers": [{"name": "c", "image": "i"}]}}),
+    )
+    .await;
+    let vol = &pod["spec"]["volumes"][0];
+    assert!(
+        vol["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("kube-api-access-"),
+        "{pod}"
+    );
+    assert_eq!(
+        vol["projected"]["sources"][0]["serviceAccountToken"]["path"],
+        "token"
+    );
+    assert_eq!(
+        pod["spec"]["containers"][0]["volumeMounts"][0],
+        json!({"name": vol["name"], "readOnly": true, "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"})
+    );
+    let opted_out = ok(
+        &admin,
+        "POST",
+        "/api/v1/namespaces/team/pods",
+        json!({"metadata": {"name": "q"}, "spec": {"automountServiceAccountToken": false,
+            "containers": [{"name": "c", "image": "i"}]}}),
+    )
+    .await;
+    assert_eq!(opted_out["spec"]["serviceAccountName"], "default");
+    assert!(
+        opted_out["spec"]["volumes"]
+            .as_array()
+            .is_none_or(|v| v.is_empty()),
+        "{opted_out}"
+    );
+
+    let pod_uid = pod["metadata"]["uid"].as_str().unwrap().to_string();
+    let (code, tr) = token_request(
+        &admin,
+        "team",
+        "robot",
+        json!({
+        "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": "p", "uid": pod_uid}}),
+    )
+    .await;
+    assert_eq!(code, 201, "{tr}");
+    let token = tr["status"]["token"].as_str().unwrap().to_string();
+    assert!(tr["status"]["expirationTimestamp"].is_string());
+    assert_eq!(tr["spec"]["expirationSeconds"], 3600);
+    let (anon, auth) = bearer(&c, &token);
+    let with = [("Authorization", auth.as_str())];
+    // Authenticated as the account, which holds nothing yet.
+    let (code, body) = anon
+        .call_as("GET", "/api/v1/namespaces/team/pods", None, &with)
+        .await;
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(
+        body["message"],
+        r#"pods is forbidden: User "system:serviceaccount:team:robot" cannot list resource "pods" in API group "" in the namespace "team""#
+    );
+    let (_, who) = anon
+        .call_as(
+            "POST",
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            Some(json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})),
+            &with,
+        )
+        .await;
+    let info = &who["status"]["userInfo"];
+    assert_eq!(info["username"], "system:serviceaccount:team:robot");
+    assert_eq!(info["uid"], sa["metadata"]["uid"]);
+    assert_eq!(
+        info["extra"]["authentication.kubernetes.io/pod-name"],
+        json!(["p"])
+    );
+    // Bound to view, it reads pods but not secrets.
+    ok(
+        &admin,
+        "POST",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/team/rolebindings",
+        json!({"metadata": {"name": "robot-view"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+            "subjects": [{"kind": "ServiceAccount", "name": "robot", "namespace": "team"}]}),
+    )
+    .await;
+    eventually("the account reads pods", || async {
+        anon.call_as("GET", "/api/v1/namespaces/team/pods", None, &with)
+            .await
+            .0
+            == 200
+    })
+    .await;
+    let (code, body) = anon
+        .call_as("GET", "/api/v1/namespaces/team/secrets", None, &with)
+        .await;
+    assert!(denied(code, &body, "list"), "{body}");
+
+    // TokenReview answers for the API's audience, and for others only if the token has them.
+    let review = |aud: Value| {
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+            "spec": {"token": token, "audiences": aud}})
+    };
+    let reviews = "/apis/authentication.k8s.io/v1/tokenreviews";
+    let (_, r) = admin.call("POST", reviews, Some(review(json!([])))).await;
+    assert_eq!(r["status"]["authenticated"], true, "{r}");
+    assert_eq!(
+        r["status"]["user"]["username"],
+        "system:serviceaccount:team:robot"
+    );
+    let (_, r) = admin
+        .call("POST", reviews, Some(review(json!(["vault"]))))
+        .await;
+    assert_eq!(r["status"]["authenticated"], false, "{r}");
+    // A token for another audience is no key to the API.
+    let (_, vault) = token_request(&admin, "team", "robot", json!({"audiences": ["vault"]})).await;
+    let vault_token = vault["status"]["token"].as_str().unwrap();
+    let (v, auth_v) = bearer(&c, vault_token);
+    assert_eq!(
+        v.call_as(
+            "GET",
+            "/api/v1/namespaces/team/pods",
+            None,
+            &[("Authorization", &auth_v)]
+        )
+        .await
+        .0,
+        401
+    );
+    // Forged: another signature.
+    let mut forged = token.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    let (f, auth_f) = bearer(&c, &forged);
+    let (code, body) = f
+        .call_as(
+            "GET",
+            "/api/v1/namespaces/team/pods",
+            None,
+            &[("Authorization", &auth_f)],
+        )
+        .await;
+    assert_eq!(
+        (code, body["reason"].as_str()),
+        (401, Some("Unauthorized")),
+        "{body}"
+    );
+    // Bad requests.
+    let (code, body) =
+        token_request(&admin, "team", "robot", json!({"expirationSeconds": 60})).await;
+    assert_eq!(code, 422, "{body}");
+    let (code, _) = token_request(&admin, "team", "ghost", json!({})).await;
+    assert_eq!(code, 404);
+    let (code, _) = token_request(
+        &admin,
+        "team",
+        "robot",
+        json!({"boundObjectRef": {"kind": "Pod", "name": "nope"}}),
+    )
+    .await;
+    assert_eq!(code, 404);
+
+    // A node may ask only for the accounts of its own pods.
+    let w1 = user(&c, "system:node:w1", &["system:nodes"]);
+    eventually("the node's pod in its graph", || async {
+        token_request(
+            &w1,
+            "team",
+            "robot",
+            json!({"boundObjectRef": {"kind": "Pod", "name": "p"}}),
+        )
+        .await
+        .0 == 201
+    })
+    .await;
+    let (code, body) = token_request(&w1, "team", "default", json!({})).await;
+    assert!(denied(code, &body, "create"), "{body}");
+
+    // Deleting the pod ends its token at once.
+    let (code, _) = admin
+        .call(
+            "DELETE",
+            "/api/v1/namespaces/team/pods/p?gracePeriodSeconds=0",
+            None,
+        )
+        .await;
+    assert_eq!(code, 200);
+    eventually("the pod's token refused", || async {
+        anon.call_as("GET", "/api/v1/namespaces/team/pods", None, &with)
+            .await
+            .0
+            == 401
+    })
+    .await;
+    let (_, r) = admin.call("POST", reviews, Some(review(json!([])))).await;
+    assert_eq!(r["status"]["authenticated"], false);
+    assert!(
+        r["status"]["error"].as_str().unwrap().contains("pod \"p\""),
+        "{r}"
     );
 }

@@ -62,7 +62,10 @@ pub fn entries() -> Vec<ResourceDef> {
         entry::<Endpoints>().short(&["ep"]).build(),
         entry::<ConfigMap>().short(&["cm"]).build(),
         entry::<Secret>().fields(&["type"]).build(),
-        entry::<ServiceAccount>().short(&["sa"]).build(),
+        entry::<ServiceAccount>()
+            .short(&["sa"])
+            .subresource(strake_apimachinery::Subresource::token())
+            .build(),
         entry::<Event>()
             .short(&["ev"])
             .fields(&[

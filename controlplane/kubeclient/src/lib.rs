@@ -217,6 +217,12 @@ impl Client {
         self.send(self.http.get(&url), &url).await
     }
 
+    /// POST of a JSON body to any path (a subresource such as `serviceaccounts/token`).
+    pub async fn post_json(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        let url = format!("{}{path}", self.base);
+        self.send(self.http.post(&url).json(body), &url).await
+    }
+
     /// GET of any path, as raw bytes.
     pub async fn get_raw(&self, path: &str) -> Result<bytes::Bytes, ClientError> {
         let url = format!("{}{path}", self.base);

@@ -207,7 +207,8 @@ impl AdmissionPlugin for Escalation {
     }
 }
 
-/// Keeps a node to its own Node object.
+/// Keeps a node to its own Node object, and to lifting finalizers of the local-path volumes
+/// provisioned on it.
 pub struct NodeRestriction;
 
 impl AdmissionPlugin for NodeRestriction {
@@ -225,6 +226,9 @@ impl AdmissionPlugin for NodeRestriction {
             let Some(node) = w.user.and_then(UserInfo::node_name) else {
                 return Ok(());
             };
+            if w.def.group.is_empty() && w.def.plural == "persistentvolumes" {
+                return own_volume(w, node, obj);
+            }
             if !(w.def.group.is_empty() && w.def.plural == "nodes") {
                 return Ok(());
             }
@@ -237,5 +241,41 @@ impl AdmissionPlugin for NodeRestriction {
             }
             Ok(())
         })
+    }
+}
+
+/// A node's write to a PersistentVolume: only one provisioned on it, and only its finalizers
+/// taken away.
+fn own_volume(w: &Write<'_>, node: &str, obj: &Value) -> Result<(), ApiError> {
+    let refuse = |why: &str| {
+        Err(ApiError::Forbidden(format!(
+            "persistentvolumes {:?} is forbidden: node {node:?} {why}",
+            w.name
+        )))
+    };
+    let Some(old) = w.old else {
+        return refuse("may not create persistent volumes");
+    };
+    let label = &old["metadata"]["labels"][strake_scheduler::volumes::LOCAL_PATH_NODE_LABEL];
+    if label.as_str() != Some(node) {
+        return refuse("may only modify the local-path volumes provisioned on it");
+    }
+    let finalizers = |v: &Value| -> Vec<String> {
+        v["metadata"]["finalizers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f.as_str().map(String::from))
+            .collect()
+    };
+    let before = finalizers(old);
+    let same = old["spec"] == obj["spec"]
+        && old["metadata"]["labels"] == obj["metadata"]["labels"]
+        && old["metadata"]["annotations"] == obj["metadata"]["annotations"]
+        && finalizers(obj).iter().all(|f| before.contains(f));
+    if same {
+        Ok(())
+    } else {
+        refuse("may only remove finalizers of its volumes")
     }
 }

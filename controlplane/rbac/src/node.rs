@@ -262,6 +262,9 @@ pub fn authorize(graph: &NodeGraph, a: &Attributes<'_>) -> Decision {
                 Decision::Deny(format!("node '{node}' cannot modify node '{}'", r.name))
             }
         }
+        // The node's half of the local-path provisioner lifts its volumes' cleanup
+        // finalizer; NodeRestriction keeps it to its own volumes and to that.
+        ("", "persistentvolumes", "") if matches!(a.verb, "patch" | "update") => Decision::Allow,
         ("coordination.k8s.io", "leases", "") if r.namespace == "kube-node-lease" => {
             if r.name == node || (a.verb == "create" && r.name.is_empty()) {
                 Decision::Allow

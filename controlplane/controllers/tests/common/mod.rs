@@ -141,15 +141,26 @@ async fn kubelet(client: Client) {
                     Some(0) => "Succeeded",
                     Some(_) => "Failed",
                 };
+                // As kubelet patches only what it owns: what the scheduler wrote
+                // (nominatedNodeName, PodScheduled) stays.
+                let old = p.status.take().unwrap_or_default();
+                let mut conditions: Vec<PodCondition> = old
+                    .conditions
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|c| c.type_ != "Ready")
+                    .collect();
+                conditions.push(PodCondition {
+                    type_: "Ready".into(),
+                    status: if ready { "True" } else { "False" }.into(),
+                    last_transition_time: now.clone(),
+                    ..Default::default()
+                });
                 p.status = Some(PodStatus {
                     phase: Some(phase.into()),
                     pod_ip: Some(ip.clone()),
-                    conditions: Some(vec![PodCondition {
-                        type_: "Ready".into(),
-                        status: if ready { "True" } else { "False" }.into(),
-                        last_transition_time: now.clone(),
-                        ..Default::default()
-                    }]),
+                    conditions: Some(conditions),
                     container_statuses: Some(vec![ContainerStatus {
                         name: "main".into(),
                         image: image_of(p),
@@ -159,7 +170,7 @@ async fn kubelet(client: Client) {
                         state: terminated.clone(),
                         ..Default::default()
                     }]),
-                    ..Default::default()
+                    ..old
                 });
                 true
             })
