@@ -318,11 +318,26 @@ pub async fn middleware(
         tracing::debug!(user = %user.name, ?peer, %path, "denied");
         return e.into_response();
     }
+    let follow = req
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p == "follow=true" || p == "follow=1"));
+    let admitted = match app.gate.admit(&target, &user.name, follow) {
+        Ok(a) => a,
+        Err(refused) => {
+            tracing::debug!(user = %user.name, %path, "over the limits");
+            return refused.response();
+        }
+    };
     req.extensions_mut().insert(who);
     req.extensions_mut().insert(target);
     let user = Arc::new(user);
     req.extensions_mut().insert(user.clone());
-    CALLER.scope(user, next.run(req)).await
+    let resp = CALLER.scope(user, next.run(req)).await;
+    match admitted {
+        crate::limits::Admitted::Watch(slot) => crate::limits::hold_until_done(resp, slot),
+        _ => resp,
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ mod bootstrap;
 mod controllers;
 mod discovery;
 mod dispatch;
+mod limits;
 mod openapi;
 mod pods;
 mod protobuf;
@@ -32,6 +33,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 pub use discovery::MINOR;
+pub use limits::Limits;
 pub use strake_apimachinery::admission::{DEFAULT_SERVICE_CIDR, DEFAULT_TOLERATION_SECONDS};
 pub use strake_apimachinery::{ApiError, Filter, Registry};
 
@@ -93,6 +95,8 @@ pub struct AppState {
     pub authz: Arc<strake_rbac::Authorizer>,
     /// Signs and checks service-account tokens.
     pub tokens: strake_tokens::Signer,
+    /// Requests in flight and watches per user.
+    pub gate: limits::Gate,
 }
 
 /// The periodic upkeep the server does for the cluster.
@@ -187,6 +191,7 @@ impl ApiServer {
             dns_ip,
             authz,
             tokens,
+            gate: limits::Gate::new(Limits::default()),
         });
         Ok(Self {
             housekeeping: Housekeeping::default(),
@@ -194,6 +199,15 @@ impl ApiServer {
             tls: Arc::new(tls),
             listen: cfg.listen,
         })
+    }
+
+    /// Changes the limits against abuse (before serving).
+    pub fn with_limits(mut self, l: Limits) -> Self {
+        match Arc::get_mut(&mut self.app) {
+            Some(app) => app.gate = limits::Gate::new(l),
+            None => tracing::warn!("the API server's limits cannot change once it serves"),
+        }
+        self
     }
 
     /// Changes the periodic upkeep (tests shorten it).
@@ -439,6 +453,7 @@ impl ApiServer {
         let router = routes::router(self.app.clone());
         let acceptor = TlsAcceptor::from(self.tls.clone());
         tracing::info!(%addr, "API server listening");
+        let limits = self.app.gate.limits;
         loop {
             let (tcp, peer) = match listener.accept().await {
                 Ok(x) => x,
@@ -473,7 +488,17 @@ impl ApiServer {
                     cert_identity,
                 }));
                 let svc = hyper_util::service::TowerToHyperService::new(svc);
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(limits.header_read_timeout)
+                    .max_buf_size(limits.max_header_bytes.max(8192));
+                builder
+                    .http2()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .max_header_list_size(limits.max_header_bytes as u32);
                 if let Err(e) = builder
                     .serve_connection_with_upgrades(TokioIo::new(tls), svc)
                     .await

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use strake_apimachinery::{ApiError, Part};
+use strake_apimachinery::{ApiError, GroupResource, Part};
 
 use crate::api::{Client, Object};
 use crate::cache::Reader;
@@ -32,6 +32,7 @@ pub async fn claim<O: Object, C: Object>(
             .as_ref()
             .is_none_or(|e| e.is_empty());
     let mut mine = Vec::new();
+    let mut rechecked = false;
     for child in children.in_namespace(&ns) {
         let matches = !empty && selects(selector, &child.metadata().labels);
         let controller = child
@@ -50,6 +51,10 @@ pub async fn claim<O: Object, C: Object>(
             }
             Some(_) => {}
             None if matches && !deleting && child.metadata().deletion_timestamp.is_none() => {
+                if !rechecked {
+                    recheck(client, owner).await?;
+                    rechecked = true;
+                }
                 let r = controller_ref(owner);
                 let name = child.metadata().name.clone().unwrap_or_default();
                 let res = client
@@ -75,6 +80,29 @@ pub async fn claim<O: Object, C: Object>(
         }
     }
     Ok(mine)
+}
+
+/// Adoption is decided on the owner as the API has it, not the cache (upstream's
+/// RecheckDeletionTimestamp): an owner deleted with `propagationPolicy=Orphan` that the cache
+/// still shows alive would take back the dependents the garbage collector has just orphaned,
+/// and they would then be collected as its dependents. An owner gone or being deleted (or
+/// replaced by another of its name) fails the claim, to be tried again on a fresher cache.
+async fn recheck<O: Object>(client: &Client, owner: &O) -> Result<(), ApiError> {
+    let m = owner.metadata();
+    let name = m.name.clone().unwrap_or_default();
+    let alive = match client.get::<O>(m.namespace.as_deref(), &name).await {
+        Ok(live) => live.metadata().uid == m.uid && live.metadata().deletion_timestamp.is_none(),
+        Err(ApiError::NotFound { .. }) => false,
+        Err(e) => return Err(e),
+    };
+    if alive {
+        return Ok(());
+    }
+    Err(ApiError::Conflict {
+        resource: GroupResource::new(O::GROUP, O::URL_PATH_SEGMENT),
+        name,
+        message: "the object is gone or being deleted, so it adopts nothing".into(),
+    })
 }
 
 async fn release<C: Object>(client: &Client, child: &C, uid: &str) -> Result<(), ApiError> {

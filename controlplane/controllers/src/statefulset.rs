@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
 use strake_apimachinery::events::EventType;
-use strake_apimachinery::{ApiError, DeleteOptions, Part};
+use strake_apimachinery::{ApiError, DeleteOptions, Filter, Part};
 
 use crate::api::Client;
 use crate::cache::{ObjectRef, Reader, Reflector};
@@ -29,7 +29,7 @@ use crate::ownership::claim;
 use crate::pods;
 use crate::queue::Queue;
 use crate::replicaset::pod_from_template;
-use crate::runtime::{self, Action};
+use crate::runtime::{self, Action, controller_of};
 
 pub const NAME: &str = "statefulset-controller";
 pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
@@ -287,6 +287,44 @@ impl StatefulSets {
         Ok(())
     }
 
+    /// Whether the member of `ordinal` is Running and Ready, asked of the API: OrderedReady
+    /// creates the next member only after this one, and the cache may lag.
+    async fn healthy_now(
+        &self,
+        key: &ObjectRef,
+        set: &str,
+        ordinal: i32,
+        min_ready: i32,
+    ) -> Result<bool, ApiError> {
+        match self
+            .client
+            .get::<Pod>(key.ns(), &format!("{set}-{ordinal}"))
+            .await
+        {
+            Ok(p) => Ok(healthy(&p, min_ready)),
+            Err(ApiError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the set has a member out of `wanted` above `ordinal`, terminating or not, asked
+    /// of the API: OrderedReady removes a member only once those above it are gone, and the
+    /// cache may lag.
+    async fn extra_above(
+        &self,
+        set: &StatefulSet,
+        key: &ObjectRef,
+        wanted: &std::ops::Range<i32>,
+        ordinal: i32,
+    ) -> Result<bool, ApiError> {
+        let uid = set.metadata.uid.clone().unwrap_or_default();
+        let (all, _): (Vec<Pod>, _) = self.client.list(key.ns(), &Filter::default()).await?;
+        Ok(all.iter().any(|p| {
+            controller_of(p, "StatefulSet").is_some_and(|c| c.uid == uid)
+                && ordinal_of(&key.name, p).is_some_and(|o| o > ordinal && !wanted.contains(&o))
+        }))
+    }
+
     async fn reconcile(&self, key: ObjectRef) -> Result<Action, ApiError> {
         let Some(set) = self.sets.get(&key) else {
             return Ok(Action::await_change());
@@ -329,6 +367,15 @@ impl StatefulSets {
                     if blocked && !parallel {
                         break;
                     }
+                    // The cache may still show a predecessor Ready that a scale-down just
+                    // before has removed by now: its state in the API decides.
+                    if !parallel
+                        && o > start
+                        && !self.healthy_now(&key, &name, o - 1, min_ready).await?
+                    {
+                        blocked = true;
+                        break;
+                    }
                     self.create_pod(&set, &key, o, &hash).await?;
                     if !parallel {
                         blocked = true;
@@ -361,13 +408,19 @@ impl StatefulSets {
                 .map(|(o, p)| (*o, p))
                 .collect();
             extra.sort_by_key(|e| std::cmp::Reverse(e.0));
-            for (_, p) in extra {
+            for (o, p) in extra {
                 if p.metadata.deletion_timestamp.is_some() {
                     if !parallel {
                         blocked = true;
                         break;
                     }
                     continue;
+                }
+                // The cache may not yet hold a member created moments ago above this one:
+                // the members in the API decide.
+                if !parallel && self.extra_above(&set, &key, &wanted, o).await? {
+                    blocked = true;
+                    break;
                 }
                 self.delete_pod(&set, &key, p).await?;
                 if !parallel {

@@ -470,6 +470,7 @@ async fn replica_sets_adopt_release_and_delete_unready_pods_first() {
         })
         .await
         .unwrap();
+    // Ready, the replacement: a Pending one would rightly go before the unready pod below.
     eventually("the relabelled pod released and replaced", WAIT, || async {
         let p: Pod = c.client.get(Some("default"), "orphan").await.ok()?;
         let released = p
@@ -478,7 +479,9 @@ async fn replica_sets_adopt_release_and_delete_unready_pods_first() {
             .iter()
             .flatten()
             .all(|r| r.uid != uid);
-        (released && pods(&c, "cache").await.len() == 3).then_some(())
+        let ps = pods(&c, "cache").await;
+        (released && ps.len() == 3 && ps.iter().all(strake_controllers::pods::is_ready))
+            .then_some(())
     })
     .await;
 

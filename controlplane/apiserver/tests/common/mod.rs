@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use serde_json::json;
-use strake_apiserver::{ApiServer, Config, Housekeeping, Registry};
+use strake_apiserver::{ApiServer, Config, Housekeeping, Limits, Registry};
 use strake_pki::{BootstrapToken, CertifiedKey, Credentials};
 
 pub struct Loopback {
@@ -24,6 +24,10 @@ pub async fn start() -> Loopback {
 }
 
 pub async fn start_with(housekeeping: Housekeeping) -> Loopback {
+    start_limited(housekeeping, Limits::default()).await
+}
+
+pub async fn start_limited(housekeeping: Housekeeping, limits: Limits) -> Loopback {
     let dir = tempfile::tempdir().unwrap();
     let store = strake_store::Store::open(strake_store::StoreConfig::single(
         1,
@@ -46,7 +50,8 @@ pub async fn start_with(housekeeping: Housekeeping) -> Loopback {
     };
     let server = ApiServer::new(config, store)
         .unwrap()
-        .with_housekeeping(housekeeping);
+        .with_housekeeping(housekeeping)
+        .with_limits(limits);
     server.ensure_defaults().await.unwrap();
     let registry = server.registry();
     // The namespace and volume controllers, as the controller manager runs them beside the
