@@ -48,6 +48,19 @@ pub struct Args {
     /// The range Services' cluster IPs come from (kept out of pods' slices).
     #[arg(long, default_value = "10.96.0.0/12")]
     service_cluster_ip_range: String,
+    /// Where the audit log is written, as JSON lines; "" keeps none.
+    #[arg(long, default_value = "/var/log/strake/audit.log")]
+    audit_log_path: PathBuf,
+    /// An audit.k8s.io/v1 Policy file; by default everything but health checks and node
+    /// heartbeats is recorded at Metadata level.
+    #[arg(long)]
+    audit_policy_file: Option<PathBuf>,
+    /// Megabytes an audit log file grows to before it is rotated.
+    #[arg(long, default_value_t = 100)]
+    audit_log_maxsize: u64,
+    /// Rotated audit log files kept.
+    #[arg(long, default_value_t = 5)]
+    audit_log_maxbackup: usize,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -119,6 +132,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         store,
     )
     .context("setting up the API server")?;
+    let server = if args.audit_log_path.as_os_str().is_empty() {
+        server
+    } else {
+        let mut audit = strake_apiserver::AuditConfig::new(args.audit_log_path.clone());
+        if let Some(f) = &args.audit_policy_file {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("reading the audit policy {}", f.display()))?;
+            audit.policy = strake_apiserver::AuditPolicy::parse(&text)
+                .map_err(|e| anyhow::anyhow!("the audit policy {}: {e}", f.display()))?;
+        }
+        audit.max_bytes = args.audit_log_maxsize.max(1) << 20;
+        audit.max_backups = args.audit_log_maxbackup;
+        server.with_audit(audit).context("starting the audit log")?
+    };
     server
         .ensure_defaults()
         .await

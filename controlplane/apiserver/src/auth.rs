@@ -304,7 +304,7 @@ pub async fn middleware(
             tracing::debug!(by = %actor.name, to = %u.name, "impersonating");
             u
         }
-        Ok(None) => actor,
+        Ok(None) => actor.clone(),
         Err(e) => return e.into_response(),
     };
     let watch = wants_watch(req.uri().query());
@@ -314,9 +314,36 @@ pub async fn middleware(
     };
     let method = req.method().as_str().to_ascii_lowercase();
     let path = req.uri().path().to_string();
-    if let Err(e) = check(&app, &attributes(&user, &target, &method, &path)) {
+    let attrs = attributes(&user, &target, &method, &path);
+    let mut entry = app.audit.as_ref().and_then(|log| {
+        let r = crate::audit::Request {
+            user: &user,
+            verb: attrs.verb,
+            target: &target,
+            path: &path,
+        };
+        let ua = req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok());
+        let uri = req.uri().to_string();
+        crate::audit::Entry::begin(
+            log.policy.level(&r),
+            &r,
+            &actor,
+            &uri,
+            peer.map(|p| p.ip()),
+            ua,
+        )
+    });
+    let decision = app.authz.authorize(&attrs);
+    if let Some(e) = &mut entry {
+        e.decision(decision.allowed(), decision.reason());
+    }
+    if !decision.allowed() {
         tracing::debug!(user = %user.name, ?peer, %path, "denied");
-        return e.into_response();
+        let resp = forbidden(&attrs, decision.reason()).into_response();
+        return audited(&app, entry, resp, false).await;
     }
     let follow = req
         .uri()
@@ -326,17 +353,68 @@ pub async fn middleware(
         Ok(a) => a,
         Err(refused) => {
             tracing::debug!(user = %user.name, %path, "over the limits");
-            return refused.response();
+            return audited(&app, entry, refused.response(), false).await;
         }
     };
+    // The request's object, for the Request and RequestResponse audit levels.
+    let streaming = !matches!(admitted, crate::limits::Admitted::InFlight(_));
+    if let Some(e) = &mut entry
+        && e.level >= crate::audit::Level::Request
+        && !streaming
+        && req.method() != axum::http::Method::GET
+    {
+        let (parts, body) = req.into_parts();
+        let bytes = match crate::dispatch::read_body(body).await {
+            Ok(b) => b,
+            Err(err) => return audited(&app, entry, err.into_response(), false).await,
+        };
+        e.request_object(&bytes);
+        req = Request::from_parts(parts, axum::body::Body::from(bytes));
+    }
     req.extensions_mut().insert(who);
     req.extensions_mut().insert(target);
     let user = Arc::new(user);
     req.extensions_mut().insert(user.clone());
     let resp = CALLER.scope(user, next.run(req)).await;
+    let resp = audited(&app, entry, resp, !streaming).await;
     match admitted {
         crate::limits::Admitted::Watch(slot) => crate::limits::hold_until_done(resp, slot),
         _ => resp,
+    }
+}
+
+/// Writes the request's audit event (if it has one) with the response's status, and its
+/// object at RequestResponse when `whole` (not a stream) and JSON.
+async fn audited(
+    app: &AppState,
+    entry: Option<crate::audit::Entry>,
+    resp: Response,
+    whole: bool,
+) -> Response {
+    let (Some(entry), Some(log)) = (entry, app.audit.as_ref()) else {
+        return resp;
+    };
+    let code = resp.status().as_u16();
+    let json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json"));
+    if entry.level < crate::audit::Level::RequestResponse || !whole || !json {
+        entry.finish(log, code, None);
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    match http_body_util::BodyExt::collect(body).await {
+        Ok(c) => {
+            let bytes = c.to_bytes();
+            entry.finish(log, code, Some(&bytes));
+            Response::from_parts(parts, axum::body::Body::from(bytes))
+        }
+        Err(e) => {
+            entry.finish(log, code, None);
+            ApiError::Internal(format!("reading the response: {e}")).into_response()
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 //! reviews, authentication. Persists only through the registry's store trait.
 
 mod apply;
+mod audit;
 mod auth;
 mod authz;
 mod bootstrap;
@@ -32,6 +33,7 @@ use strake_pki::{BootstrapToken, CertifiedKey, ClusterCa};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+pub use audit::{AuditConfig, Policy as AuditPolicy};
 pub use discovery::MINOR;
 pub use limits::Limits;
 pub use strake_apimachinery::admission::{DEFAULT_SERVICE_CIDR, DEFAULT_TOLERATION_SECONDS};
@@ -46,6 +48,11 @@ pub enum ServerError {
     Pki(#[from] strake_pki::PkiError),
     #[error("{0}")]
     Tokens(#[from] strake_tokens::KeyError),
+    #[error("the audit log {path}: {source}")]
+    Audit {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -97,6 +104,8 @@ pub struct AppState {
     pub tokens: strake_tokens::Signer,
     /// Requests in flight and watches per user.
     pub gate: limits::Gate,
+    /// The audit log, when one is kept.
+    pub audit: Option<audit::Log>,
 }
 
 /// The periodic upkeep the server does for the cluster.
@@ -192,6 +201,7 @@ impl ApiServer {
             authz,
             tokens,
             gate: limits::Gate::new(Limits::default()),
+            audit: None,
         });
         Ok(Self {
             housekeeping: Housekeeping::default(),
@@ -208,6 +218,17 @@ impl ApiServer {
             None => tracing::warn!("the API server's limits cannot change once it serves"),
         }
         self
+    }
+
+    /// Keeps an audit log as `cfg` says (before serving).
+    pub fn with_audit(mut self, cfg: AuditConfig) -> Result<Self, ServerError> {
+        let path = cfg.path.clone();
+        let log = audit::Log::start(cfg).map_err(|source| ServerError::Audit { path, source })?;
+        match Arc::get_mut(&mut self.app) {
+            Some(app) => app.audit = Some(log),
+            None => tracing::warn!("the audit log cannot change once the server serves"),
+        }
+        Ok(self)
     }
 
     /// Changes the periodic upkeep (tests shorten it).

@@ -172,14 +172,21 @@ pub fn peer_identity(cert: &CertificateDer<'_>) -> Result<Identity, PkiError> {
         .iter_common_name()
         .next()
         .and_then(|cn| cn.as_str().ok())
+        .filter(|cn| !cn.is_empty())
         .ok_or(PkiError::Parse {
             what: "peer certificate",
-            reason: "no common name".into(),
+            reason: "no common name (the user)".into(),
         })?
         .to_string();
+    // An empty organization names no group.
     let groups = subject
         .iter_organization()
-        .filter_map(|o| o.as_str().ok().map(str::to_string))
+        .filter_map(|o| {
+            o.as_str()
+                .ok()
+                .filter(|g| !g.is_empty())
+                .map(str::to_string)
+        })
         .collect();
     Ok(Identity { user, groups })
 }
@@ -249,5 +256,18 @@ mod tests {
                 groups: vec!["system:masters".into()]
             }
         );
+        // An empty organization is no group (the fuzzer's find); an empty name is no user.
+        let der_of = |c: CertifiedKey| {
+            rustls_pemfile::certs(&mut c.cert_pem.as_bytes())
+                .next()
+                .unwrap()
+                .unwrap()
+        };
+        let c = ca
+            .issue_client("u", &["", "devs"], Duration::days(1))
+            .unwrap();
+        assert_eq!(peer_identity(&der_of(c)).unwrap().groups, vec!["devs"]);
+        let c = ca.issue_client("", &["devs"], Duration::days(1)).unwrap();
+        assert!(peer_identity(&der_of(c)).is_err());
     }
 }

@@ -28,6 +28,14 @@ pub async fn start_with(housekeeping: Housekeeping) -> Loopback {
 }
 
 pub async fn start_limited(housekeeping: Housekeeping, limits: Limits) -> Loopback {
+    start_full(housekeeping, limits, None).await
+}
+
+pub async fn start_full(
+    housekeeping: Housekeeping,
+    limits: Limits,
+    audit: Option<strake_apiserver::AuditConfig>,
+) -> Loopback {
     let dir = tempfile::tempdir().unwrap();
     let store = strake_store::Store::open(strake_store::StoreConfig::single(
         1,
@@ -52,6 +60,10 @@ pub async fn start_limited(housekeeping: Housekeeping, limits: Limits) -> Loopba
         .unwrap()
         .with_housekeeping(housekeeping)
         .with_limits(limits);
+    let server = match audit {
+        Some(a) => server.with_audit(a).unwrap(),
+        None => server,
+    };
     server.ensure_defaults().await.unwrap();
     let registry = server.registry();
     // The namespace and volume controllers, as the controller manager runs them beside the
