@@ -336,7 +336,22 @@ pub async fn middleware(
             ua,
         )
     });
-    let decision = app.authz.authorize(&attrs);
+    let mut decision = app.authz.authorize(&attrs);
+    if !decision.allowed()
+        && let (Some(node), Some(r)) = (user.node_name(), &attrs.resource)
+        && r.group.is_empty()
+        && matches!(
+            (r.resource, r.subresource),
+            ("secrets" | "configmaps" | "persistentvolumeclaims", "")
+                | ("serviceaccounts", "token")
+        )
+    {
+        // The graph may lag the node's own view of its pods: decide again on the store's.
+        match crate::authz::refresh_node(&app.registry, &app.authz, node).await {
+            Ok(()) => decision = app.authz.authorize(&attrs),
+            Err(e) => tracing::warn!(node, error = %e, "cannot refresh the node graph"),
+        }
+    }
     if let Some(e) = &mut entry {
         e.decision(decision.allowed(), decision.reason());
     }

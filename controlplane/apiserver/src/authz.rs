@@ -312,3 +312,34 @@ pub async fn aggregate(reg: &Registry) -> Result<usize, ApiError> {
     }
     Ok(changed)
 }
+
+/// Brings the node graph up to date for `node` from the store: the pods bound to it now. The
+/// graph follows a watch, so a node that saw its new pod first (its own watch was quicker)
+/// could be refused what the pod uses; a refusal of such a request is decided again after this.
+pub async fn refresh_node(reg: &Registry, authz: &Authorizer, node: &str) -> Result<(), ApiError> {
+    let def = def(reg, "", "pods")?;
+    let fields = strake_apimachinery::selectors::FieldSelector::parse(
+        &format!("spec.nodeName={node}"),
+        |f| f == "spec.nodeName",
+    )?;
+    let page = reg
+        .list(
+            &def,
+            None,
+            &ListOptions {
+                filter: strake_apimachinery::Filter {
+                    fields,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await?;
+    let mut graph = authz.graph();
+    for v in page.items {
+        if let Ok(p) = serde_json::from_value::<Pod>(v) {
+            graph.set_pod(&p);
+        }
+    }
+    Ok(())
+}

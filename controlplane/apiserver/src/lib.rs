@@ -48,6 +48,8 @@ pub enum ServerError {
     Pki(#[from] strake_pki::PkiError),
     #[error("{0}")]
     Tokens(#[from] strake_tokens::KeyError),
+    #[error("{0}")]
+    Encryption(String),
     #[error("the audit log {path}: {source}")]
     Audit {
         path: PathBuf,
@@ -127,7 +129,13 @@ impl Default for Housekeeping {
     }
 }
 
+/// The encryption configuration's file in the PKI directory (an EncryptionConfiguration,
+/// written with a fresh key at first start).
+pub const ENCRYPTION_CONFIG: &str = "encryption-config.yaml";
+
 pub struct ApiServer {
+    encrypted:
+        Arc<strake_apimachinery::storage::Encrypted<strake_apimachinery::storage::RaftStore>>,
     housekeeping: Housekeeping,
     app: Arc<AppState>,
     tls: Arc<rustls::ServerConfig>,
@@ -178,8 +186,16 @@ impl ApiServer {
             .connect_timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| ServerError::Client(e.to_string()))?;
-        let store: Arc<dyn strake_apimachinery::storage::ObjectStore> =
-            Arc::new(strake_apimachinery::storage::RaftStore::new(store));
+        // Secrets (and whatever else the configuration names) are sealed at rest.
+        let encryption = strake_apimachinery::storage::EncryptionConfig::load_or_generate(
+            &cfg.pki_dir.join(ENCRYPTION_CONFIG),
+        )
+        .map_err(ServerError::Encryption)?;
+        let encrypted = Arc::new(strake_apimachinery::storage::Encrypted::new(
+            strake_apimachinery::storage::RaftStore::new(store),
+            encryption,
+        ));
+        let store: Arc<dyn strake_apimachinery::storage::ObjectStore> = encrypted.clone();
         let dns_ip = services.dns_ip();
         let authz = Arc::new(strake_rbac::Authorizer::new());
         let admission =
@@ -204,6 +220,7 @@ impl ApiServer {
             audit: None,
         });
         Ok(Self {
+            encrypted,
             housekeeping: Housekeeping::default(),
             app,
             tls: Arc::new(tls),
@@ -352,6 +369,17 @@ impl ApiServer {
                 what: "custom resource definitions".into(),
                 source: Box::new(source),
             })?;
+        // Values sealed with an older key (or not at all) are sealed with the current one.
+        let resealed =
+            self.encrypted.rewrite().await.map_err(|e| {
+                ServerError::Encryption(format!("re-encrypting stored objects: {e}"))
+            })?;
+        if resealed > 0 {
+            tracing::info!(
+                objects = resealed,
+                "re-encrypted stored objects with the current key"
+            );
+        }
         authz::reconcile_defaults(&self.app.registry)
             .await
             .map_err(|source| ServerError::Defaults {

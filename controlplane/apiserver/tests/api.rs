@@ -404,3 +404,111 @@ async fn reqwest_client(c: &Cluster) -> (reqwest::Client, String) {
         c.url.clone(),
     )
 }
+
+#[tokio::test]
+async fn secrets_are_encrypted_at_rest() {
+    let c = start().await;
+    let (http, base) = reqwest_client(&c).await;
+    let r = http
+        .post(format!("{base}/api/v1/namespaces/default/secrets"))
+        .header("Content-Type", "application/json")
+        .body(r#"{"metadata":{"name":"db"},"stringData":{"password":"correct-horse-battery"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    // What the store holds: sealed, with the key's name, and no plaintext anywhere.
+    let raw = strake_apimachinery::storage::RaftStore::new(c.store.clone());
+    let stored =
+        strake_apimachinery::storage::ObjectStore::get(&raw, b"/registry/secrets/default/db")
+            .await
+            .unwrap()
+            .expect("the secret is stored");
+    assert!(stored.value.starts_with(b"k8s:enc:aesgcm:v1:key1:"));
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode("correct-horse-battery");
+    for needle in [
+        "correct-horse-battery".as_bytes(),
+        b64.as_bytes(),
+        b"password",
+        b"\"db\"",
+    ] {
+        assert!(
+            !stored.value.windows(needle.len()).any(|w| w == needle),
+            "{} in the store",
+            String::from_utf8_lossy(needle)
+        );
+    }
+    // A ConfigMap is not sealed by the default configuration.
+    http.post(format!("{base}/api/v1/namespaces/default/configmaps"))
+        .header("Content-Type", "application/json")
+        .body(r#"{"metadata":{"name":"plain"},"data":{"k":"visible"}}"#)
+        .send()
+        .await
+        .unwrap();
+    let cm =
+        strake_apimachinery::storage::ObjectStore::get(&raw, b"/registry/configmaps/default/plain")
+            .await
+            .unwrap()
+            .unwrap();
+    assert!(cm.value.windows(7).any(|w| w == b"visible"));
+    // Through the API it reads as written.
+    let got: serde_json::Value = http
+        .get(format!("{base}/api/v1/namespaces/default/secrets/db"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["data"]["password"], b64);
+    // The configuration was written with the key, readable by its owner only.
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(
+        c._dir
+            .path()
+            .join("pki")
+            .join(strake_apiserver::ENCRYPTION_CONFIG),
+    )
+    .unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+}
+
+#[tokio::test]
+async fn a_corrupt_encryption_key_file_stops_the_server_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    let file = pki.join(strake_apiserver::ENCRYPTION_CONFIG);
+    std::fs::write(&file, "kind: EncryptionConfiguration\nresources: [{resources: [secrets], providers: [{aesgcm: {keys: [{name: k, secret: bm90IDMyIGJ5dGVz}]}}]}]\n").unwrap();
+    let store = strake_store::Store::open(strake_store::StoreConfig::single(
+        1,
+        dir.path().join("store"),
+    ))
+    .await
+    .unwrap();
+    let config = strake_apiserver::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        advertise: "127.0.0.1:6443".into(),
+        pki_dir: pki,
+        cluster_name: "t".into(),
+        token: None,
+        sans: vec![],
+        default_toleration_seconds: strake_apimachinery::admission::DEFAULT_TOLERATION_SECONDS,
+        service_cidr: strake_apimachinery::admission::DEFAULT_SERVICE_CIDR,
+    };
+    let err = strake_apiserver::ApiServer::new(config, store)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("encryption-config.yaml") && err.contains("32 bytes"),
+        "{err}"
+    );
+    assert!(
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .contains("bm90IDMyIGJ5dGVz"),
+        "left as it was"
+    );
+}

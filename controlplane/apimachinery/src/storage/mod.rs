@@ -1,15 +1,18 @@
 //! The store seam between the registry and whatever persists objects: an etcd-like keyspace
 //! (revisions, range reads at a revision, compare-and-swap writes, watch from a revision).
-//! [`RaftStore`] puts it on the replicated store; [`MemoryStore`] keeps it in memory for tests.
+//! [`RaftStore`] puts it on the replicated store; [`MemoryStore`] keeps it in memory for tests;
+//! [`Encrypted`] seals chosen resources' values over either (encryption at rest).
 //! Both pass the one [`conformance`] suite.
 
 pub mod conformance;
+mod encrypted;
 mod memory;
 mod raft;
 
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 
+pub use encrypted::{Encrypted, EncryptionConfig};
 pub use memory::MemoryStore;
 pub use raft::RaftStore;
 
