@@ -404,6 +404,16 @@ impl Codec {
                         problem: format!("bad time: {nanos} nanoseconds is not within a second"),
                     });
                 }
+                // Years 0000 to 9999 only, as RFC 3339 writes them (and Go refuses to marshal
+                // others): a year before 0 came out as "-2394-..." and did not encode back.
+                if !(-62_167_219_200..=253_402_207_200).contains(&secs) {
+                    return Err(DecodeError::Malformed {
+                        offset,
+                        problem: format!(
+                            "bad time: {secs} seconds is outside the years 0000 to 9999"
+                        ),
+                    });
+                }
                 // Zero as the JSON form shows it: Time has whole seconds, MicroTime microseconds.
                 let shown = if short == "Time" { 0 } else { nanos / 1000 };
                 if secs == 0 && shown == 0 {

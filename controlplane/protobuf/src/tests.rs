@@ -460,3 +460,33 @@ fn times_with_nanoseconds_outside_a_second_are_refused() {
         .unwrap();
     assert_eq!(again, v);
 }
+
+#[test]
+fn times_outside_rfc_3339_years_are_refused() {
+    let c = Codec::new(&serde_json::Map::new());
+    let micro = "io.k8s.apimachinery.pkg.apis.meta.v1.MicroTime";
+    // Found by the fuzzer: seconds far before year 0 decoded to "-2394-11-22T04:55:37.000000Z",
+    // which is no RFC 3339 time and did not encode back.
+    let mut bad = vec![0x08];
+    let mut secs = (-137_702_401_463i64) as u64;
+    while secs >= 0x80 {
+        bad.push((secs as u8) | 0x80);
+        secs >>= 7;
+    }
+    bad.push(secs as u8);
+    let err = c.decode_message(micro, &bad, 0).unwrap_err();
+    assert!(
+        err.to_string().contains("outside the years 0000 to 9999"),
+        "{err}"
+    );
+    // Late in year 9999 is still a time.
+    let mut good = vec![0x08];
+    let mut secs = 253_402_200_000u64;
+    while secs >= 0x80 {
+        good.push((secs as u8) | 0x80);
+        secs >>= 7;
+    }
+    good.push(secs as u8);
+    let v = c.decode_message(micro, &good, 0).unwrap();
+    assert_eq!(v, "9999-12-30T20:00:00.000000Z");
+}
