@@ -7,7 +7,7 @@ use serde_json::Value;
 use crate::{Codec, EncodeError, Field, FieldType, MAGIC};
 
 /// Appends protobuf's base-128 varint.
-fn varint(out: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -229,8 +229,14 @@ impl Codec {
                     path: path.clone(),
                     problem: format!("{s:?} is not an RFC 3339 time: {e}"),
                 })?;
-                varint_field(out, 1, ts.as_second() as u64);
-                let nanos = ts.subsec_nanosecond();
+                // Protobuf's Timestamp counts nanoseconds forward within the second; jiff gives a
+                // time before 1970 a negative fraction, so borrow a second for it.
+                let (mut secs, mut nanos) = (ts.as_second(), ts.subsec_nanosecond());
+                if nanos < 0 {
+                    secs -= 1;
+                    nanos += 1_000_000_000;
+                }
+                varint_field(out, 1, secs as u64);
                 if nanos != 0 {
                     varint_field(out, 2, nanos as i64 as u64);
                 }

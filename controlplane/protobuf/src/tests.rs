@@ -461,32 +461,50 @@ fn times_with_nanoseconds_outside_a_second_are_refused() {
     assert_eq!(again, v);
 }
 
+/// A message with a varint field 1 (seconds) and, if not zero, field 2 (nanoseconds).
+fn time_message(secs: i64, nanos: u64) -> Vec<u8> {
+    let mut out = vec![0x08];
+    crate::encode::varint(&mut out, secs as u64);
+    if nanos != 0 {
+        out.push(0x10);
+        crate::encode::varint(&mut out, nanos);
+    }
+    out
+}
+
 #[test]
 fn times_outside_rfc_3339_years_are_refused() {
     let c = Codec::new(&serde_json::Map::new());
     let micro = "io.k8s.apimachinery.pkg.apis.meta.v1.MicroTime";
     // Found by the fuzzer: seconds far before year 0 decoded to "-2394-11-22T04:55:37.000000Z",
     // which is no RFC 3339 time and did not encode back.
-    let mut bad = vec![0x08];
-    let mut secs = (-137_702_401_463i64) as u64;
-    while secs >= 0x80 {
-        bad.push((secs as u8) | 0x80);
-        secs >>= 7;
-    }
-    bad.push(secs as u8);
-    let err = c.decode_message(micro, &bad, 0).unwrap_err();
+    let err = c
+        .decode_message(micro, &time_message(-137_702_401_463, 0), 0)
+        .unwrap_err();
     assert!(
         err.to_string().contains("outside the years 0000 to 9999"),
         "{err}"
     );
     // Late in year 9999 is still a time.
-    let mut good = vec![0x08];
-    let mut secs = 253_402_200_000u64;
-    while secs >= 0x80 {
-        good.push((secs as u8) | 0x80);
-        secs >>= 7;
-    }
-    good.push(secs as u8);
-    let v = c.decode_message(micro, &good, 0).unwrap();
+    let v = c
+        .decode_message(micro, &time_message(253_402_200_000, 0), 0)
+        .unwrap();
     assert_eq!(v, "9999-12-30T20:00:00.000000Z");
+}
+
+#[test]
+fn times_before_1970_count_their_fraction_forward() {
+    // Found by the fuzzer: jiff gives a time before 1970 a negative fraction, which was
+    // encoded as negative nanoseconds and did not decode back.
+    let c = Codec::new(&serde_json::Map::new());
+    let micro = "io.k8s.apimachinery.pkg.apis.meta.v1.MicroTime";
+    for (s, secs, nanos) in [
+        ("1969-12-31T23:59:59.000002Z", -1, 2000),
+        ("1900-01-01T00:00:00.500000Z", -2_208_988_800, 500_000_000),
+        ("1900-01-01T00:00:00.000000Z", -2_208_988_800, 0),
+    ] {
+        let bytes = c.encode_message(micro, &serde_json::json!(s)).unwrap();
+        assert_eq!(bytes, time_message(secs, nanos), "{s}");
+        assert_eq!(c.decode_message(micro, &bytes, 0).unwrap(), s);
+    }
 }
