@@ -9,6 +9,7 @@ pub mod error;
 pub mod events;
 pub mod managed;
 pub mod patch;
+mod quota;
 pub mod registry;
 pub mod request;
 pub mod resource;

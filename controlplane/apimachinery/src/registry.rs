@@ -65,6 +65,27 @@ pub struct WriteOptions {
     /// Who asks, for the admission plugins that care (escalation, node restriction). None is
     /// the server's own write, which is trusted.
     pub user: Option<crate::UserInfo>,
+    /// Where admission leaves warnings for the response (`Warning` headers); clones share it.
+    pub warnings: Warnings,
+}
+
+/// Warnings for a write's response, added by admission (a pod that a namespace's Pod Security
+/// warn level would refuse). Clones share one list.
+#[derive(Clone, Debug, Default)]
+pub struct Warnings(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Warnings {
+    pub fn push(&self, warning: String) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(warning);
+    }
+
+    /// The warnings so far, leaving none.
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
 }
 
 /// How dependents are treated when their owner is deleted.
@@ -455,6 +476,7 @@ impl Registry {
             old: None,
             dry_run: opts.dry_run,
             user: opts.user.as_ref(),
+            warnings: &opts.warnings,
         };
         self.admission.admit(self, &attrs, &mut obj).await?;
         if opts.dry_run {
@@ -464,13 +486,13 @@ impl Registry {
                     name,
                 });
             }
+            self.quota_charges(def, ns, &name, &obj, None).await?;
             return Ok(obj);
         }
+        let bytes = encode(def, &obj)?;
         let stored = self
-            .store
-            .create(def.key(ns, &name), encode(def, &obj)?)
-            .await
-            .map_err(|e| Self::storage_err(def, &name, e))?;
+            .charged_write(def, ns, &name, &obj, None, bytes, None)
+            .await?;
         set_rv(&mut obj, stored.revision);
         obj["apiVersion"] = def.api_version().into();
         obj["kind"] = def.kind.clone().into();
@@ -655,6 +677,7 @@ impl Registry {
             old: Some(&old),
             dry_run: opts.dry_run,
             user: opts.user.as_ref(),
+            warnings: &opts.warnings,
         };
         self.admission.admit(self, &attrs, &mut obj).await?;
         // A terminating object whose last finalizer is gone and whose grace is over is removed.
@@ -674,6 +697,9 @@ impl Registry {
             return Ok(old);
         }
         if opts.dry_run {
+            if !finished {
+                self.quota_charges(def, ns, name, &obj, Some(&old)).await?;
+            }
             return Ok(obj);
         }
         let key = def.key(ns, name);
@@ -687,12 +713,57 @@ impl Registry {
             return Ok(obj);
         }
         let stored = self
-            .store
-            .update(key, bytes, current.revision)
-            .await
-            .map_err(|e| Self::storage_err(def, name, e))?;
+            .charged_write(
+                def,
+                ns,
+                name,
+                &obj,
+                Some(&old),
+                bytes,
+                Some(current.revision),
+            )
+            .await?;
         set_rv(&mut obj, stored.revision);
         Ok(obj)
+    }
+
+    /// Creates (`expected` None) or updates an object together with the quota charges it
+    /// makes, in one transaction; when a quota moved under it (another write charged it), the
+    /// charges are worked out again from the quotas as they are now.
+    #[allow(clippy::too_many_arguments)]
+    async fn charged_write(
+        &self,
+        def: &ResourceDef,
+        ns: Option<&str>,
+        name: &str,
+        obj: &Value,
+        old: Option<&Value>,
+        bytes: Vec<u8>,
+        expected: Option<u64>,
+    ) -> Result<Stored, ApiError> {
+        let key = def.key(ns, name);
+        for _ in 0..32 {
+            let guards = self.quota_charges(def, ns, name, obj, old).await?;
+            let written = match (guards.is_empty(), expected) {
+                (true, None) => self.store.create(key.clone(), bytes.clone()).await,
+                (true, Some(rev)) => self.store.update(key.clone(), bytes.clone(), rev).await,
+                (false, _) => {
+                    self.store
+                        .write_with(key.clone(), bytes.clone(), expected, guards)
+                        .await
+                }
+            };
+            match written {
+                Err(StorageError::GuardFailed { .. }) => continue,
+                other => return other.map_err(|e| Self::storage_err(def, name, e)),
+            }
+        }
+        Err(ApiError::Conflict {
+            resource: def.group_resource(),
+            name: name.into(),
+            message: "the namespace's resource quotas kept changing under this write; try again"
+                .into(),
+        })
     }
 
     /// Deletes an object: at once, or by marking it terminating (grace period, finalizers).
@@ -739,6 +810,7 @@ impl Registry {
                 old: Some(&obj.clone()),
                 dry_run: opts.dry_run,
                 user: None,
+                warnings: &Warnings::default(),
             };
             let mut scratch = obj.clone();
             self.admission.admit(self, &attrs, &mut scratch).await?;

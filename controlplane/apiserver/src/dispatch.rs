@@ -149,6 +149,7 @@ pub fn write_options(q: &Query, headers: &HeaderMap) -> Result<WriteOptions, Api
         dry_run: dry_run(q)?,
         field_manager: Some(manager),
         user: crate::auth::caller(),
+        warnings: Default::default(),
     })
 }
 
@@ -254,11 +255,10 @@ async fn resource(
             if def.verbs == ["create"] {
                 return crate::reviews::create(&app, who, &def, ns, &headers, &bytes).await;
             }
-            let (obj, warnings) = decode_write(&def, &headers, &bytes, &q)?;
-            let created = app
-                .registry
-                .create(&def, ns, obj, &write_options(&q, &headers)?)
-                .await?;
+            let (obj, mut warnings) = decode_write(&def, &headers, &bytes, &q)?;
+            let opts = write_options(&q, &headers)?;
+            let created = app.registry.create(&def, ns, obj, &opts).await?;
+            warnings.extend(opts.warnings.take());
             let mode = render::render_mode(&headers, None)?;
             Ok(with_warnings(
                 json_response(StatusCode::CREATED, &render::one(&def, &created, mode)),
@@ -267,18 +267,13 @@ async fn resource(
         }
         Verb::Update => {
             let bytes = read_body(body).await?;
-            let (obj, warnings) = decode_write(&def, &headers, &bytes, &q)?;
+            let (obj, mut warnings) = decode_write(&def, &headers, &bytes, &q)?;
+            let opts = write_options(&q, &headers)?;
             let updated = app
                 .registry
-                .update(
-                    &def,
-                    ns,
-                    name,
-                    obj,
-                    Part::Main,
-                    &write_options(&q, &headers)?,
-                )
+                .update(&def, ns, name, obj, Part::Main, &opts)
                 .await?;
+            warnings.extend(opts.warnings.take());
             Ok(with_warnings(
                 json_response(StatusCode::OK, &updated),
                 &warnings,
@@ -581,7 +576,10 @@ pub async fn patch_object(
             field_manager: None,
             ..opts
         };
-        return crate::apply::apply(app, def, ns, name, bytes, q, part, mode, &opts).await;
+        let (obj, mut warnings, created) =
+            crate::apply::apply(app, def, ns, name, bytes, q, part, mode, &opts).await?;
+        warnings.extend(opts.warnings.take());
+        return Ok((obj, warnings, created));
     }
     let mut warnings = Vec::new();
     let obj = app
@@ -595,6 +593,7 @@ pub async fn patch_object(
             Ok(obj)
         })
         .await?;
+    warnings.extend(opts.warnings.take());
     Ok((obj, warnings, false))
 }
 

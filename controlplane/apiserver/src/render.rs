@@ -195,7 +195,8 @@ pub fn one(def: &ResourceDef, obj: &Value, mode: Render) -> Value {
 /// Adds `Warning` headers (as Kubernetes sends them) to a response.
 pub fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
     for w in warnings {
-        let text = format!("299 - \"{}\"", w.replace('"', "'"));
+        // A quoted-string (RFC 9110), as upstream writes it and client-go reads it back.
+        let text = format!("299 - \"{}\"", w.replace('\\', "\\\\").replace('"', "\\\""));
         if let Ok(v) = text.parse() {
             resp.headers_mut().append(header::WARNING, v);
         }

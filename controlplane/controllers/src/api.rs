@@ -82,6 +82,7 @@ impl Client {
             dry_run: false,
             field_manager: Some(self.manager.to_string()),
             user: None,
+            warnings: Default::default(),
         }
     }
 

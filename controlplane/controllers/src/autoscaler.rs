@@ -871,6 +871,7 @@ impl Autoscalers {
                 dry_run: false,
                 field_manager: Some(NAME.into()),
                 user: None,
+                warnings: Default::default(),
             };
             match strake_kinds::scale::set_replicas(
                 reg,

@@ -12,10 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{
-    ConfigMap, PersistentVolumeClaim, Pod, ResourceQuota, ResourceQuotaStatus, Service,
+    ConfigMap, PersistentVolumeClaim, Pod, ResourceQuota, ResourceQuotaSpec, ResourceQuotaStatus,
+    Service,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use strake_apimachinery::{ApiError, ListOptions, Part};
+use strake_apimachinery::{ApiError, Filter, ListOptions, Part};
 use strake_quota::{self as quota, Amounts};
 
 use crate::api::{Client, Object};
@@ -149,6 +150,86 @@ impl Quotas {
         Ok(Some(n))
     }
 
+    /// Sums what the namespace's objects use of the quota's hard resources. `fresh` counts the
+    /// kinds without a cache here through the registry now rather than from the kept counts.
+    /// Returns the amounts and whether a kept count was used (so the quota is recounted later).
+    async fn usage(
+        &self,
+        ns: &str,
+        spec: &ResourceQuotaSpec,
+        objects: &Objects,
+        fresh: bool,
+    ) -> Result<(Amounts, bool), ApiError> {
+        let hard: BTreeMap<String, Quantity> = spec.hard.clone().unwrap_or_default();
+        let mut used = Amounts::new();
+        for p in &objects.pods {
+            if quota::pod_is_charged(p) && quota::selects_pod(spec, p) {
+                quota::charge(&mut used, &hard, &quota::pod_usage(p));
+            }
+        }
+        // Scopes select pods only: a scoped quota tracks nothing else.
+        let mut resync = false;
+        if quota::is_scoped(spec) {
+            return Ok((used, resync));
+        }
+        for s in &objects.services {
+            quota::charge(&mut used, &hard, &quota::service_usage(s));
+        }
+        for c in &objects.claims {
+            quota::charge(&mut used, &hard, &quota::pvc_usage(c));
+        }
+        for name in hard.keys() {
+            let Some((group, plural)) = quota::counted(name) else {
+                continue;
+            };
+            let n = match (group.as_str(), plural.as_str()) {
+                ("", "pods" | "services" | "persistentvolumeclaims") => continue,
+                ("", "configmaps") => objects.configmaps as i64,
+                _ => {
+                    if fresh {
+                        self.counts
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&(ns.to_string(), group.clone(), plural.clone()));
+                    }
+                    resync = true;
+                    self.count(ns, &group, &plural).await?.unwrap_or(0)
+                }
+            };
+            used.insert(name.clone(), n * 1000);
+        }
+        Ok((used, resync))
+    }
+
+    /// The namespace's objects as the caches hold them.
+    fn cached(&self, ns: &str) -> Objects {
+        Objects {
+            pods: self.pods.in_namespace(ns),
+            services: self.services.in_namespace(ns),
+            claims: self.claims.in_namespace(ns),
+            configmaps: self.configmaps.in_namespace(ns).len(),
+        }
+    }
+
+    /// The namespace's objects read through the registry now.
+    async fn listed(&self, ns: &str) -> Result<Objects, ApiError> {
+        let all = Filter::default();
+        fn arcs<T>(v: Vec<T>) -> Vec<Arc<T>> {
+            v.into_iter().map(Arc::new).collect()
+        }
+        Ok(Objects {
+            pods: arcs(self.client.list::<Pod>(Some(ns), &all).await?.0),
+            services: arcs(self.client.list::<Service>(Some(ns), &all).await?.0),
+            claims: arcs(
+                self.client
+                    .list::<PersistentVolumeClaim>(Some(ns), &all)
+                    .await?
+                    .0,
+            ),
+            configmaps: self.client.list::<ConfigMap>(Some(ns), &all).await?.0.len(),
+        })
+    }
+
     async fn reconcile(&self, key: ObjectRef) -> Result<Action, ApiError> {
         let Some(q) = self.quotas.get(&key) else {
             return Ok(Action::await_change());
@@ -158,69 +239,78 @@ impl Quotas {
         }
         let ns = key.namespace.clone().unwrap_or_default();
         let spec = q.spec.clone().unwrap_or_default();
-        let hard: BTreeMap<String, Quantity> = spec.hard.clone().unwrap_or_default();
-        let scoped = quota::is_scoped(&spec);
-        let mut used = Amounts::new();
-        for p in self.pods.in_namespace(&ns) {
-            if quota::pod_is_charged(&p) && quota::selects_pod(&spec, &p) {
-                quota::charge(&mut used, &hard, &quota::pod_usage(&p));
-            }
-        }
-        // Scopes select pods only: a scoped quota tracks nothing else.
-        let mut resync = false;
-        if !scoped {
-            for s in self.services.in_namespace(&ns) {
-                quota::charge(&mut used, &hard, &quota::service_usage(&s));
-            }
-            for c in self.claims.in_namespace(&ns) {
-                quota::charge(&mut used, &hard, &quota::pvc_usage(&c));
-            }
-            for name in hard.keys() {
-                let Some((group, plural)) = quota::counted(name) else {
-                    continue;
-                };
-                let n = match (group.as_str(), plural.as_str()) {
-                    ("", "pods" | "services" | "persistentvolumeclaims") => continue,
-                    ("", "configmaps") => self.configmaps.in_namespace(&ns).len() as i64,
-                    _ => {
-                        resync = true;
-                        self.count(&ns, &group, &plural).await?.unwrap_or(0)
-                    }
-                };
-                used.insert(name.clone(), n * 1000);
-            }
-        }
-        let status = ResourceQuotaStatus {
-            hard: Some(hard.clone()),
-            used: Some(
-                hard.keys()
-                    .map(|k| {
-                        let v = used.get(k).copied().unwrap_or(0);
-                        (k.clone(), quota::format(k, v))
-                    })
-                    .collect(),
-            ),
-        };
-        if q.status.as_ref() != Some(&status) {
-            let res = self
-                .client
-                .modify::<ResourceQuota>(key.ns(), &key.name, Part::Status, |cur| {
-                    if cur.status.as_ref() == Some(&status) {
-                        return false;
-                    }
-                    cur.status = Some(status.clone());
-                    true
-                })
-                .await;
-            match res {
-                Ok(_) | Err(ApiError::NotFound { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(if resync {
+        let (used, resync) = self.usage(&ns, &spec, &self.cached(&ns), false).await?;
+        let mut status = status_of(&spec, &used);
+        let again = if resync {
             Action::requeue(RESYNC)
         } else {
             Action::await_change()
-        })
+        };
+        if q.status.as_ref() == Some(&status) {
+            return Ok(again);
+        }
+        // Admission raises `used` in the same transaction as each object it charges, before
+        // the caches here see the object. Lowering it from the caches could undo a charge and
+        // let a later write past the limit, so a lower count is made again from a read of the
+        // objects that follows a read of the quota, and written only if the quota is still
+        // that one.
+        let live = match self.client.get::<ResourceQuota>(key.ns(), &key.name).await {
+            Ok(live) => live,
+            Err(ApiError::NotFound { .. }) => return Ok(Action::await_change()),
+            Err(e) => return Err(e),
+        };
+        if lowers(live.status.as_ref(), &status) {
+            let (used, _) = self
+                .usage(&ns, &spec, &self.listed(&ns).await?, true)
+                .await?;
+            status = status_of(&spec, &used);
+        }
+        if live.status.as_ref() == Some(&status) {
+            return Ok(again);
+        }
+        let mut next = live;
+        next.status = Some(status);
+        match self.client.replace(&next, Part::Status).await {
+            Ok(_) | Err(ApiError::NotFound { .. }) => Ok(again),
+            // Charged (or edited) meanwhile: count again.
+            Err(ApiError::Conflict { .. }) => Ok(Action::requeue(Duration::ZERO)),
+            Err(e) => Err(e),
+        }
     }
+}
+
+/// A namespace's objects a quota counts through caches.
+struct Objects {
+    pods: Vec<Arc<Pod>>,
+    services: Vec<Arc<Service>>,
+    claims: Vec<Arc<PersistentVolumeClaim>>,
+    configmaps: usize,
+}
+
+/// The status a quota gets for `used`: its hard limits, and what is used of each.
+fn status_of(spec: &ResourceQuotaSpec, used: &Amounts) -> ResourceQuotaStatus {
+    let hard: BTreeMap<String, Quantity> = spec.hard.clone().unwrap_or_default();
+    ResourceQuotaStatus {
+        used: Some(
+            hard.keys()
+                .map(|k| {
+                    let v = used.get(k).copied().unwrap_or(0);
+                    (k.clone(), quota::format(k, v))
+                })
+                .collect(),
+        ),
+        hard: Some(hard),
+    }
+}
+
+/// Whether `next` has less of anything used than `current`.
+fn lowers(current: Option<&ResourceQuotaStatus>, next: &ResourceQuotaStatus) -> bool {
+    let used = |s: Option<&ResourceQuotaStatus>, k: &str| {
+        s.and_then(|s| s.used.as_ref())
+            .and_then(|u| u.get(k))
+            .and_then(quota::parse)
+    };
+    next.used.iter().flatten().any(|(k, _)| {
+        matches!((used(current, k), used(Some(next), k)), (Some(now), Some(then)) if then < now)
+    })
 }

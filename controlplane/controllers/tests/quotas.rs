@@ -60,12 +60,19 @@ async fn quota_status_follows_what_the_namespace_uses() {
         "metadata": {"name": "compute", "namespace": "default"},
         "spec": {"hard": {
             "pods": "10", "requests.cpu": "4", "requests.memory": "4Gi", "limits.memory": "8Gi",
+        }, "scopes": ["NotBestEffort"]}
+    }))
+    .unwrap();
+    c.client.create(Some("default"), &q).await.unwrap();
+    let objects: ResourceQuota = serde_json::from_value(json!({
+        "metadata": {"name": "objects", "namespace": "default"},
+        "spec": {"hard": {
             "services": "5", "services.nodeports": "2", "configmaps": "10", "secrets": "10",
             "count/deployments.apps": "3"
         }}
     }))
     .unwrap();
-    c.client.create(Some("default"), &q).await.unwrap();
+    c.client.create(Some("default"), &objects).await.unwrap();
     let best: ResourceQuota = serde_json::from_value(json!({
         "metadata": {"name": "best-effort", "namespace": "default"},
         "spec": {"hard": {"pods": "5"}, "scopes": ["BestEffort"]}
@@ -73,17 +80,8 @@ async fn quota_status_follows_what_the_namespace_uses() {
     .unwrap();
     c.client.create(Some("default"), &best).await.unwrap();
     // The service account controller's kube-root-ca.crt is the namespace's one ConfigMap.
-    wait_used(
-        &c,
-        "compute",
-        &[
-            ("pods", "0"),
-            ("requests.cpu", "0"),
-            ("configmaps", "1"),
-            ("secrets", "0"),
-        ],
-    )
-    .await;
+    wait_used(&c, "compute", &[("pods", "0"), ("requests.cpu", "0")]).await;
+    wait_used(&c, "objects", &[("configmaps", "1"), ("secrets", "0")]).await;
     let q: ResourceQuota = c.client.get(Some("default"), "compute").await.unwrap();
     assert_eq!(q.status.unwrap().hard, q.spec.unwrap().hard);
 
@@ -100,10 +98,30 @@ async fn quota_status_follows_what_the_namespace_uses() {
     c.client
         .create(
             Some("default"),
-            &pod("b", json!({"requests": {"cpu": "1", "memory": "1Gi"}})),
+            &pod(
+                "b",
+                json!({"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "1Gi"}}),
+            ),
         )
         .await
         .unwrap();
+    // A quota on memory limits refuses a pod whose container states none, as upstream.
+    let err = c
+        .client
+        .create(
+            Some("default"),
+            &pod(
+                "unbounded",
+                json!({"requests": {"cpu": "1", "memory": "1Gi"}}),
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("failed quota: compute: must specify limits.memory for: main"),
+        "{err}"
+    );
     c.client
         .create(Some("default"), &pod("plain", json!({})))
         .await
@@ -112,10 +130,10 @@ async fn quota_status_follows_what_the_namespace_uses() {
         &c,
         "compute",
         &[
-            ("pods", "3"),
+            ("pods", "2"),
             ("requests.cpu", "1500m"),
             ("requests.memory", "1536Mi"),
-            ("limits.memory", "1Gi"),
+            ("limits.memory", "2Gi"),
         ],
     )
     .await;
@@ -135,7 +153,7 @@ async fn quota_status_follows_what_the_namespace_uses() {
     c.client.create(Some("default"), &cm).await.unwrap();
     wait_used(
         &c,
-        "compute",
+        "objects",
         &[
             ("services", "1"),
             ("services.nodeports", "2"),
@@ -151,7 +169,7 @@ async fn quota_status_follows_what_the_namespace_uses() {
     .unwrap();
     c.client.create(Some("default"), &secret).await.unwrap();
     c.client
-        .modify::<ResourceQuota>(Some("default"), "compute", Part::Main, |q| {
+        .modify::<ResourceQuota>(Some("default"), "objects", Part::Main, |q| {
             // A change to the quota recounts it at once.
             q.metadata
                 .labels
@@ -163,7 +181,7 @@ async fn quota_status_follows_what_the_namespace_uses() {
         .unwrap();
     wait_used(
         &c,
-        "compute",
+        "objects",
         &[("secrets", "1"), ("count/deployments.apps", "0")],
     )
     .await;
@@ -191,6 +209,92 @@ async fn quota_status_follows_what_the_namespace_uses() {
     )
     .await;
     wait_used(&c, "best-effort", &[("pods", "0")]).await;
+}
+
+/// Admission charges a quota in the same transaction as the object: twenty concurrent creates
+/// against five free pods make exactly five pods, the rest refused in upstream's words, while
+/// the controller recounts underneath; a deleted pod frees its place again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_never_pass_the_quota() {
+    let c = cluster().await;
+    let q: ResourceQuota = serde_json::from_value(json!({
+        "metadata": {"name": "five", "namespace": "default"},
+        "spec": {"hard": {"pods": "5", "count/configmaps": "6"}}
+    }))
+    .unwrap();
+    c.client.create(Some("default"), &q).await.unwrap();
+    // kube-root-ca.crt is the first ConfigMap.
+    wait_used(&c, "five", &[("pods", "0"), ("count/configmaps", "1")]).await;
+    let creates = (0..20).map(|i| {
+        let client = c.client.clone();
+        tokio::spawn(async move {
+            let p = client
+                .create(Some("default"), &pod(&format!("p{i}"), json!({})))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            let cm: ConfigMap = serde_json::from_value(
+                json!({"metadata": {"name": format!("c{i}"), "namespace": "default"}}),
+            )
+            .unwrap();
+            let m = client
+                .create(Some("default"), &cm)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            (p, m)
+        })
+    });
+    let results = futures::future::join_all(creates).await;
+    let (mut pods, mut maps) = (0, 0);
+    for r in results {
+        let (p, m) = r.unwrap();
+        match p {
+            Ok(()) => pods += 1,
+            Err(e) => assert!(
+                e.contains(
+                    "exceeded quota: five, requested: pods=1, used: pods=5, limited: pods=5"
+                ),
+                "{e}"
+            ),
+        }
+        match m {
+            Ok(()) => maps += 1,
+            Err(e) => assert!(e.contains("exceeded quota: five"), "{e}"),
+        }
+    }
+    assert_eq!((pods, maps), (5, 5), "every free place taken, none more");
+    let (all, _) = c
+        .client
+        .list::<Pod>(Some("default"), &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 5);
+    wait_used(&c, "five", &[("pods", "5"), ("count/configmaps", "6")]).await;
+    // The controller's recounts never lowered it below what exists: still full.
+    let err = c
+        .client
+        .create(Some("default"), &pod("late", json!({})))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("exceeded quota"), "{err}");
+    let gone = all[0].metadata.name.clone().unwrap();
+    c.client
+        .delete::<Pod>(
+            Some("default"),
+            &gone,
+            &DeleteOptions {
+                grace_period: Some(0),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    wait_used(&c, "five", &[("pods", "4")]).await;
+    c.client
+        .create(Some("default"), &pod("late", json!({})))
+        .await
+        .expect("a freed place is taken again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

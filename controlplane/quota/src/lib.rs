@@ -382,6 +382,90 @@ pub fn selects_pod(spec: &ResourceQuotaSpec, pod: &Pod) -> bool {
     named.chain(selected).all(|r| scope_matches(&r, pod))
 }
 
+/// What one object of `group`/`plural` counts as: `count/<plural>` (core) or
+/// `count/<plural>.<group>`, and the bare legacy name for the core kinds that have one.
+pub fn object_counts(group: &str, plural: &str) -> Amounts {
+    let mut u = Amounts::new();
+    if group.is_empty() {
+        u.insert(format!("count/{plural}"), 1000);
+        if let Some((name, _)) = LEGACY_COUNTS.iter().find(|(_, p)| *p == plural) {
+            u.insert((*name).to_string(), 1000);
+        }
+    } else {
+        u.insert(format!("count/{plural}.{group}"), 1000);
+    }
+    u
+}
+
+/// Whether a quota resource is one objects of `group`/`plural` are charged for (upstream's
+/// evaluator MatchingResources): their counts, and what a pod, Service or claim uses.
+pub fn matches(group: &str, plural: &str, resource: &str) -> bool {
+    if object_counts(group, plural).contains_key(resource) {
+        return true;
+    }
+    match (group, plural) {
+        ("", "pods") => is_pod_resource(resource),
+        ("", "services") => matches!(resource, "services.loadbalancers" | "services.nodeports"),
+        ("", "persistentvolumeclaims") => {
+            resource == "requests.storage"
+                || resource
+                    .split_once(".storageclass.storage.k8s.io/")
+                    .is_some_and(|(_, r)| {
+                        matches!(r, "requests.storage" | "persistentvolumeclaims")
+                    })
+        }
+        _ => false,
+    }
+}
+
+/// What a quota limiting cpu or memory requires of every container, as upstream (kept from
+/// before QoS existed): each container states the request or limit the quota names. Returns
+/// upstream's `must specify limits.cpu for: a,b; requests.memory for: a`, or None.
+pub fn missing_constraints(pod: &Pod, hard: &BTreeMap<String, Quantity>) -> Option<String> {
+    const CHECKED: &[&str] = &[
+        "cpu",
+        "memory",
+        "requests.cpu",
+        "requests.memory",
+        "limits.cpu",
+        "limits.memory",
+    ];
+    let spec = pod.spec.as_ref()?;
+    let mut missing: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for c in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+    {
+        let r = c.resources.as_ref();
+        let has = |list: Option<&BTreeMap<String, Quantity>>, name: &str| {
+            list.is_some_and(|l| l.contains_key(name))
+        };
+        for &name in CHECKED.iter().filter(|n| hard.contains_key(**n)) {
+            let stated = match name.split_once('.') {
+                Some(("limits", res)) => has(r.and_then(|r| r.limits.as_ref()), res),
+                Some((_, res)) => has(r.and_then(|r| r.requests.as_ref()), res),
+                None => has(r.and_then(|r| r.requests.as_ref()), name),
+            };
+            if !stated {
+                missing.entry(name).or_default().push(&c.name);
+            }
+        }
+    }
+    if missing.is_empty() {
+        return None;
+    }
+    let parts: Vec<String> = missing
+        .into_iter()
+        .map(|(res, mut names)| {
+            names.sort_unstable();
+            names.dedup();
+            format!("{res} for: {}", names.join(","))
+        })
+        .collect();
+    Some(format!("must specify {}", parts.join("; ")))
+}
+
 /// Adds `usage` into `used`, for the resources the quota limits only.
 pub fn charge(used: &mut Amounts, hard: &BTreeMap<String, Quantity>, usage: &Amounts) {
     for (name, v) in usage {
@@ -399,6 +483,49 @@ mod tests {
 
     fn pod(v: serde_json::Value) -> Pod {
         serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn objects_count_under_their_names_and_match_their_resources() {
+        let names = |g, p| object_counts(g, p).into_keys().collect::<Vec<_>>();
+        assert_eq!(names("", "secrets"), ["count/secrets", "secrets"]);
+        assert_eq!(names("", "events"), ["count/events"]);
+        assert_eq!(names("apps", "deployments"), ["count/deployments.apps"]);
+        assert!(matches("", "pods", "requests.cpu"));
+        assert!(matches("", "pods", "pods"));
+        assert!(!matches("", "pods", "services"));
+        assert!(matches("", "services", "services.nodeports"));
+        assert!(matches(
+            "",
+            "persistentvolumeclaims",
+            "gold.storageclass.storage.k8s.io/requests.storage"
+        ));
+        assert!(matches("apps", "deployments", "count/deployments.apps"));
+        assert!(!matches("apps", "deployments", "count/pods"));
+    }
+
+    #[test]
+    fn quotas_on_cpu_or_memory_need_every_container_to_state_them() {
+        let hard: BTreeMap<String, Quantity> = [
+            ("limits.cpu".to_string(), Quantity("2".into())),
+            ("requests.memory".to_string(), Quantity("1Gi".into())),
+            ("pods".to_string(), Quantity("3".into())),
+        ]
+        .into();
+        let p = pod(json!({"spec": {
+        "initContainers": [{"name": "init", "resources": {"limits": {"cpu": "1", "memory": "1Mi"}}}],
+        "containers": [
+            {"name": "b", "resources": {"requests": {"memory": "1Mi"}}},
+            {"name": "a"},
+        ]}}));
+        assert_eq!(
+            missing_constraints(&p, &hard).as_deref(),
+            Some("must specify limits.cpu for: a,b; requests.memory for: a,init")
+        );
+        let ok = pod(json!({"spec": {"containers": [
+            {"name": "a", "resources": {"limits": {"cpu": "1"}, "requests": {"memory": "1Mi"}}},
+        ]}}));
+        assert_eq!(missing_constraints(&ok, &hard), None);
     }
 
     #[test]

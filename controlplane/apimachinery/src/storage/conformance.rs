@@ -3,7 +3,7 @@
 
 use futures::StreamExt;
 
-use super::{ChangeKind, ObjectStore, StorageError};
+use super::{ChangeKind, Guard, ObjectStore, StorageError};
 
 fn k(s: &str) -> Vec<u8> {
     format!("/conformance/{s}").into_bytes()
@@ -14,6 +14,7 @@ pub async fn run(store: &dyn ObjectStore) {
     create_is_exclusive_and_get_reads_it(store).await;
     updates_compare_the_revision(store).await;
     deletes_compare_and_report_missing_keys(store).await;
+    guarded_writes_are_all_or_none(store).await;
     lists_page_in_key_order_and_read_old_revisions(store).await;
     watches_replay_from_a_revision_then_follow(store).await;
     compaction_expires_old_reads_and_watches(store).await;
@@ -61,6 +62,100 @@ async fn updates_compare_the_revision(s: &dyn ObjectStore) {
     assert_eq!(
         s.update(k("b/none"), b"x".to_vec(), 1).await,
         Err(StorageError::NotFound)
+    );
+}
+
+async fn guarded_writes_are_all_or_none(s: &dyn ObjectStore) {
+    let quota = s.create(k("g/quota"), b"used=0".to_vec()).await.unwrap();
+    let guard = |value: &[u8], expected| Guard {
+        key: k("g/quota"),
+        value: value.to_vec(),
+        expected,
+    };
+    let a = s
+        .write_with(
+            k("g/a"),
+            b"a".to_vec(),
+            None,
+            vec![guard(b"used=1", quota.revision)],
+        )
+        .await
+        .expect("a write with a guard at its revision");
+    let q = s.get(&k("g/quota")).await.unwrap().unwrap();
+    assert_eq!(
+        (q.value.as_slice(), q.revision),
+        (b"used=1".as_slice(), a.revision),
+        "the guard is written in the same revision"
+    );
+    // A second writer that read the quota before the first wrote loses, and writes nothing.
+    let lost = s
+        .write_with(
+            k("g/b"),
+            b"b".to_vec(),
+            None,
+            vec![guard(b"used=1", quota.revision)],
+        )
+        .await;
+    assert_eq!(
+        lost,
+        Err(StorageError::GuardFailed {
+            key: k("g/quota"),
+            current: Some(a.revision)
+        })
+    );
+    assert_eq!(s.get(&k("g/b")).await.unwrap(), None, "all or none");
+    // The key's own precondition is checked as create and update check it.
+    let exists = s
+        .write_with(
+            k("g/a"),
+            b"x".to_vec(),
+            None,
+            vec![guard(b"used=2", a.revision)],
+        )
+        .await;
+    assert_eq!(exists, Err(StorageError::AlreadyExists));
+    let stale = s
+        .write_with(k("g/a"), b"x".to_vec(), Some(quota.revision), vec![])
+        .await;
+    assert_eq!(
+        stale,
+        Err(StorageError::Conflict {
+            current: a.revision
+        })
+    );
+    assert_eq!(
+        s.get(&k("g/quota")).await.unwrap().unwrap().value,
+        b"used=1"
+    );
+    let updated = s
+        .write_with(
+            k("g/a"),
+            b"a2".to_vec(),
+            Some(a.revision),
+            vec![guard(b"used=2", a.revision)],
+        )
+        .await
+        .expect("an update with a guard");
+    assert!(updated.revision > a.revision);
+    // A guard on a key that does not exist fails with no revision.
+    let missing = s
+        .write_with(
+            k("g/c"),
+            b"c".to_vec(),
+            None,
+            vec![Guard {
+                key: k("g/none"),
+                value: b"x".to_vec(),
+                expected: 1,
+            }],
+        )
+        .await;
+    assert_eq!(
+        missing,
+        Err(StorageError::GuardFailed {
+            key: k("g/none"),
+            current: None
+        })
     );
 }
 

@@ -27,7 +27,7 @@ use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::Value;
 
-use super::{Change, ObjectStore, Page, StorageError, StorageResult, Stored};
+use super::{Change, Guard, ObjectStore, Page, StorageError, StorageResult, Stored};
 
 const PREFIX: &[u8] = b"k8s:enc:";
 const AESGCM: &str = "k8s:enc:aesgcm:v1:";
@@ -398,6 +398,30 @@ impl<S: ObjectStore> ObjectStore for Encrypted<S> {
         Box::pin(async move {
             let sealed = self.seal(&key, value.clone())?;
             let mut s = self.inner.update(key, sealed, expected).await?;
+            s.value = value;
+            Ok(s)
+        })
+    }
+
+    fn write_with(
+        &self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        expected: Option<u64>,
+        guards: Vec<Guard>,
+    ) -> BoxFuture<'_, StorageResult<Stored>> {
+        Box::pin(async move {
+            let sealed = self.seal(&key, value.clone())?;
+            let guards = guards
+                .into_iter()
+                .map(|g| {
+                    Ok(Guard {
+                        value: self.seal(&g.key, g.value)?,
+                        ..g
+                    })
+                })
+                .collect::<StorageResult<Vec<_>>>()?;
+            let mut s = self.inner.write_with(key, sealed, expected, guards).await?;
             s.value = value;
             Ok(s)
         })

@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use tokio::sync::broadcast;
 
-use super::{Change, ChangeKind, ObjectStore, Page, StorageError, StorageResult, Stored};
+use super::{Change, ChangeKind, Guard, ObjectStore, Page, StorageError, StorageResult, Stored};
 
 /// Largest value accepted, as the raft store bounds it.
 const MAX_VALUE: usize = strake_store::MAX_VALUE_SIZE;
@@ -48,7 +48,11 @@ impl State {
 
     fn write(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) -> (u64, Change) {
         self.revision += 1;
-        let rev = self.revision;
+        self.write_at(self.revision, key, value)
+    }
+
+    /// A write at `rev`, the current revision (several keys written in one revision).
+    fn write_at(&mut self, rev: u64, key: Vec<u8>, value: Option<Vec<u8>>) -> (u64, Change) {
         let prev = self.current(&key);
         self.keys
             .entry(key.clone())
@@ -206,6 +210,59 @@ impl ObjectStore for MemoryStore {
             };
             let revision = change.revision;
             self.publish(change);
+            Ok(Stored {
+                key,
+                value,
+                revision,
+            })
+        })
+    }
+
+    fn write_with(
+        &self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        expected: Option<u64>,
+        guards: Vec<Guard>,
+    ) -> BoxFuture<'_, StorageResult<Stored>> {
+        Box::pin(async move {
+            check_size(&value)?;
+            for g in &guards {
+                check_size(&g.value)?;
+            }
+            let changes = {
+                let mut s = self.lock();
+                match (expected, s.current(&key)) {
+                    (None, Some(_)) => return Err(StorageError::AlreadyExists),
+                    (Some(_), None) => return Err(StorageError::NotFound),
+                    (Some(e), Some(cur)) if cur.revision != e => {
+                        return Err(StorageError::Conflict {
+                            current: cur.revision,
+                        });
+                    }
+                    _ => {}
+                }
+                for g in &guards {
+                    let now = s.current(&g.key).map(|c| c.revision);
+                    if now != Some(g.expected) {
+                        return Err(StorageError::GuardFailed {
+                            key: g.key.clone(),
+                            current: now,
+                        });
+                    }
+                }
+                s.revision += 1;
+                let rev = s.revision;
+                let mut changes = vec![s.write_at(rev, key.clone(), Some(value.clone())).1];
+                for g in guards {
+                    changes.push(s.write_at(rev, g.key, Some(g.value)).1);
+                }
+                changes
+            };
+            let revision = changes[0].revision;
+            for c in changes {
+                self.publish(c);
+            }
             Ok(Stored {
                 key,
                 value,

@@ -54,6 +54,15 @@ pub struct Change {
     pub prev: Option<Stored>,
 }
 
+/// A key written along with another in one atomic write ([`ObjectStore::write_with`]): it
+/// must still be at `expected` (a quota's status, charged with the object it counts).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Guard {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub expected: u64,
+}
+
 /// Why a storage call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StorageError {
@@ -69,6 +78,8 @@ pub enum StorageError {
     FutureRevision { requested: u64, current: u64 },
     #[error("object is {size} bytes once stored, more than the limit of {max}")]
     TooLarge { size: usize, max: usize },
+    #[error("a key written with this one was modified: its current revision is {current:?}")]
+    GuardFailed { key: Vec<u8>, current: Option<u64> },
     #[error("storage unavailable: {0}")]
     Unavailable(String),
     #[error("storage: {0}")]
@@ -103,6 +114,17 @@ pub trait ObjectStore: Send + Sync + 'static {
         key: Vec<u8>,
         value: Vec<u8>,
         expected: u64,
+    ) -> BoxFuture<'_, StorageResult<Stored>>;
+
+    /// Creates `key` (`expected` None) or updates it at `expected`, and writes every guard at its
+    /// own expected revision, in one revision: all or none. The key fails as `create` or
+    /// `update` would; a guard that moved fails with `GuardFailed`, naming it.
+    fn write_with(
+        &self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        expected: Option<u64>,
+        guards: Vec<Guard>,
     ) -> BoxFuture<'_, StorageResult<Stored>>;
 
     /// Deletes a key, if its revision is `expected` when given. Returns the delete's revision.

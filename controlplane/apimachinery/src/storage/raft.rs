@@ -9,7 +9,7 @@ use strake_store::{
     WatchRequest,
 };
 
-use super::{Change, ChangeKind, ObjectStore, Page, StorageError, StorageResult, Stored};
+use super::{Change, ChangeKind, Guard, ObjectStore, Page, StorageError, StorageResult, Stored};
 
 /// The replicated store, seen as an object keyspace.
 #[derive(Clone)]
@@ -187,6 +187,91 @@ impl ObjectStore for RaftStore {
                     current: kv.mod_revision,
                 }),
             }
+        })
+    }
+
+    fn write_with(
+        &self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        expected: Option<u64>,
+        guards: Vec<Guard>,
+    ) -> BoxFuture<'_, StorageResult<Stored>> {
+        Box::pin(async move {
+            let mut compare = vec![match expected {
+                None => Compare::Version {
+                    key: key.clone(),
+                    op: CmpOp::Equal,
+                    value: 0,
+                },
+                Some(rev) => Compare::ModRevision {
+                    key: key.clone(),
+                    op: CmpOp::Equal,
+                    value: rev,
+                },
+            }];
+            let mut success = vec![Op::Put {
+                key: key.clone(),
+                value: value.clone(),
+            }];
+            let mut failure = vec![Op::Get { key: key.clone() }];
+            for g in &guards {
+                compare.push(Compare::ModRevision {
+                    key: g.key.clone(),
+                    op: CmpOp::Equal,
+                    value: g.expected,
+                });
+                success.push(Op::Put {
+                    key: g.key.clone(),
+                    value: g.value.clone(),
+                });
+                failure.push(Op::Get { key: g.key.clone() });
+            }
+            let resp = self
+                .store
+                .txn(Txn {
+                    compare,
+                    success,
+                    failure,
+                })
+                .await
+                .map_err(map)?;
+            let mut results = resp.results.into_iter();
+            if resp.succeeded {
+                return Ok(match results.next() {
+                    Some(OpResult::Put { kv, .. }) => stored(kv),
+                    _ => Stored {
+                        key,
+                        value,
+                        revision: resp.revision,
+                    },
+                });
+            }
+            // Which compare failed, from the state read in the same transaction.
+            let current = |r: Option<OpResult>| match r {
+                Some(OpResult::Get { kv }) => kv.map(|kv| kv.mod_revision),
+                _ => None,
+            };
+            match (expected, current(results.next())) {
+                (None, Some(_)) => return Err(StorageError::AlreadyExists),
+                (Some(_), None) => return Err(StorageError::NotFound),
+                (Some(e), Some(c)) if e != c => {
+                    return Err(StorageError::Conflict { current: c });
+                }
+                _ => {}
+            }
+            for (g, r) in guards.into_iter().zip(results) {
+                let now = current(Some(r));
+                if now != Some(g.expected) {
+                    return Err(StorageError::GuardFailed {
+                        key: g.key,
+                        current: now,
+                    });
+                }
+            }
+            Err(StorageError::Internal(
+                "a guarded write failed with every compare holding".into(),
+            ))
         })
     }
 

@@ -6,6 +6,9 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 
 use crate::error::ApiError;
+
+pub mod limitrange;
+pub mod podsecurity;
 use crate::registry::Registry;
 use crate::resource::ResourceDef;
 
@@ -29,6 +32,8 @@ pub struct Attributes<'a> {
     pub dry_run: bool,
     /// Who asks; None for the server's own writes.
     pub user: Option<&'a crate::UserInfo>,
+    /// Warnings for the response.
+    pub warnings: &'a crate::registry::Warnings,
 }
 
 /// One admission plugin.
@@ -527,12 +532,14 @@ pub fn with_services(
 ) -> Chain {
     Chain::new(vec![
         Box::new(NamespaceLifecycle),
+        Box::new(limitrange::LimitRanger),
         Box::new(ServiceAccount),
         Box::new(DefaultStorageClass),
         Box::new(DefaultTolerationSeconds {
             seconds: toleration_seconds,
         }),
         Box::new(StorageObjectInUseProtection),
+        Box::new(podsecurity::PodSecurity::default()),
         Box::new(Priority),
         // Last: nothing after it refuses the write once values are handed out.
         Box::new(services),
