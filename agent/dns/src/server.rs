@@ -68,9 +68,16 @@ impl Server {
     /// Serves UDP and TCP on `addr` until the task is dropped.
     pub async fn serve(self: Arc<Self>, addr: SocketAddr) -> Result<(), DnsError> {
         let bind = |source| DnsError::Bind { addr, source };
-        let udp = Arc::new(UdpSocket::bind(addr).await.map_err(bind)?);
+        let udp = UdpSocket::bind(addr).await.map_err(bind)?;
         let tcp = TcpListener::bind(addr).await.map_err(bind)?;
         tracing::info!(%addr, "cluster DNS serving");
+        self.serve_sockets(udp, tcp).await;
+        Ok(())
+    }
+
+    /// Serves on sockets already bound (one UDP and one TCP) until the task is dropped.
+    pub async fn serve_sockets(self: Arc<Self>, udp: UdpSocket, tcp: TcpListener) {
+        let udp = Arc::new(udp);
         let me = self.clone();
         let udp_loop = async move {
             let mut buf = vec![0u8; 4096];
@@ -95,7 +102,6 @@ impl Server {
             }
         };
         tokio::join!(udp_loop, tcp_loop);
-        Ok(())
     }
 
     async fn tcp_client(self: Arc<Self>, mut stream: TcpStream) {

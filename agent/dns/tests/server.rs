@@ -37,10 +37,21 @@ fn service(ns: &str, name: &str, ip: Option<Ipv4Addr>, endpoints: usize) -> Serv
 
 /// A resolver for `example.org` (A 192.0.2.7) and `big.example` (truncated over UDP, whole
 /// over TCP); everything else NXDOMAIN. Counts the UDP queries it gets.
+/// A UDP socket and a TCP listener on one free loopback port. The TCP side of a free UDP port
+/// may be taken by another test, so a few ports are tried.
+async fn socket_pair() -> (UdpSocket, TcpListener) {
+    for _ in 0..50 {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        if let Ok(tcp) = TcpListener::bind(udp.local_addr().unwrap()).await {
+            return (udp, tcp);
+        }
+    }
+    panic!("no loopback port was free for both UDP and TCP");
+}
+
 async fn fake_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
-    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (udp, tcp) = socket_pair().await;
     let addr = udp.local_addr().unwrap();
-    let tcp = TcpListener::bind(addr).await.unwrap();
     let count = Arc::new(AtomicUsize::new(0));
     let answer = |q: &Message, whole: bool| {
         let mut r = Message::new();
@@ -158,15 +169,10 @@ async fn serves_the_cluster_and_forwards_the_rest() {
         Arc::new(Zone::new("cluster.local", all).unwrap())
     };
     let (tx, rx) = tokio::sync::watch::channel(zone(vec![]));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let (udp, tcp) = socket_pair().await;
+    let addr = udp.local_addr().unwrap();
     let server = Server::new(rx, Upstreams(vec![upstream]));
-    tokio::spawn(server.serve(addr));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::spawn(server.serve_sockets(udp, tcp));
 
     let m = ask_udp(addr, "web.default.svc.cluster.local.", RecordType::A).await;
     assert!(m.authoritative());
