@@ -38,6 +38,16 @@ struct Args {
     /// Pods stored for the list and RSS figures.
     #[arg(long, default_value_t = 10_000)]
     pods: usize,
+    /// Instead: mutating latency with RBAC, a Metadata-level audit log and Secrets encrypted,
+    /// against the same server with all three off (AlwaysAllow, no audit, identity).
+    #[arg(long)]
+    security: bool,
+    /// The server child without authorization, audit or encryption (internal).
+    #[arg(long)]
+    plain: bool,
+    /// The server child with a Metadata-level audit log (internal).
+    #[arg(long)]
+    audit: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,13 +56,22 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match &args.serve {
-        Some(dir) => rt.block_on(serve(dir)),
+        Some(dir) => rt.block_on(serve(dir, args.plain, args.audit)),
+        None if args.security => rt.block_on(security(&args)),
         None => rt.block_on(bench(&args)),
     }
 }
 
 /// The child: an API server on loopback; prints its URL and token, then its RSS on request.
-async fn serve(dir: &std::path::Path) -> anyhow::Result<()> {
+async fn serve(dir: &std::path::Path, plain: bool, audit: bool) -> anyhow::Result<()> {
+    if plain {
+        // Secrets stored as they are.
+        std::fs::create_dir_all(dir.join("pki"))?;
+        std::fs::write(
+            dir.join("pki").join(strake_apiserver::ENCRYPTION_CONFIG),
+            "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n  - identity: {}\n",
+        )?;
+    }
     let store =
         strake_store::Store::open(strake_store::StoreConfig::single(1, dir.join("store"))).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -71,6 +90,18 @@ async fn serve(dir: &std::path::Path) -> anyhow::Result<()> {
         },
         store,
     )?;
+    let server = if plain {
+        server.with_always_allow()
+    } else if !audit {
+        server
+    } else {
+        let mut audit = strake_apiserver::AuditConfig::new(dir.join("audit.log"));
+        audit.policy = strake_apiserver::AuditPolicy::parse(
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: Metadata\n",
+        )
+        .map_err(anyhow::Error::msg)?;
+        server.with_audit(audit)?
+    };
     server.ensure_defaults().await?;
     tokio::spawn(server.serve_on(listener));
     println!("READY https://{addr} {token}");
@@ -145,14 +176,62 @@ impl Child {
     }
 }
 
-async fn bench(args: &Args) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let mut proc = Command::new(std::env::current_exe()?)
-        .arg("--serve")
-        .arg(dir.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
+/// A request of the mixed load: a write (the n-th) or a read.
+type MakeRequest = Arc<dyn Fn(bool, usize) -> reqwest::RequestBuilder + Send + Sync>;
+
+/// Sends writes and reads at the configured rates for the configured time, each request on
+/// its own task so a slow answer never delays the next; returns the latencies of those that
+/// succeeded, writes then reads, each sorted.
+async fn mixed_load(args: &Args, request: MakeRequest) -> (Vec<Duration>, Vec<Duration>) {
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let mut tasks = Vec::new();
+    for (rate, write) in [(args.writes, true), (args.reads, false)] {
+        let request = request.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+            let mut n = 0usize;
+            let mut inflight = futures::stream::FuturesUnordered::new();
+            while Instant::now() < deadline {
+                tick.tick().await;
+                n += 1;
+                let req = request(write, n);
+                inflight.push(tokio::spawn(async move {
+                    let t = Instant::now();
+                    req.send()
+                        .await
+                        .ok()
+                        .filter(|r| r.status().is_success())
+                        .map(|_| t.elapsed())
+                }));
+            }
+            let mut out = Vec::new();
+            while let Some(r) = inflight.next().await {
+                if let Ok(Some(d)) = r {
+                    out.push(d);
+                }
+            }
+            out.sort();
+            out
+        }));
+    }
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap_or_default());
+    }
+    let r = results.pop().unwrap_or_default();
+    let w = results.pop().unwrap_or_default();
+    (w, r)
+}
+
+/// A server child in `dir` started with `flags` (`--plain`: authorization, audit and
+/// encryption off; `--audit`: a Metadata audit log), its URL and the bootstrap token it printed.
+fn spawn_server(
+    dir: &std::path::Path,
+    flags: &[&str],
+) -> anyhow::Result<(Child, String, strake_pki::BootstrapToken)> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("--serve").arg(dir).args(flags);
+    let mut proc = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
     let mut stdout = BufReader::new(proc.stdout.take().context("child stdout")?);
     let stdin = proc.stdin.take().context("child stdin")?;
     let mut ready = String::new();
@@ -163,11 +242,157 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
     };
     let token: strake_pki::BootstrapToken =
         token.parse().map_err(|e| anyhow::anyhow!("token: {e:?}"))?;
-    let mut child = Child {
-        proc,
-        stdin,
-        stdout,
+    Ok((
+        Child {
+            proc,
+            stdin,
+            stdout,
+        },
+        url.to_string(),
+        token,
+    ))
+}
+
+/// Creates and reads Secrets of about 3 KiB at the given rates for `seconds`, as a user that
+/// only a RoleBinding to `edit` lets write; returns the sorted write and read latencies.
+async fn secret_load(
+    dir: &std::path::Path,
+    plain: bool,
+    args: &Args,
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+    let flags: &[&str] = if plain { &["--plain"] } else { &["--audit"] };
+    let (mut child, base, token) = spawn_server(dir, flags)?;
+    let creds =
+        strake_kubeclient::bootstrap(&base, &token, "/strake/v1/kubeconfig", &json!({})).await?;
+    let client = |cert: &strake_pki::CertifiedKey| -> anyhow::Result<reqwest::Client> {
+        Ok(reqwest::Client::builder()
+            .use_preconfigured_tls(strake_pki::client_config(&creds.ca_pem, Some(cert))?)
+            .http2_prior_knowledge()
+            .build()?)
     };
+    let admin = client(&strake_pki::CertifiedKey {
+        cert_pem: creds.cert_pem.clone(),
+        key_pem: creds.key_pem.clone(),
+    })?;
+    // The caller is no cluster admin: RBAC finds its group's binding on every request.
+    admin
+        .post(format!("{base}/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings"))
+        .json(&json!({"metadata": {"name": "bench-edit"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "bench-writers"}]}))
+        .send()
+        .await?
+        .error_for_status()?;
+    let ca = strake_pki::ClusterCa::load_or_generate(&dir.join("pki"), "bench")?;
+    let user = ca.issue_client("bench", &["bench-writers"], time::Duration::hours(1))?;
+    let http = client(&user)?;
+    let secrets = format!("{base}/api/v1/namespaces/default/secrets");
+    let secret = |name: &str| {
+        let data: serde_json::Map<String, Value> = (0..24)
+            .map(|i| (format!("key-{i}"), json!(format!("{}-{i}", "v".repeat(90)))))
+            .collect();
+        json!({"metadata": {"name": name, "labels": {"app": "bench"}}, "stringData": data})
+    };
+    // RBAC has had time to see the binding once a write as the user goes through.
+    let ready = Instant::now();
+    while !http
+        .post(&secrets)
+        .json(&secret("target"))
+        .send()
+        .await?
+        .status()
+        .is_success()
+    {
+        if ready.elapsed() > Duration::from_secs(10) {
+            bail!("the bench user was never allowed to write secrets");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body = secret("x");
+    let out = mixed_load(
+        args,
+        Arc::new(move |write, n| {
+            if write {
+                let mut body = body.clone();
+                body["metadata"]["name"] = format!("s-{n}").into();
+                http.post(&secrets).json(&body)
+            } else {
+                http.get(format!("{secrets}/target"))
+            }
+        }),
+    )
+    .await;
+    let _ = child.proc.kill();
+    let _ = child.proc.wait();
+    Ok(out)
+}
+
+/// The security comparison: the same Secret load against a server with RBAC, a Metadata audit
+/// log and encryption at rest, and one with all three off, alternating, twice each.
+async fn security(args: &Args) -> anyhow::Result<()> {
+    let mut runs: [(Vec<Duration>, Vec<Duration>); 2] = Default::default();
+    for round in 0..2 {
+        for (i, plain) in [(0, true), (1, false)] {
+            let dir = tempfile::tempdir()?;
+            let (w, r) = secret_load(dir.path(), plain, args).await?;
+            eprintln!(
+                "api-bench: round {round}, {}: {} writes, {} reads",
+                if plain { "off" } else { "on" },
+                w.len(),
+                r.len()
+            );
+            runs[i].0.extend(w);
+            runs[i].1.extend(r);
+        }
+    }
+    for (w, r) in &mut runs {
+        w.sort();
+        r.sort();
+    }
+    let ratio = |on: Duration, off: Duration| on.as_secs_f64() / off.as_secs_f64().max(1e-9);
+    println!(
+        "\n| Secrets as an `edit` user ({} s × 2 at {} writes/s + {} reads/s) | p50 | p99 | p99 on/off | target |",
+        args.seconds, args.writes, args.reads
+    );
+    println!("|---|---|---|---|---|");
+    for (what, idx) in [
+        ("create, all off", 0),
+        ("create, RBAC + audit + encryption", 1),
+    ] {
+        let w = &runs[idx].0;
+        println!(
+            "| {what} ({} ok) | {} | {} | {} | ≤ 1.2× |",
+            w.len(),
+            ms(pct(w, 0.5)),
+            ms(pct(w, 0.99)),
+            if idx == 1 {
+                format!("{:.2}×", ratio(pct(w, 0.99), pct(&runs[0].0, 0.99)))
+            } else {
+                "—".into()
+            }
+        );
+    }
+    for (what, idx) in [("get, all off", 0), ("get, RBAC + audit + encryption", 1)] {
+        let r = &runs[idx].1;
+        println!(
+            "| {what} ({} ok) | {} | {} | {} | — |",
+            r.len(),
+            ms(pct(r, 0.5)),
+            ms(pct(r, 0.99)),
+            if idx == 1 {
+                format!("{:.2}×", ratio(pct(r, 0.99), pct(&runs[0].1, 0.99)))
+            } else {
+                "—".into()
+            }
+        );
+    }
+    Ok(())
+}
+
+async fn bench(args: &Args) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (mut child, url, token) = spawn_server(dir.path(), &[])?;
+    let url = url.as_str();
     let creds =
         strake_kubeclient::bootstrap(url, &token, "/strake/v1/kubeconfig", &json!({})).await?;
     let tls = strake_pki::client_config(
@@ -192,57 +417,20 @@ async fn bench(args: &Args) -> anyhow::Result<()> {
         .send()
         .await?
         .error_for_status()?;
-    let writes = Arc::new(tokio::sync::Mutex::new(Vec::new()));
-    let reads = Arc::new(tokio::sync::Mutex::new(Vec::new()));
-    let deadline = Instant::now() + Duration::from_secs(args.seconds);
-    let mut tasks = Vec::new();
-    for (rate, is_write) in [(args.writes, true), (args.reads, false)] {
-        let (http, pods, out) = (
-            http.clone(),
-            pods.clone(),
-            if is_write {
-                writes.clone()
-            } else {
-                reads.clone()
-            },
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
-            let mut n = 0usize;
-            let mut inflight = futures::stream::FuturesUnordered::new();
-            while Instant::now() < deadline {
-                tick.tick().await;
-                n += 1;
-                let (http, pods) = (http.clone(), pods.clone());
-                inflight.push(tokio::spawn(async move {
-                    let t = Instant::now();
-                    let r = if is_write {
-                        http.post(&pods)
-                            .json(&pod(&format!("mixed-{n}"), now_us()))
-                            .send()
-                            .await
-                    } else {
-                        http.get(format!("{pods}/target")).send().await
-                    };
-                    r.ok()
-                        .filter(|r| r.status().is_success())
-                        .map(|_| t.elapsed())
-                }));
-            }
-            while let Some(r) = inflight.next().await {
-                if let Ok(Some(d)) = r {
-                    out.lock().await.push(d);
+    let (w, r) = {
+        let (http, pods) = (http.clone(), pods.clone());
+        mixed_load(
+            args,
+            Arc::new(move |write, n| {
+                if write {
+                    http.post(&pods).json(&pod(&format!("mixed-{n}"), now_us()))
+                } else {
+                    http.get(format!("{pods}/target"))
                 }
-            }
-        }));
-    }
-    for t in tasks {
-        t.await?;
-    }
-    let mut w = writes.lock().await.clone();
-    let mut r = reads.lock().await.clone();
-    w.sort();
-    r.sort();
+            }),
+        )
+        .await
+    };
     println!(
         "\n| load ({} s at {} writes/s + {} reads/s) | p50 | p99 | target | upstream SLO |",
         args.seconds, args.writes, args.reads

@@ -61,6 +61,30 @@ pub struct Args {
     /// Rotated audit log files kept.
     #[arg(long, default_value_t = 5)]
     audit_log_maxbackup: usize,
+    /// An OpenID Connect provider whose ID tokens authenticate users (an https URL, exactly
+    /// the tokens' `iss`).
+    #[arg(long)]
+    oidc_issuer_url: Option<String>,
+    /// The client id ID tokens must be issued for (their `aud`).
+    #[arg(long, default_value = "")]
+    oidc_client_id: String,
+    /// The claim holding the username.
+    #[arg(long, default_value = "sub")]
+    oidc_username_claim: String,
+    /// Put before every username; by default the issuer URL and `#` unless the claim is
+    /// `email`; `-` for nothing.
+    #[arg(long)]
+    oidc_username_prefix: Option<String>,
+    /// The claim holding the user's groups (a string or a list of strings).
+    #[arg(long)]
+    oidc_groups_claim: Option<String>,
+    /// Put before every group.
+    #[arg(long, default_value = "")]
+    oidc_groups_prefix: String,
+    /// PEM certificates the provider's serving certificate chains to (the system's bundle
+    /// by default).
+    #[arg(long)]
+    oidc_ca_file: Option<PathBuf>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -145,6 +169,28 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         audit.max_bytes = args.audit_log_maxsize.max(1) << 20;
         audit.max_backups = args.audit_log_maxbackup;
         server.with_audit(audit).context("starting the audit log")?
+    };
+    let server = match &args.oidc_issuer_url {
+        None => server,
+        Some(issuer) => {
+            let ca = match &args.oidc_ca_file {
+                Some(f) => Some(
+                    std::fs::read_to_string(f)
+                        .with_context(|| format!("reading --oidc-ca-file {}", f.display()))?,
+                ),
+                None => None,
+            };
+            let settings = strake_apiserver::OidcSettings {
+                username_claim: args.oidc_username_claim.clone(),
+                username_prefix: args.oidc_username_prefix.clone(),
+                groups_claim: args.oidc_groups_claim.clone(),
+                groups_prefix: args.oidc_groups_prefix.clone(),
+                ..strake_apiserver::OidcSettings::new(issuer, &args.oidc_client_id)
+            };
+            server
+                .with_oidc(settings, ca)
+                .context("trusting the OIDC provider")?
+        }
     };
     server
         .ensure_defaults()

@@ -150,6 +150,13 @@ pub enum ApiError {
     Timeout(String),
     #[error("Internal error occurred: {0}")]
     Internal(String),
+    /// A refusal with the code and reason another party chose (an admission webhook's).
+    #[error("{message}")]
+    Refused {
+        code: u16,
+        reason: String,
+        message: String,
+    },
 }
 
 fn summarize(causes: &[FieldError]) -> String {
@@ -207,12 +214,14 @@ impl ApiError {
             Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Refused { code, .. } => StatusCode::from_u16(*code).unwrap_or(StatusCode::BAD_REQUEST),
         }
     }
 
-    fn reason(&self) -> &'static str {
+    fn reason(&self) -> &str {
         use ApiError::*;
         match self {
+            Refused { reason, .. } => reason.as_str(),
             NotFound { .. } | NoRoute => "NotFound",
             AlreadyExists { .. } => "AlreadyExists",
             Conflict { .. } => "Conflict",

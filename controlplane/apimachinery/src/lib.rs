@@ -7,6 +7,7 @@ pub mod admission;
 pub mod decode;
 pub mod error;
 pub mod events;
+pub mod follow;
 pub mod managed;
 pub mod patch;
 mod quota;

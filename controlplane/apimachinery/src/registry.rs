@@ -223,7 +223,13 @@ fn random_suffix() -> String {
 }
 
 /// Checks what every object's metadata must satisfy, and the kind's own rules.
-fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>, part: Part) -> Vec<FieldError> {
+/// What is wrong with an object (or its status) as its kind validates it.
+pub fn validate(
+    def: &ResourceDef,
+    obj: &Value,
+    old: Option<&Value>,
+    part: Part,
+) -> Vec<FieldError> {
     let mut errs = Vec::new();
     match serde_json::from_value::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>(
         obj["metadata"].clone(),

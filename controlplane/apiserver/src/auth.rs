@@ -42,6 +42,8 @@ pub enum Principal {
     User(Identity),
     /// A service account, by a token this server signed.
     ServiceAccount(UserInfo),
+    /// A user of the trusted OpenID Connect provider, by its ID token.
+    Oidc(UserInfo),
 }
 
 impl Principal {
@@ -67,7 +69,7 @@ impl Principal {
                 format!("system:bootstrap:{token_id}"),
                 &[strake_rbac::bootstrap::BOOTSTRAPPERS, user::AUTHENTICATED],
             ),
-            Principal::ServiceAccount(u) => u.clone(),
+            Principal::ServiceAccount(u) | Principal::Oidc(u) => u.clone(),
             Principal::User(id) => {
                 let mut groups = id.groups.clone();
                 if !groups.iter().any(|g| g == user::AUTHENTICATED) {
@@ -267,6 +269,22 @@ fn wants_watch(query: Option<&str>) -> bool {
     query.is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"))
 }
 
+/// Who a bearer token stands for: the bootstrap token, an ID token of the trusted OpenID
+/// Connect provider, or a service-account token this server signed.
+pub async fn authenticate_token(app: &AppState, token: &str) -> Result<Principal, String> {
+    if let Some(p) = Principal::from_token(app, token) {
+        return Ok(p);
+    }
+    if let Some(o) = &app.oidc
+        && o.claims_issuer(token)
+    {
+        return o.authenticate(token).await.map(Principal::Oidc);
+    }
+    crate::tokens::authenticate(app, token, &[strake_tokens::ISSUER])
+        .await
+        .map(|(u, _)| Principal::ServiceAccount(u))
+}
+
 /// Middleware: authenticates, applies impersonation, parses and authorizes the request, and
 /// hands the principal, the user and the target on.
 pub async fn middleware(
@@ -285,16 +303,12 @@ pub async fn middleware(
         .map(str::to_string);
     let who = match (conn.and_then(|c| c.cert_identity), bearer) {
         (Some(id), _) => Principal::User(id),
-        (None, Some(token)) => match Principal::from_token(&app, &token) {
-            Some(p) => p,
-            None => match crate::tokens::authenticate(&app, &token, &[strake_tokens::ISSUER]).await
-            {
-                Ok((u, _)) => Principal::ServiceAccount(u),
-                Err(why) => {
-                    tracing::debug!(?peer, %why, "a bearer token was refused");
-                    return ApiError::Unauthorized.into_response();
-                }
-            },
+        (None, Some(token)) => match authenticate_token(&app, &token).await {
+            Ok(p) => p,
+            Err(why) => {
+                tracing::debug!(?peer, %why, "a bearer token was refused");
+                return ApiError::Unauthorized.into_response();
+            }
         },
         (None, None) => Principal::Anonymous,
     };

@@ -7,17 +7,14 @@
 //! - ClusterRoles with an aggregationRule get the union of the rules of the ClusterRoles
 //!   their selectors pick, whenever any ClusterRole changes.
 
-use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use strake_apimachinery::watch::{WatchItem, WatchOptions};
+use strake_apimachinery::follow::{Followed, key_of};
 use strake_apimachinery::{ApiError, ListOptions, Part, Registry, ResourceDef};
 use strake_rbac::{Authorizer, bootstrap};
 use tokio::sync::oneshot;
@@ -146,14 +143,6 @@ impl Feed for Pod {
     }
 }
 
-fn key_of(v: &Value) -> (String, String) {
-    let m = &v["metadata"];
-    (
-        m["namespace"].as_str().unwrap_or_default().to_string(),
-        m["name"].as_str().unwrap_or_default().to_string(),
-    )
-}
-
 /// Follows one kind into the authorizer for as long as the server runs; `synced` fires once
 /// its initial state is in.
 async fn follow<K: Feed>(
@@ -163,83 +152,22 @@ async fn follow<K: Feed>(
     synced: oneshot::Sender<()>,
 ) {
     let mut synced = Some(synced);
-    let mut known: HashSet<(String, String)> = HashSet::new();
-    let mut resume: Option<u64> = None;
-    loop {
-        let opts = WatchOptions {
-            resource_version: resume.map(|r| r.to_string()),
-            send_initial_events: resume.is_none(),
-            bookmarks: true,
-            timeout: Duration::from_secs(3600),
-            bookmark_interval: Duration::from_secs(5),
-            ..Default::default()
-        };
-        let mut stream = match strake_apimachinery::watch::watch(&reg, def.clone(), opts).await {
-            Ok(s) => Box::pin(s),
+    let kind = def.kind.clone();
+    strake_apimachinery::follow::follow(reg, def, move |f| match f {
+        Followed::Applied(v) => match serde_json::from_value::<K>(v.clone()) {
+            Ok(obj) => obj.set(&authz),
             Err(e) => {
-                if matches!(e, ApiError::Expired(_)) {
-                    resume = None;
-                }
-                tracing::warn!(kind = %def.kind, error = %e, "the authorizer cannot watch");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
+                tracing::warn!(%kind, name = %key_of(v).1, error = %e, "the authorizer cannot read an object");
             }
-        };
-        let mut listing: Option<HashSet<(String, String)>> = resume.is_none().then(HashSet::new);
-        while let Some(item) = stream.next().await {
-            match item {
-                WatchItem::Event { kind, object } => {
-                    let v = object.value();
-                    let key = key_of(v);
-                    if let Some(rev) = v["metadata"]["resourceVersion"]
-                        .as_str()
-                        .and_then(|r| r.parse::<u64>().ok())
-                    {
-                        resume = Some(resume.unwrap_or(0).max(rev));
-                    }
-                    if kind == "DELETED" {
-                        K::remove(&key.0, &key.1, &authz);
-                        known.remove(&key);
-                        continue;
-                    }
-                    match serde_json::from_value::<K>(v.clone()) {
-                        Ok(obj) => obj.set(&authz),
-                        Err(e) => {
-                            tracing::warn!(kind = %def.kind, name = %key.1, error = %e, "the authorizer cannot read an object");
-                            continue;
-                        }
-                    }
-                    if let Some(seen) = &mut listing {
-                        seen.insert(key.clone());
-                    }
-                    known.insert(key);
-                }
-                WatchItem::Bookmark {
-                    revision,
-                    initial_events_end,
-                } => {
-                    resume = Some(revision);
-                    if initial_events_end && let Some(seen) = listing.take() {
-                        // Whatever was known and is not listed again went away meanwhile.
-                        for gone in known.difference(&seen).cloned().collect::<Vec<_>>() {
-                            K::remove(&gone.0, &gone.1, &authz);
-                            known.remove(&gone);
-                        }
-                        if let Some(tx) = synced.take() {
-                            let _ = tx.send(());
-                        }
-                    }
-                }
-                WatchItem::Error(e) => {
-                    if matches!(e, ApiError::Expired(_)) {
-                        resume = None;
-                    }
-                    break;
-                }
+        },
+        Followed::Deleted { namespace, name } => K::remove(namespace, name, &authz),
+        Followed::Synced => {
+            if let Some(tx) = synced.take() {
+                let _ = tx.send(());
             }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
 }
 
 /// Starts following the authorizer's kinds and the aggregation controller; returns once the

@@ -12,6 +12,7 @@ mod controllers;
 mod discovery;
 mod dispatch;
 mod limits;
+mod oidc;
 mod openapi;
 mod pods;
 mod protobuf;
@@ -22,6 +23,7 @@ mod streams;
 mod subresources;
 mod tokens;
 pub mod typed;
+mod webhooks;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,6 +40,7 @@ pub use discovery::MINOR;
 pub use limits::Limits;
 pub use strake_apimachinery::admission::{DEFAULT_SERVICE_CIDR, DEFAULT_TOLERATION_SECONDS};
 pub use strake_apimachinery::{ApiError, Filter, Registry};
+pub use strake_tokens::oidc::Settings as OidcSettings;
 
 pub use strake_pki::Credentials;
 
@@ -50,6 +53,8 @@ pub enum ServerError {
     Tokens(#[from] strake_tokens::KeyError),
     #[error("{0}")]
     Encryption(String),
+    #[error("the OIDC provider: {0}")]
+    Oidc(String),
     #[error("the audit log {path}: {source}")]
     Audit {
         path: PathBuf,
@@ -108,6 +113,8 @@ pub struct AppState {
     pub gate: limits::Gate,
     /// The audit log, when one is kept.
     pub audit: Option<audit::Log>,
+    /// Users of an OpenID Connect provider, when one is trusted.
+    pub oidc: Option<oidc::Oidc>,
 }
 
 /// The periodic upkeep the server does for the cluster.
@@ -140,6 +147,7 @@ pub struct ApiServer {
     app: Arc<AppState>,
     tls: Arc<rustls::ServerConfig>,
     listen: SocketAddr,
+    webhooks: Arc<webhooks::Webhooks>,
 }
 
 impl ApiServer {
@@ -198,12 +206,15 @@ impl ApiServer {
         let store: Arc<dyn strake_apimachinery::storage::ObjectStore> = encrypted.clone();
         let dns_ip = services.dns_ip();
         let authz = Arc::new(strake_rbac::Authorizer::new());
+        let webhooks = webhooks::Webhooks::new(ca.ca.cert_pem.clone());
         let admission =
             strake_apimachinery::admission::with_services(cfg.default_toleration_seconds, services)
+                .with_before("PodSecurity", webhooks.mutating())
                 .with(strake_rbac::admission::NodeRestriction)
                 .with(strake_rbac::admission::Escalation {
                     authz: authz.clone(),
-                });
+                })
+                .with(webhooks.validating());
         let registry = Registry::new(store, strake_kinds::builtin_table(), admission);
         let app = Arc::new(AppState {
             registry,
@@ -218,6 +229,7 @@ impl ApiServer {
             tokens,
             gate: limits::Gate::new(Limits::default()),
             audit: None,
+            oidc: None,
         });
         Ok(Self {
             encrypted,
@@ -225,6 +237,7 @@ impl ApiServer {
             app,
             tls: Arc::new(tls),
             listen: cfg.listen,
+            webhooks,
         })
     }
 
@@ -246,6 +259,29 @@ impl ApiServer {
             None => tracing::warn!("the audit log cannot change once the server serves"),
         }
         Ok(self)
+    }
+
+    /// Trusts an OpenID Connect provider's ID tokens (before serving); `ca_pem` verifies the
+    /// provider (the system's bundle when None).
+    pub fn with_oidc(
+        mut self,
+        settings: OidcSettings,
+        ca_pem: Option<String>,
+    ) -> Result<Self, ServerError> {
+        let o = oidc::Oidc::new(settings, ca_pem).map_err(ServerError::Oidc)?;
+        match Arc::get_mut(&mut self.app) {
+            Some(app) => app.oidc = Some(o),
+            None => tracing::warn!("the OIDC provider cannot change once the server serves"),
+        }
+        Ok(self)
+    }
+
+    /// Turns authorization off (upstream's `--authorization-mode=AlwaysAllow`): every
+    /// authenticated request is allowed. For measuring what authorization costs; a cluster
+    /// never runs so.
+    pub fn with_always_allow(self) -> Self {
+        self.app.authz.set_always_allow(true);
+        self
     }
 
     /// Changes the periodic upkeep (tests shorten it).
@@ -488,6 +524,13 @@ impl ApiServer {
             .await
             .map_err(|source| ServerError::Defaults {
                 what: "the authorizer's state".into(),
+                source: Box::new(source),
+            })?;
+        self.webhooks
+            .start(&self.app.registry)
+            .await
+            .map_err(|source| ServerError::Defaults {
+                what: "the admission webhook configurations".into(),
                 source: Box::new(source),
             })?;
         tokio::spawn(controllers::crds(self.app.registry.clone()));

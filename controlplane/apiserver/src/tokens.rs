@@ -182,6 +182,15 @@ pub async fn review(app: &AppState, spec: &Value) -> Value {
         return json!({"authenticated": true, "user": {"username": u.name, "groups": u.groups},
             "audiences": wanted});
     }
+    if let Some(o) = &app.oidc
+        && o.claims_issuer(token)
+    {
+        return match o.authenticate(token).await {
+            Ok(u) => json!({"authenticated": true, "audiences": wanted,
+                "user": {"username": u.name, "groups": u.groups}}),
+            Err(e) => json!({"authenticated": false, "error": e}),
+        };
+    }
     match authenticate(app, token, &wanted).await {
         Ok((u, aud)) => {
             let audiences: Vec<&str> = wanted

@@ -4,32 +4,10 @@
 
 mod common;
 
+use common::send;
+
 use serde_json::{Value, json};
 use strake_podsecurity::{self as pss, Level};
-
-async fn send(
-    c: &common::Loopback,
-    method: &str,
-    path: &str,
-    body: &Value,
-) -> (u16, Value, Vec<String>) {
-    let r = c
-        .http
-        .request(method.parse().unwrap(), format!("{}{path}", c.base))
-        .header("Content-Type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let warnings = r
-        .headers()
-        .get_all("warning")
-        .iter()
-        .map(|v| v.to_str().unwrap().to_string())
-        .collect();
-    (status, r.json().await.unwrap(), warnings)
-}
 
 async fn namespace(c: &common::Loopback, name: &str, labels: Value) {
     let (code, body, _) = send(

@@ -1049,16 +1049,16 @@ async fn many_watchers_share_one_store_watch_per_resource() {
         .unwrap()
         .to_string();
     // The namespace and volume controllers' caches (namespaces, pods; claims, volumes,
-    // classes, nodes) and the authorizer (the four RBAC kinds; pods) hold feeds of their
-    // own, one per resource.
+    // classes, nodes), the authorizer (the four RBAC kinds; pods) and the admission webhooks
+    // (both configuration kinds) hold feeds of their own, one per resource.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while reg.watch_cache().feeds() < 10 && std::time::Instant::now() < deadline {
+    while reg.watch_cache().feeds() < 12 && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let before = reg.watch_cache().feeds();
     assert_eq!(
-        before, 10,
-        "the controllers and the authorizer watch namespaces, pods, claims, volumes, classes, nodes and the RBAC kinds"
+        before, 12,
+        "the controllers, the authorizer and the webhooks watch namespaces, pods, claims, volumes, classes, nodes, the RBAC kinds and the webhook configurations"
     );
     let mut streams = Vec::new();
     for i in 0..50 {

@@ -51,7 +51,7 @@ pub fn entries() -> Vec<ResourceDef> {
 /// Whether a label selector selects a set of labels: every matchLabels pair and every
 /// matchExpressions requirement (In, NotIn, Exists, DoesNotExist) holds. An unknown operator
 /// selects nothing.
-pub(crate) fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
     sel.match_labels
         .iter()
         .flatten()

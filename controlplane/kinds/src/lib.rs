@@ -5,7 +5,7 @@
 
 pub mod apps;
 pub mod batch;
-mod cel;
+pub mod cel;
 pub mod core;
 pub mod crd;
 pub mod cron;
@@ -13,6 +13,7 @@ pub mod others;
 pub mod pods;
 pub mod scale;
 pub mod typed;
+mod webhooks;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use strake_apimachinery::{ResourceDef, ResourceTable};

@@ -772,8 +772,6 @@ impl Kind for CustomResourceDefinition {
     }
 }
 
-impl Kind for MutatingWebhookConfiguration {}
-impl Kind for ValidatingWebhookConfiguration {}
 impl Kind for ValidatingAdmissionPolicy {}
 impl Kind for ValidatingAdmissionPolicyBinding {}
 

@@ -67,6 +67,17 @@ impl Chain {
         self
     }
 
+    /// Adds a plugin just before the one named `before` (at the end when there is none).
+    pub fn with_before(mut self, before: &str, plugin: impl AdmissionPlugin) -> Self {
+        let at = self
+            .plugins
+            .iter()
+            .position(|p| p.name() == before)
+            .unwrap_or(self.plugins.len());
+        self.plugins.insert(at, Box::new(plugin));
+        self
+    }
+
     pub fn names(&self) -> Vec<&'static str> {
         self.plugins.iter().map(|p| p.name()).collect()
     }

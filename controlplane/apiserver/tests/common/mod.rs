@@ -36,6 +36,16 @@ pub async fn start_full(
     limits: Limits,
     audit: Option<strake_apiserver::AuditConfig>,
 ) -> Loopback {
+    start_configured(housekeeping, limits, audit, |s| s).await
+}
+
+/// A server `configure` adds to before it serves (an OIDC provider).
+pub async fn start_configured(
+    housekeeping: Housekeeping,
+    limits: Limits,
+    audit: Option<strake_apiserver::AuditConfig>,
+    configure: impl FnOnce(ApiServer) -> ApiServer,
+) -> Loopback {
     let dir = tempfile::tempdir().unwrap();
     let store = strake_store::Store::open(strake_store::StoreConfig::single(
         1,
@@ -64,6 +74,7 @@ pub async fn start_full(
         Some(a) => server.with_audit(a).unwrap(),
         None => server,
     };
+    let server = configure(server);
     server.ensure_defaults().await.unwrap();
     let registry = server.registry();
     // The namespace and volume controllers, as the controller manager runs them beside the
@@ -97,4 +108,65 @@ pub async fn start_full(
         registry,
         dir,
     }
+}
+
+/// An HTTPS server on loopback for `app`, presenting a certificate for 127.0.0.1 and `names`
+/// signed by `ca` (a webhook, an identity provider).
+pub async fn serve_https(
+    app: axum::Router,
+    ca: &strake_pki::ClusterCa,
+    names: &[&str],
+) -> std::net::SocketAddr {
+    let mut sans = vec!["127.0.0.1".to_string()];
+    sans.extend(names.iter().map(|n| n.to_string()));
+    let serving = ca.issue_server("test-server", &sans).unwrap();
+    let tls = strake_pki::server_config(&serving, &ca.ca.cert_pem, &[b"http/1.1"]).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper_util::service::TowerToHyperService::new(app);
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A request as the admin with a JSON body: the status, the JSON answer and its warnings.
+pub async fn send(
+    c: &Loopback,
+    method: &str,
+    path: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value, Vec<String>) {
+    let r = c
+        .http
+        .request(method.parse().unwrap(), format!("{}{path}", c.base))
+        .header("Content-Type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let code = r.status().as_u16();
+    let warnings = r
+        .headers()
+        .get_all("warning")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    (code, r.json().await.unwrap(), warnings)
 }
