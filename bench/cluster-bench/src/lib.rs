@@ -68,6 +68,7 @@ pub async fn serve(dir: &Path, opts: ServeOptions) -> anyhow::Result<()> {
                             metrics: None,
                             local_path: None,
                             pod_network: None,
+                            signer: None,
                         },
                     );
                     println!("STARTED");

@@ -210,6 +210,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             metrics: None,
             local_path: (!args.local_path_root.is_empty()).then(|| args.local_path_root.clone()),
             pod_network,
+            signer: Some(server.ca().clone()),
         },
     );
     server.serve().await.context("API server")?;

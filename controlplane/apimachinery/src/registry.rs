@@ -67,6 +67,9 @@ pub struct WriteOptions {
     pub user: Option<crate::UserInfo>,
     /// Where admission leaves warnings for the response (`Warning` headers); clones share it.
     pub warnings: Warnings,
+    /// The subresource admission is told of when it is not the part's (`approval`, written
+    /// as the status part).
+    pub subresource: Option<&'static str>,
 }
 
 /// Warnings for a write's response, added by admission (a pod that a namespace's Pod Security
@@ -679,7 +682,9 @@ impl Registry {
             def,
             namespace: ns,
             name,
-            subresource: (part == Part::Status).then_some("status"),
+            subresource: opts
+                .subresource
+                .or((part == Part::Status).then_some("status")),
             old: Some(&old),
             dry_run: opts.dry_run,
             user: opts.user.as_ref(),

@@ -150,6 +150,7 @@ pub fn write_options(q: &Query, headers: &HeaderMap) -> Result<WriteOptions, Api
         field_manager: Some(manager),
         user: crate::auth::caller(),
         warnings: Default::default(),
+        subresource: None,
     })
 }
 

@@ -8,6 +8,7 @@ mod audit;
 mod auth;
 mod authz;
 mod bootstrap;
+mod certificates;
 mod controllers;
 mod discovery;
 mod dispatch;
@@ -148,7 +149,21 @@ pub struct ApiServer {
     tls: Arc<rustls::ServerConfig>,
     listen: SocketAddr,
     webhooks: Arc<webhooks::Webhooks>,
+    serving: Serving,
 }
+
+/// The serving certificate and when it is renewed: a new one from the cluster CA once two
+/// thirds of its lifetime have passed, presented from the next handshake on (no restart, and
+/// open connections such as watches keep going).
+struct Serving {
+    cert: Arc<strake_pki::RotatingCert>,
+    sans: Vec<String>,
+    lifetime: Duration,
+    check: Duration,
+}
+
+/// How long a serving certificate lasts by default.
+const SERVING_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 
 impl ApiServer {
     pub fn new(cfg: Config, store: strake_store::Store) -> Result<Self, ServerError> {
@@ -179,8 +194,17 @@ impl ApiServer {
         sans.extend(cfg.sans.iter().cloned());
         sans.sort();
         sans.dedup();
-        let serving = ca.issue_server("kube-apiserver", &sans)?;
-        let tls = strake_pki::server_config(&serving, &ca.ca.cert_pem, &[b"h2", b"http/1.1"])?;
+        let serving = ca.issue_server_for(
+            "kube-apiserver",
+            &sans,
+            time::Duration::seconds(SERVING_LIFETIME.as_secs() as i64),
+        )?;
+        let rotating = strake_pki::RotatingCert::new(&serving)?;
+        let tls = strake_pki::rotating_server_config(
+            rotating.clone(),
+            &ca.ca.cert_pem,
+            &[b"h2", b"http/1.1"],
+        )?;
         let kubelet_client: CertifiedKey = ca.issue_client(
             "kube-apiserver-kubelet-client",
             &["system:masters"],
@@ -214,6 +238,9 @@ impl ApiServer {
                 .with(strake_rbac::admission::Escalation {
                     authz: authz.clone(),
                 })
+                .with(certificates::Certificates {
+                    authz: authz.clone(),
+                })
                 .with(webhooks.validating());
         let registry = Registry::new(store, strake_kinds::builtin_table(), admission);
         let app = Arc::new(AppState {
@@ -238,6 +265,12 @@ impl ApiServer {
             tls: Arc::new(tls),
             listen: cfg.listen,
             webhooks,
+            serving: Serving {
+                cert: rotating,
+                sans,
+                lifetime: SERVING_LIFETIME,
+                check: Duration::from_secs(3600),
+            },
         })
     }
 
@@ -276,6 +309,24 @@ impl ApiServer {
         Ok(self)
     }
 
+    /// Serving certificates last `lifetime` and are checked for renewal every `check` (tests
+    /// shorten both); the current one is replaced at once.
+    pub fn with_serving_rotation(
+        mut self,
+        lifetime: Duration,
+        check: Duration,
+    ) -> Result<Self, ServerError> {
+        let next = self.app.ca.issue_server_for(
+            "kube-apiserver",
+            &self.serving.sans,
+            time::Duration::seconds(lifetime.as_secs() as i64),
+        )?;
+        self.serving.cert.set(&next)?;
+        self.serving.lifetime = lifetime;
+        self.serving.check = check;
+        Ok(self)
+    }
+
     /// Turns authorization off (upstream's `--authorization-mode=AlwaysAllow`): every
     /// authenticated request is allowed. For measuring what authorization costs; a cluster
     /// never runs so.
@@ -292,6 +343,11 @@ impl ApiServer {
 
     pub fn registry(&self) -> Registry {
         self.app.registry.clone()
+    }
+
+    /// The cluster CA (the controllers' certificate signer uses it).
+    pub fn ca(&self) -> &ClusterCa {
+        &self.app.ca
     }
 
     pub fn ca_pem(&self) -> &str {
@@ -520,6 +576,13 @@ impl ApiServer {
                 addr: self.listen,
                 source,
             })?;
+        tokio::spawn(renew_serving(
+            self.app.ca.clone(),
+            self.serving.cert.clone(),
+            self.serving.sans.clone(),
+            self.serving.lifetime,
+            self.serving.check,
+        ));
         authz::start(&self.app.registry, &self.app.authz)
             .await
             .map_err(|source| ServerError::Defaults {
@@ -598,6 +661,38 @@ impl ApiServer {
                     tracing::debug!(%peer, error = %e, "connection ended with error");
                 }
             });
+        }
+    }
+}
+
+/// Renews the serving certificate once two thirds of its lifetime have passed, for as long as
+/// the server runs.
+async fn renew_serving(
+    ca: ClusterCa,
+    cert: Arc<strake_pki::RotatingCert>,
+    sans: Vec<String>,
+    lifetime: Duration,
+    check: Duration,
+) {
+    let mut issued = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(check).await;
+        if issued.elapsed() < lifetime * 2 / 3 {
+            continue;
+        }
+        let next = ca.issue_server_for(
+            "kube-apiserver",
+            &sans,
+            time::Duration::seconds(lifetime.as_secs() as i64),
+        );
+        match next.map(|c| cert.set(&c)) {
+            Ok(Ok(())) => {
+                issued = std::time::Instant::now();
+                tracing::info!("renewed the API server's serving certificate");
+            }
+            Ok(Err(e)) | Err(e) => {
+                tracing::warn!(error = %e, "cannot renew the API server's serving certificate");
+            }
         }
     }
 }

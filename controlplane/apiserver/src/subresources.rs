@@ -79,6 +79,9 @@ pub async fn serve(
         ("ephemeralcontainers", "", "pods") => {
             ephemeral(app, def, ns, name, info.verb, q, headers, body).await
         }
+        ("approval", "certificates.k8s.io", "certificatesigningrequests") => {
+            approval(app, def, name, info.verb, q, headers, body).await
+        }
         ("finalize", "", "namespaces") => {
             let bytes = read_body(body).await?;
             let (obj, _) = decode_write(def, headers, &bytes, q)?;
@@ -142,6 +145,50 @@ async fn status(
             let bytes = read_body(body).await?;
             let (out, warnings, _) =
                 patch_object(app, def, ns, name, headers, &bytes, q, Part::Status).await?;
+            Ok(with_warnings(
+                json_response(StatusCode::OK, &out),
+                &warnings,
+            ))
+        }
+        _ => Err(ApiError::MethodNotAllowed),
+    }
+}
+
+/// `certificatesigningrequests/approval`: reads the request, or replaces its conditions (and
+/// nothing else) with the body's, as `kubectl certificate approve|deny` sends them; the body's
+/// resourceVersion is a precondition.
+#[allow(clippy::too_many_arguments)]
+async fn approval(
+    app: &AppState,
+    def: &ResourceDef,
+    name: &str,
+    verb: Verb,
+    q: &Query,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    match verb {
+        Verb::Get => Ok(json_response(
+            StatusCode::OK,
+            &app.registry.get(def, None, name).await?,
+        )),
+        Verb::Update => {
+            let bytes = read_body(body).await?;
+            let (obj, warnings) = decode_write(def, headers, &bytes, q)?;
+            let conditions = obj["status"]["conditions"].clone();
+            let pinned = obj["metadata"]["resourceVersion"].clone();
+            let mut opts = write_options(q, headers)?;
+            opts.subresource = Some("approval");
+            let out = app
+                .registry
+                .update_with(def, None, name, Part::Status, &opts, |mut cur| {
+                    cur["status"]["conditions"] = conditions.clone();
+                    if pinned.as_str().is_some_and(|rv| !rv.is_empty()) {
+                        cur["metadata"]["resourceVersion"] = pinned.clone();
+                    }
+                    Ok(cur)
+                })
+                .await?;
             Ok(with_warnings(
                 json_response(StatusCode::OK, &out),
                 &warnings,

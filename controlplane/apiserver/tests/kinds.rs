@@ -126,6 +126,20 @@ fn sample(group: &str, kind: &str) -> Value {
             json!({"spec": {"maxReplicas": 3, "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "x"}}})
         }
         ("apiextensions.k8s.io", "CustomResourceDefinition") => crd_body("gadgets", "Gadget"),
+        ("certificates.k8s.io", "CertificateSigningRequest") => {
+            use base64::Engine;
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, "suite");
+            let pem = params
+                .serialize_request(&rcgen::KeyPair::generate().unwrap())
+                .unwrap()
+                .pem()
+                .unwrap();
+            json!({"spec": {"request": base64::engine::general_purpose::STANDARD.encode(pem),
+                "signerName": "example.com/suite", "usages": ["client auth"]}})
+        }
         ("rbac.authorization.k8s.io", "Role" | "ClusterRole") => {
             json!({"rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]})
         }

@@ -313,3 +313,83 @@ fn scenario(bin: &Path, kc: &Path, ns: &str, dir: &Path) {
     );
     ok(bin, kc, &["delete", "namespace", ns, "--timeout=60s"]);
 }
+
+/// A PEM certificate request for `cn`.
+fn csr_pem(cn: &str) -> String {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::CommonName, cn);
+    params.distinguished_name = dn;
+    let key = rcgen::KeyPair::generate().unwrap();
+    params.serialize_request(&key).unwrap().pem().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_certificate_approve_and_deny() {
+    use base64::Engine;
+    let server = common::start().await;
+    let kc = server.kubeconfig.clone();
+    let dir = server.dir.path().to_path_buf();
+    // Carol may update approvals but approve for no signer.
+    let ca = strake_pki::ClusterCa::load_or_generate(&dir.join("pki"), "t").unwrap();
+    let carol = ca
+        .issue_client("carol", &["reviewers"], time::Duration::hours(1))
+        .unwrap();
+    let carol_kc = dir.join("carol.kubeconfig");
+    std::fs::write(
+        &carol_kc,
+        strake_pki::Credentials {
+            cert_pem: carol.cert_pem,
+            key_pem: carol.key_pem,
+            ..server.creds.clone()
+        }
+        .kubeconfig("t", &server.base),
+    )
+    .unwrap();
+    tokio::task::spawn_blocking(move || {
+        let bin = kubectl_bin("1.32");
+        let mut yaml = String::new();
+        for name in ["alice", "bob", "dave"] {
+            let request = base64::engine::general_purpose::STANDARD.encode(csr_pem(name));
+            yaml.push_str(&format!(
+                "---\napiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata:\n  name: {name}\nspec:\n  request: {request}\n  signerName: kubernetes.io/kube-apiserver-client\n  usages: [digital signature, client auth]\n  username: eve\n"
+            ));
+        }
+        yaml.push_str("---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: csr-reviewer\nrules:\n- apiGroups: [certificates.k8s.io]\n  resources: [certificatesigningrequests, certificatesigningrequests/approval]\n  verbs: [get, list, update]\n");
+        yaml.push_str("---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata:\n  name: csr-reviewers\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: csr-reviewer\nsubjects:\n- apiGroup: rbac.authorization.k8s.io\n  kind: Group\n  name: reviewers\n");
+        let file = dir.join("csrs.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        ok(&bin, &kc, &["apply", "-f", file.to_str().unwrap()]);
+        // The requester is who sent it, whatever the body said.
+        let who = ok(&bin, &kc, &["get", "csr", "alice", "-o", "jsonpath={.spec.username}"]);
+        assert_eq!(who, "strake-admin");
+        ok(&bin, &kc, &["certificate", "approve", "alice"]);
+        ok(&bin, &kc, &["certificate", "deny", "bob"]);
+        let table = ok(&bin, &kc, &["get", "csr"]);
+        assert!(table.contains("SIGNERNAME") && table.contains("CONDITION"), "{table}");
+        let line = |n: &str| table.lines().find(|l| l.starts_with(n)).unwrap_or_default().to_string();
+        assert!(line("alice").contains("Approved"), "{table}");
+        assert!(line("bob").contains("Denied"), "{table}");
+        assert!(line("dave").contains("Pending"), "{table}");
+        let reason = ok(&bin, &kc, &["get", "csr", "alice", "-o", "jsonpath={.status.conditions[0].reason}"]);
+        assert_eq!(reason, "KubectlApprove");
+        // Without `approve` on the signer, updating the approval is not enough.
+        let mut refused = (true, String::new(), String::new());
+        for _ in 0..50 {
+            refused = run(&bin, &carol_kc, &["certificate", "approve", "dave"]);
+            if refused.2.contains("not permitted to approve") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(!refused.0, "{refused:?}");
+        assert!(
+            refused.2.contains("user not permitted to approve requests with signerName \"kubernetes.io/kube-apiserver-client\""),
+            "{refused:?}"
+        );
+        let state = ok(&bin, &kc, &["get", "csr", "dave", "-o", "jsonpath={.status.conditions}"]);
+        assert!(state.is_empty(), "{state}");
+    })
+    .await
+    .unwrap();
+}

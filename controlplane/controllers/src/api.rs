@@ -83,6 +83,7 @@ impl Client {
             field_manager: Some(self.manager.to_string()),
             user: None,
             warnings: Default::default(),
+            subresource: None,
         }
     }
 

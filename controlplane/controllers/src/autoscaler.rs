@@ -872,6 +872,7 @@ impl Autoscalers {
                 field_manager: Some(NAME.into()),
                 user: None,
                 warnings: Default::default(),
+                subresource: None,
             };
             match strake_kinds::scale::set_replicas(
                 reg,

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod autoscaler;
 pub mod cache;
+pub mod certificates;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;

@@ -10,6 +10,7 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     ConfigMap, Endpoints, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod,
@@ -23,6 +24,7 @@ use strake_apimachinery::Registry;
 use crate::api::Client;
 use crate::autoscaler::{self, Autoscalers, MetricsApi, MetricsSource};
 use crate::cache::Reflector;
+use crate::certificates::{self, Certificates};
 use crate::cronjob::{self, CronJobs};
 use crate::daemonset::{self, DaemonSets};
 use crate::deployment::{self, Deployments};
@@ -65,6 +67,9 @@ pub struct Options {
     pub local_path: Option<String>,
     /// How nodes' pod CIDRs are cut from the cluster CIDR; None: no node IPAM.
     pub pod_network: Option<PodNetwork>,
+    /// The CA that signs approved CertificateSigningRequests of the `kubernetes.io` signers;
+    /// None: no approver or signer runs.
+    pub signer: Option<strake_pki::ClusterCa>,
 }
 
 /// A metrics source for the autoscaler.
@@ -112,6 +117,7 @@ pub fn start(reg: Registry, opts: Options) {
     let mut budgets = Reflector::<PodDisruptionBudget>::new(reg.clone());
     let mut quotas = Reflector::<ResourceQuota>::new(reg.clone());
     let mut hpas = Reflector::<HorizontalPodAutoscaler>::new(reg.clone());
+    let mut requests = Reflector::<CertificateSigningRequest>::new(reg.clone());
     let metrics = opts.metrics.clone().map_or_else(
         || Arc::new(MetricsApi::new(reg.clone())) as Arc<dyn MetricsSource>,
         |m| m.0,
@@ -189,6 +195,10 @@ pub fn start(reg: Registry, opts: Options) {
     let nsc = Namespaces::new(&client, &mut namespaces, &mut pods);
     let slb = ServiceLb::new(&client, &mut services, &mut nodes, &mut slices);
     let hpac = Autoscalers::new(&client, &mut hpas, &mut pods, metrics);
+    let csrc = opts
+        .signer
+        .clone()
+        .map(|ca| Certificates::new(&client, &mut requests, &mut nodes, ca));
     let rqc = Quotas::new(
         &client,
         &mut quotas,
@@ -216,6 +226,9 @@ pub fn start(reg: Registry, opts: Options) {
     tokio::spawn(classes.run());
     tokio::spawn(budgets.run());
     tokio::spawn(quotas.run());
+    if csrc.is_some() {
+        tokio::spawn(requests.run());
+    }
     tokio::spawn(hpas.run());
     tokio::spawn(services.run());
     tokio::spawn(slices.run());
@@ -316,6 +329,13 @@ pub fn start(reg: Registry, opts: Options) {
         Election::new(quota::NAME, &opts.identity),
         move || rqc.clone().run(workers),
     ));
+    if let Some(csrc) = csrc {
+        tokio::spawn(leader::run(
+            client.clone(),
+            Election::new(certificates::NAME, &opts.identity),
+            move || csrc.clone().run(workers),
+        ));
+    }
     tokio::spawn(leader::run(
         client.clone(),
         Election::new(autoscaler::NAME, &opts.identity),

@@ -6,6 +6,7 @@
 pub mod apps;
 pub mod batch;
 pub mod cel;
+pub mod certificates;
 pub mod core;
 pub mod crd;
 pub mod cron;

@@ -90,6 +90,15 @@ pub fn entries() -> Vec<ResourceDef> {
         entry::<ValidatingAdmissionPolicyBinding>()
             .categories(&["api-extensions"])
             .build(),
+        entry::<k8s_openapi::api::certificates::v1::CertificateSigningRequest>()
+            .short(&["csr"])
+            .status::<k8s_openapi::api::certificates::v1::CertificateSigningRequest>()
+            .sub(
+                "approval",
+                "CertificateSigningRequest",
+                &["get", "patch", "update"],
+            )
+            .build(),
         entry::<Role>().names(NameRule::PathSegment).build(),
         entry::<ClusterRole>().names(NameRule::PathSegment).build(),
         entry::<RoleBinding>().names(NameRule::PathSegment).build(),

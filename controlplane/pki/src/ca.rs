@@ -96,16 +96,26 @@ impl ClusterCa {
         }
     }
 
-    fn issuer(&self) -> Result<Issuer<'static, KeyPair>, PkiError> {
+    pub(crate) fn issuer(&self) -> Result<Issuer<'static, KeyPair>, PkiError> {
         let key = KeyPair::from_pem(&self.ca.key_pem)?;
         Ok(Issuer::from_ca_cert_pem(&self.ca.cert_pem, key)?)
     }
 
-    /// Issues a TLS serving certificate for the given DNS names and IP addresses.
+    /// Issues a TLS serving certificate for the given DNS names and IP addresses, for a year.
     pub fn issue_server(
         &self,
         common_name: &str,
         sans: &[String],
+    ) -> Result<CertifiedKey, PkiError> {
+        self.issue_server_for(common_name, sans, Duration::days(365))
+    }
+
+    /// Issues a TLS serving certificate valid for `valid` from now.
+    pub fn issue_server_for(
+        &self,
+        common_name: &str,
+        sans: &[String],
+        valid: Duration,
     ) -> Result<CertifiedKey, PkiError> {
         let mut params = CertificateParams::new(sans.to_vec())?;
         let mut dn = DistinguishedName::new();
@@ -116,7 +126,7 @@ impl ClusterCa {
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        self.sign(params, Duration::days(365))
+        self.sign(params, valid)
     }
 
     /// Issues a client certificate: `user` becomes the CN, `groups` the O entries.

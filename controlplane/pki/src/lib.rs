@@ -4,12 +4,17 @@
 
 mod ca;
 mod credentials;
+mod csr;
 mod tlsconf;
 mod token;
 
 pub use ca::{CertifiedKey, ClusterCa, Identity, peer_identity};
 pub use credentials::Credentials;
-pub use tlsconf::{client_config, discovery_client_config, probe_client_config, server_config};
+pub use csr::{CsrInfo, parse_csr};
+pub use tlsconf::{
+    RotatingCert, client_config, discovery_client_config, probe_client_config,
+    rotating_server_config, server_config,
+};
 pub use token::{BootstrapToken, ClusterInfo};
 
 use std::path::PathBuf;

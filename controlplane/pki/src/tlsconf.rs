@@ -47,6 +47,21 @@ fn roots(ca_pem: &str) -> Result<RootCertStore, PkiError> {
     Ok(roots)
 }
 
+/// A server config builder that asks for (but does not require) a client certificate signed
+/// by `ca_pem`.
+fn verifying_clients(
+    ca_pem: &str,
+) -> Result<rustls::ConfigBuilder<ServerConfig, rustls::server::WantsServerCert>, PkiError> {
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| PkiError::Verifier(e.to_string()))?;
+    Ok(ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier))
+}
+
 /// A server config presenting `serving`, which asks for (but does not require) a client
 /// certificate signed by `ca_pem`; unauthenticated clients may still use bearer tokens.
 pub fn server_config(
@@ -54,15 +69,64 @@ pub fn server_config(
     ca_pem: &str,
     alpn: &[&[u8]],
 ) -> Result<ServerConfig, PkiError> {
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider())
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| PkiError::Verifier(e.to_string()))?;
-    let mut cfg = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
+    let mut cfg = verifying_clients(ca_pem)?
         .with_single_cert(certs(&serving.cert_pem)?, key(&serving.key_pem)?)?;
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(cfg)
+}
+
+/// A serving certificate that can be replaced while the server runs: every new handshake
+/// presents the current one, and connections already open keep theirs (a watch stays open
+/// across a rotation).
+#[derive(Debug)]
+pub struct RotatingCert {
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+fn signing_key(c: &CertifiedKey) -> Result<Arc<rustls::sign::CertifiedKey>, PkiError> {
+    let key = provider().key_provider.load_private_key(key(&c.key_pem)?)?;
+    Ok(Arc::new(rustls::sign::CertifiedKey::new(
+        certs(&c.cert_pem)?,
+        key,
+    )))
+}
+
+impl RotatingCert {
+    pub fn new(c: &CertifiedKey) -> Result<Arc<Self>, PkiError> {
+        Ok(Arc::new(Self {
+            current: std::sync::RwLock::new(signing_key(c)?),
+        }))
+    }
+
+    /// Presents `c` from the next handshake on.
+    pub fn set(&self, c: &CertifiedKey) -> Result<(), PkiError> {
+        let next = signing_key(c)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = next;
+        Ok(())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for RotatingCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+}
+
+/// As [`server_config`], presenting whatever `serving` holds at each handshake.
+pub fn rotating_server_config(
+    serving: Arc<RotatingCert>,
+    ca_pem: &str,
+    alpn: &[&[u8]],
+) -> Result<ServerConfig, PkiError> {
+    let mut cfg = verifying_clients(ca_pem)?.with_cert_resolver(serving);
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(cfg)
 }

@@ -64,6 +64,7 @@ pub async fn cluster_with_grace(grace: Duration) -> Cluster {
             pod_network: Some(
                 nodeipam::PodNetwork::new("10.244.0.0/22".parse().unwrap(), 24, vec![]).unwrap(),
             ),
+            signer: Some(signer()),
         },
     );
     tokio::spawn(kubelet(client.named("kubelet")));
@@ -241,4 +242,10 @@ pub async fn pods(c: &Cluster, app: &str) -> Vec<Pod> {
                     == Some(app)
         })
         .collect()
+}
+
+/// A CA for the certificate signer (kept in memory; its files go with the directory).
+pub fn signer() -> strake_pki::ClusterCa {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    strake_pki::ClusterCa::load_or_generate(dir.path(), "test").expect("a CA")
 }
