@@ -366,6 +366,12 @@ mod tests {
         drop(guard);
         assert!(lock_is_held(&path).unwrap());
         drop(inherited);
-        assert!(!lock_is_held(&path).unwrap());
+        // Another test's fork may hold a copy of the descriptor until its child execs (the
+        // descriptor is close-on-exec), so the release is awaited briefly.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while lock_is_held(&path).unwrap() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!lock_is_held(&path).unwrap(), "the lock outlived its holders");
     }
 }
