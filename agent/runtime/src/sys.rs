@@ -372,6 +372,9 @@ mod tests {
         while lock_is_held(&path).unwrap() && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        assert!(!lock_is_held(&path).unwrap(), "the lock outlived its holders");
+        assert!(
+            !lock_is_held(&path).unwrap(),
+            "the lock outlived its holders"
+        );
     }
 }

@@ -16,6 +16,7 @@ mod limits;
 mod oidc;
 mod openapi;
 mod pods;
+mod policies;
 mod protobuf;
 mod render;
 mod reviews;
@@ -149,6 +150,7 @@ pub struct ApiServer {
     tls: Arc<rustls::ServerConfig>,
     listen: SocketAddr,
     webhooks: Arc<webhooks::Webhooks>,
+    policies: Arc<policies::Policies>,
     serving: Serving,
 }
 
@@ -231,6 +233,7 @@ impl ApiServer {
         let dns_ip = services.dns_ip();
         let authz = Arc::new(strake_rbac::Authorizer::new());
         let webhooks = webhooks::Webhooks::new(ca.ca.cert_pem.clone());
+        let policies = policies::Policies::new();
         let admission =
             strake_apimachinery::admission::with_services(cfg.default_toleration_seconds, services)
                 .with_before("PodSecurity", webhooks.mutating())
@@ -241,6 +244,7 @@ impl ApiServer {
                 .with(certificates::Certificates {
                     authz: authz.clone(),
                 })
+                .with(policies.plugin())
                 .with(webhooks.validating());
         let registry = Registry::new(store, strake_kinds::builtin_table(), admission);
         let app = Arc::new(AppState {
@@ -265,6 +269,7 @@ impl ApiServer {
             tls: Arc::new(tls),
             listen: cfg.listen,
             webhooks,
+            policies,
             serving: Serving {
                 cert: rotating,
                 sans,
@@ -587,6 +592,13 @@ impl ApiServer {
             .await
             .map_err(|source| ServerError::Defaults {
                 what: "the authorizer's state".into(),
+                source: Box::new(source),
+            })?;
+        self.policies
+            .start(&self.app.registry)
+            .await
+            .map_err(|source| ServerError::Defaults {
+                what: "the validating admission policies".into(),
                 source: Box::new(source),
             })?;
         self.webhooks

@@ -157,13 +157,13 @@ fn validating_hooks(c: ValidatingWebhookConfiguration) -> Vec<Hook> {
 }
 
 /// Whether a rule list entry names a value (`*` names every one).
-fn listed(list: &Option<Vec<String>>, value: &str) -> bool {
+pub(crate) fn listed(list: &Option<Vec<String>>, value: &str) -> bool {
     list.iter().flatten().any(|v| v == "*" || v == value)
 }
 
 /// Whether a rule's `resources` entry names a resource and subresource (`*`, `*/*`,
 /// `pods`, `pods/*`, `*/status`, `pods/status`).
-fn names_resource(entry: &str, plural: &str, sub: Option<&str>) -> bool {
+pub(crate) fn names_resource(entry: &str, plural: &str, sub: Option<&str>) -> bool {
     let (res, want_sub) = match entry.split_once('/') {
         Some((r, s)) => (r, Some(s)),
         None => (entry, None),
@@ -176,7 +176,7 @@ fn names_resource(entry: &str, plural: &str, sub: Option<&str>) -> bool {
         }
 }
 
-fn operation_name(op: Operation) -> &'static str {
+pub(crate) fn operation_name(op: Operation) -> &'static str {
     match op {
         Operation::Create => "CREATE",
         Operation::Update => "UPDATE",
@@ -207,12 +207,12 @@ impl Hook {
     }
 }
 
-fn labels(v: Option<&Value>) -> BTreeMap<String, String> {
+pub(crate) fn labels(v: Option<&Value>) -> BTreeMap<String, String> {
     v.and_then(|v| serde_json::from_value(v["metadata"]["labels"].clone()).ok())
         .unwrap_or_default()
 }
 
-fn selects(sel: &Option<LabelSelector>, labels: &BTreeMap<String, String>) -> bool {
+pub(crate) fn selects(sel: &Option<LabelSelector>, labels: &BTreeMap<String, String>) -> bool {
     sel.as_ref()
         .is_none_or(|s| strake_kinds::apps::selector_matches(s, labels))
 }
@@ -321,7 +321,7 @@ impl Webhooks {
 }
 
 /// The namespace's labels, for namespace selectors (a Namespace's own, for a Namespace).
-async fn namespace_labels(
+pub(crate) async fn namespace_labels(
     reg: &Registry,
     attrs: &Attributes<'_>,
     obj: &Value,
@@ -492,7 +492,7 @@ impl Webhooks {
 }
 
 /// The AdmissionReview for a write.
-fn review(attrs: &Attributes<'_>, obj: &Value) -> Value {
+pub(crate) fn review(attrs: &Attributes<'_>, obj: &Value) -> Value {
     let def = attrs.def;
     let kind = json!({"group": def.group, "version": def.version, "kind": def.kind});
     let resource = json!({"group": def.group, "version": def.version, "resource": def.plural});

@@ -1063,16 +1063,17 @@ async fn many_watchers_share_one_store_watch_per_resource() {
         .unwrap()
         .to_string();
     // The namespace and volume controllers' caches (namespaces, pods; claims, volumes,
-    // classes, nodes), the authorizer (the four RBAC kinds; pods) and the admission webhooks
-    // (both configuration kinds) hold feeds of their own, one per resource.
+    // classes, nodes), the authorizer (the four RBAC kinds; pods), the admission webhooks
+    // (both configuration kinds) and the admission policies (policies, bindings) hold feeds of
+    // their own, one per resource.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while reg.watch_cache().feeds() < 12 && std::time::Instant::now() < deadline {
+    while reg.watch_cache().feeds() < 14 && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let before = reg.watch_cache().feeds();
     assert_eq!(
-        before, 12,
-        "the controllers, the authorizer and the webhooks watch namespaces, pods, claims, volumes, classes, nodes, the RBAC kinds and the webhook configurations"
+        before, 14,
+        "the controllers, the authorizer, the webhooks and the policies watch namespaces, pods, claims, volumes, classes, nodes, the RBAC kinds, the webhook configurations and the admission policies"
     );
     let mut streams = Vec::new();
     for i in 0..50 {

@@ -321,6 +321,55 @@ pub fn evaluate_bool(expression: &str, vars: &[(&str, &Value)]) -> Result<bool, 
     }
 }
 
+/// A CEL value as JSON (what a message expression or a variable gives).
+fn to_json(v: &Cel) -> Value {
+    match v {
+        Cel::Null => Value::Null,
+        Cel::Bool(b) => Value::Bool(*b),
+        Cel::Int(i) => Value::from(*i),
+        Cel::UInt(u) => Value::from(*u),
+        Cel::Float(f) => serde_json::Number::from_f64(*f).map_or(Value::Null, Value::Number),
+        Cel::String(s) => Value::String(s.to_string()),
+        Cel::List(items) => Value::Array(items.iter().map(to_json).collect()),
+        Cel::Map(m) => Value::Object(
+            m.map
+                .iter()
+                .map(|(k, v)| {
+                    let key = match k {
+                        cel_interpreter::objects::Key::String(s) => s.to_string(),
+                        other => format!("{other:?}"),
+                    };
+                    (key, to_json(v))
+                })
+                .collect(),
+        ),
+        other => Value::String(format!("{other:?}")),
+    }
+}
+
+/// Evaluates a CEL expression with JSON variables bound and gives its value as JSON; an
+/// expression that does not compile, calls a function this evaluator lacks, or fails is an
+/// error naming why.
+pub fn evaluate_json(expression: &str, vars: &[(&str, &Value)]) -> Result<Value, String> {
+    let program = compiled(expression)?;
+    let missing = unsupported(&program);
+    if !missing.is_empty() {
+        return Err(format!(
+            "calls functions this server lacks: {}",
+            missing.join(", ")
+        ));
+    }
+    let mut ctx = Context::default();
+    for (name, v) in vars {
+        ctx.add_variable_from_value(*name, to_cel(v));
+    }
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| program.execute(&ctx))) {
+        Ok(Ok(v)) => Ok(to_json(&v)),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("the evaluator failed".into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
