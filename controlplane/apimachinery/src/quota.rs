@@ -75,6 +75,19 @@ impl Registry {
         if old.is_some() && !measured {
             return Ok(Vec::new());
         }
+        // What a quota counts of an object is in its spec, and for a pod also in its phase,
+        // node and deletion: most updates (status reports) change none of it, and are not
+        // decoded to find that out.
+        if let Some(old) = old {
+            let same = |a: &Value, b: &Value| {
+                a["spec"] == b["spec"]
+                    && a["status"]["phase"] == b["status"]["phase"]
+                    && a["metadata"]["deletionTimestamp"] == b["metadata"]["deletionTimestamp"]
+            };
+            if same(obj, old) {
+                return Ok(Vec::new());
+            }
+        }
         let mut delta = usage(def, obj)?;
         if let Some(old) = old {
             let before = usage(def, old)?;
