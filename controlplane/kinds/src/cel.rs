@@ -301,23 +301,9 @@ fn evaluate_rule(
 /// compile, calls a function this evaluator lacks, or does not give a bool is an error naming
 /// why.
 pub fn evaluate_bool(expression: &str, vars: &[(&str, &Value)]) -> Result<bool, String> {
-    let program = compiled(expression)?;
-    let missing = unsupported(&program);
-    if !missing.is_empty() {
-        return Err(format!(
-            "calls functions this server lacks: {}",
-            missing.join(", ")
-        ));
-    }
-    let mut ctx = Context::default();
-    for (name, v) in vars {
-        ctx.add_variable_from_value(*name, to_cel(v));
-    }
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| program.execute(&ctx))) {
-        Ok(Ok(Cel::Bool(b))) => Ok(b),
-        Ok(Ok(other)) => Err(format!("gave {other:?}, not a bool")),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("the evaluator failed".into()),
+    match evaluate_json(expression, vars)? {
+        Value::Bool(b) => Ok(b),
+        other => Err(format!("gave {other}, not a bool")),
     }
 }
 
