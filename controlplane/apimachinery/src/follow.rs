@@ -113,3 +113,46 @@ pub async fn follow(reg: Registry, def: Arc<ResourceDef>, mut on: impl FnMut(Fol
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Objects of a cluster-scoped kind by name, as a follower keeps them.
+pub type ByName<T> = std::sync::RwLock<std::collections::BTreeMap<String, T>>;
+
+/// Follows a cluster-scoped kind into `into`, each object by name as `read` makes it (one
+/// `read` refuses is left out, and logged); returns once the stored state is in.
+pub async fn follow_by_name<T: Send + Sync + 'static>(
+    reg: &Registry,
+    def: Arc<ResourceDef>,
+    into: Arc<ByName<T>>,
+    read: fn(&Value) -> Result<T, String>,
+) -> Result<(), ApiError> {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let mut tx = Some(tx);
+    let kind = def.kind.clone();
+    let logged = kind.clone();
+    tokio::spawn(follow(reg.clone(), def, move |f| {
+        let mut map = into.write().unwrap_or_else(|p| p.into_inner());
+        match f {
+            Followed::Applied(v) => {
+                let name = key_of(v).1;
+                match read(v) {
+                    Ok(t) => {
+                        map.insert(name, t);
+                    }
+                    Err(e) => {
+                        tracing::warn!(kind = %logged, %name, error = %e, "an unreadable object is left out");
+                    }
+                }
+            }
+            Followed::Deleted { name, .. } => {
+                map.remove(name);
+            }
+            Followed::Synced => {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    }));
+    rx.await
+        .map_err(|_| ApiError::Internal(format!("the follower of {kind} stopped")))
+}

@@ -9,7 +9,7 @@
 //! `failurePolicy: Fail` and is skipped under `Ignore`.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::admissionregistration::v1::{
@@ -18,9 +18,8 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use serde_json::{Map, Value};
 use strake_apimachinery::admission::{AdmissionPlugin, Attributes};
-use strake_apimachinery::follow::{Followed, follow};
+use strake_apimachinery::follow::{ByName, follow_by_name};
 use strake_apimachinery::{ApiError, ListOptions, Registry};
-use tokio::sync::oneshot;
 
 use crate::webhooks::{
     labels, listed, names_resource, namespace_labels, operation_name, review, selects,
@@ -30,8 +29,12 @@ const GROUP: &str = "admissionregistration.k8s.io";
 
 #[derive(Default)]
 pub struct Policies {
-    policies: RwLock<BTreeMap<String, ValidatingAdmissionPolicy>>,
-    bindings: RwLock<BTreeMap<String, ValidatingAdmissionPolicyBinding>>,
+    policies: Arc<ByName<ValidatingAdmissionPolicy>>,
+    bindings: Arc<ByName<ValidatingAdmissionPolicyBinding>>,
+}
+
+fn read<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, String> {
+    serde_json::from_value(v.clone()).map_err(|e| e.to_string())
 }
 
 fn rule_matches(r: &NamedRuleWithOperations, attrs: &Attributes<'_>) -> bool {
@@ -97,64 +100,26 @@ impl Policies {
     /// Follows policies and bindings; returns once both are in memory.
     pub async fn start(self: &Arc<Self>, reg: &Registry) -> Result<(), ApiError> {
         let table = reg.table().snapshot();
-        let mut waits = Vec::new();
-        for (plural, is_policy) in [
-            ("validatingadmissionpolicies", true),
-            ("validatingadmissionpolicybindings", false),
-        ] {
-            let def = table
+        let def = |plural: &str| {
+            table
                 .lookup(GROUP, "v1", plural)
                 .cloned()
-                .ok_or_else(|| ApiError::Internal(format!("{plural}.{GROUP} is not served")))?;
-            let (tx, rx) = oneshot::channel::<()>();
-            let mut tx = Some(tx);
-            let me = self.clone();
-            tokio::spawn(follow(reg.clone(), def, move |f| match f {
-                Followed::Applied(v) => {
-                    let name = v["metadata"]["name"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string();
-                    if is_policy {
-                        if let Ok(p) = serde_json::from_value(v.clone()) {
-                            me.policies
-                                .write()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .insert(name, p);
-                        }
-                    } else if let Ok(b) = serde_json::from_value(v.clone()) {
-                        me.bindings
-                            .write()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(name, b);
-                    }
-                }
-                Followed::Deleted { name, .. } => {
-                    if is_policy {
-                        me.policies
-                            .write()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .remove(name);
-                    } else {
-                        me.bindings
-                            .write()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .remove(name);
-                    }
-                }
-                Followed::Synced => {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(());
-                    }
-                }
-            }));
-            waits.push(rx);
-        }
-        for w in waits {
-            w.await
-                .map_err(|_| ApiError::Internal("a policy follower stopped".into()))?;
-        }
-        Ok(())
+                .ok_or_else(|| ApiError::Internal(format!("{plural}.{GROUP} is not served")))
+        };
+        follow_by_name(
+            reg,
+            def("validatingadmissionpolicies")?,
+            self.policies.clone(),
+            read,
+        )
+        .await?;
+        follow_by_name(
+            reg,
+            def("validatingadmissionpolicybindings")?,
+            self.bindings.clone(),
+            read,
+        )
+        .await
     }
 
     /// The bindings with their policies.

@@ -11,7 +11,7 @@
 //! never go to webhooks, so a broken webhook cannot lock them out.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -24,9 +24,8 @@ use k8s_openapi::api::core::v1::{Endpoints, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::{Value, json};
 use strake_apimachinery::admission::{AdmissionPlugin, Attributes, Operation};
-use strake_apimachinery::follow::{Followed, follow};
+use strake_apimachinery::follow::{ByName, follow_by_name};
 use strake_apimachinery::{ApiError, Part, Registry};
-use tokio::sync::oneshot;
 
 const GROUP: &str = "admissionregistration.k8s.io";
 
@@ -62,7 +61,7 @@ struct Hook {
 }
 
 /// The webhooks of every configuration of one kind, by configuration name.
-type Configs = RwLock<BTreeMap<String, Vec<Hook>>>;
+type Configs = Arc<ByName<Vec<Hook>>>;
 
 /// The followed configurations and what calls them.
 pub struct Webhooks {
@@ -220,8 +219,8 @@ pub(crate) fn selects(sel: &Option<LabelSelector>, labels: &BTreeMap<String, Str
 impl Webhooks {
     pub fn new(cluster_ca: String) -> Arc<Self> {
         Arc::new(Self {
-            mutating: RwLock::default(),
-            validating: RwLock::default(),
+            mutating: Configs::default(),
+            validating: Configs::default(),
             cluster_ca,
         })
     }
@@ -245,63 +244,34 @@ impl Webhooks {
     /// Follows both configuration kinds; returns once both are in memory.
     pub async fn start(self: &Arc<Self>, reg: &Registry) -> Result<(), ApiError> {
         let table = reg.table().snapshot();
-        let mut waits = Vec::new();
-        for (plural, mutating) in [
-            ("mutatingwebhookconfigurations", true),
-            ("validatingwebhookconfigurations", false),
-        ] {
-            let def = table
+        let def = |plural: &str| {
+            table
                 .lookup(GROUP, "v1", plural)
                 .cloned()
-                .ok_or_else(|| ApiError::Internal(format!("{plural}.{GROUP} is not served")))?;
-            let (tx, rx) = oneshot::channel::<()>();
-            let mut tx = Some(tx);
-            let me = self.clone();
-            tokio::spawn(follow(reg.clone(), def, move |f| {
-                let configs = if mutating {
-                    &me.mutating
-                } else {
-                    &me.validating
-                };
-                let mut configs = configs.write().unwrap_or_else(|p| p.into_inner());
-                match f {
-                    Followed::Applied(v) => {
-                        let name = v["metadata"]["name"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_string();
-                        let hooks = if mutating {
-                            serde_json::from_value(v.clone()).map(mutating_hooks)
-                        } else {
-                            serde_json::from_value(v.clone()).map(validating_hooks)
-                        };
-                        match hooks {
-                            Ok(h) => {
-                                configs.insert(name, h);
-                            }
-                            Err(e) => {
-                                tracing::warn!(%name, error = %e, "an unreadable webhook configuration is left out");
-                            }
-                        }
-                    }
-                    Followed::Deleted { name, .. } => {
-                        configs.remove(name);
-                    }
-                    Followed::Synced => {
-                        if let Some(tx) = tx.take() {
-                            let _ = tx.send(());
-                        }
-                    }
-                }
-            }));
-            waits.push(rx);
-        }
-        for w in waits {
-            w.await.map_err(|_| {
-                ApiError::Internal("a webhook configuration follower stopped".into())
-            })?;
-        }
-        Ok(())
+                .ok_or_else(|| ApiError::Internal(format!("{plural}.{GROUP} is not served")))
+        };
+        follow_by_name(
+            reg,
+            def("mutatingwebhookconfigurations")?,
+            self.mutating.clone(),
+            |v| {
+                serde_json::from_value(v.clone())
+                    .map(mutating_hooks)
+                    .map_err(|e| e.to_string())
+            },
+        )
+        .await?;
+        follow_by_name(
+            reg,
+            def("validatingwebhookconfigurations")?,
+            self.validating.clone(),
+            |v| {
+                serde_json::from_value(v.clone())
+                    .map(validating_hooks)
+                    .map_err(|e| e.to_string())
+            },
+        )
+        .await
     }
 
     fn hooks(&self, mutating: bool) -> Vec<Hook> {
