@@ -6,6 +6,8 @@ TARGET=x86_64-unknown-linux-gnu
 STRAKE_BIN="$REPO/target/$TARGET/release/strake"
 IMAGE_DIR="$REPO/build/image"
 KUBECTL="${STRAKE_KUBECTL:-/usr/lib/google-cloud-sdk/bin/kubectl.1.32}"
+# Incremental state is gigabytes that a fresh checkout never reuses; set it to 1 when iterating.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 
