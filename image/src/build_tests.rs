@@ -109,6 +109,19 @@ fn check_archive(entries: &[Entry], release: &str, mtime: u32) {
         (S_IFCHR, 1, 3)
     );
 
+    // The STATE template is an ext4 of the documented size, stored sparse.
+    let template = &by_name[crate::state::TEMPLATE_PATH].data;
+    let sparse = strake_disk::sparse::decode(template).expect("sparse template");
+    assert_eq!(sparse.len, crate::state::TEMPLATE_BYTES);
+    let (first, block) = sparse.blocks[0];
+    assert_eq!(first, 0);
+    assert_eq!(&block[0x438..0x43A], &[0x53, 0xEF], "ext4 superblock magic");
+    assert!(
+        template.len() < 1 << 20,
+        "template is {} bytes",
+        template.len()
+    );
+
     let release_file = String::from_utf8(by_name["etc/strake/release"].data.clone()).expect("utf8");
     assert!(
         release_file.contains(&format!("KERNEL_RELEASE={release}\n")),

@@ -335,6 +335,8 @@ pub struct StrakeLayout<'a> {
     pub modules_builtin: &'a str,
     /// Contents of `/etc/strake/release`.
     pub release_file: String,
+    /// The sparse STATE filesystem template (`state::TEMPLATE_PATH`).
+    pub state_template: Vec<u8>,
 }
 
 /// Top-level directories init expects to exist before it mounts anything.
@@ -353,7 +355,7 @@ pub const BASE_DIRS: &[(&str, u32)] = &[
 /// The Strake initramfs: base directories, `/init` (the strake binary) with `/bin/strake` as a hard
 /// link to it, `/dev/console` and `/dev/null` so the kernel can open a console before devtmpfs is
 /// mounted, the modules under `/lib/modules/<release>/` with a matching `modules.dep` and the kernel's
-/// `modules.builtin`, and `/etc/strake/release`.
+/// `modules.builtin`, `/etc/strake/release`, and the STATE filesystem template.
 pub fn strake_tree(layout: &StrakeLayout<'_>) -> Result<Tree, InitramfsError> {
     let mut tree = Tree::new();
     for (dir, mode) in BASE_DIRS {
@@ -371,6 +373,12 @@ pub fn strake_tree(layout: &StrakeLayout<'_>) -> Result<Tree, InitramfsError> {
         "etc/strake/release",
         0o644,
         FileSource::Bytes(layout.release_file.clone().into_bytes()),
+    )?;
+
+    tree.add_file(
+        crate::state::TEMPLATE_PATH,
+        0o644,
+        FileSource::Bytes(layout.state_template.clone()),
     )?;
 
     let base = format!("lib/modules/{}", layout.release);

@@ -9,6 +9,7 @@ pub mod initramfs;
 pub mod kernel;
 pub mod manifest;
 pub mod modules;
+pub mod state;
 
 #[cfg(test)]
 mod build_tests;
@@ -49,6 +50,8 @@ pub enum ImageError {
     #[error("SOURCE_DATE_EPOCH={value:?} is not usable: {reason}")]
     SourceDateEpoch { value: String, reason: &'static str },
     /// The manifest could not be serialised or parsed.
+    #[error("running {tool}: {detail}")]
+    Tool { tool: &'static str, detail: String },
     #[error("manifest: {0}")]
     Manifest(serde_json::Error),
     /// Filesystem error on a named path.
@@ -142,6 +145,7 @@ pub fn build(opts: &BuildOptions) -> Result<Artifacts, ImageError> {
         modules: &selection.modules,
         modules_builtin: &builtin_text,
         release_file: release_file(&strake_sha256, &pkg, &tree.release),
+        state_template: state::build_template(&opts.cache_dir.join("scratch"), mtime)?,
     };
     let initramfs_tree = initramfs::strake_tree(&layout)?;
 

@@ -1,4 +1,4 @@
-//! The boot sequence as data: seven named phases, each a list of tasks over a [`BootCtx`] that
+//! The boot sequence as data: eight named phases, each a list of tasks over a [`BootCtx`] that
 //! holds the kernel seams and what earlier tasks learned.
 
 use std::net::Ipv4Addr;
@@ -14,9 +14,12 @@ use crate::modules::{self, DEFAULT_MODULES, ModuleIndex};
 use crate::mounts::{self, MountError, host_path};
 use crate::network::{self, NetError, NetState};
 use crate::sequence::{Phase, task};
+use crate::state::{self, StateError};
 use crate::supervisor::ServiceSpec;
 use crate::switch_root::SwitchRootError;
-use crate::sys::{HostSetter, Link, ModuleLoader, Mounter, NetConfigurator, RootSwitcher};
+use crate::sys::{
+    BlockOps, HostSetter, Link, ModuleLoader, Mounter, NetConfigurator, RootSwitcher,
+};
 
 /// Why a boot phase failed.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +43,8 @@ pub enum BootError {
     Net(#[from] NetError),
     #[error("service list: {0}")]
     Services(String),
+    #[error("STATE: {0}")]
+    State(#[from] StateError),
 }
 
 /// Opens the network configurator (rtnetlink in production) when the hostname or network phase
@@ -55,6 +60,7 @@ pub struct Seams {
     pub mounter: Box<dyn Mounter>,
     pub modules: Box<dyn ModuleLoader>,
     pub host: Box<dyn HostSetter>,
+    pub block: Box<dyn BlockOps>,
     pub net_factory: NetFactory,
 }
 
@@ -151,6 +157,7 @@ pub fn phases() -> Vec<BootPhase> {
             "modules",
             vec![task("load", load_modules), task("efivarfs", efivarfs)],
         ),
+        Phase::new("state", vec![task("prepare", prepare_state)]),
         Phase::new(
             "hostname",
             vec![task("choose", choose_hostname), task("set", set_hostname)],
@@ -286,6 +293,20 @@ fn efivarfs(ctx: &mut BootCtx) -> Result<(), BootError> {
     if !mounts::mount_efivarfs(ctx.seams.mounter.as_mut())? {
         tracing::warn!(target: "strake_init::mounts", "efivarfs is not available in this kernel; EFI variables are inaccessible");
     }
+    Ok(())
+}
+
+fn prepare_state(ctx: &mut BootCtx) -> Result<(), BootError> {
+    let status = state::prepare(
+        &ctx.root,
+        ctx.config.state_disk.as_deref(),
+        ctx.seams.mounter.as_mut(),
+        ctx.seams.block.as_mut(),
+    )?;
+    state::publish(&ctx.root, &status).map_err(|source| BootError::Write {
+        path: state::STATUS_PATH.into(),
+        source,
+    })?;
     Ok(())
 }
 

@@ -39,6 +39,7 @@ fn ctx_for(root: &std::path::Path, fake: &FakeKernel) -> BootCtx {
         mounter: Box::new(fake.clone()),
         modules: Box::new(fake.clone()),
         host: Box::new(fake.clone()),
+        block: Box::new(fake.clone()),
         net_factory: Box::new(move || Ok(Box::new(net.clone()) as Box<dyn NetConfigurator>)),
     };
     let make = |cfg: &BootConfig| {
@@ -84,6 +85,7 @@ fn full_boot_against_the_fake_kernel() {
             "mounts",
             "console-log",
             "modules",
+            "state",
             "hostname",
             "network",
             "services"
@@ -130,6 +132,9 @@ fn full_boot_against_the_fake_kernel() {
             & 0o777,
         0o600
     );
+    // No disk: the node runs on tmpfs and says so in state.json.
+    let state = std::fs::read_to_string(p.join("run/strake/state.json")).expect("state.json");
+    assert!(state.contains("\"device\": null"), "{state}");
     let cfg = BootConfig::load(&boot_json).expect("load");
     assert_eq!(
         (cfg.role, cfg.token.as_deref()),

@@ -70,6 +70,11 @@ pub struct BootConfig {
     /// How other nodes' pods are reached: `auto`, `host-gw` or `vxlan` (`strake.podnet=`).
     #[serde(default)]
     pub pod_network: Option<String>,
+    /// The disk Strake owns (`strake.disk=/dev/vda`): a blank one gets a GPT with a STATE
+    /// partition, and an empty STATE partition on it is formatted. Without it a STATE partition
+    /// is only found by its label, and nothing is ever formatted.
+    #[serde(default)]
+    pub state_disk: Option<String>,
     pub debug: bool,
 }
 
@@ -169,6 +174,9 @@ impl BootConfig {
                     }
                     _ => Err(invalid("expected auto, host-gw or vxlan".into())),
                 },
+                "disk" => parse_disk(value_str)
+                    .map(|d| cfg.state_disk = Some(d))
+                    .map_err(invalid),
                 "debug" => parse_bool(value).map(|b| cfg.debug = b).map_err(invalid),
                 _ => Err(ConfigWarning::UnknownKey {
                     key: key.to_owned(),
@@ -262,6 +270,22 @@ fn parse_role(v: &str) -> Result<Role, String> {
         "controlplane" | "control-plane" => Ok(Role::Controlplane),
         "worker" => Ok(Role::Worker),
         _ => Err("expected `controlplane` or `worker`".into()),
+    }
+}
+
+/// `/dev/vda` or `vda`: a kernel block device name, never a path elsewhere.
+fn parse_disk(v: &str) -> Result<String, String> {
+    let name = v.strip_prefix("/dev/").unwrap_or(v);
+    let ok = !name.is_empty()
+        && name.len() <= 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && name.as_bytes()[0].is_ascii_alphabetic();
+    if ok {
+        Ok(name.to_owned())
+    } else {
+        Err("expected a whole disk such as /dev/vda or /dev/nvme0n1".into())
     }
 }
 
@@ -427,7 +451,7 @@ mod tests {
             "console=ttyS0 strake.role=worker strake.hostname=Node-1 strake.token=abc.def \
              strake.registry.insecure=10.0.2.2:5000,reg.local:80 \
              strake.ip=192.168.1.5/24:192.168.1.1:eth1:1.1.1.1,8.8.8.8 strake.modules=vxlan,dm-verity \
-             strake.api=10.0.2.15:6443 strake.podnet=vxlan strake.debug=1",
+             strake.api=10.0.2.15:6443 strake.podnet=vxlan strake.disk=/dev/vda strake.debug=1",
         );
         assert!(w.is_empty(), "{w:?}");
         assert_eq!(cfg.role, Role::Worker);
@@ -447,6 +471,7 @@ mod tests {
         assert_eq!(cfg.extra_modules, ["vxlan", "dm-verity"]);
         assert_eq!(cfg.api_endpoint.as_deref(), Some("10.0.2.15:6443"));
         assert_eq!(cfg.pod_network.as_deref(), Some("vxlan"));
+        assert_eq!(cfg.state_disk.as_deref(), Some("vda"));
         assert!(cfg.debug);
     }
 
@@ -490,6 +515,8 @@ mod tests {
             ("strake.modules=ok,../etc", "strake.modules"),
             ("strake.token=", "strake.token"),
             ("strake.podnet=flannel", "strake.podnet"),
+            ("strake.disk=/dev/../etc/passwd", "strake.disk"),
+            ("strake.disk=", "strake.disk"),
         ];
         for (line, key) in cases {
             let (cfg, w) = parse(line);

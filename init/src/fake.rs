@@ -16,8 +16,8 @@ use crate::modules::{LoadError, module_name};
 use crate::network::NetError;
 use crate::switch_root::SwitchRootError;
 use crate::sys::{
-    HostSetter, Link, LoadOutcome, ModuleLoader, MountSpec, Mounter, NetConfigurator, PowerAction,
-    Rebooter, RootSwitcher,
+    BlockOps, HostSetter, Link, LoadOutcome, ModuleLoader, MountSpec, Mounter, NetConfigurator,
+    PowerAction, Rebooter, RootSwitcher,
 };
 
 #[derive(Default)]
@@ -40,6 +40,12 @@ pub struct FakeState {
     pub ups: Vec<u32>,
     pub addresses: Vec<(u32, Ipv4Addr, u8)>,
     pub routes: Vec<(u32, Ipv4Addr)>,
+    /// Files (host paths and contents) that appear when the partition table is reread, as
+    /// the kernel adds a partition's sysfs entry and device node.
+    pub reread_creates: Vec<(std::path::PathBuf, Vec<u8>)>,
+    /// Blocks each ext4 grow asked for.
+    pub grows: Vec<u64>,
+    pub fail_grow: Option<Errno>,
 }
 
 #[derive(Clone, Default)]
@@ -90,6 +96,35 @@ impl Mounter for FakeKernel {
     fn umount_lazy(&mut self, target: &str) -> Result<(), Errno> {
         self.call(format!("umount {target}"));
         self.state().umounts.push(target.into());
+        Ok(())
+    }
+}
+
+impl BlockOps for FakeKernel {
+    fn reread_partitions(&mut self, _disk: &std::fs::File) -> Result<(), Errno> {
+        self.call("reread-partitions".into());
+        for (path, bytes) in std::mem::take(&mut self.state().reread_creates) {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|_| Errno::EIO)?;
+            }
+            std::fs::write(&path, bytes).map_err(|_| Errno::EIO)?;
+        }
+        Ok(())
+    }
+
+    fn zero_range(&mut self, dev: &std::fs::File, offset: u64, len: u64) -> Result<(), Errno> {
+        use std::os::unix::fs::FileExt as _;
+        self.call(format!("zero {offset}+{len}"));
+        dev.write_all_at(&vec![0u8; len as usize], offset)
+            .map_err(|_| Errno::EIO)
+    }
+
+    fn grow_ext4(&mut self, _mountpoint: &Path, blocks: u64) -> Result<(), Errno> {
+        self.call(format!("grow-ext4 {blocks}"));
+        if let Some(e) = self.state().fail_grow {
+            return Err(e);
+        }
+        self.state().grows.push(blocks);
         Ok(())
     }
 }

@@ -13,6 +13,7 @@ pub mod power_button;
 pub mod runner;
 pub mod sequence;
 pub mod shutdown;
+pub mod state;
 pub mod supervisor;
 pub mod switch_root;
 pub mod sys;
@@ -52,6 +53,7 @@ pub fn run(make_services: impl Fn(&BootConfig) -> Vec<ServiceSpec> + 'static) ->
         mounter: Box::new(LinuxSys),
         modules: Box::new(LinuxSys),
         host: Box::new(LinuxSys),
+        block: Box::new(LinuxSys),
         net_factory: Box::new(|| {
             Ok(Box::new(network::RtNetlink::new()?) as Box<dyn NetConfigurator>)
         }),

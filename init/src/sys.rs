@@ -87,6 +87,17 @@ pub trait Rebooter {
     fn kill_all(&mut self) -> Result<(), Errno>;
 }
 
+/// Block device and filesystem ioctls the STATE partition needs.
+pub trait BlockOps {
+    /// BLKRRPART: the kernel reads the disk's partition table again.
+    fn reread_partitions(&mut self, disk: &std::fs::File) -> Result<(), Errno>;
+    /// BLKZEROOUT: `len` bytes from `offset` read back as zeros.
+    fn zero_range(&mut self, dev: &std::fs::File, offset: u64, len: u64) -> Result<(), Errno>;
+    /// EXT4_IOC_RESIZE_FS on the filesystem mounted at `mountpoint` (a host path): grows it to
+    /// `blocks` blocks while mounted.
+    fn grow_ext4(&mut self, mountpoint: &Path, blocks: u64) -> Result<(), Errno>;
+}
+
 /// sethostname(2).
 pub trait HostSetter {
     fn set_hostname(&mut self, name: &str) -> Result<(), Errno>;
@@ -169,6 +180,34 @@ impl Rebooter for LinuxSys {
             nix::unistd::Pid::from_raw(-1),
             nix::sys::signal::Signal::SIGKILL,
         )
+    }
+}
+
+nix::ioctl_none!(blkrrpart, 0x12, 95);
+nix::ioctl_write_ptr_bad!(blkzeroout, nix::request_code_none!(0x12, 127), [u64; 2]);
+nix::ioctl_write_ptr!(ext4_resize_fs, b'f', 16, u64);
+
+impl BlockOps for LinuxSys {
+    fn reread_partitions(&mut self, disk: &std::fs::File) -> Result<(), Errno> {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: BLKRRPART takes no argument; the descriptor is open for the call's length.
+        unsafe { blkrrpart(disk.as_raw_fd()) }.map(drop)
+    }
+
+    fn zero_range(&mut self, dev: &std::fs::File, offset: u64, len: u64) -> Result<(), Errno> {
+        use std::os::fd::AsRawFd as _;
+        let range = [offset, len];
+        // SAFETY: BLKZEROOUT reads two u64s (start, length) from the pointer, which lives
+        // across the call.
+        unsafe { blkzeroout(dev.as_raw_fd(), &range) }.map(drop)
+    }
+
+    fn grow_ext4(&mut self, mountpoint: &Path, blocks: u64) -> Result<(), Errno> {
+        use std::os::fd::AsRawFd as _;
+        let dir = std::fs::File::open(mountpoint)
+            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+        // SAFETY: EXT4_IOC_RESIZE_FS reads one u64 (the new block count) from the pointer.
+        unsafe { ext4_resize_fs(dir.as_raw_fd(), &blocks) }.map(drop)
     }
 }
 

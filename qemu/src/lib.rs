@@ -95,6 +95,8 @@ pub struct VmConfig {
     pub accel: Accel,
     /// The guest's interfaces, `eth0` first.
     pub nics: Vec<Nic>,
+    /// Virtio disks, `/dev/vda` first: qcow2 when the name ends in `.qcow2`, raw otherwise.
+    pub disks: Vec<PathBuf>,
     /// Directory for the serial log, QMP socket and pid file.
     pub state_dir: PathBuf,
 }
@@ -204,6 +206,25 @@ impl VmConfig {
             cmdline,
         ];
         args.extend(net_args);
+        for (i, disk) in self.disks.iter().enumerate() {
+            let path = disk.display().to_string();
+            if path.contains(',') {
+                return Err(QemuError::Config(format!(
+                    "disk path {path:?} must not contain ','"
+                )));
+            }
+            let format = if path.ends_with(".qcow2") {
+                "qcow2"
+            } else {
+                "raw"
+            };
+            args.push(s("-drive"));
+            args.push(format!(
+                "file={path},format={format},if=none,id=disk{i},discard=unmap"
+            ));
+            args.push(s("-device"));
+            args.push(format!("virtio-blk-pci,drive=disk{i}"));
+        }
         args.extend([
             s("-device"),
             s("virtio-rng-pci"),
@@ -509,8 +530,22 @@ mod tests {
                 host: 16443,
                 guest: 6443,
             }])],
+            disks: Vec::new(),
             state_dir: "/tmp/s".into(),
         }
+    }
+
+    #[test]
+    fn disks_are_virtio_in_order_with_their_format() {
+        let mut c = cfg();
+        c.disks = vec!["/d/state.qcow2".into(), "/d/raw.img".into()];
+        let a = c.args().unwrap().join(" ");
+        assert!(
+            a.contains("-drive file=/d/state.qcow2,format=qcow2,if=none,id=disk0,discard=unmap -device virtio-blk-pci,drive=disk0 -drive file=/d/raw.img,format=raw"),
+            "{a}"
+        );
+        c.disks = vec!["/d/a,b.img".into()];
+        assert!(c.args().is_err());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Boots the Strake image in QEMU (TCG) as a one-node cluster and drives it with kubectl 1.32:
 //! node Ready, a pod that prints a marker (Running, logs, logs -f, get -w), deletion, a missing
-//! image, malformed manifests, and a clean power-off. Prints the two measured figures.
+//! image, malformed manifests, and a clean power-off; then boots the same STATE disk again and
+//! finds the cluster, its objects and its pods there. Prints the measured figures.
 //!
 //! Needs the image built by `scripts/test.sh` (or `STRAKE_IMAGE_DIR`), qemu-system-x86_64,
 //! docker-registry, busybox-static and kubectl 1.32. Any missing prerequisite fails the test.
@@ -48,12 +49,16 @@ fn one_node_cluster_runs_pods_through_kubectl() -> anyhow::Result<()> {
     let token = BootstrapToken::generate();
     let api_port = strake_qemu::free_port();
     let state = strake_e2e::TempDir::new("strake-e2e")?;
+    // A blank disk for STATE: init partitions and formats it, and the second boot below finds
+    // the cluster on it.
+    let disk = state.path().join("state.img");
+    std::fs::File::create(&disk)?.set_len(4 << 30)?;
     let cfg = VmConfig {
         name: "e2e-node".into(),
         kernel: images.join("vmlinuz"),
         initrd: images.join("initramfs.zst"),
         cmdline: format!(
-            "strake.token={token} strake.hostname=e2e-node strake.registry.insecure={guest_registry}"
+            "strake.token={token} strake.hostname=e2e-node strake.registry.insecure={guest_registry} strake.disk=/dev/vda"
         ),
         memory_mib: 2048,
         cpus: 2,
@@ -62,6 +67,7 @@ fn one_node_cluster_runs_pods_through_kubectl() -> anyhow::Result<()> {
             host: api_port,
             guest: 6443,
         }])],
+        disks: vec![disk],
         state_dir: state.path().to_path_buf(),
     };
     let console_path = cfg.serial_log();
@@ -92,6 +98,171 @@ fn one_node_cluster_runs_pods_through_kubectl() -> anyhow::Result<()> {
     ensure!(
         console.contains("power"),
         "no shutdown messages on the console"
+    );
+    ensure!(
+        console.contains("STATE is /dev/vda1") && console.contains("formatted on this boot"),
+        "the first boot did not report formatting STATE on /dev/vda1"
+    );
+
+    // Boot the same disk again: the cluster is still there, reached with the same kubeconfig.
+    let mut again = vm.config().clone();
+    again.name = "e2e-node-reboot".into();
+    let console_path = again.serial_log();
+    let mut vm = Vm::start(again)?;
+    let result = after_reboot(&rt, &mut vm, api_port, &state.path().join("kubeconfig"));
+    if result.is_err() {
+        eprintln!(
+            "---- guest console after the reboot ----\n{}\n-----------------------",
+            strake_qemu::tail(&console_path, 150)
+        );
+    }
+    result?;
+    ensure!(
+        vm.power_off(Duration::from_secs(60)),
+        "the rebooted guest did not power off within 60 s of the power button"
+    );
+    Ok(())
+}
+
+/// Objects the reboot must keep: a namespace, a ConfigMap, a Secret (encrypted at rest, so
+/// its key must persist too) and a Deployment whose pod must run again.
+fn before_reboot(kubeconfig: &std::path::Path, registry: &str) -> anyhow::Result<String> {
+    let manifest = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: persist\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: keep\n  namespace: persist\ndata:\n  colour: teal\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: keep\n  namespace: persist\nstringData:\n  password: s3cret-across-reboots\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: keeper\n  namespace: persist\nspec:\n  replicas: 1\n  selector:\n    matchLabels:\n      app: keeper\n  template:\n    metadata:\n      labels:\n        app: keeper\n    spec:\n      terminationGracePeriodSeconds: 2\n      containers:\n      - name: main\n        image: {registry}/e2e/busybox:1\n        command: [\"sh\", \"-c\", \"sleep 3600\"]\n"
+    );
+    let applied = kubectl_with_input(kubeconfig, &["apply", "-f", "-"], manifest.as_bytes())?;
+    ensure!(
+        applied.status.success(),
+        "kubectl apply of the objects to keep: {}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    poll(
+        "the keeper deployment Available",
+        Duration::from_secs(120),
+        || {
+            let out = kubectl_ok(
+                kubeconfig,
+                &[
+                    "-n",
+                    "persist",
+                    "get",
+                    "deploy",
+                    "keeper",
+                    "-o",
+                    "jsonpath={.status.availableReplicas}",
+                ],
+            )
+            .ok()?;
+            (out.trim() == "1").then_some(())
+        },
+    )?;
+    kubectl_ok(
+        kubeconfig,
+        &[
+            "-n",
+            "persist",
+            "get",
+            "configmap",
+            "keep",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ],
+    )
+}
+
+fn after_reboot(
+    rt: &tokio::runtime::Runtime,
+    vm: &mut Vm,
+    api_port: u16,
+    kubeconfig: &std::path::Path,
+) -> anyhow::Result<()> {
+    let server = format!("https://127.0.0.1:{api_port}");
+    vm.wait_until(
+        "the API server to answer /version after the reboot",
+        Duration::from_secs(180),
+        || {
+            rt.block_on(strake_kubeclient::answers_version(
+                &server,
+                Duration::from_millis(500),
+            ))
+        },
+    )?;
+    let console = vm.console();
+    ensure!(
+        console.contains("STATE is /dev/vda1") && !console.contains("formatted on this boot"),
+        "the second boot did not mount the existing STATE without formatting it"
+    );
+    let uid = std::fs::read_to_string(kubeconfig.with_file_name("persist-uid"))?;
+    let kubectl = |args: &[&str]| kubectl_ok(kubeconfig, args);
+    // The old admin credentials work: same CA, same store.
+    poll(
+        "node e2e-node Ready again",
+        Duration::from_secs(120),
+        || {
+            let out = kubectl(&["get", "nodes", "e2e-node"]).ok()?;
+            out.lines()
+                .any(|l| l.split_whitespace().nth(1) == Some("Ready"))
+                .then_some(())
+        },
+    )?;
+    let got = kubectl(&[
+        "-n",
+        "persist",
+        "get",
+        "configmap",
+        "keep",
+        "-o",
+        "jsonpath={.metadata.uid} {.data.colour}",
+    ])?;
+    ensure!(
+        got == format!("{} teal", uid.trim()),
+        "the ConfigMap after the reboot is {got:?}, not the one written before it (uid {uid})"
+    );
+    let secret = kubectl(&[
+        "-n",
+        "persist",
+        "get",
+        "secret",
+        "keep",
+        "-o",
+        "jsonpath={.data.password}",
+    ])?;
+    ensure!(
+        secret.trim() == "czNjcmV0LWFjcm9zcy1yZWJvb3Rz",
+        "the Secret after the reboot reads {secret:?}"
+    );
+    // The deployment's pod runs again: a container answers exec on this boot.
+    poll(
+        "the keeper pod running again after the reboot",
+        Duration::from_secs(180),
+        || {
+            let pod = kubectl(&[
+                "-n",
+                "persist",
+                "get",
+                "pods",
+                "-l",
+                "app=keeper",
+                "-o",
+                "jsonpath={.items[0].metadata.name}",
+            ])
+            .ok()?;
+            let out = kubectl(&[
+                "-n",
+                "persist",
+                "exec",
+                pod.trim(),
+                "--",
+                "cat",
+                "/proc/1/cmdline",
+            ])
+            .ok()?;
+            out.contains("sleep").then_some(())
+        },
+    )?;
+    println!(
+        "MEASURED: QEMU start -> API ready, second boot from STATE: {:.2} s",
+        vm.uptime().as_secs_f64()
     );
     Ok(())
 }
@@ -413,6 +584,8 @@ fn drive(
     if !nodes.contains(" Ready") {
         bail!("node not Ready at the end: {nodes}");
     }
+    let uid = before_reboot(&kubeconfig, registry)?;
+    std::fs::write(dir.join("persist-uid"), uid)?;
     if let Some(line) = vm
         .console()
         .lines()

@@ -62,29 +62,41 @@ enum ImageCmd {
 #[derive(Subcommand)]
 enum ClusterCmd {
     /// Boot a one-node cluster in QEMU (TCG; STRAKE_QEMU_ACCEL=kvm to opt into KVM) and write a kubeconfig.
-    Up {
-        #[arg(long, default_value = "build/image")]
-        image: PathBuf,
-        #[arg(long, default_value = ".cache/cluster")]
-        state_dir: PathBuf,
-        /// Host port (on 127.0.0.1) forwarded to the API server.
-        #[arg(long, default_value_t = 6443)]
-        api_port: u16,
-        #[arg(long, default_value_t = 2048)]
-        memory: u32,
-        #[arg(long, default_value_t = 2)]
-        cpus: u32,
-        /// Registries the node may reach over plain HTTP (host:port as the guest sees it, e.g. 10.0.2.2:5000).
-        #[arg(long = "insecure-registry")]
-        insecure_registries: Vec<String>,
-        #[arg(long, default_value_t = 180)]
-        timeout_secs: u64,
-    },
+    Up(UpArgs),
     /// Power the cluster's VM off.
     Down {
         #[arg(long, default_value = ".cache/cluster")]
         state_dir: PathBuf,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct UpArgs {
+    #[arg(long, default_value = "build/image")]
+    image: PathBuf,
+    /// The VM's console log, token, kubeconfig and STATE disk live here.
+    #[arg(long, default_value = ".cache/cluster")]
+    state_dir: PathBuf,
+    /// Host port (on 127.0.0.1) forwarded to the API server.
+    #[arg(long, default_value_t = 6443)]
+    api_port: u16,
+    #[arg(long, default_value_t = 2048)]
+    memory: u32,
+    #[arg(long, default_value_t = 2)]
+    cpus: u32,
+    /// Registries the node may reach over plain HTTP (host:port as the guest sees it, e.g. 10.0.2.2:5000).
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
+    #[arg(long, default_value_t = 180)]
+    timeout_secs: u64,
+    /// Size of the STATE disk (`<state-dir>/state.img`, a sparse file made on first use).
+    /// The cluster lives on it: `cluster down` then `cluster up` finds it again. Delete the
+    /// file to start over.
+    #[arg(long, default_value = "8G")]
+    disk_size: String,
+    /// No STATE disk: everything is on tmpfs and is gone when the VM stops.
+    #[arg(long)]
+    ephemeral: bool,
 }
 
 const VM_NAME: &str = "strake-0";
@@ -130,25 +142,8 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Cluster {
-            cmd:
-                ClusterCmd::Up {
-                    image,
-                    state_dir,
-                    api_port,
-                    memory,
-                    cpus,
-                    insecure_registries,
-                    timeout_secs,
-                },
-        } => cluster_up(
-            &image,
-            &state_dir,
-            api_port,
-            memory,
-            cpus,
-            &insecure_registries,
-            Duration::from_secs(timeout_secs),
-        ),
+            cmd: ClusterCmd::Up(args),
+        } => cluster_up(&args),
         Cmd::Cluster {
             cmd: ClusterCmd::Down { state_dir },
         } => {
@@ -199,15 +194,62 @@ async fn write_kubeconfig(
     Ok(())
 }
 
-fn cluster_up(
-    image: &Path,
-    state_dir: &Path,
-    api_port: u16,
-    memory: u32,
-    cpus: u32,
-    insecure: &[String],
-    timeout: Duration,
-) -> anyhow::Result<()> {
+/// The STATE disk of `cluster up`: a sparse raw file, made on first use.
+fn state_disk(state_dir: &Path, size: &str) -> anyhow::Result<PathBuf> {
+    let disk = state_dir.join("state.img");
+    if disk.exists() {
+        println!(
+            "STATE disk {} (the cluster from the last `cluster up`)",
+            disk.display()
+        );
+        return Ok(disk);
+    }
+    let bytes = parse_size(size)?;
+    std::fs::create_dir_all(state_dir)?;
+    let file = std::fs::File::create_new(&disk)
+        .with_context(|| format!("creating the STATE disk {}", disk.display()))?;
+    file.set_len(bytes)
+        .with_context(|| format!("sizing the STATE disk {} to {size}", disk.display()))?;
+    println!("STATE disk {} ({size}, new)", disk.display());
+    Ok(disk)
+}
+
+/// `8G`, `512M` or a byte count: binary units, as qemu-img reads them.
+fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let t = s.trim();
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 20),
+        Some((i, 'G' | 'g')) => (&t[..i], 30),
+        Some((i, 'T' | 't')) => (&t[..i], 40),
+        _ => (t, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .with_context(|| format!("disk size {s:?}: expected a number with K, M, G or T"))?;
+    let bytes = n
+        .checked_mul(1u64 << shift)
+        .with_context(|| format!("disk size {s:?} is too large"))?;
+    if bytes < 1 << 30 {
+        bail!("disk size {s:?}: STATE needs at least 1G");
+    }
+    Ok(bytes)
+}
+
+fn cluster_up(args: &UpArgs) -> anyhow::Result<()> {
+    let UpArgs {
+        image,
+        state_dir,
+        api_port,
+        memory,
+        cpus,
+        insecure_registries: insecure,
+        timeout_secs,
+        disk_size,
+        ephemeral,
+    } = args;
+    let (api_port, memory, cpus) = (*api_port, *memory, *cpus);
+    let timeout = Duration::from_secs(*timeout_secs);
     let kernel = image.join("vmlinuz");
     let initrd = image.join("initramfs.zst");
     for p in [&kernel, &initrd] {
@@ -228,6 +270,12 @@ fn cluster_up(
     if !insecure.is_empty() {
         cmdline.push_str(&format!(" strake.registry.insecure={}", insecure.join(",")));
     }
+    let disks = if *ephemeral {
+        Vec::new()
+    } else {
+        cmdline.push_str(" strake.disk=/dev/vda");
+        vec![std::path::absolute(state_disk(state_dir, disk_size)?)?]
+    };
     let cfg = VmConfig {
         name: VM_NAME.into(),
         kernel,
@@ -240,6 +288,7 @@ fn cluster_up(
             host: api_port,
             guest: 6443,
         }])],
+        disks,
         state_dir: state_dir.to_path_buf(),
     };
     let console = cfg.serial_log();

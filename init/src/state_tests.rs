@@ -1,0 +1,308 @@
+use std::path::Path;
+
+use nix::mount::MsFlags;
+
+use super::*;
+use crate::fake::FakeKernel;
+
+const MIB: u64 = 1 << 20;
+
+fn part(name: &str, number: u32, label: Option<&str>) -> PartDev {
+    PartDev {
+        name: name.into(),
+        number,
+        label: label.map(Into::into),
+        sectors: 2048 * 256,
+    }
+}
+
+fn disk(name: &str, partitions: Vec<PartDev>) -> BlockDev {
+    BlockDev {
+        name: name.into(),
+        sectors: 2048 * 512,
+        partitions,
+    }
+}
+
+fn decide(
+    disks: &[BlockDev],
+    wanted: Option<&str>,
+    contents: Contents,
+    blank: bool,
+) -> Result<Plan, StateError> {
+    plan(disks, wanted, &mut |_| Ok(contents), &mut |_| Ok(blank))
+}
+
+const EXT4: Contents = Contents::Ext4 {
+    blocks: 32768,
+    block_size: 4096,
+};
+
+#[test]
+fn plans_follow_the_rules_for_what_is_ours() {
+    // Nothing labelled, nothing named: tmpfs.
+    let none = [disk("vda", vec![])];
+    assert_eq!(decide(&none, None, EXT4, true).unwrap(), Plan::Ephemeral);
+    // A labelled ext4 is used wherever it is.
+    let labelled = [
+        disk("vda", vec![part("vda1", 1, Some("EFI"))]),
+        disk("vdb", vec![part("vdb1", 1, Some("STATE"))]),
+    ];
+    assert_eq!(
+        decide(&labelled, None, EXT4, false).unwrap(),
+        Plan::Use {
+            partition: "vdb1".into(),
+            sectors: 2048 * 256,
+            contents: EXT4
+        }
+    );
+    // An empty labelled partition is formatted only on the named disk.
+    let err = decide(&labelled, None, Contents::Empty, false).unwrap_err();
+    assert!(err.to_string().contains("strake.disk="), "{err}");
+    assert!(matches!(
+        decide(&labelled, Some("vdb"), Contents::Empty, false).unwrap(),
+        Plan::Use {
+            contents: Contents::Empty,
+            ..
+        }
+    ));
+    // Something else in it is never touched.
+    let err = decide(&labelled, Some("vdb"), Contents::Other, false).unwrap_err();
+    assert!(err.to_string().contains("not ext4"), "{err}");
+    // Two STATE partitions: which one is meant is not guessed.
+    let two = [
+        disk("vda", vec![part("vda2", 2, Some("STATE"))]),
+        disk("vdb", vec![part("vdb1", 1, Some("STATE"))]),
+    ];
+    let err = decide(&two, None, EXT4, false).unwrap_err();
+    assert!(err.to_string().contains("/dev/vda2, /dev/vdb1"), "{err}");
+    // ... unless the disk is named.
+    assert!(matches!(
+        decide(&two, Some("vdb"), EXT4, false).unwrap(),
+        Plan::Use { partition, .. } if partition == "vdb1"
+    ));
+    // A named blank disk is laid out; a named disk with anything on it is refused.
+    assert_eq!(
+        decide(&none, Some("vda"), EXT4, true).unwrap(),
+        Plan::Install {
+            disk: "vda".into(),
+            sectors: 2048 * 512
+        }
+    );
+    let err = decide(&none, Some("vda"), EXT4, false).unwrap_err();
+    assert!(err.to_string().contains("not blank"), "{err}");
+    let foreign = [disk("vda", vec![part("vda1", 1, Some("root"))])];
+    let err = decide(&foreign, Some("vda"), EXT4, true).unwrap_err();
+    assert!(
+        err.to_string().contains("vda1") && err.to_string().contains("none is labelled STATE"),
+        "{err}"
+    );
+    // A named disk that is not there.
+    assert!(matches!(
+        decide(&none, Some("sda"), EXT4, true),
+        Err(StateError::NoDisk { .. })
+    ));
+}
+
+#[test]
+fn superblocks_are_read_for_their_size() {
+    let mut head = vec![0u8; 4096];
+    assert_eq!(contents(&head), Contents::Empty);
+    head[0x438] = 0x53;
+    head[0x439] = 0xEF;
+    head[1024 + 4..1024 + 8].copy_from_slice(&1000u32.to_le_bytes());
+    head[1024 + 0x18] = 2; // 4096-byte blocks
+    assert_eq!(
+        contents(&head),
+        Contents::Ext4 {
+            blocks: 1000,
+            block_size: 4096
+        }
+    );
+    // 64bit: the high half counts.
+    head[1024 + 0x60] = 0x80;
+    head[1024 + 0x150] = 1;
+    assert_eq!(
+        contents(&head),
+        Contents::Ext4 {
+            blocks: (1 << 32) + 1000,
+            block_size: 4096
+        }
+    );
+    head[0x438] = 0;
+    assert_eq!(contents(&head), Contents::Other);
+}
+
+fn write(path: &Path, bytes: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// A root with a 512 MiB blank `vda` in sysfs and /dev, and a template: an "ext4" of 32 MiB
+/// whose superblock says 8192 blocks.
+fn machine() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write(&root.join("sys/class/block/vda/size"), b"1048576\n");
+    write(&root.join("sys/class/block/vda/uevent"), b"DEVNAME=vda\n");
+    write(&root.join("sys/class/block/loop0/size"), b"100\n");
+    let f = std::fs::File::create(root.join("dev/vda")).unwrap_or_else(|_| {
+        std::fs::create_dir_all(root.join("dev")).unwrap();
+        std::fs::File::create(root.join("dev/vda")).unwrap()
+    });
+    f.set_len(512 * MIB).unwrap();
+    let mut image = vec![0u8; (32 * MIB) as usize];
+    image[0x438] = 0x53;
+    image[0x439] = 0xEF;
+    image[1024 + 4..1024 + 8].copy_from_slice(&8192u32.to_le_bytes());
+    image[1024 + 0x18] = 2;
+    image[5 * 4096] = 7;
+    write(
+        &root.join(TEMPLATE.trim_start_matches('/')),
+        &strake_disk::sparse::encode(&image, 4096),
+    );
+    dir
+}
+
+fn kernel_shows_partition(fake: &FakeKernel, root: &Path, sectors: u64) {
+    fake.state().reread_creates = vec![
+        (
+            root.join("sys/class/block/vda/vda1/partition"),
+            b"1\n".to_vec(),
+        ),
+        (
+            root.join("sys/class/block/vda/vda1/size"),
+            format!("{sectors}\n").into_bytes(),
+        ),
+        (
+            root.join("sys/class/block/vda/vda1/uevent"),
+            b"DEVNAME=vda1\nPARTNAME=STATE\n".to_vec(),
+        ),
+        (root.join("dev/vda1"), Vec::new()),
+    ];
+}
+
+#[test]
+fn a_blank_named_disk_is_partitioned_formatted_grown_and_mounted_then_reused() {
+    let dir = machine();
+    let root = dir.path();
+    let fake = FakeKernel::default();
+    let sectors = 1048576 - 2048 - 33 - 1;
+    kernel_shows_partition(&fake, root, sectors);
+    let status = prepare(root, Some("vda"), &mut fake.clone(), &mut fake.clone()).unwrap();
+    assert_eq!(
+        status,
+        Status {
+            device: Some("/dev/vda1".into()),
+            bytes: sectors * 512,
+            partitioned: true,
+            formatted: true,
+            grown_from_blocks: Some(8192),
+        }
+    );
+    // The disk now carries a GPT with STATE filling it.
+    let vda = std::fs::read(root.join("dev/vda")).unwrap();
+    let mut read = |off: u64, len: usize| Ok(vda[off as usize..off as usize + len].to_vec());
+    let table = strake_disk::gpt::read(1048576, &mut read)
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let state = table.partition("STATE").unwrap();
+    assert_eq!((state.first_lba, state.last_lba), (2048, 1048576 - 34));
+    // The template went onto the partition, zeroed first.
+    let vda1 = std::fs::read(root.join("dev/vda1")).unwrap();
+    assert_eq!(vda1.len() as u64, 32 * MIB);
+    assert_eq!((vda1[0x438], vda1[5 * 4096]), (0x53, 7));
+    {
+        let st = fake.state();
+        assert_eq!(st.grows, [sectors * 512 / 4096]);
+        let mounts: Vec<(&str, &str, &str, MsFlags)> = st
+            .mounts
+            .iter()
+            .map(|m| {
+                (
+                    m.source.as_str(),
+                    m.target.as_str(),
+                    m.fstype.as_str(),
+                    m.flags,
+                )
+            })
+            .collect();
+        assert_eq!(
+            mounts,
+            [
+                (
+                    "/dev/vda1",
+                    MOUNT_POINT,
+                    "ext4",
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV
+                ),
+                (LOG_DIR, "/var/log", "none", MsFlags::MS_BIND),
+            ]
+        );
+        assert_eq!(
+            st.calls.iter().filter(|c| c.starts_with("zero ")).count(),
+            1
+        );
+    }
+    publish(root, &status).unwrap();
+    let json = std::fs::read_to_string(root.join("run/strake/state.json")).unwrap();
+    assert!(json.contains("\"formatted\": true"), "{json}");
+
+    // The next boot finds it by its label and formats nothing, even when the disk is not named.
+    let again = FakeKernel::default();
+    let status = prepare(root, None, &mut again.clone(), &mut again.clone()).unwrap();
+    assert!(!status.formatted && !status.partitioned, "{status:?}");
+    assert_eq!(status.device.as_deref(), Some("/dev/vda1"));
+    assert!(
+        !again.state().calls.iter().any(|c| c.starts_with("zero ")),
+        "{:?}",
+        again.state().calls
+    );
+}
+
+#[test]
+fn a_disk_with_foreign_data_is_refused_and_left_as_it_was() {
+    let dir = machine();
+    let root = dir.path();
+    let junk = b"some filesystem that is not ours";
+    {
+        use std::os::unix::fs::FileExt as _;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(root.join("dev/vda"))
+            .unwrap();
+        f.write_all_at(junk, 300 * MIB).unwrap();
+        f.write_all_at(junk, 4096).unwrap();
+    }
+    let before = std::fs::read(root.join("dev/vda")).unwrap();
+    let fake = FakeKernel::default();
+    let err = prepare(root, Some("vda"), &mut fake.clone(), &mut fake.clone()).unwrap_err();
+    assert!(
+        err.to_string().contains("/dev/vda: it is not blank"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(root.join("dev/vda")).unwrap(), before);
+    assert!(fake.state().mounts.is_empty());
+
+    // Without strake.disk= and without a STATE partition the node runs on tmpfs.
+    let status = prepare(root, None, &mut fake.clone(), &mut fake.clone()).unwrap();
+    assert_eq!(status.device, None);
+    assert!(fake.state().mounts.is_empty());
+}
+
+#[test]
+fn a_partition_too_small_for_the_template_is_refused() {
+    let dir = machine();
+    let root = dir.path();
+    write(&root.join("sys/class/block/vda/vda1/partition"), b"1\n");
+    write(&root.join("sys/class/block/vda/vda1/size"), b"2048\n");
+    write(
+        &root.join("sys/class/block/vda/vda1/uevent"),
+        b"PARTNAME=STATE\n",
+    );
+    write(&root.join("dev/vda1"), &[]);
+    let fake = FakeKernel::default();
+    let err = prepare(root, Some("vda"), &mut fake.clone(), &mut fake.clone()).unwrap_err();
+    assert!(err.to_string().contains("needs at least 32 MiB"), "{err}");
+}
