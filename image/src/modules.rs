@@ -337,6 +337,8 @@ pub const STRAKE_MODULES: &[(&str, bool)] = &[
     ("virtio_blk", false),
     ("virtio_console", false),
     ("virtio_rng", false),
+    // A machine config handed over by QEMU (`-fw_cfg name=opt/strake/config,...`).
+    ("qemu_fw_cfg", true),
     ("button", false),
     ("evdev", false),
     ("overlay", false),

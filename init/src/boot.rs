@@ -1,4 +1,4 @@
-//! The boot sequence as data: eight named phases, each a list of tasks over a [`BootCtx`] that
+//! The boot sequence as data: nine named phases, each a list of tasks over a [`BootCtx`] that
 //! holds the kernel seams and what earlier tasks learned.
 
 use std::net::Ipv4Addr;
@@ -10,6 +10,7 @@ use nix::errno::Errno;
 use crate::config::{BootConfig, ConfigError, IpConfig};
 use crate::console::{self, ConsoleError, RingFile};
 use crate::dhcp::RetryPolicy;
+use crate::machine::{self, Source};
 use crate::modules::{self, DEFAULT_MODULES, ModuleIndex};
 use crate::mounts::{self, MountError, host_path};
 use crate::network::{self, NetError, NetState};
@@ -45,6 +46,8 @@ pub enum BootError {
     Services(String),
     #[error("STATE: {0}")]
     State(#[from] StateError),
+    #[error("{0}")]
+    MachineConfig(String),
 }
 
 /// Opens the network configurator (rtnetlink in production) when the hostname or network phase
@@ -82,6 +85,8 @@ pub struct BootCtx {
     pub hostname: Option<String>,
     pub net_state: Option<NetState>,
     pub services: Vec<ServiceSpec>,
+    /// The machine config in force, once one is found.
+    pub machine: Option<machine::Loaded>,
 }
 
 impl BootCtx {
@@ -100,6 +105,7 @@ impl BootCtx {
             hostname: None,
             net_state: None,
             services: Vec::new(),
+            machine: None,
         }
     }
 
@@ -157,7 +163,20 @@ pub fn phases() -> Vec<BootPhase> {
             "modules",
             vec![task("load", load_modules), task("efivarfs", efivarfs)],
         ),
-        Phase::new("state", vec![task("prepare", prepare_state)]),
+        Phase::new(
+            "machine-config",
+            vec![
+                task("find", machine_config),
+                task("modules", config_modules),
+            ],
+        ),
+        Phase::new(
+            "state",
+            vec![
+                task("prepare", prepare_state),
+                task("modules", stored_config_modules),
+            ],
+        ),
         Phase::new(
             "hostname",
             vec![task("choose", choose_hostname), task("set", set_hostname)],
@@ -170,7 +189,13 @@ pub fn phases() -> Vec<BootPhase> {
                 task("publish", publish_network),
             ],
         ),
-        Phase::new("services", vec![task("plan", plan_services)]),
+        Phase::new(
+            "services",
+            vec![
+                task("machine-settings", machine_settings),
+                task("plan", plan_services),
+            ],
+        ),
     ]
 }
 
@@ -252,25 +277,31 @@ fn describe_ip(ip: &IpConfig) -> String {
 }
 
 fn load_modules(ctx: &mut BootCtx) -> Result<(), BootError> {
-    let release = ctx.seams.modules.kernel_release();
-    let index = match ModuleIndex::read(&ctx.root, &release) {
-        Ok(i) => i,
-        Err(e) => {
-            tracing::warn!(target: "strake_init::modules", "{e}; loading no modules");
-            return Ok(());
-        }
-    };
     let mut names = ctx.default_modules.clone();
     names.extend(ctx.config.extra_modules.iter().cloned());
     if mounts::is_uefi(&ctx.root) {
         names.push("efivarfs".into());
     }
+    load_named(ctx, &names);
+    Ok(())
+}
+
+/// Loads `names` and their dependencies; problems are warnings (a missing module is not fatal).
+fn load_named(ctx: &mut BootCtx, names: &[String]) {
+    let release = ctx.seams.modules.kernel_release();
+    let index = match ModuleIndex::read(&ctx.root, &release) {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::warn!(target: "strake_init::modules", "{e}; loading no modules");
+            return;
+        }
+    };
     let report = modules::load_modules(
         ctx.seams.modules.as_mut(),
         &index,
         &ctx.root,
         &release,
-        &names,
+        names,
     );
     for w in &report.warnings {
         tracing::warn!(target: "strake_init::modules", "{w}");
@@ -283,7 +314,6 @@ fn load_modules(ctx: &mut BootCtx) -> Result<(), BootError> {
         report.failed.len(),
         report.loaded.join(" ")
     );
-    Ok(())
 }
 
 fn efivarfs(ctx: &mut BootCtx) -> Result<(), BootError> {
@@ -307,7 +337,107 @@ fn prepare_state(ctx: &mut BootCtx) -> Result<(), BootError> {
         path: state::STATUS_PATH.into(),
         source,
     })?;
+    if status.device.is_none() {
+        return Ok(());
+    }
+    // A config given on this boot is kept for the next; without one, the kept one applies.
+    match &ctx.machine {
+        Some(l) if l.source != Source::State => {
+            machine::store(&ctx.root, &l.yaml).map_err(|source| BootError::Write {
+                path: machine::STORED.into(),
+                source,
+            })?;
+            tracing::info!(target: "strake_init::machine", "machine config kept on STATE ({})", machine::STORED);
+        }
+        Some(_) => {}
+        None => {
+            if let Some(text) = machine::stored(&ctx.root) {
+                let text = text.map_err(|e| {
+                    BootError::MachineConfig(format!("reading {}: {e}", machine::STORED))
+                })?;
+                let loaded =
+                    machine::load(&text, Source::State).map_err(BootError::MachineConfig)?;
+                adopt(ctx, loaded)?;
+            }
+        }
+    }
     Ok(())
+}
+
+/// The config given on this boot: inline on the command line, else through QEMU's fw_cfg.
+fn machine_config(ctx: &mut BootCtx) -> Result<(), BootError> {
+    let (yaml, source) = match ctx.config.machine_config.take() {
+        Some(yaml) => (yaml, Source::CommandLine),
+        None => match machine::fw_cfg(&ctx.root) {
+            None => return Ok(()),
+            Some(text) => (
+                text.map_err(|e| {
+                    BootError::MachineConfig(format!("reading {}: {e}", machine::FW_CFG))
+                })?,
+                Source::FwCfg,
+            ),
+        },
+    };
+    let loaded = machine::load(&yaml, source).map_err(BootError::MachineConfig)?;
+    adopt(ctx, loaded)
+}
+
+/// Loads the modules the machine config given on this boot adds.
+fn config_modules(ctx: &mut BootCtx) -> Result<(), BootError> {
+    load_config_modules(ctx, |s| s != Source::State)
+}
+
+/// Loads the modules the machine config kept on STATE adds, when that is the one in force.
+fn stored_config_modules(ctx: &mut BootCtx) -> Result<(), BootError> {
+    load_config_modules(ctx, |s| s == Source::State)
+}
+
+fn load_config_modules(ctx: &mut BootCtx, from: fn(Source) -> bool) -> Result<(), BootError> {
+    let Some(loaded) = ctx.machine.as_ref().filter(|l| from(l.source)) else {
+        return Ok(());
+    };
+    let names: Vec<String> = loaded
+        .config
+        .machine
+        .kernel
+        .modules
+        .iter()
+        .map(|m| m.name.clone())
+        .collect();
+    if !names.is_empty() {
+        load_named(ctx, &names);
+    }
+    Ok(())
+}
+
+/// Makes a validated machine config the one in force: folds it over the command line's
+/// settings and rewrites the services' copy of them.
+fn adopt(ctx: &mut BootCtx, loaded: machine::Loaded) -> Result<(), BootError> {
+    for field in machine::fold(&loaded.config, &mut ctx.config) {
+        tracing::warn!(target: "strake_init::machine", "{field}: set in the machine config but not applied by this version");
+    }
+    tracing::info!(
+        target: "strake_init::machine",
+        "machine config from {}: role {:?}, hostname {}, ip {}",
+        loaded.source.describe(),
+        ctx.config.role,
+        ctx.config.hostname.as_deref().unwrap_or("(from the NIC)"),
+        describe_ip(&ctx.config.ip)
+    );
+    ctx.config
+        .save(host_path(&ctx.root, BootConfig::RUNTIME_PATH))?;
+    ctx.machine = Some(loaded);
+    Ok(())
+}
+
+fn machine_settings(ctx: &mut BootCtx) -> Result<(), BootError> {
+    let Some(loaded) = &ctx.machine else {
+        return Ok(());
+    };
+    for failure in machine::apply_sysctls(&ctx.root, &loaded.config) {
+        tracing::warn!(target: "strake_init::machine", "{failure}");
+    }
+    machine::write_files(&ctx.root, &loaded.config).map_err(BootError::MachineConfig)
 }
 
 fn wanted_interface(config: &BootConfig) -> Option<String> {

@@ -85,6 +85,7 @@ fn full_boot_against_the_fake_kernel() {
             "mounts",
             "console-log",
             "modules",
+            "machine-config",
             "state",
             "hostname",
             "network",
@@ -233,4 +234,83 @@ fn duplicate_service_names_are_refused() {
     });
     let err = run_sequence(&phases(), &mut ctx).expect_err("dup");
     assert_eq!(err.phase, "services");
+}
+
+fn inline_config(yaml: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "strake.config={}",
+        base64::engine::general_purpose::STANDARD.encode(yaml)
+    )
+}
+
+#[test]
+fn an_inline_machine_config_wins_over_the_command_line_keys() {
+    let yaml = "apiVersion: strake.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  role: worker\n  hostname: from-config\n  network:\n    interfaces:\n      - interface: eth0\n        addresses: [192.168.9.4/24]\n        routes: [{network: 0.0.0.0/0, gateway: 192.168.9.1}]\ncluster:\n  name: lab\n  endpoint: https://192.168.9.2:6443\n  token: abcdef.0123456789abcdef\n  caPin: sha256:0000000000000000000000000000000000000000000000000000000000000000\n";
+    let root = root_with(&format!(
+        "strake.hostname=from-cmdline strake.role=controlplane {}",
+        inline_config(yaml)
+    ));
+    let fake = FakeKernel::with_nic();
+    let mut ctx = ctx_for(root.path(), &fake);
+    run_sequence(&phases(), &mut ctx).expect("boot");
+    let calls = fake.state().calls.clone();
+    assert!(
+        calls.contains(&"hostname from-config".to_string()),
+        "{calls:?}"
+    );
+    assert!(calls.contains(&"addr 2 192.168.9.4/24".to_string()));
+    assert!(!calls.iter().any(|c| c.starts_with("dhcp")), "{calls:?}");
+    let cfg = BootConfig::load(root.path().join("run/strake/boot.json")).expect("boot.json");
+    assert_eq!(cfg.role, Role::Worker);
+    assert_eq!(cfg.api_endpoint.as_deref(), Some("192.168.9.2:6443"));
+    assert_eq!(cfg.token.as_deref(), Some("abcdef.0123456789abcdef"));
+    // The worker role's services, not the control plane's.
+    assert_eq!(ctx.services.len(), 1);
+}
+
+#[test]
+fn an_invalid_machine_config_stops_the_boot_listing_every_error() {
+    let yaml = "apiVersion: strake.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  role: worker\n  hostname: -bad-\n  network:\n    interfaces:\n      - interface: eth0\n        addresses: [192.168.9.400/24]\ncluster:\n  name: lab\n";
+    let root = root_with(&inline_config(yaml));
+    let fake = FakeKernel::with_nic();
+    let mut ctx = ctx_for(root.path(), &fake);
+    let err = run_sequence(&phases(), &mut ctx).expect_err("must fail");
+    assert_eq!((err.phase, err.task), ("machine-config", "find"));
+    let text = err.to_string();
+    for path in [
+        "machine.hostname",
+        "machine.network.interfaces[0].addresses[0]",
+        "cluster",
+    ] {
+        assert!(text.contains(path), "{path} missing from: {text}");
+    }
+    assert!(
+        !fake.state().calls.iter().any(|c| c.starts_with("hostname")),
+        "nothing after the config may run"
+    );
+}
+
+#[test]
+fn a_machine_config_from_fw_cfg_applies_and_loads_its_modules() {
+    let yaml = "apiVersion: strake.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  role: controlplane\n  hostname: from-fw-cfg\n  kernel:\n    modules:\n      - name: vxlan\ncluster:\n  name: lab\n  token: abcdef.0123456789abcdef\n";
+    let root = root_with("strake.hostname=from-cmdline");
+    let raw = root
+        .path()
+        .join("sys/firmware/qemu_fw_cfg/by_name/opt/strake/config/raw");
+    std::fs::create_dir_all(raw.parent().expect("parent")).expect("fw_cfg dir");
+    std::fs::write(&raw, yaml).expect("fw_cfg");
+    let fake = FakeKernel::with_nic();
+    let mut ctx = ctx_for(root.path(), &fake);
+    run_sequence(&phases(), &mut ctx).expect("boot");
+    let calls = fake.state().calls.clone();
+    assert!(
+        calls.contains(&"hostname from-fw-cfg".to_string()),
+        "{calls:?}"
+    );
+    assert!(calls.contains(&"load vxlan".to_string()), "{calls:?}");
+    assert_eq!(
+        ctx.machine.as_ref().map(|m| m.source),
+        Some(machine::Source::FwCfg)
+    );
 }

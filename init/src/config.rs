@@ -75,6 +75,10 @@ pub struct BootConfig {
     /// is only found by its label, and nothing is ever formatted.
     #[serde(default)]
     pub state_disk: Option<String>,
+    /// A machine config given inline (`strake.config=<base64 YAML>`); init validates it and
+    /// folds it over these settings. Not written to the runtime copy.
+    #[serde(skip)]
+    pub machine_config: Option<String>,
     pub debug: bool,
 }
 
@@ -174,6 +178,9 @@ impl BootConfig {
                     }
                     _ => Err(invalid("expected auto, host-gw or vxlan".into())),
                 },
+                "config" => decode_config(value_str)
+                    .map(|c| cfg.machine_config = Some(c))
+                    .map_err(invalid),
                 "disk" => parse_disk(value_str)
                     .map(|d| cfg.state_disk = Some(d))
                     .map_err(invalid),
@@ -271,6 +278,23 @@ fn parse_role(v: &str) -> Result<Role, String> {
         "worker" => Ok(Role::Worker),
         _ => Err("expected `controlplane` or `worker`".into()),
     }
+}
+
+/// An inline machine config: base64 (standard or URL-safe, padding optional) of UTF-8 YAML.
+fn decode_config(v: &str) -> Result<String, String> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    let trimmed = v.trim_end_matches('=');
+    let bytes = STANDARD_NO_PAD
+        .decode(trimmed)
+        .or_else(|_| URL_SAFE_NO_PAD.decode(trimmed))
+        .map_err(|e| format!("not base64: {e}"))?;
+    let text =
+        String::from_utf8(bytes).map_err(|_| "the decoded config is not UTF-8".to_owned())?;
+    if text.trim().is_empty() {
+        return Err("the decoded config is empty".into());
+    }
+    Ok(text)
 }
 
 /// `/dev/vda` or `vda`: a kernel block device name, never a path elsewhere.
@@ -517,6 +541,8 @@ mod tests {
             ("strake.podnet=flannel", "strake.podnet"),
             ("strake.disk=/dev/../etc/passwd", "strake.disk"),
             ("strake.disk=", "strake.disk"),
+            ("strake.config=@@not-base64@@", "strake.config"),
+            ("strake.config=", "strake.config"),
         ];
         for (line, key) in cases {
             let (cfg, w) = parse(line);

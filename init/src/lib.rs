@@ -6,6 +6,7 @@ pub mod boot;
 pub mod config;
 pub mod console;
 pub mod dhcp;
+pub mod machine;
 pub mod modules;
 pub mod mounts;
 pub mod network;

@@ -43,6 +43,8 @@ pub const DEFAULT_MODULES: &[&str] = &[
     // For the ACPI power button (QEMU's `system_powerdown`): the button driver and its evdev node.
     "button",
     "evdev",
+    // QEMU's fw_cfg in sysfs: a machine config may come through it.
+    "qemu_fw_cfg",
 ];
 
 /// `MODULE_INIT_COMPRESSED_FILE` from `<linux/module.h>` (not in libc yet).

@@ -97,6 +97,8 @@ pub struct VmConfig {
     pub nics: Vec<Nic>,
     /// Virtio disks, `/dev/vda` first: qcow2 when the name ends in `.qcow2`, raw otherwise.
     pub disks: Vec<PathBuf>,
+    /// Files handed to the guest through fw_cfg, by name (`opt/...`).
+    pub fw_cfg: Vec<(String, PathBuf)>,
     /// Directory for the serial log, QMP socket and pid file.
     pub state_dir: PathBuf,
 }
@@ -206,6 +208,16 @@ impl VmConfig {
             cmdline,
         ];
         args.extend(net_args);
+        for (name, file) in &self.fw_cfg {
+            let path = file.display().to_string();
+            if !name.starts_with("opt/") || name.contains(',') || path.contains(',') {
+                return Err(QemuError::Config(format!(
+                    "fw_cfg entry {name:?} ({path:?}): the name must start with opt/ and neither may contain ','"
+                )));
+            }
+            args.push(s("-fw_cfg"));
+            args.push(format!("name={name},file={path}"));
+        }
         for (i, disk) in self.disks.iter().enumerate() {
             let path = disk.display().to_string();
             if path.contains(',') {
@@ -531,8 +543,22 @@ mod tests {
                 guest: 6443,
             }])],
             disks: Vec::new(),
+            fw_cfg: Vec::new(),
             state_dir: "/tmp/s".into(),
         }
+    }
+
+    #[test]
+    fn fw_cfg_files_are_named_under_opt() {
+        let mut c = cfg();
+        c.fw_cfg = vec![("opt/strake/config".into(), "/d/m.yaml".into())];
+        let a = c.args().unwrap().join(" ");
+        assert!(
+            a.contains("-fw_cfg name=opt/strake/config,file=/d/m.yaml"),
+            "{a}"
+        );
+        c.fw_cfg = vec![("etc/x".into(), "/d/m.yaml".into())];
+        assert!(c.args().is_err());
     }
 
     #[test]

@@ -125,6 +125,7 @@ fn three_node_lab_networking() -> anyhow::Result<()> {
                 mac: [0x52, 0x54, 0x00, 0x77, 0x00, 0x10 + i as u8],
             }],
             disks: Vec::new(),
+            fw_cfg: Vec::new(),
             state_dir: state.path().to_path_buf(),
         };
         vms.push(Vm::start(cfg)?);

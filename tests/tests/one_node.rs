@@ -68,6 +68,7 @@ fn one_node_cluster_runs_pods_through_kubectl() -> anyhow::Result<()> {
             guest: 6443,
         }])],
         disks: vec![disk],
+        fw_cfg: Vec::new(),
         state_dir: state.path().to_path_buf(),
     };
     let console_path = cfg.serial_log();
@@ -104,24 +105,84 @@ fn one_node_cluster_runs_pods_through_kubectl() -> anyhow::Result<()> {
         "the first boot did not report formatting STATE on /dev/vda1"
     );
 
-    // Boot the same disk again: the cluster is still there, reached with the same kubeconfig.
-    let mut again = vm.config().clone();
+    // Boot the same disk again, configured by a machine config on the command line instead of
+    // strake.* keys: the cluster is still there, reached with the same kubeconfig.
+    let kubeconfig = state.path().join("kubeconfig");
+    let first = vm.config().clone();
+    let machine_config = format!(
+        "apiVersion: strake.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  role: controlplane\n  hostname: e2e-node\n  install:\n    disk: /dev/vda\ncluster:\n  name: e2e\n  token: {token}\n"
+    );
+    let mut again = first.clone();
     again.name = "e2e-node-reboot".into();
-    let console_path = again.serial_log();
-    let mut vm = Vm::start(again)?;
-    let result = after_reboot(&rt, &mut vm, api_port, &state.path().join("kubeconfig"));
+    again.cmdline = format!(
+        "strake.registry.insecure={guest_registry} strake.config={}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &machine_config)
+    );
+    boot_again(again, |vm| {
+        after_reboot(&rt, vm, api_port, &kubeconfig, true)?;
+        let console = vm.console();
+        ensure!(
+            console.contains("machine config from the kernel command line")
+                && console.contains("machine config kept on STATE"),
+            "the second boot did not take its machine config from the command line and keep it"
+        );
+        Ok(())
+    })?;
+
+    // A third boot takes the same config through QEMU's fw_cfg.
+    let config_file = state.path().join("machine.yaml");
+    std::fs::write(&config_file, &machine_config)?;
+    let mut third = first.clone();
+    third.name = "e2e-node-fw-cfg".into();
+    third.cmdline = format!("strake.registry.insecure={guest_registry}");
+    third.fw_cfg = vec![("opt/strake/config".into(), config_file)];
+    boot_again(third, |vm| {
+        after_reboot(&rt, vm, api_port, &kubeconfig, false)?;
+        ensure!(
+            vm.console()
+                .contains("machine config from QEMU fw_cfg (opt/strake/config)"),
+            "the third boot did not take its machine config from fw_cfg"
+        );
+        Ok(())
+    })?;
+
+    // A fourth boot with nothing on the command line but the registry: STATE is found by its
+    // label and the machine config kept on it names the node and its role.
+    let mut fourth = first;
+    fourth.name = "e2e-node-fourth".into();
+    fourth.cmdline = format!("strake.registry.insecure={guest_registry}");
+    boot_again(fourth, |vm| {
+        after_reboot(&rt, vm, api_port, &kubeconfig, false)?;
+        ensure!(
+            vm.console()
+                .contains("machine config from /var/lib/strake/config/machine.yaml"),
+            "the fourth boot did not take the machine config kept on STATE"
+        );
+        Ok(())
+    })
+}
+
+/// Boots `cfg`, runs `check`, and powers the VM off; on failure prints its console.
+fn boot_again(
+    cfg: VmConfig,
+    check: impl FnOnce(&mut Vm) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut vm = Vm::start(cfg)?;
+    let result = check(&mut vm).and_then(|()| {
+        ensure!(
+            vm.power_off(Duration::from_secs(60)),
+            "the guest did not power off within 60 s of the power button"
+        );
+        Ok(())
+    });
     if result.is_err() {
         eprintln!(
-            "---- guest console after the reboot ----\n{}\n-----------------------",
-            strake_qemu::tail(&console_path, 150)
+            "---- guest console of {} ----\n{}\n-----------------------",
+            vm.config().name,
+            strake_qemu::tail(&vm.config().serial_log(), 150)
         );
     }
-    result?;
-    ensure!(
-        vm.power_off(Duration::from_secs(60)),
-        "the rebooted guest did not power off within 60 s of the power button"
-    );
-    Ok(())
+    result
 }
 
 /// Objects the reboot must keep: a namespace, a ConfigMap, a Secret (encrypted at rest, so
@@ -170,11 +231,15 @@ fn before_reboot(kubeconfig: &std::path::Path, registry: &str) -> anyhow::Result
     )
 }
 
+/// Checks a boot after the first: STATE mounted and not formatted, the node Ready under its
+/// old credentials, the objects written before with their uids, and (with `pods`) the keeper
+/// deployment's pod running again.
 fn after_reboot(
     rt: &tokio::runtime::Runtime,
     vm: &mut Vm,
     api_port: u16,
     kubeconfig: &std::path::Path,
+    pods: bool,
 ) -> anyhow::Result<()> {
     let server = format!("https://127.0.0.1:{api_port}");
     vm.wait_until(
@@ -231,6 +296,9 @@ fn after_reboot(
         secret.trim() == "czNjcmV0LWFjcm9zcy1yZWJvb3Rz",
         "the Secret after the reboot reads {secret:?}"
     );
+    if !pods {
+        return Ok(());
+    }
     // The deployment's pod runs again: a container answers exec on this boot.
     poll(
         "the keeper pod running again after the reboot",
@@ -261,7 +329,7 @@ fn after_reboot(
         },
     )?;
     println!(
-        "MEASURED: QEMU start -> API ready, second boot from STATE: {:.2} s",
+        "MEASURED: QEMU start -> API ready, booting a cluster from STATE: {:.2} s",
         vm.uptime().as_secs_f64()
     );
     Ok(())

@@ -589,7 +589,7 @@ async fn containers_of_a_sandbox_share_its_network_uts_and_ipc() {
             &[
                 "/bin/sh",
                 "-c",
-                "echo host=$(hostname); echo ifaces=$(busybox awk -F: 'NR>2{gsub(/ /,\"\",$1); printf \"%s,\", $1}' /proc/net/dev); ls -l /proc/self/ns/",
+                "echo host=$(hostname); echo ifaces=$(busybox awk -F: 'NR>2{gsub(/ /,\"\",$1); printf \"%s,\", $1}' /proc/net/dev); echo pid1=$(busybox cat /proc/1/comm); ls -l /proc/self/ns/",
             ],
         );
         spec.network = NetworkMode::Path(sandbox.net.clone());
@@ -623,11 +623,21 @@ async fn containers_of_a_sandbox_share_its_network_uts_and_ipc() {
             "{kind} shared"
         );
     }
-    assert_ne!(
-        ns_line(&ids[0].1, "pid"),
-        ns_line(&ids[1].1, "pid"),
-        "pid not shared"
-    );
+    // Each container has a PID namespace of its own: its shell is PID 1 there, and the namespace
+    // is not the host's. (The two containers ran one after the other, so the kernel may give
+    // the second one's namespace the inode number the first one's had.)
+    let host_pid = format!("pid:[{}]", ns_of(Path::new("/proc/self/ns/pid")).unwrap());
+    for (id, log) in &ids {
+        assert!(
+            log.contains("pid1=sh\n"),
+            "{id} is not PID 1 of its own namespace: {log}"
+        );
+        assert_ne!(
+            ns_line(log, "pid"),
+            host_pid,
+            "{id} shares the host's PID namespace"
+        );
+    }
     for (id, _) in &ids {
         fx.runtime.remove(id).await.unwrap();
     }

@@ -32,6 +32,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ClusterCmd,
     },
+    /// Check a machine config (strake.dev/v1alpha1 MachineConfig) and list every problem in
+    /// it, each with its field path; exits non-zero if there is any.
+    Validate {
+        /// The YAML file ("-" reads standard input).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Fetch admin credentials with the bootstrap token and write a kubeconfig.
     Kubeconfig {
         /// API server URL, e.g. https://127.0.0.1:6443
@@ -144,6 +151,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Cluster {
             cmd: ClusterCmd::Up(args),
         } => cluster_up(&args),
+        Cmd::Validate { config } => validate(&config),
         Cmd::Cluster {
             cmd: ClusterCmd::Down { state_dir },
         } => {
@@ -192,6 +200,32 @@ async fn write_kubeconfig(
     std::fs::write(output, creds.kubeconfig(cluster, server))
         .with_context(|| format!("writing {}", output.display()))?;
     Ok(())
+}
+
+fn validate(path: &Path) -> anyhow::Result<()> {
+    let text = if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+    };
+    match strake_machineconfig::MachineConfig::parse(&text) {
+        Ok(cfg) => {
+            println!(
+                "{}: a valid {:?} machine config",
+                path.display(),
+                cfg.machine.role
+            );
+            Ok(())
+        }
+        Err(errors) => {
+            let n = errors.errors.len();
+            bail!(
+                "{} is not a valid machine config ({n} problem{}):\n{errors}",
+                path.display(),
+                if n == 1 { "" } else { "s" }
+            )
+        }
+    }
 }
 
 /// The STATE disk of `cluster up`: a sparse raw file, made on first use.
@@ -289,6 +323,7 @@ fn cluster_up(args: &UpArgs) -> anyhow::Result<()> {
             guest: 6443,
         }])],
         disks,
+        fw_cfg: Vec::new(),
         state_dir: state_dir.to_path_buf(),
     };
     let console = cfg.serial_log();
