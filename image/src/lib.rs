@@ -145,7 +145,7 @@ pub fn build(opts: &BuildOptions) -> Result<Artifacts, ImageError> {
         modules: &selection.modules,
         modules_builtin: &builtin_text,
         release_file: release_file(&strake_sha256, &pkg, &tree.release),
-        state_template: state::build_template(&opts.cache_dir.join("scratch"), mtime)?,
+        state_template: state::build_template(&opts.out_dir, mtime)?,
     };
     let initramfs_tree = initramfs::strake_tree(&layout)?;
 

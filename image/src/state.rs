@@ -19,10 +19,11 @@ const UUID: &str = "5f0c3a9e-7d6b-4e1a-9c2d-3b8f1a0e6d47";
 /// it still works (the kernel switches to meta_bg).
 const RESIZE_BLOCKS: u64 = 1 << 28;
 
-/// Runs `mkfs.ext4` on a scratch file under `scratch` and returns the sparse template.
-pub fn build_template(scratch: &Path, mtime: u32) -> Result<Vec<u8>, ImageError> {
-    std::fs::create_dir_all(scratch).map_err(ImageError::io("creating", scratch))?;
-    let path = scratch.join("state.ext4");
+/// Runs `mkfs.ext4` on a scratch file in `dir` (the build's own output directory, so two builds
+/// sharing a cache never write one file) and returns the sparse template.
+pub fn build_template(dir: &Path, mtime: u32) -> Result<Vec<u8>, ImageError> {
+    std::fs::create_dir_all(dir).map_err(ImageError::io("creating", dir))?;
+    let path = dir.join(".state-template.ext4");
     let file = std::fs::File::create(&path).map_err(ImageError::io("creating", &path))?;
     file.set_len(TEMPLATE_BYTES)
         .map_err(ImageError::io("sizing", &path))?;
@@ -38,7 +39,8 @@ pub fn build_template(scratch: &Path, mtime: u32) -> Result<Vec<u8>, ImageError>
         // Features a 6.1 kernel has but older tools misreport are left out on purpose.
         .args(["-O", "^orphan_file"])
         .arg(&path)
-        .env("E2FSPROGS_FAKE_TIME", mtime.to_string())
+        // 0 means "not set" to mkfs, which then stamps the current time: use 1 instead.
+        .env("E2FSPROGS_FAKE_TIME", mtime.max(1).to_string())
         .output()
         .map_err(|source| ImageError::Tool {
             tool: "mkfs.ext4 (Debian package e2fsprogs)",

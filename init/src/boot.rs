@@ -187,6 +187,7 @@ pub fn phases() -> Vec<BootPhase> {
                 task("loopback", loopback),
                 task("interface", interface),
                 task("publish", publish_network),
+                task("time", sync_time),
             ],
         ),
         Phase::new(
@@ -327,9 +328,19 @@ fn efivarfs(ctx: &mut BootCtx) -> Result<(), BootError> {
 }
 
 fn prepare_state(ctx: &mut BootCtx) -> Result<(), BootError> {
+    let selector = ctx
+        .machine
+        .as_ref()
+        .and_then(|m| m.config.machine.install.as_ref())
+        .and_then(|i| i.disk_selector.clone());
+    let wanted = match (&ctx.config.state_disk, selector) {
+        (Some(disk), _) => Some(disk.clone()),
+        (None, Some(selector)) => Some(state::select_disk(&ctx.root, &selector)?),
+        (None, None) => None,
+    };
     let status = state::prepare(
         &ctx.root,
-        ctx.config.state_disk.as_deref(),
+        wanted.as_deref(),
         ctx.seams.mounter.as_mut(),
         ctx.seams.block.as_mut(),
     )?;
@@ -525,6 +536,43 @@ fn publish_network(ctx: &mut BootCtx) -> Result<(), BootError> {
     }
     // The netlink runtime is only for this phase.
     ctx.net = None;
+    Ok(())
+}
+
+/// Steps the clock from the first of the machine config's time servers that answers. Never
+/// fatal: a node with a wrong clock still boots, and says so.
+fn sync_time(ctx: &mut BootCtx) -> Result<(), BootError> {
+    let Some(time) = ctx.machine.as_ref().map(|m| m.config.machine.time.clone()) else {
+        return Ok(());
+    };
+    if time.disabled || time.servers.is_empty() {
+        return Ok(());
+    }
+    for server in &time.servers {
+        let addr = match crate::ntp::parse_server(server) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(target: "strake_init::time", "{e}");
+                continue;
+            }
+        };
+        match crate::ntp::query(addr, Duration::from_secs(2)) {
+            Ok(offset) => {
+                let to = crate::ntp::adjusted(std::time::SystemTime::now(), offset);
+                match ctx.seams.host.set_time(to) {
+                    Ok(()) => {
+                        tracing::info!(target: "strake_init::time", "clock stepped by {:.3} s from {addr}", offset as f64 / 1e9)
+                    }
+                    Err(e) => {
+                        tracing::warn!(target: "strake_init::time", "setting the clock from {addr}: {e}")
+                    }
+                }
+                return Ok(());
+            }
+            Err(e) => tracing::warn!(target: "strake_init::time", "{e}"),
+        }
+    }
+    tracing::warn!(target: "strake_init::time", "no time server answered; the clock stays as the hardware set it");
     Ok(())
 }
 

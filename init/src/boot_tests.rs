@@ -314,3 +314,44 @@ fn a_machine_config_from_fw_cfg_applies_and_loads_its_modules() {
         Some(machine::Source::FwCfg)
     );
 }
+
+#[test]
+fn time_servers_from_the_machine_config_step_the_clock() {
+    // An SNTP server on loopback one hour ahead, answering one request.
+    let server = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let port = server.local_addr().expect("addr").port();
+    let answer = std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        let (_, from) = server.recv_from(&mut buf).expect("request");
+        let mut r = [0u8; 48];
+        r[0] = 4 << 3 | 4;
+        r[1] = 1;
+        r[24..32].copy_from_slice(&buf[40..48]);
+        let ahead = std::time::SystemTime::now() + Duration::from_secs(3600);
+        let d = ahead.duration_since(std::time::UNIX_EPOCH).expect("epoch");
+        let ts = ((d.as_secs() + 2_208_988_800) << 32)
+            | ((u64::from(d.subsec_nanos()) << 32) / 1_000_000_000);
+        r[32..40].copy_from_slice(&ts.to_be_bytes());
+        r[40..48].copy_from_slice(&ts.to_be_bytes());
+        server.send_to(&r, from).expect("reply");
+    });
+    let yaml = format!(
+        "apiVersion: strake.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  role: controlplane\n  time:\n    servers: [\"not-an-address\", \"127.0.0.1:{port}\"]\ncluster:\n  name: lab\n  token: abcdef.0123456789abcdef\n"
+    );
+    let root = root_with(&inline_config(&yaml));
+    let fake = FakeKernel::with_nic();
+    let mut ctx = ctx_for(root.path(), &fake);
+    run_sequence(&phases(), &mut ctx).expect("boot");
+    answer.join().expect("server");
+    let calls = fake.state().calls.clone();
+    let set = calls
+        .iter()
+        .find_map(|c| c.strip_prefix("set-time "))
+        .unwrap_or_else(|| panic!("no set-time: {calls:?}"));
+    let secs: u64 = set.parse().expect("secs");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("epoch")
+        .as_secs();
+    assert!(secs > now + 3000 && secs < now + 4200, "{secs} vs {now}");
+}

@@ -194,6 +194,15 @@ impl HostSetter for FakeKernel {
         self.state().hostname = Some(name.into());
         Ok(())
     }
+
+    fn set_time(&mut self, to: std::time::SystemTime) -> Result<(), Errno> {
+        let secs = to
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        self.call(format!("set-time {secs}"));
+        Ok(())
+    }
 }
 
 impl NetConfigurator for FakeKernel {

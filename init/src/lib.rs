@@ -10,6 +10,7 @@ pub mod machine;
 pub mod modules;
 pub mod mounts;
 pub mod network;
+pub mod ntp;
 pub mod power_button;
 pub mod runner;
 pub mod sequence;

@@ -4,9 +4,9 @@
 //! changes: a bad one stops the boot with every error on the console.
 //!
 //! It is the user layer over the command line's `strake.*` keys: what it sets wins. This version
-//! applies the role, hostname, cluster token and endpoint, install disk, first interface (DHCP or
-//! a static IPv4 address with its default route and nameservers), kernel modules, sysctls and
-//! files. Every other field it is given is named on the console as not applied yet.
+//! applies the role, hostname, cluster token and endpoint, install disk (by path or selector), first interface (DHCP or
+//! a static IPv4 address with its default route and nameservers), kernel modules, time servers
+//! (one SNTP step at boot), sysctls and files. Every other field it is given is named on the console as not applied yet.
 
 use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
@@ -92,9 +92,9 @@ pub fn fold(cfg: &MachineConfig, boot: &mut BootConfig) -> Vec<String> {
         ignored.push("cluster.caPin".into());
     }
     if let Some(install) = &m.install {
-        match &install.disk {
-            Some(d) => boot.state_disk = Some(d.strip_prefix("/dev/").unwrap_or(d).to_owned()),
-            None => ignored.push("machine.install.diskSelector".into()),
+        // A selector is resolved against the disks when STATE is prepared.
+        if let Some(d) = &install.disk {
+            boot.state_disk = Some(d.strip_prefix("/dev/").unwrap_or(d).to_owned());
         }
         if install.wipe {
             ignored.push("machine.install.wipe".into());
@@ -109,8 +109,9 @@ pub fn fold(cfg: &MachineConfig, boot: &mut BootConfig) -> Vec<String> {
         ignored.push("machine.kernel.args".into());
     }
     fold_network(cfg, boot, &mut ignored);
-    if !m.time.servers.is_empty() || m.time.timezone.is_some() || m.time.disabled {
-        ignored.push("machine.time".into());
+    // Time servers are asked once the network is up (`boot::sync_time`).
+    if m.time.timezone.is_some() {
+        ignored.push("machine.time.timezone".into());
     }
     if !m.registries.mirrors.is_empty() || !m.registries.config.is_empty() {
         ignored.push("machine.registries".into());
@@ -356,14 +357,7 @@ cluster:
                 dns: vec!["192.168.10.1".parse().unwrap()],
             })
         );
-        assert_eq!(
-            ignored,
-            [
-                "cluster.caPin",
-                "machine.network.interfaces[1]",
-                "machine.time"
-            ]
-        );
+        assert_eq!(ignored, ["cluster.caPin", "machine.network.interfaces[1]",]);
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub enum StateError {
         "several partitions are labelled {LABEL} ({0}); keep one, or name the disk to use with strake.disk="
     )]
     Ambiguous(String),
+    #[error("no disk matches machine.install.diskSelector; disks seen: {0}")]
+    NoMatch(String),
     #[error("the STATE template {TEMPLATE}: {0}")]
     Template(String),
     #[error("{op} /dev/{device}: {errno}")]
@@ -150,6 +152,47 @@ pub fn scan(root: &Path) -> Vec<BlockDev> {
     }
     disks.sort_by(|a, b| a.name.cmp(&b.name));
     disks
+}
+
+/// Size, model, serial and WWN of a disk, as sysfs reports them.
+pub fn facts(root: &Path, disk: &BlockDev) -> strake_machineconfig::DiskFacts {
+    let dir = host_path(root, &format!("/sys/class/block/{}", disk.name));
+    let first = |names: &[&str]| {
+        names
+            .iter()
+            .find_map(|n| read_trimmed(&dir.join(n)).filter(|v| !v.is_empty()))
+    };
+    strake_machineconfig::DiskFacts {
+        name: disk.name.clone(),
+        bytes: disk.sectors * gpt::SECTOR,
+        model: first(&["device/model"]),
+        serial: first(&["serial", "device/serial"]),
+        wwn: first(&["wwid", "device/wwid"]),
+    }
+}
+
+/// The disk `selector` picks (the first match by name), waiting for disks still being probed.
+pub fn select_disk(
+    root: &Path,
+    selector: &strake_machineconfig::DiskSelector,
+) -> Result<String, StateError> {
+    let deadline = Instant::now() + DISK_WAIT;
+    loop {
+        let all: Vec<_> = scan(root).iter().map(|d| facts(root, d)).collect();
+        if let Some(d) = selector.select(&all) {
+            tracing::info!(target: "strake_init::state", "install disk {} (machine.install.diskSelector)", d.describe());
+            return Ok(d.name.clone());
+        }
+        if Instant::now() >= deadline {
+            let seen: Vec<String> = all.iter().map(|d| d.describe()).collect();
+            return Err(StateError::NoMatch(if seen.is_empty() {
+                "none".into()
+            } else {
+                seen.join(", ")
+            }));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// What a partition holds, from its first mebibyte.

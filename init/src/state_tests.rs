@@ -306,3 +306,27 @@ fn a_partition_too_small_for_the_template_is_refused() {
     let err = prepare(root, Some("vda"), &mut fake.clone(), &mut fake.clone()).unwrap_err();
     assert!(err.to_string().contains("needs at least 32 MiB"), "{err}");
 }
+
+#[test]
+fn a_selector_picks_the_disk_by_what_sysfs_says_about_it() {
+    let dir = machine();
+    let root = dir.path();
+    write(&root.join("sys/class/block/vdb/size"), b"41943040\n"); // 20 GiB
+    write(&root.join("sys/class/block/vdb/serial"), b"strake-state\n");
+    write(&root.join("sys/class/block/sda/size"), b"41943040\n");
+    write(
+        &root.join("sys/class/block/sda/device/model"),
+        b"QEMU HARDDISK   \n",
+    );
+    let by_serial = strake_machineconfig::DiskSelector {
+        serial: Some("strake-state".into()),
+        ..Default::default()
+    };
+    assert_eq!(select_disk(root, &by_serial).unwrap(), "vdb");
+    let by_model = strake_machineconfig::DiskSelector {
+        model: Some("QEMU*".into()),
+        size: Some(strake_machineconfig::Parsed::new(">= 10GB")),
+        ..Default::default()
+    };
+    assert_eq!(select_disk(root, &by_model).unwrap(), "sda");
+}

@@ -98,9 +98,11 @@ pub trait BlockOps {
     fn grow_ext4(&mut self, mountpoint: &Path, blocks: u64) -> Result<(), Errno>;
 }
 
-/// sethostname(2).
+/// sethostname(2) and clock_settime(2).
 pub trait HostSetter {
     fn set_hostname(&mut self, name: &str) -> Result<(), Errno>;
+    /// Steps the wall clock (CLOCK_REALTIME) to `to`.
+    fn set_time(&mut self, to: std::time::SystemTime) -> Result<(), Errno>;
 }
 
 /// A network interface as netlink reports it.
@@ -214,5 +216,15 @@ impl BlockOps for LinuxSys {
 impl HostSetter for LinuxSys {
     fn set_hostname(&mut self, name: &str) -> Result<(), Errno> {
         nix::unistd::sethostname(name)
+    }
+
+    fn set_time(&mut self, to: std::time::SystemTime) -> Result<(), Errno> {
+        let since = to
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|_| Errno::EINVAL)?;
+        nix::time::clock_settime(
+            nix::time::ClockId::CLOCK_REALTIME,
+            nix::sys::time::TimeSpec::from_duration(since),
+        )
     }
 }

@@ -9,6 +9,7 @@
 mod checks;
 mod diff;
 mod merge;
+mod select;
 mod types;
 mod validate;
 
@@ -19,6 +20,7 @@ use serde_json::Value;
 pub use checks::FILE_PREFIXES;
 pub use diff::{Change, Mode, apply_mode, diff};
 pub use merge::merge;
+pub use select::{DiskFacts, glob};
 pub use types::{
     API_VERSION, Agent, Bond, BondMode, Bridge, Cluster, DEFAULT_MAX_PODS, DEFAULT_POD_SUBNET,
     DEFAULT_SERVICE_SUBNET, DeviceSelector, DiskSelector, Endpoint, File, FileMode, FileOp,

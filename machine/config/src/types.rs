@@ -225,7 +225,7 @@ pub struct Bridge {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Time {
-    /// NTP servers, as host names or IP addresses.
+    /// NTP servers: host names or IP addresses, with an optional `:port` (123 by default).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub servers: Vec<String>,
     #[serde(default, skip_serializing_if = "is_default")]

@@ -11,9 +11,9 @@ use ipnet::IpNet;
 
 use crate::checks::{
     check_ca_pin, check_count, check_disk_path, check_dns_label, check_dns_name, check_file_path,
-    check_host, check_host_port, check_hostname, check_link_name, check_mac_glob,
-    check_module_name, check_mtu, check_no_host_bits, check_quantity, check_quantity_or_percent,
-    check_sysctl_name, check_timezone, check_token, check_url,
+    check_host_port, check_hostname, check_link_name, check_mac_glob, check_module_name, check_mtu,
+    check_no_host_bits, check_quantity, check_quantity_or_percent, check_sysctl_name,
+    check_timezone, check_token, check_url,
 };
 use crate::types::{
     API_VERSION, Agent, Cluster, DeviceSelector, DiskSelector, FileOp, Install, KIND, Kernel,
@@ -375,7 +375,7 @@ fn members(c: &mut Check, n: &Network, names: &BTreeMap<&str, usize>) {
 
 fn time(c: &mut Check, t: &Time) {
     for (i, s) in t.servers.iter().enumerate() {
-        c.result(format!("machine.time.servers[{i}]"), check_host(s));
+        c.result(format!("machine.time.servers[{i}]"), check_host_port(s));
     }
     if let Some(tz) = &t.timezone {
         c.result("machine.time.timezone", check_timezone(tz));
