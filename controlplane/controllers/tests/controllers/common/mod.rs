@@ -128,6 +128,16 @@ async fn kubelet(client: Client) {
         let now = Some(Time(Timestamp::now()));
         let _ = client
             .modify::<Pod>(key.ns(), &key.name, Part::Status, |p| {
+                // The cache that woke us may be behind: a pod the test (or anyone) has since
+                // moved on from Pending keeps its phase, as a real kubelet never takes a pod
+                // back out of a terminal phase.
+                if p.status
+                    .as_ref()
+                    .and_then(|s| s.phase.as_deref())
+                    .is_some_and(|ph| ph != "Pending")
+                {
+                    return false;
+                }
                 let terminated = exit.map(|code| ContainerState {
                     terminated: Some(ContainerStateTerminated {
                         exit_code: code,
