@@ -1,7 +1,7 @@
 //! GUID partition tables (UEFI 2.10 §5.3): reading one (primary, else the backup) and writing a
 //! fresh one with its protective MBR and backup copy. Sectors are 512 bytes.
 
-use crate::Guid;
+use crate::{Guid, le_u32 as u32_at, le_u64 as u64_at};
 
 pub const SECTOR: u64 = 512;
 const SIGNATURE: &[u8; 8] = b"EFI PART";
@@ -72,16 +72,6 @@ impl Gpt {
     pub fn partition(&self, name: &str) -> Option<&Partition> {
         self.partitions.iter().find(|p| p.name == name)
     }
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(x)
 }
 
 /// Where a header says its entries are, checked against the disk.

@@ -63,13 +63,8 @@ pub fn decode(bytes: &[u8]) -> Result<Sparse<'_>, SparseError> {
     if &bytes[..8] != MAGIC {
         return Err(SparseError::Magic);
     }
-    let u32_at =
-        |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
-    let u64_at = |at: usize| {
-        let mut x = [0u8; 8];
-        x.copy_from_slice(&bytes[at..at + 8]);
-        u64::from_le_bytes(x)
-    };
+    let u32_at = |at| crate::le_u32(bytes, at);
+    let u64_at = |at| crate::le_u64(bytes, at);
     let block_size = u32_at(8);
     if !block_size.is_power_of_two() || !(512..=1 << 20).contains(&block_size) {
         return Err(SparseError::Invalid(format!("block size {block_size}")));
@@ -94,9 +89,7 @@ pub fn decode(bytes: &[u8]) -> Result<Sparse<'_>, SparseError> {
     let mut blocks = Vec::with_capacity(count);
     let mut last: Option<u64> = None;
     for rec in body.chunks_exact(8 + bs) {
-        let mut x = [0u8; 8];
-        x.copy_from_slice(&rec[..8]);
-        let index = u64::from_le_bytes(x);
+        let index = crate::le_u64(rec, 0);
         if index >= total_blocks {
             return Err(SparseError::Invalid(format!(
                 "block {index} is past the image's {total_blocks} blocks"

@@ -322,17 +322,9 @@ fn time_servers_from_the_machine_config_step_the_clock() {
     let port = server.local_addr().expect("addr").port();
     let answer = std::thread::spawn(move || {
         let mut buf = [0u8; 64];
-        let (_, from) = server.recv_from(&mut buf).expect("request");
-        let mut r = [0u8; 48];
-        r[0] = 4 << 3 | 4;
-        r[1] = 1;
-        r[24..32].copy_from_slice(&buf[40..48]);
+        let (n, from) = server.recv_from(&mut buf).expect("request");
         let ahead = std::time::SystemTime::now() + Duration::from_secs(3600);
-        let d = ahead.duration_since(std::time::UNIX_EPOCH).expect("epoch");
-        let ts = ((d.as_secs() + 2_208_988_800) << 32)
-            | ((u64::from(d.subsec_nanos()) << 32) / 1_000_000_000);
-        r[32..40].copy_from_slice(&ts.to_be_bytes());
-        r[40..48].copy_from_slice(&ts.to_be_bytes());
+        let r = crate::ntp::reply_to(&buf[..n], ahead, 1);
         server.send_to(&r, from).expect("reply");
     });
     let yaml = format!(

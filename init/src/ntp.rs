@@ -140,6 +140,19 @@ pub fn adjusted(now: SystemTime, offset_ns: i128) -> SystemTime {
     }
 }
 
+/// What a server at wall-clock `now` with this `stratum` answers to `request` (for tests).
+#[cfg(test)]
+pub(crate) fn reply_to(request: &[u8], now: SystemTime, stratum: u8) -> [u8; PACKET] {
+    let mut r = [0u8; PACKET];
+    r[0] = 4 << 3 | 4;
+    r[1] = stratum;
+    r[24..32].copy_from_slice(&request[40..48]);
+    let ts = to_ntp(now);
+    r[32..40].copy_from_slice(&ts.to_be_bytes());
+    r[40..48].copy_from_slice(&ts.to_be_bytes());
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,13 +166,7 @@ mod tests {
             let (n, from) = s.recv_from(&mut buf).unwrap();
             assert_eq!(n, PACKET);
             assert_eq!(buf[0] & 7, 3, "client mode");
-            let mut r = [0u8; PACKET];
-            r[0] = 4 << 3 | 4;
-            r[1] = stratum;
-            r[24..32].copy_from_slice(&buf[40..48]);
-            let now = to_ntp(SystemTime::now() + skew);
-            r[32..40].copy_from_slice(&now.to_be_bytes());
-            r[40..48].copy_from_slice(&now.to_be_bytes());
+            let r = reply_to(&buf[..n], SystemTime::now() + skew, stratum);
             s.send_to(&r, from).unwrap();
         });
         (addr, h)

@@ -210,7 +210,7 @@ pub enum Contents {
 pub fn contents(head: &[u8]) -> Contents {
     if head.len() >= 2048 && head[0x438..0x43A] == [0x53, 0xEF] {
         let sb = &head[1024..2048];
-        let u32_at = |at: usize| u32::from_le_bytes([sb[at], sb[at + 1], sb[at + 2], sb[at + 3]]);
+        let u32_at = |at| strake_disk::le_u32(sb, at);
         let log = u32_at(0x18);
         let mut blocks = u64::from(u32_at(0x04));
         // INCOMPAT_64BIT: the high half of the block count.
