@@ -227,6 +227,26 @@ pub(crate) fn check_ca_pin(pin: &str) -> Result<(), String> {
     })
 }
 
+/// One PEM block whose label ends with `kind` (`CERTIFICATE`; `PRIVATE KEY` also matches
+/// `EC PRIVATE KEY`). The DER inside is checked by whoever uses it.
+pub(crate) fn check_pem(text: &str, kind: &str) -> Result<(), String> {
+    let text = text.trim();
+    let label = text
+        .strip_prefix("-----BEGIN ")
+        .and_then(|rest| rest.split_once("-----"))
+        .map(|(label, _)| label);
+    match label {
+        Some(label) if label.ends_with(kind) => {
+            let end = format!("-----END {label}-----");
+            ensure(text.contains(&end), || {
+                format!("the PEM block has no `{end}` line")
+            })
+        }
+        Some(label) => Err(format!("is a PEM `{label}`, not a `{kind}`")),
+        None => Err(format!("is not PEM (expected `-----BEGIN {kind}-----`)")),
+    }
+}
+
 pub(crate) fn check_disk_path(p: &str) -> Result<(), String> {
     let ok = p.strip_prefix("/dev/").is_some_and(|rest| {
         rest.split('/')

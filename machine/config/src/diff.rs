@@ -21,19 +21,14 @@ pub struct Change {
 pub enum Mode {
     /// The running services pick the change up (an empty change list is also this).
     NoReboot,
-    /// Role, install, kernel, agent or cluster changed: they are read once, at boot.
+    /// Anything else changed: it is read once, at boot.
     Reboot,
 }
 
-/// The parts of the document machined reconciles while running.
-const LIVE: [&str; 6] = [
-    "machine.network",
-    "machine.time",
-    "machine.registries",
-    "machine.sysctls",
-    "machine.files",
-    "machine.hostname",
-];
+/// The parts of the document machined applies while the node runs. The rest (network, time,
+/// registries, hostname, role, install, kernel, agent, cluster) is read at boot: changing it
+/// means a reboot in this version.
+pub const LIVE: [&str; 2] = ["machine.sysctls", "machine.files"];
 
 /// Lists the changed leaves from `old` to `new` (`apply-config --dry-run`), in path order. Lists are
 /// compared position by position, so inserting an interface shows every later one as changed.
@@ -114,7 +109,7 @@ mod tests {
     }
 
     #[test]
-    fn live_changes_are_listed_by_leaf_and_need_no_reboot() {
+    fn changes_are_listed_by_leaf() {
         let a = config(
             "  hostname: a\n  network:\n    interfaces:\n      - interface: eth0\n        addresses: [10.0.0.2/24]\n  sysctls:\n    net.ipv4.ip_forward: \"0\"\n",
         );
@@ -152,6 +147,17 @@ mod tests {
                 ),
             ]
         );
+        assert_eq!(apply_mode(&changes), Mode::Reboot, "hostname and network");
+    }
+
+    #[test]
+    fn sysctl_and_file_changes_need_no_reboot() {
+        let a = config("  sysctls:\n    vm.swappiness: \"1\"\n");
+        let b = config(
+            "  sysctls:\n    vm.swappiness: \"10\"\n  files:\n    - {path: /etc/strake/extra/x, content: y}\n",
+        );
+        let changes = diff(&a, &b);
+        assert_eq!(changes.len(), 2, "{changes:?}");
         assert_eq!(apply_mode(&changes), Mode::NoReboot);
     }
 
@@ -176,7 +182,7 @@ mod tests {
         // One live change does not make a reboot change live.
         let mixed = [
             Change {
-                path: "machine.hostname".into(),
+                path: "machine.sysctls".into(),
                 old: json!("a"),
                 new: json!("b"),
             },

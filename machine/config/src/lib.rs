@@ -18,14 +18,15 @@ use std::fmt;
 use serde_json::Value;
 
 pub use checks::FILE_PREFIXES;
-pub use diff::{Change, Mode, apply_mode, diff};
+pub use diff::{Change, LIVE, Mode, apply_mode, diff};
 pub use merge::merge;
 pub use select::{DiskFacts, glob};
 pub use types::{
     API_VERSION, Agent, Bond, BondMode, Bridge, Cluster, DEFAULT_MAX_PODS, DEFAULT_POD_SUBNET,
     DEFAULT_SERVICE_SUBNET, DeviceSelector, DiskSelector, Endpoint, File, FileMode, FileOp,
-    Install, Interface, KIND, Kernel, KernelModule, Machine, MachineConfig, Mirror, Network,
-    Parsed, Registries, RegistryAuth, RegistryConfig, Role, Route, SizeMatcher, SizeOp, Time, Vlan,
+    Install, Interface, KIND, Kernel, KernelModule, Machine, MachineCa, MachineConfig, Mirror,
+    Network, Parsed, Registries, RegistryAuth, RegistryConfig, Role, Route, SizeMatcher, SizeOp,
+    Time, Vlan,
 };
 
 /// One problem, at the field it concerns.

@@ -38,6 +38,11 @@ pub struct MachineConfig {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Machine {
     pub role: Role,
+    /// The machine CA: it signs the machine API's serving certificate and the clients that may
+    /// call it (`strakectl gen config` makes one). Kept apart from the cluster CA. Absent: the
+    /// machine API is off once the node is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<MachineCa>,
     /// RFC 1123, lowercase: it becomes the Kubernetes node name. Absent: DHCP or a generated name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
@@ -64,6 +69,14 @@ pub struct Machine {
     pub sysctls: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<File>,
+}
+
+/// A CA certificate and its private key, both PEM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MachineCa {
+    pub crt: String,
+    pub key: String,
 }
 
 /// Which role this node plays in the cluster.

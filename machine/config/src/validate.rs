@@ -12,7 +12,7 @@ use ipnet::IpNet;
 use crate::checks::{
     check_ca_pin, check_count, check_disk_path, check_dns_label, check_dns_name, check_file_path,
     check_host_port, check_hostname, check_link_name, check_mac_glob, check_module_name, check_mtu,
-    check_no_host_bits, check_quantity, check_quantity_or_percent, check_sysctl_name,
+    check_no_host_bits, check_pem, check_quantity, check_quantity_or_percent, check_sysctl_name,
     check_timezone, check_token, check_url,
 };
 use crate::types::{
@@ -87,6 +87,10 @@ impl Check {
 }
 
 fn machine(c: &mut Check, m: &Machine) {
+    if let Some(ca) = &m.ca {
+        c.result("machine.ca.crt", check_pem(&ca.crt, "CERTIFICATE"));
+        c.result("machine.ca.key", check_pem(&ca.key, "PRIVATE KEY"));
+    }
     if let Some(h) = &m.hostname {
         c.result("machine.hostname", check_hostname(h));
     }
@@ -635,6 +639,31 @@ cluster:
         assert!(
             all.contains("overlaps 10.96.0.0/16 at cluster.podSubnets[0]"),
             "{all}"
+        );
+    }
+
+    #[test]
+    fn the_machine_ca_must_be_a_pem_certificate_and_key() {
+        let ok = controlplane(
+            "  ca:\n    crt: \"-----BEGIN CERTIFICATE-----\\nMII=\\n-----END CERTIFICATE-----\\n\"\n    key: \"-----BEGIN PRIVATE KEY-----\\nMII=\\n-----END PRIVATE KEY-----\\n\"\n",
+        );
+        assert!(messages(&ok).is_empty(), "{:?}", messages(&ok));
+        let bad = controlplane(
+            "  ca:\n    crt: \"-----BEGIN PRIVATE KEY-----\\nMII=\\n-----END PRIVATE KEY-----\\n\"\n    key: hunter2\n",
+        );
+        assert_eq!(
+            messages(&bad),
+            [
+                "machine.ca.crt: is a PEM `PRIVATE KEY`, not a `CERTIFICATE`",
+                "machine.ca.key: is not PEM (expected `-----BEGIN PRIVATE KEY-----`)"
+            ]
+        );
+        let cut = controlplane(
+            "  ca:\n    crt: \"-----BEGIN CERTIFICATE-----\\nMII=\\n\"\n    key: \"-----BEGIN EC PRIVATE KEY-----\\nMII=\\n-----END EC PRIVATE KEY-----\\n\"\n",
+        );
+        assert_eq!(
+            messages(&cut),
+            ["machine.ca.crt: the PEM block has no `-----END CERTIFICATE-----` line"]
         );
     }
 

@@ -1,0 +1,301 @@
+//! strake-machineapi: the machine API, HTTPS + JSON on port 50000, as machined serves it and
+//! strakectl calls it.
+//!
+//! A node runs it in one of two modes:
+//! - **maintenance** (no machine config yet): TLS with a self-signed certificate whose SHA-256
+//!   fingerprint init prints on the console, no client authentication, and only `version` and
+//!   `apply-config`;
+//! - **configured**: mutual TLS. The serving certificate and every client certificate are signed
+//!   by the machine CA (`machine.ca` in the machine config), which is kept apart from the
+//!   cluster CA. A client's role is an organization in its certificate: `strake:admin`,
+//!   `strake:operator` or `strake:reader`.
+//!
+//! | route                       | method | role      | what                                      |
+//! |-----------------------------|--------|-----------|-------------------------------------------|
+//! | `/v1/version`               | GET    | reader    | [`VersionInfo`]                           |
+//! | `/v1/apply-config`          | POST   | admin     | body: YAML; `?mode=`, `?dryRun=true`      |
+//! | `/v1/machineconfig`         | GET    | reader    | [`ConfigView`]; secrets redacted below admin |
+//! | `/v1/reboot`, `/v1/shutdown`| POST   | operator  | [`Message`]                               |
+//!
+//! Every error is JSON [`ErrorBody`]: one message and, for a bad config, every problem with its
+//! field path.
+
+mod client;
+mod clientconfig;
+mod secrets;
+mod server;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use client::{Client, ClientError, Trust};
+pub use clientconfig::{ClientConfigError, Context, StrakeConfig};
+pub use secrets::{
+    SecretsError, fingerprint, generate_ca, issue_client, self_signed, serving_cert,
+};
+pub use server::{Host, HostError, Power, ServerMode, serve, tls_config};
+
+/// The machine API's TCP port.
+pub const PORT: u16 = 50000;
+/// Largest request body accepted (a machine config).
+pub const MAX_BODY: usize = 1 << 20;
+
+/// What a client may do, from its certificate's organizations. Each role can do what the ones
+/// below it can.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads: version, the machine config with its secrets redacted.
+    Reader,
+    /// Also reboots and shuts the machine down.
+    Operator,
+    /// Also applies configs and reads secrets.
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Admin, Role::Operator, Role::Reader];
+
+    /// The certificate organization that grants this role.
+    pub fn group(self) -> &'static str {
+        match self {
+            Role::Admin => "strake:admin",
+            Role::Operator => "strake:operator",
+            Role::Reader => "strake:reader",
+        }
+    }
+
+    /// The highest role the groups grant, if any.
+    pub fn from_groups<S: AsRef<str>>(groups: &[S]) -> Option<Role> {
+        Role::ALL
+            .into_iter()
+            .find(|r| groups.iter().any(|g| g.as_ref() == r.group()))
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.name() == s)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Operator => "operator",
+            Role::Reader => "reader",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `GET /v1/version`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionInfo {
+    pub version: String,
+    pub hostname: String,
+    /// The node has no config and accepts only `apply-config`.
+    pub maintenance: bool,
+}
+
+/// How `apply-config` applies a config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ApplyMode {
+    /// `no-reboot` when every change can be applied live, `reboot` otherwise.
+    #[default]
+    Auto,
+    /// Apply live; refused when a change is only read at boot.
+    NoReboot,
+    /// Keep the config and reboot into it.
+    Reboot,
+    /// Keep the config for the next boot; change nothing now.
+    Staged,
+}
+
+impl ApplyMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            ApplyMode::Auto => "auto",
+            ApplyMode::NoReboot => "no-reboot",
+            ApplyMode::Reboot => "reboot",
+            ApplyMode::Staged => "staged",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ApplyMode> {
+        [
+            ApplyMode::Auto,
+            ApplyMode::NoReboot,
+            ApplyMode::Reboot,
+            ApplyMode::Staged,
+        ]
+        .into_iter()
+        .find(|m| m.name() == s)
+    }
+}
+
+/// One changed field of a config (`apply-config --dry-run` lists them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChangeView {
+    pub path: String,
+    pub old: Value,
+    pub new: Value,
+}
+
+/// `POST /v1/apply-config`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyResult {
+    /// The mode used (or that would be, on a dry run); never `auto`.
+    pub mode: ApplyMode,
+    pub dry_run: bool,
+    /// What changes against the config in force; in maintenance mode, against nothing.
+    pub changes: Vec<ChangeView>,
+    /// What happened or will, in one sentence.
+    pub message: String,
+}
+
+/// `GET /v1/machineconfig`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigView {
+    pub yaml: String,
+    /// Secrets (the cluster token, the machine CA key, registry passwords) were replaced by
+    /// `REDACTED`, as they are for every role below admin.
+    pub redacted: bool,
+}
+
+/// A one-sentence answer (`reboot`, `shutdown`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub message: String,
+}
+
+/// One problem with a config, at its field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldProblem {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every error the API answers with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldProblem>,
+}
+
+impl fmt::Display for ErrorBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        for e in &self.errors {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Replaces the secrets in a config (as a JSON value) with `REDACTED`.
+pub fn redact(config: &mut Value) {
+    const HIDDEN: &str = "REDACTED";
+    let hide = |v: Option<&mut Value>| {
+        if let Some(v) = v.filter(|v| !v.is_null()) {
+            *v = Value::from(HIDDEN);
+        }
+    };
+    hide(config.pointer_mut("/cluster/token"));
+    hide(config.pointer_mut("/machine/ca/key"));
+    if let Some(Value::Object(registries)) = config.pointer_mut("/machine/registries/config") {
+        for registry in registries.values_mut() {
+            if let Some(Value::Object(auth)) = registry.get_mut("auth") {
+                for field in ["password", "auth"] {
+                    hide(auth.get_mut(field));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn the_highest_role_wins() {
+        assert_eq!(
+            Role::from_groups(&["strake:reader", "strake:admin"]),
+            Some(Role::Admin)
+        );
+        assert_eq!(Role::from_groups(&["system:masters"]), None);
+        assert!(Role::Admin > Role::Operator && Role::Operator > Role::Reader);
+        for r in Role::ALL {
+            assert_eq!(Role::parse(r.name()), Some(r));
+        }
+    }
+
+    #[test]
+    fn modes_parse_by_name() {
+        for m in ["auto", "no-reboot", "reboot", "staged"] {
+            assert_eq!(ApplyMode::parse(m).map(ApplyMode::name), Some(m));
+        }
+        assert_eq!(ApplyMode::parse("now"), None);
+        assert_eq!(
+            serde_json::to_value(ApplyMode::NoReboot).unwrap(),
+            json!("no-reboot")
+        );
+    }
+
+    #[test]
+    fn redaction_hides_every_secret_and_nothing_else() {
+        let mut v = json!({
+            "machine": {
+                "role": "worker",
+                "ca": {"crt": "CERT", "key": "KEY"},
+                "registries": {"config": {
+                    "r.lab": {"auth": {"username": "u", "password": "p", "auth": "dTpw"}},
+                    "other": {"insecureSkipVerify": true}
+                }}
+            },
+            "cluster": {"name": "lab", "token": "abcdef.0123456789abcdef"}
+        });
+        redact(&mut v);
+        assert_eq!(
+            v["machine"]["ca"],
+            json!({"crt": "CERT", "key": "REDACTED"})
+        );
+        assert_eq!(
+            v["machine"]["registries"]["config"]["r.lab"]["auth"],
+            json!({"username": "u", "password": "REDACTED", "auth": "REDACTED"})
+        );
+        assert_eq!(v["cluster"]["token"], "REDACTED");
+        assert_eq!(
+            v["machine"]["registries"]["config"]["other"]["insecureSkipVerify"],
+            true
+        );
+        let mut bare = json!({"machine": {"role": "worker"}, "cluster": {"name": "x"}});
+        redact(&mut bare);
+        assert_eq!(
+            bare,
+            json!({"machine": {"role": "worker"}, "cluster": {"name": "x"}})
+        );
+    }
+}
