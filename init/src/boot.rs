@@ -75,6 +75,8 @@ pub struct BootCtx {
     /// Open `/dev/console` in the console-log phase (off in tests).
     pub use_dev_console: bool,
     pub config: BootConfig,
+    /// What the command line alone says; a machine config is folded over a copy of it.
+    pub cmdline: BootConfig,
     pub default_modules: Vec<String>,
     pub nic_timeout: Duration,
     pub dhcp_policy: RetryPolicy,
@@ -87,6 +89,8 @@ pub struct BootCtx {
     pub services: Vec<ServiceSpec>,
     /// The machine config in force, once one is found.
     pub machine: Option<machine::Loaded>,
+    /// STATE, once the state phase ran.
+    pub state: Option<state::Status>,
 }
 
 impl BootCtx {
@@ -96,6 +100,7 @@ impl BootCtx {
             seams,
             use_dev_console: true,
             config: BootConfig::default(),
+            cmdline: BootConfig::default(),
             default_modules: DEFAULT_MODULES.iter().map(|s| (*s).to_owned()).collect(),
             nic_timeout: Duration::from_secs(10),
             dhcp_policy: RetryPolicy::default(),
@@ -106,6 +111,7 @@ impl BootCtx {
             net_state: None,
             services: Vec::new(),
             machine: None,
+            state: None,
         }
     }
 
@@ -175,6 +181,7 @@ pub fn phases() -> Vec<BootPhase> {
             vec![
                 task("prepare", prepare_state),
                 task("modules", stored_config_modules),
+                task("maintenance", decide_maintenance),
             ],
         ),
         Phase::new(
@@ -264,6 +271,7 @@ fn boot_config(ctx: &mut BootCtx) -> Result<(), BootError> {
         tracing::warn!(target: "strake_init::config", "{w}");
     }
     console::global().set_debug(config.debug);
+    ctx.cmdline = config.clone();
     tracing::info!(target: "strake_init::config", "role {:?}, ip {}", config.role, describe_ip(&config.ip));
     config.save(host_path(&ctx.root, BootConfig::RUNTIME_PATH))?;
     ctx.config = config;
@@ -328,28 +336,23 @@ fn efivarfs(ctx: &mut BootCtx) -> Result<(), BootError> {
 }
 
 fn prepare_state(ctx: &mut BootCtx) -> Result<(), BootError> {
-    let selector = ctx
-        .machine
-        .as_ref()
-        .and_then(|m| m.config.machine.install.as_ref())
-        .and_then(|i| i.disk_selector.clone());
-    let wanted = match (&ctx.config.state_disk, selector) {
-        (Some(disk), _) => Some(disk.clone()),
-        (None, Some(selector)) => Some(state::select_disk(&ctx.root, &selector)?),
-        (None, None) => None,
-    };
-    let status = state::prepare(
-        &ctx.root,
-        wanted.as_deref(),
-        ctx.seams.mounter.as_mut(),
-        ctx.seams.block.as_mut(),
-    )?;
-    state::publish(&ctx.root, &status).map_err(|source| BootError::Write {
-        path: state::STATUS_PATH.into(),
-        source,
-    })?;
-    if status.device.is_none() {
+    mount_state(ctx)?;
+    if ctx.state.as_ref().and_then(|s| s.device.as_ref()).is_none() {
         return Ok(());
+    }
+    // A config applied through the machine API wins over every other source.
+    let promoted = machine::has_staged(&ctx.root);
+    if let Some(text) = machine::applied(&ctx.root) {
+        let text = text
+            .map_err(|e| BootError::MachineConfig(format!("reading {}: {e}", machine::APPLIED)))?;
+        let loaded = machine::load(&text, Source::Api).map_err(BootError::MachineConfig)?;
+        if promoted {
+            tracing::info!(target: "strake_init::machine", "the config staged through the machine API takes effect on this boot");
+        }
+        if let Some(given) = ctx.machine.as_ref().filter(|l| l.source != Source::State) {
+            tracing::warn!(target: "strake_init::machine", "the machine config from {} is ignored: one applied through the machine API is on STATE ({})", given.source.describe(), machine::APPLIED);
+        }
+        return adopt(ctx, loaded);
     }
     // A config given on this boot is kept for the next; without one, the kept one applies.
     match &ctx.machine {
@@ -375,6 +378,111 @@ fn prepare_state(ctx: &mut BootCtx) -> Result<(), BootError> {
     Ok(())
 }
 
+/// Finds (or on the disk the configuration names, makes) STATE and mounts it.
+fn mount_state(ctx: &mut BootCtx) -> Result<(), BootError> {
+    let selector = ctx
+        .machine
+        .as_ref()
+        .and_then(|m| m.config.machine.install.as_ref())
+        .and_then(|i| i.disk_selector.clone());
+    let wanted = match (&ctx.config.state_disk, selector) {
+        (Some(disk), _) => Some(disk.clone()),
+        (None, Some(selector)) => Some(state::select_disk(&ctx.root, &selector)?),
+        (None, None) => None,
+    };
+    let status = state::prepare(
+        &ctx.root,
+        wanted.as_deref(),
+        ctx.seams.mounter.as_mut(),
+        ctx.seams.block.as_mut(),
+    )?;
+    state::publish(&ctx.root, &status).map_err(|source| BootError::Write {
+        path: state::STATUS_PATH.into(),
+        source,
+    })?;
+    ctx.state = Some(status);
+    Ok(())
+}
+
+/// With no machine config from any source and nothing on the command line that makes the node
+/// a member of a cluster, the node waits for one in maintenance mode.
+fn decide_maintenance(ctx: &mut BootCtx) -> Result<(), BootError> {
+    if ctx.machine.is_some() || ctx.config.node_keys {
+        return Ok(());
+    }
+    ctx.config.maintenance = true;
+    ctx.config
+        .save(host_path(&ctx.root, BootConfig::RUNTIME_PATH))?;
+    tracing::warn!(
+        target: "strake_init::machine",
+        "no machine config (kernel command line, fw_cfg or STATE) and no strake.role, strake.token or strake.api: maintenance mode. Apply one with `strakectl apply-config --insecure --nodes <address> --file <config.yaml>`"
+    );
+    Ok(())
+}
+
+/// Maintenance mode's hand-off: machined validated a config and asks init to install it. Init
+/// validates it again, makes it the one in force, prepares STATE on the disk it names (or uses
+/// the STATE already mounted) and keeps it there. The caller reboots into it.
+pub fn install_handoff(ctx: &mut BootCtx) -> Result<String, BootError> {
+    if !ctx.config.maintenance {
+        return Err(BootError::MachineConfig(
+            "the node is not in maintenance mode: apply configs through the machine API".into(),
+        ));
+    }
+    let text = match machine::handoff(&ctx.root) {
+        Some(Ok(t)) => t,
+        Some(Err(e)) => {
+            return Err(BootError::MachineConfig(format!(
+                "reading {}: {e}",
+                machine::HANDOFF
+            )));
+        }
+        None => {
+            return Err(BootError::MachineConfig(format!(
+                "no config at {}",
+                machine::HANDOFF
+            )));
+        }
+    };
+    let loaded = machine::load(&text, Source::Api).map_err(BootError::MachineConfig)?;
+    let previous = (ctx.config.clone(), ctx.machine.take());
+    adopt(ctx, loaded)?;
+    let kept = keep_handoff(ctx, &text);
+    if kept.is_err() {
+        // Still in maintenance mode, with what it had.
+        (ctx.config, ctx.machine) = previous;
+        ctx.config
+            .save(host_path(&ctx.root, BootConfig::RUNTIME_PATH))?;
+    }
+    kept
+}
+
+fn keep_handoff(ctx: &mut BootCtx, text: &str) -> Result<String, BootError> {
+    let mounted = ctx.state.as_ref().and_then(|s| s.device.clone());
+    if mounted.is_none() {
+        mount_state(ctx)?;
+    }
+    let Some(status) = ctx.state.clone().filter(|s| s.device.is_some()) else {
+        return Err(BootError::MachineConfig(
+            "this machine has no STATE partition and the config names no install disk (machine.install), so it could not be kept across the reboot".into(),
+        ));
+    };
+    let device = status.device.unwrap_or_default();
+    machine::store_at(&ctx.root, machine::APPLIED, text).map_err(|source| BootError::Write {
+        path: machine::APPLIED.into(),
+        source,
+    })?;
+    let how = match (mounted.is_some(), status.partitioned, status.formatted) {
+        (true, _, _) => "kept it on STATE",
+        (false, true, _) => "partitioned the disk, formatted STATE and kept it there",
+        (false, false, true) => "formatted STATE and kept it there",
+        (false, false, false) => "kept it on STATE",
+    };
+    let message = format!("installed the config: {how} ({device}); the node reboots into it now");
+    tracing::info!(target: "strake_init::machine", "{message}");
+    Ok(message)
+}
+
 /// The config given on this boot: inline on the command line, else through QEMU's fw_cfg.
 fn machine_config(ctx: &mut BootCtx) -> Result<(), BootError> {
     let (yaml, source) = match ctx.config.machine_config.take() {
@@ -395,12 +503,12 @@ fn machine_config(ctx: &mut BootCtx) -> Result<(), BootError> {
 
 /// Loads the modules the machine config given on this boot adds.
 fn config_modules(ctx: &mut BootCtx) -> Result<(), BootError> {
-    load_config_modules(ctx, |s| s != Source::State)
+    load_config_modules(ctx, |s| !matches!(s, Source::State | Source::Api))
 }
 
 /// Loads the modules the machine config kept on STATE adds, when that is the one in force.
 fn stored_config_modules(ctx: &mut BootCtx) -> Result<(), BootError> {
-    load_config_modules(ctx, |s| s == Source::State)
+    load_config_modules(ctx, |s| matches!(s, Source::State | Source::Api))
 }
 
 fn load_config_modules(ctx: &mut BootCtx, from: fn(Source) -> bool) -> Result<(), BootError> {
@@ -424,6 +532,10 @@ fn load_config_modules(ctx: &mut BootCtx, from: fn(Source) -> bool) -> Result<()
 /// Makes a validated machine config the one in force: folds it over the command line's
 /// settings and rewrites the services' copy of them.
 fn adopt(ctx: &mut BootCtx, loaded: machine::Loaded) -> Result<(), BootError> {
+    // Fold over the command line's settings alone, not over a config this one replaces.
+    let mut config = ctx.cmdline.clone();
+    config.maintenance = false;
+    ctx.config = config;
     for field in machine::fold(&loaded.config, &mut ctx.config) {
         tracing::warn!(target: "strake_init::machine", "{field}: set in the machine config but not applied by this version");
     }
@@ -437,6 +549,12 @@ fn adopt(ctx: &mut BootCtx, loaded: machine::Loaded) -> Result<(), BootError> {
     );
     ctx.config
         .save(host_path(&ctx.root, BootConfig::RUNTIME_PATH))?;
+    machine::store_at(&ctx.root, machine::IN_FORCE, &loaded.yaml).map_err(|source| {
+        BootError::Write {
+            path: machine::IN_FORCE.into(),
+            source,
+        }
+    })?;
     ctx.machine = Some(loaded);
     Ok(())
 }

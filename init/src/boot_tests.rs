@@ -17,7 +17,12 @@ kernel/drivers/net/vxlan.ko:
 
 fn root_with(cmdline: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    let p = dir.path();
+    populate(dir.path(), cmdline);
+    dir
+}
+
+/// The files a boot reads, under `p`.
+fn populate(p: &std::path::Path, cmdline: &str) {
     std::fs::create_dir_all(p.join("proc")).expect("proc");
     std::fs::write(p.join("proc/cmdline"), cmdline).expect("cmdline");
     std::fs::create_dir_all(p.join("sys/fs/cgroup")).expect("cgroup");
@@ -29,7 +34,6 @@ fn root_with(cmdline: &str) -> tempfile::TempDir {
     let mods = p.join("lib/modules/6.1.0-test");
     std::fs::create_dir_all(&mods).expect("modules");
     std::fs::write(mods.join("modules.dep"), MODULES_DEP).expect("dep");
-    dir
 }
 
 fn ctx_for(root: &std::path::Path, fake: &FakeKernel) -> BootCtx {
@@ -293,7 +297,7 @@ fn an_invalid_machine_config_stops_the_boot_listing_every_error() {
 
 #[test]
 fn a_machine_config_from_fw_cfg_applies_and_loads_its_modules() {
-    let yaml = "apiVersion: strake.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  role: controlplane\n  hostname: from-fw-cfg\n  kernel:\n    modules:\n      - name: vxlan\ncluster:\n  name: lab\n  token: abcdef.0123456789abcdef\n";
+    let yaml = "apiVersion: strake.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  role: controlplane\n  hostname: from-fw-cfg\n  kernel:\n    modules:\n      - name: vxlan\ncluster:\n  name: lab\n  token: abcdef.0123456789abcdef\n  caPin: sha256:0000000000000000000000000000000000000000000000000000000000000000\n";
     let root = root_with("strake.hostname=from-cmdline");
     let raw = root
         .path()
@@ -346,4 +350,128 @@ fn time_servers_from_the_machine_config_step_the_clock() {
         .expect("epoch")
         .as_secs();
     assert!(secs > now + 3000 && secs < now + 4200, "{secs} vs {now}");
+}
+
+const NODE_CONFIG: &str = "apiVersion: strake.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  role: worker\n  hostname: installed\n  install:\n    disk: /dev/vda\ncluster:\n  name: lab\n  endpoint: https://10.0.0.1:6443\n  token: abcdef.0123456789abcdef\n  caPin: sha256:0000000000000000000000000000000000000000000000000000000000000000\n";
+
+fn read(root: &std::path::Path, abs: &str) -> String {
+    std::fs::read_to_string(crate::mounts::host_path(root, abs)).unwrap_or_default()
+}
+
+#[test]
+fn no_config_and_no_node_keys_means_maintenance() {
+    let root = root_with("strake.hostname=waiting strake.registry.insecure=10.0.2.2:5000");
+    let fake = FakeKernel::with_nic();
+    let mut ctx = ctx_for(root.path(), &fake);
+    run_sequence(&phases(), &mut ctx).expect("boot");
+    assert!(ctx.config.maintenance);
+    let cfg = BootConfig::load(root.path().join("run/strake/boot.json")).expect("boot.json");
+    assert!(cfg.maintenance, "the services see it");
+    // The network still comes up: the machine API must be reachable.
+    assert!(fake.state().calls.iter().any(|c| c.starts_with("dhcp")));
+
+    // A command line that names the node's role or cluster is enough, as it always was.
+    let root = root_with("strake.token=abcdef.0123456789abcdef");
+    let mut ctx = ctx_for(root.path(), &FakeKernel::with_nic());
+    run_sequence(&phases(), &mut ctx).expect("boot");
+    assert!(!ctx.config.maintenance);
+}
+
+#[test]
+fn a_handed_over_config_is_installed_on_the_disk_it_names_and_the_next_boot_runs_it() {
+    let dir = crate::state::tests::machine();
+    let root = dir.path();
+    populate(root, "strake.hostname=waiting");
+    let fake = FakeKernel::with_nic();
+    let sectors = 1048576 - 2048 - 33 - 1;
+    crate::state::tests::kernel_shows_partition(&fake, root, sectors);
+    let mut ctx = ctx_for(root, &fake);
+    run_sequence(&phases(), &mut ctx).expect("boot");
+    assert!(
+        ctx.config.maintenance,
+        "a blank disk nobody named is not ours"
+    );
+
+    // Nothing handed over, or a bad config: refused, still in maintenance, disk untouched.
+    let err = install_handoff(&mut ctx).expect_err("nothing handed over");
+    assert!(err.to_string().contains("no config at"), "{err}");
+    crate::machine::store_at(root, crate::machine::HANDOFF, "machine: [").expect("handoff");
+    let err = install_handoff(&mut ctx).expect_err("bad yaml");
+    assert!(err.to_string().contains("not valid"), "{err}");
+    // Without a disk to keep it on, the config would not survive the reboot.
+    let diskless = NODE_CONFIG.replace("  install:\n    disk: /dev/vda\n", "");
+    crate::machine::store_at(root, crate::machine::HANDOFF, &diskless).expect("handoff");
+    let err = install_handoff(&mut ctx).expect_err("no disk");
+    assert!(err.to_string().contains("no STATE partition"), "{err}");
+    assert!(ctx.config.maintenance && ctx.machine.is_none());
+    assert!(!fake.state().calls.iter().any(|c| c.starts_with("zero ")));
+
+    crate::machine::store_at(root, crate::machine::HANDOFF, NODE_CONFIG).expect("handoff");
+    let message = install_handoff(&mut ctx).expect("install");
+    assert!(
+        message.contains("partitioned the disk, formatted STATE") && message.contains("/dev/vda1"),
+        "{message}"
+    );
+    assert_eq!(read(root, crate::machine::APPLIED), NODE_CONFIG);
+    assert_eq!(read(root, crate::machine::IN_FORCE), NODE_CONFIG);
+
+    // The next boot: STATE by its label, the applied config in force, no maintenance.
+    populate(root, "strake.hostname=waiting");
+    let next = FakeKernel::with_nic();
+    let mut ctx = ctx_for(root, &next);
+    run_sequence(&phases(), &mut ctx).expect("second boot");
+    assert!(!ctx.config.maintenance);
+    assert_eq!(ctx.machine.as_ref().map(|m| m.source), Some(Source::Api));
+    assert_eq!(ctx.config.role, Role::Worker);
+    assert!(
+        next.state()
+            .calls
+            .contains(&"hostname installed".to_string())
+    );
+    assert!(
+        !next.state().calls.iter().any(|c| c.starts_with("zero ")),
+        "nothing formatted again"
+    );
+}
+
+#[test]
+fn an_applied_config_wins_over_the_boot_sources_and_a_staged_one_takes_over_at_boot() {
+    let dir = crate::state::tests::machine();
+    let root = dir.path();
+    let fake = FakeKernel::with_nic();
+    crate::state::tests::kernel_shows_partition(&fake, root, 1048576 - 2048 - 33 - 1);
+    let given = NODE_CONFIG.replace("hostname: installed", "hostname: from-cmdline");
+    populate(root, &inline_config(&given));
+    let mut ctx = ctx_for(root, &fake);
+    run_sequence(&phases(), &mut ctx).expect("first boot");
+    assert_eq!(
+        ctx.machine.as_ref().map(|m| m.source),
+        Some(Source::CommandLine)
+    );
+    assert_eq!(read(root, crate::machine::STORED), given);
+
+    // The machine API applied one (it writes APPLIED): it wins over the command line's.
+    let applied = NODE_CONFIG.replace("hostname: installed", "hostname: from-api");
+    crate::machine::store_at(root, crate::machine::APPLIED, &applied).expect("applied");
+    let second = FakeKernel::with_nic();
+    let mut ctx = ctx_for(root, &second);
+    run_sequence(&phases(), &mut ctx).expect("second boot");
+    assert_eq!(ctx.machine.as_ref().map(|m| m.source), Some(Source::Api));
+    assert!(
+        second
+            .state()
+            .calls
+            .contains(&"hostname from-api".to_string())
+    );
+    assert_eq!(read(root, crate::machine::IN_FORCE), applied);
+
+    // Staged: the next boot promotes it.
+    let staged = NODE_CONFIG.replace("hostname: installed", "hostname: staged");
+    crate::machine::store_at(root, crate::machine::STAGED, &staged).expect("staged");
+    let third = FakeKernel::with_nic();
+    let mut ctx = ctx_for(root, &third);
+    run_sequence(&phases(), &mut ctx).expect("third boot");
+    assert!(third.state().calls.contains(&"hostname staged".to_string()));
+    assert_eq!(read(root, crate::machine::APPLIED), staged);
+    assert!(!crate::mounts::host_path(root, crate::machine::STAGED).exists());
 }

@@ -79,6 +79,15 @@ pub struct BootConfig {
     /// folds it over these settings. Not written to the runtime copy.
     #[serde(skip)]
     pub machine_config: Option<String>,
+    /// The command line configures the node itself (`strake.role`, `strake.token` or
+    /// `strake.api`): with it and no machine config the node boots into that role, without both
+    /// it waits in maintenance mode.
+    #[serde(skip)]
+    pub node_keys: bool,
+    /// No machine config and no node keys: only machined runs, in maintenance mode, waiting for
+    /// `apply-config`. Set by init after the STATE phase.
+    #[serde(default)]
+    pub maintenance: bool,
     pub debug: bool,
 }
 
@@ -189,8 +198,10 @@ impl BootConfig {
                     key: key.to_owned(),
                 }),
             };
-            if let Err(w) = result {
-                warnings.push(w);
+            match result {
+                Ok(()) if matches!(name, "role" | "token" | "api") => cfg.node_keys = true,
+                Ok(()) => {}
+                Err(w) => warnings.push(w),
             }
         }
         (cfg, warnings)
@@ -497,6 +508,23 @@ mod tests {
         assert_eq!(cfg.pod_network.as_deref(), Some("vxlan"));
         assert_eq!(cfg.state_disk.as_deref(), Some("vda"));
         assert!(cfg.debug);
+        assert!(cfg.node_keys);
+    }
+
+    #[test]
+    fn only_role_token_or_api_configure_the_node() {
+        for (line, configures) in [
+            (
+                "strake.hostname=a strake.disk=/dev/vda strake.registry.insecure=r:1",
+                false,
+            ),
+            ("strake.role=bogus", false),
+            ("strake.role=worker", true),
+            ("strake.token=abc.def", true),
+            ("strake.api=10.0.0.1:6443", true),
+        ] {
+            assert_eq!(parse(line).0.node_keys, configures, "{line}");
+        }
     }
 
     #[test]
@@ -605,7 +633,10 @@ mod tests {
         cfg.save(&path).expect("save");
         let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert_eq!(BootConfig::load(&path).expect("load"), cfg);
+        // What only init needs (node_keys) is not written for the services.
+        let mut want = cfg.clone();
+        want.node_keys = false;
+        assert_eq!(BootConfig::load(&path).expect("load"), want);
         std::fs::write(&path, b"{\"role\":\"pilot\"}").expect("write");
         assert!(matches!(
             BootConfig::load(&path),

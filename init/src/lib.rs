@@ -79,11 +79,14 @@ pub fn run(make_services: impl Fn(&BootConfig) -> Vec<ServiceSpec> + 'static) ->
             Vec::new()
         }
     };
-    drop(ctx);
-    supervise(services)
+    supervise(services, ctx)
 }
 
-fn supervise(services: Vec<ServiceSpec>) -> ! {
+/// How long init waits after answering a maintenance-mode hand-off before rebooting, so that
+/// machined can pass the answer on to the client.
+const HANDOFF_REBOOT_DELAY: Duration = Duration::from_secs(2);
+
+fn supervise(services: Vec<ServiceSpec>, mut ctx: BootCtx) -> ! {
     let mut runner =
         match runner::Runner::new(services, Backoff::default(), Some(PathBuf::from("/"))) {
             Ok(r) => r,
@@ -92,11 +95,40 @@ fn supervise(services: Vec<ServiceSpec>) -> ! {
                 reap_forever()
             }
         };
+    let mut reboot_at: Option<Instant> = None;
     loop {
-        if std::panic::catch_unwind(AssertUnwindSafe(|| runner.step(Duration::from_secs(60))))
-            .is_err()
-        {
-            tracing::error!(target: "strake_init", "supervisor step panicked; continuing");
+        let wait = reboot_at.map_or(Duration::from_secs(60), |t| {
+            t.saturating_duration_since(Instant::now())
+        });
+        let events = match std::panic::catch_unwind(AssertUnwindSafe(|| runner.step(wait))) {
+            Ok(events) => events,
+            Err(_) => {
+                tracing::error!(target: "strake_init", "supervisor step panicked; continuing");
+                Vec::new()
+            }
+        };
+        if events.contains(&runner::RunnerEvent::ConfigHandedOver) && reboot_at.is_none() {
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                boot::install_handoff(&mut ctx).map_err(|e| e.to_string())
+            }))
+            .unwrap_or_else(|_| Err("installing the config panicked".into()));
+            let answer = match outcome {
+                Ok(message) => {
+                    reboot_at = Some(Instant::now() + HANDOFF_REBOOT_DELAY);
+                    machine::HandoffResult { ok: true, message }
+                }
+                Err(message) => {
+                    tracing::error!(target: "strake_init::machine", "the handed-over config was not installed: {message}");
+                    machine::HandoffResult { ok: false, message }
+                }
+            };
+            if let Err(e) = machine::answer_handoff(&ctx.root, &answer) {
+                tracing::error!(target: "strake_init::machine", "answering machined: {e}");
+            }
+        }
+        if reboot_at.is_some_and(|t| Instant::now() >= t) {
+            reboot_at = None;
+            runner.request_shutdown(PowerAction::Reboot, &mut Vec::new());
         }
         if let Some(action) = runner.shutdown_ready() {
             let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();

@@ -18,8 +18,19 @@ use strake_machineconfig::{FileOp, MachineConfig, Role as MachineRole};
 use crate::config::{BootConfig, IpConfig, Role, StaticIp};
 use crate::mounts::host_path;
 
-/// Where STATE keeps the config this node runs with.
+/// Where STATE keeps the last config given at boot (command line, fw_cfg).
 pub const STORED: &str = "/var/lib/strake/config/machine.yaml";
+/// Where STATE keeps a config applied through the machine API. It wins over every other
+/// source: once a user applied one, a stale one on the command line or fw_cfg cannot undo it.
+pub const APPLIED: &str = "/var/lib/strake/config/applied.yaml";
+/// A config applied with mode `staged`: init makes it the applied one at the next boot.
+pub const STAGED: &str = "/var/lib/strake/config/staged.yaml";
+/// The config in force on this boot, for machined (0600, tmpfs).
+pub const IN_FORCE: &str = "/run/strake/machine.yaml";
+/// Maintenance mode's hand-off: machined writes the config here and sends init SIGUSR1...
+pub const HANDOFF: &str = "/run/strake/apply/machine.yaml";
+/// ...and init answers here, as JSON [`HandoffResult`].
+pub const HANDOFF_RESULT: &str = "/run/strake/apply/result.json";
 /// Where a config QEMU hands over (`-fw_cfg name=opt/strake/config,file=...`) shows up.
 pub const FW_CFG: &str = "/sys/firmware/qemu_fw_cfg/by_name/opt/strake/config/raw";
 /// Largest config accepted from a source that is not the command line.
@@ -30,7 +41,10 @@ const MAX_BYTES: u64 = 1 << 20;
 pub enum Source {
     CommandLine,
     FwCfg,
+    /// Kept on STATE from an earlier boot's command line or fw_cfg.
     State,
+    /// Applied through the machine API (kept on STATE as [`APPLIED`]).
+    Api,
 }
 
 impl Source {
@@ -39,8 +53,24 @@ impl Source {
             Source::CommandLine => "the kernel command line (strake.config=)",
             Source::FwCfg => "QEMU fw_cfg (opt/strake/config)",
             Source::State => STORED,
+            Source::Api => "the machine API (apply-config)",
         }
     }
+
+    /// Where STATE keeps a config from this source.
+    pub fn kept_at(self) -> &'static str {
+        match self {
+            Source::Api => APPLIED,
+            _ => STORED,
+        }
+    }
+}
+
+/// What init answers machined after a maintenance-mode hand-off.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HandoffResult {
+    pub ok: bool,
+    pub message: String,
 }
 
 /// A validated config, its text as given, and where it came from.
@@ -208,18 +238,23 @@ fn fold_network(cfg: &MachineConfig, boot: &mut BootConfig, ignored: &mut Vec<St
 /// Keeps `yaml` as the config STATE boots with next time (0600: it holds the join token),
 /// replacing the old one atomically.
 pub fn store(root: &Path, yaml: &str) -> std::io::Result<()> {
-    let path = host_path(root, STORED);
+    store_at(root, STORED, yaml)
+}
+
+/// Writes `text` at `abs` (under `root`) atomically, 0600, in a 0700 directory, and syncs both.
+pub fn store_at(root: &Path, abs: &str, text: &str) -> std::io::Result<()> {
+    let path = host_path(root, abs);
     let dir = path.parent().unwrap_or(Path::new("/"));
     std::fs::create_dir_all(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    let tmp = path.with_extension("yaml.new");
+    let tmp = path.with_extension("new");
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(&tmp)?;
-    f.write_all(yaml.as_bytes())?;
+    f.write_all(text.as_bytes())?;
     f.sync_all()?;
     std::fs::rename(&tmp, &path)?;
     std::fs::File::open(dir)?.sync_all()
@@ -228,6 +263,33 @@ pub fn store(root: &Path, yaml: &str) -> std::io::Result<()> {
 /// The stored config's text, if STATE has one.
 pub fn stored(root: &Path) -> Option<std::io::Result<String>> {
     read_source(root, STORED)
+}
+
+/// The config applied through the machine API, if STATE has one. A staged one is promoted
+/// first: this is the boot it was staged for.
+pub fn applied(root: &Path) -> Option<std::io::Result<String>> {
+    let staged = host_path(root, STAGED);
+    if staged.exists()
+        && let Err(e) = std::fs::rename(&staged, host_path(root, APPLIED))
+    {
+        return Some(Err(e));
+    }
+    read_source(root, APPLIED)
+}
+
+/// Whether this boot promoted a staged config (call before [`applied`]).
+pub fn has_staged(root: &Path) -> bool {
+    host_path(root, STAGED).exists()
+}
+
+/// The handed-off config and the answer to it.
+pub fn handoff(root: &Path) -> Option<std::io::Result<String>> {
+    read_source(root, HANDOFF)
+}
+
+pub fn answer_handoff(root: &Path, result: &HandoffResult) -> std::io::Result<()> {
+    let json = serde_json::to_string(result).map_err(std::io::Error::other)?;
+    store_at(root, HANDOFF_RESULT, &json)
 }
 
 /// The config QEMU's fw_cfg carries, if any.

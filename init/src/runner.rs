@@ -3,7 +3,7 @@
 //!
 //! The only code in init that waits for children is [`Runner::reap`]: a pid that belongs to a
 //! supervised service goes to the [`Supervisor`]; any other pid is an orphan reparented to PID 1,
-//! reaped and logged at debug level. Signals (SIGCHLD, SIGTERM, SIGINT, SIGUSR2) are blocked in
+//! reaped and logged at debug level. Signals (SIGCHLD, SIGTERM, SIGINT, SIGUSR1, SIGUSR2) are blocked in
 //! init and read from a signalfd; children get an empty signal mask, set between fork and exec.
 
 use std::fs::File;
@@ -79,6 +79,8 @@ pub enum RunnerEvent {
         line: String,
     },
     ShutdownRequested(PowerAction),
+    /// SIGUSR1: machined handed over a config in maintenance mode.
+    ConfigHandedOver,
 }
 
 /// The signals init handles; block them before creating threads or children.
@@ -88,6 +90,7 @@ pub fn handled_signals() -> SigSet {
         Signal::SIGCHLD,
         Signal::SIGTERM,
         Signal::SIGINT,
+        Signal::SIGUSR1,
         Signal::SIGUSR2,
     ] {
         set.add(s);
@@ -377,6 +380,7 @@ impl Runner {
                     self.request_shutdown(PowerAction::PowerOff, events)
                 }
                 Ok(Signal::SIGINT) => self.request_shutdown(PowerAction::Reboot, events),
+                Ok(Signal::SIGUSR1) => events.push(RunnerEvent::ConfigHandedOver),
                 _ => tracing::debug!(target: "strake_init::runner", "ignoring signal {signo}"),
             }
         }

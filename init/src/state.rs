@@ -334,7 +334,7 @@ pub fn plan(
 }
 
 /// What this boot did, written to [`STATUS_PATH`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Status {
     /// `None` when the node runs without STATE (everything on tmpfs).
@@ -611,4 +611,4 @@ pub fn publish(root: &Path, status: &Status) -> std::io::Result<()> {
 
 #[cfg(test)]
 #[path = "state_tests.rs"]
-mod tests;
+pub(crate) mod tests;

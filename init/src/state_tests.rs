@@ -140,7 +140,7 @@ fn write(path: &Path, bytes: &[u8]) {
 
 /// A root with a 512 MiB blank `vda` in sysfs and /dev, and a template: an "ext4" of 32 MiB
 /// whose superblock says 8192 blocks.
-fn machine() -> tempfile::TempDir {
+pub(crate) fn machine() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     write(&root.join("sys/class/block/vda/size"), b"1048576\n");
@@ -164,7 +164,7 @@ fn machine() -> tempfile::TempDir {
     dir
 }
 
-fn kernel_shows_partition(fake: &FakeKernel, root: &Path, sectors: u64) {
+pub(crate) fn kernel_shows_partition(fake: &FakeKernel, root: &Path, sectors: u64) {
     fake.state().reread_creates = vec![
         (
             root.join("sys/class/block/vda/vda1/partition"),

@@ -4,6 +4,7 @@
 
 mod agent;
 mod controlplane;
+mod machined;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +27,8 @@ enum Cmd {
     Controlplane(controlplane::Args),
     /// Run the node agent.
     Agent(agent::Args),
+    /// Serve the machine API (maintenance mode until the node has a config).
+    Machined(machined::Args),
     /// Per-container shim (internal; started by the agent).
     #[command(disable_help_flag = true)]
     Shim {
@@ -36,19 +39,27 @@ enum Cmd {
 
 /// The services init supervises for a node with this configuration.
 fn services(cfg: &BootConfig) -> Vec<ServiceSpec> {
-    let mut out = Vec::new();
-    if cfg.role == Role::Controlplane {
+    let mut out = vec![ServiceSpec::new(
+        "machined",
+        &["/bin/strake", "machined"],
+        RestartPolicy::Always,
+    )];
+    if cfg.maintenance {
+        // Nothing else until a config arrives: machined hands it to init, which reboots.
+    } else if cfg.role == Role::Controlplane {
         out.push(ServiceSpec::new(
             "controlplane",
             &["/bin/strake", "controlplane"],
             RestartPolicy::Always,
         ));
     }
-    out.push(ServiceSpec::new(
-        "agent",
-        &["/bin/strake", "agent"],
-        RestartPolicy::Always,
-    ));
+    if !cfg.maintenance {
+        out.push(ServiceSpec::new(
+            "agent",
+            &["/bin/strake", "agent"],
+            RestartPolicy::Always,
+        ));
+    }
     for s in &mut out {
         s.env.push((
             "RUST_LOG".into(),
@@ -125,6 +136,10 @@ fn main() -> ExitCode {
         Cmd::Agent(args) => {
             init_logging();
             run_async(agent::run(args))
+        }
+        Cmd::Machined(args) => {
+            init_logging();
+            run_async(machined::run(args))
         }
     }
 }

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+mod machine;
+
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use strake_pki::BootstrapToken;
@@ -39,6 +41,54 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Generate a machine CA, a control plane machine config carrying it, and an admin client
+    /// config (strakeconfig) for the machine API.
+    Gen {
+        #[command(subcommand)]
+        cmd: GenCmd,
+    },
+    /// Send a machine config to nodes: installs it on a node in maintenance mode (--insecure),
+    /// or applies it to a configured one.
+    ApplyConfig {
+        /// The YAML file ("-" reads standard input).
+        #[arg(long, short)]
+        file: PathBuf,
+        /// auto (live when it can be, else reboot), no-reboot, reboot or staged (next boot).
+        #[arg(long, default_value = "auto", value_parser = parse_mode)]
+        mode: strake_machineapi::ApplyMode,
+        /// Show what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        conn: machine::Conn,
+    },
+    /// The nodes' Strake version, and whether they are in maintenance mode.
+    Version {
+        #[arg(long, short, value_enum, default_value_t)]
+        output: machine::Output,
+        #[command(flatten)]
+        conn: machine::Conn,
+    },
+    /// Read machine resources.
+    Get {
+        #[command(subcommand)]
+        cmd: GetCmd,
+    },
+    /// Reboot the nodes.
+    Reboot {
+        #[command(flatten)]
+        conn: machine::Conn,
+    },
+    /// Power the nodes off.
+    Shutdown {
+        #[command(flatten)]
+        conn: machine::Conn,
+    },
+    /// The client config: contexts and endpoints.
+    Config {
+        #[command(subcommand)]
+        cmd: machine::ConfigCmd,
+    },
     /// Fetch admin credentials with the bootstrap token and write a kubeconfig.
     Kubeconfig {
         /// API server URL, e.g. https://127.0.0.1:6443
@@ -51,6 +101,28 @@ enum Cmd {
         #[arg(long, default_value = "strake")]
         cluster_name: String,
     },
+}
+
+#[derive(Subcommand)]
+enum GenCmd {
+    /// Write controlplane.yaml and strakeconfig.
+    Config(machine::GenArgs),
+}
+
+#[derive(Subcommand)]
+enum GetCmd {
+    /// The machine config in force (secrets redacted unless the client is an admin).
+    Machineconfig {
+        #[arg(long, short, value_enum, default_value_t)]
+        output: machine::Output,
+        #[command(flatten)]
+        conn: machine::Conn,
+    },
+}
+
+fn parse_mode(s: &str) -> Result<strake_machineapi::ApplyMode, String> {
+    strake_machineapi::ApplyMode::parse(s)
+        .ok_or_else(|| format!("`{s}`: use auto, no-reboot, reboot or staged"))
 }
 
 #[derive(Subcommand)]
@@ -152,6 +224,22 @@ fn main() -> anyhow::Result<()> {
             cmd: ClusterCmd::Up(args),
         } => cluster_up(&args),
         Cmd::Validate { config } => validate(&config),
+        Cmd::Gen {
+            cmd: GenCmd::Config(args),
+        } => machine::gen_config(&args),
+        Cmd::ApplyConfig {
+            file,
+            mode,
+            dry_run,
+            conn,
+        } => machine::apply_config(&conn, &file, mode, dry_run),
+        Cmd::Version { output, conn } => machine::version(&conn, output),
+        Cmd::Get {
+            cmd: GetCmd::Machineconfig { output, conn },
+        } => machine::get_machineconfig(&conn, output),
+        Cmd::Reboot { conn } => machine::power(&conn, true),
+        Cmd::Shutdown { conn } => machine::power(&conn, false),
+        Cmd::Config { cmd } => machine::config(&cmd),
         Cmd::Cluster {
             cmd: ClusterCmd::Down { state_dir },
         } => {

@@ -1,0 +1,265 @@
+//! `strake machined`: the machine API (strake-machineapi) on port 50000. In maintenance mode it
+//! waits for a config and hands it to init; on a configured node it serves the API over mutual
+//! TLS with the machine CA of the config in force.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use nix::sys::signal::Signal;
+use strake_init::machine::{self as init_machine, HandoffResult};
+use strake_init::mounts::host_path;
+use strake_machineapi::{FieldProblem, Host, HostError, Power, ServerMode};
+use strake_machineconfig::MachineConfig;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value_t = SocketAddr::from((Ipv4Addr::UNSPECIFIED, strake_machineapi::PORT)))]
+    listen: SocketAddr,
+}
+
+/// How long an install hand-off may take (partitioning and formatting STATE included).
+const HANDOFF_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let boot = crate::boot_config().unwrap_or_default();
+    let host = Arc::new(Node {
+        root: PathBuf::from("/"),
+    });
+    let hostname = host.hostname();
+    let addresses = node_addresses(&host.root);
+    let (mode, serving, ca) = if boot.maintenance {
+        let cert = strake_machineapi::self_signed(&hostname, &addresses)?;
+        let fingerprint = strake_machineapi::fingerprint(&cert.cert_pem)?;
+        let at = addresses
+            .first()
+            .map_or_else(|| "<node address>".to_owned(), IpAddr::to_string);
+        tracing::warn!(
+            "maintenance mode: the machine API listens on {}:{} with certificate fingerprint {fingerprint}",
+            at,
+            args.listen.port()
+        );
+        tracing::warn!(
+            "apply a config with: strakectl apply-config --insecure --nodes {at} --fingerprint {fingerprint} --file <config.yaml>"
+        );
+        (ServerMode::Maintenance, cert, None)
+    } else {
+        let Some(config) = host
+            .current()
+            .and_then(|text| MachineConfig::parse(&text).ok())
+        else {
+            tracing::info!(
+                "the machine API is off: this node was configured by its kernel command line, not a machine config"
+            );
+            return idle().await;
+        };
+        let Some(ca) = config.machine.ca else {
+            tracing::info!(
+                "the machine API is off: the machine config has no machine CA (machine.ca; `strakectl gen config` makes one)"
+            );
+            return idle().await;
+        };
+        let cert = strake_machineapi::serving_cert(&ca, &hostname, &addresses)
+            .context("issuing the machine API's serving certificate with machine.ca")?;
+        (ServerMode::Configured, cert, Some(ca.crt))
+    };
+    let tls = strake_machineapi::tls_config(mode, &serving, ca.as_deref())?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    tracing::info!(
+        "machine API listening on {} ({})",
+        args.listen,
+        if mode == ServerMode::Maintenance {
+            "maintenance mode"
+        } else {
+            "mutual TLS with the machine CA"
+        }
+    );
+    strake_machineapi::serve(listener, tls, host, mode, env!("CARGO_PKG_VERSION")).await;
+    Ok(())
+}
+
+/// Stays up without serving, so init does not restart machined in a loop.
+async fn idle() -> anyhow::Result<()> {
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// The address init configured, from its network state file.
+fn node_addresses(root: &Path) -> Vec<IpAddr> {
+    let text = std::fs::read_to_string(host_path(root, strake_init::network::NETWORK_STATE_PATH))
+        .unwrap_or_default();
+    serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v.get("address")?.as_str()?.parse().ok())
+        .into_iter()
+        .collect()
+}
+
+/// This machine, through init's files and signals.
+struct Node {
+    root: PathBuf,
+}
+
+impl Node {
+    fn read(&self, abs: &str) -> Option<String> {
+        std::fs::read_to_string(host_path(&self.root, abs)).ok()
+    }
+
+    /// The STATE partition, when this boot mounted one.
+    fn state_device(&self) -> Option<String> {
+        let status: strake_init::state::Status =
+            serde_json::from_str(&self.read(strake_init::state::STATUS_PATH)?).ok()?;
+        status.device
+    }
+
+    fn write(&self, abs: &str, text: &str) -> Result<(), HostError> {
+        init_machine::store_at(&self.root, abs, text)
+            .map_err(|e| HostError::new(format!("writing {abs}: {e}")))
+    }
+
+    fn signal_init(&self, signal: Signal) -> Result<(), HostError> {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(1), signal)
+            .map_err(|e| HostError::new(format!("signalling init ({signal}): {e}")))
+    }
+}
+
+fn problem(path: &str, message: String) -> FieldProblem {
+    FieldProblem {
+        path: path.into(),
+        message,
+    }
+}
+
+impl Host for Node {
+    fn hostname(&self) -> String {
+        self.read("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_default()
+    }
+
+    fn current(&self) -> Option<String> {
+        self.read(init_machine::IN_FORCE)
+    }
+
+    fn check_install(&self, config: &MachineConfig) -> Vec<FieldProblem> {
+        let install = config.machine.install.as_ref();
+        if let Some(disk) = install.and_then(|i| i.disk.as_deref()) {
+            let name = disk.strip_prefix("/dev/").unwrap_or(disk);
+            let disks = strake_init::state::scan(&self.root);
+            if !disks.iter().any(|d| d.name == name) {
+                let known: Vec<&str> = disks.iter().map(|d| d.name.as_str()).collect();
+                return vec![problem(
+                    "machine.install.disk",
+                    format!(
+                        "{disk} is not a disk on this machine (it has: {})",
+                        if known.is_empty() {
+                            "none".into()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                )];
+            }
+            return Vec::new();
+        }
+        if let Some(selector) = install.and_then(|i| i.disk_selector.as_ref()) {
+            return match strake_init::state::select_disk(&self.root, selector) {
+                Ok(_) => Vec::new(),
+                Err(e) => vec![problem("machine.install.diskSelector", e.to_string())],
+            };
+        }
+        if self.state_device().is_none() {
+            return vec![problem(
+                "machine.install",
+                "this machine has no STATE partition: name the disk to install on (machine.install.disk or diskSelector), or the config is lost at the next boot".into(),
+            )];
+        }
+        Vec::new()
+    }
+
+    fn install(&self, yaml: &str) -> Result<String, HostError> {
+        let result = host_path(&self.root, init_machine::HANDOFF_RESULT);
+        match std::fs::remove_file(&result) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(HostError::new(format!(
+                    "clearing {}: {e}",
+                    result.display()
+                )));
+            }
+        }
+        self.write(init_machine::HANDOFF, yaml)?;
+        self.signal_init(Signal::SIGUSR1)?;
+        let deadline = Instant::now() + HANDOFF_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Some(text) = self.read(init_machine::HANDOFF_RESULT) {
+                let answer: HandoffResult = serde_json::from_str(&text)
+                    .map_err(|e| HostError::new(format!("init's answer is not readable: {e}")))?;
+                return if answer.ok {
+                    Ok(answer.message)
+                } else {
+                    Err(HostError::new(format!(
+                        "the node did not install the config: {}",
+                        answer.message
+                    )))
+                };
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(HostError::new(format!(
+            "init did not answer within {HANDOFF_TIMEOUT:?}; see the console"
+        )))
+    }
+
+    fn keep(&self, yaml: &str, staged: bool) -> Result<(), HostError> {
+        if self.state_device().is_none() {
+            return Err(HostError::new(
+                "this node runs without STATE, so a config could not outlive the next boot; boot it with a STATE disk (machine.install)",
+            ));
+        }
+        if staged {
+            return self.write(init_machine::STAGED, yaml);
+        }
+        self.write(init_machine::APPLIED, yaml)?;
+        // A config staged earlier must not override this one at the next boot.
+        let staged_path = host_path(&self.root, init_machine::STAGED);
+        if staged_path.exists() {
+            std::fs::remove_file(&staged_path)
+                .map_err(|e| HostError::new(format!("removing {}: {e}", init_machine::STAGED)))?;
+        }
+        self.write(init_machine::IN_FORCE, yaml)
+    }
+
+    fn apply_live(&self, config: &MachineConfig) -> Result<(), HostError> {
+        let failed = init_machine::apply_sysctls(&self.root, config);
+        let files = init_machine::write_files(&self.root, config);
+        let mut problems: Vec<FieldProblem> = failed
+            .into_iter()
+            .map(|f| problem("machine.sysctls", f))
+            .collect();
+        if let Err(e) = files {
+            problems.push(problem("machine.files", e));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(HostError {
+                message: "the config is kept, but part of it did not apply live".into(),
+                problems,
+            })
+        }
+    }
+
+    fn power(&self, action: Power) -> Result<(), HostError> {
+        self.signal_init(match action {
+            Power::Reboot => Signal::SIGINT,
+            Power::Shutdown => Signal::SIGTERM,
+        })
+    }
+}

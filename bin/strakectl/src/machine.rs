@@ -1,0 +1,397 @@
+//! strakectl's machine API commands: `gen config`, `apply-config`, `version`,
+//! `get machineconfig`, `reboot`, `shutdown` and `config` (the client config's contexts).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use strake_machineapi::{ApplyMode, Client, Context, Role, StrakeConfig, Trust};
+use strake_machineconfig::MachineConfig;
+use strake_pki::BootstrapToken;
+
+/// How to reach the nodes, shared by every machine API command.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Conn {
+    /// Nodes to talk to (`host[:port]`, port 50000 by default); the context's first endpoint
+    /// when none is given.
+    #[arg(long, short = 'n', value_delimiter = ',')]
+    nodes: Vec<String>,
+    /// The client config (default: $STRAKECONFIG, else ~/.strake/config).
+    #[arg(long)]
+    strakeconfig: Option<PathBuf>,
+    /// The context to use instead of the config's current one.
+    #[arg(long)]
+    context: Option<String>,
+    /// Maintenance mode: the node has a self-signed certificate and no client is authenticated.
+    #[arg(long)]
+    insecure: bool,
+    /// With --insecure: the certificate fingerprint the node printed on its console
+    /// (`sha256:...`). Without it the node's identity is not checked at all.
+    #[arg(long, requires = "insecure")]
+    fingerprint: Option<String>,
+}
+
+/// `-o` for reads.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+    Yaml,
+}
+
+impl Conn {
+    fn config_path(&self) -> PathBuf {
+        self.strakeconfig
+            .clone()
+            .unwrap_or_else(StrakeConfig::default_path)
+    }
+
+    /// One client per node.
+    fn clients(&self) -> anyhow::Result<Vec<Client>> {
+        let (trust, endpoints) = if self.insecure {
+            let trust = Trust::Insecure {
+                fingerprint: self.fingerprint.clone(),
+            };
+            if self.nodes.is_empty() {
+                bail!("--insecure needs --nodes: the address the node printed on its console");
+            }
+            (trust, self.nodes.clone())
+        } else {
+            let path = self.config_path();
+            let config = StrakeConfig::load(&path).with_context(|| {
+                "a client config is needed (`strakectl gen config` writes one), or --insecure for a node in maintenance mode"
+            })?;
+            let context = config.context(&path, self.context.as_deref())?;
+            let endpoints = if self.nodes.is_empty() {
+                context.endpoints.iter().take(1).cloned().collect()
+            } else {
+                self.nodes.clone()
+            };
+            if endpoints.is_empty() {
+                bail!(
+                    "no node given and the context has no endpoints: pass --nodes or run `strakectl config endpoints <address>`"
+                );
+            }
+            (context.trust(), endpoints)
+        };
+        endpoints
+            .iter()
+            .map(|e| Client::new(e, &trust).map_err(Into::into))
+            .collect()
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn read_input(path: &Path) -> anyhow::Result<String> {
+    if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading standard input")
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+    }
+}
+
+fn print<T: serde::Serialize>(
+    out: Output,
+    value: &T,
+    text: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    match out {
+        Output::Text => println!("{}", text()),
+        Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        Output::Yaml => print!("{}", serde_saphyr::to_string(value)?),
+    }
+    Ok(())
+}
+
+/// Runs `call` against every node, printing each failure with the node's endpoint; fails if
+/// any did.
+fn each_node<T>(
+    conn: &Conn,
+    mut call: impl FnMut(&tokio::runtime::Runtime, &Client) -> anyhow::Result<T>,
+) -> anyhow::Result<Vec<T>> {
+    let rt = runtime()?;
+    let clients = conn.clients()?;
+    let many = clients.len() > 1;
+    let mut out = Vec::new();
+    let mut failed = 0;
+    for client in &clients {
+        match call(&rt, client) {
+            Ok(v) => out.push(v),
+            Err(e) if many => {
+                eprintln!("{}: {e:#}", client.endpoint());
+                failed += 1;
+            }
+            Err(e) => return Err(e.context(format!("node {}", client.endpoint()))),
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} nodes failed", clients.len());
+    }
+    Ok(out)
+}
+
+pub fn apply_config(
+    conn: &Conn,
+    file: &Path,
+    mode: ApplyMode,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let yaml = read_input(file)?;
+    // Check locally first: the same rules as the node, every problem at once.
+    if let Err(errors) = MachineConfig::parse(&yaml) {
+        let n = errors.errors.len();
+        bail!(
+            "{} is not a valid machine config ({n} problem{}); nothing was sent:\n{errors}",
+            file.display(),
+            if n == 1 { "" } else { "s" }
+        );
+    }
+    each_node(conn, |rt, client| {
+        let r = rt.block_on(client.apply_config(&yaml, mode, dry_run))?;
+        println!("{}: {}", client.endpoint(), r.message);
+        if dry_run {
+            for c in &r.changes {
+                println!("  {}: {} -> {}", c.path, short(&c.old), short(&c.new));
+            }
+        }
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// A JSON value on one line, cut to a readable length.
+fn short(v: &serde_json::Value) -> String {
+    let s = if v.is_null() {
+        "(none)".to_owned()
+    } else {
+        v.to_string()
+    };
+    if s.chars().count() > 100 {
+        format!("{}…", s.chars().take(99).collect::<String>())
+    } else {
+        s
+    }
+}
+
+pub fn version(conn: &Conn, out: Output) -> anyhow::Result<()> {
+    let all = each_node(conn, |rt, client| {
+        Ok((client.endpoint().to_owned(), rt.block_on(client.version())?))
+    })?;
+    for (endpoint, v) in all {
+        print(out, &v, || {
+            format!(
+                "{endpoint}: strake {} on {}{}",
+                v.version,
+                v.hostname,
+                if v.maintenance {
+                    " (maintenance mode)"
+                } else {
+                    ""
+                }
+            )
+        })?;
+    }
+    Ok(())
+}
+
+pub fn get_machineconfig(conn: &Conn, out: Output) -> anyhow::Result<()> {
+    let all = each_node(conn, |rt, client| Ok(rt.block_on(client.machineconfig())?))?;
+    for view in all {
+        match out {
+            Output::Text | Output::Yaml => print!("{}", view.yaml),
+            Output::Json => {
+                let value: serde_json::Value = serde_saphyr::from_str(&view.yaml)
+                    .context("the node's machine config is not YAML")?;
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn power(conn: &Conn, reboot: bool) -> anyhow::Result<()> {
+    each_node(conn, |rt, client| {
+        let m = if reboot {
+            rt.block_on(client.reboot())?
+        } else {
+            rt.block_on(client.shutdown())?
+        };
+        println!("{}: {}", client.endpoint(), m.message);
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// `strakectl gen config`: a machine CA, a control plane config carrying it, and a client
+/// config with an admin certificate.
+#[derive(clap::Args, Debug)]
+pub struct GenArgs {
+    /// The cluster's name.
+    cluster: String,
+    /// Where to write controlplane.yaml and strakeconfig.
+    #[arg(long, default_value = ".")]
+    output_dir: PathBuf,
+    /// The disk the node installs to (its STATE partition goes there).
+    #[arg(long, default_value = "/dev/vda")]
+    install_disk: String,
+    /// The node's hostname (also its Kubernetes node name).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Machine API endpoints written into the client config (`host[:port]`).
+    #[arg(long = "endpoint", value_delimiter = ',')]
+    endpoints: Vec<String>,
+    /// Overwrite files that exist.
+    #[arg(long)]
+    force: bool,
+}
+
+pub fn gen_config(args: &GenArgs) -> anyhow::Result<()> {
+    let ca = strake_machineapi::generate_ca(&args.cluster)?;
+    let token = BootstrapToken::generate();
+    let mut yaml = String::from(
+        "apiVersion: strake.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  role: controlplane\n",
+    );
+    if let Some(h) = &args.hostname {
+        yaml.push_str(&format!("  hostname: {h}\n"));
+    }
+    yaml.push_str(&format!(
+        "  install:\n    disk: {}\n  ca:\n    crt: {}\n    key: {}\ncluster:\n  name: {}\n  token: {token}\n",
+        args.install_disk,
+        serde_json::to_string(&ca.crt)?,
+        serde_json::to_string(&ca.key)?,
+        args.cluster
+    ));
+    MachineConfig::parse(&yaml)
+        .map_err(|e| anyhow::anyhow!("the generated config is not valid:\n{e}"))?;
+    let admin = strake_machineapi::issue_client(&ca, "admin", Role::Admin, 3650)?;
+    let mut client = StrakeConfig::default();
+    client.merge(
+        &args.cluster,
+        Context {
+            endpoints: args.endpoints.clone(),
+            ca: ca.crt.clone(),
+            crt: admin.cert_pem,
+            key: admin.key_pem,
+        },
+    );
+    std::fs::create_dir_all(&args.output_dir)
+        .with_context(|| format!("creating {}", args.output_dir.display()))?;
+    let config_path = args.output_dir.join("controlplane.yaml");
+    let client_path = args.output_dir.join("strakeconfig");
+    for p in [&config_path, &client_path] {
+        if p.exists() && !args.force {
+            bail!("{} exists (pass --force to overwrite)", p.display());
+        }
+    }
+    write_private(&config_path, &yaml)?;
+    client.save(&client_path)?;
+    println!(
+        "wrote {} (holds the machine CA key and the join token: keep it private)\nwrote {} (admin client config)",
+        config_path.display(),
+        client_path.display()
+    );
+    Ok(())
+}
+
+/// Writes a secret file 0600.
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// `strakectl config`: the client config's contexts and endpoints.
+#[derive(clap::Subcommand, Debug)]
+pub enum ConfigCmd {
+    /// Set the current context's endpoints.
+    Endpoints {
+        #[arg(required = true)]
+        endpoints: Vec<String>,
+        #[arg(long)]
+        strakeconfig: Option<PathBuf>,
+    },
+    /// Make a context the current one.
+    UseContext {
+        name: String,
+        #[arg(long)]
+        strakeconfig: Option<PathBuf>,
+    },
+    /// List the contexts (the current one is marked `*`).
+    Contexts {
+        #[arg(long)]
+        strakeconfig: Option<PathBuf>,
+    },
+    /// Add the contexts of another client config (e.g. one `gen config` wrote) to this one.
+    Merge {
+        file: PathBuf,
+        #[arg(long)]
+        strakeconfig: Option<PathBuf>,
+    },
+}
+
+pub fn config(cmd: &ConfigCmd) -> anyhow::Result<()> {
+    let path_of = |p: &Option<PathBuf>| p.clone().unwrap_or_else(StrakeConfig::default_path);
+    match cmd {
+        ConfigCmd::Endpoints {
+            endpoints,
+            strakeconfig,
+        } => {
+            let path = path_of(strakeconfig);
+            let mut c = StrakeConfig::load(&path)?;
+            let name = c.context.clone();
+            c.context(&path, None)?;
+            if let Some(ctx) = c.contexts.get_mut(&name) {
+                ctx.endpoints.clone_from(endpoints);
+            }
+            c.save(&path)?;
+            println!("context {name}: endpoints {}", endpoints.join(", "));
+        }
+        ConfigCmd::UseContext { name, strakeconfig } => {
+            let path = path_of(strakeconfig);
+            let mut c = StrakeConfig::load(&path)?;
+            c.context(&path, Some(name))?;
+            c.context.clone_from(name);
+            c.save(&path)?;
+            println!("current context: {name}");
+        }
+        ConfigCmd::Contexts { strakeconfig } => {
+            let path = path_of(strakeconfig);
+            let c = StrakeConfig::load(&path)?;
+            for (name, ctx) in &c.contexts {
+                let mark = if *name == c.context { "*" } else { " " };
+                println!("{mark} {name}\t{}", ctx.endpoints.join(","));
+            }
+        }
+        ConfigCmd::Merge { file, strakeconfig } => {
+            let path = path_of(strakeconfig);
+            let other = StrakeConfig::load(file)?;
+            let mut c = if path.exists() {
+                StrakeConfig::load(&path)?
+            } else {
+                StrakeConfig::default()
+            };
+            for (name, ctx) in other.contexts {
+                c.merge(&name, ctx);
+            }
+            if !other.context.is_empty() {
+                c.context = other.context;
+            }
+            c.save(&path)?;
+            println!("merged {} into {}", file.display(), path.display());
+        }
+    }
+    Ok(())
+}
