@@ -360,6 +360,8 @@ pub const STRAKE_MODULES: &[(&str, bool)] = &[
     ("nf_nat", false),
     ("nf_conntrack", false),
     ("vfat", false),
+    // Config drives (STRAKECFG) may be ISO 9660, as cloud-init's cidata volumes often are.
+    ("isofs", true),
     ("nls_cp437", false),
     ("nls_ascii", false),
     ("efivarfs", false),

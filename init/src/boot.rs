@@ -91,6 +91,8 @@ pub struct BootCtx {
     pub machine: Option<machine::Loaded>,
     /// STATE, once the state phase ran.
     pub state: Option<state::Status>,
+    /// Why the machine config found on this boot cannot be used (every problem, one per line).
+    pub config_problem: Option<String>,
 }
 
 impl BootCtx {
@@ -112,6 +114,7 @@ impl BootCtx {
             services: Vec::new(),
             machine: None,
             state: None,
+            config_problem: None,
         }
     }
 
@@ -343,9 +346,18 @@ fn prepare_state(ctx: &mut BootCtx) -> Result<(), BootError> {
     // A config applied through the machine API wins over every other source.
     let promoted = machine::has_staged(&ctx.root);
     if let Some(text) = machine::applied(&ctx.root) {
-        let text = text
-            .map_err(|e| BootError::MachineConfig(format!("reading {}: {e}", machine::APPLIED)))?;
-        let loaded = machine::load(&text, Source::Api).map_err(BootError::MachineConfig)?;
+        let loaded = text
+            .map_err(|e| format!("reading {}: {e}", machine::APPLIED))
+            .and_then(|text| machine::load(&text, Source::Api));
+        let loaded = match loaded {
+            Ok(l) => l,
+            Err(message) => {
+                unusable(ctx, message);
+                return Ok(());
+            }
+        };
+        // The API's config replaces one given on this boot, usable or not.
+        ctx.config_problem = None;
         if promoted {
             tracing::info!(target: "strake_init::machine", "the config staged through the machine API takes effect on this boot");
         }
@@ -364,14 +376,17 @@ fn prepare_state(ctx: &mut BootCtx) -> Result<(), BootError> {
             tracing::info!(target: "strake_init::machine", "machine config kept on STATE ({})", machine::STORED);
         }
         Some(_) => {}
+        // A config given on this boot that is not usable is not replaced by an older one.
+        None if ctx.config_problem.is_some() => {}
         None => {
             if let Some(text) = machine::stored(&ctx.root) {
-                let text = text.map_err(|e| {
-                    BootError::MachineConfig(format!("reading {}: {e}", machine::STORED))
-                })?;
-                let loaded =
-                    machine::load(&text, Source::State).map_err(BootError::MachineConfig)?;
-                adopt(ctx, loaded)?;
+                match text
+                    .map_err(|e| format!("reading {}: {e}", machine::STORED))
+                    .and_then(|text| machine::load(&text, Source::State))
+                {
+                    Ok(loaded) => adopt(ctx, loaded)?,
+                    Err(message) => unusable(ctx, message),
+                }
             }
         }
     }
@@ -407,6 +422,18 @@ fn mount_state(ctx: &mut BootCtx) -> Result<(), BootError> {
 /// With no machine config from any source and nothing on the command line that makes the node
 /// a member of a cluster, the node waits for one in maintenance mode.
 fn decide_maintenance(ctx: &mut BootCtx) -> Result<(), BootError> {
+    if let Some(problem) = &ctx.config_problem {
+        let first = problem.lines().next().unwrap_or_default().to_owned();
+        ctx.config = ctx.cmdline.clone();
+        ctx.config.maintenance = true;
+        ctx.config
+            .save(host_path(&ctx.root, BootConfig::RUNTIME_PATH))?;
+        tracing::error!(
+            target: "strake_init::machine",
+            "maintenance mode: {first} (every problem is listed above). Fix it and apply it with `strakectl apply-config --insecure --nodes <address> --file <config.yaml>`"
+        );
+        return Ok(());
+    }
     if ctx.machine.is_some() || ctx.config.node_keys {
         return Ok(());
     }
@@ -449,10 +476,17 @@ pub fn install_handoff(ctx: &mut BootCtx) -> Result<String, BootError> {
     adopt(ctx, loaded)?;
     let kept = keep_handoff(ctx, &text);
     if kept.is_err() {
-        // Still in maintenance mode, with what it had.
+        // Still in maintenance mode, with what it had: no config in force.
         (ctx.config, ctx.machine) = previous;
         ctx.config
             .save(host_path(&ctx.root, BootConfig::RUNTIME_PATH))?;
+        let in_force = host_path(&ctx.root, machine::IN_FORCE);
+        if in_force.exists() {
+            std::fs::remove_file(&in_force).map_err(|source| BootError::Write {
+                path: machine::IN_FORCE.into(),
+                source,
+            })?;
+        }
     }
     kept
 }
@@ -483,22 +517,46 @@ fn keep_handoff(ctx: &mut BootCtx, text: &str) -> Result<String, BootError> {
     Ok(message)
 }
 
-/// The config given on this boot: inline on the command line, else through QEMU's fw_cfg.
+/// The config given on this boot: inline on the command line, else on a config drive, else
+/// through QEMU's fw_cfg. One that cannot be read or is not valid puts the node in maintenance
+/// mode with every problem on the console, rather than letting it run without it.
 fn machine_config(ctx: &mut BootCtx) -> Result<(), BootError> {
-    let (yaml, source) = match ctx.config.machine_config.take() {
-        Some(yaml) => (yaml, Source::CommandLine),
-        None => match machine::fw_cfg(&ctx.root) {
-            None => return Ok(()),
-            Some(text) => (
-                text.map_err(|e| {
-                    BootError::MachineConfig(format!("reading {}: {e}", machine::FW_CFG))
-                })?,
-                Source::FwCfg,
-            ),
+    let found = match ctx.config.machine_config.take() {
+        Some(yaml) => Some((Ok(yaml), Source::CommandLine)),
+        None => match crate::cfgdrive::find(&ctx.root) {
+            Some((name, fs)) => {
+                tracing::info!(target: "strake_init::machine", "config drive /dev/{name} ({})", fs.fstype());
+                let modules: Vec<String> = fs.modules().iter().map(|m| (*m).to_owned()).collect();
+                load_named(ctx, &modules);
+                let text = crate::cfgdrive::read(&ctx.root, ctx.seams.mounter.as_mut(), &name, fs);
+                Some((text, Source::ConfigDrive))
+            }
+            None => machine::fw_cfg(&ctx.root).map(|text| {
+                (
+                    text.map_err(|e| format!("reading {}: {e}", machine::FW_CFG)),
+                    Source::FwCfg,
+                )
+            }),
         },
     };
-    let loaded = machine::load(&yaml, source).map_err(BootError::MachineConfig)?;
-    adopt(ctx, loaded)
+    let Some((text, source)) = found else {
+        return Ok(());
+    };
+    match text.and_then(|yaml| machine::load(&yaml, source)) {
+        Ok(loaded) => adopt(ctx, loaded),
+        Err(message) => {
+            unusable(ctx, message);
+            Ok(())
+        }
+    }
+}
+
+/// Records a config that cannot be used; the node goes to maintenance mode.
+fn unusable(ctx: &mut BootCtx, message: String) {
+    for line in message.lines() {
+        tracing::error!(target: "strake_init::machine", "{line}");
+    }
+    ctx.config_problem = Some(message);
 }
 
 /// Loads the modules the machine config given on this boot adds.

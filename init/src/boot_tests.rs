@@ -52,7 +52,7 @@ fn ctx_for(root: &std::path::Path, fake: &FakeKernel) -> BootCtx {
             &["/bin/strake", "machined"],
             RestartPolicy::Always,
         )];
-        if cfg.role == Role::Controlplane {
+        if cfg.role == Role::Controlplane && !cfg.maintenance {
             v.push(ServiceSpec::new(
                 "controlplane",
                 &["/bin/strake", "controlplane"],
@@ -187,7 +187,10 @@ fn static_ip_and_configured_hostname_skip_dhcp() {
     assert!(calls.contains(&"hostname cp1".to_string()));
     assert!(calls.contains(&"addr 2 192.168.9.4/24".to_string()));
     assert!(calls.contains(&"route 2 via 192.168.9.1".to_string()));
-    assert_eq!(ctx.services.len(), 2);
+    // Nothing names the node's role or cluster: maintenance mode, reachable at its static
+    // address before any DHCP.
+    assert!(ctx.config.maintenance);
+    assert_eq!(ctx.services.len(), 1);
 }
 
 #[test]
@@ -274,14 +277,19 @@ fn an_inline_machine_config_wins_over_the_command_line_keys() {
 }
 
 #[test]
-fn an_invalid_machine_config_stops_the_boot_listing_every_error() {
+fn an_invalid_machine_config_means_maintenance_with_every_error() {
     let yaml = "apiVersion: strake.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  role: worker\n  hostname: -bad-\n  network:\n    interfaces:\n      - interface: eth0\n        addresses: [192.168.9.400/24]\ncluster:\n  name: lab\n";
-    let root = root_with(&inline_config(yaml));
+    // Even with keys on the command line that would otherwise make it a node.
+    let root = root_with(&format!(
+        "strake.role=controlplane strake.token=abc.def {}",
+        inline_config(yaml)
+    ));
     let fake = FakeKernel::with_nic();
     let mut ctx = ctx_for(root.path(), &fake);
-    let err = run_sequence(&phases(), &mut ctx).expect_err("must fail");
-    assert_eq!((err.phase, err.task), ("machine-config", "find"));
-    let text = err.to_string();
+    run_sequence(&phases(), &mut ctx).expect("the boot goes on, into maintenance mode");
+    assert!(ctx.config.maintenance);
+    assert!(ctx.machine.is_none());
+    let text = ctx.config_problem.clone().unwrap_or_default();
     for path in [
         "machine.hostname",
         "machine.network.interfaces[0].addresses[0]",
@@ -289,9 +297,67 @@ fn an_invalid_machine_config_stops_the_boot_listing_every_error() {
     ] {
         assert!(text.contains(path), "{path} missing from: {text}");
     }
+    assert_eq!(ctx.services.len(), 1, "only machined: {:?}", ctx.services);
+}
+
+#[test]
+fn a_config_drive_is_read_after_the_command_line_and_before_fw_cfg() {
+    let yaml = |h: &str| {
+        format!(
+            "apiVersion: strake.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  role: controlplane\n  hostname: {h}\ncluster:\n  name: lab\n  token: abcdef.0123456789abcdef\n"
+        )
+    };
+    let root = root_with("");
+    let p = root.path();
+    std::fs::create_dir_all(p.join("sys/class/block/vdb")).expect("sysfs");
+    std::fs::create_dir_all(p.join("dev")).expect("dev");
+    std::fs::write(
+        p.join("dev/vdb"),
+        crate::cfgdrive::tests::fat16("STRAKECFG"),
+    )
+    .expect("drive");
+    let mounted = p.join(crate::cfgdrive::MOUNT_AT.trim_start_matches('/'));
+    std::fs::create_dir_all(&mounted).expect("mount point");
+    std::fs::write(mounted.join("machine.yaml"), yaml("from-drive")).expect("config");
+    let raw = p.join("sys/firmware/qemu_fw_cfg/by_name/opt/strake/config/raw");
+    std::fs::create_dir_all(raw.parent().expect("parent")).expect("fw_cfg dir");
+    std::fs::write(&raw, yaml("from-fw-cfg")).expect("fw_cfg");
+    let fake = FakeKernel::with_nic();
+    let mut ctx = ctx_for(p, &fake);
+    run_sequence(&phases(), &mut ctx).expect("boot");
+    assert_eq!(
+        ctx.machine.as_ref().map(|m| m.source),
+        Some(Source::ConfigDrive)
+    );
     assert!(
-        !fake.state().calls.iter().any(|c| c.starts_with("hostname")),
-        "nothing after the config may run"
+        fake.state()
+            .calls
+            .contains(&"hostname from-drive".to_string())
+    );
+
+    // Bad YAML on the drive: maintenance mode, with the decoder's message.
+    std::fs::write(mounted.join("machine.yaml"), "machine: [").expect("config");
+    let mut ctx = ctx_for(p, &FakeKernel::with_nic());
+    run_sequence(&phases(), &mut ctx).expect("boot");
+    assert!(ctx.config.maintenance);
+    assert!(
+        ctx.config_problem
+            .as_deref()
+            .unwrap_or_default()
+            .contains("config drive"),
+        "{:?}",
+        ctx.config_problem
+    );
+
+    // The command line's config wins over the drive.
+    populate(p, &inline_config(&yaml("from-cmdline")));
+    let fake = FakeKernel::with_nic();
+    let mut ctx = ctx_for(p, &fake);
+    run_sequence(&phases(), &mut ctx).expect("boot");
+    assert!(
+        fake.state()
+            .calls
+            .contains(&"hostname from-cmdline".to_string())
     );
 }
 
@@ -405,6 +471,10 @@ fn a_handed_over_config_is_installed_on_the_disk_it_names_and_the_next_boot_runs
     assert!(err.to_string().contains("no STATE partition"), "{err}");
     assert!(ctx.config.maintenance && ctx.machine.is_none());
     assert!(!fake.state().calls.iter().any(|c| c.starts_with("zero ")));
+    assert!(
+        !crate::mounts::host_path(root, crate::machine::IN_FORCE).exists(),
+        "a refused config is not in force"
+    );
 
     crate::machine::store_at(root, crate::machine::HANDOFF, NODE_CONFIG).expect("handoff");
     let message = install_handoff(&mut ctx).expect("install");

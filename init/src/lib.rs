@@ -3,6 +3,7 @@
 //! It must not hold cluster logic: services (machined, controlplane, agent) are opaque child processes.
 
 pub mod boot;
+pub mod cfgdrive;
 pub mod config;
 pub mod console;
 pub mod dhcp;

@@ -40,6 +40,8 @@ const MAX_BYTES: u64 = 1 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     CommandLine,
+    /// A volume labelled STRAKECFG (`crate::cfgdrive`).
+    ConfigDrive,
     FwCfg,
     /// Kept on STATE from an earlier boot's command line or fw_cfg.
     State,
@@ -51,6 +53,7 @@ impl Source {
     pub fn describe(self) -> &'static str {
         match self {
             Source::CommandLine => "the kernel command line (strake.config=)",
+            Source::ConfigDrive => "the config drive (a volume labelled STRAKECFG)",
             Source::FwCfg => "QEMU fw_cfg (opt/strake/config)",
             Source::State => STORED,
             Source::Api => "the machine API (apply-config)",

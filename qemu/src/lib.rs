@@ -425,6 +425,27 @@ impl Vm {
         }
     }
 
+    /// Waits for QEMU to exit by itself (the guest rebooted or powered off: QEMU runs with
+    /// `-no-reboot`). Fails with the console's tail if it is still running after `timeout`.
+    pub fn wait_exit(&mut self, what: &str, timeout: Duration) -> Result<(), QemuError> {
+        let deadline = Instant::now() + timeout;
+        while let Some(child) = self.child.as_mut() {
+            if let Ok(Some(_)) = child.try_wait() {
+                self.child = None;
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(QemuError::Timeout {
+                    what: what.into(),
+                    waited: timeout,
+                    tail: tail(&self.cfg.serial_log(), 40),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
     /// Presses the ACPI power button and waits for QEMU to exit; kills it after `timeout`.
     /// Returns true if the guest powered off by itself.
     pub fn power_off(&mut self, timeout: Duration) -> bool {
