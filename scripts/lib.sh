@@ -17,7 +17,7 @@ install_prereqs() {
         echo "run this as root: it installs packages, mounts overlays and runs containers" >&2
         exit 1
     fi
-    local pkgs=(qemu-system-x86 docker-registry busybox-static kmod zstd ca-certificates iproute2 e2fsprogs mtools)
+    local pkgs=(qemu-system-x86 docker-registry busybox-static kmod zstd ca-certificates iproute2 e2fsprogs mtools ovmf systemd-boot-efi qemu-utils xorriso isolinux syslinux-common binutils)
     local missing=()
     for p in "${pkgs[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::*;
 use crate::cpio::test_reader::{Entry, parse};
@@ -39,11 +39,14 @@ fn two_builds_are_byte_identical_and_bootable_in_shape() {
         (&a.vmlinuz, &b.vmlinuz),
         (&a.initramfs, &b.initramfs),
         (&a.manifest, &b.manifest),
+        (&a.uki, &b.uki),
+        (&a.raw, &b.raw),
+        (&a.qcow2, &b.qcow2),
+        (&a.iso, &b.iso),
     ] {
-        let (bx, by) = (fs::read(x).expect("read"), fs::read(y).expect("read"));
-        assert!(!bx.is_empty(), "{} is empty", x.display());
-        assert!(bx == by, "{} and {} differ", x.display(), y.display());
+        assert_same_bytes(x, y);
     }
+    check_disk(&a.raw);
     assert_eq!(a.kernel_version, KERNEL_RELEASE);
 
     let cpio = zstd::decode_all(&fs::read(&a.initramfs).expect("read")[..]).expect("zstd");
@@ -64,6 +67,69 @@ fn two_builds_are_byte_identical_and_bootable_in_shape() {
     assert!(manifest.modules.iter().any(|m| m.name == "virtio_net"));
     let shipped = entries.iter().filter(|e| e.name.ends_with(".ko")).count();
     assert_eq!(manifest.modules.len(), shipped);
+}
+
+/// Compares two files a block at a time (the raw disk is 2 GiB, mostly holes).
+fn assert_same_bytes(x: &Path, y: &Path) {
+    use std::io::Read as _;
+    let (mut fx, mut fy) = (
+        fs::File::open(x).expect("open"),
+        fs::File::open(y).expect("open"),
+    );
+    let (lx, ly) = (
+        fx.metadata().expect("stat").len(),
+        fy.metadata().expect("stat").len(),
+    );
+    assert!(lx > 0, "{} is empty", x.display());
+    assert_eq!(
+        lx,
+        ly,
+        "{} and {} differ in length",
+        x.display(),
+        y.display()
+    );
+    let (mut bx, mut by) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    let mut at = 0u64;
+    loop {
+        let n = fx.read(&mut bx).expect("read");
+        if n == 0 {
+            break;
+        }
+        fy.read_exact(&mut by[..n]).expect("read");
+        assert!(
+            bx[..n] == by[..n],
+            "{} and {} differ in the MiB at {at}",
+            x.display(),
+            y.display()
+        );
+        at += n as u64;
+    }
+}
+
+/// The disk image: a GPT with the ESP and STATE, the ESP a FAT holding systemd-boot, and STATE
+/// starting with the ext4 template.
+fn check_disk(raw: &Path) {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let mut f = fs::File::open(raw).expect("open");
+    let sectors = f.metadata().expect("stat").len() / 512;
+    let mut read = |off: u64, len: usize| {
+        let mut b = vec![0u8; len];
+        f.seek(SeekFrom::Start(off))?;
+        f.read_exact(&mut b)?;
+        Ok(b)
+    };
+    let table = strake_disk::gpt::read(sectors, &mut read)
+        .expect("read")
+        .expect("a GPT")
+        .expect("valid");
+    let esp = table.partition("ESP").expect("ESP");
+    assert_eq!(esp.type_guid, crate::forms::ESP_TYPE);
+    let state = table.partition("STATE").expect("STATE");
+    assert_eq!(state.last_lba, sectors - 34);
+    let boot = read(esp.first_lba * 512, 512).expect("ESP boot sector");
+    assert_eq!(&boot[82..87], b"FAT32");
+    let superblock = read(state.first_lba * 512 + 1024, 1024).expect("superblock");
+    assert_eq!(&superblock[0x38..0x3a], &[0x53, 0xEF], "ext4 magic");
 }
 
 fn check_archive(entries: &[Entry], release: &str, mtime: u32) {

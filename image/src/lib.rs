@@ -5,6 +5,7 @@
 pub mod artifact;
 pub mod cpio;
 pub mod elf;
+pub mod forms;
 pub mod initramfs;
 pub mod kernel;
 pub mod manifest;
@@ -30,6 +31,13 @@ pub const STRAKE_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const VMLINUZ_FILE: &str = "vmlinuz";
 /// File name of the initramfs in the output directory.
 pub const INITRAMFS_FILE: &str = "initramfs.zst";
+/// The unified kernel image (systemd-boot stub + kernel + initramfs + command line).
+pub const UKI_FILE: &str = "strake.efi";
+/// The GPT disk image: ESP with systemd-boot and the UKI in slot A, and STATE.
+pub const RAW_FILE: &str = "strake.raw";
+pub const QCOW2_FILE: &str = "strake.qcow2";
+/// The hybrid ISO (BIOS isolinux, UEFI El Torito with the UKI), booting live.
+pub const ISO_FILE: &str = "strake.iso";
 
 /// Errors from building an image.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +104,11 @@ pub struct Artifacts {
     pub vmlinuz: PathBuf,
     /// The zstd-compressed newc initramfs.
     pub initramfs: PathBuf,
+    /// The UKI, the raw GPT disk image, its qcow2, and the hybrid ISO.
+    pub uki: PathBuf,
+    pub raw: PathBuf,
+    pub qcow2: PathBuf,
+    pub iso: PathBuf,
     /// Kernel release (`uname -r`), i.e. the `/lib/modules/<release>` directory name.
     pub kernel_version: String,
     /// `manifest.json`.
@@ -137,6 +150,7 @@ pub fn build(opts: &BuildOptions) -> Result<Artifacts, ImageError> {
     );
 
     let strake_sha256 = kernel::sha256_file(&opts.strake_binary)?;
+    let state_template = state::build_template(&opts.out_dir, mtime)?;
     let layout = initramfs::StrakeLayout {
         strake_binary: &opts.strake_binary,
         release: &tree.release,
@@ -145,7 +159,7 @@ pub fn build(opts: &BuildOptions) -> Result<Artifacts, ImageError> {
         modules: &selection.modules,
         modules_builtin: &builtin_text,
         release_file: release_file(&strake_sha256, &pkg, &tree.release),
-        state_template: state::build_template(&opts.out_dir, mtime)?,
+        state_template: state_template.clone(),
     };
     let initramfs_tree = initramfs::strake_tree(&layout)?;
 
@@ -156,6 +170,33 @@ pub fn build(opts: &BuildOptions) -> Result<Artifacts, ImageError> {
     })?;
     let vmlinuz_path = opts.out_dir.join(VMLINUZ_FILE);
     artifact::copy_atomically(&tree.vmlinuz(), &vmlinuz_path)?;
+
+    let uki_path = opts.out_dir.join(UKI_FILE);
+    let os_release = format!(
+        "NAME=Strake\nID=strake\nPRETTY_NAME=\"Strake {STRAKE_VERSION}\"\nVERSION_ID={STRAKE_VERSION}\nIMAGE_VERSION={STRAKE_VERSION}+{}\n",
+        &strake_sha256[..12]
+    );
+    forms::build_uki(
+        &vmlinuz_path,
+        &initramfs_path,
+        &os_release,
+        forms::UKI_CMDLINE,
+        mtime,
+        &uki_path,
+    )?;
+    let raw_path = opts.out_dir.join(RAW_FILE);
+    forms::build_disk(&uki_path, &state_template, mtime, &raw_path)?;
+    let qcow2_path = opts.out_dir.join(QCOW2_FILE);
+    forms::build_qcow2(&raw_path, &qcow2_path)?;
+    let iso_path = opts.out_dir.join(ISO_FILE);
+    forms::build_iso(
+        &vmlinuz_path,
+        &initramfs_path,
+        &uki_path,
+        forms::UKI_CMDLINE,
+        mtime,
+        &iso_path,
+    )?;
 
     let mut module_infos = Vec::with_capacity(selection.modules.len());
     for m in &selection.modules {
@@ -193,9 +234,13 @@ pub fn build(opts: &BuildOptions) -> Result<Artifacts, ImageError> {
             .iter()
             .map(ToString::to_string)
             .collect(),
+        // The raw disk is left out: hashing 2 GiB costs seconds, and the qcow2 holds the same.
         artifacts: [
             ("vmlinuz", info(&vmlinuz_path)?),
             ("initramfs", info(&initramfs_path)?),
+            ("uki", info(&uki_path)?),
+            ("qcow2", info(&qcow2_path)?),
+            ("iso", info(&iso_path)?),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -212,6 +257,10 @@ pub fn build(opts: &BuildOptions) -> Result<Artifacts, ImageError> {
     Ok(Artifacts {
         vmlinuz: vmlinuz_path,
         initramfs: initramfs_path,
+        uki: uki_path,
+        raw: raw_path,
+        qcow2: qcow2_path,
+        iso: iso_path,
         kernel_version: tree.release,
         manifest: manifest_path,
     })

@@ -146,8 +146,24 @@ pub fn fold(cfg: &MachineConfig, boot: &mut BootConfig) -> Vec<String> {
     if m.time.timezone.is_some() {
         ignored.push("machine.time.timezone".into());
     }
-    if !m.registries.mirrors.is_empty() || !m.registries.config.is_empty() {
-        ignored.push("machine.registries".into());
+    // A registry reached over plain HTTP is a mirror of itself at an http:// endpoint (as in
+    // Talos); other mirrors, credentials and CAs are not applied yet.
+    for (name, mirror) in &m.registries.mirrors {
+        let plain = format!("http://{name}");
+        let itself = mirror
+            .endpoints
+            .iter()
+            .all(|e| e.trim_end_matches('/') == plain);
+        if itself && !mirror.endpoints.is_empty() {
+            if !boot.insecure_registries.contains(name) {
+                boot.insecure_registries.push(name.clone());
+            }
+        } else {
+            ignored.push(path_of_mirror(name));
+        }
+    }
+    if !m.registries.config.is_empty() {
+        ignored.push("machine.registries.config".into());
     }
     let agent = &m.agent;
     if agent.max_pods != strake_machineconfig::DEFAULT_MAX_PODS
@@ -170,6 +186,13 @@ pub fn fold(cfg: &MachineConfig, boot: &mut BootConfig) -> Vec<String> {
         ignored.push("cluster.podSubnets/serviceSubnets".into());
     }
     ignored
+}
+
+fn path_of_mirror(name: &str) -> String {
+    format!(
+        "machine.registries.mirrors[{}]",
+        serde_json::Value::from(name)
+    )
 }
 
 fn fold_network(cfg: &MachineConfig, boot: &mut BootConfig, ignored: &mut Vec<String>) {
@@ -423,6 +446,22 @@ cluster:
             })
         );
         assert_eq!(ignored, ["cluster.caPin", "machine.network.interfaces[1]",]);
+    }
+
+    #[test]
+    fn a_registry_mirrored_to_itself_over_http_is_an_insecure_registry() {
+        let with = CONFIG.replace(
+            "  sysctls:",
+            "  registries:\n    mirrors:\n      10.0.2.2:5000:\n        endpoints: [\"http://10.0.2.2:5000\"]\n      docker.io:\n        endpoints: [\"https://mirror.lab\"]\n  sysctls:",
+        );
+        let loaded = load(&with, Source::CommandLine).unwrap();
+        let (mut boot, _) = BootConfig::parse_cmdline("strake.registry.insecure=r.lab:80");
+        let ignored = fold(&loaded.config, &mut boot);
+        assert_eq!(boot.insecure_registries, ["r.lab:80", "10.0.2.2:5000"]);
+        assert!(
+            ignored.contains(&"machine.registries.mirrors[\"docker.io\"]".to_string()),
+            "{ignored:?}"
+        );
     }
 
     #[test]

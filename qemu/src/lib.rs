@@ -82,20 +82,59 @@ impl Nic {
     }
 }
 
+/// UEFI firmware (OVMF) for a VM that boots from its first disk's ESP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Uefi {
+    /// The firmware code (read-only).
+    pub code: PathBuf,
+    /// This VM's own copy of the variable store (boot entries, LoaderEntryOneShot).
+    pub vars: PathBuf,
+}
+
+/// Debian's `ovmf` package.
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+impl Uefi {
+    /// OVMF with a fresh variable store at `vars` (copied from the package's template unless
+    /// the file exists: a VM keeps its variables across boots).
+    pub fn ovmf(vars: PathBuf) -> Result<Uefi, QemuError> {
+        for p in [OVMF_CODE, OVMF_VARS] {
+            if !Path::new(p).exists() {
+                return Err(QemuError::Config(format!(
+                    "{p} is missing (apt-get install ovmf)"
+                )));
+            }
+        }
+        if !vars.exists() {
+            std::fs::copy(OVMF_VARS, &vars).map_err(io(&vars))?;
+        }
+        Ok(Uefi {
+            code: OVMF_CODE.into(),
+            vars,
+        })
+    }
+}
+
 /// A VM to boot.
 #[derive(Clone, Debug)]
 pub struct VmConfig {
     pub name: String,
+    /// Booted directly with `-kernel`/`-initrd`/`-append`, unless `uefi` is set or the path is
+    /// empty (then the BIOS boots from the disks).
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     /// Extra kernel command line (console and panic settings are added).
     pub cmdline: String,
+    /// Boot through UEFI firmware from the first disk instead of `kernel`.
+    pub uefi: Option<Uefi>,
     pub memory_mib: u32,
     pub cpus: u32,
     pub accel: Accel,
     /// The guest's interfaces, `eth0` first.
     pub nics: Vec<Nic>,
-    /// Virtio disks, `/dev/vda` first: qcow2 when the name ends in `.qcow2`, raw otherwise.
+    /// Virtio disks, `/dev/vda` first: qcow2 when the name ends in `.qcow2`, raw otherwise; a
+    /// name ending in `.iso` is a CD-ROM instead, and boots first.
     pub disks: Vec<PathBuf>,
     /// Files handed to the guest through fw_cfg, by name (`opt/...`).
     pub fw_cfg: Vec<(String, PathBuf)>,
@@ -200,13 +239,34 @@ impl VmConfig {
             self.cpus.to_string(),
             s("-m"),
             self.memory_mib.to_string(),
-            s("-kernel"),
-            self.kernel.display().to_string(),
-            s("-initrd"),
-            self.initrd.display().to_string(),
-            s("-append"),
-            cmdline,
         ];
+        match &self.uefi {
+            // No kernel and no UEFI: the BIOS boots from the disks (an ISO first).
+            None if self.kernel.as_os_str().is_empty() => {}
+            None => args.extend([
+                s("-kernel"),
+                self.kernel.display().to_string(),
+                s("-initrd"),
+                self.initrd.display().to_string(),
+                s("-append"),
+                cmdline,
+            ]),
+            Some(uefi) => {
+                for (unit, file, readonly) in [(0, &uefi.code, ",readonly=on"), (1, &uefi.vars, "")]
+                {
+                    let path = file.display().to_string();
+                    if path.contains(',') {
+                        return Err(QemuError::Config(format!(
+                            "firmware path {path:?} must not contain ','"
+                        )));
+                    }
+                    args.push(s("-drive"));
+                    args.push(format!(
+                        "if=pflash,format=raw,unit={unit},file={path}{readonly}"
+                    ));
+                }
+            }
+        }
         args.extend(net_args);
         for (name, file) in &self.fw_cfg {
             let path = file.display().to_string();
@@ -224,6 +284,16 @@ impl VmConfig {
                 return Err(QemuError::Config(format!(
                     "disk path {path:?} must not contain ','"
                 )));
+            }
+            if path.ends_with(".iso") {
+                // A CD-ROM on the q35 machine's AHCI controller, booted first.
+                args.push(s("-drive"));
+                args.push(format!(
+                    "file={path},format=raw,if=none,id=disk{i},media=cdrom,readonly=on"
+                ));
+                args.push(s("-device"));
+                args.push(format!("ide-cd,drive=disk{i},bus=ide.{i},bootindex=0"));
+                continue;
             }
             let format = if path.ends_with(".qcow2") {
                 "qcow2"
@@ -556,6 +626,7 @@ mod tests {
             kernel: "/k".into(),
             initrd: "/i".into(),
             cmdline: "strake.token=x".into(),
+            uefi: None,
             memory_mib: 512,
             cpus: 2,
             accel: Accel::Tcg,
@@ -583,6 +654,21 @@ mod tests {
     }
 
     #[test]
+    fn uefi_boots_from_firmware_instead_of_the_kernel() {
+        let mut c = cfg();
+        c.uefi = Some(Uefi {
+            code: "/fw/code.fd".into(),
+            vars: "/s/vm.vars.fd".into(),
+        });
+        let a = c.args().unwrap().join(" ");
+        assert!(!a.contains("-kernel") && !a.contains("-append"), "{a}");
+        assert!(
+            a.contains("-drive if=pflash,format=raw,unit=0,file=/fw/code.fd,readonly=on -drive if=pflash,format=raw,unit=1,file=/s/vm.vars.fd"),
+            "{a}"
+        );
+    }
+
+    #[test]
     fn disks_are_virtio_in_order_with_their_format() {
         let mut c = cfg();
         c.disks = vec!["/d/state.qcow2".into(), "/d/raw.img".into()];
@@ -593,6 +679,12 @@ mod tests {
         );
         c.disks = vec!["/d/a,b.img".into()];
         assert!(c.args().is_err());
+        c.disks = vec!["/d/strake.iso".into()];
+        let a = c.args().unwrap().join(" ");
+        assert!(
+            a.contains("-drive file=/d/strake.iso,format=raw,if=none,id=disk0,media=cdrom,readonly=on -device ide-cd,drive=disk0,bus=ide.0,bootindex=0"),
+            "{a}"
+        );
     }
 
     #[test]

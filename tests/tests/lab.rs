@@ -126,6 +126,7 @@ fn three_node_lab_networking() -> anyhow::Result<()> {
             }],
             disks: Vec::new(),
             fw_cfg: Vec::new(),
+            uefi: None,
             state_dir: state.path().to_path_buf(),
         };
         vms.push(Vm::start(cfg)?);

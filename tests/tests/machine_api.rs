@@ -150,6 +150,7 @@ fn maintenance_mode_install_and_the_machine_api() -> anyhow::Result<()> {
         ])],
         disks: vec![disk],
         fw_cfg: Vec::new(),
+        uefi: None,
         state_dir: dir.path().to_path_buf(),
     };
     let mut vm = Vm::start(first.clone())?;

@@ -69,6 +69,7 @@ fn one_node_cluster_runs_pods_through_kubectl() -> anyhow::Result<()> {
         }])],
         disks: vec![disk],
         fw_cfg: Vec::new(),
+        uefi: None,
         state_dir: state.path().to_path_buf(),
     };
     let console_path = cfg.serial_log();

@@ -127,7 +127,9 @@ fn parse_mode(s: &str) -> Result<strake_machineapi::ApplyMode, String> {
 
 #[derive(Subcommand)]
 enum ImageCmd {
-    /// Build vmlinuz + initramfs from the pinned kernel and a static strake binary.
+    /// Build vmlinuz + initramfs from the pinned kernel and a static strake binary, and the boot
+    /// forms made of them: a UKI, and a GPT disk image (raw and qcow2) that boots it with
+    /// systemd-boot under UEFI.
     Build {
         #[arg(long)]
         strake: PathBuf,
@@ -193,10 +195,14 @@ fn main() -> anyhow::Result<()> {
                 extra_modules: vec![],
             })?;
             println!(
-                "kernel {}\n  {}\n  {}",
+                "kernel {}\n  {}\n  {}\n  {} (UKI)\n  {} (GPT disk: ESP with systemd-boot and slot A, STATE)\n  {}\n  {} (hybrid ISO, BIOS and UEFI, live)",
                 a.kernel_version,
                 a.vmlinuz.display(),
-                a.initramfs.display()
+                a.initramfs.display(),
+                a.uki.display(),
+                a.raw.display(),
+                a.qcow2.display(),
+                a.iso.display()
             );
             Ok(())
         }
@@ -412,6 +418,7 @@ fn cluster_up(args: &UpArgs) -> anyhow::Result<()> {
         }])],
         disks,
         fw_cfg: Vec::new(),
+        uefi: None,
         state_dir: state_dir.to_path_buf(),
     };
     let console = cfg.serial_log();

@@ -1,0 +1,241 @@
+//! The boot forms the build makes, each booted in QEMU (TCG) one after the other:
+//! - the hybrid ISO, by BIOS (isolinux) and by UEFI (OVMF, the UKI), live into maintenance mode;
+//! - the qcow2 disk (GPT: an ESP with systemd-boot and the UKI in slot A, and a STATE partition)
+//!   under OVMF into maintenance mode, with STATE found by its label and grown to its partition;
+//!   a config applied over the machine API is kept on that STATE, the node reboots into a
+//!   one-node cluster, and a pod runs.
+//!
+//! Prints the measured times from QEMU start.
+//!
+//! Needs the image built by `scripts/test.sh` (or `STRAKE_IMAGE_DIR`), qemu-system-x86_64, OVMF,
+//! docker-registry, busybox-static and kubectl 1.32. Any missing prerequisite fails the test.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use strake_e2e::{
+    Registry, bootstrap_admin, kubectl, kubectl_path, kubectl_with_input, poll, push_busybox,
+    workspace_root,
+};
+use strake_machineapi::{ApplyMode, Client, Trust};
+use strake_pki::BootstrapToken;
+use strake_qemu::{Accel, Nic, PortForward, Uefi, Vm, VmConfig};
+
+fn image_dir() -> PathBuf {
+    std::env::var_os("STRAKE_IMAGE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("build/image"))
+}
+
+fn fingerprint_on(console: &str) -> Option<String> {
+    let marker = "certificate fingerprint sha256:";
+    let at = console.find(marker)?;
+    let hex: String = console[at + marker.len()..]
+        .chars()
+        .take_while(char::is_ascii_hexdigit)
+        .collect();
+    (hex.len() == 64).then(|| format!("sha256:{hex}"))
+}
+
+#[test]
+fn every_boot_form_boots() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let qcow2 = image_dir().join("strake.qcow2");
+    let iso = image_dir().join("strake.iso");
+    for f in [&qcow2, &iso] {
+        ensure!(
+            f.exists(),
+            "{} is missing: run scripts/test.sh (it builds the image) or set STRAKE_IMAGE_DIR",
+            f.display()
+        );
+    }
+    kubectl_path()?;
+    let registry = Registry::start()?;
+    rt.block_on(push_busybox(registry.port, "e2e/busybox", "1"))?;
+    let guest_registry = format!("10.0.2.2:{}", registry.port);
+
+    let dir = strake_e2e::TempDir::new("strake-forms")?;
+    println!(
+        "ISO size: {:.1} MB",
+        std::fs::metadata(&iso)?.len() as f64 / 1e6
+    );
+    for uefi in [false, true] {
+        let machine_port = strake_qemu::free_port();
+        let name = if uefi { "e2e-iso-uefi" } else { "e2e-iso-bios" };
+        let cfg = VmConfig {
+            name: name.into(),
+            kernel: PathBuf::new(),
+            initrd: PathBuf::new(),
+            cmdline: String::new(),
+            uefi: if uefi {
+                Some(Uefi::ovmf(dir.path().join(format!("{name}.vars.fd")))?)
+            } else {
+                None
+            },
+            memory_mib: 2048,
+            cpus: 2,
+            accel: Accel::from_env(),
+            nics: vec![Nic::user(vec![PortForward {
+                host: machine_port,
+                guest: strake_machineapi::PORT,
+            }])],
+            disks: vec![iso.clone()],
+            fw_cfg: Vec::new(),
+            state_dir: dir.path().to_path_buf(),
+        };
+        let mut vm = Vm::start(cfg)?;
+        let result = to_maintenance(&rt, &mut vm, machine_port).map(|took| {
+            println!(
+                "ISO by {}: maintenance mode's API up {:.1}s after QEMU start",
+                if uefi { "UEFI" } else { "BIOS" },
+                took.as_secs_f64()
+            );
+        });
+        on_failure(&vm, result)?;
+    }
+    // The machine's own disk: a copy of the image, as a user would make.
+    let disk = dir.path().join("node.qcow2");
+    std::fs::copy(&qcow2, &disk).context("copying the qcow2 image")?;
+    let api_port = strake_qemu::free_port();
+    let machine_port = strake_qemu::free_port();
+    let cfg = VmConfig {
+        name: "e2e-qcow2".into(),
+        kernel: PathBuf::new(),
+        initrd: PathBuf::new(),
+        cmdline: String::new(),
+        uefi: Some(Uefi::ovmf(dir.path().join("vars.fd"))?),
+        memory_mib: 2048,
+        cpus: 2,
+        accel: Accel::from_env(),
+        nics: vec![Nic::user(vec![
+            PortForward {
+                host: api_port,
+                guest: 6443,
+            },
+            PortForward {
+                host: machine_port,
+                guest: strake_machineapi::PORT,
+            },
+        ])],
+        disks: vec![disk],
+        fw_cfg: Vec::new(),
+        state_dir: dir.path().to_path_buf(),
+    };
+
+    let mut vm = Vm::start(cfg.clone())?;
+    let result = to_maintenance(&rt, &mut vm, machine_port).and_then(|took| {
+        ensure!(
+            vm.console().contains("STATE is /dev/vda2"),
+            "the disk's STATE partition was not found and mounted"
+        );
+        println!(
+            "qcow2 under UEFI: maintenance mode's API up {:.1}s after QEMU start",
+            took.as_secs_f64()
+        );
+        Ok(())
+    });
+    on_failure(&vm, result)?;
+
+    // The disk already has STATE: the config needs no install disk.
+    let token = BootstrapToken::generate();
+    let config = format!(
+        "apiVersion: strake.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  role: controlplane\n  hostname: e2e-disk\n  registries:\n    mirrors:\n      {guest_registry}:\n        endpoints: [\"http://{guest_registry}\"]\ncluster:\n  name: disk\n  token: {token}\n"
+    );
+    let client = Client::new(
+        &format!("127.0.0.1:{machine_port}"),
+        &Trust::Insecure { fingerprint: None },
+    )?;
+    let result = (|| -> anyhow::Result<()> {
+        let r = rt.block_on(client.apply_config(&config, ApplyMode::Auto, false))?;
+        ensure!(
+            r.message.contains("kept it on STATE (/dev/vda2)"),
+            "{}",
+            r.message
+        );
+        vm.wait_exit(
+            "the node to reboot into its config",
+            Duration::from_secs(60),
+        )?;
+        Ok(())
+    })();
+    on_failure(&vm, result)?;
+    drop(vm);
+
+    let mut again = cfg;
+    again.name = "e2e-qcow2-configured".into();
+    let mut vm = Vm::start(again)?;
+    let result = (|| -> anyhow::Result<()> {
+        let kubeconfig = dir.path().join("kubeconfig");
+        let (_, api_ready) = bootstrap_admin(
+            &rt,
+            &mut vm,
+            &format!("https://127.0.0.1:{api_port}"),
+            &token,
+            Duration::from_secs(180),
+            "disk",
+            &kubeconfig,
+        )?;
+        ensure!(
+            vm.console()
+                .contains("machine config from the machine API (apply-config)"),
+            "the node did not boot the config kept on its disk"
+        );
+        let pod = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: hello\nspec:\n  restartPolicy: Never\n  containers:\n  - name: main\n    image: {guest_registry}/e2e/busybox:1\n    command: [\"echo\", \"booted-from-disk\"]\n"
+        );
+        let out = kubectl_with_input(&kubeconfig, &["apply", "-f", "-"], pod.as_bytes())?;
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        poll("the pod's output", Duration::from_secs(120), || {
+            let out = kubectl(&kubeconfig, &["logs", "hello"]).ok()?;
+            (String::from_utf8_lossy(&out.stdout).trim() == "booted-from-disk").then_some(())
+        })?;
+        println!(
+            "qcow2 under UEFI (TCG): API ready {:.1}s after QEMU start (configured boot)",
+            api_ready.as_secs_f64()
+        );
+        Ok(())
+    })();
+    on_failure(&vm, result)
+}
+
+/// Waits for maintenance mode, checks it over the machine API with the console's fingerprint,
+/// and returns how long after QEMU started the API answered.
+fn to_maintenance(
+    rt: &tokio::runtime::Runtime,
+    vm: &mut Vm,
+    machine_port: u16,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let console =
+        vm.wait_for_console("certificate fingerprint sha256:", Duration::from_secs(120))?;
+    let fingerprint = fingerprint_on(&console).context("no fingerprint on the console")?;
+    let client = Client::new(
+        &format!("127.0.0.1:{machine_port}"),
+        &Trust::Insecure {
+            fingerprint: Some(fingerprint),
+        },
+    )?;
+    let version = poll("the machine API", Duration::from_secs(60), || {
+        rt.block_on(client.version()).ok()
+    })?;
+    ensure!(version.maintenance, "not in maintenance mode: {version:?}");
+    Ok(started.elapsed())
+}
+
+fn on_failure(vm: &Vm, result: anyhow::Result<()>) -> anyhow::Result<()> {
+    if result.is_err() {
+        eprintln!(
+            "---- guest console of {} ----\n{}\n-----------------------",
+            vm.config().name,
+            strake_qemu::tail(&vm.config().serial_log(), 150)
+        );
+    }
+    result
+}
