@@ -183,6 +183,7 @@ pub fn phases() -> Vec<BootPhase> {
             "state",
             vec![
                 task("prepare", prepare_state),
+                task("esp", mount_esp),
                 task("modules", stored_config_modules),
                 task("maintenance", decide_maintenance),
             ],
@@ -416,6 +417,60 @@ fn mount_state(ctx: &mut BootCtx) -> Result<(), BootError> {
         source,
     })?;
     ctx.state = Some(status);
+    Ok(())
+}
+
+/// On a UEFI boot, mounts the ESP of STATE's disk at [`crate::slots::ESP_MOUNT`], where
+/// upgrades write the other slot. Not fatal: without it the node runs but cannot upgrade.
+fn mount_esp(ctx: &mut BootCtx) -> Result<(), BootError> {
+    if !mounts::is_uefi(&ctx.root) {
+        return Ok(());
+    }
+    let Some(device) = ctx.state.as_ref().and_then(|s| s.device.clone()) else {
+        return Ok(());
+    };
+    let part = device.trim_start_matches("/dev/");
+    let esp = state::scan(&ctx.root)
+        .into_iter()
+        .find(|d| d.partitions.iter().any(|p| p.name == part))
+        .and_then(|d| {
+            d.partitions
+                .into_iter()
+                .find(|p| p.label.as_deref() == Some("ESP"))
+        });
+    let Some(esp) = esp else {
+        return Ok(());
+    };
+    let modules: Vec<String> = crate::cfgdrive::Fs::Vfat
+        .modules()
+        .iter()
+        .map(|m| (*m).to_owned())
+        .collect();
+    load_named(ctx, &modules);
+    let target = crate::slots::ESP_MOUNT;
+    if let Err(e) = std::fs::create_dir_all(host_path(&ctx.root, target)) {
+        tracing::warn!(target: "strake_init::state", "creating {target}: {e}");
+        return Ok(());
+    }
+    let spec = crate::sys::MountSpec::new(
+        &format!("/dev/{}", esp.name),
+        target,
+        "vfat",
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
+        Some("umask=0077"),
+    );
+    match ctx.seams.mounter.mount(&spec) {
+        Ok(()) => {
+            let running = crate::slots::selected(&ctx.root)
+                .unwrap_or_else(|| "(not chosen by systemd-boot)".into());
+            tracing::info!(target: "strake_init::state", "ESP /dev/{} mounted at {target}; booted entry {running}", esp.name);
+        }
+        Err(e) => {
+            tracing::warn!(target: "strake_init::state", "mounting the ESP /dev/{}: {e}; upgrades are off", esp.name);
+        }
+    }
     Ok(())
 }
 

@@ -16,6 +16,7 @@ pub mod power_button;
 pub mod runner;
 pub mod sequence;
 pub mod shutdown;
+pub mod slots;
 pub mod state;
 pub mod supervisor;
 pub mod switch_root;

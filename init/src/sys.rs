@@ -186,6 +186,31 @@ impl Rebooter for LinuxSys {
 }
 
 nix::ioctl_none!(blkrrpart, 0x12, 95);
+nix::ioctl_read!(fs_getflags, b'f', 1, libc::c_long);
+nix::ioctl_write_ptr!(fs_setflags, b'f', 2, libc::c_long);
+const FS_IMMUTABLE_FL: libc::c_long = 0x10;
+
+/// Clears a file's immutable flag (efivarfs sets it on every variable). A filesystem without
+/// flags has nothing to clear.
+pub fn clear_immutable(path: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let f = std::fs::File::open(path)?;
+    let mut flags: libc::c_long = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes at most a long into `flags`, which lives across the call.
+    match unsafe { fs_getflags(f.as_raw_fd(), &mut flags) } {
+        Ok(_) => {}
+        Err(Errno::ENOTTY | Errno::EOPNOTSUPP | Errno::EINVAL) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    if flags & FS_IMMUTABLE_FL == 0 {
+        return Ok(());
+    }
+    let cleared = flags & !FS_IMMUTABLE_FL;
+    // SAFETY: FS_IOC_SETFLAGS reads at most a long from the pointer, which lives across the call.
+    unsafe { fs_setflags(f.as_raw_fd(), &cleared) }
+        .map(drop)
+        .map_err(Into::into)
+}
 nix::ioctl_write_ptr_bad!(blkzeroout, nix::request_code_none!(0x12, 127), [u64; 2]);
 nix::ioctl_write_ptr!(ext4_resize_fs, b'f', 16, u64);
 

@@ -3,7 +3,10 @@
 //! - the qcow2 disk (GPT: an ESP with systemd-boot and the UKI in slot A, and a STATE partition)
 //!   under OVMF into maintenance mode, with STATE found by its label and grown to its partition;
 //!   a config applied over the machine API is kept on that STATE, the node reboots into a
-//!   one-node cluster, and a pod runs.
+//!   one-node cluster, and a pod runs;
+//! - upgrades of that node over the machine API: a truncated image refused, a good one written
+//!   to slot b, booted once and blessed, and a broken one (its kernel panics) rolled back to b
+//!   with the cluster intact.
 //!
 //! Prints the measured times from QEMU start.
 //!
@@ -141,8 +144,23 @@ fn every_boot_form_boots() -> anyhow::Result<()> {
 
     // The disk already has STATE: the config needs no install disk.
     let token = BootstrapToken::generate();
+    let ca = strake_machineapi::generate_ca("disk")?;
+    let admin = Client::new(
+        &format!("127.0.0.1:{machine_port}"),
+        &Trust::Ca {
+            ca_pem: ca.crt.clone(),
+            client: strake_machineapi::issue_client(
+                &ca,
+                "admin",
+                strake_machineapi::Role::Admin,
+                1,
+            )?,
+        },
+    )?;
     let config = format!(
-        "apiVersion: strake.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  role: controlplane\n  hostname: e2e-disk\n  registries:\n    mirrors:\n      {guest_registry}:\n        endpoints: [\"http://{guest_registry}\"]\ncluster:\n  name: disk\n  token: {token}\n"
+        "apiVersion: strake.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  role: controlplane\n  hostname: e2e-disk\n  ca:\n    crt: {}\n    key: {}\n  registries:\n    mirrors:\n      {guest_registry}:\n        endpoints: [\"http://{guest_registry}\"]\ncluster:\n  name: disk\n  token: {token}\n",
+        serde_json::to_string(&ca.crt)?,
+        serde_json::to_string(&ca.key)?,
     );
     let client = Client::new(
         &format!("127.0.0.1:{machine_port}"),
@@ -164,11 +182,11 @@ fn every_boot_form_boots() -> anyhow::Result<()> {
     on_failure(&vm, result)?;
     drop(vm);
 
-    let mut again = cfg;
+    let mut again = cfg.clone();
     again.name = "e2e-qcow2-configured".into();
     let mut vm = Vm::start(again)?;
+    let kubeconfig = dir.path().join("kubeconfig");
     let result = (|| -> anyhow::Result<()> {
-        let kubeconfig = dir.path().join("kubeconfig");
         let (_, api_ready) = bootstrap_admin(
             &rt,
             &mut vm,
@@ -200,6 +218,97 @@ fn every_boot_form_boots() -> anyhow::Result<()> {
             "qcow2 under UEFI (TCG): API ready {:.1}s after QEMU start (configured boot)",
             api_ready.as_secs_f64()
         );
+        let v = rt.block_on(admin.version())?;
+        ensure!(v.slot.as_deref() == Some("a") && !v.on_trial, "{v:?}");
+        Ok(())
+    })();
+    on_failure(&vm, result)?;
+
+    // Upgrade bad input: a truncated image is refused before anything is written.
+    let uki = std::fs::read(image_dir().join("strake.efi"))?;
+    let result = (|| -> anyhow::Result<()> {
+        let cut = uki[..uki.len() / 2].to_vec();
+        match rt.block_on(admin.upgrade(cut)) {
+            Err(strake_machineapi::ClientError::Api { status: 400, body }) => {
+                ensure!(body.message.contains("truncated"), "{}", body.message)
+            }
+            other => anyhow::bail!("a truncated image was not refused: {other:?}"),
+        }
+        // A good upgrade: written to slot b, booted once, blessed when healthy.
+        let started = Instant::now();
+        let m = rt.block_on(admin.upgrade(uki.clone()))?;
+        ensure!(m.message.contains("to slot b"), "{}", m.message);
+        vm.wait_exit("the node to reboot into slot b", Duration::from_secs(60))?;
+        let mut next = cfg.clone();
+        next.name = "e2e-qcow2-slot-b".into();
+        vm = Vm::start(next)?;
+        let blessed = poll("slot b blessed", Duration::from_secs(240), || {
+            let v = rt.block_on(admin.version()).ok()?;
+            (v.slot.as_deref() == Some("b") && !v.on_trial).then_some(())
+        });
+        blessed?;
+        println!(
+            "upgrade to slot b: {:.1}s from the command to blessed",
+            started.elapsed().as_secs_f64()
+        );
+        ensure!(
+            vm.console().contains("blessed it and made it the default"),
+            "no blessing on the console"
+        );
+        let pods = kubectl(&kubeconfig, &["get", "pod", "hello"])?;
+        ensure!(
+            pods.status.success(),
+            "the cluster did not survive the upgrade"
+        );
+        Ok(())
+    })();
+    on_failure(&vm, result)?;
+
+    // A broken image: its kernel finds no init and panics. The one trial boot fails, and the
+    // next boot is the blessed slot b again, cluster intact.
+    let broken = dir.path().join("broken.efi");
+    strake_image::forms::build_uki(
+        &image_dir().join("vmlinuz"),
+        &image_dir().join("initramfs.zst"),
+        "NAME=Strake\nID=strake\nVERSION_ID=broken\n",
+        "console=ttyS0 panic=-1 rdinit=/nonexistent",
+        1,
+        &broken,
+    )?;
+    let result = (|| -> anyhow::Result<()> {
+        let m = rt.block_on(admin.upgrade(std::fs::read(&broken)?))?;
+        ensure!(m.message.contains("to slot a"), "{}", m.message);
+        vm.wait_exit(
+            "the node to reboot into the broken slot",
+            Duration::from_secs(60),
+        )?;
+        let mut trial = cfg.clone();
+        trial.name = "e2e-qcow2-broken".into();
+        vm = Vm::start(trial)?;
+        vm.wait_exit("the broken slot to panic", Duration::from_secs(120))?;
+        ensure!(
+            vm.console().contains("Kernel panic"),
+            "the broken slot did not fail the way it was built to"
+        );
+        let mut back = cfg.clone();
+        back.name = "e2e-qcow2-rollback".into();
+        vm = Vm::start(back)?;
+        let v = poll("the node back on slot b", Duration::from_secs(240), || {
+            rt.block_on(admin.version()).ok()
+        })?;
+        ensure!(
+            v.slot.as_deref() == Some("b") && !v.on_trial,
+            "after the rollback: {v:?}"
+        );
+        poll(
+            "the cluster after the rollback",
+            Duration::from_secs(120),
+            || {
+                kubectl(&kubeconfig, &["get", "pod", "hello"])
+                    .ok()
+                    .filter(|o| o.status.success())
+            },
+        )?;
         Ok(())
     })();
     on_failure(&vm, result)

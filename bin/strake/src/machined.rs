@@ -64,6 +64,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         };
         let cert = strake_machineapi::serving_cert(&ca, &hostname, &addresses)
             .context("issuing the machine API's serving certificate with machine.ca")?;
+        if let Some((slot, true)) = strake_init::slots::running(&host.root) {
+            tokio::spawn(judge_trial(
+                host.clone(),
+                slot,
+                config.machine.role,
+                addresses.clone(),
+            ));
+        }
         (ServerMode::Configured, cert, Some(ca.crt))
     };
     let tls = strake_machineapi::tls_config(mode, &serving, ca.as_deref())?;
@@ -81,6 +89,58 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     strake_machineapi::serve(listener, tls, host, mode, env!("CARGO_PKG_VERSION")).await;
     Ok(())
+}
+
+/// How long a slot on trial has to come up healthy before machined reboots into the old one.
+const TRIAL_DEADLINE: Duration = Duration::from_secs(300);
+
+/// A slot on trial is blessed once the node is healthy (a control plane's API answers; a
+/// worker's agent listens), and abandoned (a reboot into the default slot) if it is not by
+/// [`TRIAL_DEADLINE`].
+async fn judge_trial(
+    host: Arc<Node>,
+    slot: strake_init::slots::Slot,
+    role: strake_machineconfig::Role,
+    addresses: Vec<IpAddr>,
+) {
+    tracing::info!(
+        "slot {} is on trial: waiting for the node to be healthy",
+        slot.letter()
+    );
+    let deadline = Instant::now() + TRIAL_DEADLINE;
+    while Instant::now() < deadline {
+        let healthy = match role {
+            strake_machineconfig::Role::Controlplane => {
+                strake_kubeclient::answers_version("https://127.0.0.1:6443", Duration::from_secs(2))
+                    .await
+            }
+            strake_machineconfig::Role::Worker => match addresses.first() {
+                Some(ip) => tokio::net::TcpStream::connect((*ip, 10250)).await.is_ok(),
+                None => false,
+            },
+        };
+        if healthy {
+            let root = host.root.clone();
+            match tokio::task::spawn_blocking(move || strake_init::slots::bless(&root)).await {
+                Ok(Ok(Some(s))) => tracing::info!(
+                    "the node is healthy on slot {}: blessed it and made it the default",
+                    s.letter()
+                ),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => tracing::error!("blessing slot {}: {e}", slot.letter()),
+                Err(e) => tracing::error!("blessing slot {}: {e}", slot.letter()),
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    tracing::error!(
+        "slot {} did not come up healthy within {TRIAL_DEADLINE:?}: rebooting into the default slot",
+        slot.letter()
+    );
+    if let Err(e) = host.power(Power::Reboot) {
+        tracing::error!("{}", e.message);
+    }
 }
 
 /// Stays up without serving, so init does not restart machined in a loop.
@@ -254,6 +314,19 @@ impl Host for Node {
                 problems,
             })
         }
+    }
+
+    fn slot(&self) -> Option<(char, bool)> {
+        strake_init::slots::running(&self.root).map(|(s, trial)| (s.letter(), trial))
+    }
+
+    fn stage_upgrade(&self, uki: &[u8]) -> Result<String, HostError> {
+        let slot = strake_init::slots::stage(&self.root, uki).map_err(HostError::new)?;
+        Ok(format!(
+            "wrote the image ({} MB) to slot {} for one trial boot; rebooting into it. It is kept if the node comes up healthy, and the old slot boots again otherwise",
+            uki.len() / 1_000_000,
+            slot.letter()
+        ))
     }
 
     fn power(&self, action: Power) -> Result<(), HostError> {

@@ -184,8 +184,13 @@ pub fn version(conn: &Conn, out: Output) -> anyhow::Result<()> {
     })?;
     for (endpoint, v) in all {
         print(out, &v, || {
+            let slot = match (&v.slot, v.on_trial) {
+                (Some(s), false) => format!(", slot {s}"),
+                (Some(s), true) => format!(", slot {s} (on trial)"),
+                (None, _) => String::new(),
+            };
             format!(
-                "{endpoint}: strake {} on {}{}",
+                "{endpoint}: strake {} on {}{}{slot}",
                 v.version,
                 v.hostname,
                 if v.maintenance {
@@ -221,6 +226,19 @@ pub fn power(conn: &Conn, reboot: bool) -> anyhow::Result<()> {
         } else {
             rt.block_on(client.shutdown())?
         };
+        println!("{}: {}", client.endpoint(), m.message);
+        Ok(())
+    })?;
+    Ok(())
+}
+
+pub fn upgrade(conn: &Conn, image: &Path) -> anyhow::Result<()> {
+    let uki = std::fs::read(image).with_context(|| format!("reading {}", image.display()))?;
+    // The node checks it too; failing here saves the upload.
+    strake_machineapi::check_uki(&uki)
+        .map_err(|e| anyhow::anyhow!("{} cannot be an upgrade: {e}", image.display()))?;
+    each_node(conn, |rt, client| {
+        let m = rt.block_on(client.upgrade(uki.clone()))?;
         println!("{}: {}", client.endpoint(), m.message);
         Ok(())
     })?;

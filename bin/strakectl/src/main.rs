@@ -79,6 +79,15 @@ enum Cmd {
         #[command(flatten)]
         conn: machine::Conn,
     },
+    /// Upgrade nodes to a UKI (build/image/strake.efi): it is checked, written to the slot not
+    /// running, and booted once; the node keeps it if it comes up healthy, and boots the old
+    /// slot again otherwise.
+    Upgrade {
+        #[arg(long)]
+        image: PathBuf,
+        #[command(flatten)]
+        conn: machine::Conn,
+    },
     /// Power the nodes off.
     Shutdown {
         #[command(flatten)]
@@ -245,6 +254,7 @@ fn main() -> anyhow::Result<()> {
         } => machine::get_machineconfig(&conn, output),
         Cmd::Reboot { conn } => machine::power(&conn, true),
         Cmd::Shutdown { conn } => machine::power(&conn, false),
+        Cmd::Upgrade { image, conn } => machine::upgrade(&conn, &image),
         Cmd::Config { cmd } => machine::config(&cmd),
         Cmd::Cluster {
             cmd: ClusterCmd::Down { state_dir },

@@ -155,6 +155,11 @@ impl Client {
         self.call("POST", "/v1/shutdown", Bytes::new()).await
     }
 
+    /// Sends a UKI to write into the other slot; the node reboots into it.
+    pub async fn upgrade(&self, uki: Vec<u8>) -> Result<Message, ClientError> {
+        self.call("POST", "/v1/upgrade", Bytes::from(uki)).await
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         method: &str,

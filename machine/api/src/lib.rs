@@ -16,6 +16,7 @@
 //! | `/v1/apply-config`          | POST   | admin     | body: YAML; `?mode=`, `?dryRun=true`      |
 //! | `/v1/machineconfig`         | GET    | reader    | [`ConfigView`]; secrets redacted below admin |
 //! | `/v1/reboot`, `/v1/shutdown`| POST   | operator  | [`Message`]                               |
+//! | `/v1/upgrade`               | POST   | admin     | body: a UKI; written to the other slot, booted once, blessed when healthy |
 //!
 //! Every error is JSON [`ErrorBody`]: one message and, for a bad config, every problem with its
 //! field path.
@@ -24,6 +25,7 @@ mod client;
 mod clientconfig;
 mod secrets;
 mod server;
+mod uki;
 
 use std::fmt;
 
@@ -36,11 +38,14 @@ pub use secrets::{
     SecretsError, fingerprint, generate_ca, issue_client, self_signed, serving_cert,
 };
 pub use server::{Host, HostError, Power, ServerMode, serve, tls_config};
+pub use uki::check_uki;
 
 /// The machine API's TCP port.
 pub const PORT: u16 = 50000;
 /// Largest request body accepted (a machine config).
 pub const MAX_BODY: usize = 1 << 20;
+/// Largest UKI `upgrade` accepts.
+pub const MAX_UPGRADE: usize = 256 << 20;
 
 /// What a client may do, from its certificate's organizations. Each role can do what the ones
 /// below it can.
@@ -101,6 +106,13 @@ pub struct VersionInfo {
     pub hostname: String,
     /// The node has no config and accepts only `apply-config`.
     pub maintenance: bool,
+    /// The A/B slot systemd-boot booted (`a` or `b`); absent when the node did not boot from
+    /// a slot (the `-kernel` path, the ISO, PXE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
+    /// The slot is on trial: an upgrade not yet blessed.
+    #[serde(default)]
+    pub on_trial: bool,
 }
 
 /// How `apply-config` applies a config.

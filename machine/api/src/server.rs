@@ -21,8 +21,8 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::{
-    ApplyMode, ApplyResult, ChangeView, ConfigView, ErrorBody, FieldProblem, MAX_BODY, Message,
-    Role, VersionInfo, redact,
+    ApplyMode, ApplyResult, ChangeView, ConfigView, ErrorBody, FieldProblem, MAX_BODY, MAX_UPGRADE,
+    Message, Role, VersionInfo, redact,
 };
 
 /// Which API the node serves.
@@ -75,6 +75,11 @@ pub trait Host: Send + Sync + 'static {
     /// Applies the sections that are applied live ([`LIVE`]).
     fn apply_live(&self, config: &MachineConfig) -> Result<(), HostError>;
     fn power(&self, action: Power) -> Result<(), HostError>;
+    /// The A/B slot this boot came from, and whether it is on trial.
+    fn slot(&self) -> Option<(char, bool)>;
+    /// Writes a checked UKI into the slot not running and makes it the next boot's one shot.
+    /// Returns what it did.
+    fn stage_upgrade(&self, uki: &[u8]) -> Result<String, HostError>;
 }
 
 /// The TLS configuration for `mode`: `serving` is the self-signed certificate in maintenance
@@ -201,6 +206,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/v1/machineconfig", get(machineconfig))
         .route("/v1/reboot", post(reboot))
         .route("/v1/shutdown", post(shutdown))
+        .route("/v1/upgrade", post(upgrade))
         .fallback(not_found)
         .with_state(app)
 }
@@ -298,13 +304,15 @@ async fn not_found(req: Request) -> Refused {
 async fn version(State(app): State<Arc<App>>, Extension(peer): Extension<Peer>) -> Answer {
     allow(&app, &peer, "version", Role::Reader)?;
     let host = app.host.clone();
-    let hostname = blocking(move || host.hostname()).await?;
+    let (hostname, slot) = blocking(move || (host.hostname(), host.slot())).await?;
     Ok(json(
         StatusCode::OK,
         &VersionInfo {
             version: app.version.clone(),
             hostname,
             maintenance: app.mode == ServerMode::Maintenance,
+            slot: slot.map(|(s, _)| s.to_string()),
+            on_trial: slot.is_some_and(|(_, trial)| trial),
         },
     ))
 }
@@ -618,6 +626,34 @@ async fn shutdown(State(app): State<Arc<App>>, Extension(peer): Extension<Peer>)
             message: format!("{} is shutting down", app.host.hostname()),
         },
     ))
+}
+
+async fn upgrade(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+    body: Body,
+) -> Answer {
+    allow(&app, &peer, "upgrade", Role::Admin)?;
+    let bytes = axum::body::to_bytes(body, MAX_UPGRADE).await.map_err(|_| {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the image is larger than {MAX_UPGRADE} bytes"),
+            Vec::new(),
+        )
+    })?;
+    crate::check_uki(&bytes).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("refused before writing anything: {e}"),
+            Vec::new(),
+        )
+    })?;
+    let host = app.host.clone();
+    let message = blocking(move || host.stage_upgrade(&bytes))
+        .await?
+        .map_err(|e| host_error(StatusCode::CONFLICT, e))?;
+    power_later(&app, Power::Reboot);
+    Ok(json(StatusCode::OK, &Message { message }))
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ struct Machine {
     power: Vec<Power>,
     /// What check_install reports.
     install_problem: Option<String>,
+    staged_image: Option<usize>,
 }
 
 #[derive(Default, Clone)]
@@ -65,6 +66,13 @@ impl Host for Fake {
     fn power(&self, action: Power) -> Result<(), HostError> {
         self.with(|m| m.power.push(action));
         Ok(())
+    }
+    fn slot(&self) -> Option<(char, bool)> {
+        Some(('a', false))
+    }
+    fn stage_upgrade(&self, uki: &[u8]) -> Result<String, HostError> {
+        self.with(|m| m.staged_image = Some(uki.len()));
+        Ok("wrote slot b".into())
     }
 }
 
@@ -337,6 +345,20 @@ async fn configured_mode_checks_roles_and_applies_by_mode() {
         fake.with(|m| m.power.clone()),
         [Power::Reboot, Power::Shutdown]
     );
+
+    // Upgrades: only a whole UKI is written, and only by an admin.
+    let (status, body) = api_error(operator.upgrade(b"MZ not really".to_vec()).await);
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = api_error(admin.upgrade(b"#!/bin/sh".to_vec()).await);
+    assert_eq!(status, 400);
+    assert!(
+        body.message
+            .starts_with("refused before writing anything: not a PE file"),
+        "{body}"
+    );
+    assert_eq!(fake.with(|m| m.staged_image), None);
+    let v = reader.version().await.unwrap();
+    assert_eq!((v.slot.as_deref(), v.on_trial), (Some("a"), false));
 
     // Bad input: an oversized body, an unknown mode.
     let huge = "#".repeat(strake_machineapi::MAX_BODY + 1);
