@@ -122,9 +122,11 @@ pub fn selected(root: &Path) -> Option<String> {
     read_var(root, "LoaderEntrySelected")
 }
 
-/// The running slot and whether it is on trial.
+/// The running slot and whether it is still on trial: booted with a boot counter and not
+/// blessed since (blessing renames the file; `LoaderEntrySelected` keeps the boot's name).
 pub fn running(root: &Path) -> Option<(Slot, bool)> {
-    parse_entry(&selected(root)?)
+    let (slot, counted) = parse_entry(&selected(root)?)?;
+    Some((slot, counted && !linux_dir(root).join(slot.file()).exists()))
 }
 
 fn linux_dir(root: &Path) -> PathBuf {
@@ -175,10 +177,7 @@ pub fn stage(root: &Path, uki: &[u8]) -> Result<Slot, String> {
 
 /// Makes the running slot permanent: drops its boot counter and makes it the default.
 pub fn bless(root: &Path) -> Result<Option<Slot>, String> {
-    let Some(id) = selected(root) else {
-        return Ok(None);
-    };
-    let Some((slot, true)) = parse_entry(&id) else {
+    let Some((slot, true)) = running(root) else {
         return Ok(None);
     };
     let dir = linux_dir(root);
@@ -284,6 +283,12 @@ mod tests {
         write_var(root, "LoaderEntrySelected", "strake-b+3.efi").unwrap();
         assert_eq!(running(root), Some((Slot::B, true)));
         assert_eq!(bless(root), Ok(Some(Slot::B)));
+        assert_eq!(
+            running(root),
+            Some((Slot::B, false)),
+            "blessed on this very boot"
+        );
+        assert_eq!(bless(root), Ok(None));
         assert_eq!(
             std::fs::read(linux_dir(root).join("strake-b.efi")).unwrap(),
             b"new"

@@ -263,40 +263,89 @@ pub struct GenArgs {
     /// Machine API endpoints written into the client config (`host[:port]`).
     #[arg(long = "endpoint", value_delimiter = ',')]
     endpoints: Vec<String>,
+    /// Registries the node reaches over plain HTTP (`host:port`): written as mirrors of
+    /// themselves at an http:// endpoint.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
     /// Overwrite files that exist.
     #[arg(long)]
     force: bool,
 }
 
-pub fn gen_config(args: &GenArgs) -> anyhow::Result<()> {
-    let ca = strake_machineapi::generate_ca(&args.cluster)?;
-    let token = BootstrapToken::generate();
+/// What a new control plane needs: its machine config and an admin client config.
+pub struct Generated {
+    pub yaml: String,
+    pub client: StrakeConfig,
+}
+
+/// Options of [`generate`].
+pub struct Generate<'a> {
+    pub cluster: &'a str,
+    pub hostname: Option<&'a str>,
+    /// `None`: no install section (the node runs on tmpfs, or from a disk image with STATE).
+    pub install_disk: Option<&'a str>,
+    pub endpoints: Vec<String>,
+    pub token: BootstrapToken,
+    /// Registries reached over plain HTTP (`host:port`), as mirrors of themselves.
+    pub insecure_registries: &'a [String],
+}
+
+/// A machine CA, a control plane config carrying it and the token, and an admin client config.
+pub fn generate(g: &Generate<'_>) -> anyhow::Result<Generated> {
+    let ca = strake_machineapi::generate_ca(g.cluster)?;
     let mut yaml = String::from(
         "apiVersion: strake.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  role: controlplane\n",
     );
-    if let Some(h) = &args.hostname {
+    if let Some(h) = g.hostname {
         yaml.push_str(&format!("  hostname: {h}\n"));
     }
+    if let Some(disk) = g.install_disk {
+        yaml.push_str(&format!("  install:\n    disk: {disk}\n"));
+    }
     yaml.push_str(&format!(
-        "  install:\n    disk: {}\n  ca:\n    crt: {}\n    key: {}\ncluster:\n  name: {}\n  token: {token}\n",
-        args.install_disk,
+        "  ca:\n    crt: {}\n    key: {}\n",
         serde_json::to_string(&ca.crt)?,
         serde_json::to_string(&ca.key)?,
-        args.cluster
+    ));
+    if !g.insecure_registries.is_empty() {
+        yaml.push_str("  registries:\n    mirrors:\n");
+        for r in g.insecure_registries {
+            yaml.push_str(&format!(
+                "      {}:\n        endpoints: [{}]\n",
+                serde_json::to_string(r)?,
+                serde_json::to_string(&format!("http://{r}"))?
+            ));
+        }
+    }
+    yaml.push_str(&format!(
+        "cluster:\n  name: {}\n  token: {}\n",
+        g.cluster, g.token
     ));
     MachineConfig::parse(&yaml)
         .map_err(|e| anyhow::anyhow!("the generated config is not valid:\n{e}"))?;
     let admin = strake_machineapi::issue_client(&ca, "admin", Role::Admin, 3650)?;
     let mut client = StrakeConfig::default();
     client.merge(
-        &args.cluster,
+        g.cluster,
         Context {
-            endpoints: args.endpoints.clone(),
+            endpoints: g.endpoints.clone(),
             ca: ca.crt.clone(),
             crt: admin.cert_pem,
             key: admin.key_pem,
         },
     );
+    Ok(Generated { yaml, client })
+}
+
+pub fn gen_config(args: &GenArgs) -> anyhow::Result<()> {
+    let generated = generate(&Generate {
+        cluster: &args.cluster,
+        hostname: args.hostname.as_deref(),
+        install_disk: Some(&args.install_disk),
+        endpoints: args.endpoints.clone(),
+        token: BootstrapToken::generate(),
+        insecure_registries: &args.insecure_registries,
+    })?;
     std::fs::create_dir_all(&args.output_dir)
         .with_context(|| format!("creating {}", args.output_dir.display()))?;
     let config_path = args.output_dir.join("controlplane.yaml");
@@ -306,8 +355,8 @@ pub fn gen_config(args: &GenArgs) -> anyhow::Result<()> {
             bail!("{} exists (pass --force to overwrite)", p.display());
         }
     }
-    write_private(&config_path, &yaml)?;
-    client.save(&client_path)?;
+    write_private(&config_path, &generated.yaml)?;
+    generated.client.save(&client_path)?;
     println!(
         "wrote {} (holds the machine CA key and the join token: keep it private)\nwrote {} (admin client config)",
         config_path.display(),
@@ -317,7 +366,7 @@ pub fn gen_config(args: &GenArgs) -> anyhow::Result<()> {
 }
 
 /// Writes a secret file 0600.
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+pub fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut f = std::fs::OpenOptions::new()

@@ -170,6 +170,9 @@ struct UpArgs {
     /// Host port (on 127.0.0.1) forwarded to the API server.
     #[arg(long, default_value_t = 6443)]
     api_port: u16,
+    /// Host port (on 127.0.0.1) forwarded to the machine API.
+    #[arg(long, default_value_t = strake_machineapi::PORT)]
+    machine_api_port: u16,
     #[arg(long, default_value_t = 2048)]
     memory: u32,
     #[arg(long, default_value_t = 2)]
@@ -379,6 +382,7 @@ fn cluster_up(args: &UpArgs) -> anyhow::Result<()> {
         image,
         state_dir,
         api_port,
+        machine_api_port,
         memory,
         cpus,
         insecure_registries: insecure,
@@ -403,17 +407,47 @@ fn cluster_up(args: &UpArgs) -> anyhow::Result<()> {
             "port 127.0.0.1:{api_port} is in use (is a cluster already up? try `strakectl cluster down`)"
         );
     }
-    let token = BootstrapToken::generate();
-    let mut cmdline = format!("strake.token={token} strake.hostname={VM_NAME}");
-    if !insecure.is_empty() {
-        cmdline.push_str(&format!(" strake.registry.insecure={}", insecure.join(",")));
+    if std::net::TcpListener::bind(("127.0.0.1", *machine_api_port)).is_err() {
+        bail!("port 127.0.0.1:{machine_api_port} is in use (pass --machine-api-port)");
     }
     let disks = if *ephemeral {
         Vec::new()
     } else {
-        cmdline.push_str(" strake.disk=/dev/vda");
         vec![std::path::absolute(state_disk(state_dir, disk_size)?)?]
     };
+    // The node's machine config, made once and kept with the cluster: the same token (and
+    // machine CA) at every `cluster up` of the same STATE disk.
+    std::fs::create_dir_all(state_dir)?;
+    let config_path = std::path::absolute(state_dir.join("machine.yaml"))?;
+    let strakeconfig = std::path::absolute(state_dir.join("strakeconfig"))?;
+    let token_path = state_dir.join("token");
+    let token: BootstrapToken = if config_path.exists() && token_path.exists() {
+        std::fs::read_to_string(&token_path)?.trim().parse()?
+    } else {
+        // A STATE disk from before machine configs keeps its token.
+        let token = match std::fs::read_to_string(&token_path) {
+            Ok(t) if !disks.is_empty() && disks[0].exists() => t.trim().parse()?,
+            _ => BootstrapToken::generate(),
+        };
+        let generated = machine::generate(&machine::Generate {
+            cluster: "strake",
+            hostname: Some(VM_NAME),
+            install_disk: (!*ephemeral).then_some("/dev/vda"),
+            endpoints: vec![format!("127.0.0.1:{machine_api_port}")],
+            token: token.clone(),
+            insecure_registries: insecure,
+        })?;
+        machine::write_private(&config_path, &generated.yaml)?;
+        generated.client.save(&strakeconfig)?;
+        token
+    };
+    // The endpoint follows --machine-api-port.
+    let mut client = strake_machineapi::StrakeConfig::load(&strakeconfig)?;
+    for ctx in client.contexts.values_mut() {
+        ctx.endpoints = vec![format!("127.0.0.1:{machine_api_port}")];
+    }
+    client.save(&strakeconfig)?;
+    let cmdline = String::new();
     let cfg = VmConfig {
         name: VM_NAME.into(),
         kernel,
@@ -422,12 +456,18 @@ fn cluster_up(args: &UpArgs) -> anyhow::Result<()> {
         memory_mib: memory,
         cpus,
         accel: Accel::from_env(),
-        nics: vec![Nic::user(vec![PortForward {
-            host: api_port,
-            guest: 6443,
-        }])],
+        nics: vec![Nic::user(vec![
+            PortForward {
+                host: api_port,
+                guest: 6443,
+            },
+            PortForward {
+                host: *machine_api_port,
+                guest: strake_machineapi::PORT,
+            },
+        ])],
         disks,
-        fw_cfg: Vec::new(),
+        fw_cfg: vec![("opt/strake/config".into(), config_path)],
         uefi: None,
         state_dir: state_dir.to_path_buf(),
     };
@@ -507,8 +547,10 @@ fn cluster_up(args: &UpArgs) -> anyhow::Result<()> {
     }
     println!("node Ready after {:.1}s", t0.elapsed().as_secs_f64());
     println!(
-        "\nThe cluster is up. Use it with:\n\n  export KUBECONFIG={}\n  kubectl get nodes\n\n(stop it with: strakectl cluster down --state-dir {})",
+        "\nThe cluster is up. Use it with:\n\n  export KUBECONFIG={}\n  kubectl get nodes\n\nand the node's machine API with:\n\n  strakectl version --strakeconfig {}    (or export STRAKECONFIG={})\n\n(stop it with: strakectl cluster down --state-dir {})",
         kubeconfig.display(),
+        strakeconfig.display(),
+        strakeconfig.display(),
         state_dir.display()
     );
     Ok(())
