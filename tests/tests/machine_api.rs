@@ -3,7 +3,7 @@
 //! makes a machine CA and a control plane config; `apply-config --insecure --fingerprint`
 //! refuses a config naming a missing disk, then installs the good one (partitions the disk,
 //! formats STATE, keeps the config) and the node reboots into a one-node cluster. There the API
-//! needs the machine CA's client certificate: `version`, `get machineconfig`, a dry run, a live
+//! needs the machine CA's client certificate: `version`, `get machineconfig`, `logs`, `dmesg`, a dry run, a live
 //! sysctl change that a pod then reads, a change refused live, and `reboot`. Last, a config
 //! drive (FAT, labelled STRAKECFG): bad YAML on it means maintenance mode with the errors on the
 //! console; a good config on it boots a node with a static address.
@@ -424,6 +424,16 @@ fn installed(
         got.contains("hostname: e2e-machine") && got.contains(&token.to_string()),
         "get machineconfig as admin: {got}"
     );
+    // No shell on the node: its logs come through the machine API.
+    let logs = strakectl_ok(&[&["logs", "machined"], &mtls[..]].concat())?;
+    ensure!(
+        logs.contains("machine API listening") && !logs.contains("] agent:"),
+        "logs machined: {logs}"
+    );
+    let dmesg = strakectl_ok(&[&["dmesg", "--tail", "3"], &mtls[..]].concat())?;
+    ensure!(dmesg.lines().count() == 3, "dmesg --tail 3: {dmesg}");
+    let all = strakectl_ok(&[&["dmesg"], &mtls[..]].concat())?;
+    ensure!(all.contains("Linux version"), "dmesg has no boot banner");
 
     // A sysctl is applied live: a dry run says so, the apply does it, and a pod reads it.
     let live = dir.join("live.yaml");

@@ -3,6 +3,7 @@
 //! TLS with the machine CA of the config in force.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -188,6 +189,47 @@ impl Node {
     }
 }
 
+/// Every record the kernel still holds, as `[seconds] message`. Each read of /dev/kmsg is one
+/// record (`priority,sequence,microseconds,flags;message`); the end is EAGAIN.
+fn read_kmsg(path: &Path) -> std::io::Result<Vec<String>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let record = String::from_utf8_lossy(&buf[..n]);
+                if let Some(line) = kmsg_line(&record) {
+                    out.push(line);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            // A record was overwritten while we read: carry on with the next.
+            Err(e) if e.raw_os_error() == Some(nix::libc::EPIPE) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+fn kmsg_line(record: &str) -> Option<String> {
+    let (head, rest) = record.split_once(';')?;
+    let micros: u64 = head.split(',').nth(2)?.parse().ok()?;
+    // Continuation lines (` KEY=value`) carry device metadata: not part of the message.
+    let message = rest.lines().next().unwrap_or_default();
+    Some(format!(
+        "[{:5}.{:06}] {message}",
+        micros / 1_000_000,
+        micros % 1_000_000
+    ))
+}
+
 fn problem(path: &str, message: String) -> FieldProblem {
     FieldProblem {
         path: path.into(),
@@ -329,10 +371,47 @@ impl Host for Node {
         ))
     }
 
+    fn console_log(&self) -> Result<Vec<String>, HostError> {
+        let current = host_path(&self.root, strake_init::console::LOG_PATH);
+        let older = current.with_extension("log.1");
+        let mut lines = Vec::new();
+        for path in [older, current] {
+            match std::fs::read(&path) {
+                Ok(bytes) => lines.extend(
+                    String::from_utf8_lossy(&bytes)
+                        .lines()
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_owned),
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(HostError::new(format!("reading {}: {e}", path.display()))),
+            }
+        }
+        Ok(lines)
+    }
+
+    fn kernel_log(&self) -> Result<Vec<String>, HostError> {
+        read_kmsg(&host_path(&self.root, "/dev/kmsg"))
+            .map_err(|e| HostError::new(format!("reading the kernel log (/dev/kmsg): {e}")))
+    }
+
     fn power(&self, action: Power) -> Result<(), HostError> {
         self.signal_init(match action {
             Power::Reboot => Signal::SIGINT,
             Power::Shutdown => Signal::SIGTERM,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn kernel_records_become_timestamped_lines() {
+        assert_eq!(
+            super::kmsg_line("6,339,5140900,-;virtio_net virtio1 eth0: renamed\n SUBSYSTEM=net\n")
+                .as_deref(),
+            Some("[    5.140900] virtio_net virtio1 eth0: renamed")
+        );
+        assert_eq!(super::kmsg_line("garbage"), None);
     }
 }

@@ -232,6 +232,41 @@ pub fn power(conn: &Conn, reboot: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints the console log (`which` is `Some(service or all)`) or, with `None`, the kernel's
+/// log, of one node; `follow` keeps polling for new lines.
+pub fn logs(
+    conn: &Conn,
+    which: Option<Option<&str>>,
+    follow: bool,
+    tail: Option<usize>,
+) -> anyhow::Result<()> {
+    let rt = runtime()?;
+    let clients = conn.clients()?;
+    if clients.len() > 1 {
+        bail!("logs reads one node: pass one --nodes");
+    }
+    let client = &clients[0];
+    let fetch = |tail: Option<usize>, since: Option<f64>| {
+        rt.block_on(async {
+            match which {
+                Some(service) => client.logs(service, tail, since).await,
+                None => client.dmesg(tail, since).await,
+            }
+        })
+    };
+    let mut got = fetch(tail, None).with_context(|| format!("node {}", client.endpoint()))?;
+    loop {
+        for line in &got.lines {
+            println!("{line}");
+        }
+        if !follow {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        got = fetch(None, Some(got.last)).with_context(|| format!("node {}", client.endpoint()))?;
+    }
+}
+
 pub fn upgrade(conn: &Conn, image: &Path) -> anyhow::Result<()> {
     let uki = std::fs::read(image).with_context(|| format!("reading {}", image.display()))?;
     // The node checks it too; failing here saves the upload.

@@ -88,6 +88,28 @@ enum Cmd {
         #[command(flatten)]
         conn: machine::Conn,
     },
+    /// A service's lines of the node's console log (machined, controlplane, agent; all without
+    /// a name).
+    Logs {
+        service: Option<String>,
+        /// Keep printing new lines.
+        #[arg(long, short)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<usize>,
+        #[command(flatten)]
+        conn: machine::Conn,
+    },
+    /// The node's kernel log.
+    Dmesg {
+        #[arg(long, short)]
+        follow: bool,
+        #[arg(long)]
+        tail: Option<usize>,
+        #[command(flatten)]
+        conn: machine::Conn,
+    },
     /// Power the nodes off.
     Shutdown {
         #[command(flatten)]
@@ -258,6 +280,13 @@ fn main() -> anyhow::Result<()> {
         Cmd::Reboot { conn } => machine::power(&conn, true),
         Cmd::Shutdown { conn } => machine::power(&conn, false),
         Cmd::Upgrade { image, conn } => machine::upgrade(&conn, &image),
+        Cmd::Logs {
+            service,
+            follow,
+            tail,
+            conn,
+        } => machine::logs(&conn, Some(service.as_deref()), follow, tail),
+        Cmd::Dmesg { follow, tail, conn } => machine::logs(&conn, None, follow, tail),
         Cmd::Config { cmd } => machine::config(&cmd),
         Cmd::Cluster {
             cmd: ClusterCmd::Down { state_dir },

@@ -15,7 +15,20 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::secrets::fingerprint_der;
-use crate::{ApplyMode, ApplyResult, ConfigView, ErrorBody, Message, PORT, VersionInfo};
+use crate::{ApplyMode, ApplyResult, ConfigView, ErrorBody, LogLines, Message, PORT, VersionInfo};
+
+/// Percent-encodes a query value (service names are plain words; anything else is escaped).
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
 
 /// How the client trusts the node.
 #[derive(Debug, Clone)]
@@ -153,6 +166,44 @@ impl Client {
 
     pub async fn shutdown(&self) -> Result<Message, ClientError> {
         self.call("POST", "/v1/shutdown", Bytes::new()).await
+    }
+
+    /// The console log: one service's lines (or all), the last `tail`, after `since`.
+    pub async fn logs(
+        &self,
+        service: Option<&str>,
+        tail: Option<usize>,
+        since: Option<f64>,
+    ) -> Result<LogLines, ClientError> {
+        let mut q = Vec::new();
+        if let Some(s) = service {
+            q.push(format!("service={}", encode(s)));
+        }
+        if let Some(t) = tail {
+            q.push(format!("tail={t}"));
+        }
+        if let Some(t) = since {
+            q.push(format!("since={t}"));
+        }
+        self.call("GET", &format!("/v1/logs?{}", q.join("&")), Bytes::new())
+            .await
+    }
+
+    /// The kernel's log, the last `tail` lines, after `since`.
+    pub async fn dmesg(
+        &self,
+        tail: Option<usize>,
+        since: Option<f64>,
+    ) -> Result<LogLines, ClientError> {
+        let mut q = Vec::new();
+        if let Some(t) = tail {
+            q.push(format!("tail={t}"));
+        }
+        if let Some(t) = since {
+            q.push(format!("since={t}"));
+        }
+        self.call("GET", &format!("/v1/dmesg?{}", q.join("&")), Bytes::new())
+            .await
     }
 
     /// Sends a UKI to write into the other slot; the node reboots into it.

@@ -17,6 +17,8 @@
 //! | `/v1/machineconfig`         | GET    | reader    | [`ConfigView`]; secrets redacted below admin |
 //! | `/v1/reboot`, `/v1/shutdown`| POST   | operator  | [`Message`]                               |
 //! | `/v1/upgrade`               | POST   | admin     | body: a UKI; written to the other slot, booted once, blessed when healthy |
+//! | `/v1/logs`                  | GET    | reader    | [`LogLines`]: the console log; `?service=`, `?tail=`, `?since=` |
+//! | `/v1/dmesg`                 | GET    | reader    | [`LogLines`]: the kernel's log; `?tail=`, `?since=` |
 //!
 //! Every error is JSON [`ErrorBody`]: one message and, for a bad config, every problem with its
 //! field path.
@@ -183,6 +185,31 @@ pub struct ConfigView {
     pub redacted: bool,
 }
 
+/// Log lines (`logs`, `dmesg`), each `[seconds since boot] ...`, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogLines {
+    pub lines: Vec<String>,
+    /// The timestamp of the last line (seconds since boot): pass it as `since` to get only
+    /// what comes after (`-f`).
+    pub last: f64,
+}
+
+/// The boot-relative timestamp that starts a log line (`[   12.345678] ...`).
+pub fn line_time(line: &str) -> Option<f64> {
+    line.strip_prefix('[')?
+        .split_once(']')?
+        .0
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The component a console line names (`[   1.2] machined: ...` → `machined`).
+pub fn line_component(line: &str) -> Option<&str> {
+    let rest = line.split_once("] ")?.1;
+    Some(rest.split_once(':')?.0)
+}
+
 /// A one-sentence answer (`reboot`, `shutdown`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
@@ -250,6 +277,15 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn log_lines_carry_their_time_and_component() {
+        let l = "[   12.345678] machined:  INFO listening";
+        assert_eq!(line_time(l), Some(12.345678));
+        assert_eq!(line_component(l), Some("machined"));
+        assert_eq!(line_time("no stamp"), None);
+        assert_eq!(line_component("[1.0] no colon"), None);
+    }
 
     #[test]
     fn the_highest_role_wins() {

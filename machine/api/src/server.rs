@@ -21,8 +21,8 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::{
-    ApplyMode, ApplyResult, ChangeView, ConfigView, ErrorBody, FieldProblem, MAX_BODY, MAX_UPGRADE,
-    Message, Role, VersionInfo, redact,
+    ApplyMode, ApplyResult, ChangeView, ConfigView, ErrorBody, FieldProblem, LogLines, MAX_BODY,
+    MAX_UPGRADE, Message, Role, VersionInfo, line_component, line_time, redact,
 };
 
 /// Which API the node serves.
@@ -80,6 +80,10 @@ pub trait Host: Send + Sync + 'static {
     /// Writes a checked UKI into the slot not running and makes it the next boot's one shot.
     /// Returns what it did.
     fn stage_upgrade(&self, uki: &[u8]) -> Result<String, HostError>;
+    /// The console log (init's and every service's lines), oldest first.
+    fn console_log(&self) -> Result<Vec<String>, HostError>;
+    /// The kernel's log, oldest first, as `[seconds] message`.
+    fn kernel_log(&self) -> Result<Vec<String>, HostError>;
 }
 
 /// The TLS configuration for `mode`: `serving` is the self-signed certificate in maintenance
@@ -207,6 +211,8 @@ fn router(app: Arc<App>) -> Router {
         .route("/v1/reboot", post(reboot))
         .route("/v1/shutdown", post(shutdown))
         .route("/v1/upgrade", post(upgrade))
+        .route("/v1/logs", get(logs))
+        .route("/v1/dmesg", get(dmesg))
         .fallback(not_found)
         .with_state(app)
 }
@@ -628,6 +634,71 @@ async fn shutdown(State(app): State<Arc<App>>, Extension(peer): Extension<Peer>)
     ))
 }
 
+#[derive(Debug, Default, Deserialize)]
+struct LogQuery {
+    #[serde(default)]
+    service: Option<String>,
+    #[serde(default)]
+    tail: Option<usize>,
+    #[serde(default)]
+    since: Option<f64>,
+}
+
+/// Keeps the lines after `since`, then the last `tail` of them.
+fn select_lines(lines: Vec<String>, q: &LogQuery) -> LogLines {
+    let mut kept: Vec<String> = lines
+        .into_iter()
+        .filter(|l| match q.since {
+            Some(t) => line_time(l).is_some_and(|at| at > t),
+            None => true,
+        })
+        .collect();
+    if let Some(n) = q.tail {
+        let skip = kept.len().saturating_sub(n);
+        kept.drain(..skip);
+    }
+    let last = kept
+        .iter()
+        .rev()
+        .find_map(|l| line_time(l))
+        .or(q.since)
+        .unwrap_or(0.0);
+    LogLines { lines: kept, last }
+}
+
+async fn logs(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+    Query(q): Query<LogQuery>,
+) -> Answer {
+    allow(&app, &peer, "logs", Role::Reader)?;
+    let host = app.host.clone();
+    let lines = blocking(move || host.console_log())
+        .await?
+        .map_err(|e| host_error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    let lines = match q.service.as_deref() {
+        None | Some("") => lines,
+        Some(service) => lines
+            .into_iter()
+            .filter(|l| line_component(l) == Some(service))
+            .collect(),
+    };
+    Ok(json(StatusCode::OK, &select_lines(lines, &q)))
+}
+
+async fn dmesg(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+    Query(q): Query<LogQuery>,
+) -> Answer {
+    allow(&app, &peer, "dmesg", Role::Reader)?;
+    let host = app.host.clone();
+    let lines = blocking(move || host.kernel_log())
+        .await?
+        .map_err(|e| host_error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    Ok(json(StatusCode::OK, &select_lines(lines, &q)))
+}
+
 async fn upgrade(
     State(app): State<Arc<App>>,
     Extension(peer): Extension<Peer>,
@@ -659,6 +730,30 @@ async fn upgrade(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_are_selected_by_time_then_tail() {
+        let lines: Vec<String> = (1..=5)
+            .map(|i| format!("[{i}.5] agent: line {i}"))
+            .collect();
+        let q = LogQuery {
+            since: Some(2.5),
+            tail: Some(2),
+            ..LogQuery::default()
+        };
+        let got = select_lines(lines.clone(), &q);
+        assert_eq!(got.lines, ["[4.5] agent: line 4", "[5.5] agent: line 5"]);
+        assert_eq!(got.last, 5.5);
+        let none = select_lines(
+            lines,
+            &LogQuery {
+                since: Some(9.0),
+                ..LogQuery::default()
+            },
+        );
+        assert!(none.lines.is_empty());
+        assert_eq!(none.last, 9.0, "a follower keeps its place");
+    }
 
     #[test]
     fn sections_match_whole() {

@@ -74,6 +74,17 @@ impl Host for Fake {
         self.with(|m| m.staged_image = Some(uki.len()));
         Ok("wrote slot b".into())
     }
+    fn console_log(&self) -> Result<Vec<String>, HostError> {
+        Ok(vec![
+            "[    1.000000] boot: service agent".into(),
+            "[    2.000000] agent:  INFO node registered".into(),
+            "[    3.000000] machined:  INFO listening".into(),
+            "[    4.000000] agent:  INFO pod started".into(),
+        ])
+    }
+    fn kernel_log(&self) -> Result<Vec<String>, HostError> {
+        Ok(vec!["[    0.100000] Linux version 6.1".into()])
+    }
 }
 
 fn config(extra: &str) -> String {
@@ -359,6 +370,20 @@ async fn configured_mode_checks_roles_and_applies_by_mode() {
     assert_eq!(fake.with(|m| m.staged_image), None);
     let v = reader.version().await.unwrap();
     assert_eq!((v.slot.as_deref(), v.on_trial), (Some("a"), false));
+
+    // Logs: one service's lines, the last N, and only what is new after a timestamp.
+    let agent = reader.logs(Some("agent"), None, None).await.unwrap();
+    assert_eq!(agent.lines.len(), 2);
+    assert_eq!(agent.last, 4.0);
+    let newer = reader
+        .logs(Some("agent"), None, Some(agent.last))
+        .await
+        .unwrap();
+    assert!(newer.lines.is_empty());
+    let last = reader.logs(None, Some(1), None).await.unwrap();
+    assert_eq!(last.lines, ["[    4.000000] agent:  INFO pod started"]);
+    let kernel = reader.dmesg(None, None).await.unwrap();
+    assert_eq!(kernel.lines, ["[    0.100000] Linux version 6.1"]);
 
     // Bad input: an oversized body, an unknown mode.
     let huge = "#".repeat(strake_machineapi::MAX_BODY + 1);
