@@ -477,29 +477,26 @@ fn mount_esp(ctx: &mut BootCtx) -> Result<(), BootError> {
 /// With no machine config from any source and nothing on the command line that makes the node
 /// a member of a cluster, the node waits for one in maintenance mode.
 fn decide_maintenance(ctx: &mut BootCtx) -> Result<(), BootError> {
+    const APPLY: &str =
+        "apply one with `strakectl apply-config --insecure --nodes <address> --file <config.yaml>`";
     if let Some(problem) = &ctx.config_problem {
         let first = problem.lines().next().unwrap_or_default().to_owned();
-        ctx.config = ctx.cmdline.clone();
-        ctx.config.maintenance = true;
-        ctx.config
-            .save(host_path(&ctx.root, BootConfig::RUNTIME_PATH))?;
-        tracing::error!(
-            target: "strake_init::machine",
-            "maintenance mode: {first} (every problem is listed above). Fix it and apply it with `strakectl apply-config --insecure --nodes <address> --file <config.yaml>`"
-        );
-        return Ok(());
+        enter_maintenance(ctx)?;
+        tracing::error!(target: "strake_init::machine", "maintenance mode: {first} (every problem is listed above). Fix it and {APPLY}");
+    } else if ctx.machine.is_none() && !ctx.config.node_keys {
+        enter_maintenance(ctx)?;
+        tracing::warn!(target: "strake_init::machine", "no machine config (kernel command line, config drive, fw_cfg or STATE) and no strake.role, strake.token or strake.api: maintenance mode. To leave it, {APPLY}");
     }
-    if ctx.machine.is_some() || ctx.config.node_keys {
-        return Ok(());
-    }
-    ctx.config.maintenance = true;
-    ctx.config
-        .save(host_path(&ctx.root, BootConfig::RUNTIME_PATH))?;
-    tracing::warn!(
-        target: "strake_init::machine",
-        "no machine config (kernel command line, fw_cfg or STATE) and no strake.role, strake.token or strake.api: maintenance mode. Apply one with `strakectl apply-config --insecure --nodes <address> --file <config.yaml>`"
-    );
     Ok(())
+}
+
+/// Only the command line's settings, and maintenance mode, for the services.
+fn enter_maintenance(ctx: &mut BootCtx) -> Result<(), BootError> {
+    ctx.config = ctx.cmdline.clone();
+    ctx.config.maintenance = true;
+    Ok(ctx
+        .config
+        .save(host_path(&ctx.root, BootConfig::RUNTIME_PATH))?)
 }
 
 /// Maintenance mode's hand-off: machined validated a config and asks init to install it. Init

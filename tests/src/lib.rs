@@ -266,3 +266,42 @@ pub async fn push_busybox(port: u16, repo: &str, tag: &str) -> anyhow::Result<()
     strake_oci::push_image(&format!("127.0.0.1:{port}"), repo, tag, vec![layer], config).await?;
     Ok(())
 }
+
+/// Where the image under test is: `STRAKE_IMAGE_DIR`, else `build/image` (what
+/// `scripts/test.sh` builds). Fails naming the first of `files` that is missing.
+pub fn image_dir(files: &[&str]) -> anyhow::Result<PathBuf> {
+    let dir = std::env::var_os("STRAKE_IMAGE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("build/image"));
+    for f in files {
+        anyhow::ensure!(
+            dir.join(f).exists(),
+            "{} is missing: run scripts/test.sh (it builds the image) or set STRAKE_IMAGE_DIR",
+            dir.join(f).display()
+        );
+    }
+    Ok(dir)
+}
+
+/// The fingerprint maintenance mode prints on the console (`sha256:<64 hex>`).
+pub fn fingerprint_on(console: &str) -> Option<String> {
+    let marker = "certificate fingerprint sha256:";
+    let at = console.find(marker)?;
+    let hex: String = console[at + marker.len()..]
+        .chars()
+        .take_while(char::is_ascii_hexdigit)
+        .collect();
+    (hex.len() == 64).then(|| format!("sha256:{hex}"))
+}
+
+/// Passes `result` through, printing the VM's console tail first when it is an error.
+pub fn on_failure(vm: &strake_qemu::Vm, result: anyhow::Result<()>) -> anyhow::Result<()> {
+    if result.is_err() {
+        eprintln!(
+            "---- guest console of {} ----\n{}\n-----------------------",
+            vm.config().name,
+            strake_qemu::tail(&vm.config().serial_log(), 150)
+        );
+    }
+    result
+}

@@ -18,43 +18,27 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use strake_e2e::{
-    Registry, bootstrap_admin, kubectl, kubectl_path, kubectl_with_input, poll, push_busybox,
-    workspace_root,
+    Registry, bootstrap_admin, fingerprint_on, image_dir, kubectl, kubectl_path,
+    kubectl_with_input, on_failure, poll, push_busybox,
 };
 use strake_machineapi::{ApplyMode, Client, Trust};
 use strake_pki::BootstrapToken;
 use strake_qemu::{Accel, Nic, PortForward, Uefi, Vm, VmConfig};
-
-fn image_dir() -> PathBuf {
-    std::env::var_os("STRAKE_IMAGE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("build/image"))
-}
-
-fn fingerprint_on(console: &str) -> Option<String> {
-    let marker = "certificate fingerprint sha256:";
-    let at = console.find(marker)?;
-    let hex: String = console[at + marker.len()..]
-        .chars()
-        .take_while(char::is_ascii_hexdigit)
-        .collect();
-    (hex.len() == 64).then(|| format!("sha256:{hex}"))
-}
 
 #[test]
 fn every_boot_form_boots() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let qcow2 = image_dir().join("strake.qcow2");
-    let iso = image_dir().join("strake.iso");
-    for f in [&qcow2, &iso] {
-        ensure!(
-            f.exists(),
-            "{} is missing: run scripts/test.sh (it builds the image) or set STRAKE_IMAGE_DIR",
-            f.display()
-        );
-    }
+    let images = image_dir(&[
+        "strake.qcow2",
+        "strake.iso",
+        "strake.efi",
+        "vmlinuz",
+        "initramfs.zst",
+    ])?;
+    let qcow2 = images.join("strake.qcow2");
+    let iso = images.join("strake.iso");
     kubectl_path()?;
     let registry = Registry::start()?;
     rt.block_on(push_busybox(registry.port, "e2e/busybox", "1"))?;
@@ -225,7 +209,7 @@ fn every_boot_form_boots() -> anyhow::Result<()> {
     on_failure(&vm, result)?;
 
     // Upgrade bad input: a truncated image is refused before anything is written.
-    let uki = std::fs::read(image_dir().join("strake.efi"))?;
+    let uki = std::fs::read(images.join("strake.efi"))?;
     let result = (|| -> anyhow::Result<()> {
         let cut = uki[..uki.len() / 2].to_vec();
         match rt.block_on(admin.upgrade(cut)) {
@@ -268,8 +252,8 @@ fn every_boot_form_boots() -> anyhow::Result<()> {
     // next boot is the blessed slot b again, cluster intact.
     let broken = dir.path().join("broken.efi");
     strake_image::forms::build_uki(
-        &image_dir().join("vmlinuz"),
-        &image_dir().join("initramfs.zst"),
+        &images.join("vmlinuz"),
+        &images.join("initramfs.zst"),
         "NAME=Strake\nID=strake\nVERSION_ID=broken\n",
         "console=ttyS0 panic=-1 rdinit=/nonexistent",
         1,
@@ -336,15 +320,4 @@ fn to_maintenance(
     })?;
     ensure!(version.maintenance, "not in maintenance mode: {version:?}");
     Ok(started.elapsed())
-}
-
-fn on_failure(vm: &Vm, result: anyhow::Result<()>) -> anyhow::Result<()> {
-    if result.is_err() {
-        eprintln!(
-            "---- guest console of {} ----\n{}\n-----------------------",
-            vm.config().name,
-            strake_qemu::tail(&vm.config().serial_log(), 150)
-        );
-    }
-    result
 }

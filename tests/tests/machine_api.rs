@@ -17,17 +17,11 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use strake_e2e::{
-    Registry, bootstrap_admin, kubectl, kubectl_ok, kubectl_path, poll, push_busybox,
-    workspace_root,
+    Registry, bootstrap_admin, fingerprint_on, image_dir, kubectl, kubectl_ok, kubectl_path,
+    on_failure, poll, push_busybox, workspace_root,
 };
 use strake_pki::BootstrapToken;
 use strake_qemu::{Accel, Nic, PortForward, Vm, VmConfig};
-
-fn image_dir() -> PathBuf {
-    std::env::var_os("STRAKE_IMAGE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("build/image"))
-}
 
 fn strakectl_path() -> anyhow::Result<PathBuf> {
     let p = workspace_root().join("target/debug/strakectl");
@@ -61,39 +55,12 @@ fn strakectl_ok(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn fingerprint_on(console: &str) -> Option<String> {
-    let at = console.find("certificate fingerprint sha256:")?;
-    let hex: String = console[at + "certificate fingerprint sha256:".len()..]
-        .chars()
-        .take_while(char::is_ascii_hexdigit)
-        .collect();
-    (hex.len() == 64).then(|| format!("sha256:{hex}"))
-}
-
-fn on_failure(vm: &Vm, result: anyhow::Result<()>) -> anyhow::Result<()> {
-    if result.is_err() {
-        eprintln!(
-            "---- guest console of {} ----\n{}\n-----------------------",
-            vm.config().name,
-            strake_qemu::tail(&vm.config().serial_log(), 150)
-        );
-    }
-    result
-}
-
 #[test]
 fn maintenance_mode_install_and_the_machine_api() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let images = image_dir();
-    for f in ["vmlinuz", "initramfs.zst"] {
-        ensure!(
-            images.join(f).exists(),
-            "{} is missing: run scripts/test.sh (it builds the image) or set STRAKE_IMAGE_DIR",
-            images.join(f).display()
-        );
-    }
+    let images = image_dir(&["vmlinuz", "initramfs.zst"])?;
     strakectl_path()?;
     kubectl_path()?;
     let registry = Registry::start()?;

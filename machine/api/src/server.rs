@@ -671,9 +671,29 @@ async fn logs(
     Extension(peer): Extension<Peer>,
     Query(q): Query<LogQuery>,
 ) -> Answer {
-    allow(&app, &peer, "logs", Role::Reader)?;
+    log_route(&app, &peer, "logs", q, |h| h.console_log()).await
+}
+
+async fn dmesg(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+    Query(q): Query<LogQuery>,
+) -> Answer {
+    log_route(&app, &peer, "dmesg", q, |h| h.kernel_log()).await
+}
+
+/// Reads a log through `read` and answers the lines the query selects (`service` filters
+/// console lines by component).
+async fn log_route(
+    app: &App,
+    peer: &Peer,
+    route: &str,
+    q: LogQuery,
+    read: fn(&dyn Host) -> Result<Vec<String>, HostError>,
+) -> Answer {
+    allow(app, peer, route, Role::Reader)?;
     let host = app.host.clone();
-    let lines = blocking(move || host.console_log())
+    let lines = blocking(move || read(host.as_ref()))
         .await?
         .map_err(|e| host_error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     let lines = match q.service.as_deref() {
@@ -683,19 +703,6 @@ async fn logs(
             .filter(|l| line_component(l) == Some(service))
             .collect(),
     };
-    Ok(json(StatusCode::OK, &select_lines(lines, &q)))
-}
-
-async fn dmesg(
-    State(app): State<Arc<App>>,
-    Extension(peer): Extension<Peer>,
-    Query(q): Query<LogQuery>,
-) -> Answer {
-    allow(&app, &peer, "dmesg", Role::Reader)?;
-    let host = app.host.clone();
-    let lines = blocking(move || host.kernel_log())
-        .await?
-        .map_err(|e| host_error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     Ok(json(StatusCode::OK, &select_lines(lines, &q)))
 }
 
