@@ -32,6 +32,8 @@ const LOG_DIR: &str = "/var/lib/strake/log";
 pub const TEMPLATE: &str = "/usr/lib/strake/state.ext4.sparse";
 /// What this boot found and did, as JSON, for the services and for people.
 pub const STATUS_PATH: &str = "/run/strake/state.json";
+/// Written by machined for `strakectl reset`: the next boot wipes STATE before using it.
+pub const RESET_MARKER: &str = "/var/lib/strake/.reset";
 /// Bytes at each end of a disk, and at the start of a partition, that must be zero for it to
 /// count as blank (every partition table and filesystem Strake knows of writes there).
 const BLANK_PROBE: u64 = 1 << 20;
@@ -344,6 +346,9 @@ pub struct Status {
     pub formatted: bool,
     /// Filesystem blocks before an online grow on this boot.
     pub grown_from_blocks: Option<u64>,
+    /// Emptied on this boot, as a reset asked.
+    #[serde(default)]
+    pub wiped: bool,
 }
 
 fn io(device: &str) -> impl FnOnce(std::io::Error) -> StateError + '_ {
@@ -419,6 +424,7 @@ pub fn prepare(
         partitioned: false,
         formatted: false,
         grown_from_blocks: None,
+        wiped: false,
     };
     let (partition, sectors, contents) = match plan(&disks, wanted, &mut probe, &mut blank)? {
         Plan::Ephemeral => return Ok(status),
@@ -469,6 +475,11 @@ pub fn prepare(
             ),
         }
     }
+    if host_path(root, RESET_MARKER).exists() {
+        wipe(root).map_err(io(&partition))?;
+        status.wiped = true;
+        tracing::warn!(target: "strake_init::state", "{LABEL} on /dev/{partition} wiped, as `strakectl reset` asked: the node starts over");
+    }
     let logs = host_path(root, LOG_DIR);
     std::fs::create_dir_all(&logs).map_err(io(&partition))?;
     std::fs::create_dir_all(host_path(root, "/var/log")).map_err(io(&partition))?;
@@ -486,6 +497,25 @@ pub fn prepare(
             errno,
         })?;
     Ok(status)
+}
+
+/// Removes everything on STATE (the marker last), keeping the filesystem.
+fn wipe(root: &Path) -> std::io::Result<()> {
+    let dir = host_path(root, MOUNT_POINT);
+    let marker = host_path(root, RESET_MARKER);
+    for entry in std::fs::read_dir(&dir)? {
+        let path = entry?.path();
+        if path == marker || path.file_name().is_some_and(|n| n == "lost+found") {
+            continue;
+        }
+        if path.is_dir() && !path.is_symlink() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    std::fs::remove_file(&marker)?;
+    std::fs::File::open(&dir)?.sync_all()
 }
 
 /// Writes a GPT with one STATE partition over the whole blank disk and waits for the kernel

@@ -198,6 +198,7 @@ fn a_blank_named_disk_is_partitioned_formatted_grown_and_mounted_then_reused() {
             partitioned: true,
             formatted: true,
             grown_from_blocks: Some(8192),
+            wiped: false,
         }
     );
     // The disk now carries a GPT with STATE filling it.
@@ -259,6 +260,26 @@ fn a_blank_named_disk_is_partitioned_formatted_grown_and_mounted_then_reused() {
         "{:?}",
         again.state().calls
     );
+
+    // A reset: the next boot empties STATE (the fake does not mount: the files sit where the
+    // mount would show them) and keeps lost+found.
+    let mounted = root.join(MOUNT_POINT.trim_start_matches('/'));
+    for dir in ["store/raft", "pki", "lost+found", "config"] {
+        std::fs::create_dir_all(mounted.join(dir)).unwrap();
+    }
+    std::fs::write(mounted.join("config/applied.yaml"), "x").unwrap();
+    std::fs::write(root.join(RESET_MARKER.trim_start_matches('/')), "").unwrap();
+    let reset = FakeKernel::default();
+    let status = prepare(root, None, &mut reset.clone(), &mut reset.clone()).unwrap();
+    assert!(status.wiped && !status.formatted, "{status:?}");
+    let left: Vec<String> = std::fs::read_dir(&mounted)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "log")
+        .collect();
+    assert_eq!(left, ["lost+found"]);
+    let status = prepare(root, None, &mut reset.clone(), &mut reset.clone()).unwrap();
+    assert!(!status.wiped, "the marker went with the wipe");
 }
 
 #[test]

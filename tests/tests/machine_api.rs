@@ -4,7 +4,8 @@
 //! refuses a config naming a missing disk, then installs the good one (partitions the disk,
 //! formats STATE, keeps the config) and the node reboots into a one-node cluster. There the API
 //! needs the machine CA's client certificate: `version`, `get machineconfig`, `logs`, `dmesg`, a dry run, a live
-//! sysctl change that a pod then reads, a change refused live, and `reboot`. Last, a config
+//! sysctl change that a pod then reads, a change refused live, `reboot`, and `reset`, after
+//! which the node is back in maintenance mode. Last, a config
 //! drive (FAT, labelled STRAKECFG): bad YAML on it means maintenance mode with the errors on the
 //! console; a good config on it boots a node with a static address.
 //!
@@ -137,6 +138,56 @@ fn maintenance_mode_install_and_the_machine_api() -> anyhow::Result<()> {
         dir.path(),
         &guest_registry,
     );
+    on_failure(&vm, result)?;
+    drop(vm);
+
+    // Reset: the node wipes STATE at the next boot and comes back in maintenance mode.
+    let mut after = first.clone();
+    after.name = "e2e-reset".into();
+    let mut vm = Vm::start(after.clone())?;
+    let sc = strakeconfig.to_str().unwrap_or("").to_owned();
+    let result = (|| -> anyhow::Result<()> {
+        poll(
+            "the machine API after the reboot",
+            Duration::from_secs(120),
+            || strakectl_ok(&["version", "--strakeconfig", &sc]).ok(),
+        )?;
+        let out = strakectl_ok(&["reset", "--strakeconfig", &sc])?;
+        ensure!(out.contains("is wiped at the next boot"), "reset: {out}");
+        vm.wait_exit("the node to reboot for the reset", Duration::from_secs(90))?;
+        Ok(())
+    })();
+    on_failure(&vm, result)?;
+    after.name = "e2e-after-reset".into();
+    let mut vm = Vm::start(after)?;
+    let result = (|| -> anyhow::Result<()> {
+        let console =
+            vm.wait_for_console("certificate fingerprint sha256:", Duration::from_secs(90))?;
+        ensure!(
+            console.contains("wiped, as `strakectl reset` asked"),
+            "STATE was not wiped on the console"
+        );
+        let fingerprint = fingerprint_on(&console).context("no fingerprint")?;
+        let v = poll(
+            "maintenance mode after the reset",
+            Duration::from_secs(60),
+            || {
+                strakectl_ok(&[
+                    "version",
+                    "-o",
+                    "json",
+                    "--insecure",
+                    "--fingerprint",
+                    &fingerprint,
+                    "-n",
+                    &node,
+                ])
+                .ok()
+            },
+        )?;
+        ensure!(v.contains("\"maintenance\": true"), "after the reset: {v}");
+        Ok(())
+    })();
     on_failure(&vm, result)?;
     drop(vm);
 

@@ -371,6 +371,21 @@ impl Host for Node {
         ))
     }
 
+    fn reset(&self) -> Result<String, HostError> {
+        let Some(device) = self.state_device() else {
+            return Err(HostError::new(
+                "this node has no STATE to wipe: it runs on tmpfs, and a reboot already forgets everything",
+            ));
+        };
+        let marker = host_path(&self.root, strake_init::state::RESET_MARKER);
+        std::fs::write(&marker, b"strakectl reset\n")
+            .and_then(|()| std::fs::File::open(&marker)?.sync_all())
+            .map_err(|e| HostError::new(format!("writing {}: {e}", marker.display())))?;
+        Ok(format!(
+            "STATE ({device}) is wiped at the next boot, which is now: the node comes back in maintenance mode unless its boot sources give it a config"
+        ))
+    }
+
     fn console_log(&self) -> Result<Vec<String>, HostError> {
         let current = host_path(&self.root, strake_init::console::LOG_PATH);
         let older = current.with_extension("log.1");

@@ -267,6 +267,15 @@ pub fn logs(
     }
 }
 
+pub fn reset(conn: &Conn) -> anyhow::Result<()> {
+    each_node(conn, |rt, client| {
+        let m = rt.block_on(client.reset())?;
+        println!("{}: {}", client.endpoint(), m.message);
+        Ok(())
+    })?;
+    Ok(())
+}
+
 pub fn upgrade(conn: &Conn, image: &Path) -> anyhow::Result<()> {
     let uki = std::fs::read(image).with_context(|| format!("reading {}", image.display()))?;
     // The node checks it too; failing here saves the upload.

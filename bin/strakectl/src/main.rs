@@ -88,6 +88,12 @@ enum Cmd {
         #[command(flatten)]
         conn: machine::Conn,
     },
+    /// Wipe the nodes' STATE (the store, the PKI, the machine config, images, volumes, logs)
+    /// and reboot them: they come back in maintenance mode.
+    Reset {
+        #[command(flatten)]
+        conn: machine::Conn,
+    },
     /// A service's lines of the node's console log (machined, controlplane, agent; all without
     /// a name).
     Logs {
@@ -280,6 +286,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Reboot { conn } => machine::power(&conn, true),
         Cmd::Shutdown { conn } => machine::power(&conn, false),
         Cmd::Upgrade { image, conn } => machine::upgrade(&conn, &image),
+        Cmd::Reset { conn } => machine::reset(&conn),
         Cmd::Logs {
             service,
             follow,

@@ -206,6 +206,12 @@ impl Client {
             .await
     }
 
+    /// Wipes the node's STATE at its next boot, and reboots it: it comes back in maintenance
+    /// mode unless a boot source gives it a config.
+    pub async fn reset(&self) -> Result<Message, ClientError> {
+        self.call("POST", "/v1/reset", Bytes::new()).await
+    }
+
     /// Sends a UKI to write into the other slot; the node reboots into it.
     pub async fn upgrade(&self, uki: Vec<u8>) -> Result<Message, ClientError> {
         self.call("POST", "/v1/upgrade", Bytes::from(uki)).await

@@ -17,6 +17,7 @@
 //! | `/v1/machineconfig`         | GET    | reader    | [`ConfigView`]; secrets redacted below admin |
 //! | `/v1/reboot`, `/v1/shutdown`| POST   | operator  | [`Message`]                               |
 //! | `/v1/upgrade`               | POST   | admin     | body: a UKI; written to the other slot, booted once, blessed when healthy |
+//! | `/v1/reset`                 | POST   | admin     | wipes STATE at the next boot and reboots: back to maintenance mode |
 //! | `/v1/logs`                  | GET    | reader    | [`LogLines`]: the console log; `?service=`, `?tail=`, `?since=` |
 //! | `/v1/dmesg`                 | GET    | reader    | [`LogLines`]: the kernel's log; `?tail=`, `?since=` |
 //!

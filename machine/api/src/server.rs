@@ -80,6 +80,8 @@ pub trait Host: Send + Sync + 'static {
     /// Writes a checked UKI into the slot not running and makes it the next boot's one shot.
     /// Returns what it did.
     fn stage_upgrade(&self, uki: &[u8]) -> Result<String, HostError>;
+    /// Arranges for STATE to be wiped at the next boot. Returns what it did.
+    fn reset(&self) -> Result<String, HostError>;
     /// The console log (init's and every service's lines), oldest first.
     fn console_log(&self) -> Result<Vec<String>, HostError>;
     /// The kernel's log, oldest first, as `[seconds] message`.
@@ -211,6 +213,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/v1/reboot", post(reboot))
         .route("/v1/shutdown", post(shutdown))
         .route("/v1/upgrade", post(upgrade))
+        .route("/v1/reset", post(reset))
         .route("/v1/logs", get(logs))
         .route("/v1/dmesg", get(dmesg))
         .fallback(not_found)
@@ -704,6 +707,16 @@ async fn log_route(
             .collect(),
     };
     Ok(json(StatusCode::OK, &select_lines(lines, &q)))
+}
+
+async fn reset(State(app): State<Arc<App>>, Extension(peer): Extension<Peer>) -> Answer {
+    allow(&app, &peer, "reset", Role::Admin)?;
+    let host = app.host.clone();
+    let message = blocking(move || host.reset())
+        .await?
+        .map_err(|e| host_error(StatusCode::CONFLICT, e))?;
+    power_later(&app, Power::Reboot);
+    Ok(json(StatusCode::OK, &Message { message }))
 }
 
 async fn upgrade(

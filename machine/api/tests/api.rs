@@ -19,6 +19,7 @@ struct Machine {
     /// What check_install reports.
     install_problem: Option<String>,
     staged_image: Option<usize>,
+    reset: bool,
 }
 
 #[derive(Default, Clone)]
@@ -73,6 +74,10 @@ impl Host for Fake {
     fn stage_upgrade(&self, uki: &[u8]) -> Result<String, HostError> {
         self.with(|m| m.staged_image = Some(uki.len()));
         Ok("wrote slot b".into())
+    }
+    fn reset(&self) -> Result<String, HostError> {
+        self.with(|m| m.reset = true);
+        Ok("STATE is wiped at the next boot".into())
     }
     fn console_log(&self) -> Result<Vec<String>, HostError> {
         Ok(vec![
@@ -370,6 +375,16 @@ async fn configured_mode_checks_roles_and_applies_by_mode() {
     assert_eq!(fake.with(|m| m.staged_image), None);
     let v = reader.version().await.unwrap();
     assert_eq!((v.slot.as_deref(), v.on_trial), (Some("a"), false));
+
+    // Reset: an admin's alone, then a reboot.
+    let (status, _) = api_error(operator.reset().await);
+    assert_eq!(status, 403);
+    assert!(!fake.with(|m| m.reset));
+    let before = fake.with(|m| m.power.len());
+    admin.reset().await.unwrap();
+    assert!(fake.with(|m| m.reset));
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(fake.with(|m| m.power.len()), before + 1);
 
     // Logs: one service's lines, the last N, and only what is new after a timestamp.
     let agent = reader.logs(Some("agent"), None, None).await.unwrap();
