@@ -109,6 +109,16 @@ fn supervise(services: Vec<ServiceSpec>, mut ctx: BootCtx) -> ! {
                 Vec::new()
             }
         };
+        if events.iter().any(|e| {
+            matches!(
+                e,
+                runner::RunnerEvent::Started { .. }
+                    | runner::RunnerEvent::Exited(_)
+                    | runner::RunnerEvent::SpawnFailed { .. }
+            )
+        }) {
+            publish_services(&runner);
+        }
         if events.contains(&runner::RunnerEvent::ConfigHandedOver) && reboot_at.is_none() {
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 boot::install_handoff(&mut ctx).map_err(|e| e.to_string())
@@ -138,6 +148,27 @@ fn supervise(services: Vec<ServiceSpec>, mut ctx: BootCtx) -> ! {
             shutdown::finalize(&mut LinuxSys, &mut LinuxSys, &mountinfo, action, &mut reap);
             reap_forever()
         }
+    }
+}
+
+/// Writes every service's state to [`supervisor::SERVICES_PATH`] for machined.
+fn publish_services(runner: &runner::Runner) {
+    let (secs, nanos) = console::monotonic_now();
+    let since_boot = Duration::new(secs, nanos);
+    let boot = Instant::now()
+        .checked_sub(since_boot)
+        .unwrap_or_else(Instant::now);
+    let status = runner.supervisor().status(boot);
+    let result = serde_json::to_string(&status)
+        .map_err(std::io::Error::other)
+        .and_then(|json| {
+            let path = PathBuf::from(supervisor::SERVICES_PATH);
+            let tmp = path.with_extension("new");
+            std::fs::write(&tmp, json)?;
+            std::fs::rename(&tmp, &path)
+        });
+    if let Err(e) = result {
+        tracing::warn!(target: "strake_init", "writing {}: {e}", supervisor::SERVICES_PATH);
     }
 }
 

@@ -96,6 +96,21 @@ struct Service {
     restarts: u32,
 }
 
+/// Where init publishes [`ServiceStatus`] for every service whenever one starts or exits.
+pub const SERVICES_PATH: &str = "/run/strake/services.json";
+
+/// One service as the supervisor sees it, for machined (`strakectl services`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    /// `running`, `waiting` (to be restarted) or `stopped`.
+    pub state: String,
+    pub pid: Option<i32>,
+    pub restarts: u32,
+    /// Since when it runs, or until when it waits, in seconds since boot (CLOCK_MONOTONIC).
+    pub since: Option<f64>,
+}
+
 /// What happened to a supervised service that exited.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExitDecision {
@@ -232,6 +247,29 @@ impl Supervisor {
             .collect()
     }
 
+    /// Every service's state; `boot` is the monotonic instant the seconds count from.
+    pub fn status(&self, boot: Instant) -> Vec<ServiceStatus> {
+        let secs = |t: Instant| t.saturating_duration_since(boot).as_secs_f64();
+        self.services
+            .iter()
+            .map(|s| ServiceStatus {
+                name: s.spec.name.clone(),
+                state: match (s.pid, s.next_start) {
+                    (Some(_), _) => "running",
+                    (None, Some(_)) => "waiting",
+                    (None, None) => "stopped",
+                }
+                .to_owned(),
+                pid: s.pid.map(Pid::as_raw),
+                restarts: s.restarts,
+                since: match s.pid {
+                    Some(_) => s.started_at.map(secs),
+                    None => s.next_start.map(secs),
+                },
+            })
+            .collect()
+    }
+
     pub fn restarts(&self, name: &str) -> Option<u32> {
         self.services
             .iter()
@@ -279,6 +317,25 @@ mod tests {
         }
         assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30, 30]);
         assert_eq!(s.restarts("svc0"), Some(8));
+    }
+
+    #[test]
+    fn status_says_what_each_service_is_doing() {
+        let t0 = Instant::now();
+        let mut s = sup(&[RestartPolicy::Always, RestartPolicy::Never], t0);
+        s.started(0, Pid::from_raw(7), t0 + secs(2));
+        s.started(1, Pid::from_raw(8), t0 + secs(2));
+        s.exited(Pid::from_raw(8), ChildExit::Exited(0), t0 + secs(3));
+        let st = s.status(t0);
+        assert_eq!(
+            (st[0].state.as_str(), st[0].pid, st[0].since),
+            ("running", Some(7), Some(2.0))
+        );
+        assert_eq!((st[1].state.as_str(), st[1].pid), ("stopped", None));
+        s.exited(Pid::from_raw(7), ChildExit::Exited(1), t0 + secs(4));
+        let st = s.status(t0);
+        assert_eq!((st[0].state.as_str(), st[0].restarts), ("waiting", 1));
+        assert_eq!(st[0].since, Some(5.0), "waits until its restart");
     }
 
     #[test]

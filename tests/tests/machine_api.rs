@@ -442,6 +442,33 @@ fn installed(
         got.contains("hostname: e2e-machine") && got.contains(&token.to_string()),
         "get machineconfig as admin: {got}"
     );
+    // The services, and one restarted by request: init starts it again.
+    let services = strakectl_ok(&[&["services", "-o", "json"], &mtls[..]].concat())?;
+    let list: serde_json::Value = serde_json::from_str(&services)?;
+    let running = |name: &str| {
+        list.as_array().is_some_and(|l| {
+            l.iter()
+                .any(|s| s["name"] == name && s["state"] == "running")
+        })
+    };
+    ensure!(
+        running("machined") && running("controlplane") && running("agent"),
+        "services: {services}"
+    );
+    let out = strakectl_ok(&[&["service", "agent", "restart"], &mtls[..]].concat())?;
+    ensure!(
+        out.contains("stopped agent"),
+        "service agent restart: {out}"
+    );
+    poll("the agent started again", Duration::from_secs(60), || {
+        let s = strakectl_ok(&[&["services", "-o", "json"], &mtls[..]].concat()).ok()?;
+        let l: serde_json::Value = serde_json::from_str(&s).ok()?;
+        l.as_array()?
+            .iter()
+            .any(|s| s["name"] == "agent" && s["state"] == "running" && s["restarts"] == 1)
+            .then_some(())
+    })?;
+
     // No shell on the node: its logs come through the machine API.
     let logs = strakectl_ok(&[&["logs", "machined"], &mtls[..]].concat())?;
     ensure!(

@@ -371,6 +371,59 @@ impl Host for Node {
         ))
     }
 
+    fn services(&self) -> Result<Vec<strake_machineapi::ServiceView>, HostError> {
+        let path = strake_init::supervisor::SERVICES_PATH;
+        let text = self
+            .read(path)
+            .ok_or_else(|| HostError::new(format!("init has not published {path} yet")))?;
+        let list: Vec<strake_init::supervisor::ServiceStatus> = serde_json::from_str(&text)
+            .map_err(|e| HostError::new(format!("{path} is not readable: {e}")))?;
+        Ok(list
+            .into_iter()
+            .map(|s| strake_machineapi::ServiceView {
+                name: s.name,
+                state: s.state,
+                pid: s.pid,
+                restarts: s.restarts,
+                since: s.since,
+            })
+            .collect())
+    }
+
+    fn restart_service(&self, name: &str) -> Result<String, HostError> {
+        let list = self.services()?;
+        let Some(service) = list.iter().find(|s| s.name == name) else {
+            let known: Vec<&str> = list.iter().map(|s| s.name.as_str()).collect();
+            return Err(HostError::new(format!(
+                "no service {name} (there are: {})",
+                known.join(", ")
+            )));
+        };
+        let Some(pid) = service.pid else {
+            return Err(HostError::new(format!(
+                "{name} is not running ({}); init starts it when it is due",
+                service.state
+            )));
+        };
+        // Its whole process group, as init stops services; init restarts it.
+        let group = nix::unistd::Pid::from_raw(-pid);
+        let stop = move || {
+            if nix::sys::signal::kill(group, Signal::SIGTERM).is_err() {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM);
+            }
+        };
+        if name == "machined" {
+            // Answer first: the stop takes this very process.
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(500));
+                stop();
+            });
+        } else {
+            stop();
+        }
+        Ok(format!("stopped {name} (pid {pid}); init starts it again"))
+    }
+
     fn reset(&self) -> Result<String, HostError> {
         let Some(device) = self.state_device() else {
             return Err(HostError::new(

@@ -267,6 +267,42 @@ pub fn logs(
     }
 }
 
+pub fn services(conn: &Conn, out: Output) -> anyhow::Result<()> {
+    let all = each_node(conn, |rt, client| {
+        Ok((
+            client.endpoint().to_owned(),
+            rt.block_on(client.services())?,
+        ))
+    })?;
+    for (endpoint, list) in all {
+        print(out, &list, || {
+            let mut text = format!("{endpoint}\nNAME           STATE     PID      RESTARTS  SINCE");
+            for s in &list {
+                text.push_str(&format!(
+                    "\n{:<14} {:<9} {:<8} {:<9} {}",
+                    s.name,
+                    s.state,
+                    s.pid.map_or_else(|| "-".into(), |p| p.to_string()),
+                    s.restarts,
+                    s.since
+                        .map_or_else(|| "-".into(), |t| format!("{t:.1}s after boot"))
+                ));
+            }
+            text
+        })?;
+    }
+    Ok(())
+}
+
+pub fn restart_service(conn: &Conn, name: &str) -> anyhow::Result<()> {
+    each_node(conn, |rt, client| {
+        let m = rt.block_on(client.restart_service(name))?;
+        println!("{}: {}", client.endpoint(), m.message);
+        Ok(())
+    })?;
+    Ok(())
+}
+
 pub fn reset(conn: &Conn) -> anyhow::Result<()> {
     each_node(conn, |rt, client| {
         let m = rt.block_on(client.reset())?;

@@ -88,6 +88,19 @@ enum Cmd {
         #[command(flatten)]
         conn: machine::Conn,
     },
+    /// The services init supervises on the node, and their state.
+    Services {
+        #[arg(long, short, value_enum, default_value_t)]
+        output: machine::Output,
+        #[command(flatten)]
+        conn: machine::Conn,
+    },
+    /// Act on one service.
+    Service {
+        name: String,
+        #[command(subcommand)]
+        action: ServiceAction,
+    },
     /// Wipe the nodes' STATE (the store, the PKI, the machine config, images, volumes, logs)
     /// and reboot them: they come back in maintenance mode.
     Reset {
@@ -137,6 +150,15 @@ enum Cmd {
         output: PathBuf,
         #[arg(long, default_value = "strake")]
         cluster_name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ServiceAction {
+    /// Stop it; init starts it again.
+    Restart {
+        #[command(flatten)]
+        conn: machine::Conn,
     },
 }
 
@@ -287,6 +309,11 @@ fn main() -> anyhow::Result<()> {
         Cmd::Shutdown { conn } => machine::power(&conn, false),
         Cmd::Upgrade { image, conn } => machine::upgrade(&conn, &image),
         Cmd::Reset { conn } => machine::reset(&conn),
+        Cmd::Services { output, conn } => machine::services(&conn, output),
+        Cmd::Service {
+            name,
+            action: ServiceAction::Restart { conn },
+        } => machine::restart_service(&conn, &name),
         Cmd::Logs {
             service,
             follow,

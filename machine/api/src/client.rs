@@ -15,7 +15,10 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::secrets::fingerprint_der;
-use crate::{ApplyMode, ApplyResult, ConfigView, ErrorBody, LogLines, Message, PORT, VersionInfo};
+use crate::{
+    ApplyMode, ApplyResult, ConfigView, ErrorBody, LogLines, Message, PORT, ServiceView,
+    VersionInfo,
+};
 
 /// Percent-encodes a query value (service names are plain words; anything else is escaped).
 fn encode(s: &str) -> String {
@@ -204,6 +207,15 @@ impl Client {
         }
         self.call("GET", &format!("/v1/dmesg?{}", q.join("&")), Bytes::new())
             .await
+    }
+
+    pub async fn services(&self) -> Result<Vec<ServiceView>, ClientError> {
+        self.call("GET", "/v1/services", Bytes::new()).await
+    }
+
+    pub async fn restart_service(&self, name: &str) -> Result<Message, ClientError> {
+        let path = format!("/v1/services/{}/restart", encode(name));
+        self.call("POST", &path, Bytes::new()).await
     }
 
     /// Wipes the node's STATE at its next boot, and reboots it: it comes back in maintenance

@@ -18,6 +18,8 @@
 //! | `/v1/reboot`, `/v1/shutdown`| POST   | operator  | [`Message`]                               |
 //! | `/v1/upgrade`               | POST   | admin     | body: a UKI; written to the other slot, booted once, blessed when healthy |
 //! | `/v1/reset`                 | POST   | admin     | wipes STATE at the next boot and reboots: back to maintenance mode |
+//! | `/v1/services`              | GET    | reader    | [`ServiceView`] of every service init supervises |
+//! | `/v1/services/{name}/restart` | POST | operator  | stops the service; init starts it again |
 //! | `/v1/logs`                  | GET    | reader    | [`LogLines`]: the console log; `?service=`, `?tail=`, `?since=` |
 //! | `/v1/dmesg`                 | GET    | reader    | [`LogLines`]: the kernel's log; `?tail=`, `?since=` |
 //!
@@ -184,6 +186,20 @@ pub struct ConfigView {
     /// Secrets (the cluster token, the machine CA key, registry passwords) were replaced by
     /// `REDACTED`, as they are for every role below admin.
     pub redacted: bool,
+}
+
+/// A service init supervises (`strakectl services`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceView {
+    pub name: String,
+    /// `running`, `waiting` (to be restarted) or `stopped`.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    pub restarts: u32,
+    /// Since when it runs (or until when it waits), in seconds since boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<f64>,
 }
 
 /// Log lines (`logs`, `dmesg`), each `[seconds since boot] ...`, oldest first.

@@ -22,7 +22,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::{
     ApplyMode, ApplyResult, ChangeView, ConfigView, ErrorBody, FieldProblem, LogLines, MAX_BODY,
-    MAX_UPGRADE, Message, Role, VersionInfo, line_component, line_time, redact,
+    MAX_UPGRADE, Message, Role, ServiceView, VersionInfo, line_component, line_time, redact,
 };
 
 /// Which API the node serves.
@@ -80,6 +80,10 @@ pub trait Host: Send + Sync + 'static {
     /// Writes a checked UKI into the slot not running and makes it the next boot's one shot.
     /// Returns what it did.
     fn stage_upgrade(&self, uki: &[u8]) -> Result<String, HostError>;
+    /// Every service init supervises.
+    fn services(&self) -> Result<Vec<ServiceView>, HostError>;
+    /// Stops a running service so that init starts it again. Returns what it did.
+    fn restart_service(&self, name: &str) -> Result<String, HostError>;
     /// Arranges for STATE to be wiped at the next boot. Returns what it did.
     fn reset(&self) -> Result<String, HostError>;
     /// The console log (init's and every service's lines), oldest first.
@@ -214,6 +218,8 @@ fn router(app: Arc<App>) -> Router {
         .route("/v1/shutdown", post(shutdown))
         .route("/v1/upgrade", post(upgrade))
         .route("/v1/reset", post(reset))
+        .route("/v1/services", get(services))
+        .route("/v1/services/{name}/restart", post(restart_service))
         .route("/v1/logs", get(logs))
         .route("/v1/dmesg", get(dmesg))
         .fallback(not_found)
@@ -707,6 +713,28 @@ async fn log_route(
             .collect(),
     };
     Ok(json(StatusCode::OK, &select_lines(lines, &q)))
+}
+
+async fn services(State(app): State<Arc<App>>, Extension(peer): Extension<Peer>) -> Answer {
+    allow(&app, &peer, "services", Role::Reader)?;
+    let host = app.host.clone();
+    let list = blocking(move || host.services())
+        .await?
+        .map_err(|e| host_error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    Ok(json(StatusCode::OK, &list))
+}
+
+async fn restart_service(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Answer {
+    allow(&app, &peer, "service restart", Role::Operator)?;
+    let host = app.host.clone();
+    let message = blocking(move || host.restart_service(&name))
+        .await?
+        .map_err(|e| host_error(StatusCode::CONFLICT, e))?;
+    Ok(json(StatusCode::OK, &Message { message }))
 }
 
 async fn reset(State(app): State<Arc<App>>, Extension(peer): Extension<Peer>) -> Answer {

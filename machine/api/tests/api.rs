@@ -20,6 +20,7 @@ struct Machine {
     install_problem: Option<String>,
     staged_image: Option<usize>,
     reset: bool,
+    restarted: Vec<String>,
 }
 
 #[derive(Default, Clone)]
@@ -74,6 +75,23 @@ impl Host for Fake {
     fn stage_upgrade(&self, uki: &[u8]) -> Result<String, HostError> {
         self.with(|m| m.staged_image = Some(uki.len()));
         Ok("wrote slot b".into())
+    }
+    fn services(&self) -> Result<Vec<strake_machineapi::ServiceView>, HostError> {
+        Ok(vec![strake_machineapi::ServiceView {
+            name: "agent".into(),
+            state: "running".into(),
+            pid: Some(42),
+            restarts: 0,
+            since: Some(3.5),
+        }])
+    }
+    fn restart_service(&self, name: &str) -> Result<String, HostError> {
+        if name == "agent" {
+            self.with(|m| m.restarted.push(name.into()));
+            Ok("stopped agent".into())
+        } else {
+            Err(HostError::new(format!("no service {name}")))
+        }
     }
     fn reset(&self) -> Result<String, HostError> {
         self.with(|m| m.reset = true);
@@ -375,6 +393,16 @@ async fn configured_mode_checks_roles_and_applies_by_mode() {
     assert_eq!(fake.with(|m| m.staged_image), None);
     let v = reader.version().await.unwrap();
     assert_eq!((v.slot.as_deref(), v.on_trial), (Some("a"), false));
+
+    // Services: readers list them, operators restart them.
+    let list = reader.services().await.unwrap();
+    assert_eq!((list[0].name.as_str(), list[0].pid), ("agent", Some(42)));
+    let (status, _) = api_error(reader.restart_service("agent").await);
+    assert_eq!(status, 403);
+    operator.restart_service("agent").await.unwrap();
+    let (status, body) = api_error(operator.restart_service("nope").await);
+    assert_eq!((status, body.message.as_str()), (409, "no service nope"));
+    assert_eq!(fake.with(|m| m.restarted.clone()), ["agent"]);
 
     // Reset: an admin's alone, then a reboot.
     let (status, _) = api_error(operator.reset().await);
