@@ -25,6 +25,14 @@ pub const LINUX_FILESYSTEM: Guid = Guid::from_fields(
     [0x8E, 0x79, 0x3D, 0x69, 0xD8, 0x47, 0x7D, 0xE4],
 );
 
+/// "EFI System Partition" (C12A7328-F81F-11D2-BA4B-00A0C93EC93B).
+pub const EFI_SYSTEM: Guid = Guid::from_fields(
+    0xC12A_7328,
+    0xF81F,
+    0x11D2,
+    [0xBA, 0x4B, 0x00, 0xA0, 0xC9, 0x3E, 0xC9, 0x3B],
+);
+
 /// Why a table could not be read or written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GptError {

@@ -2,10 +2,17 @@
 //! and the sparse images that carry a filesystem template. Pure data in, data out: the callers
 //! (init on a node, the image builder on a host) do the I/O.
 
+pub mod fat;
 pub mod gpt;
 pub mod sparse;
 
 use std::fmt;
+
+/// The ISO's volume label: an install finds the medium it booted from by it.
+pub const ISO_LABEL: &str = "STRAKE";
+/// The ESP image in the ISO's file tree (also its El Torito EFI image), which an install copies
+/// to the disk's ESP.
+pub const ISO_ESP: &str = "efiboot.img";
 
 /// A GUID in its on-disk byte order (the first three fields little-endian, as UEFI stores them).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]

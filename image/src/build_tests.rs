@@ -43,11 +43,17 @@ fn two_builds_are_byte_identical_and_bootable_in_shape() {
         (&a.raw, &b.raw),
         (&a.qcow2, &b.qcow2),
         (&a.iso, &b.iso),
+        (&a.ipxe, &b.ipxe),
     ] {
         assert_same_bytes(x, y);
     }
     check_disk(&a.raw);
     assert_eq!(a.kernel_version, KERNEL_RELEASE);
+    let script = fs::read_to_string(&a.ipxe).expect("the iPXE script");
+    assert!(
+        script.starts_with("#!ipxe\nkernel vmlinuz initrd=initramfs.zst console="),
+        "{script}"
+    );
 
     let cpio = zstd::decode_all(&fs::read(&a.initramfs).expect("read")[..]).expect("zstd");
     let entries = parse(&cpio).expect("valid newc archive");
@@ -127,7 +133,7 @@ fn check_disk(raw: &Path) {
     let state = table.partition("STATE").expect("STATE");
     assert_eq!(state.last_lba, sectors - 34);
     let boot = read(esp.first_lba * 512, 512).expect("ESP boot sector");
-    assert_eq!(&boot[82..87], b"FAT32");
+    assert_eq!(&boot[54..59], b"FAT16");
     let superblock = read(state.first_lba * 512 + 1024, 1024).expect("superblock");
     assert_eq!(&superblock[0x38..0x3a], &[0x53, 0xEF], "ext4 magic");
 }

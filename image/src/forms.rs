@@ -1,13 +1,16 @@
 //! The boot forms built from the kernel and initramfs, without root or loop mounts:
 //! - a **UKI**: systemd-boot's EFI stub with the kernel, initramfs, command line and os-release
 //!   added as PE sections by `objcopy`;
-//! - a **GPT disk image** (raw, and qcow2 by `qemu-img convert`): an ESP (FAT32 made with mtools)
-//!   holding systemd-boot as the removable-media loader and the UKI as slot A, and a STATE
-//!   partition holding the ext4 template, which init grows to the partition's size at first boot.
-//!
-//! - a **hybrid ISO** (xorriso): isolinux for BIOS (the kernel and initramfs as files) and an El
-//!   Torito EFI image holding the UKI as the removable-media loader, for UEFI. It boots live
-//!   (nothing on disk) into maintenance mode.
+//! - the **ESP**: a FAT16 volume (made with mtools) holding systemd-boot as the removable-media
+//!   loader and the UKI as slot A, with FATs sized for the whole ESP partition;
+//! - a **GPT disk image** (raw, and qcow2 by `qemu-img convert`): that ESP, and a STATE partition
+//!   holding the ext4 template, which init grows to the partition's size at first boot;
+//! - a **PXE bundle**: the kernel, the initramfs and an iPXE script beside them; UEFI PXE may
+//!   boot the UKI itself;
+//! - a **hybrid ISO** (xorriso): isolinux for BIOS (the kernel and initramfs as files) and, for
+//!   UEFI, the same ESP cut down to what its files use as the El Torito EFI image. It boots live
+//!   (nothing on disk) into maintenance mode, and an install copies that image to the disk's ESP
+//!   and gives it the partition's size back (`strake_disk::fat`).
 //!
 //! Every form is reproducible: timestamps come from `SOURCE_DATE_EPOCH` (clamped to what FAT can
 //! hold), identifiers are fixed, and the PE timestamp objcopy writes is replaced.
@@ -28,18 +31,11 @@ pub const SYSTEMD_BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
 pub const UKI_CMDLINE: &str = "console=tty0 console=ttyS0 panic=-1";
 /// The disk image's size; init grows STATE's filesystem to fill its partition.
 pub const DISK_BYTES: u64 = 2 << 30;
-/// The ESP: room for systemd-boot and two UKI slots.
-pub const ESP_BYTES: u64 = 256 << 20;
+pub use strake_disk::fat::ESP_BYTES;
 /// FAT cannot hold dates before 1980.
 const FAT_EPOCH: u64 = 315_619_200;
 
-/// EFI System Partition type.
-pub const ESP_TYPE: Guid = Guid::from_fields(
-    0xC12A_7328,
-    0xF81F,
-    0x11D2,
-    [0xBA, 0x4B, 0x00, 0xA0, 0xC9, 0x3E, 0xC9, 0x3B],
-);
+pub use strake_disk::gpt::EFI_SYSTEM as ESP_TYPE;
 /// Fixed identifiers: the image is the same bytes every build. A machine installed from it
 /// shares them with every other; nothing finds a disk or partition by them.
 const DISK_GUID: Guid = Guid::from_fields(0x5354_524b, 0x0001, 0x4000, [0x80, 0, 0, 0, 0, 0, 0, 1]);
@@ -177,7 +173,6 @@ fn pe_checksum(pe: &[u8], checksum_at: usize) -> u32 {
 fn fat_image(
     out: &Path,
     bytes: u64,
-    fat32: bool,
     label: &str,
     dirs: &[&str],
     files: &[(PathBuf, String)],
@@ -197,12 +192,10 @@ fn fat_image(
     };
     let sectors = (bytes / 512).to_string();
     let mut format = tool("mformat");
-    format.args(["-i", &image]);
-    if fat32 {
-        format.arg("-F");
-    }
+    // 4 KiB clusters: FAT16 from 16 MiB to 255 MiB (see strake_disk::fat).
     format.args([
-        "-T", &sectors, "-h", "64", "-s", "32", "-v", label, "-N", ESP_SERIAL, "::",
+        "-i", &image, "-T", &sectors, "-h", "64", "-s", "32", "-c", "8", "-v", label, "-N",
+        ESP_SERIAL, "::",
     ]);
     run(&mut format, "mformat (apt-get install mtools)")?;
     if !dirs.is_empty() {
@@ -229,7 +222,21 @@ fn require(path: &str, package: &str) -> Result<(), ImageError> {
 }
 
 /// Builds the ESP as a FAT32 image file with systemd-boot and the UKI in slot A.
-fn build_esp(uki: &Path, mtime: u32, out: &Path) -> Result<(), ImageError> {
+/// The PXE bundle's iPXE script: the kernel and initramfs by names relative to the script's own
+/// URL (TFTP or HTTP), with the UKI's command line. `initrd=` names the initramfs for the EFI
+/// stub when iPXE runs under UEFI.
+pub fn ipxe_script(cmdline: &str) -> String {
+    format!(
+        "#!ipxe\nkernel {} initrd={} {cmdline}\ninitrd {}\nboot\n",
+        crate::VMLINUZ_FILE,
+        crate::INITRAMFS_FILE,
+        crate::INITRAMFS_FILE
+    )
+}
+
+/// The ESP image at `out`, [`ESP_BYTES`] long: systemd-boot, its loader.conf, and the UKI in
+/// slot A.
+pub fn build_esp(uki: &Path, mtime: u32, out: &Path) -> Result<(), ImageError> {
     require(SYSTEMD_BOOT, "systemd-boot-efi")?;
     let dir = out.parent().unwrap_or(Path::new("."));
     let loader = dir.join(".loader.conf");
@@ -240,7 +247,6 @@ fn build_esp(uki: &Path, mtime: u32, out: &Path) -> Result<(), ImageError> {
     let result = fat_image(
         out,
         ESP_BYTES,
-        true,
         "ESP",
         &["::/EFI", "::/EFI/BOOT", "::/EFI/Linux", "::/loader"],
         &[
@@ -282,10 +288,12 @@ fn set_mtimes(dir: &Path, secs: u64) -> Result<(), ImageError> {
 }
 
 /// Builds the hybrid ISO at `out`: BIOS through isolinux, UEFI through the UKI.
+pub use strake_disk::{ISO_ESP, ISO_LABEL};
+
 pub fn build_iso(
     vmlinuz: &Path,
     initramfs: &Path,
-    uki: &Path,
+    esp: &Path,
     cmdline: &str,
     mtime: u32,
     out: &Path,
@@ -322,20 +330,15 @@ pub fn build_iso(
         ),
     )
     .map_err(ImageError::io("writing", &cfg))?;
-    // The El Torito EFI image: the UKI as the removable-media loader, with 1 MiB to spare.
-    let uki_len = std::fs::metadata(uki)
-        .map_err(ImageError::io("reading", uki))?
-        .len();
-    let efi_bytes = (uki_len + (2 << 20)).div_ceil(1 << 20) << 20;
-    fat_image(
-        &root.join("efiboot.img"),
-        efi_bytes,
-        false,
-        "STRAKEEFI",
-        &["::/EFI", "::/EFI/BOOT"],
-        &[(uki.to_path_buf(), "::/EFI/BOOT/BOOTX64.EFI".to_owned())],
-        mtime,
-    )?;
+    // The El Torito EFI image: the ESP, cut down to the clusters its files use.
+    let full = std::fs::read(esp).map_err(ImageError::io("reading", esp))?;
+    let small = strake_disk::fat::shrink(&full, 1 << 20).map_err(|e| ImageError::Tool {
+        tool: "the ESP image",
+        detail: e.to_string(),
+    })?;
+    drop(full);
+    let efi = root.join(ISO_ESP);
+    std::fs::write(&efi, small).map_err(ImageError::io("writing", &efi))?;
     // xorriso records each file's and directory's mtime: make them the build's.
     set_mtimes(&root, u64::from(mtime).max(FAT_EPOCH))?;
     let tmp = out.with_extension("iso.tmp");
@@ -350,7 +353,7 @@ pub fn build_iso(
             .arg(&tmp)
             .args([
                 "-V",
-                "STRAKE",
+                ISO_LABEL,
                 "-r",
                 "-isohybrid-mbr",
                 ISOHDPFX,
@@ -364,7 +367,7 @@ pub fn build_iso(
                 "-boot-info-table",
                 "-eltorito-alt-boot",
                 "-e",
-                "efiboot.img",
+                ISO_ESP,
                 "-no-emul-boot",
                 "-isohybrid-gpt-basdat",
             ])
@@ -375,16 +378,9 @@ pub fn build_iso(
     std::fs::rename(&tmp, out).map_err(ImageError::io("renaming", out))
 }
 
-/// Builds the raw GPT disk image at `out` from the UKI and the STATE template (sparse bytes).
-pub fn build_disk(
-    uki: &Path,
-    state_template: &[u8],
-    mtime: u32,
-    out: &Path,
-) -> Result<(), ImageError> {
-    let dir = out.parent().unwrap_or(Path::new("."));
-    let esp = dir.join(".esp.img");
-    build_esp(uki, mtime, &esp)?;
+/// Builds the raw GPT disk image at `out` from the ESP image and the STATE template (sparse
+/// bytes).
+pub fn build_disk(esp: &Path, state_template: &[u8], out: &Path) -> Result<(), ImageError> {
     let layout = gpt::layout(
         DISK_BYTES / gpt::SECTOR,
         DISK_GUID,
@@ -425,13 +421,12 @@ pub fn build_disk(
     let esp_start = layout.partitions[0].first_lba * gpt::SECTOR;
     let state_start = layout.partitions[1].first_lba * gpt::SECTOR;
     // The ESP image's non-zero blocks only: the disk stays sparse.
-    let esp_bytes = std::fs::read(&esp).map_err(ImageError::io("reading", &esp))?;
+    let esp_bytes = std::fs::read(esp).map_err(ImageError::io("reading", esp))?;
     for (i, block) in esp_bytes.chunks(64 << 10).enumerate() {
         if !strake_disk::is_zero(block) {
             put(esp_start + (i as u64) * (64 << 10), block)?;
         }
     }
-    let _ = std::fs::remove_file(&esp);
     let sparse = strake_disk::sparse::decode(state_template).map_err(|e| ImageError::Tool {
         tool: "state template",
         detail: e.to_string(),

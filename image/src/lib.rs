@@ -38,6 +38,9 @@ pub const RAW_FILE: &str = "strake.raw";
 pub const QCOW2_FILE: &str = "strake.qcow2";
 /// The hybrid ISO (BIOS isolinux, UEFI El Torito with the UKI), booting live.
 pub const ISO_FILE: &str = "strake.iso";
+/// The PXE bundle's iPXE script, loading [`VMLINUZ_FILE`] and [`INITRAMFS_FILE`] from beside
+/// it. UEFI PXE may boot [`UKI_FILE`] instead.
+pub const IPXE_FILE: &str = "strake.ipxe";
 
 /// Errors from building an image.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +112,7 @@ pub struct Artifacts {
     pub raw: PathBuf,
     pub qcow2: PathBuf,
     pub iso: PathBuf,
+    pub ipxe: PathBuf,
     /// Kernel release (`uname -r`), i.e. the `/lib/modules/<release>` directory name.
     pub kernel_version: String,
     /// `manifest.json`.
@@ -184,19 +188,27 @@ pub fn build(opts: &BuildOptions) -> Result<Artifacts, ImageError> {
         mtime,
         &uki_path,
     )?;
+    let esp_path = opts.out_dir.join(".esp.img");
+    forms::build_esp(&uki_path, mtime, &esp_path)?;
     let raw_path = opts.out_dir.join(RAW_FILE);
-    forms::build_disk(&uki_path, &state_template, mtime, &raw_path)?;
+    forms::build_disk(&esp_path, &state_template, &raw_path)?;
     let qcow2_path = opts.out_dir.join(QCOW2_FILE);
     forms::build_qcow2(&raw_path, &qcow2_path)?;
     let iso_path = opts.out_dir.join(ISO_FILE);
     forms::build_iso(
         &vmlinuz_path,
         &initramfs_path,
-        &uki_path,
+        &esp_path,
         forms::UKI_CMDLINE,
         mtime,
         &iso_path,
     )?;
+    std::fs::remove_file(&esp_path).map_err(ImageError::io("removing", &esp_path))?;
+    let ipxe_path = opts.out_dir.join(IPXE_FILE);
+    artifact::write_atomically(&ipxe_path, |out| {
+        out.write_all(forms::ipxe_script(forms::UKI_CMDLINE).as_bytes())
+            .map_err(ImageError::io("writing", &ipxe_path))
+    })?;
 
     let mut module_infos = Vec::with_capacity(selection.modules.len());
     for m in &selection.modules {
@@ -241,6 +253,7 @@ pub fn build(opts: &BuildOptions) -> Result<Artifacts, ImageError> {
             ("uki", info(&uki_path)?),
             ("qcow2", info(&qcow2_path)?),
             ("iso", info(&iso_path)?),
+            ("ipxe", info(&ipxe_path)?),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -261,6 +274,7 @@ pub fn build(opts: &BuildOptions) -> Result<Artifacts, ImageError> {
         raw: raw_path,
         qcow2: qcow2_path,
         iso: iso_path,
+        ipxe: ipxe_path,
         kernel_version: tree.release,
         manifest: manifest_path,
     })

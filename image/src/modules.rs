@@ -335,6 +335,8 @@ pub const STRAKE_MODULES: &[(&str, bool)] = &[
     ("virtio_net", false),
     ("virtio_pci", false),
     ("virtio_blk", false),
+    ("virtio_scsi", false),
+    ("sr_mod", false),
     ("virtio_console", false),
     ("virtio_rng", false),
     // A machine config handed over by QEMU (`-fw_cfg name=opt/strake/config,...`).

@@ -406,9 +406,23 @@ fn mount_state(ctx: &mut BootCtx) -> Result<(), BootError> {
         (None, Some(selector)) => Some(state::select_disk(&ctx.root, &selector)?),
         (None, None) => None,
     };
+    // Booted live from the ISO with a disk to install: the disk gets the ISO's ESP too.
+    let medium = wanted.as_ref().and_then(|_| crate::media::find(&ctx.root));
+    if let Some(name) = &medium {
+        let modules: Vec<String> = crate::cfgdrive::Fs::Iso9660
+            .modules()
+            .iter()
+            .map(|m| (*m).to_owned())
+            .collect();
+        load_named(ctx, &modules);
+        if !mounts::is_uefi(&ctx.root) {
+            tracing::warn!(target: "strake_init::state", "booted from /dev/{name} by BIOS: a disk installed from it boots by UEFI only");
+        }
+    }
     let status = state::prepare(
         &ctx.root,
         wanted.as_deref(),
+        medium.as_deref(),
         ctx.seams.mounter.as_mut(),
         ctx.seams.block.as_mut(),
     )?;
@@ -560,6 +574,9 @@ fn keep_handoff(ctx: &mut BootCtx, text: &str) -> Result<String, BootError> {
     })?;
     let how = match (mounted.is_some(), status.partitioned, status.formatted) {
         (true, _, _) => "kept it on STATE",
+        (false, true, _) if status.esp.is_some() => {
+            "installed Strake on the disk (an ESP with systemd-boot and slot A, and STATE) and kept it on STATE"
+        }
         (false, true, _) => "partitioned the disk, formatted STATE and kept it there",
         (false, false, true) => "formatted STATE and kept it there",
         (false, false, false) => "kept it on STATE",

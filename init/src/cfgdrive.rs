@@ -89,6 +89,11 @@ fn fat_label(head: &[u8]) -> Option<String> {
 
 /// The first block device whose label is [`LABEL`], by name (`vdb`, `sr0`), with its filesystem.
 pub fn find(root: &Path) -> Option<(String, Fs)> {
+    find_labelled(root, LABEL)
+}
+
+/// The first block device whose filesystem label is `wanted` (case aside), by name.
+pub fn find_labelled(root: &Path, wanted: &str) -> Option<(String, Fs)> {
     let mut names: Vec<String> = std::fs::read_dir(host_path(root, "/sys/class/block"))
         .ok()?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -107,7 +112,7 @@ pub fn find(root: &Path) -> Option<(String, Fs)> {
         }
         head.truncate(filled);
         let (fs, l) = label(&head)?;
-        l.eq_ignore_ascii_case(LABEL).then_some((name, fs))
+        l.eq_ignore_ascii_case(wanted).then_some((name, fs))
     })
 }
 

@@ -8,6 +8,7 @@ pub mod config;
 pub mod console;
 pub mod dhcp;
 pub mod machine;
+pub mod media;
 pub mod modules;
 pub mod mounts;
 pub mod network;

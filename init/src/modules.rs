@@ -21,6 +21,10 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "virtio_net",
     "virtio_pci",
     "virtio_blk",
+    // CD-ROMs (the ISO an install copies from, ISO 9660 config drives) on virtio-scsi: the
+    // cloud kernel has no AHCI.
+    "virtio_scsi",
+    "sr_mod",
     "overlay",
     "bridge",
     "veth",

@@ -349,6 +349,9 @@ pub struct Status {
     /// Emptied on this boot, as a reset asked.
     #[serde(default)]
     pub wiped: bool,
+    /// The ESP this boot installed from the boot medium (systemd-boot and slot A), if any.
+    #[serde(default)]
+    pub esp: Option<String>,
 }
 
 fn io(device: &str) -> impl FnOnce(std::io::Error) -> StateError + '_ {
@@ -381,9 +384,13 @@ fn random_guid() -> Guid {
 }
 
 /// Finds, creates or formats STATE as [`plan`] decides, and mounts it. Returns what it did.
+/// Finds, makes or reuses STATE and mounts it. `medium` is the ISO the machine booted from (a
+/// device name, see [`crate::media`]): a blank disk being installed then also gets an ESP with
+/// systemd-boot and slot A copied from it, and boots by itself from then on.
 pub fn prepare(
     root: &Path,
     wanted: Option<&str>,
+    medium: Option<&str>,
     mounter: &mut dyn Mounter,
     block: &mut dyn BlockOps,
 ) -> Result<Status, StateError> {
@@ -425,13 +432,24 @@ pub fn prepare(
         formatted: false,
         grown_from_blocks: None,
         wiped: false,
+        esp: None,
     };
     let (partition, sectors, contents) = match plan(&disks, wanted, &mut probe, &mut blank)? {
         Plan::Ephemeral => return Ok(status),
         Plan::Install { disk, sectors } => {
-            let part = partition_disk(root, &disk, sectors, block)?;
+            let parts = partition_disk(root, &disk, sectors, medium.is_some(), block)?;
             status.partitioned = true;
-            (part.name, part.sectors, Contents::Empty)
+            let state = parts.last().cloned().expect("STATE is the last partition");
+            if let (Some(medium), [esp, _]) = (medium, parts.as_slice()) {
+                crate::media::install_esp(root, medium, &esp.name, esp.sectors, mounter).map_err(
+                    |reason| StateError::Refused {
+                        device: disk.clone(),
+                        reason,
+                    },
+                )?;
+                status.esp = Some(format!("/dev/{}", esp.name));
+            }
+            (state.name, state.sectors, Contents::Empty)
         }
         Plan::Use {
             partition,
@@ -518,26 +536,37 @@ fn wipe(root: &Path) -> std::io::Result<()> {
     std::fs::File::open(&dir)?.sync_all()
 }
 
-/// Writes a GPT with one STATE partition over the whole blank disk and waits for the kernel
-/// to show the partition.
+/// Writes a GPT over the whole blank disk: an ESP of [`strake_disk::fat::ESP_BYTES`] first
+/// when `with_esp`, then STATE filling the rest. Waits for the kernel to show the partitions
+/// and returns them in order.
 fn partition_disk(
     root: &Path,
     disk: &str,
     sectors: u64,
+    with_esp: bool,
     block: &mut dyn BlockOps,
-) -> Result<PartDev, StateError> {
-    let spec = PartitionSpec {
+) -> Result<Vec<PartDev>, StateError> {
+    let mut specs = Vec::new();
+    if with_esp {
+        specs.push(PartitionSpec {
+            name: "ESP".into(),
+            type_guid: gpt::EFI_SYSTEM,
+            unique_guid: random_guid(),
+            size_sectors: Some(strake_disk::fat::ESP_BYTES / gpt::SECTOR),
+            attributes: 0,
+        });
+    }
+    specs.push(PartitionSpec {
         name: LABEL.into(),
         type_guid: gpt::LINUX_FILESYSTEM,
         unique_guid: random_guid(),
         size_sectors: None,
         attributes: 0,
-    };
-    let layout =
-        gpt::layout(sectors, random_guid(), &[spec]).map_err(|source| StateError::Gpt {
-            device: disk.into(),
-            source,
-        })?;
+    });
+    let layout = gpt::layout(sectors, random_guid(), &specs).map_err(|source| StateError::Gpt {
+        device: disk.into(),
+        source,
+    })?;
     let mut f = open(root, disk, true)?;
     for (offset, bytes) in &layout.writes {
         f.seek(SeekFrom::Start(*offset)).map_err(io(disk))?;
@@ -551,22 +580,26 @@ fn partition_disk(
             device: disk.into(),
             errno,
         })?;
-    tracing::info!(target: "strake_init::state", "wrote a GPT with a {LABEL} partition on /dev/{disk}");
+    let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+    tracing::info!(target: "strake_init::state", "wrote a GPT with {} on /dev/{disk}", names.join(" and "));
     let deadline = Instant::now() + DISK_WAIT;
     loop {
-        let found = scan(root)
+        let shown: Vec<PartDev> = scan(root)
             .into_iter()
             .find(|d| d.name == disk)
-            .and_then(|d| d.partitions.into_iter().find(|p| p.number == 1));
-        if let Some(p) = found
-            && host_path(root, &format!("/dev/{}", p.name)).exists()
-        {
-            return Ok(p);
+            .map(|d| d.partitions)
+            .unwrap_or_default();
+        let found: Vec<PartDev> = (1..=specs.len() as u32)
+            .filter_map(|n| shown.iter().find(|p| p.number == n).cloned())
+            .filter(|p| host_path(root, &format!("/dev/{}", p.name)).exists())
+            .collect();
+        if found.len() == specs.len() {
+            return Ok(found);
         }
         if Instant::now() >= deadline {
             return Err(StateError::Refused {
                 device: disk.into(),
-                reason: "the kernel did not show the new partition".into(),
+                reason: "the kernel did not show the new partitions".into(),
             });
         }
         std::thread::sleep(Duration::from_millis(50));

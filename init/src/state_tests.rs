@@ -165,21 +165,108 @@ pub(crate) fn machine() -> tempfile::TempDir {
 }
 
 pub(crate) fn kernel_shows_partition(fake: &FakeKernel, root: &Path, sectors: u64) {
-    fake.state().reread_creates = vec![
-        (
-            root.join("sys/class/block/vda/vda1/partition"),
-            b"1\n".to_vec(),
-        ),
-        (
-            root.join("sys/class/block/vda/vda1/size"),
-            format!("{sectors}\n").into_bytes(),
-        ),
-        (
-            root.join("sys/class/block/vda/vda1/uevent"),
-            b"DEVNAME=vda1\nPARTNAME=STATE\n".to_vec(),
-        ),
-        (root.join("dev/vda1"), Vec::new()),
-    ];
+    kernel_shows(fake, root, &[("STATE", sectors)]);
+}
+
+/// `prepare` without a boot medium, the fake as mounter and block device.
+fn prepare_on(root: &Path, wanted: Option<&str>, fake: &FakeKernel) -> Result<Status, StateError> {
+    prepare(root, wanted, None, &mut fake.clone(), &mut fake.clone())
+}
+
+/// The kernel adds `vda1`, `vda2`... with these GPT names and sizes when the table is reread.
+fn kernel_shows(fake: &FakeKernel, root: &Path, parts: &[(&str, u64)]) {
+    let mut files = Vec::new();
+    for (i, (label, sectors)) in parts.iter().enumerate() {
+        let name = format!("vda{}", i + 1);
+        let sys = root.join("sys/class/block/vda").join(&name);
+        files.extend([
+            (sys.join("partition"), format!("{}\n", i + 1).into_bytes()),
+            (sys.join("size"), format!("{sectors}\n").into_bytes()),
+            (
+                sys.join("uevent"),
+                format!("DEVNAME={name}\nPARTNAME={label}\n").into_bytes(),
+            ),
+            (root.join("dev").join(&name), Vec::new()),
+        ]);
+    }
+    fake.state().reread_creates = files;
+}
+
+/// A FAT16 volume of 17 MiB as the ISO carries the ESP: 4 KiB clusters, FATs sized for 240 MiB.
+fn iso_esp() -> Vec<u8> {
+    let total: u32 = 17 * 2048;
+    let mut img = vec![0u8; total as usize * 512];
+    img[11..13].copy_from_slice(&512u16.to_le_bytes());
+    img[13] = 8;
+    img[14..16].copy_from_slice(&1u16.to_le_bytes());
+    img[16] = 2;
+    img[17..19].copy_from_slice(&512u16.to_le_bytes());
+    img[22..24].copy_from_slice(&240u16.to_le_bytes());
+    img[32..36].copy_from_slice(&total.to_le_bytes());
+    img[510..512].copy_from_slice(&[0x55, 0xAA]);
+    img[512..516].copy_from_slice(&[0xF8, 0xFF, 0xFF, 0xFF]);
+    img[(total as usize - 1) * 512] = 9;
+    img
+}
+
+#[test]
+fn a_disk_installed_from_the_boot_medium_gets_the_esp_and_state() {
+    let dir = machine();
+    let root = dir.path();
+    let esp_image = iso_esp();
+    write(
+        &host_path(root, crate::media::MOUNT_AT).join(strake_disk::ISO_ESP),
+        &esp_image,
+    );
+    let esp_sectors = strake_disk::fat::ESP_BYTES / 512;
+    let state_sectors = 1048576 - 34 - (2048 + esp_sectors) + 1;
+    let fake = FakeKernel::default();
+    kernel_shows(
+        &fake,
+        root,
+        &[("ESP", esp_sectors), ("STATE", state_sectors)],
+    );
+    let status = prepare(
+        root,
+        Some("vda"),
+        Some("sr0"),
+        &mut fake.clone(),
+        &mut fake.clone(),
+    )
+    .unwrap();
+    assert_eq!(status.esp.as_deref(), Some("/dev/vda1"));
+    assert_eq!(status.device.as_deref(), Some("/dev/vda2"));
+    assert!(status.partitioned && status.formatted, "{status:?}");
+    let vda = std::fs::read(root.join("dev/vda")).unwrap();
+    let mut read = |off: u64, len: usize| Ok(vda[off as usize..off as usize + len].to_vec());
+    let table = strake_disk::gpt::read(1048576, &mut read)
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let esp = table.partition("ESP").unwrap();
+    assert_eq!(esp.type_guid, gpt::EFI_SYSTEM);
+    assert_eq!(esp.last_lba - esp.first_lba + 1, esp_sectors);
+    assert_eq!(
+        table.partition("STATE").unwrap().first_lba,
+        esp.last_lba + 1
+    );
+    // The image went onto the ESP whole, its size now the partition's.
+    let vda1 = std::fs::read(root.join("dev/vda1")).unwrap();
+    assert_eq!(vda1.len(), esp_image.len());
+    assert_eq!(vda1[32..36], (esp_sectors as u32).to_le_bytes());
+    assert_eq!(vda1[36..], esp_image[36..]);
+    assert_eq!(vda1[..32], esp_image[..32]);
+    let st = fake.state();
+    let medium = st
+        .mounts
+        .iter()
+        .find(|m| m.source == "/dev/sr0")
+        .expect("the medium was mounted");
+    assert_eq!(
+        (medium.target.as_str(), medium.fstype.as_str()),
+        (crate::media::MOUNT_AT, "iso9660")
+    );
+    assert!(medium.flags.contains(MsFlags::MS_RDONLY));
 }
 
 #[test]
@@ -189,7 +276,7 @@ fn a_blank_named_disk_is_partitioned_formatted_grown_and_mounted_then_reused() {
     let fake = FakeKernel::default();
     let sectors = 1048576 - 2048 - 33 - 1;
     kernel_shows_partition(&fake, root, sectors);
-    let status = prepare(root, Some("vda"), &mut fake.clone(), &mut fake.clone()).unwrap();
+    let status = prepare_on(root, Some("vda"), &fake).unwrap();
     assert_eq!(
         status,
         Status {
@@ -199,6 +286,7 @@ fn a_blank_named_disk_is_partitioned_formatted_grown_and_mounted_then_reused() {
             formatted: true,
             grown_from_blocks: Some(8192),
             wiped: false,
+            esp: None,
         }
     );
     // The disk now carries a GPT with STATE filling it.
@@ -252,7 +340,7 @@ fn a_blank_named_disk_is_partitioned_formatted_grown_and_mounted_then_reused() {
 
     // The next boot finds it by its label and formats nothing, even when the disk is not named.
     let again = FakeKernel::default();
-    let status = prepare(root, None, &mut again.clone(), &mut again.clone()).unwrap();
+    let status = prepare_on(root, None, &again).unwrap();
     assert!(!status.formatted && !status.partitioned, "{status:?}");
     assert_eq!(status.device.as_deref(), Some("/dev/vda1"));
     assert!(
@@ -270,7 +358,7 @@ fn a_blank_named_disk_is_partitioned_formatted_grown_and_mounted_then_reused() {
     std::fs::write(mounted.join("config/applied.yaml"), "x").unwrap();
     std::fs::write(root.join(RESET_MARKER.trim_start_matches('/')), "").unwrap();
     let reset = FakeKernel::default();
-    let status = prepare(root, None, &mut reset.clone(), &mut reset.clone()).unwrap();
+    let status = prepare_on(root, None, &reset).unwrap();
     assert!(status.wiped && !status.formatted, "{status:?}");
     let left: Vec<String> = std::fs::read_dir(&mounted)
         .unwrap()
@@ -278,7 +366,7 @@ fn a_blank_named_disk_is_partitioned_formatted_grown_and_mounted_then_reused() {
         .filter(|n| n != "log")
         .collect();
     assert_eq!(left, ["lost+found"]);
-    let status = prepare(root, None, &mut reset.clone(), &mut reset.clone()).unwrap();
+    let status = prepare_on(root, None, &reset).unwrap();
     assert!(!status.wiped, "the marker went with the wipe");
 }
 
@@ -298,7 +386,7 @@ fn a_disk_with_foreign_data_is_refused_and_left_as_it_was() {
     }
     let before = std::fs::read(root.join("dev/vda")).unwrap();
     let fake = FakeKernel::default();
-    let err = prepare(root, Some("vda"), &mut fake.clone(), &mut fake.clone()).unwrap_err();
+    let err = prepare_on(root, Some("vda"), &fake).unwrap_err();
     assert!(
         err.to_string().contains("/dev/vda: it is not blank"),
         "{err}"
@@ -307,7 +395,7 @@ fn a_disk_with_foreign_data_is_refused_and_left_as_it_was() {
     assert!(fake.state().mounts.is_empty());
 
     // Without strake.disk= and without a STATE partition the node runs on tmpfs.
-    let status = prepare(root, None, &mut fake.clone(), &mut fake.clone()).unwrap();
+    let status = prepare_on(root, None, &fake).unwrap();
     assert_eq!(status.device, None);
     assert!(fake.state().mounts.is_empty());
 }
@@ -324,7 +412,7 @@ fn a_partition_too_small_for_the_template_is_refused() {
     );
     write(&root.join("dev/vda1"), &[]);
     let fake = FakeKernel::default();
-    let err = prepare(root, Some("vda"), &mut fake.clone(), &mut fake.clone()).unwrap_err();
+    let err = prepare_on(root, Some("vda"), &fake).unwrap_err();
     assert!(err.to_string().contains("needs at least 32 MiB"), "{err}");
 }
 

@@ -68,17 +68,33 @@ pub struct PortForward {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Nic {
     /// QEMU's user-mode networking: the guest is 10.0.2.15, the host's loopback is 10.0.2.2,
-    /// and the listed guest ports are forwarded to the host's 127.0.0.1.
-    User { forwards: Vec<PortForward> },
+    /// and the listed guest ports are forwarded to the host's 127.0.0.1. With `netboot`, QEMU's
+    /// DHCP names a boot file its TFTP server serves, and firmware tries this NIC after the
+    /// disks.
+    User {
+        forwards: Vec<PortForward>,
+        netboot: Option<NetBoot>,
+    },
     /// A tap device that already exists in the network namespace QEMU runs in (a [`Lab`]'s),
     /// with the guest's MAC address.
     Tap { ifname: String, mac: [u8; 6] },
 }
 
+/// What QEMU's user-mode networking offers a PXE boot: a directory served by TFTP and the file
+/// DHCP names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetBoot {
+    pub tftp_root: PathBuf,
+    pub bootfile: String,
+}
+
 impl Nic {
     /// User-mode networking with these forwards.
     pub fn user(forwards: Vec<PortForward>) -> Nic {
-        Nic::User { forwards }
+        Nic::User {
+            forwards,
+            netboot: None,
+        }
     }
 }
 
@@ -134,7 +150,8 @@ pub struct VmConfig {
     /// The guest's interfaces, `eth0` first.
     pub nics: Vec<Nic>,
     /// Virtio disks, `/dev/vda` first: qcow2 when the name ends in `.qcow2`, raw otherwise; a
-    /// name ending in `.iso` is a CD-ROM instead, and boots first.
+    /// name ending in `.iso` is a CD-ROM instead (on virtio-scsi: the cloud kernel has no AHCI).
+    /// Firmware tries them in this order.
     pub disks: Vec<PathBuf>,
     /// Files handed to the guest through fw_cfg, by name (`opt/...`).
     pub fw_cfg: Vec<(String, PathBuf)>,
@@ -173,13 +190,25 @@ impl VmConfig {
         }
         let mut net_args = Vec::new();
         for (i, nic) in self.nics.iter().enumerate() {
+            let mut bootindex = None;
             let (netdev, mac) = match nic {
-                Nic::User { forwards } => {
+                Nic::User { forwards, netboot } => {
                     let mut netdev = format!("user,id=net{i}");
                     for f in forwards {
                         // Bound to loopback only: nothing outside this machine can reach the
                         // guest.
                         netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", f.host, f.guest));
+                    }
+                    if let Some(boot) = netboot {
+                        let root = boot.tftp_root.display().to_string();
+                        if root.contains(',') || boot.bootfile.contains(',') {
+                            return Err(QemuError::Config(format!(
+                                "TFTP root {root:?} and boot file {:?} must not contain ','",
+                                boot.bootfile
+                            )));
+                        }
+                        netdev.push_str(&format!(",tftp={root},bootfile={}", boot.bootfile));
+                        bootindex = Some(self.disks.len() + i);
                     }
                     (netdev, None)
                 }
@@ -209,9 +238,17 @@ impl VmConfig {
             net_args.push("-netdev".to_string());
             net_args.push(netdev);
             net_args.push("-device".to_string());
+            let mut boot = bootindex
+                .map(|n| format!(",bootindex={n}"))
+                .unwrap_or_default();
+            if self.uefi.is_some() {
+                // OVMF drives virtio-net and PXE-boots by itself; the NIC's iPXE ROM would take
+                // over, and the kernels it starts from EFI hang at ExitBootServices.
+                boot.push_str(",romfile=");
+            }
             net_args.push(match mac {
-                Some(mac) => format!("virtio-net-pci,netdev=net{i},mac={mac}"),
-                None => format!("virtio-net-pci,netdev=net{i}"),
+                Some(mac) => format!("virtio-net-pci,netdev=net{i},mac={mac}{boot}"),
+                None => format!("virtio-net-pci,netdev=net{i}{boot}"),
             });
         }
         let accel = match self.accel {
@@ -286,13 +323,16 @@ impl VmConfig {
                 )));
             }
             if path.ends_with(".iso") {
-                // A CD-ROM on the q35 machine's AHCI controller, booted first.
+                if !args.iter().any(|a| a == "virtio-scsi-pci,id=scsi0") {
+                    args.push(s("-device"));
+                    args.push(s("virtio-scsi-pci,id=scsi0"));
+                }
                 args.push(s("-drive"));
                 args.push(format!(
                     "file={path},format=raw,if=none,id=disk{i},media=cdrom,readonly=on"
                 ));
                 args.push(s("-device"));
-                args.push(format!("ide-cd,drive=disk{i},bus=ide.{i},bootindex=0"));
+                args.push(format!("scsi-cd,drive=disk{i},bus=scsi0.0,bootindex={i}"));
                 continue;
             }
             let format = if path.ends_with(".qcow2") {
@@ -305,7 +345,7 @@ impl VmConfig {
                 "file={path},format={format},if=none,id=disk{i},discard=unmap"
             ));
             args.push(s("-device"));
-            args.push(format!("virtio-blk-pci,drive=disk{i}"));
+            args.push(format!("virtio-blk-pci,drive=disk{i},bootindex={i}"));
         }
         args.extend([
             s("-device"),
@@ -674,17 +714,44 @@ mod tests {
         c.disks = vec!["/d/state.qcow2".into(), "/d/raw.img".into()];
         let a = c.args().unwrap().join(" ");
         assert!(
-            a.contains("-drive file=/d/state.qcow2,format=qcow2,if=none,id=disk0,discard=unmap -device virtio-blk-pci,drive=disk0 -drive file=/d/raw.img,format=raw"),
+            a.contains("-drive file=/d/state.qcow2,format=qcow2,if=none,id=disk0,discard=unmap -device virtio-blk-pci,drive=disk0,bootindex=0 -drive file=/d/raw.img,format=raw"),
             "{a}"
         );
         c.disks = vec!["/d/a,b.img".into()];
         assert!(c.args().is_err());
-        c.disks = vec!["/d/strake.iso".into()];
+        c.disks = vec!["/d/node.raw".into(), "/d/strake.iso".into()];
         let a = c.args().unwrap().join(" ");
         assert!(
-            a.contains("-drive file=/d/strake.iso,format=raw,if=none,id=disk0,media=cdrom,readonly=on -device ide-cd,drive=disk0,bus=ide.0,bootindex=0"),
+            a.contains("-device virtio-scsi-pci,id=scsi0 -drive file=/d/strake.iso,format=raw,if=none,id=disk1,media=cdrom,readonly=on -device scsi-cd,drive=disk1,bus=scsi0.0,bootindex=1"),
             "{a}"
         );
+        assert!(a.contains("virtio-blk-pci,drive=disk0,bootindex=0"), "{a}");
+    }
+
+    #[test]
+    fn a_netboot_nic_serves_tftp_and_boots_after_the_disks() {
+        let mut c = cfg();
+        c.disks = vec!["/d/node.raw".into()];
+        c.nics = vec![Nic::User {
+            forwards: Vec::new(),
+            netboot: Some(NetBoot {
+                tftp_root: "/b/image".into(),
+                bootfile: "strake.efi".into(),
+            }),
+        }];
+        let a = c.args().unwrap().join(" ");
+        assert!(
+            a.contains("-netdev user,id=net0,tftp=/b/image,bootfile=strake.efi -device virtio-net-pci,netdev=net0,bootindex=1"),
+            "{a}"
+        );
+        c.nics = vec![Nic::User {
+            forwards: Vec::new(),
+            netboot: Some(NetBoot {
+                tftp_root: "/b/a,b".into(),
+                bootfile: "strake.efi".into(),
+            }),
+        }];
+        assert!(c.args().is_err());
     }
 
     #[test]

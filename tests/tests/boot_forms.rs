@@ -1,5 +1,10 @@
 //! The boot forms the build makes, each booted in QEMU (TCG) one after the other:
-//! - the hybrid ISO, by BIOS (isolinux) and by UEFI (OVMF, the UKI), live into maintenance mode;
+//! - the hybrid ISO, by BIOS (isolinux) and by UEFI (OVMF, systemd-boot, the UKI), live into
+//!   maintenance mode; under UEFI, a config naming a blank disk installs Strake on it (ESP copied
+//!   from the ISO, STATE) and the machine, the ISO still attached, boots the disk into a one-node
+//!   cluster;
+//! - the PXE bundle from QEMU's TFTP server: the UKI by OVMF's PXE, and the iPXE script (kernel
+//!   and initramfs) by the NIC's iPXE under BIOS, each into maintenance mode;
 //! - the qcow2 disk (GPT: an ESP with systemd-boot and the UKI in slot A, and a STATE partition)
 //!   under OVMF into maintenance mode, with STATE found by its label and grown to its partition;
 //!   a config applied over the machine API is kept on that STATE, the node reboots into a
@@ -23,7 +28,7 @@ use strake_e2e::{
 };
 use strake_machineapi::{ApplyMode, Client, Trust};
 use strake_pki::BootstrapToken;
-use strake_qemu::{Accel, Nic, PortForward, Uefi, Vm, VmConfig};
+use strake_qemu::{Accel, NetBoot, Nic, PortForward, Uefi, Vm, VmConfig};
 
 #[test]
 fn every_boot_form_boots() -> anyhow::Result<()> {
@@ -36,6 +41,7 @@ fn every_boot_form_boots() -> anyhow::Result<()> {
         "strake.efi",
         "vmlinuz",
         "initramfs.zst",
+        "strake.ipxe",
     ])?;
     let qcow2 = images.join("strake.qcow2");
     let iso = images.join("strake.iso");
@@ -49,40 +55,132 @@ fn every_boot_form_boots() -> anyhow::Result<()> {
         "ISO size: {:.1} MB",
         std::fs::metadata(&iso)?.len() as f64 / 1e6
     );
-    for uefi in [false, true] {
+    // The ISO by BIOS: live into maintenance mode.
+    let machine_port = strake_qemu::free_port();
+    let mut vm = Vm::start(fw_vm(
+        "e2e-iso-bios",
+        None,
+        Nic::user(forwards(machine_port, None)),
+        vec![iso.clone()],
+        dir.path(),
+    ))?;
+    let result = to_maintenance(&rt, &mut vm, machine_port).map(|took| {
+        println!(
+            "ISO by BIOS: maintenance mode's API up {:.1}s after QEMU start",
+            took.as_secs_f64()
+        );
+    });
+    on_failure(&vm, result)?;
+    drop(vm);
+
+    // PXE from QEMU's TFTP server: UEFI (OVMF's own PXE) boots the UKI, BIOS (the NIC's iPXE)
+    // runs the bundle's script, which loads the kernel and initramfs.
+    for (uefi, bootfile) in [(true, "strake.efi"), (false, "strake.ipxe")] {
+        let name = if uefi { "e2e-pxe-uefi" } else { "e2e-pxe-bios" };
         let machine_port = strake_qemu::free_port();
-        let name = if uefi { "e2e-iso-uefi" } else { "e2e-iso-bios" };
-        let cfg = VmConfig {
-            name: name.into(),
-            kernel: PathBuf::new(),
-            initrd: PathBuf::new(),
-            cmdline: String::new(),
-            uefi: if uefi {
-                Some(Uefi::ovmf(dir.path().join(format!("{name}.vars.fd")))?)
-            } else {
-                None
-            },
-            memory_mib: 2048,
-            cpus: 2,
-            accel: Accel::from_env(),
-            nics: vec![Nic::user(vec![PortForward {
-                host: machine_port,
-                guest: strake_machineapi::PORT,
-            }])],
-            disks: vec![iso.clone()],
-            fw_cfg: Vec::new(),
-            state_dir: dir.path().to_path_buf(),
+        let nic = Nic::User {
+            forwards: forwards(machine_port, None),
+            netboot: Some(NetBoot {
+                tftp_root: images.clone(),
+                bootfile: bootfile.into(),
+            }),
         };
-        let mut vm = Vm::start(cfg)?;
+        let firmware = if uefi {
+            Some(Uefi::ovmf(dir.path().join(format!("{name}.vars.fd")))?)
+        } else {
+            None
+        };
+        let mut vm = Vm::start(fw_vm(name, firmware, nic, Vec::new(), dir.path()))?;
         let result = to_maintenance(&rt, &mut vm, machine_port).map(|took| {
             println!(
-                "ISO by {}: maintenance mode's API up {:.1}s after QEMU start",
+                "PXE by {} ({bootfile}): maintenance mode's API up {:.1}s after QEMU start",
                 if uefi { "UEFI" } else { "BIOS" },
                 took.as_secs_f64()
             );
         });
         on_failure(&vm, result)?;
     }
+
+    // The ISO by UEFI, with a blank disk before it in the boot order: maintenance mode, then an
+    // install onto the disk, which boots by itself from then on.
+    let blank = dir.path().join("installed.raw");
+    std::fs::File::create(&blank)?.set_len(2 << 30)?;
+    let vars = Uefi::ovmf(dir.path().join("iso-uefi.vars.fd"))?;
+    let machine_port = strake_qemu::free_port();
+    let api_port = strake_qemu::free_port();
+    let installing = fw_vm(
+        "e2e-iso-uefi",
+        Some(vars),
+        Nic::user(forwards(machine_port, Some(api_port))),
+        vec![blank.clone(), iso.clone()],
+        dir.path(),
+    );
+    let mut vm = Vm::start(installing.clone())?;
+    let result = to_maintenance(&rt, &mut vm, machine_port).map(|took| {
+        println!(
+            "ISO by UEFI: maintenance mode's API up {:.1}s after QEMU start",
+            took.as_secs_f64()
+        );
+    });
+    on_failure(&vm, result)?;
+    let token = BootstrapToken::generate();
+    let config = format!(
+        "apiVersion: strake.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  role: controlplane\n  hostname: e2e-installed\n  install:\n    disk: /dev/vda\ncluster:\n  name: installed\n  token: {token}\n"
+    );
+    apply_in_maintenance(
+        &rt,
+        &mut vm,
+        machine_port,
+        &config,
+        "installed Strake on the disk",
+    )?;
+    drop(vm);
+    let mut booted = installing.clone();
+    booted.name = "e2e-iso-installed".into();
+    let mut vm = Vm::start(booted)?;
+    let result = (|| -> anyhow::Result<()> {
+        let kubeconfig = dir.path().join("installed.kubeconfig");
+        let (_, api_ready) = bootstrap_admin(
+            &rt,
+            &mut vm,
+            &format!("https://127.0.0.1:{api_port}"),
+            &token,
+            Duration::from_secs(180),
+            "installed",
+            &kubeconfig,
+        )?;
+        let console = vm.console();
+        ensure!(
+            console.contains("booted entry strake-a.efi"),
+            "the installed disk's slot A did not boot"
+        );
+        ensure!(
+            console.contains("STATE is /dev/vda2"),
+            "the installed STATE was not used"
+        );
+        poll("the node Ready", Duration::from_secs(120), || {
+            let out = kubectl(
+                &kubeconfig,
+                &[
+                    "get",
+                    "node",
+                    "e2e-installed",
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+                ],
+            )
+            .ok()?;
+            (String::from_utf8_lossy(&out.stdout).trim() == "True").then_some(())
+        })?;
+        println!(
+            "installed from the ISO: API ready {:.1}s after QEMU start, booting the disk",
+            api_ready.as_secs_f64()
+        );
+        Ok(())
+    })();
+    on_failure(&vm, result)?;
+    drop(vm);
+
     // The machine's own disk: a copy of the image, as a user would make.
     let disk = dir.path().join("node.qcow2");
     std::fs::copy(&qcow2, &disk).context("copying the qcow2 image")?;
@@ -146,24 +244,13 @@ fn every_boot_form_boots() -> anyhow::Result<()> {
         serde_json::to_string(&ca.crt)?,
         serde_json::to_string(&ca.key)?,
     );
-    let client = Client::new(
-        &format!("127.0.0.1:{machine_port}"),
-        &Trust::Insecure { fingerprint: None },
+    apply_in_maintenance(
+        &rt,
+        &mut vm,
+        machine_port,
+        &config,
+        "kept it on STATE (/dev/vda2)",
     )?;
-    let result = (|| -> anyhow::Result<()> {
-        let r = rt.block_on(client.apply_config(&config, ApplyMode::Auto, false))?;
-        ensure!(
-            r.message.contains("kept it on STATE (/dev/vda2)"),
-            "{}",
-            r.message
-        );
-        vm.wait_exit(
-            "the node to reboot into its config",
-            Duration::from_secs(60),
-        )?;
-        Ok(())
-    })();
-    on_failure(&vm, result)?;
     drop(vm);
 
     let mut again = cfg.clone();
@@ -296,6 +383,70 @@ fn every_boot_form_boots() -> anyhow::Result<()> {
         Ok(())
     })();
     on_failure(&vm, result)
+}
+
+/// Applies `config` to a node in maintenance mode, expects `said` in the answer, and waits for
+/// the node to reboot into it (QEMU exits: `-no-reboot`).
+fn apply_in_maintenance(
+    rt: &tokio::runtime::Runtime,
+    vm: &mut Vm,
+    machine_port: u16,
+    config: &str,
+    said: &str,
+) -> anyhow::Result<()> {
+    let client = Client::new(
+        &format!("127.0.0.1:{machine_port}"),
+        &Trust::Insecure { fingerprint: None },
+    )?;
+    let result = (|| -> anyhow::Result<()> {
+        let r = rt.block_on(client.apply_config(config, ApplyMode::Auto, false))?;
+        ensure!(r.message.contains(said), "{}", r.message);
+        vm.wait_exit(
+            "the node to reboot into its config",
+            Duration::from_secs(60),
+        )?;
+        Ok(())
+    })();
+    on_failure(vm, result)
+}
+
+/// A VM booting `disks` by firmware (BIOS, or UEFI with `uefi`), with user-mode networking.
+fn fw_vm(
+    name: &str,
+    uefi: Option<Uefi>,
+    nic: Nic,
+    disks: Vec<PathBuf>,
+    state_dir: &std::path::Path,
+) -> VmConfig {
+    VmConfig {
+        name: name.into(),
+        kernel: PathBuf::new(),
+        initrd: PathBuf::new(),
+        cmdline: String::new(),
+        uefi,
+        memory_mib: 2048,
+        cpus: 2,
+        accel: Accel::from_env(),
+        nics: vec![nic],
+        disks,
+        fw_cfg: Vec::new(),
+        state_dir: state_dir.to_path_buf(),
+    }
+}
+
+/// Forwards of the machine API and, optionally, the Kubernetes API.
+fn forwards(machine_port: u16, api_port: Option<u16>) -> Vec<PortForward> {
+    let mut forwards = vec![PortForward {
+        host: machine_port,
+        guest: strake_machineapi::PORT,
+    }];
+    if let Some(port) = api_port {
+        forwards.push(PortForward {
+            host: port,
+            guest: 6443,
+        });
+    }
+    forwards
 }
 
 /// Waits for maintenance mode, checks it over the machine API with the console's fingerprint,
