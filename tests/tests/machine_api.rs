@@ -294,6 +294,14 @@ fn maintenance(vm: &mut Vm, node: &str, config: &Path, dir: &Path) -> anyhow::Re
         v["maintenance"] == true,
         "not in maintenance mode: {version}"
     );
+    // The disks, to pick the install disk from: the blank one has no partitions yet.
+    let disks = strakectl_ok(&[&["disks"], &insecure[..]].concat())?;
+    ensure!(
+        disks
+            .lines()
+            .any(|l| l.starts_with("/dev/vda ") && l.trim_end().ends_with(" -")),
+        "disks in maintenance mode: {disks}"
+    );
 
     // A wrong fingerprint: strakectl refuses to talk to the node.
     let wrong = format!("sha256:{}", "0".repeat(64));
@@ -479,6 +487,66 @@ fn installed(
     ensure!(dmesg.lines().count() == 3, "dmesg --tail 3: {dmesg}");
     let all = strakectl_ok(&[&["dmesg"], &mtls[..]].concat())?;
     ensure!(all.contains("Linux version"), "dmesg has no boot banner");
+
+    // The machine as it sees itself: STATE on the disk, its address and default route.
+    let disks = strakectl_ok(&[&["disks", "-o", "json"], &mtls[..]].concat())?;
+    let disks: serde_json::Value = serde_json::from_str(&disks)?;
+    ensure!(
+        disks[0]["device"] == "/dev/vda" && disks[0]["partitions"][0]["label"] == "STATE",
+        "disks: {disks}"
+    );
+    let addresses = strakectl_ok(&[&["addresses"], &mtls[..]].concat())?;
+    ensure!(
+        addresses.contains("10.0.2.15/24") && addresses.contains("127.0.0.1/8"),
+        "addresses: {addresses}"
+    );
+    let routes = strakectl_ok(&[&["routes", "-o", "json"], &mtls[..]].concat())?;
+    let routes: serde_json::Value = serde_json::from_str(&routes)?;
+    ensure!(
+        routes.as_array().is_some_and(|r| r
+            .iter()
+            .any(|r| r["destination"] == "0.0.0.0/0" && r["gateway"] == "10.0.2.2")),
+        "routes: {routes}"
+    );
+    // A kubeconfig from the machine API alone (no bootstrap token), merged into an existing
+    // file next to another cluster's entries.
+    let merged = dir.join("merged.kubeconfig");
+    std::fs::copy(&kubeconfig, &merged)?;
+    let text = std::fs::read_to_string(&merged)?
+        .lines()
+        .map(|l| {
+            let names = [
+                "name: e2e",
+                "cluster: e2e",
+                "user: e2e",
+                "current-context: e2e",
+            ];
+            if names
+                .iter()
+                .any(|n| l.trim_start().trim_start_matches("- ").starts_with(n))
+            {
+                l.replace("e2e", "other")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&merged, text)?;
+    let merged_arg = merged.to_str().unwrap_or("");
+    let out =
+        strakectl_ok(&[&["kubeconfig", merged_arg, "--server", &server], &mtls[..]].concat())?;
+    ensure!(out.contains("context e2e"), "kubeconfig: {out}");
+    let nodes = kubectl_ok(&merged, &["get", "nodes", "e2e-machine"])?;
+    ensure!(
+        nodes.contains(" Ready"),
+        "nodes with the merged kubeconfig: {nodes}"
+    );
+    let contexts = kubectl_ok(&merged, &["config", "get-contexts", "-o", "name"])?;
+    ensure!(
+        contexts.contains("other") && contexts.contains("e2e"),
+        "the merge dropped a context: {contexts}"
+    );
 
     // A sysctl is applied live: a dry run says so, the apply does it, and a pod reads it.
     let live = dir.join("live.yaml");

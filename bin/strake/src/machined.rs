@@ -12,7 +12,10 @@ use anyhow::Context as _;
 use nix::sys::signal::Signal;
 use strake_init::machine::{self as init_machine, HandoffResult};
 use strake_init::mounts::host_path;
-use strake_machineapi::{FieldProblem, Host, HostError, Power, ServerMode};
+use strake_machineapi::{
+    AddressView, DiskView, FieldProblem, Host, HostError, KubeconfigView, Power, RouteView,
+    ServerMode,
+};
 use strake_machineconfig::MachineConfig;
 
 #[derive(clap::Args, Debug)]
@@ -21,6 +24,9 @@ pub struct Args {
     #[arg(long, default_value_t = SocketAddr::from((Ipv4Addr::UNSPECIFIED, strake_machineapi::PORT)))]
     listen: SocketAddr,
 }
+
+/// Where a control plane keeps the cluster CA (`strake controlplane --data-dir`'s `pki`).
+const PKI_DIR: &str = "/var/lib/strake/pki";
 
 /// How long an install hand-off may take (partitioning and formatting STATE included).
 const HANDOFF_TIMEOUT: Duration = Duration::from_secs(120);
@@ -461,6 +467,56 @@ impl Host for Node {
     fn kernel_log(&self) -> Result<Vec<String>, HostError> {
         read_kmsg(&host_path(&self.root, "/dev/kmsg"))
             .map_err(|e| HostError::new(format!("reading the kernel log (/dev/kmsg): {e}")))
+    }
+
+    fn disks(&self) -> Result<Vec<DiskView>, HostError> {
+        Ok(crate::inventory::disks(&self.root))
+    }
+
+    fn addresses(&self) -> Result<Vec<AddressView>, HostError> {
+        crate::inventory::addresses()
+            .map_err(|e| HostError::new(format!("listing the interfaces' addresses: {e}")))
+    }
+
+    fn routes(&self) -> Result<Vec<RouteView>, HostError> {
+        let v4 = self.read("/proc/net/route").unwrap_or_default();
+        let v6 = self.read("/proc/net/ipv6_route").unwrap_or_default();
+        let mut routes = crate::inventory::routes_v4(&v4);
+        routes.extend(crate::inventory::routes_v6(&v6));
+        Ok(routes)
+    }
+
+    fn kubeconfig(&self) -> Result<KubeconfigView, HostError> {
+        let dir = host_path(&self.root, PKI_DIR);
+        let ca = strake_pki::ClusterCa::load(&dir)
+            .map_err(|e| HostError::new(format!("loading the cluster CA from {PKI_DIR}: {e}")))?
+            .ok_or_else(|| {
+                HostError::new(
+                    "this node holds no cluster CA (it is not a control plane): ask a control plane",
+                )
+            })?;
+        let cluster = self
+            .current()
+            .and_then(|yaml| MachineConfig::parse(&yaml).ok())
+            .map(|c| c.cluster.name)
+            .unwrap_or_else(|| "strake".into());
+        let cert = ca
+            .issue_client(
+                "strake-admin",
+                &["system:masters"],
+                time::Duration::days(365),
+            )
+            .map_err(|e| HostError::new(format!("issuing admin credentials: {e}")))?;
+        tracing::info!(
+            "issued admin credentials for the cluster {cluster} through the machine API"
+        );
+        Ok(KubeconfigView {
+            cluster,
+            server: crate::inventory::api_url(&node_addresses(&self.root)),
+            ca_pem: ca.ca.cert_pem.clone(),
+            cert_pem: cert.cert_pem,
+            key_pem: cert.key_pem,
+        })
     }
 
     fn power(&self, action: Power) -> Result<(), HostError> {

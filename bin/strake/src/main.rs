@@ -4,6 +4,7 @@
 
 mod agent;
 mod controlplane;
+mod inventory;
 mod machined;
 
 use std::path::PathBuf;

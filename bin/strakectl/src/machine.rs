@@ -267,30 +267,225 @@ pub fn logs(
     }
 }
 
-pub fn services(conn: &Conn, out: Output) -> anyhow::Result<()> {
+/// A read of every node: as a table under each node's endpoint, or as JSON or YAML.
+fn table<T: serde::Serialize>(
+    conn: &Conn,
+    out: Output,
+    fetch: impl Fn(&tokio::runtime::Runtime, &Client) -> anyhow::Result<Vec<T>>,
+    header: &str,
+    row: impl Fn(&T) -> String,
+) -> anyhow::Result<()> {
     let all = each_node(conn, |rt, client| {
-        Ok((
-            client.endpoint().to_owned(),
-            rt.block_on(client.services())?,
-        ))
+        Ok((client.endpoint().to_owned(), fetch(rt, client)?))
     })?;
     for (endpoint, list) in all {
         print(out, &list, || {
-            let mut text = format!("{endpoint}\nNAME           STATE     PID      RESTARTS  SINCE");
-            for s in &list {
-                text.push_str(&format!(
-                    "\n{:<14} {:<9} {:<8} {:<9} {}",
-                    s.name,
-                    s.state,
-                    s.pid.map_or_else(|| "-".into(), |p| p.to_string()),
-                    s.restarts,
-                    s.since
-                        .map_or_else(|| "-".into(), |t| format!("{t:.1}s after boot"))
-                ));
+            let mut text = format!("{endpoint}\n{header}");
+            for item in &list {
+                text.push('\n');
+                text.push_str(&row(item));
             }
             text
         })?;
     }
+    Ok(())
+}
+
+pub fn services(conn: &Conn, out: Output) -> anyhow::Result<()> {
+    table(
+        conn,
+        out,
+        |rt, client| Ok(rt.block_on(client.services())?),
+        "NAME           STATE     PID      RESTARTS  SINCE",
+        |s| {
+            format!(
+                "{:<14} {:<9} {:<8} {:<9} {}",
+                s.name,
+                s.state,
+                s.pid.map_or_else(|| "-".into(), |p| p.to_string()),
+                s.restarts,
+                s.since
+                    .map_or_else(|| "-".into(), |t| format!("{t:.1}s after boot"))
+            )
+        },
+    )
+}
+
+fn size(bytes: u64) -> String {
+    if bytes >= 1 << 30 {
+        format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{} MiB", bytes >> 20)
+    }
+}
+
+/// The nodes' disks; with `--insecure`, a node in maintenance mode's too (to pick its install
+/// disk).
+pub fn disks(conn: &Conn, out: Output) -> anyhow::Result<()> {
+    table(
+        conn,
+        out,
+        |rt, client| Ok(rt.block_on(client.disks())?),
+        "DEVICE         SIZE        MODEL              SERIAL             PARTITIONS",
+        |d| {
+            let parts: Vec<String> = d
+                .partitions
+                .iter()
+                .map(|p| match &p.label {
+                    Some(l) => format!("{} ({l}, {})", p.device, size(p.bytes)),
+                    None => format!("{} ({})", p.device, size(p.bytes)),
+                })
+                .collect();
+            format!(
+                "{:<14} {:<11} {:<18} {:<18} {}",
+                d.device,
+                size(d.bytes),
+                d.model.as_deref().unwrap_or("-"),
+                d.serial.as_deref().unwrap_or("-"),
+                if parts.is_empty() {
+                    "-".into()
+                } else {
+                    parts.join(", ")
+                }
+            )
+        },
+    )
+}
+
+pub fn addresses(conn: &Conn, out: Output) -> anyhow::Result<()> {
+    table(
+        conn,
+        out,
+        |rt, client| Ok(rt.block_on(client.addresses())?),
+        "INTERFACE        ADDRESS",
+        |a| format!("{:<16} {}", a.interface, a.address),
+    )
+}
+
+pub fn routes(conn: &Conn, out: Output) -> anyhow::Result<()> {
+    table(
+        conn,
+        out,
+        |rt, client| Ok(rt.block_on(client.routes())?),
+        "DESTINATION                GATEWAY                    INTERFACE        METRIC",
+        |r| {
+            format!(
+                "{:<26} {:<26} {:<16} {}",
+                r.destination,
+                r.gateway.as_deref().unwrap_or("-"),
+                r.interface,
+                r.metric
+            )
+        },
+    )
+}
+
+/// Where `kubeconfig` writes without a path: $KUBECONFIG's first file, else ~/.kube/config.
+fn default_kubeconfig() -> anyhow::Result<PathBuf> {
+    if let Some(first) = std::env::var_os("KUBECONFIG")
+        .and_then(|v| std::env::split_paths(&v).find(|p| !p.as_os_str().is_empty()))
+    {
+        return Ok(first);
+    }
+    let home = std::env::var_os("HOME").context("HOME is not set: name the kubeconfig's path")?;
+    Ok(PathBuf::from(home).join(".kube/config"))
+}
+
+/// Merges `new` (a kubeconfig with one cluster, user and context) into `old`: entries of the
+/// same name are replaced, others kept, and the new context becomes the current one.
+pub fn merge_kubeconfig(
+    old: serde_json::Value,
+    new: serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    let mut merged = old;
+    if !merged.is_object() {
+        bail!("the existing kubeconfig is not a YAML mapping");
+    }
+    for key in ["clusters", "users", "contexts"] {
+        let fresh = new[key].as_array().cloned().unwrap_or_default();
+        let list = merged
+            .as_object_mut()
+            .expect("checked above")
+            .entry(key)
+            .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+        if list.is_null() {
+            *list = serde_json::Value::Array(Vec::new());
+        }
+        let Some(list) = list.as_array_mut() else {
+            bail!("the existing kubeconfig's {key} is not a list");
+        };
+        for entry in fresh {
+            list.retain(|e| e.get("name") != entry.get("name"));
+            list.push(entry);
+        }
+    }
+    for key in ["apiVersion", "kind", "current-context"] {
+        merged[key] = new[key].clone();
+    }
+    Ok(merged)
+}
+
+/// Admin credentials from a control plane, merged into a kubeconfig (or written over it with
+/// `force`).
+pub fn kubeconfig(
+    conn: &Conn,
+    path: Option<&Path>,
+    server: Option<&str>,
+    force: bool,
+) -> anyhow::Result<()> {
+    let views = each_node(conn, |rt, client| Ok(rt.block_on(client.kubeconfig())?))?;
+    let view = views.into_iter().next().context("no node answered")?;
+    let creds = strake_pki::Credentials {
+        server: view.server.clone(),
+        ca_pem: view.ca_pem,
+        cert_pem: view.cert_pem,
+        key_pem: view.key_pem,
+        serving_cert_pem: None,
+        serving_key_pem: None,
+    };
+    save_kubeconfig(
+        &creds,
+        &view.cluster,
+        server.unwrap_or(&view.server),
+        path,
+        force,
+    )
+}
+
+/// Writes a kubeconfig for `cluster` at `server` to `path` ($KUBECONFIG's first file or
+/// ~/.kube/config without one), merged into what is there unless `force`.
+pub fn save_kubeconfig(
+    creds: &strake_pki::Credentials,
+    cluster: &str,
+    server: &str,
+    path: Option<&Path>,
+    force: bool,
+) -> anyhow::Result<()> {
+    let text = creds.kubeconfig(cluster, server);
+    let path = match path {
+        Some(p) => p.to_path_buf(),
+        None => default_kubeconfig()?,
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(old) if !force && !old.trim().is_empty() => {
+            let old: serde_json::Value = serde_saphyr::from_str(&old).with_context(|| {
+                format!("reading {} (use --force to replace it)", path.display())
+            })?;
+            let new: serde_json::Value = serde_saphyr::from_str(&text)?;
+            serde_saphyr::to_string(&merge_kubeconfig(old, new)?)?
+        }
+        Ok(_) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => text,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    write_private(&path, &text)?;
+    println!(
+        "kubeconfig for the cluster {cluster} ({server}) in {}; context {cluster}",
+        path.display()
+    );
     Ok(())
 }
 
@@ -541,4 +736,36 @@ pub fn config(cmd: &ConfigCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod kubeconfig_tests {
+    use serde_json::json;
+
+    #[test]
+    fn a_kubeconfig_is_merged_by_name_and_its_context_made_current() {
+        let old = json!({
+            "apiVersion": "v1", "kind": "Config", "current-context": "other",
+            "clusters": [{"name": "other", "cluster": {"server": "https://o"}},
+                         {"name": "lab", "cluster": {"server": "https://stale"}}],
+            "users": [{"name": "other-admin", "user": {}}],
+            "contexts": [{"name": "other", "context": {"cluster": "other"}}],
+            "preferences": {"colors": true},
+        });
+        let new = json!({
+            "apiVersion": "v1", "kind": "Config", "current-context": "lab",
+            "clusters": [{"name": "lab", "cluster": {"server": "https://new"}}],
+            "users": [{"name": "lab-admin", "user": {}}],
+            "contexts": [{"name": "lab", "context": {"cluster": "lab"}}],
+        });
+        let merged = super::merge_kubeconfig(old, new).unwrap();
+        assert_eq!(merged["current-context"], "lab");
+        let clusters = merged["clusters"].as_array().unwrap();
+        assert_eq!(clusters.len(), 2);
+        assert_eq!(clusters[1]["cluster"]["server"], "https://new");
+        assert_eq!(merged["users"].as_array().unwrap().len(), 2);
+        assert_eq!(merged["preferences"]["colors"], true);
+        assert!(super::merge_kubeconfig(json!("text"), json!({})).is_err());
+        assert!(super::merge_kubeconfig(json!({"clusters": 3}), json!({})).is_err());
+    }
 }

@@ -95,6 +95,54 @@ enum Cmd {
         #[command(flatten)]
         conn: machine::Conn,
     },
+    /// The nodes' disks and partitions. Works in maintenance mode (with --insecure) too, to
+    /// pick the install disk.
+    Disks {
+        #[arg(long, short, value_enum, default_value_t)]
+        output: machine::Output,
+        #[command(flatten)]
+        conn: machine::Conn,
+    },
+    /// The addresses on the nodes' interfaces.
+    Addresses {
+        #[arg(long, short, value_enum, default_value_t)]
+        output: machine::Output,
+        #[command(flatten)]
+        conn: machine::Conn,
+    },
+    /// The nodes' routing tables.
+    Routes {
+        #[arg(long, short, value_enum, default_value_t)]
+        output: machine::Output,
+        #[command(flatten)]
+        conn: machine::Conn,
+    },
+    /// Admin credentials for the cluster from a control plane, merged into a kubeconfig
+    /// ($KUBECONFIG or ~/.kube/config unless a path is given) as the current context.
+    Kubeconfig {
+        path: Option<PathBuf>,
+        /// The API server URL to put in it, when the node's own address is not reachable from
+        /// here (a port forward, a load balancer).
+        #[arg(long)]
+        server: Option<String>,
+        /// Replace the file instead of merging into it.
+        #[arg(long)]
+        force: bool,
+        /// Fetch the credentials from the API server at --server with the cluster's bootstrap
+        /// token instead of through the machine API.
+        #[arg(
+            long,
+            env = "STRAKE_TOKEN",
+            hide_env_values = true,
+            requires = "server"
+        )]
+        token: Option<String>,
+        /// With --token: the name of the cluster, user and context.
+        #[arg(long, default_value = "strake", requires = "token")]
+        cluster_name: String,
+        #[command(flatten)]
+        conn: machine::Conn,
+    },
     /// Act on one service.
     Service {
         name: String,
@@ -138,18 +186,6 @@ enum Cmd {
     Config {
         #[command(subcommand)]
         cmd: machine::ConfigCmd,
-    },
-    /// Fetch admin credentials with the bootstrap token and write a kubeconfig.
-    Kubeconfig {
-        /// API server URL, e.g. https://127.0.0.1:6443
-        #[arg(long)]
-        server: String,
-        #[arg(long, env = "STRAKE_TOKEN", hide_env_values = true)]
-        token: String,
-        #[arg(long, short, default_value = "kubeconfig")]
-        output: PathBuf,
-        #[arg(long, default_value = "strake")]
-        cluster_name: String,
     },
 }
 
@@ -268,26 +304,6 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Cmd::Kubeconfig {
-            server,
-            token,
-            output,
-            cluster_name,
-        } => {
-            let token: BootstrapToken = token.parse()?;
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(write_kubeconfig(
-                &server,
-                &token,
-                &output,
-                &cluster_name,
-                Duration::from_secs(30),
-            ))?;
-            println!("wrote {}", output.display());
-            Ok(())
-        }
         Cmd::Cluster {
             cmd: ClusterCmd::Up(args),
         } => cluster_up(&args),
@@ -310,6 +326,33 @@ fn main() -> anyhow::Result<()> {
         Cmd::Upgrade { image, conn } => machine::upgrade(&conn, &image),
         Cmd::Reset { conn } => machine::reset(&conn),
         Cmd::Services { output, conn } => machine::services(&conn, output),
+        Cmd::Disks { output, conn } => machine::disks(&conn, output),
+        Cmd::Addresses { output, conn } => machine::addresses(&conn, output),
+        Cmd::Routes { output, conn } => machine::routes(&conn, output),
+        Cmd::Kubeconfig {
+            path,
+            server,
+            force,
+            token: Some(token),
+            cluster_name,
+            conn: _,
+        } => {
+            let token: BootstrapToken = token.parse()?;
+            let server = server.context("--token needs --server")?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let creds = rt.block_on(fetch_admin(&server, &token, Duration::from_secs(30)))?;
+            machine::save_kubeconfig(&creds, &cluster_name, &server, path.as_deref(), force)
+        }
+        Cmd::Kubeconfig {
+            path,
+            server,
+            force,
+            token: None,
+            cluster_name: _,
+            conn,
+        } => machine::kubeconfig(&conn, path.as_deref(), server.as_deref(), force),
         Cmd::Service {
             name,
             action: ServiceAction::Restart { conn },
@@ -340,15 +383,15 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Retries the token bootstrap until the API answers or `timeout` passes.
-async fn write_kubeconfig(
+/// Admin credentials from the API server at `server` with the bootstrap token, retried until
+/// `timeout`.
+async fn fetch_admin(
     server: &str,
     token: &BootstrapToken,
-    output: &Path,
-    cluster: &str,
     timeout: Duration,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<strake_pki::Credentials> {
     let deadline = Instant::now() + timeout;
-    let creds = loop {
+    loop {
         match strake_kubeclient::bootstrap(
             server,
             token,
@@ -357,17 +400,28 @@ async fn write_kubeconfig(
         )
         .await
         {
-            Ok(c) => break c,
+            Ok(c) => return Ok(c),
             Err(_) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(300)).await
             }
             Err(e) => return Err(e).context(format!("fetching credentials from {server}")),
         }
-    };
+    }
+}
+
+/// Writes a kubeconfig for the cluster named `strake` at `output` with credentials fetched
+/// with the bootstrap token.
+async fn write_kubeconfig(
+    server: &str,
+    token: &BootstrapToken,
+    output: &Path,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let creds = fetch_admin(server, token, timeout).await?;
     if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(output, creds.kubeconfig(cluster, server))
+    std::fs::write(output, creds.kubeconfig("strake", server))
         .with_context(|| format!("writing {}", output.display()))?;
     Ok(())
 }
@@ -557,19 +611,13 @@ fn cluster_up(args: &UpArgs) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    rt.block_on(write_kubeconfig(
-        &server,
-        &token,
-        &kubeconfig,
-        "strake",
-        timeout,
-    ))
-    .with_context(|| {
-        format!(
-            "the API did not come up; console tail:\n{}",
-            strake_qemu::tail(&console, 30)
-        )
-    })?;
+    rt.block_on(write_kubeconfig(&server, &token, &kubeconfig, timeout))
+        .with_context(|| {
+            format!(
+                "the API did not come up; console tail:\n{}",
+                strake_qemu::tail(&console, 30)
+            )
+        })?;
     println!("API ready after {:.1}s", t0.elapsed().as_secs_f64());
     // Ready means a node that can run pods, not just an API.
     let creds = rt.block_on(strake_kubeclient::bootstrap(

@@ -64,6 +64,16 @@ impl ClusterCa {
         })
     }
 
+    /// Loads the CA from `dir`; `None` when `dir` holds neither file (a node that is not a
+    /// control plane).
+    pub fn load(dir: &Path) -> Result<Option<Self>, PkiError> {
+        if !dir.join(CA_CERT).exists() && !dir.join(CA_KEY).exists() {
+            return Ok(None);
+        }
+        // Both exist now, or one is missing: load_or_generate never generates here.
+        Self::load_or_generate(dir, "unused").map(Some)
+    }
+
     /// Loads the CA from `dir`, or generates and persists one if `dir` holds none.
     /// A directory holding only one of the two files is an error, never silently replaced.
     pub fn load_or_generate(dir: &Path, cluster_name: &str) -> Result<Self, PkiError> {

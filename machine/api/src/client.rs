@@ -16,8 +16,8 @@ use tokio_rustls::TlsConnector;
 
 use crate::secrets::fingerprint_der;
 use crate::{
-    ApplyMode, ApplyResult, ConfigView, ErrorBody, LogLines, Message, PORT, ServiceView,
-    VersionInfo,
+    AddressView, ApplyMode, ApplyResult, ConfigView, DiskView, ErrorBody, KubeconfigView, LogLines,
+    Message, PORT, RouteView, ServiceView, VersionInfo,
 };
 
 /// Percent-encodes a query value (service names are plain words; anything else is escaped).
@@ -211,6 +211,23 @@ impl Client {
 
     pub async fn services(&self) -> Result<Vec<ServiceView>, ClientError> {
         self.call("GET", "/v1/services", Bytes::new()).await
+    }
+
+    pub async fn disks(&self) -> Result<Vec<DiskView>, ClientError> {
+        self.call("GET", "/v1/disks", Bytes::new()).await
+    }
+
+    pub async fn addresses(&self) -> Result<Vec<AddressView>, ClientError> {
+        self.call("GET", "/v1/addresses", Bytes::new()).await
+    }
+
+    pub async fn routes(&self) -> Result<Vec<RouteView>, ClientError> {
+        self.call("GET", "/v1/routes", Bytes::new()).await
+    }
+
+    /// Admin credentials for the cluster, from a control plane.
+    pub async fn kubeconfig(&self) -> Result<KubeconfigView, ClientError> {
+        self.call("GET", "/v1/kubeconfig", Bytes::new()).await
     }
 
     pub async fn restart_service(&self, name: &str) -> Result<Message, ClientError> {

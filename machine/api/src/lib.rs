@@ -22,6 +22,10 @@
 //! | `/v1/services/{name}/restart` | POST | operator  | stops the service; init starts it again |
 //! | `/v1/logs`                  | GET    | reader    | [`LogLines`]: the console log; `?service=`, `?tail=`, `?since=` |
 //! | `/v1/dmesg`                 | GET    | reader    | [`LogLines`]: the kernel's log; `?tail=`, `?since=` |
+//! | `/v1/disks`                 | GET    | reader    | [`DiskView`] of every disk; also in maintenance mode, to pick the install disk |
+//! | `/v1/addresses`             | GET    | reader    | [`AddressView`] of every interface address |
+//! | `/v1/routes`                | GET    | reader    | [`RouteView`] of the main routing table |
+//! | `/v1/kubeconfig`            | GET    | admin     | [`KubeconfigView`]: admin credentials from the cluster CA (control planes only) |
 //!
 //! Every error is JSON [`ErrorBody`]: one message and, for a bad config, every problem with its
 //! field path.
@@ -200,6 +204,61 @@ pub struct ServiceView {
     /// Since when it runs (or until when it waits), in seconds since boot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<f64>,
+}
+
+/// A disk of the machine (`strakectl disks`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskView {
+    /// The device path, `/dev/vda`.
+    pub device: String,
+    pub bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wwn: Option<String>,
+    pub partitions: Vec<PartitionView>,
+}
+
+/// A partition of a [`DiskView`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionView {
+    pub device: String,
+    /// Its GPT name (`ESP`, `STATE`), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    pub bytes: u64,
+}
+
+/// An address on an interface (`strakectl addresses`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressView {
+    pub interface: String,
+    /// With its prefix length: `10.0.2.15/24`, `fe80::1/64`.
+    pub address: String,
+}
+
+/// A route of the main table (`strakectl routes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteView {
+    /// `0.0.0.0/0` for the default route.
+    pub destination: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    pub interface: String,
+    pub metric: u32,
+}
+
+/// Admin credentials for the cluster (`strakectl kubeconfig`), signed by the cluster CA.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubeconfigView {
+    pub cluster: String,
+    /// The API server's URL as the node knows it (the config's endpoint, or its own address).
+    pub server: String,
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
 }
 
 /// Log lines (`logs`, `dmesg`), each `[seconds since boot] ...`, oldest first.

@@ -21,8 +21,9 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::{
-    ApplyMode, ApplyResult, ChangeView, ConfigView, ErrorBody, FieldProblem, LogLines, MAX_BODY,
-    MAX_UPGRADE, Message, Role, ServiceView, VersionInfo, line_component, line_time, redact,
+    AddressView, ApplyMode, ApplyResult, ChangeView, ConfigView, DiskView, ErrorBody, FieldProblem,
+    KubeconfigView, LogLines, MAX_BODY, MAX_UPGRADE, Message, Role, RouteView, ServiceView,
+    VersionInfo, line_component, line_time, redact,
 };
 
 /// Which API the node serves.
@@ -90,6 +91,14 @@ pub trait Host: Send + Sync + 'static {
     fn console_log(&self) -> Result<Vec<String>, HostError>;
     /// The kernel's log, oldest first, as `[seconds] message`.
     fn kernel_log(&self) -> Result<Vec<String>, HostError>;
+    /// Every disk, with its partitions.
+    fn disks(&self) -> Result<Vec<DiskView>, HostError>;
+    /// Every address on every interface.
+    fn addresses(&self) -> Result<Vec<AddressView>, HostError>;
+    /// The main routing table.
+    fn routes(&self) -> Result<Vec<RouteView>, HostError>;
+    /// Admin credentials from the cluster CA; an error on a node that holds none.
+    fn kubeconfig(&self) -> Result<KubeconfigView, HostError>;
 }
 
 /// The TLS configuration for `mode`: `serving` is the self-signed certificate in maintenance
@@ -222,6 +231,10 @@ fn router(app: Arc<App>) -> Router {
         .route("/v1/services/{name}/restart", post(restart_service))
         .route("/v1/logs", get(logs))
         .route("/v1/dmesg", get(dmesg))
+        .route("/v1/disks", get(disks))
+        .route("/v1/addresses", get(addresses))
+        .route("/v1/routes", get(routes))
+        .route("/v1/kubeconfig", get(kubeconfig))
         .fallback(not_found)
         .with_state(app)
 }
@@ -262,13 +275,13 @@ fn host_error(status: StatusCode, e: HostError) -> Refused {
 /// Lets the request through when the peer may call `route` in this mode.
 fn allow(app: &App, peer: &Peer, route: &str, needs: Role) -> Result<(), Refused> {
     if app.mode == ServerMode::Maintenance {
-        return if matches!(route, "version" | "apply-config") {
+        return if matches!(route, "version" | "apply-config" | "disks") {
             Ok(())
         } else {
             Err(error(
                 StatusCode::FORBIDDEN,
                 format!(
-                    "the node is in maintenance mode (it has no machine config yet) and accepts only apply-config and version, not {route}"
+                    "the node is in maintenance mode (it has no machine config yet) and accepts only apply-config, version and disks, not {route}"
                 ),
                 Vec::new(),
             ))
@@ -715,13 +728,57 @@ async fn log_route(
     Ok(json(StatusCode::OK, &select_lines(lines, &q)))
 }
 
-async fn services(State(app): State<Arc<App>>, Extension(peer): Extension<Peer>) -> Answer {
-    allow(&app, &peer, "services", Role::Reader)?;
+/// A read of the machine: allowed for `needs` and up, answered off the async threads.
+async fn read<T: Serialize + Send + 'static>(
+    app: &App,
+    peer: &Peer,
+    route: &str,
+    needs: Role,
+    failed: StatusCode,
+    f: impl FnOnce(&dyn Host) -> Result<T, HostError> + Send + 'static,
+) -> Answer {
+    allow(app, peer, route, needs)?;
     let host = app.host.clone();
-    let list = blocking(move || host.services())
+    let value = blocking(move || f(host.as_ref()))
         .await?
-        .map_err(|e| host_error(StatusCode::INTERNAL_SERVER_ERROR, e))?;
-    Ok(json(StatusCode::OK, &list))
+        .map_err(|e| host_error(failed, e))?;
+    Ok(json(StatusCode::OK, &value))
+}
+
+const FAILED: StatusCode = StatusCode::INTERNAL_SERVER_ERROR;
+
+async fn services(State(app): State<Arc<App>>, Extension(peer): Extension<Peer>) -> Answer {
+    read(&app, &peer, "services", Role::Reader, FAILED, |h| {
+        h.services()
+    })
+    .await
+}
+
+async fn disks(State(app): State<Arc<App>>, Extension(peer): Extension<Peer>) -> Answer {
+    read(&app, &peer, "disks", Role::Reader, FAILED, |h| h.disks()).await
+}
+
+async fn addresses(State(app): State<Arc<App>>, Extension(peer): Extension<Peer>) -> Answer {
+    read(&app, &peer, "addresses", Role::Reader, FAILED, |h| {
+        h.addresses()
+    })
+    .await
+}
+
+async fn routes(State(app): State<Arc<App>>, Extension(peer): Extension<Peer>) -> Answer {
+    read(&app, &peer, "routes", Role::Reader, FAILED, |h| h.routes()).await
+}
+
+async fn kubeconfig(State(app): State<Arc<App>>, Extension(peer): Extension<Peer>) -> Answer {
+    read(
+        &app,
+        &peer,
+        "kubeconfig",
+        Role::Admin,
+        StatusCode::CONFLICT,
+        |h| h.kubeconfig(),
+    )
+    .await
 }
 
 async fn restart_service(

@@ -4,8 +4,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use strake_machineapi::{
-    ApplyMode, Client, ClientError, FieldProblem, Host, HostError, Power, Role, ServerMode, Trust,
-    generate_ca, issue_client, self_signed, serving_cert, tls_config,
+    AddressView, ApplyMode, Client, ClientError, DiskView, FieldProblem, Host, HostError,
+    KubeconfigView, Power, Role, RouteView, ServerMode, Trust, generate_ca, issue_client,
+    self_signed, serving_cert, tls_config,
 };
 use strake_machineconfig::MachineConfig;
 
@@ -107,6 +108,33 @@ impl Host for Fake {
     }
     fn kernel_log(&self) -> Result<Vec<String>, HostError> {
         Ok(vec!["[    0.100000] Linux version 6.1".into()])
+    }
+    fn disks(&self) -> Result<Vec<DiskView>, HostError> {
+        Ok(vec![DiskView {
+            device: "/dev/vda".into(),
+            bytes: 8 << 30,
+            model: None,
+            serial: Some("disk-1".into()),
+            wwn: None,
+            partitions: Vec::new(),
+        }])
+    }
+    fn addresses(&self) -> Result<Vec<AddressView>, HostError> {
+        Ok(vec![AddressView {
+            interface: "eth0".into(),
+            address: "10.0.2.15/24".into(),
+        }])
+    }
+    fn routes(&self) -> Result<Vec<RouteView>, HostError> {
+        Ok(vec![RouteView {
+            destination: "0.0.0.0/0".into(),
+            gateway: Some("10.0.2.2".into()),
+            interface: "eth0".into(),
+            metric: 0,
+        }])
+    }
+    fn kubeconfig(&self) -> Result<KubeconfigView, HostError> {
+        Err(HostError::new("this node holds no cluster CA"))
     }
 }
 
@@ -243,9 +271,14 @@ async fn maintenance_mode_installs_a_valid_config_and_nothing_else() {
     assert_eq!(done.message, "installed on /dev/vda; rebooting");
     assert_eq!(fake.with(|m| m.installed.clone()), Some(config("")));
 
+    // The disks, to pick the install disk from, and nothing else of the machine.
+    let disks = client.disks().await.unwrap();
+    assert_eq!(disks[0].serial.as_deref(), Some("disk-1"));
     for r in [
         client.machineconfig().await.map(|_| ()),
         client.reboot().await.map(|_| ()),
+        client.addresses().await.map(|_| ()),
+        client.kubeconfig().await.map(|_| ()),
     ] {
         let (status, body) = api_error(r);
         assert_eq!(status, 403);
@@ -403,6 +436,20 @@ async fn configured_mode_checks_roles_and_applies_by_mode() {
     let (status, body) = api_error(operator.restart_service("nope").await);
     assert_eq!((status, body.message.as_str()), (409, "no service nope"));
     assert_eq!(fake.with(|m| m.restarted.clone()), ["agent"]);
+
+    // The network as the node sees it; the cluster's credentials for admins only.
+    assert_eq!(reader.addresses().await.unwrap()[0].address, "10.0.2.15/24");
+    assert_eq!(
+        reader.routes().await.unwrap()[0].gateway.as_deref(),
+        Some("10.0.2.2")
+    );
+    let (status, _) = api_error(operator.kubeconfig().await);
+    assert_eq!(status, 403);
+    let (status, body) = api_error(admin.kubeconfig().await);
+    assert_eq!(
+        (status, body.message.as_str()),
+        (409, "this node holds no cluster CA")
+    );
 
     // Reset: an admin's alone, then a reboot.
     let (status, _) = api_error(operator.reset().await);
