@@ -315,6 +315,16 @@ impl VmConfig {
             args.push(s("-fw_cfg"));
             args.push(format!("name={name},file={path}"));
         }
+        // Firmware tries the disks in order; a kernel given to QEMU boots first by itself (its
+        // loader takes bootindex 0).
+        let by_firmware = self.kernel.as_os_str().is_empty();
+        let order = |i: usize| {
+            if by_firmware {
+                format!(",bootindex={i}")
+            } else {
+                String::new()
+            }
+        };
         for (i, disk) in self.disks.iter().enumerate() {
             let path = disk.display().to_string();
             if path.contains(',') {
@@ -332,7 +342,7 @@ impl VmConfig {
                     "file={path},format=raw,if=none,id=disk{i},media=cdrom,readonly=on"
                 ));
                 args.push(s("-device"));
-                args.push(format!("scsi-cd,drive=disk{i},bus=scsi0.0,bootindex={i}"));
+                args.push(format!("scsi-cd,drive=disk{i},bus=scsi0.0{}", order(i)));
                 continue;
             }
             let format = if path.ends_with(".qcow2") {
@@ -345,7 +355,7 @@ impl VmConfig {
                 "file={path},format={format},if=none,id=disk{i},discard=unmap"
             ));
             args.push(s("-device"));
-            args.push(format!("virtio-blk-pci,drive=disk{i},bootindex={i}"));
+            args.push(format!("virtio-blk-pci,drive=disk{i}{}", order(i)));
         }
         args.extend([
             s("-device"),
@@ -714,11 +724,13 @@ mod tests {
         c.disks = vec!["/d/state.qcow2".into(), "/d/raw.img".into()];
         let a = c.args().unwrap().join(" ");
         assert!(
-            a.contains("-drive file=/d/state.qcow2,format=qcow2,if=none,id=disk0,discard=unmap -device virtio-blk-pci,drive=disk0,bootindex=0 -drive file=/d/raw.img,format=raw"),
+            a.contains("-drive file=/d/state.qcow2,format=qcow2,if=none,id=disk0,discard=unmap -device virtio-blk-pci,drive=disk0 -drive file=/d/raw.img,format=raw"),
             "{a}"
         );
         c.disks = vec!["/d/a,b.img".into()];
         assert!(c.args().is_err());
+        // Booted by firmware: it tries the disks in their order.
+        c.kernel = PathBuf::new();
         c.disks = vec!["/d/node.raw".into(), "/d/strake.iso".into()];
         let a = c.args().unwrap().join(" ");
         assert!(
