@@ -693,6 +693,19 @@ fn machine_settings(ctx: &mut BootCtx) -> Result<(), BootError> {
     for failure in machine::apply_sysctls(&ctx.root, &loaded.config) {
         tracing::warn!(target: "strake_init::machine", "{failure}");
     }
+    match machine::install_cluster_ca(&ctx.root, &loaded.config)
+        .map_err(BootError::MachineConfig)?
+    {
+        machine::CaInstall::Written => {
+            tracing::info!(target: "strake_init::machine", "cluster CA from cluster.ca put in {}", machine::PKI_DIR);
+        }
+        machine::CaInstall::Kept => tracing::warn!(
+            target: "strake_init::machine",
+            "{} holds another cluster CA than cluster.ca: keeping it (every certificate of this cluster hangs on it); `strakectl reset` to start over with the config's",
+            machine::PKI_DIR
+        ),
+        machine::CaInstall::NotGiven | machine::CaInstall::Same => {}
+    }
     machine::write_files(&ctx.root, &loaded.config).map_err(BootError::MachineConfig)
 }
 

@@ -67,6 +67,9 @@ pub struct BootConfig {
     pub extra_modules: Vec<String>,
     /// `host:port` of the cluster API (workers).
     pub api_endpoint: Option<String>,
+    /// The cluster CA's pin (`cluster.caPin`): the agent joins only a cluster whose CA has it.
+    #[serde(default)]
+    pub ca_pin: Option<String>,
     /// How other nodes' pods are reached: `auto`, `host-gw` or `vxlan` (`strake.podnet=`).
     #[serde(default)]
     pub pod_network: Option<String>,

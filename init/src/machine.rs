@@ -121,8 +121,8 @@ pub fn fold(cfg: &MachineConfig, boot: &mut BootConfig) -> Vec<String> {
             format!("{}:{}", ep.host, ep.port)
         });
     }
-    if cfg.cluster.ca_pin.is_some() {
-        ignored.push("cluster.caPin".into());
+    if let Some(pin) = &cfg.cluster.ca_pin {
+        boot.ca_pin = Some(pin.to_ascii_lowercase());
     }
     if let Some(install) = &m.install {
         // A selector is resolved against the disks when STATE is prepared.
@@ -382,9 +382,88 @@ pub fn write_files(root: &Path, cfg: &MachineConfig) -> Result<(), String> {
     Ok(())
 }
 
+/// Where the control plane keeps the cluster CA (its `--data-dir`'s `pki`).
+pub const PKI_DIR: &str = "/var/lib/strake/pki";
+
+/// What [`install_cluster_ca`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaInstall {
+    /// The config gives no cluster CA, or the node is not a control plane.
+    NotGiven,
+    Written,
+    /// STATE already holds this CA.
+    Same,
+    /// STATE holds another CA, which is kept: the cluster's certificates and every credential
+    /// hang on it.
+    Kept,
+}
+
+/// Puts the config's cluster CA (`cluster.ca`) where the control plane looks for it, before it
+/// starts and would make its own. A different CA already on STATE is never overwritten.
+pub fn install_cluster_ca(root: &Path, cfg: &MachineConfig) -> Result<CaInstall, String> {
+    let Some(ca) = cfg
+        .cluster
+        .ca
+        .as_ref()
+        .filter(|_| cfg.machine.role == MachineRole::Controlplane)
+    else {
+        return Ok(CaInstall::NotGiven);
+    };
+    let dir = host_path(root, PKI_DIR);
+    let (crt, key) = (dir.join("ca.crt"), dir.join("ca.key"));
+    if crt.exists() || key.exists() {
+        let held = std::fs::read_to_string(&crt).unwrap_or_default();
+        return Ok(if held.trim() == ca.crt.trim() {
+            CaInstall::Same
+        } else {
+            CaInstall::Kept
+        });
+    }
+    let err = |what: &Path, e: std::io::Error| format!("writing {}: {e}", what.display());
+    std::fs::create_dir_all(&dir).map_err(|e| err(&dir, e))?;
+    for (path, text, mode) in [(&key, &ca.key, 0o600), (&crt, &ca.crt, 0o644)] {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)
+            .map_err(|e| err(path, e))?;
+        f.write_all(text.as_bytes()).map_err(|e| err(path, e))?;
+        f.sync_all().map_err(|e| err(path, e))?;
+    }
+    Ok(CaInstall::Written)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cluster_ca_is_written_once_and_never_over_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let yaml = "apiVersion: strake.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  role: controlplane\ncluster:\n  name: lab\n  token: abcdef.0123456789abcdef\n  ca:\n    crt: \"-----BEGIN CERTIFICATE-----\\nAA==\\n-----END CERTIFICATE-----\\n\"\n    key: \"-----BEGIN PRIVATE KEY-----\\nAA==\\n-----END PRIVATE KEY-----\\n\"\n";
+        let cfg = load(yaml, Source::CommandLine).unwrap().config;
+        assert_eq!(install_cluster_ca(root, &cfg), Ok(CaInstall::Written));
+        let key = host_path(root, PKI_DIR).join("ca.key");
+        assert!(
+            std::fs::read_to_string(&key)
+                .unwrap()
+                .contains("PRIVATE KEY")
+        );
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(install_cluster_ca(root, &cfg), Ok(CaInstall::Same));
+        let crt = host_path(root, PKI_DIR).join("ca.crt");
+        std::fs::write(&crt, "another").unwrap();
+        assert_eq!(install_cluster_ca(root, &cfg), Ok(CaInstall::Kept));
+        assert_eq!(std::fs::read_to_string(&crt).unwrap(), "another");
+        let mut worker = cfg.clone();
+        worker.machine.role = MachineRole::Worker;
+        assert_eq!(install_cluster_ca(root, &worker), Ok(CaInstall::NotGiven));
+    }
 
     const CONFIG: &str = "\
 apiVersion: strake.dev/v1alpha1
@@ -445,7 +524,11 @@ cluster:
                 dns: vec!["192.168.10.1".parse().unwrap()],
             })
         );
-        assert_eq!(ignored, ["cluster.caPin", "machine.network.interfaces[1]",]);
+        assert_eq!(ignored, ["machine.network.interfaces[1]"]);
+        assert_eq!(
+            boot.ca_pin.as_deref(),
+            Some("sha256:0000000000000000000000000000000000000000000000000000000000000000")
+        );
     }
 
     #[test]

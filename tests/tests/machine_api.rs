@@ -91,6 +91,17 @@ fn maintenance_mode_install_and_the_machine_api() -> anyhow::Result<()> {
     let config_path = dir.path().join("controlplane.yaml");
     let strakeconfig = dir.path().join("strakeconfig");
     let config = std::fs::read_to_string(&config_path)?;
+    // A worker's config too, pinned to the cluster CA the control plane's config carries.
+    let worker = dir.path().join("worker.yaml");
+    strakectl_ok(&["validate", "--config", worker.to_str().unwrap_or("")])?;
+    let pin_of = |text: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("caPin: ").map(str::to_owned))
+    };
+    ensure!(
+        pin_of(&config).is_some() && pin_of(&std::fs::read_to_string(&worker)?) == pin_of(&config),
+        "worker.yaml is not pinned to the control plane's CA"
+    );
     let token: BootstrapToken = config
         .lines()
         .find_map(|l| l.trim().strip_prefix("token: "))
@@ -420,6 +431,12 @@ fn installed(
             && !console.contains("maintenance mode:"),
         "the second boot did not run the installed config from STATE"
     );
+    // The control plane signs with the config's CA, and its own agent joined only after
+    // checking the pin (the node could not be Ready otherwise).
+    ensure!(
+        console.contains("cluster CA from cluster.ca put in /var/lib/strake/pki"),
+        "the control plane did not take the config's cluster CA"
+    );
     poll("node e2e-machine Ready", Duration::from_secs(120), || {
         let out = kubectl_ok(&kubeconfig, &["get", "nodes", "e2e-machine"]).ok()?;
         out.contains(" Ready").then_some(())
@@ -541,6 +558,17 @@ fn installed(
     ensure!(
         nodes.contains(" Ready"),
         "nodes with the merged kubeconfig: {nodes}"
+    );
+    let health = strakectl_ok(
+        &[
+            &["health", "--server", &server, "--wait-timeout", "2m"],
+            &mtls[..],
+        ]
+        .concat(),
+    )?;
+    ensure!(
+        health.contains("ok   nodes Ready: 1 of 1") && !health.contains("FAIL"),
+        "health: {health}"
     );
     let contexts = kubectl_ok(&merged, &["config", "get-contexts", "-o", "name"])?;
     ensure!(

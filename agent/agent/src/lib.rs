@@ -60,6 +60,8 @@ pub struct AgentConfig {
     /// `host:port` of the API server.
     pub api_server: String,
     pub token: Option<BootstrapToken>,
+    /// `cluster.caPin`: the CA the token vouches for must have it before the token is sent.
+    pub ca_pin: Option<String>,
     pub node_ip: IpAddr,
     /// Persistent state: credentials, images, pod rootfs.
     pub data_dir: PathBuf,
@@ -114,7 +116,14 @@ async fn credentials(cfg: &AgentConfig) -> Result<Credentials, AgentError> {
     let url = format!("https://{}", cfg.api_server);
     let mut delay = Duration::from_millis(200);
     let creds = loop {
-        match strake_kubeclient::bootstrap(&url, &token, "/strake/v1/node-credentials", &body).await
+        match strake_kubeclient::bootstrap_pinned(
+            &url,
+            &token,
+            cfg.ca_pin.as_deref(),
+            "/strake/v1/node-credentials",
+            &body,
+        )
+        .await
         {
             Ok(c) => break c,
             Err(e @ ClientError::Transport { .. })

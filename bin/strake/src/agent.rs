@@ -145,6 +145,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         node_name,
         api_server: api,
         token,
+        ca_pin: boot.as_ref().and_then(|b| b.ca_pin.clone()),
         node_ip,
         data_dir: args.data_dir,
         run_dir: args.run_dir,

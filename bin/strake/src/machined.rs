@@ -72,12 +72,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let cert = strake_machineapi::serving_cert(&ca, &hostname, &addresses)
             .context("issuing the machine API's serving certificate with machine.ca")?;
         if let Some((slot, true)) = strake_init::slots::running(&host.root) {
-            tokio::spawn(judge_trial(
-                host.clone(),
-                slot,
-                config.machine.role,
-                addresses.clone(),
-            ));
+            tokio::spawn(judge_trial(host.clone(), slot, config.machine.role));
         }
         (ServerMode::Configured, cert, Some(ca.crt))
     };
@@ -101,48 +96,93 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 /// How long a slot on trial has to come up healthy before machined reboots into the old one.
 const TRIAL_DEADLINE: Duration = Duration::from_secs(300);
 
-/// A slot on trial is blessed once the node is healthy (a control plane's API answers; a
-/// worker's agent listens), and abandoned (a reboot into the default slot) if it is not by
-/// [`TRIAL_DEADLINE`].
+/// Where every node's agent keeps its credentials for the API.
+const AGENT_CREDENTIALS: &str = "/var/lib/strake/agent/credentials.json";
+
+/// Whether this node is healthy on this boot: a control plane's API server is ready, and the
+/// node's own Node is Ready with a heartbeat sent since this boot began (a Ready from before the
+/// reboot does not count). The reason when it is not.
+async fn healthy(
+    root: &Path,
+    hostname: &str,
+    role: strake_machineconfig::Role,
+) -> Result<(), String> {
+    if role == strake_machineconfig::Role::Controlplane
+        && !strake_kubeclient::answers_version("https://127.0.0.1:6443", Duration::from_secs(2))
+            .await
+    {
+        return Err("the API server does not answer on 127.0.0.1:6443".into());
+    }
+    let path = host_path(root, AGENT_CREDENTIALS);
+    let text = std::fs::read(&path)
+        .map_err(|e| format!("the agent has no credentials yet ({AGENT_CREDENTIALS}: {e})"))?;
+    let creds: strake_pki::Credentials =
+        serde_json::from_slice(&text).map_err(|e| format!("{AGENT_CREDENTIALS}: {e}"))?;
+    let client = strake_kubeclient::Client::from_credentials(&creds).map_err(|e| e.to_string())?;
+    let node: k8s_openapi::api::core::v1::Node = client
+        .get(None, hostname)
+        .await
+        .map_err(|e| format!("reading Node {hostname}: {e}"))?;
+    let ready = node
+        .status
+        .and_then(|s| s.conditions)
+        .and_then(|c| c.into_iter().find(|c| c.type_ == "Ready"))
+        .ok_or_else(|| format!("Node {hostname} has no Ready condition"))?;
+    if ready.status != "True" {
+        return Err(format!("Node {hostname} is not Ready ({})", ready.status));
+    }
+    let uptime = std::fs::read_to_string(host_path(root, "/proc/uptime"))
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let booted = jiff::Timestamp::now() - jiff::SignedDuration::from_secs_f64(uptime);
+    match ready.last_heartbeat_time {
+        Some(t) if t.0 >= booted => Ok(()),
+        _ => Err(format!(
+            "Node {hostname}'s Ready heartbeat is from before this boot"
+        )),
+    }
+}
+
+/// A slot on trial is blessed once the node is [`healthy`], and abandoned (a reboot into the
+/// default slot) if it is not by [`TRIAL_DEADLINE`].
 async fn judge_trial(
     host: Arc<Node>,
     slot: strake_init::slots::Slot,
     role: strake_machineconfig::Role,
-    addresses: Vec<IpAddr>,
 ) {
     tracing::info!(
         "slot {} is on trial: waiting for the node to be healthy",
         slot.letter()
     );
     let deadline = Instant::now() + TRIAL_DEADLINE;
+    let hostname = host.hostname();
+    let mut said = String::new();
     while Instant::now() < deadline {
-        let healthy = match role {
-            strake_machineconfig::Role::Controlplane => {
-                strake_kubeclient::answers_version("https://127.0.0.1:6443", Duration::from_secs(2))
-                    .await
+        match healthy(&host.root, &hostname, role).await {
+            Ok(()) => {
+                let root = host.root.clone();
+                match tokio::task::spawn_blocking(move || strake_init::slots::bless(&root)).await {
+                    Ok(Ok(Some(s))) => tracing::info!(
+                        "the node is healthy on slot {}: blessed it and made it the default",
+                        s.letter()
+                    ),
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => tracing::error!("blessing slot {}: {e}", slot.letter()),
+                    Err(e) => tracing::error!("blessing slot {}: {e}", slot.letter()),
+                }
+                return;
             }
-            strake_machineconfig::Role::Worker => match addresses.first() {
-                Some(ip) => tokio::net::TcpStream::connect((*ip, 10250)).await.is_ok(),
-                None => false,
-            },
-        };
-        if healthy {
-            let root = host.root.clone();
-            match tokio::task::spawn_blocking(move || strake_init::slots::bless(&root)).await {
-                Ok(Ok(Some(s))) => tracing::info!(
-                    "the node is healthy on slot {}: blessed it and made it the default",
-                    s.letter()
-                ),
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => tracing::error!("blessing slot {}: {e}", slot.letter()),
-                Err(e) => tracing::error!("blessing slot {}: {e}", slot.letter()),
+            Err(reason) if reason != said => {
+                tracing::info!("slot {} not blessed yet: {reason}", slot.letter());
+                said = reason;
             }
-            return;
+            Err(_) => {}
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     tracing::error!(
-        "slot {} did not come up healthy within {TRIAL_DEADLINE:?}: rebooting into the default slot",
+        "slot {} did not come up healthy within {TRIAL_DEADLINE:?} (last: {said}): rebooting into the default slot",
         slot.letter()
     );
     if let Err(e) = host.power(Power::Reboot) {

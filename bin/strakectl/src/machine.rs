@@ -47,7 +47,7 @@ impl Conn {
     }
 
     /// One client per node.
-    fn clients(&self) -> anyhow::Result<Vec<Client>> {
+    pub(crate) fn clients(&self) -> anyhow::Result<Vec<Client>> {
         let (trust, endpoints) = if self.insecure {
             let trust = Trust::Insecure {
                 fingerprint: self.fingerprint.clone(),
@@ -81,7 +81,7 @@ impl Conn {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)
@@ -95,7 +95,7 @@ fn read_input(path: &Path) -> anyhow::Result<String> {
     }
 }
 
-fn print<T: serde::Serialize>(
+pub(crate) fn print<T: serde::Serialize>(
     out: Output,
     value: &T,
     text: impl FnOnce() -> String,
@@ -542,14 +542,20 @@ pub struct GenArgs {
     /// themselves at an http:// endpoint.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
+    /// Where workers reach the Kubernetes API (`host[:port]`, port 6443 by default); the first
+    /// --endpoint's host when not given. Without either, no worker.yaml is written.
+    #[arg(long)]
+    kubernetes_endpoint: Option<String>,
     /// Overwrite files that exist.
     #[arg(long)]
     force: bool,
 }
 
-/// What a new control plane needs: its machine config and an admin client config.
+/// What a new cluster needs: the control plane's machine config, a worker's (when the
+/// Kubernetes endpoint is known), and an admin client config.
 pub struct Generated {
     pub yaml: String,
+    pub worker: Option<String>,
     pub client: StrakeConfig,
 }
 
@@ -563,41 +569,75 @@ pub struct Generate<'a> {
     pub token: BootstrapToken,
     /// Registries reached over plain HTTP (`host:port`), as mirrors of themselves.
     pub insecure_registries: &'a [String],
+    /// The cluster CA the control plane signs with (`cluster.ca`); its pin goes into every
+    /// config. `None`: the control plane makes its own, and no worker config can be made.
+    pub cluster_ca: Option<&'a strake_pki::ClusterCa>,
+    /// `host:port` where workers reach the Kubernetes API.
+    pub kubernetes_endpoint: Option<&'a str>,
 }
 
 /// A machine CA, a control plane config carrying it and the token, and an admin client config.
 pub fn generate(g: &Generate<'_>) -> anyhow::Result<Generated> {
     let ca = strake_machineapi::generate_ca(g.cluster)?;
-    let mut yaml = String::from(
-        "apiVersion: strake.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  role: controlplane\n",
-    );
-    if let Some(h) = g.hostname {
-        yaml.push_str(&format!("  hostname: {h}\n"));
-    }
-    if let Some(disk) = g.install_disk {
-        yaml.push_str(&format!("  install:\n    disk: {disk}\n"));
-    }
-    yaml.push_str(&format!(
-        "  ca:\n    crt: {}\n    key: {}\n",
-        serde_json::to_string(&ca.crt)?,
-        serde_json::to_string(&ca.key)?,
-    ));
-    if !g.insecure_registries.is_empty() {
-        yaml.push_str("  registries:\n    mirrors:\n");
-        for r in g.insecure_registries {
-            yaml.push_str(&format!(
-                "      {}:\n        endpoints: [{}]\n",
-                serde_json::to_string(r)?,
-                serde_json::to_string(&format!("http://{r}"))?
-            ));
+    let json = |s: &str| serde_json::to_string(s);
+    let pin = g
+        .cluster_ca
+        .map(|c| strake_pki::ca_pin(&c.ca.cert_pem))
+        .transpose()?;
+    // One document per role; only the control plane carries the cluster CA's key.
+    let config = |role: &str, hostname: Option<&str>| -> anyhow::Result<String> {
+        let mut yaml = format!(
+            "apiVersion: strake.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  role: {role}\n"
+        );
+        if let Some(h) = hostname {
+            yaml.push_str(&format!("  hostname: {h}\n"));
         }
-    }
-    yaml.push_str(&format!(
-        "cluster:\n  name: {}\n  token: {}\n",
-        g.cluster, g.token
-    ));
-    MachineConfig::parse(&yaml)
-        .map_err(|e| anyhow::anyhow!("the generated config is not valid:\n{e}"))?;
+        if let Some(disk) = g.install_disk {
+            yaml.push_str(&format!("  install:\n    disk: {disk}\n"));
+        }
+        yaml.push_str(&format!(
+            "  ca:\n    crt: {}\n    key: {}\n",
+            json(&ca.crt)?,
+            json(&ca.key)?,
+        ));
+        if !g.insecure_registries.is_empty() {
+            yaml.push_str("  registries:\n    mirrors:\n");
+            for r in g.insecure_registries {
+                yaml.push_str(&format!(
+                    "      {}:\n        endpoints: [{}]\n",
+                    json(r)?,
+                    json(&format!("http://{r}"))?
+                ));
+            }
+        }
+        yaml.push_str(&format!(
+            "cluster:\n  name: {}\n  token: {}\n",
+            g.cluster, g.token
+        ));
+        if let Some(pin) = &pin {
+            yaml.push_str(&format!("  caPin: {pin}\n"));
+        }
+        match (role, g.cluster_ca) {
+            ("controlplane", Some(c)) => yaml.push_str(&format!(
+                "  ca:\n    crt: {}\n    key: {}\n",
+                json(&c.ca.cert_pem)?,
+                json(&c.ca.key_pem)?,
+            )),
+            ("worker", _) => yaml.push_str(&format!(
+                "  endpoint: https://{}\n",
+                g.kubernetes_endpoint.unwrap_or_default()
+            )),
+            _ => {}
+        }
+        MachineConfig::parse(&yaml)
+            .map_err(|e| anyhow::anyhow!("the generated {role} config is not valid:\n{e}"))?;
+        Ok(yaml)
+    };
+    let yaml = config("controlplane", g.hostname)?;
+    let worker = match (g.kubernetes_endpoint, &pin) {
+        (Some(_), Some(_)) => Some(config("worker", None)?),
+        _ => None,
+    };
     let admin = strake_machineapi::issue_client(&ca, "admin", Role::Admin, 3650)?;
     let mut client = StrakeConfig::default();
     client.merge(
@@ -609,10 +649,49 @@ pub fn generate(g: &Generate<'_>) -> anyhow::Result<Generated> {
             key: admin.key_pem,
         },
     );
-    Ok(Generated { yaml, client })
+    Ok(Generated {
+        yaml,
+        worker,
+        client,
+    })
+}
+
+/// `host[:port]` (`[v6]:port` for IPv6) as host and port.
+fn split_host_port(text: &str) -> (&str, Option<&str>) {
+    if let Some(rest) = text.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((h, tail)) => (h, tail.strip_prefix(':')),
+            None => (text, None),
+        }
+    } else {
+        match text.split_once(':') {
+            Some((h, p)) if !p.contains(':') => (h, Some(p)),
+            // A bare IPv6 address.
+            _ => (text, None),
+        }
+    }
+}
+
+/// Where workers reach the Kubernetes API: `given` (port 6443 unless it has one), else the
+/// first machine API endpoint's host at 6443.
+pub fn kubernetes_endpoint(given: Option<&str>, endpoints: &[String]) -> Option<String> {
+    let (host, port) = match given {
+        Some(g) => {
+            let (h, p) = split_host_port(g);
+            (h, p.unwrap_or("6443"))
+        }
+        None => (split_host_port(endpoints.first()?).0, "6443"),
+    };
+    Some(if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    })
 }
 
 pub fn gen_config(args: &GenArgs) -> anyhow::Result<()> {
+    let cluster_ca = strake_pki::ClusterCa::generate(&args.cluster)?;
+    let kube = kubernetes_endpoint(args.kubernetes_endpoint.as_deref(), &args.endpoints);
     let generated = generate(&Generate {
         cluster: &args.cluster,
         hostname: args.hostname.as_deref(),
@@ -620,23 +699,39 @@ pub fn gen_config(args: &GenArgs) -> anyhow::Result<()> {
         endpoints: args.endpoints.clone(),
         token: BootstrapToken::generate(),
         insecure_registries: &args.insecure_registries,
+        cluster_ca: Some(&cluster_ca),
+        kubernetes_endpoint: kube.as_deref(),
     })?;
     std::fs::create_dir_all(&args.output_dir)
         .with_context(|| format!("creating {}", args.output_dir.display()))?;
     let config_path = args.output_dir.join("controlplane.yaml");
+    let worker_path = args.output_dir.join("worker.yaml");
     let client_path = args.output_dir.join("strakeconfig");
-    for p in [&config_path, &client_path] {
+    for p in [&config_path, &worker_path, &client_path] {
         if p.exists() && !args.force {
             bail!("{} exists (pass --force to overwrite)", p.display());
         }
     }
     write_private(&config_path, &generated.yaml)?;
-    generated.client.save(&client_path)?;
     println!(
-        "wrote {} (holds the machine CA key and the join token: keep it private)\nwrote {} (admin client config)",
-        config_path.display(),
-        client_path.display()
+        "wrote {} (holds the machine and cluster CA keys and the join token: keep it private)",
+        config_path.display()
     );
+    match &generated.worker {
+        Some(worker) => {
+            write_private(&worker_path, worker)?;
+            println!(
+                "wrote {} (joins https://{}; holds the join token: keep it private)",
+                worker_path.display(),
+                kube.as_deref().unwrap_or_default()
+            );
+        }
+        None => println!(
+            "no worker.yaml: give --endpoint or --kubernetes-endpoint for where workers reach the API"
+        ),
+    }
+    generated.client.save(&client_path)?;
+    println!("wrote {} (admin client config)", client_path.display());
     Ok(())
 }
 
@@ -767,5 +862,81 @@ mod kubeconfig_tests {
         assert_eq!(merged["preferences"]["colors"], true);
         assert!(super::merge_kubeconfig(json!("text"), json!({})).is_err());
         assert!(super::merge_kubeconfig(json!({"clusters": 3}), json!({})).is_err());
+    }
+}
+
+#[cfg(test)]
+mod gen_tests {
+    use super::*;
+
+    #[test]
+    fn the_kubernetes_endpoint_defaults_to_the_first_node_at_6443() {
+        let eps = vec!["10.0.0.5:50000".to_owned()];
+        assert_eq!(
+            kubernetes_endpoint(None, &eps).as_deref(),
+            Some("10.0.0.5:6443")
+        );
+        assert_eq!(
+            kubernetes_endpoint(Some("api.lab"), &eps).as_deref(),
+            Some("api.lab:6443")
+        );
+        assert_eq!(
+            kubernetes_endpoint(Some("api.lab:443"), &eps).as_deref(),
+            Some("api.lab:443")
+        );
+        assert_eq!(
+            kubernetes_endpoint(Some("fd00::1"), &[]).as_deref(),
+            Some("[fd00::1]:6443")
+        );
+        assert_eq!(
+            kubernetes_endpoint(None, &["[fd00::2]:50000".into()]).as_deref(),
+            Some("[fd00::2]:6443")
+        );
+        assert_eq!(kubernetes_endpoint(None, &[]), None);
+    }
+
+    #[test]
+    fn a_cluster_ca_gives_a_control_plane_with_it_and_a_worker_pinned_to_it() {
+        let ca = strake_pki::ClusterCa::generate("lab").unwrap();
+        let pin = strake_pki::ca_pin(&ca.ca.cert_pem).unwrap();
+        let g = generate(&Generate {
+            cluster: "lab",
+            hostname: Some("cp-1"),
+            install_disk: Some("/dev/vda"),
+            endpoints: vec!["10.0.0.5".into()],
+            token: BootstrapToken::generate(),
+            insecure_registries: &[],
+            cluster_ca: Some(&ca),
+            kubernetes_endpoint: Some("10.0.0.5:6443"),
+        })
+        .unwrap();
+        let cp = MachineConfig::parse(&g.yaml).unwrap();
+        assert_eq!(cp.cluster.ca.as_ref().unwrap().crt, ca.ca.cert_pem);
+        assert_eq!(cp.cluster.ca_pin.as_deref(), Some(pin.as_str()));
+        let worker = MachineConfig::parse(g.worker.as_deref().unwrap()).unwrap();
+        assert_eq!(worker.machine.role, strake_machineconfig::Role::Worker);
+        assert!(worker.cluster.ca.is_none() && worker.machine.hostname.is_none());
+        assert_eq!(worker.cluster.ca_pin.as_deref(), Some(pin.as_str()));
+        assert_eq!(
+            worker.cluster.endpoint.as_ref().unwrap().raw(),
+            "https://10.0.0.5:6443"
+        );
+        assert_eq!(worker.cluster.token, cp.cluster.token);
+        // The same machine CA: one strakeconfig reaches every node.
+        assert_eq!(worker.machine.ca, cp.machine.ca);
+
+        // Without a cluster CA (cluster up): no pin, no worker.
+        let g = generate(&Generate {
+            cluster: "lab",
+            hostname: None,
+            install_disk: None,
+            endpoints: Vec::new(),
+            token: BootstrapToken::generate(),
+            insecure_registries: &[],
+            cluster_ca: None,
+            kubernetes_endpoint: Some("10.0.0.5:6443"),
+        })
+        .unwrap();
+        assert!(g.worker.is_none() && !g.yaml.contains("caPin"));
     }
 }

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+mod health;
 mod machine;
 
 use anyhow::{Context, bail};
@@ -90,6 +91,21 @@ enum Cmd {
     },
     /// The services init supervises on the node, and their state.
     Services {
+        #[arg(long, short, value_enum, default_value_t)]
+        output: machine::Output,
+        #[command(flatten)]
+        conn: machine::Conn,
+    },
+    /// Whether the cluster is healthy: every node's machine API (configured, not on a trial
+    /// slot, every service running), the Kubernetes API, every node Ready, and the pods in
+    /// kube-system. Fails if a check fails.
+    Health {
+        /// The Kubernetes API's URL, when the node's own address is not reachable from here.
+        #[arg(long)]
+        server: Option<String>,
+        /// Keep checking until every check passes or this much time has gone (e.g. 5m).
+        #[arg(long, value_parser = parse_duration, default_value = "0s")]
+        wait_timeout: Duration,
         #[arg(long, short, value_enum, default_value_t)]
         output: machine::Output,
         #[command(flatten)]
@@ -327,6 +343,12 @@ fn main() -> anyhow::Result<()> {
         Cmd::Reset { conn } => machine::reset(&conn),
         Cmd::Services { output, conn } => machine::services(&conn, output),
         Cmd::Disks { output, conn } => machine::disks(&conn, output),
+        Cmd::Health {
+            server,
+            wait_timeout,
+            output,
+            conn,
+        } => health::health(&conn, server.as_deref(), wait_timeout, output),
         Cmd::Addresses { output, conn } => machine::addresses(&conn, output),
         Cmd::Routes { output, conn } => machine::routes(&conn, output),
         Cmd::Kubeconfig {
@@ -553,6 +575,10 @@ fn cluster_up(args: &UpArgs) -> anyhow::Result<()> {
             endpoints: vec![format!("127.0.0.1:{machine_api_port}")],
             token: token.clone(),
             insecure_registries: insecure,
+            // The control plane makes its own: this config may be for a STATE disk that has
+            // one already.
+            cluster_ca: None,
+            kubernetes_endpoint: None,
         })?;
         machine::write_private(&config_path, &generated.yaml)?;
         generated.client.save(&strakeconfig)?;
@@ -665,4 +691,35 @@ fn cluster_up(args: &UpArgs) -> anyhow::Result<()> {
         state_dir.display()
     );
     Ok(())
+}
+
+/// `90s`, `5m`, `1h` or a bare number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (digits, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 90s, 5m or 1h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{text:?}: the unit must be s, m or h")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod duration_tests {
+    #[test]
+    fn durations_are_read_in_seconds_minutes_or_hours() {
+        assert_eq!(super::parse_duration("90s").unwrap().as_secs(), 90);
+        assert_eq!(super::parse_duration("5m").unwrap().as_secs(), 300);
+        assert_eq!(super::parse_duration("2").unwrap().as_secs(), 2);
+        assert!(super::parse_duration("5d").is_err());
+        assert!(super::parse_duration("m").is_err());
+    }
 }

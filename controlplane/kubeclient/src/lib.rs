@@ -30,6 +30,15 @@ pub enum ClientError {
     Pki(#[from] strake_pki::PkiError),
     #[error("building HTTP client: {0}")]
     Build(reqwest::Error),
+    /// The CA the token vouched for is not the one the config pins.
+    #[error(
+        "the cluster CA at {url} has the pin {found}, not {expected} (cluster.caPin): refusing to join it"
+    )]
+    PinMismatch {
+        url: String,
+        expected: String,
+        found: String,
+    },
 }
 
 impl ClientError {
@@ -65,6 +74,18 @@ pub async fn bootstrap(
     path: &str,
     body: &Value,
 ) -> Result<Credentials, ClientError> {
+    bootstrap_pinned(server_url, token, None, path, body).await
+}
+
+/// [`bootstrap`], and with `pin` (`sha256:<hex>`, see [`strake_pki::ca_pin`]) the CA must also
+/// have that pin before the token is sent anywhere.
+pub async fn bootstrap_pinned(
+    server_url: &str,
+    token: &BootstrapToken,
+    pin: Option<&str>,
+    path: &str,
+    body: &Value,
+) -> Result<Credentials, ClientError> {
     // Short: callers retry, and a node that is still booting behind a forwarded port (QEMU's
     // user networking accepts before the guest listens) would otherwise stall each attempt.
     let discovery = reqwest::Client::builder()
@@ -83,6 +104,16 @@ pub async fn bootstrap(
         })?;
     let info: ClusterInfo = decode(&url, resp).await?;
     let ca = token.verify(&info)?.to_string();
+    if let Some(expected) = pin {
+        let found = strake_pki::ca_pin(&ca)?;
+        if !found.eq_ignore_ascii_case(expected) {
+            return Err(ClientError::PinMismatch {
+                url,
+                expected: expected.to_owned(),
+                found,
+            });
+        }
+    }
     let pinned = reqwest::Client::builder()
         .use_preconfigured_tls(strake_pki::client_config(&ca, None)?)
         .timeout(Duration::from_secs(10))

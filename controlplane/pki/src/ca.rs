@@ -27,6 +27,27 @@ pub struct ClusterCa {
     pub ca: CertifiedKey,
 }
 
+/// The pin of a CA certificate (PEM), as `cluster.caPin` carries it: `sha256:` and the hex
+/// SHA-256 of its SubjectPublicKeyInfo (as kubeadm's `--discovery-token-ca-cert-hash`).
+pub fn ca_pin(cert_pem: &str) -> Result<String, PkiError> {
+    use sha2::Digest as _;
+    let bad = |reason: String| PkiError::Parse {
+        what: "CA certificate",
+        reason,
+    };
+    let der = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+        .next()
+        .ok_or_else(|| bad("no PEM CERTIFICATE block".into()))?
+        .map_err(|e| bad(e.to_string()))?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| bad(e.to_string()))?;
+    let spki = cert.tbs_certificate.subject_pki.raw;
+    Ok(format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(spki))
+    ))
+}
+
 /// Who a client certificate says it is: CN is the user, O entries are groups (as in Kubernetes).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
@@ -256,6 +277,18 @@ mod tests {
         fs::remove_file(dir.path().join(CA_KEY)).unwrap();
         let err = ClusterCa::load_or_generate(dir.path(), "t").unwrap_err();
         assert!(err.to_string().contains("only one of"), "{err}");
+    }
+
+    #[test]
+    fn a_ca_pin_is_the_hash_of_its_public_key() {
+        let ca = ClusterCa::generate("t").unwrap();
+        let pin = ca_pin(&ca.ca.cert_pem).unwrap();
+        assert!(pin.starts_with("sha256:") && pin.len() == 7 + 64, "{pin}");
+        // The same key in a re-issued certificate keeps the pin; another key changes it.
+        assert_eq!(ca_pin(&ca.ca.cert_pem).unwrap(), pin);
+        let other = ClusterCa::generate("t").unwrap();
+        assert_ne!(ca_pin(&other.ca.cert_pem).unwrap(), pin);
+        assert!(ca_pin("not pem").is_err());
     }
 
     #[test]

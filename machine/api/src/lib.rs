@@ -337,6 +337,7 @@ pub fn redact(config: &mut Value) {
     };
     hide(config.pointer_mut("/cluster/token"));
     hide(config.pointer_mut("/machine/ca/key"));
+    hide(config.pointer_mut("/cluster/ca/key"));
     if let Some(Value::Object(registries)) = config.pointer_mut("/machine/registries/config") {
         for registry in registries.values_mut() {
             if let Some(Value::Object(auth)) = registry.get_mut("auth") {

@@ -452,6 +452,11 @@ pub struct Cluster {
     /// is, so that the token is never sent to an impostor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_pin: Option<String>,
+    /// The cluster CA (certificate and key), on control planes only: the first one signs with it
+    /// instead of making its own, so the pin in worker configs can be known beforehand
+    /// (`strakectl gen config` makes both).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<MachineCa>,
     #[serde(default = "default_pod_subnets")]
     pub pod_subnets: Vec<Parsed<IpNet>>,
     #[serde(default = "default_service_subnets")]

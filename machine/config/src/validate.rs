@@ -515,6 +515,16 @@ fn cluster(c: &mut Check, cl: &Cluster, role: Role) {
         ),
         None => {}
     }
+    if let Some(ca) = &cl.ca {
+        if role == Role::Worker {
+            c.err(
+                "cluster.ca",
+                "only control planes hold the cluster CA's key; a worker trusts the CA by cluster.caPin",
+            );
+        }
+        c.result("cluster.ca.crt", check_pem(&ca.crt, "CERTIFICATE"));
+        c.result("cluster.ca.key", check_pem(&ca.key, "PRIVATE KEY"));
+    }
     // Every subnet so far, pod then service, with its path: one overlap check covers both lists.
     let mut seen: Vec<(String, IpNet)> = Vec::new();
     for (field, list) in [
@@ -709,6 +719,22 @@ cluster:
             !errors[0].contains("not-a-token"),
             "the token leaked: {errors:?}"
         );
+    }
+
+    #[test]
+    fn the_cluster_ca_is_a_control_plane_secret() {
+        let ca = "  ca:\n    crt: \"-----BEGIN CERTIFICATE-----\\nAA==\\n-----END CERTIFICATE-----\\n\"\n    key: nope\n";
+        let yaml = format!("{}{ca}", controlplane(""));
+        assert_eq!(
+            messages(&yaml),
+            ["cluster.ca.key: is not PEM (expected `-----BEGIN PRIVATE KEY-----`)"]
+        );
+        let yaml = format!(
+            "{HEAD}machine:\n  role: worker\ncluster:\n  name: lab\n  endpoint: https://cp.lab:6443\n  \
+             caPin: sha256:{}\n  token: abcdef.0123456789abcdef\n{ca}",
+            "ab".repeat(32)
+        );
+        assert_eq!(paths(&yaml), ["cluster.ca", "cluster.ca.key"]);
     }
 
     #[test]
