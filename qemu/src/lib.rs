@@ -263,7 +263,9 @@ impl VmConfig {
             s("-name"),
             self.name.clone(),
             s("-machine"),
-            s("q35"),
+            // No HPET: under TCG its emulation costs host CPU all the time, and guests have
+            // hung right after switching to it; they use acpi_pm instead.
+            s("q35,hpet=off"),
             s("-accel"),
             s(accel),
             s("-cpu"),

@@ -525,6 +525,13 @@ fn installed(
             .any(|r| r["destination"] == "0.0.0.0/0" && r["gateway"] == "10.0.2.2")),
         "routes: {routes}"
     );
+    let sockets = strakectl_ok(&[&["netstat", "--listening"], &mtls[..]].concat())?;
+    ensure!(
+        sockets
+            .lines()
+            .any(|l| l.contains(":50000") && l.contains("LISTEN") && l.contains("/strake")),
+        "netstat: {sockets}"
+    );
     // A kubeconfig from the machine API alone (no bootstrap token), merged into an existing
     // file next to another cluster's entries.
     let merged = dir.join("merged.kubeconfig");

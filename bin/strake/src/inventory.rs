@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-use strake_machineapi::{AddressView, DiskView, PartitionView, RouteView};
+use strake_machineapi::{AddressView, DiskView, PartitionView, RouteView, SocketView};
 
 /// Every disk init would consider for STATE, with its partitions.
 pub fn disks(root: &Path) -> Vec<DiskView> {
@@ -104,6 +104,113 @@ pub fn routes_v6(text: &str) -> Vec<RouteView> {
         .collect()
 }
 
+/// A socket address in `/proc/net/{tcp,udp}[6]`'s hex: the address as native-endian 32-bit
+/// words, then the port big-endian.
+fn proc_socket(text: &str) -> Option<String> {
+    let (addr, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let word = |i: usize| -> Option<[u8; 4]> {
+        Some(
+            u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16)
+                .ok()?
+                .to_ne_bytes(),
+        )
+    };
+    match addr.len() {
+        8 => Some(format!("{}:{port}", Ipv4Addr::from(word(0)?))),
+        32 => {
+            let mut bytes = [0u8; 16];
+            for i in 0..4 {
+                bytes[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+            }
+            Some(format!("[{}]:{port}", Ipv6Addr::from(bytes)))
+        }
+        _ => None,
+    }
+}
+
+const TCP_STATES: [&str; 12] = [
+    "",
+    "ESTABLISHED",
+    "SYN_SENT",
+    "SYN_RECV",
+    "FIN_WAIT1",
+    "FIN_WAIT2",
+    "TIME_WAIT",
+    "CLOSE",
+    "CLOSE_WAIT",
+    "LAST_ACK",
+    "LISTEN",
+    "CLOSING",
+];
+
+/// The sockets in one `/proc/net/<protocol>` table, with the socket inode each belongs to.
+pub fn sockets(protocol: &str, text: &str) -> Vec<(u64, SocketView)> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let state = usize::from_str_radix(f.get(3)?, 16).ok()?;
+            let state = if protocol.starts_with("tcp") {
+                TCP_STATES
+                    .get(state)
+                    .copied()
+                    .unwrap_or("UNKNOWN")
+                    .to_owned()
+            } else if state == 7 {
+                // UDP has no connection states; 7 is an unconnected socket.
+                String::new()
+            } else {
+                "CONNECTED".to_owned()
+            };
+            Some((
+                f.get(9)?.parse().ok()?,
+                SocketView {
+                    protocol: protocol.to_owned(),
+                    local: proc_socket(f.get(1)?)?,
+                    remote: proc_socket(f.get(2)?)?,
+                    state,
+                    process: None,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Socket inode → `pid/name` of a process holding it, from `/proc/*/fd`.
+pub fn socket_owners(root: &Path) -> std::collections::HashMap<u64, String> {
+    let mut owners = std::collections::HashMap::new();
+    let proc = root.join("proc");
+    for entry in std::fs::read_dir(&proc).into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let name = std::fs::read_to_string(entry.path().join("comm"))
+            .map(|c| c.trim().to_owned())
+            .unwrap_or_default();
+        for fd in std::fs::read_dir(entry.path().join("fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            let target = target.to_string_lossy();
+            if let Some(inode) = target
+                .strip_prefix("socket:[")
+                .and_then(|t| t.strip_suffix(']'))
+                .and_then(|t| t.parse().ok())
+            {
+                owners
+                    .entry(inode)
+                    .or_insert_with(|| format!("{pid}/{name}"));
+            }
+        }
+    }
+    owners
+}
+
 /// The API server's URL on this node: its own address, port 6443.
 pub fn api_url(addresses: &[IpAddr]) -> String {
     match addresses.first() {
@@ -155,6 +262,43 @@ ff000000000000000000000000000000 08 00000000000000000000000000000000 00 00000000
         );
         assert_eq!(routes[1].destination, "::/0");
         assert_eq!(routes[1].gateway.as_deref(), Some("fe80::1"));
+    }
+
+    #[test]
+    fn sockets_are_read_from_proc_with_their_states() {
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 00000000:C350 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1234 1 0 100 0 0 10 0\n\
+   1: 0F02000A:C350 0202000A:D431 01 00000000:00000000 02:000A7C8F 00000000     0        0 1240 2 0 20 4 28 10 -1\n";
+        let s = sockets("tcp", tcp);
+        assert_eq!(s[0].0, 1234);
+        assert_eq!(
+            s[0].1,
+            SocketView {
+                protocol: "tcp".into(),
+                local: "0.0.0.0:50000".into(),
+                remote: "0.0.0.0:0".into(),
+                state: "LISTEN".into(),
+                process: None,
+            }
+        );
+        assert_eq!(
+            (
+                s[1].1.local.as_str(),
+                s[1].1.remote.as_str(),
+                s[1].1.state.as_str()
+            ),
+            ("10.0.2.15:50000", "10.0.2.2:54321", "ESTABLISHED")
+        );
+        let tcp6 = "  sl  local_address                         remote_address                        st\n\
+   0: 00000000000000000000000001000000:1A0B 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 99 1\n";
+        assert_eq!(sockets("tcp6", tcp6)[0].1.local, "[::1]:6667");
+        let udp = "  sl  local_address rem_address   st\n\
+  1: 00000000:0044 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 77 2\n";
+        let u = sockets("udp", udp);
+        assert_eq!(
+            (u[0].1.local.as_str(), u[0].1.state.as_str()),
+            ("0.0.0.0:68", "")
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use strake_init::machine::{self as init_machine, HandoffResult};
 use strake_init::mounts::host_path;
 use strake_machineapi::{
     AddressView, DiskView, FieldProblem, Host, HostError, KubeconfigView, Power, RouteView,
-    ServerMode,
+    ServerMode, SocketView,
 };
 use strake_machineconfig::MachineConfig;
 
@@ -524,6 +524,21 @@ impl Host for Node {
         let mut routes = crate::inventory::routes_v4(&v4);
         routes.extend(crate::inventory::routes_v6(&v6));
         Ok(routes)
+    }
+
+    fn netstat(&self) -> Result<Vec<SocketView>, HostError> {
+        let owners = crate::inventory::socket_owners(&self.root);
+        let mut out = Vec::new();
+        for protocol in ["tcp", "tcp6", "udp", "udp6"] {
+            let text = self
+                .read(&format!("/proc/net/{protocol}"))
+                .unwrap_or_default();
+            for (inode, mut socket) in crate::inventory::sockets(protocol, &text) {
+                socket.process = owners.get(&inode).cloned();
+                out.push(socket);
+            }
+        }
+        Ok(out)
     }
 
     fn kubeconfig(&self) -> Result<KubeconfigView, HostError> {

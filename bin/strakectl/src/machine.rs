@@ -380,6 +380,30 @@ pub fn routes(conn: &Conn, out: Output) -> anyhow::Result<()> {
     )
 }
 
+/// The nodes' sockets; `listening` keeps only listening TCP and unconnected UDP ones.
+pub fn netstat(conn: &Conn, out: Output, listening: bool) -> anyhow::Result<()> {
+    table(
+        conn,
+        out,
+        |rt, client| {
+            let mut list = rt.block_on(client.netstat())?;
+            list.retain(|s| !listening || s.state == "LISTEN" || s.state.is_empty());
+            Ok(list)
+        },
+        "PROTO  LOCAL                          REMOTE                         STATE        PROCESS",
+        |s| {
+            format!(
+                "{:<6} {:<30} {:<30} {:<12} {}",
+                s.protocol,
+                s.local,
+                s.remote,
+                if s.state.is_empty() { "-" } else { &s.state },
+                s.process.as_deref().unwrap_or("-")
+            )
+        },
+    )
+}
+
 /// Where `kubeconfig` writes without a path: $KUBECONFIG's first file, else ~/.kube/config.
 fn default_kubeconfig() -> anyhow::Result<PathBuf> {
     if let Some(first) = std::env::var_os("KUBECONFIG")

@@ -126,6 +126,16 @@ enum Cmd {
         #[command(flatten)]
         conn: machine::Conn,
     },
+    /// The nodes' TCP and UDP sockets, with the process holding each.
+    Netstat {
+        /// Only listening TCP sockets and unconnected UDP ones.
+        #[arg(long, short)]
+        listening: bool,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: machine::Output,
+        #[command(flatten)]
+        conn: machine::Conn,
+    },
     /// The nodes' routing tables.
     Routes {
         #[arg(long, short, value_enum, default_value_t)]
@@ -351,6 +361,11 @@ fn main() -> anyhow::Result<()> {
         } => health::health(&conn, server.as_deref(), wait_timeout, output),
         Cmd::Addresses { output, conn } => machine::addresses(&conn, output),
         Cmd::Routes { output, conn } => machine::routes(&conn, output),
+        Cmd::Netstat {
+            listening,
+            output,
+            conn,
+        } => machine::netstat(&conn, output, listening),
         Cmd::Kubeconfig {
             path,
             server,

@@ -17,7 +17,7 @@ use tokio_rustls::TlsConnector;
 use crate::secrets::fingerprint_der;
 use crate::{
     AddressView, ApplyMode, ApplyResult, ConfigView, DiskView, ErrorBody, KubeconfigView, LogLines,
-    Message, PORT, RouteView, ServiceView, VersionInfo,
+    Message, PORT, RouteView, ServiceView, SocketView, VersionInfo,
 };
 
 /// Percent-encodes a query value (service names are plain words; anything else is escaped).
@@ -223,6 +223,10 @@ impl Client {
 
     pub async fn routes(&self) -> Result<Vec<RouteView>, ClientError> {
         self.call("GET", "/v1/routes", Bytes::new()).await
+    }
+
+    pub async fn netstat(&self) -> Result<Vec<SocketView>, ClientError> {
+        self.call("GET", "/v1/netstat", Bytes::new()).await
     }
 
     /// Admin credentials for the cluster, from a control plane.

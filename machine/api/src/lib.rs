@@ -25,6 +25,7 @@
 //! | `/v1/disks`                 | GET    | reader    | [`DiskView`] of every disk; also in maintenance mode, to pick the install disk |
 //! | `/v1/addresses`             | GET    | reader    | [`AddressView`] of every interface address |
 //! | `/v1/routes`                | GET    | reader    | [`RouteView`] of the main routing table |
+//! | `/v1/netstat`               | GET    | reader    | [`SocketView`] of every TCP and UDP socket of the host's network |
 //! | `/v1/kubeconfig`            | GET    | admin     | [`KubeconfigView`]: admin credentials from the cluster CA (control planes only) |
 //!
 //! Every error is JSON [`ErrorBody`]: one message and, for a bad config, every problem with its
@@ -248,6 +249,21 @@ pub struct RouteView {
     pub gateway: Option<String>,
     pub interface: String,
     pub metric: u32,
+}
+
+/// A TCP or UDP socket of the host's network namespace (`strakectl netstat`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketView {
+    /// `tcp`, `tcp6`, `udp` or `udp6`.
+    pub protocol: String,
+    /// `10.0.2.15:50000`, `[::1]:6443`.
+    pub local: String,
+    pub remote: String,
+    /// TCP's state (`LISTEN`, `ESTABLISHED`...); empty for an unconnected UDP socket.
+    pub state: String,
+    /// `pid/name` of a process holding it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
 }
 
 /// Admin credentials for the cluster (`strakectl kubeconfig`), signed by the cluster CA.

@@ -23,7 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::{
     AddressView, ApplyMode, ApplyResult, ChangeView, ConfigView, DiskView, ErrorBody, FieldProblem,
     KubeconfigView, LogLines, MAX_BODY, MAX_UPGRADE, Message, Role, RouteView, ServiceView,
-    VersionInfo, line_component, line_time, redact,
+    SocketView, VersionInfo, line_component, line_time, redact,
 };
 
 /// Which API the node serves.
@@ -97,6 +97,8 @@ pub trait Host: Send + Sync + 'static {
     fn addresses(&self) -> Result<Vec<AddressView>, HostError>;
     /// The main routing table.
     fn routes(&self) -> Result<Vec<RouteView>, HostError>;
+    /// Every TCP and UDP socket of the host's network.
+    fn netstat(&self) -> Result<Vec<SocketView>, HostError>;
     /// Admin credentials from the cluster CA; an error on a node that holds none.
     fn kubeconfig(&self) -> Result<KubeconfigView, HostError>;
 }
@@ -234,6 +236,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/v1/disks", get(disks))
         .route("/v1/addresses", get(addresses))
         .route("/v1/routes", get(routes))
+        .route("/v1/netstat", get(netstat))
         .route("/v1/kubeconfig", get(kubeconfig))
         .fallback(not_found)
         .with_state(app)
@@ -767,6 +770,13 @@ async fn addresses(State(app): State<Arc<App>>, Extension(peer): Extension<Peer>
 
 async fn routes(State(app): State<Arc<App>>, Extension(peer): Extension<Peer>) -> Answer {
     read(&app, &peer, "routes", Role::Reader, FAILED, |h| h.routes()).await
+}
+
+async fn netstat(State(app): State<Arc<App>>, Extension(peer): Extension<Peer>) -> Answer {
+    read(&app, &peer, "netstat", Role::Reader, FAILED, |h| {
+        h.netstat()
+    })
+    .await
 }
 
 async fn kubeconfig(State(app): State<Arc<App>>, Extension(peer): Extension<Peer>) -> Answer {

@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use strake_machineapi::{
     AddressView, ApplyMode, Client, ClientError, DiskView, FieldProblem, Host, HostError,
-    KubeconfigView, Power, Role, RouteView, ServerMode, Trust, generate_ca, issue_client,
-    self_signed, serving_cert, tls_config,
+    KubeconfigView, Power, Role, RouteView, ServerMode, SocketView, Trust, generate_ca,
+    issue_client, self_signed, serving_cert, tls_config,
 };
 use strake_machineconfig::MachineConfig;
 
@@ -131,6 +131,15 @@ impl Host for Fake {
             gateway: Some("10.0.2.2".into()),
             interface: "eth0".into(),
             metric: 0,
+        }])
+    }
+    fn netstat(&self) -> Result<Vec<SocketView>, HostError> {
+        Ok(vec![SocketView {
+            protocol: "tcp".into(),
+            local: "0.0.0.0:50000".into(),
+            remote: "0.0.0.0:0".into(),
+            state: "LISTEN".into(),
+            process: Some("1/strake".into()),
         }])
     }
     fn kubeconfig(&self) -> Result<KubeconfigView, HostError> {
@@ -443,6 +452,7 @@ async fn configured_mode_checks_roles_and_applies_by_mode() {
         reader.routes().await.unwrap()[0].gateway.as_deref(),
         Some("10.0.2.2")
     );
+    assert_eq!(reader.netstat().await.unwrap()[0].state, "LISTEN");
     let (status, _) = api_error(operator.kubeconfig().await);
     assert_eq!(status, 403);
     let (status, body) = api_error(admin.kubeconfig().await);
