@@ -40,6 +40,12 @@ pub enum QemuError {
     Config(String),
 }
 
+/// What the kernel prints just before it runs init.
+const KERNEL_DONE: &str = "Freeing unused kernel image";
+/// How long a kernel that has started printing may stay silent before it counts as hung.
+pub const KERNEL_SILENCE: Duration = Duration::from_secs(30);
+const KERNEL_HUNG: &str = "the kernel to get past its start (it went silent)";
+
 /// CPU acceleration. KVM hangs guests on the machines this project is developed on, so TCG is
 /// the default; `STRAKE_QEMU_ACCEL=kvm` opts in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -241,9 +247,9 @@ impl VmConfig {
             let mut boot = bootindex
                 .map(|n| format!(",bootindex={n}"))
                 .unwrap_or_default();
-            if self.uefi.is_some() {
-                // OVMF drives virtio-net and PXE-boots by itself; the NIC's iPXE ROM would take
-                // over, and the kernels it starts from EFI hang at ExitBootServices.
+            if self.uefi.is_some() && bootindex.is_some() {
+                // A UEFI network boot is OVMF's own PXE: the NIC's iPXE ROM would take over, and
+                // the kernels it starts from EFI hang at ExitBootServices.
                 boot.push_str(",romfile=");
             }
             net_args.push(match mac {
@@ -263,9 +269,7 @@ impl VmConfig {
             s("-name"),
             self.name.clone(),
             s("-machine"),
-            // No HPET: under TCG its emulation costs host CPU all the time, and guests have
-            // hung right after switching to it; they use acpi_pm instead.
-            s("q35,hpet=off"),
+            s("q35"),
             s("-accel"),
             s(accel),
             s("-cpu"),
@@ -497,6 +501,57 @@ impl Vm {
             });
         }
         Ok(())
+    }
+
+    /// Starts the VM and waits (up to `timeout`) for its kernel to finish its own start and run
+    /// init. A guest whose console stops for [`KERNEL_SILENCE`] before that has hung: TCG hangs
+    /// guests there, rarely and at a different place each time. Such a guest is powered off and
+    /// started again once, saying so. Not for a boot that must not be repeated (a one-shot
+    /// trial slot): a second start would boot something else.
+    pub fn start_past_kernel(cfg: VmConfig, timeout: Duration) -> Result<Vm, QemuError> {
+        let mut vm = Vm::start(cfg.clone())?;
+        match vm.wait_past_kernel(timeout) {
+            Err(QemuError::Timeout { what, tail, .. }) if what == KERNEL_HUNG => {
+                eprintln!(
+                    "guest {} hung in the kernel's start (console silent for {KERNEL_SILENCE:?}); powering it off and starting it again once. Last lines:\n{tail}",
+                    cfg.name
+                );
+                vm.kill();
+                let mut again = Vm::start(cfg)?;
+                again.wait_past_kernel(timeout)?;
+                Ok(again)
+            }
+            other => other.map(|()| vm),
+        }
+    }
+
+    fn wait_past_kernel(&mut self, timeout: Duration) -> Result<(), QemuError> {
+        let deadline = Instant::now() + timeout;
+        let (mut seen, mut since) = (0, Instant::now());
+        loop {
+            let text = self.console();
+            if text.contains(KERNEL_DONE) {
+                return Ok(());
+            }
+            self.check_alive()?;
+            if text.len() != seen {
+                (seen, since) = (text.len(), Instant::now());
+            }
+            // Firmware may be silent for a while; a kernel that printed and then stopped is not.
+            let in_kernel = text.contains("Linux version");
+            if in_kernel && since.elapsed() > KERNEL_SILENCE || Instant::now() > deadline {
+                return Err(QemuError::Timeout {
+                    what: if in_kernel && since.elapsed() > KERNEL_SILENCE {
+                        KERNEL_HUNG.into()
+                    } else {
+                        format!("{KERNEL_DONE:?} on the console")
+                    },
+                    waited: timeout,
+                    tail: tail(&self.cfg.serial_log(), 20),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// Waits until the console shows `needle`; returns the console text.
@@ -758,6 +813,19 @@ mod tests {
             a.contains("-netdev user,id=net0,tftp=/b/image,bootfile=strake.efi -device virtio-net-pci,netdev=net0,bootindex=1"),
             "{a}"
         );
+        // Under UEFI the boot is OVMF's own PXE: no iPXE ROM on that NIC, and only on it.
+        c.uefi = Some(Uefi {
+            code: "/fw/code.fd".into(),
+            vars: "/s/vars.fd".into(),
+        });
+        assert!(
+            c.args()
+                .unwrap()
+                .join(" ")
+                .contains("netdev=net0,bootindex=1,romfile=")
+        );
+        c.nics = vec![Nic::user(Vec::new())];
+        assert!(!c.args().unwrap().join(" ").contains("romfile"));
         c.nics = vec![Nic::User {
             forwards: Vec::new(),
             netboot: Some(NetBoot {

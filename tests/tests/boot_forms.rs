@@ -30,6 +30,9 @@ use strake_machineapi::{ApplyMode, Client, Trust};
 use strake_pki::BootstrapToken;
 use strake_qemu::{Accel, NetBoot, Nic, PortForward, Uefi, Vm, VmConfig};
 
+/// How long a boot may take to get through firmware and the kernel's own start.
+const BOOT: Duration = Duration::from_secs(120);
+
 #[test]
 fn every_boot_form_boots() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -57,13 +60,16 @@ fn every_boot_form_boots() -> anyhow::Result<()> {
     );
     // The ISO by BIOS: live into maintenance mode.
     let machine_port = strake_qemu::free_port();
-    let mut vm = Vm::start(fw_vm(
-        "e2e-iso-bios",
-        None,
-        Nic::user(forwards(machine_port, None)),
-        vec![iso.clone()],
-        dir.path(),
-    ))?;
+    let mut vm = Vm::start_past_kernel(
+        fw_vm(
+            "e2e-iso-bios",
+            None,
+            Nic::user(forwards(machine_port, None)),
+            vec![iso.clone()],
+            dir.path(),
+        ),
+        BOOT,
+    )?;
     let result = to_maintenance(&rt, &mut vm, machine_port).map(|took| {
         println!(
             "ISO by BIOS: maintenance mode's API up {:.1}s after QEMU start",
@@ -90,7 +96,8 @@ fn every_boot_form_boots() -> anyhow::Result<()> {
         } else {
             None
         };
-        let mut vm = Vm::start(fw_vm(name, firmware, nic, Vec::new(), dir.path()))?;
+        let mut vm =
+            Vm::start_past_kernel(fw_vm(name, firmware, nic, Vec::new(), dir.path()), BOOT)?;
         let result = to_maintenance(&rt, &mut vm, machine_port).map(|took| {
             println!(
                 "PXE by {} ({bootfile}): maintenance mode's API up {:.1}s after QEMU start",
@@ -115,7 +122,7 @@ fn every_boot_form_boots() -> anyhow::Result<()> {
         vec![blank.clone(), iso.clone()],
         dir.path(),
     );
-    let mut vm = Vm::start(installing.clone())?;
+    let mut vm = Vm::start_past_kernel(installing.clone(), BOOT)?;
     let result = to_maintenance(&rt, &mut vm, machine_port).map(|took| {
         println!(
             "ISO by UEFI: maintenance mode's API up {:.1}s after QEMU start",
@@ -137,7 +144,7 @@ fn every_boot_form_boots() -> anyhow::Result<()> {
     drop(vm);
     let mut booted = installing.clone();
     booted.name = "e2e-iso-installed".into();
-    let mut vm = Vm::start(booted)?;
+    let mut vm = Vm::start_past_kernel(booted, BOOT)?;
     let result = (|| -> anyhow::Result<()> {
         let kubeconfig = dir.path().join("installed.kubeconfig");
         let (_, api_ready) = bootstrap_admin(
@@ -210,7 +217,7 @@ fn every_boot_form_boots() -> anyhow::Result<()> {
         state_dir: dir.path().to_path_buf(),
     };
 
-    let mut vm = Vm::start(cfg.clone())?;
+    let mut vm = Vm::start_past_kernel(cfg.clone(), BOOT)?;
     let result = to_maintenance(&rt, &mut vm, machine_port).and_then(|took| {
         ensure!(
             vm.console().contains("STATE is /dev/vda2"),
@@ -255,7 +262,7 @@ fn every_boot_form_boots() -> anyhow::Result<()> {
 
     let mut again = cfg.clone();
     again.name = "e2e-qcow2-configured".into();
-    let mut vm = Vm::start(again)?;
+    let mut vm = Vm::start_past_kernel(again, BOOT)?;
     let kubeconfig = dir.path().join("kubeconfig");
     let result = (|| -> anyhow::Result<()> {
         let (_, api_ready) = bootstrap_admin(
@@ -363,7 +370,7 @@ fn every_boot_form_boots() -> anyhow::Result<()> {
         );
         let mut back = cfg.clone();
         back.name = "e2e-qcow2-rollback".into();
-        vm = Vm::start(back)?;
+        vm = Vm::start_past_kernel(back, BOOT)?;
         let v = poll("the node back on slot b", Duration::from_secs(240), || {
             rt.block_on(admin.version()).ok()
         })?;
@@ -456,7 +463,6 @@ fn to_maintenance(
     vm: &mut Vm,
     machine_port: u16,
 ) -> anyhow::Result<Duration> {
-    let started = Instant::now();
     let console =
         vm.wait_for_console("certificate fingerprint sha256:", Duration::from_secs(120))?;
     let fingerprint = fingerprint_on(&console).context("no fingerprint on the console")?;
@@ -470,5 +476,5 @@ fn to_maintenance(
         rt.block_on(client.version()).ok()
     })?;
     ensure!(version.maintenance, "not in maintenance mode: {version:?}");
-    Ok(started.elapsed())
+    Ok(vm.uptime())
 }
