@@ -300,6 +300,12 @@ fn load_modules(ctx: &mut BootCtx) -> Result<(), BootError> {
 }
 
 /// Loads `names` and their dependencies; problems are warnings (a missing module is not fatal).
+/// Loads what mounting `fs` needs (there is no modprobe to load it on demand).
+fn load_fs_modules(ctx: &mut BootCtx, fs: crate::cfgdrive::Fs) {
+    let names: Vec<String> = fs.modules().iter().map(|m| (*m).to_owned()).collect();
+    load_named(ctx, &names);
+}
+
 fn load_named(ctx: &mut BootCtx, names: &[String]) {
     let release = ctx.seams.modules.kernel_release();
     let index = match ModuleIndex::read(&ctx.root, &release) {
@@ -409,12 +415,7 @@ fn mount_state(ctx: &mut BootCtx) -> Result<(), BootError> {
     // Booted live from the ISO with a disk to install: the disk gets the ISO's ESP too.
     let medium = wanted.as_ref().and_then(|_| crate::media::find(&ctx.root));
     if let Some(name) = &medium {
-        let modules: Vec<String> = crate::cfgdrive::Fs::Iso9660
-            .modules()
-            .iter()
-            .map(|m| (*m).to_owned())
-            .collect();
-        load_named(ctx, &modules);
+        load_fs_modules(ctx, crate::cfgdrive::Fs::Iso9660);
         if !mounts::is_uefi(&ctx.root) {
             tracing::warn!(target: "strake_init::state", "booted from /dev/{name} by BIOS: a disk installed from it boots by UEFI only");
         }
@@ -455,12 +456,7 @@ fn mount_esp(ctx: &mut BootCtx) -> Result<(), BootError> {
     let Some(esp) = esp else {
         return Ok(());
     };
-    let modules: Vec<String> = crate::cfgdrive::Fs::Vfat
-        .modules()
-        .iter()
-        .map(|m| (*m).to_owned())
-        .collect();
-    load_named(ctx, &modules);
+    load_fs_modules(ctx, crate::cfgdrive::Fs::Vfat);
     let target = crate::slots::ESP_MOUNT;
     if let Err(e) = std::fs::create_dir_all(host_path(&ctx.root, target)) {
         tracing::warn!(target: "strake_init::state", "creating {target}: {e}");
@@ -595,8 +591,7 @@ fn machine_config(ctx: &mut BootCtx) -> Result<(), BootError> {
         None => match crate::cfgdrive::find(&ctx.root) {
             Some((name, fs)) => {
                 tracing::info!(target: "strake_init::machine", "config drive /dev/{name} ({})", fs.fstype());
-                let modules: Vec<String> = fs.modules().iter().map(|m| (*m).to_owned()).collect();
-                load_named(ctx, &modules);
+                load_fs_modules(ctx, fs);
                 let text = crate::cfgdrive::read(&ctx.root, ctx.seams.mounter.as_mut(), &name, fs);
                 Some((text, Source::ConfigDrive))
             }

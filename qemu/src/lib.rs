@@ -34,6 +34,10 @@ pub enum QemuError {
         waited: Duration,
         tail: String,
     },
+    #[error(
+        "the guest's kernel went silent for {silent:?} before running init; last console lines:\n{tail}"
+    )]
+    KernelHung { silent: Duration, tail: String },
     #[error("QMP: {0}")]
     Qmp(String),
     #[error("invalid VM configuration: {0}")]
@@ -44,7 +48,6 @@ pub enum QemuError {
 const KERNEL_DONE: &str = "Freeing unused kernel image";
 /// How long a kernel that has started printing may stay silent before it counts as hung.
 pub const KERNEL_SILENCE: Duration = Duration::from_secs(30);
-const KERNEL_HUNG: &str = "the kernel to get past its start (it went silent)";
 
 /// CPU acceleration. KVM hangs guests on the machines this project is developed on, so TCG is
 /// the default; `STRAKE_QEMU_ACCEL=kvm` opts in.
@@ -511,7 +514,7 @@ impl Vm {
     pub fn start_past_kernel(cfg: VmConfig, timeout: Duration) -> Result<Vm, QemuError> {
         let mut vm = Vm::start(cfg.clone())?;
         match vm.wait_past_kernel(timeout) {
-            Err(QemuError::Timeout { what, tail, .. }) if what == KERNEL_HUNG => {
+            Err(QemuError::KernelHung { tail, .. }) => {
                 eprintln!(
                     "guest {} hung in the kernel's start (console silent for {KERNEL_SILENCE:?}); powering it off and starting it again once. Last lines:\n{tail}",
                     cfg.name
@@ -538,14 +541,15 @@ impl Vm {
                 (seen, since) = (text.len(), Instant::now());
             }
             // Firmware may be silent for a while; a kernel that printed and then stopped is not.
-            let in_kernel = text.contains("Linux version");
-            if in_kernel && since.elapsed() > KERNEL_SILENCE || Instant::now() > deadline {
+            if text.contains("Linux version") && since.elapsed() > KERNEL_SILENCE {
+                return Err(QemuError::KernelHung {
+                    silent: KERNEL_SILENCE,
+                    tail: tail(&self.cfg.serial_log(), 20),
+                });
+            }
+            if Instant::now() > deadline {
                 return Err(QemuError::Timeout {
-                    what: if in_kernel && since.elapsed() > KERNEL_SILENCE {
-                        KERNEL_HUNG.into()
-                    } else {
-                        format!("{KERNEL_DONE:?} on the console")
-                    },
+                    what: format!("{KERNEL_DONE:?} on the console"),
                     waited: timeout,
                     tail: tail(&self.cfg.serial_log(), 20),
                 });

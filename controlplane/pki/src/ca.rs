@@ -88,43 +88,41 @@ impl ClusterCa {
     /// Loads the CA from `dir`; `None` when `dir` holds neither file (a node that is not a
     /// control plane).
     pub fn load(dir: &Path) -> Result<Option<Self>, PkiError> {
-        if !dir.join(CA_CERT).exists() && !dir.join(CA_KEY).exists() {
-            return Ok(None);
-        }
-        // Both exist now, or one is missing: load_or_generate never generates here.
-        Self::load_or_generate(dir, "unused").map(Some)
-    }
-
-    /// Loads the CA from `dir`, or generates and persists one if `dir` holds none.
-    /// A directory holding only one of the two files is an error, never silently replaced.
-    pub fn load_or_generate(dir: &Path, cluster_name: &str) -> Result<Self, PkiError> {
         let cert_path = dir.join(CA_CERT);
         let key_path = dir.join(CA_KEY);
         match (cert_path.exists(), key_path.exists()) {
+            (false, false) => Ok(None),
             (true, true) => {
-                let cert_pem = read(&cert_path)?;
-                let key_pem = read(&key_path)?;
                 let ca = Self {
-                    ca: CertifiedKey { cert_pem, key_pem },
+                    ca: CertifiedKey {
+                        cert_pem: read(&cert_path)?,
+                        key_pem: read(&key_path)?,
+                    },
                 };
                 ca.issuer()?; // validate now, not at first use
-                Ok(ca)
-            }
-            (false, false) => {
-                let ca = Self::generate(cluster_name)?;
-                fs::create_dir_all(dir).map_err(|source| PkiError::Io {
-                    path: dir.into(),
-                    source,
-                })?;
-                write_private(&key_path, &ca.ca.key_pem)?;
-                write_private(&cert_path, &ca.ca.cert_pem)?;
-                Ok(ca)
+                Ok(Some(ca))
             }
             _ => Err(PkiError::Parse {
                 what: "cluster CA directory",
                 reason: format!("{} holds only one of {CA_CERT} and {CA_KEY}", dir.display()),
             }),
         }
+    }
+
+    /// Loads the CA from `dir`, or generates and persists one if `dir` holds none.
+    /// A directory holding only one of the two files is an error, never silently replaced.
+    pub fn load_or_generate(dir: &Path, cluster_name: &str) -> Result<Self, PkiError> {
+        if let Some(ca) = Self::load(dir)? {
+            return Ok(ca);
+        }
+        let ca = Self::generate(cluster_name)?;
+        fs::create_dir_all(dir).map_err(|source| PkiError::Io {
+            path: dir.into(),
+            source,
+        })?;
+        write_private(&dir.join(CA_KEY), &ca.ca.key_pem)?;
+        write_private(&dir.join(CA_CERT), &ca.ca.cert_pem)?;
+        Ok(ca)
     }
 
     pub(crate) fn issuer(&self) -> Result<Issuer<'static, KeyPair>, PkiError> {
