@@ -24,6 +24,7 @@ use crate::raft_types::{Command, CommandResponse, NodeId, TypeConfig};
 use crate::read_index::ReadIndex;
 use crate::state_machine::Shared;
 use crate::store::write_error;
+use crate::transport::client::Contacts;
 use crate::types::{Txn, TxnResponse};
 
 /// How long a follower waits for the leader to answer a forwarded request.
@@ -45,9 +46,21 @@ pub(crate) enum Forwarded {
 /// A membership change (see [`crate::Store::add_learner`] and the rest).
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum MemberChange {
-    AddLearner { id: NodeId, addr: String },
-    Promote { id: NodeId },
-    Remove { id: NodeId },
+    AddLearner {
+        id: NodeId,
+        addr: String,
+    },
+    Promote {
+        id: NodeId,
+    },
+    Remove {
+        id: NodeId,
+    },
+    /// Add as a learner, wait for it to catch up, promote: one change as far as others see.
+    Join {
+        id: NodeId,
+        addr: String,
+    },
 }
 
 /// The leader's answer.
@@ -173,6 +186,10 @@ pub(crate) struct Local {
     pub(crate) reads: Arc<ReadIndex>,
     /// Transactions waiting to share a raft entry.
     pub(crate) writes: Arc<Proposer>,
+    /// When each peer last answered this node.
+    pub(crate) contacts: Contacts,
+    /// Held through each membership change, so at most one is in flight.
+    pub(crate) changing: tokio::sync::Mutex<()>,
 }
 
 impl Local {

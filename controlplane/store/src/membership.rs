@@ -75,28 +75,87 @@ impl Store {
     }
 
     /// Makes learner `id` a voter (a joint-consensus membership change). Promoting a voter
-    /// does nothing; promoting a node that is not a learner is refused.
+    /// does nothing; promoting a node that is not a learner, or one that would leave fewer
+    /// reachable voters than a quorum, is refused.
     pub async fn promote(&self, id: NodeId) -> Result<(), StoreError> {
         self.change_members(MemberChange::Promote { id }, FORWARD_TIMEOUT)
             .await
     }
 
+    /// Adds node `id` at `addr` as a learner, waits for it to catch up and promotes it to
+    /// voter, holding off every other membership change meanwhile: how a control plane
+    /// joins. A voter joining again at the same address changes nothing.
+    pub async fn join_member(&self, id: NodeId, addr: String) -> Result<(), StoreError> {
+        if self.members().voters.get(&id) == Some(&addr) {
+            return Ok(());
+        }
+        let change = MemberChange::Join { id, addr };
+        self.change_members(change, CATCH_UP_TIMEOUT + FORWARD_TIMEOUT)
+            .await
+    }
+
     /// Removes node `id` from the cluster, voter or learner; removing an unknown node does
-    /// nothing. The removed node stops receiving replication; shut it down afterwards.
+    /// nothing. The removed node stops receiving replication; shut it down afterwards. A
+    /// removal that would leave no voter, or fewer reachable voters than a quorum of those
+    /// left, is refused with [`StoreError::Membership`] naming them.
     pub async fn remove(&self, id: NodeId) -> Result<(), StoreError> {
         self.change_members(MemberChange::Remove { id }, FORWARD_TIMEOUT)
             .await
     }
 }
 
+/// A voter that answered the leader within this long counts as reachable when a change is
+/// checked for quorum (a few heartbeats and an election timeout).
+const REACHABLE_WITHIN: Duration = Duration::from_secs(5);
+
+/// Why a change to `after` would leave the cluster without a reachable quorum, if it would.
+/// `reachable` says which of them answer now; the leader counts itself.
+fn quorum_problem(
+    after: &BTreeSet<NodeId>,
+    reachable: impl Fn(NodeId) -> bool,
+    what: &str,
+) -> Option<String> {
+    if after.is_empty() {
+        return Some(format!(
+            "{what} would leave no voter; a cluster keeps at least one (replace it, or reset the store from a backup)"
+        ));
+    }
+    let up: Vec<NodeId> = after.iter().copied().filter(|id| reachable(*id)).collect();
+    let quorum = after.len() / 2 + 1;
+    (up.len() < quorum).then(|| {
+        let down: Vec<NodeId> = after.iter().copied().filter(|id| !reachable(*id)).collect();
+        format!(
+            "{what} would leave voters {after:?} of which only {up:?} answer ({down:?} do not): a quorum of them needs {quorum}; bring the others back or remove the unreachable ones first"
+        )
+    })
+}
+
 /// Membership changes as the leader makes them (for itself or for a follower that forwarded
-/// them).
+/// them), one at a time.
 impl Local {
     pub(crate) async fn change_members(&self, change: MemberChange) -> Result<(), StoreError> {
+        let _one_at_a_time = self.changing.lock().await;
         match change {
             MemberChange::AddLearner { id, addr } => self.add_learner(id, addr).await,
             MemberChange::Promote { id } => self.promote(id).await,
             MemberChange::Remove { id } => self.remove(id).await,
+            MemberChange::Join { id, addr } => {
+                self.add_learner(id, addr).await?;
+                self.promote(id).await
+            }
+        }
+    }
+
+    /// Whether `id` answered this node lately (this node always does).
+    fn reachable(&self, id: NodeId) -> bool {
+        id == self.raft.metrics().borrow().id || self.contacts.recent(id, REACHABLE_WITHIN)
+    }
+
+    /// Refuses a change of the voters to `after` that would lose a reachable quorum.
+    fn check_quorum(&self, after: &BTreeSet<NodeId>, what: &str) -> Result<(), StoreError> {
+        match quorum_problem(after, |id| self.reachable(id), what) {
+            Some(problem) => Err(StoreError::Membership { problem }),
+            None => Ok(()),
         }
     }
 
@@ -111,14 +170,38 @@ impl Local {
                 problem: format!("node {id} is already a voter"),
             });
         }
-        let adding = self.raft.add_learner(id, BasicNode { addr }, true);
-        match tokio::time::timeout(CATCH_UP_TIMEOUT, adding).await {
-            Ok(result) => result.map(|_| ()).map_err(write_error),
-            Err(_) => Err(StoreError::LearnerLagging {
-                node_id: id,
-                waited: CATCH_UP_TIMEOUT,
-            }),
-        }
+        let lagging = StoreError::LearnerLagging {
+            node_id: id,
+            waited: CATCH_UP_TIMEOUT,
+        };
+        let caught_up = async {
+            self.raft
+                .add_learner(id, BasicNode { addr }, true)
+                .await
+                .map_err(write_error)?;
+            // openraft counts a learner within its lag threshold (thousands of entries) as
+            // caught up, without waiting to hear from it: wait until it holds everything the
+            // log held when it was added, as it answered itself.
+            let target = self.raft.metrics().borrow().last_log_index;
+            let mut metrics = self.raft.metrics();
+            loop {
+                let matched = metrics
+                    .borrow()
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id).cloned().flatten())
+                    .map(|log_id| log_id.index);
+                if matched >= target && self.contacts.recent(id, REACHABLE_WITHIN) {
+                    return Ok(());
+                }
+                if metrics.changed().await.is_err() {
+                    return Err(StoreError::Stopped);
+                }
+            }
+        };
+        tokio::time::timeout(CATCH_UP_TIMEOUT, caught_up)
+            .await
+            .unwrap_or(Err(lagging))
     }
 
     /// See [`Store::promote`].
@@ -132,6 +215,9 @@ impl Local {
                 problem: format!("node {id} is not a learner; add it with add_learner first"),
             });
         }
+        let mut after: BTreeSet<NodeId> = members.voters.keys().copied().collect();
+        after.insert(id);
+        self.check_quorum(&after, &format!("promoting node {id}"))?;
         self.raft
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
             .await
@@ -143,6 +229,9 @@ impl Local {
     async fn remove(&self, id: NodeId) -> Result<(), StoreError> {
         let members = members_of(&self.raft);
         let change = if members.voters.contains_key(&id) {
+            let mut after: BTreeSet<NodeId> = members.voters.keys().copied().collect();
+            after.remove(&id);
+            self.check_quorum(&after, &format!("removing voter {id}"))?;
             ChangeMembers::RemoveVoters(BTreeSet::from([id]))
         } else if members.learners.contains_key(&id) {
             ChangeMembers::RemoveNodes(BTreeSet::from([id]))
@@ -154,5 +243,40 @@ impl Local {
             .await
             .map(|_| ())
             .map_err(write_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(ids: &[NodeId]) -> BTreeSet<NodeId> {
+        ids.iter().copied().collect()
+    }
+
+    #[test]
+    fn changes_that_lose_a_reachable_quorum_are_refused_with_the_reason() {
+        let all = |_| true;
+        // Shrinking is allowed while the rest answer: 2 -> 1, 4 -> 3, 3 -> 2.
+        assert_eq!(quorum_problem(&set(&[1]), all, "x"), None);
+        assert_eq!(quorum_problem(&set(&[1, 2, 3]), all, "x"), None);
+        assert_eq!(quorum_problem(&set(&[1, 2]), all, "x"), None);
+        // The last voter never goes.
+        let none = quorum_problem(&set(&[]), all, "removing voter 1").unwrap();
+        assert!(none.contains("would leave no voter"), "{none}");
+        // Three voters, one dead: removing a live one leaves {1, 3} with only 1 answering.
+        let dead3 = |id| id != 3;
+        let lost = quorum_problem(&set(&[1, 3]), dead3, "removing voter 2").unwrap();
+        assert!(
+            lost.contains("only [1] answer ([3] do not)") && lost.contains("needs 2"),
+            "{lost}"
+        );
+        // ...while removing the dead one is fine.
+        assert_eq!(quorum_problem(&set(&[1, 2]), dead3, "x"), None);
+        // Growing 3 -> 4 with one dead still has 3 of 4 answering.
+        assert_eq!(quorum_problem(&set(&[1, 2, 3, 4]), dead3, "x"), None);
+        // Growing 2 -> 3 with one dead and a silent learner does not.
+        let two_up = |id| id == 1 || id == 2;
+        assert!(quorum_problem(&set(&[1, 3, 4]), two_up, "x").is_some());
     }
 }

@@ -222,6 +222,8 @@ impl Store {
             log: log.clone(),
             reads: Arc::new(ReadIndex::new(opened_with)),
             writes: Arc::new(Proposer::new(node_id)),
+            contacts: network.contacts(),
+            changing: tokio::sync::Mutex::new(()),
         });
         let server = listener.map(|l| l.serve(raft.clone(), local.clone()));
         let store = Store {

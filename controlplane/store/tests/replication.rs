@@ -340,3 +340,66 @@ async fn five_voters_survive_losing_two() {
     }
     cluster.stop_all().await;
 }
+
+/// How a control plane joins: a lone voter that listens grows to three voters by
+/// `join_member` (asked of the leader, then of a follower that forwards it), refuses a removal
+/// that would leave fewer answering voters than a quorum, and shrinks 3 -> 2 -> 1 safely.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_voter_grows_by_joins_and_shrinks_only_while_quorum_answers() {
+    let mut cluster = Cluster::new(&[1], NO_SNAPSHOTS);
+    cluster.start(&[1]).await;
+    cluster.put("before-joins", "1").await;
+    for (id, ask) in [(2, 1), (3, 2)] {
+        cluster.define(id);
+        cluster.start_joining(id).await;
+        let addr = cluster.members[&id].addr.clone();
+        cluster
+            .store(ask)
+            .join_member(id, addr.clone())
+            .await
+            .unwrap_or_else(|e| panic!("node {id} joining through node {ask}: {e}"));
+        // A retried join (the joiner restarted before it heard the answer) changes nothing.
+        cluster.store(ask).join_member(id, addr).await.unwrap();
+    }
+    let members = cluster.store(3).members();
+    assert_eq!(
+        members.voters.keys().copied().collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert!(members.learners.is_empty());
+    let revision = cluster.put("after-joins", "1").await;
+    cluster.caught_up(3, revision).await;
+    cluster.assert_holds(3, "before-joins", "1");
+
+    // Stop a follower and wait until the leader has not heard from it for a while.
+    let leader = cluster.leader().await;
+    let (dead, live) = match leader {
+        1 => (2, 3),
+        2 => (3, 1),
+        _ => (1, 2),
+    };
+    cluster.stop(dead).await;
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    match cluster.store(live).remove(live).await {
+        Err(StoreError::Membership { problem }) => assert!(
+            problem.contains("do not") && problem.contains("quorum"),
+            "{problem}"
+        ),
+        other => panic!("removing a live voter with another one down: {other:?}"),
+    }
+    assert_eq!(cluster.store(leader).members().voters.len(), 3);
+    // Removing the dead one is safe (3 -> 2), and then one more (2 -> 1).
+    cluster.store(live).remove(dead).await.unwrap();
+    cluster.store(leader).remove(live).await.unwrap();
+    let members = cluster.store(leader).members();
+    assert_eq!(members.voters.keys().copied().collect::<Vec<_>>(), [leader]);
+    match cluster.store(leader).remove(leader).await {
+        Err(StoreError::Membership { problem }) => {
+            assert!(problem.contains("no voter"), "{problem}")
+        }
+        other => panic!("removing the last voter: {other:?}"),
+    }
+    cluster.stop(live).await;
+    cluster.put("alone", "1").await;
+    cluster.stop_all().await;
+}

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -41,6 +41,24 @@ use crate::raft_types::{NodeId, TypeConfig};
 /// connection per peer instead of each paying for a TCP and TLS handshake.
 type Pool = Arc<Mutex<HashMap<NodeId, (String, SendRequest<Full<Bytes>>)>>>;
 
+/// When each peer last answered an RPC of this node: how a leader tells which voters it can
+/// reach (openraft 0.9 keeps no per-peer liveness), for quorum-safe membership changes.
+#[derive(Clone, Default, Debug)]
+pub(crate) struct Contacts(Arc<Mutex<HashMap<NodeId, Instant>>>);
+
+impl Contacts {
+    fn heard(&self, peer: NodeId) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(peer, Instant::now());
+    }
+
+    /// Whether `peer` answered within `within`.
+    pub(crate) fn recent(&self, peer: NodeId, within: Duration) -> bool {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&peer).is_some_and(|t| t.elapsed() <= within)
+    }
+}
+
 /// Creates connections to raft peers. Without peer TLS (a single voter that does not listen),
 /// every peer is unreachable.
 #[derive(Clone)]
@@ -50,6 +68,7 @@ pub struct NetworkFactory {
     pool: Pool,
     /// This node's raft log, if RPCs wait for it to be on disk (see [`crate::log_store`]).
     log: Option<Durable>,
+    contacts: Contacts,
 }
 
 impl std::fmt::Debug for NetworkFactory {
@@ -69,6 +88,7 @@ impl NetworkFactory {
             tls: Some(TlsConnector::from(tls.client_config()?)),
             pool: Pool::default(),
             log: None,
+            contacts: Contacts::default(),
         })
     }
 
@@ -97,6 +117,7 @@ impl NetworkFactory {
             tls: self.tls.clone(),
             pool: self.pool.clone(),
             log: None,
+            contacts: self.contacts.clone(),
         };
         let answer = match tokio::time::timeout(timeout, peer.send(PATH_FORWARD, body)).await {
             Ok(answer) => answer,
@@ -115,7 +136,13 @@ impl NetworkFactory {
             tls: None,
             pool: Pool::default(),
             log: None,
+            contacts: Contacts::default(),
         }
+    }
+
+    /// When each peer last answered.
+    pub(crate) fn contacts(&self) -> Contacts {
+        self.contacts.clone()
     }
 }
 
@@ -138,6 +165,7 @@ pub struct PeerConnection {
     tls: Option<TlsConnector>,
     pool: Pool,
     log: Option<Durable>,
+    contacts: Contacts,
 }
 
 impl std::fmt::Debug for PeerConnection {
@@ -161,6 +189,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             tls: self.tls.clone(),
             pool: self.pool.clone(),
             log: self.log.clone(),
+            contacts: self.contacts.clone(),
         }
     }
 }
@@ -365,6 +394,7 @@ impl PeerConnection {
                 message: String::from_utf8_lossy(&bytes).into_owned(),
             });
         }
+        self.contacts.heard(self.target);
         postcard::from_bytes(&bytes).map_err(|source| TransportError::Codec {
             what: "a raft answer",
             source,
