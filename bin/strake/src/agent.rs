@@ -119,10 +119,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .transpose()
         .context("bootstrap token")?;
     let node_ip = args.node_ip.unwrap_or_else(primary_ip);
+    // A control plane's agent talks to its own API server (its `cluster.endpoint` is where
+    // it joined the cluster, which may go away).
+    let controlplane = boot
+        .as_ref()
+        .is_some_and(|b| b.role == strake_init::Role::Controlplane);
     let api = args
         .api
         .clone()
-        .or_else(|| boot.as_ref().and_then(|b| b.api_endpoint.clone()))
+        .or_else(|| {
+            boot.as_ref()
+                .filter(|_| !controlplane)
+                .and_then(|b| b.api_endpoint.clone())
+        })
         .unwrap_or_else(|| format!("{node_ip}:6443"));
     if let Some(count) = args.simulate {
         return simulate(&args, &api, token, count).await;

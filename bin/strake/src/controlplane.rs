@@ -21,6 +21,13 @@ pub struct Args {
     /// Bootstrap token (default: from the boot configuration).
     #[arg(long, env = "STRAKE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// The port the store listens on for its peers (on this node's address).
+    #[arg(long, default_value_t = 2380)]
+    store_port: u16,
+    /// Join the cluster whose API is at this `host:port` (default: the boot configuration's
+    /// `cluster.endpoint`); without it a fresh control plane starts a new cluster.
+    #[arg(long)]
+    join: Option<String>,
     /// Extra subject alternative names for the serving certificate.
     #[arg(long = "san")]
     sans: Vec<String>,
@@ -137,16 +144,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         sans.push(h.to_string_lossy().into_owned());
     }
     let store_dir = args.data_dir.join("store");
+    let pki_dir = args.data_dir.join("pki");
+    let join = args
+        .join
+        .clone()
+        .or_else(|| boot.as_ref().and_then(|b| b.api_endpoint.clone()));
     let t0 = std::time::Instant::now();
-    let store = strake_store::Store::open(strake_store::StoreConfig::single(1, &store_dir))
-        .await
-        .with_context(|| format!("opening the store in {}", store_dir.display()))?;
-    tracing::info!(elapsed_ms = t0.elapsed().as_millis() as u64, "store ready");
+    let store = open_store(&args, &store_dir, &pki_dir, node_ip, join.as_deref()).await?;
+    tracing::info!(
+        elapsed_ms = t0.elapsed().as_millis() as u64,
+        id = store.node_id(),
+        "store ready"
+    );
     let server = strake_apiserver::ApiServer::new(
         strake_apiserver::Config {
             listen: args.listen,
             advertise,
-            pki_dir: args.data_dir.join("pki"),
+            pki_dir: pki_dir.clone(),
             cluster_name: args.cluster_name.clone(),
             token,
             sans,
@@ -215,4 +229,48 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     server.serve().await.context("API server")?;
     Ok(())
+}
+
+/// Opens this control plane's store node: a listening lone voter that others join, or, with
+/// `join` and no store yet (or without the cluster's shared keys), a node that joins the
+/// cluster at `join` and returns once it is a voter.
+async fn open_store(
+    args: &Args,
+    store_dir: &std::path::Path,
+    pki_dir: &std::path::Path,
+    node_ip: std::net::IpAddr,
+    join: Option<&str>,
+) -> anyhow::Result<strake_store::Store> {
+    let id = crate::membership::store_id(&args.data_dir, store_dir)?;
+    let fresh = std::fs::read_dir(store_dir).map_or(true, |mut d| d.next().is_none());
+    let ca = match (strake_pki::ClusterCa::load(pki_dir)?, join) {
+        (Some(ca), _) => ca,
+        (None, Some(endpoint)) => anyhow::bail!(
+            "this control plane joins the cluster at {endpoint} but has no cluster CA in {}: give it the cluster's CA (cluster.ca in its machine config; strakectl gen config writes it)",
+            pki_dir.display()
+        ),
+        (None, None) => strake_pki::ClusterCa::load_or_generate(pki_dir, &args.cluster_name)
+            .context("creating the cluster CA")?,
+    };
+    let tls = crate::membership::peer_tls(&ca, id)?;
+    let peer_address = std::net::SocketAddr::new(node_ip, args.store_port).to_string();
+    let joining = join.filter(|_| fresh || !crate::membership::has_shared_files(pki_dir));
+    let cfg = strake_store::StoreConfig {
+        join: joining.is_some(),
+        ..strake_store::StoreConfig::cluster(
+            id,
+            store_dir,
+            peer_address.clone(),
+            Vec::new(),
+            tls.clone(),
+        )
+    };
+    let store = strake_store::Store::open(cfg)
+        .await
+        .with_context(|| format!("opening the store in {}", store_dir.display()))?;
+    if let Some(endpoint) = joining {
+        tracing::info!(id, endpoint, %peer_address, "joining the cluster's store");
+        crate::membership::join(endpoint, &tls, id, &peer_address, pki_dir).await?;
+    }
+    Ok(store)
 }

@@ -6,6 +6,7 @@ mod agent;
 mod controlplane;
 mod inventory;
 mod machined;
+mod membership;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

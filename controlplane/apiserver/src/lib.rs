@@ -21,6 +21,7 @@ mod protobuf;
 mod render;
 mod reviews;
 mod routes;
+pub mod storeadmin;
 mod streams;
 mod subresources;
 mod tokens;
@@ -117,6 +118,10 @@ pub struct AppState {
     pub audit: Option<audit::Log>,
     /// Users of an OpenID Connect provider, when one is trusted.
     pub oidc: Option<oidc::Oidc>,
+    /// The raft store itself, for membership and backups (`storeadmin`).
+    pub store: strake_store::Store,
+    /// Where the CA and the cluster's shared keys live.
+    pub pki_dir: PathBuf,
 }
 
 /// The periodic upkeep the server does for the cluster.
@@ -225,6 +230,7 @@ impl ApiServer {
             &cfg.pki_dir.join(ENCRYPTION_CONFIG),
         )
         .map_err(ServerError::Encryption)?;
+        let raft_store = store.clone();
         let encrypted = Arc::new(strake_apimachinery::storage::Encrypted::new(
             strake_apimachinery::storage::RaftStore::new(store),
             encryption,
@@ -261,6 +267,8 @@ impl ApiServer {
             gate: limits::Gate::new(Limits::default()),
             audit: None,
             oidc: None,
+            store: raft_store,
+            pki_dir: cfg.pki_dir.clone(),
         });
         Ok(Self {
             encrypted,

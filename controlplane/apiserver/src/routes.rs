@@ -13,7 +13,7 @@ use serde_json::Value;
 use strake_apimachinery::{ApiError, ResourceDef};
 
 use crate::render::{error_response, json_response};
-use crate::{AppState, auth, bootstrap, discovery, dispatch, openapi};
+use crate::{AppState, auth, bootstrap, discovery, dispatch, openapi, storeadmin};
 
 async fn version() -> Response {
     json_response(StatusCode::OK, &discovery::version())
@@ -85,6 +85,15 @@ pub fn router(app: Arc<AppState>) -> Router {
             "/strake/v1/node-credentials",
             post(bootstrap::node_credentials),
         )
+        .route(
+            "/strake/v1/store/members",
+            get(storeadmin::members).post(storeadmin::join),
+        )
+        .route(
+            "/strake/v1/store/members/{id}",
+            axum::routing::delete(storeadmin::remove),
+        )
+        .route("/strake/v1/store/snapshot", get(storeadmin::snapshot))
         .route("/api", any(dispatch::handle))
         .route("/api/", any(dispatch::handle))
         .route("/api/{*rest}", any(dispatch::handle))

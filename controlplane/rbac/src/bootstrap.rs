@@ -25,6 +25,10 @@ pub const AGGREGATE_TO_VIEW: &str = "rbac.authorization.k8s.io/aggregate-to-view
 pub const NODE_BOOTSTRAPPER: &str = "system:node-bootstrapper";
 pub const BOOTSTRAPPERS: &str = "system:bootstrappers";
 pub const ADMIN_CREDENTIALS: &str = "system:strake:admin-credentials";
+/// The group of the store's peer certificates (`strake-store-<id>`), which control planes
+/// join the store with.
+pub const STORE_PEERS: &str = "strake:store-peers";
+pub const STORE_PEER: &str = "system:strake:store-peer";
 /// The URLs anyone, signed in or not, may read.
 pub const PUBLIC_URLS: &[&str] = &["/healthz", "/livez", "/readyz", "/version", "/version/"];
 
@@ -397,6 +401,15 @@ pub fn cluster_roles() -> Vec<ClusterRole> {
             &[],
             vec![url_rule(&["post"], &["/strake/v1/kubeconfig"])],
         ),
+        // Control planes join the store (and leave it) with their peer certificates.
+        role(
+            STORE_PEER,
+            &[],
+            vec![
+                url_rule(&["get", "post"], &["/strake/v1/store/members"]),
+                url_rule(&["delete"], &["/strake/v1/store/members/*"]),
+            ],
+        ),
         role(
             "system:strake:cluster-info-viewer",
             &[],
@@ -568,6 +581,7 @@ pub fn cluster_role_bindings() -> Vec<ClusterRoleBinding> {
             ADMIN_CREDENTIALS,
             vec![group(BOOTSTRAPPERS)],
         ),
+        binding(STORE_PEER, STORE_PEER, vec![group(STORE_PEERS)]),
         binding(
             "system:strake:cluster-info-viewer",
             "system:strake:cluster-info-viewer",

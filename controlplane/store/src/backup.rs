@@ -220,13 +220,11 @@ fn restore_data_dir(backup: &Path, cfg: &StoreConfig) -> Result<BackupInfo, Stor
 
 impl Store {
     /// Writes a backup of the keyspace to `path` (replacing any file there, atomically) while
-    /// the store keeps serving. The backup is one consistent picture at one revision. On the
-    /// leader it holds every write acknowledged before the call (a read-index round first);
-    /// on a follower, what that follower has applied.
+    /// the store keeps serving. The backup is one consistent picture at one revision, holding
+    /// every write acknowledged before the call: a read-index round first (a follower asks
+    /// the leader and applies that far), so it needs a quorum.
     pub async fn backup(&self, path: impl AsRef<Path>) -> Result<BackupInfo, StoreError> {
-        if self.leader() == Some(self.node_id()) {
-            self.ensure_linearizable().await?;
-        }
+        self.ensure_linearizable().await?;
         let store = self.clone();
         let path = path.as_ref().to_path_buf();
         tokio::task::spawn_blocking(move || {

@@ -61,6 +61,12 @@ pub(crate) enum MemberChange {
         id: NodeId,
         addr: String,
     },
+    /// A member's peer address changed (or was never recorded: a store first opened as a
+    /// single voter without a listener).
+    SetAddress {
+        id: NodeId,
+        addr: String,
+    },
 }
 
 /// The leader's answer.

@@ -94,6 +94,23 @@ impl Store {
             .await
     }
 
+    /// Records that this node's peer address is `addr`, if the membership says otherwise (a
+    /// store first opened as a single voter, or a node whose address changed).
+    pub(crate) async fn record_own_address(&self, addr: &str) -> Result<(), StoreError> {
+        let me = self.node_id();
+        let members = self.members();
+        let recorded = members.voters.get(&me).or(members.learners.get(&me));
+        if recorded.is_none_or(|r| r == addr) {
+            return Ok(());
+        }
+        tracing::info!(node = me, from = ?recorded, to = addr, "recording this node's new peer address");
+        let change = MemberChange::SetAddress {
+            id: me,
+            addr: addr.to_string(),
+        };
+        self.change_members(change, FORWARD_TIMEOUT).await
+    }
+
     /// Removes node `id` from the cluster, voter or learner; removing an unknown node does
     /// nothing. The removed node stops receiving replication; shut it down afterwards. A
     /// removal that would leave no voter, or fewer reachable voters than a quorum of those
@@ -143,6 +160,7 @@ impl Local {
                 self.add_learner(id, addr).await?;
                 self.promote(id).await
             }
+            MemberChange::SetAddress { id, addr } => self.set_address(id, addr).await,
         }
     }
 
@@ -220,6 +238,26 @@ impl Local {
         self.check_quorum(&after, &format!("promoting node {id}"))?;
         self.raft
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map(|_| ())
+            .map_err(write_error)
+    }
+
+    /// Records member `id`'s new peer address.
+    async fn set_address(&self, id: NodeId, addr: String) -> Result<(), StoreError> {
+        parse_peer_addr(&addr).map_err(|problem| StoreError::InvalidPeerAddr {
+            addr: addr.clone(),
+            problem,
+        })?;
+        let members = members_of(&self.raft);
+        if !members.voters.contains_key(&id) && !members.learners.contains_key(&id) {
+            return Err(StoreError::Membership {
+                problem: format!("node {id} is not a member"),
+            });
+        }
+        let nodes = BTreeMap::from([(id, BasicNode { addr })]);
+        self.raft
+            .change_membership(ChangeMembers::SetNodes(nodes), false)
             .await
             .map(|_| ())
             .map_err(write_error)

@@ -285,6 +285,10 @@ impl Store {
                 waited: STARTUP_TIMEOUT,
                 detail: e.to_string(),
             })?;
+        if let Err(err) = self.record_own_address(&net.advertise).await {
+            // The cluster still works through the address the others have; say so.
+            tracing::warn!(error = %err, addr = %net.advertise, "could not record this node's peer address");
+        }
         Ok(())
     }
 

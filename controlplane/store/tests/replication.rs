@@ -403,3 +403,32 @@ async fn a_lone_voter_grows_by_joins_and_shrinks_only_while_quorum_answers() {
     cluster.put("alone", "1").await;
     cluster.stop_all().await;
 }
+
+/// A store first opened as a single voter without a listener (as every control plane did
+/// before joins) records its peer address when it is reopened as a listening lone voter, so
+/// members that join can reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_voter_reopened_with_a_listener_records_its_address() {
+    let mut cluster = Cluster::new(&[1], NO_SNAPSHOTS);
+    let dir = cluster.members[&1].dir.clone();
+    let single = strake_store::Store::open(strake_store::StoreConfig::single(1, &dir))
+        .await
+        .unwrap();
+    single.put(b"/kept".to_vec(), b"1".to_vec()).await.unwrap();
+    assert_eq!(
+        single.members().voters.get(&1).map(String::as_str),
+        Some("")
+    );
+    single.shutdown().await.unwrap();
+
+    cluster.start(&[1]).await;
+    let addr = cluster.members[&1].addr.clone();
+    assert_eq!(cluster.store(1).members().voters.get(&1), Some(&addr));
+    cluster.assert_holds(1, "/kept", "1");
+    cluster.define(2);
+    cluster.start_joining(2).await;
+    let joiner = cluster.members[&2].addr.clone();
+    cluster.store(1).join_member(2, joiner).await.unwrap();
+    cluster.put("both", "1").await;
+    cluster.stop_all().await;
+}

@@ -23,7 +23,7 @@ pub mod oidc;
 pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 /// The longest token a reader will consider (a header and claims of a few KiB at most).
 const MAX_TOKEN: usize = 16 * 1024;
-const KEY_FILE: &str = "sa.key";
+pub const KEY_FILE: &str = "sa.key";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
