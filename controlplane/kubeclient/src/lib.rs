@@ -254,6 +254,12 @@ impl Client {
         self.send(self.http.post(&url).json(body), &url).await
     }
 
+    /// DELETE of any path, answered with JSON.
+    pub async fn delete_path(&self, path: &str) -> Result<Value, ClientError> {
+        let url = format!("{}{path}", self.base);
+        self.send(self.http.delete(&url), &url).await
+    }
+
     /// GET of any path, as raw bytes.
     pub async fn get_raw(&self, path: &str) -> Result<bytes::Bytes, ClientError> {
         let url = format!("{}{path}", self.base);

@@ -27,6 +27,9 @@ use crate::watch::WatchStream;
 
 /// How long [`Store::open`] waits for the node to become leader and catch up.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a request waits for a leader to be elected before raft's answer (no leader)
+/// stands: longer than the clustered election timeout.
+const LEADER_WAIT: Duration = Duration::from_secs(3);
 
 /// The cluster store: a raft-replicated MVCC keyspace. Clones share one raft node.
 ///
@@ -334,6 +337,17 @@ impl Store {
     /// shared with concurrent readers ([`ReadIndex`]), run here on the leader or asked of the
     /// leader by a follower, which then applies up to it.
     pub(crate) async fn ensure_linearizable(&self) -> Result<(), StoreError> {
+        // A read-index round is safe to ask again: once of a leader that was lost meanwhile.
+        match self.read_index_round().await {
+            Err(StoreError::LeaderUnreachable { .. } | StoreError::NotLeader { .. }) => {
+                self.read_index_round().await
+            }
+            other => other,
+        }
+    }
+
+    async fn read_index_round(&self) -> Result<(), StoreError> {
+        self.await_leader().await;
         let Some(leader) = self.leader_elsewhere() else {
             return self.inner.local.read_index().await.map(|_| ());
         };
@@ -355,6 +369,29 @@ impl Store {
                 })?;
         }
         Ok(())
+    }
+
+    /// Resolves once this node no longer takes `id` for the leader (or raft stopped).
+    async fn leader_moved_from(&self, id: NodeId) {
+        let mut metrics = self.inner.raft.metrics();
+        while metrics.borrow_and_update().current_leader == Some(id) {
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Waits (a little longer than an election takes) for a leader if none is known, so a
+    /// request made during an election waits for its outcome instead of failing at once.
+    async fn await_leader(&self) {
+        let raft = &self.inner.raft;
+        if raft.metrics().borrow().current_leader.is_some() {
+            return;
+        }
+        let _ = raft
+            .wait(Some(LEADER_WAIT))
+            .metrics(|m| m.current_leader.is_some(), "a known leader")
+            .await;
     }
 
     /// The leader and its address when it is another member; `None` when this node leads or
@@ -381,16 +418,23 @@ impl Store {
             .map_err(|e| StoreError::Internal(format!("cannot encode a forwarded request: {e}")))?;
         let (mut id, mut addr) = leader;
         for _ in 0..forward::MAX_HOPS {
-            let answer = self
-                .inner
-                .network
-                .forward(id, &addr, body.clone(), timeout)
-                .await
-                .map_err(|e| StoreError::LeaderUnreachable {
+            let sent = self.inner.network.forward(id, &addr, body.clone(), timeout);
+            // A leader that dies keeps the request until openraft's timeout; this node's view
+            // moves on once an election starts, and the caller hears of it then.
+            let answer = tokio::select! {
+                answer = sent => answer.map_err(|e| StoreError::LeaderUnreachable {
                     leader_id: id,
                     leader_addr: addr.clone(),
                     problem: e.to_string(),
-                })?;
+                })?,
+                () = self.leader_moved_from(id) => {
+                    return Err(StoreError::LeaderUnreachable {
+                        leader_id: id,
+                        leader_addr: addr.clone(),
+                        problem: "it stopped being the leader while it had the request, which may or may not have taken effect".into(),
+                    });
+                }
+            };
             match answer {
                 Answer::Failed(forward::Failure::NotLeader {
                     leader_id: Some(next),
@@ -434,6 +478,7 @@ impl Store {
     /// Runs a transaction through raft. A failed compare is not an error: `succeeded` is false.
     pub async fn txn(&self, txn: Txn) -> Result<TxnResponse, StoreError> {
         txn.validate()?;
+        self.await_leader().await;
         let Some(leader) = self.leader_elsewhere() else {
             return self.inner.local.txn(txn).await;
         };
