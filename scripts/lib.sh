@@ -18,15 +18,23 @@ install_prereqs() {
         exit 1
     fi
     local pkgs=(qemu-system-x86 docker-registry busybox-static kmod zstd ca-certificates iproute2 e2fsprogs mtools ovmf systemd-boot-efi qemu-utils xorriso isolinux syslinux-common binutils)
-    local missing=()
-    for p in "${pkgs[@]}"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-    done
-    if [ "${#missing[@]}" -gt 0 ]; then
+    # Twice: installing one package can remove another that was there (a newer qemu-utils
+    # from elsewhere conflicts with Debian's qemu-system-x86), and the second pass puts it back.
+    local missing pass
+    for pass in 1 2 3; do
+        missing=()
+        for p in "${pkgs[@]}"; do
+            dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+        done
+        [ "${#missing[@]}" -eq 0 ] && break
+        if [ "$pass" = 3 ]; then
+            echo "these Debian packages would not stay installed: ${missing[*]}" >&2
+            exit 1
+        fi
         log "installing Debian packages: ${missing[*]}"
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
-    fi
+    done
     # The registry must not run as a system service on a port we did not pick.
     systemctl disable --now docker-registry >/dev/null 2>&1 || true
     command -v cargo >/dev/null || { echo "cargo not found: install the Rust toolchain (1.95) first" >&2; exit 1; }

@@ -160,13 +160,22 @@ pub fn ensure_package(pkg: &KernelPackage, cache_dir: &Path) -> Result<PathBuf, 
     let staging = Staging::new(cache_dir, "download")?;
     let spec = format!("{}={}", pkg.name, pkg.version);
     tracing::info!(package = %spec, "downloading kernel package with apt-get");
-    run(
-        Command::new("apt-get")
-            .arg("download")
-            .arg(&spec)
-            .current_dir(&staging.path),
-        || "; if apt does not know the version, run `apt-get update`".to_owned(),
-    )?;
+    let download = || {
+        run(
+            Command::new("apt-get")
+                .arg("download")
+                .arg(&spec)
+                .current_dir(&staging.path),
+            || "; if apt does not know the version, run `apt-get update`".to_owned(),
+        )
+    };
+    if let Err(first) = download() {
+        // A fresh machine's package lists may predate the pinned version (a security update):
+        // refresh them once and try again.
+        tracing::info!(error = %first, "refreshing apt's package lists and downloading again");
+        run(Command::new("apt-get").args(["update", "-qq"]), String::new)?;
+        download()?;
+    }
     let downloaded = staging.path.join(pkg.deb_file_name());
     if !downloaded.exists() {
         let found = fs::read_dir(&staging.path)

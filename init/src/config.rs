@@ -70,6 +70,10 @@ pub struct BootConfig {
     /// The cluster CA's pin (`cluster.caPin`): the agent joins only a cluster whose CA has it.
     #[serde(default)]
     pub ca_pin: Option<String>,
+    /// The control planes' shared virtual IP (`strake.vip=`, or an interface's `vip.ip`),
+    /// held by the store's leader.
+    #[serde(default)]
+    pub vip: Option<std::net::Ipv4Addr>,
     /// How other nodes' pods are reached: `auto`, `host-gw` or `vxlan` (`strake.podnet=`).
     #[serde(default)]
     pub pod_network: Option<String>,
@@ -183,6 +187,10 @@ impl BootConfig {
                 "api" => validate_host_port(value_str)
                     .map(|()| cfg.api_endpoint = Some(value_str.to_owned()))
                     .map_err(invalid),
+                "vip" => value_str
+                    .parse::<std::net::Ipv4Addr>()
+                    .map(|ip| cfg.vip = Some(ip))
+                    .map_err(|e| invalid(format!("expected an IPv4 address: {e}"))),
                 "podnet" => match value_str {
                     "auto" | "host-gw" | "vxlan" => {
                         cfg.pod_network = Some(value_str.to_owned());

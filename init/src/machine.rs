@@ -142,6 +142,15 @@ pub fn fold(cfg: &MachineConfig, boot: &mut BootConfig) -> Vec<String> {
         ignored.push("machine.kernel.args".into());
     }
     fold_network(cfg, boot, &mut ignored);
+    // The control plane holds it on whichever link carries the node's address.
+    if let Some(std::net::IpAddr::V4(ip)) = m
+        .network
+        .interfaces
+        .iter()
+        .find_map(|i| i.vip.as_ref().and_then(|v| v.ip.get().copied()))
+    {
+        boot.vip = Some(ip);
+    }
     // Time servers are asked once the network is up (`boot::sync_time`).
     if m.time.timezone.is_some() {
         ignored.push("machine.time.timezone".into());

@@ -7,12 +7,13 @@
 //! - every control plane serves the same objects: a Secret written through one is read
 //!   through another (one encryption key), and a service-account token issued by one is
 //!   accepted by another (one signing key);
-//! - a recorder writes a ConfigMap every 100 ms (and reads it back every fifth time) through
-//!   the control planes' APIs, moving to the next one when a request fails, as a client with
-//!   the list of endpoints does; its history goes through the store's linearizability
-//!   checker at the end, so no acknowledged write may be lost;
-//! - `kill -9` of the store leader's QEMU: a new leader is elected and writes resume (the
-//!   longest gap between acknowledged writes is printed);
+//! - a recorder writes a ConfigMap every 100 ms (and reads it back every fifth time); its
+//!   history goes through the store's linearizability checker at the end, so no acknowledged
+//!   write may be lost;
+//! - the control planes share a virtual IP, held by the store's leader: the joins go through
+//!   it, and so does the recorder;
+//! - `kill -9` of the store leader's QEMU: a new leader is elected, the virtual IP moves to it
+//!   and writes resume (the longest gap between acknowledged writes is printed);
 //! - removing a live voter while the dead one is still a member is refused (quorum), the dead
 //!   one is removed, and a fresh control plane joins in its place;
 //! - a snapshot of the store is streamed while it serves.
@@ -42,6 +43,8 @@ fn image_dir() -> PathBuf {
 }
 
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 168, 80, 1);
+/// The control planes' shared virtual IP.
+const VIP: Ipv4Addr = Ipv4Addr::new(192, 168, 80, 100);
 
 fn cp_ip(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(192, 168, 80, 10 + n)
@@ -67,7 +70,7 @@ impl ControlPlane {
 fn machine_config(n: u8, ca: &ClusterCa, token: &BootstrapToken, join: Option<Ipv4Addr>) -> String {
     let json = |s: &str| serde_json::to_string(s).expect("a string");
     let mut yaml = format!(
-        "apiVersion: strake.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  role: controlplane\n  hostname: cp{n}\ncluster:\n  name: ha\n  token: {token}\n  caPin: {pin}\n  ca:\n    crt: {crt}\n    key: {key}\n",
+        "apiVersion: strake.dev/v1alpha1\nkind: MachineConfig\nmachine:\n  role: controlplane\n  hostname: cp{n}\n  network:\n    interfaces:\n      - interface: eth0\n        vip:\n          ip: {VIP}\ncluster:\n  name: ha\n  token: {token}\n  caPin: {pin}\n  ca:\n    crt: {crt}\n    key: {key}\n",
         pin = strake_pki::ca_pin(&ca.ca.cert_pem).expect("the CA's pin"),
         crt = json(&ca.ca.cert_pem),
         key = json(&ca.ca.key_pem),
@@ -224,15 +227,15 @@ fn drive(
         booted.elapsed().as_secs_f64()
     );
     let joins = Instant::now();
+    // The virtual IP is cp1's as the lone voter; the others join through it.
+    let (via_vip, _) = admin(ca, &format!("{VIP}:6443"))?;
+    cps[0]
+        .vm
+        .wait_until("the virtual IP to answer", Duration::from_secs(60), || {
+            rt.block_on(via_vip.get_json("/version")).is_ok()
+        })?;
     for n in [2, 3] {
-        cps.push(start_control_plane(
-            n,
-            images,
-            dir,
-            ca,
-            token,
-            Some(cp_ip(1)),
-        )?);
+        cps.push(start_control_plane(n, images, dir, ca, token, Some(VIP))?);
     }
     let mut last = String::new();
     poll(
@@ -305,8 +308,15 @@ fn drive(
     eprintln!("ha: nodes {ready}");
 
     // The recorder writes through the control planes' APIs from here on.
-    let endpoints: Vec<String> = cps.iter().map(ControlPlane::api).collect();
-    let recorder = RecorderTask::start(ca, endpoints)?;
+    // ...through the virtual IP, which the store's leader holds.
+    let (m, leader) = members(rt, &via_vip)?;
+    let answered: Value = rt.block_on(via_vip.get_json("/strake/v1/store/members"))?;
+    ensure!(
+        answered["answeredBy"].as_u64() == leader,
+        "the virtual IP is answered by store node {} but {leader:?} leads ({m:?})",
+        answered["answeredBy"]
+    );
+    let recorder = RecorderTask::start(ca, vec![format!("{VIP}:6443")])?;
     std::thread::sleep(Duration::from_secs(3));
     ensure!(
         recorder.acked() > 5,
@@ -340,6 +350,17 @@ fn drive(
     })?;
     let elected = killed.elapsed();
     poll(
+        "the virtual IP to move to the new leader",
+        Duration::from_secs(30),
+        || {
+            let v = rt
+                .block_on(via_vip.get_json("/strake/v1/store/members"))
+                .ok()?;
+            (v["answeredBy"].as_u64() == new_leader).then_some(())
+        },
+    )?;
+    let moved = killed.elapsed();
+    poll(
         "writes acknowledged after the kill",
         Duration::from_secs(60),
         || (recorder.acked() > acked_before + 3).then_some(()),
@@ -347,8 +368,9 @@ fn drive(
     std::thread::sleep(Duration::from_secs(2));
     let gap = recorder.longest_gap_since(killed);
     eprintln!(
-        "ha: leader {leader} killed; survivors elected {new_leader:?} within {:.2} s (as polled); writes resumed, longest gap between acknowledged writes {:.2} s",
+        "ha: leader {leader} killed; survivors elected {new_leader:?} within {:.2} s and the virtual IP answered from it within {:.2} s (as polled); writes through the virtual IP resumed, longest gap between acknowledged writes {:.2} s",
         elected.as_secs_f64(),
+        moved.as_secs_f64(),
         gap.as_secs_f64()
     );
 
@@ -383,14 +405,7 @@ fn drive(
 
     // A fresh control plane joins in the dead one's place, through a survivor.
     let replaced = Instant::now();
-    cps.push(start_control_plane(
-        4,
-        images,
-        dir,
-        ca,
-        token,
-        Some(cps[live[0]].ip()),
-    )?);
+    cps.push(start_control_plane(4, images, dir, ca, token, Some(VIP))?);
     poll(
         "the replacement to be a voter",
         Duration::from_secs(300),
@@ -458,11 +473,17 @@ fn shared_keys(
             "--from-literal=k=sealed-once",
         ],
     )?;
+    let mut last = String::new();
     let sa = poll(
-        "the default service account",
+        "a token of the default service account",
         Duration::from_secs(60),
-        || kubectl_ok(&k1, &["create", "token", "default"]).ok(),
-    )?;
+        || {
+            kubectl_ok(&k1, &["create", "token", "default"])
+                .map_err(|e| last = format!("{e:#}"))
+                .ok()
+        },
+    )
+    .with_context(|| format!("last: {last}"))?;
     for i in 1..cps.len() {
         let ki = kube(i)?;
         let got = kubectl_ok(

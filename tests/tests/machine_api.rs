@@ -532,6 +532,37 @@ fn installed(
             .any(|l| l.contains(":50000") && l.contains("LISTEN") && l.contains("/strake")),
         "netstat: {sockets}"
     );
+    // The store: one voter, which leads, and a snapshot of it.
+    let members = strakectl_ok(&[&["store", "members", "-o", "json"], &mtls[..]].concat())?;
+    let members: serde_json::Value = serde_json::from_str(&members)?;
+    ensure!(
+        members["members"].as_array().is_some_and(|m| m.len() == 1
+            && m[0]["voter"] == true
+            && m[0]["leader"] == true
+            && m[0]["peerAddress"] == "10.0.2.15:2380"),
+        "store members: {members}"
+    );
+    let snapshot = dir.join("store.snapshot");
+    let said = strakectl_ok(
+        &[
+            &["store", "snapshot", snapshot.to_str().context("path")?],
+            &mtls[..],
+        ]
+        .concat(),
+    )?;
+    let bytes = std::fs::read(&snapshot)?;
+    ensure!(
+        bytes.starts_with(b"STRAKEBK") && said.contains("wrote a snapshot at revision"),
+        "store snapshot: {said} ({} bytes)",
+        bytes.len()
+    );
+    let id = members["members"][0]["id"].to_string();
+    let refused = strakectl(&[&["store", "remove", &id], &mtls[..]].concat())?;
+    let why = String::from_utf8_lossy(&refused.stderr);
+    ensure!(
+        !refused.status.success() && why.contains("no voter"),
+        "removing the only voter must be refused, saying why: {why}"
+    );
     // A kubeconfig from the machine API alone (no bootstrap token), merged into an existing
     // file next to another cluster's entries.
     let merged = dir.join("merged.kubeconfig");

@@ -12,6 +12,8 @@
 //!   with [`nft`], an nf_tables netlink encoder (no `nft` binary, no C library).
 //! - [`policy`]: NetworkPolicy, judged per connection in a second nf_tables table of its own.
 //! - [`conntrack`]: the UDP flows a Service change leaves stale, deleted over ctnetlink.
+//! - [`vip`]: a shared virtual IP added to and removed from an interface, announced with
+//!   gratuitous ARP from a packet socket.
 //! - [`connect_in`]: a TCP connection made from inside a pod's network namespace (what
 //!   port-forward needs, so a server bound to the pod's loopback is reachable).
 //!
@@ -27,6 +29,7 @@ pub mod nft;
 pub mod policy;
 pub mod routes;
 pub mod services;
+pub mod vip;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpStream};

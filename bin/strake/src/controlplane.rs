@@ -28,6 +28,10 @@ pub struct Args {
     /// `cluster.endpoint`); without it a fresh control plane starts a new cluster.
     #[arg(long)]
     join: Option<String>,
+    /// The control planes' shared virtual IP (default: the boot configuration's), held by the
+    /// store's leader; credentials name it as the API's address.
+    #[arg(long)]
+    vip: Option<std::net::Ipv4Addr>,
     /// Extra subject alternative names for the serving certificate.
     #[arg(long = "san")]
     sans: Vec<String>,
@@ -138,8 +142,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .advertise
         .clone()
         .unwrap_or_else(|| format!("{}:{}", node_ip, args.listen.port()));
+    let vip = args.vip.or_else(|| boot.as_ref().and_then(|b| b.vip));
     let mut sans = args.sans.clone();
     sans.push(node_ip.to_string());
+    if let Some(vip) = vip {
+        sans.push(vip.to_string());
+    }
     if let Ok(h) = nix::unistd::gethostname() {
         sans.push(h.to_string_lossy().into_owned());
     }
@@ -170,6 +178,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         store,
     )
     .context("setting up the API server")?;
+    let server = match vip {
+        Some(vip) => {
+            crate::vip::spawn(server.store().clone(), vip, node_ip);
+            server.with_client_endpoint(format!("{vip}:{}", args.listen.port()))
+        }
+        None => server,
+    };
     let server = if args.audit_log_path.as_os_str().is_empty() {
         server
     } else {

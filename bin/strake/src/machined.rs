@@ -14,7 +14,7 @@ use strake_init::machine::{self as init_machine, HandoffResult};
 use strake_init::mounts::host_path;
 use strake_machineapi::{
     AddressView, DiskView, FieldProblem, Host, HostError, KubeconfigView, Power, RouteView,
-    ServerMode, SocketView,
+    ServerMode, SocketView, StoreMembersView, StoreSnapshotView,
 };
 use strake_machineconfig::MachineConfig;
 
@@ -283,6 +283,39 @@ fn problem(path: &str, message: String) -> FieldProblem {
     }
 }
 
+/// Runs a future to completion from the machine API's blocking threads.
+fn run_async<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Handle::current().block_on(f)
+}
+
+impl Node {
+    /// The cluster CA on this node's STATE: only control planes hold it.
+    fn cluster_ca(&self) -> Result<strake_pki::ClusterCa, HostError> {
+        let dir = host_path(&self.root, PKI_DIR);
+        strake_pki::ClusterCa::load(&dir)
+            .map_err(|e| HostError::new(format!("loading the cluster CA from {PKI_DIR}: {e}")))?
+            .ok_or_else(|| {
+                HostError::new(
+                    "this node holds no cluster CA (it is not a control plane): ask a control plane",
+                )
+            })
+    }
+
+    /// This control plane's own API server, as an admin with short-lived credentials.
+    fn local_api(&self) -> Result<strake_kubeclient::Client, HostError> {
+        let ca = self.cluster_ca()?;
+        let cert = ca
+            .issue_client(
+                "strake-machined",
+                &["system:masters"],
+                time::Duration::minutes(10),
+            )
+            .map_err(|e| HostError::new(format!("issuing credentials: {e}")))?;
+        strake_kubeclient::Client::new("https://127.0.0.1:6443", &ca.ca.cert_pem, Some(&cert))
+            .map_err(|e| HostError::new(format!("a client of the local API: {e}")))
+    }
+}
+
 impl Host for Node {
     fn hostname(&self) -> String {
         self.read("/proc/sys/kernel/hostname")
@@ -542,14 +575,7 @@ impl Host for Node {
     }
 
     fn kubeconfig(&self) -> Result<KubeconfigView, HostError> {
-        let dir = host_path(&self.root, PKI_DIR);
-        let ca = strake_pki::ClusterCa::load(&dir)
-            .map_err(|e| HostError::new(format!("loading the cluster CA from {PKI_DIR}: {e}")))?
-            .ok_or_else(|| {
-                HostError::new(
-                    "this node holds no cluster CA (it is not a control plane): ask a control plane",
-                )
-            })?;
+        let ca = self.cluster_ca()?;
         let cluster = self
             .current()
             .and_then(|yaml| MachineConfig::parse(&yaml).ok())
@@ -571,6 +597,38 @@ impl Host for Node {
             ca_pem: ca.ca.cert_pem.clone(),
             cert_pem: cert.cert_pem,
             key_pem: cert.key_pem,
+        })
+    }
+
+    fn store_members(&self) -> Result<StoreMembersView, HostError> {
+        let client = self.local_api()?;
+        let v = run_async(client.get_json("/strake/v1/store/members"))
+            .map_err(|e| HostError::new(format!("asking this control plane's API: {e}")))?;
+        serde_json::from_value(v).map_err(|e| HostError::new(format!("the members list: {e}")))
+    }
+
+    fn store_remove(&self, id: u64) -> Result<StoreMembersView, HostError> {
+        let client = self.local_api()?;
+        let v = run_async(client.delete_path(&format!("/strake/v1/store/members/{id}")))
+            .map_err(|e| HostError::new(format!("removing store node {id}: {e}")))?;
+        tracing::info!(id, "removed a store member through the machine API");
+        serde_json::from_value(v).map_err(|e| HostError::new(format!("the members list: {e}")))
+    }
+
+    fn store_snapshot(&self) -> Result<StoreSnapshotView, HostError> {
+        let client = self.local_api()?;
+        let (headers, body) =
+            run_async(client.get_raw_with_headers("/strake/v1/store/snapshot"))
+                .map_err(|e| HostError::new(format!("taking a snapshot of the store: {e}")))?;
+        let revision = headers
+            .get(strake_apiserver::storeadmin::SNAPSHOT_REVISION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default();
+        use base64::Engine as _;
+        Ok(StoreSnapshotView {
+            revision,
+            data: base64::engine::general_purpose::STANDARD.encode(&body),
         })
     }
 

@@ -114,7 +114,13 @@ pub async fn join(
             .files
             .get(*name)
             .with_context(|| format!("the join answer lacks the shared file {name}"))?;
-        write_secret(&pki_dir.join(name), text)?;
+        let bytes = {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .with_context(|| format!("the join answer's {name} is not base64"))?
+        };
+        write_secret(&pki_dir.join(name), &bytes)?;
     }
     tracing::info!(
         id,
@@ -127,7 +133,7 @@ pub async fn join(
 }
 
 /// Writes a key file (0600) atomically.
-fn write_secret(path: &PathBuf, text: &str) -> anyhow::Result<()> {
+fn write_secret(path: &PathBuf, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let tmp = path.with_extension("joining");
@@ -138,7 +144,7 @@ fn write_secret(path: &PathBuf, text: &str) -> anyhow::Result<()> {
         .mode(0o600)
         .open(&tmp)
         .with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(text.as_bytes())
+    f.write_all(bytes)
         .and_then(|()| f.sync_all())
         .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))

@@ -531,6 +531,83 @@ pub fn reset(conn: &Conn) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub fn store_members(conn: &Conn, out: Output) -> anyhow::Result<()> {
+    let all = each_node(conn, |rt, client| {
+        Ok((
+            client.endpoint().to_owned(),
+            rt.block_on(client.store_members())?,
+        ))
+    })?;
+    for (endpoint, view) in all {
+        print(out, &view, || {
+            let mut text = format!(
+                "{endpoint} (store node {})\nID                 PEER ADDRESS           ROLE     LEADER",
+                view.answered_by
+            );
+            for m in &view.members {
+                text.push_str(&format!(
+                    "\n{:<18} {:<22} {:<8} {}",
+                    m.id,
+                    m.peer_address,
+                    if m.voter { "voter" } else { "learner" },
+                    if m.leader { "*" } else { "" }
+                ));
+            }
+            text
+        })?;
+    }
+    Ok(())
+}
+
+/// The first node given: store changes are made once, through one control plane.
+fn one_node<T>(
+    conn: &Conn,
+    call: impl FnOnce(&tokio::runtime::Runtime, &Client) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let rt = runtime()?;
+    let clients = conn.clients()?;
+    let client = clients
+        .first()
+        .context("give a control plane's machine API endpoint (--endpoints)")?;
+    call(&rt, client).with_context(|| format!("node {}", client.endpoint()))
+}
+
+pub fn store_remove(conn: &Conn, id: u64) -> anyhow::Result<()> {
+    one_node(conn, |rt, client| {
+        let view = rt.block_on(client.store_remove(id))?;
+        println!(
+            "{}: removed store node {id}; {} members left",
+            client.endpoint(),
+            view.members.len()
+        );
+        Ok(())
+    })
+}
+
+pub fn store_snapshot(conn: &Conn, file: &Path) -> anyhow::Result<()> {
+    one_node(conn, |rt, client| {
+        let view = rt.block_on(client.store_snapshot())?;
+        let bytes = {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(&view.data)
+                .context("the snapshot is not base64")?
+        };
+        let tmp = file.with_extension("partial");
+        std::fs::write(&tmp, &bytes)
+            .and_then(|()| std::fs::rename(&tmp, file))
+            .with_context(|| format!("writing {}", file.display()))?;
+        println!(
+            "{}: wrote a snapshot at revision {} ({} bytes) to {}",
+            client.endpoint(),
+            view.revision,
+            bytes.len(),
+            file.display()
+        );
+        Ok(())
+    })
+}
+
 pub fn upgrade(conn: &Conn, image: &Path) -> anyhow::Result<()> {
     let uki = std::fs::read(image).with_context(|| format!("reading {}", image.display()))?;
     // The node checks it too; failing here saves the upload.

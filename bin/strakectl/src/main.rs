@@ -169,6 +169,11 @@ enum Cmd {
         #[command(flatten)]
         conn: machine::Conn,
     },
+    /// The cluster store (on control planes): its members, removing one, a snapshot.
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
+    },
     /// Act on one service.
     Service {
         name: String,
@@ -212,6 +217,32 @@ enum Cmd {
     Config {
         #[command(subcommand)]
         cmd: machine::ConfigCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreAction {
+    /// The store's members as each node asked sees them: id, peer address, voter or
+    /// learner, and which one leads.
+    Members {
+        #[arg(long, short, value_enum, default_value_t)]
+        output: machine::Output,
+        #[command(flatten)]
+        conn: machine::Conn,
+    },
+    /// Removes a member by its id (`store members` lists them); refused, with the reason, if
+    /// the voters left would not have a quorum that answers.
+    Remove {
+        id: u64,
+        #[command(flatten)]
+        conn: machine::Conn,
+    },
+    /// Writes a snapshot of the store, taken while it serves and holding every acknowledged
+    /// write, to a file.
+    Snapshot {
+        file: PathBuf,
+        #[command(flatten)]
+        conn: machine::Conn,
     },
 }
 
@@ -351,6 +382,15 @@ fn main() -> anyhow::Result<()> {
         Cmd::Shutdown { conn } => machine::power(&conn, false),
         Cmd::Upgrade { image, conn } => machine::upgrade(&conn, &image),
         Cmd::Reset { conn } => machine::reset(&conn),
+        Cmd::Store {
+            action: StoreAction::Members { output, conn },
+        } => machine::store_members(&conn, output),
+        Cmd::Store {
+            action: StoreAction::Remove { id, conn },
+        } => machine::store_remove(&conn, id),
+        Cmd::Store {
+            action: StoreAction::Snapshot { file, conn },
+        } => machine::store_snapshot(&conn, &file),
         Cmd::Services { output, conn } => machine::services(&conn, output),
         Cmd::Disks { output, conn } => machine::disks(&conn, output),
         Cmd::Health {

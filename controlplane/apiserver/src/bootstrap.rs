@@ -60,7 +60,7 @@ pub async fn admin_kubeconfig(
         Ok(c) => {
             tracing::info!(by = %who.name(), "issued admin credentials");
             let creds = Credentials {
-                server: app.advertise.clone(),
+                server: app.client_endpoint.clone(),
                 ca_pem: app.ca.ca.cert_pem.clone(),
                 cert_pem: c.cert_pem,
                 key_pem: c.key_pem,
@@ -109,7 +109,7 @@ pub async fn node_credentials(
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         tracing::info!(node = %req.node_name, by = %who.name(), "issued node credentials");
         Ok(Credentials {
-            server: app.advertise.clone(),
+            server: app.client_endpoint.clone(),
             ca_pem: app.ca.ca.cert_pem.clone(),
             cert_pem: client.cert_pem,
             key_pem: client.key_pem,

@@ -118,6 +118,9 @@ pub struct AppState {
     pub audit: Option<audit::Log>,
     /// Users of an OpenID Connect provider, when one is trusted.
     pub oidc: Option<oidc::Oidc>,
+    /// Where credentials this server issues tell clients to reach the API (`host:port`): the
+    /// control planes' virtual IP when there is one, else `advertise`.
+    pub client_endpoint: String,
     /// The raft store itself, for membership and backups (`storeadmin`).
     pub store: strake_store::Store,
     /// Where the CA and the cluster's shared keys live.
@@ -257,7 +260,7 @@ impl ApiServer {
             registry,
             ca,
             token: cfg.token,
-            advertise: cfg.advertise,
+            advertise: cfg.advertise.clone(),
             node_client,
             node_tls: Arc::new(node_tls),
             kubernetes_ip,
@@ -267,6 +270,7 @@ impl ApiServer {
             gate: limits::Gate::new(Limits::default()),
             audit: None,
             oidc: None,
+            client_endpoint: cfg.advertise.clone(),
             store: raft_store,
             pki_dir: cfg.pki_dir.clone(),
         });
@@ -305,6 +309,21 @@ impl ApiServer {
             None => tracing::warn!("the audit log cannot change once the server serves"),
         }
         Ok(self)
+    }
+
+    /// The raft store under this server.
+    pub fn store(&self) -> &strake_store::Store {
+        &self.app.store
+    }
+
+    /// Tells clients given credentials to reach the API at `endpoint` (`host:port`, the
+    /// control planes' virtual IP) instead of this server's own address (before serving).
+    pub fn with_client_endpoint(mut self, endpoint: String) -> Self {
+        match Arc::get_mut(&mut self.app) {
+            Some(app) => app.client_endpoint = endpoint,
+            None => tracing::warn!("the client endpoint cannot change once the server serves"),
+        }
+        self
     }
 
     /// Trusts an OpenID Connect provider's ID tokens (before serving); `ca_pem` verifies the

@@ -59,6 +59,13 @@ fn table() -> &'static Table {
                 strake_kinds::typed::schema_definitions::<k8s_openapi::api::policy::v1::Eviction>(),
             ),
             (
+                "authentication.k8s.io/v1",
+                "TokenRequest",
+                strake_kinds::typed::schema_definitions::<
+                    k8s_openapi::api::authentication::v1::TokenRequest,
+                >(),
+            ),
+            (
                 "autoscaling/v1",
                 "Scale",
                 strake_kinds::typed::schema_definitions::<k8s_openapi::api::autoscaling::v1::Scale>(

@@ -69,7 +69,8 @@ pub struct MemberList {
 #[serde(rename_all = "camelCase")]
 pub struct JoinAnswer {
     pub members: MemberList,
-    /// [`SHARED_FILES`] by name, as this control plane holds them.
+    /// [`SHARED_FILES`] by name, as this control plane holds them, base64 (the signing key is
+    /// DER).
     pub files: std::collections::BTreeMap<String, String>,
 }
 
@@ -163,8 +164,12 @@ fn read_shared_files(dir: &Path) -> Result<std::collections::BTreeMap<String, St
     SHARED_FILES
         .iter()
         .map(|name| {
-            std::fs::read_to_string(dir.join(name))
-                .map(|text| (name.to_string(), text))
+            std::fs::read(dir.join(name))
+                .map(|bytes| {
+                    use base64::Engine as _;
+                    let text = base64::engine::general_purpose::STANDARD.encode(bytes);
+                    (name.to_string(), text)
+                })
                 .map_err(|e| {
                     ApiError::Internal(format!("reading {}: {e}", dir.join(name).display()))
                 })

@@ -19,6 +19,19 @@ use crate::render::{json_response, with_warnings};
 
 type Query = HashMap<String, String>;
 
+/// A subresource's request body as JSON bytes, whatever it was sent as (kubectl's typed
+/// commands, such as `create token`, send protobuf).
+fn json_body(headers: &HeaderMap, bytes: bytes::Bytes) -> Result<bytes::Bytes, ApiError> {
+    let ct = crate::dispatch::media_type(headers);
+    if bytes.is_empty() || ct.is_empty() || ct == "application/json" {
+        return Ok(bytes);
+    }
+    let (value, _) = crate::dispatch::body_value(headers, &bytes)?;
+    serde_json::to_vec(&value)
+        .map(bytes::Bytes::from)
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
 pub async fn serve(
     app: &Arc<AppState>,
     def: &Arc<ResourceDef>,
@@ -43,7 +56,7 @@ pub async fn serve(
         ("status", ..) => status(app, def, ns, name, info.verb, q, headers, body).await,
         ("scale", ..) => scale(app, def, ns, name, info.verb, q, headers, body).await,
         ("token", "", "serviceaccounts") => {
-            let bytes = read_body(body).await?;
+            let bytes = json_body(headers, read_body(body).await?)?;
             crate::tokens::request(app, ns.unwrap_or_default(), name, &bytes, dry_run(q)?).await
         }
         ("log", "", "pods") => crate::pods::log(app, ns.unwrap_or_default(), name, q).await,
@@ -59,7 +72,7 @@ pub async fn serve(
             .await
         }
         ("eviction", "", "pods") => {
-            let bytes = read_body(body).await?;
+            let bytes = json_body(headers, read_body(body).await?)?;
             let eviction: Value = if bytes.is_empty() {
                 json!({})
             } else {

@@ -262,6 +262,14 @@ impl Client {
 
     /// GET of any path, as raw bytes.
     pub async fn get_raw(&self, path: &str) -> Result<bytes::Bytes, ClientError> {
+        self.get_raw_with_headers(path).await.map(|(_, body)| body)
+    }
+
+    /// GET of any path, as raw bytes with the response's headers.
+    pub async fn get_raw_with_headers(
+        &self,
+        path: &str,
+    ) -> Result<(reqwest::header::HeaderMap, bytes::Bytes), ClientError> {
         let url = format!("{}{path}", self.base);
         let resp = self
             .http
@@ -273,6 +281,7 @@ impl Client {
                 source,
             })?;
         let status = resp.status();
+        let headers = resp.headers().clone();
         let body = resp
             .bytes()
             .await
@@ -283,7 +292,7 @@ impl Client {
         if !status.is_success() {
             return Err(status_error(status.as_u16(), &body));
         }
-        Ok(body)
+        Ok((headers, body))
     }
 
     pub async fn get<K: Resource + DeserializeOwned>(

@@ -59,6 +59,21 @@ impl Store {
         self.inner.raft.metrics().borrow().current_leader
     }
 
+    /// Whether this node leads and a quorum of voters acknowledged it within `within` (a lone
+    /// voter is its own quorum): what a holder of something only the leader may hold (the
+    /// control planes' virtual IP) checks, since an openraft 0.9 leader cut off from the
+    /// others does not step down by itself.
+    pub fn leads_with_quorum(&self, within: Duration) -> bool {
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow();
+        if m.state != openraft::ServerState::Leader {
+            return false;
+        }
+        m.membership_config.membership().voter_ids().count() == 1
+            || m.millis_since_quorum_ack
+                .is_some_and(|ms| u128::from(ms) < within.as_millis())
+    }
+
     /// Raft's view of this node (state, term, log, snapshot, replication): for operators and
     /// tests.
     pub fn raft_metrics(&self) -> RaftMetrics<NodeId, BasicNode> {

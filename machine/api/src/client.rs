@@ -17,7 +17,8 @@ use tokio_rustls::TlsConnector;
 use crate::secrets::fingerprint_der;
 use crate::{
     AddressView, ApplyMode, ApplyResult, ConfigView, DiskView, ErrorBody, KubeconfigView, LogLines,
-    Message, PORT, RouteView, ServiceView, SocketView, VersionInfo,
+    Message, PORT, RouteView, ServiceView, SocketView, StoreMembersView, StoreSnapshotView,
+    VersionInfo,
 };
 
 /// Percent-encodes a query value (service names are plain words; anything else is escaped).
@@ -232,6 +233,22 @@ impl Client {
     /// Admin credentials for the cluster, from a control plane.
     pub async fn kubeconfig(&self) -> Result<KubeconfigView, ClientError> {
         self.call("GET", "/v1/kubeconfig", Bytes::new()).await
+    }
+
+    /// The cluster store's members, from a control plane.
+    pub async fn store_members(&self) -> Result<StoreMembersView, ClientError> {
+        self.call("GET", "/v1/store/members", Bytes::new()).await
+    }
+
+    /// Removes store member `id` through a control plane.
+    pub async fn store_remove(&self, id: u64) -> Result<StoreMembersView, ClientError> {
+        let path = format!("/v1/store/members/{id}/remove");
+        self.call("POST", &path, Bytes::new()).await
+    }
+
+    /// A snapshot of the cluster store, from a control plane.
+    pub async fn store_snapshot(&self) -> Result<StoreSnapshotView, ClientError> {
+        self.call("GET", "/v1/store/snapshot", Bytes::new()).await
     }
 
     pub async fn restart_service(&self, name: &str) -> Result<Message, ClientError> {

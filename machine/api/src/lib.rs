@@ -266,6 +266,37 @@ pub struct SocketView {
     pub process: Option<String>,
 }
 
+/// One member of the cluster store (`strakectl store members`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreMemberView {
+    pub id: u64,
+    pub peer_address: String,
+    /// Votes, or only receives the log while it catches up (a learner).
+    pub voter: bool,
+    pub leader: bool,
+}
+
+/// The cluster store's members as a control plane sees them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreMembersView {
+    /// The store node id of the control plane that answered.
+    pub answered_by: u64,
+    pub leader: Option<u64>,
+    pub members: Vec<StoreMemberView>,
+}
+
+/// A snapshot of the cluster store (`strakectl store snapshot`): a backup file holding every
+/// acknowledged write, which `Store::restore` starts a new cluster from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreSnapshotView {
+    pub revision: u64,
+    /// The file, base64.
+    pub data: String,
+}
+
 /// Admin credentials for the cluster (`strakectl kubeconfig`), signed by the cluster CA.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KubeconfigView {

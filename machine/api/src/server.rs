@@ -23,7 +23,8 @@ use tokio_rustls::TlsAcceptor;
 use crate::{
     AddressView, ApplyMode, ApplyResult, ChangeView, ConfigView, DiskView, ErrorBody, FieldProblem,
     KubeconfigView, LogLines, MAX_BODY, MAX_UPGRADE, Message, Role, RouteView, ServiceView,
-    SocketView, VersionInfo, line_component, line_time, redact,
+    SocketView, StoreMembersView, StoreSnapshotView, VersionInfo, line_component, line_time,
+    redact,
 };
 
 /// Which API the node serves.
@@ -101,6 +102,19 @@ pub trait Host: Send + Sync + 'static {
     fn netstat(&self) -> Result<Vec<SocketView>, HostError>;
     /// Admin credentials from the cluster CA; an error on a node that holds none.
     fn kubeconfig(&self) -> Result<KubeconfigView, HostError>;
+    /// The cluster store's members, asked of this control plane.
+    fn store_members(&self) -> Result<StoreMembersView, HostError> {
+        Err(HostError::new("this node runs no store"))
+    }
+    /// Removes store member `id` (refused if it would cost the store its quorum).
+    fn store_remove(&self, id: u64) -> Result<StoreMembersView, HostError> {
+        let _ = id;
+        Err(HostError::new("this node runs no store"))
+    }
+    /// A snapshot of the cluster store, taken while it serves.
+    fn store_snapshot(&self) -> Result<StoreSnapshotView, HostError> {
+        Err(HostError::new("this node runs no store"))
+    }
 }
 
 /// The TLS configuration for `mode`: `serving` is the self-signed certificate in maintenance
@@ -238,6 +252,9 @@ fn router(app: Arc<App>) -> Router {
         .route("/v1/routes", get(routes))
         .route("/v1/netstat", get(netstat))
         .route("/v1/kubeconfig", get(kubeconfig))
+        .route("/v1/store/members", get(store_members))
+        .route("/v1/store/members/{id}/remove", post(store_remove))
+        .route("/v1/store/snapshot", get(store_snapshot))
         .fallback(not_found)
         .with_state(app)
 }
@@ -789,6 +806,43 @@ async fn kubeconfig(State(app): State<Arc<App>>, Extension(peer): Extension<Peer
         |h| h.kubeconfig(),
     )
     .await
+}
+
+async fn store_members(State(app): State<Arc<App>>, Extension(peer): Extension<Peer>) -> Answer {
+    read(
+        &app,
+        &peer,
+        "store members",
+        Role::Reader,
+        StatusCode::CONFLICT,
+        |h| h.store_members(),
+    )
+    .await
+}
+
+async fn store_snapshot(State(app): State<Arc<App>>, Extension(peer): Extension<Peer>) -> Answer {
+    read(
+        &app,
+        &peer,
+        "store snapshot",
+        Role::Admin,
+        StatusCode::CONFLICT,
+        |h| h.store_snapshot(),
+    )
+    .await
+}
+
+async fn store_remove(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+    axum::extract::Path(id): axum::extract::Path<u64>,
+) -> Answer {
+    allow(&app, &peer, "store remove", Role::Admin)?;
+    let host = app.host.clone();
+    let members = blocking(move || host.store_remove(id))
+        .await?
+        .map_err(|e| host_error(StatusCode::CONFLICT, e))?;
+    Ok(json(StatusCode::OK, &members))
 }
 
 async fn restart_service(

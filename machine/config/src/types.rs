@@ -160,6 +160,18 @@ pub struct Interface {
     pub bond: Option<Bond>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bridge: Option<Bridge>,
+    /// A virtual IP the control planes share on this link, held by one at a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<Vip>,
+}
+
+/// The control planes' shared address: held by the store's leader, announced by gratuitous
+/// ARP when it moves (so the control planes must share the link's L2 segment).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Vip {
+    /// An IPv4 address on the link's subnet that no machine uses.
+    pub ip: Parsed<IpAddr>,
 }
 
 /// Picks a physical link by its properties; every criterion given must match.

@@ -98,6 +98,26 @@ fn machine(c: &mut Check, m: &Machine) {
         install(c, i);
     }
     network(c, &m.network);
+    for (i, iface) in m.network.interfaces.iter().enumerate() {
+        if iface.vip.is_some() && m.role != Role::Controlplane {
+            c.err(
+                format!("machine.network.interfaces[{i}].vip"),
+                "only control planes hold the virtual IP",
+            );
+        }
+    }
+    if m.network
+        .interfaces
+        .iter()
+        .filter(|i| i.vip.is_some())
+        .count()
+        > 1
+    {
+        c.err(
+            "machine.network.interfaces",
+            "give at most one interface a vip",
+        );
+    }
     time(c, &m.time);
     kernel(c, &m.kernel);
     registries(c, &m.registries);
@@ -208,6 +228,25 @@ fn network(c: &mut Check, n: &Network) {
             c.result(format!("{p}.mtu"), check_mtu(mtu));
         }
         addresses(c, &mut claims, &p, &iface.addresses);
+        if let Some(vip) = &iface.vip {
+            let vp = format!("{p}.vip.ip");
+            match c
+                .parsed(&vp, &vip.ip, "an IPv4 address such as 192.168.1.100")
+                .copied()
+            {
+                Some(IpAddr::V6(_)) => c.err(
+                    &vp,
+                    "only IPv4 virtual IPs are supported (they are announced by ARP)",
+                ),
+                Some(ip) if claims.contains_key(&ip) => {
+                    c.err(&vp, format!("{ip} is already assigned at {}", claims[&ip]))
+                }
+                Some(ip) if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() => {
+                    c.err(&vp, format!("{ip} cannot be shared on a link"))
+                }
+                _ => {}
+            }
+        }
         for (j, r) in iface.routes.iter().enumerate() {
             route(c, &format!("{p}.routes[{j}]"), r);
         }

@@ -260,6 +260,13 @@ fn scenario(bin: &Path, kc: &Path, ns: &str, dir: &Path) {
         whoami.contains("strake-admin") && whoami.contains("system:masters"),
         "{whoami}"
     );
+    // create token sends its TokenRequest as protobuf.
+    let token = ok(
+        bin,
+        kc,
+        &["-n", ns, "create", "token", "robot", "--duration", "10m"],
+    );
+    assert_eq!(token.trim().split('.').count(), 3, "a JWT: {token}");
     // apply: client-side, changed, server-side, diff.
     let manifest = dir.join(format!("{ns}.yaml"));
     let app = |image: &str| {
