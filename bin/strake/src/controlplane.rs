@@ -32,6 +32,13 @@ pub struct Args {
     /// store's leader; credentials name it as the API's address.
     #[arg(long)]
     vip: Option<std::net::Ipv4Addr>,
+    /// How often this control plane writes a snapshot of the store to
+    /// `<data-dir>/backups` (as k3s: every 12 hours); 0 turns them off.
+    #[arg(long, default_value = "43200")]
+    snapshot_interval_seconds: u64,
+    /// Scheduled snapshots kept; older ones are deleted.
+    #[arg(long, default_value_t = 5)]
+    snapshot_retention: usize,
     /// Extra subject alternative names for the serving certificate.
     #[arg(long = "san")]
     sans: Vec<String>,
@@ -242,6 +249,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             signer: Some(server.ca().clone()),
         },
     );
+    if args.snapshot_interval_seconds > 0 {
+        crate::snapshots::schedule(
+            server.store().clone(),
+            args.data_dir.join("backups"),
+            std::time::Duration::from_secs(args.snapshot_interval_seconds),
+            args.snapshot_retention.max(1),
+        );
+    }
     server.serve().await.context("API server")?;
     Ok(())
 }

@@ -12,6 +12,7 @@ mod certificates;
 mod controllers;
 mod discovery;
 mod dispatch;
+mod endpoints;
 mod limits;
 mod oidc;
 mod openapi;
@@ -485,7 +486,19 @@ impl ApiServer {
             }
         }
         if let Some(addr) = advertised {
-            self.kubernetes_endpoints(&table, addr).await?;
+            // This server and every other that renewed its lease lately.
+            let live = endpoints::renew_and_list(&self.app.registry, addr)
+                .await
+                .map_err(|source| ServerError::Defaults {
+                    what: "the API servers' leases".into(),
+                    source: Box::new(source),
+                })?;
+            endpoints::point_kubernetes_at(&self.app.registry, &live)
+                .await
+                .map_err(|source| ServerError::Defaults {
+                    what: "endpoints default/kubernetes".into(),
+                    source: Box::new(source),
+                })?;
         }
         controllers::crd_pass(&self.app.registry)
             .await
@@ -513,82 +526,6 @@ impl ApiServer {
         Ok(())
     }
 
-    /// Points the `kubernetes` Service's Endpoints and EndpointSlice at `addr`.
-    async fn kubernetes_endpoints(
-        &self,
-        table: &strake_apimachinery::resource::Entries,
-        addr: std::net::SocketAddr,
-    ) -> Result<(), ServerError> {
-        let (ip, port) = (addr.ip().to_string(), addr.port());
-        let family = if addr.is_ipv4() { "IPv4" } else { "IPv6" };
-        let objects = [
-            (
-                "",
-                "endpoints",
-                serde_json::json!({
-                    "metadata": {"name": "kubernetes", "namespace": "default",
-                        "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
-                    "subsets": [{"addresses": [{"ip": ip}],
-                        "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]
-                }),
-            ),
-            (
-                "discovery.k8s.io",
-                "endpointslices",
-                serde_json::json!({
-                    "metadata": {"name": "kubernetes", "namespace": "default",
-                        "labels": {"kubernetes.io/service-name": "kubernetes"}},
-                    "addressType": family,
-                    "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}],
-                    "ports": [{"name": "https", "port": port, "protocol": "TCP"}]
-                }),
-            ),
-        ];
-        for (group, plural, obj) in objects {
-            let def = table
-                .lookup(group, "v1", plural)
-                .ok_or_else(|| ServerError::Defaults {
-                    what: plural.into(),
-                    source: Box::new(ApiError::NoRoute),
-                })?;
-            let err = |source: ApiError| ServerError::Defaults {
-                what: format!("{plural} default/kubernetes"),
-                source: Box::new(source),
-            };
-            let reg = &self.app.registry;
-            let (obj, _) = def
-                .strategy
-                .decode(def, obj, Default::default())
-                .map_err(err)?;
-            match reg.get(def, Some("default"), "kubernetes").await {
-                Ok(mut old) => {
-                    for key in ["subsets", "endpoints", "ports", "addressType"] {
-                        if !obj[key].is_null() {
-                            old[key] = obj[key].clone();
-                        }
-                    }
-                    reg.update(
-                        def,
-                        Some("default"),
-                        "kubernetes",
-                        old,
-                        strake_apimachinery::Part::Main,
-                        &Default::default(),
-                    )
-                    .await
-                    .map_err(err)?;
-                }
-                Err(ApiError::NotFound { .. }) => {
-                    reg.create(def, Some("default"), obj, &Default::default())
-                        .await
-                        .map_err(err)?;
-                }
-                Err(e) => return Err(err(e)),
-            }
-        }
-        Ok(())
-    }
-
     /// Serves until the listener fails. Also runs the built-in namespace controller.
     pub async fn serve(self) -> Result<(), ServerError> {
         let listener =
@@ -608,6 +545,9 @@ impl ApiServer {
                 addr: self.listen,
                 source,
             })?;
+        if let Ok(advertised) = self.app.advertise.parse::<SocketAddr>() {
+            tokio::spawn(endpoints::reconcile(self.app.registry.clone(), advertised));
+        }
         tokio::spawn(renew_serving(
             self.app.ca.clone(),
             self.serving.cert.clone(),

@@ -102,10 +102,15 @@ impl std::fmt::Debug for Store {
 }
 
 fn raft_config(snapshot_every: u64, clustered: bool) -> Result<Config, StoreError> {
-    // Over the network, append-entries must fit in one heartbeat interval (openraft's RPC
-    // timeout) even on a loaded machine; a lone voter only talks to itself.
+    // Over the network, append-entries must fit in three quarters of a heartbeat interval
+    // (openraft's RPC timeout) even on a loaded machine; a lone voter only talks to itself.
+    // How long a leader's loss takes to notice: a follower that knew a leader starts an
+    // election only after the leader's lease (openraft: election_timeout_max) plus a random
+    // election timeout since it last heard from it, so 1.9-2.4 s here (it was 3-4 s with
+    // 1-2 s timeouts); the lease is also what keeps a node that was cut off from disrupting
+    // the others when it comes back (they refuse its votes while their leader is fresh).
     let (heartbeat_interval, election_timeout_min, election_timeout_max) = if clustered {
-        (250, 1000, 2000)
+        (200, 700, 1200)
     } else {
         (100, 300, 600)
     };
