@@ -159,7 +159,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("store");
         let first = store_id(dir.path(), &store).unwrap();
-        assert!(first >= 2 && first < (1 << 53));
+        assert!((2..(1 << 53)).contains(&first));
         assert_eq!(store_id(dir.path(), &store).unwrap(), first);
 
         let old = tempfile::tempdir().unwrap();
