@@ -1,4 +1,4 @@
-//! High availability in QEMU (TCG): three control planes on a private L2 inside a network
+//! High availability in QEMU (TCG): three control planes and a worker on a private L2 inside a network
 //! namespace this test creates (`strake_qemu::Lab`), 1 vCPU and 768 MiB each. The first
 //! starts the cluster; the other two join its store through its API (learner, caught up,
 //! voter) and take the cluster's shared keys. The lab is booted once and the scenarios run in
@@ -16,6 +16,9 @@
 //!   and writes resume (the longest gap between acknowledged writes is printed);
 //! - removing a live voter while the dead one is still a member is refused (quorum), the dead
 //!   one is removed, and a fresh control plane joins in its place;
+//! - a worker, whose API endpoint is the virtual IP, keeps renewing its lease after the
+//!   leader it first talked to died; when its own QEMU is killed, its replica of a
+//!   Deployment runs again on a control plane;
 //! - a snapshot of the store is streamed while it serves.
 //!
 //! Needs root, the image built by `scripts/test.sh` (or `STRAKE_IMAGE_DIR`), qemu-system-x86_64,
@@ -90,6 +93,7 @@ fn start_control_plane(
     ca: &ClusterCa,
     token: &BootstrapToken,
     join: Option<Ipv4Addr>,
+    registry: &str,
 ) -> anyhow::Result<ControlPlane> {
     let config = state.join(format!("cp{n}.yaml"));
     std::fs::write(&config, machine_config(n, ca, token, join))?;
@@ -97,7 +101,10 @@ fn start_control_plane(
         name: format!("cp{n}"),
         kernel: images.join("vmlinuz"),
         initrd: images.join("initramfs.zst"),
-        cmdline: format!("strake.ip={}/24:{GATEWAY}:eth0", cp_ip(n)),
+        cmdline: format!(
+            "strake.ip={}/24:{GATEWAY}:eth0 strake.registry.insecure={registry}",
+            cp_ip(n)
+        ),
         memory_mib: 768,
         cpus: 1,
         accel: Accel::from_env(),
@@ -115,6 +122,37 @@ fn start_control_plane(
         vm: Vm::start_past_kernel(cfg, Duration::from_secs(120))?,
         killed: false,
     })
+}
+
+const WORKER_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 80, 21);
+
+/// The worker: its API endpoint is the virtual IP.
+fn start_worker(
+    images: &Path,
+    state: &Path,
+    token: &BootstrapToken,
+    registry: &str,
+) -> anyhow::Result<Vm> {
+    let cfg = VmConfig {
+        name: "w1".into(),
+        kernel: images.join("vmlinuz"),
+        initrd: images.join("initramfs.zst"),
+        cmdline: format!(
+            "strake.role=worker strake.api={VIP}:6443 strake.token={token} strake.hostname=w1 strake.ip={WORKER_IP}/24:{GATEWAY}:eth0 strake.registry.insecure={registry}"
+        ),
+        memory_mib: 768,
+        cpus: 1,
+        accel: Accel::from_env(),
+        nics: vec![Nic::Tap {
+            ifname: "tap-w1".into(),
+            mac: [0x52, 0x54, 0x00, 0x80, 0x00, 0x21],
+        }],
+        disks: Vec::new(),
+        fw_cfg: Vec::new(),
+        uefi: None,
+        state_dir: state.to_path_buf(),
+    };
+    Ok(Vm::start_past_kernel(cfg, Duration::from_secs(120))?)
 }
 
 #[test]
@@ -138,16 +176,29 @@ fn three_control_planes_survive_losing_the_leader() -> anyhow::Result<()> {
     for n in 1..=4 {
         lab.add_tap(&format!("tap-cp{n}"), "seg-ha")?;
     }
+    lab.add_tap("tap-w1", "seg-ha")?;
     lab.enter()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
+    // The registry listens on the lab's addresses only (the namespace has no others).
+    let registry = strake_e2e::Registry::start_on(Ipv4Addr::UNSPECIFIED)?;
+    rt.block_on(strake_e2e::push_busybox(registry.port, "e2e/busybox", "1"))?;
+    let guest_registry = format!("{GATEWAY}:{}", registry.port);
     let ca = ClusterCa::generate("ha")?;
     let token = BootstrapToken::generate();
     let state = strake_e2e::TempDir::new("strake-ha")?;
     let mut cps: Vec<ControlPlane> = Vec::new();
-    let result = drive(&rt, &mut cps, &images, state.path(), &ca, &token);
+    let result = drive(
+        &rt,
+        &mut cps,
+        &images,
+        state.path(),
+        &ca,
+        &token,
+        &guest_registry,
+    );
     if result.is_err() {
         for cp in &cps {
             eprintln!(
@@ -189,12 +240,15 @@ fn time_days(d: i64) -> time::Duration {
     time::Duration::days(d)
 }
 
+/// Store members by id: peer address, and whether it votes.
+type Members = BTreeMap<u64, (String, bool)>;
+
 /// The store's members as the API at `client` reports them: id → (peer address, voter), and
 /// the leader.
 fn members(
     rt: &tokio::runtime::Runtime,
     client: &strake_kubeclient::Client,
-) -> anyhow::Result<(BTreeMap<u64, (String, bool)>, Option<u64>)> {
+) -> anyhow::Result<(Members, Option<u64>)> {
     let v = rt.block_on(client.get_json("/strake/v1/store/members"))?;
     let mut out = BTreeMap::new();
     for m in v["members"].as_array().context("members")? {
@@ -216,9 +270,12 @@ fn drive(
     dir: &Path,
     ca: &ClusterCa,
     token: &BootstrapToken,
+    registry: &str,
 ) -> anyhow::Result<()> {
     let booted = Instant::now();
-    cps.push(start_control_plane(1, images, dir, ca, token, None)?);
+    cps.push(start_control_plane(
+        1, images, dir, ca, token, None, registry,
+    )?);
     let (c1, _) = admin(ca, &cps[0].api())?;
     cps[0]
         .vm
@@ -238,8 +295,17 @@ fn drive(
             rt.block_on(via_vip.get_json("/version")).is_ok()
         })?;
     for n in [2, 3] {
-        cps.push(start_control_plane(n, images, dir, ca, token, Some(VIP))?);
+        cps.push(start_control_plane(
+            n,
+            images,
+            dir,
+            ca,
+            token,
+            Some(VIP),
+            registry,
+        )?);
     }
+    let mut worker = start_worker(images, dir, token, registry)?;
     let mut last = String::new();
     poll(
         "three voters in the store",
@@ -292,7 +358,7 @@ fn drive(
             .kubeconfig("ha", &format!("https://{}", cps[1].api())),
     )?;
     let ready = poll(
-        "three control-plane nodes Ready",
+        "three control planes and the worker Ready",
         Duration::from_secs(240),
         || {
             let out = kubectl_ok(
@@ -305,7 +371,7 @@ fn drive(
             ],
         )
         .ok()?;
-            (out.matches("=True").count() == 3).then_some(out)
+            (out.matches("=True").count() == 4).then_some(out)
         },
     )?;
     eprintln!("ha: nodes {ready}");
@@ -361,7 +427,15 @@ fn drive(
 
     // A fresh control plane joins in the dead one's place, through a survivor.
     let replaced = Instant::now();
-    cps.push(start_control_plane(4, images, dir, ca, token, Some(VIP))?);
+    cps.push(start_control_plane(
+        4,
+        images,
+        dir,
+        ca,
+        token,
+        Some(VIP),
+        registry,
+    )?);
     poll(
         "the replacement to be a voter",
         Duration::from_secs(300),
@@ -385,6 +459,38 @@ fn drive(
     );
     eprintln!("ha: streamed a {} byte snapshot", snapshot.len());
 
+    // The worker reached the API through the virtual IP all along: its lease is renewed after
+    // the leader it first talked to died.
+    let renewed = |k: &Path| -> Option<String> {
+        kubectl_ok(
+            k,
+            &[
+                "-n",
+                "kube-node-lease",
+                "get",
+                "lease",
+                "w1",
+                "-o",
+                "jsonpath={.spec.renewTime}",
+            ],
+        )
+        .ok()
+    };
+    let kubeconfig = dir.join("kubeconfig-vip");
+    std::fs::write(
+        &kubeconfig,
+        admin(ca, &format!("{VIP}:6443"))?
+            .1
+            .kubeconfig("ha", &format!("https://{VIP}:6443")),
+    )?;
+    let before = renewed(&kubeconfig).context("the worker's lease")?;
+    poll(
+        "the worker to renew its lease",
+        Duration::from_secs(60),
+        || renewed(&kubeconfig).filter(|r| *r != before),
+    )?;
+    worker_loss(&kubeconfig, &mut worker, registry)?;
+
     // And once more, with the replacement among the voters.
     kill_leader(rt, ca, cps, &via_vip, &recorder)?;
 
@@ -398,6 +504,78 @@ fn drive(
     eprintln!(
         "ha: recorder history of {} operations ({acked} acknowledged writes) is linearizable: {summary:?}",
         history.len()
+    );
+    Ok(())
+}
+
+/// Four replicas spread over the nodes, tolerating an unreachable node for 2 s; the worker's
+/// QEMU is killed and its replica must come back on a control plane.
+fn worker_loss(kubeconfig: &Path, worker: &mut Vm, registry: &str) -> anyhow::Result<()> {
+    let manifest = format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: spread\n  namespace: default\nspec:\n  replicas: 4\n  selector:\n    matchLabels: {{app: spread}}\n  template:\n    metadata:\n      labels: {{app: spread}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      topologySpreadConstraints:\n      - maxSkew: 1\n        topologyKey: kubernetes.io/hostname\n        whenUnsatisfiable: ScheduleAnyway\n        labelSelector:\n          matchLabels: {{app: spread}}\n      tolerations:\n      - {{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 2}}\n      - {{key: node.kubernetes.io/not-ready, operator: Exists, effect: NoExecute, tolerationSeconds: 2}}\n      containers:\n      - name: c\n        image: {registry}/e2e/busybox:1\n        command: [sleep, '3600']\n"
+    );
+    let out =
+        strake_e2e::kubectl_with_input(kubeconfig, &["apply", "-f", "-"], manifest.as_bytes())?;
+    ensure!(
+        out.status.success(),
+        "kubectl apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let placed = |k: &Path| -> Option<Vec<(String, String)>> {
+        let out = kubectl_ok(
+            k,
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app=spread",
+                "-o",
+                "jsonpath={range .items[*]}{.spec.nodeName}={.status.phase}={.metadata.deletionTimestamp} {end}",
+            ],
+        )
+        .ok()?;
+        Some(
+            out.split_whitespace()
+                .filter_map(|p| {
+                    let mut f = p.split('=');
+                    let (node, phase, deleting) = (f.next()?, f.next()?, f.next().unwrap_or(""));
+                    (deleting.is_empty()).then(|| (node.to_string(), phase.to_string()))
+                })
+                .collect(),
+        )
+    };
+    let mut last = Vec::new();
+    poll(
+        "four replicas Running, one on the worker",
+        Duration::from_secs(180),
+        || {
+            let p = placed(kubeconfig)?;
+            last = p.clone();
+            (p.iter().filter(|(_, phase)| phase == "Running").count() == 4
+                && p.iter().any(|(node, _)| node == "w1"))
+            .then_some(())
+        },
+    )
+    .with_context(|| format!("last seen: {last:?}"))?;
+    let killed = Instant::now();
+    worker.kill();
+    poll(
+        "the worker's replica replaced on a control plane",
+        Duration::from_secs(180),
+        || {
+            let p = placed(kubeconfig)?;
+            last = p.clone();
+            (p.iter()
+                .filter(|(node, phase)| node != "w1" && phase == "Running")
+                .count()
+                == 4)
+                .then_some(())
+        },
+    )
+    .with_context(|| format!("last seen: {last:?}"))?;
+    eprintln!(
+        "ha: the worker's QEMU killed; its replica ran again on a control plane {:.1} s later (node monitor grace 40 s, tolerations 2 s)",
+        killed.elapsed().as_secs_f64()
     );
     Ok(())
 }
@@ -509,7 +687,7 @@ fn shared_keys(
         },
     )
     .with_context(|| format!("last: {last}"))?;
-    for i in 1..cps.len() {
+    for (i, cp) in cps.iter().enumerate().skip(1) {
         let ki = kube(i)?;
         let got = kubectl_ok(
             &ki,
@@ -518,13 +696,13 @@ fn shared_keys(
         ensure!(
             got.trim() == "c2VhbGVkLW9uY2U=",
             "cp{} reads the Secret cp1 wrote as {got:?}",
-            cps[i].n
+            cp.n
         );
         let http = reqwest_client(ca)?;
         let who: Value = rt.block_on(async {
             http.post(format!(
                 "https://{}/apis/authentication.k8s.io/v1/selfsubjectreviews",
-                cps[i].api()
+                cp.api()
             ))
             .bearer_auth(sa.trim())
             .json(&json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}))
@@ -537,7 +715,7 @@ fn shared_keys(
         ensure!(
             who["status"]["userInfo"]["username"] == "system:serviceaccount:default:default",
             "cp{} took cp1's token as {who}",
-            cps[i].n
+            cp.n
         );
     }
     Ok(())
@@ -618,7 +796,7 @@ impl RecorderTask {
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
                 let url = format!("https://{}{path}", endpoints[at % endpoints.len()]);
-                let ok = if i % 5 == 0 {
+                let ok = if i.is_multiple_of(5) {
                     let op = history.begin(0, "recorder", Call::Read);
                     let got: anyhow::Result<Value> = rt.block_on(async {
                         Ok(http

@@ -163,6 +163,13 @@ fn maintenance_mode_install_and_the_machine_api() -> anyhow::Result<()> {
             Duration::from_secs(120),
             || strakectl_ok(&["version", "--strakeconfig", &sc]).ok(),
         )?;
+        // The only voter cannot leave the store: a graceful reset is refused, nothing wiped.
+        let out = strakectl(&["reset", "--graceful", "--strakeconfig", &sc])?;
+        let why = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !out.status.success() && why.contains("nothing was wiped"),
+            "a graceful reset of the only control plane: {why}"
+        );
         let out = strakectl_ok(&["reset", "--strakeconfig", &sc])?;
         ensure!(out.contains("is wiped at the next boot"), "reset: {out}");
         vm.wait_exit("the node to reboot for the reset", Duration::from_secs(90))?;

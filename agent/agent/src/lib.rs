@@ -153,6 +153,45 @@ async fn credentials(cfg: &AgentConfig) -> Result<Credentials, AgentError> {
     Ok(creds)
 }
 
+/// Keeps the client's list of API servers current: the configured endpoint first (a virtual
+/// IP, say), then every API server the `kubernetes` Service's endpoints name, so the agent
+/// moves to another control plane when the one it uses goes away.
+async fn follow_api_servers(client: Client, configured: String) {
+    loop {
+        match client
+            .get::<k8s_openapi::api::core::v1::Endpoints>(Some("default"), "kubernetes")
+            .await
+        {
+            Ok(ep) => {
+                let mut urls = vec![configured.clone()];
+                for subset in ep.subsets.unwrap_or_default() {
+                    let port = subset
+                        .ports
+                        .as_ref()
+                        .and_then(|p| p.first())
+                        .map_or(6443, |p| p.port);
+                    for a in subset.addresses.unwrap_or_default() {
+                        let url = if a.ip.contains(':') {
+                            format!("https://[{}]:{port}", a.ip)
+                        } else {
+                            format!("https://{}:{port}", a.ip)
+                        };
+                        if !urls.contains(&url) {
+                            urls.push(url);
+                        }
+                    }
+                }
+                if urls != client.servers() {
+                    tracing::info!(servers = ?urls, "API servers this agent may use");
+                    client.set_servers(urls);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "reading the API servers' endpoints"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+    }
+}
+
 /// Runs the agent until a fatal error.
 pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let creds = credentials(&cfg).await?;
@@ -177,6 +216,10 @@ pub async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     worker::sweep_leftovers(&shared).await;
     node::register(&shared).await?;
     tokio::spawn(node::heartbeat(shared.clone()));
+    tokio::spawn(follow_api_servers(
+        shared.client.clone(),
+        format!("https://{}", cfg.api_server),
+    ));
     tokio::spawn(sandbox::run_network(shared.clone()));
     tokio::spawn(proxy::run(shared.clone()));
     tokio::spawn(netpol::run(shared.clone()));

@@ -600,6 +600,29 @@ impl Host for Node {
         })
     }
 
+    fn leave_store(&self) -> Result<String, HostError> {
+        if self.cluster_ca().is_err() {
+            return Ok("not a control plane: no store to leave".into());
+        }
+        let path = host_path(&self.root, "/var/lib/strake/store-id");
+        let id: u64 = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .ok_or_else(|| {
+                HostError::new(format!(
+                    "cannot tell this node's store id from {}",
+                    path.display()
+                ))
+            })?;
+        self.store_remove(id).map_err(|e| {
+            HostError::new(format!(
+                "leaving the store (nothing was wiped): {}",
+                e.message
+            ))
+        })?;
+        Ok(format!("left the cluster store (it was node {id})"))
+    }
+
     fn store_members(&self) -> Result<StoreMembersView, HostError> {
         let client = self.local_api()?;
         let v = run_async(client.get_json("/strake/v1/store/members"))

@@ -522,9 +522,13 @@ pub fn restart_service(conn: &Conn, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn reset(conn: &Conn) -> anyhow::Result<()> {
+pub fn reset(conn: &Conn, graceful: bool) -> anyhow::Result<()> {
     each_node(conn, |rt, client| {
-        let m = rt.block_on(client.reset())?;
+        let m = if graceful {
+            rt.block_on(client.reset_graceful())?
+        } else {
+            rt.block_on(client.reset())?
+        };
         println!("{}: {}", client.endpoint(), m.message);
         Ok(())
     })?;
@@ -559,17 +563,39 @@ pub fn store_members(conn: &Conn, out: Output) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The first node given: store changes are made once, through one control plane.
+/// One node: store changes are made once, through one control plane. The first endpoint
+/// given that can be reached answers; one that cannot be connected to (or does not answer in
+/// time) is passed over for the next.
 fn one_node<T>(
     conn: &Conn,
-    call: impl FnOnce(&tokio::runtime::Runtime, &Client) -> anyhow::Result<T>,
+    mut call: impl FnMut(&tokio::runtime::Runtime, &Client) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
     let rt = runtime()?;
     let clients = conn.clients()?;
-    let client = clients
-        .first()
-        .context("give a control plane's machine API endpoint (--endpoints)")?;
-    call(&rt, client).with_context(|| format!("node {}", client.endpoint()))
+    anyhow::ensure!(
+        !clients.is_empty(),
+        "give a control plane's machine API endpoint (--endpoints)"
+    );
+    let mut last = None;
+    for client in &clients {
+        match call(&rt, client) {
+            Err(e)
+                if e.downcast_ref::<strake_machineapi::ClientError>()
+                    .is_some_and(|c| {
+                        matches!(
+                            c,
+                            strake_machineapi::ClientError::Connect { .. }
+                                | strake_machineapi::ClientError::Timeout { .. }
+                        )
+                    }) =>
+            {
+                eprintln!("{}: {e:#}; trying the next endpoint", client.endpoint());
+                last = Some(e.context(format!("node {}", client.endpoint())));
+            }
+            other => return other.with_context(|| format!("node {}", client.endpoint())),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no endpoint answered")))
 }
 
 pub fn store_remove(conn: &Conn, id: u64) -> anyhow::Result<()> {

@@ -183,6 +183,10 @@ enum Cmd {
     /// Wipe the nodes' STATE (the store, the PKI, the machine config, images, volumes, logs)
     /// and reboot them: they come back in maintenance mode.
     Reset {
+        /// A control plane leaves the cluster store first (refused, and nothing wiped, if the
+        /// members left would lack a quorum that answers).
+        #[arg(long)]
+        graceful: bool,
         #[command(flatten)]
         conn: machine::Conn,
     },
@@ -381,7 +385,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Reboot { conn } => machine::power(&conn, true),
         Cmd::Shutdown { conn } => machine::power(&conn, false),
         Cmd::Upgrade { image, conn } => machine::upgrade(&conn, &image),
-        Cmd::Reset { conn } => machine::reset(&conn),
+        Cmd::Reset { graceful, conn } => machine::reset(&conn, graceful),
         Cmd::Store {
             action: StoreAction::Members { output, conn },
         } => machine::store_members(&conn, output),

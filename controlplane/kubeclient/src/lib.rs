@@ -2,6 +2,7 @@
 //! the bootstrap-token discovery flow that turns a token into pinned, verified credentials.
 //! Speaks JSON over HTTPS with reqwest + rustls; knows nothing about how the server stores data.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -177,11 +178,68 @@ pub enum WatchEvent<K> {
     Bookmark(String),
 }
 
-/// A typed API client.
+/// A typed API client. It knows one or more API servers (`https://host:port`) and talks to
+/// one at a time; a request that cannot reach it (no connection, or no answer in time)
+/// fails and moves the client, and every clone of it, to the next one, so the caller's retry
+/// goes elsewhere.
 #[derive(Clone, Debug)]
 pub struct Client {
     http: reqwest::Client,
-    base: String,
+    servers: Arc<Servers>,
+}
+
+/// The API servers a client knows, and which one it uses.
+#[derive(Debug)]
+struct Servers {
+    urls: std::sync::RwLock<Vec<String>>,
+    current: std::sync::atomic::AtomicUsize,
+}
+
+impl Servers {
+    fn new(url: &str) -> Servers {
+        Servers {
+            urls: std::sync::RwLock::new(vec![url.trim_end_matches('/').to_string()]),
+            current: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    fn current(&self) -> String {
+        let urls = self.urls.read().unwrap_or_else(|p| p.into_inner());
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        urls[i % urls.len()].clone()
+    }
+
+    /// `url` could not be reached: use the next server, unless another request moved on
+    /// already.
+    fn failed(&self, url: &str) {
+        let urls = self.urls.read().unwrap_or_else(|p| p.into_inner());
+        if urls.len() < 2 {
+            return;
+        }
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        if url.starts_with(&urls[i % urls.len()]) {
+            let next = (i + 1) % urls.len();
+            tracing::warn!(from = %urls[i % urls.len()], to = %urls[next], "the API server is unreachable; trying the next one");
+            self.current
+                .store(next, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Replaces the list, keeping the server in use if it is still in it.
+    fn set(&self, list: Vec<String>) {
+        if list.is_empty() {
+            return;
+        }
+        let list: Vec<String> = list
+            .into_iter()
+            .map(|u| u.trim_end_matches('/').to_string())
+            .collect();
+        let now = self.current();
+        let mut urls = self.urls.write().unwrap_or_else(|p| p.into_inner());
+        let at = list.iter().position(|u| *u == now).unwrap_or(0);
+        *urls = list;
+        self.current.store(at, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 fn collection_path<K: Resource>(ns: Option<&str>) -> String {
@@ -210,7 +268,7 @@ impl Client {
             .map_err(ClientError::Build)?;
         Ok(Self {
             http,
-            base: server_url.trim_end_matches('/').to_string(),
+            servers: Arc::new(Servers::new(server_url)),
         })
     }
 
@@ -222,8 +280,34 @@ impl Client {
         Self::new(&format!("https://{}", c.server), &c.ca_pem, Some(&key))
     }
 
-    pub fn base_url(&self) -> &str {
-        &self.base
+    /// The API server in use.
+    pub fn base_url(&self) -> String {
+        self.servers.current()
+    }
+
+    /// Every API server this client may use, the one in use first or not.
+    pub fn servers(&self) -> Vec<String> {
+        self.servers
+            .urls
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Sets the API servers this client (and its clones) may use (`https://host:port` each).
+    pub fn set_servers(&self, urls: Vec<String>) {
+        self.servers.set(urls);
+    }
+
+    /// Notes a transport failure of a request to `url`: moves on if it could not reach it.
+    fn transport_error(&self, url: &str, source: reqwest::Error) -> ClientError {
+        if source.is_connect() || source.is_timeout() {
+            self.servers.failed(url);
+        }
+        ClientError::Transport {
+            url: url.into(),
+            source,
+        }
     }
 
     async fn send<T: DeserializeOwned>(
@@ -235,28 +319,25 @@ impl Client {
             .timeout(Duration::from_secs(30))
             .send()
             .await
-            .map_err(|source| ClientError::Transport {
-                url: url.into(),
-                source,
-            })?;
+            .map_err(|source| self.transport_error(url, source))?;
         decode(url, resp).await
     }
 
     /// GET of any path, as JSON.
     pub async fn get_json(&self, path: &str) -> Result<Value, ClientError> {
-        let url = format!("{}{path}", self.base);
+        let url = format!("{}{path}", self.servers.current());
         self.send(self.http.get(&url), &url).await
     }
 
     /// POST of a JSON body to any path (a subresource such as `serviceaccounts/token`).
     pub async fn post_json(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
-        let url = format!("{}{path}", self.base);
+        let url = format!("{}{path}", self.servers.current());
         self.send(self.http.post(&url).json(body), &url).await
     }
 
     /// DELETE of any path, answered with JSON.
     pub async fn delete_path(&self, path: &str) -> Result<Value, ClientError> {
-        let url = format!("{}{path}", self.base);
+        let url = format!("{}{path}", self.servers.current());
         self.send(self.http.delete(&url), &url).await
     }
 
@@ -270,16 +351,13 @@ impl Client {
         &self,
         path: &str,
     ) -> Result<(reqwest::header::HeaderMap, bytes::Bytes), ClientError> {
-        let url = format!("{}{path}", self.base);
+        let url = format!("{}{path}", self.servers.current());
         let resp = self
             .http
             .get(&url)
             .send()
             .await
-            .map_err(|source| ClientError::Transport {
-                url: url.clone(),
-                source,
-            })?;
+            .map_err(|source| self.transport_error(&url, source))?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = resp
@@ -300,7 +378,11 @@ impl Client {
         ns: Option<&str>,
         name: &str,
     ) -> Result<K, ClientError> {
-        let url = format!("{}{}/{name}", self.base, collection_path::<K>(ns));
+        let url = format!(
+            "{}{}/{name}",
+            self.servers.current(),
+            collection_path::<K>(ns)
+        );
         self.send(self.http.get(&url), &url).await
     }
 
@@ -310,7 +392,7 @@ impl Client {
         ns: Option<&str>,
         field_selector: Option<&str>,
     ) -> Result<(Vec<K>, String), ClientError> {
-        let mut url = format!("{}{}", self.base, collection_path::<K>(ns));
+        let mut url = format!("{}{}", self.servers.current(), collection_path::<K>(ns));
         if let Some(fs) = field_selector {
             url.push_str(&format!("?fieldSelector={}", enc(fs)));
         }
@@ -332,7 +414,7 @@ impl Client {
         ns: Option<&str>,
         obj: &K,
     ) -> Result<K, ClientError> {
-        let url = format!("{}{}", self.base, collection_path::<K>(ns));
+        let url = format!("{}{}", self.servers.current(), collection_path::<K>(ns));
         self.send(self.http.post(&url).json(obj), &url).await
     }
 
@@ -342,7 +424,11 @@ impl Client {
         name: &str,
         obj: &K,
     ) -> Result<K, ClientError> {
-        let url = format!("{}{}/{name}", self.base, collection_path::<K>(ns));
+        let url = format!(
+            "{}{}/{name}",
+            self.servers.current(),
+            collection_path::<K>(ns)
+        );
         self.send(self.http.put(&url).json(obj), &url).await
     }
 
@@ -352,7 +438,11 @@ impl Client {
         name: &str,
         obj: &K,
     ) -> Result<K, ClientError> {
-        let url = format!("{}{}/{name}/status", self.base, collection_path::<K>(ns));
+        let url = format!(
+            "{}{}/{name}/status",
+            self.servers.current(),
+            collection_path::<K>(ns)
+        );
         self.send(self.http.put(&url).json(obj), &url).await
     }
 
@@ -383,7 +473,7 @@ impl Client {
         path: String,
         patch: &Value,
     ) -> Result<K, ClientError> {
-        let url = format!("{}{path}", self.base);
+        let url = format!("{}{path}", self.servers.current());
         let req = self
             .http
             .patch(&url)
@@ -400,7 +490,11 @@ impl Client {
         grace: Option<i64>,
         uid: Option<&str>,
     ) -> Result<(), ClientError> {
-        let url = format!("{}{}/{name}", self.base, collection_path::<K>(ns));
+        let url = format!(
+            "{}{}/{name}",
+            self.servers.current(),
+            collection_path::<K>(ns)
+        );
         let mut opts = serde_json::json!({"kind": "DeleteOptions", "apiVersion": "v1"});
         if let Some(g) = grace {
             opts["gracePeriodSeconds"] = g.into();
@@ -423,7 +517,7 @@ impl Client {
     {
         let mut url = format!(
             "{}{}?watch=true&allowWatchBookmarks=true&timeoutSeconds={}",
-            self.base,
+            self.servers.current(),
             collection_path::<K>(ns),
             timeout.as_secs()
         );
@@ -438,10 +532,7 @@ impl Client {
             .get(&url)
             .send()
             .await
-            .map_err(|source| ClientError::Transport {
-                url: url.clone(),
-                source,
-            })?;
+            .map_err(|source| self.transport_error(&url, source))?;
         let status = resp.status();
         if !status.is_success() {
             let body = resp.bytes().await.unwrap_or_default();
@@ -557,5 +648,47 @@ mod tests {
             ),
             ClientError::Api { code: 404, .. }
         ));
+    }
+}
+
+#[cfg(test)]
+mod failover_tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_server_moves_every_clone_to_the_next() {
+        let s = Servers::new("https://a:6443/");
+        s.failed("https://a:6443/api");
+        assert_eq!(s.current(), "https://a:6443", "one server: nowhere to go");
+        s.set(vec!["https://a:6443".into(), "https://b:6443".into()]);
+        assert_eq!(s.current(), "https://a:6443", "the one in use stays");
+        s.failed("https://a:6443/api/v1/nodes");
+        assert_eq!(s.current(), "https://b:6443");
+        // A late failure of the old one does not move it again.
+        s.failed("https://a:6443/api/v1/pods");
+        assert_eq!(s.current(), "https://b:6443");
+        s.failed("https://b:6443/version");
+        assert_eq!(s.current(), "https://a:6443", "around again");
+        s.set(vec!["https://c:6443".into()]);
+        assert_eq!(s.current(), "https://c:6443");
+    }
+
+    #[tokio::test]
+    async fn a_request_that_cannot_connect_fails_over_for_the_next_one() {
+        // Two ports nobody listens on: the first fails with a connection error.
+        let dead = |p: u16| format!("https://127.0.0.1:{p}");
+        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (pa, pb) = (
+            a.local_addr().unwrap().port(),
+            b.local_addr().unwrap().port(),
+        );
+        drop((a, b));
+        let ca = strake_pki::ClusterCa::generate("t").unwrap();
+        let client = Client::new(&dead(pa), &ca.ca.cert_pem, None).unwrap();
+        client.set_servers(vec![dead(pa), dead(pb)]);
+        let clone = client.clone();
+        assert!(client.get_json("/version").await.is_err());
+        assert_eq!(clone.base_url(), dead(pb));
     }
 }

@@ -313,6 +313,17 @@ async fn late_learner_catches_up_by_snapshot_and_is_promoted() {
     let members = cluster.store(leader).members();
     assert!(!members.voters.contains_key(&gone));
     assert_eq!(members.voters.len(), 3);
+    // Its certificate no longer gets it anywhere: a write it forwards is refused.
+    let refused = cluster
+        .store(gone)
+        .put(b"/from-removed".to_vec(), b"x".to_vec())
+        .await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("not a member")),
+        "a removed member's write: {refused:?}"
+    );
     cluster.stop(gone).await;
     let revision = cluster.put("after-remove", "ok").await;
     cluster.caught_up(4, revision).await;

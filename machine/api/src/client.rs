@@ -262,6 +262,13 @@ impl Client {
         self.call("POST", "/v1/reset", Bytes::new()).await
     }
 
+    /// [`Client::reset`], a control plane leaving the cluster store first (refused, and
+    /// nothing wiped, if that would cost the others their quorum).
+    pub async fn reset_graceful(&self) -> Result<Message, ClientError> {
+        self.call("POST", "/v1/reset?graceful=true", Bytes::new())
+            .await
+    }
+
     /// Sends a UKI to write into the other slot; the node reboots into it.
     pub async fn upgrade(&self, uki: Vec<u8>) -> Result<Message, ClientError> {
         self.call("POST", "/v1/upgrade", Bytes::from(uki)).await

@@ -111,6 +111,10 @@ pub trait Host: Send + Sync + 'static {
         let _ = id;
         Err(HostError::new("this node runs no store"))
     }
+    /// Takes this control plane out of the cluster store (a graceful reset); says what it did.
+    fn leave_store(&self) -> Result<String, HostError> {
+        Ok("this node runs no store".into())
+    }
     /// A snapshot of the cluster store, taken while it serves.
     fn store_snapshot(&self) -> Result<StoreSnapshotView, HostError> {
         Err(HostError::new("this node runs no store"))
@@ -858,12 +862,35 @@ async fn restart_service(
     Ok(json(StatusCode::OK, &Message { message }))
 }
 
-async fn reset(State(app): State<Arc<App>>, Extension(peer): Extension<Peer>) -> Answer {
+#[derive(Debug, Deserialize)]
+struct ResetQuery {
+    #[serde(default)]
+    graceful: bool,
+}
+
+async fn reset(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+    Query(q): Query<ResetQuery>,
+) -> Answer {
     allow(&app, &peer, "reset", Role::Admin)?;
     let host = app.host.clone();
-    let message = blocking(move || host.reset())
-        .await?
-        .map_err(|e| host_error(StatusCode::CONFLICT, e))?;
+    let message = blocking(move || {
+        // A control plane leaves the store first; if it cannot (the rest would lose their
+        // quorum), nothing is wiped.
+        let left = if q.graceful {
+            Some(host.leave_store()?)
+        } else {
+            None
+        };
+        let wiped = host.reset()?;
+        Ok::<_, HostError>(match left {
+            Some(left) => format!("{left}; {wiped}"),
+            None => wiped,
+        })
+    })
+    .await?
+    .map_err(|e| host_error(StatusCode::CONFLICT, e))?;
     power_later(&app, Power::Reboot);
     Ok(json(StatusCode::OK, &Message { message }))
 }

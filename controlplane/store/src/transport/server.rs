@@ -232,12 +232,32 @@ fn check_claim(peer: NodeId, claimed: Option<NodeId>, what: &str) -> Result<(), 
     ))
 }
 
+/// Refuses a peer this node's membership does not hold: a removed member's certificate is
+/// revoked by its removal (ids are never reused), and a removed node that still runs cannot
+/// disrupt the cluster with votes. A node with no membership yet (being added, or one of a
+/// fresh cluster's initial voters) takes anyone the cluster CA vouches for.
+fn check_member(raft: &Raft<TypeConfig>, peer: NodeId) -> Result<(), Refusal> {
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
+    let membership = metrics.membership_config.membership();
+    if membership.nodes().next().is_none() || membership.get_node(&peer).is_some() {
+        return Ok(());
+    }
+    Err(refuse(
+        StatusCode::FORBIDDEN,
+        format!("node {peer} is not a member of this cluster (it was removed, or never joined)"),
+    ))
+}
+
 async fn handle(
     raft: &Raft<TypeConfig>,
     local: &Local,
     peer: NodeId,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
+    if let Err(refusal) = check_member(raft, peer) {
+        return plain(refusal.status, refusal.message);
+    }
     match dispatch(raft, local, peer, req).await {
         Ok(response) => response,
         Err(refusal) => plain(refusal.status, refusal.message),
