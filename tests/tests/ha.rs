@@ -86,15 +86,24 @@ fn machine_config(n: u8, ca: &ClusterCa, token: &BootstrapToken, join: Option<Ip
     yaml
 }
 
+/// What every machine of the lab is booted with.
+struct Boot<'a> {
+    images: &'a Path,
+    /// Where VMs keep their logs and configs.
+    state: &'a Path,
+    ca: &'a ClusterCa,
+    token: &'a BootstrapToken,
+    /// The registry on the lab's side (`ip:port`).
+    registry: &'a str,
+}
+
+/// Control plane `n`, joining the cluster at `join` unless it is the first.
 fn start_control_plane(
+    b: &Boot<'_>,
     n: u8,
-    images: &Path,
-    state: &Path,
-    ca: &ClusterCa,
-    token: &BootstrapToken,
     join: Option<Ipv4Addr>,
-    registry: &str,
 ) -> anyhow::Result<ControlPlane> {
+    let (images, state, ca, token, registry) = (b.images, b.state, b.ca, b.token, b.registry);
     let config = state.join(format!("cp{n}.yaml"));
     std::fs::write(&config, machine_config(n, ca, token, join))?;
     let cfg = VmConfig {
@@ -127,12 +136,8 @@ fn start_control_plane(
 const WORKER_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 80, 21);
 
 /// The worker: its API endpoint is the virtual IP.
-fn start_worker(
-    images: &Path,
-    state: &Path,
-    token: &BootstrapToken,
-    registry: &str,
-) -> anyhow::Result<Vm> {
+fn start_worker(b: &Boot<'_>) -> anyhow::Result<Vm> {
+    let (images, state, token, registry) = (b.images, b.state, b.token, b.registry);
     let cfg = VmConfig {
         name: "w1".into(),
         kernel: images.join("vmlinuz"),
@@ -190,15 +195,14 @@ fn three_control_planes_survive_losing_the_leader() -> anyhow::Result<()> {
     let token = BootstrapToken::generate();
     let state = strake_e2e::TempDir::new("strake-ha")?;
     let mut cps: Vec<ControlPlane> = Vec::new();
-    let result = drive(
-        &rt,
-        &mut cps,
-        &images,
-        state.path(),
-        &ca,
-        &token,
-        &guest_registry,
-    );
+    let boot = Boot {
+        images: &images,
+        state: state.path(),
+        ca: &ca,
+        token: &token,
+        registry: &guest_registry,
+    };
+    let result = drive(&rt, &mut cps, &boot);
     if result.is_err() {
         for cp in &cps {
             eprintln!(
@@ -219,6 +223,13 @@ fn three_control_planes_survive_losing_the_leader() -> anyhow::Result<()> {
         }
     }
     drop(lab);
+    Ok(())
+}
+
+/// Writes an admin kubeconfig for the API at `api` (`host:port`) to `path`.
+fn write_kubeconfig(ca: &ClusterCa, api: &str, path: &Path) -> anyhow::Result<()> {
+    let (_, creds) = admin(ca, api)?;
+    std::fs::write(path, creds.kubeconfig("ha", &format!("https://{api}")))?;
     Ok(())
 }
 
@@ -266,16 +277,11 @@ fn members(
 fn drive(
     rt: &tokio::runtime::Runtime,
     cps: &mut Vec<ControlPlane>,
-    images: &Path,
-    dir: &Path,
-    ca: &ClusterCa,
-    token: &BootstrapToken,
-    registry: &str,
+    boot: &Boot<'_>,
 ) -> anyhow::Result<()> {
+    let (dir, ca, registry) = (boot.state, boot.ca, boot.registry);
     let booted = Instant::now();
-    cps.push(start_control_plane(
-        1, images, dir, ca, token, None, registry,
-    )?);
+    cps.push(start_control_plane(boot, 1, None)?);
     let (c1, _) = admin(ca, &cps[0].api())?;
     cps[0]
         .vm
@@ -295,17 +301,9 @@ fn drive(
             rt.block_on(via_vip.get_json("/version")).is_ok()
         })?;
     for n in [2, 3] {
-        cps.push(start_control_plane(
-            n,
-            images,
-            dir,
-            ca,
-            token,
-            Some(VIP),
-            registry,
-        )?);
+        cps.push(start_control_plane(boot, n, Some(VIP))?);
     }
-    let mut worker = start_worker(images, dir, token, registry)?;
+    let mut worker = start_worker(boot)?;
     let mut last = String::new();
     poll(
         "three voters in the store",
@@ -351,12 +349,7 @@ fn drive(
     }
     shared_keys(rt, dir, ca, cps)?;
     let kubeconfig = dir.join("kubeconfig-cp2");
-    std::fs::write(
-        &kubeconfig,
-        admin(ca, &cps[1].api())?
-            .1
-            .kubeconfig("ha", &format!("https://{}", cps[1].api())),
-    )?;
+    write_kubeconfig(ca, &cps[1].api(), &kubeconfig)?;
     let ready = poll(
         "three control planes and the worker Ready",
         Duration::from_secs(240),
@@ -427,15 +420,7 @@ fn drive(
 
     // A fresh control plane joins in the dead one's place, through a survivor.
     let replaced = Instant::now();
-    cps.push(start_control_plane(
-        4,
-        images,
-        dir,
-        ca,
-        token,
-        Some(VIP),
-        registry,
-    )?);
+    cps.push(start_control_plane(boot, 4, Some(VIP))?);
     poll(
         "the replacement to be a voter",
         Duration::from_secs(300),
@@ -477,12 +462,7 @@ fn drive(
         .ok()
     };
     let kubeconfig = dir.join("kubeconfig-vip");
-    std::fs::write(
-        &kubeconfig,
-        admin(ca, &format!("{VIP}:6443"))?
-            .1
-            .kubeconfig("ha", &format!("https://{VIP}:6443")),
-    )?;
+    write_kubeconfig(ca, &format!("{VIP}:6443"), &kubeconfig)?;
     let before = renewed(&kubeconfig).context("the worker's lease")?;
     poll(
         "the worker to renew its lease",
@@ -656,13 +636,7 @@ fn shared_keys(
 ) -> anyhow::Result<()> {
     let kube = |i: usize| -> anyhow::Result<PathBuf> {
         let path = dir.join(format!("kubeconfig-shared-{i}"));
-        let api = cps[i].api();
-        std::fs::write(
-            &path,
-            admin(ca, &api)?
-                .1
-                .kubeconfig("ha", &format!("https://{api}")),
-        )?;
+        write_kubeconfig(ca, &cps[i].api(), &path)?;
         Ok(path)
     };
     let k1 = kube(0)?;

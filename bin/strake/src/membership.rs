@@ -3,7 +3,7 @@
 //! existing control plane's API (`/strake/v1/store/members`), which answers once this node is
 //! a voter, with the keys every control plane shares.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -120,7 +120,9 @@ pub async fn join(
                 .decode(text)
                 .with_context(|| format!("the join answer's {name} is not base64"))?
         };
-        write_secret(&pki_dir.join(name), &bytes)?;
+        let path = pki_dir.join(name);
+        strake_pki::write_private(&path, &bytes)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     tracing::info!(
         id,
@@ -130,24 +132,6 @@ pub async fn join(
         "joined the store as a voter"
     );
     Ok(())
-}
-
-/// Writes a key file (0600) atomically.
-fn write_secret(path: &PathBuf, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let tmp = path.with_extension("joining");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

@@ -237,8 +237,8 @@ fn read(path: &Path) -> Result<String, PkiError> {
     })
 }
 
-/// Writes a file readable only by its owner, atomically (temp file + rename).
-pub(crate) fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
+/// Writes a file readable only by its owner, atomically (temp file, synced, renamed).
+pub fn write_private(path: &Path, contents: impl AsRef<[u8]>) -> Result<(), PkiError> {
     let tmp = path.with_extension("tmp");
     let io = |source| PkiError::Io {
         path: path.into(),
@@ -251,7 +251,7 @@ pub(crate) fn write_private(path: &Path, contents: &str) -> Result<(), PkiError>
         .mode(0o600)
         .open(&tmp)
         .map_err(io)?;
-    f.write_all(contents.as_bytes()).map_err(io)?;
+    f.write_all(contents.as_ref()).map_err(io)?;
     f.sync_all().map_err(io)?;
     fs::rename(&tmp, path).map_err(io)
 }

@@ -54,8 +54,17 @@ async fn a_peer_is_who_its_certificate_says() {
         "{message}"
     );
 
-    // The same certificate, claiming what it is: answered (and not granted).
-    let answer = conn.vote(vote_from(9), option()).await.unwrap();
+    // The same certificate, claiming what it is: refused all the same, as node 9 is not a
+    // member (removing a member revokes its certificate).
+    let err = conn.vote(vote_from(9), option()).await.unwrap_err();
+    assert!(err.to_string().contains("not a member"), "{err}");
+    // A member's certificate, claiming what it is: answered (and not granted).
+    let one = PeerTls::issue(&cluster.ca, 1).unwrap();
+    let answer = client(&one, 1, 1, &addr)
+        .await
+        .vote(vote_from(1), option())
+        .await
+        .unwrap();
     assert!(!answer.vote_granted);
 
     // A certificate from another cluster's CA never gets past the handshake.

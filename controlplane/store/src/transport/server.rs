@@ -255,9 +255,6 @@ async fn handle(
     peer: NodeId,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    if let Err(refusal) = check_member(raft, peer) {
-        return plain(refusal.status, refusal.message);
-    }
     match dispatch(raft, local, peer, req).await {
         Ok(response) => response,
         Err(refusal) => plain(refusal.status, refusal.message),
@@ -280,21 +277,25 @@ async fn dispatch(
         PATH_APPEND => {
             let rpc: AppendEntriesRequest<TypeConfig> = read_body(req, "append-entries").await?;
             check_claim(peer, rpc.vote.leader_id().voted_for(), "append-entries")?;
+            check_member(raft, peer)?;
             Ok(encoded(&raft.append_entries(rpc).await))
         }
         PATH_VOTE => {
             let rpc: VoteRequest<NodeId> = read_body(req, "vote").await?;
             check_claim(peer, rpc.vote.leader_id().voted_for(), "vote")?;
+            check_member(raft, peer)?;
             Ok(encoded(&raft.vote(rpc).await))
         }
         PATH_SNAPSHOT => {
             let rpc: InstallSnapshotRequest<TypeConfig> =
                 read_body(req, "install-snapshot").await?;
             check_claim(peer, rpc.vote.leader_id().voted_for(), "install-snapshot")?;
+            check_member(raft, peer)?;
             Ok(encoded(&raft.install_snapshot(rpc).await))
         }
         PATH_FORWARD => {
             let request: Forwarded = read_body(req, "forwarded request").await?;
+            check_member(raft, peer)?;
             Ok(encoded(&local.answer(request).await))
         }
         other => Err(refuse(
