@@ -34,16 +34,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use serde_json::{Value, json};
-use strake_e2e::{kubectl_ok, kubectl_path, poll, workspace_root};
+use strake_e2e::{kubectl_ok, kubectl_path, poll};
 use strake_pki::{BootstrapToken, CertifiedKey, ClusterCa, Credentials};
 use strake_qemu::{Accel, Lab, Nic, Vm, VmConfig};
 use strake_store::linearizability::{self, Call, Outcome, Recorder};
-
-fn image_dir() -> PathBuf {
-    std::env::var_os("STRAKE_IMAGE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("build/image"))
-}
 
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(192, 168, 80, 1);
 /// The control planes' shared virtual IP.
@@ -166,14 +160,7 @@ fn three_control_planes_survive_losing_the_leader() -> anyhow::Result<()> {
         nix::unistd::geteuid().is_root(),
         "the HA lab creates a network namespace and taps: run it as root"
     );
-    let images = image_dir();
-    for f in ["vmlinuz", "initramfs.zst"] {
-        ensure!(
-            images.join(f).exists(),
-            "{} is missing: run scripts/test.sh (it builds the image) or set STRAKE_IMAGE_DIR",
-            images.join(f).display()
-        );
-    }
+    let images = strake_e2e::image_dir(&["vmlinuz", "initramfs.zst"])?;
     kubectl_path()?;
 
     let lab = Lab::create(&format!("strake-ha-{}", std::process::id()))?;

@@ -216,9 +216,8 @@ pub async fn remove(
                 .parse()
                 .map_err(|_| ApiError::BadRequest(format!("{id:?} is not a store node id")))?;
             admin_or_self(&who, id, "remove a store node")?;
-            if !app.store.members().voters.contains_key(&id)
-                && !app.store.members().learners.contains_key(&id)
-            {
+            let members = app.store.members();
+            if !members.voters.contains_key(&id) && !members.learners.contains_key(&id) {
                 return Err(ApiError::NotFound {
                     resource: strake_apimachinery::GroupResource::new("strake.dev", "storemembers"),
                     name: id.to_string(),
