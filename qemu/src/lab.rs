@@ -122,6 +122,14 @@ impl Lab {
         ip(&["-n", n, "link", "set", tap, "master", bridge, "up"])
     }
 
+    /// Sets the lab's link `name` (a tap, say) up or down: down cuts whatever is behind it off
+    /// the segment, as a pulled cable does.
+    pub fn set_link(&self, name: &str, up: bool) -> Result<(), QemuError> {
+        valid_name("link", name, 15)?;
+        let state = if up { "up" } else { "down" };
+        ip(&["-n", self.name.as_str(), "link", "set", name, state])
+    }
+
     /// Moves the calling thread into the lab's namespace: its sockets and every process it
     /// starts from now on are inside the lab. Other threads are unaffected.
     pub fn enter(&self) -> Result<(), QemuError> {

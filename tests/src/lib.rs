@@ -16,6 +16,40 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The strakectl binary `scripts/test.sh` builds.
+pub fn strakectl_path() -> anyhow::Result<PathBuf> {
+    let p = workspace_root().join("target/debug/strakectl");
+    anyhow::ensure!(
+        p.exists(),
+        "{} is missing: scripts/test.sh builds it with the image",
+        p.display()
+    );
+    Ok(p)
+}
+
+/// Runs strakectl (ignoring any $STRAKECONFIG of the caller's).
+pub fn strakectl(args: &[&str]) -> anyhow::Result<Output> {
+    let out = Command::new(strakectl_path()?)
+        .args(args)
+        .env_remove("STRAKECONFIG")
+        .output()
+        .context("running strakectl")?;
+    Ok(out)
+}
+
+/// Runs strakectl and returns its standard output; fails with its standard error.
+pub fn strakectl_ok(args: &[&str]) -> anyhow::Result<String> {
+    let out = strakectl(args)?;
+    anyhow::ensure!(
+        out.status.success(),
+        "strakectl {} failed: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// The kubectl binary matching the server's reported minor version.
 pub fn kubectl_path() -> anyhow::Result<PathBuf> {
     let p = std::env::var_os("STRAKE_KUBECTL")

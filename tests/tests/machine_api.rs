@@ -13,48 +13,16 @@
 //! docker-registry, busybox-static and kubectl 1.32. Any missing prerequisite fails the test.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use strake_e2e::{
     Registry, bootstrap_admin, fingerprint_on, image_dir, kubectl, kubectl_ok, kubectl_path,
-    on_failure, poll, push_busybox, workspace_root,
+    on_failure, poll, push_busybox, strakectl, strakectl_ok, strakectl_path,
 };
 use strake_pki::BootstrapToken;
 use strake_qemu::{Accel, Nic, PortForward, Vm, VmConfig};
-
-fn strakectl_path() -> anyhow::Result<PathBuf> {
-    let p = workspace_root().join("target/debug/strakectl");
-    ensure!(
-        p.exists(),
-        "{} is missing: scripts/test.sh builds it with the image",
-        p.display()
-    );
-    Ok(p)
-}
-
-fn strakectl(args: &[&str]) -> anyhow::Result<Output> {
-    let out = Command::new(strakectl_path()?)
-        .args(args)
-        .env_remove("STRAKECONFIG")
-        .output()
-        .context("running strakectl")?;
-    Ok(out)
-}
-
-/// Runs strakectl and returns its standard output; fails with its standard error.
-fn strakectl_ok(args: &[&str]) -> anyhow::Result<String> {
-    let out = strakectl(args)?;
-    ensure!(
-        out.status.success(),
-        "strakectl {} failed: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 #[test]
 fn maintenance_mode_install_and_the_machine_api() -> anyhow::Result<()> {

@@ -185,12 +185,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         store,
     )
     .context("setting up the API server")?;
-    let server = match vip {
+    let (server, vip_holder) = match vip {
         Some(vip) => {
-            crate::vip::spawn(server.store().clone(), vip, node_ip);
-            server.with_client_endpoint(format!("{vip}:{}", args.listen.port()))
+            let holder = crate::vip::spawn(server.store().clone(), vip, node_ip);
+            (
+                server.with_client_endpoint(format!("{vip}:{}", args.listen.port())),
+                Some(holder),
+            )
         }
-        None => server,
+        None => (server, None),
     };
     let server = if args.audit_log_path.as_os_str().is_empty() {
         server
@@ -252,18 +255,48 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.snapshot_interval_seconds > 0 {
         crate::snapshots::schedule(
             server.store().clone(),
+            pki_dir.clone(),
             args.data_dir.join("backups"),
             std::time::Duration::from_secs(args.snapshot_interval_seconds),
             args.snapshot_retention.max(1),
         );
     }
+    stop_on_sigterm(server.store().clone(), vip_holder)?;
     server.serve().await.context("API server")?;
+    Ok(())
+}
+
+/// On SIGTERM (init stopping the node, or a service restart): gives up the virtual IP, so
+/// that nothing here answers for it while another takes it, and stops the store, so the other
+/// members stop hearing from this one and elect a leader among themselves; then exits.
+/// Without this the process died at once but the address stayed on the link until the node
+/// powered off, and its clients failed for as long.
+fn stop_on_sigterm(
+    store: strake_store::Store,
+    vip: Option<crate::vip::Holder>,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+    tokio::spawn(async move {
+        term.recv().await;
+        tracing::info!("stopping: leaving the store to the other members");
+        if let Some(vip) = vip {
+            vip.stop().await;
+        }
+        match tokio::time::timeout(std::time::Duration::from_secs(3), store.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "stopping the store"),
+            Err(_) => tracing::warn!("the store did not stop within 3 s"),
+        }
+        std::process::exit(0);
+    });
     Ok(())
 }
 
 /// Opens this control plane's store node: a listening lone voter that others join, or, with
 /// `join` and no store yet (or without the cluster's shared keys), a node that joins the
-/// cluster at `join` and returns once it is a voter.
+/// cluster at `join` and returns once it is a voter. With a backup staged for restore, a new
+/// one-member cluster from that backup, whatever `join` says.
 async fn open_store(
     args: &Args,
     store_dir: &std::path::Path,
@@ -271,6 +304,8 @@ async fn open_store(
     node_ip: std::net::IpAddr,
     join: Option<&str>,
 ) -> anyhow::Result<strake_store::Store> {
+    let restoring = crate::restore::prepare(&args.data_dir, store_dir, pki_dir)?;
+    let join = join.filter(|_| restoring.is_none());
     let id = crate::membership::store_id(&args.data_dir, store_dir)?;
     let fresh = std::fs::read_dir(store_dir).map_or(true, |mut d| d.next().is_none());
     let ca = match (strake_pki::ClusterCa::load(pki_dir)?, join) {
@@ -295,6 +330,20 @@ async fn open_store(
             tls.clone(),
         )
     };
+    if let Some(staged) = restoring {
+        let store = strake_store::Store::restore(&staged.path, cfg)
+            .await
+            .with_context(|| format!("restoring the store from {}", staged.path.display()))?;
+        crate::restore::finish(&staged);
+        tracing::info!(
+            id,
+            revision = staged.contents.revision,
+            keys = staged.contents.keys,
+            kept_aside = %staged.aside.display(),
+            "restored the store from a backup: a new one-member cluster, which the other control planes join"
+        );
+        return Ok(store);
+    }
     let store = strake_store::Store::open(cfg)
         .await
         .with_context(|| format!("opening the store in {}", store_dir.display()))?;

@@ -283,6 +283,19 @@ fn problem(path: &str, message: String) -> FieldProblem {
     }
 }
 
+/// `VmRSS` of a `/proc/<pid>/status`, in bytes.
+fn vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line
+        .trim_start_matches("VmRSS:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib << 10)
+}
+
 /// Runs a future to completion from the machine API's blocking threads.
 fn run_async<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Handle::current().block_on(f)
@@ -299,6 +312,12 @@ impl Node {
                     "this node holds no cluster CA (it is not a control plane): ask a control plane",
                 )
             })
+    }
+
+    /// The resident memory of process `pid`, from its `VmRSS`.
+    fn rss(&self, pid: i32) -> Option<u64> {
+        let status = self.read(&format!("/proc/{pid}/status"))?;
+        vm_rss(&status)
     }
 
     /// This control plane's own API server, as an admin with short-lived credentials.
@@ -462,6 +481,7 @@ impl Host for Node {
             .map(|s| strake_machineapi::ServiceView {
                 name: s.name,
                 state: s.state,
+                rss_bytes: s.pid.and_then(|pid| self.rss(pid)),
                 pid: s.pid,
                 restarts: s.restarts,
                 since: s.since,
@@ -655,6 +675,62 @@ impl Host for Node {
         })
     }
 
+    fn store_restore(&self, backup: &[u8]) -> Result<String, HostError> {
+        let contents = crate::restore::check(backup)
+            .map_err(|e| HostError::new(format!("refused before changing anything: {e}")))?;
+        let held = self.cluster_ca()?;
+        let backup_ca = crate::restore::ca_cert(&contents);
+        let config = self
+            .current()
+            .and_then(|yaml| MachineConfig::parse(&yaml).ok());
+        if let Some(pinned) = config.and_then(|c| c.cluster.ca)
+            && pinned.crt.trim() != backup_ca.trim()
+        {
+            return Err(HostError::new(
+                "refused before changing anything: the backup's cluster CA is not the one this node's machine config names (cluster.ca); restore on a control plane whose config names the backup's CA",
+            ));
+        }
+        // A member of a serving cluster is not a fresh control plane: a new cluster from the
+        // backup would split it in two.
+        if let Ok(view) = self.store_members()
+            && view.members.len() > 1
+        {
+            return Err(HostError::new(format!(
+                "refused before changing anything: this control plane is one of {} members of a serving store, and a restore starts a new cluster; restore on a fresh control plane (`strakectl reset` wipes one) and join the others to it",
+                view.members.len()
+            )));
+        }
+        let data_dir = host_path(&self.root, "/var/lib/strake");
+        crate::restore::stage(&data_dir, backup)
+            .map_err(|e| HostError::new(format!("staging the backup: {e:#}")))?;
+        let ca_changes = held.ca.cert_pem.trim() != backup_ca.trim();
+        if ca_changes {
+            // The agent's credentials chain to the CA being replaced: it fetches new ones.
+            let creds = host_path(&self.root, AGENT_CREDENTIALS);
+            let aside = creds.with_extension("json.before-restore");
+            if let Err(e) = std::fs::rename(&creds, &aside) {
+                tracing::warn!(error = %e, "moving the agent's credentials aside");
+            }
+        }
+        tracing::info!(
+            revision = contents.revision,
+            keys = contents.keys,
+            ca_changes,
+            "a backup is staged for restore"
+        );
+        let restarted = match self.restart_service("controlplane") {
+            Ok(m) => m,
+            Err(e) => format!("{}; the restore happens when it starts", e.message),
+        };
+        if ca_changes && let Err(e) = self.restart_service("agent") {
+            tracing::warn!(error = %e.message, "restarting the agent after a restore");
+        }
+        Ok(format!(
+            "staged the backup (revision {}, {} keys) and {restarted}: it starts a new one-member cluster from the backup, keeping what it held under /var/lib/strake/before-restore-*; join the other control planes to it",
+            contents.revision, contents.keys
+        ))
+    }
+
     fn power(&self, action: Power) -> Result<(), HostError> {
         self.signal_init(match action {
             Power::Reboot => Signal::SIGINT,
@@ -665,6 +741,13 @@ impl Host for Node {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn resident_memory_is_read_from_the_status_file() {
+        let status = "Name:\tstrake\nVmPeak:\t  90000 kB\nVmRSS:\t   51234 kB\nThreads:\t9\n";
+        assert_eq!(super::vm_rss(status), Some(51234 << 10));
+        assert_eq!(super::vm_rss("Name:\tx\n"), None);
+    }
+
     #[test]
     fn kernel_records_become_timestamped_lines() {
         assert_eq!(

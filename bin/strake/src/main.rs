@@ -7,6 +7,7 @@ mod controlplane;
 mod inventory;
 mod machined;
 mod membership;
+mod restore;
 mod snapshots;
 mod vip;
 

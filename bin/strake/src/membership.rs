@@ -16,11 +16,16 @@ const ID_FILE: &str = "store-id";
 /// The id of a store made before ids were kept (a lone voter, always 1).
 const LEGACY_ID: u64 = 1;
 
+/// The file holding the store id of the node whose data directory is `data_dir`.
+pub fn id_path(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join(ID_FILE)
+}
+
 /// This node's store id: the kept one, 1 for a store made before ids were kept, or a new
 /// random one (kept at once) for a fresh store. Ids are never reused, so a removed member's
 /// certificate names an id no member will have again.
 pub fn store_id(data_dir: &Path, store_dir: &Path) -> anyhow::Result<u64> {
-    let path = data_dir.join(ID_FILE);
+    let path = id_path(data_dir);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
             return text

@@ -1,7 +1,8 @@
 //! Scheduled snapshots of the store onto STATE, with retention (as k3s takes them, every 12
 //! hours keeping 5 by default). Every control plane takes its own, so any surviving disk holds
-//! a recent one; each is a backup holding every write acknowledged before it was taken, which
-//! `Store::restore` starts a new cluster from.
+//! a recent one; each is a backup holding every write acknowledged before it was taken, with
+//! the cluster's keys and CA attached, which `strakectl store restore` starts a new cluster
+//! from.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -46,8 +47,14 @@ pub fn prune(dir: &Path, keep: usize) -> Vec<PathBuf> {
     removed
 }
 
-/// Takes one snapshot into `dir` now and prunes to `keep`.
-pub async fn take(store: &Store, dir: &Path, keep: usize) -> anyhow::Result<PathBuf> {
+/// Takes one snapshot (with the files of `pki_dir` a backup carries) into `dir` now and prunes
+/// to `keep`.
+pub async fn take(
+    store: &Store,
+    pki_dir: &Path,
+    dir: &Path,
+    keep: usize,
+) -> anyhow::Result<PathBuf> {
     use anyhow::Context as _;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let secs = std::time::SystemTime::now()
@@ -55,8 +62,7 @@ pub async fn take(store: &Store, dir: &Path, keep: usize) -> anyhow::Result<Path
         .map(|d| d.as_secs())
         .unwrap_or_default();
     let tmp = dir.join(format!(".taking-{secs}"));
-    let info = store
-        .backup(&tmp)
+    let info = strake_apiserver::storeadmin::take_backup(store, pki_dir, &tmp)
         .await
         .context("taking a snapshot of the store")?;
     let path = dir.join(format!("{PREFIX}{secs}-r{}{SUFFIX}", info.revision));
@@ -73,13 +79,13 @@ pub async fn take(store: &Store, dir: &Path, keep: usize) -> anyhow::Result<Path
 }
 
 /// Takes a snapshot every `every`, keeping the newest `keep`.
-pub fn schedule(store: Store, dir: PathBuf, every: Duration, keep: usize) {
+pub fn schedule(store: Store, pki_dir: PathBuf, dir: PathBuf, every: Duration, keep: usize) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = take(&store, &dir, keep).await {
+            if let Err(e) = take(&store, &pki_dir, &dir, keep).await {
                 tracing::warn!(error = %format!("{e:#}"), "a scheduled store snapshot failed; the next is due in {every:?}");
             }
         }

@@ -11,11 +11,34 @@ use strake_store::Store;
 
 /// How often leadership is looked at.
 const TICK: Duration = Duration::from_millis(100);
-/// A leader that has not heard from a quorum for this long lets the address go (below the
-/// clustered election timeout, so it is gone before another node can be elected).
-const QUORUM_ACK_WITHIN: Duration = Duration::from_millis(900);
+/// A leader takes the address once a quorum acknowledged it within this long.
+const TAKE_WITHIN: Duration = Duration::from_millis(800);
+/// A holder lets the address go once no quorum acknowledged it for this long. Longer than
+/// [`TAKE_WITHIN`], so that a leader whose followers answer late under load does not drop
+/// and retake it (each time a gap for its clients); about when the others, who stopped
+/// hearing from a leader cut off from them, elect a new one (after 1.0-1.3 s and an
+/// election). The new holder announces the address on taking it and again a second later,
+/// so the last announcement is the new holder's.
+const KEEP_WITHIN: Duration = Duration::from_millis(1800);
 /// How often a holder announces the address again.
 const REANNOUNCE: Duration = Duration::from_secs(5);
+/// When a new holder announces it the second time.
+const SECOND_ANNOUNCE: Duration = Duration::from_secs(1);
+
+/// Stops the holder of a virtual IP ([`spawn`]).
+pub struct Holder {
+    stop: tokio::sync::watch::Sender<bool>,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Holder {
+    /// Gives the address up (if held) and stops holding it, whatever the store says; waits
+    /// up to a second for that.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.stopped).await;
+    }
+}
 
 /// The link that carries `ip`.
 fn link_of(ip: IpAddr) -> Option<String> {
@@ -25,8 +48,11 @@ fn link_of(ip: IpAddr) -> Option<String> {
     })
 }
 
-/// Holds `vip` on the link carrying `node_ip` while this node leads the store.
-pub fn spawn(store: Store, vip: Ipv4Addr, node_ip: IpAddr) {
+/// Holds `vip` on the link carrying `node_ip` while this node leads the store, until the
+/// returned [`Holder`] stops it.
+pub fn spawn(store: Store, vip: Ipv4Addr, node_ip: IpAddr) -> Holder {
+    let (stop, mut stopping) = tokio::sync::watch::channel(false);
+    let (stopped_tx, stopped) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let Some(link) = link_of(node_ip) else {
             tracing::error!(%vip, %node_ip, "no link carries this node's address: the virtual IP is not held here");
@@ -36,7 +62,27 @@ pub fn spawn(store: Store, vip: Ipv4Addr, node_ip: IpAddr) {
         let mut held = false;
         let mut announced = Instant::now();
         loop {
-            let hold = store.leads_with_quorum(QUORUM_ACK_WITHIN);
+            if *stopping.borrow_and_update() {
+                if held {
+                    let l = link.clone();
+                    match tokio::task::spawn_blocking(move || strake_net::vip::remove(&l, vip))
+                        .await
+                    {
+                        Ok(Ok(())) => {
+                            tracing::info!(%vip, link, "gave up the virtual IP: stopping")
+                        }
+                        Ok(Err(e)) => {
+                            tracing::warn!(%vip, error = %e, "giving up the virtual IP while stopping")
+                        }
+                        Err(e) => {
+                            tracing::warn!(%vip, error = %e, "giving up the virtual IP panicked")
+                        }
+                    }
+                }
+                let _ = stopped_tx.send(());
+                return;
+            }
+            let hold = store.leads_with_quorum(if held { KEEP_WITHIN } else { TAKE_WITHIN });
             if hold && (!held || announced.elapsed() >= REANNOUNCE) {
                 let l = link.clone();
                 let taking = !held;
@@ -49,11 +95,15 @@ pub fn spawn(store: Store, vip: Ipv4Addr, node_ip: IpAddr) {
                 .await;
                 match done {
                     Ok(Ok(())) => {
-                        if taking {
-                            tracing::info!(%vip, link, "took the virtual IP");
-                        }
                         held = true;
                         announced = Instant::now();
+                        if taking {
+                            tracing::info!(%vip, link, "took the virtual IP");
+                            // The next announcement a second from now, not in five.
+                            announced = announced
+                                .checked_sub(REANNOUNCE - SECOND_ANNOUNCE)
+                                .unwrap_or(announced);
+                        }
                     }
                     Ok(Err(e)) => tracing::warn!(%vip, error = %e, "taking the virtual IP"),
                     Err(e) => tracing::warn!(%vip, error = %e, "taking the virtual IP panicked"),
@@ -69,7 +119,11 @@ pub fn spawn(store: Store, vip: Ipv4Addr, node_ip: IpAddr) {
                     Err(e) => tracing::warn!(%vip, error = %e, "giving up the virtual IP panicked"),
                 }
             }
-            tokio::time::sleep(TICK).await;
+            tokio::select! {
+                () = tokio::time::sleep(TICK) => {}
+                _ = stopping.changed() => {}
+            }
         }
     });
+    Holder { stop, stopped }
 }

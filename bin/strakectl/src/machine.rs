@@ -296,13 +296,17 @@ pub fn services(conn: &Conn, out: Output) -> anyhow::Result<()> {
         conn,
         out,
         |rt, client| Ok(rt.block_on(client.services())?),
-        "NAME           STATE     PID      RESTARTS  SINCE",
+        "NAME           STATE     PID      RSS       RESTARTS  SINCE",
         |s| {
             format!(
-                "{:<14} {:<9} {:<8} {:<9} {}",
+                "{:<14} {:<9} {:<8} {:<9} {:<9} {}",
                 s.name,
                 s.state,
                 s.pid.map_or_else(|| "-".into(), |p| p.to_string()),
+                s.rss_bytes.map_or_else(
+                    || "-".into(),
+                    |b| format!("{:.1} MiB", b as f64 / 1048576.0)
+                ),
                 s.restarts,
                 s.since
                     .map_or_else(|| "-".into(), |t| format!("{t:.1}s after boot"))
@@ -545,8 +549,8 @@ pub fn store_members(conn: &Conn, out: Output) -> anyhow::Result<()> {
     for (endpoint, view) in all {
         print(out, &view, || {
             let mut text = format!(
-                "{endpoint} (store node {})\nID                 PEER ADDRESS           ROLE     LEADER",
-                view.answered_by
+                "{endpoint} (store node {}, term {})\nID                 PEER ADDRESS           ROLE     LEADER",
+                view.answered_by, view.term
             );
             for m in &view.members {
                 text.push_str(&format!(
@@ -619,12 +623,14 @@ pub fn store_snapshot(conn: &Conn, file: &Path) -> anyhow::Result<()> {
                 .decode(&view.data)
                 .context("the snapshot is not base64")?
         };
+        // It carries the cluster CA's key: only its owner reads it.
         let tmp = file.with_extension("partial");
-        std::fs::write(&tmp, &bytes)
-            .and_then(|()| std::fs::rename(&tmp, file))
+        strake_pki::write_private(&tmp, &bytes)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| Ok(std::fs::rename(&tmp, file)?))
             .with_context(|| format!("writing {}", file.display()))?;
         println!(
-            "{}: wrote a snapshot at revision {} ({} bytes) to {}",
+            "{}: wrote a snapshot at revision {} ({} bytes) to {}; it holds the cluster's keys and CA, keep it as secret as they are",
             client.endpoint(),
             view.revision,
             bytes.len(),
@@ -632,6 +638,40 @@ pub fn store_snapshot(conn: &Conn, file: &Path) -> anyhow::Result<()> {
         );
         Ok(())
     })
+}
+
+/// How a store backup file begins.
+const BACKUP_MAGIC: &[u8] = b"STRAKEBK";
+
+pub fn store_restore(conn: &Conn, file: &Path) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        conn.nodes.len() <= 1,
+        "a restore starts a new cluster on ONE fresh control plane; name one node (-n), and join the others to it"
+    );
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    // The node checks all of it; this saves sending something else.
+    anyhow::ensure!(
+        bytes.starts_with(BACKUP_MAGIC),
+        "{} is not a strake store snapshot (it does not start with STRAKEBK)",
+        file.display()
+    );
+    anyhow::ensure!(
+        bytes.len() <= strake_machineapi::MAX_BACKUP,
+        "{} is {} bytes, more than a node accepts ({})",
+        file.display(),
+        bytes.len(),
+        strake_machineapi::MAX_BACKUP
+    );
+    let clients = conn.clients()?;
+    let client = clients
+        .first()
+        .context("give the fresh control plane's machine API endpoint (-n)")?;
+    let rt = runtime()?;
+    let answer = rt
+        .block_on(client.store_restore(bytes))
+        .with_context(|| format!("node {}", client.endpoint()))?;
+    println!("{}: {}", client.endpoint(), answer.message);
+    Ok(())
 }
 
 pub fn upgrade(conn: &Conn, image: &Path) -> anyhow::Result<()> {

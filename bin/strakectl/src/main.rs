@@ -248,6 +248,14 @@ enum StoreAction {
         #[command(flatten)]
         conn: machine::Conn,
     },
+    /// Starts a new one-member cluster on a fresh control plane from a snapshot: its objects,
+    /// keys and CA. What the node held is kept aside on its STATE. Then boot the other
+    /// control planes with `cluster.endpoint` naming it (or the virtual IP): they join it.
+    Restore {
+        file: PathBuf,
+        #[command(flatten)]
+        conn: machine::Conn,
+    },
 }
 
 #[derive(Subcommand)]
@@ -395,6 +403,9 @@ fn main() -> anyhow::Result<()> {
         Cmd::Store {
             action: StoreAction::Snapshot { file, conn },
         } => machine::store_snapshot(&conn, &file),
+        Cmd::Store {
+            action: StoreAction::Restore { file, conn },
+        } => machine::store_restore(&conn, &file),
         Cmd::Services { output, conn } => machine::services(&conn, output),
         Cmd::Disks { output, conn } => machine::disks(&conn, output),
         Cmd::Health {

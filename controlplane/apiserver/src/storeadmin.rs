@@ -11,10 +11,13 @@
 //! - `DELETE /strake/v1/store/members/{id}` removes a member, refused with the reason if it
 //!   would leave fewer answering voters than a quorum. A peer may remove only itself (a
 //!   graceful leave).
-//! - `GET /strake/v1/store/snapshot` streams a backup holding every acknowledged write.
+//! - `GET /strake/v1/store/snapshot` streams a backup holding every acknowledged write, with
+//!   [`BACKUP_FILES`] attached: a restore from it alone brings the cluster back, keys and CA
+//!   included (so the file is as secret as the CA key).
 //!
 //! Admins (`system:masters`) may do all of it; RBAC gives store peers the members URLs.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -34,6 +37,74 @@ use crate::render::json_response;
 
 /// The key files every control plane shares, by their names in the PKI directory.
 pub const SHARED_FILES: &[&str] = &[strake_tokens::KEY_FILE, crate::ENCRYPTION_CONFIG];
+
+/// The files every backup carries (from the PKI directory): the shared keys, without which
+/// the restored Secrets and service-account tokens are unreadable, and the cluster CA, which
+/// every node's and user's credentials chain to.
+pub const BACKUP_FILES: &[&str] = &[
+    strake_tokens::KEY_FILE,
+    crate::ENCRYPTION_CONFIG,
+    strake_pki::CA_CERT,
+    strake_pki::CA_KEY,
+];
+
+/// Reads the files `names` from the PKI directory `dir`, by name.
+fn read_pki_files(dir: &Path, names: &[&str]) -> Result<BTreeMap<String, Vec<u8>>, String> {
+    names
+        .iter()
+        .map(|name| {
+            let path = dir.join(name);
+            std::fs::read(&path)
+                .map(|bytes| (name.to_string(), bytes))
+                .map_err(|e| format!("reading {}: {e}", path.display()))
+        })
+        .collect()
+}
+
+/// Why a backup was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("a backup carries the cluster's keys, but {0}")]
+    Files(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Takes a backup of `store` to `path` with [`BACKUP_FILES`] from `pki_dir` attached.
+pub async fn take_backup(
+    store: &strake_store::Store,
+    pki_dir: &Path,
+    path: &Path,
+) -> Result<strake_store::BackupInfo, BackupError> {
+    let files = read_pki_files(pki_dir, BACKUP_FILES).map_err(BackupError::Files)?;
+    Ok(store.backup_with(path, files).await?)
+}
+
+/// Checks that a backup's attachments are exactly [`BACKUP_FILES`], naming what is missing
+/// or unexpected.
+pub fn check_backup_files(attachments: &BTreeMap<String, Vec<u8>>) -> Result<(), String> {
+    let missing: Vec<&str> = BACKUP_FILES
+        .iter()
+        .copied()
+        .filter(|f| !attachments.contains_key(*f))
+        .collect();
+    let unknown: Vec<&str> = attachments
+        .keys()
+        .map(String::as_str)
+        .filter(|f| !BACKUP_FILES.contains(f))
+        .collect();
+    match (missing.is_empty(), unknown.is_empty()) {
+        (true, true) => Ok(()),
+        (false, _) => Err(format!(
+            "it lacks the cluster's {} (a store backup made without them, by `strake-store` or an older strake, cannot bring the cluster back: take one with `strakectl store snapshot`)",
+            missing.join(", ")
+        )),
+        (true, false) => Err(format!(
+            "it carries files no strake backup has: {}",
+            unknown.join(", ")
+        )),
+    }
+}
 
 /// A store node asking to join.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,6 +132,9 @@ pub struct Member {
 pub struct MemberList {
     pub answered_by: u64,
     pub leader: Option<u64>,
+    /// The answering node's raft term: it grows with every election.
+    #[serde(default)]
+    pub term: u64,
     pub members: Vec<Member>,
 }
 
@@ -71,7 +145,7 @@ pub struct JoinAnswer {
     pub members: MemberList,
     /// [`SHARED_FILES`] by name, as this control plane holds them, base64 (the signing key is
     /// DER).
-    pub files: std::collections::BTreeMap<String, String>,
+    pub files: BTreeMap<String, String>,
 }
 
 fn member_list(store: &strake_store::Store) -> MemberList {
@@ -92,6 +166,7 @@ fn member_list(store: &strake_store::Store) -> MemberList {
     MemberList {
         answered_by: store.node_id(),
         leader: m.leader,
+        term: store.raft_metrics().current_term,
         members,
     }
 }
@@ -160,21 +235,18 @@ pub async fn members(
     )
 }
 
-fn read_shared_files(dir: &Path) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
-    SHARED_FILES
-        .iter()
-        .map(|name| {
-            std::fs::read(dir.join(name))
-                .map(|bytes| {
-                    use base64::Engine as _;
-                    let text = base64::engine::general_purpose::STANDARD.encode(bytes);
-                    (name.to_string(), text)
-                })
-                .map_err(|e| {
-                    ApiError::Internal(format!("reading {}: {e}", dir.join(name).display()))
-                })
+fn read_shared_files(dir: &Path) -> Result<BTreeMap<String, String>, ApiError> {
+    use base64::Engine as _;
+    Ok(read_pki_files(dir, SHARED_FILES)
+        .map_err(ApiError::Internal)?
+        .into_iter()
+        .map(|(name, bytes)| {
+            (
+                name,
+                base64::engine::general_purpose::STANDARD.encode(bytes),
+            )
         })
-        .collect()
+        .collect())
 }
 
 pub async fn join(
@@ -248,7 +320,12 @@ pub async fn snapshot(
         std::fs::create_dir_all(&dir)
             .map_err(|e| ApiError::Internal(format!("creating {}: {e}", dir.display())))?;
         let path = dir.join(format!(".streaming-{}", uuid::Uuid::new_v4()));
-        let info = app.store.backup(&path).await.map_err(store_error);
+        let info = take_backup(&app.store, &app.pki_dir, &path)
+            .await
+            .map_err(|e| match e {
+                BackupError::Store(e) => store_error(e),
+                files => ApiError::Internal(files.to_string()),
+            });
         let bytes = info
             .as_ref()
             .ok()

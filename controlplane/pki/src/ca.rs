@@ -55,8 +55,10 @@ pub struct Identity {
     pub groups: Vec<String>,
 }
 
-const CA_CERT: &str = "ca.crt";
-const CA_KEY: &str = "ca.key";
+/// The CA certificate's file in a PKI directory.
+pub const CA_CERT: &str = "ca.crt";
+/// The CA key's file in a PKI directory.
+pub const CA_KEY: &str = "ca.key";
 
 impl ClusterCa {
     /// Creates a fresh CA named after the cluster.

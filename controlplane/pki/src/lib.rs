@@ -8,7 +8,9 @@ mod csr;
 mod tlsconf;
 mod token;
 
-pub use ca::{CertifiedKey, ClusterCa, Identity, ca_pin, peer_identity, write_private};
+pub use ca::{
+    CA_CERT, CA_KEY, CertifiedKey, ClusterCa, Identity, ca_pin, peer_identity, write_private,
+};
 pub use credentials::Credentials;
 pub use csr::{CsrInfo, parse_csr};
 pub use tlsconf::{

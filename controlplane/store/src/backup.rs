@@ -3,9 +3,16 @@
 //! one-member cluster from such a file.
 //!
 //! File layout: the magic `STRAKEBK`, the format (u32 LE), the body length (u64 LE), the body
-//! (postcard [`BackupBody`]), then the SHA-256 of everything before it.
+//! (postcard [`BackupBody`]), then the SHA-256 of everything before it. Format 2 adds named
+//! attachments to the body (what else the owner needs to bring the data back, such as the
+//! keys Secrets are encrypted with); format 1 files, which have none, still restore.
+//!
+//! Backup files are written readable by their owner only (0600): they hold every object, and
+//! their attachments may be keys.
 
+use std::collections::BTreeMap;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -20,9 +27,13 @@ use crate::store::Store;
 use crate::types::KeyValue;
 
 const MAGIC: &[u8; 8] = b"STRAKEBK";
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
+/// The first format, without attachments.
+const FORMAT_V1: u32 = 1;
 const HEADER_LEN: usize = MAGIC.len() + 4 + 8;
 const CHECKSUM_LEN: usize = 32;
+/// How long a restore waits for its snapshot to be built and the log purged under it.
+const RESTORE_SNAPSHOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What a backup file carries.
 #[derive(Debug, Serialize, Deserialize)]
@@ -30,6 +41,16 @@ struct BackupBody {
     /// The node that wrote it.
     node_id: NodeId,
     /// The keyspace revision the backup is a picture of.
+    revision: u64,
+    kvs: Vec<KeyValue>,
+    /// Named files the backup's owner attached, by name.
+    attachments: BTreeMap<String, Vec<u8>>,
+}
+
+/// A format 1 body: no attachments.
+#[derive(Debug, Deserialize)]
+struct BackupBodyV1 {
+    node_id: NodeId,
     revision: u64,
     kvs: Vec<KeyValue>,
 }
@@ -43,6 +64,31 @@ pub struct BackupInfo {
     pub keys: usize,
     /// Size of the file.
     pub bytes: u64,
+}
+
+/// What a backup file holds, as [`read_backup`] found it (whole and undamaged).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupContents {
+    /// Keyspace revision of the backup.
+    pub revision: u64,
+    /// Live keys in it.
+    pub keys: usize,
+    /// The store node that wrote it.
+    pub written_by: NodeId,
+    /// The files attached to it, by name.
+    pub attachments: BTreeMap<String, Vec<u8>>,
+}
+
+/// Checks a whole backup file (`path` only names it in errors) and says what it holds,
+/// without restoring anything.
+pub fn read_backup(path: &Path, file: &[u8]) -> Result<BackupContents, StoreError> {
+    let body = decode_file(path, file)?;
+    Ok(BackupContents {
+        revision: body.revision,
+        keys: body.kvs.len(),
+        written_by: body.node_id,
+        attachments: body.attachments,
+    })
 }
 
 fn io_error(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -81,9 +127,9 @@ fn decode_file(path: &Path, file: &[u8]) -> Result<BackupBody, StoreError> {
     let mut format = [0u8; 4];
     format.copy_from_slice(&file[MAGIC.len()..MAGIC.len() + 4]);
     let format = u32::from_le_bytes(format);
-    if format != FORMAT {
+    if format != FORMAT && format != FORMAT_V1 {
         return Err(corrupt(format!(
-            "it has format {format}; this version reads format {FORMAT}"
+            "it has format {format}; this version reads formats {FORMAT_V1} and {FORMAT}"
         )));
     }
     let mut len = [0u8; 8];
@@ -102,8 +148,18 @@ fn decode_file(path: &Path, file: &[u8]) -> Result<BackupBody, StoreError> {
             "its SHA-256 checksum does not match its content".into(),
         ));
     }
-    postcard::from_bytes(&content[HEADER_LEN..])
-        .map_err(|e| corrupt(format!("its body does not decode: {e}")))
+    let body = &content[HEADER_LEN..];
+    let undecodable = |e: postcard::Error| corrupt(format!("its body does not decode: {e}"));
+    if format == FORMAT_V1 {
+        let v1: BackupBodyV1 = postcard::from_bytes(body).map_err(undecodable)?;
+        return Ok(BackupBody {
+            node_id: v1.node_id,
+            revision: v1.revision,
+            kvs: v1.kvs,
+            attachments: BTreeMap::new(),
+        });
+    }
+    postcard::from_bytes(body).map_err(undecodable)
 }
 
 /// Writes `bytes` to `path` by way of a temporary file in the same directory, so `path` only
@@ -122,8 +178,13 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     };
     let partial = dir.join(format!(".{name}.partial"));
     let result = (|| {
-        let mut file =
-            std::fs::File::create(&partial).map_err(io_error("cannot create", &partial))?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&partial)
+            .map_err(io_error("cannot create", &partial))?;
         file.write_all(bytes)
             .map_err(io_error("cannot write", &partial))?;
         file.sync_all().map_err(io_error("cannot sync", &partial))?;
@@ -224,6 +285,16 @@ impl Store {
     /// every write acknowledged before the call: a read-index round first (a follower asks
     /// the leader and applies that far), so it needs a quorum.
     pub async fn backup(&self, path: impl AsRef<Path>) -> Result<BackupInfo, StoreError> {
+        self.backup_with(path, BTreeMap::new()).await
+    }
+
+    /// [`Store::backup`], with named files attached (checksummed with the keyspace, and
+    /// handed back by [`read_backup`]).
+    pub async fn backup_with(
+        &self,
+        path: impl AsRef<Path>,
+        attachments: BTreeMap<String, Vec<u8>>,
+    ) -> Result<BackupInfo, StoreError> {
         self.ensure_linearizable().await?;
         let store = self.clone();
         let path = path.as_ref().to_path_buf();
@@ -233,6 +304,7 @@ impl Store {
                 node_id: store.node_id(),
                 revision: meta.revision,
                 kvs,
+                attachments,
             };
             let file = encode_file(&body)?;
             write_atomically(&path, &file)?;
@@ -268,7 +340,53 @@ impl Store {
         tokio::task::spawn_blocking(move || restore_data_dir(&backup, &target))
             .await
             .map_err(|e| StoreError::Internal(format!("restoring the backup panicked: {e}")))??;
-        Store::open(cfg).await
+        let store = Store::open(cfg).await?;
+        if let Err(err) = store.snapshot_over_log().await {
+            if let Err(close_err) = store.close().await {
+                tracing::warn!(error = %close_err, "closing the store after a failed restore");
+            }
+            return Err(err);
+        }
+        Ok(store)
+    }
+
+    /// After a restore, the restored keyspace is in no log entry: a member added later that
+    /// replayed the log from its start would miss all of it (and count revisions from zero).
+    /// So the new cluster's log is folded into a snapshot and purged at once, and members
+    /// added later start from that snapshot.
+    async fn snapshot_over_log(&self) -> Result<(), StoreError> {
+        let raft = &self.inner.raft;
+        // Leading and applied up to what it committed (its membership and its first entry).
+        self.ensure_linearizable().await?;
+        let applied = raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map(|id| id.index)
+            .ok_or_else(|| StoreError::Internal("the restored store applied nothing".into()))?;
+        raft.trigger().snapshot().await?;
+        raft.wait(Some(RESTORE_SNAPSHOT_TIMEOUT))
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= applied),
+                "a snapshot of the restored keyspace",
+            )
+            .await
+            .map_err(|e| StoreError::StartupTimeout {
+                waited: RESTORE_SNAPSHOT_TIMEOUT,
+                detail: e.to_string(),
+            })?;
+        raft.trigger().purge_log(applied).await?;
+        raft.wait(Some(RESTORE_SNAPSHOT_TIMEOUT))
+            .metrics(
+                |m| m.purged.is_some_and(|p| p.index >= applied),
+                "the log purged up to the snapshot",
+            )
+            .await
+            .map_err(|e| StoreError::StartupTimeout {
+                waited: RESTORE_SNAPSHOT_TIMEOUT,
+                detail: e.to_string(),
+            })?;
+        Ok(())
     }
 }
 
@@ -287,6 +405,7 @@ mod tests {
                 mod_revision: 9,
                 version: 4,
             }],
+            attachments: BTreeMap::from([("k".to_string(), b"secret".to_vec())]),
         }
     }
 
@@ -316,7 +435,56 @@ mod tests {
         assert!(problem(&other).contains("STRAKEBK"));
 
         let mut future = file.clone();
-        future[MAGIC.len()] = 2;
-        assert!(problem(&future).contains("format 2"));
+        future[MAGIC.len()] = 3;
+        assert!(problem(&future).contains("format 3"));
+    }
+
+    #[test]
+    fn attachments_travel_and_format_one_files_still_read() {
+        let file = encode_file(&body()).unwrap();
+        let contents = read_backup(Path::new("b"), &file).unwrap();
+        assert_eq!(
+            (contents.revision, contents.keys, contents.written_by),
+            (9, 1, 3)
+        );
+        assert_eq!(contents.attachments["k"], b"secret");
+
+        // A file as the first format wrote it.
+        #[derive(Serialize)]
+        struct V1<'a> {
+            node_id: NodeId,
+            revision: u64,
+            kvs: &'a [KeyValue],
+        }
+        let b = body();
+        let v1 = encode(
+            "backup",
+            &V1 {
+                node_id: 3,
+                revision: 9,
+                kvs: &b.kvs,
+            },
+        )
+        .unwrap();
+        let mut old = Vec::new();
+        old.extend_from_slice(MAGIC);
+        old.extend_from_slice(&FORMAT_V1.to_le_bytes());
+        old.extend_from_slice(&(v1.len() as u64).to_le_bytes());
+        old.extend_from_slice(&v1);
+        let sum = Sha256::digest(&old);
+        old.extend_from_slice(&sum);
+        let back = decode_file(Path::new("old"), &old).unwrap();
+        assert_eq!((back.revision, back.kvs.len()), (9, 1));
+        assert!(back.attachments.is_empty());
+    }
+
+    #[test]
+    fn backup_files_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.backup");
+        write_atomically(&path, b"data").unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 }

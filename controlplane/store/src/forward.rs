@@ -39,8 +39,16 @@ pub(crate) const MAX_HOPS: usize = 3;
 pub(crate) enum Forwarded {
     Txn(Txn),
     ReadIndex,
-    Compact { revision: u64 },
+    Compact {
+        revision: u64,
+    },
     Members(MemberChange),
+    /// Would this voter vote for a candidate whose log ends at `last_log_id`? (see
+    /// [`crate::election`]). Asked of every voter, not only the leader.
+    PreVote {
+        candidate: NodeId,
+        last_log_id: Option<openraft::LogId<NodeId>>,
+    },
 }
 
 /// A membership change (see [`crate::Store::add_learner`] and the rest).
@@ -77,6 +85,7 @@ pub(crate) enum Answer {
     ReadIndex(Option<u64>),
     Compacted,
     MembersChanged,
+    PreVote(crate::election::PreVoteAnswer),
     Failed(Failure),
 }
 
@@ -194,6 +203,8 @@ pub(crate) struct Local {
     pub(crate) writes: Arc<Proposer>,
     /// When each peer last answered this node.
     pub(crate) contacts: Contacts,
+    /// When this node last heard from a leader.
+    pub(crate) leader_contact: crate::election::LeaderContact,
     /// Held through each membership change, so at most one is in flight.
     pub(crate) changing: tokio::sync::Mutex<()>,
 }
@@ -255,6 +266,10 @@ impl Local {
                 .change_members(change)
                 .await
                 .map(|()| Answer::MembersChanged),
+            Forwarded::PreVote {
+                candidate,
+                last_log_id,
+            } => Ok(Answer::PreVote(self.pre_vote(candidate, last_log_id).await)),
         };
         answered.unwrap_or_else(|err| Answer::Failed(err.into()))
     }

@@ -5,6 +5,7 @@
 mod backup;
 mod config;
 mod db;
+mod election;
 mod error;
 mod forward;
 mod keyspace;
@@ -23,7 +24,7 @@ mod types;
 mod wal;
 mod watch;
 
-pub use backup::BackupInfo;
+pub use backup::{BackupContents, BackupInfo, read_backup};
 pub use config::{DEFAULT_DISK_RESERVE, DEFAULT_SNAPSHOT_EVERY, StoreConfig};
 pub use error::StoreError;
 pub use membership::Members;

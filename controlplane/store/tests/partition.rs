@@ -67,10 +67,8 @@ async fn nemesis(cluster: &ProcCluster, proxies: &Proxies, seed: u64, until: Ins
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn isolated_leaders_keep_the_history_linearizable() {
-    let started = Instant::now();
-    let seed = common::seed();
+/// Three members whose peer traffic goes through loopback proxies, running and ready.
+async fn proxied_cluster() -> (ProcCluster, Proxies) {
     let mut cluster = ProcCluster::new(&[1, 2, 3], SNAPSHOT_EVERY);
     let targets = cluster
         .members
@@ -82,6 +80,14 @@ async fn isolated_leaders_keep_the_history_linearizable() {
     cluster.spawn_members(&[1, 2, 3]);
     proxies.set_pids(cluster.pids());
     cluster.wait_ready(&[1, 2, 3]).await;
+    (cluster, proxies)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_leaders_keep_the_history_linearizable() {
+    let started = Instant::now();
+    let seed = common::seed();
+    let (mut cluster, proxies) = proxied_cluster().await;
     cluster.leader().await;
     assert_eq!(
         proxies.refused(),
@@ -121,4 +127,59 @@ async fn isolated_leaders_keep_the_history_linearizable() {
     cluster.kill_all();
     check_history(&history, seed, "partition");
     eprintln!("whole test {:?}", started.elapsed());
+}
+
+/// A follower cut off from the others for several leader leases asks for pre-votes nobody
+/// grants, so its term stays put; when the partition heals it follows the leader it had,
+/// which keeps its place and its term (without the pre-vote round its higher term would
+/// depose the leader).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_follower_does_not_depose_the_leader() {
+    let (mut cluster, proxies) = proxied_cluster().await;
+    let leader = cluster.leader().await;
+    let term = cluster.statuses().await[&leader].term;
+    assert!(term.is_some(), "the status carries no term");
+    let ids = cluster.ids();
+    let follower = *ids.iter().find(|id| **id != leader).expect("a follower");
+
+    proxies.isolate(follower, &ids);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let alone = cluster.statuses().await;
+    assert_eq!(
+        alone[&follower].term,
+        term,
+        "the cut-off follower's term moved: {alone:?}\n{}",
+        cluster.log_tails()
+    );
+    assert_eq!(alone[&leader].leader, Some(leader), "{alone:?}");
+    proxies.heal();
+
+    // It follows the leader again, and the leader stays.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let statuses = cluster.statuses().await;
+        if statuses
+            .get(&follower)
+            .is_some_and(|s| s.leader == Some(leader))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the follower did not come back to {leader}: {statuses:?}\n{}",
+            cluster.log_tails()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = cluster.statuses().await;
+    for (id, s) in &after {
+        assert_eq!(
+            (s.leader, s.term),
+            (Some(leader), term),
+            "node {id} after the heal: {after:?}\n{}",
+            cluster.log_tails()
+        );
+    }
+    cluster.kill_all();
 }

@@ -251,6 +251,13 @@ impl Client {
         self.call("GET", "/v1/store/snapshot", Bytes::new()).await
     }
 
+    /// Sends a backup (a snapshot) to a fresh control plane, which starts a new one-member
+    /// cluster from it.
+    pub async fn store_restore(&self, backup: Vec<u8>) -> Result<Message, ClientError> {
+        self.call("POST", "/v1/store/restore", Bytes::from(backup))
+            .await
+    }
+
     pub async fn restart_service(&self, name: &str) -> Result<Message, ClientError> {
         let path = format!("/v1/services/{}/restart", encode(name));
         self.call("POST", &path, Bytes::new()).await

@@ -56,6 +56,8 @@ pub const PORT: u16 = 50000;
 pub const MAX_BODY: usize = 1 << 20;
 /// Largest UKI `upgrade` accepts.
 pub const MAX_UPGRADE: usize = 256 << 20;
+/// The largest store backup `strakectl store restore` sends.
+pub const MAX_BACKUP: usize = 1 << 30;
 
 /// What a client may do, from its certificate's organizations. Each role can do what the ones
 /// below it can.
@@ -205,6 +207,9 @@ pub struct ServiceView {
     /// Since when it runs (or until when it waits), in seconds since boot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<f64>,
+    /// Resident memory of its main process, in bytes, while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_bytes: Option<u64>,
 }
 
 /// A disk of the machine (`strakectl disks`).
@@ -284,6 +289,9 @@ pub struct StoreMembersView {
     /// The store node id of the control plane that answered.
     pub answered_by: u64,
     pub leader: Option<u64>,
+    /// The answering node's raft term: it grows with every election.
+    #[serde(default)]
+    pub term: u64,
     pub members: Vec<StoreMemberView>,
 }
 

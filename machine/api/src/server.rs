@@ -22,9 +22,9 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::{
     AddressView, ApplyMode, ApplyResult, ChangeView, ConfigView, DiskView, ErrorBody, FieldProblem,
-    KubeconfigView, LogLines, MAX_BODY, MAX_UPGRADE, Message, Role, RouteView, ServiceView,
-    SocketView, StoreMembersView, StoreSnapshotView, VersionInfo, line_component, line_time,
-    redact,
+    KubeconfigView, LogLines, MAX_BACKUP, MAX_BODY, MAX_UPGRADE, Message, Role, RouteView,
+    ServiceView, SocketView, StoreMembersView, StoreSnapshotView, VersionInfo, line_component,
+    line_time, redact,
 };
 
 /// Which API the node serves.
@@ -117,6 +117,12 @@ pub trait Host: Send + Sync + 'static {
     }
     /// A snapshot of the cluster store, taken while it serves.
     fn store_snapshot(&self) -> Result<StoreSnapshotView, HostError> {
+        Err(HostError::new("this node runs no store"))
+    }
+    /// Starts a new one-member cluster on this control plane from `backup` (a snapshot);
+    /// says what it did.
+    fn store_restore(&self, backup: &[u8]) -> Result<String, HostError> {
+        let _ = backup;
         Err(HostError::new("this node runs no store"))
     }
 }
@@ -259,6 +265,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/v1/store/members", get(store_members))
         .route("/v1/store/members/{id}/remove", post(store_remove))
         .route("/v1/store/snapshot", get(store_snapshot))
+        .route("/v1/store/restore", post(store_restore))
         .fallback(not_found)
         .with_state(app)
 }
@@ -834,6 +841,26 @@ async fn store_snapshot(State(app): State<Arc<App>>, Extension(peer): Extension<
         |h| h.store_snapshot(),
     )
     .await
+}
+
+async fn store_restore(
+    State(app): State<Arc<App>>,
+    Extension(peer): Extension<Peer>,
+    body: Body,
+) -> Answer {
+    allow(&app, &peer, "store restore", Role::Admin)?;
+    let bytes = axum::body::to_bytes(body, MAX_BACKUP).await.map_err(|_| {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the backup is larger than {MAX_BACKUP} bytes"),
+            Vec::new(),
+        )
+    })?;
+    let host = app.host.clone();
+    let message = blocking(move || host.store_restore(&bytes))
+        .await?
+        .map_err(|e| host_error(StatusCode::CONFLICT, e))?;
+    Ok(json(StatusCode::OK, &Message { message }))
 }
 
 async fn store_remove(

@@ -84,6 +84,7 @@ impl Host for Fake {
             pid: Some(42),
             restarts: 0,
             since: Some(3.5),
+            rss_bytes: Some(40 << 20),
         }])
     }
     fn restart_service(&self, name: &str) -> Result<String, HostError> {

@@ -11,7 +11,7 @@
 //! - `PUT key value` → `OK revision`
 //! - `CAS key mod_revision value` → `OK revision` | `FAILED` (put if the key's mod_revision is
 //!   still `mod_revision`; 0 means absent)
-//! - `STATUS` → `STATUS leader state last_log_index last_applied` (`-` for unknown)
+//! - `STATUS` → `STATUS leader state last_log_index last_applied term` (`-` for unknown)
 //!
 //! Errors answer `ERR NOTLEADER leader` (`-` if unknown) or `ERR OTHER message`.
 
@@ -212,11 +212,12 @@ async fn answer(store: &Store, line: &str) -> String {
         ["STATUS"] => {
             let metrics = store.raft_metrics();
             format!(
-                "STATUS {} {:?} {} {}",
+                "STATUS {} {:?} {} {} {}",
                 opt(metrics.current_leader),
                 metrics.state,
                 opt(metrics.last_log_index),
                 opt(metrics.last_applied.map(|id| id.index)),
+                metrics.current_term,
             )
         }
         _ => format!("ERR OTHER cannot parse request {line:?}"),

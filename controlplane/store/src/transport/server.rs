@@ -13,7 +13,9 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use openraft::Raft;
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::{TcpListener, TcpStream};
@@ -278,7 +280,11 @@ async fn dispatch(
             let rpc: AppendEntriesRequest<TypeConfig> = read_body(req, "append-entries").await?;
             check_claim(peer, rpc.vote.leader_id().voted_for(), "append-entries")?;
             check_member(raft, peer)?;
-            Ok(encoded(&raft.append_entries(rpc).await))
+            let answer = raft.append_entries(rpc).await;
+            if matches!(&answer, Ok(a) if !matches!(a, AppendEntriesResponse::HigherVote(_))) {
+                local.leader_contact.heard();
+            }
+            Ok(encoded(&answer))
         }
         PATH_VOTE => {
             let rpc: VoteRequest<NodeId> = read_body(req, "vote").await?;
@@ -291,10 +297,18 @@ async fn dispatch(
                 read_body(req, "install-snapshot").await?;
             check_claim(peer, rpc.vote.leader_id().voted_for(), "install-snapshot")?;
             check_member(raft, peer)?;
-            Ok(encoded(&raft.install_snapshot(rpc).await))
+            let leader = rpc.vote;
+            let answer = raft.install_snapshot(rpc).await;
+            if matches!(&answer, Ok(a) if a.vote == leader) {
+                local.leader_contact.heard();
+            }
+            Ok(encoded(&answer))
         }
         PATH_FORWARD => {
             let request: Forwarded = read_body(req, "forwarded request").await?;
+            if let Forwarded::PreVote { candidate, .. } = &request {
+                check_claim(peer, Some(*candidate), "pre-vote")?;
+            }
             check_member(raft, peer)?;
             Ok(encoded(&local.answer(request).await))
         }

@@ -45,6 +45,7 @@ pub struct Status {
     pub is_leader: bool,
     pub last_log_index: Option<u64>,
     pub last_applied: Option<u64>,
+    pub term: Option<u64>,
 }
 
 fn num(word: Option<&str>) -> Option<u64> {
@@ -75,6 +76,7 @@ fn parse_reply(line: &str) -> Reply {
                 is_leader,
                 last_log_index: num(words.next()),
                 last_applied: num(words.next()),
+                term: num(words.next()),
             })
         }
         Some("ERR") if words.next() == Some("NOTLEADER") => Reply::NotLeader(num(words.next())),
