@@ -328,6 +328,27 @@ pub fn fingerprint_on(console: &str) -> Option<String> {
     (hex.len() == 64).then(|| format!("sha256:{hex}"))
 }
 
+/// Waits (up to `timeout`) for maintenance mode's certificate fingerprint on `vm`'s console
+/// and returns it with the console. The marker can be on the console before the rest of its
+/// line, so the console is read again until the whole fingerprint is there.
+pub fn wait_for_fingerprint(
+    vm: &mut strake_qemu::Vm,
+    timeout: Duration,
+) -> anyhow::Result<(String, String)> {
+    vm.wait_for_console("certificate fingerprint sha256:", timeout)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let console = vm.console();
+        if let Some(fingerprint) = fingerprint_on(&console) {
+            return Ok((fingerprint, console));
+        }
+        if Instant::now() > deadline {
+            bail!("the console shows no whole certificate fingerprint within 10 s of its start");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Passes `result` through, printing the VM's console tail first when it is an error.
 pub fn on_failure(vm: &strake_qemu::Vm, result: anyhow::Result<()>) -> anyhow::Result<()> {
     if result.is_err() {

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use strake_e2e::{
-    Registry, bootstrap_admin, fingerprint_on, image_dir, kubectl, kubectl_path,
-    kubectl_with_input, on_failure, poll, push_busybox,
+    Registry, bootstrap_admin, image_dir, kubectl, kubectl_path, kubectl_with_input, on_failure,
+    poll, push_busybox, wait_for_fingerprint,
 };
 use strake_machineapi::{ApplyMode, Client, Trust};
 use strake_pki::BootstrapToken;
@@ -463,9 +463,7 @@ fn to_maintenance(
     vm: &mut Vm,
     machine_port: u16,
 ) -> anyhow::Result<Duration> {
-    let console =
-        vm.wait_for_console("certificate fingerprint sha256:", Duration::from_secs(120))?;
-    let fingerprint = fingerprint_on(&console).context("no fingerprint on the console")?;
+    let (fingerprint, _) = wait_for_fingerprint(vm, Duration::from_secs(120))?;
     let client = Client::new(
         &format!("127.0.0.1:{machine_port}"),
         &Trust::Insecure {

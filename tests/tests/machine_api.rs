@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use strake_e2e::{
-    Registry, bootstrap_admin, fingerprint_on, image_dir, kubectl, kubectl_ok, kubectl_path,
-    on_failure, poll, push_busybox, strakectl, strakectl_ok, strakectl_path,
+    Registry, bootstrap_admin, image_dir, kubectl, kubectl_ok, kubectl_path, on_failure, poll,
+    push_busybox, strakectl, strakectl_ok, strakectl_path, wait_for_fingerprint,
 };
 use strake_pki::BootstrapToken;
 use strake_qemu::{Accel, Nic, PortForward, Vm, VmConfig};
@@ -147,13 +147,11 @@ fn maintenance_mode_install_and_the_machine_api() -> anyhow::Result<()> {
     after.name = "e2e-after-reset".into();
     let mut vm = Vm::start(after)?;
     let result = (|| -> anyhow::Result<()> {
-        let console =
-            vm.wait_for_console("certificate fingerprint sha256:", Duration::from_secs(90))?;
+        let (fingerprint, console) = wait_for_fingerprint(&mut vm, Duration::from_secs(90))?;
         ensure!(
             console.contains("wiped, as `strakectl reset` asked"),
             "STATE was not wiped on the console"
         );
-        let fingerprint = fingerprint_on(&console).context("no fingerprint")?;
         let v = poll(
             "maintenance mode after the reset",
             Duration::from_secs(60),
@@ -265,10 +263,8 @@ fn config_drive(dir: &Path, name: &str, config: &str) -> anyhow::Result<PathBuf>
 }
 
 fn maintenance(vm: &mut Vm, node: &str, config: &Path, dir: &Path) -> anyhow::Result<()> {
-    let console =
-        vm.wait_for_console("certificate fingerprint sha256:", Duration::from_secs(90))?;
+    let (fingerprint, _) = wait_for_fingerprint(vm, Duration::from_secs(90))?;
     vm.wait_for_console("machine API listening", Duration::from_secs(30))?;
-    let fingerprint = fingerprint_on(&console).context("no fingerprint on the console")?;
     let insecure = ["--insecure", "--fingerprint", &fingerprint, "-n", node];
     let version = poll(
         "the machine API in maintenance mode",
