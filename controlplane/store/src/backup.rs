@@ -23,7 +23,7 @@ use crate::db::{DbResultExt, KV, SM_META, encode, open_data_dir};
 use crate::error::StoreError;
 use crate::keyspace::{SmMeta, StoredKv};
 use crate::raft_types::NodeId;
-use crate::store::Store;
+use crate::store::{Store, wait_for};
 use crate::types::KeyValue;
 
 const MAGIC: &[u8; 8] = b"STRAKEBK";
@@ -365,27 +365,16 @@ impl Store {
             .map(|id| id.index)
             .ok_or_else(|| StoreError::Internal("the restored store applied nothing".into()))?;
         raft.trigger().snapshot().await?;
-        raft.wait(Some(RESTORE_SNAPSHOT_TIMEOUT))
-            .metrics(
-                |m| m.snapshot.is_some_and(|s| s.index >= applied),
-                "a snapshot of the restored keyspace",
-            )
-            .await
-            .map_err(|e| StoreError::StartupTimeout {
-                waited: RESTORE_SNAPSHOT_TIMEOUT,
-                detail: e.to_string(),
-            })?;
+        let timeout = RESTORE_SNAPSHOT_TIMEOUT;
+        wait_for(raft, timeout, "a snapshot of the restored keyspace", |m| {
+            m.snapshot.is_some_and(|s| s.index >= applied)
+        })
+        .await?;
         raft.trigger().purge_log(applied).await?;
-        raft.wait(Some(RESTORE_SNAPSHOT_TIMEOUT))
-            .metrics(
-                |m| m.purged.is_some_and(|p| p.index >= applied),
-                "the log purged up to the snapshot",
-            )
-            .await
-            .map_err(|e| StoreError::StartupTimeout {
-                waited: RESTORE_SNAPSHOT_TIMEOUT,
-                detail: e.to_string(),
-            })?;
+        wait_for(raft, timeout, "the log purged up to the snapshot", |m| {
+            m.purged.is_some_and(|p| p.index >= applied)
+        })
+        .await?;
         Ok(())
     }
 }

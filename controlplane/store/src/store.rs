@@ -293,13 +293,10 @@ impl Store {
             }
         }
         elect_if_lone_voter(raft, me).await?;
-        raft.wait(Some(STARTUP_TIMEOUT))
-            .metrics(|m| m.current_leader.is_some(), "a known leader")
-            .await
-            .map_err(|e| StoreError::StartupTimeout {
-                waited: STARTUP_TIMEOUT,
-                detail: e.to_string(),
-            })?;
+        wait_for(raft, STARTUP_TIMEOUT, "a known leader", |m| {
+            m.current_leader.is_some()
+        })
+        .await?;
         if let Err(err) = self.record_own_address(&net.advertise).await {
             // The cluster still works through the address the others have; say so.
             tracing::warn!(error = %err, addr = %net.advertise, "could not record this node's peer address");
@@ -316,16 +313,10 @@ impl Store {
             let members = BTreeMap::from([(me, BasicNode::default())]);
             initialize(raft, members).await?;
         }
-        raft.wait(Some(STARTUP_TIMEOUT))
-            .metrics(
-                |m| m.state == ServerState::Leader && m.current_leader == Some(me),
-                "become leader",
-            )
-            .await
-            .map_err(|e| StoreError::StartupTimeout {
-                waited: STARTUP_TIMEOUT,
-                detail: e.to_string(),
-            })?;
+        wait_for(raft, STARTUP_TIMEOUT, "become leader", |m| {
+            m.state == ServerState::Leader && m.current_leader == Some(me)
+        })
+        .await?;
         raft.ensure_linearizable().await.map_err(read_error)?;
         Ok(())
     }
@@ -673,6 +664,24 @@ async fn initialize(
         Err(RaftError::APIError(err)) => Err(StoreError::Initialize(Box::new(err))),
         Err(RaftError::Fatal(f)) => Err(f.into()),
     }
+}
+
+/// Waits up to `timeout` until raft's metrics satisfy `done` (`what` names it), failing with
+/// [`StoreError::StartupTimeout`].
+pub(crate) async fn wait_for(
+    raft: &Raft<TypeConfig>,
+    timeout: Duration,
+    what: &str,
+    done: impl Fn(&openraft::RaftMetrics<NodeId, BasicNode>) -> bool + Send,
+) -> Result<(), StoreError> {
+    raft.wait(Some(timeout))
+        .metrics(done, what)
+        .await
+        .map(|_| ())
+        .map_err(|e| StoreError::StartupTimeout {
+            waited: timeout,
+            detail: e.to_string(),
+        })
 }
 
 /// A lone voter need not sit out an election timeout: it starts the election at once.
