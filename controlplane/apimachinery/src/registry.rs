@@ -487,25 +487,42 @@ impl Registry {
             user: opts.user.as_ref(),
             warnings: &opts.warnings,
         };
-        self.admission.admit(self, &attrs, &mut obj).await?;
-        if opts.dry_run {
-            if self.store.get(&def.key(ns, &name)).await?.is_some() {
-                return Err(ApiError::AlreadyExists {
-                    resource: def.group_resource(),
-                    name,
-                });
+        let unadmitted = obj;
+        let mut attempt = 0;
+        loop {
+            let mut obj = unadmitted.clone();
+            self.admission.admit(self, &attrs, &mut obj).await?;
+            if opts.dry_run {
+                if self.store.get(&def.key(ns, &name)).await?.is_some() {
+                    return Err(ApiError::AlreadyExists {
+                        resource: def.group_resource(),
+                        name,
+                    });
+                }
+                self.quota_charges(def, ns, &name, &obj, None).await?;
+                crate::servicealloc::claims(self, def, &obj, None).await?;
+                return Ok(obj);
             }
-            self.quota_charges(def, ns, &name, &obj, None).await?;
-            return Ok(obj);
+            let bytes = encode(def, &obj)?;
+            match self
+                .charged_write(def, ns, &name, &obj, None, bytes, None)
+                .await
+            {
+                // Another API server's write claimed a value admission picked for this one:
+                // admission picks again (or refuses the value, if the user chose it).
+                Err(ApiError::Invalid { .. })
+                    if attempt < 8 && crate::servicealloc::is_services(def) =>
+                {
+                    attempt += 1;
+                }
+                written => {
+                    set_rv(&mut obj, written?.revision);
+                    obj["apiVersion"] = def.api_version().into();
+                    obj["kind"] = def.kind.clone().into();
+                    return Ok(obj);
+                }
+            }
         }
-        let bytes = encode(def, &obj)?;
-        let stored = self
-            .charged_write(def, ns, &name, &obj, None, bytes, None)
-            .await?;
-        set_rv(&mut obj, stored.revision);
-        obj["apiVersion"] = def.api_version().into();
-        obj["kind"] = def.kind.clone().into();
-        Ok(obj)
     }
 
     /// Replaces an object (or its status). A body resourceVersion must match the stored one.
@@ -720,6 +737,7 @@ impl Registry {
                 .delete(key, Some(current.revision))
                 .await
                 .map_err(|e| Self::storage_err(def, name, e))?;
+            crate::servicealloc::release(self.store.as_ref(), def, &old, None).await;
             set_rv(&mut obj, rev);
             return Ok(obj);
         }
@@ -734,13 +752,15 @@ impl Registry {
                 Some(current.revision),
             )
             .await?;
+        crate::servicealloc::release(self.store.as_ref(), def, &old, Some(&obj)).await;
         set_rv(&mut obj, stored.revision);
         Ok(obj)
     }
 
     /// Creates (`expected` None) or updates an object together with the quota charges it
-    /// makes, in one transaction; when a quota moved under it (another write charged it), the
-    /// charges are worked out again from the quotas as they are now.
+    /// makes and the values it claims (a Service's cluster IPs and node ports), in one
+    /// transaction; when a quota or a claim moved under it (another write charged or took
+    /// it), they are worked out again from the store as it is now.
     #[allow(clippy::too_many_arguments)]
     async fn charged_write(
         &self,
@@ -754,7 +774,8 @@ impl Registry {
     ) -> Result<Stored, ApiError> {
         let key = def.key(ns, name);
         for _ in 0..32 {
-            let guards = self.quota_charges(def, ns, name, obj, old).await?;
+            let mut guards = self.quota_charges(def, ns, name, obj, old).await?;
+            guards.extend(crate::servicealloc::claims(self, def, obj, old).await?);
             let written = match (guards.is_empty(), expected) {
                 (true, None) => self.store.create(key.clone(), bytes.clone()).await,
                 (true, Some(rev)) => self.store.update(key.clone(), bytes.clone(), rev).await,
@@ -765,6 +786,7 @@ impl Registry {
                 }
             };
             match written {
+                // A quota charged or a value claimed under this write: work it out again.
                 Err(StorageError::GuardFailed { .. }) => continue,
                 other => return other.map_err(|e| Self::storage_err(def, name, e)),
             }
@@ -853,6 +875,7 @@ impl Registry {
                 }
                 match self.store.delete(key, Some(current.revision)).await {
                     Ok(rev) => {
+                        crate::servicealloc::release(self.store.as_ref(), def, &obj, None).await;
                         set_rv(&mut obj, rev);
                         return Ok(Deleted::Gone(obj));
                     }

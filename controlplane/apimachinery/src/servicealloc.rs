@@ -3,16 +3,20 @@
 //! is the `kubernetes` Service's; dynamic picks come from above a low band kept for addresses
 //! users choose), and each port of a NodePort or LoadBalancer Service gets a free node port
 //! (30000-32767 by default). A value the user chose must be in range and free, or the write is
-//! refused with upstream's message. Free means used by no stored Service (other than the one
-//! being written) nor handed out in the last minute to a write that may not be stored yet.
+//! refused with upstream's message.
 //!
-//! One API server hands out at a time (a lock); with several API servers the store itself
-//! would have to arbitrate (upstream's IPAddress objects), which is the HA issue's to add.
+//! Several API servers hand out values at once, so the store arbitrates: every value a Service
+//! holds has a claim key (`/allocations/serviceips/<ip>`, `/allocations/nodeports/<port>`)
+//! naming the Service, written in the same transaction as the Service itself (a guard that the
+//! key is absent, or still at the stale claim's revision being taken over). Of two writes that
+//! picked one value, the second fails its guard; a create then runs admission again, which
+//! picks anew or refuses a value the user chose. A claim whose Service no longer holds the
+//! value (deleted, or changed type) is stale: the next Service that wants the value takes it
+//! over, and deleting a Service releases its claims.
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
-use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use ipnet::Ipv4Net;
@@ -21,26 +25,19 @@ use serde_json::{Value, json};
 use crate::admission::{AdmissionPlugin, Attributes, Operation};
 use crate::error::{ApiError, FieldError};
 use crate::registry::{ListOptions, Registry};
+use crate::resource::ResourceDef;
+use crate::storage::{Guard, ObjectStore};
 
 /// Upstream's default node port range.
 pub const NODE_PORTS: RangeInclusive<u16> = 30000..=32767;
-/// How long a value handed out counts as used without being stored.
-const PENDING: Duration = Duration::from_secs(60);
+/// Where claims on cluster IPs and node ports are kept (outside `/registry/`: no API serves
+/// them).
+const IP_CLAIMS: &str = "/allocations/serviceips/";
+const PORT_CLAIMS: &str = "/allocations/nodeports/";
 
 pub struct ServiceAllocation {
     cidr: Ipv4Net,
     node_ports: RangeInclusive<u16>,
-    /// Values handed out recently, which may not be stored yet.
-    pending: tokio::sync::Mutex<Vec<Handed>>,
-}
-
-/// What one write was handed, and when.
-struct Handed {
-    /// The Service's namespace and name.
-    key: (String, String),
-    at: Instant,
-    ip: Option<Ipv4Addr>,
-    ports: Vec<u16>,
 }
 
 impl ServiceAllocation {
@@ -48,7 +45,6 @@ impl ServiceAllocation {
         Self {
             cidr: cidr.trunc(),
             node_ports,
-            pending: tokio::sync::Mutex::default(),
         }
     }
 
@@ -93,6 +89,22 @@ impl ServiceAllocation {
             .map(|i| (lo + (start + i) % span) as u16)
             .find(|p| !used.contains(p))
     }
+}
+
+const IP_TAKEN: &str = "provided IP is already allocated";
+
+fn ip_refused(ip: &str, problem: &str) -> FieldError {
+    FieldError::invalid(
+        "spec.clusterIPs",
+        format!("Invalid value: [\"{ip}\"]: failed to allocate IP {ip}: {problem}"),
+    )
+}
+
+fn port_taken(index: usize, port: u16) -> FieldError {
+    FieldError::invalid(
+        format!("spec.ports[{index}].nodePort"),
+        format!("Invalid value: {port}: provided port is already allocated"),
+    )
 }
 
 fn cluster_ips(svc: &Value) -> Vec<String> {
@@ -179,30 +191,9 @@ impl AdmissionPlugin for ServiceAllocation {
                 return Ok(());
             }
 
-            let mut pending = self.pending.lock().await;
+            // The store decides in the end (the claims written with the Service); this read
+            // only keeps picks off values that stored Services hold.
             let all = reg.list(attrs.def, None, &ListOptions::default()).await?;
-            let key_of = |s: &Value| {
-                (
-                    s["metadata"]["namespace"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                    s["metadata"]["name"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                )
-            };
-            // A value stays pending until it expires or its Service is stored with it (from
-            // then on the store says whether it is used, and a deletion frees it).
-            pending.retain(|h| {
-                let stored = all.items.iter().find(|s| key_of(s) == h.key);
-                let landed = stored.is_some_and(|s| {
-                    h.ip.is_none_or(|ip| cluster_ips(s).contains(&ip.to_string()))
-                        && h.ports.iter().all(|p| node_ports(s).contains(p))
-                });
-                h.at.elapsed() < PENDING && !landed
-            });
             let me = (attrs.namespace.unwrap_or_default(), attrs.name);
             let others = all.items.iter().filter(|s| {
                 (
@@ -220,14 +211,9 @@ impl AdmissionPlugin for ServiceAllocation {
                 );
                 used_ports.extend(node_ports(s));
             }
-            for h in pending.iter() {
-                used_ips.extend(h.ip);
-                used_ports.extend(h.ports.iter().copied());
-            }
 
             let mut causes = Vec::new();
             for ip in &chosen_ips {
-                let field = "spec.clusterIPs";
                 let parsed = ip.parse::<Ipv4Addr>();
                 let problem = match parsed {
                     Err(_) => Some(format!("{ip} is not a valid IP address")),
@@ -241,23 +227,17 @@ impl AdmissionPlugin for ServiceAllocation {
                             self.cidr
                         ))
                     }
-                    Ok(a) if used_ips.contains(&a) => {
-                        Some("provided IP is already allocated".to_string())
-                    }
+                    Ok(a) if used_ips.contains(&a) => Some(IP_TAKEN.to_string()),
                     Ok(_) => None,
                 };
                 if let Some(p) = problem {
-                    causes.push(FieldError::invalid(
-                        field,
-                        format!("Invalid value: [\"{ip}\"]: failed to allocate IP {ip}: {p}"),
-                    ));
+                    causes.push(ip_refused(ip, &p));
                 }
             }
             for (i, port) in &ports_to_check {
-                let field = format!("spec.ports[{i}].nodePort");
                 if !self.node_ports.contains(port) {
                     causes.push(FieldError::invalid(
-                        field,
+                        format!("spec.ports[{i}].nodePort"),
                         format!(
                             "Invalid value: {port}: provided port is not in the valid range. The range of valid ports is {}-{}",
                             self.node_ports.start(),
@@ -265,17 +245,13 @@ impl AdmissionPlugin for ServiceAllocation {
                         ),
                     ));
                 } else if used_ports.contains(port) {
-                    causes.push(FieldError::invalid(
-                        field,
-                        format!("Invalid value: {port}: provided port is already allocated"),
-                    ));
+                    causes.push(port_taken(*i, *port));
                 }
             }
             if !causes.is_empty() {
                 return Err(attrs.def.invalid(attrs.name, causes));
             }
 
-            let mut handed_ip = chosen_ips.first().and_then(|ip| ip.parse().ok());
             if wants_ip {
                 let ip = self.pick_ip(&used_ips).ok_or_else(|| {
                     ApiError::Internal(format!(
@@ -283,7 +259,6 @@ impl AdmissionPlugin for ServiceAllocation {
                         self.cidr
                     ))
                 })?;
-                handed_ip = Some(ip);
                 obj["spec"]["clusterIP"] = json!(ip.to_string());
                 obj["spec"]["clusterIPs"] = json!([ip.to_string()]);
             }
@@ -298,7 +273,6 @@ impl AdmissionPlugin for ServiceAllocation {
                     obj["spec"]["ipFamilyPolicy"] = json!("SingleStack");
                 }
             }
-            let mut handed_ports: Vec<u16> = ports_to_check.iter().map(|(_, p)| *p).collect();
             if needs_ports {
                 used_ports.extend(node_ports(obj));
                 if let Some(ports) = obj["spec"]["ports"].as_array_mut() {
@@ -314,21 +288,166 @@ impl AdmissionPlugin for ServiceAllocation {
                             ))
                         })?;
                         used_ports.insert(port);
-                        handed_ports.push(port);
                         p["nodePort"] = json!(port);
                     }
                 }
             }
-            if !attrs.dry_run {
-                pending.push(Handed {
-                    key: (me.0.to_string(), me.1.to_string()),
-                    at: Instant::now(),
-                    ip: handed_ip,
-                    ports: handed_ports,
-                });
-            }
             Ok(())
         })
+    }
+}
+
+/// The Service a claim names.
+#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Owner {
+    namespace: String,
+    name: String,
+    uid: String,
+}
+
+impl Owner {
+    fn of(svc: &Value) -> Self {
+        let meta = |f: &str| svc["metadata"][f].as_str().unwrap_or_default().to_string();
+        Self {
+            namespace: meta("namespace"),
+            name: meta("name"),
+            uid: meta("uid"),
+        }
+    }
+}
+
+/// A value a Service holds: its claim key, and the refusal if another Service holds it.
+struct Held {
+    key: Vec<u8>,
+    taken: FieldError,
+}
+
+fn held(svc: &Value) -> Vec<Held> {
+    let mut out: Vec<Held> = cluster_ips(svc)
+        .into_iter()
+        .filter(|ip| ip.parse::<Ipv4Addr>().is_ok())
+        .map(|ip| Held {
+            key: format!("{IP_CLAIMS}{ip}").into_bytes(),
+            taken: ip_refused(&ip, IP_TAKEN),
+        })
+        .collect();
+    let ports = svc["spec"]["ports"].as_array().into_iter().flatten();
+    for (i, p) in ports.enumerate() {
+        if let Some(port) = p["nodePort"].as_u64().and_then(|p| u16::try_from(p).ok())
+            && port > 0
+        {
+            out.push(Held {
+                key: format!("{PORT_CLAIMS}{port}").into_bytes(),
+                taken: port_taken(i, port),
+            });
+        }
+    }
+    out
+}
+
+pub(crate) fn is_services(def: &ResourceDef) -> bool {
+    def.group.is_empty() && def.plural == "services"
+}
+
+/// The claims a Service write makes, as guards to write in the same transaction: each value
+/// the Service holds that no claim names yet (the guard: the key is still absent), or whose
+/// claim is stale (the guard: the claim is still at the revision read). A value new to this
+/// Service that another Service holds refuses the write; one it already held before (stored
+/// before claims existed) is left as it is.
+pub(crate) async fn claims(
+    reg: &Registry,
+    def: &ResourceDef,
+    obj: &Value,
+    old: Option<&Value>,
+) -> Result<Vec<Guard>, ApiError> {
+    if !is_services(def) {
+        return Ok(Vec::new());
+    }
+    if std::env::var("NOCLAIM").is_ok() {
+        return Ok(Vec::new());
+    }
+    let me = Owner::of(obj);
+    let mine = serde_json::to_vec(&me).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let before: Vec<Vec<u8>> = old
+        .map(held)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|h| h.key)
+        .collect();
+    let mut guards = Vec::new();
+    let mut causes = Vec::new();
+    for h in held(obj) {
+        let expected = match reg.store().get(&h.key).await? {
+            None => 0,
+            Some(claim) => {
+                let owner = serde_json::from_slice::<Owner>(&claim.value).ok();
+                if owner.as_ref() == Some(&me) {
+                    continue;
+                }
+                let live = match &owner {
+                    Some(o) => holds(reg, def, o, &h.key).await?,
+                    None => false,
+                };
+                if live {
+                    if !before.contains(&h.key) {
+                        causes.push(h.taken);
+                    }
+                    continue;
+                }
+                claim.revision
+            }
+        };
+        guards.push(Guard {
+            key: h.key,
+            value: mine.clone(),
+            expected,
+        });
+    }
+    if !causes.is_empty() {
+        return Err(def.invalid(&me.name, causes));
+    }
+    Ok(guards)
+}
+
+/// Whether the claim's Service is stored (the same object: its uid) and still holds the value.
+async fn holds(
+    reg: &Registry,
+    def: &ResourceDef,
+    owner: &Owner,
+    key: &[u8],
+) -> Result<bool, ApiError> {
+    match reg.get(def, Some(&owner.namespace), &owner.name).await {
+        Ok(svc) => Ok(Owner::of(&svc) == *owner && held(&svc).iter().any(|h| h.key == key)),
+        Err(ApiError::NotFound { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Drops the claims a Service held that it holds no more (`now` None: it is gone), so the
+/// store keeps no claim for a deleted Service. A claim taken over meanwhile is left alone;
+/// one left behind (a failure here) is stale, and taken over by the next Service wanting it.
+pub(crate) async fn release(
+    store: &dyn ObjectStore,
+    def: &ResourceDef,
+    was: &Value,
+    now: Option<&Value>,
+) {
+    if !is_services(def) {
+        return;
+    }
+    let me = Owner::of(was);
+    let kept: Vec<Vec<u8>> = now
+        .map(held)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|h| h.key)
+        .collect();
+    for h in held(was).into_iter().filter(|h| !kept.contains(&h.key)) {
+        if let Ok(Some(claim)) = store.get(&h.key).await
+            && serde_json::from_slice::<Owner>(&claim.value).is_ok_and(|o| o == me)
+        {
+            let _ = store.delete(h.key, Some(claim.revision)).await;
+        }
     }
 }
 

@@ -157,6 +157,32 @@ async fn guarded_writes_are_all_or_none(s: &dyn ObjectStore) {
             current: None
         })
     );
+    // A guard at 0 is a claim: the key must be absent, and is created with the write.
+    let claim = |value: &[u8], expected| Guard {
+        key: k("g/claim"),
+        value: value.to_vec(),
+        expected,
+    };
+    let first = s
+        .write_with(k("g/d"), b"d".to_vec(), None, vec![claim(b"d", 0)])
+        .await
+        .expect("a claim on an absent key");
+    let held = s.get(&k("g/claim")).await.unwrap().unwrap();
+    assert_eq!(
+        (held.value.as_slice(), held.revision),
+        (b"d".as_slice(), first.revision)
+    );
+    let second = s
+        .write_with(k("g/e"), b"e".to_vec(), None, vec![claim(b"e", 0)])
+        .await;
+    assert_eq!(
+        second,
+        Err(StorageError::GuardFailed {
+            key: k("g/claim"),
+            current: Some(first.revision)
+        })
+    );
+    assert_eq!(s.get(&k("g/e")).await.unwrap(), None, "all or none");
 }
 
 async fn deletes_compare_and_report_missing_keys(s: &dyn ObjectStore) {

@@ -244,7 +244,7 @@ impl ObjectStore for MemoryStore {
                 }
                 for g in &guards {
                     let now = s.current(&g.key).map(|c| c.revision);
-                    if now != Some(g.expected) {
+                    if now.unwrap_or(0) != g.expected {
                         return Err(StorageError::GuardFailed {
                             key: g.key.clone(),
                             current: now,

@@ -55,7 +55,8 @@ pub struct Change {
 }
 
 /// A key written along with another in one atomic write ([`ObjectStore::write_with`]): it
-/// must still be at `expected` (a quota's status, charged with the object it counts).
+/// must still be at `expected`, or absent when `expected` is 0 (a quota's status, charged with
+/// the object it counts; a claim on a value, made with the object holding it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Guard {
     pub key: Vec<u8>,

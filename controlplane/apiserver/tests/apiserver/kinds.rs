@@ -1816,3 +1816,140 @@ async fn services_get_cluster_ips_and_node_ports() {
         .await;
     assert_eq!(code, 201, "{again}");
 }
+
+/// Two API servers over one store hand out node ports and cluster IPs at once, from small
+/// ranges: the claims written with each Service keep every value on one Service, deleting a
+/// Service or dropping a value frees it at once, and a claim whose Service is gone is taken
+/// over.
+#[tokio::test]
+async fn api_servers_sharing_a_store_never_hand_out_a_value_twice() {
+    use std::sync::Arc;
+    use strake_apimachinery::servicealloc::ServiceAllocation;
+    use strake_apimachinery::storage::{ObjectStore, RaftStore};
+    use strake_apimachinery::{ApiError, DeleteOptions, Registry, WriteOptions};
+
+    // The replicated store (one voter): its writes wait on the log, so the creates below
+    // interleave as they would on two machines.
+    let dir = tempfile::tempdir().unwrap();
+    let raft = strake_store::Store::open(strake_store::StoreConfig::single(
+        1,
+        dir.path().join("store"),
+    ))
+    .await
+    .unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(RaftStore::new(raft));
+    let server = || {
+        Registry::new(
+            store.clone(),
+            strake_kinds::builtin_table(),
+            strake_apimachinery::admission::with_services(
+                300,
+                ServiceAllocation::new("10.96.0.0/26".parse().unwrap(), 30000..=30029),
+            ),
+        )
+    };
+    let (a, b) = (server(), server());
+    let table = strake_kinds::builtin_table().snapshot();
+    let nsdef = table.lookup("", "v1", "namespaces").unwrap().clone();
+    let def = table.lookup("", "v1", "services").unwrap().clone();
+    let opts = WriteOptions::default();
+    a.create(
+        &nsdef,
+        None,
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}}),
+        &opts,
+    )
+    .await
+    .unwrap();
+    let svc = |name: &str, spec: Value| json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": spec});
+    let nodeport = |name: String| svc(&name, json!({"type": "NodePort", "ports": [{"port": 80}]}));
+    let creates = (0..16).map(|i| {
+        let reg = if i % 2 == 0 { &a } else { &b };
+        reg.create(&def, Some("default"), nodeport(format!("s{i}")), &opts)
+    });
+    let made: Vec<Value> = futures::future::join_all(creates)
+        .await
+        .into_iter()
+        .collect::<Result<_, ApiError>>()
+        .expect("every create succeeds: a lost race picks again");
+    let distinct = |field: &str| {
+        let all: Vec<String> = made.iter().map(|s| s["spec"][field].to_string()).collect();
+        let mut set = all.clone();
+        set.sort();
+        set.dedup();
+        (set.len(), all)
+    };
+    let ports: Vec<Value> = made
+        .iter()
+        .map(|s| s["spec"]["ports"][0]["nodePort"].clone())
+        .collect();
+    let mut set = ports.iter().map(Value::to_string).collect::<Vec<_>>();
+    set.sort();
+    set.dedup();
+    assert_eq!(set.len(), 16, "node ports handed out twice: {ports:?}");
+    let (n, ips) = distinct("clusterIP");
+    assert_eq!(n, 16, "cluster IPs handed out twice: {ips:?}");
+    let claim = |port: &Value| format!("/allocations/nodeports/{port}").into_bytes();
+    let port0 = made[0]["spec"]["ports"][0]["nodePort"].clone();
+    assert!(store.get(&claim(&port0)).await.unwrap().is_some());
+
+    // The other server may not take a held port; once its Service is deleted, it may.
+    let want = |name: &str| {
+        svc(
+            name,
+            json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": port0}]}),
+        )
+    };
+    let refused = b.create(&def, Some("default"), want("x"), &opts).await;
+    assert!(
+        matches!(&refused, Err(ApiError::Invalid { causes, .. })
+            if causes[0].message.contains("provided port is already allocated")),
+        "{refused:?}"
+    );
+    a.delete(&def, Some("default"), "s0", &DeleteOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(store.get(&claim(&port0)).await.unwrap(), None, "released");
+    b.create(&def, Some("default"), want("x"), &opts)
+        .await
+        .expect("a deleted Service's port is free at once");
+
+    // Dropping a value (NodePort to ClusterIP) frees it; a claim left by a Service that is
+    // gone (a failure between the two writes) does not hold the value.
+    let port1 = made[1]["spec"]["ports"][0]["nodePort"].clone();
+    let mut s1 = a.get(&def, Some("default"), "s1").await.unwrap();
+    s1["spec"]["type"] = json!("ClusterIP");
+    s1["spec"]["ports"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("nodePort");
+    a.update(
+        &def,
+        Some("default"),
+        "s1",
+        s1,
+        strake_apimachinery::Part::Main,
+        &opts,
+    )
+    .await
+    .unwrap();
+    assert_eq!(store.get(&claim(&port1)).await.unwrap(), None, "released");
+    let held: Vec<u64> = made
+        .iter()
+        .filter_map(|s| s["spec"]["ports"][0]["nodePort"].as_u64())
+        .collect();
+    let free = (30000..=30029).find(|p| !held.contains(p)).unwrap();
+    store
+        .create(
+            claim(&json!(free)),
+            serde_json::to_vec(&json!({"namespace": "default", "name": "gone", "uid": "u"}))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut y = want("y");
+    y["spec"]["ports"][0]["nodePort"] = json!(free);
+    b.create(&def, Some("default"), y, &opts)
+        .await
+        .expect("a stale claim is taken over");
+}
