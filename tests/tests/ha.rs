@@ -986,8 +986,9 @@ impl Probe {
     }
 }
 
-/// Powers `vm` off (unless it is not running) and starts it again from its disk.
-fn restart(vm: &mut Vm, running: bool) -> anyhow::Result<()> {
+/// Powers `vm` off (unless it is not running) and starts it again from its disk. Returns what
+/// it printed on its console before.
+fn restart(vm: &mut Vm, running: bool) -> anyhow::Result<String> {
     let cfg = vm.config().clone();
     if running {
         ensure!(
@@ -996,8 +997,9 @@ fn restart(vm: &mut Vm, running: bool) -> anyhow::Result<()> {
             cfg.name
         );
     }
+    let before = vm.console();
     *vm = Vm::start_past_kernel(cfg, Duration::from_secs(120))?;
-    Ok(())
+    Ok(before)
 }
 
 /// When node `name`'s agent last renewed its lease.
@@ -1061,8 +1063,19 @@ fn rolling_restart(
     for i in order {
         let cp = &mut cps[i];
         let name = format!("cp{}", cp.n);
+        let leads = cp.ip().to_string() == leader_ip;
         let down = Instant::now();
-        restart(&mut cp.vm, true)?;
+        let console = restart(&mut cp.vm, true)?;
+        // The leader hands over as it stops, rather than leaving the others to notice.
+        ensure!(
+            !leads || console.contains("handed the store's leadership over"),
+            "{name} led the store but did not hand over as it stopped:\n{}",
+            console
+                .lines()
+                .filter(|l| l.contains("store") || l.contains("stopping"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
         // Renewed last by the agent that was just stopped; the next renewal is its successor's.
         let renewed = lease_renewed(kubeconfig, &name);
         let (own, _) = admin(ca, &cp.api())?;
@@ -1079,10 +1092,16 @@ fn rolling_restart(
                     && node_ready(kubeconfig, &name)
             },
         )?;
+        let gap = recorder.longest_gap_since(down).as_secs_f64();
+        if leads {
+            measured(
+                "rolling restart, the leader's turn: longest write gap (s)",
+                gap,
+            );
+        }
         gaps.push(format!(
-            "{name} {:.1} s (longest write gap {:.2} s)",
+            "{name} {:.1} s (longest write gap {gap:.2} s)",
             down.elapsed().as_secs_f64(),
-            recorder.longest_gap_since(down).as_secs_f64()
         ));
     }
     eprintln!(

@@ -266,11 +266,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// On SIGTERM (init stopping the node, or a service restart): gives up the virtual IP, so
-/// that nothing here answers for it while another takes it, and stops the store, so the other
-/// members stop hearing from this one and elect a leader among themselves; then exits.
-/// Without this the process died at once but the address stayed on the link until the node
-/// powered off, and its clients failed for as long.
+/// On SIGTERM (init stopping the node, or a service restart): hands the store's leadership
+/// to another voter if this node leads (writes are held meanwhile, then go to the new leader;
+/// otherwise the others would notice only after a lease and elect), gives up the virtual IP,
+/// so that nothing here answers for it while the new leader takes it, and stops the store;
+/// then exits. Without this the process died at once but the address stayed on the link
+/// until the node powered off, and its clients failed for as long.
 fn stop_on_sigterm(
     store: strake_store::Store,
     vip: Option<crate::vip::Holder>,
@@ -280,6 +281,9 @@ fn stop_on_sigterm(
     tokio::spawn(async move {
         term.recv().await;
         tracing::info!("stopping: leaving the store to the other members");
+        if let Some(leader) = store.hand_over().await {
+            tracing::info!(leader, "stopping: node {leader} leads the store now");
+        }
         if let Some(vip) = vip {
             vip.stop().await;
         }

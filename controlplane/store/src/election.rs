@@ -19,6 +19,16 @@
 //! The lease is also how long a dead leader goes unnoticed. It is openraft's leader lease
 //! (`election_timeout_max`, see `raft_config`): until it has passed, a voter refuses real votes
 //! anyway.
+//!
+//! A leader that is stopping need not leave the others to notice ([`Store::hand_over`]): it
+//! holds new writes, waits for the voter furthest along to have its whole log, and tells that
+//! voter to campaign at once ([`Local::campaign_now`]). openraft's lease check covers only
+//! followers that heard from a leader lately; the leader's own vote was last changed when it
+//! was elected, so it grants the vote and steps down, and with three voters its grant and the
+//! candidate's own make a quorum. With more, the others still refuse for a lease, and the
+//! election is decided as it would be after a crash, only sooner.
+//!
+//! [`Store::hand_over`]: crate::Store::hand_over
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,6 +51,43 @@ const SPREAD: Duration = Duration::from_millis(300);
 const ROUND_TIMEOUT: Duration = Duration::from_millis(400);
 /// How often the driver looks at the clock.
 const TICK: Duration = Duration::from_millis(50);
+/// The longest a leader holds writes while it hands over (they then go to the new leader).
+pub(crate) const HANDOVER: Duration = Duration::from_millis(1500);
+
+/// Whether this leader is handing over: new writes wait until it is done, then find the new
+/// leader as any write to a former leader does.
+#[derive(Clone, Debug)]
+pub(crate) struct Handover(tokio::sync::watch::Sender<bool>);
+
+impl Handover {
+    pub(crate) fn new() -> Self {
+        Self(tokio::sync::watch::channel(false).0)
+    }
+
+    /// Holds writes until the returned guard is dropped.
+    pub(crate) fn begin(&self) -> HandoverGuard<'_> {
+        self.0.send_replace(true);
+        HandoverGuard(self)
+    }
+
+    /// Returns at once unless a handover is under way; then when it ends (at most
+    /// [`HANDOVER`]).
+    pub(crate) async fn wait_out(&self) {
+        if !*self.0.borrow() {
+            return;
+        }
+        let mut rx = self.0.subscribe();
+        let _ = tokio::time::timeout(HANDOVER, rx.wait_for(|on| !*on)).await;
+    }
+}
+
+pub(crate) struct HandoverGuard<'a>(&'a Handover);
+
+impl Drop for HandoverGuard<'_> {
+    fn drop(&mut self) {
+        self.0.0.send_replace(false);
+    }
+}
 
 /// What this node's elections go by: when it last heard from a leader it accepted
 /// (append-entries or a snapshot), its own pre-vote round in flight, and how long it stands
@@ -55,6 +102,8 @@ struct Contact {
     campaigning: Option<Option<LogId<NodeId>>>,
     /// Having granted another voter's pre-vote, this node does not campaign before this.
     stand_back_until: Option<Instant>,
+    /// When this node was seen to lead (a little after it was elected), while it does.
+    led_since: Option<Instant>,
 }
 
 impl LeaderContact {
@@ -64,6 +113,7 @@ impl LeaderContact {
             heard: Instant::now(),
             campaigning: None,
             stand_back_until: None,
+            led_since: None,
         })))
     }
 
@@ -77,6 +127,13 @@ impl LeaderContact {
 
     pub(crate) fn elapsed(&self) -> Duration {
         self.lock().heard.elapsed()
+    }
+
+    /// When a vote for a handover is granted by this leader: once its own vote is a lease old
+    /// (openraft refuses votes within the lease of the last vote change, the leader's own
+    /// election included).
+    pub(crate) fn grants_handover_at(&self) -> Option<Instant> {
+        self.lock().led_since.map(|t| t + LEASE + TICK)
     }
 }
 
@@ -132,6 +189,36 @@ impl Local {
     }
 }
 
+impl Local {
+    /// Starts an election at once, skipping the pre-vote round, because the leader `from`
+    /// asked this voter to take over from it. Refused unless `from` is the leader this node
+    /// follows.
+    pub(crate) async fn campaign_now(&self, from: NodeId) -> PreVoteAnswer {
+        let (me, state, leader, voter) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let voter = m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|id| id == m.id);
+            (m.id, m.state, m.current_leader, voter)
+        };
+        if !voter || state != ServerState::Follower || leader != Some(from) {
+            return Err(format!(
+                "node {me} is a {state:?}{} following {leader:?}, not a voter following node {from}",
+                if voter { "" } else { " (not a voter)" }
+            ));
+        }
+        tracing::info!(from, "the leader hands over: campaigning now");
+        self.raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|e| format!("cannot start an election: {e}"))
+    }
+}
+
 /// Runs until raft stops: starts an election, after a pre-vote round a quorum granted,
 /// whenever this voter has not heard from a leader for a lease and a random part.
 pub(crate) fn spawn(
@@ -172,6 +259,9 @@ pub(crate) fn spawn(
             let leads = state == ServerState::Leader;
             if leads && !was_leader {
                 tracing::info!(term, "this node leads the store");
+                local.leader_contact.lock().led_since = Some(Instant::now());
+            } else if !leads && was_leader {
+                local.leader_contact.lock().led_since = None;
             }
             was_leader = leads;
             if state == ServerState::Leader || !voters.iter().any(|(id, _)| *id == me) {

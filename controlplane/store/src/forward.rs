@@ -27,6 +27,10 @@ use crate::store::write_error;
 use crate::transport::client::Contacts;
 use crate::types::{Txn, TxnResponse};
 
+/// How long a forward still waits for the leader it went to once this node has seen another
+/// leader elected: enough for a leader that handed over to answer, little next to the
+/// election a dead leader costs.
+pub(crate) const MOVED_GRACE: Duration = Duration::from_millis(500);
 /// How long a follower waits for the leader to answer a forwarded request.
 pub(crate) const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a follower waits to apply up to the leader's read index.
@@ -48,6 +52,10 @@ pub(crate) enum Forwarded {
     PreVote {
         candidate: NodeId,
         last_log_id: Option<openraft::LogId<NodeId>>,
+    },
+    /// The leader hands over: campaign now (see [`crate::election`]).
+    CampaignNow {
+        leader: NodeId,
     },
 }
 
@@ -87,6 +95,8 @@ pub(crate) enum Answer {
     MembersChanged,
     PreVote(crate::election::PreVoteAnswer),
     Failed(Failure),
+    /// Added after `Failed`, so older members still read the rest.
+    Campaigning(crate::election::PreVoteAnswer),
 }
 
 /// A [`StoreError`] as it crosses the wire: the variants a caller acts on keep their meaning.
@@ -207,12 +217,16 @@ pub(crate) struct Local {
     pub(crate) leader_contact: crate::election::LeaderContact,
     /// Held through each membership change, so at most one is in flight.
     pub(crate) changing: tokio::sync::Mutex<()>,
+    /// Set while this leader hands over; writes wait it out.
+    pub(crate) handover: crate::election::Handover,
 }
 
 impl Local {
     /// Proposes a validated transaction; fails with [`StoreError::NotLeader`] on a follower.
     pub(crate) async fn txn(&self, txn: Txn) -> Result<TxnResponse, StoreError> {
         self.log.check_disk()?;
+        // After a handover, raft answers that another node leads.
+        self.handover.wait_out().await;
         tokio::select! {
             response = self.writes.propose(&self.raft, &self.shared, txn) => response,
             full = self.log.disk_full() => Err(full),
@@ -270,6 +284,9 @@ impl Local {
                 candidate,
                 last_log_id,
             } => Ok(Answer::PreVote(self.pre_vote(candidate, last_log_id).await)),
+            Forwarded::CampaignNow { leader } => {
+                Ok(Answer::Campaigning(self.campaign_now(leader).await))
+            }
         };
         answered.unwrap_or_else(|err| Answer::Failed(err.into()))
     }

@@ -233,6 +233,7 @@ impl Store {
             contacts: network.contacts(),
             leader_contact: crate::election::LeaderContact::new(),
             changing: tokio::sync::Mutex::new(()),
+            handover: crate::election::Handover::new(),
         });
         if networked.is_some() {
             // Elections start after a pre-vote round (see [`crate::election`]), not on
@@ -432,23 +433,31 @@ impl Store {
             .map_err(|e| StoreError::Internal(format!("cannot encode a forwarded request: {e}")))?;
         let (mut id, mut addr) = leader;
         for _ in 0..forward::MAX_HOPS {
-            let sent = self.inner.network.forward(id, &addr, body.clone(), timeout);
+            let to = addr.clone();
+            let sent = self.inner.network.forward(id, &to, body.clone(), timeout);
+            tokio::pin!(sent);
             // A leader that dies keeps the request until openraft's timeout; this node's view
-            // moves on once an election starts, and the caller hears of it then.
-            let answer = tokio::select! {
-                answer = sent => answer.map_err(|e| StoreError::LeaderUnreachable {
-                    leader_id: id,
-                    leader_addr: addr.clone(),
-                    problem: e.to_string(),
-                })?,
+            // moves on once an election starts, and the caller hears of it then. A leader that
+            // handed over answers at once (it held the request, and names its successor), so
+            // it gets a moment more.
+            let answered = tokio::select! {
+                answer = &mut sent => Some(answer),
                 () = self.leader_moved_from(id) => {
-                    return Err(StoreError::LeaderUnreachable {
-                        leader_id: id,
-                        leader_addr: addr.clone(),
-                        problem: "it stopped being the leader while it had the request, which may or may not have taken effect".into(),
-                    });
+                    tokio::time::timeout(forward::MOVED_GRACE, &mut sent).await.ok()
                 }
             };
+            let Some(answer) = answered else {
+                return Err(StoreError::LeaderUnreachable {
+                    leader_id: id,
+                    leader_addr: addr.clone(),
+                    problem: "it stopped being the leader while it had the request, which may or may not have taken effect".into(),
+                });
+            };
+            let answer = answer.map_err(|e| StoreError::LeaderUnreachable {
+                leader_id: id,
+                leader_addr: addr.clone(),
+                problem: e.to_string(),
+            })?;
             match answer {
                 Answer::Failed(forward::Failure::NotLeader {
                     leader_id: Some(next),
@@ -493,13 +502,28 @@ impl Store {
     pub async fn txn(&self, txn: Txn) -> Result<TxnResponse, StoreError> {
         txn.validate()?;
         self.await_leader().await;
+        self.inner.local.handover.wait_out().await;
         let Some(leader) = self.leader_elsewhere() else {
             return self.inner.local.txn(txn).await;
         };
-        match self
-            .forward(leader, &Forwarded::Txn(txn), forward::FORWARD_TIMEOUT)
-            .await?
+        let request = Forwarded::Txn(txn);
+        let answer = match self
+            .forward(leader, &request, forward::FORWARD_TIMEOUT)
+            .await
         {
+            // The leader handed over to this node while it had the request (and held it).
+            Err(StoreError::NotLeader {
+                leader_id: Some(id),
+                ..
+            }) if id == self.inner.node_id => {
+                let Forwarded::Txn(txn) = request else {
+                    unreachable!("built above")
+                };
+                return self.inner.local.txn(txn).await;
+            }
+            other => other?,
+        };
+        match answer {
             Answer::Txn(response) => {
                 // Answered once applied here too, so reads and watches on this node see it, as
                 // they see writes it proposed itself. A node too far behind answers anyway.
@@ -627,6 +651,108 @@ impl Store {
             .await
             .map_err(|e| StoreError::Internal(format!("log purge did not complete: {e}")))?;
         Ok(Some(upto))
+    }
+
+    /// Hands the leadership to another voter, if this node leads a store with others: holds
+    /// new writes, waits (up to [`crate::election::HANDOVER`] in all, after a lease from its
+    /// own election) for a voter to hold the whole log, and asks it to campaign at once (see
+    /// [`crate::election`]).
+    /// Returns the new leader, or `None` when this node did not lead, had nobody to hand over
+    /// to, or the handover did not finish in time (the others then elect a leader as after a
+    /// crash). Writes held meanwhile go to the new leader.
+    pub async fn hand_over(&self) -> Option<NodeId> {
+        let raft = &self.inner.raft;
+        let me = self.inner.node_id;
+        let started = std::time::Instant::now();
+        // A leader elected less than a lease ago would refuse its successor's vote.
+        if let Some(at) = self.inner.local.leader_contact.grants_handover_at() {
+            tokio::time::sleep_until(at.into()).await;
+        }
+        let deadline = tokio::time::Instant::now() + crate::election::HANDOVER;
+        let _held = self.inner.local.handover.begin();
+        let mut metrics = raft.metrics();
+        // The voter that holds the whole log, once writes in flight have settled.
+        let target = loop {
+            let found = {
+                let m = metrics.borrow_and_update();
+                if m.state != ServerState::Leader {
+                    return None;
+                }
+                let voters: Vec<NodeId> = m
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .filter(|id| *id != me)
+                    .collect();
+                if voters.is_empty() {
+                    return None;
+                }
+                let last = m.last_log_index;
+                // Every write proposed so far answered, so none is left unanswered when this
+                // node steps down.
+                let answered = m.last_applied.map(|l| l.index) == last;
+                m.replication.as_ref().filter(|_| answered).and_then(|r| {
+                    voters
+                        .iter()
+                        .filter(|id| r.get(id).copied().flatten().map(|l| l.index) == last)
+                        .filter_map(|id| {
+                            let addr = m.membership_config.membership().get_node(id)?;
+                            Some((*id, addr.addr.clone()))
+                        })
+                        .next()
+                })
+            };
+            if let Some(t) = found {
+                break t;
+            }
+            if tokio::time::timeout_at(deadline, metrics.changed())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "no voter caught up with the leader's log in time; not handing over"
+                );
+                return None;
+            }
+        };
+        let body = postcard::to_allocvec(&Forwarded::CampaignNow { leader: me }).ok()?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match self
+            .inner
+            .network
+            .forward(target.0, &target.1, body, left)
+            .await
+        {
+            Ok(Answer::Campaigning(Ok(()))) => {}
+            other => {
+                tracing::warn!(to = target.0, answer = ?other, "the handover was refused");
+                return None;
+            }
+        }
+        // Held writes are released once this node follows the new leader, so they find it.
+        let moved = tokio::time::timeout_at(
+            deadline,
+            metrics.wait_for(|m| m.current_leader.is_some_and(|l| l != me)),
+        )
+        .await;
+        match moved
+            .ok()
+            .and_then(Result::ok)
+            .and_then(|m| m.current_leader)
+        {
+            Some(leader) => {
+                tracing::info!(
+                    leader,
+                    ms = started.elapsed().as_millis() as u64,
+                    "handed the store's leadership over"
+                );
+                Some(leader)
+            }
+            None => {
+                tracing::warn!(to = target.0, "the handover started no new leader in time");
+                None
+            }
+        }
     }
 
     /// Stops raft, ends every watch with [`StoreError::Stopped`], and closes the data files so

@@ -443,3 +443,57 @@ async fn a_single_voter_reopened_with_a_listener_records_its_address() {
     cluster.put("both", "1").await;
     cluster.stop_all().await;
 }
+
+/// A leader that hands over (as a control plane does when it stops): another voter leads well
+/// within the lease after which a crashed leader would be replaced, writes sent meanwhile
+/// through every member are held and then go to the new leader, and none fails or is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_hands_over_without_failing_a_write() {
+    let mut cluster = Cluster::new(&[1, 2, 3], NO_SNAPSHOTS);
+    cluster.start(&[1, 2, 3]).await;
+    let old = cluster.leader().await;
+    // A leader hands over once its own election is a lease old (its vote then counts).
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let writers: Vec<_> = [1, 2, 3]
+        .into_iter()
+        .map(|id| {
+            let store = cluster.store(id).clone();
+            tokio::spawn(async move {
+                let mut written = Vec::new();
+                for i in 0..40 {
+                    let key = format!("w{id}-{i}");
+                    let put = store.put(key.clone().into_bytes(), b"v".to_vec()).await;
+                    written.push((key, put));
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                written
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let new = cluster.store(old).hand_over().await;
+    let took = started.elapsed();
+    eprintln!("leader {old} handed over to {new:?} in {took:?}");
+    let new = new.expect("the leader hands over to a voter");
+    assert_ne!(new, old);
+    assert_eq!(cluster.leader().await, new);
+    let mut last = 0;
+    for writer in writers {
+        for (key, put) in writer.await.unwrap() {
+            let revision = put.unwrap_or_else(|e| panic!("{key} failed: {e}"));
+            last = last.max(revision);
+        }
+    }
+    for id in [1, 2, 3] {
+        cluster.caught_up(id, last).await;
+        for writer in 1..=3 {
+            for i in 0..40 {
+                cluster.assert_holds(id, &format!("w{writer}-{i}"), "v");
+            }
+        }
+    }
+    // A follower has nothing to hand over.
+    assert_eq!(cluster.store(old).hand_over().await, None);
+    cluster.stop_all().await;
+}

@@ -306,8 +306,12 @@ async fn dispatch(
         }
         PATH_FORWARD => {
             let request: Forwarded = read_body(req, "forwarded request").await?;
-            if let Forwarded::PreVote { candidate, .. } = &request {
-                check_claim(peer, Some(*candidate), "pre-vote")?;
+            match &request {
+                Forwarded::PreVote { candidate, .. } => {
+                    check_claim(peer, Some(*candidate), "pre-vote")?
+                }
+                Forwarded::CampaignNow { leader } => check_claim(peer, Some(*leader), "handover")?,
+                _ => {}
             }
             check_member(raft, peer)?;
             Ok(encoded(&local.answer(request).await))
