@@ -3,9 +3,9 @@
 # JSON, merge and strategic merge patches) and of the credential parsers (service-account tokens,
 # client certificates) with cargo-fuzz and libFuzzer, each for a bounded time.
 # A crash fails the run and leaves its input under fuzz/artifacts/<target>/.
-#   FUZZ_SECONDS (default 45): how long each target runs.
+#   FUZZ_SECONDS (default 30): how long each target runs.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-SECONDS_EACH="${FUZZ_SECONDS:-45}"
+SECONDS_EACH="${FUZZ_SECONDS:-30}"
 TOOLS="$REPO/target/tools"
 CARGO_FUZZ="$TOOLS/bin/cargo-fuzz"
 if [ "$("$CARGO_FUZZ" --version 2>/dev/null)" != "cargo-fuzz 0.13.2" ]; then

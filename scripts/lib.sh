@@ -9,7 +9,8 @@ KUBECTL="${STRAKE_KUBECTL:-/usr/lib/google-cloud-sdk/bin/kubectl.1.32}"
 # Incremental state is gigabytes that a fresh checkout never reuses; set it to 1 when iterating.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
-log() { printf '\n==> %s\n' "$*" >&2; }
+# Each step says how far into the run it starts (bash's SECONDS), so a slow phase shows.
+log() { printf '\n==> [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*" >&2; }
 
 # Debian packages the build, the VM and the tests need.
 install_prereqs() {

@@ -11,5 +11,5 @@ log "linting (cargo clippy -D warnings)"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 log "running the test suite"
 cargo test --locked --workspace --no-fail-fast -- --nocapture 2>&1
-log "fuzzing the decoders and patch engines (scripts/fuzz.sh, ${FUZZ_SECONDS:-45}s a target)"
+log "fuzzing the decoders and patch engines (scripts/fuzz.sh, ${FUZZ_SECONDS:-30}s a target)"
 "$REPO/scripts/fuzz.sh"

@@ -367,6 +367,8 @@ fn drive(
         .wait_until("the virtual IP to answer", Duration::from_secs(60), || {
             rt.block_on(via_vip.get_json("/version")).is_ok()
         })?;
+    // Write throughput of a lone voter, before anything else runs beside it.
+    let one_voter = write_throughput(rt, &via_vip, "one-voter")?;
     for n in [2, 3] {
         cps.push(start_control_plane(boot, n, &format!("cp{n}"), Some(VIP))?);
     }
@@ -420,6 +422,16 @@ fn drive(
         )?;
     }
     shared_keys(rt, dir, ca, cps)?;
+    let three_voters = write_throughput(rt, &via_vip, "three-voters")?;
+    eprintln!(
+        "ha: API writes/s through the VIP: {one_voter:.0} with one voter on one VM (alone), \
+         {three_voters:.0} with three voters on three VMs (five VMs on the host's two cores): \
+         {:.2}x",
+        three_voters / one_voter
+    );
+    measured("API writes/s, 1 voter on 1 VM", one_voter);
+    measured("API writes/s, 3 voters on 3 VMs", three_voters);
+    measured("API writes/s, 3 voters / 1 voter", three_voters / one_voter);
     let kubeconfig = dir.join("kubeconfig-cp2");
     write_kubeconfig(ca, &cps[1].api(), &kubeconfig)?;
     let ready = poll(
@@ -984,6 +996,56 @@ impl Probe {
         measured(&format!("{fault}: Service failure window (s)"), window);
         Ok(())
     }
+}
+
+/// Acknowledged API writes per second through `client`: [`WRITERS`] clients each creating
+/// ConfigMaps (100-byte values) one after another for [`WRITING_FOR`]. `label` marks them,
+/// and they are deleted after.
+fn write_throughput(
+    rt: &tokio::runtime::Runtime,
+    client: &strake_kubeclient::Client,
+    label: &str,
+) -> anyhow::Result<f64> {
+    const WRITERS: usize = 8;
+    const WRITING_FOR: Duration = Duration::from_secs(5);
+    let started = Instant::now();
+    let written: usize = rt.block_on(async {
+        let mut writers = tokio::task::JoinSet::new();
+        for w in 0..WRITERS {
+            let (client, label) = (client.clone(), label.to_string());
+            writers.spawn(async move {
+                let mut acked = 0;
+                for i in 0.. {
+                    if started.elapsed() >= WRITING_FOR {
+                        break;
+                    }
+                    let body = json!({
+                        "metadata": {"name": format!("tp-{label}-{w}-{i}"), "labels": {"throughput": label}},
+                        "data": {"v": "x".repeat(100)},
+                    });
+                    if client
+                        .post_json("/api/v1/namespaces/default/configmaps", &body)
+                        .await
+                        .is_ok()
+                    {
+                        acked += 1;
+                    }
+                }
+                acked
+            });
+        }
+        writers.join_all().await.into_iter().sum()
+    });
+    let rate = written as f64 / started.elapsed().as_secs_f64();
+    rt.block_on(client.delete_path(&format!(
+        "/api/v1/namespaces/default/configmaps?labelSelector=throughput%3D{label}"
+    )))
+    .with_context(|| format!("deleting the {label} throughput ConfigMaps"))?;
+    ensure!(
+        written > 0,
+        "no write was acknowledged in the {label} throughput run"
+    );
+    Ok(rate)
 }
 
 /// Powers `vm` off (unless it is not running) and starts it again from its disk. Returns what

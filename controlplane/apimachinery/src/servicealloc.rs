@@ -388,6 +388,16 @@ pub(crate) async fn claims(
                     Some(o) => holds(reg, def, o, &h.key).await?,
                     None => false,
                 };
+                // A create of a Service that exists: the write says so, as for any object.
+                if live
+                    && old.is_none()
+                    && owner.is_some_and(|o| o.namespace == me.namespace && o.name == me.name)
+                {
+                    return Err(ApiError::AlreadyExists {
+                        resource: def.group_resource(),
+                        name: me.name,
+                    });
+                }
                 if live {
                     if !before.contains(&h.key) {
                         causes.push(h.taken);

@@ -1893,6 +1893,15 @@ async fn api_servers_sharing_a_store_never_hand_out_a_value_twice() {
     let port0 = made[0]["spec"]["ports"][0]["nodePort"].clone();
     assert!(store.get(&claim(&port0)).await.unwrap().is_some());
 
+    // Creating a Service that exists is refused as for any object, whatever it holds (every
+    // API server creates the `kubernetes` Service at start).
+    let again = b
+        .create(&def, Some("default"), made[2].clone(), &opts)
+        .await;
+    assert!(
+        matches!(&again, Err(ApiError::AlreadyExists { name, .. }) if name == "s2"),
+        "{again:?}"
+    );
     // The other server may not take a held port; once its Service is deleted, it may.
     let want = |name: &str| {
         svc(
