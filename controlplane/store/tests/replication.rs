@@ -497,3 +497,45 @@ async fn a_leader_hands_over_without_failing_a_write() {
     assert_eq!(cluster.store(old).hand_over().await, None);
     cluster.stop_all().await;
 }
+
+/// A node joins once the cluster is led by a voter that joined later than the first one. The
+/// joiner replays the log from its start, whose first memberships name only the first voter;
+/// that must not make it refuse today's leader. (It did: the peer transport checked a sender
+/// against the membership the joiner's log had reached, and a log of more than one
+/// append-entries batch before the second voter joined left it refusing everyone but the
+/// first voter, so it never caught up.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_replaying_early_memberships_accepts_todays_leader() {
+    let mut cluster = Cluster::new(&[1], NO_SNAPSHOTS);
+    cluster.start(&[1]).await;
+    // More entries than one append-entries batch carries (openraft sends 300), before anyone
+    // else joins.
+    for i in 0..400 {
+        cluster.put(&format!("early{i}"), "v").await;
+    }
+    for id in [2, 3] {
+        cluster.define(id);
+        cluster.start_joining(id).await;
+        let addr = cluster.members[&id].addr.clone();
+        cluster.store(1).join_member(id, addr).await.unwrap();
+    }
+    // Node 1 hands the lead to one that was not in the first membership.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let leader = cluster
+        .store(1)
+        .hand_over()
+        .await
+        .expect("node 1 hands over");
+    assert_ne!(leader, 1);
+    cluster.define(4);
+    cluster.start_joining(4).await;
+    let addr = cluster.members[&4].addr.clone();
+    tokio::time::timeout(DEADLINE, cluster.store(leader).join_member(4, addr))
+        .await
+        .expect("node 4 catches up and joins within the deadline")
+        .unwrap();
+    let written = cluster.put("late", "1").await;
+    cluster.caught_up(4, written).await;
+    cluster.assert_holds(4, "early399", "v");
+    cluster.stop_all().await;
+}

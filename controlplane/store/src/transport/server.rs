@@ -251,6 +251,23 @@ fn check_member(raft: &Raft<TypeConfig>, peer: NodeId) -> Result<(), Refusal> {
     ))
 }
 
+/// Append-entries and snapshots are taken from the leader of this node's vote or a later one,
+/// whatever the membership this node's log has reached: a joiner replays the log from its
+/// start, through memberships older than today's leader, and refusing it there left the
+/// joiner stuck. A removed node's leadership is older than the vote, so it is still refused
+/// (and votes, which could disrupt, always need membership).
+fn check_leader_or_member(
+    raft: &Raft<TypeConfig>,
+    peer: NodeId,
+    vote: &openraft::Vote<NodeId>,
+) -> Result<(), Refusal> {
+    let current = raft.metrics().borrow().vote;
+    if *vote >= current {
+        return Ok(());
+    }
+    check_member(raft, peer)
+}
+
 async fn handle(
     raft: &Raft<TypeConfig>,
     local: &Local,
@@ -279,7 +296,7 @@ async fn dispatch(
         PATH_APPEND => {
             let rpc: AppendEntriesRequest<TypeConfig> = read_body(req, "append-entries").await?;
             check_claim(peer, rpc.vote.leader_id().voted_for(), "append-entries")?;
-            check_member(raft, peer)?;
+            check_leader_or_member(raft, peer, &rpc.vote)?;
             let answer = raft.append_entries(rpc).await;
             if matches!(&answer, Ok(a) if !matches!(a, AppendEntriesResponse::HigherVote(_))) {
                 local.leader_contact.heard();
@@ -296,7 +313,7 @@ async fn dispatch(
             let rpc: InstallSnapshotRequest<TypeConfig> =
                 read_body(req, "install-snapshot").await?;
             check_claim(peer, rpc.vote.leader_id().voted_for(), "install-snapshot")?;
-            check_member(raft, peer)?;
+            check_leader_or_member(raft, peer, &rpc.vote)?;
             let leader = rpc.vote;
             let answer = raft.install_snapshot(rpc).await;
             if matches!(&answer, Ok(a) if a.vote == leader) {
