@@ -346,6 +346,7 @@ async fn open_store(
             kept_aside = %staged.aside.display(),
             "restored the store from a backup: a new one-member cluster, which the other control planes join"
         );
+        renew_peer_certificate(store.clone(), ca, id);
         return Ok(store);
     }
     let store = strake_store::Store::open(cfg)
@@ -355,5 +356,30 @@ async fn open_store(
         tracing::info!(id, endpoint, %peer_address, "joining the cluster's store");
         crate::membership::join(endpoint, &tls, id, &peer_address, pki_dir).await?;
     }
+    renew_peer_certificate(store.clone(), ca, id);
     Ok(store)
+}
+
+/// How often the peer certificate's age is looked at.
+const PEER_CERT_CHECK: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Issues store node `id` a new peer certificate once two thirds of the current one's life
+/// have passed, and has the store present it from its next handshakes on: a control plane
+/// that runs for longer than a certificate lasts needs no restart.
+fn renew_peer_certificate(store: strake_store::Store, ca: strake_pki::ClusterCa, id: u64) {
+    tokio::spawn(async move {
+        let mut issued = std::time::Instant::now();
+        loop {
+            tokio::time::sleep(PEER_CERT_CHECK).await;
+            if issued.elapsed() < strake_store::PEER_CERT_LIFETIME * 2 / 3 {
+                continue;
+            }
+            let renewed = crate::membership::peer_tls(&ca, id)
+                .and_then(|tls| store.rotate_peer_tls(&tls).map_err(anyhow::Error::from));
+            match renewed {
+                Ok(()) => issued = std::time::Instant::now(),
+                Err(e) => tracing::warn!(error = %e, "cannot renew the store's peer certificate"),
+            }
+        }
+    });
 }

@@ -15,7 +15,7 @@ pub use credentials::Credentials;
 pub use csr::{CsrInfo, parse_csr};
 pub use tlsconf::{
     RotatingCert, client_config, discovery_client_config, probe_client_config,
-    rotating_server_config, server_config,
+    rotating_client_config, rotating_server_config, server_config,
 };
 pub use token::{BootstrapToken, ClusterInfo};
 

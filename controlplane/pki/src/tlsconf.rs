@@ -98,6 +98,13 @@ impl RotatingCert {
         }))
     }
 
+    fn current(&self) -> Arc<rustls::sign::CertifiedKey> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Presents `c` from the next handshake on.
     pub fn set(&self, c: &CertifiedKey) -> Result<(), PkiError> {
         let next = signing_key(c)?;
@@ -111,13 +118,33 @@ impl rustls::server::ResolvesServerCert for RotatingCert {
         &self,
         _hello: rustls::server::ClientHello<'_>,
     ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        Some(
-            self.current
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-        )
+        Some(self.current())
     }
+}
+
+impl rustls::client::ResolvesClientCert for RotatingCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// As [`client_config`], presenting whatever `client` holds at each handshake.
+pub fn rotating_client_config(
+    client: Arc<RotatingCert>,
+    ca_pem: &str,
+) -> Result<ClientConfig, PkiError> {
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots(ca_pem)?)
+        .with_client_cert_resolver(client))
 }
 
 /// As [`server_config`], presenting whatever `serving` holds at each handshake.

@@ -28,7 +28,7 @@ pub use backup::{BackupContents, BackupInfo, read_backup};
 pub use config::{DEFAULT_DISK_RESERVE, DEFAULT_SNAPSHOT_EVERY, StoreConfig};
 pub use error::StoreError;
 pub use membership::Members;
-pub use peer_tls::{PEER_GROUP, PeerTls, peer_name};
+pub use peer_tls::{PEER_CERT_LIFETIME, PEER_GROUP, PeerTls, peer_name};
 pub use store::Store;
 pub use transport::{MAX_BODY, TransportError};
 pub use types::{

@@ -9,7 +9,7 @@ use rcgen::{
 };
 use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, ServerConfig};
-use strake_pki::{CertifiedKey, ClusterCa, peer_identity};
+use strake_pki::{CertifiedKey, ClusterCa, RotatingCert, peer_identity};
 
 use crate::error::StoreError;
 use crate::raft_types::NodeId;
@@ -20,6 +20,9 @@ pub const PEER_GROUP: &str = "strake:store-peers";
 pub(crate) const ALPN_H2: &[u8] = b"h2";
 /// How long issued peer certificates are valid.
 const PEER_CERT_DAYS: i64 = 365;
+/// [`PEER_CERT_DAYS`], for those who renew them (see [`crate::Store::rotate_peer_tls`]).
+pub const PEER_CERT_LIFETIME: std::time::Duration =
+    std::time::Duration::from_secs(PEER_CERT_DAYS as u64 * 24 * 3600);
 
 /// The certificate name (CN and DNS SAN) of store node `id`.
 pub fn peer_name(id: NodeId) -> String {
@@ -47,6 +50,9 @@ pub(crate) fn node_id_of(cert: &CertificateDer<'_>) -> Result<NodeId, String> {
             )
         })
 }
+
+/// A running store's peer certificate, and the client and server configs presenting it.
+pub(crate) type RotatingConfigs = (Arc<RotatingCert>, Arc<ClientConfig>, Arc<ServerConfig>);
 
 /// The mutual-TLS material of one store node: the cluster CA it trusts, and its own peer
 /// certificate (CN `strake-store-<node id>`, usable as server and client) and key, all PEM.
@@ -143,7 +149,20 @@ impl PeerTls {
         Ok(())
     }
 
-    fn certified_key(&self) -> CertifiedKey {
+    /// The configs of a running store: both sides present whatever the returned certificate
+    /// holds at each handshake, so [`crate::Store::rotate_peer_tls`] can replace it.
+    pub(crate) fn rotating(&self) -> Result<RotatingConfigs, StoreError> {
+        let cert = RotatingCert::new(&self.certified_key())
+            .map_err(|e| tls_error("loading the peer certificate", e))?;
+        let mut client = strake_pki::rotating_client_config(cert.clone(), &self.ca_pem)
+            .map_err(|e| tls_error("building the client config", e))?;
+        client.alpn_protocols = vec![ALPN_H2.to_vec()];
+        let server = strake_pki::rotating_server_config(cert.clone(), &self.ca_pem, &[ALPN_H2])
+            .map_err(|e| tls_error("building the server config", e))?;
+        Ok((cert, Arc::new(client), Arc::new(server)))
+    }
+
+    pub(crate) fn certified_key(&self) -> CertifiedKey {
         CertifiedKey {
             cert_pem: self.cert_pem.clone(),
             key_pem: self.key_pem.clone(),

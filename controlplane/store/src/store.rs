@@ -14,6 +14,7 @@ use crate::error::StoreError;
 use crate::forward::{self, Answer, Forwarded, Local, MemberChange};
 use crate::keyspace;
 use crate::log_store::LogStore;
+use crate::peer_tls::PeerTls;
 use crate::propose::Proposer;
 use crate::raft_types::{NodeId, TypeConfig};
 use crate::read_index::ReadIndex;
@@ -54,6 +55,8 @@ pub(crate) struct Inner {
     network: NetworkFactory,
     /// The peer listener of a clustered node; dropping it closes every peer connection.
     server: std::sync::Mutex<Option<PeerServer>>,
+    /// The certificate both sides of the peer transport present, and the CA they trust.
+    peer_cert: Option<(Arc<strake_pki::RotatingCert>, String)>,
 }
 
 impl Drop for Inner {
@@ -194,17 +197,21 @@ impl Store {
             err
         };
         let meta = keyspace::read_meta(&state_db).map_err(close_files)?;
-        let (network, listener) = match &networked {
+        let (network, listener, peer_cert) = match &networked {
             Some(net) => {
-                let network = NetworkFactory::new(node_id, &net.tls)
-                    .map_err(close_files)?
-                    .waiting_for(log.durable());
-                let listener = server::bind(net.listen, &net.tls)
+                let (cert, client, server) = net.tls.rotating().map_err(close_files)?;
+                let network =
+                    NetworkFactory::with_config(node_id, client).waiting_for(log.durable());
+                let listener = server::bind(net.listen, server)
                     .await
                     .map_err(close_files)?;
-                (network, Some(listener))
+                (
+                    network,
+                    Some(listener),
+                    Some((cert, net.tls.ca_pem.clone())),
+                )
             }
-            None => (NetworkFactory::disabled(node_id), None),
+            None => (NetworkFactory::disabled(node_id), None, None),
         };
         // Reads wait until everything this log held at startup is applied; see [`ReadIndex`].
         let opened_with = log
@@ -251,6 +258,7 @@ impl Store {
                 local,
                 network,
                 server: std::sync::Mutex::new(server),
+                peer_cert,
             }),
         };
         let ready = match &networked {
@@ -651,6 +659,30 @@ impl Store {
             .await
             .map_err(|e| StoreError::Internal(format!("log purge did not complete: {e}")))?;
         Ok(Some(upto))
+    }
+
+    /// Presents `tls`'s certificate to peers from the next handshake on, both as server and
+    /// as client; connections already open keep the one they have. It must name this node
+    /// and come from the CA the store trusts (a new CA needs a restart).
+    pub fn rotate_peer_tls(&self, tls: &PeerTls) -> Result<(), StoreError> {
+        let Some((cert, ca_pem)) = &self.inner.peer_cert else {
+            return Err(StoreError::PeerTls {
+                problem: "this store has no peer transport, so no peer certificate to rotate"
+                    .into(),
+            });
+        };
+        tls.validate(self.inner.node_id)?;
+        if tls.ca_pem.trim() != ca_pem.trim() {
+            return Err(StoreError::PeerTls {
+                problem: "the new peer certificate's CA is not the one this store trusts; a new CA takes a restart".into(),
+            });
+        }
+        cert.set(&tls.certified_key())
+            .map_err(|e| StoreError::PeerTls {
+                problem: format!("loading the new peer certificate: {e}"),
+            })?;
+        tracing::info!("rotated the store's peer certificate");
+        Ok(())
     }
 
     /// Hands the leadership to another voter, if this node leads a store with others: holds

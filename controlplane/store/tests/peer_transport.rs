@@ -218,3 +218,75 @@ async fn a_busy_peer_port_fails_the_open_and_names_the_address() {
     cluster.start(&[1]).await;
     cluster.stop_all().await;
 }
+
+/// The certificate the peer server at `addr` (node `id`) presents to a handshake made with
+/// `tls`.
+async fn presented(tls: &PeerTls, id: u64, addr: &str) -> Vec<u8> {
+    let config = strake_pki::client_config(
+        &tls.ca_pem,
+        Some(&strake_pki::CertifiedKey {
+            cert_pem: tls.cert_pem.clone(),
+            key_pem: tls.key_pem.clone(),
+        }),
+    )
+    .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(strake_store::peer_name(id)).unwrap();
+    let stream = connector.connect(name, tcp).await.unwrap();
+    stream.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+fn der(pem: &str) -> Vec<u8> {
+    rustls_pemfile::certs(&mut pem.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec()
+}
+
+/// A running node's peer certificate is replaced: its next handshakes present the new one,
+/// as server and as client (a restarted member's connections from the others are new), and
+/// the cluster goes on replicating. A certificate naming another node, or from another CA,
+/// is refused and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_certificates_rotate_without_a_restart() {
+    let mut cluster = Cluster::new(&[1, 2, 3], strake_store::DEFAULT_SNAPSHOT_EVERY);
+    cluster.start(&[1, 2, 3]).await;
+    let addr = cluster.members[&1].addr.clone();
+    let asker = PeerTls::issue(&cluster.ca, 2).unwrap();
+    let first = presented(&asker, 1, &addr).await;
+    assert_eq!(first, der(&cluster.members[&1].tls.cert_pem));
+
+    let wrong_node = PeerTls::issue(&cluster.ca, 2).unwrap();
+    let err = cluster.store(1).rotate_peer_tls(&wrong_node).unwrap_err();
+    assert!(err.to_string().contains("node 2"), "{err}");
+    let other_ca = PeerTls::issue(&ClusterCa::generate("other").unwrap(), 1).unwrap();
+    let err = cluster.store(1).rotate_peer_tls(&other_ca).unwrap_err();
+    assert!(err.to_string().contains("CA"), "{err}");
+    assert_eq!(
+        presented(&asker, 1, &addr).await,
+        first,
+        "refusals change nothing"
+    );
+
+    for id in [1, 2, 3] {
+        let fresh = PeerTls::issue(&cluster.ca, id).unwrap();
+        cluster.store(id).rotate_peer_tls(&fresh).unwrap();
+        if id == 1 {
+            let now = presented(&asker, 1, &addr).await;
+            assert_eq!(
+                now,
+                der(&fresh.cert_pem),
+                "the new certificate is presented"
+            );
+        }
+    }
+    // Member 2 restarts: the others connect to it anew, presenting their new certificates.
+    cluster.stop(2).await;
+    cluster.start(&[2]).await;
+    let written = cluster.put("after", "rotation").await;
+    cluster.caught_up(2, written).await;
+    cluster.assert_holds(2, "after", "rotation");
+    cluster.stop_all().await;
+}

@@ -83,13 +83,18 @@ impl std::fmt::Debug for NetworkFactory {
 impl NetworkFactory {
     /// Connections from node `me`, authenticated with `tls`.
     pub fn new(me: NodeId, tls: &PeerTls) -> Result<Self, StoreError> {
-        Ok(Self {
+        Ok(Self::with_config(me, tls.client_config()?))
+    }
+
+    /// Connections from node `me`, with a client config built already (a rotating one).
+    pub(crate) fn with_config(me: NodeId, config: Arc<rustls::ClientConfig>) -> Self {
+        Self {
             me,
-            tls: Some(TlsConnector::from(tls.client_config()?)),
+            tls: Some(TlsConnector::from(config)),
             pool: Pool::default(),
             log: None,
             contacts: Contacts::default(),
-        })
+        }
     }
 
     /// Makes append-entries wait until `log` is on disk up to the commit index they carry,

@@ -28,7 +28,7 @@ use super::{
 };
 use crate::error::StoreError;
 use crate::forward::{Forwarded, Local};
-use crate::peer_tls::{PeerTls, node_id_of};
+use crate::peer_tls::node_id_of;
 use crate::raft_types::{NodeId, TypeConfig};
 
 /// A bound, not yet serving, peer listener.
@@ -38,8 +38,11 @@ pub(crate) struct BoundListener {
 }
 
 /// Binds the peer port. Done before raft starts so a busy port fails the open early.
-pub(crate) async fn bind(addr: SocketAddr, tls: &PeerTls) -> Result<BoundListener, StoreError> {
-    let acceptor = TlsAcceptor::from(tls.server_config()?);
+pub(crate) async fn bind(
+    addr: SocketAddr,
+    config: Arc<rustls::ServerConfig>,
+) -> Result<BoundListener, StoreError> {
+    let acceptor = TlsAcceptor::from(config);
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| StoreError::Listen { addr, source })?;
