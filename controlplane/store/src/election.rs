@@ -129,6 +129,11 @@ impl LeaderContact {
         self.lock().heard.elapsed()
     }
 
+    /// How long this node has led, as the election driver saw it (up to a tick late).
+    pub(crate) fn led_for(&self) -> Option<Duration> {
+        self.lock().led_since.map(|t| t.elapsed())
+    }
+
     /// When a vote for a handover is granted by this leader: once its own vote is a lease old
     /// (openraft refuses votes within the lease of the last vote change, the leader's own
     /// election included).

@@ -69,9 +69,17 @@ impl Store {
         if m.state != openraft::ServerState::Leader {
             return false;
         }
+        // Winning the election was a quorum's answer too: a new leader need not wait for the
+        // first round of acknowledgements (which took up to a second on a loaded machine).
         m.membership_config.membership().voter_ids().count() == 1
             || m.millis_since_quorum_ack
                 .is_some_and(|ms| u128::from(ms) < within.as_millis())
+            || self
+                .inner
+                .local
+                .leader_contact
+                .led_for()
+                .is_some_and(|d| d < within)
     }
 
     /// Raft's view of this node (state, term, log, snapshot, replication): for operators and

@@ -50,7 +50,7 @@ pub(crate) struct Inner {
     shared: Arc<Shared>,
     log: LogStore,
     /// What this node does by itself (also for followers that forward to it).
-    local: Arc<Local>,
+    pub(crate) local: Arc<Local>,
     /// Connections to peers, for forwarding to the leader.
     network: NetworkFactory,
     /// The peer listener of a clustered node; dropping it closes every peer connection.

@@ -39,7 +39,17 @@ use crate::raft_types::{NodeId, TypeConfig};
 /// Open HTTP/2 connections by peer id, with the address each was made to. openraft asks for a
 /// new client for every read-index heartbeat and every vote; they all share one multiplexed
 /// connection per peer instead of each paying for a TCP and TLS handshake.
-type Pool = Arc<Mutex<HashMap<NodeId, (String, SendRequest<Full<Bytes>>)>>>;
+type Pool = Arc<Connections>;
+type Sender = SendRequest<Full<Bytes>>;
+
+#[derive(Default)]
+struct Connections {
+    /// The open connection to each peer, and the address it was made to.
+    open: Mutex<HashMap<NodeId, (String, Sender)>>,
+    /// Held while a connection to the peer is being made, so RPCs that find none wait for
+    /// that one instead of each starting its own.
+    making: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<()>>>>,
+}
 
 /// When each peer last answered an RPC of this node: how a leader tells which voters it can
 /// reach (openraft 0.9 keeps no per-peer liveness), for quorum-safe membership changes.
@@ -161,8 +171,8 @@ pub struct NoPeerTransport {
     pub addr: String,
 }
 
-/// A client of one raft peer over the factory's shared connection to it; after any failure
-/// the connection is dropped and the next RPC makes a new one.
+/// A client of one raft peer over the factory's shared connection to it; after a failure on
+/// the connection (not a timeout) it is dropped and the next RPC makes a new one.
 pub struct PeerConnection {
     me: NodeId,
     target: NodeId,
@@ -251,7 +261,7 @@ impl PeerConnection {
 
     /// The pooled connection to this peer, if it is open and was made to the same address.
     fn pooled(&self) -> Option<SendRequest<Full<Bytes>>> {
-        let pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        let pool = self.pool.open.lock().unwrap_or_else(|p| p.into_inner());
         match pool.get(&self.target) {
             Some((addr, sender)) if *addr == self.node.addr && !sender.is_closed() => {
                 Some(sender.clone())
@@ -261,13 +271,13 @@ impl PeerConnection {
     }
 
     fn pool_insert(&self, sender: &SendRequest<Full<Bytes>>) {
-        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pool = self.pool.open.lock().unwrap_or_else(|p| p.into_inner());
         pool.insert(self.target, (self.node.addr.clone(), sender.clone()));
     }
 
     /// Forgets the pooled connection after a failure on it.
     fn drop_connection(&self) {
-        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pool = self.pool.open.lock().unwrap_or_else(|p| p.into_inner());
         pool.remove(&self.target);
     }
 
@@ -329,6 +339,44 @@ impl PeerConnection {
         Ok(sender)
     }
 
+    /// The pooled connection, or a new one. The connection is made by a task of its own,
+    /// one at a time per peer, and pooled when made even if the RPC that asked for it gave up
+    /// meanwhile: on a loaded machine a TCP, TLS and HTTP/2 handshake can outlast an RPC's
+    /// timeout (150 ms for append-entries), and a connection abandoned with its RPC left every
+    /// later RPC to start another, which timed out in turn.
+    async fn pooled_or_connect(
+        &self,
+        tls: TlsConnector,
+    ) -> Result<SendRequest<Full<Bytes>>, TransportError> {
+        let making = {
+            let mut making = self.pool.making.lock().unwrap_or_else(|p| p.into_inner());
+            making.entry(self.target).or_default().clone()
+        };
+        let this = PeerConnection {
+            me: self.me,
+            target: self.target,
+            node: self.node.clone(),
+            tls: None,
+            pool: self.pool.clone(),
+            log: None,
+            contacts: self.contacts.clone(),
+        };
+        let task = tokio::spawn(async move {
+            let _one_at_a_time = making.lock_owned().await;
+            if let Some(sender) = this.pooled() {
+                return Ok(sender);
+            }
+            let sender = this.connect(&tls).await?;
+            this.pool_insert(&sender);
+            Ok(sender)
+        });
+        task.await.map_err(|e| TransportError::Connect {
+            target: self.target,
+            addr: self.node.addr.clone(),
+            source: std::io::Error::other(format!("the connecting task failed: {e}")),
+        })?
+    }
+
     /// Posts an encoded body to `path` and decodes the answer.
     async fn send<Resp: DeserializeOwned>(
         &mut self,
@@ -362,11 +410,7 @@ impl PeerConnection {
         };
         let mut sender = match self.pooled() {
             Some(sender) => sender,
-            None => {
-                let sender = self.connect(&tls).await?;
-                self.pool_insert(&sender);
-                sender
-            }
+            None => self.pooled_or_connect(tls).await?,
         };
         sender
             .ready()
@@ -421,8 +465,9 @@ impl PeerConnection {
         let answer: Result<Result<Resp, RaftError<NodeId, E>>, TransportError> =
             match tokio::time::timeout(timeout, self.send(path, body)).await {
                 Ok(answer) => answer,
+                // The connection stays: a slow answer on one stream says nothing of the
+                // others, and HTTP/2 keep-alive closes a connection whose peer is gone.
                 Err(_) => {
-                    self.drop_connection();
                     return Err(RPCError::Timeout(Timeout {
                         action,
                         id: self.me,
