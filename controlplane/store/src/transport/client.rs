@@ -27,8 +27,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::{
-    APPEND_BUDGET, CONNECTION_WINDOW, CONTENT_TYPE, KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT,
-    MAX_BODY, PATH_APPEND, PATH_FORWARD, PATH_SNAPSHOT, PATH_VOTE, STREAM_WINDOW, TransportError,
+    APPEND_BUDGET, CONNECT_TIMEOUT, CONNECTION_WINDOW, CONTENT_TYPE, KEEP_ALIVE_INTERVAL,
+    KEEP_ALIVE_TIMEOUT, MAX_BODY, PATH_APPEND, PATH_FORWARD, PATH_SNAPSHOT, PATH_VOTE,
+    STREAM_WINDOW, TransportError,
 };
 use crate::error::StoreError;
 use crate::forward::Answer;
@@ -366,7 +367,16 @@ impl PeerConnection {
             if let Some(sender) = this.pooled() {
                 return Ok(sender);
             }
-            let sender = this.connect(&tls).await?;
+            let sender = tokio::time::timeout(CONNECT_TIMEOUT, this.connect(&tls))
+                .await
+                .map_err(|_| TransportError::Connect {
+                    target: this.target,
+                    addr: this.node.addr.clone(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no connection within {CONNECT_TIMEOUT:?}"),
+                    ),
+                })??;
             this.pool_insert(&sender);
             Ok(sender)
         });

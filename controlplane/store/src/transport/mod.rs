@@ -22,6 +22,10 @@ pub(crate) const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
 pub(crate) const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A TLS handshake (server side) that takes longer than this is dropped.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client gives a new connection (TCP, TLS and HTTP/2 handshakes) before giving it
+/// up: a peer that is down never answers the SYN, and the next try must not wait behind a
+/// connect that would retry it for minutes once the peer is back.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub(crate) const PATH_APPEND: &str = "/raft/v1/append-entries";
 pub(crate) const PATH_VOTE: &str = "/raft/v1/vote";
